@@ -1,0 +1,49 @@
+// The megabatch CLI's commands over SweepService. Each returns the process
+// exit code: 0 ok, 1 the operation (or the watched sweep) failed, 2 usage.
+// Data goes to `out`, progress and errors to `err`.
+#ifndef MEGABATCH_CLI_COMMANDS_H_
+#define MEGABATCH_CLI_COMMANDS_H_
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+#include "cli/table.h"
+#include "megabatch/v1/megabatch.grpc.pb.h"
+
+namespace megabatch::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;
+inline constexpr int kExitUsage = 2;
+
+// Thread-compatible. The stub and streams must outlive the Commands.
+class Commands {
+ public:
+  Commands(v1::SweepService::StubInterface* stub, OutputFormat format,
+           std::ostream& out, std::ostream& err)
+      : stub_(stub), format_(format), out_(out), err_(err) {}
+
+  int Submit(const std::string& spec_path, const std::string& request_id,
+             bool wait);
+  int List();
+  int Status(int64_t sweep_id);
+  int Trials(int64_t sweep_id);
+  int Workers();
+  int Watch(int64_t sweep_id);
+  int Cancel(int64_t sweep_id);
+
+ private:
+  // Prints a failed RPC as "megabatch: CODE: message"; returns kExitFailed.
+  int Fail(const grpc::Status& s);
+  void PrintSweeps(const google::protobuf::RepeatedPtrField<v1::Sweep>& sweeps);
+
+  v1::SweepService::StubInterface* stub_;
+  OutputFormat format_;
+  std::ostream& out_;
+  std::ostream& err_;
+};
+
+}  // namespace megabatch::cli
+
+#endif  // MEGABATCH_CLI_COMMANDS_H_

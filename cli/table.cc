@@ -1,0 +1,86 @@
+#include "cli/table.h"
+
+#include <algorithm>
+#include <cstdio>
+
+namespace megabatch::cli {
+namespace {
+
+std::string Cell(const nlohmann::json& v) {
+  if (v.is_null()) return "";
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number_float()) return FormatNumber(v.get<double>());
+  return v.dump();
+}
+
+std::string CsvQuote(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+std::string FormatNumber(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.6g", v);
+  return buf;
+}
+
+void Table::Print(std::ostream& out, OutputFormat format) const {
+  if (format == OutputFormat::kJson) {
+    nlohmann::json arr = nlohmann::json::array();
+    for (const auto& row : rows_) {
+      nlohmann::json obj = nlohmann::json::object();
+      for (size_t i = 0; i < columns_.size() && i < row.size(); ++i) {
+        obj[columns_[i]] = row[i];
+      }
+      arr.push_back(std::move(obj));
+    }
+    out << arr.dump(2) << "\n";
+    return;
+  }
+  if (format == OutputFormat::kCsv) {
+    for (size_t i = 0; i < columns_.size(); ++i) {
+      out << (i ? "," : "") << CsvQuote(columns_[i]);
+    }
+    out << "\n";
+    for (const auto& row : rows_) {
+      for (size_t i = 0; i < row.size(); ++i) {
+        out << (i ? "," : "") << CsvQuote(Cell(row[i]));
+      }
+      out << "\n";
+    }
+    return;
+  }
+  std::vector<size_t> width(columns_.size());
+  for (size_t i = 0; i < columns_.size(); ++i) width[i] = columns_[i].size();
+  for (const auto& row : rows_) {
+    for (size_t i = 0; i < row.size() && i < width.size(); ++i) {
+      width[i] = std::max(width[i], Cell(row[i]).size());
+    }
+  }
+  auto line = [&](const std::vector<std::string>& cells,
+                  const std::vector<nlohmann::json>* values) {
+    std::string s;
+    for (size_t i = 0; i < cells.size(); ++i) {
+      bool right = values && (*values)[i].is_number();
+      std::string pad(width[i] - cells[i].size(), ' ');
+      s += (i ? "  " : "") + (right ? pad + cells[i] : cells[i] + pad);
+    }
+    while (!s.empty() && s.back() == ' ') s.pop_back();
+    out << s << "\n";
+  };
+  line(columns_, nullptr);
+  for (const auto& row : rows_) {
+    std::vector<std::string> cells;
+    for (const auto& v : row) cells.push_back(Cell(v));
+    line(cells, &row);
+  }
+}
+
+}  // namespace megabatch::cli

@@ -1,0 +1,66 @@
+// The optimizers a sweep may name, with every option's default and valid
+// range. One table serves the coordinator (spec validation, defaults stored
+// with each trial) and the trainer (building the LibTorch optimizer), so the
+// two can never disagree. Header-only and dependency-free.
+#ifndef MEGABATCH_COMMON_OPTIMIZER_CATALOG_H_
+#define MEGABATCH_COMMON_OPTIMIZER_CATALOG_H_
+
+#include <array>
+#include <limits>
+#include <string_view>
+
+namespace megabatch {
+
+enum class OptionKind {
+  kNumber,  // a real number in [lo, hi] (or open ends, see below)
+  kBool,
+  kPair,  // two numbers, each in the range, e.g. betas
+};
+
+struct OptimizerOption {
+  std::string_view name;
+  OptionKind kind;
+  double default_value;   // kBool: 0 or 1; kPair: the first element
+  double default_second;  // kPair only
+  double lo;
+  double hi;
+  bool hi_open;  // true: value < hi; false: value <= hi (lo is always closed)
+  std::string_view help;
+};
+
+struct OptimizerInfo {
+  std::string_view name;
+  std::string_view description;
+  std::array<OptimizerOption, 8> options;  // unused entries have an empty name
+};
+
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
+
+inline constexpr std::array<OptimizerInfo, 2> kOptimizers = {{
+    {"sgd",
+     "SGD with momentum (LibTorch's torch::optim::SGD)",
+     {{{"momentum", OptionKind::kNumber, 0.9, 0, 0, 1, true, "momentum"},
+       {"weight_decay", OptionKind::kNumber, 0.0, 0, 0, kInf, true,
+        "L2 penalty added to the gradient"},
+       {"nesterov", OptionKind::kBool, 0, 0, 0, 1, false,
+        "Nesterov momentum"}}}},
+    {"adamw",
+     "AdamW (LibTorch's torch::optim::AdamW), decoupled weight decay",
+     {{{"betas", OptionKind::kPair, 0.9, 0.999, 0, 1, true, "(beta1, beta2)"},
+       {"eps", OptionKind::kNumber, 1e-8, 0, 1e-300, 1, false,
+        "denominator epsilon"},
+       {"weight_decay", OptionKind::kNumber, 0.01, 0, 0, kInf, true,
+        "decoupled weight decay"}}}},
+}};
+
+// Returns the catalog entry for `name`, or nullptr if there is none.
+inline const OptimizerInfo* FindOptimizer(std::string_view name) {
+  for (const auto& info : kOptimizers) {
+    if (info.name == name) return &info;
+  }
+  return nullptr;
+}
+
+}  // namespace megabatch
+
+#endif  // MEGABATCH_COMMON_OPTIMIZER_CATALOG_H_

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package megabatch needs to build, test and run.
+# Idempotent: prints nothing and touches nothing when all packages are present.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config git ca-certificates
+  protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
+  libtorch-dev libsqlite3-dev sqlite3 nlohmann-json3-dev prometheus-cpp-dev
+  libyaml-cpp-dev libcli11-dev libspdlog-dev libgtest-dev libgmock-dev
+  libbenchmark-dev dataset-fashion-mnist
+  python3 python3-numpy python3-torch
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+echo "megabatch: installing ${missing[*]}" >&2
+sudo_cmd=()
+[[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2

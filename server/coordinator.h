@@ -1,0 +1,57 @@
+// Coordinator: the store, the scheduler and the gRPC server, wired together.
+// main.cc parses flags into CoordinatorOptions; tests start one in-process.
+#ifndef MEGABATCH_SERVER_COORDINATOR_H_
+#define MEGABATCH_SERVER_COORDINATOR_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "server/scheduler/scheduler.h"
+#include "server/service/services.h"
+#include "server/store/sweep_store.h"
+
+namespace megabatch {
+
+struct CoordinatorOptions {
+  std::string listen = "127.0.0.1:50051";  // port 0 picks a free port
+  std::string db_path = "megabatch.db";
+  scheduler::SchedulerOptions scheduler;
+};
+
+// Thread-safe.
+class Coordinator {
+ public:
+  // Opens the database, recovers its state and starts serving. Errors name
+  // the database file or the listen address.
+  static Result<std::unique_ptr<Coordinator>> Start(
+      const CoordinatorOptions& options);
+  ~Coordinator();  // shuts down
+
+  // The port actually bound (useful with port 0).
+  int port() const { return port_; }
+  // A channel to this server that bypasses the network.
+  std::shared_ptr<grpc::Channel> InProcessChannel();
+  store::SweepStore* store() { return store_.get(); }
+
+  // Stops accepting RPCs and finishes those in flight (bounded).
+  void Shutdown();
+  // Blocks until Shutdown() is called from another thread.
+  void Wait();
+
+ private:
+  Coordinator() = default;
+
+  std::unique_ptr<store::SweepStore> store_;
+  std::unique_ptr<scheduler::Scheduler> scheduler_;
+  std::unique_ptr<service::SweepServiceImpl> sweep_service_;
+  std::unique_ptr<service::WorkerServiceImpl> worker_service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+}  // namespace megabatch
+
+#endif  // MEGABATCH_SERVER_COORDINATOR_H_

@@ -1,0 +1,56 @@
+// megabatch-coordinator: owns all sweep state and serves the gRPC API.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <pthread.h>
+
+#include <csignal>
+
+#include "server/coordinator.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"megabatch-coordinator: schedules large-batch sweeps onto workers"};
+  megabatch::CoordinatorOptions options;
+  std::string metrics_listen = "127.0.0.1:9464";
+  int heartbeat_ms = 1000, lease_timeout_ms = 10000;
+  app.add_option("--listen", options.listen, "gRPC listen address")
+      ->capture_default_str();
+  app.add_option("--db", options.db_path, "SQLite results database file")
+      ->capture_default_str();
+  app.add_option("--heartbeat-interval-ms", heartbeat_ms,
+                 "how often workers heartbeat")
+      ->capture_default_str()
+      ->check(CLI::Range(50, 600000));
+  app.add_option("--lease-timeout-ms", lease_timeout_ms,
+                 "silence after which a worker's trials are requeued")
+      ->capture_default_str()
+      ->check(CLI::Range(100, 3600000));
+  CLI11_PARSE(app, argc, argv);
+  options.scheduler.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
+  options.scheduler.lease_timeout = std::chrono::milliseconds(lease_timeout_ms);
+
+  // Block the stop signals in every thread; the main thread waits for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  try {
+    auto coordinator = megabatch::Coordinator::Start(options);
+    if (!coordinator.ok()) {
+      spdlog::error("{}", coordinator.status().ToString());
+      return 1;
+    }
+    spdlog::info("megabatch-coordinator listening on port {} (database {})",
+                 (*coordinator)->port(), options.db_path);
+    int signal = 0;
+    sigwait(&stop_signals, &signal);
+    spdlog::info("signal {}: shutting down", signal);
+    (*coordinator)->Shutdown();
+  } catch (const std::exception& e) {
+    spdlog::error("fatal: {}", e.what());
+    return 1;
+  }
+  return 0;
+}

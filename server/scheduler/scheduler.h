@@ -1,0 +1,90 @@
+// Scheduler: turns submitted specs into queued trials and hands them to
+// workers, waking long-polling workers and watchers when something changes,
+// and revoking the leases of workers that stop heartbeating.
+#ifndef MEGABATCH_SERVER_SCHEDULER_SCHEDULER_H_
+#define MEGABATCH_SERVER_SCHEDULER_SCHEDULER_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "common/status.h"
+#include "common/thread_annotations.h"
+#include "server/spec/sweep_spec.h"
+#include "server/store/sweep_store.h"
+
+namespace megabatch::scheduler {
+
+struct SchedulerOptions {
+  // How often workers heartbeat, and how long a silent worker keeps its
+  // leases before its trials are requeued.
+  std::chrono::milliseconds heartbeat_interval{1000};
+  std::chrono::milliseconds lease_timeout{10000};
+};
+
+// Seconds since the Unix epoch, as stored in the database.
+double NowSeconds();
+
+// Thread-safe. `store` must outlive the Scheduler.
+class Scheduler {
+ public:
+  Scheduler(store::SweepStore* store, SchedulerOptions options);
+  ~Scheduler();  // Stop()s and joins the reaper thread
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  const SchedulerOptions& options() const { return options_; }
+
+  // Parses, validates, expands and stores a sweep; returns its id and trial
+  // count. INVALID_ARGUMENT (naming the field) for a bad spec; nothing is
+  // stored then.
+  struct Submitted {
+    int64_t sweep_id = 0;
+    int32_t trials = 0;
+  };
+  Result<Submitted> Submit(std::string_view spec_text, spec::SpecFormat format,
+                           const std::string& request_id);
+
+  Result<store::SweepRow> Cancel(int64_t sweep_id);
+
+  // Leases a trial to the worker, waiting up to `wait` for one to become
+  // available. nullopt if none did.
+  Result<std::optional<store::Lease>> Lease(int64_t worker_id,
+                                            std::chrono::milliseconds wait);
+
+  Result<store::TrialState> Finish(int64_t trial_id, int64_t lease_id,
+                                   int64_t worker_id, store::TrialState outcome,
+                                   const std::string& message,
+                                   const std::string& stderr_tail);
+
+  // Blocks until the store's version differs from `seen` or `deadline`
+  // passes; returns the current version.
+  int64_t WaitForChange(int64_t seen,
+                        std::chrono::steady_clock::time_point deadline);
+
+  // Wakes every waiter (after a change made directly on the store).
+  void Notify();
+
+  // Wakes every waiter for good: Lease() answers UNAVAILABLE from now on.
+  // Idempotent; called before the server shuts down.
+  void Stop();
+
+ private:
+  void ReapLoop();
+
+  store::SweepStore* const store_;
+  const SchedulerOptions options_;
+
+  std::mutex mu_;
+  std::condition_variable changed_;
+  bool stopping_ GUARDED_BY(mu_) = false;
+  std::thread reaper_;
+};
+
+}  // namespace megabatch::scheduler
+
+#endif  // MEGABATCH_SERVER_SCHEDULER_SCHEDULER_H_

@@ -1,0 +1,279 @@
+#include "server/service/services.h"
+
+#include "common/grpc_status.h"
+#include "server/service/convert.h"
+
+namespace megabatch::service {
+namespace {
+
+constexpr int kMaxWaitMs = 60000;
+constexpr int kMaxPointsPerReport = 100000;
+constexpr size_t kMaxNameLength = 200;
+constexpr int kMaxSlots = 4096;
+constexpr size_t kMaxMessageLength = 65536;
+
+// Runs a handler body, turning any escaped exception into INTERNAL.
+template <typename Fn>
+grpc::Status Guard(const char* method, Fn&& fn) {
+  try {
+    return ToGrpcStatus(fn());
+  } catch (const std::exception& e) {
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        std::string(method) + ": " + e.what());
+  }
+}
+
+Status CheckId(int64_t id, const char* field) {
+  if (id <= 0) {
+    return InvalidArgumentError(std::string(field) + ": must be positive, got " +
+                                std::to_string(id));
+  }
+  return Status();
+}
+
+Status CheckLease(const v1::TrialLease& lease) {
+  MEGABATCH_RETURN_IF_ERROR(CheckId(lease.trial_id(), "lease.trial_id"));
+  return CheckId(lease.lease_id(), "lease.lease_id");
+}
+
+}  // namespace
+
+grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext*,
+                                           const v1::SubmitSweepRequest* req,
+                                           v1::SubmitSweepResponse* resp) {
+  return Guard("SubmitSweep", [&]() -> Status {
+    spec::SpecFormat format;
+    if (req->format().empty()) {
+      format = spec::SpecFormat::kAuto;
+    } else if (req->format() == "yaml") {
+      format = spec::SpecFormat::kYaml;
+    } else if (req->format() == "json") {
+      format = spec::SpecFormat::kJson;
+    } else {
+      return InvalidArgumentError("format: must be yaml, json or empty, got '" +
+                                  req->format() + "'");
+    }
+    if (req->request_id().size() > kMaxNameLength) {
+      return InvalidArgumentError("request_id: at most 200 characters");
+    }
+    auto submitted = scheduler_->Submit(req->spec(), format, req->request_id());
+    if (!submitted.ok()) return submitted.status();
+    resp->set_sweep_id(submitted->sweep_id);
+    resp->set_trials(submitted->trials);
+    return Status();
+  });
+}
+
+grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext*,
+                                        const v1::GetSweepRequest* req,
+                                        v1::Sweep* resp) {
+  return Guard("GetSweep", [&]() -> Status {
+    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+    auto row = store_->GetSweep(req->sweep_id());
+    if (!row.ok()) return row.status();
+    ToProto(*row, resp);
+    return Status();
+  });
+}
+
+grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext*,
+                                          const v1::ListSweepsRequest*,
+                                          v1::ListSweepsResponse* resp) {
+  return Guard("ListSweeps", [&]() -> Status {
+    auto rows = store_->ListSweeps();
+    if (!rows.ok()) return rows.status();
+    for (const auto& row : *rows) ToProto(row, resp->add_sweeps());
+    return Status();
+  });
+}
+
+grpc::Status SweepServiceImpl::CancelSweep(grpc::ServerContext*,
+                                           const v1::CancelSweepRequest* req,
+                                           v1::Sweep* resp) {
+  return Guard("CancelSweep", [&]() -> Status {
+    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+    auto row = scheduler_->Cancel(req->sweep_id());
+    if (!row.ok()) return row.status();
+    ToProto(*row, resp);
+    return Status();
+  });
+}
+
+grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext*,
+                                          const v1::ListTrialsRequest* req,
+                                          v1::ListTrialsResponse* resp) {
+  return Guard("ListTrials", [&]() -> Status {
+    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+    auto rows = store_->ListTrials(req->sweep_id());
+    if (!rows.ok()) return rows.status();
+    for (const auto& row : *rows) ToProto(row, resp->add_trials());
+    return Status();
+  });
+}
+
+grpc::Status SweepServiceImpl::ListWorkers(grpc::ServerContext*,
+                                           const v1::ListWorkersRequest*,
+                                           v1::ListWorkersResponse* resp) {
+  return Guard("ListWorkers", [&]() -> Status {
+    auto rows = store_->ListWorkers();
+    if (!rows.ok()) return rows.status();
+    for (const auto& row : *rows) ToProto(row, resp->add_workers());
+    return Status();
+  });
+}
+
+grpc::Status SweepServiceImpl::WatchSweep(
+    grpc::ServerContext* ctx, const v1::WatchSweepRequest* req,
+    grpc::ServerWriter<v1::WatchSweepResponse>* writer) {
+  return Guard("WatchSweep", [&]() -> Status {
+    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+    // A snapshot on every state change, and at least once a second so that
+    // the latest metrics show while no trial changes state.
+    int64_t version = store_->version();
+    while (!ctx->IsCancelled()) {
+      auto sweep = store_->GetSweep(req->sweep_id());
+      if (!sweep.ok()) return sweep.status();
+      auto trials = store_->ListTrials(req->sweep_id());
+      if (!trials.ok()) return trials.status();
+      v1::WatchSweepResponse update;
+      ToProto(*sweep, update.mutable_sweep());
+      for (const auto& t : *trials) ToProto(t, update.add_trials());
+      if (!writer->Write(update)) {
+        return Status(StatusCode::kCancelled, "watcher went away");
+      }
+      if (store::IsFinal(sweep->state)) return Status();
+      version = scheduler_->WaitForChange(
+          version, std::chrono::steady_clock::now() + std::chrono::seconds(1));
+    }
+    return Status(StatusCode::kCancelled, "watch cancelled by the client");
+  });
+}
+
+grpc::Status WorkerServiceImpl::RegisterWorker(
+    grpc::ServerContext*, const v1::RegisterWorkerRequest* req,
+    v1::RegisterWorkerResponse* resp) {
+  return Guard("RegisterWorker", [&]() -> Status {
+    if (req->name().empty() || req->name().size() > kMaxNameLength) {
+      return InvalidArgumentError("name: must be 1 to 200 characters long");
+    }
+    if (req->slots() < 1 || req->slots() > kMaxSlots) {
+      return InvalidArgumentError("slots: must be between 1 and 4096, got " +
+                                  std::to_string(req->slots()));
+    }
+    auto id = store_->RegisterWorker(req->name(), req->slots(),
+                                     scheduler::NowSeconds());
+    if (!id.ok()) return id.status();
+    resp->set_worker_id(*id);
+    resp->set_heartbeat_interval_ms(static_cast<int32_t>(
+        scheduler_->options().heartbeat_interval.count()));
+    resp->set_lease_timeout_ms(
+        static_cast<int32_t>(scheduler_->options().lease_timeout.count()));
+    scheduler_->Notify();
+    return Status();
+  });
+}
+
+grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext*,
+                                          const v1::HeartbeatRequest* req,
+                                          v1::HeartbeatResponse* resp) {
+  return Guard("Heartbeat", [&]() -> Status {
+    MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+    std::vector<std::pair<int64_t, int64_t>> running;
+    for (const auto& lease : req->running()) {
+      MEGABATCH_RETURN_IF_ERROR(CheckLease(lease));
+      running.emplace_back(lease.trial_id(), lease.lease_id());
+    }
+    auto stop =
+        store_->Heartbeat(req->worker_id(), running, scheduler::NowSeconds());
+    if (!stop.ok()) return stop.status();
+    for (int64_t id : *stop) resp->add_stop_trial_ids(id);
+    return Status();
+  });
+}
+
+grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext*,
+                                           const v1::LeaseTrialRequest* req,
+                                           v1::LeaseTrialResponse* resp) {
+  return Guard("LeaseTrial", [&]() -> Status {
+    MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+    if (req->wait_ms() < 0 || req->wait_ms() > kMaxWaitMs) {
+      return InvalidArgumentError("wait_ms: must be between 0 and 60000, got " +
+                                  std::to_string(req->wait_ms()));
+    }
+    auto lease = scheduler_->Lease(req->worker_id(),
+                                   std::chrono::milliseconds(req->wait_ms()));
+    if (!lease.ok()) return lease.status();
+    if (lease->has_value()) {
+      const store::Lease& l = **lease;
+      resp->mutable_lease()->set_trial_id(l.trial_id);
+      resp->mutable_lease()->set_lease_id(l.lease_id);
+      resp->set_config_json(l.config_json);
+    }
+    return Status();
+  });
+}
+
+grpc::Status WorkerServiceImpl::ReportMetrics(
+    grpc::ServerContext*, const v1::ReportMetricsRequest* req,
+    v1::ReportMetricsResponse* resp) {
+  return Guard("ReportMetrics", [&]() -> Status {
+    MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+    MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
+    if (req->points_size() > kMaxPointsPerReport) {
+      return Status(StatusCode::kResourceExhausted,
+                    "points: " + std::to_string(req->points_size()) +
+                        " in one report; at most 100000");
+    }
+    std::vector<store::MetricPoint> points;
+    points.reserve(req->points_size());
+    for (int i = 0; i < req->points_size(); ++i) {
+      const auto& p = req->points(i);
+      if (p.name().empty() || p.name().size() > kMaxNameLength) {
+        return InvalidArgumentError("points[" + std::to_string(i) +
+                                    "].name: must be 1 to 200 characters long");
+      }
+      if (p.step() < 0) {
+        return InvalidArgumentError("points[" + std::to_string(i) +
+                                    "].step: must be >= 0, got " +
+                                    std::to_string(p.step()));
+      }
+      points.push_back({p.name(), p.step(), p.value()});
+    }
+    MEGABATCH_RETURN_IF_ERROR(store_->AppendMetrics(
+        req->lease().trial_id(), req->lease().lease_id(), req->worker_id(),
+        points, scheduler::NowSeconds()));
+    resp->set_accepted(req->points_size());
+    return Status();
+  });
+}
+
+grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext*,
+                                            const v1::FinishTrialRequest* req,
+                                            v1::FinishTrialResponse* resp) {
+  return Guard("FinishTrial", [&]() -> Status {
+    MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+    MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
+    store::TrialState outcome;
+    switch (req->outcome()) {
+      case v1::TRIAL_STATE_COMPLETED: outcome = store::TrialState::kCompleted; break;
+      case v1::TRIAL_STATE_FAILED: outcome = store::TrialState::kFailed; break;
+      case v1::TRIAL_STATE_DIVERGED: outcome = store::TrialState::kDiverged; break;
+      default:
+        return InvalidArgumentError(
+            "outcome: must be COMPLETED, FAILED or DIVERGED, got " +
+            v1::TrialState_Name(req->outcome()));
+    }
+    if (req->message().size() > kMaxMessageLength ||
+        req->stderr_tail().size() > kMaxMessageLength) {
+      return InvalidArgumentError("message/stderr_tail: at most 65536 bytes");
+    }
+    auto state = scheduler_->Finish(req->lease().trial_id(),
+                                    req->lease().lease_id(), req->worker_id(),
+                                    outcome, req->message(), req->stderr_tail());
+    if (!state.ok()) return state.status();
+    resp->set_state(ToProto(*state));
+    return Status();
+  });
+}
+
+}  // namespace megabatch::service

@@ -1,0 +1,65 @@
+// The gRPC handlers: SweepService for users, WorkerService for workers.
+// They validate and translate requests, call the scheduler or the store, and
+// translate results; an exception from below becomes INTERNAL, never UNKNOWN.
+#ifndef MEGABATCH_SERVER_SERVICE_SERVICES_H_
+#define MEGABATCH_SERVER_SERVICE_SERVICES_H_
+
+#include "megabatch/v1/megabatch.grpc.pb.h"
+#include "server/scheduler/scheduler.h"
+#include "server/store/sweep_store.h"
+
+namespace megabatch::service {
+
+// Thread-safe. `store` and `scheduler` must outlive the service.
+class SweepServiceImpl final : public v1::SweepService::Service {
+ public:
+  SweepServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler)
+      : store_(store), scheduler_(scheduler) {}
+
+  grpc::Status SubmitSweep(grpc::ServerContext*, const v1::SubmitSweepRequest*,
+                           v1::SubmitSweepResponse*) override;
+  grpc::Status GetSweep(grpc::ServerContext*, const v1::GetSweepRequest*,
+                        v1::Sweep*) override;
+  grpc::Status ListSweeps(grpc::ServerContext*, const v1::ListSweepsRequest*,
+                          v1::ListSweepsResponse*) override;
+  grpc::Status CancelSweep(grpc::ServerContext*, const v1::CancelSweepRequest*,
+                           v1::Sweep*) override;
+  grpc::Status ListTrials(grpc::ServerContext*, const v1::ListTrialsRequest*,
+                          v1::ListTrialsResponse*) override;
+  grpc::Status ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*,
+                           v1::ListWorkersResponse*) override;
+  grpc::Status WatchSweep(grpc::ServerContext*, const v1::WatchSweepRequest*,
+                          grpc::ServerWriter<v1::WatchSweepResponse>*) override;
+
+ private:
+  store::SweepStore* const store_;
+  scheduler::Scheduler* const scheduler_;
+};
+
+// Thread-safe. `store` and `scheduler` must outlive the service.
+class WorkerServiceImpl final : public v1::WorkerService::Service {
+ public:
+  WorkerServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler)
+      : store_(store), scheduler_(scheduler) {}
+
+  grpc::Status RegisterWorker(grpc::ServerContext*,
+                              const v1::RegisterWorkerRequest*,
+                              v1::RegisterWorkerResponse*) override;
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*,
+                         v1::HeartbeatResponse*) override;
+  grpc::Status LeaseTrial(grpc::ServerContext*, const v1::LeaseTrialRequest*,
+                          v1::LeaseTrialResponse*) override;
+  grpc::Status ReportMetrics(grpc::ServerContext*,
+                             const v1::ReportMetricsRequest*,
+                             v1::ReportMetricsResponse*) override;
+  grpc::Status FinishTrial(grpc::ServerContext*, const v1::FinishTrialRequest*,
+                           v1::FinishTrialResponse*) override;
+
+ private:
+  store::SweepStore* const store_;
+  scheduler::Scheduler* const scheduler_;
+};
+
+}  // namespace megabatch::service
+
+#endif  // MEGABATCH_SERVER_SERVICE_SERVICES_H_

@@ -1,0 +1,712 @@
+#include "server/spec/sweep_spec.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <set>
+#include <sstream>
+
+#include "common/optimizer_catalog.h"
+
+namespace megabatch::spec {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kDefaultFashionMnistPath =
+    "/usr/share/datasets/fashion-mnist";
+constexpr int64_t kFashionMnistTrainSamples = 60000;
+constexpr size_t kMaxNameLength = 200;
+constexpr size_t kMaxListLength = 1000;
+
+// Converts a YAML node to JSON. Plain scalars become numbers, booleans or null
+// where they read as such (YAML 1.2 core schema); quoted scalars stay strings.
+json YamlToJson(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      return nullptr;
+    case YAML::NodeType::Sequence: {
+      json out = json::array();
+      for (const auto& item : node) out.push_back(YamlToJson(item));
+      return out;
+    }
+    case YAML::NodeType::Map: {
+      json out = json::object();
+      for (const auto& kv : node) {
+        out[kv.first.as<std::string>()] = YamlToJson(kv.second);
+      }
+      return out;
+    }
+    case YAML::NodeType::Scalar:
+      break;
+  }
+  const std::string& s = node.Scalar();
+  if (node.Tag() == "!") return s;  // quoted
+  if (s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
+  // Whole-string numbers only: "12abc" stays a string.
+  json number = json::parse(s, nullptr, /*allow_exceptions=*/false);
+  if (number.is_number()) return number;
+  if (s == ".inf" || s == ".Inf") return std::numeric_limits<double>::infinity();
+  if (s == ".nan" || s == ".NaN") return std::nan("");
+  return s;
+}
+
+std::string Describe(const json& v) {
+  std::string s = v.dump();
+  if (s.size() > 60) s = s.substr(0, 57) + "...";
+  return s;
+}
+
+// Reads the fields of one JSON object, remembering which were read so that
+// unknown (mistyped) fields are reported. `path` prefixes every error.
+class Fields {
+ public:
+  Fields(const json& obj, std::string path)
+      : obj_(obj), path_(std::move(path)) {}
+
+  std::string Path(std::string_view key) const {
+    return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
+  }
+
+  const json* Get(std::string_view key) {
+    seen_.insert(std::string(key));
+    auto it = obj_.find(std::string(key));
+    if (it == obj_.end() || it->is_null()) return nullptr;
+    return &*it;
+  }
+
+  Status Require(std::string_view key, const json** out) {
+    *out = Get(key);
+    if (*out == nullptr) return InvalidArgumentError(Path(key) + ": required");
+    return Status::Ok();
+  }
+
+  Status String(std::string_view key, std::string* out,
+                std::optional<std::string> fallback = std::nullopt) {
+    const json* v = Get(key);
+    if (v == nullptr) {
+      if (fallback) {
+        *out = *fallback;
+        return Status::Ok();
+      }
+      return InvalidArgumentError(Path(key) + ": required");
+    }
+    if (!v->is_string()) {
+      return InvalidArgumentError(Path(key) + ": must be a string, got " +
+                                  Describe(*v));
+    }
+    *out = v->get<std::string>();
+    if (out->empty() || out->size() > kMaxNameLength) {
+      return InvalidArgumentError(Path(key) + ": must be 1 to " +
+                                  std::to_string(kMaxNameLength) +
+                                  " characters long");
+    }
+    return Status::Ok();
+  }
+
+  // An integer in [lo, hi].
+  Status Int(std::string_view key, int64_t* out, std::optional<int64_t> fallback,
+             int64_t lo, int64_t hi) {
+    const json* v = Get(key);
+    if (v == nullptr) {
+      if (fallback) {
+        *out = *fallback;
+        return Status::Ok();
+      }
+      return InvalidArgumentError(Path(key) + ": required");
+    }
+    return IntValue(*v, Path(key), out, lo, hi);
+  }
+
+  // A finite number > lo_exclusive (when given) and >= lo_inclusive.
+  Status Number(std::string_view key, double* out,
+                std::optional<double> fallback, double lo, bool lo_open) {
+    const json* v = Get(key);
+    if (v == nullptr) {
+      if (fallback) {
+        *out = *fallback;
+        return Status::Ok();
+      }
+      return InvalidArgumentError(Path(key) + ": required");
+    }
+    return NumberValue(*v, Path(key), out, lo, lo_open);
+  }
+
+  Status Bool(std::string_view key, bool* out, bool fallback) {
+    const json* v = Get(key);
+    if (v == nullptr) {
+      *out = fallback;
+      return Status::Ok();
+    }
+    if (!v->is_boolean()) {
+      return InvalidArgumentError(Path(key) + ": must be true or false, got " +
+                                  Describe(*v));
+    }
+    *out = v->get<bool>();
+    return Status::Ok();
+  }
+
+  // Fails on the first field of the object that no Get() asked for.
+  Status NoUnknown() const {
+    for (const auto& [key, value] : obj_.items()) {
+      if (!seen_.count(key)) {
+        return InvalidArgumentError(Path(key) + ": unknown field");
+      }
+    }
+    return Status::Ok();
+  }
+
+  static Status IntValue(const json& v, const std::string& path, int64_t* out,
+                         int64_t lo, int64_t hi) {
+    bool integral = v.is_number_integer() ||
+                    (v.is_number_float() && std::isfinite(v.get<double>()) &&
+                     std::floor(v.get<double>()) == v.get<double>() &&
+                     std::fabs(v.get<double>()) < 9e15);
+    if (!integral) {
+      return InvalidArgumentError(path + ": must be an integer, got " +
+                                  Describe(v));
+    }
+    int64_t x = v.is_number_float() ? static_cast<int64_t>(v.get<double>())
+                                    : v.get<int64_t>();
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)) {
+      x = INT64_MAX;
+    }
+    if (x < lo || x > hi) {
+      std::ostringstream m;
+      m << path << ": must be ";
+      if (hi == INT64_MAX) {
+        m << (lo == 1 ? "positive" : "at least " + std::to_string(lo));
+      } else {
+        m << "between " << lo << " and " << hi;
+      }
+      m << ", got " << Describe(v);
+      return InvalidArgumentError(m.str());
+    }
+    *out = x;
+    return Status::Ok();
+  }
+
+  static Status NumberValue(const json& v, const std::string& path, double* out,
+                            double lo, bool lo_open) {
+    if (!v.is_number() || !std::isfinite(v.get<double>())) {
+      return InvalidArgumentError(path + ": must be a finite number, got " +
+                                  Describe(v));
+    }
+    double x = v.get<double>();
+    if (lo_open ? !(x > lo) : !(x >= lo)) {
+      std::ostringstream m;
+      m << path << ": must be " << (lo_open ? "> " : ">= ") << lo << ", got "
+        << Describe(v);
+      return InvalidArgumentError(m.str());
+    }
+    *out = x;
+    return Status::Ok();
+  }
+
+ private:
+  const json& obj_;
+  std::string path_;
+  std::set<std::string> seen_;
+};
+
+Status RequireObject(const json* v, const std::string& path) {
+  if (v != nullptr && !v->is_object()) {
+    return InvalidArgumentError(path + ": must be a mapping, got " +
+                                Describe(*v));
+  }
+  return Status::Ok();
+}
+
+Status RequireList(const json* v, const std::string& path) {
+  if (v == nullptr) return Status::Ok();
+  if (!v->is_array()) {
+    return InvalidArgumentError(path + ": must be a list, got " + Describe(*v));
+  }
+  if (v->empty()) return InvalidArgumentError(path + ": must not be empty");
+  if (v->size() > kMaxListLength) {
+    return InvalidArgumentError(path + ": at most " +
+                                std::to_string(kMaxListLength) + " entries");
+  }
+  return Status::Ok();
+}
+
+Status ParseModel(Fields& top, json* out) {
+  const json* v = top.Get("model");
+  MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "model"));
+  json empty = json::object();
+  Fields f(v ? *v : empty, "model");
+  std::string type;
+  MEGABATCH_RETURN_IF_ERROR(f.String("type", &type, std::string("mlp")));
+  if (type != "mlp") {
+    return InvalidArgumentError("model.type: unknown model '" + type +
+                                "'; supported: mlp");
+  }
+  std::vector<int64_t> hidden = {512, 512};
+  if (const json* h = f.Get("hidden")) {
+    if (!h->is_array()) {
+      return InvalidArgumentError("model.hidden: must be a list of layer widths");
+    }
+    if (h->size() > 64) {
+      return InvalidArgumentError("model.hidden: at most 64 layers");
+    }
+    hidden.clear();
+    for (size_t i = 0; i < h->size(); ++i) {
+      int64_t width;
+      MEGABATCH_RETURN_IF_ERROR(Fields::IntValue(
+          (*h)[i], "model.hidden[" + std::to_string(i) + "]", &width, 1, 65536));
+      hidden.push_back(width);
+    }
+  }
+  MEGABATCH_RETURN_IF_ERROR(f.NoUnknown());
+  *out = {{"type", type}, {"hidden", hidden}};
+  return Status::Ok();
+}
+
+Status ParseDataset(Fields& top, json* out, int64_t* train_samples) {
+  const json* v = top.Get("dataset");
+  MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "dataset"));
+  json empty = json::object();
+  Fields f(v ? *v : empty, "dataset");
+  std::string name, path;
+  MEGABATCH_RETURN_IF_ERROR(
+      f.String("name", &name, std::string("fashion_mnist")));
+  if (name != "fashion_mnist") {
+    return InvalidArgumentError("dataset.name: unknown dataset '" + name +
+                                "'; supported: fashion_mnist");
+  }
+  MEGABATCH_RETURN_IF_ERROR(
+      f.String("path", &path, std::string(kDefaultFashionMnistPath)));
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) {
+    return InvalidArgumentError("dataset.path: no such directory: " + path);
+  }
+  for (const char* file :
+       {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}) {
+    if (!std::filesystem::exists(std::filesystem::path(path) / file, ec)) {
+      return InvalidArgumentError("dataset.path: " + path + " has no " + file);
+    }
+  }
+  MEGABATCH_RETURN_IF_ERROR(f.NoUnknown());
+  *out = {{"name", name}, {"path", path}};
+  *train_samples = kFashionMnistTrainSamples;
+  return Status::Ok();
+}
+
+Status ParseOptimizer(const json& v, const std::string& path, OptimizerSpec* out) {
+  MEGABATCH_RETURN_IF_ERROR(RequireObject(&v, path));
+  Fields f(v, path);
+  MEGABATCH_RETURN_IF_ERROR(f.String("name", &out->name));
+  const OptimizerInfo* info = FindOptimizer(out->name);
+  if (info == nullptr) {
+    std::string known;
+    for (const auto& o : kOptimizers) {
+      known += (known.empty() ? "" : ", ") + std::string(o.name);
+    }
+    return InvalidArgumentError(path + ".name: unknown optimizer '" +
+                                out->name + "'; supported: " + known);
+  }
+  out->options = json::object();
+  for (const OptimizerOption& opt : info->options) {
+    if (opt.name.empty()) continue;
+    std::string key(opt.name);
+    std::string opt_path = f.Path(key);
+    const json* given = f.Get(key);
+    auto check_range = [&](double x) -> Status {
+      bool ok = x >= opt.lo && (opt.hi_open ? x < opt.hi : x <= opt.hi);
+      if (!ok) {
+        std::ostringstream m;
+        m << opt_path << ": must be in [" << opt.lo << ", " << opt.hi
+          << (opt.hi_open ? ")" : "]") << ", got " << x;
+        return InvalidArgumentError(m.str());
+      }
+      return Status::Ok();
+    };
+    switch (opt.kind) {
+      case OptionKind::kBool: {
+        bool b;
+        MEGABATCH_RETURN_IF_ERROR(f.Bool(key, &b, opt.default_value != 0));
+        out->options[key] = b;
+        break;
+      }
+      case OptionKind::kNumber: {
+        double x;
+        MEGABATCH_RETURN_IF_ERROR(
+            f.Number(key, &x, opt.default_value, -kInf, false));
+        MEGABATCH_RETURN_IF_ERROR(check_range(x));
+        out->options[key] = x;
+        break;
+      }
+      case OptionKind::kPair: {
+        json pair = {opt.default_value, opt.default_second};
+        if (given != nullptr) {
+          if (!given->is_array() || given->size() != 2) {
+            return InvalidArgumentError(opt_path +
+                                        ": must be a list of two numbers, got " +
+                                        Describe(*given));
+          }
+          for (int i = 0; i < 2; ++i) {
+            double x;
+            MEGABATCH_RETURN_IF_ERROR(Fields::NumberValue(
+                (*given)[i], opt_path + "[" + std::to_string(i) + "]", &x,
+                -kInf, false));
+            MEGABATCH_RETURN_IF_ERROR(check_range(x));
+            pair[i] = x;
+          }
+        }
+        out->options[key] = pair;
+        break;
+      }
+    }
+  }
+  return f.NoUnknown();
+}
+
+Status ParseSchedule(Fields& top, json* out) {
+  const json* v = top.Get("schedule");
+  MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "schedule"));
+  json empty = json::object();
+  Fields f(v ? *v : empty, "schedule");
+  *out = json::object();
+  const json* we = f.Get("warmup_epochs");
+  const json* ws = f.Get("warmup_steps");
+  if (we && ws) {
+    return InvalidArgumentError(
+        "schedule: give warmup_epochs or warmup_steps, not both");
+  }
+  if (we) {
+    double x;
+    MEGABATCH_RETURN_IF_ERROR(f.Number("warmup_epochs", &x, {}, 0, false));
+    (*out)["warmup_epochs"] = x;
+  } else {
+    int64_t steps;
+    MEGABATCH_RETURN_IF_ERROR(
+        f.Int("warmup_steps", &steps, 0, 0, int64_t{1} << 40));
+    (*out)["warmup_steps"] = steps;
+  }
+  std::string decay;
+  MEGABATCH_RETURN_IF_ERROR(f.String("decay", &decay, std::string("constant")));
+  if (decay != "poly" && decay != "cosine" && decay != "constant") {
+    return InvalidArgumentError("schedule.decay: unknown decay '" + decay +
+                                "'; supported: poly, cosine, constant");
+  }
+  (*out)["decay"] = decay;
+  double power;
+  MEGABATCH_RETURN_IF_ERROR(f.Number("power", &power, 1.0, 0, true));
+  (*out)["power"] = power;
+  return f.NoUnknown();
+}
+
+Status ParseBudget(Fields& top, json* out) {
+  const json* v = top.Get("budget");
+  MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "budget"));
+  if (v == nullptr) {
+    *out = {{"epochs", 1.0}};
+    return Status::Ok();
+  }
+  Fields f(*v, "budget");
+  int given = 0;
+  for (const char* key : {"epochs", "steps", "samples"}) given += f.Get(key) != nullptr;
+  if (given != 1) {
+    return InvalidArgumentError(
+        "budget: give exactly one of epochs, steps or samples");
+  }
+  if (f.Get("epochs")) {
+    double epochs;
+    MEGABATCH_RETURN_IF_ERROR(f.Number("epochs", &epochs, {}, 0, true));
+    if (epochs > 10000) {
+      return InvalidArgumentError("budget.epochs: at most 10000");
+    }
+    *out = {{"epochs", epochs}};
+  } else {
+    const char* key = f.Get("steps") ? "steps" : "samples";
+    int64_t n;
+    MEGABATCH_RETURN_IF_ERROR(f.Int(key, &n, {}, 1, int64_t{1} << 40));
+    *out = {{key, n}};
+  }
+  return f.NoUnknown();
+}
+
+Status ParseTarget(Fields& top, json* out) {
+  const json* v = top.Get("target");
+  MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "target"));
+  if (v == nullptr) {
+    *out = nullptr;
+    return Status::Ok();
+  }
+  Fields f(*v, "target");
+  std::string metric;
+  MEGABATCH_RETURN_IF_ERROR(f.String("metric", &metric));
+  if (metric != "test_accuracy" && metric != "test_loss") {
+    return InvalidArgumentError("target.metric: unknown metric '" + metric +
+                                "'; supported: test_accuracy, test_loss");
+  }
+  double value;
+  MEGABATCH_RETURN_IF_ERROR(f.Number("value", &value, {}, -kInf, false));
+  bool stop;
+  MEGABATCH_RETURN_IF_ERROR(f.Bool("stop", &stop, false));
+  *out = {{"metric", metric}, {"value", value}, {"stop", stop}};
+  return f.NoUnknown();
+}
+
+template <typename T, typename ParseOne>
+Status ParseList(Fields& top, std::string_view key, std::vector<T>* out,
+                 std::vector<T> fallback, ParseOne parse_one) {
+  const json* v = top.Get(key);
+  std::string path = top.Path(key);
+  MEGABATCH_RETURN_IF_ERROR(RequireList(v, path));
+  if (v == nullptr) {
+    if (fallback.empty()) return InvalidArgumentError(path + ": required");
+    *out = std::move(fallback);
+    return Status::Ok();
+  }
+  out->clear();
+  for (size_t i = 0; i < v->size(); ++i) {
+    T x;
+    std::string item_path = path + "[" + std::to_string(i) + "]";
+    MEGABATCH_RETURN_IF_ERROR(parse_one((*v)[i], item_path, &x));
+    if (std::find(out->begin(), out->end(), x) != out->end()) {
+      return InvalidArgumentError(item_path + ": duplicate of an earlier entry");
+    }
+    out->push_back(std::move(x));
+  }
+  return Status::Ok();
+}
+
+// Fields of DESIGN.md's schema that belong to later milestones. Naming them
+// gets a clear "not supported yet" instead of "unknown field".
+Status RejectUnsupported(Fields& top) {
+  if (const json* v = top.Get("ranks_per_trial")) {
+    if (!(v->is_number_integer() && v->get<int64_t>() == 1)) {
+      return InvalidArgumentError(
+          "ranks_per_trial: data-parallel trials are not supported yet; use 1");
+    }
+  }
+  if (top.Get("checkpoint_every_steps")) {
+    return InvalidArgumentError(
+        "checkpoint_every_steps: checkpoints are not supported yet");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+double ScaledLr(LrScaling scaling, double base_lr, int64_t base_batch_size,
+                int64_t batch_size) {
+  double ratio = static_cast<double>(batch_size) / base_batch_size;
+  switch (scaling) {
+    case LrScaling::kLinear: return base_lr * ratio;
+    case LrScaling::kSqrt: return base_lr * std::sqrt(ratio);
+    case LrScaling::kNone: break;
+  }
+  return base_lr;
+}
+
+Result<SweepSpec> SweepSpecFromJson(const json& doc) {
+  if (!doc.is_object()) {
+    return InvalidArgumentError("spec: must be a mapping of fields, got " +
+                                Describe(doc));
+  }
+  SweepSpec s;
+  Fields top(doc, "");
+  MEGABATCH_RETURN_IF_ERROR(top.String("name", &s.name));
+  MEGABATCH_RETURN_IF_ERROR(ParseModel(top, &s.model));
+  int64_t train_samples = 0;
+  MEGABATCH_RETURN_IF_ERROR(ParseDataset(top, &s.dataset, &train_samples));
+
+  MEGABATCH_RETURN_IF_ERROR(ParseList<OptimizerSpec>(
+      top, "optimizers", &s.optimizers, {},
+      [](const json& v, const std::string& path, OptimizerSpec* o) {
+        return ParseOptimizer(v, path, o);
+      }));
+  // Two entries of one optimizer with different options are a legitimate
+  // comparison; the same name twice with the same options is a mistake, which
+  // ParseList catches through OptimizerSpec's ==.
+  MEGABATCH_RETURN_IF_ERROR(ParseList<int64_t>(
+      top, "batch_sizes", &s.batch_sizes, {},
+      [&](const json& v, const std::string& path, int64_t* b) {
+        MEGABATCH_RETURN_IF_ERROR(
+            Fields::IntValue(v, path, b, 1, train_samples));
+        return Status::Ok();
+      }));
+
+  const json* base = nullptr;
+  MEGABATCH_RETURN_IF_ERROR(top.Require("base", &base));
+  MEGABATCH_RETURN_IF_ERROR(RequireObject(base, "base"));
+  Fields bf(*base, "base");
+  MEGABATCH_RETURN_IF_ERROR(bf.Number("lr", &s.base_lr, {}, 0, true));
+  int64_t smallest =
+      *std::min_element(s.batch_sizes.begin(), s.batch_sizes.end());
+  MEGABATCH_RETURN_IF_ERROR(
+      bf.Int("batch_size", &s.base_batch_size, smallest, 1, INT64_MAX));
+  MEGABATCH_RETURN_IF_ERROR(bf.NoUnknown());
+
+  std::string scaling;
+  MEGABATCH_RETURN_IF_ERROR(
+      top.String("lr_scaling", &scaling, std::string("none")));
+  if (scaling == "linear") {
+    s.lr_scaling = LrScaling::kLinear;
+  } else if (scaling == "sqrt") {
+    s.lr_scaling = LrScaling::kSqrt;
+  } else if (scaling == "none") {
+    s.lr_scaling = LrScaling::kNone;
+  } else {
+    return InvalidArgumentError("lr_scaling: unknown rule '" + scaling +
+                                "'; supported: linear, sqrt, none");
+  }
+  MEGABATCH_RETURN_IF_ERROR(ParseList<double>(
+      top, "lr_multipliers", &s.lr_multipliers, {1.0},
+      [](const json& v, const std::string& path, double* m) {
+        return Fields::NumberValue(v, path, m, 0, true);
+      }));
+  MEGABATCH_RETURN_IF_ERROR(ParseSchedule(top, &s.schedule));
+  MEGABATCH_RETURN_IF_ERROR(top.Int("micro_batch_size", &s.micro_batch_size,
+                                    0, 1, train_samples));
+  if (s.micro_batch_size > 0) {
+    for (int64_t b : s.batch_sizes) {
+      if (b > s.micro_batch_size && b % s.micro_batch_size != 0) {
+        return InvalidArgumentError(
+            "micro_batch_size: batch size " + std::to_string(b) +
+            " is not a multiple of " + std::to_string(s.micro_batch_size));
+      }
+    }
+  }
+  MEGABATCH_RETURN_IF_ERROR(ParseBudget(top, &s.budget));
+  MEGABATCH_RETURN_IF_ERROR(ParseTarget(top, &s.target));
+  MEGABATCH_RETURN_IF_ERROR(top.Int("eval_every_steps", &s.eval_every_steps, 0,
+                                    0, int64_t{1} << 40));
+  MEGABATCH_RETURN_IF_ERROR(ParseList<int64_t>(
+      top, "seeds", &s.seeds, {0},
+      [](const json& v, const std::string& path, int64_t* seed) {
+        return Fields::IntValue(v, path, seed, 0, INT32_MAX);
+      }));
+  int64_t n;
+  MEGABATCH_RETURN_IF_ERROR(top.Int("max_parallel", &n, 0, 0, 100000));
+  s.max_parallel = static_cast<int32_t>(n);
+  MEGABATCH_RETURN_IF_ERROR(top.Int("max_retries", &n, 2, 0, 100));
+  s.max_retries = static_cast<int32_t>(n);
+  MEGABATCH_RETURN_IF_ERROR(top.Int("priority", &n, 0, -1000000, 1000000));
+  s.priority = static_cast<int32_t>(n);
+  MEGABATCH_RETURN_IF_ERROR(RejectUnsupported(top));
+  MEGABATCH_RETURN_IF_ERROR(top.NoUnknown());
+
+  int64_t trials = static_cast<int64_t>(s.optimizers.size()) *
+                   s.batch_sizes.size() * s.lr_multipliers.size() *
+                   s.seeds.size();
+  if (trials > kMaxTrialsPerSweep) {
+    return InvalidArgumentError(
+        "spec: expands to " + std::to_string(trials) + " trials; at most " +
+        std::to_string(kMaxTrialsPerSweep) + " per sweep");
+  }
+  return s;
+}
+
+Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format) {
+  if (text.size() > kMaxSpecBytes) {
+    return InvalidArgumentError("spec: " + std::to_string(text.size()) +
+                                " bytes; at most " +
+                                std::to_string(kMaxSpecBytes));
+  }
+  if (format == SpecFormat::kAuto) {
+    size_t first = text.find_first_not_of(" \t\r\n");
+    format = (first != std::string_view::npos && text[first] == '{')
+                 ? SpecFormat::kJson
+                 : SpecFormat::kYaml;
+  }
+  json doc;
+  if (format == SpecFormat::kJson) {
+    try {
+      doc = json::parse(text);
+    } catch (const json::parse_error& e) {
+      return InvalidArgumentError(std::string("spec: malformed JSON: ") +
+                                  e.what());
+    }
+  } else {
+    try {
+      doc = YamlToJson(YAML::Load(std::string(text)));
+    } catch (const YAML::Exception& e) {
+      return InvalidArgumentError("spec: malformed YAML at line " +
+                                  std::to_string(e.mark.line + 1) +
+                                  ", column " + std::to_string(e.mark.column + 1) +
+                                  ": " + e.msg);
+    }
+  }
+  return SweepSpecFromJson(doc);
+}
+
+json SweepSpec::ToJson() const {
+  json optimizers_json = json::array();
+  for (const auto& o : optimizers) {
+    json entry = o.options;
+    entry["name"] = o.name;
+    optimizers_json.push_back(entry);
+  }
+  const char* scaling = lr_scaling == LrScaling::kLinear ? "linear"
+                        : lr_scaling == LrScaling::kSqrt ? "sqrt"
+                                                         : "none";
+  json out = {{"name", name},
+              {"model", model},
+              {"dataset", dataset},
+              {"optimizers", optimizers_json},
+              {"batch_sizes", batch_sizes},
+              {"base", {{"batch_size", base_batch_size}, {"lr", base_lr}}},
+              {"lr_scaling", scaling},
+              {"lr_multipliers", lr_multipliers},
+              {"schedule", schedule},
+              {"budget", budget},
+              {"eval_every_steps", eval_every_steps},
+              {"seeds", seeds},
+              {"max_parallel", max_parallel},
+              {"max_retries", max_retries},
+              {"priority", priority}};
+  if (micro_batch_size > 0) out["micro_batch_size"] = micro_batch_size;
+  if (!target.is_null()) out["target"] = target;
+  return out;
+}
+
+std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
+  std::vector<TrialSpec> trials;
+  int32_t index = 0;
+  for (const auto& opt : spec.optimizers) {
+    for (int64_t b : spec.batch_sizes) {
+      double scaled =
+          ScaledLr(spec.lr_scaling, spec.base_lr, spec.base_batch_size, b);
+      for (double mult : spec.lr_multipliers) {
+        for (int64_t seed : spec.seeds) {
+          TrialSpec t;
+          t.index = index++;
+          t.optimizer = opt.name;
+          t.batch_size = b;
+          t.lr_multiplier = mult;
+          t.lr = scaled * mult;
+          t.seed = seed;
+          json optimizer = opt.options;
+          optimizer["name"] = opt.name;
+          t.config = {{"seed", seed},
+                      {"model", spec.model},
+                      {"dataset", spec.dataset},
+                      {"optimizer", optimizer},
+                      {"batch_size", b},
+                      {"micro_batch_size",
+                       spec.micro_batch_size > 0
+                           ? std::min(spec.micro_batch_size, b)
+                           : b},
+                      {"lr", t.lr},
+                      {"schedule", spec.schedule},
+                      {"budget", spec.budget},
+                      {"eval_every_steps", spec.eval_every_steps}};
+          if (!spec.target.is_null()) t.config["target"] = spec.target;
+          trials.push_back(std::move(t));
+        }
+      }
+    }
+  }
+  return trials;
+}
+
+}  // namespace megabatch::spec

@@ -1,0 +1,99 @@
+// Sweep specs: parsing, validation and expansion into trials.
+//
+// A spec is YAML or JSON with one schema (README "Sweep spec"). Parsing
+// validates every field and fails with INVALID_ARGUMENT naming the first bad
+// field ("batch_sizes[1]: must be a positive integer, got 0"). Expansion turns a
+// valid spec into optimizers x batch_sizes x lr_multipliers x seeds trials,
+// each with the complete JSON config megabatch-trainer runs.
+#ifndef MEGABATCH_SERVER_SPEC_SWEEP_SPEC_H_
+#define MEGABATCH_SERVER_SPEC_SWEEP_SPEC_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+
+namespace megabatch::spec {
+
+enum class SpecFormat { kAuto, kYaml, kJson };
+
+enum class LrScaling { kNone, kLinear, kSqrt };
+
+// The upper bound on the number of trials one sweep may expand to.
+inline constexpr int64_t kMaxTrialsPerSweep = 10000;
+// The largest spec text accepted, in bytes.
+inline constexpr size_t kMaxSpecBytes = 1 << 20;
+
+struct OptimizerSpec {
+  std::string name;
+  // The optimizer's options with every default filled in, e.g.
+  // {"momentum": 0.9, "weight_decay": 0.0, "nesterov": false} for sgd.
+  nlohmann::json options;
+
+  bool operator==(const OptimizerSpec& o) const {
+    return name == o.name && options == o.options;
+  }
+};
+
+// A validated sweep spec with every default filled in.
+struct SweepSpec {
+  std::string name;
+  nlohmann::json model;    // {"type": "mlp", "hidden": [...]}
+  nlohmann::json dataset;  // {"name": "fashion_mnist", "path": "..."}
+  std::vector<OptimizerSpec> optimizers;
+  std::vector<int64_t> batch_sizes;
+  int64_t base_batch_size = 0;
+  double base_lr = 0;
+  LrScaling lr_scaling = LrScaling::kNone;
+  std::vector<double> lr_multipliers;
+  nlohmann::json schedule;  // {"warmup_steps"|"warmup_epochs", "decay", "power"}
+  int64_t micro_batch_size = 0;  // 0: no gradient accumulation
+  nlohmann::json budget;         // exactly one of epochs | steps | samples
+  nlohmann::json target;         // null, or {"metric", "value", "stop"}
+  int64_t eval_every_steps = 0;  // 0: evaluate at the end of every epoch
+  std::vector<int64_t> seeds;
+  int32_t max_parallel = 0;  // 0: no limit
+  int32_t max_retries = 2;
+  int32_t priority = 0;
+
+  // The spec as canonical JSON (defaults filled in), for storage.
+  nlohmann::json ToJson() const;
+};
+
+// One point of the sweep's grid.
+struct TrialSpec {
+  int32_t index = 0;
+  std::string optimizer;
+  int64_t batch_size = 0;
+  double lr = 0;  // peak lr: ScaledLr(...) x lr_multiplier
+  double lr_multiplier = 1;
+  int64_t seed = 0;
+  // The trainer's config for this trial, without "trial_id"/"sweep_id" (the
+  // store adds those once it has assigned them).
+  nlohmann::json config;
+};
+
+// Parses and validates `text`. Errors: INVALID_ARGUMENT naming the field.
+Result<SweepSpec> ParseSweepSpec(std::string_view text,
+                                 SpecFormat format = SpecFormat::kAuto);
+
+// Validates an already-parsed JSON document (used for stored specs too).
+Result<SweepSpec> SweepSpecFromJson(const nlohmann::json& doc);
+
+// The learning rate LARGE_BATCH.md scales from (base_batch_size, base_lr) to
+// `batch_size`, before the multiplier.
+double ScaledLr(LrScaling scaling, double base_lr, int64_t base_batch_size,
+                int64_t batch_size);
+
+// All trials of a valid spec in order optimizers x batch_sizes x
+// lr_multipliers x seeds.
+std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec);
+
+}  // namespace megabatch::spec
+
+#endif  // MEGABATCH_SERVER_SPEC_SWEEP_SPEC_H_

@@ -1,0 +1,108 @@
+// A thin RAII wrapper over the SQLite C API: Db (a connection), Statement (a
+// prepared statement) and Transaction. SqliteStatus() is the one place that
+// maps SQLite result codes to megabatch::Status.
+#ifndef MEGABATCH_SERVER_STORE_DB_H_
+#define MEGABATCH_SERVER_STORE_DB_H_
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace megabatch::store {
+
+// Maps a SQLite result code to a Status; `what` names the operation.
+// SQLITE_BUSY/LOCKED -> UNAVAILABLE, SQLITE_CORRUPT/NOTADB -> DATA_LOSS,
+// SQLITE_CONSTRAINT -> ALREADY_EXISTS, SQLITE_READONLY/AUTH ->
+// PERMISSION_DENIED, SQLITE_INTERRUPT -> DEADLINE_EXCEEDED, others INTERNAL.
+Status SqliteStatus(int rc, sqlite3* db, std::string_view what);
+
+class Statement;
+
+// One SQLite connection. Thread-compatible: callers synchronize.
+class Db {
+ public:
+  // Opens (creating if needed) the database at `path` in WAL mode with
+  // synchronous=NORMAL and foreign keys on. ":memory:" works too.
+  static Result<std::unique_ptr<Db>> Open(const std::string& path);
+
+  ~Db();
+  Db(const Db&) = delete;
+  Db& operator=(const Db&) = delete;
+
+  // Runs one or more statements that return no rows.
+  Status Exec(std::string_view sql);
+  // Prepares one statement. The Statement must not outlive this Db.
+  Result<Statement> Prepare(std::string_view sql);
+
+  int64_t LastInsertRowid() const;
+  int Changes() const;
+  sqlite3* raw() const { return db_; }
+
+ private:
+  explicit Db(sqlite3* db) : db_(db) {}
+  sqlite3* db_;
+};
+
+// A prepared statement. Move-only. Bind indexes start at 1.
+class Statement {
+ public:
+  Statement(Statement&& o) noexcept : db_(o.db_), stmt_(o.stmt_) {
+    o.stmt_ = nullptr;
+  }
+  Statement& operator=(Statement&& o) noexcept;
+  ~Statement();
+
+  Statement& Bind(int index, int64_t v);
+  Statement& Bind(int index, int v) { return Bind(index, int64_t{v}); }
+  Statement& Bind(int index, double v);
+  Statement& Bind(int index, std::string_view v);
+  Statement& BindNull(int index);
+
+  // Advances: true when a row is available, false when done.
+  Result<bool> Step();
+  // Steps to completion, for statements that return no rows.
+  Status Run();
+  // Resets for re-execution and clears the bindings.
+  void Reset();
+
+  int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
+  double Double(int col) const { return sqlite3_column_double(stmt_, col); }
+  std::string Text(int col) const;
+  bool IsNull(int col) const {
+    return sqlite3_column_type(stmt_, col) == SQLITE_NULL;
+  }
+
+ private:
+  friend class Db;
+  Statement(sqlite3* db, sqlite3_stmt* stmt) : db_(db), stmt_(stmt) {}
+  sqlite3* db_;
+  sqlite3_stmt* stmt_;
+};
+
+// BEGIN IMMEDIATE on construction; rolls back on destruction unless
+// Commit() succeeded. `db` must outlive the Transaction.
+class Transaction {
+ public:
+  explicit Transaction(Db* db);
+  ~Transaction();
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+
+  // The status of BEGIN; nothing else may be done when it is not OK.
+  const Status& begin_status() const { return begin_; }
+  Status Commit();
+
+ private:
+  Db* db_;
+  Status begin_;
+  bool done_ = false;
+};
+
+}  // namespace megabatch::store
+
+#endif  // MEGABATCH_SERVER_STORE_DB_H_

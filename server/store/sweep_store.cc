@@ -1,0 +1,641 @@
+#include "server/store/sweep_store.h"
+
+#include <algorithm>
+#include <cmath>
+#include <iterator>
+#include <set>
+
+#include "server/store/schema.h"
+
+namespace megabatch::store {
+namespace {
+
+constexpr int kNumMigrations = std::size(kMigrations);
+static_assert(kNumMigrations == kSchemaVersion);
+constexpr size_t kMaxStoredStderr = 8192;
+
+constexpr std::pair<TrialState, const char*> kTrialStateNames[] = {
+    {TrialState::kQueued, "queued"},       {TrialState::kRunning, "running"},
+    {TrialState::kCompleted, "completed"}, {TrialState::kFailed, "failed"},
+    {TrialState::kCancelled, "cancelled"}, {TrialState::kDiverged, "diverged"},
+};
+constexpr std::pair<SweepState, const char*> kSweepStateNames[] = {
+    {SweepState::kQueued, "queued"},       {SweepState::kRunning, "running"},
+    {SweepState::kCompleted, "completed"}, {SweepState::kFailed, "failed"},
+    {SweepState::kCancelled, "cancelled"},
+};
+
+// Runs `fn` on each row of a prepared statement.
+template <typename Fn>
+Status ForEachRow(Statement& stmt, Fn fn) {
+  while (true) {
+    Result<bool> row = stmt.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return Status();
+    fn(stmt);
+  }
+}
+
+}  // namespace
+
+const char* TrialStateName(TrialState s) {
+  for (const auto& [state, name] : kTrialStateNames) {
+    if (state == s) return name;
+  }
+  return "unknown";
+}
+const char* SweepStateName(SweepState s) {
+  for (const auto& [state, name] : kSweepStateNames) {
+    if (state == s) return name;
+  }
+  return "unknown";
+}
+std::optional<TrialState> ParseTrialState(std::string_view name) {
+  for (const auto& [state, n] : kTrialStateNames) {
+    if (n == name) return state;
+  }
+  return std::nullopt;
+}
+std::optional<SweepState> ParseSweepState(std::string_view name) {
+  for (const auto& [state, n] : kSweepStateNames) {
+    if (n == name) return state;
+  }
+  return std::nullopt;
+}
+
+Result<std::unique_ptr<SweepStore>> SweepStore::Open(const std::string& path) {
+  Result<std::unique_ptr<Db>> db = Db::Open(path);
+  if (!db.ok()) return db.status();
+  std::unique_ptr<SweepStore> store(new SweepStore(std::move(*db)));
+  std::lock_guard<std::mutex> lock(store->mu_);
+  MEGABATCH_RETURN_IF_ERROR(store->Migrate());
+  return store;
+}
+
+Status SweepStore::Migrate() {
+  Result<Statement> q = db_->Prepare("PRAGMA user_version");
+  if (!q.ok()) return q.status();
+  Result<bool> row = q->Step();
+  if (!row.ok()) return row.status();
+  int version = static_cast<int>(q->Int(0));
+  if (version > kSchemaVersion) {
+    return DataLossError("database schema version " + std::to_string(version) +
+                         " is newer than this coordinator's " +
+                         std::to_string(kSchemaVersion));
+  }
+  if (version == 0) {
+    // A fresh file has no tables; anything else is not ours to migrate.
+    Result<Statement> tables =
+        db_->Prepare("SELECT count(*) FROM sqlite_master WHERE type='table'");
+    if (!tables.ok()) return tables.status();
+    Result<bool> r = tables->Step();
+    if (!r.ok()) return r.status();
+    if (tables->Int(0) != 0) {
+      return DataLossError(
+          "database has tables but no megabatch schema version; refusing to "
+          "use it");
+    }
+  }
+  for (int v = version; v < kSchemaVersion; ++v) {
+    Transaction tx(db_.get());
+    MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+    MEGABATCH_RETURN_IF_ERROR(db_->Exec(kMigrations[v]));
+    MEGABATCH_RETURN_IF_ERROR(
+        db_->Exec("PRAGMA user_version=" + std::to_string(v + 1)));
+    MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  }
+  return Status();
+}
+
+Status SweepStore::AddEvent(int64_t sweep_id, int64_t trial_id,
+                            int64_t worker_id, const std::string& kind,
+                            const std::string& message, double now) {
+  Result<Statement> st = db_->Prepare(
+      "INSERT INTO events (at, sweep_id, trial_id, worker_id, kind, message) "
+      "VALUES (?, nullif(?, 0), nullif(?, 0), nullif(?, 0), ?, ?)");
+  if (!st.ok()) return st.status();
+  st->Bind(1, now).Bind(2, sweep_id).Bind(3, trial_id).Bind(4, worker_id);
+  st->Bind(5, kind).Bind(6, message);
+  return st->Run();
+}
+
+Result<int64_t> SweepStore::CreateSweep(
+    const spec::SweepSpec& spec, const std::vector<spec::TrialSpec>& trials,
+    const std::string& request_id, double now, bool* existed) {
+  std::lock_guard<std::mutex> lock(mu_);
+  *existed = false;
+  if (!request_id.empty()) {
+    Result<Statement> q =
+        db_->Prepare("SELECT id FROM sweeps WHERE request_id = ?");
+    if (!q.ok()) return q.status();
+    q->Bind(1, request_id);
+    Result<bool> row = q->Step();
+    if (!row.ok()) return row.status();
+    if (*row) {
+      *existed = true;
+      return q->Int(0);
+    }
+  }
+  Transaction tx(db_.get());
+  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+  Result<Statement> ins = db_->Prepare(
+      "INSERT INTO sweeps (name, state, spec_json, request_id, priority, "
+      "max_parallel, max_retries, created_at) "
+      "VALUES (?, 'queued', ?, nullif(?, ''), ?, ?, ?, ?)");
+  if (!ins.ok()) return ins.status();
+  ins->Bind(1, spec.name).Bind(2, spec.ToJson().dump()).Bind(3, request_id);
+  ins->Bind(4, spec.priority).Bind(5, spec.max_parallel);
+  ins->Bind(6, spec.max_retries).Bind(7, now);
+  MEGABATCH_RETURN_IF_ERROR(ins->Run());
+  int64_t sweep_id = db_->LastInsertRowid();
+
+  Result<Statement> trial = db_->Prepare(
+      "INSERT INTO trials (sweep_id, trial_index, optimizer, batch_size, lr, "
+      "lr_multiplier, seed, state, config_json) "
+      "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)");
+  if (!trial.ok()) return trial.status();
+  Result<Statement> set_config =
+      db_->Prepare("UPDATE trials SET config_json = ? WHERE id = ?");
+  if (!set_config.ok()) return set_config.status();
+  for (const spec::TrialSpec& t : trials) {
+    trial->Reset();
+    trial->Bind(1, sweep_id).Bind(2, t.index).Bind(3, t.optimizer);
+    trial->Bind(4, t.batch_size).Bind(5, t.lr).Bind(6, t.lr_multiplier);
+    trial->Bind(7, t.seed).Bind(8, t.config.dump());
+    MEGABATCH_RETURN_IF_ERROR(trial->Run());
+    int64_t trial_id = db_->LastInsertRowid();
+    nlohmann::json config = t.config;
+    config["trial_id"] = trial_id;
+    config["sweep_id"] = sweep_id;
+    set_config->Reset();
+    set_config->Bind(1, config.dump()).Bind(2, trial_id);
+    MEGABATCH_RETURN_IF_ERROR(set_config->Run());
+  }
+  MEGABATCH_RETURN_IF_ERROR(AddEvent(
+      sweep_id, 0, 0, "sweep_submitted",
+      "sweep '" + spec.name + "' with " + std::to_string(trials.size()) +
+          " trials",
+      now));
+  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  ++version_;
+  return sweep_id;
+}
+
+Result<SweepRow> SweepStore::GetSweepLocked(int64_t sweep_id) {
+  Result<Statement> q = db_->Prepare(
+      "SELECT id, name, state, priority, max_parallel, max_retries, "
+      "created_at, coalesce(finished_at, 0) FROM sweeps WHERE id = ?");
+  if (!q.ok()) return q.status();
+  q->Bind(1, sweep_id);
+  Result<bool> row = q->Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
+  SweepRow s;
+  s.id = q->Int(0);
+  s.name = q->Text(1);
+  s.state = ParseSweepState(q->Text(2)).value_or(SweepState::kQueued);
+  s.priority = static_cast<int32_t>(q->Int(3));
+  s.max_parallel = static_cast<int32_t>(q->Int(4));
+  s.max_retries = static_cast<int32_t>(q->Int(5));
+  s.created_at = q->Double(6);
+  s.finished_at = q->Double(7);
+  Result<Statement> counts = db_->Prepare(
+      "SELECT state, count(*) FROM trials WHERE sweep_id = ? GROUP BY state");
+  if (!counts.ok()) return counts.status();
+  counts->Bind(1, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*counts, [&](Statement& c) {
+    if (auto st = ParseTrialState(c.Text(0))) {
+      s.trial_counts[*st] = static_cast<int32_t>(c.Int(1));
+      s.trials_total += static_cast<int32_t>(c.Int(1));
+    }
+  }));
+  return s;
+}
+
+Result<SweepRow> SweepStore::GetSweep(int64_t sweep_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return GetSweepLocked(sweep_id);
+}
+
+Result<std::vector<SweepRow>> SweepStore::ListSweeps() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Result<Statement> q = db_->Prepare("SELECT id FROM sweeps ORDER BY id");
+  if (!q.ok()) return q.status();
+  std::vector<int64_t> ids;
+  MEGABATCH_RETURN_IF_ERROR(
+      ForEachRow(*q, [&](Statement& s) { ids.push_back(s.Int(0)); }));
+  std::vector<SweepRow> out;
+  for (int64_t id : ids) {
+    Result<SweepRow> s = GetSweepLocked(id);
+    if (!s.ok()) return s.status();
+    out.push_back(std::move(*s));
+  }
+  return out;
+}
+
+Status SweepStore::RefreshSweepState(int64_t sweep_id, double now) {
+  Result<SweepRow> s = GetSweepLocked(sweep_id);
+  if (!s.ok()) return s.status();
+  if (IsFinal(s->state)) return Status();
+  auto count = [&](TrialState st) {
+    auto it = s->trial_counts.find(st);
+    return it == s->trial_counts.end() ? 0 : it->second;
+  };
+  int32_t active = count(TrialState::kQueued) + count(TrialState::kRunning);
+  int32_t ever_started = s->trials_total - count(TrialState::kQueued);
+  SweepState next = s->state;
+  if (active == 0) {
+    next = count(TrialState::kFailed) > 0 ? SweepState::kFailed
+                                          : SweepState::kCompleted;
+  } else if (ever_started > 0) {
+    next = SweepState::kRunning;
+  }
+  if (next == s->state) return Status();
+  Result<Statement> up = db_->Prepare(
+      "UPDATE sweeps SET state = ?, finished_at = ? WHERE id = ?");
+  if (!up.ok()) return up.status();
+  up->Bind(1, SweepStateName(next));
+  if (IsFinal(next)) {
+    up->Bind(2, now);
+  } else {
+    up->BindNull(2);
+  }
+  up->Bind(3, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(up->Run());
+  if (IsFinal(next)) {
+    MEGABATCH_RETURN_IF_ERROR(AddEvent(sweep_id, 0, 0, "sweep_finished",
+                                       std::string("sweep ") +
+                                           SweepStateName(next),
+                                       now));
+  }
+  return Status();
+}
+
+Result<SweepRow> SweepStore::CancelSweep(int64_t sweep_id, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Result<SweepRow> s = GetSweepLocked(sweep_id);
+  if (!s.ok()) return s.status();
+  if (IsFinal(s->state)) {
+    return FailedPreconditionError("sweep " + std::to_string(sweep_id) +
+                                   " is " + SweepStateName(s->state) +
+                                   "; cannot cancel");
+  }
+  Transaction tx(db_.get());
+  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+  Result<Statement> up = db_->Prepare(
+      "UPDATE trials SET state = 'cancelled', finished_at = ? "
+      "WHERE sweep_id = ? AND state IN ('queued', 'running')");
+  if (!up.ok()) return up.status();
+  up->Bind(1, now).Bind(2, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(up->Run());
+  Result<Statement> sw = db_->Prepare(
+      "UPDATE sweeps SET state = 'cancelled', finished_at = ? WHERE id = ?");
+  if (!sw.ok()) return sw.status();
+  sw->Bind(1, now).Bind(2, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(sw->Run());
+  MEGABATCH_RETURN_IF_ERROR(
+      AddEvent(sweep_id, 0, 0, "sweep_cancelled", "cancelled by user", now));
+  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  ++version_;
+  return GetSweepLocked(sweep_id);
+}
+
+Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Result<SweepRow> s = GetSweepLocked(sweep_id);
+  if (!s.ok()) return s.status();
+  Result<Statement> q = db_->Prepare(
+      "SELECT id, sweep_id, trial_index, optimizer, batch_size, lr, "
+      "lr_multiplier, seed, state, coalesce(worker_id, 0), lease_id, attempts, "
+      "coalesce(error, ''), coalesce(started_at, 0), coalesce(finished_at, 0) "
+      "FROM trials WHERE sweep_id = ? ORDER BY trial_index");
+  if (!q.ok()) return q.status();
+  q->Bind(1, sweep_id);
+  std::vector<TrialRow> out;
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
+    TrialRow t;
+    t.id = r.Int(0);
+    t.sweep_id = r.Int(1);
+    t.index = static_cast<int32_t>(r.Int(2));
+    t.optimizer = r.Text(3);
+    t.batch_size = r.Int(4);
+    t.lr = r.Double(5);
+    t.lr_multiplier = r.Double(6);
+    t.seed = r.Int(7);
+    t.state = ParseTrialState(r.Text(8)).value_or(TrialState::kQueued);
+    t.worker_id = r.Int(9);
+    t.lease_id = r.Int(10);
+    t.attempts = static_cast<int32_t>(r.Int(11));
+    t.error = r.Text(12);
+    t.started_at = r.Double(13);
+    t.finished_at = r.Double(14);
+    out.push_back(std::move(t));
+  }));
+  // SQLite returns the bare column `value` from the row holding MAX(step).
+  Result<Statement> latest = db_->Prepare(
+      "SELECT name, value, max(step) FROM metrics WHERE trial_id = ? "
+      "GROUP BY name");
+  if (!latest.ok()) return latest.status();
+  for (TrialRow& t : out) {
+    latest->Reset();
+    latest->Bind(1, t.id);
+    MEGABATCH_RETURN_IF_ERROR(ForEachRow(*latest, [&](Statement& r) {
+      t.latest_metrics[r.Text(0)] = r.Double(1);
+    }));
+  }
+  return out;
+}
+
+Result<int64_t> SweepStore::RegisterWorker(const std::string& name,
+                                           int32_t slots, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction tx(db_.get());
+  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+  Result<Statement> ins = db_->Prepare(
+      "INSERT INTO workers (name, slots, state, registered_at, "
+      "last_heartbeat_at) VALUES (?, ?, 'alive', ?, ?)");
+  if (!ins.ok()) return ins.status();
+  ins->Bind(1, name).Bind(2, slots).Bind(3, now).Bind(4, now);
+  MEGABATCH_RETURN_IF_ERROR(ins->Run());
+  int64_t id = db_->LastInsertRowid();
+  MEGABATCH_RETURN_IF_ERROR(AddEvent(0, 0, id, "worker_registered",
+                                     "worker '" + name + "' with " +
+                                         std::to_string(slots) + " slots",
+                                     now));
+  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  return id;
+}
+
+Result<std::vector<int64_t>> SweepStore::Heartbeat(
+    int64_t worker_id, const std::vector<std::pair<int64_t, int64_t>>& running,
+    double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Result<Statement> up = db_->Prepare(
+      "UPDATE workers SET last_heartbeat_at = ?, state = 'alive' WHERE id = ?");
+  if (!up.ok()) return up.status();
+  up->Bind(1, now).Bind(2, worker_id);
+  MEGABATCH_RETURN_IF_ERROR(up->Run());
+  if (db_->Changes() == 0) {
+    return NotFoundError("worker " + std::to_string(worker_id) +
+                         " not found; register again");
+  }
+  Result<Statement> q = db_->Prepare(
+      "SELECT 1 FROM trials WHERE id = ? AND lease_id = ? AND worker_id = ? "
+      "AND state = 'running'");
+  if (!q.ok()) return q.status();
+  std::vector<int64_t> stop;
+  for (const auto& [trial_id, lease_id] : running) {
+    q->Reset();
+    q->Bind(1, trial_id).Bind(2, lease_id).Bind(3, worker_id);
+    Result<bool> row = q->Step();
+    if (!row.ok()) return row.status();
+    if (!*row) stop.push_back(trial_id);
+  }
+  return stop;
+}
+
+Result<std::vector<WorkerRow>> SweepStore::ListWorkers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Result<Statement> q = db_->Prepare(
+      "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, "
+      "(SELECT count(*) FROM trials t WHERE t.worker_id = w.id "
+      " AND t.state = 'running') FROM workers w ORDER BY w.id");
+  if (!q.ok()) return q.status();
+  std::vector<WorkerRow> out;
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
+    WorkerRow w;
+    w.id = r.Int(0);
+    w.name = r.Text(1);
+    w.slots = static_cast<int32_t>(r.Int(2));
+    w.alive = r.Text(3) == "alive";
+    w.last_heartbeat_at = r.Double(4);
+    w.busy_slots = static_cast<int32_t>(r.Int(5));
+    out.push_back(std::move(w));
+  }));
+  return out;
+}
+
+Result<std::optional<Lease>> SweepStore::LeaseNext(int64_t worker_id,
+                                                   double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction tx(db_.get());
+  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+  Result<Statement> w = db_->Prepare(
+      "SELECT slots, state, (SELECT count(*) FROM trials WHERE worker_id = "
+      "workers.id AND state = 'running') FROM workers WHERE id = ?");
+  if (!w.ok()) return w.status();
+  w->Bind(1, worker_id);
+  Result<bool> wrow = w->Step();
+  if (!wrow.ok()) return wrow.status();
+  if (!*wrow) {
+    return NotFoundError("worker " + std::to_string(worker_id) +
+                         " not found; register again");
+  }
+  if (w->Text(1) != "alive") {
+    return FailedPreconditionError("worker " + std::to_string(worker_id) +
+                                   " is marked lost; heartbeat first");
+  }
+  if (w->Int(2) >= w->Int(0)) return std::optional<Lease>();
+
+  Result<Statement> pick = db_->Prepare(R"sql(
+    WITH running AS (
+      SELECT sweep_id, count(*) AS n FROM trials WHERE state = 'running'
+      GROUP BY sweep_id)
+    SELECT t.id, t.sweep_id, t.config_json, t.lease_id
+    FROM trials t JOIN sweeps s ON s.id = t.sweep_id
+    LEFT JOIN running r ON r.sweep_id = s.id
+    WHERE t.state = 'queued'
+      AND (s.max_parallel = 0 OR coalesce(r.n, 0) < s.max_parallel)
+    ORDER BY s.priority DESC, coalesce(r.n, 0), s.id, t.trial_index
+    LIMIT 1)sql");
+  if (!pick.ok()) return pick.status();
+  Result<bool> row = pick->Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return std::optional<Lease>();
+  Lease lease;
+  lease.trial_id = pick->Int(0);
+  lease.sweep_id = pick->Int(1);
+  lease.config_json = pick->Text(2);
+  lease.lease_id = pick->Int(3) + 1;
+
+  Result<Statement> up = db_->Prepare(
+      "UPDATE trials SET state = 'running', worker_id = ?, lease_id = ?, "
+      "attempts = attempts + 1, started_at = coalesce(started_at, ?) "
+      "WHERE id = ?");
+  if (!up.ok()) return up.status();
+  up->Bind(1, worker_id).Bind(2, lease.lease_id).Bind(3, now);
+  up->Bind(4, lease.trial_id);
+  MEGABATCH_RETURN_IF_ERROR(up->Run());
+  MEGABATCH_RETURN_IF_ERROR(AddEvent(
+      lease.sweep_id, lease.trial_id, worker_id, "trial_leased",
+      "lease " + std::to_string(lease.lease_id), now));
+  MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(lease.sweep_id, now));
+  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  ++version_;
+  return std::optional<Lease>(std::move(lease));
+}
+
+Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id,
+                              int64_t worker_id) {
+  Result<Statement> q = db_->Prepare(
+      "SELECT state, lease_id, coalesce(worker_id, 0) FROM trials WHERE id = ?");
+  if (!q.ok()) return q.status();
+  q->Bind(1, trial_id);
+  Result<bool> row = q->Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return NotFoundError("trial " + std::to_string(trial_id) + " not found");
+  if (q->Text(0) != "running" || q->Int(1) != lease_id ||
+      q->Int(2) != worker_id) {
+    return AbortedError("trial " + std::to_string(trial_id) + " lease " +
+                        std::to_string(lease_id) + " of worker " +
+                        std::to_string(worker_id) +
+                        " is no longer current (trial is " + q->Text(0) + ")");
+  }
+  return Status();
+}
+
+Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
+                                 int64_t worker_id,
+                                 const std::vector<MetricPoint>& points,
+                                 double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction tx(db_.get());
+  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+  MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id));
+  Result<Statement> ins = db_->Prepare(
+      "INSERT INTO metrics (trial_id, name, step, value, recorded_at) "
+      "VALUES (?, ?, ?, ?, ?) ON CONFLICT (trial_id, name, step) "
+      "DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at");
+  if (!ins.ok()) return ins.status();
+  for (const MetricPoint& p : points) {
+    ins->Reset();
+    ins->Bind(1, trial_id).Bind(2, p.name).Bind(3, p.step);
+    if (std::isfinite(p.value)) {
+      ins->Bind(4, p.value);
+    } else {
+      ins->BindNull(4);  // SQLite has no NaN; a diverged loss is stored as NULL
+    }
+    ins->Bind(5, now);
+    MEGABATCH_RETURN_IF_ERROR(ins->Run());
+  }
+  return tx.Commit();
+}
+
+Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
+                                           int64_t worker_id,
+                                           TrialState outcome,
+                                           const std::string& message,
+                                           const std::string& stderr_tail,
+                                           double now) {
+  if (outcome != TrialState::kCompleted && outcome != TrialState::kFailed &&
+      outcome != TrialState::kDiverged) {
+    return InvalidArgumentError(
+        std::string("outcome: must be completed, failed or diverged, got ") +
+        TrialStateName(outcome));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction tx(db_.get());
+  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+  MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id));
+  Result<Statement> q = db_->Prepare(
+      "SELECT t.sweep_id, t.attempts, s.max_retries FROM trials t "
+      "JOIN sweeps s ON s.id = t.sweep_id WHERE t.id = ?");
+  if (!q.ok()) return q.status();
+  q->Bind(1, trial_id);
+  Result<bool> row = q->Step();
+  if (!row.ok()) return row.status();
+  int64_t sweep_id = q->Int(0);
+  int64_t attempts = q->Int(1);
+  int64_t max_retries = q->Int(2);
+
+  TrialState next = outcome;
+  if (outcome == TrialState::kFailed && attempts <= max_retries) {
+    next = TrialState::kQueued;
+  }
+  std::string tail = stderr_tail.size() > kMaxStoredStderr
+                         ? stderr_tail.substr(stderr_tail.size() - kMaxStoredStderr)
+                         : stderr_tail;
+  Result<Statement> up = db_->Prepare(
+      "UPDATE trials SET state = ?, worker_id = CASE WHEN ? THEN NULL ELSE "
+      "worker_id END, error = nullif(?, ''), finished_at = ? WHERE id = ?");
+  if (!up.ok()) return up.status();
+  up->Bind(1, TrialStateName(next)).Bind(2, int64_t{next == TrialState::kQueued});
+  up->Bind(3, outcome == TrialState::kCompleted ? std::string() : message);
+  if (IsFinal(next)) {
+    up->Bind(4, now);
+  } else {
+    up->BindNull(4);
+  }
+  up->Bind(5, trial_id);
+  MEGABATCH_RETURN_IF_ERROR(up->Run());
+  std::string event = std::string("attempt ") + std::to_string(attempts) + " " +
+                      TrialStateName(outcome);
+  if (!message.empty()) event += ": " + message;
+  if (next == TrialState::kQueued) event += "; requeued for a retry";
+  if (!tail.empty()) event += "\n--- trainer stderr (tail) ---\n" + tail;
+  MEGABATCH_RETURN_IF_ERROR(AddEvent(
+      sweep_id, trial_id, worker_id,
+      std::string("trial_") + TrialStateName(outcome), event, now));
+  MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(sweep_id, now));
+  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  ++version_;
+  return next;
+}
+
+Result<int> SweepStore::ExpireWorkers(double deadline, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction tx(db_.get());
+  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+  Result<Statement> lost = db_->Prepare(
+      "SELECT id FROM workers WHERE state = 'alive' AND last_heartbeat_at < ?");
+  if (!lost.ok()) return lost.status();
+  lost->Bind(1, deadline);
+  std::vector<int64_t> ids;
+  MEGABATCH_RETURN_IF_ERROR(
+      ForEachRow(*lost, [&](Statement& r) { ids.push_back(r.Int(0)); }));
+  int requeued = 0;
+  std::set<int64_t> sweeps;
+  for (int64_t id : ids) {
+    Result<Statement> trials = db_->Prepare(
+        "SELECT id, sweep_id FROM trials WHERE worker_id = ? AND "
+        "state = 'running'");
+    if (!trials.ok()) return trials.status();
+    trials->Bind(1, id);
+    std::vector<std::pair<int64_t, int64_t>> held;
+    MEGABATCH_RETURN_IF_ERROR(ForEachRow(*trials, [&](Statement& r) {
+      held.emplace_back(r.Int(0), r.Int(1));
+    }));
+    for (const auto& [trial_id, sweep_id] : held) {
+      MEGABATCH_RETURN_IF_ERROR(AddEvent(sweep_id, trial_id, id, "trial_requeued",
+                                         "worker lost; lease revoked", now));
+      sweeps.insert(sweep_id);
+    }
+    Result<Statement> requeue = db_->Prepare(
+        "UPDATE trials SET state = 'queued', worker_id = NULL "
+        "WHERE worker_id = ? AND state = 'running'");
+    if (!requeue.ok()) return requeue.status();
+    requeue->Bind(1, id);
+    MEGABATCH_RETURN_IF_ERROR(requeue->Run());
+    requeued += db_->Changes();
+    Result<Statement> mark =
+        db_->Prepare("UPDATE workers SET state = 'lost' WHERE id = ?");
+    if (!mark.ok()) return mark.status();
+    mark->Bind(1, id);
+    MEGABATCH_RETURN_IF_ERROR(mark->Run());
+    MEGABATCH_RETURN_IF_ERROR(
+        AddEvent(0, 0, id, "worker_lost", "no heartbeat", now));
+  }
+  for (int64_t sweep_id : sweeps) {
+    MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(sweep_id, now));
+  }
+  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  if (!ids.empty()) ++version_;
+  return requeued;
+}
+
+int64_t SweepStore::version() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return version_;
+}
+
+}  // namespace megabatch::store

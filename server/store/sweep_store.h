@@ -1,0 +1,182 @@
+// SweepStore: every piece of coordinator state, in one SQLite file.
+//
+// Sweeps, their trials, metrics, workers and an event log live in the tables
+// documented in README.md ("Results database"). The schema is versioned with
+// PRAGMA user_version and migrated on Open(). Every state change of a trial
+// happens in one transaction, so a crash leaves either the old or the new
+// state, never a mix.
+#ifndef MEGABATCH_SERVER_STORE_SWEEP_STORE_H_
+#define MEGABATCH_SERVER_STORE_SWEEP_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "common/thread_annotations.h"
+#include "server/spec/sweep_spec.h"
+#include "server/store/db.h"
+
+namespace megabatch::store {
+
+// The current schema version; Open() migrates older files up to it.
+inline constexpr int kSchemaVersion = 1;
+
+enum class TrialState { kQueued, kRunning, kCompleted, kFailed, kCancelled, kDiverged };
+enum class SweepState { kQueued, kRunning, kCompleted, kFailed, kCancelled };
+
+// Lower-case names as stored in the database: "queued", "running", ...
+const char* TrialStateName(TrialState s);
+const char* SweepStateName(SweepState s);
+std::optional<TrialState> ParseTrialState(std::string_view name);
+std::optional<SweepState> ParseSweepState(std::string_view name);
+inline bool IsFinal(TrialState s) {
+  return s != TrialState::kQueued && s != TrialState::kRunning;
+}
+inline bool IsFinal(SweepState s) {
+  return s != SweepState::kQueued && s != SweepState::kRunning;
+}
+
+struct SweepRow {
+  int64_t id = 0;
+  std::string name;
+  SweepState state = SweepState::kQueued;
+  int32_t priority = 0;
+  int32_t max_parallel = 0;
+  int32_t max_retries = 0;
+  double created_at = 0;
+  double finished_at = 0;
+  std::map<TrialState, int32_t> trial_counts;  // absent states: 0
+  int32_t trials_total = 0;
+};
+
+struct TrialRow {
+  int64_t id = 0;
+  int64_t sweep_id = 0;
+  int32_t index = 0;
+  std::string optimizer;
+  int64_t batch_size = 0;
+  double lr = 0;
+  double lr_multiplier = 1;
+  int64_t seed = 0;
+  TrialState state = TrialState::kQueued;
+  int64_t worker_id = 0;
+  int64_t lease_id = 0;
+  int32_t attempts = 0;
+  std::string error;
+  double started_at = 0;
+  double finished_at = 0;
+  std::map<std::string, double> latest_metrics;
+};
+
+struct WorkerRow {
+  int64_t id = 0;
+  std::string name;
+  int32_t slots = 0;
+  int32_t busy_slots = 0;
+  bool alive = true;
+  double last_heartbeat_at = 0;
+};
+
+// A trial handed to a worker: run `config_json` under (trial_id, lease_id).
+struct Lease {
+  int64_t trial_id = 0;
+  int64_t lease_id = 0;
+  int64_t sweep_id = 0;
+  std::string config_json;
+};
+
+struct MetricPoint {
+  std::string name;
+  int64_t step = 0;
+  double value = 0;
+};
+
+// Thread-safe: every call runs under one internal mutex on one connection.
+class SweepStore {
+ public:
+  // Opens or creates the database at `path` and migrates it to
+  // kSchemaVersion. Errors: DATA_LOSS for a file that is not a megabatch
+  // database or is newer than this binary; FAILED_PRECONDITION if it cannot
+  // be opened.
+  static Result<std::unique_ptr<SweepStore>> Open(const std::string& path);
+
+  SweepStore(const SweepStore&) = delete;
+  SweepStore& operator=(const SweepStore&) = delete;
+
+  // Stores a sweep and its trials atomically. With a non-empty `request_id`
+  // that an earlier sweep was created with, returns that sweep's id and sets
+  // *existed instead of creating another.
+  Result<int64_t> CreateSweep(const spec::SweepSpec& spec,
+                              const std::vector<spec::TrialSpec>& trials,
+                              const std::string& request_id, double now,
+                              bool* existed);
+  // NOT_FOUND for an unknown id.
+  Result<SweepRow> GetSweep(int64_t sweep_id);
+  Result<std::vector<SweepRow>> ListSweeps();
+  // Cancels every queued or running trial of the sweep. FAILED_PRECONDITION
+  // if the sweep already ended; NOT_FOUND for an unknown id.
+  Result<SweepRow> CancelSweep(int64_t sweep_id, double now);
+  // NOT_FOUND for an unknown sweep.
+  Result<std::vector<TrialRow>> ListTrials(int64_t sweep_id);
+
+  Result<int64_t> RegisterWorker(const std::string& name, int32_t slots,
+                                 double now);
+  // Records a heartbeat (reviving a worker marked lost) and returns which of
+  // `running` (trial id, lease id) the worker must stop: trials no longer
+  // running under that lease. NOT_FOUND for an unknown worker.
+  Result<std::vector<int64_t>> Heartbeat(
+      int64_t worker_id, const std::vector<std::pair<int64_t, int64_t>>& running,
+      double now);
+  Result<std::vector<WorkerRow>> ListWorkers();
+
+  // Leases the next queued trial to the worker if it has a free slot: higher
+  // priority first, then the sweep with the fewest running trials (fair
+  // share), honouring max_parallel. nullopt when nothing fits.
+  Result<std::optional<Lease>> LeaseNext(int64_t worker_id, double now);
+
+  // Stores points for a trial held under (worker_id, lease_id), replacing any
+  // value already stored for the same (trial, name, step). ABORTED if the
+  // lease is not current; NOT_FOUND for an unknown trial.
+  Status AppendMetrics(int64_t trial_id, int64_t lease_id, int64_t worker_id,
+                       const std::vector<MetricPoint>& points, double now);
+
+  // Ends an attempt. A failed attempt is requeued while the trial has retries
+  // left. Returns the trial's new state. ABORTED if the lease is not current.
+  Result<TrialState> FinishTrial(int64_t trial_id, int64_t lease_id,
+                                 int64_t worker_id, TrialState outcome,
+                                 const std::string& message,
+                                 const std::string& stderr_tail, double now);
+
+  // Marks workers silent since before `deadline` as lost and requeues their
+  // running trials. Returns how many trials were requeued.
+  Result<int> ExpireWorkers(double deadline, double now);
+
+  // A counter that changes whenever any sweep or trial state changes; lets
+  // watchers skip unchanged snapshots cheaply.
+  int64_t version() const;
+
+ private:
+  explicit SweepStore(std::unique_ptr<Db> db) : db_(std::move(db)) {}
+  Status Migrate() REQUIRES(mu_);
+  Status AddEvent(int64_t sweep_id, int64_t trial_id, int64_t worker_id,
+                  const std::string& kind, const std::string& message,
+                  double now) REQUIRES(mu_);
+  // Sets the sweep's state from its trials' states.
+  Status RefreshSweepState(int64_t sweep_id, double now) REQUIRES(mu_);
+  Result<SweepRow> GetSweepLocked(int64_t sweep_id) REQUIRES(mu_);
+  Status CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker_id)
+      REQUIRES(mu_);
+
+  mutable std::mutex mu_;
+  std::unique_ptr<Db> db_ GUARDED_BY(mu_);
+  int64_t version_ GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace megabatch::store
+
+#endif  // MEGABATCH_SERVER_STORE_SWEEP_STORE_H_

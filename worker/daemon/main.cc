@@ -1,0 +1,88 @@
+// megabatch-worker: registers this machine's slots with the coordinator and
+// runs one megabatch-trainer child per leased trial.
+#include <CLI/CLI.hpp>
+#include <pthread.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <filesystem>
+#include <thread>
+
+#include "worker/daemon/worker.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"megabatch-worker: runs megabatch trials on this machine"};
+  std::string coordinator = "127.0.0.1:50051";
+  megabatch::worker::WorkerOptions options;
+  char host[256] = "worker";
+  gethostname(host, sizeof(host) - 1);
+  options.name = host;
+  int threads = 0;
+  app.add_option("--coordinator", coordinator, "coordinator address")
+      ->capture_default_str();
+  app.add_option("--name", options.name, "worker name shown in `megabatch workers`")
+      ->capture_default_str();
+  app.add_option("--slots", options.slots, "trials run at once (CPU slots)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--threads-per-slot", threads,
+                 "intra-op threads per trainer (default: cores / slots)")
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--work-dir", options.work_dir,
+                 "per-trial directories (default: a temp dir)");
+  app.add_option("--trainer", options.trainer_path,
+                 "megabatch-trainer binary (default: next to this binary)");
+  CLI11_PARSE(app, argc, argv);
+
+  namespace fs = std::filesystem;
+  if (options.trainer_path.empty()) {
+    options.trainer_path =
+        (fs::read_symlink("/proc/self/exe").parent_path() / "megabatch-trainer")
+            .string();
+  }
+  if (access(options.trainer_path.c_str(), X_OK) != 0) {
+    spdlog::error("--trainer: {} is not an executable file",
+                  options.trainer_path);
+    return 2;
+  }
+  if (options.work_dir.empty()) {
+    options.work_dir = (fs::temp_directory_path() /
+                        ("megabatch-worker-" + std::to_string(getpid())))
+                           .string();
+  }
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  options.threads_per_slot =
+      threads > 0 ? threads : std::max(1, static_cast<int>(cores) / options.slots);
+
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  try {
+    megabatch::worker::Worker worker(
+        grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()),
+        options);
+    std::thread signals([&] {
+      int signal = 0;
+      sigwait(&stop_signals, &signal);
+      spdlog::info("signal {}: stopping", signal);
+      worker.Stop();
+    });
+    signals.detach();
+    spdlog::info("megabatch-worker '{}': {} slots x {} threads, trainer {}",
+                 options.name, options.slots, options.threads_per_slot,
+                 options.trainer_path);
+    megabatch::Status s = worker.Run();
+    if (!s.ok()) {
+      spdlog::error("{}", s.ToString());
+      return 1;
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("fatal: {}", e.what());
+    return 1;
+  }
+  return 0;
+}

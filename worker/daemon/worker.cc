@@ -1,0 +1,454 @@
+#include "worker/daemon/worker.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#include "common/grpc_status.h"
+
+extern char** environ;
+
+namespace megabatch::worker {
+namespace {
+
+constexpr size_t kStderrTailBytes = 8192;
+// Above this many unsent points the worker stops reading the trainer's
+// stdout, so a trainer outrunning an unreachable coordinator blocks on its
+// pipe instead of growing the worker's memory.
+constexpr size_t kMaxBufferedPoints = 1 << 20;
+constexpr auto kRpcTimeout = std::chrono::seconds(30);
+constexpr auto kFinishRetryFor = std::chrono::seconds(120);
+constexpr int kTrainerExitDiverged = 3;
+
+std::chrono::system_clock::time_point Deadline(std::chrono::milliseconds d) {
+  return std::chrono::system_clock::now() + d;
+}
+
+// Appends `data` to a buffer holding at most `limit` of the latest bytes.
+void AppendTail(std::string* tail, const char* data, size_t n, size_t limit) {
+  tail->append(data, n);
+  if (tail->size() > limit) tail->erase(0, tail->size() - limit);
+}
+
+std::string DescribeExit(int wstatus) {
+  if (WIFEXITED(wstatus)) {
+    return "trainer exited with code " + std::to_string(WEXITSTATUS(wstatus));
+  }
+  if (WIFSIGNALED(wstatus)) {
+    int sig = WTERMSIG(wstatus);
+    std::string s = "trainer killed by signal " + std::to_string(sig) + " (" +
+                    strsignal(sig) + ")";
+    if (sig == SIGKILL) s += "; out of memory?";
+    return s;
+  }
+  return "trainer ended with status " + std::to_string(wstatus);
+}
+
+}  // namespace
+
+Result<TrainerLine> ParseTrainerLine(const std::string& line) {
+  nlohmann::json doc = nlohmann::json::parse(line, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) {
+    return InvalidArgumentError("trainer output is not a JSON object: " +
+                                line.substr(0, 200));
+  }
+  TrainerLine out;
+  if (auto ev = doc.find("event"); ev != doc.end() && ev->is_string()) {
+    out.event = ev->get<std::string>();
+    if (auto m = doc.find("message"); m != doc.end() && m->is_string()) {
+      out.message = m->get<std::string>();
+    }
+    return out;
+  }
+  auto step = doc.find("step");
+  auto metrics = doc.find("metrics");
+  if (step == doc.end() || !step->is_number_integer() ||
+      metrics == doc.end() || !metrics->is_object()) {
+    return InvalidArgumentError(
+        "trainer output line needs an integer step and a metrics object: " +
+        line.substr(0, 200));
+  }
+  for (const auto& [name, value] : metrics->items()) {
+    v1::MetricPoint p;
+    p.set_name(name);
+    p.set_step(step->get<int64_t>());
+    if (value.is_number()) {
+      p.set_value(value.get<double>());
+    } else if (value.is_null()) {
+      p.set_value(std::nan(""));  // a non-finite value
+    } else {
+      return InvalidArgumentError("metric " + name + " is not a number");
+    }
+    out.points.push_back(std::move(p));
+  }
+  return out;
+}
+
+Worker::Worker(std::shared_ptr<grpc::Channel> channel, WorkerOptions options)
+    : stub_(v1::WorkerService::NewStub(channel)), options_(std::move(options)) {}
+
+Worker::~Worker() { Stop(); }
+
+bool Worker::WaitFor(std::chrono::milliseconds d) {
+  std::unique_lock<std::mutex> lock(mu_);
+  stop_cv_.wait_for(lock, d, [&] { return stopping(); });
+  return stopping();
+}
+
+void Worker::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    for (auto& [trial_id, r] : running_) {
+      r.stop_requested = true;
+      if (r.pid > 0) kill(-r.pid, SIGKILL);
+    }
+  }
+  stop_cv_.notify_all();
+}
+
+Status Worker::Register() {
+  v1::RegisterWorkerRequest req;
+  req.set_name(options_.name);
+  req.set_slots(options_.slots);
+  auto backoff = std::chrono::milliseconds(100);
+  while (!stopping()) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(std::chrono::seconds(5)));
+    v1::RegisterWorkerResponse resp;
+    grpc::Status s = stub_->RegisterWorker(&ctx, req, &resp);
+    if (s.ok()) {
+      worker_id_ = resp.worker_id();
+      heartbeat_interval_ =
+          std::chrono::milliseconds(std::max(50, resp.heartbeat_interval_ms()));
+      spdlog::info("registered as worker {} with {} slots", worker_id_,
+                   options_.slots);
+      return Status();
+    }
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
+        s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return FromGrpcStatus(s);
+    }
+    spdlog::warn("coordinator unreachable ({}); retrying", s.error_message());
+    if (WaitFor(backoff)) break;
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+  }
+  return Status(StatusCode::kCancelled, "stopped before registering");
+}
+
+Status Worker::Run() {
+  MEGABATCH_RETURN_IF_ERROR(Register());
+  std::error_code ec;
+  std::filesystem::create_directories(options_.work_dir, ec);
+  if (ec) {
+    return FailedPreconditionError("work dir " + options_.work_dir + ": " +
+                                   ec.message());
+  }
+  std::vector<std::thread> threads;
+  threads.emplace_back([this] { HeartbeatLoop(); });
+  for (int slot = 0; slot < options_.slots; ++slot) {
+    threads.emplace_back([this, slot] { SlotLoop(slot); });
+  }
+  for (auto& t : threads) t.join();
+  return Status();
+}
+
+void Worker::HeartbeatLoop() {
+  while (!WaitFor(heartbeat_interval_)) {
+    v1::HeartbeatRequest req;
+    req.set_worker_id(worker_id_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [trial_id, r] : running_) {
+        auto* lease = req.add_running();
+        lease->set_trial_id(trial_id);
+        lease->set_lease_id(r.lease_id);
+      }
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(std::chrono::seconds(5)));
+    v1::HeartbeatResponse resp;
+    grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
+    if (!s.ok()) {
+      spdlog::warn("heartbeat failed: {}", s.error_message());
+      continue;
+    }
+    for (int64_t trial_id : resp.stop_trial_ids()) {
+      spdlog::info("coordinator says stop trial {}", trial_id);
+      StopTrial(trial_id);
+    }
+  }
+}
+
+void Worker::StopTrial(int64_t trial_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = running_.find(trial_id);
+  if (it == running_.end()) return;
+  it->second.stop_requested = true;
+  if (it->second.pid > 0) kill(-it->second.pid, SIGKILL);
+}
+
+void Worker::SlotLoop(int slot) {
+  while (!stopping()) {
+    v1::LeaseTrialRequest req;
+    req.set_worker_id(worker_id_);
+    req.set_wait_ms(static_cast<int32_t>(options_.lease_wait.count()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(options_.lease_wait + std::chrono::seconds(5)));
+    v1::LeaseTrialResponse resp;
+    grpc::Status s = stub_->LeaseTrial(&ctx, req, &resp);
+    if (!s.ok()) {
+      spdlog::warn("slot {}: lease failed: {}", slot, s.error_message());
+      WaitFor(std::chrono::milliseconds(500));
+      continue;
+    }
+    if (!resp.has_lease()) continue;
+    spdlog::info("slot {}: running trial {} (lease {})", slot,
+                 resp.lease().trial_id(), resp.lease().lease_id());
+    try {
+      RunTrial(resp.lease(), resp.config_json());
+    } catch (const std::exception& e) {
+      // The per-trial loop is where a trial's unexpected failure is caught.
+      FinishTrial(resp.lease(), v1::TRIAL_STATE_FAILED,
+                  std::string("worker error: ") + e.what(), "");
+    }
+  }
+}
+
+bool Worker::Flush(const v1::TrialLease& lease,
+                   std::vector<v1::MetricPoint>* points, bool* reachable) {
+  *reachable = true;
+  if (points->empty()) return true;
+  v1::ReportMetricsRequest req;
+  req.set_worker_id(worker_id_);
+  *req.mutable_lease() = lease;
+  for (auto& p : *points) *req.add_points() = std::move(p);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(kRpcTimeout));
+  v1::ReportMetricsResponse resp;
+  grpc::Status s = stub_->ReportMetrics(&ctx, req, &resp);
+  if (s.ok()) {
+    points->clear();
+    return true;
+  }
+  if (s.error_code() == grpc::StatusCode::ABORTED ||
+      s.error_code() == grpc::StatusCode::NOT_FOUND ||
+      s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+    spdlog::warn("trial {}: metrics refused: {}", lease.trial_id(),
+                 s.error_message());
+    points->clear();
+    return false;
+  }
+  // Unreachable: keep the points (moved back) and try again later.
+  points->assign(req.points().begin(), req.points().end());
+  *reachable = false;
+  return true;
+}
+
+void Worker::FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
+                         const std::string& message,
+                         const std::string& stderr_tail) {
+  v1::FinishTrialRequest req;
+  req.set_worker_id(worker_id_);
+  *req.mutable_lease() = lease;
+  req.set_outcome(outcome);
+  req.set_message(message);
+  req.set_stderr_tail(stderr_tail);
+  auto give_up = std::chrono::steady_clock::now() + kFinishRetryFor;
+  auto backoff = std::chrono::milliseconds(100);
+  while (true) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(kRpcTimeout));
+    v1::FinishTrialResponse resp;
+    grpc::Status s = stub_->FinishTrial(&ctx, req, &resp);
+    if (s.ok()) return;
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE ||
+        std::chrono::steady_clock::now() > give_up) {
+      spdlog::warn("trial {}: finish refused: {}", lease.trial_id(),
+                   s.error_message());
+      return;
+    }
+    if (WaitFor(backoff)) return;
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+  }
+}
+
+void Worker::RunTrial(const v1::TrialLease& lease,
+                      const std::string& config_json) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(options_.work_dir) /
+                 ("trial-" + std::to_string(lease.trial_id()) + "-lease-" +
+                  std::to_string(lease.lease_id()));
+  fs::create_directories(dir);
+  nlohmann::json config = nlohmann::json::parse(config_json, nullptr, false);
+  if (config.is_discarded() || !config.is_object()) {
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED, "lease carried an invalid config",
+                "");
+    return;
+  }
+  config["threads"] = options_.threads_per_slot;
+  std::string config_path = (dir / "config.json").string();
+  {
+    std::ofstream out(config_path);
+    out << config.dump(2);
+    if (!out) {
+      FinishTrial(lease, v1::TRIAL_STATE_FAILED,
+                  "cannot write " + config_path, "");
+      return;
+    }
+  }
+
+  int out_pipe[2], err_pipe[2];
+  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) {
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED,
+                std::string("pipe: ") + strerror(errno), "");
+    return;
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  // Its own process group, so that one kill reaches everything it started.
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);
+  std::string flag = "--config";
+  std::vector<char*> argv = {const_cast<char*>(options_.trainer_path.c_str()),
+                             flag.data(), config_path.data(), nullptr};
+  pid_t pid = 0;
+  {
+    // Registering under the lock means Stop() either sees the pid or runs
+    // before the spawn and is caught by the check below.
+    std::lock_guard<std::mutex> lock(mu_);
+    int rc = stopping() ? ECANCELED
+                        : posix_spawn(&pid, options_.trainer_path.c_str(),
+                                      &actions, &attr, argv.data(), environ);
+    if (rc == 0) running_[lease.trial_id()] = Running{pid, lease.lease_id(), false};
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    close(out_pipe[1]);
+    close(err_pipe[1]);
+    if (rc != 0) {
+      close(out_pipe[0]);
+      close(err_pipe[0]);
+      pid = -rc;
+    }
+  }
+  if (pid <= 0) {
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED,
+                "cannot start trainer " + options_.trainer_path + ": " +
+                    strerror(-pid),
+                "");
+    return;
+  }
+
+  std::vector<v1::MetricPoint> pending;
+  std::string stdout_buf, stderr_tail;
+  std::string event, event_message;
+  bool lease_ok = true, reachable = true;
+  auto last_flush = std::chrono::steady_clock::now();
+  bool out_open = true, err_open = true;
+  char buf[65536];
+  while (out_open || err_open) {
+    pollfd fds[2];
+    int nfds = 0;
+    bool read_out = out_open && pending.size() < kMaxBufferedPoints;
+    if (read_out) fds[nfds++] = {out_pipe[0], POLLIN, 0};
+    if (err_open) fds[nfds++] = {err_pipe[0], POLLIN, 0};
+    int timeout_ms = static_cast<int>(options_.flush_interval.count());
+    int ready = nfds > 0 ? poll(fds, nfds, timeout_ms) : 0;
+    if (nfds == 0) WaitFor(options_.flush_interval);
+    if (ready < 0 && errno != EINTR) break;
+    for (int i = 0; i < nfds && ready > 0; ++i) {
+      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+      bool is_out = fds[i].fd == out_pipe[0];
+      if (n <= 0) {
+        (is_out ? out_open : err_open) = false;
+        continue;
+      }
+      if (!is_out) {
+        AppendTail(&stderr_tail, buf, n, kStderrTailBytes);
+        continue;
+      }
+      stdout_buf.append(buf, n);
+      size_t start = 0, nl;
+      while ((nl = stdout_buf.find('\n', start)) != std::string::npos) {
+        std::string line = stdout_buf.substr(start, nl - start);
+        start = nl + 1;
+        if (line.empty()) continue;
+        auto parsed = ParseTrainerLine(line);
+        if (!parsed.ok()) {
+          AppendTail(&stderr_tail, (line + "\n").data(), line.size() + 1,
+                     kStderrTailBytes);
+          continue;
+        }
+        for (auto& p : parsed->points) pending.push_back(std::move(p));
+        if (!parsed->event.empty()) {
+          event = parsed->event;
+          event_message = parsed->message;
+        }
+      }
+      stdout_buf.erase(0, start);
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (lease_ok &&
+        (pending.size() >= static_cast<size_t>(options_.max_batch_points) ||
+         now - last_flush >= options_.flush_interval)) {
+      last_flush = now;
+      lease_ok = Flush(lease, &pending, &reachable);
+      if (!lease_ok) StopTrial(lease.trial_id());
+    }
+  }
+  close(out_pipe[0]);
+  close(err_pipe[0]);
+  int wstatus = 0;
+  while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+  }
+  bool stop_requested;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_requested = running_[lease.trial_id()].stop_requested;
+    running_.erase(lease.trial_id());
+  }
+  // Send what is left, retrying while the coordinator is briefly away.
+  auto give_up = std::chrono::steady_clock::now() + kFinishRetryFor;
+  while (lease_ok && !pending.empty()) {
+    lease_ok = Flush(lease, &pending, &reachable);
+    if (reachable || std::chrono::steady_clock::now() > give_up ||
+        WaitFor(std::chrono::milliseconds(500))) {
+      break;
+    }
+  }
+  if (stop_requested || !lease_ok) {
+    spdlog::info("trial {} stopped ({})", lease.trial_id(), DescribeExit(wstatus));
+    return;
+  }
+  if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) {
+    FinishTrial(lease, v1::TRIAL_STATE_COMPLETED, event_message, "");
+  } else if (WIFEXITED(wstatus) &&
+             WEXITSTATUS(wstatus) == kTrainerExitDiverged) {
+    FinishTrial(lease, v1::TRIAL_STATE_DIVERGED, event_message, "");
+  } else {
+    std::string message = DescribeExit(wstatus);
+    if (!event_message.empty()) message += ": " + event_message;
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED, message, stderr_tail);
+  }
+  spdlog::info("trial {} ended: {}", lease.trial_id(), DescribeExit(wstatus));
+}
+
+}  // namespace megabatch::worker

@@ -1,0 +1,99 @@
+// Worker: the daemon side of WorkerService. Registers its slots, heartbeats,
+// leases trials, and runs one megabatch-trainer child per leased trial,
+// forwarding the child's JSON-lines metrics in batches and reporting how the
+// child ended. A crashing trainer fails its trial, never the daemon.
+#ifndef MEGABATCH_WORKER_DAEMON_WORKER_H_
+#define MEGABATCH_WORKER_DAEMON_WORKER_H_
+
+#include <grpcpp/grpcpp.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/status.h"
+#include "common/thread_annotations.h"
+#include "megabatch/v1/megabatch.grpc.pb.h"
+
+namespace megabatch::worker {
+
+struct WorkerOptions {
+  std::string name = "worker";
+  int slots = 1;
+  int threads_per_slot = 1;  // the trainer's intra-op threads
+  std::string work_dir;      // per-trial directories go here
+  std::string trainer_path;  // the megabatch-trainer binary
+  // A batch of metric points is sent when it reaches max_batch_points or is
+  // flush_interval old, whichever comes first.
+  int max_batch_points = 2000;
+  std::chrono::milliseconds flush_interval{250};
+  // How long one LeaseTrial long-poll waits on the coordinator.
+  std::chrono::milliseconds lease_wait{2000};
+};
+
+// One line of trainer stdout, decoded. Exposed for tests.
+struct TrainerLine {
+  std::vector<v1::MetricPoint> points;
+  std::string event;  // "completed" | "diverged" | "failed" | "" (metrics)
+  std::string message;
+};
+// Parses {"step": s, "metrics": {...}} or {"event": ..., "message": ...}.
+// INVALID_ARGUMENT for anything else.
+Result<TrainerLine> ParseTrainerLine(const std::string& line);
+
+// Thread-safe: Run() on one thread, Stop() from any.
+class Worker {
+ public:
+  Worker(std::shared_ptr<grpc::Channel> channel, WorkerOptions options);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Registers (retrying while the coordinator is unreachable), then serves
+  // until Stop(). Returns the reason it stopped early, if any.
+  Status Run();
+  // Kills running trainers and makes Run() return. Idempotent.
+  void Stop();
+
+ private:
+  struct Running {
+    pid_t pid = 0;
+    int64_t lease_id = 0;
+    bool stop_requested = false;  // cancelled, or the lease was lost
+  };
+
+  Status Register();
+  void HeartbeatLoop();
+  void SlotLoop(int slot);
+  // Runs one leased trial to the end and reports its outcome.
+  void RunTrial(const v1::TrialLease& lease, const std::string& config_json);
+  // Sends buffered points; false if the lease is gone (ABORTED/NOT_FOUND).
+  bool Flush(const v1::TrialLease& lease,
+             std::vector<v1::MetricPoint>* points, bool* reachable);
+  void FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
+                   const std::string& message, const std::string& stderr_tail);
+  // Requests the stop of one trial's trainer (SIGKILL to its process group).
+  void StopTrial(int64_t trial_id);
+  bool stopping() const { return stopping_.load(); }
+  // Waits up to `d` unless Stop() is called; returns stopping().
+  bool WaitFor(std::chrono::milliseconds d);
+
+  std::unique_ptr<v1::WorkerService::Stub> stub_;
+  const WorkerOptions options_;
+  std::atomic<bool> stopping_{false};
+  int64_t worker_id_ = 0;  // set by Register(), before any thread starts
+  std::chrono::milliseconds heartbeat_interval_{1000};
+
+  std::mutex mu_;
+  std::condition_variable stop_cv_;
+  std::map<int64_t, Running> running_ GUARDED_BY(mu_);  // by trial id
+};
+
+}  // namespace megabatch::worker
+
+#endif  // MEGABATCH_WORKER_DAEMON_WORKER_H_

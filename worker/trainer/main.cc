@@ -1,0 +1,96 @@
+// megabatch-trainer --config trial.json: trains one trial and prints its
+// metrics as JSON lines on stdout:
+//   {"step": 12, "metrics": {"train_loss": 0.51, "lr": 0.01, ...}}
+// and last a line {"event": "completed" | "diverged" | "failed", "message": ...}.
+// Exit code: 0 completed, 3 diverged, 2 bad usage or config, 1 failure.
+#include <torch/torch.h>
+
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "worker/trainer/data/fashion_mnist.h"
+#include "worker/trainer/trainer.h"
+
+namespace {
+
+constexpr int kExitCompleted = 0;
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitDiverged = 3;
+
+class StdoutSink : public megabatch::trainer::MetricSink {
+ public:
+  void Log(int64_t step, const megabatch::trainer::Metrics& metrics) override {
+    nlohmann::json values = nlohmann::json::object();
+    for (const auto& [name, value] : metrics) {
+      // JSON has no NaN/Inf: a non-finite value is written as null.
+      values[name] = std::isfinite(value) ? nlohmann::json(value) : nullptr;
+    }
+    std::cout << nlohmann::json{{"step", step}, {"metrics", values}}.dump()
+              << std::endl;
+  }
+};
+
+void PrintEvent(const std::string& event, const std::string& message) {
+  std::cout << nlohmann::json{{"event", event}, {"message", message}}.dump()
+            << std::endl;
+}
+
+int Usage(const std::string& error) {
+  std::cerr << "megabatch-trainer: " << error << "\n"
+            << "usage: megabatch-trainer --config TRIAL.json\n";
+  return kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+      config_path = argv[++i];
+    } else if (std::strcmp(argv[i], "--help") == 0) {
+      return Usage("trains one trial and prints its metrics as JSON lines"), 0;
+    } else if (std::strcmp(argv[i], "--resume") == 0) {
+      return Usage("--resume: checkpoints are not supported yet");
+    } else {
+      return Usage(std::string("unknown argument ") + argv[i]);
+    }
+  }
+  if (config_path.empty()) return Usage("--config is required");
+  try {
+    std::ifstream in(config_path);
+    if (!in) return Usage("cannot read config file " + config_path);
+    nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
+    if (doc.is_discarded()) {
+      return Usage("config file " + config_path + " is not valid JSON");
+    }
+    auto config = megabatch::trainer::ParseTrialConfig(doc);
+    if (!config.ok()) return Usage(config.status().message());
+    auto data = megabatch::trainer::LoadFashionMnist(config->dataset_path);
+    if (!data.ok()) {
+      PrintEvent("failed", data.status().ToString());
+      std::cerr << data.status().ToString() << "\n";
+      return kExitFailed;
+    }
+    StdoutSink sink;
+    auto result = megabatch::trainer::RunTrial(*config, *data, &sink);
+    if (!result.ok()) {
+      PrintEvent("failed", result.status().ToString());
+      std::cerr << result.status().ToString() << "\n";
+      return kExitFailed;
+    }
+    if (result->outcome == megabatch::trainer::Outcome::kDiverged) {
+      PrintEvent("diverged", result->message);
+      return kExitDiverged;
+    }
+    PrintEvent("completed", result->message);
+    return kExitCompleted;
+  } catch (const std::exception& e) {
+    PrintEvent("failed", e.what());
+    std::cerr << "megabatch-trainer: " << e.what() << "\n";
+    return kExitFailed;
+  }
+}

@@ -1,0 +1,96 @@
+#include "worker/trainer/optim/registry.h"
+
+#include "common/optimizer_catalog.h"
+
+namespace megabatch::trainer {
+namespace {
+
+using nlohmann::json;
+
+// The value of option `name` in `config`, or the catalog default.
+class Options {
+ public:
+  Options(const json& config, const OptimizerInfo& info)
+      : config_(config), info_(info) {}
+
+  double Number(std::string_view name, int element = 0) const {
+    const OptimizerOption& opt = Find(name);
+    auto it = config_.find(std::string(name));
+    if (it != config_.end() && !it->is_null()) {
+      return opt.kind == OptionKind::kPair ? (*it)[element].get<double>()
+                                           : it->get<double>();
+    }
+    return element == 0 ? opt.default_value : opt.default_second;
+  }
+  bool Bool(std::string_view name) const {
+    auto it = config_.find(std::string(name));
+    if (it != config_.end() && !it->is_null()) return it->get<bool>();
+    return Find(name).default_value != 0;
+  }
+
+ private:
+  const OptimizerOption& Find(std::string_view name) const {
+    for (const auto& opt : info_.options) {
+      if (opt.name == name) return opt;
+    }
+    throw std::logic_error("optimizer " + std::string(info_.name) +
+                           " has no option " + std::string(name));
+  }
+  const json& config_;
+  const OptimizerInfo& info_;
+};
+
+Status CheckKnownOptions(const json& config, const OptimizerInfo& info) {
+  for (const auto& [key, value] : config.items()) {
+    if (key == "name") continue;
+    bool known = false;
+    for (const auto& opt : info.options) known |= opt.name == key;
+    if (!known) {
+      return InvalidArgumentError("optimizer." + key + ": unknown option of " +
+                                  std::string(info.name));
+    }
+  }
+  return Status();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
+    const json& config, const torch::nn::Module& module, double lr) {
+  std::string name = config.value("name", "");
+  const OptimizerInfo* info = FindOptimizer(name);
+  if (info == nullptr) {
+    return InvalidArgumentError("optimizer.name: unknown optimizer '" + name + "'");
+  }
+  MEGABATCH_RETURN_IF_ERROR(CheckKnownOptions(config, *info));
+  std::vector<torch::Tensor> params = module.parameters();
+  try {
+    Options o(config, *info);
+    if (name == "sgd") {
+      return std::unique_ptr<torch::optim::Optimizer>(
+          std::make_unique<torch::optim::SGD>(
+              params, torch::optim::SGDOptions(lr)
+                          .momentum(o.Number("momentum"))
+                          .weight_decay(o.Number("weight_decay"))
+                          .nesterov(o.Bool("nesterov"))));
+    }
+    if (name == "adamw") {
+      return std::unique_ptr<torch::optim::Optimizer>(
+          std::make_unique<torch::optim::AdamW>(
+              params, torch::optim::AdamWOptions(lr)
+                          .betas({o.Number("betas", 0), o.Number("betas", 1)})
+                          .eps(o.Number("eps"))
+                          .weight_decay(o.Number("weight_decay"))));
+    }
+  } catch (const std::exception& e) {
+    return InvalidArgumentError("optimizer " + name + ": " + e.what());
+  }
+  return InternalError("optimizer " + name +
+                       " is in the catalog but not in the registry");
+}
+
+void SetLearningRate(torch::optim::Optimizer& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
+}  // namespace megabatch::trainer

@@ -1,0 +1,44 @@
+// RunTrial: trains one trial to its budget (or its target, or divergence),
+// reporting every step's metrics to a MetricSink.
+#ifndef MEGABATCH_WORKER_TRAINER_TRAINER_H_
+#define MEGABATCH_WORKER_TRAINER_TRAINER_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "worker/trainer/data/fashion_mnist.h"
+#include "worker/trainer/trial_config.h"
+
+namespace megabatch::trainer {
+
+using Metrics = std::vector<std::pair<std::string, double>>;
+
+// Receives metrics as they are produced. Used only from the training thread.
+class MetricSink {
+ public:
+  virtual ~MetricSink() = default;
+  // Metrics logged at optimizer step `step` (1-based).
+  virtual void Log(int64_t step, const Metrics& metrics) = 0;
+};
+
+enum class Outcome { kCompleted, kDiverged };
+
+struct TrialResult {
+  Outcome outcome = Outcome::kCompleted;
+  int64_t steps = 0;
+  std::string message;
+};
+
+// Trains `config` on `data`. Per step it logs train_loss, lr and
+// samples_per_second; at each evaluation test_loss, test_accuracy and epoch;
+// when a target is first reached target_reached_seconds and
+// target_reached_samples. `sink` must outlive the call.
+Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data,
+                             MetricSink* sink);
+
+}  // namespace megabatch::trainer
+
+#endif  // MEGABATCH_WORKER_TRAINER_TRAINER_H_

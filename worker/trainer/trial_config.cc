@@ -1,0 +1,153 @@
+#include "worker/trainer/trial_config.h"
+
+#include <cmath>
+
+#include "common/optimizer_catalog.h"
+
+namespace megabatch::trainer {
+namespace {
+
+using nlohmann::json;
+
+// Reads doc[key] as T when present; a wrong type names the field.
+template <typename T>
+Status Read(const json& doc, const std::string& key, T* out) {
+  auto it = doc.find(key);
+  if (it == doc.end() || it->is_null()) return Status();
+  try {
+    *out = it->get<T>();
+  } catch (const json::exception& e) {
+    return InvalidArgumentError(key + ": " + e.what());
+  }
+  return Status();
+}
+
+template <typename T>
+Status ReadOptional(const json& doc, const std::string& key,
+                    std::optional<T>* out) {
+  auto it = doc.find(key);
+  if (it == doc.end() || it->is_null()) return Status();
+  T value;
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, key, &value));
+  *out = value;
+  return Status();
+}
+
+}  // namespace
+
+Result<TrialConfig> ParseTrialConfig(const json& doc) {
+  if (!doc.is_object()) {
+    return InvalidArgumentError("config: must be a JSON object");
+  }
+  TrialConfig c;
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "trial_id", &c.trial_id));
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "sweep_id", &c.sweep_id));
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "seed", &c.seed));
+  if (auto model = doc.find("model"); model != doc.end()) {
+    MEGABATCH_RETURN_IF_ERROR(Read(*model, "type", &c.model_type));
+    MEGABATCH_RETURN_IF_ERROR(Read(*model, "hidden", &c.hidden));
+  }
+  if (c.model_type != "mlp") {
+    return InvalidArgumentError("model.type: unknown model '" + c.model_type +
+                                "'; supported: mlp");
+  }
+  for (int64_t h : c.hidden) {
+    if (h < 1) return InvalidArgumentError("model.hidden: widths must be positive");
+  }
+  if (auto ds = doc.find("dataset"); ds != doc.end()) {
+    MEGABATCH_RETURN_IF_ERROR(Read(*ds, "path", &c.dataset_path));
+  }
+  c.optimizer = doc.value("optimizer", json{{"name", "sgd"}});
+  if (!c.optimizer.is_object() || !c.optimizer.contains("name") ||
+      !c.optimizer["name"].is_string()) {
+    return InvalidArgumentError("optimizer: must be an object with a name");
+  }
+  if (FindOptimizer(c.optimizer["name"].get<std::string>()) == nullptr) {
+    return InvalidArgumentError("optimizer.name: unknown optimizer '" +
+                                c.optimizer["name"].get<std::string>() + "'");
+  }
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "batch_size", &c.batch_size));
+  c.micro_batch_size = c.batch_size;
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "micro_batch_size", &c.micro_batch_size));
+  if (c.batch_size < 1) {
+    return InvalidArgumentError("batch_size: must be positive");
+  }
+  if (c.micro_batch_size < 1 || c.micro_batch_size > c.batch_size ||
+      c.batch_size % c.micro_batch_size != 0) {
+    return InvalidArgumentError(
+        "micro_batch_size: must divide batch_size " +
+        std::to_string(c.batch_size) + ", got " +
+        std::to_string(c.micro_batch_size));
+  }
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "lr", &c.lr));
+  if (!(c.lr > 0) || !std::isfinite(c.lr)) {
+    return InvalidArgumentError("lr: must be a positive number");
+  }
+  if (auto s = doc.find("schedule"); s != doc.end()) {
+    MEGABATCH_RETURN_IF_ERROR(ReadOptional(*s, "warmup_steps", &c.warmup_steps));
+    MEGABATCH_RETURN_IF_ERROR(
+        ReadOptional(*s, "warmup_epochs", &c.warmup_epochs));
+    std::string decay = "constant";
+    MEGABATCH_RETURN_IF_ERROR(Read(*s, "decay", &decay));
+    if (decay == "poly") {
+      c.decay = Decay::kPoly;
+    } else if (decay == "cosine") {
+      c.decay = Decay::kCosine;
+    } else if (decay != "constant") {
+      return InvalidArgumentError("schedule.decay: unknown decay '" + decay + "'");
+    }
+    MEGABATCH_RETURN_IF_ERROR(Read(*s, "power", &c.power));
+  }
+  if (auto b = doc.find("budget"); b != doc.end()) {
+    MEGABATCH_RETURN_IF_ERROR(ReadOptional(*b, "epochs", &c.budget_epochs));
+    MEGABATCH_RETURN_IF_ERROR(ReadOptional(*b, "steps", &c.budget_steps));
+    MEGABATCH_RETURN_IF_ERROR(ReadOptional(*b, "samples", &c.budget_samples));
+  }
+  int budgets = c.budget_epochs.has_value() + c.budget_steps.has_value() +
+                c.budget_samples.has_value();
+  if (budgets == 0) c.budget_epochs = 1.0;
+  if (budgets > 1) {
+    return InvalidArgumentError("budget: give one of epochs, steps, samples");
+  }
+  if ((c.budget_epochs && !(*c.budget_epochs > 0)) ||
+      (c.budget_steps && *c.budget_steps < 1) ||
+      (c.budget_samples && *c.budget_samples < 1)) {
+    return InvalidArgumentError("budget: must be positive");
+  }
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "eval_every_steps", &c.eval_every_steps));
+  if (auto t = doc.find("target"); t != doc.end() && t->is_object()) {
+    MEGABATCH_RETURN_IF_ERROR(Read(*t, "metric", &c.target_metric));
+    MEGABATCH_RETURN_IF_ERROR(Read(*t, "value", &c.target_value));
+    MEGABATCH_RETURN_IF_ERROR(Read(*t, "stop", &c.target_stop));
+    if (c.target_metric != "test_accuracy" && c.target_metric != "test_loss") {
+      return InvalidArgumentError("target.metric: unknown metric '" +
+                                  c.target_metric + "'");
+    }
+  }
+  MEGABATCH_RETURN_IF_ERROR(
+      Read(doc, "divergence_factor", &c.divergence_factor));
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "threads", &c.threads));
+  if (c.threads < 1) return InvalidArgumentError("threads: must be positive");
+  return c;
+}
+
+int64_t TotalSteps(const TrialConfig& c, int64_t train_samples) {
+  if (c.budget_steps) return *c.budget_steps;
+  if (c.budget_samples) {
+    return (*c.budget_samples + c.batch_size - 1) / c.batch_size;
+  }
+  double epochs = c.budget_epochs.value_or(1.0);
+  return std::max<int64_t>(
+      1, static_cast<int64_t>(
+             std::ceil(epochs * StepsPerEpoch(c, train_samples) - 1e-9)));
+}
+
+int64_t WarmupSteps(const TrialConfig& c, int64_t train_samples) {
+  if (c.warmup_epochs) {
+    return static_cast<int64_t>(
+        std::round(*c.warmup_epochs * StepsPerEpoch(c, train_samples)));
+  }
+  return c.warmup_steps.value_or(0);
+}
+
+}  // namespace megabatch::trainer

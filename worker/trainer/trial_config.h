@@ -1,0 +1,64 @@
+// TrialConfig: what megabatch-trainer runs, read from the JSON file given by
+// --config (the worker writes it from the coordinator's lease; users may write
+// one by hand, see README "Running one trial by hand"). LibTorch-free.
+#ifndef MEGABATCH_WORKER_TRAINER_TRIAL_CONFIG_H_
+#define MEGABATCH_WORKER_TRAINER_TRIAL_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "worker/trainer/schedule/lr_schedule.h"
+
+namespace megabatch::trainer {
+
+struct TrialConfig {
+  int64_t trial_id = 0;
+  int64_t sweep_id = 0;
+  int64_t seed = 0;
+  std::string model_type = "mlp";
+  std::vector<int64_t> hidden = {512, 512};
+  std::string dataset_path = "/usr/share/datasets/fashion-mnist";
+  nlohmann::json optimizer;  // {"name": ..., option: value, ...}
+  int64_t batch_size = 128;
+  int64_t micro_batch_size = 128;  // == batch_size: no accumulation
+  double lr = 0.01;                // peak lr
+  // Exactly one of warmup_steps / warmup_epochs is used.
+  std::optional<int64_t> warmup_steps;
+  std::optional<double> warmup_epochs;
+  Decay decay = Decay::kConstant;
+  double power = 1.0;
+  // Exactly one budget: epochs (may be fractional), steps or samples.
+  std::optional<double> budget_epochs;
+  std::optional<int64_t> budget_steps;
+  std::optional<int64_t> budget_samples;
+  int64_t eval_every_steps = 0;  // 0: at the end of every epoch
+  // Target: the first evaluation where `target_metric` reaches
+  // `target_value` (>= for accuracy, <= for loss) is recorded.
+  std::string target_metric;
+  double target_value = 0;
+  bool target_stop = false;
+  // A loss above divergence_factor x the first step's loss (or non-finite)
+  // ends the trial as diverged.
+  double divergence_factor = 10.0;
+  int threads = 1;  // intra-op threads
+};
+
+// Parses and validates a config document. INVALID_ARGUMENT names the field.
+Result<TrialConfig> ParseTrialConfig(const nlohmann::json& doc);
+
+// The total number of optimizer steps of the trial given the training-set
+// size, and the warmup length in steps.
+int64_t TotalSteps(const TrialConfig& c, int64_t train_samples);
+int64_t WarmupSteps(const TrialConfig& c, int64_t train_samples);
+inline int64_t StepsPerEpoch(const TrialConfig& c, int64_t train_samples) {
+  return std::max<int64_t>(1, train_samples / c.batch_size);
+}
+
+}  // namespace megabatch::trainer
+
+#endif  // MEGABATCH_WORKER_TRAINER_TRIAL_CONFIG_H_
