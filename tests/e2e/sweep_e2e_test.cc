@@ -1,0 +1,237 @@
+// Whole-system test: a real coordinator and two real workers (each running
+// real trainers) on loopback ports picked at run time, driven by the real CLI;
+// assertions read the real SQLite file.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "server/store/db.h"
+#include "tests/testing/process.h"
+#include "tests/testing/temp_dir.h"
+
+namespace megabatch {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::Process;
+using testing::RunCommand;
+
+constexpr auto kSweepTimeout = std::chrono::seconds(300);
+
+class SweepE2ETest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    address_ = "127.0.0.1:" + std::to_string(testing::FreePort());
+    db_path_ = dir_.File("megabatch.db");
+    coordinator_ = std::make_unique<Process>(
+        std::vector<std::string>{MEGABATCH_COORDINATOR_BIN, "--listen", address_,
+                                 "--db", db_path_},
+        dir_.File("coordinator.log"));
+    for (int i = 0; i < 2; ++i) {
+      std::string name = "worker-" + std::to_string(i);
+      workers_.push_back(std::make_unique<Process>(
+          std::vector<std::string>{MEGABATCH_WORKER_BIN, "--coordinator", address_,
+                                   "--name", name, "--slots", "1",
+                                   "--threads-per-slot", "1", "--work-dir",
+                                   dir_.File(name)},
+          dir_.File(name + ".log")));
+    }
+    ASSERT_TRUE(testing::WaitUntil(
+        [&] {
+          auto r = Cli({"-o", "json", "workers"});
+          return r.exit_code == 0 && nlohmann::json::parse(r.out).size() == 2;
+        },
+        std::chrono::seconds(30)))
+        << coordinator_->Log();
+  }
+
+  testing::CommandResult Cli(std::vector<std::string> args) {
+    args.insert(args.begin(), {MEGABATCH_CLI_BIN, "--server", address_});
+    return RunCommand(args);
+  }
+
+  std::string WriteSpec(const std::string& name, const std::string& text) {
+    std::string path = dir_.File(name);
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  // Runs one query returning a single integer or real.
+  double Scalar(const std::string& sql) {
+    auto db = store::Db::Open(db_path_);
+    EXPECT_TRUE(db.ok());
+    auto q = (*db)->Prepare(sql);
+    EXPECT_TRUE(q.ok()) << q.status().ToString();
+    auto row = q->Step();
+    EXPECT_TRUE(row.ok() && *row) << sql;
+    return q->Double(0);
+  }
+
+  testing::TempDir dir_;
+  std::string address_, db_path_;
+  std::unique_ptr<Process> coordinator_;
+  std::vector<std::unique_ptr<Process>> workers_;
+};
+
+TEST_F(SweepE2ETest, SweepRunsOnTwoWorkersAndLandsInSqlite) {
+  std::string spec = WriteSpec("sweep.yaml", R"yaml(
+name: e2e
+model: {type: mlp, hidden: [128]}
+optimizers: [{name: sgd, momentum: 0.9}, {name: adamw}]
+batch_sizes: [256, 1024]
+base: {batch_size: 256, lr: 0.02}
+lr_scaling: sqrt
+schedule: {warmup_steps: 5, decay: cosine}
+budget: {epochs: 1}
+)yaml");
+  // SGD and AdamW want different peak lrs; the multiplier is shared, so the
+  // spec's base lr suits SGD and AdamW still learns well at it.
+  auto submit = Cli({"submit", spec, "--wait"});
+  ASSERT_EQ(submit.exit_code, 0) << submit.err << coordinator_->Log()
+                                 << workers_[0]->Log();
+  EXPECT_THAT(submit.err, HasSubstr("completed: 4/4 done"));
+
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'"), 4);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials"), 4);
+  // Both workers ran trials.
+  EXPECT_EQ(Scalar("SELECT count(DISTINCT worker_id) FROM events "
+                   "WHERE kind = 'trial_leased'"),
+            2);
+  // Per-step train_loss for every step: 60000/256 = 234 and 60000/1024 = 58.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON "
+                   "t.id = m.trial_id WHERE m.name = 'train_loss' AND "
+                   "t.batch_size = 256"),
+            2 * 234);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON "
+                   "t.id = m.trial_id WHERE m.name = 'train_loss' AND "
+                   "t.batch_size = 1024"),
+            2 * 58);
+  EXPECT_EQ(Scalar("SELECT min(c) FROM (SELECT count(*) AS c FROM metrics "
+                   "WHERE name = 'lr' GROUP BY trial_id)"),
+            58);
+  // One epoch: one per-epoch test_accuracy row per trial, above 0.75.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 4);
+  double worst = Scalar("SELECT min(value) FROM metrics WHERE name = 'test_accuracy'");
+  EXPECT_GT(worst, 0.75);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE "
+                   "final_test_accuracy > 0.75 AND state = 'completed'"),
+            4);
+
+  auto trials = Cli({"-o", "json", "trials", "1"});
+  ASSERT_EQ(trials.exit_code, 0) << trials.err;
+  auto rows = nlohmann::json::parse(trials.out);
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_EQ(rows[0]["state"], "completed");
+  EXPECT_GT(rows[0]["test_accuracy"].get<double>(), 0.75);
+
+  auto csv = Cli({"-o", "csv", "list"});
+  EXPECT_EQ(csv.exit_code, 0);
+  EXPECT_THAT(csv.out, HasSubstr("1,e2e,completed,4,"));
+}
+
+TEST_F(SweepE2ETest, BadSpecIsRejectedByTheCliAndNothingIsStored) {
+  std::string spec = WriteSpec("bad.yaml", R"yaml(
+name: bad
+optimizers: [{name: sgd}]
+batch_sizes: [0]
+base: {lr: 0.1}
+)yaml");
+  auto r = Cli({"submit", spec});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT: batch_sizes[0]"));
+  EXPECT_EQ(Scalar("SELECT count(*) FROM sweeps"), 0);
+
+  auto missing = Cli({"submit", dir_.File("no-such-spec.yaml")});
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_THAT(missing.err, HasSubstr("no-such-spec.yaml"));
+
+  auto usage = Cli({"status"});
+  EXPECT_EQ(usage.exit_code, 2);
+  auto unknown = Cli({"status", "77"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("NOT_FOUND: sweep 77 not found"));
+}
+
+TEST_F(SweepE2ETest, DivergingAndCrashingTrialsGetTheirOwnStates) {
+  // lr 1e6 with SGD makes the loss explode on step 2: diverged, not failed.
+  std::string diverge = WriteSpec("diverge.yaml", R"yaml(
+name: diverge
+model: {type: mlp, hidden: [32]}
+optimizers: [{name: sgd, momentum: 0}]
+batch_sizes: [512]
+base: {lr: 1000000}
+budget: {steps: 20}
+)yaml");
+  auto r = Cli({"submit", diverge, "--wait"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'diverged'"), 1);
+
+  // A trainer that cannot read its dataset fails; with max_retries 1 it is
+  // tried twice, then the sweep fails with the trainer's stderr stored.
+  std::filesystem::create_directories(dir_.path() / "broken");
+  for (const char* f : {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}) {
+    std::ofstream(dir_.path() / "broken" / f) << "not gzip";
+  }
+  std::string crash = WriteSpec("crash.yaml", R"yaml(
+name: crash
+dataset: {name: fashion_mnist, path: )yaml" + (dir_.path() / "broken").string() +
+                                                 R"yaml(}
+optimizers: [{name: sgd}]
+batch_sizes: [128]
+base: {lr: 0.1}
+max_retries: 1
+)yaml");
+  r = Cli({"submit", crash, "--wait"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'failed' AND "
+                   "attempts = 2"),
+            1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_failed' "
+                   "AND message LIKE '%trainer stderr%' AND message LIKE "
+                   "'%not an IDX image file%'"),
+            2);
+}
+
+TEST_F(SweepE2ETest, CancelStopsRunningTrainersQuickly) {
+  std::string spec = WriteSpec("long.yaml", R"yaml(
+name: long
+optimizers: [{name: sgd}, {name: adamw}]
+batch_sizes: [64]
+base: {lr: 0.01}
+budget: {epochs: 50}
+)yaml");
+  auto submitted = Cli({"submit", spec});
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return Scalar("SELECT count(*) FROM metrics WHERE name = 'train_loss'") > 0;
+      },
+      std::chrono::seconds(60)));
+  auto start = std::chrono::steady_clock::now();
+  auto cancel = Cli({"cancel", "1"});
+  ASSERT_EQ(cancel.exit_code, 0) << cancel.err;
+  // The workers' trainers are gone within 5 s: no new metric rows arrive.
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        auto w = Cli({"-o", "json", "workers"});
+        auto rows = nlohmann::json::parse(w.out);
+        for (const auto& row : rows) {
+          if (row["busy"] != 0) return false;
+        }
+        return testing::CountProcesses("--config " + dir_.path().string()) == 0;
+      },
+      std::chrono::seconds(5)))
+      << "trainers still running 5 s after cancel";
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(6));
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'cancelled'"), 2);
+  auto again = Cli({"cancel", "1"});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_THAT(again.err, HasSubstr("FAILED_PRECONDITION"));
+}
+
+}  // namespace
+}  // namespace megabatch

@@ -1,0 +1,263 @@
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "megabatch/v1/megabatch.grpc.pb.h"
+#include "server/coordinator.h"
+#include "tests/testing/temp_dir.h"
+
+namespace megabatch {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr const char* kSpec = R"yaml(
+name: service-test
+optimizers: [{name: sgd}]
+batch_sizes: [128, 256]
+base: {lr: 0.1}
+)yaml";
+
+class ServicesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    CoordinatorOptions options;
+    options.listen = "127.0.0.1:0";
+    options.db_path = dir_.File("svc.db");
+    auto c = Coordinator::Start(options);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    coordinator_ = std::move(*c);
+    auto channel = coordinator_->InProcessChannel();
+    sweeps_ = v1::SweepService::NewStub(channel);
+    workers_ = v1::WorkerService::NewStub(channel);
+  }
+
+  grpc::Status Submit(const std::string& spec, v1::SubmitSweepResponse* resp,
+                      const std::string& request_id = "") {
+    grpc::ClientContext ctx;
+    v1::SubmitSweepRequest req;
+    req.set_spec(spec);
+    req.set_request_id(request_id);
+    return sweeps_->SubmitSweep(&ctx, req, resp);
+  }
+
+  int SweepCount() {
+    grpc::ClientContext ctx;
+    v1::ListSweepsResponse resp;
+    EXPECT_TRUE(sweeps_->ListSweeps(&ctx, {}, &resp).ok());
+    return resp.sweeps_size();
+  }
+
+  int64_t RegisterWorker() {
+    grpc::ClientContext ctx;
+    v1::RegisterWorkerRequest req;
+    req.set_name("w");
+    req.set_slots(1);
+    v1::RegisterWorkerResponse resp;
+    EXPECT_TRUE(workers_->RegisterWorker(&ctx, req, &resp).ok());
+    return resp.worker_id();
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<Coordinator> coordinator_;
+  std::unique_ptr<v1::SweepService::Stub> sweeps_;
+  std::unique_ptr<v1::WorkerService::Stub> workers_;
+};
+
+TEST_F(ServicesTest, InvalidSpecIsInvalidArgumentAndStoresNothing) {
+  v1::SubmitSweepResponse resp;
+  grpc::Status s = Submit("name: x\noptimizers: [{name: nadam}]\n"
+                          "batch_sizes: [1]\nbase: {lr: 1}\n",
+                          &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("optimizers[0].name"));
+  EXPECT_EQ(SweepCount(), 0);
+}
+
+TEST_F(ServicesTest, UnknownFormatIsInvalidArgument) {
+  grpc::ClientContext ctx;
+  v1::SubmitSweepRequest req;
+  req.set_spec(kSpec);
+  req.set_format("toml");
+  v1::SubmitSweepResponse resp;
+  grpc::Status s = sweeps_->SubmitSweep(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("format"));
+}
+
+TEST_F(ServicesTest, SubmitWithSameRequestIdCreatesOneSweep) {
+  v1::SubmitSweepResponse a, b;
+  ASSERT_TRUE(Submit(kSpec, &a, "retry-me").ok());
+  ASSERT_TRUE(Submit(kSpec, &b, "retry-me").ok());
+  EXPECT_EQ(a.sweep_id(), b.sweep_id());
+  EXPECT_EQ(b.trials(), 2);
+  EXPECT_EQ(SweepCount(), 1);
+}
+
+TEST_F(ServicesTest, UnknownSweepIsNotFoundAndBadIdIsInvalid) {
+  grpc::ClientContext ctx;
+  v1::GetSweepRequest req;
+  req.set_sweep_id(42);
+  v1::Sweep sweep;
+  grpc::Status s = sweeps_->GetSweep(&ctx, req, &sweep);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(s.error_message(), HasSubstr("sweep 42"));
+
+  grpc::ClientContext ctx2;
+  v1::CancelSweepRequest cancel;
+  cancel.set_sweep_id(-1);
+  s = sweeps_->CancelSweep(&ctx2, cancel, &sweep);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServicesTest, CancelTwiceIsFailedPrecondition) {
+  v1::SubmitSweepResponse resp;
+  ASSERT_TRUE(Submit(kSpec, &resp).ok());
+  v1::CancelSweepRequest req;
+  req.set_sweep_id(resp.sweep_id());
+  v1::Sweep sweep;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(sweeps_->CancelSweep(&ctx, req, &sweep).ok());
+    EXPECT_EQ(sweep.state(), v1::SWEEP_STATE_CANCELLED);
+  }
+  grpc::ClientContext ctx;
+  grpc::Status s = sweeps_->CancelSweep(&ctx, req, &sweep);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(ServicesTest, LeaseReportFinishRoundTrip) {
+  v1::SubmitSweepResponse submitted;
+  ASSERT_TRUE(Submit(kSpec, &submitted).ok());
+  int64_t worker = RegisterWorker();
+
+  v1::LeaseTrialResponse lease;
+  {
+    grpc::ClientContext ctx;
+    v1::LeaseTrialRequest req;
+    req.set_worker_id(worker);
+    req.set_wait_ms(1000);
+    ASSERT_TRUE(workers_->LeaseTrial(&ctx, req, &lease).ok());
+  }
+  ASSERT_TRUE(lease.has_lease());
+  EXPECT_THAT(lease.config_json(), HasSubstr("\"batch_size\":128"));
+
+  v1::ReportMetricsRequest report;
+  report.set_worker_id(worker);
+  *report.mutable_lease() = lease.lease();
+  auto* p = report.add_points();
+  p->set_name("train_loss");
+  p->set_step(1);
+  p->set_value(0.5);
+  {
+    grpc::ClientContext ctx;
+    v1::ReportMetricsResponse resp;
+    ASSERT_TRUE(workers_->ReportMetrics(&ctx, report, &resp).ok());
+    EXPECT_EQ(resp.accepted(), 1);
+  }
+  {
+    // A report under a stale lease is ABORTED.
+    report.mutable_lease()->set_lease_id(lease.lease().lease_id() + 7);
+    grpc::ClientContext ctx;
+    v1::ReportMetricsResponse resp;
+    EXPECT_EQ(workers_->ReportMetrics(&ctx, report, &resp).error_code(),
+              grpc::StatusCode::ABORTED);
+  }
+  v1::FinishTrialRequest finish;
+  finish.set_worker_id(worker);
+  *finish.mutable_lease() = lease.lease();
+  finish.set_outcome(v1::TRIAL_STATE_QUEUED);
+  {
+    grpc::ClientContext ctx;
+    v1::FinishTrialResponse resp;
+    EXPECT_EQ(workers_->FinishTrial(&ctx, finish, &resp).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  finish.set_outcome(v1::TRIAL_STATE_COMPLETED);
+  {
+    grpc::ClientContext ctx;
+    v1::FinishTrialResponse resp;
+    ASSERT_TRUE(workers_->FinishTrial(&ctx, finish, &resp).ok());
+    EXPECT_EQ(resp.state(), v1::TRIAL_STATE_COMPLETED);
+  }
+  grpc::ClientContext ctx;
+  v1::ListTrialsRequest list;
+  list.set_sweep_id(submitted.sweep_id());
+  v1::ListTrialsResponse trials;
+  ASSERT_TRUE(sweeps_->ListTrials(&ctx, list, &trials).ok());
+  EXPECT_EQ(trials.trials(0).state(), v1::TRIAL_STATE_COMPLETED);
+  EXPECT_DOUBLE_EQ(trials.trials(0).latest_metrics().at("train_loss"), 0.5);
+}
+
+TEST_F(ServicesTest, LeaseLongPollWakesOnSubmit) {
+  int64_t worker = RegisterWorker();
+  v1::LeaseTrialResponse lease;
+  grpc::Status status;
+  std::thread poller([&] {
+    grpc::ClientContext ctx;
+    v1::LeaseTrialRequest req;
+    req.set_worker_id(worker);
+    req.set_wait_ms(20000);
+    status = workers_->LeaseTrial(&ctx, req, &lease);
+  });
+  v1::SubmitSweepResponse resp;
+  ASSERT_TRUE(Submit(kSpec, &resp).ok());
+  auto start = std::chrono::steady_clock::now();
+  poller.join();
+  EXPECT_TRUE(status.ok());
+  EXPECT_TRUE(lease.has_lease());
+  // Woken by the submit, not by the 20 s timeout.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+}
+
+TEST_F(ServicesTest, MalformedWorkerRequestsNameTheField) {
+  grpc::ClientContext ctx;
+  v1::RegisterWorkerRequest req;
+  req.set_name("w");
+  req.set_slots(0);
+  v1::RegisterWorkerResponse resp;
+  grpc::Status s = workers_->RegisterWorker(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("slots"));
+
+  grpc::ClientContext ctx2;
+  v1::LeaseTrialRequest lease;
+  lease.set_worker_id(12345);
+  v1::LeaseTrialResponse lease_resp;
+  s = workers_->LeaseTrial(&ctx2, lease, &lease_resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(s.error_message(), HasSubstr("worker 12345"));
+}
+
+TEST_F(ServicesTest, HealthServiceIsServing) {
+  auto channel = coordinator_->InProcessChannel();
+  grpc::ClientContext ctx;
+  // An empty HealthCheckRequest (service "") serialises to zero bytes.
+  grpc::Slice empty_message("", 0);
+  grpc::ByteBuffer request(&empty_message, 1), response;
+  grpc::GenericStub stub(channel);
+  grpc::Status status;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                 &request, &response, [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> lock(mu);
+                   status = s;
+                   done = true;
+                   cv.notify_all();
+                 });
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (auto& s : slices) bytes += std::string(reinterpret_cast<const char*>(s.begin()), s.size());
+  // HealthCheckResponse{status: SERVING (1)} is field 1, varint 1.
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+}
+
+}  // namespace
+}  // namespace megabatch

@@ -1,0 +1,226 @@
+#include "server/spec/sweep_spec.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace megabatch::spec {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr const char* kValid = R"yaml(
+name: test-sweep
+model: {type: mlp, hidden: [64, 32]}
+dataset: {name: fashion_mnist}
+optimizers: [{name: sgd, momentum: 0.8}, {name: adamw}]
+batch_sizes: [128, 512]
+base: {batch_size: 128, lr: 0.01}
+lr_scaling: sqrt
+lr_multipliers: [0.5, 1]
+schedule: {warmup_epochs: 1, decay: poly, power: 2}
+budget: {epochs: 2.5}
+seeds: [0, 1]
+)yaml";
+
+// Replaces the first line starting with `key:` in kValid (or appends it).
+std::string WithLine(const std::string& key, const std::string& line) {
+  std::string spec = kValid;
+  size_t pos = spec.find("\n" + key + ":");
+  if (pos == std::string::npos) return spec + line + "\n";
+  size_t end = spec.find('\n', pos + 1);
+  return spec.substr(0, pos + 1) + line + spec.substr(end);
+}
+
+void ExpectInvalid(const std::string& spec, const std::string& field,
+                   SpecFormat format = SpecFormat::kAuto) {
+  auto r = ParseSweepSpec(spec, format);
+  ASSERT_FALSE(r.ok()) << "accepted: " << spec;
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr(field)) << r.status().message();
+}
+
+TEST(SweepSpecTest, ValidYamlParsesWithDefaults) {
+  auto r = ParseSweepSpec(kValid);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->name, "test-sweep");
+  ASSERT_EQ(r->optimizers.size(), 2u);
+  EXPECT_EQ(r->optimizers[0].options["momentum"], 0.8);
+  EXPECT_EQ(r->optimizers[0].options["nesterov"], false);
+  EXPECT_EQ(r->optimizers[1].options["weight_decay"], 0.01);
+  EXPECT_EQ(r->optimizers[1].options["betas"][1], 0.999);
+  EXPECT_EQ(r->dataset["path"], "/usr/share/datasets/fashion-mnist");
+  EXPECT_EQ(r->max_retries, 2);
+  EXPECT_DOUBLE_EQ(r->budget["epochs"].get<double>(), 2.5);
+}
+
+TEST(SweepSpecTest, JsonAndYamlGiveTheSameSpec) {
+  auto yaml = ParseSweepSpec(kValid);
+  ASSERT_TRUE(yaml.ok());
+  auto json = ParseSweepSpec(yaml->ToJson().dump(), SpecFormat::kJson);
+  ASSERT_TRUE(json.ok()) << json.status().ToString();
+  EXPECT_EQ(json->ToJson(), yaml->ToJson());
+}
+
+TEST(SweepSpecTest, ExpandsTheFullGridWithScaledLr) {
+  auto r = ParseSweepSpec(kValid);
+  ASSERT_TRUE(r.ok());
+  std::vector<TrialSpec> trials = ExpandSweep(*r);
+  ASSERT_EQ(trials.size(), 2u * 2u * 2u * 2u);
+  // Order: optimizers x batch_sizes x lr_multipliers x seeds.
+  EXPECT_EQ(trials[0].optimizer, "sgd");
+  EXPECT_EQ(trials[0].batch_size, 128);
+  EXPECT_DOUBLE_EQ(trials[0].lr, 0.005);
+  EXPECT_EQ(trials[1].seed, 1);
+  const TrialSpec& t = trials[6];  // sgd, 512, x1, seed 0
+  EXPECT_EQ(t.batch_size, 512);
+  EXPECT_DOUBLE_EQ(t.lr_multiplier, 1.0);
+  EXPECT_DOUBLE_EQ(t.lr, 0.01 * 2.0);  // sqrt(512 / 128) = 2
+  EXPECT_DOUBLE_EQ(t.config["lr"].get<double>(), t.lr);
+  EXPECT_EQ(t.config["optimizer"]["name"], "sgd");
+  EXPECT_EQ(t.config["micro_batch_size"], 512);
+  EXPECT_EQ(trials.back().optimizer, "adamw");
+}
+
+TEST(SweepSpecTest, LrScalingRules) {
+  EXPECT_DOUBLE_EQ(ScaledLr(LrScaling::kLinear, 0.1, 256, 1024), 0.4);
+  EXPECT_DOUBLE_EQ(ScaledLr(LrScaling::kSqrt, 0.1, 256, 1024), 0.2);
+  EXPECT_DOUBLE_EQ(ScaledLr(LrScaling::kNone, 0.1, 256, 1024), 0.1);
+}
+
+TEST(SweepSpecTest, MicroBatchCapsAtTheBatch) {
+  auto r = ParseSweepSpec(WithLine("micro_batch_size", "micro_batch_size: 256"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto trials = ExpandSweep(*r);
+  EXPECT_EQ(trials[0].config["micro_batch_size"], 128);
+  EXPECT_EQ(trials[4].config["micro_batch_size"], 256);
+}
+
+TEST(SweepSpecTest, UnknownOptimizerNamesTheField) {
+  ExpectInvalid(WithLine("optimizers", "optimizers: [{name: adamax}]"),
+                "optimizers[0].name: unknown optimizer 'adamax'");
+}
+
+TEST(SweepSpecTest, UnknownOptimizerOptionNamesTheField) {
+  ExpectInvalid(WithLine("optimizers", "optimizers: [{name: sgd, beta: 1}]"),
+                "optimizers[0].beta: unknown field");
+}
+
+TEST(SweepSpecTest, OptimizerOptionOutOfRange) {
+  ExpectInvalid(WithLine("optimizers", "optimizers: [{name: sgd, momentum: 1.5}]"),
+                "optimizers[0].momentum: must be in [0, 1)");
+  ExpectInvalid(
+      WithLine("optimizers", "optimizers: [{name: adamw, betas: [0.9, 2]}]"),
+      "optimizers[0].betas");
+}
+
+TEST(SweepSpecTest, NonPositiveBatchSizeNamesTheEntry) {
+  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [128, 0]"),
+                "batch_sizes[1]: must be between 1 and 60000");
+  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [-4]"), "batch_sizes[0]");
+  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [12.5]"),
+                "batch_sizes[0]: must be an integer");
+}
+
+TEST(SweepSpecTest, BatchLargerThanDataset) {
+  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [60001]"), "batch_sizes[0]");
+}
+
+TEST(SweepSpecTest, NonPositiveLr) {
+  ExpectInvalid(WithLine("base", "base: {batch_size: 128, lr: 0}"),
+                "base.lr: must be > 0");
+  ExpectInvalid(WithLine("base", "base: {batch_size: 128, lr: -0.1}"), "base.lr");
+  ExpectInvalid(WithLine("lr_multipliers", "lr_multipliers: [1, 0]"),
+                "lr_multipliers[1]: must be > 0");
+}
+
+TEST(SweepSpecTest, EmptyGridIsRejected) {
+  ExpectInvalid(WithLine("optimizers", "optimizers: []"),
+                "optimizers: must not be empty");
+  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: []"),
+                "batch_sizes: must not be empty");
+  ExpectInvalid(WithLine("lr_multipliers", "lr_multipliers: []"),
+                "lr_multipliers: must not be empty");
+  ExpectInvalid(WithLine("seeds", "seeds: []"), "seeds: must not be empty");
+}
+
+TEST(SweepSpecTest, MissingRequiredFields) {
+  ExpectInvalid(WithLine("name", "other: 1"), "name: required");
+  ExpectInvalid(WithLine("base", "base: {batch_size: 128}"), "base.lr: required");
+}
+
+TEST(SweepSpecTest, UnknownModelOrDataset) {
+  ExpectInvalid(WithLine("model", "model: {type: resnet50}"),
+                "model.type: unknown model 'resnet50'");
+  ExpectInvalid(WithLine("dataset", "dataset: {name: imagenet}"),
+                "dataset.name: unknown dataset 'imagenet'");
+  ExpectInvalid(WithLine("model", "model: {type: mlp, hidden: [64, 0]}"),
+                "model.hidden[1]");
+}
+
+TEST(SweepSpecTest, MissingDatasetFiles) {
+  ExpectInvalid(
+      WithLine("dataset", "dataset: {name: fashion_mnist, path: /nonexistent}"),
+      "dataset.path: no such directory: /nonexistent");
+  ExpectInvalid(WithLine("dataset", "dataset: {name: fashion_mnist, path: /tmp}"),
+                "dataset.path: /tmp has no train-images-idx3-ubyte.gz");
+}
+
+TEST(SweepSpecTest, MalformedYamlNamesTheLine) {
+  ExpectInvalid("name: x\noptimizers: [sgd\n", "spec: malformed YAML at line");
+  ExpectInvalid("- just\n- a list\n", "spec: must be a mapping");
+}
+
+TEST(SweepSpecTest, MalformedJson) {
+  ExpectInvalid("{\"name\": \"x\",", "spec: malformed JSON", SpecFormat::kJson);
+}
+
+TEST(SweepSpecTest, UnknownTopLevelFieldIsATypo) {
+  ExpectInvalid(WithLine("batch_size", "batch_size: 128"),
+                "batch_size: unknown field");
+}
+
+TEST(SweepSpecTest, WrongTypes) {
+  ExpectInvalid(WithLine("name", "name: [a, b]"), "name: must be a string");
+  ExpectInvalid(WithLine("budget", "budget: 10"), "budget: must be a mapping");
+  ExpectInvalid(WithLine("budget", "budget: {epochs: 1, steps: 5}"),
+                "budget: give exactly one");
+  ExpectInvalid(WithLine("lr_scaling", "lr_scaling: cubic"),
+                "lr_scaling: unknown rule 'cubic'");
+  ExpectInvalid(WithLine("schedule", "schedule: {decay: step}"),
+                "schedule.decay: unknown decay 'step'");
+  ExpectInvalid(WithLine("schedule", "schedule: {warmup_epochs: 1, warmup_steps: 5}"),
+                "schedule: give warmup_epochs or warmup_steps");
+}
+
+TEST(SweepSpecTest, MicroBatchMustDivideBatches) {
+  ExpectInvalid(WithLine("micro_batch_size", "micro_batch_size: 96"),
+                "micro_batch_size: batch size 128 is not a multiple of 96");
+}
+
+TEST(SweepSpecTest, DuplicateGridEntries) {
+  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [128, 128]"),
+                "batch_sizes[1]: duplicate");
+}
+
+TEST(SweepSpecTest, TooManyTrials) {
+  std::string seeds = "seeds: [";
+  for (int i = 0; i < 700; ++i) seeds += (i ? "," : "") + std::to_string(i);
+  std::string spec = WithLine("seeds", seeds + "]");
+  size_t pos = spec.find("lr_multipliers: [0.5, 1]");
+  spec.replace(pos, 24, "lr_multipliers: [0.5, 1, 2, 4]");
+  ExpectInvalid(spec, "expands to 11200 trials; at most 10000");
+}
+
+TEST(SweepSpecTest, FeaturesOfLaterMilestonesSaySo) {
+  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 2"),
+                "ranks_per_trial: data-parallel trials are not supported yet");
+  EXPECT_TRUE(ParseSweepSpec(WithLine("ranks_per_trial", "ranks_per_trial: 1")).ok());
+}
+
+TEST(SweepSpecTest, QuotedNumbersStayStrings) {
+  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: ['128']"),
+                "batch_sizes[0]: must be an integer");
+}
+
+}  // namespace
+}  // namespace megabatch::spec

@@ -1,0 +1,251 @@
+#include "server/store/sweep_store.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/testing/temp_dir.h"
+
+namespace megabatch::store {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr const char* kSpec = R"yaml(
+name: store-test
+optimizers: [{name: sgd}, {name: adamw}]
+batch_sizes: [128, 256]
+base: {lr: 0.1}
+max_retries: 1
+)yaml";
+
+class SweepStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto s = SweepStore::Open(dir_.File("store.db"));
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    store_ = std::move(*s);
+  }
+
+  int64_t Create(const char* spec_text = kSpec, const std::string& request_id = "") {
+    auto spec = spec::ParseSweepSpec(spec_text);
+    EXPECT_TRUE(spec.ok()) << spec.status().ToString();
+    bool existed = false;
+    auto id = store_->CreateSweep(*spec, spec::ExpandSweep(*spec), request_id,
+                                  1000.0, &existed);
+    EXPECT_TRUE(id.ok()) << id.status().ToString();
+    return *id;
+  }
+
+  Lease LeaseOne(int64_t worker) {
+    auto lease = store_->LeaseNext(worker, 1001.0);
+    EXPECT_TRUE(lease.ok()) << lease.status().ToString();
+    EXPECT_TRUE(lease->has_value());
+    return **lease;
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<SweepStore> store_;
+};
+
+TEST_F(SweepStoreTest, CreateStoresEveryTrialWithItsConfig) {
+  int64_t id = Create();
+  auto trials = store_->ListTrials(id);
+  ASSERT_TRUE(trials.ok());
+  ASSERT_EQ(trials->size(), 4u);
+  for (const TrialRow& t : *trials) EXPECT_EQ(t.state, TrialState::kQueued);
+  auto sweep = store_->GetSweep(id);
+  ASSERT_TRUE(sweep.ok());
+  EXPECT_EQ(sweep->state, SweepState::kQueued);
+  EXPECT_EQ(sweep->trials_total, 4);
+}
+
+TEST_F(SweepStoreTest, RequestIdMakesCreateIdempotent) {
+  int64_t first = Create(kSpec, "req-1");
+  auto spec = spec::ParseSweepSpec(kSpec);
+  bool existed = false;
+  auto again = store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "req-1",
+                                   1002.0, &existed);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(existed);
+  EXPECT_EQ(*again, first);
+  EXPECT_EQ(store_->ListSweeps()->size(), 1u);
+}
+
+TEST_F(SweepStoreTest, LeaseRespectsSlotsAndCarriesIdsInTheConfig) {
+  int64_t sweep = Create();
+  auto worker = store_->RegisterWorker("w", 1, 1000.0);
+  ASSERT_TRUE(worker.ok());
+  Lease lease = LeaseOne(*worker);
+  EXPECT_EQ(lease.lease_id, 1);
+  auto config = nlohmann::json::parse(lease.config_json);
+  EXPECT_EQ(config["trial_id"], lease.trial_id);
+  EXPECT_EQ(config["sweep_id"], sweep);
+  // One slot, one running trial: nothing more for this worker.
+  auto none = store_->LeaseNext(*worker, 1001.0);
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  EXPECT_EQ(store_->GetSweep(sweep)->state, SweepState::kRunning);
+}
+
+TEST_F(SweepStoreTest, MetricsAreUniquePerTrialNameAndStep) {
+  Create();
+  int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);
+  Lease lease = LeaseOne(worker);
+  ASSERT_TRUE(store_
+                  ->AppendMetrics(lease.trial_id, lease.lease_id, worker,
+                                  {{"train_loss", 1, 2.0}, {"train_loss", 2, 1.5}},
+                                  1002.0)
+                  .ok());
+  // A re-sent step overwrites instead of duplicating.
+  ASSERT_TRUE(store_
+                  ->AppendMetrics(lease.trial_id, lease.lease_id, worker,
+                                  {{"train_loss", 2, 1.25}}, 1003.0)
+                  .ok());
+  auto trials = store_->ListTrials(lease.sweep_id);
+  const TrialRow& t = (*trials)[0];
+  EXPECT_DOUBLE_EQ(t.latest_metrics.at("train_loss"), 1.25);
+}
+
+TEST_F(SweepStoreTest, StaleLeaseIsAbortedAndChangesNothing) {
+  Create();
+  int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);
+  Lease lease = LeaseOne(worker);
+  Status s = store_->AppendMetrics(lease.trial_id, lease.lease_id + 1, worker,
+                                   {{"train_loss", 1, 9.0}}, 1002.0);
+  EXPECT_EQ(s.code(), StatusCode::kAborted);
+  auto finish = store_->FinishTrial(lease.trial_id, lease.lease_id, worker + 1,
+                                    TrialState::kCompleted, "", "", 1003.0);
+  EXPECT_EQ(finish.status().code(), StatusCode::kAborted);
+  auto trials = store_->ListTrials(lease.sweep_id);
+  EXPECT_TRUE((*trials)[0].latest_metrics.empty());
+  EXPECT_EQ((*trials)[0].state, TrialState::kRunning);
+}
+
+TEST_F(SweepStoreTest, FailedAttemptIsRetriedThenFailedWithStderr) {
+  int64_t sweep = Create();  // max_retries: 1
+  int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);
+  Lease first = LeaseOne(worker);
+  auto state = store_->FinishTrial(first.trial_id, first.lease_id, worker,
+                                   TrialState::kFailed, "crash", "boom 1", 1002.0);
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(*state, TrialState::kQueued);
+  Lease second = LeaseOne(worker);
+  EXPECT_EQ(second.trial_id, first.trial_id);
+  EXPECT_EQ(second.lease_id, first.lease_id + 1);
+  state = store_->FinishTrial(second.trial_id, second.lease_id, worker,
+                              TrialState::kFailed, "crash", "boom 2", 1003.0);
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(*state, TrialState::kFailed);
+  auto trials = store_->ListTrials(sweep);
+  EXPECT_EQ((*trials)[0].attempts, 2);
+  EXPECT_EQ((*trials)[0].error, "crash");
+}
+
+TEST_F(SweepStoreTest, SweepCompletesWhenEveryTrialEnds) {
+  int64_t sweep = Create();
+  int64_t worker = *store_->RegisterWorker("w", 4, 1000.0);
+  std::vector<Lease> leases;
+  for (int i = 0; i < 4; ++i) leases.push_back(LeaseOne(worker));
+  for (size_t i = 0; i < leases.size(); ++i) {
+    TrialState outcome = i == 0 ? TrialState::kDiverged : TrialState::kCompleted;
+    ASSERT_TRUE(store_
+                    ->FinishTrial(leases[i].trial_id, leases[i].lease_id, worker,
+                                  outcome, "", "", 1005.0)
+                    .ok());
+  }
+  auto row = store_->GetSweep(sweep);
+  EXPECT_EQ(row->state, SweepState::kCompleted);
+  EXPECT_EQ(row->trial_counts[TrialState::kDiverged], 1);
+  EXPECT_DOUBLE_EQ(row->finished_at, 1005.0);
+}
+
+TEST_F(SweepStoreTest, CancelCompletedSweepIsFailedPrecondition) {
+  int64_t sweep = Create();
+  auto cancelled = store_->CancelSweep(sweep, 1001.0);
+  ASSERT_TRUE(cancelled.ok());
+  EXPECT_EQ(cancelled->state, SweepState::kCancelled);
+  EXPECT_EQ(cancelled->trial_counts[TrialState::kCancelled], 4);
+  auto again = store_->CancelSweep(sweep, 1002.0);
+  EXPECT_EQ(again.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(again.status().message(), HasSubstr("sweep 1 is cancelled"));
+}
+
+TEST_F(SweepStoreTest, UnknownIdsAreNotFound) {
+  EXPECT_EQ(store_->GetSweep(99).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store_->ListTrials(99).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store_->CancelSweep(99, 1.0).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store_->Heartbeat(99, {}, 1.0).status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(SweepStoreTest, SilentWorkerLosesItsTrialsAndHeartbeatSaysStop) {
+  Create();
+  int64_t worker = *store_->RegisterWorker("w", 2, 1000.0);
+  Lease lease = LeaseOne(worker);
+  auto requeued = store_->ExpireWorkers(/*deadline=*/1500.0, 1500.0);
+  ASSERT_TRUE(requeued.ok());
+  EXPECT_EQ(*requeued, 1);
+  auto stop = store_->Heartbeat(worker, {{lease.trial_id, lease.lease_id}}, 1501.0);
+  ASSERT_TRUE(stop.ok());
+  EXPECT_EQ(*stop, std::vector<int64_t>{lease.trial_id});
+  // The trial is leased again under a new lease id.
+  Lease again = LeaseOne(worker);
+  EXPECT_EQ(again.trial_id, lease.trial_id);
+  EXPECT_GT(again.lease_id, lease.lease_id);
+}
+
+TEST_F(SweepStoreTest, ReopenKeepsEverything) {
+  int64_t sweep = Create();
+  store_.reset();
+  auto reopened = SweepStore::Open(dir_.File("store.db"));
+  ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
+  EXPECT_EQ((*reopened)->ListTrials(sweep)->size(), 4u);
+}
+
+TEST_F(SweepStoreTest, RefusesAForeignDatabase) {
+  std::string path = dir_.File("foreign.db");
+  {
+    auto db = Db::Open(path);
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec("CREATE TABLE important (x INTEGER)").ok());
+  }
+  auto s = SweepStore::Open(path);
+  EXPECT_EQ(s.status().code(), StatusCode::kDataLoss);
+}
+
+TEST_F(SweepStoreTest, RefusesANewerSchema) {
+  std::string path = dir_.File("newer.db");
+  {
+    auto db = Db::Open(path);
+    ASSERT_TRUE((*db)->Exec("PRAGMA user_version=999").ok());
+  }
+  auto s = SweepStore::Open(path);
+  EXPECT_EQ(s.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(s.status().message(), HasSubstr("newer"));
+}
+
+TEST_F(SweepStoreTest, TrialSummaryViewAnswersWithoutJoins) {
+  Create();
+  int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);
+  Lease lease = LeaseOne(worker);
+  ASSERT_TRUE(store_
+                  ->AppendMetrics(lease.trial_id, lease.lease_id, worker,
+                                  {{"train_loss", 1, 2.0},
+                                   {"train_loss", 2, 1.0},
+                                   {"test_accuracy", 2, 0.7},
+                                   {"test_accuracy", 4, 0.6}},
+                                  1002.0)
+                  .ok());
+  auto db = Db::Open(dir_.File("store.db"));
+  auto q = (*db)->Prepare(
+      "SELECT steps, final_train_loss, final_test_accuracy, best_test_accuracy "
+      "FROM trial_summary WHERE trial_id = ?");
+  q->Bind(1, lease.trial_id);
+  ASSERT_TRUE(*q->Step());
+  EXPECT_EQ(q->Int(0), 2);
+  EXPECT_DOUBLE_EQ(q->Double(1), 1.0);
+  EXPECT_DOUBLE_EQ(q->Double(2), 0.6);
+  EXPECT_DOUBLE_EQ(q->Double(3), 0.7);
+}
+
+}  // namespace
+}  // namespace megabatch::store
