@@ -36,7 +36,7 @@ struct OptimizerInfo {
 
 inline constexpr double kInf = std::numeric_limits<double>::infinity();
 
-inline constexpr std::array<OptimizerInfo, 2> kOptimizers = {{
+inline constexpr std::array<OptimizerInfo, 4> kOptimizers = {{
     {"sgd",
      "SGD with momentum (LibTorch's torch::optim::SGD)",
      {{{"momentum", OptionKind::kNumber, 0.9, 0, 0, 1, true, "momentum"},
@@ -51,6 +51,37 @@ inline constexpr std::array<OptimizerInfo, 2> kOptimizers = {{
         "denominator epsilon"},
        {"weight_decay", OptionKind::kNumber, 0.01, 0, 0, kInf, true,
         "decoupled weight decay"}}}},
+    {"lamb",
+     "LAMB (You et al. 2019): Adam with a per-tensor trust ratio",
+     {{{"betas", OptionKind::kPair, 0.9, 0.999, 0, 1, true, "(beta1, beta2)"},
+       {"eps", OptionKind::kNumber, 1e-6, 0, 1e-300, 1, false,
+        "denominator epsilon"},
+       {"weight_decay", OptionKind::kNumber, 0.01, 0, 0, kInf, true,
+        "decoupled weight decay, inside the trust ratio"},
+       {"bias_correction", OptionKind::kBool, 1, 0, 0, 1, false,
+        "Adam bias correction of the moments"},
+       {"always_adapt", OptionKind::kBool, 1, 0, 0, 1, false,
+        "apply the trust ratio also where weight_decay is 0 (off: apex)"},
+       {"trust_clip", OptionKind::kBool, 0, 0, 0, 1, false,
+        "clip the trust ratio at 1"},
+       {"max_grad_norm", OptionKind::kNumber, 0.0, 0, 0, kInf, true,
+        "global gradient clipping threshold; 0 is off"},
+       {"exclude_bias_and_norm", OptionKind::kBool, 1, 0, 0, 1, false,
+        "biases and normalisation parameters get no weight decay and no "
+        "adaptation"}}}},
+    {"lars",
+     "LARS (You, Gitman, Ginsburg 2017): momentum SGD with a layer-wise rate",
+     {{{"momentum", OptionKind::kNumber, 0.9, 0, 0, 1, true, "momentum"},
+       {"weight_decay", OptionKind::kNumber, 5e-4, 0, 0, kInf, true,
+        "weight decay, inside the update"},
+       {"trust_coefficient", OptionKind::kNumber, 0.001, 0, 1e-300, kInf, true,
+        "eta: the trust coefficient"},
+       {"eps", OptionKind::kNumber, 1e-9, 0, 0, 1, false,
+        "denominator epsilon"},
+       {"nesterov", OptionKind::kBool, 0, 0, 0, 1, false, "Nesterov momentum"},
+       {"exclude_bias_and_norm", OptionKind::kBool, 1, 0, 0, 1, false,
+        "biases and normalisation parameters get no weight decay and no "
+        "adaptation"}}}},
 }};
 
 // Returns the catalog entry for `name`, or nullptr if there is none.

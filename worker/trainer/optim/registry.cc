@@ -1,6 +1,8 @@
 #include "worker/trainer/optim/registry.h"
 
 #include "common/optimizer_catalog.h"
+#include "worker/trainer/optim/lamb.h"
+#include "worker/trainer/optim/lars.h"
 
 namespace megabatch::trainer {
 namespace {
@@ -55,6 +57,15 @@ Status CheckKnownOptions(const json& config, const OptimizerInfo& info) {
 
 }  // namespace
 
+ParameterSplit SplitBiasAndNorm(const torch::nn::Module& module) {
+  ParameterSplit split;
+  for (const auto& item : module.named_parameters()) {
+    (item.value().dim() <= 1 ? split.excluded : split.regular)
+        .push_back(item.value());
+  }
+  return split;
+}
+
 Result<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
     const json& config, const torch::nn::Module& module, double lr) {
   std::string name = config.value("name", "");
@@ -81,6 +92,54 @@ Result<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
                           .betas({o.Number("betas", 0), o.Number("betas", 1)})
                           .eps(o.Number("eps"))
                           .weight_decay(o.Number("weight_decay"))));
+    }
+    // LAMB and LARS: biases and norms in a group of their own with no weight
+    // decay and no adaptation, unless exclude_bias_and_norm is false.
+    ParameterSplit split;
+    if (o.Bool("exclude_bias_and_norm")) {
+      split = SplitBiasAndNorm(module);
+    } else {
+      split.regular = params;
+    }
+    if (name == "lamb") {
+      optim::LambOptions options = optim::LambOptions(lr)
+          .betas({o.Number("betas", 0), o.Number("betas", 1)})
+          .eps(o.Number("eps"))
+          .weight_decay(o.Number("weight_decay"))
+          .bias_correction(o.Bool("bias_correction"))
+          .always_adapt(o.Bool("always_adapt"))
+          .trust_clip(o.Bool("trust_clip"))
+          .max_grad_norm(o.Number("max_grad_norm"));
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(split.regular,
+                          std::make_unique<optim::LambOptions>(options));
+      if (!split.excluded.empty()) {
+        optim::LambOptions plain = options;
+        plain.weight_decay(0).always_adapt(false);
+        groups.emplace_back(split.excluded,
+                            std::make_unique<optim::LambOptions>(plain));
+      }
+      return std::unique_ptr<torch::optim::Optimizer>(
+          std::make_unique<optim::Lamb>(std::move(groups), options));
+    }
+    if (name == "lars") {
+      optim::LarsOptions options = optim::LarsOptions(lr)
+          .momentum(o.Number("momentum"))
+          .weight_decay(o.Number("weight_decay"))
+          .trust_coefficient(o.Number("trust_coefficient"))
+          .eps(o.Number("eps"))
+          .nesterov(o.Bool("nesterov"));
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(split.regular,
+                          std::make_unique<optim::LarsOptions>(options));
+      if (!split.excluded.empty()) {
+        optim::LarsOptions plain = options;
+        plain.weight_decay(0).adapt(false);
+        groups.emplace_back(split.excluded,
+                            std::make_unique<optim::LarsOptions>(plain));
+      }
+      return std::unique_ptr<torch::optim::Optimizer>(
+          std::make_unique<optim::Lars>(std::move(groups), options));
     }
   } catch (const std::exception& e) {
     return InvalidArgumentError("optimizer " + name + ": " + e.what());

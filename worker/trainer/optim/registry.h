@@ -19,6 +19,14 @@ namespace megabatch::trainer {
 Result<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
     const nlohmann::json& config, const torch::nn::Module& module, double lr);
 
+// A module's parameters split the way LAMB/LARS recipes want: tensors of
+// dimension <= 1 (biases, LayerNorm/BatchNorm weights) apart from the rest.
+struct ParameterSplit {
+  std::vector<torch::Tensor> regular;
+  std::vector<torch::Tensor> excluded;
+};
+ParameterSplit SplitBiasAndNorm(const torch::nn::Module& module);
+
 // Sets the learning rate of every parameter group.
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr);
 
