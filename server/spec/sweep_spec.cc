@@ -311,6 +311,9 @@ Status ParseOptimizer(const json& v, const std::string& path, OptimizerSpec* out
     return InvalidArgumentError(path + ".name: unknown optimizer '" +
                                 out->name + "'; supported: " + known);
   }
+  if (f.Get("lr") != nullptr) {
+    MEGABATCH_RETURN_IF_ERROR(f.Number("lr", &out->base_lr, {}, 0, true));
+  }
   out->options = json::object();
   for (const OptimizerOption& opt : info->options) {
     if (opt.name.empty()) continue;
@@ -644,6 +647,7 @@ json SweepSpec::ToJson() const {
   for (const auto& o : optimizers) {
     json entry = o.options;
     entry["name"] = o.name;
+    if (o.base_lr > 0) entry["lr"] = o.base_lr;
     optimizers_json.push_back(entry);
   }
   const char* scaling = lr_scaling == LrScaling::kLinear ? "linear"
@@ -673,9 +677,10 @@ std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
   std::vector<TrialSpec> trials;
   int32_t index = 0;
   for (const auto& opt : spec.optimizers) {
+    double base_lr = opt.base_lr > 0 ? opt.base_lr : spec.base_lr;
     for (int64_t b : spec.batch_sizes) {
       double scaled =
-          ScaledLr(spec.lr_scaling, spec.base_lr, spec.base_batch_size, b);
+          ScaledLr(spec.lr_scaling, base_lr, spec.base_batch_size, b);
       for (double mult : spec.lr_multipliers) {
         for (int64_t seed : spec.seeds) {
           TrialSpec t;

@@ -31,12 +31,15 @@ inline constexpr size_t kMaxSpecBytes = 1 << 20;
 
 struct OptimizerSpec {
   std::string name;
+  // This optimizer's own base lr (the entry's `lr`), replacing base.lr for
+  // its trials; 0 when the entry has none.
+  double base_lr = 0;
   // The optimizer's options with every default filled in, e.g.
   // {"momentum": 0.9, "weight_decay": 0.0, "nesterov": false} for sgd.
   nlohmann::json options;
 
   bool operator==(const OptimizerSpec& o) const {
-    return name == o.name && options == o.options;
+    return name == o.name && base_lr == o.base_lr && options == o.options;
   }
 };
 

@@ -80,22 +80,28 @@ TEST_F(SweepE2ETest, SweepRunsOnTwoWorkersAndLandsInSqlite) {
   std::string spec = WriteSpec("sweep.yaml", R"yaml(
 name: e2e
 model: {type: mlp, hidden: [128]}
-optimizers: [{name: sgd, momentum: 0.9}, {name: adamw}]
+optimizers:
+  - {name: sgd, momentum: 0.9}
+  - {name: adamw}
+  - {name: lamb}
+  - {name: lars, lr: 4.0}
 batch_sizes: [256, 1024]
 base: {batch_size: 256, lr: 0.02}
 lr_scaling: sqrt
 schedule: {warmup_steps: 5, decay: cosine}
 budget: {epochs: 1}
 )yaml");
-  // SGD and AdamW want different peak lrs; the multiplier is shared, so the
-  // spec's base lr suits SGD and AdamW still learns well at it.
   auto submit = Cli({"submit", spec, "--wait"});
   ASSERT_EQ(submit.exit_code, 0) << submit.err << coordinator_->Log()
                                  << workers_[0]->Log();
-  EXPECT_THAT(submit.err, HasSubstr("completed: 4/4 done"));
+  EXPECT_THAT(submit.err, HasSubstr("completed: 8/8 done"));
 
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'"), 4);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trials"), 4);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'"), 8);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials"), 8);
+  // LARS's own base lr, sqrt-scaled: 4.0 x sqrt(1024 / 256).
+  EXPECT_DOUBLE_EQ(Scalar("SELECT lr FROM trials WHERE optimizer = 'lars' AND "
+                          "batch_size = 1024"),
+                   8.0);
   // Both workers ran trials.
   EXPECT_EQ(Scalar("SELECT count(DISTINCT worker_id) FROM events "
                    "WHERE kind = 'trial_leased'"),
@@ -104,32 +110,32 @@ budget: {epochs: 1}
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON "
                    "t.id = m.trial_id WHERE m.name = 'train_loss' AND "
                    "t.batch_size = 256"),
-            2 * 234);
+            4 * 234);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON "
                    "t.id = m.trial_id WHERE m.name = 'train_loss' AND "
                    "t.batch_size = 1024"),
-            2 * 58);
+            4 * 58);
   EXPECT_EQ(Scalar("SELECT min(c) FROM (SELECT count(*) AS c FROM metrics "
                    "WHERE name = 'lr' GROUP BY trial_id)"),
             58);
   // One epoch: one per-epoch test_accuracy row per trial, above 0.75.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 4);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 8);
   double worst = Scalar("SELECT min(value) FROM metrics WHERE name = 'test_accuracy'");
   EXPECT_GT(worst, 0.75);
   EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE "
                    "final_test_accuracy > 0.75 AND state = 'completed'"),
-            4);
+            8);
 
   auto trials = Cli({"-o", "json", "trials", "1"});
   ASSERT_EQ(trials.exit_code, 0) << trials.err;
   auto rows = nlohmann::json::parse(trials.out);
-  ASSERT_EQ(rows.size(), 4u);
+  ASSERT_EQ(rows.size(), 8u);
   EXPECT_EQ(rows[0]["state"], "completed");
   EXPECT_GT(rows[0]["test_accuracy"].get<double>(), 0.75);
 
   auto csv = Cli({"-o", "csv", "list"});
   EXPECT_EQ(csv.exit_code, 0);
-  EXPECT_THAT(csv.out, HasSubstr("1,e2e,completed,4,"));
+  EXPECT_THAT(csv.out, HasSubstr("1,e2e,completed,8,"));
 }
 
 TEST_F(SweepE2ETest, BadSpecIsRejectedByTheCliAndNothingIsStored) {

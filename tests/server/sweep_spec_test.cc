@@ -81,6 +81,29 @@ TEST(SweepSpecTest, ExpandsTheFullGridWithScaledLr) {
   EXPECT_EQ(trials.back().optimizer, "adamw");
 }
 
+TEST(SweepSpecTest, OptimizerEntryLrReplacesTheBaseLr) {
+  auto r = ParseSweepSpec(WithLine(
+      "optimizers",
+      "optimizers: [{name: lars, lr: 4.0, trust_coefficient: 0.002}, "
+      "{name: lamb, always_adapt: false}]"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto trials = ExpandSweep(*r);
+  // lars at batch 512: 4.0 x sqrt(512 / 128) x multiplier 1.
+  EXPECT_EQ(trials[6].optimizer, "lars");
+  EXPECT_DOUBLE_EQ(trials[6].lr, 8.0);
+  EXPECT_EQ(trials[6].config["optimizer"]["trust_coefficient"], 0.002);
+  EXPECT_EQ(trials[6].config["optimizer"]["exclude_bias_and_norm"], true);
+  EXPECT_FALSE(trials[6].config["optimizer"].contains("lr"));
+  // lamb falls back to base.lr.
+  EXPECT_DOUBLE_EQ(trials[14].lr, 0.02);
+  EXPECT_EQ(trials[14].config["optimizer"]["always_adapt"], false);
+  EXPECT_EQ(trials[14].config["optimizer"]["eps"], 1e-6);
+  ExpectInvalid(WithLine("optimizers", "optimizers: [{name: lamb, lr: 0}]"),
+                "optimizers[0].lr: must be > 0");
+  ExpectInvalid(WithLine("optimizers", "optimizers: [{name: lars, eps: -1}]"),
+                "optimizers[0].eps");
+}
+
 TEST(SweepSpecTest, LrScalingRules) {
   EXPECT_DOUBLE_EQ(ScaledLr(LrScaling::kLinear, 0.1, 256, 1024), 0.4);
   EXPECT_DOUBLE_EQ(ScaledLr(LrScaling::kSqrt, 0.1, 256, 1024), 0.2);

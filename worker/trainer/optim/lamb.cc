@@ -20,14 +20,47 @@ struct LambElement {
   }
 };
 
+MEGABATCH_MULTIVERSION float SumSquares(const float* x, int64_t b, int64_t e) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = b; i < e; ++i) s += x[i] * x[i];
+  return s;
+}
+
+// Pass 1 over [b, e): updates the moments in place and returns the sums of
+// w^2 and u^2.
+MEGABATCH_MULTIVERSION std::array<double, 2> MomentsAndNorms(
+    const LambElement& el, float clip, const float* g, float* m, float* v,
+    const float* w, int64_t b, int64_t e) {
+  float sw = 0, su = 0;
+#pragma omp simd reduction(+ : sw, su)
+  for (int64_t i = b; i < e; ++i) {
+    float gi = g[i] * clip;
+    float mi = el.beta1 * m[i] + el.one_minus_beta1 * gi;
+    float vi = el.beta2 * v[i] + el.one_minus_beta2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    float ui = el.Direction(mi, vi, w[i]);
+    sw += w[i] * w[i];
+    su += ui * ui;
+  }
+  return {sw, su};
+}
+
+// Pass 2 over [b, e): w <- w - step_size * u, u recomputed from the moments.
+MEGABATCH_MULTIVERSION void ApplyDirection(const LambElement& el,
+                                           float step_size, const float* m,
+                                           const float* v, float* w, int64_t b,
+                                           int64_t e) {
+#pragma omp simd
+  for (int64_t i = b; i < e; ++i) w[i] -= step_size * el.Direction(m[i], v[i], w[i]);
+}
+
 // Returns the sum of squares of a contiguous float tensor, in double.
 double SquaredNorm(const torch::Tensor& t) {
   const float* x = t.data_ptr<float>();
   return fused::ChunkedSums<1>(t.numel(), [&](int64_t b, int64_t e) {
-    double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = b; i < e; ++i) s += double(x[i]) * double(x[i]);
-    return std::array<double, 1>{s};
+    return std::array<double, 1>{SumSquares(x, b, e)};
   })[0];
 }
 
@@ -171,19 +204,7 @@ torch::Tensor Lamb::step(LossClosure closure) {
         float* vp = v.data_ptr<float>();
         // Pass 1: moments, and the norms of w and of the direction u.
         auto sums = fused::ChunkedSums<2>(p.numel(), [&](int64_t b, int64_t e) {
-          double sw = 0, su = 0;
-#pragma omp simd reduction(+ : sw, su)
-          for (int64_t i = b; i < e; ++i) {
-            float gi = g[i] * clip_f;
-            float mi = el.beta1 * mp[i] + el.one_minus_beta1 * gi;
-            float vi = el.beta2 * vp[i] + el.one_minus_beta2 * gi * gi;
-            mp[i] = mi;
-            vp[i] = vi;
-            float ui = el.Direction(mi, vi, w[i]);
-            sw += double(w[i]) * double(w[i]);
-            su += double(ui) * double(ui);
-          }
-          return std::array<double, 2>{sw, su};
+          return MomentsAndNorms(el, clip_f, g, mp, vp, w, b, e);
         });
         double ratio = 1.0;
         if (adapt && sums[0] > 0 && sums[1] > 0) {
@@ -193,10 +214,7 @@ torch::Tensor Lamb::step(LossClosure closure) {
         const float step_size = float(options.lr() * ratio);
         // Pass 2: recompute u from the new moments and apply it.
         fused::ForChunks(p.numel(), [&](int64_t b, int64_t e) {
-#pragma omp simd
-          for (int64_t i = b; i < e; ++i) {
-            w[i] -= step_size * el.Direction(mp[i], vp[i], w[i]);
-          }
+          ApplyDirection(el, step_size, mp, vp, w, b, e);
         });
         continue;
       }

@@ -7,6 +7,35 @@
 #include "worker/trainer/optim/fused_cpu.h"
 
 namespace megabatch::optim {
+namespace {
+
+// The sums of w^2 and g^2 over [b, e).
+MEGABATCH_MULTIVERSION std::array<double, 2> Norms(const float* w,
+                                                   const float* g, int64_t b,
+                                                   int64_t e) {
+  float sw = 0, sg = 0;
+#pragma omp simd reduction(+ : sw, sg)
+  for (int64_t i = b; i < e; ++i) {
+    sw += w[i] * w[i];
+    sg += g[i] * g[i];
+  }
+  return {sw, sg};
+}
+
+// buf <- mu buf + coef (g + wd w); w <- w - buf (or the Nesterov step).
+MEGABATCH_MULTIVERSION void Update(float coef, float wd, float mu, bool nesterov,
+                                   const float* g, float* buf, float* w,
+                                   int64_t b, int64_t e) {
+#pragma omp simd
+  for (int64_t i = b; i < e; ++i) {
+    float step = coef * (g[i] + wd * w[i]);
+    float bi = mu * buf[i] + step;
+    buf[i] = bi;
+    w[i] -= nesterov ? mu * bi + step : bi;
+  }
+}
+
+}  // namespace
 
 LarsOptions::LarsOptions(double lr) : lr_(lr) {}
 
@@ -86,13 +115,7 @@ torch::Tensor Lars::step(LossClosure closure) {
         double local = 1.0;
         if (options.adapt()) {
           auto sums = fused::ChunkedSums<2>(p.numel(), [&](int64_t b, int64_t e) {
-            double sw = 0, sg = 0;
-#pragma omp simd reduction(+ : sw, sg)
-            for (int64_t i = b; i < e; ++i) {
-              sw += double(w[i]) * double(w[i]);
-              sg += double(g[i]) * double(g[i]);
-            }
-            return std::array<double, 2>{sw, sg};
+            return Norms(w, g, b, e);
           });
           double w_norm = std::sqrt(sums[0]), g_norm = std::sqrt(sums[1]);
           if (w_norm > 0 && g_norm > 0) {
@@ -102,13 +125,7 @@ torch::Tensor Lars::step(LossClosure closure) {
         const float coef = float(lr * local), wd_f = float(wd), mu_f = float(mu);
         const bool nesterov = options.nesterov();
         fused::ForChunks(p.numel(), [&](int64_t b, int64_t e) {
-#pragma omp simd
-          for (int64_t i = b; i < e; ++i) {
-            float step = coef * (g[i] + wd_f * w[i]);
-            float bi = mu_f * bp[i] + step;
-            bp[i] = bi;
-            w[i] -= nesterov ? mu_f * bi + step : bi;
-          }
+          Update(coef, wd_f, mu_f, nesterov, g, bp, w, b, e);
         });
         continue;
       }
