@@ -55,6 +55,20 @@ Status CheckKnownOptions(const json& config, const OptimizerInfo& info) {
   return Status();
 }
 
+// An optimizer over `split.regular` with `options`, and over `split.excluded`
+// (if any) with `plain`.
+template <typename Opt, typename OptOptions>
+std::unique_ptr<torch::optim::Optimizer> WithExclusionGroup(
+    const ParameterSplit& split, const OptOptions& options,
+    const OptOptions& plain) {
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(split.regular, std::make_unique<OptOptions>(options));
+  if (!split.excluded.empty()) {
+    groups.emplace_back(split.excluded, std::make_unique<OptOptions>(plain));
+  }
+  return std::make_unique<Opt>(std::move(groups), options);
+}
+
 }  // namespace
 
 ParameterSplit SplitBiasAndNorm(const torch::nn::Module& module) {
@@ -110,17 +124,9 @@ Result<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
           .always_adapt(o.Bool("always_adapt"))
           .trust_clip(o.Bool("trust_clip"))
           .max_grad_norm(o.Number("max_grad_norm"));
-      std::vector<torch::optim::OptimizerParamGroup> groups;
-      groups.emplace_back(split.regular,
-                          std::make_unique<optim::LambOptions>(options));
-      if (!split.excluded.empty()) {
-        optim::LambOptions plain = options;
-        plain.weight_decay(0).always_adapt(false);
-        groups.emplace_back(split.excluded,
-                            std::make_unique<optim::LambOptions>(plain));
-      }
-      return std::unique_ptr<torch::optim::Optimizer>(
-          std::make_unique<optim::Lamb>(std::move(groups), options));
+      optim::LambOptions plain = options;
+      plain.weight_decay(0).always_adapt(false);
+      return WithExclusionGroup<optim::Lamb>(split, options, plain);
     }
     if (name == "lars") {
       optim::LarsOptions options = optim::LarsOptions(lr)
@@ -129,17 +135,9 @@ Result<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
           .trust_coefficient(o.Number("trust_coefficient"))
           .eps(o.Number("eps"))
           .nesterov(o.Bool("nesterov"));
-      std::vector<torch::optim::OptimizerParamGroup> groups;
-      groups.emplace_back(split.regular,
-                          std::make_unique<optim::LarsOptions>(options));
-      if (!split.excluded.empty()) {
-        optim::LarsOptions plain = options;
-        plain.weight_decay(0).adapt(false);
-        groups.emplace_back(split.excluded,
-                            std::make_unique<optim::LarsOptions>(plain));
-      }
-      return std::unique_ptr<torch::optim::Optimizer>(
-          std::make_unique<optim::Lars>(std::move(groups), options));
+      optim::LarsOptions plain = options;
+      plain.weight_decay(0).adapt(false);
+      return WithExclusionGroup<optim::Lars>(split, options, plain);
     }
   } catch (const std::exception& e) {
     return InvalidArgumentError("optimizer " + name + ": " + e.what());
