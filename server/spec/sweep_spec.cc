@@ -235,6 +235,28 @@ Status RequireList(const json* v, const std::string& path) {
   return Status::Ok();
 }
 
+// A list of 1..max_len integers in [1, 65536], or `fallback` when absent.
+Status WidthList(Fields& f, std::string_view key, size_t max_len,
+                 std::vector<int64_t> fallback, std::vector<int64_t>* out) {
+  *out = std::move(fallback);
+  const json* v = f.Get(key);
+  if (v == nullptr) return Status::Ok();
+  std::string path = f.Path(key);
+  if (!v->is_array()) return InvalidArgumentError(path + ": must be a list of widths");
+  if (v->size() > max_len) {
+    return InvalidArgumentError(path + ": at most " + std::to_string(max_len) +
+                                " entries");
+  }
+  out->clear();
+  for (size_t i = 0; i < v->size(); ++i) {
+    int64_t width;
+    MEGABATCH_RETURN_IF_ERROR(Fields::IntValue(
+        (*v)[i], path + "[" + std::to_string(i) + "]", &width, 1, 65536));
+    out->push_back(width);
+  }
+  return Status::Ok();
+}
+
 Status ParseModel(Fields& top, json* out) {
   const json* v = top.Get("model");
   MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "model"));
@@ -242,29 +264,20 @@ Status ParseModel(Fields& top, json* out) {
   Fields f(v ? *v : empty, "model");
   std::string type;
   MEGABATCH_RETURN_IF_ERROR(f.String("type", &type, std::string("mlp")));
-  if (type != "mlp") {
+  std::vector<int64_t> hidden, channels;
+  if (type == "mlp") {
+    MEGABATCH_RETURN_IF_ERROR(WidthList(f, "hidden", 64, {512, 512}, &hidden));
+    *out = {{"type", type}, {"hidden", hidden}};
+  } else if (type == "cnn") {
+    // Each conv stage halves the 28x28 image: at most 4 stages.
+    MEGABATCH_RETURN_IF_ERROR(WidthList(f, "channels", 4, {32, 64}, &channels));
+    MEGABATCH_RETURN_IF_ERROR(WidthList(f, "hidden", 64, {128}, &hidden));
+    *out = {{"type", type}, {"channels", channels}, {"hidden", hidden}};
+  } else {
     return InvalidArgumentError("model.type: unknown model '" + type +
-                                "'; supported: mlp");
+                                "'; supported: mlp, cnn");
   }
-  std::vector<int64_t> hidden = {512, 512};
-  if (const json* h = f.Get("hidden")) {
-    if (!h->is_array()) {
-      return InvalidArgumentError("model.hidden: must be a list of layer widths");
-    }
-    if (h->size() > 64) {
-      return InvalidArgumentError("model.hidden: at most 64 layers");
-    }
-    hidden.clear();
-    for (size_t i = 0; i < h->size(); ++i) {
-      int64_t width;
-      MEGABATCH_RETURN_IF_ERROR(Fields::IntValue(
-          (*h)[i], "model.hidden[" + std::to_string(i) + "]", &width, 1, 65536));
-      hidden.push_back(width);
-    }
-  }
-  MEGABATCH_RETURN_IF_ERROR(f.NoUnknown());
-  *out = {{"type", type}, {"hidden", hidden}};
-  return Status::Ok();
+  return f.NoUnknown();
 }
 
 Status ParseDataset(Fields& top, json* out, int64_t* train_samples) {

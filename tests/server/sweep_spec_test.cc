@@ -178,6 +178,14 @@ TEST(SweepSpecTest, UnknownModelOrDataset) {
                 "dataset.name: unknown dataset 'imagenet'");
   ExpectInvalid(WithLine("model", "model: {type: mlp, hidden: [64, 0]}"),
                 "model.hidden[1]");
+  ExpectInvalid(WithLine("model", "model: {type: cnn, channels: [8, 8, 8, 8, 8]}"),
+                "model.channels: at most 4 entries");
+  ExpectInvalid(WithLine("model", "model: {type: mlp, channels: [8]}"),
+                "model.channels: unknown field");
+  auto cnn = ParseSweepSpec(WithLine("model", "model: {type: cnn}"));
+  ASSERT_TRUE(cnn.ok()) << cnn.status().ToString();
+  EXPECT_EQ(cnn->model["channels"], nlohmann::json({32, 64}));
+  EXPECT_EQ(cnn->model["hidden"], nlohmann::json({128}));
 }
 
 TEST(SweepSpecTest, MissingDatasetFiles) {

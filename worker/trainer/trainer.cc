@@ -85,6 +85,12 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
   model->train();
 
   TrialResult result;
+  auto finish = [&]() -> Result<TrialResult> {
+    for (const auto& p : model->parameters()) {
+      result.parameters.push_back(p.detach().clone());
+    }
+    return result;
+  };
   for (int64_t step = 1; step <= total_steps; ++step) {
     int64_t in_epoch = (step - 1) % steps_per_epoch;
     if (in_epoch == 0) order = torch::randperm(n, shuffle, torch::kInt64);
@@ -119,7 +125,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
       result.message = "train_loss " + std::to_string(loss_value) +
                        " at step " + std::to_string(step) +
                        " (first step: " + std::to_string(first_loss) + ")";
-      return result;
+      return finish();
     }
 
     bool eval_now = config.eval_every_steps > 0
@@ -147,10 +153,10 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     sink->Log(step, eval_metrics);
     if (reached && config.target_stop) {
       result.message = "target reached at step " + std::to_string(step);
-      return result;
+      return finish();
     }
   }
-  return result;
+  return finish();
 }
 
 }  // namespace megabatch::trainer

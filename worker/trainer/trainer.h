@@ -30,6 +30,8 @@ struct TrialResult {
   Outcome outcome = Outcome::kCompleted;
   int64_t steps = 0;
   std::string message;
+  // The model's parameters when the trial ended (copies).
+  std::vector<torch::Tensor> parameters;
 };
 
 // Trains `config` on `data`. Per step it logs train_loss, lr and

@@ -46,13 +46,17 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   if (auto model = doc.find("model"); model != doc.end()) {
     MEGABATCH_RETURN_IF_ERROR(Read(*model, "type", &c.model_type));
     MEGABATCH_RETURN_IF_ERROR(Read(*model, "hidden", &c.hidden));
+    MEGABATCH_RETURN_IF_ERROR(Read(*model, "channels", &c.channels));
   }
-  if (c.model_type != "mlp") {
+  if (c.model_type != "mlp" && c.model_type != "cnn") {
     return InvalidArgumentError("model.type: unknown model '" + c.model_type +
-                                "'; supported: mlp");
+                                "'; supported: mlp, cnn");
   }
   for (int64_t h : c.hidden) {
     if (h < 1) return InvalidArgumentError("model.hidden: widths must be positive");
+  }
+  for (int64_t ch : c.channels) {
+    if (ch < 1) return InvalidArgumentError("model.channels: must be positive");
   }
   if (auto ds = doc.find("dataset"); ds != doc.end()) {
     MEGABATCH_RETURN_IF_ERROR(Read(*ds, "path", &c.dataset_path));

@@ -22,6 +22,7 @@ struct TrialConfig {
   int64_t seed = 0;
   std::string model_type = "mlp";
   std::vector<int64_t> hidden = {512, 512};
+  std::vector<int64_t> channels = {32, 64};  // cnn only
   std::string dataset_path = "/usr/share/datasets/fashion-mnist";
   nlohmann::json optimizer;  // {"name": ..., option: value, ...}
   int64_t batch_size = 128;

@@ -12,6 +12,10 @@ namespace megabatch::trainer {
 
 // A classifier for [N, 1, 28, 28] images into 10 classes.
 // mlp: flatten, then Linear+ReLU per hidden width, then Linear to 10.
+// cnn: per entry of `channels` a 3x3 Conv (padding 1) + BatchNorm + ReLU +
+// 2x2 max-pool, then flatten, Linear+ReLU per hidden width, Linear to 10.
+// With gradient accumulation BatchNorm normalises each micro-batch by its
+// own statistics.
 Result<torch::nn::Sequential> BuildModel(const TrialConfig& config);
 
 }  // namespace megabatch::trainer

@@ -1,0 +1,183 @@
+// The trainer on real Fashion-MNIST (Debian's dataset-fashion-mnist):
+// gradient accumulation, determinism, targets, divergence and the CNN.
+#include "worker/trainer/trainer.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace megabatch::trainer {
+namespace {
+
+using nlohmann::json;
+
+// Keeps every logged metric, in order.
+class RecordingSink : public MetricSink {
+ public:
+  void Log(int64_t step, const Metrics& metrics) override {
+    for (const auto& [name, value] : metrics) rows.push_back({step, name, value});
+  }
+  struct Row {
+    int64_t step;
+    std::string name;
+    double value;
+  };
+  std::vector<Row> rows;
+
+  std::vector<Row> Named(const std::string& name) const {
+    std::vector<Row> out;
+    for (const auto& r : rows) {
+      if (r.name == name) out.push_back(r);
+    }
+    return out;
+  }
+};
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto d = LoadFashionMnist("/usr/share/datasets/fashion-mnist");
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    data_ = new ImageDataset(std::move(*d));
+  }
+  static void TearDownTestSuite() { delete data_; }
+
+  static TrialConfig Config(json overrides) {
+    json doc = {{"seed", 7},
+                {"model", {{"type", "mlp"}, {"hidden", {64}}}},
+                {"optimizer", {{"name", "sgd"}}},
+                {"batch_size", 256},
+                {"lr", 0.05},
+                {"budget", {{"steps", 3}}},
+                {"threads", 1}};
+    doc.merge_patch(overrides);
+    auto c = ParseTrialConfig(doc);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    return *c;
+  }
+
+  static TrialResult Run(const TrialConfig& c, RecordingSink* sink) {
+    auto r = RunTrial(c, *data_, sink);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return *r;
+  }
+
+  static ImageDataset* data_;
+};
+
+ImageDataset* TrainerTest::data_ = nullptr;
+
+void ExpectParametersClose(const TrialResult& a, const TrialResult& b,
+                           double rel) {
+  ASSERT_EQ(a.parameters.size(), b.parameters.size());
+  for (size_t i = 0; i < a.parameters.size(); ++i) {
+    double diff = (a.parameters[i] - b.parameters[i]).abs().max().item<double>();
+    double scale = b.parameters[i].abs().max().item<double>();
+    EXPECT_LE(diff, rel * scale) << "parameter " << i;
+  }
+}
+
+TEST_F(TrainerTest, FourMicroBatchesOf256EqualOneStepOf1024) {
+  for (const char* optimizer : {"sgd", "lamb", "adamw"}) {
+    SCOPED_TRACE(optimizer);
+    json base = {{"batch_size", 1024},
+                 {"optimizer", {{"name", optimizer}}},
+                 {"lr", std::string(optimizer) == "sgd" ? 0.1 : 0.01}};
+    RecordingSink full_sink, accum_sink;
+    TrialResult full = Run(Config(base), &full_sink);
+    base["micro_batch_size"] = 256;
+    TrialResult accum = Run(Config(base), &accum_sink);
+    ExpectParametersClose(accum, full, 1e-5);
+    // The logged loss is the full batch's mean either way.
+    EXPECT_NEAR(accum_sink.Named("train_loss")[2].value,
+                full_sink.Named("train_loss")[2].value, 1e-5);
+  }
+}
+
+TEST_F(TrainerTest, SameConfigAndSeedGiveBitIdenticalMetrics) {
+  TrialConfig c = Config({{"budget", {{"steps", 40}}},
+                          {"eval_every_steps", 20},
+                          {"optimizer", {{"name", "lamb"}}},
+                          {"micro_batch_size", 128},
+                          {"threads", 2}});
+  RecordingSink a, b;
+  TrialResult ra = Run(c, &a), rb = Run(c, &b);
+  ASSERT_EQ(a.rows.size(), b.rows.size());
+  for (size_t i = 0; i < a.rows.size(); ++i) {
+    if (a.rows[i].name == "samples_per_second") continue;  // wall time
+    EXPECT_EQ(a.rows[i].name, b.rows[i].name);
+    EXPECT_EQ(a.rows[i].value, b.rows[i].value)
+        << a.rows[i].name << " at step " << a.rows[i].step;
+  }
+  for (size_t i = 0; i < ra.parameters.size(); ++i) {
+    EXPECT_TRUE(torch::equal(ra.parameters[i], rb.parameters[i]));
+  }
+  // A different seed gives a different run.
+  c.seed = 8;
+  RecordingSink other;
+  Run(c, &other);
+  EXPECT_NE(other.Named("train_loss")[0].value, a.Named("train_loss")[0].value);
+}
+
+TEST_F(TrainerTest, TargetIsRecordedAndCanStopTheTrial) {
+  TrialConfig c = Config({{"budget", {{"steps", 200}}},
+                          {"eval_every_steps", 10},
+                          {"optimizer", {{"name", "adamw"}}},
+                          {"lr", 0.002},
+                          {"target", {{"metric", "test_accuracy"},
+                                      {"value", 0.7},
+                                      {"stop", true}}}});
+  RecordingSink sink;
+  TrialResult r = Run(c, &sink);
+  auto reached = sink.Named("target_reached_seconds");
+  ASSERT_EQ(reached.size(), 1u);
+  EXPECT_GT(reached[0].value, 0);
+  // It stopped at the first evaluation at or above 0.7 ...
+  EXPECT_EQ(r.steps, reached[0].step);
+  EXPECT_LT(r.steps, 200);
+  auto accuracy = sink.Named("test_accuracy");
+  EXPECT_GE(accuracy.back().value, 0.7);
+  for (size_t i = 0; i + 1 < accuracy.size(); ++i) EXPECT_LT(accuracy[i].value, 0.7);
+  // ... and samples to target are steps x batch.
+  EXPECT_EQ(sink.Named("target_reached_samples")[0].value, r.steps * 256.0);
+}
+
+TEST_F(TrainerTest, AbsurdLearningRateDiverges) {
+  RecordingSink sink;
+  TrialResult r = Run(Config({{"lr", 1e7}, {"budget", {{"steps", 50}}},
+                              {"optimizer", {{"name", "sgd"}, {"momentum", 0}}}}),
+                      &sink);
+  EXPECT_EQ(r.outcome, Outcome::kDiverged);
+  EXPECT_LT(r.steps, 50);
+  EXPECT_THAT(r.message, ::testing::HasSubstr("train_loss"));
+}
+
+TEST_F(TrainerTest, LrOfEveryStepFollowsTheSchedule) {
+  RecordingSink sink;
+  Run(Config({{"budget", {{"steps", 12}}},
+              {"lr", 0.4},
+              {"schedule", {{"warmup_steps", 4}, {"decay", "poly"}, {"power", 1}}}}),
+      &sink);
+  auto lr = sink.Named("lr");
+  ASSERT_EQ(lr.size(), 12u);
+  EXPECT_DOUBLE_EQ(lr[0].value, 0.1);
+  EXPECT_DOUBLE_EQ(lr[3].value, 0.4);
+  EXPECT_DOUBLE_EQ(lr[7].value, 0.2);
+  EXPECT_DOUBLE_EQ(lr[11].value, 0.0);
+}
+
+TEST_F(TrainerTest, CnnLearns) {
+  RecordingSink sink;
+  Run(Config({{"model", {{"type", "cnn"}, {"channels", {8, 16}}, {"hidden", {32}}}},
+              {"optimizer", {{"name", "adamw"}}},
+              {"lr", 0.003},
+              {"batch_size", 128},
+              {"budget", {{"steps", 60}}},
+              {"eval_every_steps", 60}}),
+      &sink);
+  auto accuracy = sink.Named("test_accuracy");
+  ASSERT_EQ(accuracy.size(), 1u);
+  EXPECT_GT(accuracy[0].value, 0.6);
+}
+
+}  // namespace
+}  // namespace megabatch::trainer
