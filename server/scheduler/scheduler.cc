@@ -64,18 +64,32 @@ Result<store::SweepRow> Scheduler::Cancel(int64_t sweep_id) {
 }
 
 Result<std::optional<store::Lease>> Scheduler::Lease(
-    int64_t worker_id, std::chrono::milliseconds wait) {
+    int64_t worker_id, std::chrono::milliseconds wait,
+    const std::function<bool()>& client_gone) {
   auto deadline = std::chrono::steady_clock::now() + wait;
+  // Waits in slices so that a caller that went away is noticed.
+  constexpr auto kSlice = std::chrono::milliseconds(200);
   while (true) {
     int64_t seen = store_->version();
     Result<std::optional<store::Lease>> lease =
         store_->LeaseNext(worker_id, NowSeconds());
-    if (!lease.ok() || lease->has_value()) {
-      if (lease.ok()) Notify();
+    if (!lease.ok()) return lease;
+    if (lease->has_value()) {
+      const store::Lease& l = **lease;
+      if (client_gone()) {
+        MEGABATCH_RETURN_IF_ERROR(store_->ReleaseLease(
+            l.trial_id, l.lease_id, worker_id, NowSeconds()));
+        Notify();
+        return Status(StatusCode::kCancelled,
+                      "worker " + std::to_string(worker_id) +
+                          " went away; lease released");
+      }
+      Notify();
       return lease;
     }
-    if (std::chrono::steady_clock::now() >= deadline) return lease;
-    WaitForChange(seen, deadline);
+    auto now = std::chrono::steady_clock::now();
+    if (now >= deadline || client_gone()) return lease;
+    WaitForChange(seen, std::min(deadline, now + kSlice));
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return UnavailableError("coordinator is shutting down");
   }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -52,9 +53,12 @@ class Scheduler {
   Result<store::SweepRow> Cancel(int64_t sweep_id);
 
   // Leases a trial to the worker, waiting up to `wait` for one to become
-  // available. nullopt if none did.
-  Result<std::optional<store::Lease>> Lease(int64_t worker_id,
-                                            std::chrono::milliseconds wait);
+  // available. nullopt if none did. `client_gone` is polled while waiting
+  // and once a lease is granted: a lease its caller can no longer receive is
+  // released at once (CANCELLED) instead of waiting out the lease timeout.
+  Result<std::optional<store::Lease>> Lease(
+      int64_t worker_id, std::chrono::milliseconds wait,
+      const std::function<bool()>& client_gone = [] { return false; });
 
   Result<store::TrialState> Finish(int64_t trial_id, int64_t lease_id,
                                    int64_t worker_id, store::TrialState outcome,

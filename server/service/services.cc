@@ -191,7 +191,7 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext*,
   });
 }
 
-grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext*,
+grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext* ctx,
                                            const v1::LeaseTrialRequest* req,
                                            v1::LeaseTrialResponse* resp) {
   return Guard("LeaseTrial", [&]() -> Status {
@@ -201,7 +201,8 @@ grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext*,
                                   std::to_string(req->wait_ms()));
     }
     auto lease = scheduler_->Lease(req->worker_id(),
-                                   std::chrono::milliseconds(req->wait_ms()));
+                                   std::chrono::milliseconds(req->wait_ms()),
+                                   [ctx] { return ctx->IsCancelled(); });
     if (!lease.ok()) return lease.status();
     if (lease->has_value()) {
       const store::Lease& l = **lease;

@@ -494,7 +494,7 @@ Status ParseList(Fields& top, std::string_view key, std::vector<T>* out,
   return Status::Ok();
 }
 
-// Fields of DESIGN.md's schema that belong to later milestones. Naming them
+// A field of DESIGN.md's schema that belongs to a later milestone: naming it
 // gets a clear "not supported yet" instead of "unknown field".
 Status RejectUnsupported(Fields& top) {
   if (const json* v = top.Get("ranks_per_trial")) {
@@ -502,10 +502,6 @@ Status RejectUnsupported(Fields& top) {
       return InvalidArgumentError(
           "ranks_per_trial: data-parallel trials are not supported yet; use 1");
     }
-  }
-  if (top.Get("checkpoint_every_steps")) {
-    return InvalidArgumentError(
-        "checkpoint_every_steps: checkpoints are not supported yet");
   }
   return Status::Ok();
 }
@@ -596,6 +592,9 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   MEGABATCH_RETURN_IF_ERROR(ParseTarget(top, &s.target));
   MEGABATCH_RETURN_IF_ERROR(top.Int("eval_every_steps", &s.eval_every_steps, 0,
                                     0, int64_t{1} << 40));
+  MEGABATCH_RETURN_IF_ERROR(top.Int("checkpoint_every_steps",
+                                    &s.checkpoint_every_steps, 0, 0,
+                                    int64_t{1} << 40));
   MEGABATCH_RETURN_IF_ERROR(ParseList<int64_t>(
       top, "seeds", &s.seeds, {0},
       [](const json& v, const std::string& path, int64_t* seed) {
@@ -677,6 +676,7 @@ json SweepSpec::ToJson() const {
               {"schedule", schedule},
               {"budget", budget},
               {"eval_every_steps", eval_every_steps},
+              {"checkpoint_every_steps", checkpoint_every_steps},
               {"seeds", seeds},
               {"max_parallel", max_parallel},
               {"max_retries", max_retries},
@@ -717,7 +717,8 @@ std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
                       {"lr", t.lr},
                       {"schedule", spec.schedule},
                       {"budget", spec.budget},
-                      {"eval_every_steps", spec.eval_every_steps}};
+                      {"eval_every_steps", spec.eval_every_steps},
+                      {"checkpoint_every_steps", spec.checkpoint_every_steps}};
           if (!spec.target.is_null()) t.config["target"] = spec.target;
           trials.push_back(std::move(t));
         }

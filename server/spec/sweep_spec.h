@@ -59,6 +59,7 @@ struct SweepSpec {
   nlohmann::json budget;         // exactly one of epochs | steps | samples
   nlohmann::json target;         // null, or {"metric", "value", "stop"}
   int64_t eval_every_steps = 0;  // 0: evaluate at the end of every epoch
+  int64_t checkpoint_every_steps = 0;  // 0: no checkpoints
   std::vector<int64_t> seeds;
   int32_t max_parallel = 0;  // 0: no limit
   int32_t max_retries = 2;

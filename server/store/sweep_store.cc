@@ -494,6 +494,33 @@ Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id,
   return Status();
 }
 
+Status SweepStore::ReleaseLease(int64_t trial_id, int64_t lease_id,
+                                int64_t worker_id, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction tx(db_.get());
+  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+  Status current = CheckLease(trial_id, lease_id, worker_id);
+  if (current.code() == StatusCode::kAborted) return Status();
+  MEGABATCH_RETURN_IF_ERROR(current);
+  Result<Statement> up = db_->Prepare(
+      "UPDATE trials SET state = 'queued', worker_id = NULL, "
+      "attempts = attempts - 1 WHERE id = ? RETURNING sweep_id");
+  if (!up.ok()) return up.status();
+  up->Bind(1, trial_id);
+  Result<bool> row = up->Step();
+  if (!row.ok()) return row.status();
+  int64_t sweep_id = up->Int(0);
+  MEGABATCH_RETURN_IF_ERROR(up->Run());
+  MEGABATCH_RETURN_IF_ERROR(AddEvent(
+      sweep_id, trial_id, worker_id, "trial_released",
+      "lease " + std::to_string(lease_id) +
+          " taken back: the worker went away before receiving it",
+      now));
+  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  ++version_;
+  return Status();
+}
+
 Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
                                  int64_t worker_id,
                                  const std::vector<MetricPoint>& points,

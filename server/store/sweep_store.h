@@ -139,6 +139,12 @@ class SweepStore {
   // share), honouring max_parallel. nullopt when nothing fits.
   Result<std::optional<Lease>> LeaseNext(int64_t worker_id, double now);
 
+  // Takes back a lease whose worker never received it (the RPC's client went
+  // away): the trial is queued again and the attempt is not counted. No-op
+  // if the lease is no longer current.
+  Status ReleaseLease(int64_t trial_id, int64_t lease_id, int64_t worker_id,
+                      double now);
+
   // Stores points for a trial held under (worker_id, lease_id), replacing any
   // value already stored for the same (trial, name, step). ABORTED if the
   // lease is not current; NOT_FOUND for an unknown trial.

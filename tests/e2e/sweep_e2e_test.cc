@@ -228,7 +228,7 @@ budget: {epochs: 50}
         for (const auto& row : rows) {
           if (row["busy"] != 0) return false;
         }
-        return testing::CountProcesses("--config " + dir_.path().string()) == 0;
+        return testing::FindProcesses("--config " + dir_.path().string()).empty();
       },
       std::chrono::seconds(5)))
       << "trainers still running 5 s after cancel";
@@ -237,6 +237,49 @@ budget: {epochs: 50}
   auto again = Cli({"cancel", "1"});
   EXPECT_EQ(again.exit_code, 1);
   EXPECT_THAT(again.err, HasSubstr("FAILED_PRECONDITION"));
+}
+
+TEST_F(SweepE2ETest, KilledTrainerIsRetriedFromItsCheckpoint) {
+  // One worker, so the retry runs where the checkpoint is.
+  workers_[1]->Kill(SIGKILL);
+  std::string spec = WriteSpec("ckpt.yaml", R"yaml(
+name: ckpt
+model: {type: mlp, hidden: [64]}
+optimizers: [{name: lamb}]
+batch_sizes: [256]
+base: {lr: 0.01}
+budget: {steps: 150}
+eval_every_steps: 50
+checkpoint_every_steps: 20
+max_retries: 1
+)yaml");
+  auto submitted = Cli({"submit", spec});
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return Scalar("SELECT coalesce(max(step), 0) FROM metrics WHERE "
+                      "name = 'train_loss'") >= 70;
+      },
+      std::chrono::seconds(120)));
+  auto trainers = testing::FindProcesses("--config " + dir_.path().string());
+  ASSERT_EQ(trainers.size(), 1u);
+  kill(trainers[0], SIGKILL);
+
+  auto watch = Cli({"watch", "1"});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err << workers_[0]->Log();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND "
+                   "attempts = 2"),
+            1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_failed' "
+                   "AND message LIKE '%signal 9%'"),
+            1);
+  EXPECT_THAT(workers_[0]->Log(), HasSubstr("resuming from"));
+  // Every step exactly once, 1..150, across both attempts.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'train_loss'"), 150);
+  EXPECT_EQ(Scalar("SELECT count(DISTINCT step) FROM metrics WHERE "
+                   "name = 'train_loss' AND step BETWEEN 1 AND 150"),
+            150);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 3);
 }
 
 }  // namespace

@@ -59,6 +59,19 @@ class ServicesTest : public ::testing::Test {
     return resp.worker_id();
   }
 
+  // True once the sweep has no running trial (bounded wait).
+  bool WaitUntilNoRunningTrials(int64_t sweep_id) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto sweep = coordinator_->store()->GetSweep(sweep_id);
+      if (sweep.ok() && sweep->trial_counts[store::TrialState::kRunning] == 0) {
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+
   testing::TempDir dir_;
   std::unique_ptr<Coordinator> coordinator_;
   std::unique_ptr<v1::SweepService::Stub> sweeps_;
@@ -209,6 +222,38 @@ TEST_F(ServicesTest, LeaseLongPollWakesOnSubmit) {
   EXPECT_TRUE(lease.has_lease());
   // Woken by the submit, not by the 20 s timeout.
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+}
+
+TEST_F(ServicesTest, LeaseForACallerThatWentAwayIsReleased) {
+  int64_t worker = RegisterWorker();
+  {
+    // The caller gives up (deadline) while the server long-polls.
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(300));
+    v1::LeaseTrialRequest req;
+    req.set_worker_id(worker);
+    req.set_wait_ms(60000);
+    v1::LeaseTrialResponse resp;
+    EXPECT_EQ(workers_->LeaseTrial(&ctx, req, &resp).error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  v1::SubmitSweepResponse submitted;
+  ASSERT_TRUE(Submit(kSpec, &submitted).ok());
+  // Whether or not the abandoned poll saw the sweep, no trial is left leased
+  // to nobody, and no attempt is consumed.
+  ASSERT_TRUE(WaitUntilNoRunningTrials(submitted.sweep_id()));
+  grpc::ClientContext ctx;
+  v1::LeaseTrialRequest req;
+  req.set_worker_id(worker);
+  req.set_wait_ms(1000);
+  v1::LeaseTrialResponse lease;
+  ASSERT_TRUE(workers_->LeaseTrial(&ctx, req, &lease).ok());
+  ASSERT_TRUE(lease.has_lease());
+  auto trials = coordinator_->store()->ListTrials(submitted.sweep_id());
+  for (const auto& t : *trials) {
+    EXPECT_LE(t.attempts, 1) << "trial " << t.id;
+  }
 }
 
 TEST_F(ServicesTest, MalformedWorkerRequestsNameTheField) {

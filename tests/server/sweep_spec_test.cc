@@ -242,6 +242,14 @@ TEST(SweepSpecTest, TooManyTrials) {
   ExpectInvalid(spec, "expands to 11200 trials; at most 10000");
 }
 
+TEST(SweepSpecTest, CheckpointIntervalReachesTheTrialConfig) {
+  auto r = ParseSweepSpec(WithLine("checkpoint_every_steps", "checkpoint_every_steps: 200"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(ExpandSweep(*r)[0].config["checkpoint_every_steps"], 200);
+  ExpectInvalid(WithLine("checkpoint_every_steps", "checkpoint_every_steps: -1"),
+                "checkpoint_every_steps");
+}
+
 TEST(SweepSpecTest, FeaturesOfLaterMilestonesSaySo) {
   ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 2"),
                 "ranks_per_trial: data-parallel trials are not supported yet");

@@ -102,8 +102,8 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
   return r;
 }
 
-int CountProcesses(const std::string& needle) {
-  int count = 0;
+std::vector<pid_t> FindProcesses(const std::string& needle) {
+  std::vector<pid_t> pids;
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
     std::string name = entry.path().filename().string();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
@@ -112,9 +112,9 @@ int CountProcesses(const std::string& needle) {
       if (c == '\0') c = ' ';
     }
     // A zombie has an empty command line and is not running.
-    if (cmdline.find(needle) != std::string::npos) ++count;
+    if (cmdline.find(needle) != std::string::npos) pids.push_back(std::stoi(name));
   }
-  return count;
+  return pids;
 }
 
 int FreePort() {

@@ -45,8 +45,8 @@ struct CommandResult {
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          std::chrono::seconds timeout = std::chrono::seconds(600));
 
-// How many running processes have `needle` in their command line.
-int CountProcesses(const std::string& needle);
+// The running processes that have `needle` in their command line.
+std::vector<pid_t> FindProcesses(const std::string& needle);
 
 // A TCP port on 127.0.0.1 that was free a moment ago.
 int FreePort();

@@ -5,6 +5,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
+
+#include "tests/testing/temp_dir.h"
+
 namespace megabatch::trainer {
 namespace {
 
@@ -62,6 +66,13 @@ class TrainerTest : public ::testing::Test {
   }
 
   static ImageDataset* data_;
+
+ public:
+  static TrialConfig PublicConfig(json overrides) { return Config(overrides); }
+  static TrialResult PublicRun(const TrialConfig& c, RecordingSink* sink) {
+    return Run(c, sink);
+  }
+  static const ImageDataset& Data() { return *data_; }
 };
 
 ImageDataset* TrainerTest::data_ = nullptr;
@@ -177,6 +188,86 @@ TEST_F(TrainerTest, CnnLearns) {
   auto accuracy = sink.Named("test_accuracy");
   ASSERT_EQ(accuracy.size(), 1u);
   EXPECT_GT(accuracy[0].value, 0.6);
+}
+
+// Runs `overrides` to the end with checkpoints, then resumes from the last
+// checkpoint and expects every later metric and the final parameters to be
+// identical to the uninterrupted run's.
+void ExpectResumeReproduces(TrainerTest*, json overrides,
+                            int64_t expected_resume_step) {
+  testing::TempDir dir;
+  overrides["checkpoint_path"] = dir.File("ckpt.pt");
+  TrialConfig c = TrainerTest::PublicConfig(overrides);
+  RecordingSink full_sink;
+  TrialResult full = TrainerTest::PublicRun(c, &full_sink);
+
+  RecordingSink resumed_sink;
+  auto resumed = RunTrial(c, TrainerTest::Data(), &resumed_sink, c.checkpoint_path);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  ASSERT_FALSE(resumed_sink.rows.empty());
+  EXPECT_EQ(resumed_sink.rows.front().step, expected_resume_step + 1);
+  std::vector<RecordingSink::Row> tail;
+  for (const auto& row : full_sink.rows) {
+    if (row.step > expected_resume_step) tail.push_back(row);
+  }
+  ASSERT_EQ(tail.size(), resumed_sink.rows.size());
+  for (size_t i = 0; i < tail.size(); ++i) {
+    if (tail[i].name == "samples_per_second" ||
+        tail[i].name == "target_reached_seconds") {
+      continue;
+    }
+    EXPECT_EQ(tail[i].name, resumed_sink.rows[i].name);
+    EXPECT_EQ(tail[i].value, resumed_sink.rows[i].value)
+        << tail[i].name << " at step " << tail[i].step;
+  }
+  for (size_t i = 0; i < full.parameters.size(); ++i) {
+    EXPECT_TRUE(torch::equal(full.parameters[i], resumed->parameters[i]));
+  }
+}
+
+TEST_F(TrainerTest, ResumeMidEpochReproducesTheUninterruptedRun) {
+  // 234 steps per epoch: the step-20 checkpoint is mid-epoch.
+  ExpectResumeReproduces(this,
+                         {{"budget", {{"steps", 27}}},
+                          {"optimizer", {{"name", "lamb"}}},
+                          {"lr", 0.01},
+                          {"micro_batch_size", 128},
+                          {"eval_every_steps", 9},
+                          {"checkpoint_every_steps", 10}},
+                         20);
+}
+
+TEST_F(TrainerTest, ResumeAcrossAnEpochBoundaryWithBatchNorm) {
+  // Batch 6000: 10 steps per epoch; the checkpoint at step 10 ends an epoch,
+  // so the resumed run draws the next epoch's order from the restored RNG.
+  ExpectResumeReproduces(this,
+                         {{"model", {{"type", "cnn"}, {"channels", {2}}, {"hidden", {8}}}},
+                          {"batch_size", 6000},
+                          {"micro_batch_size", 2000},
+                          {"budget", {{"steps", 12}}},
+                          {"optimizer", {{"name", "lars"}}},
+                          {"lr", 1.0},
+                          {"eval_every_steps", 6},
+                          {"checkpoint_every_steps", 10}},
+                         10);
+}
+
+TEST_F(TrainerTest, ResumeRefusesAnotherConfigOrACorruptFile) {
+  testing::TempDir dir;
+  TrialConfig c = Config({{"budget", {{"steps", 4}}},
+                          {"checkpoint_every_steps", 2},
+                          {"checkpoint_path", dir.File("ckpt.pt")}});
+  RecordingSink sink;
+  Run(c, &sink);
+  TrialConfig other = c;
+  other.fingerprint += " ";  // any change of the config
+  auto r = RunTrial(other, *data_, &sink, c.checkpoint_path);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  std::ofstream(dir.File("bad.pt")) << "not a checkpoint";
+  r = RunTrial(c, *data_, &sink, dir.File("bad.pt"));
+  EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
+  r = RunTrial(c, *data_, &sink, dir.File("missing.pt"));
+  EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -300,6 +300,15 @@ void Worker::RunTrial(const v1::TrialLease& lease,
     return;
   }
   config["threads"] = options_.threads_per_slot;
+  // Checkpoints belong to the trial, not to one attempt: a retried attempt
+  // on this worker resumes from the last one.
+  fs::path trial_dir =
+      fs::path(options_.work_dir) / ("trial-" + std::to_string(lease.trial_id()));
+  fs::create_directories(trial_dir);
+  std::string checkpoint = (trial_dir / "checkpoint.pt").string();
+  config["checkpoint_path"] = checkpoint;
+  bool resume = config.value("checkpoint_every_steps", 0) > 0 &&
+                fs::exists(checkpoint);
   std::string config_path = (dir / "config.json").string();
   {
     std::ofstream out(config_path);
@@ -326,9 +335,15 @@ void Worker::RunTrial(const v1::TrialLease& lease,
   // Its own process group, so that one kill reaches everything it started.
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
   posix_spawnattr_setpgroup(&attr, 0);
-  std::string flag = "--config";
+  std::string flag = "--config", resume_flag = "--resume";
   std::vector<char*> argv = {const_cast<char*>(options_.trainer_path.c_str()),
-                             flag.data(), config_path.data(), nullptr};
+                             flag.data(), config_path.data()};
+  if (resume) {
+    spdlog::info("trial {}: resuming from {}", lease.trial_id(), checkpoint);
+    argv.push_back(resume_flag.data());
+    argv.push_back(checkpoint.data());
+  }
+  argv.push_back(nullptr);
   pid_t pid = 0;
   {
     // Registering under the lock means Stop() either sees the pid or runs

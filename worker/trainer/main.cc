@@ -1,5 +1,6 @@
-// megabatch-trainer --config trial.json: trains one trial and prints its
-// metrics as JSON lines on stdout:
+// megabatch-trainer --config trial.json [--resume CHECKPOINT]: trains one
+// trial (continuing from a checkpoint) and prints its metrics as JSON lines on
+// stdout:
 //   {"step": 12, "metrics": {"train_loss": 0.51, "lr": 0.01, ...}}
 // and last a line {"event": "completed" | "diverged" | "failed", "message": ...}.
 // Exit code: 0 completed, 3 diverged, 2 bad usage or config, 1 failure.
@@ -40,21 +41,21 @@ void PrintEvent(const std::string& event, const std::string& message) {
 
 int Usage(const std::string& error) {
   std::cerr << "megabatch-trainer: " << error << "\n"
-            << "usage: megabatch-trainer --config TRIAL.json\n";
+            << "usage: megabatch-trainer --config TRIAL.json [--resume CHECKPOINT]\n";
   return kExitUsage;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path;
+  std::string config_path, resume_path;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
       config_path = argv[++i];
     } else if (std::strcmp(argv[i], "--help") == 0) {
       return Usage("trains one trial and prints its metrics as JSON lines"), 0;
-    } else if (std::strcmp(argv[i], "--resume") == 0) {
-      return Usage("--resume: checkpoints are not supported yet");
+    } else if (std::strcmp(argv[i], "--resume") == 0 && i + 1 < argc) {
+      resume_path = argv[++i];
     } else {
       return Usage(std::string("unknown argument ") + argv[i]);
     }
@@ -76,7 +77,7 @@ int main(int argc, char** argv) {
       return kExitFailed;
     }
     StdoutSink sink;
-    auto result = megabatch::trainer::RunTrial(*config, *data, &sink);
+    auto result = megabatch::trainer::RunTrial(*config, *data, &sink, resume_path);
     if (!result.ok()) {
       PrintEvent("failed", result.status().ToString());
       std::cerr << result.status().ToString() << "\n";

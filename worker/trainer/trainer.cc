@@ -1,9 +1,15 @@
 #include "worker/trainer/trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <fcntl.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
 
 #include "worker/trainer/models/models.h"
 #include "worker/trainer/optim/registry.h"
@@ -46,10 +52,138 @@ Evaluation Evaluate(torch::nn::Sequential& model, const torch::Tensor& images,
   return {loss_sum / n, static_cast<double>(correct) / n};
 }
 
+constexpr int64_t kCheckpointFormat = 1;
+
+// Everything the loop carries from one step to the next, besides the model,
+// the optimizer and the RNGs.
+struct LoopState {
+  int64_t step = 0;  // the last completed step
+  torch::Tensor order;
+  double first_loss = std::nan("");
+  double train_seconds = 0;
+  bool target_reached = false;
+};
+
+// Writes `bytes` to `path` through a temp file, fsync and rename, so a crash
+// leaves the old checkpoint or the new one, never a torn file.
+Status WriteAtomically(const std::string& path, const std::string& bytes) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return InternalError("checkpoint " + tmp + ": " + std::strerror(errno));
+  }
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      return InternalError("checkpoint " + tmp + ": " + std::strerror(errno));
+    }
+    done += static_cast<size_t>(n);
+  }
+  bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return InternalError("checkpoint " + path + ": " + std::strerror(errno));
+  }
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return Status();
+}
+
+Status SaveCheckpoint(const TrialConfig& config, torch::nn::Sequential& model,
+                      torch::optim::Optimizer& optimizer, at::Generator& shuffle,
+                      const LoopState& s) {
+  torch::serialize::OutputArchive archive;
+  archive.write("format", c10::IValue(kCheckpointFormat));
+  archive.write("config", c10::IValue(config.fingerprint));
+  archive.write("step", c10::IValue(s.step));
+  archive.write("first_loss", c10::IValue(s.first_loss));
+  archive.write("train_seconds", c10::IValue(s.train_seconds));
+  archive.write("target_reached", c10::IValue(s.target_reached));
+  archive.write("order", s.order);
+  {
+    std::lock_guard<std::mutex> lock(shuffle.mutex());
+    archive.write("shuffle_rng", shuffle.get_state());
+  }
+  at::Generator global = at::detail::getDefaultCPUGenerator();
+  {
+    std::lock_guard<std::mutex> lock(global.mutex());
+    archive.write("global_rng", global.get_state());
+  }
+  torch::serialize::OutputArchive model_archive, optimizer_archive;
+  model->save(model_archive);
+  optimizer.save(optimizer_archive);
+  archive.write("model", model_archive);
+  archive.write("optimizer", optimizer_archive);
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  return WriteAtomically(config.checkpoint_path, bytes.str());
+}
+
+Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
+                      torch::nn::Sequential& model,
+                      torch::optim::Optimizer& optimizer, at::Generator& shuffle,
+                      LoopState* s) {
+  if (!std::filesystem::exists(path)) {
+    return NotFoundError("checkpoint " + path + " does not exist");
+  }
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path);
+    c10::IValue v;
+    archive.read("format", v);
+    if (v.toInt() != kCheckpointFormat) {
+      return DataLossError("checkpoint " + path + ": unknown format " +
+                           std::to_string(v.toInt()));
+    }
+    archive.read("config", v);
+    if (v.toStringRef() != config.fingerprint) {
+      return InvalidArgumentError("checkpoint " + path +
+                                  " was written by a different trial config");
+    }
+    archive.read("step", v);
+    s->step = v.toInt();
+    archive.read("first_loss", v);
+    s->first_loss = v.toDouble();
+    archive.read("train_seconds", v);
+    s->train_seconds = v.toDouble();
+    archive.read("target_reached", v);
+    s->target_reached = v.toBool();
+    archive.read("order", s->order);
+    torch::Tensor rng;
+    archive.read("shuffle_rng", rng);
+    {
+      std::lock_guard<std::mutex> lock(shuffle.mutex());
+      shuffle.set_state(rng);
+    }
+    archive.read("global_rng", rng);
+    at::Generator global = at::detail::getDefaultCPUGenerator();
+    {
+      std::lock_guard<std::mutex> lock(global.mutex());
+      global.set_state(rng);
+    }
+    torch::serialize::InputArchive model_archive, optimizer_archive;
+    archive.read("model", model_archive);
+    archive.read("optimizer", optimizer_archive);
+    model->load(model_archive);
+    optimizer.load(optimizer_archive);
+  } catch (const c10::Error& e) {
+    return DataLossError("checkpoint " + path + " is unreadable: " +
+                         e.what_without_backtrace());
+  }
+  return Status();
+}
+
 }  // namespace
 
 Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data,
-                             MetricSink* sink) {
+                             MetricSink* sink, const std::string& resume_from) {
   torch::manual_seed(static_cast<uint64_t>(config.seed));
   torch::set_num_threads(config.threads);
   auto model_or = BuildModel(config);
@@ -78,10 +212,11 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
 
   at::Generator shuffle = at::make_generator<at::CPUGeneratorImpl>(
       static_cast<uint64_t>(config.seed));
-  torch::Tensor order;
-  double first_loss = std::nan("");
-  double train_seconds = 0;
-  bool target_reached = false;
+  LoopState s;
+  if (!resume_from.empty()) {
+    MEGABATCH_RETURN_IF_ERROR(
+        LoadCheckpoint(resume_from, config, model, optimizer, shuffle, &s));
+  }
   model->train();
 
   TrialResult result;
@@ -91,9 +226,10 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     }
     return result;
   };
-  for (int64_t step = 1; step <= total_steps; ++step) {
+  result.steps = s.step;
+  for (int64_t step = s.step + 1; step <= total_steps; ++step) {
     int64_t in_epoch = (step - 1) % steps_per_epoch;
-    if (in_epoch == 0) order = torch::randperm(n, shuffle, torch::kInt64);
+    if (in_epoch == 0) s.order = torch::randperm(n, shuffle, torch::kInt64);
     auto start = Clock::now();
     double lr = schedule.At(step);
     SetLearningRate(optimizer, lr);
@@ -101,7 +237,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     double loss_value = 0;
     for (int64_t k = 0; k < accumulation; ++k) {
       int64_t begin = in_epoch * config.batch_size + k * micro;
-      torch::Tensor idx = order.slice(0, begin, begin + micro);
+      torch::Tensor idx = s.order.slice(0, begin, begin + micro);
       torch::Tensor x = data.train_images.index_select(0, idx);
       torch::Tensor y = data.train_labels.index_select(0, idx);
       torch::Tensor loss =
@@ -112,40 +248,51 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     }
     optimizer.step();
     double step_seconds = Seconds(Clock::now() - start);
-    train_seconds += step_seconds;
+    s.train_seconds += step_seconds;
+    s.step = step;
     result.steps = step;
 
     sink->Log(step, {{"train_loss", loss_value},
                      {"lr", lr},
                      {"samples_per_second", config.batch_size / step_seconds}});
-    if (step == 1) first_loss = loss_value;
+    if (step == 1) s.first_loss = loss_value;
     if (!std::isfinite(loss_value) ||
-        loss_value > config.divergence_factor * first_loss) {
+        loss_value > config.divergence_factor * s.first_loss) {
       result.outcome = Outcome::kDiverged;
       result.message = "train_loss " + std::to_string(loss_value) +
                        " at step " + std::to_string(step) +
-                       " (first step: " + std::to_string(first_loss) + ")";
+                       " (first step: " + std::to_string(s.first_loss) + ")";
       return finish();
     }
 
     bool eval_now = config.eval_every_steps > 0
                         ? step % config.eval_every_steps == 0
                         : step % steps_per_epoch == 0;
-    if (!eval_now && step != total_steps) continue;
+    // After the evaluation, so that a resumed run does not repeat it.
+    bool checkpoint_now = config.checkpoint_every_steps > 0 &&
+                          step % config.checkpoint_every_steps == 0 &&
+                          step < total_steps;
+    if (!eval_now && step != total_steps) {
+      if (checkpoint_now) {
+        MEGABATCH_RETURN_IF_ERROR(
+            SaveCheckpoint(config, model, optimizer, shuffle, s));
+      }
+      continue;
+    }
     Evaluation ev = Evaluate(model, data.test_images, data.test_labels);
     Metrics eval_metrics = {
         {"test_loss", ev.loss},
         {"test_accuracy", ev.accuracy},
         {"epoch", static_cast<double>(step) / steps_per_epoch}};
     bool reached = false;
-    if (!config.target_metric.empty() && !target_reached) {
+    if (!config.target_metric.empty() && !s.target_reached) {
       reached = config.target_metric == "test_accuracy"
                     ? ev.accuracy >= config.target_value
                     : ev.loss <= config.target_value;
     }
     if (reached) {
-      target_reached = true;
-      eval_metrics.push_back({"target_reached_seconds", train_seconds});
+      s.target_reached = true;
+      eval_metrics.push_back({"target_reached_seconds", s.train_seconds});
       eval_metrics.push_back(
           {"target_reached_samples",
            static_cast<double>(step) * static_cast<double>(config.batch_size)});
@@ -154,6 +301,10 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     if (reached && config.target_stop) {
       result.message = "target reached at step " + std::to_string(step);
       return finish();
+    }
+    if (checkpoint_now) {
+      MEGABATCH_RETURN_IF_ERROR(
+          SaveCheckpoint(config, model, optimizer, shuffle, s));
     }
   }
   return finish();

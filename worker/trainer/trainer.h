@@ -38,8 +38,15 @@ struct TrialResult {
 // samples_per_second; at each evaluation test_loss, test_accuracy and epoch;
 // when a target is first reached target_reached_seconds and
 // target_reached_samples. `sink` must outlive the call.
+//
+// With a non-empty `resume_from` it first restores that checkpoint (model,
+// optimizer, data order, RNG and loop state) and continues after its step, so
+// that every later metric equals the uninterrupted run's (samples_per_second
+// aside). Errors: NOT_FOUND / DATA_LOSS for a missing or unreadable
+// checkpoint, INVALID_ARGUMENT for one written by a different config.
 Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data,
-                             MetricSink* sink);
+                             MetricSink* sink,
+                             const std::string& resume_from = "");
 
 }  // namespace megabatch::trainer
 

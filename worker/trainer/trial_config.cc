@@ -132,6 +132,20 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
       Read(doc, "divergence_factor", &c.divergence_factor));
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "threads", &c.threads));
   if (c.threads < 1) return InvalidArgumentError("threads: must be positive");
+  MEGABATCH_RETURN_IF_ERROR(
+      Read(doc, "checkpoint_every_steps", &c.checkpoint_every_steps));
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "checkpoint_path", &c.checkpoint_path));
+  if (c.checkpoint_every_steps < 0) {
+    return InvalidArgumentError("checkpoint_every_steps: must be >= 0");
+  }
+  if (c.checkpoint_every_steps > 0 && c.checkpoint_path.empty()) {
+    return InvalidArgumentError(
+        "checkpoint_path: required when checkpoint_every_steps > 0");
+  }
+  json fingerprint = doc;
+  fingerprint.erase("threads");
+  fingerprint.erase("checkpoint_path");
+  c.fingerprint = fingerprint.dump();
   return c;
 }
 

@@ -47,6 +47,14 @@ struct TrialConfig {
   // ends the trial as diverged.
   double divergence_factor = 10.0;
   int threads = 1;  // intra-op threads
+  // Every N steps (0: never) the trainer writes a checkpoint to
+  // checkpoint_path, atomically; --resume continues from one.
+  int64_t checkpoint_every_steps = 0;
+  std::string checkpoint_path;
+  // The config as given, less the fields that may differ between two runs of
+  // the same trial (threads, checkpoint_path); a checkpoint records it and
+  // only resumes a trial with the same fingerprint.
+  std::string fingerprint;
 };
 
 // Parses and validates a config document. INVALID_ARGUMENT names the field.
