@@ -595,6 +595,11 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   MEGABATCH_RETURN_IF_ERROR(top.Int("checkpoint_every_steps",
                                     &s.checkpoint_every_steps, 0, 0,
                                     int64_t{1} << 40));
+  MEGABATCH_RETURN_IF_ERROR(top.Int("diagnostics_every_steps",
+                                    &s.diagnostics_every_steps, 0, 0,
+                                    int64_t{1} << 40));
+  MEGABATCH_RETURN_IF_ERROR(
+      top.Number("divergence_factor", &s.divergence_factor, 10.0, 1, true));
   MEGABATCH_RETURN_IF_ERROR(ParseList<int64_t>(
       top, "seeds", &s.seeds, {0},
       [](const json& v, const std::string& path, int64_t* seed) {
@@ -677,6 +682,8 @@ json SweepSpec::ToJson() const {
               {"budget", budget},
               {"eval_every_steps", eval_every_steps},
               {"checkpoint_every_steps", checkpoint_every_steps},
+              {"diagnostics_every_steps", diagnostics_every_steps},
+              {"divergence_factor", divergence_factor},
               {"seeds", seeds},
               {"max_parallel", max_parallel},
               {"max_retries", max_retries},
@@ -718,7 +725,9 @@ std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
                       {"schedule", spec.schedule},
                       {"budget", spec.budget},
                       {"eval_every_steps", spec.eval_every_steps},
-                      {"checkpoint_every_steps", spec.checkpoint_every_steps}};
+                      {"checkpoint_every_steps", spec.checkpoint_every_steps},
+                      {"diagnostics_every_steps", spec.diagnostics_every_steps},
+                      {"divergence_factor", spec.divergence_factor}};
           if (!spec.target.is_null()) t.config["target"] = spec.target;
           trials.push_back(std::move(t));
         }

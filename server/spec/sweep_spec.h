@@ -60,6 +60,8 @@ struct SweepSpec {
   nlohmann::json target;         // null, or {"metric", "value", "stop"}
   int64_t eval_every_steps = 0;  // 0: evaluate at the end of every epoch
   int64_t checkpoint_every_steps = 0;  // 0: no checkpoints
+  int64_t diagnostics_every_steps = 0;  // 0: no per-tensor diagnostics
+  double divergence_factor = 10.0;      // loss > factor x first loss: diverged
   std::vector<int64_t> seeds;
   int32_t max_parallel = 0;  // 0: no limit
   int32_t max_retries = 2;

@@ -250,6 +250,19 @@ TEST(SweepSpecTest, CheckpointIntervalReachesTheTrialConfig) {
                 "checkpoint_every_steps");
 }
 
+TEST(SweepSpecTest, DiagnosticsAndDivergenceReachTheTrialConfig) {
+  auto r = ParseSweepSpec(
+      WithLine("diagnostics_every_steps", "diagnostics_every_steps: 50") +
+      "divergence_factor: 4\n");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto config = ExpandSweep(*r)[0].config;
+  EXPECT_EQ(config["diagnostics_every_steps"], 50);
+  EXPECT_EQ(config["divergence_factor"], 4.0);
+  EXPECT_EQ(ExpandSweep(*ParseSweepSpec(kValid))[0].config["divergence_factor"], 10.0);
+  ExpectInvalid(WithLine("divergence_factor", "divergence_factor: 1"),
+                "divergence_factor: must be > 1");
+}
+
 TEST(SweepSpecTest, FeaturesOfLaterMilestonesSaySo) {
   ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 2"),
                 "ranks_per_trial: data-parallel trials are not supported yet");

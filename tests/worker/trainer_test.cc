@@ -176,6 +176,39 @@ TEST_F(TrainerTest, LrOfEveryStepFollowsTheSchedule) {
   EXPECT_DOUBLE_EQ(lr[11].value, 0.0);
 }
 
+TEST_F(TrainerTest, DiagnosticsNoiseScaleAndPerTensorTrustRatios) {
+  RecordingSink sink;
+  Run(Config({{"optimizer", {{"name", "lamb"}}},
+              {"lr", 0.01},
+              {"batch_size", 1024},
+              {"micro_batch_size", 256},
+              {"budget", {{"steps", 6}}},
+              {"diagnostics_every_steps", 3}}),
+      &sink);
+  ASSERT_EQ(sink.Named("grad_norm").size(), 6u);
+  EXPECT_GT(sink.Named("grad_norm")[0].value, 0);
+  auto gns = sink.Named("gradient_noise_scale");
+  ASSERT_FALSE(gns.empty());
+  // Early in training the gradient is large against its noise: B_simple is
+  // positive and well below the dataset size.
+  EXPECT_GT(gns.back().value, 0);
+  EXPECT_LT(gns.back().value, 60000);
+  EXPECT_EQ(sink.Named("gns_trace").size(), 6u);
+  // Per tensor, on steps 3 and 6: "1.weight" is adapted (a trust ratio),
+  // "1.bias" is in the excluded group (none).
+  auto ratio = sink.Named("trust_ratio/1.weight");
+  ASSERT_EQ(ratio.size(), 2u);
+  EXPECT_EQ(ratio[0].step, 3);
+  EXPECT_GT(ratio[0].value, 0);
+  EXPECT_TRUE(sink.Named("trust_ratio/1.bias").empty());
+  auto update = sink.Named("update_norm/1.weight");
+  auto weight = sink.Named("weight_norm/1.weight");
+  ASSERT_EQ(update.size(), 2u);
+  // LAMB moves an adapted tensor by lr x ||w|| (its old norm).
+  EXPECT_NEAR(update[0].value / weight[0].value, 0.01, 1e-3);
+  EXPECT_EQ(sink.Named("update_norm/1.bias").size(), 2u);
+}
+
 TEST_F(TrainerTest, CnnLearns) {
   RecordingSink sink;
   Run(Config({{"model", {{"type", "cnn"}, {"channels", {8, 16}}, {"hidden", {32}}}},

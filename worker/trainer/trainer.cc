@@ -9,9 +9,12 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <sstream>
 
 #include "worker/trainer/models/models.h"
+#include "worker/trainer/optim/lamb.h"
+#include "worker/trainer/optim/lars.h"
 #include "worker/trainer/optim/registry.h"
 
 namespace megabatch::trainer {
@@ -53,6 +56,30 @@ Evaluation Evaluate(torch::nn::Sequential& model, const torch::Tensor& images,
 }
 
 constexpr int64_t kCheckpointFormat = 1;
+// Weight of the newest step in the gradient-noise-scale EMAs.
+constexpr double kNoiseScaleSmoothing = 0.05;
+
+// The squared global norm of the parameters' gradients, in double.
+double GradSquaredNorm(const std::vector<torch::Tensor>& params) {
+  double sum = 0;
+  for (const auto& p : params) {
+    if (p.grad().defined()) {
+      sum += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
+    }
+  }
+  return sum;
+}
+
+// The optimizer's trust-ratio recorder, for those that have one.
+optim::TrustRatios* RecorderOf(torch::optim::Optimizer& optimizer) {
+  if (auto* lamb = dynamic_cast<optim::Lamb*>(&optimizer)) {
+    return &lamb->trust_ratios();
+  }
+  if (auto* lars = dynamic_cast<optim::Lars*>(&optimizer)) {
+    return &lars->trust_ratios();
+  }
+  return nullptr;
+}
 
 // Everything the loop carries from one step to the next, besides the model,
 // the optimizer and the RNGs.
@@ -62,6 +89,9 @@ struct LoopState {
   double first_loss = std::nan("");
   double train_seconds = 0;
   bool target_reached = false;
+  // Gradient noise scale EMAs of |G|^2 and tr(Sigma); NaN until the first.
+  double gns_gradient_sq = std::nan("");
+  double gns_trace = std::nan("");
 };
 
 // Writes `bytes` to `path` through a temp file, fsync and rename, so a crash
@@ -106,6 +136,8 @@ Status SaveCheckpoint(const TrialConfig& config, torch::nn::Sequential& model,
   archive.write("first_loss", c10::IValue(s.first_loss));
   archive.write("train_seconds", c10::IValue(s.train_seconds));
   archive.write("target_reached", c10::IValue(s.target_reached));
+  archive.write("gns_gradient_sq", c10::IValue(s.gns_gradient_sq));
+  archive.write("gns_trace", c10::IValue(s.gns_trace));
   archive.write("order", s.order);
   {
     std::lock_guard<std::mutex> lock(shuffle.mutex());
@@ -155,6 +187,10 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
     s->train_seconds = v.toDouble();
     archive.read("target_reached", v);
     s->target_reached = v.toBool();
+    archive.read("gns_gradient_sq", v);
+    s->gns_gradient_sq = v.toDouble();
+    archive.read("gns_trace", v);
+    s->gns_trace = v.toDouble();
     archive.read("order", s->order);
     torch::Tensor rng;
     archive.read("shuffle_rng", rng);
@@ -212,6 +248,10 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
 
   at::Generator shuffle = at::make_generator<at::CPUGeneratorImpl>(
       static_cast<uint64_t>(config.seed));
+  const std::vector<torch::Tensor> params = model->parameters();
+  std::vector<std::string> param_names;
+  for (const auto& item : model->named_parameters()) param_names.push_back(item.key());
+  optim::TrustRatios* trust_ratios = RecorderOf(optimizer);
   LoopState s;
   if (!resume_from.empty()) {
     MEGABATCH_RETURN_IF_ERROR(
@@ -235,6 +275,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     SetLearningRate(optimizer, lr);
     optimizer.zero_grad();
     double loss_value = 0;
+    double small_sq = 0;  // |G_small|^2 of the first micro-batch
     for (int64_t k = 0; k < accumulation; ++k) {
       int64_t begin = in_epoch * config.batch_size + k * micro;
       torch::Tensor idx = s.order.slice(0, begin, begin + micro);
@@ -245,6 +286,17 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
           loss_scale;
       loss.backward();
       loss_value += loss.item<double>();
+      if (k == 0 && accumulation > 1) {
+        small_sq = GradSquaredNorm(params) / (loss_scale * loss_scale);
+      }
+    }
+    const double big_sq = GradSquaredNorm(params);
+    const bool diagnose = config.diagnostics_every_steps > 0 &&
+                          step % config.diagnostics_every_steps == 0;
+    std::vector<torch::Tensor> before;
+    if (diagnose) {
+      for (const auto& p : params) before.push_back(p.detach().clone());
+      if (trust_ratios) trust_ratios->set_enabled(true);
     }
     optimizer.step();
     double step_seconds = Seconds(Clock::now() - start);
@@ -252,9 +304,46 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     s.step = step;
     result.steps = step;
 
-    sink->Log(step, {{"train_loss", loss_value},
-                     {"lr", lr},
-                     {"samples_per_second", config.batch_size / step_seconds}});
+    Metrics step_metrics = {{"train_loss", loss_value},
+                            {"lr", lr},
+                            {"samples_per_second", config.batch_size / step_seconds},
+                            {"grad_norm", std::sqrt(big_sq)}};
+    if (accumulation > 1) {
+      // LARGE_BATCH.md: b_s = micro, b_b = batch.
+      const double bs = static_cast<double>(micro);
+      const double bb = static_cast<double>(config.batch_size);
+      double g2 = (bb * big_sq - bs * small_sq) / (bb - bs);
+      double trace = (small_sq - big_sq) / (1.0 / bs - 1.0 / bb);
+      auto ema = [](double prev, double x) {
+        return std::isnan(prev) ? x
+                                : (1 - kNoiseScaleSmoothing) * prev +
+                                      kNoiseScaleSmoothing * x;
+      };
+      s.gns_gradient_sq = ema(s.gns_gradient_sq, g2);
+      s.gns_trace = ema(s.gns_trace, trace);
+      step_metrics.push_back({"gns_gradient_sq", s.gns_gradient_sq});
+      step_metrics.push_back({"gns_trace", s.gns_trace});
+      if (s.gns_gradient_sq > 0) {
+        step_metrics.push_back(
+            {"gradient_noise_scale", s.gns_trace / s.gns_gradient_sq});
+      }
+    }
+    if (diagnose) {
+      std::map<const c10::TensorImpl*, double> ratio_of;
+      if (trust_ratios) {
+        for (const auto& [impl, ratio] : trust_ratios->Last()) ratio_of[impl] = ratio;
+        trust_ratios->set_enabled(false);
+      }
+      for (size_t i = 0; i < params.size(); ++i) {
+        const std::string& name = param_names[i];
+        step_metrics.push_back({"weight_norm/" + name, params[i].norm().item<double>()});
+        step_metrics.push_back(
+            {"update_norm/" + name, (params[i] - before[i]).norm().item<double>()});
+        auto it = ratio_of.find(params[i].unsafeGetTensorImpl());
+        if (it != ratio_of.end()) step_metrics.push_back({"trust_ratio/" + name, it->second});
+      }
+    }
+    sink->Log(step, step_metrics);
     if (step == 1) s.first_loss = loss_value;
     if (!std::isfinite(loss_value) ||
         loss_value > config.divergence_factor * s.first_loss) {

@@ -34,8 +34,11 @@ struct TrialResult {
   std::vector<torch::Tensor> parameters;
 };
 
-// Trains `config` on `data`. Per step it logs train_loss, lr and
-// samples_per_second; at each evaluation test_loss, test_accuracy and epoch;
+// Trains `config` on `data`. Per step it logs train_loss, lr,
+// samples_per_second and grad_norm (the global gradient norm), and with
+// gradient accumulation the gradient noise scale (gradient_noise_scale =
+// gns_trace / gns_gradient_sq, each an EMA over steps, LARGE_BATCH.md); at
+// each evaluation test_loss, test_accuracy and epoch;
 // when a target is first reached target_reached_seconds and
 // target_reached_samples. `sink` must outlive the call.
 //

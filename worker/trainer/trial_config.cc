@@ -134,6 +134,11 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   if (c.threads < 1) return InvalidArgumentError("threads: must be positive");
   MEGABATCH_RETURN_IF_ERROR(
       Read(doc, "checkpoint_every_steps", &c.checkpoint_every_steps));
+  MEGABATCH_RETURN_IF_ERROR(
+      Read(doc, "diagnostics_every_steps", &c.diagnostics_every_steps));
+  if (c.diagnostics_every_steps < 0) {
+    return InvalidArgumentError("diagnostics_every_steps: must be >= 0");
+  }
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "checkpoint_path", &c.checkpoint_path));
   if (c.checkpoint_every_steps < 0) {
     return InvalidArgumentError("checkpoint_every_steps: must be >= 0");

@@ -47,6 +47,9 @@ struct TrialConfig {
   // ends the trial as diverged.
   double divergence_factor = 10.0;
   int threads = 1;  // intra-op threads
+  // Every K steps (0: never) log per-tensor weight_norm/NAME,
+  // update_norm/NAME and (LAMB, LARS) trust_ratio/NAME.
+  int64_t diagnostics_every_steps = 0;
   // Every N steps (0: never) the trainer writes a checkpoint to
   // checkpoint_path, atomically; --resume continues from one.
   int64_t checkpoint_every_steps = 0;

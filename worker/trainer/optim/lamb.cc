@@ -128,6 +128,7 @@ torch::Tensor Lamb::step(LossClosure closure) {
     loss = closure();
   }
 
+  trust_ratios_.Clear();
   // One fused or one generic step for all parameters: the fused path needs
   // every gradient on the CPU as contiguous float32.
   bool fused_step = true;
@@ -211,6 +212,9 @@ torch::Tensor Lamb::step(LossClosure closure) {
           ratio = std::sqrt(sums[0]) / std::sqrt(sums[1]);
           if (options.trust_clip()) ratio = std::min(ratio, 1.0);
         }
+        if (adapt && trust_ratios_.enabled()) {
+          trust_ratios_.Record(p, torch::scalar_tensor(ratio, torch::kDouble));
+        }
         const float step_size = float(options.lr() * ratio);
         // Pass 2: recompute u from the new moments and apply it.
         fused::ForChunks(p.numel(), [&](int64_t b, int64_t e) {
@@ -240,6 +244,7 @@ torch::Tensor Lamb::step(LossClosure closure) {
       torch::Tensor ratio = torch::where(w_norm.gt(0).logical_and(u_norm.gt(0)),
                                          w_norm / u_norm, torch::ones_like(w_norm));
       if (options.trust_clip()) ratio = torch::clamp_max(ratio, 1.0);
+      trust_ratios_.Record(p, ratio);
       p.addcmul_(u, ratio, -options.lr());
     }
   }

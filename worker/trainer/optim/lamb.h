@@ -18,6 +18,8 @@
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
 
+#include "worker/trainer/optim/trust_ratios.h"
+
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -70,7 +72,12 @@ class Lamb : public torch::optim::Optimizer {
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 
+  // Per-tensor trust ratios of the last step, when enabled.
+  TrustRatios& trust_ratios() { return trust_ratios_; }
+
  private:
+  TrustRatios trust_ratios_;
+
   template <typename Self, typename Archive>
   static void serialize(Self& self, Archive& archive) {
     _TORCH_OPTIM_SERIALIZE_WITH_TEMPLATE_ARG(Lamb);

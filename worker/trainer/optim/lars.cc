@@ -89,6 +89,7 @@ torch::Tensor Lars::step(LossClosure closure) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
+  trust_ratios_.Clear();
   for (auto& group : param_groups_) {
     const auto& options = static_cast<const LarsOptions&>(group.options());
     const double lr = options.lr(), mu = options.momentum();
@@ -121,6 +122,9 @@ torch::Tensor Lars::step(LossClosure closure) {
           if (w_norm > 0 && g_norm > 0) {
             local = tc * w_norm / (g_norm + wd * w_norm + eps);
           }
+          if (trust_ratios_.enabled()) {
+            trust_ratios_.Record(p, torch::scalar_tensor(local, torch::kDouble));
+          }
         }
         const float coef = float(lr * local), wd_f = float(wd), mu_f = float(mu);
         const bool nesterov = options.nesterov();
@@ -137,6 +141,7 @@ torch::Tensor Lars::step(LossClosure closure) {
         torch::Tensor local = torch::where(
             w_norm.gt(0).logical_and(g_norm.gt(0)),
             tc * w_norm / (g_norm + wd * w_norm + eps), torch::ones_like(w_norm));
+        trust_ratios_.Record(p, local);
         scaled = d * (local * lr);
       } else {
         scaled = d * lr;
