@@ -168,29 +168,26 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(path);
-    c10::IValue v;
-    archive.read("format", v);
-    if (v.toInt() != kCheckpointFormat) {
+    auto field = [&](const char* key) {
+      c10::IValue value;
+      archive.read(key, value);
+      return value;
+    };
+    int64_t format = field("format").toInt();
+    if (format != kCheckpointFormat) {
       return DataLossError("checkpoint " + path + ": unknown format " +
-                           std::to_string(v.toInt()));
+                           std::to_string(format));
     }
-    archive.read("config", v);
-    if (v.toStringRef() != config.fingerprint) {
+    if (field("config").toStringRef() != config.fingerprint) {
       return InvalidArgumentError("checkpoint " + path +
                                   " was written by a different trial config");
     }
-    archive.read("step", v);
-    s->step = v.toInt();
-    archive.read("first_loss", v);
-    s->first_loss = v.toDouble();
-    archive.read("train_seconds", v);
-    s->train_seconds = v.toDouble();
-    archive.read("target_reached", v);
-    s->target_reached = v.toBool();
-    archive.read("gns_gradient_sq", v);
-    s->gns_gradient_sq = v.toDouble();
-    archive.read("gns_trace", v);
-    s->gns_trace = v.toDouble();
+    s->step = field("step").toInt();
+    s->first_loss = field("first_loss").toDouble();
+    s->train_seconds = field("train_seconds").toDouble();
+    s->target_reached = field("target_reached").toBool();
+    s->gns_gradient_sq = field("gns_gradient_sq").toDouble();
+    s->gns_trace = field("gns_trace").toDouble();
     archive.read("order", s->order);
     torch::Tensor rng;
     archive.read("shuffle_rng", rng);
