@@ -10,6 +10,7 @@ data preloaded as float tensors and a per-step index_select of a shuffled
 order, and read the loss every step as the trainer does.
 
 Usage: /usr/bin/python3 bench/train_throughput.py [--trainer PATH] [--threads N]
+       [--reps N] [--only mlp|cnn]
 """
 import argparse
 import gzip
@@ -113,12 +114,15 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--only", choices=["mlp", "cnn"], help="one model only")
     args = parser.parse_args()
     x, y = load_images()
     print(f"threads: {args.threads}; AdamW; samples/s are medians over steps "
           f"after {args.warmup} warm-up step(s), {args.reps} alternating runs each")
     print(f"{'model':5} {'batch':>6} {'C++ samples/s':>14} {'Python samples/s':>17} {'C++/Python':>11}")
     for model_name, batch, steps in CASES:
+        if args.only and model_name != args.only:
+            continue
         cpp, py = [], []
         for _ in range(args.reps):
             cpp += run_cpp(args.trainer, model_name, batch, steps, args.threads)[args.warmup:]

@@ -59,15 +59,15 @@ constexpr int64_t kCheckpointFormat = 1;
 // Weight of the newest step in the gradient-noise-scale EMAs.
 constexpr double kNoiseScaleSmoothing = 0.05;
 
-// The squared global norm of the parameters' gradients, in double.
+// The squared global norm of the parameters' gradients: one norm per
+// tensor, squared and summed in double, read from the device once.
 double GradSquaredNorm(const std::vector<torch::Tensor>& params) {
-  double sum = 0;
+  std::vector<torch::Tensor> norms;
   for (const auto& p : params) {
-    if (p.grad().defined()) {
-      sum += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
-    }
+    if (p.grad().defined()) norms.push_back(p.grad().norm());
   }
-  return sum;
+  if (norms.empty()) return 0;
+  return torch::stack(norms).to(torch::kDouble).pow(2).sum().item<double>();
 }
 
 // The optimizer's trust-ratio recorder, for those that have one.
