@@ -123,7 +123,7 @@ class Fields {
     return IntValue(*v, Path(key), out, lo, hi);
   }
 
-  // A finite number > lo_exclusive (when given) and >= lo_inclusive.
+  // A finite number > lo (lo_open) or >= lo; `fallback` when absent.
   Status Number(std::string_view key, double* out,
                 std::optional<double> fallback, double lo, bool lo_open) {
     const json* v = Get(key);
