@@ -1,5 +1,6 @@
 // megabatch-coordinator: owns all sweep state and serves the gRPC API.
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <pthread.h>
@@ -25,7 +26,14 @@ int main(int argc, char** argv) {
                  "silence after which a worker's trials are requeued")
       ->capture_default_str()
       ->check(CLI::Range(100, 3600000));
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;  // 2: usage error (DESIGN.md)
+  }
+  // Logs go to stderr; stdout stays for data (DESIGN.md).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("megabatch-coordinator"));
   options.scheduler.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   options.scheduler.lease_timeout = std::chrono::milliseconds(lease_timeout_ms);
 

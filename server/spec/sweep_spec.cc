@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <initializer_list>
 #include <set>
 #include <sstream>
 
@@ -107,6 +108,19 @@ class Fields {
                                   " characters long");
     }
     return Status::Ok();
+  }
+
+  // A string that must be one of `choices`; the first is the default.
+  Status Choice(std::string_view key, std::string* out,
+                std::initializer_list<const char*> choices) {
+    MEGABATCH_RETURN_IF_ERROR(String(key, out, std::string(*choices.begin())));
+    std::string names;
+    for (const char* c : choices) {
+      if (*out == c) return Status::Ok();
+      names += names.empty() ? c : std::string(", ") + c;
+    }
+    return InvalidArgumentError(Path(key) + ": unknown value '" + *out +
+                                "'; supported: " + names);
   }
 
   // An integer in [lo, hi].
@@ -600,6 +614,13 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
                                     int64_t{1} << 40));
   MEGABATCH_RETURN_IF_ERROR(
       top.Number("divergence_factor", &s.divergence_factor, 10.0, 1, true));
+  MEGABATCH_RETURN_IF_ERROR(top.Choice("device", &s.device, {"auto", "cpu", "cuda"}));
+  MEGABATCH_RETURN_IF_ERROR(
+      top.Choice("precision", &s.precision, {"fp32", "bf16", "fp16"}));
+  if (s.precision != "fp32" && s.device == "cpu") {
+    return InvalidArgumentError("precision: " + s.precision +
+                                " autocast needs device cuda or auto");
+  }
   MEGABATCH_RETURN_IF_ERROR(ParseList<int64_t>(
       top, "seeds", &s.seeds, {0},
       [](const json& v, const std::string& path, int64_t* seed) {
@@ -684,6 +705,8 @@ json SweepSpec::ToJson() const {
               {"checkpoint_every_steps", checkpoint_every_steps},
               {"diagnostics_every_steps", diagnostics_every_steps},
               {"divergence_factor", divergence_factor},
+              {"device", device},
+              {"precision", precision},
               {"seeds", seeds},
               {"max_parallel", max_parallel},
               {"max_retries", max_retries},
@@ -727,7 +750,9 @@ std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
                       {"eval_every_steps", spec.eval_every_steps},
                       {"checkpoint_every_steps", spec.checkpoint_every_steps},
                       {"diagnostics_every_steps", spec.diagnostics_every_steps},
-                      {"divergence_factor", spec.divergence_factor}};
+                      {"divergence_factor", spec.divergence_factor},
+                      {"device", spec.device},
+                      {"precision", spec.precision}};
           if (!spec.target.is_null()) t.config["target"] = spec.target;
           trials.push_back(std::move(t));
         }

@@ -62,6 +62,8 @@ struct SweepSpec {
   int64_t checkpoint_every_steps = 0;  // 0: no checkpoints
   int64_t diagnostics_every_steps = 0;  // 0: no per-tensor diagnostics
   double divergence_factor = 10.0;      // loss > factor x first loss: diverged
+  std::string device = "auto";     // auto (cuda when the trainer has it) | cpu | cuda
+  std::string precision = "fp32";  // fp32 | bf16 | fp16 (autocast, cuda only)
   std::vector<int64_t> seeds;
   int32_t max_parallel = 0;  // 0: no limit
   int32_t max_retries = 2;

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -280,6 +281,59 @@ max_retries: 1
                    "name = 'train_loss' AND step BETWEEN 1 AND 150"),
             150);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 3);
+}
+
+TEST_F(SweepE2ETest, GpuSlotsEachSeeOnlyTheirOwnGpu) {
+  // Only a worker with --gpus 3,5 runs this sweep, with a stand-in trainer
+  // that reports the CUDA_VISIBLE_DEVICES it was given (-1 when empty). Each
+  // trainer waits (up to 60 s) until both have started, so both slots are
+  // busy at once.
+  for (auto& w : workers_) w->Kill(SIGTERM);
+  for (auto& w : workers_) EXPECT_EQ(w->Wait(std::chrono::seconds(10)), 0);
+  std::string started = dir_.File("started");
+  std::filesystem::create_directories(started);
+  std::string trainer = dir_.File("gpu-trainer.sh");
+  std::ofstream(trainer) << "#!/bin/sh\n"
+                            "touch " << started << "/$$\n"
+                            "i=0\n"
+                            "while [ $(ls " << started << " | wc -l) -lt 2 ] && "
+                            "[ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n"
+                            "echo \"{\\\"step\\\": 1, \\\"metrics\\\": "
+                            "{\\\"visible_gpu\\\": ${CUDA_VISIBLE_DEVICES:--1}}}\"\n";
+  std::filesystem::permissions(trainer, std::filesystem::perms::owner_all);
+  Process gpu_worker({MEGABATCH_WORKER_BIN, "--coordinator", address_, "--name",
+                      "gpu-worker", "--gpus", "3,5", "--work-dir",
+                      dir_.File("gpu-worker"), "--trainer", trainer},
+                     dir_.File("gpu-worker.log"));
+  std::string spec = WriteSpec("gpu.yaml", R"yaml(
+name: gpus
+model: {type: mlp}
+optimizers: [{name: sgd}]
+batch_sizes: [128, 256]
+base: {batch_size: 128, lr: 0.1}
+budget: {steps: 1}
+)yaml");
+  auto submit = Cli({"submit", spec, "--wait"});
+  ASSERT_EQ(submit.exit_code, 0) << submit.err << gpu_worker.Log();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'visible_gpu'"), 2);
+  EXPECT_EQ(Scalar("SELECT min(value) FROM metrics WHERE name = 'visible_gpu'"), 3);
+  EXPECT_EQ(Scalar("SELECT max(value) FROM metrics WHERE name = 'visible_gpu'"), 5);
+  auto workers = nlohmann::json::parse(Cli({"-o", "json", "workers"}).out);
+  bool found = false;
+  for (const auto& w : workers) {
+    if (w["name"] == "gpu-worker") {
+      found = true;
+      EXPECT_EQ(w["slots"], 2);
+    }
+  }
+  EXPECT_TRUE(found) << workers.dump();
+
+  // --gpus and --slots exclude each other, and an id must be a number.
+  auto both = RunCommand({MEGABATCH_WORKER_BIN, "--gpus", "0", "--slots", "2"});
+  EXPECT_EQ(both.exit_code, 2);
+  auto bad = RunCommand({MEGABATCH_WORKER_BIN, "--gpus", "0,x"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.err, HasSubstr("--gpus: 'x' is not a GPU id"));
 }
 
 }  // namespace

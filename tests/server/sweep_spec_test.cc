@@ -263,6 +263,22 @@ TEST(SweepSpecTest, DiagnosticsAndDivergenceReachTheTrialConfig) {
                 "divergence_factor: must be > 1");
 }
 
+TEST(SweepSpecTest, DeviceAndPrecisionReachTheTrialConfig) {
+  auto config = ExpandSweep(*ParseSweepSpec(kValid))[0].config;
+  EXPECT_EQ(config["device"], "auto");
+  EXPECT_EQ(config["precision"], "fp32");
+  auto r = ParseSweepSpec(std::string(kValid) + "device: cuda\nprecision: bf16\n");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  config = ExpandSweep(*r)[0].config;
+  EXPECT_EQ(config["device"], "cuda");
+  EXPECT_EQ(config["precision"], "bf16");
+  ExpectInvalid(std::string(kValid) + "device: gpu\n",
+                "device: unknown value 'gpu'; supported: auto, cpu, cuda");
+  ExpectInvalid(std::string(kValid) + "precision: fp8\n", "precision: unknown value");
+  ExpectInvalid(std::string(kValid) + "device: cpu\nprecision: fp16\n",
+                "precision: fp16 autocast needs device cuda");
+}
+
 TEST(SweepSpecTest, FeaturesOfLaterMilestonesSaySo) {
   ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 2"),
                 "ranks_per_trial: data-parallel trials are not supported yet");

@@ -162,6 +162,41 @@ TEST_F(TrainerTest, AbsurdLearningRateDiverges) {
   EXPECT_THAT(r.message, ::testing::HasSubstr("train_loss"));
 }
 
+TEST_F(TrainerTest, BatchOfTheWholeTrainingSetAccumulatesAndLearns) {
+  // 60000 = 6 micro-batches of 10000: each step sees every training sample.
+  RecordingSink sink;
+  TrialResult r = Run(Config({{"batch_size", 60000},
+                              {"micro_batch_size", 10000},
+                              {"lr", 0.1},
+                              {"budget", {{"steps", 4}}}}),
+                      &sink);
+  EXPECT_EQ(r.outcome, Outcome::kCompleted);
+  EXPECT_EQ(r.steps, 4);
+  auto loss = sink.Named("train_loss");
+  ASSERT_EQ(loss.size(), 4u);
+  EXPECT_LT(loss[3].value, loss[0].value);
+  // One step per epoch: every step ends with an evaluation.
+  auto epoch = sink.Named("epoch");
+  ASSERT_EQ(epoch.size(), 4u);
+  EXPECT_EQ(epoch[3].value, 4.0);
+  EXPECT_EQ(sink.Named("gradient_noise_scale").size(), 4u);
+}
+
+TEST_F(TrainerTest, CudaOrAutocastWithoutAGpuIsAClearError) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "this LibTorch sees a GPU";
+  RecordingSink sink;
+  auto r = RunTrial(Config({{"device", "cuda"}}), *data_, &sink);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(), ::testing::HasSubstr("device: cuda"));
+  r = RunTrial(Config({{"precision", "bf16"}}), *data_, &sink);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), ::testing::HasSubstr("precision: bf16"));
+  EXPECT_TRUE(sink.rows.empty());
+  // auto is cpu here, and trains.
+  EXPECT_EQ(Run(Config({{"device", "auto"}}), &sink).steps, 3);
+}
+
 TEST_F(TrainerTest, LrOfEveryStepFollowsTheSchedule) {
   RecordingSink sink;
   Run(Config({{"budget", {{"steps", 12}}},

@@ -2,6 +2,7 @@
 // runs one megabatch-trainer child per leased trial.
 #include <CLI/CLI.hpp>
 #include <pthread.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -23,9 +24,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--name", options.name, "worker name shown in `megabatch workers`")
       ->capture_default_str();
-  app.add_option("--slots", options.slots, "trials run at once (CPU slots)")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 4096));
+  auto* slots = app.add_option("--slots", options.slots,
+                               "trials run at once (CPU slots)")
+                    ->capture_default_str()
+                    ->check(CLI::Range(1, 4096));
+  app.add_option("--gpus", options.gpus,
+                 "GPU ids, one slot each, e.g. 0,1 (a trainer sees only its "
+                 "slot's GPU)")
+      ->delimiter(',')
+      ->excludes(slots);
   app.add_option("--threads-per-slot", threads,
                  "intra-op threads per trainer (default: cores / slots)")
       ->check(CLI::Range(1, 1024));
@@ -33,9 +40,23 @@ int main(int argc, char** argv) {
                  "per-trial directories (default: a temp dir)");
   app.add_option("--trainer", options.trainer_path,
                  "megabatch-trainer binary (default: next to this binary)");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;  // 2: usage error (DESIGN.md)
+  }
+  // Logs go to stderr; stdout stays for data (DESIGN.md).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("megabatch-worker"));
 
   namespace fs = std::filesystem;
+  for (const auto& gpu : options.gpus) {
+    if (gpu.empty() || gpu.find_first_not_of("0123456789") != std::string::npos) {
+      spdlog::error("--gpus: '{}' is not a GPU id (a non-negative integer)", gpu);
+      return 2;
+    }
+  }
+  if (!options.gpus.empty()) options.slots = static_cast<int>(options.gpus.size());
   if (options.trainer_path.empty()) {
     options.trainer_path =
         (fs::read_symlink("/proc/self/exe").parent_path() / "megabatch-trainer")
@@ -72,8 +93,9 @@ int main(int argc, char** argv) {
       worker.Stop();
     });
     signals.detach();
-    spdlog::info("megabatch-worker '{}': {} slots x {} threads, trainer {}",
-                 options.name, options.slots, options.threads_per_slot,
+    spdlog::info("megabatch-worker '{}': {} {} slots x {} threads, trainer {}",
+                 options.name, options.slots,
+                 options.gpus.empty() ? "CPU" : "GPU", options.threads_per_slot,
                  options.trainer_path);
     megabatch::Status s = worker.Run();
     if (!s.ok()) {

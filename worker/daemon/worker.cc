@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <string_view>
 #include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
@@ -219,7 +220,7 @@ void Worker::SlotLoop(int slot) {
     spdlog::info("slot {}: running trial {} (lease {})", slot,
                  resp.lease().trial_id(), resp.lease().lease_id());
     try {
-      RunTrial(resp.lease(), resp.config_json());
+      RunTrial(slot, resp.lease(), resp.config_json());
     } catch (const std::exception& e) {
       // The per-trial loop is where a trial's unexpected failure is caught.
       FinishTrial(resp.lease(), v1::TRIAL_STATE_FAILED,
@@ -286,7 +287,25 @@ void Worker::FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
   }
 }
 
-void Worker::RunTrial(const v1::TrialLease& lease,
+namespace {
+
+// This process's environment with CUDA_VISIBLE_DEVICES set to `gpu` (an id,
+// or "" for a CPU slot).
+std::vector<std::string> TrainerEnvironment(const std::string& gpu) {
+  constexpr std::string_view kVisible = "CUDA_VISIBLE_DEVICES=";
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::string_view(*e).substr(0, kVisible.size()) != kVisible) {
+      env.emplace_back(*e);
+    }
+  }
+  env.push_back(std::string(kVisible) + gpu);
+  return env;
+}
+
+}  // namespace
+
+void Worker::RunTrial(int slot, const v1::TrialLease& lease,
                       const std::string& config_json) {
   namespace fs = std::filesystem;
   fs::path dir = fs::path(options_.work_dir) /
@@ -344,6 +363,11 @@ void Worker::RunTrial(const v1::TrialLease& lease,
     argv.push_back(checkpoint.data());
   }
   argv.push_back(nullptr);
+  std::vector<std::string> env = TrainerEnvironment(
+      options_.gpus.empty() ? "" : options_.gpus[static_cast<size_t>(slot)]);
+  std::vector<char*> envp;
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
   pid_t pid = 0;
   {
     // Registering under the lock means Stop() either sees the pid or runs
@@ -351,7 +375,7 @@ void Worker::RunTrial(const v1::TrialLease& lease,
     std::lock_guard<std::mutex> lock(mu_);
     int rc = stopping() ? ECANCELED
                         : posix_spawn(&pid, options_.trainer_path.c_str(),
-                                      &actions, &attr, argv.data(), environ);
+                                      &actions, &attr, argv.data(), envp.data());
     if (rc == 0) running_[lease.trial_id()] = Running{pid, lease.lease_id(), false};
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);

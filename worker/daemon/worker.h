@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "common/thread_annotations.h"
@@ -25,6 +26,10 @@ namespace megabatch::worker {
 struct WorkerOptions {
   std::string name = "worker";
   int slots = 1;
+  // GPU ids, one slot each (then slots == gpus.size()); a trainer sees only
+  // its slot's GPU through CUDA_VISIBLE_DEVICES. Empty: CPU slots, whose
+  // trainers see no GPU.
+  std::vector<std::string> gpus;
   int threads_per_slot = 1;  // the trainer's intra-op threads
   std::string work_dir;      // per-trial directories go here
   std::string trainer_path;  // the megabatch-trainer binary
@@ -71,7 +76,8 @@ class Worker {
   void HeartbeatLoop();
   void SlotLoop(int slot);
   // Runs one leased trial to the end and reports its outcome.
-  void RunTrial(const v1::TrialLease& lease, const std::string& config_json);
+  void RunTrial(int slot, const v1::TrialLease& lease,
+                const std::string& config_json);
   // Sends buffered points; false if the lease is gone (ABORTED/NOT_FOUND).
   bool Flush(const v1::TrialLease& lease,
              std::vector<v1::MetricPoint>* points, bool* reachable);

@@ -130,6 +130,16 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   }
   MEGABATCH_RETURN_IF_ERROR(
       Read(doc, "divergence_factor", &c.divergence_factor));
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "device", &c.device));
+  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda") {
+    return InvalidArgumentError("device: unknown device '" + c.device +
+                                "'; supported: auto, cpu, cuda");
+  }
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "precision", &c.precision));
+  if (c.precision != "fp32" && c.precision != "bf16" && c.precision != "fp16") {
+    return InvalidArgumentError("precision: unknown precision '" +
+                                c.precision + "'; supported: fp32, bf16, fp16");
+  }
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "threads", &c.threads));
   if (c.threads < 1) return InvalidArgumentError("threads: must be positive");
   MEGABATCH_RETURN_IF_ERROR(

@@ -47,6 +47,11 @@ struct TrialConfig {
   // ends the trial as diverged.
   double divergence_factor = 10.0;
   int threads = 1;  // intra-op threads
+  // auto: cuda when this LibTorch has CUDA and a GPU is visible (the worker
+  // picks one per slot with CUDA_VISIBLE_DEVICES), else cpu.
+  std::string device = "auto";
+  // fp32, or bf16 / fp16 autocast (cuda only; fp16 with dynamic loss scaling).
+  std::string precision = "fp32";
   // Every K steps (0: never) log per-tensor weight_norm/NAME,
   // update_norm/NAME and (LAMB, LARS) trust_ratio/NAME.
   int64_t diagnostics_every_steps = 0;
