@@ -9,9 +9,14 @@ and their ratio (C++ / Python). Both use AdamW, the same thread count, the
 data preloaded as float tensors and a per-step index_select of a shuffled
 order, and read the loss every step as the trainer does.
 
+The trainer keeps freed memory for reuse (mallopt in its main(); see the
+comment there). --python-mallopt makes this Python process do the same, to
+separate that allocator setting from the rest of the C++/Python difference.
+
 Usage: /usr/bin/python3 bench/train_throughput.py [--trainer PATH] [--threads N]
-       [--reps N] [--only mlp|cnn]
+       [--reps N] [--only mlp|cnn] [--python-mallopt]
 """
+import ctypes
 import argparse
 import gzip
 import json
@@ -115,10 +120,18 @@ def main():
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--only", choices=["mlp", "cnn"], help="one model only")
+    parser.add_argument("--python-mallopt", action="store_true",
+                        help="give the Python loop the trainer's malloc settings")
     args = parser.parse_args()
+    if args.python_mallopt:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
+        if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, -1)):
+            sys.exit("mallopt failed")
     x, y = load_images()
     print(f"threads: {args.threads}; AdamW; samples/s are medians over steps "
-          f"after {args.warmup} warm-up step(s), {args.reps} alternating runs each")
+          f"after {args.warmup} warm-up step(s), {args.reps} alternating runs each; "
+          f"Python malloc {'as the trainer' if args.python_mallopt else 'default'}")
     print(f"{'model':5} {'batch':>6} {'C++ samples/s':>14} {'Python samples/s':>17} {'C++/Python':>11}")
     for model_name, batch, steps in CASES:
         if args.only and model_name != args.only:

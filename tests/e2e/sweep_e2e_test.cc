@@ -243,27 +243,29 @@ budget: {epochs: 50}
 TEST_F(SweepE2ETest, KilledTrainerIsRetriedFromItsCheckpoint) {
   // One worker, so the retry runs where the checkpoint is.
   workers_[1]->Kill(SIGKILL);
+  // Long enough (a few seconds at least) that the kill lands mid-run.
   std::string spec = WriteSpec("ckpt.yaml", R"yaml(
 name: ckpt
-model: {type: mlp, hidden: [64]}
+model: {type: mlp, hidden: [128]}
 optimizers: [{name: lamb}]
 batch_sizes: [256]
 base: {lr: 0.01}
-budget: {steps: 150}
-eval_every_steps: 50
+budget: {steps: 3000}
+eval_every_steps: 1000
 checkpoint_every_steps: 20
 max_retries: 1
 )yaml");
   auto submitted = Cli({"submit", spec});
   ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  std::string checkpoint = dir_.File("worker-0/trial-1/checkpoint.pt");
+  std::vector<pid_t> trainers;
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
-        return Scalar("SELECT coalesce(max(step), 0) FROM metrics WHERE "
-                      "name = 'train_loss'") >= 70;
+        trainers = testing::FindProcesses("--config " + dir_.path().string());
+        return trainers.size() == 1 && std::filesystem::exists(checkpoint);
       },
-      std::chrono::seconds(120)));
-  auto trainers = testing::FindProcesses("--config " + dir_.path().string());
-  ASSERT_EQ(trainers.size(), 1u);
+      std::chrono::seconds(120)))
+      << workers_[0]->Log();
   kill(trainers[0], SIGKILL);
 
   auto watch = Cli({"watch", "1"});
@@ -275,11 +277,11 @@ max_retries: 1
                    "AND message LIKE '%signal 9%'"),
             1);
   EXPECT_THAT(workers_[0]->Log(), HasSubstr("resuming from"));
-  // Every step exactly once, 1..150, across both attempts.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'train_loss'"), 150);
+  // Every step exactly once, 1..3000, across both attempts.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'train_loss'"), 3000);
   EXPECT_EQ(Scalar("SELECT count(DISTINCT step) FROM metrics WHERE "
-                   "name = 'train_loss' AND step BETWEEN 1 AND 150"),
-            150);
+                   "name = 'train_loss' AND step BETWEEN 1 AND 3000"),
+            3000);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 3);
 }
 

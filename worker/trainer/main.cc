@@ -4,6 +4,7 @@
 //   {"step": 12, "metrics": {"train_loss": 0.51, "lr": 0.01, ...}}
 // and last a line {"event": "completed" | "diverged" | "failed", "message": ...}.
 // Exit code: 0 completed, 3 diverged, 2 bad usage or config, 1 failure.
+#include <malloc.h>
 #include <torch/torch.h>
 
 #include <cstring>
@@ -48,6 +49,14 @@ int Usage(const std::string& error) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A training step frees and reallocates the same large tensors every step.
+  // By default glibc serves them with mmap and returns them (munmap, heap
+  // trim), so every step faults its memory in again, zero-filled: on VMs that
+  // costs more than the arithmetic (8x at CNN batch 4096 here, see
+  // bench/train_throughput.py). One process runs one trial, so keep freed
+  // memory for reuse instead.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, -1);
   std::string config_path, resume_path;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
