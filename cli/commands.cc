@@ -1,9 +1,11 @@
 #include "cli/commands.h"
 
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 
+#include "cli/plot.h"
 #include "common/status.h"
 
 namespace megabatch::cli {
@@ -41,6 +43,27 @@ std::string Progress(const v1::Sweep& s) {
     << s.trials_cancelled() << ")";
   return m.str();
 }
+
+json ToJson(const v1::Value& v) {
+  switch (v.kind_case()) {
+    case v1::Value::kInteger: return v.integer();
+    case v1::Value::kReal: return v.real();
+    case v1::Value::kText: return v.text();
+    case v1::Value::kBlob: {
+      static const char* kHex = "0123456789ABCDEF";
+      std::string hex = "X'";
+      for (unsigned char c : v.blob()) {
+        hex += kHex[c >> 4];
+        hex += kHex[c & 15];
+      }
+      return hex + "'";
+    }
+    case v1::Value::KIND_NOT_SET: break;
+  }
+  return nullptr;
+}
+
+json Maybe(bool has, double value) { return has ? json(value) : json(nullptr); }
 
 std::string NewRequestId() {
   std::random_device rd;
@@ -207,6 +230,179 @@ int Commands::Cancel(int64_t sweep_id) {
   grpc::Status s = stub_->CancelSweep(&ctx, req, one.Add());
   if (!s.ok()) return Fail(s);
   PrintSweeps(one);
+  return kExitOk;
+}
+
+int Commands::Query(const std::string& sql, int64_t max_rows, int32_t timeout_ms) {
+  grpc::ClientContext ctx;
+  v1::QueryRequest req;
+  req.set_sql(sql);
+  req.set_max_rows(max_rows);
+  req.set_timeout_ms(timeout_ms);
+  v1::QueryResponse resp;
+  grpc::Status s = stub_->Query(&ctx, req, &resp);
+  if (!s.ok()) return Fail(s);
+  Table t({resp.columns().begin(), resp.columns().end()});
+  for (const auto& row : resp.rows()) {
+    std::vector<json> values;
+    for (const auto& v : row.values()) values.push_back(ToJson(v));
+    t.AddRow(std::move(values));
+  }
+  t.Print(out_, format_);
+  if (!resp.truncated().empty()) {
+    err_ << "megabatch: result truncated at " << resp.rows_size() << " rows ("
+         << resp.truncated() << "); raise --max-rows, narrow the query, or use "
+         << "export\n";
+  }
+  return kExitOk;
+}
+
+int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
+  grpc::ClientContext ctx;
+  v1::GetSweepReportRequest req;
+  req.set_sweep_id(sweep_id);
+  v1::SweepReport report;
+  grpc::Status s = stub_->GetSweepReport(&ctx, req, &report);
+  if (!s.ok()) return Fail(s);
+
+  std::map<std::string, const v1::CriticalBatchFit*> fit_of;
+  for (const auto& f : report.fits()) fit_of[f.optimizer()] = &f;
+  const bool csv = format_ == OutputFormat::kCsv;
+  std::vector<std::string> columns = {
+      "optimizer", "batch_size", "best_lr", "lrs_tried", "trials",
+      "diverged_trials", "max_stable_lr", "best_test_accuracy", "best_test_loss",
+      "steps_to_target", "samples_to_target", "seconds_to_target",
+      "scaling_efficiency", "gradient_noise_scale"};
+  // CSV is one table, so each row carries its optimizer's fit.
+  if (csv) columns.insert(columns.end(), {"s_min", "b_crit"});
+  Table rows(columns);
+  for (const auto& r : report.rows()) {
+    std::vector<json> row = {
+        r.optimizer(), r.batch_size(), r.best_lr(), r.lrs_tried(), r.trials(),
+        r.diverged_trials(),
+        Maybe(r.has_max_stable_lr(), r.max_stable_lr()),
+        Maybe(r.has_best_test_accuracy(), r.best_test_accuracy()),
+        Maybe(r.has_best_test_loss(), r.best_test_loss()),
+        Maybe(r.has_steps_to_target(), r.steps_to_target()),
+        Maybe(r.has_samples_to_target(), r.samples_to_target()),
+        Maybe(r.has_seconds_to_target(), r.seconds_to_target()),
+        Maybe(r.has_scaling_efficiency(), r.scaling_efficiency()),
+        Maybe(r.has_gradient_noise_scale(), r.gradient_noise_scale())};
+    if (csv) {
+      const v1::CriticalBatchFit* f = fit_of[r.optimizer()];
+      row.push_back(f ? Maybe(f->has_s_min(), f->s_min()) : json(nullptr));
+      row.push_back(f ? Maybe(f->has_b_crit(), f->b_crit()) : json(nullptr));
+    }
+    rows.AddRow(std::move(row));
+  }
+  Table fits({"optimizer", "points", "s_min", "b_crit", "r_squared", "note"});
+  for (const auto& f : report.fits()) {
+    fits.AddRow({f.optimizer(), f.points(), Maybe(f.has_s_min(), f.s_min()),
+                 Maybe(f.has_b_crit(), f.b_crit()),
+                 Maybe(f.has_r_squared(), f.r_squared()), f.note()});
+  }
+  Table diverged({"optimizer", "batch_size", "lr", "diverged", "trials"});
+  for (const auto& d : report.diverged()) {
+    diverged.AddRow({d.optimizer(), d.batch_size(), d.lr(), d.diverged(), d.trials()});
+  }
+
+  const v1::Sweep& sweep = report.sweep();
+  std::string target =
+      report.target_metric().empty()
+          ? "no target (best lr by test_accuracy)"
+          : "target " + report.target_metric() +
+                (report.target_metric() == "test_loss" ? " <= " : " >= ") +
+                FormatNumber(report.target_value());
+  if (format_ == OutputFormat::kJson) {
+    json out = {{"sweep_id", sweep.id()},
+                {"name", sweep.name()},
+                {"state", StateName(sweep.state())},
+                {"target_metric", report.target_metric().empty()
+                                      ? json(nullptr) : json(report.target_metric())},
+                {"target_value", Maybe(report.has_target_value(),
+                                          report.target_value())},
+                {"rows", rows.ToJson()},
+                {"critical_batch", fits.ToJson()},
+                {"diverged", diverged.ToJson()}};
+    out_ << out.dump(2) << "\n";
+  } else if (csv) {
+    rows.Print(out_, format_);
+  } else {
+    const bool md = format_ == OutputFormat::kMarkdown;
+    const char* h = md ? "## " : "";
+    out_ << h << "Sweep " << sweep.id() << " '" << sweep.name() << "' ("
+         << StateName(sweep.state()) << "): " << target << "\n\n";
+    out_ << h << "Best lr per optimizer and batch size\n\n";
+    rows.Print(out_, format_);
+    out_ << "\n" << h << "Critical batch size: S(b) = S_min·(1 + B_crit/b)\n\n";
+    fits.Print(out_, format_);
+    out_ << "\n" << h << "Diverged\n\n";
+    if (report.diverged().empty()) {
+      out_ << "none\n";
+    } else {
+      diverged.Print(out_, format_);
+    }
+  }
+  if (!plot_path.empty()) {
+    std::ofstream plot(plot_path, std::ios::binary | std::ios::trunc);
+    plot << ScalingPlotSvg(report);
+    plot.close();
+    if (!plot) {
+      err_ << "megabatch: cannot write " << plot_path << "\n";
+      return kExitFailed;
+    }
+    err_ << "wrote " << plot_path << "\n";
+  }
+  return kExitOk;
+}
+
+int Commands::Export(int64_t sweep_id, const std::vector<std::string>& names) {
+  // Trial columns come from one ListTrials; the metrics stream.
+  std::map<int64_t, v1::Trial> trials;
+  {
+    grpc::ClientContext ctx;
+    v1::ListTrialsRequest req;
+    req.set_sweep_id(sweep_id);
+    v1::ListTrialsResponse resp;
+    grpc::Status s = stub_->ListTrials(&ctx, req, &resp);
+    if (!s.ok()) return Fail(s);
+    for (const auto& t : resp.trials()) trials[t.id()] = t;
+  }
+  grpc::ClientContext ctx;
+  v1::ExportMetricsRequest req;
+  req.set_sweep_id(sweep_id);
+  for (const auto& n : names) req.add_names(n);
+  auto reader = stub_->ExportMetrics(&ctx, req);
+  const bool jsonl = format_ == OutputFormat::kJson;
+  if (!jsonl) {
+    out_ << "trial_id,optimizer,batch_size,lr,seed,name,step,value,recorded_at\n";
+  }
+  v1::ExportMetricsResponse chunk;
+  int64_t rows = 0;
+  while (reader->Read(&chunk)) {
+    for (const auto& m : chunk.rows()) {
+      const v1::Trial& t = trials[m.trial_id()];
+      json value = m.has_value() ? json(m.value()) : json(nullptr);
+      if (jsonl) {
+        out_ << json{{"trial_id", m.trial_id()}, {"optimizer", t.optimizer()},
+                     {"batch_size", t.batch_size()}, {"lr", t.lr()},
+                     {"seed", t.seed()}, {"name", m.name()}, {"step", m.step()},
+                     {"value", value}, {"recorded_at", m.recorded_at()}}
+                    .dump()
+             << "\n";
+      } else {
+        out_ << m.trial_id() << "," << t.optimizer() << "," << t.batch_size() << ","
+             << json(t.lr()).dump() << "," << t.seed() << "," << CsvQuote(m.name()) << ","
+             << m.step() << "," << (m.has_value() ? value.dump() : "") << ","
+             << json(m.recorded_at()).dump() << "\n";
+      }
+      ++rows;
+    }
+  }
+  grpc::Status s = reader->Finish();
+  if (!s.ok()) return Fail(s);
+  out_.flush();
+  err_ << "exported " << rows << " metric values\n";
   return kExitOk;
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "cli/table.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
@@ -32,6 +33,13 @@ class Commands {
   int Workers();
   int Watch(int64_t sweep_id);
   int Cancel(int64_t sweep_id);
+  // Prints the rows; a capped result also says so on `err`.
+  int Query(const std::string& sql, int64_t max_rows, int32_t timeout_ms);
+  // The large-batch report; with a non-empty `plot_path` also writes the
+  // figure there as SVG.
+  int Report(int64_t sweep_id, const std::string& plot_path);
+  // Every metric of the sweep, streamed: CSV, or JSON lines with -o json.
+  int Export(int64_t sweep_id, const std::vector<std::string>& names);
 
  private:
   // Prints a failed RPC as "megabatch: CODE: message"; returns kExitFailed.

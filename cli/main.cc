@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
   std::string output = "table";
   app.add_option("--server", server, "coordinator address")->capture_default_str();
   app.add_option("-o,--output", output, "output format")
-      ->check(CLI::IsMember({"table", "json", "csv"}))
+      ->check(CLI::IsMember({"table", "json", "csv", "md"}))
       ->capture_default_str();
 
   std::string spec_path, request_id;
@@ -39,6 +39,22 @@ int main(int argc, char** argv) {
                                   "failed or was cancelled)");
   auto* cancel = add_sweep_command("cancel", "cancel a sweep's trials");
   auto* workers = app.add_subcommand("workers", "list workers");
+  std::string sql;
+  int64_t max_rows = 0;
+  int32_t timeout_ms = 0;
+  auto* query = app.add_subcommand("query", "read-only SQL on the results database");
+  query->add_option("sql", sql, "one SELECT statement")->required();
+  query->add_option("--max-rows", max_rows, "row cap (default 10000)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000000}));
+  query->add_option("--timeout-ms", timeout_ms, "time cap (default 10000)")
+      ->check(CLI::Range(1, 300000));
+  std::string plot_path;
+  auto* report = add_sweep_command("report", "the sweep's large-batch analysis");
+  report->add_option("--plot", plot_path, "also write the figure as SVG to this file");
+  std::vector<std::string> metric_names;
+  auto* export_cmd = add_sweep_command(
+      "export", "every metric of a sweep: CSV, or JSON lines with -o json");
+  export_cmd->add_option("--metric", metric_names, "only this metric (repeatable)");
 
   try {
     app.parse(argc, argv);
@@ -49,8 +65,11 @@ int main(int argc, char** argv) {
 
   OutputFormat format = output == "json"  ? OutputFormat::kJson
                         : output == "csv" ? OutputFormat::kCsv
+                        : output == "md"  ? OutputFormat::kMarkdown
                                           : OutputFormat::kTable;
-  auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);  // query results up to the server's cap
+  auto channel = grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args);
   auto stub = megabatch::v1::SweepService::NewStub(channel);
   megabatch::cli::Commands commands(stub.get(), format, std::cout, std::cerr);
   if (*submit) return commands.Submit(spec_path, request_id, wait);
@@ -60,5 +79,8 @@ int main(int argc, char** argv) {
   if (*watch) return commands.Watch(sweep_id);
   if (*cancel) return commands.Cancel(sweep_id);
   if (*workers) return commands.Workers();
+  if (*query) return commands.Query(sql, max_rows, timeout_ms);
+  if (*report) return commands.Report(sweep_id, plot_path);
+  if (*export_cmd) return commands.Export(sweep_id, metric_names);
   return megabatch::cli::kExitUsage;
 }

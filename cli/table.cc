@@ -6,12 +6,16 @@
 namespace megabatch::cli {
 namespace {
 
-std::string Cell(const nlohmann::json& v) {
+// `exact`: numbers as JSON writes them (shortest round-trip form) rather
+// than rounded for reading.
+std::string Cell(const nlohmann::json& v, bool exact = false) {
   if (v.is_null()) return "";
   if (v.is_string()) return v.get<std::string>();
-  if (v.is_number_float()) return FormatNumber(v.get<double>());
+  if (v.is_number_float() && !exact) return FormatNumber(v.get<double>());
   return v.dump();
 }
+
+}  // namespace
 
 std::string CsvQuote(const std::string& s) {
   if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
@@ -23,25 +27,27 @@ std::string CsvQuote(const std::string& s) {
   return out + "\"";
 }
 
-}  // namespace
-
 std::string FormatNumber(double v) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "%.6g", v);
   return buf;
 }
 
+nlohmann::json Table::ToJson() const {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& row : rows_) {
+    nlohmann::json obj = nlohmann::json::object();
+    for (size_t i = 0; i < columns_.size() && i < row.size(); ++i) {
+      obj[columns_[i]] = row[i];
+    }
+    arr.push_back(std::move(obj));
+  }
+  return arr;
+}
+
 void Table::Print(std::ostream& out, OutputFormat format) const {
   if (format == OutputFormat::kJson) {
-    nlohmann::json arr = nlohmann::json::array();
-    for (const auto& row : rows_) {
-      nlohmann::json obj = nlohmann::json::object();
-      for (size_t i = 0; i < columns_.size() && i < row.size(); ++i) {
-        obj[columns_[i]] = row[i];
-      }
-      arr.push_back(std::move(obj));
-    }
-    out << arr.dump(2) << "\n";
+    out << ToJson().dump(2) << "\n";
     return;
   }
   if (format == OutputFormat::kCsv) {
@@ -51,8 +57,34 @@ void Table::Print(std::ostream& out, OutputFormat format) const {
     out << "\n";
     for (const auto& row : rows_) {
       for (size_t i = 0; i < row.size(); ++i) {
-        out << (i ? "," : "") << CsvQuote(Cell(row[i]));
+        out << (i ? "," : "") << CsvQuote(Cell(row[i], /*exact=*/true));
       }
+      out << "\n";
+    }
+    return;
+  }
+  if (format == OutputFormat::kMarkdown) {
+    auto escape = [](const std::string& s) {
+      std::string e;
+      for (char c : s) {
+        if (c == '|') e += '\\';
+        e += c == '\n' ? ' ' : c;
+      }
+      return e;
+    };
+    out << "|";
+    for (const auto& c : columns_) out << " " << escape(c) << " |";
+    out << "\n|";
+    for (size_t i = 0; i < columns_.size(); ++i) {
+      bool numeric = std::any_of(rows_.begin(), rows_.end(), [&](const auto& row) {
+        return i < row.size() && row[i].is_number();
+      });
+      out << (numeric ? " ---: |" : " --- |");
+    }
+    out << "\n";
+    for (const auto& row : rows_) {
+      out << "|";
+      for (const auto& v : row) out << " " << escape(Cell(v)) << " |";
       out << "\n";
     }
     return;

@@ -20,8 +20,9 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   c->store_ = std::move(*store);
   c->scheduler_ =
       std::make_unique<scheduler::Scheduler>(c->store_.get(), options.scheduler);
+  c->results_ = std::make_unique<store::ReadOnlyDb>(options.db_path);
   c->sweep_service_ = std::make_unique<service::SweepServiceImpl>(
-      c->store_.get(), c->scheduler_.get());
+      c->store_.get(), c->scheduler_.get(), c->results_.get());
   c->worker_service_ = std::make_unique<service::WorkerServiceImpl>(
       c->store_.get(), c->scheduler_.get());
 

@@ -45,6 +45,7 @@ class Coordinator {
   Coordinator() = default;
 
   std::unique_ptr<store::SweepStore> store_;
+  std::unique_ptr<store::ReadOnlyDb> results_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::unique_ptr<service::SweepServiceImpl> sweep_service_;
   std::unique_ptr<service::WorkerServiceImpl> worker_service_;

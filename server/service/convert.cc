@@ -75,4 +75,69 @@ void ToProto(const store::WorkerRow& row, v1::Worker* out) {
   out->set_last_heartbeat_at(row.last_heartbeat_at);
 }
 
+void ToProto(const report::SweepReport& report, v1::SweepReport* out) {
+  out->set_target_metric(report.target_metric);
+  if (report.target_value) out->set_target_value(*report.target_value);
+  for (const auto& r : report.rows) {
+    v1::ScalingRow* row = out->add_rows();
+    row->set_optimizer(r.optimizer);
+    row->set_batch_size(r.batch_size);
+    row->set_lrs_tried(r.lrs_tried);
+    row->set_trials(r.trials);
+    row->set_diverged_trials(r.diverged_trials);
+    row->set_best_lr(r.best_lr);
+    if (r.max_stable_lr) row->set_max_stable_lr(*r.max_stable_lr);
+    if (r.best_test_accuracy) row->set_best_test_accuracy(*r.best_test_accuracy);
+    if (r.best_test_loss) row->set_best_test_loss(*r.best_test_loss);
+    if (r.steps_to_target) row->set_steps_to_target(*r.steps_to_target);
+    if (r.samples_to_target) row->set_samples_to_target(*r.samples_to_target);
+    if (r.seconds_to_target) row->set_seconds_to_target(*r.seconds_to_target);
+    if (r.scaling_efficiency) row->set_scaling_efficiency(*r.scaling_efficiency);
+    if (r.gradient_noise_scale) row->set_gradient_noise_scale(*r.gradient_noise_scale);
+  }
+  for (const auto& f : report.fits) {
+    v1::CriticalBatchFit* fit = out->add_fits();
+    fit->set_optimizer(f.optimizer);
+    fit->set_points(f.points);
+    if (f.s_min) fit->set_s_min(*f.s_min);
+    if (f.b_crit) fit->set_b_crit(*f.b_crit);
+    if (f.r_squared) fit->set_r_squared(*f.r_squared);
+    fit->set_note(f.note);
+  }
+  for (const auto& d : report.diverged) {
+    v1::DivergedGroup* g = out->add_diverged();
+    g->set_optimizer(d.optimizer);
+    g->set_batch_size(d.batch_size);
+    g->set_lr(d.lr);
+    g->set_diverged(d.diverged);
+    g->set_trials(d.trials);
+  }
+}
+
+void ToProto(const store::QueryResult& result, v1::QueryResponse* out) {
+  for (const auto& c : result.columns) out->add_columns(c);
+  for (const auto& row : result.rows) {
+    v1::Row* r = out->add_rows();
+    for (const auto& v : row) {
+      v1::Value* value = r->add_values();
+      switch (v.type) {
+        case store::QueryValue::Type::kInteger: value->set_integer(v.integer); break;
+        case store::QueryValue::Type::kReal: value->set_real(v.real); break;
+        case store::QueryValue::Type::kText: value->set_text(v.bytes); break;
+        case store::QueryValue::Type::kBlob: value->set_blob(v.bytes); break;
+        case store::QueryValue::Type::kNull: break;
+      }
+    }
+  }
+  if (result.truncated) out->set_truncated(*result.truncated);
+}
+
+void ToProto(const store::MetricRecord& record, v1::MetricRow* out) {
+  out->set_trial_id(record.trial_id);
+  out->set_name(record.name);
+  out->set_step(record.step);
+  if (record.value) out->set_value(*record.value);
+  out->set_recorded_at(record.recorded_at);
+}
+
 }  // namespace megabatch::service

@@ -11,6 +11,10 @@ constexpr int kMaxPointsPerReport = 100000;
 constexpr size_t kMaxNameLength = 200;
 constexpr int kMaxSlots = 4096;
 constexpr size_t kMaxMessageLength = 65536;
+constexpr int64_t kMaxQueryRows = 1000000;
+constexpr int32_t kMaxQueryTimeoutMs = 300000;
+constexpr size_t kExportChunkRows = 4096;
+constexpr int kMaxExportNames = 100;
 
 // Runs a handler body, turning any escaped exception into INTERNAL.
 template <typename Fn>
@@ -146,6 +150,71 @@ grpc::Status SweepServiceImpl::WatchSweep(
           version, std::chrono::steady_clock::now() + std::chrono::seconds(1));
     }
     return Status(StatusCode::kCancelled, "watch cancelled by the client");
+  });
+}
+
+grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx,
+                                     const v1::QueryRequest* req,
+                                     v1::QueryResponse* resp) {
+  return Guard("Query", [&]() -> Status {
+    if (req->sql().empty()) return InvalidArgumentError("sql: required");
+    if (req->max_rows() < 0 || req->max_rows() > kMaxQueryRows) {
+      return InvalidArgumentError("max_rows: must be between 0 and " +
+                                  std::to_string(kMaxQueryRows) + ", got " +
+                                  std::to_string(req->max_rows()));
+    }
+    if (req->timeout_ms() < 0 || req->timeout_ms() > kMaxQueryTimeoutMs) {
+      return InvalidArgumentError("timeout_ms: must be between 0 and " +
+                                  std::to_string(kMaxQueryTimeoutMs) + ", got " +
+                                  std::to_string(req->timeout_ms()));
+    }
+    store::QueryLimits limits;
+    if (req->max_rows() > 0) limits.max_rows = req->max_rows();
+    if (req->timeout_ms() > 0) limits.timeout = std::chrono::milliseconds(req->timeout_ms());
+    limits.cancelled = [ctx] { return ctx->IsCancelled(); };
+    auto result = results_->Query(req->sql(), limits);
+    if (!result.ok()) return result.status();
+    ToProto(*result, resp);
+    return Status();
+  });
+}
+
+grpc::Status SweepServiceImpl::GetSweepReport(grpc::ServerContext*,
+                                              const v1::GetSweepReportRequest* req,
+                                              v1::SweepReport* resp) {
+  return Guard("GetSweepReport", [&]() -> Status {
+    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+    auto sweep = store_->GetSweep(req->sweep_id());
+    if (!sweep.ok()) return sweep.status();
+    auto db = results_->Connect();
+    if (!db.ok()) return db.status();
+    auto report = report::BuildReport(**db, req->sweep_id());
+    if (!report.ok()) return report.status();
+    ToProto(*sweep, resp->mutable_sweep());
+    ToProto(*report, resp);
+    return Status();
+  });
+}
+
+grpc::Status SweepServiceImpl::ExportMetrics(
+    grpc::ServerContext*, const v1::ExportMetricsRequest* req,
+    grpc::ServerWriter<v1::ExportMetricsResponse>* writer) {
+  return Guard("ExportMetrics", [&]() -> Status {
+    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+    if (req->names_size() > kMaxExportNames) {
+      return InvalidArgumentError("names: at most " + std::to_string(kMaxExportNames));
+    }
+    std::vector<std::string> names(req->names().begin(), req->names().end());
+    return results_->ExportMetrics(
+        req->sweep_id(), names, kExportChunkRows,
+        [&](std::vector<store::MetricRecord>& chunk) -> Status {
+          v1::ExportMetricsResponse out;
+          for (const auto& r : chunk) ToProto(r, out.add_rows());
+          if (!writer->Write(out)) {
+            return Status(StatusCode::kCancelled, "export: the client went away");
+          }
+          return Status();
+        });
   });
 }
 

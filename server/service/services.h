@@ -6,15 +6,17 @@
 
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/scheduler/scheduler.h"
+#include "server/store/read_only.h"
 #include "server/store/sweep_store.h"
 
 namespace megabatch::service {
 
-// Thread-safe. `store` and `scheduler` must outlive the service.
+// Thread-safe. `store`, `scheduler` and `results` must outlive the service.
 class SweepServiceImpl final : public v1::SweepService::Service {
  public:
-  SweepServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler)
-      : store_(store), scheduler_(scheduler) {}
+  SweepServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
+                   const store::ReadOnlyDb* results)
+      : store_(store), scheduler_(scheduler), results_(results) {}
 
   grpc::Status SubmitSweep(grpc::ServerContext*, const v1::SubmitSweepRequest*,
                            v1::SubmitSweepResponse*) override;
@@ -30,10 +32,19 @@ class SweepServiceImpl final : public v1::SweepService::Service {
                            v1::ListWorkersResponse*) override;
   grpc::Status WatchSweep(grpc::ServerContext*, const v1::WatchSweepRequest*,
                           grpc::ServerWriter<v1::WatchSweepResponse>*) override;
+  grpc::Status Query(grpc::ServerContext*, const v1::QueryRequest*,
+                     v1::QueryResponse*) override;
+  grpc::Status GetSweepReport(grpc::ServerContext*,
+                              const v1::GetSweepReportRequest*,
+                              v1::SweepReport*) override;
+  grpc::Status ExportMetrics(grpc::ServerContext*,
+                             const v1::ExportMetricsRequest*,
+                             grpc::ServerWriter<v1::ExportMetricsResponse>*) override;
 
  private:
   store::SweepStore* const store_;
   scheduler::Scheduler* const scheduler_;
+  const store::ReadOnlyDb* const results_;
 };
 
 // Thread-safe. `store` and `scheduler` must outlive the service.

@@ -28,11 +28,10 @@ Status SqliteStatus(int rc, sqlite3* db, std::string_view what) {
   }
 }
 
-Result<std::unique_ptr<Db>> Db::Open(const std::string& path) {
+Result<std::unique_ptr<Db>> Db::OpenWith(const std::string& path, int flags,
+                                         std::string_view pragmas) {
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                               SQLITE_OPEN_NOMUTEX,
+  int rc = sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX,
                            nullptr);
   if (rc != SQLITE_OK) {
     Status s = SqliteStatus(rc, raw, "open database " + path);
@@ -41,10 +40,18 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path) {
   }
   std::unique_ptr<Db> db(new Db(raw));
   sqlite3_busy_timeout(raw, 5000);
-  MEGABATCH_RETURN_IF_ERROR(db->Exec(
-      "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
-      "PRAGMA foreign_keys=ON;"));
+  MEGABATCH_RETURN_IF_ERROR(db->Exec(pragmas));
   return db;
+}
+
+Result<std::unique_ptr<Db>> Db::Open(const std::string& path) {
+  return OpenWith(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                  "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                  "PRAGMA foreign_keys=ON;");
+}
+
+Result<std::unique_ptr<Db>> Db::OpenReadOnly(const std::string& path) {
+  return OpenWith(path, SQLITE_OPEN_READONLY, "PRAGMA query_only=ON;");
 }
 
 Db::~Db() { sqlite3_close_v2(db_); }

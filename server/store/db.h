@@ -29,6 +29,8 @@ class Db {
   // Opens (creating if needed) the database at `path` in WAL mode with
   // synchronous=NORMAL and foreign keys on. ":memory:" works too.
   static Result<std::unique_ptr<Db>> Open(const std::string& path);
+  // Opens an existing database read-only, with query_only on.
+  static Result<std::unique_ptr<Db>> OpenReadOnly(const std::string& path);
 
   ~Db();
   Db(const Db&) = delete;
@@ -45,6 +47,8 @@ class Db {
 
  private:
   explicit Db(sqlite3* db) : db_(db) {}
+  static Result<std::unique_ptr<Db>> OpenWith(const std::string& path,
+                                              int flags, std::string_view pragmas);
   sqlite3* db_;
 };
 
@@ -83,6 +87,17 @@ class Statement {
   sqlite3* db_;
   sqlite3_stmt* stmt_;
 };
+
+// Runs `fn(stmt)` on each row of a prepared statement.
+template <typename Fn>
+Status ForEachRow(Statement& stmt, Fn fn) {
+  while (true) {
+    Result<bool> row = stmt.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return Status();
+    fn(stmt);
+  }
+}
 
 // BEGIN IMMEDIATE on construction; rolls back on destruction unless
 // Commit() succeeded. `db` must outlive the Transaction.

@@ -90,6 +90,90 @@ SELECT
   t.state = 'diverged' AS diverged
 FROM trials t;
 )sql",
+    // Version 2: trial_summary gains samples, best_test_loss,
+    // samples_to_target and gradient_noise_scale; sweep_scaling answers
+    // "which lr is best at each batch size, and how well does it scale".
+    R"sql(
+DROP VIEW trial_summary;
+CREATE VIEW trial_summary AS
+SELECT
+  t.id AS trial_id, t.sweep_id, t.trial_index, t.optimizer, t.batch_size,
+  t.lr, t.lr_multiplier, t.seed, t.state, t.attempts,
+  t.finished_at - t.started_at AS seconds,
+  (SELECT MAX(step) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'train_loss') AS steps,
+  (SELECT MAX(step) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'train_loss') * t.batch_size AS samples,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'train_loss'
+     ORDER BY step DESC LIMIT 1) AS final_train_loss,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'test_loss'
+     ORDER BY step DESC LIMIT 1) AS final_test_loss,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'test_accuracy'
+     ORDER BY step DESC LIMIT 1) AS final_test_accuracy,
+  (SELECT MAX(value) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'test_accuracy') AS best_test_accuracy,
+  (SELECT MIN(value) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'test_loss') AS best_test_loss,
+  (SELECT MIN(step) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'target_reached_seconds') AS steps_to_target,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'target_reached_samples' ORDER BY step LIMIT 1) AS samples_to_target,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'target_reached_seconds' ORDER BY step LIMIT 1) AS seconds_to_target,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'gradient_noise_scale' ORDER BY step DESC LIMIT 1) AS gradient_noise_scale,
+  t.state = 'diverged' AS diverged
+FROM trials t;
+CREATE VIEW sweep_scaling AS
+WITH per_lr AS (
+  -- Seeds of one (optimizer, batch size, lr) averaged; to-target figures
+  -- only when every seed reached the target.
+  SELECT ts.sweep_id, ts.optimizer, ts.batch_size, ts.lr,
+    COUNT(*) AS trials,
+    SUM(ts.diverged) AS diverged_trials,
+    AVG(ts.best_test_accuracy) AS best_test_accuracy,
+    AVG(ts.best_test_loss) AS best_test_loss,
+    CASE WHEN COUNT(ts.steps_to_target) = COUNT(*)
+      THEN AVG(ts.steps_to_target) END AS steps_to_target,
+    CASE WHEN COUNT(ts.samples_to_target) = COUNT(*)
+      THEN AVG(ts.samples_to_target) END AS samples_to_target,
+    CASE WHEN COUNT(ts.seconds_to_target) = COUNT(*)
+      THEN AVG(ts.seconds_to_target) END AS seconds_to_target,
+    AVG(ts.gradient_noise_scale) AS gradient_noise_scale,
+    json_extract(s.spec_json, '$.target.metric') = 'test_loss' AS by_loss
+  FROM trial_summary ts JOIN sweeps s ON s.id = ts.sweep_id
+  GROUP BY ts.sweep_id, ts.optimizer, ts.batch_size, ts.lr
+),
+ranked AS (
+  -- Best first: fewest steps to target, then no divergence, then the best
+  -- value of the target metric (test_accuracy when there is no target).
+  SELECT *,
+    ROW_NUMBER() OVER (g ORDER BY steps_to_target IS NULL, steps_to_target,
+      diverged_trials > 0,
+      CASE WHEN by_loss THEN best_test_loss ELSE -best_test_accuracy END IS NULL,
+      CASE WHEN by_loss THEN best_test_loss ELSE -best_test_accuracy END,
+      lr) AS rank,
+    COUNT(*) OVER g AS lrs_tried,
+    SUM(trials) OVER g AS all_trials,
+    SUM(diverged_trials) OVER g AS all_diverged,
+    MAX(CASE WHEN diverged_trials = 0 THEN lr END) OVER g AS max_stable_lr
+  FROM per_lr
+  WINDOW g AS (PARTITION BY sweep_id, optimizer, batch_size)
+),
+best AS (SELECT * FROM ranked WHERE rank = 1)
+SELECT b.sweep_id, b.optimizer, b.batch_size, b.lrs_tried,
+  b.all_trials AS trials, b.all_diverged AS diverged_trials,
+  b.lr AS best_lr, b.max_stable_lr, b.best_test_accuracy, b.best_test_loss,
+  b.steps_to_target, b.samples_to_target, b.seconds_to_target,
+  -- E(b) = S(b0)·b0 / (S(b)·b), b0 the smallest batch that reached the target.
+  (SELECT r.steps_to_target * r.batch_size FROM best r
+     WHERE r.sweep_id = b.sweep_id AND r.optimizer = b.optimizer
+       AND r.steps_to_target IS NOT NULL
+     ORDER BY r.batch_size LIMIT 1) / (b.steps_to_target * b.batch_size)
+    AS scaling_efficiency,
+  b.gradient_noise_scale
+FROM best b;
+)sql",
 };
 
 }  // namespace megabatch::store

@@ -25,17 +25,6 @@ constexpr std::pair<SweepState, const char*> kSweepStateNames[] = {
     {SweepState::kCancelled, "cancelled"},
 };
 
-// Runs `fn` on each row of a prepared statement.
-template <typename Fn>
-Status ForEachRow(Statement& stmt, Fn fn) {
-  while (true) {
-    Result<bool> row = stmt.Step();
-    if (!row.ok()) return row.status();
-    if (!*row) return Status();
-    fn(stmt);
-  }
-}
-
 }  // namespace
 
 const char* TrialStateName(TrialState s) {

@@ -137,6 +137,19 @@ budget: {epochs: 1}
   auto csv = Cli({"-o", "csv", "list"});
   EXPECT_EQ(csv.exit_code, 0);
   EXPECT_THAT(csv.out, HasSubstr("1,e2e,completed,8,"));
+
+  // The study's answer: one row per (optimizer, batch size), no target.
+  auto report = Cli({"-o", "json", "report", "1"});
+  ASSERT_EQ(report.exit_code, 0) << report.err;
+  auto answer = nlohmann::json::parse(report.out);
+  ASSERT_EQ(answer["rows"].size(), 8u);
+  EXPECT_GT(answer["rows"][0]["best_test_accuracy"].get<double>(), 0.75);
+  EXPECT_EQ(answer["critical_batch"].size(), 4u);
+  // Every stored value comes out of export exactly once.
+  auto exported = Cli({"export", "1"});
+  ASSERT_EQ(exported.exit_code, 0) << exported.err;
+  EXPECT_EQ(std::count(exported.out.begin(), exported.out.end(), '\n') - 1,
+            static_cast<long>(Scalar("SELECT count(*) FROM metrics")));
 }
 
 TEST_F(SweepE2ETest, BadSpecIsRejectedByTheCliAndNothingIsStored) {

@@ -275,6 +275,84 @@ TEST_F(ServicesTest, MalformedWorkerRequestsNameTheField) {
   EXPECT_THAT(s.error_message(), HasSubstr("worker 12345"));
 }
 
+TEST_F(ServicesTest, ResultRpcsNameTheBadField) {
+  {
+    grpc::ClientContext ctx;
+    v1::QueryRequest req;
+    v1::QueryResponse resp;
+    auto s = sweeps_->Query(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("sql: required"));
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::QueryRequest req;
+    req.set_sql("SELECT 1");
+    req.set_max_rows(-1);
+    v1::QueryResponse resp;
+    auto s = sweeps_->Query(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("max_rows"));
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::QueryRequest req;
+    req.set_sql("SELECT 1");
+    req.set_timeout_ms(300001);
+    v1::QueryResponse resp;
+    auto s = sweeps_->Query(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("timeout_ms"));
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::QueryRequest req;
+    req.set_sql(std::string(200000, ' ') + "SELECT 1");
+    v1::QueryResponse resp;
+    auto s = sweeps_->Query(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("sql: at most"));
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::GetSweepReportRequest req;
+    v1::SweepReport resp;
+    auto s = sweeps_->GetSweepReport(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("sweep_id"));
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::GetSweepReportRequest req;
+    req.set_sweep_id(42);
+    v1::SweepReport resp;
+    EXPECT_EQ(sweeps_->GetSweepReport(&ctx, req, &resp).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ExportMetricsRequest req;
+    req.set_sweep_id(1);
+    for (int i = 0; i < 101; ++i) req.add_names("n");
+    auto reader = sweeps_->ExportMetrics(&ctx, req);
+    v1::ExportMetricsResponse chunk;
+    EXPECT_FALSE(reader->Read(&chunk));
+    auto s = reader->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("names"));
+  }
+  v1::SubmitSweepResponse submitted;
+  ASSERT_TRUE(Submit(kSpec, &submitted).ok());
+  grpc::ClientContext ctx;
+  v1::GetSweepReportRequest req;
+  req.set_sweep_id(submitted.sweep_id());
+  v1::SweepReport report;
+  ASSERT_TRUE(sweeps_->GetSweepReport(&ctx, req, &report).ok());
+  EXPECT_EQ(report.sweep().name(), "service-test");
+  EXPECT_EQ(report.rows_size(), 2);  // sgd at 128 and 256, nothing run yet
+  EXPECT_FALSE(report.rows(0).has_steps_to_target());
+}
+
 TEST_F(ServicesTest, HealthServiceIsServing) {
   auto channel = coordinator_->InProcessChannel();
   grpc::ClientContext ctx;

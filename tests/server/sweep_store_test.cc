@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "server/store/schema.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch::store {
@@ -221,6 +222,48 @@ TEST_F(SweepStoreTest, RefusesANewerSchema) {
   auto s = SweepStore::Open(path);
   EXPECT_EQ(s.status().code(), StatusCode::kDataLoss);
   EXPECT_THAT(s.status().message(), HasSubstr("newer"));
+}
+
+TEST_F(SweepStoreTest, VersionOneDatabaseUpgradesOnOpenAndKeepsItsData) {
+  std::string path = dir_.File("v1.db");
+  {
+    // A database as the first release wrote it.
+    auto db = Db::Open(path);
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec(kMigrations[0]).ok());
+    ASSERT_TRUE((*db)->Exec(R"sql(
+      PRAGMA user_version=1;
+      INSERT INTO sweeps (id, name, state, spec_json, created_at)
+        VALUES (1, 'old', 'completed', '{"target": {"metric": "test_accuracy", "value": 0.5}}', 1);
+      INSERT INTO trials (id, sweep_id, trial_index, optimizer, batch_size, lr,
+                          lr_multiplier, seed, state, config_json)
+        VALUES (1, 1, 0, 'sgd', 128, 0.1, 1, 0, 'completed', '{}');
+      INSERT INTO metrics VALUES (1, 'train_loss', 10, 0.5, 2),
+        (1, 'test_accuracy', 10, 0.6, 2), (1, 'target_reached_seconds', 10, 3.5, 2),
+        (1, 'target_reached_samples', 10, 1280, 2);
+    )sql").ok());
+  }
+  auto store = SweepStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_EQ((*store)->ListTrials(1)->at(0).latest_metrics.at("train_loss"), 0.5);
+  store->reset();
+  auto db = Db::Open(path);
+  auto version = (*db)->Prepare("PRAGMA user_version");
+  ASSERT_TRUE(*version->Step());
+  EXPECT_EQ(version->Int(0), kSchemaVersion);
+  auto summary = (*db)->Prepare(
+      "SELECT samples, samples_to_target FROM trial_summary WHERE trial_id = 1");
+  ASSERT_TRUE(summary.ok()) << summary.status().ToString();
+  ASSERT_TRUE(*summary->Step());
+  EXPECT_EQ(summary->Int(0), 1280);
+  EXPECT_EQ(summary->Double(1), 1280.0);
+  auto scaling = (*db)->Prepare(
+      "SELECT best_lr, steps_to_target, scaling_efficiency FROM sweep_scaling");
+  ASSERT_TRUE(scaling.ok()) << scaling.status().ToString();
+  ASSERT_TRUE(*scaling->Step());
+  EXPECT_EQ(scaling->Double(0), 0.1);
+  EXPECT_EQ(scaling->Double(1), 10.0);
+  EXPECT_EQ(scaling->Double(2), 1.0);
 }
 
 TEST_F(SweepStoreTest, TrialSummaryViewAnswersWithoutJoins) {
