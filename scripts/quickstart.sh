@@ -37,5 +37,8 @@ echo
 echo "Results of sweep $sweep ($spec):"
 "$cli" --server "$server" trials "$sweep"
 echo
+echo "Report (megabatch report $sweep):"
+"$cli" --server "$server" report "$sweep"
+echo
 echo "Database: $dir/megabatch.db   e.g.  sqlite3 $dir/megabatch.db 'SELECT * FROM trial_summary'"
 exit "$status"
