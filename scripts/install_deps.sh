@@ -14,6 +14,9 @@ packages=(
   # implementation unless an optimised one is installed: OpenBLAS (the OpenMP
   # build, which honours LibTorch's thread count) makes training ~15x faster.
   libopenblas0-openmp
+  # The end-to-end observability test runs a real Prometheus (its own, on a
+  # free loopback port) and promtool.
+  prometheus
 )
 
 missing=()

@@ -13,14 +13,16 @@ cli="$bin/cli/megabatch"
 
 dir=${MEGABATCH_DEMO_DIR:-$(mktemp -d -t megabatch-demo-XXXXXX)}
 mkdir -p "$dir"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-server=127.0.0.1:$port
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+server=127.0.0.1:$(free_port)
+metrics=127.0.0.1:$(free_port)
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
 "$bin/server/megabatch-coordinator" --listen "$server" --db "$dir/megabatch.db" \
+  --metrics-listen "$metrics" \
   >"$dir/coordinator.log" 2>&1 &
 pids+=($!)
 for i in 1 2; do
@@ -29,7 +31,7 @@ for i in 1 2; do
   pids+=($!)
 done
 
-echo "megabatch: coordinator on $server, database $dir/megabatch.db" >&2
+echo "megabatch: coordinator on $server, database $dir/megabatch.db, metrics http://$metrics/metrics" >&2
 sweep=$("$cli" --server "$server" submit "$spec")
 status=0
 "$cli" --server "$server" watch "$sweep" >/dev/null || status=$?

@@ -18,13 +18,20 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
                   "database " + options.db_path + ": " + store.status().message());
   }
   c->store_ = std::move(*store);
-  c->scheduler_ =
-      std::make_unique<scheduler::Scheduler>(c->store_.get(), options.scheduler);
   c->results_ = std::make_unique<store::ReadOnlyDb>(options.db_path);
+  c->metrics_ = std::make_unique<metrics::CoordinatorMetrics>(c->results_.get());
+  if (!options.metrics_listen.empty()) {
+    MEGABATCH_RETURN_IF_ERROR(c->metrics_->Serve(options.metrics_listen));
+  }
+  scheduler::SchedulerOptions scheduler_options = options.scheduler;
+  metrics::CoordinatorMetrics* m = c->metrics_.get();
+  scheduler_options.on_dispatch = [m](double seconds) { m->ObserveDispatch(seconds); };
+  c->scheduler_ =
+      std::make_unique<scheduler::Scheduler>(c->store_.get(), scheduler_options);
   c->sweep_service_ = std::make_unique<service::SweepServiceImpl>(
-      c->store_.get(), c->scheduler_.get(), c->results_.get());
+      c->store_.get(), c->scheduler_.get(), c->results_.get(), m);
   c->worker_service_ = std::make_unique<service::WorkerServiceImpl>(
-      c->store_.get(), c->scheduler_.get());
+      c->store_.get(), c->scheduler_.get(), m);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "server/metrics/metrics.h"
 #include "server/scheduler/scheduler.h"
 #include "server/service/services.h"
 #include "server/store/sweep_store.h"
@@ -18,6 +19,8 @@ namespace megabatch {
 struct CoordinatorOptions {
   std::string listen = "127.0.0.1:50051";  // port 0 picks a free port
   std::string db_path = "megabatch.db";
+  // Where /metrics is served ("host:port", port 0 picks one); empty: nowhere.
+  std::string metrics_listen;
   scheduler::SchedulerOptions scheduler;
 };
 
@@ -32,6 +35,9 @@ class Coordinator {
 
   // The port actually bound (useful with port 0).
   int port() const { return port_; }
+  // The port /metrics is served on; 0 when not serving.
+  int metrics_port() const { return metrics_->port(); }
+  metrics::CoordinatorMetrics* metrics() { return metrics_.get(); }
   // A channel to this server that bypasses the network.
   std::shared_ptr<grpc::Channel> InProcessChannel();
   store::SweepStore* store() { return store_.get(); }
@@ -46,6 +52,7 @@ class Coordinator {
 
   std::unique_ptr<store::SweepStore> store_;
   std::unique_ptr<store::ReadOnlyDb> results_;
+  std::unique_ptr<metrics::CoordinatorMetrics> metrics_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::unique_ptr<service::SweepServiceImpl> sweep_service_;
   std::unique_ptr<service::WorkerServiceImpl> worker_service_;

@@ -12,11 +12,14 @@
 int main(int argc, char** argv) {
   CLI::App app{"megabatch-coordinator: schedules large-batch sweeps onto workers"};
   megabatch::CoordinatorOptions options;
-  std::string metrics_listen = "127.0.0.1:9464";
+  options.metrics_listen = "127.0.0.1:9464";
   int heartbeat_ms = 1000, lease_timeout_ms = 10000;
   app.add_option("--listen", options.listen, "gRPC listen address")
       ->capture_default_str();
   app.add_option("--db", options.db_path, "SQLite results database file")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", options.metrics_listen,
+                 "Prometheus /metrics address (port 0: any free port; empty: off)")
       ->capture_default_str();
   app.add_option("--heartbeat-interval-ms", heartbeat_ms,
                  "how often workers heartbeat")
@@ -52,6 +55,9 @@ int main(int argc, char** argv) {
     }
     spdlog::info("megabatch-coordinator listening on port {} (database {})",
                  (*coordinator)->port(), options.db_path);
+    if ((*coordinator)->metrics_port() != 0) {
+      spdlog::info("metrics on port {} at /metrics", (*coordinator)->metrics_port());
+    }
     int signal = 0;
     sigwait(&stop_signals, &signal);
     spdlog::info("signal {}: shutting down", signal);

@@ -70,6 +70,7 @@ Result<std::optional<store::Lease>> Scheduler::Lease(
   // Waits in slices so that a caller that went away is noticed.
   constexpr auto kSlice = std::chrono::milliseconds(200);
   while (true) {
+    const auto attempt_start = std::chrono::steady_clock::now();
     int64_t seen = store_->version();
     Result<std::optional<store::Lease>> lease =
         store_->LeaseNext(worker_id, NowSeconds());
@@ -85,6 +86,11 @@ Result<std::optional<store::Lease>> Scheduler::Lease(
                           " went away; lease released");
       }
       Notify();
+      if (options_.on_dispatch) {
+        options_.on_dispatch(std::chrono::duration<double>(
+                                 std::chrono::steady_clock::now() - attempt_start)
+                                 .count());
+      }
       return lease;
     }
     auto now = std::chrono::steady_clock::now();

@@ -25,6 +25,9 @@ struct SchedulerOptions {
   // leases before its trials are requeued.
   std::chrono::milliseconds heartbeat_interval{1000};
   std::chrono::milliseconds lease_timeout{10000};
+  // Called with the seconds from a lease request meeting a queued trial (the
+  // request's arrival, or the wake-up that found the trial) to the lease.
+  std::function<void(double)> on_dispatch;
 };
 
 // Seconds since the Unix epoch, as stored in the database.

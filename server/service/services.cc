@@ -15,16 +15,33 @@ constexpr int64_t kMaxQueryRows = 1000000;
 constexpr int32_t kMaxQueryTimeoutMs = 300000;
 constexpr size_t kExportChunkRows = 4096;
 constexpr int kMaxExportNames = 100;
+constexpr int kMaxGpusPerWorker = 64;
 
-// Runs a handler body, turning any escaped exception into INTERNAL.
+// Runs a handler body, turning any escaped exception into INTERNAL, and
+// counts the call with its code and duration.
 template <typename Fn>
-grpc::Status Guard(const char* method, Fn&& fn) {
+grpc::Status Guard(metrics::CoordinatorMetrics* metrics, const char* method, Fn&& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  grpc::Status status;
   try {
-    return ToGrpcStatus(fn());
+    status = ToGrpcStatus(fn());
   } catch (const std::exception& e) {
-    return grpc::Status(grpc::StatusCode::INTERNAL,
-                        std::string(method) + ": " + e.what());
+    status = grpc::Status(grpc::StatusCode::INTERNAL, std::string(method) + ": " + e.what());
   }
+  metrics->ObserveRpc(
+      method, static_cast<StatusCode>(status.error_code()),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return status;
+}
+
+// Runs one store write, timing it under `op`.
+template <typename Fn>
+auto TimedWrite(metrics::CoordinatorMetrics* metrics, const char* op, Fn&& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  auto result = fn();
+  metrics->ObserveStoreWrite(
+      op, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return result;
 }
 
 Status CheckId(int64_t id, const char* field) {
@@ -45,7 +62,7 @@ Status CheckLease(const v1::TrialLease& lease) {
 grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext*,
                                            const v1::SubmitSweepRequest* req,
                                            v1::SubmitSweepResponse* resp) {
-  return Guard("SubmitSweep", [&]() -> Status {
+  return Guard(metrics_, "SubmitSweep", [&]() -> Status {
     spec::SpecFormat format;
     if (req->format().empty()) {
       format = spec::SpecFormat::kAuto;
@@ -71,7 +88,7 @@ grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext*,
 grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext*,
                                         const v1::GetSweepRequest* req,
                                         v1::Sweep* resp) {
-  return Guard("GetSweep", [&]() -> Status {
+  return Guard(metrics_, "GetSweep", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     auto row = store_->GetSweep(req->sweep_id());
     if (!row.ok()) return row.status();
@@ -83,7 +100,7 @@ grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext*,
 grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext*,
                                           const v1::ListSweepsRequest*,
                                           v1::ListSweepsResponse* resp) {
-  return Guard("ListSweeps", [&]() -> Status {
+  return Guard(metrics_, "ListSweeps", [&]() -> Status {
     auto rows = store_->ListSweeps();
     if (!rows.ok()) return rows.status();
     for (const auto& row : *rows) ToProto(row, resp->add_sweeps());
@@ -94,7 +111,7 @@ grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext*,
 grpc::Status SweepServiceImpl::CancelSweep(grpc::ServerContext*,
                                            const v1::CancelSweepRequest* req,
                                            v1::Sweep* resp) {
-  return Guard("CancelSweep", [&]() -> Status {
+  return Guard(metrics_, "CancelSweep", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     auto row = scheduler_->Cancel(req->sweep_id());
     if (!row.ok()) return row.status();
@@ -106,7 +123,7 @@ grpc::Status SweepServiceImpl::CancelSweep(grpc::ServerContext*,
 grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext*,
                                           const v1::ListTrialsRequest* req,
                                           v1::ListTrialsResponse* resp) {
-  return Guard("ListTrials", [&]() -> Status {
+  return Guard(metrics_, "ListTrials", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     auto rows = store_->ListTrials(req->sweep_id());
     if (!rows.ok()) return rows.status();
@@ -118,7 +135,7 @@ grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext*,
 grpc::Status SweepServiceImpl::ListWorkers(grpc::ServerContext*,
                                            const v1::ListWorkersRequest*,
                                            v1::ListWorkersResponse* resp) {
-  return Guard("ListWorkers", [&]() -> Status {
+  return Guard(metrics_, "ListWorkers", [&]() -> Status {
     auto rows = store_->ListWorkers();
     if (!rows.ok()) return rows.status();
     for (const auto& row : *rows) ToProto(row, resp->add_workers());
@@ -129,7 +146,7 @@ grpc::Status SweepServiceImpl::ListWorkers(grpc::ServerContext*,
 grpc::Status SweepServiceImpl::WatchSweep(
     grpc::ServerContext* ctx, const v1::WatchSweepRequest* req,
     grpc::ServerWriter<v1::WatchSweepResponse>* writer) {
-  return Guard("WatchSweep", [&]() -> Status {
+  return Guard(metrics_, "WatchSweep", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     // A snapshot on every state change, and at least once a second so that
     // the latest metrics show while no trial changes state.
@@ -156,7 +173,7 @@ grpc::Status SweepServiceImpl::WatchSweep(
 grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx,
                                      const v1::QueryRequest* req,
                                      v1::QueryResponse* resp) {
-  return Guard("Query", [&]() -> Status {
+  return Guard(metrics_, "Query", [&]() -> Status {
     if (req->sql().empty()) return InvalidArgumentError("sql: required");
     if (req->max_rows() < 0 || req->max_rows() > kMaxQueryRows) {
       return InvalidArgumentError("max_rows: must be between 0 and " +
@@ -182,7 +199,7 @@ grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx,
 grpc::Status SweepServiceImpl::GetSweepReport(grpc::ServerContext*,
                                               const v1::GetSweepReportRequest* req,
                                               v1::SweepReport* resp) {
-  return Guard("GetSweepReport", [&]() -> Status {
+  return Guard(metrics_, "GetSweepReport", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     auto sweep = store_->GetSweep(req->sweep_id());
     if (!sweep.ok()) return sweep.status();
@@ -199,7 +216,7 @@ grpc::Status SweepServiceImpl::GetSweepReport(grpc::ServerContext*,
 grpc::Status SweepServiceImpl::ExportMetrics(
     grpc::ServerContext*, const v1::ExportMetricsRequest* req,
     grpc::ServerWriter<v1::ExportMetricsResponse>* writer) {
-  return Guard("ExportMetrics", [&]() -> Status {
+  return Guard(metrics_, "ExportMetrics", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     if (req->names_size() > kMaxExportNames) {
       return InvalidArgumentError("names: at most " + std::to_string(kMaxExportNames));
@@ -221,7 +238,7 @@ grpc::Status SweepServiceImpl::ExportMetrics(
 grpc::Status WorkerServiceImpl::RegisterWorker(
     grpc::ServerContext*, const v1::RegisterWorkerRequest* req,
     v1::RegisterWorkerResponse* resp) {
-  return Guard("RegisterWorker", [&]() -> Status {
+  return Guard(metrics_, "RegisterWorker", [&]() -> Status {
     if (req->name().empty() || req->name().size() > kMaxNameLength) {
       return InvalidArgumentError("name: must be 1 to 200 characters long");
     }
@@ -245,16 +262,36 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
 grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext*,
                                           const v1::HeartbeatRequest* req,
                                           v1::HeartbeatResponse* resp) {
-  return Guard("Heartbeat", [&]() -> Status {
+  return Guard(metrics_, "Heartbeat", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
     std::vector<std::pair<int64_t, int64_t>> running;
     for (const auto& lease : req->running()) {
       MEGABATCH_RETURN_IF_ERROR(CheckLease(lease));
       running.emplace_back(lease.trial_id(), lease.lease_id());
     }
-    auto stop =
-        store_->Heartbeat(req->worker_id(), running, scheduler::NowSeconds());
+    if (req->gpus_size() > kMaxGpusPerWorker) {
+      return InvalidArgumentError("gpus: at most " + std::to_string(kMaxGpusPerWorker));
+    }
+    std::vector<metrics::GpuSample> gpus;
+    for (int i = 0; i < req->gpus_size(); ++i) {
+      const v1::GpuStats& g = req->gpus(i);
+      const std::string field = "gpus[" + std::to_string(i) + "]";
+      if (g.index() < 0) return InvalidArgumentError(field + ".index: must be >= 0");
+      if (!(g.utilization_ratio() >= 0 && g.utilization_ratio() <= 1)) {
+        return InvalidArgumentError(field + ".utilization_ratio: must be between 0 and 1");
+      }
+      if (g.memory_used_bytes() < 0 || g.memory_total_bytes() < 0) {
+        return InvalidArgumentError(field + ".memory_*_bytes: must be >= 0");
+      }
+      gpus.push_back({g.index(), g.utilization_ratio(),
+                      static_cast<double>(g.memory_used_bytes()),
+                      static_cast<double>(g.memory_total_bytes())});
+    }
+    auto stop = TimedWrite(metrics_, "heartbeat", [&] {
+      return store_->Heartbeat(req->worker_id(), running, scheduler::NowSeconds());
+    });
     if (!stop.ok()) return stop.status();
+    metrics_->RecordWorkerGpus(req->worker_id(), std::move(gpus));
     for (int64_t id : *stop) resp->add_stop_trial_ids(id);
     return Status();
   });
@@ -263,7 +300,7 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext*,
 grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext* ctx,
                                            const v1::LeaseTrialRequest* req,
                                            v1::LeaseTrialResponse* resp) {
-  return Guard("LeaseTrial", [&]() -> Status {
+  return Guard(metrics_, "LeaseTrial", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
     if (req->wait_ms() < 0 || req->wait_ms() > kMaxWaitMs) {
       return InvalidArgumentError("wait_ms: must be between 0 and 60000, got " +
@@ -286,7 +323,7 @@ grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext* ctx,
 grpc::Status WorkerServiceImpl::ReportMetrics(
     grpc::ServerContext*, const v1::ReportMetricsRequest* req,
     v1::ReportMetricsResponse* resp) {
-  return Guard("ReportMetrics", [&]() -> Status {
+  return Guard(metrics_, "ReportMetrics", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
     MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
     if (req->points_size() > kMaxPointsPerReport) {
@@ -309,9 +346,11 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
       }
       points.push_back({p.name(), p.step(), p.value()});
     }
-    MEGABATCH_RETURN_IF_ERROR(store_->AppendMetrics(
-        req->lease().trial_id(), req->lease().lease_id(), req->worker_id(),
-        points, scheduler::NowSeconds()));
+    MEGABATCH_RETURN_IF_ERROR(TimedWrite(metrics_, "append_metrics", [&] {
+      return store_->AppendMetrics(req->lease().trial_id(), req->lease().lease_id(),
+                                   req->worker_id(), points, scheduler::NowSeconds());
+    }));
+    metrics_->RecordTrialPoints(req->lease().trial_id(), points);
     resp->set_accepted(req->points_size());
     return Status();
   });
@@ -320,7 +359,7 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
 grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext*,
                                             const v1::FinishTrialRequest* req,
                                             v1::FinishTrialResponse* resp) {
-  return Guard("FinishTrial", [&]() -> Status {
+  return Guard(metrics_, "FinishTrial", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
     MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
     store::TrialState outcome;
@@ -337,9 +376,11 @@ grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext*,
         req->stderr_tail().size() > kMaxMessageLength) {
       return InvalidArgumentError("message/stderr_tail: at most 65536 bytes");
     }
-    auto state = scheduler_->Finish(req->lease().trial_id(),
-                                    req->lease().lease_id(), req->worker_id(),
-                                    outcome, req->message(), req->stderr_tail());
+    auto state = TimedWrite(metrics_, "finish_trial", [&] {
+      return scheduler_->Finish(req->lease().trial_id(), req->lease().lease_id(),
+                                req->worker_id(), outcome, req->message(),
+                                req->stderr_tail());
+    });
     if (!state.ok()) return state.status();
     resp->set_state(ToProto(*state));
     return Status();

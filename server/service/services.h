@@ -5,18 +5,20 @@
 #define MEGABATCH_SERVER_SERVICE_SERVICES_H_
 
 #include "megabatch/v1/megabatch.grpc.pb.h"
+#include "server/metrics/metrics.h"
 #include "server/scheduler/scheduler.h"
 #include "server/store/read_only.h"
 #include "server/store/sweep_store.h"
 
 namespace megabatch::service {
 
-// Thread-safe. `store`, `scheduler` and `results` must outlive the service.
+// Thread-safe. Every argument must outlive the service.
 class SweepServiceImpl final : public v1::SweepService::Service {
  public:
   SweepServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
-                   const store::ReadOnlyDb* results)
-      : store_(store), scheduler_(scheduler), results_(results) {}
+                   const store::ReadOnlyDb* results,
+                   metrics::CoordinatorMetrics* metrics)
+      : store_(store), scheduler_(scheduler), results_(results), metrics_(metrics) {}
 
   grpc::Status SubmitSweep(grpc::ServerContext*, const v1::SubmitSweepRequest*,
                            v1::SubmitSweepResponse*) override;
@@ -45,13 +47,15 @@ class SweepServiceImpl final : public v1::SweepService::Service {
   store::SweepStore* const store_;
   scheduler::Scheduler* const scheduler_;
   const store::ReadOnlyDb* const results_;
+  metrics::CoordinatorMetrics* const metrics_;
 };
 
-// Thread-safe. `store` and `scheduler` must outlive the service.
+// Thread-safe. Every argument must outlive the service.
 class WorkerServiceImpl final : public v1::WorkerService::Service {
  public:
-  WorkerServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler)
-      : store_(store), scheduler_(scheduler) {}
+  WorkerServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
+                    metrics::CoordinatorMetrics* metrics)
+      : store_(store), scheduler_(scheduler), metrics_(metrics) {}
 
   grpc::Status RegisterWorker(grpc::ServerContext*,
                               const v1::RegisterWorkerRequest*,
@@ -69,6 +73,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
  private:
   store::SweepStore* const store_;
   scheduler::Scheduler* const scheduler_;
+  metrics::CoordinatorMetrics* const metrics_;
 };
 
 }  // namespace megabatch::service

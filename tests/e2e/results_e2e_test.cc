@@ -27,7 +27,7 @@ class ResultsE2ETest : public ::testing::Test {
     address_ = "127.0.0.1:" + std::to_string(testing::FreePort());
     coordinator_ = std::make_unique<Process>(
         std::vector<std::string>{MEGABATCH_COORDINATOR_BIN, "--listen", address_,
-                                 "--db", db_path_},
+                                 "--db", db_path_, "--metrics-listen", "127.0.0.1:0"},
         dir_.File("coordinator.log"));
     ASSERT_TRUE(testing::WaitUntil([&] { return Cli({"list"}).exit_code == 0; },
                                    std::chrono::seconds(30)))

@@ -29,7 +29,7 @@ class SweepE2ETest : public ::testing::Test {
     db_path_ = dir_.File("megabatch.db");
     coordinator_ = std::make_unique<Process>(
         std::vector<std::string>{MEGABATCH_COORDINATOR_BIN, "--listen", address_,
-                                 "--db", db_path_},
+                                 "--db", db_path_, "--metrics-listen", "127.0.0.1:0"},
         dir_.File("coordinator.log"));
     for (int i = 0; i < 2; ++i) {
       std::string name = "worker-" + std::to_string(i);

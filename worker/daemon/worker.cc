@@ -159,6 +159,12 @@ Status Worker::Run() {
                                    ec.message());
   }
   std::vector<std::thread> threads;
+  if (!options_.gpus.empty()) {
+    gpu_stats_ = GpuStats::Open();
+    for (const auto& id : options_.gpus) gpu_indices_.push_back(std::stoi(id));
+    spdlog::info("GPU utilisation and memory: {}",
+                 gpu_stats_ ? "reported from NVML" : "not reported (no NVML)");
+  }
   threads.emplace_back([this] { HeartbeatLoop(); });
   for (int slot = 0; slot < options_.slots; ++slot) {
     threads.emplace_back([this, slot] { SlotLoop(slot); });
@@ -177,6 +183,15 @@ void Worker::HeartbeatLoop() {
         auto* lease = req.add_running();
         lease->set_trial_id(trial_id);
         lease->set_lease_id(r.lease_id);
+      }
+    }
+    if (gpu_stats_) {
+      for (const GpuReading& g : gpu_stats_->Read(gpu_indices_)) {
+        v1::GpuStats* stats = req.add_gpus();
+        stats->set_index(g.index);
+        stats->set_utilization_ratio(g.utilization_ratio);
+        stats->set_memory_used_bytes(g.memory_used_bytes);
+        stats->set_memory_total_bytes(g.memory_total_bytes);
       }
     }
     grpc::ClientContext ctx;

@@ -20,6 +20,7 @@
 #include "common/status.h"
 #include "common/thread_annotations.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
+#include "worker/daemon/gpu_stats.h"
 
 namespace megabatch::worker {
 
@@ -90,6 +91,8 @@ class Worker {
   bool WaitFor(std::chrono::milliseconds d);
 
   std::unique_ptr<v1::WorkerService::Stub> stub_;
+  std::unique_ptr<GpuStats> gpu_stats_;  // null without GPUs or NVML
+  std::vector<int32_t> gpu_indices_;
   const WorkerOptions options_;
   std::atomic<bool> stopping_{false};
   int64_t worker_id_ = 0;  // set by Register(), before any thread starts
