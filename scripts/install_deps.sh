@@ -9,7 +9,7 @@ packages=(
   libtorch-dev libsqlite3-dev sqlite3 nlohmann-json3-dev prometheus-cpp-dev
   libyaml-cpp-dev libcli11-dev libspdlog-dev libgtest-dev libgmock-dev
   libbenchmark-dev dataset-fashion-mnist
-  python3 python3-numpy python3-torch zlib1g-dev
+  python3 python3-numpy python3-torch python3-optuna zlib1g-dev
   # Debian's LibTorch calls the system BLAS, which is netlib's reference
   # implementation unless an optimised one is installed: OpenBLAS (the OpenMP
   # build, which honours LibTorch's thread count) makes training ~15x faster.

@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-listen", options.metrics_listen,
                  "Prometheus /metrics address (port 0: any free port; empty: off)")
       ->capture_default_str();
+  app.add_option("--artifacts", options.scheduler.artifacts_dir,
+                 "checkpoint directory every worker can reach (shared storage)");
   app.add_option("--heartbeat-interval-ms", heartbeat_ms,
                  "how often workers heartbeat")
       ->capture_default_str()

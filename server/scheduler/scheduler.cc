@@ -135,6 +135,13 @@ void Scheduler::ReapLoop() {
     double now = NowSeconds();
     double timeout =
         std::chrono::duration<double>(options_.lease_timeout).count();
+    // After a (re)start, every worker gets a full lease timeout to heartbeat
+    // again before its trials are taken back: the coordinator's own downtime
+    // is not the workers' silence.
+    if (now - started_at_ < timeout) {
+      lock.lock();
+      continue;
+    }
     Result<int> requeued = store_->ExpireWorkers(now - timeout, now);
     if (!requeued.ok()) {
       spdlog::error("expiring silent workers: {}", requeued.status().ToString());

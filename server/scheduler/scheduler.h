@@ -25,6 +25,10 @@ struct SchedulerOptions {
   // leases before its trials are requeued.
   std::chrono::milliseconds heartbeat_interval{1000};
   std::chrono::milliseconds lease_timeout{10000};
+  // Told to workers at registration: a directory every worker can reach
+  // where trial checkpoints live, so a requeued trial resumes on any worker.
+  // Empty: checkpoints stay on the worker that wrote them.
+  std::string artifacts_dir;
   // Called with the seconds from a lease request meeting a queued trial (the
   // request's arrival, or the wake-up that found the trial) to the lease.
   std::function<void(double)> on_dispatch;
@@ -85,6 +89,7 @@ class Scheduler {
 
   store::SweepStore* const store_;
   const SchedulerOptions options_;
+  const double started_at_ = NowSeconds();
 
   std::mutex mu_;
   std::condition_variable changed_;

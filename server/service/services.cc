@@ -254,6 +254,7 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
         scheduler_->options().heartbeat_interval.count()));
     resp->set_lease_timeout_ms(
         static_cast<int32_t>(scheduler_->options().lease_timeout.count()));
+    resp->set_artifacts_dir(scheduler_->options().artifacts_dir);
     scheduler_->Notify();
     return Status();
   });

@@ -27,10 +27,10 @@ class SweepE2ETest : public ::testing::Test {
   void SetUp() override {
     address_ = "127.0.0.1:" + std::to_string(testing::FreePort());
     db_path_ = dir_.File("megabatch.db");
-    coordinator_ = std::make_unique<Process>(
-        std::vector<std::string>{MEGABATCH_COORDINATOR_BIN, "--listen", address_,
-                                 "--db", db_path_, "--metrics-listen", "127.0.0.1:0"},
-        dir_.File("coordinator.log"));
+    coordinator_argv_ = {MEGABATCH_COORDINATOR_BIN, "--listen", address_, "--db",
+                         db_path_, "--metrics-listen", "127.0.0.1:0"};
+    for (const auto& flag : CoordinatorFlags()) coordinator_argv_.push_back(flag);
+    StartCoordinator();
     for (int i = 0; i < 2; ++i) {
       std::string name = "worker-" + std::to_string(i);
       workers_.push_back(std::make_unique<Process>(
@@ -47,6 +47,27 @@ class SweepE2ETest : public ::testing::Test {
         },
         std::chrono::seconds(30)))
         << coordinator_->Log();
+  }
+
+  // Flags a test's fixture adds to the coordinator's command line.
+  virtual std::vector<std::string> CoordinatorFlags() const { return {}; }
+
+  // (Re)starts the coordinator with the same command line (same address and
+  // database); its log is appended to.
+  void StartCoordinator() {
+    coordinator_ = std::make_unique<Process>(coordinator_argv_, dir_.File("coordinator.log"));
+  }
+
+  // The committed-checkpoint markers workers left under `root` (a trial's
+  // checkpoint directory), any attempt: a retry resumes from one of these.
+  static std::vector<std::string> Committed(const std::string& root) {
+    std::vector<std::string> found;
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(root, ec);
+         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      if (it->path().filename() == "committed") found.push_back(it->path().string());
+    }
+    return found;
   }
 
   testing::CommandResult Cli(std::vector<std::string> args) {
@@ -73,6 +94,7 @@ class SweepE2ETest : public ::testing::Test {
 
   testing::TempDir dir_;
   std::string address_, db_path_;
+  std::vector<std::string> coordinator_argv_;
   std::unique_ptr<Process> coordinator_;
   std::vector<std::unique_ptr<Process>> workers_;
 };
@@ -270,12 +292,11 @@ max_retries: 1
 )yaml");
   auto submitted = Cli({"submit", spec});
   ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
-  std::string checkpoint = dir_.File("worker-0/trial-1/checkpoint.pt");
   std::vector<pid_t> trainers;
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
         trainers = testing::FindProcesses("--config " + dir_.path().string());
-        return trainers.size() == 1 && std::filesystem::exists(checkpoint);
+        return trainers.size() == 1 && !Committed(dir_.File("worker-0/trial-1")).empty();
       },
       std::chrono::seconds(120)))
       << workers_[0]->Log();
@@ -349,6 +370,97 @@ budget: {steps: 1}
   auto bad = RunCommand({MEGABATCH_WORKER_BIN, "--gpus", "0,x"});
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_THAT(bad.err, HasSubstr("--gpus: 'x' is not a GPU id"));
+}
+
+// Checkpoints in the coordinator's --artifacts, and a short lease timeout.
+class SharedCheckpointE2ETest : public SweepE2ETest {
+ protected:
+  std::vector<std::string> CoordinatorFlags() const override {
+    return {"--artifacts", dir_.File("artifacts"), "--heartbeat-interval-ms", "500",
+            "--lease-timeout-ms", "3000"};
+  }
+};
+
+TEST_F(SharedCheckpointE2ETest, KilledWorkersTrialResumesFromItsCheckpointOnTheOther) {
+  std::string spec = WriteSpec("resume.yaml", R"yaml(
+name: resume-elsewhere
+model: {type: mlp, hidden: [128]}
+optimizers: [{name: lamb}]
+batch_sizes: [256]
+base: {lr: 0.01}
+budget: {steps: 3000}
+eval_every_steps: 1000
+checkpoint_every_steps: 20
+max_retries: 2
+)yaml");
+  ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return !Committed(dir_.File("artifacts/trial-1")).empty(); },
+      std::chrono::seconds(120)))
+      << workers_[0]->Log() << workers_[1]->Log();
+  // Kill the worker running the trial, daemon and trainer alike.
+  const int victim = static_cast<int>(
+      Scalar("SELECT CAST(substr(w.name, 8) AS INTEGER) FROM trials t "
+             "JOIN workers w ON w.id = t.worker_id WHERE t.id = 1"));
+  ASSERT_TRUE(victim == 0 || victim == 1);
+  for (pid_t trainer : testing::FindProcesses("--config " + dir_.File("worker-" + std::to_string(victim)))) {
+    kill(trainer, SIGKILL);
+  }
+  workers_[victim]->Kill(SIGKILL);
+
+  auto watch = Cli({"watch", "1"});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND attempts = 2"), 1);
+  EXPECT_EQ(Scalar("SELECT count(DISTINCT worker_id) FROM events WHERE kind = 'trial_leased'"), 2);
+  EXPECT_THAT(workers_[1 - victim]->Log(), HasSubstr("resuming from " + dir_.File("artifacts/trial-1/lease-")));
+  // Every step exactly once, across both workers.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'train_loss'"), 3000);
+  EXPECT_EQ(Scalar("SELECT count(DISTINCT step) FROM metrics WHERE name = 'train_loss' "
+                   "AND step BETWEEN 1 AND 3000"),
+            3000);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 3);
+  // A finished trial's checkpoints are removed.
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("artifacts/trial-1")));
+}
+
+TEST_F(SweepE2ETest, CoordinatorKilledMidSweepRestartsAndTheSweepCompletes) {
+  std::string spec = WriteSpec("restart.yaml", R"yaml(
+name: survive-restart
+model: {type: mlp, hidden: [128]}
+optimizers: [{name: lamb}, {name: adamw}]
+batch_sizes: [256]
+base: {lr: 0.002}
+budget: {steps: 2500}
+eval_every_steps: 500
+)yaml");
+  ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return Scalar("SELECT count(*) FROM (SELECT trial_id FROM metrics WHERE "
+                      "name = 'train_loss' AND step >= 200 GROUP BY trial_id)") == 2;
+      },
+      std::chrono::seconds(120)));
+  coordinator_->Kill(SIGKILL);
+  const double stored_before = Scalar("SELECT count(*) FROM metrics");
+  StartCoordinator();
+  ASSERT_TRUE(testing::WaitUntil([&] { return Cli({"list"}).exit_code == 0; },
+                                 std::chrono::seconds(30)))
+      << coordinator_->Log();
+
+  auto watch = Cli({"watch", "1"});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
+  // The trials went on under their leases: no retry, nothing lost or doubled.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND attempts = 1"), 2);
+  EXPECT_GE(Scalar("SELECT count(*) FROM metrics"), stored_before);
+  for (int trial = 1; trial <= 2; ++trial) {
+    std::string where = "WHERE name = 'train_loss' AND trial_id = " + std::to_string(trial);
+    EXPECT_EQ(Scalar("SELECT count(*) FROM metrics " + where), 2500) << trial;
+    EXPECT_EQ(Scalar("SELECT count(DISTINCT step) FROM metrics " + where +
+                     " AND step BETWEEN 1 AND 2500"),
+              2500)
+        << trial;
+  }
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased'"), 2);
 }
 
 }  // namespace

@@ -25,6 +25,17 @@ TEST(TrainerLineTest, EventLine) {
   EXPECT_EQ(line->message, "nan");
 }
 
+TEST(TrainerLineTest, CheckpointEventCarriesItsStepAndFile) {
+  auto line = ParseTrainerLine(
+      R"({"event": "checkpoint", "step": 120, "path": "/a/lease-2/step-120.pt"})");
+  ASSERT_TRUE(line.ok()) << line.status().ToString();
+  EXPECT_EQ(line->event, "checkpoint");
+  EXPECT_EQ(line->checkpoint_step, 120);
+  EXPECT_EQ(line->checkpoint_path, "/a/lease-2/step-120.pt");
+  EXPECT_TRUE(line->points.empty());
+  EXPECT_FALSE(ParseTrainerLine(R"({"event": "checkpoint", "step": 1})").ok());
+}
+
 TEST(TrainerLineTest, GarbageIsInvalid) {
   EXPECT_FALSE(ParseTrainerLine("Segmentation fault").ok());
   EXPECT_FALSE(ParseTrainerLine(R"({"step": "x", "metrics": {}})").ok());

@@ -38,6 +38,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1024));
   app.add_option("--work-dir", options.work_dir,
                  "per-trial directories (default: a temp dir)");
+  app.add_option("--artifacts", options.artifacts_dir,
+                 "shared checkpoint directory (default: the coordinator's --artifacts)");
   app.add_option("--trainer", options.trainer_path,
                  "megabatch-trainer binary (default: next to this binary)");
   try {

@@ -72,6 +72,17 @@ Result<TrainerLine> ParseTrainerLine(const std::string& line) {
     if (auto m = doc.find("message"); m != doc.end() && m->is_string()) {
       out.message = m->get<std::string>();
     }
+    if (out.event == "checkpoint") {
+      auto step = doc.find("step");
+      auto path = doc.find("path");
+      if (step == doc.end() || !step->is_number_integer() || path == doc.end() ||
+          !path->is_string()) {
+        return InvalidArgumentError("checkpoint event needs an integer step and a path: " +
+                                    line.substr(0, 200));
+      }
+      out.checkpoint_step = step->get<int64_t>();
+      out.checkpoint_path = path->get<std::string>();
+    }
     return out;
   }
   auto step = doc.find("step");
@@ -135,6 +146,11 @@ Status Worker::Register() {
       worker_id_ = resp.worker_id();
       heartbeat_interval_ =
           std::chrono::milliseconds(std::max(50, resp.heartbeat_interval_ms()));
+      checkpoint_root_ = !options_.artifacts_dir.empty() ? options_.artifacts_dir
+                         : !resp.artifacts_dir().empty() ? resp.artifacts_dir()
+                                                         : options_.work_dir;
+      spdlog::info("checkpoints in {}{}", checkpoint_root_,
+                   checkpoint_root_ == options_.work_dir ? " (this worker only)" : "");
       spdlog::info("registered as worker {} with {} slots", worker_id_,
                    options_.slots);
       return Status();
@@ -318,6 +334,64 @@ std::vector<std::string> TrainerEnvironment(const std::string& gpu) {
   return env;
 }
 
+// A lease directory's "committed" file names its newest checkpoint whose
+// step's metrics (and every earlier step's) the coordinator has stored; a
+// resume from it therefore skips no step. Replaced atomically.
+constexpr const char* kCommitted = "committed";
+
+// The committed checkpoint of the newest attempt before `lease_id` in
+// `trial_dir` (lease-N/committed), or "".
+std::string LatestCheckpoint(const std::filesystem::path& trial_dir, int64_t lease_id) {
+  namespace fs = std::filesystem;
+  int64_t best = -1;
+  std::string path;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(trial_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("lease-", 0) != 0) continue;
+    int64_t n = std::atoll(name.c_str() + 6);
+    std::ifstream committed(entry.path() / kCommitted);
+    std::string file;
+    if (n == lease_id || n <= best || !std::getline(committed, file)) continue;
+    fs::path candidate = entry.path() / file;
+    if (fs::exists(candidate, ec)) {
+      best = n;
+      path = candidate.string();
+    }
+  }
+  return path;
+}
+
+// Marks `checkpoint` (a step-N.pt in `lease_dir`) as the one to resume from
+// and deletes the older ones. False (and a warning) if it cannot.
+bool CommitCheckpoint(const std::filesystem::path& lease_dir, int64_t step,
+                      const std::string& checkpoint) {
+  namespace fs = std::filesystem;
+  fs::path tmp = lease_dir / (std::string(kCommitted) + ".tmp");
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << fs::path(checkpoint).filename().string() << "\n";
+    out.flush();
+    if (!out) {
+      spdlog::warn("cannot write {}", tmp.string());
+      return false;
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, lease_dir / kCommitted, ec);
+  if (ec) {
+    spdlog::warn("cannot commit checkpoint {}: {}", checkpoint, ec.message());
+    return false;
+  }
+  for (const auto& entry : fs::directory_iterator(lease_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("step-", 0) == 0 && std::atoll(name.c_str() + 5) < step) {
+      fs::remove(entry.path(), ec);
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 void Worker::RunTrial(int slot, const v1::TrialLease& lease,
@@ -334,15 +408,27 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     return;
   }
   config["threads"] = options_.threads_per_slot;
-  // Checkpoints belong to the trial, not to one attempt: a retried attempt
-  // on this worker resumes from the last one.
+  // Each attempt (lease) checkpoints into its own directory, so an attempt
+  // that lost its lease but still runs (a partitioned worker) cannot
+  // overwrite the checkpoint its successor resumes from; a new attempt
+  // resumes from the newest earlier one.
   fs::path trial_dir =
-      fs::path(options_.work_dir) / ("trial-" + std::to_string(lease.trial_id()));
-  fs::create_directories(trial_dir);
-  std::string checkpoint = (trial_dir / "checkpoint.pt").string();
-  config["checkpoint_path"] = checkpoint;
-  bool resume = config.value("checkpoint_every_steps", 0) > 0 &&
-                fs::exists(checkpoint);
+      fs::path(checkpoint_root_) / ("trial-" + std::to_string(lease.trial_id()));
+  fs::path lease_dir = trial_dir / ("lease-" + std::to_string(lease.lease_id()));
+  std::error_code ec;
+  fs::create_directories(lease_dir, ec);
+  if (ec) {
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED,
+                "cannot create checkpoint dir " + lease_dir.string() + ": " + ec.message(), "");
+    return;
+  }
+  config["checkpoint_path"] = (lease_dir / "checkpoint.pt").string();
+  config["checkpoint_per_step"] = true;
+  std::string resume_from;
+  if (config.value("checkpoint_every_steps", 0) > 0) {
+    resume_from = LatestCheckpoint(trial_dir, lease.lease_id());
+  }
+  const bool resume = !resume_from.empty();
   std::string config_path = (dir / "config.json").string();
   {
     std::ofstream out(config_path);
@@ -373,9 +459,9 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   std::vector<char*> argv = {const_cast<char*>(options_.trainer_path.c_str()),
                              flag.data(), config_path.data()};
   if (resume) {
-    spdlog::info("trial {}: resuming from {}", lease.trial_id(), checkpoint);
+    spdlog::info("trial {}: resuming from {}", lease.trial_id(), resume_from);
     argv.push_back(resume_flag.data());
-    argv.push_back(checkpoint.data());
+    argv.push_back(resume_from.data());
   }
   argv.push_back(nullptr);
   std::vector<std::string> env = TrainerEnvironment(
@@ -413,8 +499,17 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   std::vector<v1::MetricPoint> pending;
   std::string stdout_buf, stderr_tail;
   std::string event, event_message;
+  // The newest checkpoint the trainer announced whose metrics are not all
+  // stored yet; committed once they are.
+  int64_t unacked_step = 0;
+  std::string unacked_checkpoint;
   bool lease_ok = true, reachable = true;
   auto last_flush = std::chrono::steady_clock::now();
+  auto commit_if_stored = [&] {
+    if (unacked_checkpoint.empty() || !pending.empty() || !lease_ok || !reachable) return;
+    CommitCheckpoint(lease_dir, unacked_step, unacked_checkpoint);
+    unacked_checkpoint.clear();
+  };
   bool out_open = true, err_open = true;
   char buf[65536];
   while (out_open || err_open) {
@@ -452,7 +547,11 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
           continue;
         }
         for (auto& p : parsed->points) pending.push_back(std::move(p));
-        if (!parsed->event.empty()) {
+        if (parsed->event == "checkpoint") {
+          // Every point before it is in `pending` or stored already.
+          unacked_step = parsed->checkpoint_step;
+          unacked_checkpoint = parsed->checkpoint_path;
+        } else if (!parsed->event.empty()) {
           event = parsed->event;
           event_message = parsed->message;
         }
@@ -467,6 +566,7 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
       lease_ok = Flush(lease, &pending, &reachable);
       if (!lease_ok) StopTrial(lease.trial_id());
     }
+    commit_if_stored();
   }
   close(out_pipe[0]);
   close(err_pipe[0]);
@@ -488,15 +588,20 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
       break;
     }
   }
+  commit_if_stored();
   if (stop_requested || !lease_ok) {
     spdlog::info("trial {} stopped ({})", lease.trial_id(), DescribeExit(wstatus));
     return;
   }
-  if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) {
-    FinishTrial(lease, v1::TRIAL_STATE_COMPLETED, event_message, "");
-  } else if (WIFEXITED(wstatus) &&
-             WEXITSTATUS(wstatus) == kTrainerExitDiverged) {
-    FinishTrial(lease, v1::TRIAL_STATE_DIVERGED, event_message, "");
+  if (WIFEXITED(wstatus) &&
+      (WEXITSTATUS(wstatus) == 0 || WEXITSTATUS(wstatus) == kTrainerExitDiverged)) {
+    FinishTrial(lease,
+                WEXITSTATUS(wstatus) == 0 ? v1::TRIAL_STATE_COMPLETED
+                                          : v1::TRIAL_STATE_DIVERGED,
+                event_message, "");
+    // Ended for good: its checkpoints are of no more use.
+    std::error_code ec;
+    std::filesystem::remove_all(trial_dir, ec);
   } else {
     std::string message = DescribeExit(wstatus);
     if (!event_message.empty()) message += ": " + event_message;

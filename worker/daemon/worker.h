@@ -33,6 +33,10 @@ struct WorkerOptions {
   std::vector<std::string> gpus;
   int threads_per_slot = 1;  // the trainer's intra-op threads
   std::string work_dir;      // per-trial directories go here
+  // Where checkpoints go, shared by every worker so that a trial resumes
+  // wherever it is requeued. Empty: the coordinator's --artifacts, or, if it
+  // has none, work_dir (resume only on this worker).
+  std::string artifacts_dir;
   std::string trainer_path;  // the megabatch-trainer binary
   // A batch of metric points is sent when it reaches max_batch_points or is
   // flush_interval old, whichever comes first.
@@ -45,8 +49,13 @@ struct WorkerOptions {
 // One line of trainer stdout, decoded. Exposed for tests.
 struct TrainerLine {
   std::vector<v1::MetricPoint> points;
-  std::string event;  // "completed" | "diverged" | "failed" | "" (metrics)
+  // "completed" | "diverged" | "failed" (the end), "checkpoint", or ""
+  // (metrics).
+  std::string event;
   std::string message;
+  // For "checkpoint": the step it holds and its file.
+  int64_t checkpoint_step = 0;
+  std::string checkpoint_path;
 };
 // Parses {"step": s, "metrics": {...}} or {"event": ..., "message": ...}.
 // INVALID_ARGUMENT for anything else.
@@ -94,6 +103,8 @@ class Worker {
   std::unique_ptr<GpuStats> gpu_stats_;  // null without GPUs or NVML
   std::vector<int32_t> gpu_indices_;
   const WorkerOptions options_;
+  // Where trial checkpoints go; set by Register().
+  std::string checkpoint_root_;
   std::atomic<bool> stopping_{false};
   int64_t worker_id_ = 0;  // set by Register(), before any thread starts
   std::chrono::milliseconds heartbeat_interval_{1000};

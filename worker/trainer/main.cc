@@ -33,6 +33,10 @@ class StdoutSink : public megabatch::trainer::MetricSink {
     std::cout << nlohmann::json{{"step", step}, {"metrics", values}}.dump()
               << std::endl;
   }
+  void Checkpointed(int64_t step, const std::string& path) override {
+    std::cout << nlohmann::json{{"event", "checkpoint"}, {"step", step}, {"path", path}}.dump()
+              << std::endl;
+  }
 };
 
 void PrintEvent(const std::string& event, const std::string& message) {

@@ -194,7 +194,7 @@ Status WriteAtomically(const std::string& path, const std::string& bytes) {
 
 Status SaveCheckpoint(const TrialConfig& config, torch::nn::Sequential& model,
                       torch::optim::Optimizer& optimizer, at::Generator& shuffle,
-                      const LoopState& s) {
+                      const LoopState& s, MetricSink* sink) {
   torch::serialize::OutputArchive archive;
   archive.write("format", c10::IValue(kCheckpointFormat));
   archive.write("config", c10::IValue(config.fingerprint));
@@ -223,7 +223,15 @@ Status SaveCheckpoint(const TrialConfig& config, torch::nn::Sequential& model,
   archive.write("optimizer", optimizer_archive);
   std::ostringstream bytes;
   archive.save_to(bytes);
-  return WriteAtomically(config.checkpoint_path, bytes.str());
+  std::string path = config.checkpoint_path;
+  if (config.checkpoint_per_step) {
+    path = (std::filesystem::path(path).parent_path() /
+            ("step-" + std::to_string(s.step) + ".pt"))
+               .string();
+  }
+  MEGABATCH_RETURN_IF_ERROR(WriteAtomically(path, bytes.str()));
+  sink->Checkpointed(s.step, path);
+  return Status();
 }
 
 Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
@@ -479,7 +487,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     if (!eval_now && step != total_steps) {
       if (checkpoint_now) {
         MEGABATCH_RETURN_IF_ERROR(
-            SaveCheckpoint(config, model, optimizer, shuffle, s));
+            SaveCheckpoint(config, model, optimizer, shuffle, s, sink));
       }
       continue;
     }
@@ -508,7 +516,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     }
     if (checkpoint_now) {
       MEGABATCH_RETURN_IF_ERROR(
-          SaveCheckpoint(config, model, optimizer, shuffle, s));
+          SaveCheckpoint(config, model, optimizer, shuffle, s, sink));
     }
   }
   return finish();

@@ -22,6 +22,8 @@ class MetricSink {
   virtual ~MetricSink() = default;
   // Metrics logged at optimizer step `step` (1-based).
   virtual void Log(int64_t step, const Metrics& metrics) = 0;
+  // A checkpoint of the state after `step` is complete at `path`.
+  virtual void Checkpointed(int64_t /*step*/, const std::string& /*path*/) {}
 };
 
 enum class Outcome { kCompleted, kDiverged };

@@ -150,6 +150,7 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     return InvalidArgumentError("diagnostics_every_steps: must be >= 0");
   }
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "checkpoint_path", &c.checkpoint_path));
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "checkpoint_per_step", &c.checkpoint_per_step));
   if (c.checkpoint_every_steps < 0) {
     return InvalidArgumentError("checkpoint_every_steps: must be >= 0");
   }
@@ -160,6 +161,7 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   json fingerprint = doc;
   fingerprint.erase("threads");
   fingerprint.erase("checkpoint_path");
+  fingerprint.erase("checkpoint_per_step");
   c.fingerprint = fingerprint.dump();
   return c;
 }

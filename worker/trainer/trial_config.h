@@ -59,8 +59,12 @@ struct TrialConfig {
   // checkpoint_path, atomically; --resume continues from one.
   int64_t checkpoint_every_steps = 0;
   std::string checkpoint_path;
+  // Instead of replacing checkpoint_path, write each checkpoint to its own
+  // file step-N.pt beside it and announce it on stdout (the worker keeps the
+  // newest one whose metrics are all stored, and deletes the rest).
+  bool checkpoint_per_step = false;
   // The config as given, less the fields that may differ between two runs of
-  // the same trial (threads, checkpoint_path); a checkpoint records it and
+  // the same trial (threads, checkpoint_*); a checkpoint records it and
   // only resumes a trial with the same fingerprint.
   std::string fingerprint;
 };

@@ -1,0 +1,327 @@
+// Coordinator load benchmark, three figures:
+//
+//  1. Ingestion: N simulated workers, each holding one leased trial, send
+//     ReportMetrics batches over loopback gRPC to a real coordinator for a
+//     fixed time; points/s accepted, and a count of the rows in SQLite
+//     afterwards to show every acknowledged point was stored. In the same
+//     run, the same kind of load through Optuna 3.1's SQLite storage
+//     (bench/optuna_ingest.py, one trial.report per value) as the baseline.
+//  2. Dispatch latency: 200 simulated workers lease trials (and finish them
+//     at once) until a 2,000-trial sweep is done; p50/p99 of the LeaseTrial
+//     round trip while trials are queued.
+//  3. A 10,000-trial sweep: submit time and the coordinator process's
+//     resident memory before and after (the coordinator runs in this
+//     process, the clients too).
+//
+// Usage: build/bench/ingest_bench [--workers N] [--seconds S] [--batch B]
+//        [--dispatch-workers W] [--skip-optuna]
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "megabatch/v1/megabatch.grpc.pb.h"
+#include "server/coordinator.h"
+#include "server/store/db.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using megabatch::v1::SweepService;
+using megabatch::v1::WorkerService;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+long RssKib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return -1;
+}
+
+int Flag(int argc, char** argv, const std::string& name, int fallback) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (argv[i] == name) return std::atoi(argv[i + 1]);
+  }
+  return fallback;
+}
+
+bool HasFlag(int argc, char** argv, const std::string& name) {
+  for (int i = 1; i < argc; ++i) {
+    if (argv[i] == name) return true;
+  }
+  return false;
+}
+
+std::string Spec(const std::string& name, int trials) {
+  // trials = 1 optimizer x `trials` lr multipliers.
+  std::string multipliers;
+  for (int i = 0; i < trials; ++i) {
+    multipliers += (i ? ", " : "") + std::to_string(1.0 + i * 1e-4);
+  }
+  return "name: " + name + "\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\n"
+         "base: {lr: 0.1}\nlr_multipliers: [" + multipliers + "]\n";
+}
+
+std::string Spec10k() {
+  // 4 optimizers x 10 batch sizes x 25 multipliers x 10 seeds.
+  std::string multipliers, seeds;
+  for (int i = 0; i < 25; ++i) multipliers += (i ? ", " : "") + std::to_string(0.5 + i * 0.1);
+  for (int i = 0; i < 10; ++i) seeds += (i ? ", " : "") + std::to_string(i);
+  return "name: ten-thousand\noptimizers: [{name: sgd}, {name: adamw}, {name: lamb}, "
+         "{name: lars}]\nbatch_sizes: [128, 256, 512, 1024, 2048, 4096, 8192, 16384, "
+         "32768, 60000]\nbase: {lr: 0.01}\nlr_scaling: sqrt\nlr_multipliers: [" +
+         multipliers + "]\nseeds: [" + seeds + "]\n";
+}
+
+int64_t Submit(SweepService::Stub& sweeps, const std::string& spec) {
+  grpc::ClientContext ctx;
+  megabatch::v1::SubmitSweepRequest req;
+  req.set_spec(spec);
+  megabatch::v1::SubmitSweepResponse resp;
+  grpc::Status s = sweeps.SubmitSweep(&ctx, req, &resp);
+  if (!s.ok()) {
+    std::fprintf(stderr, "submit: %s\n", s.error_message().c_str());
+    std::exit(1);
+  }
+  return resp.sweep_id();
+}
+
+struct SimWorker {
+  int64_t id = 0;
+  megabatch::v1::TrialLease lease;
+};
+
+SimWorker RegisterAndLease(WorkerService::Stub& stub, const std::string& name) {
+  SimWorker w;
+  grpc::ClientContext ctx;
+  megabatch::v1::RegisterWorkerRequest req;
+  req.set_name(name);
+  req.set_slots(1);
+  megabatch::v1::RegisterWorkerResponse resp;
+  if (!stub.RegisterWorker(&ctx, req, &resp).ok()) std::exit(1);
+  w.id = resp.worker_id();
+  grpc::ClientContext lease_ctx;
+  megabatch::v1::LeaseTrialRequest lease_req;
+  lease_req.set_worker_id(w.id);
+  lease_req.set_wait_ms(5000);
+  megabatch::v1::LeaseTrialResponse lease_resp;
+  if (!stub.LeaseTrial(&lease_ctx, lease_req, &lease_resp).ok() || !lease_resp.has_lease()) {
+    std::fprintf(stderr, "%s got no lease\n", name.c_str());
+    std::exit(1);
+  }
+  w.lease = lease_resp.lease();
+  return w;
+}
+
+void Heartbeat(WorkerService::Stub& stub, const SimWorker& w) {
+  grpc::ClientContext ctx;
+  megabatch::v1::HeartbeatRequest req;
+  req.set_worker_id(w.id);
+  *req.add_running() = w.lease;
+  megabatch::v1::HeartbeatResponse resp;
+  stub.Heartbeat(&ctx, req, &resp);
+}
+
+// Figure 1: points per second through ReportMetrics into SQLite.
+double IngestPointsPerSecond(const std::string& address, const std::string& db_path,
+                             int workers, int seconds, int batch) {
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto sweeps = SweepService::NewStub(channel);
+  int64_t sweep = Submit(*sweeps, Spec("ingest", workers));
+  std::atomic<int64_t> accepted{0};
+  std::atomic<bool> failed{false};
+  std::vector<std::thread> threads;
+  const auto deadline = Clock::now() + std::chrono::seconds(seconds);
+  const auto start = Clock::now();
+  for (int i = 0; i < workers; ++i) {
+    threads.emplace_back([&, i] {
+      // One channel per simulated worker, as separate worker processes have.
+      grpc::ChannelArguments args;
+      args.SetInt("grpc.use_local_subchannel_pool", 1);
+      auto stub = WorkerService::NewStub(
+          grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+      SimWorker w = RegisterAndLease(*stub, "ingest-" + std::to_string(i));
+      const char* names[] = {"train_loss", "lr", "samples_per_second", "grad_norm"};
+      int64_t step = 0;
+      auto last_heartbeat = Clock::now();
+      while (Clock::now() < deadline) {
+        megabatch::v1::ReportMetricsRequest req;
+        req.set_worker_id(w.id);
+        *req.mutable_lease() = w.lease;
+        for (int k = 0; k < batch / 4; ++k) {
+          ++step;
+          for (const char* name : names) {
+            auto* p = req.add_points();
+            p->set_name(name);
+            p->set_step(step);
+            p->set_value(1.0 / static_cast<double>(step));
+          }
+        }
+        grpc::ClientContext ctx;
+        megabatch::v1::ReportMetricsResponse resp;
+        grpc::Status s = stub->ReportMetrics(&ctx, req, &resp);
+        if (!s.ok()) {
+          std::fprintf(stderr, "report: %s\n", s.error_message().c_str());
+          failed = true;
+          return;
+        }
+        accepted += resp.accepted();
+        if (Clock::now() - last_heartbeat > std::chrono::seconds(1)) {
+          Heartbeat(*stub, w);
+          last_heartbeat = Clock::now();
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double elapsed = Seconds(Clock::now() - start);
+  if (failed) std::exit(1);
+  auto db = megabatch::store::Db::OpenReadOnly(db_path);
+  auto q = (*db)->Prepare(
+      "SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id WHERE t.sweep_id = ?");
+  q->Bind(1, sweep);
+  (void)q->Step();
+  const int64_t stored = q->Int(0);
+  std::printf("ingestion: %d workers, batches of %d points, %.1f s: %lld points accepted, "
+              "%lld rows in SQLite%s\n",
+              workers, batch, elapsed, static_cast<long long>(accepted.load()),
+              static_cast<long long>(stored),
+              stored == accepted.load() ? " (all stored)" : " (MISMATCH)");
+  return static_cast<double>(accepted.load()) / elapsed;
+}
+
+double Percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(q * (v.size() - 1))];
+}
+
+// Figure 2: LeaseTrial round trips with `workers` simulated workers.
+void DispatchLatency(const std::string& address, int workers, int trials) {
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto sweeps = SweepService::NewStub(channel);
+  Submit(*sweeps, Spec("dispatch", trials));
+  std::mutex mu;
+  std::vector<double> latencies;
+  std::atomic<int> remaining{trials};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < workers; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = WorkerService::NewStub(channel);
+      grpc::ClientContext ctx;
+      megabatch::v1::RegisterWorkerRequest req;
+      req.set_name("dispatch-" + std::to_string(i));
+      req.set_slots(1);
+      megabatch::v1::RegisterWorkerResponse resp;
+      if (!stub->RegisterWorker(&ctx, req, &resp).ok()) return;
+      while (remaining > 0) {
+        grpc::ClientContext lease_ctx;
+        megabatch::v1::LeaseTrialRequest lease_req;
+        lease_req.set_worker_id(resp.worker_id());
+        lease_req.set_wait_ms(200);
+        megabatch::v1::LeaseTrialResponse lease_resp;
+        auto start = Clock::now();
+        grpc::Status s = stub->LeaseTrial(&lease_ctx, lease_req, &lease_resp);
+        double took = Seconds(Clock::now() - start);
+        if (!s.ok() || !lease_resp.has_lease()) continue;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          latencies.push_back(took);
+        }
+        --remaining;
+        grpc::ClientContext finish_ctx;
+        megabatch::v1::FinishTrialRequest finish;
+        finish.set_worker_id(resp.worker_id());
+        *finish.mutable_lease() = lease_resp.lease();
+        finish.set_outcome(megabatch::v1::TRIAL_STATE_COMPLETED);
+        megabatch::v1::FinishTrialResponse finish_resp;
+        stub->FinishTrial(&finish_ctx, finish, &finish_resp);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::printf("dispatch: %d workers, %zu leases of a %d-trial sweep: LeaseTrial round "
+              "trip p50 %.2f ms, p99 %.2f ms (goal p99 < 50 ms)\n",
+              workers, latencies.size(), trials, 1e3 * Percentile(latencies, 0.5),
+              1e3 * Percentile(latencies, 0.99));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int workers = Flag(argc, argv, "--workers", 8);
+  const int seconds = Flag(argc, argv, "--seconds", 10);
+  const int batch = Flag(argc, argv, "--batch", 2000);
+  const int dispatch_workers = Flag(argc, argv, "--dispatch-workers", 200);
+  std::string dir = std::filesystem::temp_directory_path() /
+                    ("megabatch-ingest-bench-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+
+  megabatch::CoordinatorOptions options;
+  options.listen = "127.0.0.1:0";
+  options.db_path = dir + "/bench.db";
+  options.scheduler.lease_timeout = std::chrono::seconds(60);
+  const long rss_start = RssKib();
+  auto coordinator = megabatch::Coordinator::Start(options);
+  if (!coordinator.ok()) {
+    std::fprintf(stderr, "%s\n", coordinator.status().ToString().c_str());
+    return 1;
+  }
+  const std::string address = "127.0.0.1:" + std::to_string((*coordinator)->port());
+
+  const double ours = IngestPointsPerSecond(address, options.db_path, workers, seconds, batch);
+  std::printf("megabatch: %.0f points/s (goal >= 100000)\n", ours);
+  if (!HasFlag(argc, argv, "--skip-optuna")) {
+    std::string script = std::string(MEGABATCH_BENCH_DIR) + "/optuna_ingest.py";
+    std::string cmd = "/usr/bin/python3 " + script + " --storage sqlite:///" + dir +
+                      "/optuna.db --workers " + std::to_string(workers) + " --seconds " +
+                      std::to_string(seconds);
+    FILE* p = popen(cmd.c_str(), "r");
+    double optuna = 0;
+    if (p == nullptr || std::fscanf(p, "%lf", &optuna) != 1 || pclose(p) != 0 || optuna <= 0) {
+      std::printf("optuna baseline failed (is python3-optuna installed?)\n");
+    } else {
+      std::printf("optuna 3.1 sqlite (trial.report per value): %.0f points/s\n", optuna);
+      std::printf("megabatch / optuna: %.0fx\n", ours / optuna);
+    }
+  }
+
+  DispatchLatency(address, dispatch_workers, 2000);
+
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto sweeps = SweepService::NewStub(channel);
+  const long rss_before = RssKib();
+  auto start = Clock::now();
+  const int64_t big = Submit(*sweeps, Spec10k());
+  const double submit_s = Seconds(Clock::now() - start);
+  start = Clock::now();
+  {
+    grpc::ClientContext ctx;
+    megabatch::v1::ListTrialsRequest req;
+    req.set_sweep_id(big);
+    megabatch::v1::ListTrialsResponse resp;
+    grpc::Status s = sweeps->ListTrials(&ctx, req, &resp);
+    if (!s.ok() || resp.trials_size() != 10000) {
+      std::fprintf(stderr, "ListTrials: %s, %d trials\n", s.error_message().c_str(),
+                   resp.trials_size());
+    }
+  }
+  const double list_s = Seconds(Clock::now() - start);
+  std::printf("10,000-trial sweep: submit %.2f s, ListTrials %.2f s; process RSS %ld MiB "
+              "before it, %ld MiB after (%ld MiB at start)\n",
+              submit_s, list_s, rss_before / 1024, RssKib() / 1024, rss_start / 1024);
+  coordinator->reset();
+  std::filesystem::remove_all(dir);
+  return 0;
+}
