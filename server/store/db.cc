@@ -72,6 +72,17 @@ Result<Statement> Db::Prepare(std::string_view sql) {
   return Statement(db_, stmt);
 }
 
+Result<Statement*> Db::Cached(std::string_view sql) {
+  auto it = cache_.find(std::string(sql));
+  if (it == cache_.end()) {
+    Result<Statement> stmt = Prepare(sql);
+    if (!stmt.ok()) return stmt.status();
+    it = cache_.emplace(std::string(sql), std::make_unique<Statement>(std::move(*stmt))).first;
+  }
+  it->second->Reset();
+  return it->second.get();
+}
+
 int64_t Db::LastInsertRowid() const { return sqlite3_last_insert_rowid(db_); }
 int Db::Changes() const { return sqlite3_changes(db_); }
 

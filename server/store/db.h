@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include "common/status.h"
 
@@ -40,6 +41,10 @@ class Db {
   Status Exec(std::string_view sql);
   // Prepares one statement. The Statement must not outlive this Db.
   Result<Statement> Prepare(std::string_view sql);
+  // The same, prepared once per connection and kept: for hot paths. The
+  // statement comes back reset, with no bindings; it stays owned by the Db.
+  // Reset() it once its rows are read, so that it holds no read open.
+  Result<Statement*> Cached(std::string_view sql);
 
   int64_t LastInsertRowid() const;
   int Changes() const;
@@ -47,6 +52,7 @@ class Db {
 
  private:
   explicit Db(sqlite3* db) : db_(db) {}
+  std::unordered_map<std::string, std::unique_ptr<Statement>> cache_;
   static Result<std::unique_ptr<Db>> OpenWith(const std::string& path,
                                               int flags, std::string_view pragmas);
   sqlite3* db_;

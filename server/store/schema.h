@@ -174,6 +174,12 @@ SELECT b.sweep_id, b.optimizer, b.batch_size, b.lrs_tried,
   b.gradient_noise_scale
 FROM best b;
 )sql",
+    // Version 3: indexes for leasing (a sweep's first queued trial) and for
+    // finding active sweeps, so a lease costs the same whatever the queue.
+    R"sql(
+CREATE INDEX trials_queue ON trials (sweep_id, state, trial_index);
+CREATE INDEX sweeps_by_state ON sweeps (state);
+)sql",
 };
 
 }  // namespace megabatch::store

@@ -409,56 +409,74 @@ Result<std::optional<Lease>> SweepStore::LeaseNext(int64_t worker_id,
   std::lock_guard<std::mutex> lock(mu_);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
-  Result<Statement> w = db_->Prepare(
+  Result<Statement*> w = db_->Cached(
       "SELECT slots, state, (SELECT count(*) FROM trials WHERE worker_id = "
       "workers.id AND state = 'running') FROM workers WHERE id = ?");
   if (!w.ok()) return w.status();
-  w->Bind(1, worker_id);
-  Result<bool> wrow = w->Step();
+  (*w)->Bind(1, worker_id);
+  Result<bool> wrow = (*w)->Step();
   if (!wrow.ok()) return wrow.status();
   if (!*wrow) {
     return NotFoundError("worker " + std::to_string(worker_id) +
                          " not found; register again");
   }
-  if (w->Text(1) != "alive") {
+  if ((*w)->Text(1) != "alive") {
     return FailedPreconditionError("worker " + std::to_string(worker_id) +
                                    " is marked lost; heartbeat first");
   }
-  if (w->Int(2) >= w->Int(0)) return std::optional<Lease>();
+  const bool full = (*w)->Int(2) >= (*w)->Int(0);
+  (*w)->Reset();  // a cached statement must not hold its read open
+  if (full) return std::optional<Lease>();
 
-  Result<Statement> pick = db_->Prepare(R"sql(
-    WITH running AS (
-      SELECT sweep_id, count(*) AS n FROM trials WHERE state = 'running'
-      GROUP BY sweep_id)
-    SELECT t.id, t.sweep_id, t.config_json, t.lease_id
-    FROM trials t JOIN sweeps s ON s.id = t.sweep_id
-    LEFT JOIN running r ON r.sweep_id = s.id
-    WHERE t.state = 'queued'
+  // First the sweep (few are active), then its first queued trial (an index
+  // lookup): the cost does not grow with the number of queued trials.
+  Result<Statement*> sweep = db_->Cached(R"sql(
+    SELECT s.id FROM sweeps s
+    LEFT JOIN (SELECT sweep_id, count(*) AS n FROM trials
+               WHERE state = 'running' GROUP BY sweep_id) r ON r.sweep_id = s.id
+    WHERE s.state IN ('queued', 'running')
       AND (s.max_parallel = 0 OR coalesce(r.n, 0) < s.max_parallel)
-    ORDER BY s.priority DESC, coalesce(r.n, 0), s.id, t.trial_index
+      AND EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = s.id AND t.state = 'queued')
+    ORDER BY s.priority DESC, coalesce(r.n, 0), s.id
     LIMIT 1)sql");
+  if (!sweep.ok()) return sweep.status();
+  Result<bool> found = (*sweep)->Step();
+  if (!found.ok()) return found.status();
+  if (!*found) return std::optional<Lease>();
+  const int64_t sweep_id = (*sweep)->Int(0);
+  (*sweep)->Reset();
+  Result<Statement*> pick = db_->Cached(
+      "SELECT id, config_json, lease_id FROM trials "
+      "WHERE sweep_id = ? AND state = 'queued' ORDER BY trial_index LIMIT 1");
   if (!pick.ok()) return pick.status();
-  Result<bool> row = pick->Step();
+  (*pick)->Bind(1, sweep_id);
+  Result<bool> row = (*pick)->Step();
   if (!row.ok()) return row.status();
   if (!*row) return std::optional<Lease>();
   Lease lease;
-  lease.trial_id = pick->Int(0);
-  lease.sweep_id = pick->Int(1);
-  lease.config_json = pick->Text(2);
-  lease.lease_id = pick->Int(3) + 1;
+  lease.trial_id = (*pick)->Int(0);
+  lease.sweep_id = sweep_id;
+  lease.config_json = (*pick)->Text(1);
+  lease.lease_id = (*pick)->Int(2) + 1;
+  (*pick)->Reset();
 
-  Result<Statement> up = db_->Prepare(
+  Result<Statement*> up = db_->Cached(
       "UPDATE trials SET state = 'running', worker_id = ?, lease_id = ?, "
       "attempts = attempts + 1, started_at = coalesce(started_at, ?) "
       "WHERE id = ?");
   if (!up.ok()) return up.status();
-  up->Bind(1, worker_id).Bind(2, lease.lease_id).Bind(3, now);
-  up->Bind(4, lease.trial_id);
-  MEGABATCH_RETURN_IF_ERROR(up->Run());
+  (*up)->Bind(1, worker_id).Bind(2, lease.lease_id).Bind(3, now);
+  (*up)->Bind(4, lease.trial_id);
+  MEGABATCH_RETURN_IF_ERROR((*up)->Run());
   MEGABATCH_RETURN_IF_ERROR(AddEvent(
       lease.sweep_id, lease.trial_id, worker_id, "trial_leased",
       "lease " + std::to_string(lease.lease_id), now));
-  MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(lease.sweep_id, now));
+  // A lease can only move its sweep from queued to running.
+  Result<Statement*> started =
+      db_->Cached("UPDATE sweeps SET state = 'running' WHERE id = ? AND state = 'queued'");
+  if (!started.ok()) return started.status();
+  (*started)->Bind(1, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR((*started)->Run());
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
   ++version_;
   return std::optional<Lease>(std::move(lease));
@@ -518,21 +536,22 @@ Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id));
-  Result<Statement> ins = db_->Prepare(
+  Result<Statement*> cached = db_->Cached(
       "INSERT INTO metrics (trial_id, name, step, value, recorded_at) "
       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (trial_id, name, step) "
       "DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at");
-  if (!ins.ok()) return ins.status();
+  if (!cached.ok()) return cached.status();
+  Statement& ins = **cached;
   for (const MetricPoint& p : points) {
-    ins->Reset();
-    ins->Bind(1, trial_id).Bind(2, p.name).Bind(3, p.step);
+    ins.Reset();
+    ins.Bind(1, trial_id).Bind(2, p.name).Bind(3, p.step);
     if (std::isfinite(p.value)) {
-      ins->Bind(4, p.value);
+      ins.Bind(4, p.value);
     } else {
-      ins->BindNull(4);  // SQLite has no NaN; a diverged loss is stored as NULL
+      ins.BindNull(4);  // SQLite has no NaN; a diverged loss is stored as NULL
     }
-    ins->Bind(5, now);
-    MEGABATCH_RETURN_IF_ERROR(ins->Run());
+    ins.Bind(5, now);
+    MEGABATCH_RETURN_IF_ERROR(ins.Run());
   }
   return tx.Commit();
 }

@@ -24,7 +24,7 @@
 namespace megabatch::store {
 
 // The current schema version; Open() migrates older files up to it.
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
 
 enum class TrialState { kQueued, kRunning, kCompleted, kFailed, kCancelled, kDiverged };
 enum class SweepState { kQueued, kRunning, kCompleted, kFailed, kCancelled };
