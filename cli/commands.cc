@@ -33,12 +33,13 @@ json Metric(const v1::Trial& t, const std::string& name) {
 
 std::string Progress(const v1::Sweep& s) {
   int done = s.trials_completed() + s.trials_failed() + s.trials_cancelled() +
-             s.trials_diverged();
+             s.trials_diverged() + s.trials_pruned();
   std::ostringstream m;
   m << "sweep " << s.id() << " '" << s.name() << "' " << StateName(s.state())
     << ": " << done << "/" << s.trials_total() << " done (running "
     << s.trials_running() << ", queued " << s.trials_queued() << ", completed "
     << s.trials_completed() << ", diverged " << s.trials_diverged()
+    << ", pruned " << s.trials_pruned()
     << ", failed " << s.trials_failed() << ", cancelled "
     << s.trials_cancelled() << ")";
   return m.str();
@@ -128,12 +129,12 @@ int Commands::Submit(const std::string& spec_path,
 void Commands::PrintSweeps(
     const google::protobuf::RepeatedPtrField<v1::Sweep>& sweeps) {
   Table t({"id", "name", "state", "trials", "queued", "running", "completed",
-           "diverged", "failed", "cancelled", "priority"});
+           "diverged", "failed", "cancelled", "priority", "pruned"});
   for (const auto& s : sweeps) {
     t.AddRow({s.id(), s.name(), StateName(s.state()), s.trials_total(),
               s.trials_queued(), s.trials_running(), s.trials_completed(),
               s.trials_diverged(), s.trials_failed(), s.trials_cancelled(),
-              s.priority()});
+              s.priority(), s.trials_pruned()});
   }
   t.Print(out_, format_);
 }

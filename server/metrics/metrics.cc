@@ -31,8 +31,8 @@ const std::map<std::string, std::string>& LiveMetrics() {
   return *names;
 }
 
-const char* const kTrialStates[] = {"queued", "running", "completed",
-                                    "failed", "cancelled", "diverged"};
+const char* const kTrialStates[] = {"queued",    "running",  "completed", "failed",
+                                    "cancelled", "diverged", "pruned"};
 const char* const kSweepStates[] = {"queued", "running", "completed", "failed",
                                     "cancelled"};
 

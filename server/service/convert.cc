@@ -10,6 +10,7 @@ v1::TrialState ToProto(store::TrialState s) {
     case store::TrialState::kFailed: return v1::TRIAL_STATE_FAILED;
     case store::TrialState::kCancelled: return v1::TRIAL_STATE_CANCELLED;
     case store::TrialState::kDiverged: return v1::TRIAL_STATE_DIVERGED;
+    case store::TrialState::kPruned: return v1::TRIAL_STATE_PRUNED;
   }
   return v1::TRIAL_STATE_UNSPECIFIED;
 }
@@ -40,6 +41,7 @@ void ToProto(const store::SweepRow& row, v1::Sweep* out) {
   out->set_trials_failed(count(store::TrialState::kFailed));
   out->set_trials_cancelled(count(store::TrialState::kCancelled));
   out->set_trials_diverged(count(store::TrialState::kDiverged));
+  out->set_trials_pruned(count(store::TrialState::kPruned));
   out->set_created_at(row.created_at);
   out->set_finished_at(row.finished_at);
   out->set_priority(row.priority);

@@ -484,6 +484,29 @@ Status ParseTarget(Fields& top, json* out) {
   return f.NoUnknown();
 }
 
+Status ParseEarlyStopping(Fields& top, json* out) {
+  const json* v = top.Get("early_stopping");
+  MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "early_stopping"));
+  if (v == nullptr) {
+    *out = nullptr;
+    return Status::Ok();
+  }
+  Fields f(*v, "early_stopping");
+  std::string rule, metric;
+  MEGABATCH_RETURN_IF_ERROR(f.Choice("rule", &rule, {"asha"}));
+  MEGABATCH_RETURN_IF_ERROR(f.Choice("metric", &metric, {"test_accuracy", "test_loss"}));
+  int64_t min_samples, reduction_factor;
+  MEGABATCH_RETURN_IF_ERROR(
+      f.Int("min_samples", &min_samples, std::nullopt, 1, int64_t{1} << 50));
+  MEGABATCH_RETURN_IF_ERROR(
+      f.Int("reduction_factor", &reduction_factor, 3, 2, 100));
+  *out = {{"rule", rule},
+          {"metric", metric},
+          {"min_samples", min_samples},
+          {"reduction_factor", reduction_factor}};
+  return f.NoUnknown();
+}
+
 template <typename T, typename ParseOne>
 Status ParseList(Fields& top, std::string_view key, std::vector<T>* out,
                  std::vector<T> fallback, ParseOne parse_one) {
@@ -604,6 +627,7 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   }
   MEGABATCH_RETURN_IF_ERROR(ParseBudget(top, &s.budget));
   MEGABATCH_RETURN_IF_ERROR(ParseTarget(top, &s.target));
+  MEGABATCH_RETURN_IF_ERROR(ParseEarlyStopping(top, &s.early_stopping));
   MEGABATCH_RETURN_IF_ERROR(top.Int("eval_every_steps", &s.eval_every_steps, 0,
                                     0, int64_t{1} << 40));
   MEGABATCH_RETURN_IF_ERROR(top.Int("checkpoint_every_steps",
@@ -713,6 +737,7 @@ json SweepSpec::ToJson() const {
               {"priority", priority}};
   if (micro_batch_size > 0) out["micro_batch_size"] = micro_batch_size;
   if (!target.is_null()) out["target"] = target;
+  if (!early_stopping.is_null()) out["early_stopping"] = early_stopping;
   return out;
 }
 

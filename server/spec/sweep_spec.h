@@ -58,6 +58,8 @@ struct SweepSpec {
   int64_t micro_batch_size = 0;  // 0: no gradient accumulation
   nlohmann::json budget;         // exactly one of epochs | steps | samples
   nlohmann::json target;         // null, or {"metric", "value", "stop"}
+  // null, or {"rule": "asha", "metric", "min_samples", "reduction_factor"}
+  nlohmann::json early_stopping;
   int64_t eval_every_steps = 0;  // 0: evaluate at the end of every epoch
   int64_t checkpoint_every_steps = 0;  // 0: no checkpoints
   int64_t diagnostics_every_steps = 0;  // 0: no per-tensor diagnostics

@@ -180,6 +180,19 @@ FROM best b;
 CREATE INDEX trials_queue ON trials (sweep_id, state, trial_index);
 CREATE INDEX sweeps_by_state ON sweeps (state);
 )sql",
+    // Version 4: successive halving. One row per trial that reached a rung
+    // (samples seen >= min_samples · reduction_factor^rung): the value of the
+    // early-stopping metric at the first evaluation at or after it.
+    R"sql(
+CREATE TABLE rungs (
+  sweep_id  INTEGER NOT NULL REFERENCES sweeps(id),
+  rung      INTEGER NOT NULL,
+  trial_id  INTEGER NOT NULL REFERENCES trials(id),
+  samples   INTEGER NOT NULL,
+  value     REAL,
+  PRIMARY KEY (sweep_id, rung, trial_id)
+) WITHOUT ROWID;
+)sql",
 };
 
 }  // namespace megabatch::store

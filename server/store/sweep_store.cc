@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <iterator>
+#include <limits>
 #include <set>
 
 #include "server/store/schema.h"
@@ -18,6 +20,7 @@ constexpr std::pair<TrialState, const char*> kTrialStateNames[] = {
     {TrialState::kQueued, "queued"},       {TrialState::kRunning, "running"},
     {TrialState::kCompleted, "completed"}, {TrialState::kFailed, "failed"},
     {TrialState::kCancelled, "cancelled"}, {TrialState::kDiverged, "diverged"},
+    {TrialState::kPruned, "pruned"},
 };
 constexpr std::pair<SweepState, const char*> kSweepStateNames[] = {
     {SweepState::kQueued, "queued"},       {SweepState::kRunning, "running"},
@@ -553,7 +556,98 @@ Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
     ins.Bind(5, now);
     MEGABATCH_RETURN_IF_ERROR(ins.Run());
   }
-  return tx.Commit();
+  const int64_t version = version_;
+  MEGABATCH_RETURN_IF_ERROR(ApplyEarlyStopping(trial_id, points, now));
+  Status committed = tx.Commit();
+  if (!committed.ok()) version_ = version;
+  return committed;
+}
+
+Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
+                                      const std::vector<MetricPoint>& points, double now) {
+  Result<Statement*> trial =
+      db_->Cached("SELECT sweep_id, batch_size FROM trials WHERE id = ?");
+  if (!trial.ok()) return trial.status();
+  (*trial)->Bind(1, trial_id);
+  Result<bool> found = (*trial)->Step();
+  if (!found.ok()) return found.status();
+  if (!*found) return NotFoundError("trial " + std::to_string(trial_id) + " not found");
+  const int64_t sweep_id = (*trial)->Int(0), batch = (*trial)->Int(1);
+  (*trial)->Reset();
+
+  auto cached = early_stopping_.find(sweep_id);
+  if (cached == early_stopping_.end()) {
+    Result<Statement*> spec = db_->Cached("SELECT spec_json FROM sweeps WHERE id = ?");
+    if (!spec.ok()) return spec.status();
+    (*spec)->Bind(1, sweep_id);
+    Result<bool> row = (*spec)->Step();
+    if (!row.ok()) return row.status();
+    std::optional<EarlyStopping> rule;
+    if (*row) {
+      auto json = nlohmann::json::parse((*spec)->Text(0), nullptr, false);
+      if (json.is_object() && json.contains("early_stopping")) {
+        const auto& e = json["early_stopping"];
+        rule = EarlyStopping{e.value("metric", "test_accuracy"),
+                             e.value("metric", "") == "test_loss",
+                             e.value("min_samples", int64_t{0}),
+                             e.value("reduction_factor", int64_t{3})};
+      }
+    }
+    (*spec)->Reset();
+    cached = early_stopping_.emplace(sweep_id, rule).first;
+  }
+  if (!cached->second || cached->second->min_samples <= 0) return Status();
+  const EarlyStopping& rule = *cached->second;
+
+  for (const MetricPoint& p : points) {
+    if (p.name != rule.metric) continue;
+    const int64_t samples = p.step * batch;
+    // A non-finite value ranks last.
+    const double value = std::isfinite(p.value) ? p.value
+                         : rule.lower_is_better ? INFINITY
+                                                : -INFINITY;
+    int64_t boundary = rule.min_samples;
+    for (int rung = 0; boundary <= samples; ++rung) {
+      Result<Statement*> add = db_->Cached(
+          "INSERT OR IGNORE INTO rungs (sweep_id, rung, trial_id, samples, value) "
+          "VALUES (?, ?, ?, ?, ?)");
+      if (!add.ok()) return add.status();
+      (*add)->Bind(1, sweep_id).Bind(2, rung).Bind(3, trial_id).Bind(4, samples).Bind(5, value);
+      MEGABATCH_RETURN_IF_ERROR((*add)->Run());
+      const bool recorded = db_->Changes() > 0;
+      boundary = boundary > (int64_t{1} << 50) / rule.reduction_factor
+                     ? std::numeric_limits<int64_t>::max()
+                     : boundary * rule.reduction_factor;
+      if (!recorded) continue;  // this rung was decided before
+      Result<Statement*> rank = db_->Cached(
+          "SELECT count(*), sum(CASE WHEN ?3 THEN value < ?4 ELSE value > ?4 END) "
+          "FROM rungs WHERE sweep_id = ?1 AND rung = ?2");
+      if (!rank.ok()) return rank.status();
+      (*rank)->Bind(1, sweep_id).Bind(2, rung).Bind(3, int64_t{rule.lower_is_better});
+      (*rank)->Bind(4, value);
+      Result<bool> r = (*rank)->Step();
+      if (!r.ok()) return r.status();
+      const int64_t n = (*rank)->Int(0), better = (*rank)->Int(1);
+      (*rank)->Reset();
+      const int64_t keep = std::max<int64_t>(1, n / rule.reduction_factor);
+      if (better < keep) continue;
+      Result<Statement*> prune = db_->Cached(
+          "UPDATE trials SET state = 'pruned', finished_at = ? WHERE id = ?");
+      if (!prune.ok()) return prune.status();
+      (*prune)->Bind(1, now).Bind(2, trial_id);
+      MEGABATCH_RETURN_IF_ERROR((*prune)->Run());
+      char message[256];
+      std::snprintf(message, sizeof(message),
+                    "rung %d (%lld samples): %s %.6g is not in the top %lld of %lld",
+                    rung, static_cast<long long>(samples), rule.metric.c_str(), p.value,
+                    static_cast<long long>(keep), static_cast<long long>(n));
+      MEGABATCH_RETURN_IF_ERROR(AddEvent(sweep_id, trial_id, 0, "trial_pruned", message, now));
+      MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(sweep_id, now));
+      ++version_;
+      return Status();
+    }
+  }
+  return Status();
 }
 
 Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,

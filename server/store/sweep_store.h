@@ -24,9 +24,11 @@
 namespace megabatch::store {
 
 // The current schema version; Open() migrates older files up to it.
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
-enum class TrialState { kQueued, kRunning, kCompleted, kFailed, kCancelled, kDiverged };
+// kPruned: stopped early by the sweep's early_stopping rule (successive
+// halving): a result of the study, like kDiverged.
+enum class TrialState { kQueued, kRunning, kCompleted, kFailed, kCancelled, kDiverged, kPruned };
 enum class SweepState { kQueued, kRunning, kCompleted, kFailed, kCancelled };
 
 // Lower-case names as stored in the database: "queued", "running", ...
@@ -146,8 +148,9 @@ class SweepStore {
                       double now);
 
   // Stores points for a trial held under (worker_id, lease_id), replacing any
-  // value already stored for the same (trial, name, step). ABORTED if the
-  // lease is not current; NOT_FOUND for an unknown trial.
+  // value already stored for the same (trial, name, step), and applies the
+  // sweep's early stopping (the trial may end pruned). ABORTED if the lease
+  // is not current; NOT_FOUND for an unknown trial.
   Status AppendMetrics(int64_t trial_id, int64_t lease_id, int64_t worker_id,
                        const std::vector<MetricPoint>& points, double now);
 
@@ -177,6 +180,20 @@ class SweepStore {
   Result<SweepRow> GetSweepLocked(int64_t sweep_id) REQUIRES(mu_);
   Status CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker_id)
       REQUIRES(mu_);
+  // Successive halving (the sweep's early_stopping): records the trial's
+  // value at each rung its new points reach and prunes it when it is not in
+  // the top max(1, n / reduction_factor) of the n values at that rung.
+  Status ApplyEarlyStopping(int64_t trial_id, const std::vector<MetricPoint>& points,
+                            double now) REQUIRES(mu_);
+
+  struct EarlyStopping {
+    std::string metric;
+    bool lower_is_better = false;
+    int64_t min_samples = 0;
+    int64_t reduction_factor = 3;
+  };
+  // Parsed from each sweep's spec once; nullopt: no early stopping.
+  std::map<int64_t, std::optional<EarlyStopping>> early_stopping_ GUARDED_BY(mu_);
 
   mutable std::mutex mu_;
   std::unique_ptr<Db> db_ GUARDED_BY(mu_);

@@ -372,6 +372,36 @@ budget: {steps: 1}
   EXPECT_THAT(bad.err, HasSubstr("--gpus: 'x' is not a GPU id"));
 }
 
+TEST_F(SweepE2ETest, SuccessiveHalvingStopsTheWorstTrialsEarly) {
+  // Rungs at 2560, 5120, ... samples (steps 10, 20, ... at batch 256); lrs
+  // from 1e-2 down to 1e-5 (hardly learns), best first: successive halving
+  // judges a trial against those that reached the rung before it.
+  std::string spec = WriteSpec("asha.yaml", R"yaml(
+name: asha
+model: {type: mlp, hidden: [64]}
+optimizers: [{name: adamw}]
+batch_sizes: [256]
+base: {lr: 0.00001}
+lr_multipliers: [1000, 100, 10, 1]
+budget: {steps: 300}
+eval_every_steps: 10
+early_stopping: {rule: asha, metric: test_accuracy, min_samples: 2560, reduction_factor: 2}
+)yaml");
+  auto submit = Cli({"submit", spec, "--wait"});
+  ASSERT_EQ(submit.exit_code, 0) << submit.err << workers_[0]->Log();
+  const double pruned = Scalar("SELECT count(*) FROM trials WHERE state = 'pruned'");
+  EXPECT_GE(pruned, 1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'") + pruned, 4);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_pruned'"), pruned);
+  // Pruned trials stopped short of the budget; the smallest lr is among them.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE state = 'pruned' AND steps < 300"),
+            pruned);
+  EXPECT_EQ(Scalar("SELECT state = 'pruned' FROM trials WHERE lr_multiplier = 1"), 1);
+  EXPECT_GE(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'"), 1);
+  EXPECT_THAT(submit.err, HasSubstr("pruned " + std::to_string(static_cast<int>(pruned))));
+  EXPECT_TRUE(testing::FindProcesses("--config " + dir_.path().string()).empty());
+}
+
 // Checkpoints in the coordinator's --artifacts, and a short lease timeout.
 class SharedCheckpointE2ETest : public SweepE2ETest {
  protected:

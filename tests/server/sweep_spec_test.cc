@@ -53,6 +53,28 @@ TEST(SweepSpecTest, ValidYamlParsesWithDefaults) {
   EXPECT_DOUBLE_EQ(r->budget["epochs"].get<double>(), 2.5);
 }
 
+TEST(SweepSpecTest, EarlyStoppingIsParsedWithDefaultsAndChecked) {
+  auto r = ParseSweepSpec(WithLine("early_stopping", "early_stopping: {min_samples: 60000}"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->early_stopping,
+            nlohmann::json({{"rule", "asha"}, {"metric", "test_accuracy"},
+                            {"min_samples", 60000}, {"reduction_factor", 3}}));
+  EXPECT_EQ(r->ToJson()["early_stopping"]["min_samples"], 60000);
+  ExpectInvalid(WithLine("early_stopping", "early_stopping: {reduction_factor: 2}"),
+                "early_stopping.min_samples");
+  ExpectInvalid(WithLine("early_stopping", "early_stopping: {min_samples: 0}"),
+                "early_stopping.min_samples");
+  ExpectInvalid(WithLine("early_stopping",
+                         "early_stopping: {min_samples: 10, reduction_factor: 1}"),
+                "early_stopping.reduction_factor");
+  ExpectInvalid(WithLine("early_stopping", "early_stopping: {min_samples: 10, rule: hyperband}"),
+                "early_stopping.rule");
+  ExpectInvalid(WithLine("early_stopping", "early_stopping: {min_samples: 10, metric: lr}"),
+                "early_stopping.metric");
+  ExpectInvalid(WithLine("early_stopping", "early_stopping: {min_samples: 10, patience: 3}"),
+                "early_stopping.patience");
+}
+
 TEST(SweepSpecTest, JsonAndYamlGiveTheSameSpec) {
   auto yaml = ParseSweepSpec(kValid);
   ASSERT_TRUE(yaml.ok());

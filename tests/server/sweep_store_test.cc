@@ -266,6 +266,64 @@ TEST_F(SweepStoreTest, VersionOneDatabaseUpgradesOnOpenAndKeepsItsData) {
   EXPECT_EQ(scaling->Double(2), 1.0);
 }
 
+TEST_F(SweepStoreTest, SuccessiveHalvingPrunesTrialsOutsideTheTopAtEachRung) {
+  // Rung 0 at 1280 samples (step 10 at batch 128), rung 1 at 2560.
+  int64_t sweep = Create(R"yaml(
+name: asha
+optimizers: [{name: sgd}]
+batch_sizes: [128]
+base: {lr: 0.1}
+lr_multipliers: [1, 2, 3, 4]
+early_stopping: {rule: asha, metric: test_accuracy, min_samples: 1280, reduction_factor: 2}
+)yaml");
+  int64_t worker = *store_->RegisterWorker("w", 4, 1000.0);
+  std::vector<Lease> leases;
+  for (int i = 0; i < 4; ++i) leases.push_back(LeaseOne(worker));
+  auto report = [&](int i, int64_t step, double accuracy) {
+    return store_->AppendMetrics(leases[i].trial_id, leases[i].lease_id, worker,
+                                 {{"train_loss", step, 1.0}, {"test_accuracy", step, accuracy}},
+                                 1002.0);
+  };
+  auto state = [&](int i) { return (*store_->ListTrials(sweep))[i].state; };
+  // Before the first rung nothing is decided.
+  ASSERT_TRUE(report(1, 5, 0.1).ok());
+  EXPECT_EQ(state(1), TrialState::kRunning);
+  // Rung 0, keep the top max(1, n/2): 0.8 (alone) goes on; 0.7 of [0.8, 0.7]
+  // is out; 0.9 goes on; 0.75 of [0.9, 0.8, 0.75, 0.7] is third of a top 2.
+  ASSERT_TRUE(report(0, 10, 0.8).ok());
+  ASSERT_TRUE(report(1, 10, 0.7).ok());
+  ASSERT_TRUE(report(2, 12, 0.9).ok());
+  ASSERT_TRUE(report(3, 10, 0.75).ok());
+  EXPECT_EQ(state(0), TrialState::kRunning);
+  EXPECT_EQ(state(1), TrialState::kPruned);
+  EXPECT_EQ(state(2), TrialState::kRunning);
+  EXPECT_EQ(state(3), TrialState::kPruned);
+  // A pruned trial's worker is told at its next report and heartbeat.
+  EXPECT_EQ(report(1, 20, 0.95).code(), StatusCode::kAborted);
+  auto stop = store_->Heartbeat(worker, {{leases[1].trial_id, leases[1].lease_id}}, 1003.0);
+  EXPECT_THAT(*stop, ::testing::ElementsAre(leases[1].trial_id));
+  // Rung 1 (2560 samples): 0.85 alone goes on, then 0.82 of two is out.
+  ASSERT_TRUE(report(2, 20, 0.85).ok());
+  ASSERT_TRUE(report(0, 25, 0.82).ok());
+  EXPECT_EQ(state(2), TrialState::kRunning);
+  EXPECT_EQ(state(0), TrialState::kPruned);
+  // The points that decided it were stored, and the event says why.
+  EXPECT_EQ((*store_->ListTrials(sweep))[0].latest_metrics.at("test_accuracy"), 0.82);
+  auto db = Db::Open(dir_.File("store.db"));
+  auto why = (*db)->Prepare(
+      "SELECT message FROM events WHERE kind = 'trial_pruned' AND trial_id = ?");
+  why->Bind(1, leases[0].trial_id);
+  ASSERT_TRUE(*why->Step());
+  EXPECT_EQ(why->Text(0), "rung 1 (3200 samples): test_accuracy 0.82 is not in the top 1 of 2");
+  // The last trial completes; the sweep is complete, pruning is no failure.
+  ASSERT_TRUE(store_->FinishTrial(leases[2].trial_id, leases[2].lease_id, worker,
+                                  TrialState::kCompleted, "", "", 1004.0)
+                  .ok());
+  auto row = store_->GetSweep(sweep);
+  EXPECT_EQ(row->state, SweepState::kCompleted);
+  EXPECT_EQ(row->trial_counts.at(TrialState::kPruned), 3);
+}
+
 TEST_F(SweepStoreTest, TrialSummaryViewAnswersWithoutJoins) {
   Create();
   int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);

@@ -411,7 +411,7 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   // Each attempt (lease) checkpoints into its own directory, so an attempt
   // that lost its lease but still runs (a partitioned worker) cannot
   // overwrite the checkpoint its successor resumes from; a new attempt
-  // resumes from the newest earlier one.
+  // resumes from the newest earlier attempt's committed checkpoint.
   fs::path trial_dir =
       fs::path(checkpoint_root_) / ("trial-" + std::to_string(lease.trial_id()));
   fs::path lease_dir = trial_dir / ("lease-" + std::to_string(lease.lease_id()));
