@@ -276,7 +276,10 @@ budget: {epochs: 50}
 }
 
 TEST_F(SweepE2ETest, KilledTrainerIsRetriedFromItsCheckpoint) {
-  // One worker, so the retry runs where the checkpoint is.
+  // One worker, so the retry runs where the checkpoint is. (A long poll of
+  // the killed worker that the coordinator has not yet seen go away may
+  // still be handed the trial; it comes back after the lease timeout, so
+  // allow for an extra attempt.)
   workers_[1]->Kill(SIGKILL);
   // Long enough (a few seconds at least) that the kill lands mid-run.
   std::string spec = WriteSpec("ckpt.yaml", R"yaml(
@@ -288,7 +291,7 @@ base: {lr: 0.01}
 budget: {steps: 3000}
 eval_every_steps: 1000
 checkpoint_every_steps: 20
-max_retries: 1
+max_retries: 3
 )yaml");
   auto submitted = Cli({"submit", spec});
   ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
@@ -300,16 +303,18 @@ max_retries: 1
       },
       std::chrono::seconds(120)))
       << workers_[0]->Log();
-  kill(trainers[0], SIGKILL);
+  ASSERT_EQ(kill(trainers[0], SIGKILL), 0);
 
   auto watch = Cli({"watch", "1"});
-  EXPECT_EQ(watch.exit_code, 0) << watch.err << workers_[0]->Log();
+  EXPECT_EQ(watch.exit_code, 0) << watch.err << workers_[0]->Log() << coordinator_->Log();
   EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND "
-                   "attempts = 2"),
-            1);
+                   "attempts >= 2"),
+            1)
+      << coordinator_->Log();
   EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_failed' "
                    "AND message LIKE '%signal 9%'"),
-            1);
+            1)
+      << workers_[0]->Log();
   EXPECT_THAT(workers_[0]->Log(), HasSubstr("resuming from"));
   // Every step exactly once, 1..3000, across both attempts.
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'train_loss'"), 3000);
