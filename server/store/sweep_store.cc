@@ -226,23 +226,32 @@ Result<std::vector<SweepRow>> SweepStore::ListSweeps() {
 }
 
 Status SweepStore::RefreshSweepState(int64_t sweep_id, double now) {
-  Result<SweepRow> s = GetSweepLocked(sweep_id);
-  if (!s.ok()) return s.status();
-  if (IsFinal(s->state)) return Status();
-  auto count = [&](TrialState st) {
-    auto it = s->trial_counts.find(st);
-    return it == s->trial_counts.end() ? 0 : it->second;
-  };
-  int32_t active = count(TrialState::kQueued) + count(TrialState::kRunning);
-  int32_t ever_started = s->trials_total - count(TrialState::kQueued);
-  SweepState next = s->state;
-  if (active == 0) {
-    next = count(TrialState::kFailed) > 0 ? SweepState::kFailed
-                                          : SweepState::kCompleted;
-  } else if (ever_started > 0) {
+  // Index probes on trials (sweep_id, state), not a count of every trial:
+  // this runs on every finished attempt.
+  Result<Statement*> probe = db_->Cached(R"sql(
+    SELECT state,
+      EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND state IN ('queued', 'running')),
+      EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND state IN
+              ('running', 'completed', 'failed', 'cancelled', 'diverged', 'pruned')),
+      EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND state = 'failed')
+    FROM sweeps WHERE id = ?1)sql");
+  if (!probe.ok()) return probe.status();
+  (*probe)->Bind(1, sweep_id);
+  Result<bool> found = (*probe)->Step();
+  if (!found.ok()) return found.status();
+  if (!*found) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
+  const SweepState state = ParseSweepState((*probe)->Text(0)).value_or(SweepState::kQueued);
+  const bool active = (*probe)->Int(1) != 0, ever_started = (*probe)->Int(2) != 0,
+             any_failed = (*probe)->Int(3) != 0;
+  (*probe)->Reset();
+  if (IsFinal(state)) return Status();
+  SweepState next = state;
+  if (!active) {
+    next = any_failed ? SweepState::kFailed : SweepState::kCompleted;
+  } else if (ever_started) {
     next = SweepState::kRunning;
   }
-  if (next == s->state) return Status();
+  if (next == state) return Status();
   Result<Statement> up = db_->Prepare(
       "UPDATE sweeps SET state = ?, finished_at = ? WHERE id = ?");
   if (!up.ok()) return up.status();
