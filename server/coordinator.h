@@ -37,7 +37,6 @@ class Coordinator {
   int port() const { return port_; }
   // The port /metrics is served on; 0 when not serving.
   int metrics_port() const { return metrics_->port(); }
-  metrics::CoordinatorMetrics* metrics() { return metrics_.get(); }
   // A channel to this server that bypasses the network.
   std::shared_ptr<grpc::Channel> InProcessChannel();
   store::SweepStore* store() { return store_.get(); }

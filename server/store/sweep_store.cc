@@ -574,6 +574,11 @@ Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
 
 Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
                                       const std::vector<MetricPoint>& points, double now) {
+  // Only evaluations decide; most reports carry none, and skip the lookups.
+  const bool evaluated = std::any_of(points.begin(), points.end(), [](const MetricPoint& p) {
+    return p.name == "test_accuracy" || p.name == "test_loss";
+  });
+  if (!evaluated) return Status();
   Result<Statement*> trial =
       db_->Cached("SELECT sweep_id, batch_size FROM trials WHERE id = ?");
   if (!trial.ok()) return trial.status();

@@ -45,15 +45,7 @@ class ObservabilityE2ETest : public ::testing::Test {
                                  "--db", dir_.File("m.db"), "--metrics-listen",
                                  "127.0.0.1:" + std::to_string(metrics_port_)},
         dir_.File("coordinator.log"));
-    for (int i = 0; i < 2; ++i) {
-      std::string name = "worker-" + std::to_string(i);
-      workers_.push_back(std::make_unique<Process>(
-          std::vector<std::string>{MEGABATCH_WORKER_BIN, "--coordinator", address_,
-                                   "--name", name, "--slots", "1",
-                                   "--threads-per-slot", "1", "--work-dir",
-                                   dir_.File(name)},
-          dir_.File(name + ".log")));
-    }
+    workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_, dir_.path().string(), 2);
     // The shipped scrape config, pointed at this coordinator.
     std::string config = ReadFile(std::string(MEGABATCH_DASHBOARD_DIR) +
                                   "/prometheus/prometheus.yml");

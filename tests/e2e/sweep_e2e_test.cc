@@ -31,15 +31,7 @@ class SweepE2ETest : public ::testing::Test {
                          db_path_, "--metrics-listen", "127.0.0.1:0"};
     for (const auto& flag : CoordinatorFlags()) coordinator_argv_.push_back(flag);
     StartCoordinator();
-    for (int i = 0; i < 2; ++i) {
-      std::string name = "worker-" + std::to_string(i);
-      workers_.push_back(std::make_unique<Process>(
-          std::vector<std::string>{MEGABATCH_WORKER_BIN, "--coordinator", address_,
-                                   "--name", name, "--slots", "1",
-                                   "--threads-per-slot", "1", "--work-dir",
-                                   dir_.File(name)},
-          dir_.File(name + ".log")));
-    }
+    workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_, dir_.path().string(), 2);
     ASSERT_TRUE(testing::WaitUntil(
         [&] {
           auto r = Cli({"-o", "json", "workers"});
@@ -79,6 +71,17 @@ class SweepE2ETest : public ::testing::Test {
     std::string path = dir_.File(name);
     std::ofstream(path) << text;
     return path;
+  }
+
+  // Steps 1..`steps` each have exactly one train_loss row, and there are no
+  // others, among the metrics `filter` (an SQL condition) selects.
+  void ExpectEveryStepOnce(const std::string& filter, int steps) {
+    const std::string rows = "FROM metrics WHERE name = 'train_loss' AND " + filter;
+    EXPECT_EQ(Scalar("SELECT count(*) " + rows), steps) << filter;
+    EXPECT_EQ(Scalar("SELECT count(DISTINCT step) " + rows + " AND step BETWEEN 1 AND " +
+                     std::to_string(steps)),
+              steps)
+        << filter;
   }
 
   // Runs one query returning a single integer or real.
@@ -317,10 +320,7 @@ max_retries: 3
       << workers_[0]->Log();
   EXPECT_THAT(workers_[0]->Log(), HasSubstr("resuming from"));
   // Every step exactly once, 1..3000, across both attempts.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'train_loss'"), 3000);
-  EXPECT_EQ(Scalar("SELECT count(DISTINCT step) FROM metrics WHERE "
-                   "name = 'train_loss' AND step BETWEEN 1 AND 3000"),
-            3000);
+  ExpectEveryStepOnce("1", 3000);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 3);
 }
 
@@ -449,10 +449,7 @@ max_retries: 2
   EXPECT_EQ(Scalar("SELECT count(DISTINCT worker_id) FROM events WHERE kind = 'trial_leased'"), 2);
   EXPECT_THAT(workers_[1 - victim]->Log(), HasSubstr("resuming from " + dir_.File("artifacts/trial-1/lease-")));
   // Every step exactly once, across both workers.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'train_loss'"), 3000);
-  EXPECT_EQ(Scalar("SELECT count(DISTINCT step) FROM metrics WHERE name = 'train_loss' "
-                   "AND step BETWEEN 1 AND 3000"),
-            3000);
+  ExpectEveryStepOnce("1", 3000);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 3);
   // A finished trial's checkpoints are removed.
   EXPECT_FALSE(std::filesystem::exists(dir_.File("artifacts/trial-1")));
@@ -488,12 +485,7 @@ eval_every_steps: 500
   EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND attempts = 1"), 2);
   EXPECT_GE(Scalar("SELECT count(*) FROM metrics"), stored_before);
   for (int trial = 1; trial <= 2; ++trial) {
-    std::string where = "WHERE name = 'train_loss' AND trial_id = " + std::to_string(trial);
-    EXPECT_EQ(Scalar("SELECT count(*) FROM metrics " + where), 2500) << trial;
-    EXPECT_EQ(Scalar("SELECT count(DISTINCT step) FROM metrics " + where +
-                     " AND step BETWEEN 1 AND 2500"),
-              2500)
-        << trial;
+    ExpectEveryStepOnce("trial_id = " + std::to_string(trial), 2500);
   }
   EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased'"), 2);
 }

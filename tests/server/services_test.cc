@@ -276,42 +276,23 @@ TEST_F(ServicesTest, MalformedWorkerRequestsNameTheField) {
 }
 
 TEST_F(ServicesTest, ResultRpcsNameTheBadField) {
-  {
+  auto query = [&](const std::string& sql, int64_t max_rows, int32_t timeout_ms) {
     grpc::ClientContext ctx;
     v1::QueryRequest req;
+    req.set_sql(sql);
+    req.set_max_rows(max_rows);
+    req.set_timeout_ms(timeout_ms);
     v1::QueryResponse resp;
-    auto s = sweeps_->Query(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(s.error_message(), HasSubstr("sql: required"));
-  }
-  {
-    grpc::ClientContext ctx;
-    v1::QueryRequest req;
-    req.set_sql("SELECT 1");
-    req.set_max_rows(-1);
-    v1::QueryResponse resp;
-    auto s = sweeps_->Query(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(s.error_message(), HasSubstr("max_rows"));
-  }
-  {
-    grpc::ClientContext ctx;
-    v1::QueryRequest req;
-    req.set_sql("SELECT 1");
-    req.set_timeout_ms(300001);
-    v1::QueryResponse resp;
-    auto s = sweeps_->Query(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(s.error_message(), HasSubstr("timeout_ms"));
-  }
-  {
-    grpc::ClientContext ctx;
-    v1::QueryRequest req;
-    req.set_sql(std::string(200000, ' ') + "SELECT 1");
-    v1::QueryResponse resp;
-    auto s = sweeps_->Query(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(s.error_message(), HasSubstr("sql: at most"));
+    return sweeps_->Query(&ctx, req, &resp);
+  };
+  for (const auto& [status, field] :
+       std::vector<std::pair<grpc::Status, std::string>>{
+           {query("", 0, 0), "sql: required"},
+           {query("SELECT 1", -1, 0), "max_rows"},
+           {query("SELECT 1", 0, 300001), "timeout_ms"},
+           {query(std::string(200000, ' ') + "SELECT 1", 0, 0), "sql: at most"}}) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
+    EXPECT_THAT(status.error_message(), HasSubstr(field));
   }
   {
     grpc::ClientContext ctx;

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,13 @@ class Process {
   std::string log_path_;
   bool reaped_ = false;
 };
+
+// `count` megabatch-worker processes (`worker_bin`) dialing `address`, named
+// worker-0, worker-1, ..., with one slot of one thread each; each has its
+// work dir DIR/worker-I and its log DIR/worker-I.log.
+std::vector<std::unique_ptr<Process>> StartWorkers(const std::string& worker_bin,
+                                                   const std::string& address,
+                                                   const std::string& dir, int count);
 
 struct CommandResult {
   int exit_code = -1;
