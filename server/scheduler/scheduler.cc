@@ -1,5 +1,7 @@
 #include "server/scheduler/scheduler.h"
 
+#include <algorithm>
+
 #include <spdlog/spdlog.h>
 
 namespace megabatch::scheduler {
@@ -21,6 +23,12 @@ Scheduler::~Scheduler() {
 
 void Scheduler::Stop() {
   {
+    std::lock_guard<std::mutex> lock(batch_mu_);
+    closed_ = true;
+    for (PendingLease* p : pending_) p->cv.notify_one();
+    for (PendingLease* p : parked_) p->cv.notify_one();
+  }
+  {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
@@ -28,6 +36,17 @@ void Scheduler::Stop() {
 }
 
 void Scheduler::Notify() {
+  {
+    std::lock_guard<std::mutex> lock(batch_mu_);
+    ++notify_seq_;
+    for (PendingLease* p : parked_) Enqueue(p);
+    parked_.clear();
+    if (!leading_ && !pending_.empty()) pending_.front()->cv.notify_one();
+  }
+  NotifyWatchers();
+}
+
+void Scheduler::NotifyWatchers() {
   // Taking the mutex orders the notification after any waiter's check.
   { std::lock_guard<std::mutex> lock(mu_); }
   changed_.notify_all();
@@ -66,38 +85,115 @@ Result<store::SweepRow> Scheduler::Cancel(int64_t sweep_id) {
 Result<std::optional<store::Lease>> Scheduler::Lease(
     int64_t worker_id, std::chrono::milliseconds wait,
     const std::function<bool()>& client_gone) {
-  auto deadline = std::chrono::steady_clock::now() + wait;
-  // Waits in slices so that a caller that went away is noticed.
+  using Where = PendingLease::Where;
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  // A parked request wakes this often to notice a caller that went away, or
+  // a change that came without Notify().
   constexpr auto kSlice = std::chrono::milliseconds(200);
-  while (true) {
-    const auto attempt_start = std::chrono::steady_clock::now();
-    int64_t seen = store_->version();
-    Result<std::optional<store::Lease>> lease =
-        store_->LeaseNext(worker_id, NowSeconds());
-    if (!lease.ok()) return lease;
-    if (lease->has_value()) {
-      const store::Lease& l = **lease;
-      if (client_gone()) {
-        MEGABATCH_RETURN_IF_ERROR(store_->ReleaseLease(
-            l.trial_id, l.lease_id, worker_id, NowSeconds()));
-        Notify();
-        return Status(StatusCode::kCancelled,
-                      "worker " + std::to_string(worker_id) +
-                          " went away; lease released");
-      }
-      Notify();
-      if (options_.on_dispatch) {
-        options_.on_dispatch(std::chrono::duration<double>(
-                                 std::chrono::steady_clock::now() - attempt_start)
-                                 .count());
-      }
-      return lease;
+  PendingLease self;
+  self.worker_id = worker_id;
+  std::unique_lock<std::mutex> lock(batch_mu_);
+  Enqueue(&self);
+  while (self.where != Where::kDone) {
+    if (closed_ && self.where != Where::kInFlight) {
+      Unlist(&self);
+      return UnavailableError("coordinator is shutting down");
     }
-    auto now = std::chrono::steady_clock::now();
-    if (now >= deadline || client_gone()) return lease;
-    WaitForChange(seen, std::min(deadline, now + kSlice));
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return UnavailableError("coordinator is shutting down");
+    if (self.where == Where::kQueued && !leading_) {
+      LeadBatch(lock);
+      continue;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (self.where == Where::kParked && (now >= deadline || client_gone())) {
+      Unlist(&self);
+      return std::optional<store::Lease>();
+    }
+    self.cv.wait_until(lock, std::min(deadline, now + kSlice));
+    // Once a slice: a change that came without Notify() (a trial pruned).
+    if (self.where == Where::kParked && store_->version() != self.seen_version) {
+      Unlist(&self);
+      Enqueue(&self);
+    }
+  }
+  lock.unlock();
+  // Only grants and errors are handed back; "nothing" parks the request.
+  if (!self.result.ok()) return std::move(self.result);
+  const store::Lease& l = **self.result;
+  if (client_gone()) {
+    MEGABATCH_RETURN_IF_ERROR(
+        store_->ReleaseLease(l.trial_id, l.lease_id, worker_id, NowSeconds()));
+    Notify();
+    return Status(StatusCode::kCancelled, "worker " + std::to_string(worker_id) +
+                                              " went away; lease released");
+  }
+  if (options_.on_dispatch) {
+    options_.on_dispatch(std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - self.queued_at)
+                             .count());
+  }
+  return std::move(self.result);
+}
+
+void Scheduler::Enqueue(PendingLease* p) {
+  p->where = PendingLease::Where::kQueued;
+  p->queued_at = std::chrono::steady_clock::now();
+  pending_.push_back(p);
+}
+
+void Scheduler::Unlist(PendingLease* p) {
+  if (p->where == PendingLease::Where::kQueued) {
+    pending_.erase(std::find(pending_.begin(), pending_.end(), p));
+  } else if (p->where == PendingLease::Where::kParked) {
+    parked_.erase(std::find(parked_.begin(), parked_.end(), p));
+  }
+}
+
+void Scheduler::LeadBatch(std::unique_lock<std::mutex>& lock) {
+  using Where = PendingLease::Where;
+  // At most this many leases in one transaction, bounding its time.
+  constexpr size_t kMaxBatch = 256;
+  leading_ = true;
+  const size_t n = std::min(pending_.size(), kMaxBatch);
+  std::vector<PendingLease*> batch(pending_.begin(), pending_.begin() + n);
+  pending_.erase(pending_.begin(), pending_.begin() + n);
+  std::vector<int64_t> ids;
+  ids.reserve(n);
+  for (PendingLease* p : batch) {
+    p->where = Where::kInFlight;
+    ids.push_back(p->worker_id);
+  }
+  const int64_t seq = notify_seq_;
+  lock.unlock();
+  const int64_t version = store_->version();
+  std::vector<Result<std::optional<store::Lease>>> results =
+      store_->LeaseBatch(ids, NowSeconds());
+  lock.lock();
+  bool granted = false;
+  // Every hand-back happens under the lock: a request cannot return (and
+  // destroy its condition variable) before this is done with it.
+  for (size_t i = 0; i < n; ++i) {
+    PendingLease* p = batch[i];
+    if (results[i].ok() && !results[i]->has_value()) {
+      if (notify_seq_ != seq) {
+        Enqueue(p);  // something changed during the batch: ask again
+      } else {
+        p->where = Where::kParked;
+        p->seen_version = version;
+        parked_.push_back(p);
+      }
+      continue;
+    }
+    granted = granted || results[i].ok();
+    p->result = std::move(results[i]);
+    p->where = Where::kDone;
+    p->cv.notify_one();
+  }
+  leading_ = false;
+  if (!pending_.empty()) pending_.front()->cv.notify_one();
+  if (granted) {
+    lock.unlock();
+    NotifyWatchers();
+    lock.lock();
   }
 }
 

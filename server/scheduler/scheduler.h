@@ -7,11 +7,13 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/status.h"
 #include "common/thread_annotations.h"
@@ -77,14 +79,42 @@ class Scheduler {
   int64_t WaitForChange(int64_t seen,
                         std::chrono::steady_clock::time_point deadline);
 
-  // Wakes every waiter (after a change made directly on the store).
+  // After a change that may let a waiting worker lease (a sweep submitted,
+  // a slot freed, a trial requeued, a worker registered): runs one batch for
+  // every parked lease request, and wakes the watchers.
   void Notify();
+
+  // Wakes WaitForChange() callers only (a change that frees nothing).
+  void NotifyWatchers();
 
   // Wakes every waiter for good: Lease() answers UNAVAILABLE from now on.
   // Idempotent; called before the server shuts down.
   void Stop();
 
  private:
+  // Lease requests are served in batches, each in one store transaction:
+  // requests that arrive while a batch runs queue up in `pending_`, and the
+  // oldest of them leads the next batch (group commit). A request that finds
+  // nothing is parked without waking its thread; Notify() moves every parked
+  // request back to the queue and wakes one thread to lead. So 200 workers
+  // woken by one submission cost one transaction and 200 wake-ups, not 200
+  // of each plus a convoy on one mutex.
+  struct PendingLease {
+    enum class Where { kQueued, kInFlight, kParked, kDone };
+    int64_t worker_id = 0;
+    Where where = Where::kQueued;
+    Result<std::optional<store::Lease>> result{std::optional<store::Lease>()};
+    // When it last joined the queue: the start of its dispatch latency.
+    std::chrono::steady_clock::time_point queued_at;
+    // The store's version before the batch that found nothing for it.
+    int64_t seen_version = 0;
+    std::condition_variable cv;
+  };
+  void Enqueue(PendingLease* p) REQUIRES(batch_mu_);
+  void Unlist(PendingLease* p) REQUIRES(batch_mu_);
+  // Leases for up to kMaxBatch queued requests; called with `lock` held on
+  // batch_mu_ and no batch running; releases it during the transaction.
+  void LeadBatch(std::unique_lock<std::mutex>& lock) REQUIRES(batch_mu_);
   void ReapLoop();
 
   store::SweepStore* const store_;
@@ -95,6 +125,15 @@ class Scheduler {
   std::condition_variable changed_;
   bool stopping_ GUARDED_BY(mu_) = false;
   std::thread reaper_;
+
+  std::mutex batch_mu_;
+  std::deque<PendingLease*> pending_ GUARDED_BY(batch_mu_);
+  std::vector<PendingLease*> parked_ GUARDED_BY(batch_mu_);
+  bool leading_ GUARDED_BY(batch_mu_) = false;
+  bool closed_ GUARDED_BY(batch_mu_) = false;
+  // Counts Notify() calls: a batch that overlapped one requeues the requests
+  // it found nothing for instead of parking them.
+  int64_t notify_seq_ GUARDED_BY(batch_mu_) = 0;
 };
 
 }  // namespace megabatch::scheduler

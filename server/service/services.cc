@@ -255,7 +255,7 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
     resp->set_lease_timeout_ms(
         static_cast<int32_t>(scheduler_->options().lease_timeout.count()));
     resp->set_artifacts_dir(scheduler_->options().artifacts_dir);
-    scheduler_->Notify();
+    scheduler_->NotifyWatchers();
     return Status();
   });
 }
@@ -347,10 +347,13 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
       }
       points.push_back({p.name(), p.step(), p.value()});
     }
+    const int64_t version = store_->version();
     MEGABATCH_RETURN_IF_ERROR(TimedWrite(metrics_, "append_metrics", [&] {
       return store_->AppendMetrics(req->lease().trial_id(), req->lease().lease_id(),
                                    req->worker_id(), points, scheduler::NowSeconds());
     }));
+    // Early stopping may have pruned a trial, freeing its slot.
+    if (store_->version() != version) scheduler_->Notify();
     metrics_->RecordTrialPoints(req->lease().trial_id(), points);
     resp->set_accepted(req->points_size());
     return Status();

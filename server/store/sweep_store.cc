@@ -418,21 +418,71 @@ Result<std::vector<WorkerRow>> SweepStore::ListWorkers() {
 
 Result<std::optional<Lease>> SweepStore::LeaseNext(int64_t worker_id,
                                                    double now) {
+  return std::move(LeaseBatch({worker_id}, now)[0]);
+}
+
+std::vector<Result<std::optional<Lease>>> SweepStore::LeaseBatch(
+    const std::vector<int64_t>& worker_ids, double now) {
   std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Result<std::optional<Lease>>> out;
+  out.reserve(worker_ids.size());
+  auto fail_all = [&](const Status& s) {
+    out.assign(worker_ids.size(), Result<std::optional<Lease>>(s));
+    return out;
+  };
   Transaction tx(db_.get());
-  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+  if (!tx.begin_status().ok()) return fail_all(tx.begin_status());
+  bool granted = false;
+  std::optional<std::vector<LeaseCandidate>> candidates;
+  for (int64_t worker_id : worker_ids) {
+    bool db_error = false;
+    out.push_back(LeaseLocked(worker_id, now, &candidates, &db_error));
+    if (db_error) return fail_all(out.back().status());  // rolls back
+    granted = granted || (out.back().ok() && out.back()->has_value());
+  }
+  if (Status s = tx.Commit(); !s.ok()) return fail_all(s);
+  if (granted) ++version_;
+  return out;
+}
+
+Result<std::vector<SweepStore::LeaseCandidate>> SweepStore::LeaseCandidatesLocked() {
+  Result<Statement*> q = db_->Cached(R"sql(
+    SELECT s.id, s.priority, s.max_parallel,
+           (SELECT count(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running')
+    FROM sweeps s
+    WHERE s.state IN ('queued', 'running')
+      AND EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = s.id AND t.state = 'queued'))sql");
+  if (!q.ok()) return q.status();
+  std::vector<LeaseCandidate> out;
+  while (true) {
+    Result<bool> row = (*q)->Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    out.push_back({(*q)->Int(0), (*q)->Int(1), (*q)->Int(2), (*q)->Int(3)});
+  }
+  return out;
+}
+
+Result<std::optional<Lease>> SweepStore::LeaseLocked(
+    int64_t worker_id, double now,
+    std::optional<std::vector<LeaseCandidate>>* candidates, bool* db_error) {
+  auto failed = [db_error](const Status& s) {
+    *db_error = true;
+    return s;
+  };
   Result<Statement*> w = db_->Cached(
       "SELECT slots, state, (SELECT count(*) FROM trials WHERE worker_id = "
       "workers.id AND state = 'running') FROM workers WHERE id = ?");
-  if (!w.ok()) return w.status();
+  if (!w.ok()) return failed(w.status());
   (*w)->Bind(1, worker_id);
   Result<bool> wrow = (*w)->Step();
-  if (!wrow.ok()) return wrow.status();
+  if (!wrow.ok()) return failed(wrow.status());
   if (!*wrow) {
     return NotFoundError("worker " + std::to_string(worker_id) +
                          " not found; register again");
   }
   if ((*w)->Text(1) != "alive") {
+    (*w)->Reset();
     return FailedPreconditionError("worker " + std::to_string(worker_id) +
                                    " is marked lost; heartbeat first");
   }
@@ -440,57 +490,67 @@ Result<std::optional<Lease>> SweepStore::LeaseNext(int64_t worker_id,
   (*w)->Reset();  // a cached statement must not hold its read open
   if (full) return std::optional<Lease>();
 
-  // First the sweep (few are active), then its first queued trial (an index
-  // lookup): the cost does not grow with the number of queued trials.
-  Result<Statement*> sweep = db_->Cached(R"sql(
-    SELECT s.id FROM sweeps s
-    LEFT JOIN (SELECT sweep_id, count(*) AS n FROM trials
-               WHERE state = 'running' GROUP BY sweep_id) r ON r.sweep_id = s.id
-    WHERE s.state IN ('queued', 'running')
-      AND (s.max_parallel = 0 OR coalesce(r.n, 0) < s.max_parallel)
-      AND EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = s.id AND t.state = 'queued')
-    ORDER BY s.priority DESC, coalesce(r.n, 0), s.id
-    LIMIT 1)sql");
-  if (!sweep.ok()) return sweep.status();
-  Result<bool> found = (*sweep)->Step();
-  if (!found.ok()) return found.status();
-  if (!*found) return std::optional<Lease>();
-  const int64_t sweep_id = (*sweep)->Int(0);
-  (*sweep)->Reset();
-  Result<Statement*> pick = db_->Cached(
-      "SELECT id, config_json, lease_id FROM trials "
-      "WHERE sweep_id = ? AND state = 'queued' ORDER BY trial_index LIMIT 1");
-  if (!pick.ok()) return pick.status();
-  (*pick)->Bind(1, sweep_id);
-  Result<bool> row = (*pick)->Step();
-  if (!row.ok()) return row.status();
-  if (!*row) return std::optional<Lease>();
+  if (!candidates->has_value()) {
+    Result<std::vector<LeaseCandidate>> loaded = LeaseCandidatesLocked();
+    if (!loaded.ok()) return failed(loaded.status());
+    *candidates = std::move(*loaded);
+  }
+  // The sweep first: highest priority, then fewest running trials (fair
+  // share), then oldest, within max_parallel; then its first queued trial
+  // (an index lookup): the cost does not grow with the queue.
   Lease lease;
-  lease.trial_id = (*pick)->Int(0);
-  lease.sweep_id = sweep_id;
-  lease.config_json = (*pick)->Text(1);
-  lease.lease_id = (*pick)->Int(2) + 1;
-  (*pick)->Reset();
+  while (true) {
+    LeaseCandidate* best = nullptr;
+    for (LeaseCandidate& c : **candidates) {
+      if (c.exhausted || (c.max_parallel > 0 && c.running >= c.max_parallel)) continue;
+      if (best == nullptr || c.priority > best->priority ||
+          (c.priority == best->priority &&
+           (c.running < best->running ||
+            (c.running == best->running && c.sweep_id < best->sweep_id)))) {
+        best = &c;
+      }
+    }
+    if (best == nullptr) return std::optional<Lease>();
+    Result<Statement*> pick = db_->Cached(
+        "SELECT id, config_json, lease_id FROM trials "
+        "WHERE sweep_id = ? AND state = 'queued' ORDER BY trial_index LIMIT 1");
+    if (!pick.ok()) return failed(pick.status());
+    (*pick)->Bind(1, best->sweep_id);
+    Result<bool> row = (*pick)->Step();
+    if (!row.ok()) return failed(row.status());
+    if (!*row) {
+      best->exhausted = true;
+      continue;
+    }
+    lease.trial_id = (*pick)->Int(0);
+    lease.sweep_id = best->sweep_id;
+    lease.config_json = (*pick)->Text(1);
+    lease.lease_id = (*pick)->Int(2) + 1;
+    (*pick)->Reset();
+    ++best->running;
+    break;
+  }
+  const int64_t sweep_id = lease.sweep_id;
 
   Result<Statement*> up = db_->Cached(
       "UPDATE trials SET state = 'running', worker_id = ?, lease_id = ?, "
       "attempts = attempts + 1, started_at = coalesce(started_at, ?) "
       "WHERE id = ?");
-  if (!up.ok()) return up.status();
+  if (!up.ok()) return failed(up.status());
   (*up)->Bind(1, worker_id).Bind(2, lease.lease_id).Bind(3, now);
   (*up)->Bind(4, lease.trial_id);
-  MEGABATCH_RETURN_IF_ERROR((*up)->Run());
-  MEGABATCH_RETURN_IF_ERROR(AddEvent(
-      lease.sweep_id, lease.trial_id, worker_id, "trial_leased",
-      "lease " + std::to_string(lease.lease_id), now));
+  if (Status s = (*up)->Run(); !s.ok()) return failed(s);
+  if (Status s = AddEvent(lease.sweep_id, lease.trial_id, worker_id, "trial_leased",
+                          "lease " + std::to_string(lease.lease_id), now);
+      !s.ok()) {
+    return failed(s);
+  }
   // A lease can only move its sweep from queued to running.
   Result<Statement*> started =
       db_->Cached("UPDATE sweeps SET state = 'running' WHERE id = ? AND state = 'queued'");
-  if (!started.ok()) return started.status();
+  if (!started.ok()) return failed(started.status());
   (*started)->Bind(1, sweep_id);
-  MEGABATCH_RETURN_IF_ERROR((*started)->Run());
-  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
-  ++version_;
+  if (Status s = (*started)->Run(); !s.ok()) return failed(s);
   return std::optional<Lease>(std::move(lease));
 }
 
@@ -774,11 +834,6 @@ Result<int> SweepStore::ExpireWorkers(double deadline, double now) {
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
   if (!ids.empty()) ++version_;
   return requeued;
-}
-
-int64_t SweepStore::version() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return version_;
 }
 
 }  // namespace megabatch::store

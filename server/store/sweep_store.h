@@ -8,6 +8,7 @@
 #ifndef MEGABATCH_SERVER_STORE_SWEEP_STORE_H_
 #define MEGABATCH_SERVER_STORE_SWEEP_STORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -140,6 +141,12 @@ class SweepStore {
   // priority first, then the sweep with the fewest running trials (fair
   // share), honouring max_parallel. nullopt when nothing fits.
   Result<std::optional<Lease>> LeaseNext(int64_t worker_id, double now);
+  // LeaseNext for each worker in turn, all in one transaction (one commit for
+  // the lot: the scheduler batches requests that arrive together). A worker's
+  // own error (NOT_FOUND, FAILED_PRECONDITION) is its entry's; a database
+  // error fails every entry and stores nothing.
+  std::vector<Result<std::optional<Lease>>> LeaseBatch(
+      const std::vector<int64_t>& worker_ids, double now);
 
   // Takes back a lease whose worker never received it (the RPC's client went
   // away): the trial is queued again and the attempt is not counted. No-op
@@ -165,9 +172,10 @@ class SweepStore {
   // running trials. Returns how many trials were requeued.
   Result<int> ExpireWorkers(double deadline, double now);
 
-  // A counter that changes whenever any sweep or trial state changes; lets
-  // watchers skip unchanged snapshots cheaply.
-  int64_t version() const;
+  // A counter that changes whenever any sweep or trial state changes (after
+  // the change is committed); lets watchers skip unchanged snapshots
+  // cheaply. Lock-free.
+  int64_t version() const { return version_.load(); }
 
  private:
   explicit SweepStore(std::unique_ptr<Db> db) : db_(std::move(db)) {}
@@ -178,6 +186,23 @@ class SweepStore {
   // Sets the sweep's state from its trials' states.
   Status RefreshSweepState(int64_t sweep_id, double now) REQUIRES(mu_);
   Result<SweepRow> GetSweepLocked(int64_t sweep_id) REQUIRES(mu_);
+  // An active sweep that had queued trials when a lease batch began, with
+  // its running trials counted once per batch and kept up to date in it.
+  struct LeaseCandidate {
+    int64_t sweep_id = 0;
+    int64_t priority = 0;
+    int64_t max_parallel = 0;
+    int64_t running = 0;
+    bool exhausted = false;  // no queued trial left
+  };
+  Result<std::vector<LeaseCandidate>> LeaseCandidatesLocked() REQUIRES(mu_);
+  // LeaseNext's work inside the caller's transaction; loads `*candidates`
+  // on first need. `*db_error` is set when the database failed (as opposed
+  // to a refusal for this worker).
+  Result<std::optional<Lease>> LeaseLocked(
+      int64_t worker_id, double now,
+      std::optional<std::vector<LeaseCandidate>>* candidates, bool* db_error)
+      REQUIRES(mu_);
   Status CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker_id)
       REQUIRES(mu_);
   // Successive halving (the sweep's early_stopping): records the trial's
@@ -197,7 +222,7 @@ class SweepStore {
 
   mutable std::mutex mu_;
   std::unique_ptr<Db> db_ GUARDED_BY(mu_);
-  int64_t version_ GUARDED_BY(mu_) = 0;
+  std::atomic<int64_t> version_{0};
 };
 
 }  // namespace megabatch::store

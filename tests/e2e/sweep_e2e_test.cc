@@ -404,7 +404,12 @@ early_stopping: {rule: asha, metric: test_accuracy, min_samples: 2560, reduction
   EXPECT_EQ(Scalar("SELECT state = 'pruned' FROM trials WHERE lr_multiplier = 1"), 1);
   EXPECT_GE(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'"), 1);
   EXPECT_THAT(submit.err, HasSubstr("pruned " + std::to_string(static_cast<int>(pruned))));
-  EXPECT_TRUE(testing::FindProcesses("--config " + dir_.path().string()).empty());
+  // The sweep ends when its last trial is pruned; that trainer is stopped
+  // by its worker at its next report.
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] { return testing::FindProcesses("--config " + dir_.path().string()).empty(); },
+      std::chrono::seconds(5)))
+      << "trainers still running 5 s after the sweep ended";
 }
 
 // Checkpoints in the coordinator's --artifacts, and a short lease timeout.

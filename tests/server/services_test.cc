@@ -3,6 +3,11 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <set>
+#include <thread>
+#include <vector>
+
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/coordinator.h"
 #include "tests/testing/temp_dir.h"
@@ -222,6 +227,68 @@ TEST_F(ServicesTest, LeaseLongPollWakesOnSubmit) {
   EXPECT_TRUE(lease.has_lease());
   // Woken by the submit, not by the 20 s timeout.
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+}
+
+TEST_F(ServicesTest, ManyLongPollsWokenByOneSubmitEachGetADistinctTrial) {
+  // 12 workers wait; a sweep of 8 trials arrives: 8 polls get one trial each
+  // (served in batches), the other 4 wait out their poll with nothing.
+  constexpr int kWorkers = 12;
+  std::vector<int64_t> ids;
+  for (int i = 0; i < kWorkers; ++i) ids.push_back(RegisterWorker());
+  std::vector<v1::LeaseTrialResponse> leases(kWorkers);
+  std::vector<grpc::Status> statuses(kWorkers);
+  std::vector<std::thread> pollers;
+  for (int i = 0; i < kWorkers; ++i) {
+    pollers.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      v1::LeaseTrialRequest req;
+      req.set_worker_id(ids[i]);
+      req.set_wait_ms(3000);
+      statuses[i] = workers_->LeaseTrial(&ctx, req, &leases[i]);
+    });
+  }
+  v1::SubmitSweepResponse resp;
+  ASSERT_TRUE(Submit("name: eight\noptimizers: [{name: sgd}, {name: adamw}]\n"
+                     "batch_sizes: [128, 256, 512, 1024]\nbase: {lr: 0.1}\n",
+                     &resp)
+                  .ok());
+  for (auto& t : pollers) t.join();
+  std::set<int64_t> trials;
+  for (int i = 0; i < kWorkers; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    if (leases[i].has_lease()) trials.insert(leases[i].lease().trial_id());
+  }
+  EXPECT_EQ(trials.size(), 8u);
+  auto stored = coordinator_->store()->ListTrials(resp.sweep_id());
+  ASSERT_TRUE(stored.ok());
+  for (const auto& t : *stored) {
+    EXPECT_EQ(t.state, store::TrialState::kRunning) << "trial " << t.id;
+    EXPECT_EQ(t.attempts, 1) << "trial " << t.id;
+    EXPECT_EQ(trials.count(t.id), 1u) << "trial " << t.id;
+  }
+}
+
+TEST_F(ServicesTest, AParkedLongPollAnswersUnavailableWhenTheCoordinatorStops) {
+  int64_t worker = RegisterWorker();
+  grpc::Status status;
+  std::atomic<bool> sent{false};
+  std::thread poller([&] {
+    grpc::ClientContext ctx;
+    v1::LeaseTrialRequest req;
+    req.set_worker_id(worker);
+    req.set_wait_ms(60000);
+    v1::LeaseTrialResponse resp;
+    sent = true;
+    status = workers_->LeaseTrial(&ctx, req, &resp);
+  });
+  while (!sent) std::this_thread::yield();
+  const auto start = std::chrono::steady_clock::now();
+  coordinator_->Shutdown();
+  poller.join();
+  // Whether the poll was parked or not yet arrived, it ends at once, not
+  // after its 60 s.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  EXPECT_FALSE(status.ok());
 }
 
 TEST_F(ServicesTest, LeaseForACallerThatWentAwayIsReleased) {

@@ -88,6 +88,68 @@ TEST_F(SweepStoreTest, LeaseRespectsSlotsAndCarriesIdsInTheConfig) {
   EXPECT_EQ(store_->GetSweep(sweep)->state, SweepState::kRunning);
 }
 
+
+// The sweep each of `n` leases in one batch went to (0: none).
+std::vector<int64_t> BatchSweeps(SweepStore& store, int64_t worker, int n) {
+  std::vector<int64_t> out;
+  for (auto& r : store.LeaseBatch(std::vector<int64_t>(n, worker), 1001.0)) {
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    out.push_back(r.ok() && r->has_value() ? (*r)->sweep_id : 0);
+  }
+  return out;
+}
+
+TEST_F(SweepStoreTest, LeasesShareThePoolFairlyWithinMaxParallel) {
+  int64_t capped = Create(
+      "name: capped\noptimizers: [{name: sgd}, {name: adamw}]\nbatch_sizes: [128, 256]\n"
+      "base: {lr: 0.1}\nmax_parallel: 2\n");
+  int64_t open = Create();
+  auto worker = store_->RegisterWorker("big", 8, 1000.0);
+  ASSERT_TRUE(worker.ok());
+  // Fewest running first (the older sweep on a tie); the capped sweep stops
+  // at 2; 4 + 2 trials fit, the seventh lease finds nothing.
+  EXPECT_EQ(BatchSweeps(*store_, *worker, 7),
+            (std::vector<int64_t>{capped, open, capped, open, open, open, 0}));
+}
+
+TEST_F(SweepStoreTest, HigherPriorityLeasesFirstOneLeaseAtATime) {
+  int64_t low = Create();
+  int64_t high = Create(
+      "name: urgent\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: {lr: 0.1}\n"
+      "priority: 5\n");
+  auto worker = store_->RegisterWorker("big", 8, 1000.0);
+  ASSERT_TRUE(worker.ok());
+  std::vector<int64_t> order;
+  for (int i = 0; i < 7; ++i) {
+    auto lease = store_->LeaseNext(*worker, 1001.0);
+    ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+    order.push_back(lease->has_value() ? (*lease)->sweep_id : 0);
+  }
+  EXPECT_EQ(order, (std::vector<int64_t>{high, high, low, low, low, low, 0}));
+}
+
+TEST_F(SweepStoreTest, ABatchGivesEachWorkerItsOwnAnswer) {
+  int64_t sweep = Create();
+  auto a = store_->RegisterWorker("a", 1, 1000.0);
+  auto b = store_->RegisterWorker("b", 1, 1000.0);
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto results = store_->LeaseBatch({*a, 999, *a, *b}, 1001.0);
+  ASSERT_EQ(results.size(), 4u);
+  ASSERT_TRUE(results[0].ok() && results[0]->has_value());
+  EXPECT_EQ(results[1].status().code(), StatusCode::kNotFound);
+  ASSERT_TRUE(results[2].ok());
+  EXPECT_FALSE(results[2]->has_value()) << "worker a has one slot";
+  ASSERT_TRUE(results[3].ok() && results[3]->has_value());
+  EXPECT_NE((*results[0])->trial_id, (*results[3])->trial_id);
+  // Both leases were committed with the batch.
+  int running = 0;
+  auto trials = store_->ListTrials(sweep);
+  ASSERT_TRUE(trials.ok());
+  for (const TrialRow& t : *trials) {
+    running += t.state == TrialState::kRunning;
+  }
+  EXPECT_EQ(running, 2);
+}
 TEST_F(SweepStoreTest, MetricsAreUniquePerTrialNameAndStep) {
   Create();
   int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);
