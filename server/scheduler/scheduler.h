@@ -32,7 +32,8 @@ struct SchedulerOptions {
   // Empty: checkpoints stay on the worker that wrote them.
   std::string artifacts_dir;
   // Called with the seconds from a lease request meeting a queued trial (the
-  // request's arrival, or the wake-up that found the trial) to the lease.
+  // request's arrival, or the Notify() that released work to it while it
+  // was parked) to the lease.
   std::function<void(double)> on_dispatch;
 };
 
