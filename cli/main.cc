@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "common/channel.h"
 
 int main(int argc, char** argv) {
   using megabatch::cli::OutputFormat;
@@ -13,6 +14,12 @@ int main(int argc, char** argv) {
   std::string server = "127.0.0.1:50051";
   std::string output = "table";
   app.add_option("--server", server, "coordinator address")->capture_default_str();
+  std::string token_file;
+  megabatch::ChannelOptions channel_options;
+  app.add_option("--token-file", token_file,
+                 "file holding an access token (default: $MEGABATCH_TOKEN)");
+  app.add_option("--tls-ca", channel_options.tls_ca_file,
+                 "CA certificate (PEM) of a TLS coordinator");
   app.add_option("-o,--output", output, "output format")
       ->check(CLI::IsMember({"table", "json", "csv", "md"}))
       ->capture_default_str();
@@ -69,8 +76,18 @@ int main(int argc, char** argv) {
                                           : OutputFormat::kTable;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);  // query results up to the server's cap
-  auto channel = grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args);
-  auto stub = megabatch::v1::SweepService::NewStub(channel);
+  auto token = megabatch::LoadToken(token_file);
+  if (!token.ok()) {
+    std::cerr << token.status().message() << "\n";
+    return megabatch::cli::kExitUsage;
+  }
+  channel_options.token = *token;
+  auto channel = megabatch::MakeChannel(server, channel_options, args);
+  if (!channel.ok()) {
+    std::cerr << channel.status().message() << "\n";
+    return megabatch::cli::kExitUsage;
+  }
+  auto stub = megabatch::v1::SweepService::NewStub(*channel);
   megabatch::cli::Commands commands(stub.get(), format, std::cout, std::cerr);
   if (*submit) return commands.Submit(spec_path, request_id, wait);
   if (*list) return commands.List();

@@ -10,6 +10,9 @@ packages=(
   libyaml-cpp-dev libcli11-dev libspdlog-dev libgtest-dev libgmock-dev
   libbenchmark-dev dataset-fashion-mnist
   python3 python3-numpy python3-torch python3-optuna zlib1g-dev
+  # Token hashing and randomness (libcrypto); the tests make their TLS
+  # certificates with the openssl command.
+  libssl-dev openssl
   # Debian's LibTorch calls the system BLAS, which is netlib's reference
   # implementation unless an optimised one is installed: OpenBLAS (the OpenMP
   # build, which honours LibTorch's thread count) makes training ~15x faster.

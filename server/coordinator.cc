@@ -2,12 +2,89 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "common/channel.h"
 
 namespace megabatch {
 
 namespace {
 constexpr int kMaxMessageBytes = 16 << 20;
+
+// Makes sure the admin token in `path` is registered (see
+// CoordinatorOptions::auth_file).
+Status BootstrapAdminToken(store::SweepStore* store, const std::string& path) {
+  std::string token;
+  if (std::filesystem::exists(path)) {
+    Result<std::string> loaded = LoadToken(path);
+    if (!loaded.ok()) {
+      return InvalidArgumentError("--auth-file: " + path +
+                                  " must hold the admin token and nothing else");
+    }
+    token = *loaded;
+  } else {
+    Result<std::string> fresh = auth::NewToken();
+    if (!fresh.ok()) return fresh.status();
+    token = *fresh;
+    // Owner-only from its creation.
+    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return InvalidArgumentError("--auth-file: cannot create " + path);
+    const std::string line = token + "\n";
+    const bool written = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    if (close(fd) != 0 || !written) {
+      return InvalidArgumentError("--auth-file: cannot write " + path);
+    }
+    spdlog::info("new admin token written to {}", path);
+  }
+  Result<int64_t> id = store->CreateToken("admin", "admin", auth::Sha256Hex(token),
+                                          scheduler::NowSeconds());
+  if (!id.ok() && id.status().code() != StatusCode::kAlreadyExists) return id.status();
+  return Status();
+}
+
+// The server credentials for the options: TLS when a certificate is given.
+Result<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const CoordinatorOptions& options) {
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return InvalidArgumentError("--tls-cert and --tls-key: give both or neither");
+  }
+  if (options.tls_cert.empty()) {
+    if (!options.tls_client_ca.empty()) {
+      return InvalidArgumentError("--tls-client-ca: needs --tls-cert and --tls-key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions ssl(
+      options.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                    : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
+  Result<std::string> cert = ReadTextFile(options.tls_cert, "--tls-cert");
+  if (!cert.ok()) return cert.status();
+  Result<std::string> key = ReadTextFile(options.tls_key, "--tls-key");
+  if (!key.ok()) return key.status();
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!options.tls_client_ca.empty()) {
+    Result<std::string> ca = ReadTextFile(options.tls_client_ca, "--tls-client-ca");
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
 }  // namespace
+
+bool IsLoopbackAddress(const std::string& listen) {
+  if (listen.rfind("unix:", 0) == 0) return true;
+  const size_t colon = listen.rfind(':');
+  std::string host = listen.substr(0, colon == std::string::npos ? listen.size() : colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
 
 Result<std::unique_ptr<Coordinator>> Coordinator::Start(
     const CoordinatorOptions& options) {
@@ -18,10 +95,33 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
                   "database " + options.db_path + ": " + store.status().message());
   }
   c->store_ = std::move(*store);
+  if (!options.auth_file.empty()) {
+    MEGABATCH_RETURN_IF_ERROR(BootstrapAdminToken(c->store_.get(), options.auth_file));
+    Result<std::unique_ptr<auth::Authenticator>> a = auth::Authenticator::Open(options.db_path);
+    if (!a.ok()) return a.status();
+    c->auth_ = std::move(*a);
+  } else if (!options.insecure && !IsLoopbackAddress(options.listen)) {
+    return FailedPreconditionError(
+        "--listen " + options.listen +
+        ": not a loopback address, and authentication is off; give --auth-file (and "
+        "--tls-cert/--tls-key), or --insecure to let anyone who can reach it in");
+  }
+  Result<std::shared_ptr<grpc::ServerCredentials>> creds = ServerCredentials(options);
+  if (!creds.ok()) return creds.status();
+  std::string metrics_auth;
+  if (!options.metrics_auth_file.empty()) {
+    Result<std::string> text = ReadTextFile(options.metrics_auth_file, "--metrics-auth-file");
+    if (!text.ok()) return text.status();
+    metrics_auth = text->substr(0, text->find_first_of("\r\n"));
+    if (metrics_auth.find(':') == std::string::npos || metrics_auth.front() == ':') {
+      return InvalidArgumentError("--metrics-auth-file: " + options.metrics_auth_file +
+                                  " must hold one line user:password");
+    }
+  }
   c->results_ = std::make_unique<store::ReadOnlyDb>(options.db_path);
   c->metrics_ = std::make_unique<metrics::CoordinatorMetrics>(c->results_.get());
   if (!options.metrics_listen.empty()) {
-    MEGABATCH_RETURN_IF_ERROR(c->metrics_->Serve(options.metrics_listen));
+    MEGABATCH_RETURN_IF_ERROR(c->metrics_->Serve(options.metrics_listen, metrics_auth));
   }
   scheduler::SchedulerOptions scheduler_options = options.scheduler;
   metrics::CoordinatorMetrics* m = c->metrics_.get();
@@ -29,15 +129,14 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   c->scheduler_ =
       std::make_unique<scheduler::Scheduler>(c->store_.get(), scheduler_options);
   c->sweep_service_ = std::make_unique<service::SweepServiceImpl>(
-      c->store_.get(), c->scheduler_.get(), c->results_.get(), m);
+      c->store_.get(), c->scheduler_.get(), c->results_.get(), m, c->auth_.get());
   c->worker_service_ = std::make_unique<service::WorkerServiceImpl>(
-      c->store_.get(), c->scheduler_.get(), m);
+      c->store_.get(), c->scheduler_.get(), m, c->auth_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
-                           &c->port_);
+  builder.AddListeningPort(options.listen, *creds, &c->port_);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.RegisterService(c->sweep_service_.get());
   builder.RegisterService(c->worker_service_.get());

@@ -21,8 +21,31 @@ struct CoordinatorOptions {
   std::string db_path = "megabatch.db";
   // Where /metrics is served ("host:port", port 0 picks one); empty: nowhere.
   std::string metrics_listen;
+  // A file with one "user:password" line: /metrics then requires HTTP basic
+  // auth with it. Empty: /metrics is open.
+  std::string metrics_auth_file;
   scheduler::SchedulerOptions scheduler;
+
+  // Authentication: non-empty turns it on (every RPC needs a token). The file
+  // holds the admin token: created (mode 0600) with a new one when absent;
+  // an existing file's token is registered as admin if the database does
+  // not know it yet.
+  std::string auth_file;
+  // Without auth the coordinator refuses a listen address that is not
+  // loopback unless this is set.
+  bool insecure = false;
+  // TLS: the server's certificate chain and key (PEM files), both or
+  // neither. With tls_client_ca, client certificates are requested and
+  // verified against it; a worker that presents a valid one needs no token
+  // (it is the worker named by the certificate's common name).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
 };
+
+// True for loopback listen addresses (127.0.0.0/8, ::1, localhost) and
+// unix sockets.
+bool IsLoopbackAddress(const std::string& listen);
 
 // Thread-safe.
 class Coordinator {
@@ -51,6 +74,7 @@ class Coordinator {
 
   std::unique_ptr<store::SweepStore> store_;
   std::unique_ptr<store::ReadOnlyDb> results_;
+  std::unique_ptr<auth::Authenticator> auth_;
   std::unique_ptr<metrics::CoordinatorMetrics> metrics_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::unique_ptr<service::SweepServiceImpl> sweep_service_;

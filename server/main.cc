@@ -6,8 +6,65 @@
 #include <pthread.h>
 
 #include <csignal>
+#include <cstdio>
 
+#include "server/auth/auth.h"
 #include "server/coordinator.h"
+
+namespace {
+
+// `megabatch-coordinator token ...`: manages the access tokens in the
+// database directly (on the coordinator's host; the coordinator may be
+// running). Returns the exit code.
+int RunTokenCommand(const std::string& db_path, const std::string& command,
+                    const std::string& role, const std::string& name, int64_t id) {
+  using megabatch::Status;
+  auto store = megabatch::store::SweepStore::Open(db_path);
+  if (!store.ok()) {
+    std::fprintf(stderr, "database %s: %s\n", db_path.c_str(),
+                 store.status().ToString().c_str());
+    return 1;
+  }
+  const double now = megabatch::scheduler::NowSeconds();
+  if (command == "create") {
+    auto token = megabatch::auth::NewToken();
+    auto created = token.ok() ? (*store)->CreateToken(name, role,
+                                                      megabatch::auth::Sha256Hex(*token), now)
+                              : megabatch::Result<int64_t>(token.status());
+    if (!created.ok()) {
+      std::fprintf(stderr, "token create: %s\n", created.status().ToString().c_str());
+      return 1;
+    }
+    // The only time the token is shown: the database keeps its hash.
+    std::printf("%s\n", token->c_str());
+    std::fprintf(stderr, "token %lld '%s' (%s) created; it is not shown again\n",
+                 static_cast<long long>(*created), name.c_str(), role.c_str());
+    return 0;
+  }
+  if (command == "list") {
+    auto tokens = (*store)->ListTokens();
+    if (!tokens.ok()) {
+      std::fprintf(stderr, "token list: %s\n", tokens.status().ToString().c_str());
+      return 1;
+    }
+    std::printf("%-6s %-24s %-7s %-20s %s\n", "ID", "NAME", "ROLE", "CREATED", "STATE");
+    for (const auto& t : *tokens) {
+      std::printf("%-6lld %-24s %-7s %-20.0f %s\n", static_cast<long long>(t.id),
+                  t.name.c_str(), t.role.c_str(), t.created_at,
+                  t.revoked_at > 0 ? "revoked" : "active");
+    }
+    return 0;
+  }
+  Status revoked = (*store)->RevokeToken(id, now);
+  if (!revoked.ok()) {
+    std::fprintf(stderr, "token revoke: %s\n", revoked.ToString().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "token %lld revoked\n", static_cast<long long>(id));
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"megabatch-coordinator: schedules large-batch sweeps onto workers"};
@@ -31,6 +88,35 @@ int main(int argc, char** argv) {
                  "silence after which a worker's trials are requeued")
       ->capture_default_str()
       ->check(CLI::Range(100, 3600000));
+  app.add_option("--auth-file", options.auth_file,
+                 "turn on token authentication; the admin token lives in this file "
+                 "(created with a new token when absent)");
+  app.add_flag("--insecure", options.insecure,
+               "allow a non-loopback --listen without authentication");
+  app.add_option("--tls-cert", options.tls_cert, "TLS certificate chain (PEM)");
+  app.add_option("--tls-key", options.tls_key, "TLS private key (PEM)");
+  app.add_option("--tls-client-ca", options.tls_client_ca,
+                 "verify client certificates against this CA (PEM); a worker with a "
+                 "valid one needs no token");
+  app.add_option("--metrics-auth-file", options.metrics_auth_file,
+                 "require HTTP basic auth on /metrics: a file with one user:password line");
+
+  CLI::App* token = app.add_subcommand("token", "manage access tokens in --db");
+  token->require_subcommand(1);
+  std::string token_role, token_name;
+  int64_t token_id = 0;
+  CLI::App* create = token->add_subcommand("create", "create a token and print it once");
+  create->add_option("--role", token_role, "admin | user | worker")
+      ->required()
+      ->check(CLI::IsMember({"admin", "user", "worker"}));
+  create->add_option("--name", token_name, "who holds it (owner of their sweeps)")
+      ->required()
+      ->check([](const std::string& n) {
+        return n.empty() || n.size() > 200 ? std::string("1 to 200 characters") : std::string();
+      });
+  token->add_subcommand("list", "list tokens (never the secrets)");
+  CLI::App* revoke = token->add_subcommand("revoke", "revoke a token at once");
+  revoke->add_option("ID", token_id, "token id (see token list)")->required();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -39,6 +125,14 @@ int main(int argc, char** argv) {
   }
   // Logs go to stderr; stdout stays for data (DESIGN.md).
   spdlog::set_default_logger(spdlog::stderr_color_mt("megabatch-coordinator"));
+  if (token->parsed()) {
+    for (CLI::App* sub : {create, token->get_subcommand("list"), revoke}) {
+      if (sub->parsed()) {
+        return RunTokenCommand(options.db_path, sub->get_name(), token_role, token_name,
+                               token_id);
+      }
+    }
+  }
   options.scheduler.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   options.scheduler.lease_timeout = std::chrono::milliseconds(lease_timeout_ms);
 
@@ -57,6 +151,12 @@ int main(int argc, char** argv) {
     }
     spdlog::info("megabatch-coordinator listening on port {} (database {})",
                  (*coordinator)->port(), options.db_path);
+    if (options.auth_file.empty()) {
+      spdlog::warn("authentication is off: anyone who can reach {} may use it{}",
+                   options.listen,
+                   options.insecure ? " (--insecure)" : " (loopback only)");
+    }
+    if (options.tls_cert.empty()) spdlog::info("plaintext gRPC (no --tls-cert)");
     if ((*coordinator)->metrics_port() != 0) {
       spdlog::info("metrics on port {} at /metrics", (*coordinator)->metrics_port());
     }

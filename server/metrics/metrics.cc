@@ -272,11 +272,24 @@ CoordinatorMetrics::CoordinatorMetrics(const store::ReadOnlyDb* results)
 
 CoordinatorMetrics::~CoordinatorMetrics() = default;
 
-Status CoordinatorMetrics::Serve(const std::string& listen) {
+Status CoordinatorMetrics::Serve(const std::string& listen, const std::string& basic_auth) {
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(listen);
   } catch (const std::exception& e) {
     return UnavailableError("metrics: cannot listen on " + listen + ": " + e.what());
+  }
+  if (!basic_auth.empty()) {
+    exposer_->RegisterAuth(
+        [basic_auth](const std::string& user, const std::string& password) {
+          // Compares every byte whatever the first difference.
+          const std::string given = user + ":" + password;
+          unsigned char diff = given.size() != basic_auth.size();
+          for (size_t i = 0; i < given.size(); ++i) {
+            diff |= static_cast<unsigned char>(given[i] ^ basic_auth[i % basic_auth.size()]);
+          }
+          return diff == 0;
+        },
+        "megabatch");
   }
   exposer_->RegisterCollectable(registry_);
   exposer_->RegisterCollectable(live_);

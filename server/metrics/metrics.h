@@ -45,7 +45,9 @@ class CoordinatorMetrics {
 
   // Serves /metrics on `listen` ("host:port"; port 0 picks a free one).
   // UNAVAILABLE naming the address if it cannot listen.
-  Status Serve(const std::string& listen);
+  // `basic_auth` "user:password": requests must carry it (HTTP basic auth);
+  // empty: open.
+  Status Serve(const std::string& listen, const std::string& basic_auth = "");
   // The port /metrics is served on; 0 when not serving.
   int port() const;
 

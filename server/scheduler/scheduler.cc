@@ -54,13 +54,14 @@ void Scheduler::NotifyWatchers() {
 
 Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
                                                spec::SpecFormat format,
-                                               const std::string& request_id) {
+                                               const std::string& request_id,
+                                               const std::string& owner) {
   Result<spec::SweepSpec> spec = spec::ParseSweepSpec(spec_text, format);
   if (!spec.ok()) return spec.status();
   std::vector<spec::TrialSpec> trials = spec::ExpandSweep(*spec);
   bool existed = false;
   Result<int64_t> id =
-      store_->CreateSweep(*spec, trials, request_id, NowSeconds(), &existed);
+      store_->CreateSweep(*spec, trials, request_id, NowSeconds(), &existed, owner);
   if (!id.ok()) return id.status();
   if (existed) {
     Result<store::SweepRow> row = store_->GetSweep(*id);

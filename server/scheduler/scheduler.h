@@ -50,15 +50,16 @@ class Scheduler {
 
   const SchedulerOptions& options() const { return options_; }
 
-  // Parses, validates, expands and stores a sweep; returns its id and trial
-  // count. INVALID_ARGUMENT (naming the field) for a bad spec; nothing is
-  // stored then.
+  // Parses, validates, expands and stores a sweep owned by `owner` (a token
+  // name; empty without auth); returns its id and trial count.
+  // INVALID_ARGUMENT (naming the field) for a bad spec; nothing is stored
+  // then.
   struct Submitted {
     int64_t sweep_id = 0;
     int32_t trials = 0;
   };
   Result<Submitted> Submit(std::string_view spec_text, spec::SpecFormat format,
-                           const std::string& request_id);
+                           const std::string& request_id, const std::string& owner = "");
 
   Result<store::SweepRow> Cancel(int64_t sweep_id);
 

@@ -46,6 +46,7 @@ void ToProto(const store::SweepRow& row, v1::Sweep* out) {
   out->set_finished_at(row.finished_at);
   out->set_priority(row.priority);
   out->set_max_parallel(row.max_parallel);
+  out->set_owner(row.owner);
 }
 
 void ToProto(const store::TrialRow& row, v1::Trial* out) {

@@ -1,5 +1,9 @@
 #include "server/service/services.h"
 
+#include <optional>
+#include <string_view>
+#include <type_traits>
+
 #include "common/grpc_status.h"
 #include "server/service/convert.h"
 
@@ -17,14 +21,64 @@ constexpr size_t kExportChunkRows = 4096;
 constexpr int kMaxExportNames = 100;
 constexpr int kMaxGpusPerWorker = 64;
 
-// Runs a handler body, turning any escaped exception into INTERNAL, and
-// counts the call with its code and duration.
+// Which tokens a service takes: SweepService admin and user ones,
+// WorkerService worker ones.
+enum class Access { kUsers, kWorkers };
+
+// The caller of an RPC, from its bearer token; an anonymous admin when
+// authentication is off.
+Result<auth::Caller> Authorize(const auth::Authenticator* auth,
+                               const grpc::ServerContext* ctx, Access access,
+                               const char* method) {
+  if (auth == nullptr) return auth::Caller{};
+  std::optional<std::string_view> header;
+  const auto& metadata = ctx->client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    header = std::string_view(it->second.data(), it->second.size());
+  }
+  // A worker may instead present a client certificate the coordinator
+  // verified (--tls-client-ca): it is the worker its common name names.
+  if (!header.has_value() && access == Access::kWorkers) {
+    std::shared_ptr<const grpc::AuthContext> peer = ctx->auth_context();
+    if (peer != nullptr && peer->IsPeerAuthenticated()) {
+      std::vector<grpc::string_ref> cn = peer->FindPropertyValues("x509_common_name");
+      if (!cn.empty()) {
+        return auth::Caller{std::string(cn[0].data(), cn[0].size()), auth::Role::kWorker};
+      }
+    }
+  }
+  Result<auth::Caller> caller = auth->Authenticate(header);
+  if (!caller.ok()) return caller.status();
+  const bool allowed = access == Access::kWorkers ? caller->role == auth::Role::kWorker
+                                                  : caller->role != auth::Role::kWorker;
+  if (!allowed) {
+    return Status(
+        StatusCode::kPermissionDenied,
+        std::string("token '") + caller->name + "' has role " + auth::RoleName(caller->role) +
+        ", which may not call " + method + " (" +
+        (access == Access::kWorkers ? "worker tokens only" : "admin and user tokens only") +
+        ")");
+  }
+  return caller;
+}
+
+// Authorizes the call, runs a handler body (given the caller if it takes
+// one), turns any escaped exception into INTERNAL, and counts the call with
+// its code and duration.
 template <typename Fn>
-grpc::Status Guard(metrics::CoordinatorMetrics* metrics, const char* method, Fn&& fn) {
+grpc::Status Guard(metrics::CoordinatorMetrics* metrics, const auth::Authenticator* auth,
+                   const grpc::ServerContext* ctx, Access access, const char* method, Fn&& fn) {
   const auto start = std::chrono::steady_clock::now();
   grpc::Status status;
   try {
-    status = ToGrpcStatus(fn());
+    Result<auth::Caller> caller = Authorize(auth, ctx, access, method);
+    if (!caller.ok()) {
+      status = ToGrpcStatus(caller.status());
+    } else if constexpr (std::is_invocable_v<Fn, const auth::Caller&>) {
+      status = ToGrpcStatus(fn(*caller));
+    } else {
+      status = ToGrpcStatus(fn());
+    }
   } catch (const std::exception& e) {
     status = grpc::Status(grpc::StatusCode::INTERNAL, std::string(method) + ": " + e.what());
   }
@@ -59,10 +113,11 @@ Status CheckLease(const v1::TrialLease& lease) {
 
 }  // namespace
 
-grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext*,
+grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
                                            const v1::SubmitSweepRequest* req,
                                            v1::SubmitSweepResponse* resp) {
-  return Guard(metrics_, "SubmitSweep", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "SubmitSweep",
+               [&](const auth::Caller& caller) -> Status {
     spec::SpecFormat format;
     if (req->format().empty()) {
       format = spec::SpecFormat::kAuto;
@@ -77,7 +132,8 @@ grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext*,
     if (req->request_id().size() > kMaxNameLength) {
       return InvalidArgumentError("request_id: at most 200 characters");
     }
-    auto submitted = scheduler_->Submit(req->spec(), format, req->request_id());
+    auto submitted =
+        scheduler_->Submit(req->spec(), format, req->request_id(), caller.name);
     if (!submitted.ok()) return submitted.status();
     resp->set_sweep_id(submitted->sweep_id);
     resp->set_trials(submitted->trials);
@@ -85,10 +141,10 @@ grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext*,
   });
 }
 
-grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext*,
+grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext* ctx,
                                         const v1::GetSweepRequest* req,
                                         v1::Sweep* resp) {
-  return Guard(metrics_, "GetSweep", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "GetSweep", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     auto row = store_->GetSweep(req->sweep_id());
     if (!row.ok()) return row.status();
@@ -97,10 +153,10 @@ grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext*,
   });
 }
 
-grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext*,
+grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext* ctx,
                                           const v1::ListSweepsRequest*,
                                           v1::ListSweepsResponse* resp) {
-  return Guard(metrics_, "ListSweeps", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "ListSweeps", [&]() -> Status {
     auto rows = store_->ListSweeps();
     if (!rows.ok()) return rows.status();
     for (const auto& row : *rows) ToProto(row, resp->add_sweeps());
@@ -108,11 +164,21 @@ grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext*,
   });
 }
 
-grpc::Status SweepServiceImpl::CancelSweep(grpc::ServerContext*,
+grpc::Status SweepServiceImpl::CancelSweep(grpc::ServerContext* ctx,
                                            const v1::CancelSweepRequest* req,
                                            v1::Sweep* resp) {
-  return Guard(metrics_, "CancelSweep", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "CancelSweep",
+               [&](const auth::Caller& caller) -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+    if (caller.role != auth::Role::kAdmin) {
+      auto sweep = store_->GetSweep(req->sweep_id());
+      if (!sweep.ok()) return sweep.status();
+      if (sweep->owner != caller.name) {
+        return Status(StatusCode::kPermissionDenied,
+                      "sweep " + std::to_string(req->sweep_id()) + " belongs to '" +
+                          sweep->owner + "'; only its owner or an admin may cancel it");
+      }
+    }
     auto row = scheduler_->Cancel(req->sweep_id());
     if (!row.ok()) return row.status();
     ToProto(*row, resp);
@@ -120,10 +186,10 @@ grpc::Status SweepServiceImpl::CancelSweep(grpc::ServerContext*,
   });
 }
 
-grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext*,
+grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext* ctx,
                                           const v1::ListTrialsRequest* req,
                                           v1::ListTrialsResponse* resp) {
-  return Guard(metrics_, "ListTrials", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "ListTrials", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     auto rows = store_->ListTrials(req->sweep_id());
     if (!rows.ok()) return rows.status();
@@ -132,10 +198,10 @@ grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext*,
   });
 }
 
-grpc::Status SweepServiceImpl::ListWorkers(grpc::ServerContext*,
+grpc::Status SweepServiceImpl::ListWorkers(grpc::ServerContext* ctx,
                                            const v1::ListWorkersRequest*,
                                            v1::ListWorkersResponse* resp) {
-  return Guard(metrics_, "ListWorkers", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "ListWorkers", [&]() -> Status {
     auto rows = store_->ListWorkers();
     if (!rows.ok()) return rows.status();
     for (const auto& row : *rows) ToProto(row, resp->add_workers());
@@ -146,7 +212,7 @@ grpc::Status SweepServiceImpl::ListWorkers(grpc::ServerContext*,
 grpc::Status SweepServiceImpl::WatchSweep(
     grpc::ServerContext* ctx, const v1::WatchSweepRequest* req,
     grpc::ServerWriter<v1::WatchSweepResponse>* writer) {
-  return Guard(metrics_, "WatchSweep", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "WatchSweep", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     // A snapshot on every state change, and at least once a second so that
     // the latest metrics show while no trial changes state.
@@ -173,7 +239,7 @@ grpc::Status SweepServiceImpl::WatchSweep(
 grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx,
                                      const v1::QueryRequest* req,
                                      v1::QueryResponse* resp) {
-  return Guard(metrics_, "Query", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "Query", [&]() -> Status {
     if (req->sql().empty()) return InvalidArgumentError("sql: required");
     if (req->max_rows() < 0 || req->max_rows() > kMaxQueryRows) {
       return InvalidArgumentError("max_rows: must be between 0 and " +
@@ -196,10 +262,10 @@ grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx,
   });
 }
 
-grpc::Status SweepServiceImpl::GetSweepReport(grpc::ServerContext*,
+grpc::Status SweepServiceImpl::GetSweepReport(grpc::ServerContext* ctx,
                                               const v1::GetSweepReportRequest* req,
                                               v1::SweepReport* resp) {
-  return Guard(metrics_, "GetSweepReport", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "GetSweepReport", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     auto sweep = store_->GetSweep(req->sweep_id());
     if (!sweep.ok()) return sweep.status();
@@ -214,9 +280,9 @@ grpc::Status SweepServiceImpl::GetSweepReport(grpc::ServerContext*,
 }
 
 grpc::Status SweepServiceImpl::ExportMetrics(
-    grpc::ServerContext*, const v1::ExportMetricsRequest* req,
+    grpc::ServerContext* ctx, const v1::ExportMetricsRequest* req,
     grpc::ServerWriter<v1::ExportMetricsResponse>* writer) {
-  return Guard(metrics_, "ExportMetrics", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "ExportMetrics", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
     if (req->names_size() > kMaxExportNames) {
       return InvalidArgumentError("names: at most " + std::to_string(kMaxExportNames));
@@ -236,9 +302,9 @@ grpc::Status SweepServiceImpl::ExportMetrics(
 }
 
 grpc::Status WorkerServiceImpl::RegisterWorker(
-    grpc::ServerContext*, const v1::RegisterWorkerRequest* req,
+    grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
     v1::RegisterWorkerResponse* resp) {
-  return Guard(metrics_, "RegisterWorker", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kWorkers, "RegisterWorker", [&]() -> Status {
     if (req->name().empty() || req->name().size() > kMaxNameLength) {
       return InvalidArgumentError("name: must be 1 to 200 characters long");
     }
@@ -260,10 +326,10 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
   });
 }
 
-grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext*,
+grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx,
                                           const v1::HeartbeatRequest* req,
                                           v1::HeartbeatResponse* resp) {
-  return Guard(metrics_, "Heartbeat", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kWorkers, "Heartbeat", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
     std::vector<std::pair<int64_t, int64_t>> running;
     for (const auto& lease : req->running()) {
@@ -301,7 +367,7 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext*,
 grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext* ctx,
                                            const v1::LeaseTrialRequest* req,
                                            v1::LeaseTrialResponse* resp) {
-  return Guard(metrics_, "LeaseTrial", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kWorkers, "LeaseTrial", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
     if (req->wait_ms() < 0 || req->wait_ms() > kMaxWaitMs) {
       return InvalidArgumentError("wait_ms: must be between 0 and 60000, got " +
@@ -322,9 +388,9 @@ grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext* ctx,
 }
 
 grpc::Status WorkerServiceImpl::ReportMetrics(
-    grpc::ServerContext*, const v1::ReportMetricsRequest* req,
+    grpc::ServerContext* ctx, const v1::ReportMetricsRequest* req,
     v1::ReportMetricsResponse* resp) {
-  return Guard(metrics_, "ReportMetrics", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kWorkers, "ReportMetrics", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
     MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
     if (req->points_size() > kMaxPointsPerReport) {
@@ -360,10 +426,10 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
   });
 }
 
-grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext*,
+grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext* ctx,
                                             const v1::FinishTrialRequest* req,
                                             v1::FinishTrialResponse* resp) {
-  return Guard(metrics_, "FinishTrial", [&]() -> Status {
+  return Guard(metrics_, auth_, ctx, Access::kWorkers, "FinishTrial", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
     MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
     store::TrialState outcome;

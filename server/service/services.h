@@ -5,6 +5,7 @@
 #define MEGABATCH_SERVER_SERVICE_SERVICES_H_
 
 #include "megabatch/v1/megabatch.grpc.pb.h"
+#include "server/auth/auth.h"
 #include "server/metrics/metrics.h"
 #include "server/scheduler/scheduler.h"
 #include "server/store/read_only.h"
@@ -12,13 +13,16 @@
 
 namespace megabatch::service {
 
-// Thread-safe. Every argument must outlive the service.
+// Thread-safe. Every argument must outlive the service. `auth` null: no
+// authentication (every caller is an anonymous admin); otherwise every call
+// needs an admin or user token (a worker token is PERMISSION_DENIED).
 class SweepServiceImpl final : public v1::SweepService::Service {
  public:
   SweepServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
                    const store::ReadOnlyDb* results,
-                   metrics::CoordinatorMetrics* metrics)
-      : store_(store), scheduler_(scheduler), results_(results), metrics_(metrics) {}
+                   metrics::CoordinatorMetrics* metrics, const auth::Authenticator* auth)
+      : store_(store), scheduler_(scheduler), results_(results), metrics_(metrics),
+        auth_(auth) {}
 
   grpc::Status SubmitSweep(grpc::ServerContext*, const v1::SubmitSweepRequest*,
                            v1::SubmitSweepResponse*) override;
@@ -48,14 +52,16 @@ class SweepServiceImpl final : public v1::SweepService::Service {
   scheduler::Scheduler* const scheduler_;
   const store::ReadOnlyDb* const results_;
   metrics::CoordinatorMetrics* const metrics_;
+  const auth::Authenticator* const auth_;
 };
 
-// Thread-safe. Every argument must outlive the service.
+// Thread-safe. Every argument must outlive the service. `auth` null: no
+// authentication; otherwise every call needs a worker token.
 class WorkerServiceImpl final : public v1::WorkerService::Service {
  public:
   WorkerServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
-                    metrics::CoordinatorMetrics* metrics)
-      : store_(store), scheduler_(scheduler), metrics_(metrics) {}
+                    metrics::CoordinatorMetrics* metrics, const auth::Authenticator* auth)
+      : store_(store), scheduler_(scheduler), metrics_(metrics), auth_(auth) {}
 
   grpc::Status RegisterWorker(grpc::ServerContext*,
                               const v1::RegisterWorkerRequest*,
@@ -74,6 +80,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   store::SweepStore* const store_;
   scheduler::Scheduler* const scheduler_;
   metrics::CoordinatorMetrics* const metrics_;
+  const auth::Authenticator* const auth_;
 };
 
 }  // namespace megabatch::service

@@ -60,6 +60,8 @@ const char* ActionName(int action) {
   }
 }
 
+constexpr const char* kTokensDenied = "reading the tokens table";
+
 struct QueryGuard {
   std::string denied;  // what the authorizer refused
   bool denied_statement = false;  // `denied` is not a mere row change
@@ -73,8 +75,15 @@ int Authorize(void* arg, int action, const char* a, const char* b,
               const char* /*db*/, const char* /*trigger*/) {
   auto* guard = static_cast<QueryGuard*>(arg);
   switch (action) {
-    case SQLITE_SELECT:
     case SQLITE_READ:
+      // Token hashes are not for users' eyes, even hashed.
+      if (a != nullptr && std::string_view(a) == "tokens") {
+        guard->denied = kTokensDenied;
+        guard->denied_statement = true;
+        return SQLITE_DENY;
+      }
+      return SQLITE_OK;
+    case SQLITE_SELECT:
     case SQLITE_FUNCTION:
     case SQLITE_RECURSIVE:
       return SQLITE_OK;
@@ -135,6 +144,10 @@ bool OnlySpaceOrComments(sqlite3* db, const char* tail) {
 }
 
 Status ReadOnlyError(const QueryGuard& guard) {
+  if (guard.denied == kTokensDenied) {
+    return Status(StatusCode::kPermissionDenied,
+                  "query: the tokens table cannot be read, not even its hashes");
+  }
   return InvalidArgumentError(
       "query: only read-only SELECT statements are allowed" +
       (guard.denied.empty() ? std::string() : "; denied: " + guard.denied));

@@ -193,6 +193,20 @@ CREATE TABLE rungs (
   PRIMARY KEY (sweep_id, rung, trial_id)
 ) WITHOUT ROWID;
 )sql",
+    // Version 5: access tokens (only their SHA-256 is stored) and the owner
+    // of each sweep (the name of the token that submitted it; NULL when the
+    // coordinator ran without authentication).
+    R"sql(
+CREATE TABLE tokens (
+  id          INTEGER PRIMARY KEY,
+  name        TEXT NOT NULL,
+  role        TEXT NOT NULL CHECK (role IN ('admin', 'user', 'worker')),
+  sha256      TEXT NOT NULL UNIQUE,
+  created_at  REAL NOT NULL,
+  revoked_at  REAL
+);
+ALTER TABLE sweeps ADD COLUMN owner TEXT;
+)sql",
 };
 
 }  // namespace megabatch::store

@@ -113,7 +113,8 @@ Status SweepStore::AddEvent(int64_t sweep_id, int64_t trial_id,
 
 Result<int64_t> SweepStore::CreateSweep(
     const spec::SweepSpec& spec, const std::vector<spec::TrialSpec>& trials,
-    const std::string& request_id, double now, bool* existed) {
+    const std::string& request_id, double now, bool* existed,
+    const std::string& owner) {
   std::lock_guard<std::mutex> lock(mu_);
   *existed = false;
   if (!request_id.empty()) {
@@ -132,12 +133,12 @@ Result<int64_t> SweepStore::CreateSweep(
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   Result<Statement> ins = db_->Prepare(
       "INSERT INTO sweeps (name, state, spec_json, request_id, priority, "
-      "max_parallel, max_retries, created_at) "
-      "VALUES (?, 'queued', ?, nullif(?, ''), ?, ?, ?, ?)");
+      "max_parallel, max_retries, created_at, owner) "
+      "VALUES (?, 'queued', ?, nullif(?, ''), ?, ?, ?, ?, nullif(?, ''))");
   if (!ins.ok()) return ins.status();
   ins->Bind(1, spec.name).Bind(2, spec.ToJson().dump()).Bind(3, request_id);
   ins->Bind(4, spec.priority).Bind(5, spec.max_parallel);
-  ins->Bind(6, spec.max_retries).Bind(7, now);
+  ins->Bind(6, spec.max_retries).Bind(7, now).Bind(8, owner);
   MEGABATCH_RETURN_IF_ERROR(ins->Run());
   int64_t sweep_id = db_->LastInsertRowid();
 
@@ -176,7 +177,8 @@ Result<int64_t> SweepStore::CreateSweep(
 Result<SweepRow> SweepStore::GetSweepLocked(int64_t sweep_id) {
   Result<Statement> q = db_->Prepare(
       "SELECT id, name, state, priority, max_parallel, max_retries, "
-      "created_at, coalesce(finished_at, 0) FROM sweeps WHERE id = ?");
+      "created_at, coalesce(finished_at, 0), coalesce(owner, '') FROM sweeps "
+      "WHERE id = ?");
   if (!q.ok()) return q.status();
   q->Bind(1, sweep_id);
   Result<bool> row = q->Step();
@@ -191,6 +193,7 @@ Result<SweepRow> SweepStore::GetSweepLocked(int64_t sweep_id) {
   s.max_retries = static_cast<int32_t>(q->Int(5));
   s.created_at = q->Double(6);
   s.finished_at = q->Double(7);
+  s.owner = q->Text(8);
   Result<Statement> counts = db_->Prepare(
       "SELECT state, count(*) FROM trials WHERE sweep_id = ? GROUP BY state");
   if (!counts.ok()) return counts.status();
@@ -414,6 +417,49 @@ Result<std::vector<WorkerRow>> SweepStore::ListWorkers() {
     out.push_back(std::move(w));
   }));
   return out;
+}
+
+Result<int64_t> SweepStore::CreateToken(const std::string& name,
+                                        const std::string& role,
+                                        const std::string& sha256_hex, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Result<Statement> ins = db_->Prepare(
+      "INSERT INTO tokens (name, role, sha256, created_at) VALUES (?, ?, ?, ?)");
+  if (!ins.ok()) return ins.status();
+  ins->Bind(1, name).Bind(2, role).Bind(3, sha256_hex).Bind(4, now);
+  MEGABATCH_RETURN_IF_ERROR(ins->Run());
+  return db_->LastInsertRowid();
+}
+
+Result<std::vector<TokenRow>> SweepStore::ListTokens() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Result<Statement> q = db_->Prepare(
+      "SELECT id, name, role, created_at, coalesce(revoked_at, 0) FROM tokens ORDER BY id");
+  if (!q.ok()) return q.status();
+  std::vector<TokenRow> out;
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
+    out.push_back({r.Int(0), r.Text(1), r.Text(2), r.Double(3), r.Double(4)});
+  }));
+  return out;
+}
+
+Status SweepStore::RevokeToken(int64_t token_id, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Result<Statement> q =
+      db_->Prepare("SELECT revoked_at IS NOT NULL FROM tokens WHERE id = ?");
+  if (!q.ok()) return q.status();
+  q->Bind(1, token_id);
+  Result<bool> row = q->Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return NotFoundError("token " + std::to_string(token_id) + " not found");
+  if (q->Int(0) != 0) {
+    return FailedPreconditionError("token " + std::to_string(token_id) +
+                                   " is already revoked");
+  }
+  Result<Statement> up = db_->Prepare("UPDATE tokens SET revoked_at = ? WHERE id = ?");
+  if (!up.ok()) return up.status();
+  up->Bind(1, now).Bind(2, token_id);
+  return up->Run();
 }
 
 Result<std::optional<Lease>> SweepStore::LeaseNext(int64_t worker_id,

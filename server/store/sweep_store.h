@@ -25,7 +25,7 @@
 namespace megabatch::store {
 
 // The current schema version; Open() migrates older files up to it.
-inline constexpr int kSchemaVersion = 4;
+inline constexpr int kSchemaVersion = 5;
 
 // kPruned: stopped early by the sweep's early_stopping rule (successive
 // halving): a result of the study, like kDiverged.
@@ -53,8 +53,17 @@ struct SweepRow {
   int32_t max_retries = 0;
   double created_at = 0;
   double finished_at = 0;
+  std::string owner;  // the submitting token's name; empty without auth
   std::map<TrialState, int32_t> trial_counts;  // absent states: 0
   int32_t trials_total = 0;
+};
+
+struct TokenRow {
+  int64_t id = 0;
+  std::string name;
+  std::string role;
+  double created_at = 0;
+  double revoked_at = 0;  // 0: active
 };
 
 struct TrialRow {
@@ -117,7 +126,7 @@ class SweepStore {
   Result<int64_t> CreateSweep(const spec::SweepSpec& spec,
                               const std::vector<spec::TrialSpec>& trials,
                               const std::string& request_id, double now,
-                              bool* existed);
+                              bool* existed, const std::string& owner = "");
   // NOT_FOUND for an unknown id.
   Result<SweepRow> GetSweep(int64_t sweep_id);
   Result<std::vector<SweepRow>> ListSweeps();
@@ -141,6 +150,15 @@ class SweepStore {
   // priority first, then the sweep with the fewest running trials (fair
   // share), honouring max_parallel. nullopt when nothing fits.
   Result<std::optional<Lease>> LeaseNext(int64_t worker_id, double now);
+  // Access tokens. Only a token's SHA-256 (hex) is stored. CreateToken
+  // refuses a hash already stored (ALREADY_EXISTS); RevokeToken answers
+  // NOT_FOUND for an unknown id and FAILED_PRECONDITION for one already
+  // revoked.
+  Result<int64_t> CreateToken(const std::string& name, const std::string& role,
+                              const std::string& sha256_hex, double now);
+  Result<std::vector<TokenRow>> ListTokens();
+  Status RevokeToken(int64_t token_id, double now);
+
   // LeaseNext for each worker in turn, all in one transaction (one commit for
   // the lot: the scheduler batches requests that arrive together). A worker's
   // own error (NOT_FOUND, FAILED_PRECONDITION) is its entry's; a database

@@ -12,6 +12,7 @@
 #include "server/store/db.h"
 #include "tests/testing/process.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/tls.h"
 
 namespace megabatch {
 namespace {
@@ -31,7 +32,8 @@ class SweepE2ETest : public ::testing::Test {
                          db_path_, "--metrics-listen", "127.0.0.1:0"};
     for (const auto& flag : CoordinatorFlags()) coordinator_argv_.push_back(flag);
     StartCoordinator();
-    workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_, dir_.path().string(), 2);
+    workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_, dir_.path().string(), 2,
+                                     WorkerFlags());
     ASSERT_TRUE(testing::WaitUntil(
         [&] {
           auto r = Cli({"-o", "json", "workers"});
@@ -41,8 +43,11 @@ class SweepE2ETest : public ::testing::Test {
         << coordinator_->Log();
   }
 
-  // Flags a test's fixture adds to the coordinator's command line.
+  // Flags a test's fixture adds to the coordinator's, workers' and CLI's
+  // command lines.
   virtual std::vector<std::string> CoordinatorFlags() const { return {}; }
+  virtual std::vector<std::string> WorkerFlags() const { return {}; }
+  virtual std::vector<std::string> CliFlags() const { return {}; }
 
   // (Re)starts the coordinator with the same command line (same address and
   // database); its log is appended to.
@@ -63,8 +68,12 @@ class SweepE2ETest : public ::testing::Test {
   }
 
   testing::CommandResult Cli(std::vector<std::string> args) {
-    args.insert(args.begin(), {MEGABATCH_CLI_BIN, "--server", address_});
-    return RunCommand(args);
+    return CliWith(CliFlags(), std::move(args));
+  }
+  testing::CommandResult CliWith(std::vector<std::string> flags, std::vector<std::string> args) {
+    flags.insert(flags.begin(), {MEGABATCH_CLI_BIN, "--server", address_});
+    flags.insert(flags.end(), args.begin(), args.end());
+    return RunCommand(flags);
   }
 
   std::string WriteSpec(const std::string& name, const std::string& text) {
@@ -493,6 +502,70 @@ eval_every_steps: 500
     ExpectEveryStepOnce("trial_id = " + std::to_string(trial), 2500);
   }
   EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased'"), 2);
+}
+
+// TLS with a CA made in the test, token authentication on, tokens made with
+// the coordinator's own `token create`.
+class SecuredE2ETest : public SweepE2ETest {
+ protected:
+  void SetUp() override {
+    testing::MakeCertificates(dir_.path());
+    if (HasFatalFailure()) return;
+    ASSERT_NO_FATAL_FAILURE(CreateToken("worker", "rack-1", "worker.token"));
+    ASSERT_NO_FATAL_FAILURE(CreateToken("user", "alice", "alice.token"));
+    SweepE2ETest::SetUp();
+  }
+
+  void CreateToken(const std::string& role, const std::string& name, const std::string& file) {
+    auto r = RunCommand({MEGABATCH_COORDINATOR_BIN, "--db", dir_.File("megabatch.db"), "token",
+                         "create", "--role", role, "--name", name});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_THAT(r.err, HasSubstr("not shown again"));
+    std::ofstream(dir_.File(file)) << r.out;
+  }
+
+  std::vector<std::string> CoordinatorFlags() const override {
+    return {"--auth-file", dir_.File("admin.token"), "--tls-cert", dir_.File("server.pem"),
+            "--tls-key", dir_.File("server.key")};
+  }
+  std::vector<std::string> WorkerFlags() const override {
+    return {"--token-file", dir_.File("worker.token"), "--tls-ca", dir_.File("ca.pem")};
+  }
+  std::vector<std::string> CliFlags() const override {
+    return {"--token-file", dir_.File("alice.token"), "--tls-ca", dir_.File("ca.pem")};
+  }
+};
+
+TEST_F(SecuredE2ETest, ASweepRunsOverTlsWithTokensAndEachRoleStaysInItsLane) {
+  std::string spec = WriteSpec("secured.yaml", R"yaml(
+name: secured
+model: {type: mlp, hidden: [32]}
+optimizers: [{name: sgd}]
+batch_sizes: [256, 512]
+base: {lr: 0.05}
+budget: {steps: 20}
+)yaml");
+  auto submit = Cli({"submit", spec, "--wait"});
+  ASSERT_EQ(submit.exit_code, 0) << submit.err << coordinator_->Log();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'"), 2);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM sweeps WHERE owner = 'alice'"), 1);
+  // A worker token cannot use the CLI's service; no token, no service.
+  const std::string ca = dir_.File("ca.pem");
+  auto as_worker = CliWith({"--token-file", dir_.File("worker.token"), "--tls-ca", ca}, {"list"});
+  EXPECT_EQ(as_worker.exit_code, 1);
+  EXPECT_THAT(as_worker.err, HasSubstr("PERMISSION_DENIED"));
+  auto anonymous = CliWith({"--tls-ca", ca}, {"list"});
+  EXPECT_EQ(anonymous.exit_code, 1);
+  EXPECT_THAT(anonymous.err, HasSubstr("UNAUTHENTICATED"));
+  // Plaintext does not reach a TLS coordinator.
+  auto plain = CliWith({"--token-file", dir_.File("alice.token")}, {"list"});
+  EXPECT_EQ(plain.exit_code, 1);
+  // Revoked: refused at the next call.
+  auto revoke = RunCommand({MEGABATCH_COORDINATOR_BIN, "--db", db_path_, "token", "revoke", "2"});
+  ASSERT_EQ(revoke.exit_code, 0) << revoke.err;
+  auto revoked = Cli({"list"});
+  EXPECT_EQ(revoked.exit_code, 1);
+  EXPECT_THAT(revoked.err, HasSubstr("revoked"));
 }
 
 }  // namespace

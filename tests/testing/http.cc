@@ -10,7 +10,7 @@
 
 namespace megabatch::testing {
 
-HttpResponse HttpGet(int port, const std::string& path_and_query) {
+HttpResponse HttpGet(int port, const std::string& path_and_query, const std::string& headers) {
   HttpResponse response;
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return response;
@@ -25,8 +25,8 @@ HttpResponse HttpGet(int port, const std::string& path_and_query) {
     close(fd);
     return response;
   }
-  std::string request = "GET " + path_and_query +
-                        " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  std::string request = "GET " + path_and_query + " HTTP/1.0\r\nHost: 127.0.0.1\r\n" +
+                        headers + "Connection: close\r\n\r\n";
   if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
       static_cast<ssize_t>(request.size())) {
     close(fd);

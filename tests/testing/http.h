@@ -12,8 +12,10 @@ struct HttpResponse {
   std::string body;
 };
 
-// GET http://127.0.0.1:port/path_and_query, up to 10 s.
-HttpResponse HttpGet(int port, const std::string& path_and_query);
+// GET http://127.0.0.1:port/path_and_query, up to 10 s. `headers`: extra
+// "Name: value\r\n" lines.
+HttpResponse HttpGet(int port, const std::string& path_and_query,
+                     const std::string& headers = "");
 
 // Percent-encodes a query parameter value.
 std::string UrlEncode(const std::string& s);

@@ -145,15 +145,16 @@ bool WaitUntil(const std::function<bool()>& condition,
 
 std::vector<std::unique_ptr<Process>> StartWorkers(const std::string& worker_bin,
                                                    const std::string& address,
-                                                   const std::string& dir, int count) {
+                                                   const std::string& dir, int count,
+                                                   const std::vector<std::string>& flags) {
   std::vector<std::unique_ptr<Process>> workers;
   for (int i = 0; i < count; ++i) {
     const std::string name = "worker-" + std::to_string(i);
-    workers.push_back(std::make_unique<Process>(
-        std::vector<std::string>{worker_bin, "--coordinator", address, "--name", name,
-                                 "--slots", "1", "--threads-per-slot", "1",
-                                 "--work-dir", dir + "/" + name},
-        dir + "/" + name + ".log"));
+    std::vector<std::string> argv{worker_bin, "--coordinator", address, "--name", name,
+                                  "--slots", "1", "--threads-per-slot", "1",
+                                  "--work-dir", dir + "/" + name};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    workers.push_back(std::make_unique<Process>(argv, dir + "/" + name + ".log"));
   }
   return workers;
 }

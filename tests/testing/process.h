@@ -38,10 +38,12 @@ class Process {
 
 // `count` megabatch-worker processes (`worker_bin`) dialing `address`, named
 // worker-0, worker-1, ..., with one slot of one thread each; each has its
-// work dir DIR/worker-I and its log DIR/worker-I.log.
+// work dir DIR/worker-I and its log DIR/worker-I.log; `flags` are added to
+// each command line.
 std::vector<std::unique_ptr<Process>> StartWorkers(const std::string& worker_bin,
                                                    const std::string& address,
-                                                   const std::string& dir, int count);
+                                                   const std::string& dir, int count,
+                                                   const std::vector<std::string>& flags = {});
 
 struct CommandResult {
   int exit_code = -1;

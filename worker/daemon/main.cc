@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "common/channel.h"
 #include "worker/daemon/worker.h"
 
 int main(int argc, char** argv) {
@@ -42,6 +43,15 @@ int main(int argc, char** argv) {
                  "shared checkpoint directory (default: the coordinator's --artifacts)");
   app.add_option("--trainer", options.trainer_path,
                  "megabatch-trainer binary (default: next to this binary)");
+  std::string token_file;
+  megabatch::ChannelOptions channel_options;
+  app.add_option("--token-file", token_file,
+                 "file holding a worker token (default: $MEGABATCH_TOKEN)");
+  app.add_option("--tls-ca", channel_options.tls_ca_file,
+                 "CA certificate (PEM) of a TLS coordinator");
+  app.add_option("--tls-cert", channel_options.tls_cert_file,
+                 "client certificate (PEM) to present to the coordinator");
+  app.add_option("--tls-key", channel_options.tls_key_file, "its private key (PEM)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -59,6 +69,17 @@ int main(int argc, char** argv) {
     }
   }
   if (!options.gpus.empty()) options.slots = static_cast<int>(options.gpus.size());
+  auto token = megabatch::LoadToken(token_file);
+  if (!token.ok()) {
+    spdlog::error("{}", token.status().message());
+    return 2;
+  }
+  channel_options.token = *token;
+  auto channel = megabatch::MakeChannel(coordinator, channel_options);
+  if (!channel.ok()) {
+    spdlog::error("{}", channel.status().message());
+    return 2;
+  }
   if (options.trainer_path.empty()) {
     options.trainer_path =
         (fs::read_symlink("/proc/self/exe").parent_path() / "megabatch-trainer")
@@ -85,9 +106,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   try {
-    megabatch::worker::Worker worker(
-        grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()),
-        options);
+    megabatch::worker::Worker worker(*channel, options);
     std::thread signals([&] {
       int signal = 0;
       sigwait(&stop_signals, &signal);

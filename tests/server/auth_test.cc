@@ -1,0 +1,295 @@
+// Tokens, roles and TLS on a real coordinator over loopback TCP, with a CA
+// and certificates made by the openssl command in the test.
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include "common/channel.h"
+#include "megabatch/v1/megabatch.grpc.pb.h"
+#include "server/auth/auth.h"
+#include "server/coordinator.h"
+#include "tests/testing/http.h"
+#include "tests/testing/temp_dir.h"
+#include "tests/testing/tls.h"
+
+namespace megabatch {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr const char* kSpec =
+    "name: secured\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\nbase: {lr: 0.1}\n";
+
+class AuthTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::MakeCertificates(dir_.path());
+    if (HasFatalFailure()) return;
+    options_.listen = "127.0.0.1:0";
+    options_.db_path = dir_.File("auth.db");
+    options_.auth_file = dir_.File("admin.token");
+    options_.tls_cert = dir_.File("server.pem");
+    options_.tls_key = dir_.File("server.key");
+    options_.tls_client_ca = dir_.File("ca.pem");
+    options_.metrics_listen = "127.0.0.1:0";
+    std::ofstream(dir_.File("metrics.auth")) << "prometheus:s3cret\n";
+    options_.metrics_auth_file = dir_.File("metrics.auth");
+    auto c = Coordinator::Start(options_);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    coordinator_ = std::move(*c);
+    address_ = "localhost:" + std::to_string(coordinator_->port());
+    auto admin = LoadToken(options_.auth_file);
+    ASSERT_TRUE(admin.ok()) << admin.status().ToString();
+    tokens_["admin"] = *admin;
+    tokens_["alice"] = NewToken("alice", "user");
+    tokens_["bob"] = NewToken("bob", "user");
+    tokens_["worker"] = NewToken("rack-1", "worker");
+  }
+
+  std::string NewToken(const std::string& name, const std::string& role) {
+    auto token = auth::NewToken();
+    EXPECT_TRUE(token.ok());
+    auto id = coordinator_->store()->CreateToken(name, role, auth::Sha256Hex(*token), 1.0);
+    EXPECT_TRUE(id.ok()) << id.status().ToString();
+    ids_[name] = *id;
+    return *token;
+  }
+
+  std::shared_ptr<grpc::Channel> Channel(const std::string& token,
+                                         const std::string& cert = "") {
+    ChannelOptions o;
+    o.token = token;
+    o.tls_ca_file = dir_.File("ca.pem");
+    if (!cert.empty()) {
+      o.tls_cert_file = dir_.File(cert + ".pem");
+      o.tls_key_file = dir_.File(cert + ".key");
+    }
+    auto channel = MakeChannel(address_, o);
+    EXPECT_TRUE(channel.ok()) << channel.status().ToString();
+    return *channel;
+  }
+
+  static grpc::Status Submit(const std::shared_ptr<grpc::Channel>& ch,
+                             v1::SubmitSweepResponse* resp = nullptr) {
+    v1::SubmitSweepResponse ignored;
+    grpc::ClientContext ctx;
+    v1::SubmitSweepRequest req;
+    req.set_spec(kSpec);
+    return v1::SweepService::NewStub(ch)->SubmitSweep(&ctx, req, resp ? resp : &ignored);
+  }
+  static grpc::Status List(const std::shared_ptr<grpc::Channel>& ch) {
+    grpc::ClientContext ctx;
+    v1::ListSweepsResponse resp;
+    return v1::SweepService::NewStub(ch)->ListSweeps(&ctx, {}, &resp);
+  }
+  static grpc::Status Query(const std::shared_ptr<grpc::Channel>& ch, const std::string& sql) {
+    grpc::ClientContext ctx;
+    v1::QueryRequest req;
+    req.set_sql(sql);
+    v1::QueryResponse resp;
+    return v1::SweepService::NewStub(ch)->Query(&ctx, req, &resp);
+  }
+  static grpc::Status Cancel(const std::shared_ptr<grpc::Channel>& ch, int64_t sweep) {
+    grpc::ClientContext ctx;
+    v1::CancelSweepRequest req;
+    req.set_sweep_id(sweep);
+    v1::Sweep resp;
+    return v1::SweepService::NewStub(ch)->CancelSweep(&ctx, req, &resp);
+  }
+  static grpc::Status Register(const std::shared_ptr<grpc::Channel>& ch,
+                               int64_t* id = nullptr) {
+    grpc::ClientContext ctx;
+    v1::RegisterWorkerRequest req;
+    req.set_name("w");
+    req.set_slots(1);
+    v1::RegisterWorkerResponse resp;
+    grpc::Status s = v1::WorkerService::NewStub(ch)->RegisterWorker(&ctx, req, &resp);
+    if (id != nullptr) *id = resp.worker_id();
+    return s;
+  }
+  static grpc::Status Lease(const std::shared_ptr<grpc::Channel>& ch, int64_t worker) {
+    grpc::ClientContext ctx;
+    v1::LeaseTrialRequest req;
+    req.set_worker_id(worker);
+    v1::LeaseTrialResponse resp;
+    return v1::WorkerService::NewStub(ch)->LeaseTrial(&ctx, req, &resp);
+  }
+
+  int SweepCount() {
+    auto sweeps = coordinator_->store()->ListSweeps();
+    return sweeps.ok() ? static_cast<int>(sweeps->size()) : -1;
+  }
+
+  testing::TempDir dir_;
+  CoordinatorOptions options_;
+  std::unique_ptr<Coordinator> coordinator_;
+  std::string address_;
+  std::map<std::string, std::string> tokens_;
+  std::map<std::string, int64_t> ids_;
+};
+
+using Code = grpc::StatusCode;
+
+TEST_F(AuthTest, EachRoleCanDoExactlyWhatItShould) {
+  struct Expect {
+    std::string who;
+    Code sweeps;   // SubmitSweep, ListSweeps, Query
+    Code workers;  // RegisterWorker
+  };
+  const Expect table[] = {
+      {"admin", Code::OK, Code::PERMISSION_DENIED},
+      {"alice", Code::OK, Code::PERMISSION_DENIED},
+      {"worker", Code::PERMISSION_DENIED, Code::OK},
+      {"", Code::UNAUTHENTICATED, Code::UNAUTHENTICATED},
+      {"mbt_0123456789", Code::UNAUTHENTICATED, Code::UNAUTHENTICATED},
+  };
+  for (const Expect& e : table) {
+    SCOPED_TRACE("caller '" + e.who + "'");
+    const std::string token = tokens_.count(e.who) ? tokens_[e.who] : e.who;
+    auto ch = Channel(token);
+    const int before = SweepCount();
+    grpc::Status submit = Submit(ch);
+    EXPECT_EQ(submit.error_code(), e.sweeps) << submit.error_message();
+    EXPECT_EQ(SweepCount(), before + (e.sweeps == Code::OK ? 1 : 0));
+    EXPECT_EQ(List(ch).error_code(), e.sweeps);
+    EXPECT_EQ(Query(ch, "SELECT count(*) FROM sweeps").error_code(), e.sweeps);
+    int64_t worker = 0;
+    EXPECT_EQ(Register(ch, &worker).error_code(), e.workers);
+    if (e.workers == Code::OK) {
+      EXPECT_EQ(Lease(ch, worker).error_code(), Code::OK);
+    }
+  }
+  grpc::Status denied = Submit(Channel(tokens_["worker"]));
+  EXPECT_THAT(denied.error_message(), HasSubstr("'rack-1' has role worker"));
+  EXPECT_THAT(Register(Channel("")).error_message(), HasSubstr("authorization"));
+}
+
+TEST_F(AuthTest, AUserCancelsOnlyTheirOwnSweepsAnAdminAny) {
+  v1::SubmitSweepResponse first, second;
+  ASSERT_TRUE(Submit(Channel(tokens_["alice"]), &first).ok());
+  ASSERT_TRUE(Submit(Channel(tokens_["alice"]), &second).ok());
+  EXPECT_EQ(coordinator_->store()->GetSweep(first.sweep_id())->owner, "alice");
+  grpc::Status bob = Cancel(Channel(tokens_["bob"]), first.sweep_id());
+  EXPECT_EQ(bob.error_code(), Code::PERMISSION_DENIED);
+  EXPECT_THAT(bob.error_message(), HasSubstr("belongs to 'alice'"));
+  EXPECT_EQ(coordinator_->store()->GetSweep(first.sweep_id())->state,
+            store::SweepState::kQueued);
+  EXPECT_TRUE(Cancel(Channel(tokens_["alice"]), first.sweep_id()).ok());
+  EXPECT_TRUE(Cancel(Channel(tokens_["admin"]), second.sweep_id()).ok());
+  EXPECT_EQ(coordinator_->store()->GetSweep(second.sweep_id())->state,
+            store::SweepState::kCancelled);
+}
+
+TEST_F(AuthTest, ARevokedTokenStopsWorkingAtOnce) {
+  auto alice = Channel(tokens_["alice"]);
+  ASSERT_TRUE(List(alice).ok());
+  ASSERT_TRUE(coordinator_->store()->RevokeToken(ids_["alice"], 2.0).ok());
+  grpc::Status after = List(alice);
+  EXPECT_EQ(after.error_code(), Code::UNAUTHENTICATED);
+  EXPECT_THAT(after.error_message(), HasSubstr("revoked"));
+  EXPECT_TRUE(List(Channel(tokens_["bob"])).ok());
+}
+
+TEST_F(AuthTest, PlaintextClientsCannotTalkToTheTlsCoordinator) {
+  auto plain = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::ListSweepsResponse resp;
+  grpc::Status s = v1::SweepService::NewStub(plain)->ListSweeps(&ctx, {}, &resp);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.error_code(), Code::UNAUTHENTICATED) << "must fail before any RPC runs";
+  // Nor can a client that trusts another CA.
+  ChannelOptions rogue;
+  rogue.tls_ca_file = dir_.File("rogue.pem");
+  rogue.token = tokens_["alice"];
+  grpc::ClientContext ctx2;
+  ctx2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  EXPECT_EQ(v1::SweepService::NewStub(*MakeChannel(address_, rogue))
+                ->ListSweeps(&ctx2, {}, &resp)
+                .error_code(),
+            Code::UNAVAILABLE);
+}
+
+TEST_F(AuthTest, AWorkerWithAValidClientCertificateNeedsNoToken) {
+  auto node = Channel("", "worker");
+  int64_t worker = 0;
+  ASSERT_TRUE(Register(node, &worker).ok());
+  EXPECT_TRUE(Lease(node, worker).ok());
+  // The certificate makes it a worker, nothing more.
+  EXPECT_EQ(List(node).error_code(), Code::UNAUTHENTICATED);
+  // A certificate from an unknown CA does not get through the handshake.
+  EXPECT_FALSE(Register(Channel("", "stranger")).ok());
+}
+
+TEST_F(AuthTest, TheAdminTokenFileIsOwnerOnlyAndSurvivesARestart) {
+  struct stat st {};
+  ASSERT_EQ(stat(options_.auth_file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  const std::string admin = tokens_["admin"];
+  coordinator_.reset();
+  auto again = Coordinator::Start(options_);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  coordinator_ = std::move(*again);
+  address_ = "localhost:" + std::to_string(coordinator_->port());
+  EXPECT_EQ(*LoadToken(options_.auth_file), admin);
+  EXPECT_TRUE(List(Channel(admin)).ok());
+  auto tokens = coordinator_->store()->ListTokens();
+  ASSERT_TRUE(tokens.ok());
+  int admins = 0;
+  for (const auto& t : *tokens) admins += t.role == "admin";
+  EXPECT_EQ(admins, 1);
+}
+
+TEST_F(AuthTest, TokenHashesCannotBeReadThroughQuery) {
+  grpc::Status s = Query(Channel(tokens_["admin"]), "SELECT sha256 FROM tokens");
+  EXPECT_EQ(s.error_code(), Code::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("tokens table"));
+  EXPECT_EQ(Query(Channel(tokens_["admin"]),
+                  "WITH t AS (SELECT * FROM tokens) SELECT count(*) FROM t")
+                .error_code(),
+            Code::PERMISSION_DENIED);
+}
+
+TEST_F(AuthTest, MetricsRequireBasicAuthWhenConfigured) {
+  const int port = coordinator_->metrics_port();
+  EXPECT_EQ(testing::HttpGet(port, "/metrics").status, 401);
+  // "prometheus:wrong" and "prometheus:s3cret" in base64.
+  EXPECT_EQ(testing::HttpGet(port, "/metrics",
+                             "Authorization: Basic cHJvbWV0aGV1czp3cm9uZw==\r\n")
+                .status,
+            401);
+  auto ok = testing::HttpGet(port, "/metrics",
+                             "Authorization: Basic cHJvbWV0aGV1czpzM2NyZXQ=\r\n");
+  EXPECT_EQ(ok.status, 200);
+  EXPECT_THAT(ok.body, HasSubstr("megabatch_"));
+}
+
+TEST(SafeDefaultsTest, WithoutAuthOnlyLoopbackUnlessInsecure) {
+  testing::TempDir dir;
+  CoordinatorOptions options;
+  options.db_path = dir.File("open.db");
+  options.listen = "0.0.0.0:0";
+  auto refused = Coordinator::Start(options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("--insecure"));
+  options.insecure = true;
+  EXPECT_TRUE(Coordinator::Start(options).ok());
+  EXPECT_TRUE(IsLoopbackAddress("127.0.0.1:50051"));
+  EXPECT_TRUE(IsLoopbackAddress("localhost:1"));
+  EXPECT_TRUE(IsLoopbackAddress("[::1]:50051"));
+  EXPECT_TRUE(IsLoopbackAddress("unix:/tmp/mb.sock"));
+  EXPECT_FALSE(IsLoopbackAddress("[::]:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("10.0.0.5:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("128.0.0.1:50051"));
+}
+
+}  // namespace
+}  // namespace megabatch
