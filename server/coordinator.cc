@@ -131,7 +131,7 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   c->sweep_service_ = std::make_unique<service::SweepServiceImpl>(
       c->store_.get(), c->scheduler_.get(), c->results_.get(), m, c->auth_.get());
   c->worker_service_ = std::make_unique<service::WorkerServiceImpl>(
-      c->store_.get(), c->scheduler_.get(), m, c->auth_.get());
+      c->store_.get(), c->scheduler_.get(), m, c->auth_.get(), options.max_points_per_second);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

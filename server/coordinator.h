@@ -25,6 +25,10 @@ struct CoordinatorOptions {
   // auth with it. Empty: /metrics is open.
   std::string metrics_auth_file;
   scheduler::SchedulerOptions scheduler;
+  // Metric points accepted per second from one worker (a token bucket of
+  // one second); more is RESOURCE_EXHAUSTED and the worker retries. 0: no
+  // limit.
+  double max_points_per_second = 1000000;
 
   // Authentication: non-empty turns it on (every RPC needs a token). The file
   // holds the admin token: created (mode 0600) with a new one when absent;

@@ -98,6 +98,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-client-ca", options.tls_client_ca,
                  "verify client certificates against this CA (PEM); a worker with a "
                  "valid one needs no token");
+  app.add_option("--max-points-per-second", options.max_points_per_second,
+                 "metric points accepted per second from each worker (0: no limit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--metrics-auth-file", options.metrics_auth_file,
                  "require HTTP basic auth on /metrics: a file with one user:password line");
 

@@ -1,5 +1,7 @@
 #include "server/service/services.h"
 
+#include <algorithm>
+#include <iterator>
 #include <optional>
 #include <string_view>
 #include <type_traits>
@@ -112,6 +114,37 @@ Status CheckLease(const v1::TrialLease& lease) {
 }
 
 }  // namespace
+
+Status PointBudget::Take(int64_t worker_id, int64_t n) {
+  if (rate_ <= 0) return Status();
+  // Idle buckets are full again after a second; forget them beyond this
+  // many, so made-up worker ids cannot grow the map without bound.
+  constexpr size_t kMaxBuckets = 65536;
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (buckets_.size() >= kMaxBuckets) {
+    for (auto it = buckets_.begin(); it != buckets_.end();) {
+      it = now - it->second.at > std::chrono::seconds(1) ? buckets_.erase(it) : std::next(it);
+    }
+  }
+  auto [it, fresh] = buckets_.try_emplace(worker_id, Bucket{rate_, now});
+  Bucket& b = it->second;
+  if (!fresh) {
+    b.points = std::min(rate_, b.points + rate_ * std::chrono::duration<double>(now - b.at).count());
+    b.at = now;
+  }
+  const double need = std::min(static_cast<double>(n), rate_);
+  if (b.points < need) {
+    const double wait_ms = 1e3 * (need - b.points) / rate_;
+    return Status(StatusCode::kResourceExhausted,
+                  "worker " + std::to_string(worker_id) + ": over " +
+                      std::to_string(static_cast<int64_t>(rate_)) +
+                      " metric points per second; retry in " +
+                      std::to_string(static_cast<int64_t>(wait_ms) + 1) + " ms");
+  }
+  b.points -= static_cast<double>(n);
+  return Status();
+}
 
 grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
                                            const v1::SubmitSweepRequest* req,
@@ -331,6 +364,11 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx,
                                           v1::HeartbeatResponse* resp) {
   return Guard(metrics_, auth_, ctx, Access::kWorkers, "Heartbeat", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+    if (req->running_size() > kMaxSlots) {
+      return InvalidArgumentError("running: at most " + std::to_string(kMaxSlots) +
+                                  " trials (a worker's slots), got " +
+                                  std::to_string(req->running_size()));
+    }
     std::vector<std::pair<int64_t, int64_t>> running;
     for (const auto& lease : req->running()) {
       MEGABATCH_RETURN_IF_ERROR(CheckLease(lease));
@@ -398,6 +436,7 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
                     "points: " + std::to_string(req->points_size()) +
                         " in one report; at most 100000");
     }
+    MEGABATCH_RETURN_IF_ERROR(point_budget_.Take(req->worker_id(), req->points_size()));
     std::vector<store::MetricPoint> points;
     points.reserve(req->points_size());
     for (int i = 0; i < req->points_size(); ++i) {

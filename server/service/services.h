@@ -4,6 +4,11 @@
 #ifndef MEGABATCH_SERVER_SERVICE_SERVICES_H_
 #define MEGABATCH_SERVER_SERVICE_SERVICES_H_
 
+#include <chrono>
+#include <mutex>
+#include <unordered_map>
+
+#include "common/thread_annotations.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/auth/auth.h"
 #include "server/metrics/metrics.h"
@@ -55,13 +60,37 @@ class SweepServiceImpl final : public v1::SweepService::Service {
   const auth::Authenticator* const auth_;
 };
 
+// A token bucket per worker on metric points: `rate` points per second,
+// holding at most one second's worth. Thread-safe.
+class PointBudget {
+ public:
+  explicit PointBudget(double rate) : rate_(rate) {}
+  // Debits `n` points from the worker's bucket, or RESOURCE_EXHAUSTED
+  // saying when to retry. A batch larger than a second's worth passes when
+  // the bucket is full (and leaves it in debt). rate 0: no limit.
+  Status Take(int64_t worker_id, int64_t n);
+
+ private:
+  struct Bucket {
+    double points = 0;
+    std::chrono::steady_clock::time_point at;
+  };
+  const double rate_;
+  std::mutex mu_;
+  std::unordered_map<int64_t, Bucket> buckets_ GUARDED_BY(mu_);
+};
+
 // Thread-safe. Every argument must outlive the service. `auth` null: no
-// authentication; otherwise every call needs a worker token.
+// authentication; otherwise every call needs a worker token (or, with TLS
+// client certificates, a verified certificate). Metric points are limited to
+// `points_per_second` per worker (0: no limit).
 class WorkerServiceImpl final : public v1::WorkerService::Service {
  public:
   WorkerServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
-                    metrics::CoordinatorMetrics* metrics, const auth::Authenticator* auth)
-      : store_(store), scheduler_(scheduler), metrics_(metrics), auth_(auth) {}
+                    metrics::CoordinatorMetrics* metrics, const auth::Authenticator* auth,
+                    double points_per_second = 0)
+      : store_(store), scheduler_(scheduler), metrics_(metrics), auth_(auth),
+        point_budget_(points_per_second) {}
 
   grpc::Status RegisterWorker(grpc::ServerContext*,
                               const v1::RegisterWorkerRequest*,
@@ -81,6 +110,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   scheduler::Scheduler* const scheduler_;
   metrics::CoordinatorMetrics* const metrics_;
   const auth::Authenticator* const auth_;
+  PointBudget point_budget_;
 };
 
 }  // namespace megabatch::service

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -263,30 +264,40 @@ void Worker::SlotLoop(int slot) {
 bool Worker::Flush(const v1::TrialLease& lease,
                    std::vector<v1::MetricPoint>* points, bool* reachable) {
   *reachable = true;
-  if (points->empty()) return true;
-  v1::ReportMetricsRequest req;
-  req.set_worker_id(worker_id_);
-  *req.mutable_lease() = lease;
-  for (auto& p : *points) *req.add_points() = std::move(p);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(Deadline(kRpcTimeout));
-  v1::ReportMetricsResponse resp;
-  grpc::Status s = stub_->ReportMetrics(&ctx, req, &resp);
-  if (s.ok()) {
-    points->clear();
+  // In batches of at most max_batch_points: a backlog built while the
+  // coordinator was away must not become one oversized report.
+  while (!points->empty()) {
+    const size_t n =
+        std::min(points->size(), static_cast<size_t>(std::max(1, options_.max_batch_points)));
+    v1::ReportMetricsRequest req;
+    req.set_worker_id(worker_id_);
+    *req.mutable_lease() = lease;
+    req.mutable_points()->Add(points->begin(), points->begin() + n);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(kRpcTimeout));
+    v1::ReportMetricsResponse resp;
+    grpc::Status s = stub_->ReportMetrics(&ctx, req, &resp);
+    if (s.ok()) {
+      points->erase(points->begin(), points->begin() + n);
+      continue;
+    }
+    if (s.error_code() == grpc::StatusCode::ABORTED ||
+        s.error_code() == grpc::StatusCode::NOT_FOUND ||
+        s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+        s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
+        s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+      spdlog::warn("trial {}: metrics refused: {}", lease.trial_id(), s.error_message());
+      points->clear();
+      return false;
+    }
+    // Unreachable, or over the coordinator's rate (RESOURCE_EXHAUSTED):
+    // keep the points and try again at the next flush.
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      spdlog::debug("trial {}: {}", lease.trial_id(), s.error_message());
+    }
+    *reachable = false;
     return true;
   }
-  if (s.error_code() == grpc::StatusCode::ABORTED ||
-      s.error_code() == grpc::StatusCode::NOT_FOUND ||
-      s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
-    spdlog::warn("trial {}: metrics refused: {}", lease.trial_id(),
-                 s.error_message());
-    points->clear();
-    return false;
-  }
-  // Unreachable: keep the points (moved back) and try again later.
-  points->assign(req.points().begin(), req.points().end());
-  *reachable = false;
   return true;
 }
 
