@@ -58,7 +58,7 @@ json YamlToJson(const YAML::Node& node) {
 }
 
 std::string Describe(const json& v) {
-  std::string s = v.dump();
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
   if (s.size() > 60) s = s.substr(0, 57) + "...";
   return s;
 }
@@ -671,11 +671,76 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   return s;
 }
 
+namespace {
+
+// The offset of the first byte that is not part of well-formed UTF-8 (no
+// overlong forms, surrogates or code points past U+10FFFF); npos if none.
+size_t InvalidUtf8At(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    int extra = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+      extra = 1;
+      cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      extra = 2;
+      cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      extra = 3;
+      cp = c & 0x07;
+    } else {
+      return i;
+    }
+    if (i + static_cast<size_t>(extra) >= text.size()) return i;
+    for (int k = 1; k <= extra; ++k) {
+      const auto cc = static_cast<unsigned char>(text[i + k]);
+      if ((cc & 0xc0) != 0x80) return i;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    const uint32_t min[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < min[extra] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+    i += extra + 1;
+  }
+  return std::string_view::npos;
+}
+
+// OK when every string and key in `v` is UTF-8; YAML escapes such as "\x80"
+// can make raw bytes out of UTF-8 text. Names the first offending path.
+Status CheckStringsAreUtf8(const json& v, const std::string& path) {
+  if (v.is_string()) {
+    if (InvalidUtf8At(v.get_ref<const std::string&>()) != std::string_view::npos) {
+      return InvalidArgumentError((path.empty() ? "spec" : path) + ": not UTF-8 text");
+    }
+  } else if (v.is_object()) {
+    for (const auto& [key, value] : v.items()) {
+      if (InvalidUtf8At(key) != std::string_view::npos) {
+        return InvalidArgumentError((path.empty() ? "spec" : path) + ": a key is not UTF-8 text");
+      }
+      MEGABATCH_RETURN_IF_ERROR(CheckStringsAreUtf8(value, path.empty() ? key : path + "." + key));
+    }
+  } else if (v.is_array()) {
+    for (size_t i = 0; i < v.size(); ++i) {
+      MEGABATCH_RETURN_IF_ERROR(CheckStringsAreUtf8(v[i], path + "[" + std::to_string(i) + "]"));
+    }
+  }
+  return Status();
+}
+
+}  // namespace
+
 Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format) {
   if (text.size() > kMaxSpecBytes) {
     return InvalidArgumentError("spec: " + std::to_string(text.size()) +
                                 " bytes; at most " +
                                 std::to_string(kMaxSpecBytes));
+  }
+  if (size_t bad = InvalidUtf8At(text); bad != std::string_view::npos) {
+    return InvalidArgumentError("spec: not UTF-8 text (byte " + std::to_string(bad) + ")");
   }
   if (format == SpecFormat::kAuto) {
     size_t first = text.find_first_not_of(" \t\r\n");
@@ -701,6 +766,7 @@ Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format) {
                                   ": " + e.msg);
     }
   }
+  MEGABATCH_RETURN_IF_ERROR(CheckStringsAreUtf8(doc, ""));
   return SweepSpecFromJson(doc);
 }
 

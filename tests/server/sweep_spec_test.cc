@@ -307,6 +307,27 @@ TEST(SweepSpecTest, FeaturesOfLaterMilestonesSaySo) {
   EXPECT_TRUE(ParseSweepSpec(WithLine("ranks_per_trial", "ranks_per_trial: 1")).ok());
 }
 
+TEST(SweepSpecTest, TextThatIsNotUtf8IsRefusedWithItsOffset) {
+  // Found by the spec fuzzer: such a name reached the JSON writer and threw.
+  const std::string base = "optimizers: [{name: sgd}]\nbatch_sizes: [128]\nbase: {lr: 0.1}\n";
+  for (const std::string& bad : {std::string("name: a\xff\n"), std::string("name: \xc0\x80\n"),
+                                 std::string("name: \xed\xa0\x80\n"), std::string("name: x\xe2\x82")}) {
+    auto spec = ParseSweepSpec(bad + base);
+    ASSERT_FALSE(spec.ok()) << bad;
+    EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_THAT(spec.status().message(), HasSubstr("not UTF-8 text (byte "));
+  }
+  // Found by the fuzzer: "\x01\0\0\0" makes yaml-cpp read UTF-32, and
+  // "c0}}" becomes a code point past U+10FFFF, written as bytes that are not
+  // UTF-8; describing it in an error message threw.
+  auto utf32 = ParseSweepSpec(std::string("\x01\0\0\0c0}}", 8));
+  ASSERT_FALSE(utf32.ok());
+  EXPECT_EQ(utf32.status().code(), StatusCode::kInvalidArgument);
+  auto fine = ParseSweepSpec("name: \xc3\xa9t\xc3\xa9 \xf0\x9f\x9a\x80\n" + base);
+  ASSERT_TRUE(fine.ok()) << fine.status().ToString();
+  EXPECT_EQ(fine->name, "\xc3\xa9t\xc3\xa9 \xf0\x9f\x9a\x80");
+}
+
 TEST(SweepSpecTest, QuotedNumbersStayStrings) {
   ExpectInvalid(WithLine("batch_sizes", "batch_sizes: ['128']"),
                 "batch_sizes[0]: must be an integer");

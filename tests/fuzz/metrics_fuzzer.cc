@@ -1,0 +1,90 @@
+// libFuzzer target: metric batch handling. Each input is a serialized
+// ReportMetricsRequest handed to the coordinator's WorkerService handler on a
+// real SQLite store (a sweep, a worker and a live lease made once). A request
+// with worker_id 0 is sent under the live lease, so most inputs reach the
+// store. Beyond "no crash": no answer may be INTERNAL or UNKNOWN (an escaped
+// exception or a store failure), and a stored batch must read back.
+#include <grpcpp/grpcpp.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "megabatch/v1/megabatch.pb.h"
+#include "server/metrics/metrics.h"
+#include "server/scheduler/scheduler.h"
+#include "server/service/services.h"
+#include "server/store/read_only.h"
+#include "server/store/sweep_store.h"
+
+namespace {
+
+using namespace megabatch;
+
+struct World {
+  std::unique_ptr<store::SweepStore> store;
+  std::unique_ptr<store::ReadOnlyDb> results;
+  std::unique_ptr<metrics::CoordinatorMetrics> metrics;
+  std::unique_ptr<scheduler::Scheduler> scheduler;
+  std::unique_ptr<service::WorkerServiceImpl> service;
+  int64_t worker_id = 0;
+  v1::TrialLease lease;
+};
+
+World* MakeWorld() {
+  auto* w = new World;
+  const std::string dir = (std::filesystem::temp_directory_path() /
+                           ("megabatch-fuzz-" + std::to_string(getpid())))
+                              .string();
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string db = dir + "/fuzz.db";
+  auto opened = store::SweepStore::Open(db);
+  if (!opened.ok()) std::abort();
+  w->store = std::move(*opened);
+  w->results = std::make_unique<store::ReadOnlyDb>(db);
+  w->metrics = std::make_unique<metrics::CoordinatorMetrics>(w->results.get());
+  scheduler::SchedulerOptions options;
+  options.lease_timeout = std::chrono::hours(24);
+  w->scheduler = std::make_unique<scheduler::Scheduler>(w->store.get(), options);
+  w->service = std::make_unique<service::WorkerServiceImpl>(
+      w->store.get(), w->scheduler.get(), w->metrics.get(), nullptr, 0);
+  auto spec = spec::ParseSweepSpec(
+      "name: fuzz\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: {lr: 0.1}\n"
+      "early_stopping: {rule: asha, metric: test_accuracy, min_samples: 256}\n");
+  bool existed = false;
+  if (!spec.ok() ||
+      !w->store->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1, &existed).ok()) {
+    std::abort();
+  }
+  w->worker_id = *w->store->RegisterWorker("fuzz", 2, 1);
+  auto lease = w->store->LeaseNext(w->worker_id, 2);
+  if (!lease.ok() || !lease->has_value()) std::abort();
+  w->lease.set_trial_id((*lease)->trial_id);
+  w->lease.set_lease_id((*lease)->lease_id);
+  return w;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static World* world = MakeWorld();
+  v1::ReportMetricsRequest req;
+  if (!req.ParseFromArray(data, static_cast<int>(size))) return 0;
+  if (req.worker_id() == 0) {
+    req.set_worker_id(world->worker_id);
+    *req.mutable_lease() = world->lease;
+  }
+  grpc::ServerContext ctx;
+  v1::ReportMetricsResponse resp;
+  grpc::Status s = world->service->ReportMetrics(&ctx, &req, &resp);
+  if (s.error_code() == grpc::StatusCode::INTERNAL ||
+      s.error_code() == grpc::StatusCode::UNKNOWN) {
+    std::abort();
+  }
+  if (s.ok() && resp.accepted() != req.points_size()) std::abort();
+  return 0;
+}
