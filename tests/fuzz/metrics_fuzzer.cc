@@ -5,6 +5,7 @@
 // store. Beyond "no crash": no answer may be INTERNAL or UNKNOWN (an escaped
 // exception or a store failure), and a stored batch must read back.
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <system_error>
 
 #include "megabatch/v1/megabatch.pb.h"
 #include "server/metrics/metrics.h"
@@ -34,13 +36,22 @@ struct World {
   v1::TrialLease lease;
 };
 
+std::string& WorldDir() {
+  static std::string dir = (std::filesystem::temp_directory_path() /
+                            ("megabatch-fuzz-" + std::to_string(getpid())))
+                               .string();
+  return dir;
+}
+
 World* MakeWorld() {
   auto* w = new World;
-  const std::string dir = (std::filesystem::temp_directory_path() /
-                           ("megabatch-fuzz-" + std::to_string(getpid())))
-                              .string();
+  const std::string& dir = WorldDir();
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  std::atexit([] {
+    std::error_code ec;
+    std::filesystem::remove_all(WorldDir(), ec);
+  });
   const std::string db = dir + "/fuzz.db";
   auto opened = store::SweepStore::Open(db);
   if (!opened.ok()) std::abort();

@@ -69,17 +69,6 @@ int main(int argc, char** argv) {
     }
   }
   if (!options.gpus.empty()) options.slots = static_cast<int>(options.gpus.size());
-  auto token = megabatch::LoadToken(token_file);
-  if (!token.ok()) {
-    spdlog::error("{}", token.status().message());
-    return 2;
-  }
-  channel_options.token = *token;
-  auto channel = megabatch::MakeChannel(coordinator, channel_options);
-  if (!channel.ok()) {
-    spdlog::error("{}", channel.status().message());
-    return 2;
-  }
   if (options.trainer_path.empty()) {
     options.trainer_path =
         (fs::read_symlink("/proc/self/exe").parent_path() / "megabatch-trainer")
@@ -104,6 +93,19 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // After the mask: gRPC starts threads of its own with the channel, and
+  // they must not take the stop signals either.
+  auto token = megabatch::LoadToken(token_file);
+  if (!token.ok()) {
+    spdlog::error("{}", token.status().message());
+    return 2;
+  }
+  channel_options.token = *token;
+  auto channel = megabatch::MakeChannel(coordinator, channel_options);
+  if (!channel.ok()) {
+    spdlog::error("{}", channel.status().message());
+    return 2;
+  }
 
   try {
     megabatch::worker::Worker worker(*channel, options);
