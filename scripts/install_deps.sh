@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config git ca-certificates
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
-  libtorch-dev libsqlite3-dev sqlite3 nlohmann-json3-dev prometheus-cpp-dev
+  libtorch-dev libgloo-dev libsqlite3-dev sqlite3 nlohmann-json3-dev prometheus-cpp-dev
   libyaml-cpp-dev libcli11-dev libspdlog-dev libgtest-dev libgmock-dev
   libbenchmark-dev dataset-fashion-mnist
   python3 python3-numpy python3-torch python3-optuna zlib1g-dev

@@ -14,6 +14,7 @@
 #include <map>
 #include <sstream>
 
+#include "worker/trainer/distributed/data_parallel.h"
 #include "worker/trainer/models/models.h"
 #include "worker/trainer/optim/lamb.h"
 #include "worker/trainer/optim/lars.h"
@@ -316,6 +317,18 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
   std::cerr << "megabatch-trainer: trial " << config.trial_id << " on "
             << device.str() << " (" << config.precision << ", "
             << config.threads << " threads)\n";
+  // Data parallel: join the trial's process group before anything else can
+  // fail on one rank only and leave the others waiting at the rendezvous.
+  std::unique_ptr<DataParallel> dp;
+  if (config.world_size > 1) {
+    auto joined = DataParallel::Join(config, device);
+    if (!joined.ok()) return joined.status();
+    dp = std::move(*joined);
+    std::cerr << "megabatch-trainer: rank " << config.rank << " of " << config.world_size
+              << " joined " << config.rendezvous_host << ":" << config.rendezvous_port << "\n";
+  }
+  // Rank 0 alone evaluates, reports and checkpoints.
+  const bool reporter = config.rank == 0;
   auto optimizer_or = MakeOptimizer(config.optimizer, *model, config.lr);
   if (!optimizer_or.ok()) return optimizer_or.status();
   torch::optim::Optimizer& optimizer = **optimizer_or;
@@ -332,9 +345,12 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
   const LrSchedule schedule{config.lr, WarmupSteps(config, n), total_steps,
                             config.decay, config.power};
   const int64_t micro = config.micro_batch_size;
-  const int64_t accumulation = config.batch_size / micro;
+  // This rank's share of every global batch, in micro-batches.
+  const int64_t local_batch = config.batch_size / config.world_size;
+  const int64_t accumulation = local_batch / micro;
   // Each micro-batch loss is a mean over `micro` samples; scaling by
-  // micro / batch makes the accumulated gradient the full batch's.
+  // micro / batch makes the accumulated gradient, summed over the ranks, the
+  // full batch's.
   const double loss_scale = static_cast<double>(micro) / config.batch_size;
 
   // Decoded once; on the GPU for a cuda trial (Fashion-MNIST is 220 MB).
@@ -374,7 +390,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     double loss_value = 0;
     double small_sq = 0;  // |G_small|^2 of the first micro-batch
     for (int64_t k = 0; k < accumulation; ++k) {
-      int64_t begin = in_epoch * config.batch_size + k * micro;
+      int64_t begin = in_epoch * config.batch_size + config.rank * local_batch + k * micro;
       torch::Tensor idx = s.order.slice(0, begin, begin + micro).to(device);
       torch::Tensor x = train_x.index_select(0, idx);
       torch::Tensor y = train_y.index_select(0, idx);
@@ -394,6 +410,14 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
         const double scale = loss_scale * s.loss_scale;
         small_sq = GradSquaredNorm(params) / (scale * scale);
       }
+    }
+    double allreduce_seconds = 0;
+    if (dp) {
+      MEGABATCH_RETURN_IF_ERROR(dp->SumGradients(params));
+      allreduce_seconds = dp->last_seconds();
+      auto summed = dp->Sum({loss_value});
+      if (!summed.ok()) return summed.status();
+      loss_value = (*summed)[0];
     }
     if (placement.loss_scaling) {
       for (const auto& p : params) {
@@ -431,6 +455,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
                             {"samples_per_second", config.batch_size / step_seconds}};
     if (!skip_step) step_metrics.push_back({"grad_norm", std::sqrt(big_sq)});
     if (placement.loss_scaling) step_metrics.push_back({"loss_scale", s.loss_scale});
+    if (dp) step_metrics.push_back({"allreduce_seconds", allreduce_seconds});
     if (accumulation > 1 && !skip_step) {
       // LARGE_BATCH.md: b_s = micro, b_b = batch.
       const double bs = static_cast<double>(micro);
@@ -466,7 +491,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
         if (it != ratio_of.end()) step_metrics.push_back({"trust_ratio/" + name, it->second});
       }
     }
-    sink->Log(step, step_metrics);
+    if (reporter) sink->Log(step, step_metrics);
     if (step == 1) s.first_loss = loss_value;
     if (!std::isfinite(loss_value) ||
         loss_value > config.divergence_factor * s.first_loss) {
@@ -485,10 +510,17 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
                           step % config.checkpoint_every_steps == 0 &&
                           step < total_steps;
     if (!eval_now && step != total_steps) {
-      if (checkpoint_now) {
+      if (checkpoint_now && reporter) {
         MEGABATCH_RETURN_IF_ERROR(
             SaveCheckpoint(config, model, optimizer, shuffle, s, sink));
       }
+      continue;
+    }
+    if (!reporter) {
+      // Rank 0 evaluates; every rank learns whether it stops the trial.
+      auto stop = dp->Sum({0.0});
+      if (!stop.ok()) return stop.status();
+      if ((*stop)[0] > 0) return finish();
       continue;
     }
     Evaluation ev = Evaluate(model, test_x, test_y, placement);
@@ -510,6 +542,10 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
            static_cast<double>(step) * static_cast<double>(config.batch_size)});
     }
     sink->Log(step, eval_metrics);
+    if (dp) {
+      auto stop = dp->Sum({reached && config.target_stop ? 1.0 : 0.0});
+      if (!stop.ok()) return stop.status();
+    }
     if (reached && config.target_stop) {
       result.message = "target reached at step " + std::to_string(step);
       return finish();

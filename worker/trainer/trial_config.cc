@@ -158,7 +158,39 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     return InvalidArgumentError(
         "checkpoint_path: required when checkpoint_every_steps > 0");
   }
+  if (auto d = doc.find("distributed"); d != doc.end()) {
+    MEGABATCH_RETURN_IF_ERROR(Read(*d, "world_size", &c.world_size));
+    MEGABATCH_RETURN_IF_ERROR(Read(*d, "rank", &c.rank));
+    MEGABATCH_RETURN_IF_ERROR(Read(*d, "host", &c.rendezvous_host));
+    MEGABATCH_RETURN_IF_ERROR(Read(*d, "port", &c.rendezvous_port));
+    MEGABATCH_RETURN_IF_ERROR(Read(*d, "timeout_s", &c.collective_timeout_s));
+  }
+  if (c.world_size < 1 || c.world_size > 4096) {
+    return InvalidArgumentError("distributed.world_size: must be between 1 and 4096");
+  }
+  if (c.rank < 0 || c.rank >= c.world_size) {
+    return InvalidArgumentError("distributed.rank: must be in [0, world_size), got " +
+                                std::to_string(c.rank));
+  }
+  if (c.world_size > 1) {
+    if (c.rendezvous_host.empty()) {
+      return InvalidArgumentError("distributed.host: required with world_size > 1");
+    }
+    if (c.rendezvous_port < 1 || c.rendezvous_port > 65535) {
+      return InvalidArgumentError("distributed.port: must be between 1 and 65535");
+    }
+    if (c.collective_timeout_s < 1) {
+      return InvalidArgumentError("distributed.timeout_s: must be positive");
+    }
+    if (c.batch_size % (c.micro_batch_size * c.world_size) != 0) {
+      return InvalidArgumentError(
+          "batch_size: " + std::to_string(c.batch_size) + " must be a multiple of " +
+          "micro_batch_size x world_size (" + std::to_string(c.micro_batch_size) + " x " +
+          std::to_string(c.world_size) + ")");
+    }
+  }
   json fingerprint = doc;
+  fingerprint.erase("distributed");
   fingerprint.erase("threads");
   fingerprint.erase("checkpoint_path");
   fingerprint.erase("checkpoint_per_step");

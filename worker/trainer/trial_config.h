@@ -63,9 +63,22 @@ struct TrialConfig {
   // file step-N.pt beside it and announce it on stdout (the worker keeps the
   // newest one whose metrics are all stored, and deletes the rest).
   bool checkpoint_per_step = false;
+  // Data parallel: this process is rank `rank` of `world_size`; rank 0
+  // serves the c10d TCPStore at rendezvous_host:rendezvous_port. Each rank
+  // takes its own 1/world_size of every global batch (batch_size), in
+  // micro-batches; gradients are summed over the ranks every step; rank 0
+  // alone evaluates, reports and checkpoints. A collective that does not
+  // complete in collective_timeout_s ends the trial (a rank is gone).
+  // JSON: "distributed": {"world_size", "rank", "host", "port", "timeout_s"}.
+  int world_size = 1;
+  int rank = 0;
+  std::string rendezvous_host = "127.0.0.1";
+  int rendezvous_port = 0;
+  int collective_timeout_s = 120;
   // The config as given, less the fields that may differ between two runs of
-  // the same trial (threads, checkpoint_*); a checkpoint records it and
-  // only resumes a trial with the same fingerprint.
+  // the same trial (threads, checkpoint_*, distributed: a checkpoint
+  // resumes under any world size); a checkpoint records it and only resumes
+  // a trial with the same fingerprint.
   std::string fingerprint;
 };
 
