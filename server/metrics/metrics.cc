@@ -129,8 +129,8 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
 
     auto slots_q = d.Prepare(
         "SELECT (SELECT coalesce(sum(slots), 0) FROM workers WHERE state = 'alive'), "
-        "(SELECT count(*) FROM trials t JOIN workers w ON w.id = t.worker_id "
-        "WHERE t.state = 'running' AND w.state = 'alive')");
+        "(SELECT count(*) FROM holdings h JOIN workers w ON w.id = h.worker_id "
+        "WHERE w.state = 'alive')");
     if (!slots_q.ok()) return slots_q.status();
     auto row = slots_q->Step();
     if (!row.ok()) return row.status();

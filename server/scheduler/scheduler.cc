@@ -95,6 +95,12 @@ Result<std::optional<store::Lease>> Scheduler::Lease(
   self.worker_id = worker_id;
   std::unique_lock<std::mutex> lock(batch_mu_);
   Enqueue(&self);
+  if (gang_waiting_) {
+    // A data-parallel trial waits for enough requests in one batch: bring
+    // every idle one along with this newcomer.
+    for (PendingLease* p : parked_) Enqueue(p);
+    parked_.clear();
+  }
   while (self.where != Where::kDone) {
     if (closed_ && self.where != Where::kInFlight) {
       Unlist(&self);
@@ -122,7 +128,7 @@ Result<std::optional<store::Lease>> Scheduler::Lease(
   const store::Lease& l = **self.result;
   if (client_gone()) {
     MEGABATCH_RETURN_IF_ERROR(
-        store_->ReleaseLease(l.trial_id, l.lease_id, worker_id, NowSeconds()));
+        store_->ReleaseLease(l.trial_id, l.lease_id, worker_id, NowSeconds(), l.rank));
     Notify();
     return Status(StatusCode::kCancelled, "worker " + std::to_string(worker_id) +
                                               " went away; lease released");
@@ -166,9 +172,11 @@ void Scheduler::LeadBatch(std::unique_lock<std::mutex>& lock) {
   const int64_t seq = notify_seq_;
   lock.unlock();
   const int64_t version = store_->version();
+  bool gang_waiting = false;
   std::vector<Result<std::optional<store::Lease>>> results =
-      store_->LeaseBatch(ids, NowSeconds());
+      store_->LeaseBatch(ids, NowSeconds(), &gang_waiting);
   lock.lock();
+  gang_waiting_ = gang_waiting;
   bool granted = false;
   // Every hand-back happens under the lock: a request cannot return (and
   // destroy its condition variable) before this is done with it.
@@ -202,10 +210,11 @@ Result<store::TrialState> Scheduler::Finish(int64_t trial_id, int64_t lease_id,
                                             int64_t worker_id,
                                             store::TrialState outcome,
                                             const std::string& message,
-                                            const std::string& stderr_tail) {
+                                            const std::string& stderr_tail,
+                                            int32_t rank) {
   Result<store::TrialState> state =
       store_->FinishTrial(trial_id, lease_id, worker_id, outcome, message,
-                          stderr_tail, NowSeconds());
+                          stderr_tail, NowSeconds(), rank);
   if (state.ok()) {
     spdlog::info("trial {} attempt ended {}; now {}", trial_id,
                  store::TrialStateName(outcome), store::TrialStateName(*state));

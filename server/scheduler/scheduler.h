@@ -74,7 +74,7 @@ class Scheduler {
   Result<store::TrialState> Finish(int64_t trial_id, int64_t lease_id,
                                    int64_t worker_id, store::TrialState outcome,
                                    const std::string& message,
-                                   const std::string& stderr_tail);
+                                   const std::string& stderr_tail, int32_t rank = 0);
 
   // Blocks until the store's version differs from `seen` or `deadline`
   // passes; returns the current version.
@@ -133,6 +133,8 @@ class Scheduler {
   std::vector<PendingLease*> parked_ GUARDED_BY(batch_mu_);
   bool leading_ GUARDED_BY(batch_mu_) = false;
   bool closed_ GUARDED_BY(batch_mu_) = false;
+  // The last batch left a data-parallel trial waiting for more requests.
+  bool gang_waiting_ GUARDED_BY(batch_mu_) = false;
   // Counts Notify() calls: a batch that overlapped one requeues the requests
   // it found nothing for instead of parking them.
   int64_t notify_seq_ GUARDED_BY(batch_mu_) = 0;

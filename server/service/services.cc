@@ -110,7 +110,12 @@ Status CheckId(int64_t id, const char* field) {
 
 Status CheckLease(const v1::TrialLease& lease) {
   MEGABATCH_RETURN_IF_ERROR(CheckId(lease.trial_id(), "lease.trial_id"));
-  return CheckId(lease.lease_id(), "lease.lease_id");
+  MEGABATCH_RETURN_IF_ERROR(CheckId(lease.lease_id(), "lease.lease_id"));
+  if (lease.rank() < 0 || lease.rank() >= spec::kMaxRanksPerTrial) {
+    return InvalidArgumentError("lease.rank: must be between 0 and 63, got " +
+                                std::to_string(lease.rank()));
+  }
+  return Status();
 }
 
 }  // namespace
@@ -345,8 +350,25 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
       return InvalidArgumentError("slots: must be between 1 and 4096, got " +
                                   std::to_string(req->slots()));
     }
-    auto id = store_->RegisterWorker(req->name(), req->slots(),
-                                     scheduler::NowSeconds());
+    store::WorkerRendezvous rendezvous;
+    if (!req->rendezvous_host().empty()) {
+      if (req->rendezvous_host().size() > kMaxNameLength) {
+        return InvalidArgumentError("rendezvous_host: at most 200 characters");
+      }
+      rendezvous.host = req->rendezvous_host();
+    }
+    if (req->rendezvous_port_first() != 0 || req->rendezvous_port_count() != 0) {
+      const int64_t first = req->rendezvous_port_first(), count = req->rendezvous_port_count();
+      if (first < 1 || count < 1 || first + count - 1 > 65535) {
+        return InvalidArgumentError(
+            "rendezvous_port_first/rendezvous_port_count: a range within 1..65535, got " +
+            std::to_string(first) + " + " + std::to_string(count));
+      }
+      rendezvous.port_first = static_cast<int32_t>(first);
+      rendezvous.port_count = static_cast<int32_t>(count);
+    }
+    auto id = store_->RegisterWorker(req->name(), req->slots(), scheduler::NowSeconds(),
+                                     rendezvous);
     if (!id.ok()) return id.status();
     resp->set_worker_id(*id);
     resp->set_heartbeat_interval_ms(static_cast<int32_t>(
@@ -369,10 +391,10 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx,
                                   " trials (a worker's slots), got " +
                                   std::to_string(req->running_size()));
     }
-    std::vector<std::pair<int64_t, int64_t>> running;
+    std::vector<store::RunningLease> running;
     for (const auto& lease : req->running()) {
       MEGABATCH_RETURN_IF_ERROR(CheckLease(lease));
-      running.emplace_back(lease.trial_id(), lease.lease_id());
+      running.push_back({lease.trial_id(), lease.lease_id(), lease.rank()});
     }
     if (req->gpus_size() > kMaxGpusPerWorker) {
       return InvalidArgumentError("gpus: at most " + std::to_string(kMaxGpusPerWorker));
@@ -419,6 +441,7 @@ grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext* ctx,
       const store::Lease& l = **lease;
       resp->mutable_lease()->set_trial_id(l.trial_id);
       resp->mutable_lease()->set_lease_id(l.lease_id);
+      resp->mutable_lease()->set_rank(l.rank);
       resp->set_config_json(l.config_json);
     }
     return Status();
@@ -435,6 +458,9 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
       return Status(StatusCode::kResourceExhausted,
                     "points: " + std::to_string(req->points_size()) +
                         " in one report; at most 100000");
+    }
+    if (req->lease().rank() != 0) {
+      return FailedPreconditionError("lease.rank: only rank 0 of a trial reports metrics");
     }
     MEGABATCH_RETURN_IF_ERROR(point_budget_.Take(req->worker_id(), req->points_size()));
     std::vector<store::MetricPoint> points;
@@ -488,7 +514,7 @@ grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext* ctx,
     auto state = TimedWrite(metrics_, "finish_trial", [&] {
       return scheduler_->Finish(req->lease().trial_id(), req->lease().lease_id(),
                                 req->worker_id(), outcome, req->message(),
-                                req->stderr_tail());
+                                req->stderr_tail(), req->lease().rank());
     });
     if (!state.ok()) return state.status();
     resp->set_state(ToProto(*state));

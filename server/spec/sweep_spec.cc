@@ -531,18 +531,6 @@ Status ParseList(Fields& top, std::string_view key, std::vector<T>* out,
   return Status::Ok();
 }
 
-// A field of DESIGN.md's schema that belongs to a later milestone: naming it
-// gets a clear "not supported yet" instead of "unknown field".
-Status RejectUnsupported(Fields& top) {
-  if (const json* v = top.Get("ranks_per_trial")) {
-    if (!(v->is_number_integer() && v->get<int64_t>() == 1)) {
-      return InvalidArgumentError(
-          "ranks_per_trial: data-parallel trials are not supported yet; use 1");
-    }
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 double ScaledLr(LrScaling scaling, double base_lr, int64_t base_batch_size,
@@ -616,13 +604,22 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   MEGABATCH_RETURN_IF_ERROR(ParseSchedule(top, &s.schedule));
   MEGABATCH_RETURN_IF_ERROR(top.Int("micro_batch_size", &s.micro_batch_size,
                                     0, 1, train_samples));
-  if (s.micro_batch_size > 0) {
-    for (int64_t b : s.batch_sizes) {
-      if (b > s.micro_batch_size && b % s.micro_batch_size != 0) {
-        return InvalidArgumentError(
-            "micro_batch_size: batch size " + std::to_string(b) +
-            " is not a multiple of " + std::to_string(s.micro_batch_size));
-      }
+  int64_t ranks = 1;
+  MEGABATCH_RETURN_IF_ERROR(top.Int("ranks_per_trial", &ranks, 1, 1, kMaxRanksPerTrial));
+  s.ranks_per_trial = static_cast<int32_t>(ranks);
+  for (int64_t b : s.batch_sizes) {
+    // Each rank takes b / ranks of every batch, in micro-batches.
+    if (b % ranks != 0) {
+      return InvalidArgumentError("ranks_per_trial: batch size " + std::to_string(b) +
+                                  " is not a multiple of " + std::to_string(ranks));
+    }
+    const int64_t local = b / ranks;
+    if (s.micro_batch_size > 0 && local > s.micro_batch_size &&
+        local % s.micro_batch_size != 0) {
+      return InvalidArgumentError(
+          "micro_batch_size: batch size " + std::to_string(b) +
+          (ranks > 1 ? " / " + std::to_string(ranks) + " ranks" : std::string()) +
+          " is not a multiple of " + std::to_string(s.micro_batch_size));
     }
   }
   MEGABATCH_RETURN_IF_ERROR(ParseBudget(top, &s.budget));
@@ -657,7 +654,6 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   s.max_retries = static_cast<int32_t>(n);
   MEGABATCH_RETURN_IF_ERROR(top.Int("priority", &n, 0, -1000000, 1000000));
   s.priority = static_cast<int32_t>(n);
-  MEGABATCH_RETURN_IF_ERROR(RejectUnsupported(top));
   MEGABATCH_RETURN_IF_ERROR(top.NoUnknown());
 
   int64_t trials = static_cast<int64_t>(s.optimizers.size()) *
@@ -799,6 +795,7 @@ json SweepSpec::ToJson() const {
               {"precision", precision},
               {"seeds", seeds},
               {"max_parallel", max_parallel},
+              {"ranks_per_trial", ranks_per_trial},
               {"max_retries", max_retries},
               {"priority", priority}};
   if (micro_batch_size > 0) out["micro_batch_size"] = micro_batch_size;
@@ -824,6 +821,8 @@ std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
           t.lr_multiplier = mult;
           t.lr = scaled * mult;
           t.seed = seed;
+          t.ranks = spec.ranks_per_trial;
+          const int64_t local = b / spec.ranks_per_trial;
           json optimizer = opt.options;
           optimizer["name"] = opt.name;
           t.config = {{"seed", seed},
@@ -833,8 +832,8 @@ std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
                       {"batch_size", b},
                       {"micro_batch_size",
                        spec.micro_batch_size > 0
-                           ? std::min(spec.micro_batch_size, b)
-                           : b},
+                           ? std::min(spec.micro_batch_size, local)
+                           : local},
                       {"lr", t.lr},
                       {"schedule", spec.schedule},
                       {"budget", spec.budget},

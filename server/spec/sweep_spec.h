@@ -26,6 +26,7 @@ enum class LrScaling { kNone, kLinear, kSqrt };
 
 // The upper bound on the number of trials one sweep may expand to.
 inline constexpr int64_t kMaxTrialsPerSweep = 10000;
+inline constexpr int64_t kMaxRanksPerTrial = 64;
 // The largest spec text accepted, in bytes.
 inline constexpr size_t kMaxSpecBytes = 1 << 20;
 
@@ -68,6 +69,9 @@ struct SweepSpec {
   std::string precision = "fp32";  // fp32 | bf16 | fp16 (autocast, cuda only)
   std::vector<int64_t> seeds;
   int32_t max_parallel = 0;  // 0: no limit
+  // Data parallel: each trial runs as this many ranks (slots, possibly on
+  // different workers), each with its share of every global batch.
+  int32_t ranks_per_trial = 1;
   int32_t max_retries = 2;
   int32_t priority = 0;
 
@@ -83,6 +87,7 @@ struct TrialSpec {
   double lr = 0;  // peak lr: ScaledLr(...) x lr_multiplier
   double lr_multiplier = 1;
   int64_t seed = 0;
+  int32_t ranks = 1;
   // The trainer's config for this trial, without "trial_id"/"sweep_id" (the
   // store adds those once it has assigned them).
   nlohmann::json config;

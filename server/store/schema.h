@@ -207,6 +207,32 @@ CREATE TABLE tokens (
 );
 ALTER TABLE sweeps ADD COLUMN owner TEXT;
 )sql",
+    // Version 6: data-parallel trials. A trial runs as `ranks` ranks; rank 0
+    // is the trial row's worker_id, ranks 1.. are in trial_ranks under the
+    // lease they were placed with; rank 0's worker serves the rendezvous on
+    // rendezvous_port, from the range its worker registered with. The view
+    // `holdings` lists every (trial, lease, rank, worker) of running trials.
+    R"sql(
+ALTER TABLE trials ADD COLUMN ranks INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE trials ADD COLUMN rendezvous_port INTEGER;
+CREATE TABLE trial_ranks (
+  trial_id   INTEGER NOT NULL REFERENCES trials(id),
+  rank       INTEGER NOT NULL,
+  lease_id   INTEGER NOT NULL,
+  worker_id  INTEGER NOT NULL REFERENCES workers(id),
+  PRIMARY KEY (trial_id, rank)
+) WITHOUT ROWID;
+CREATE INDEX trial_ranks_by_worker ON trial_ranks (worker_id);
+ALTER TABLE workers ADD COLUMN rendezvous_host TEXT NOT NULL DEFAULT '127.0.0.1';
+ALTER TABLE workers ADD COLUMN rendezvous_port_first INTEGER NOT NULL DEFAULT 29500;
+ALTER TABLE workers ADD COLUMN rendezvous_port_count INTEGER NOT NULL DEFAULT 100;
+CREATE VIEW holdings AS
+  SELECT id AS trial_id, lease_id, 0 AS rank, worker_id FROM trials
+    WHERE state = 'running'
+  UNION ALL
+  SELECT r.trial_id, r.lease_id, r.rank, r.worker_id FROM trial_ranks r
+    JOIN trials t ON t.id = r.trial_id AND t.lease_id = r.lease_id AND t.state = 'running';
+)sql",
 };
 
 }  // namespace megabatch::store

@@ -6,6 +6,7 @@
 #include <iterator>
 #include <limits>
 #include <set>
+#include <sstream>
 
 #include "server/store/schema.h"
 
@@ -144,8 +145,8 @@ Result<int64_t> SweepStore::CreateSweep(
 
   Result<Statement> trial = db_->Prepare(
       "INSERT INTO trials (sweep_id, trial_index, optimizer, batch_size, lr, "
-      "lr_multiplier, seed, state, config_json) "
-      "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)");
+      "lr_multiplier, seed, state, config_json, ranks) "
+      "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)");
   if (!trial.ok()) return trial.status();
   Result<Statement> set_config =
       db_->Prepare("UPDATE trials SET config_json = ? WHERE id = ?");
@@ -154,7 +155,7 @@ Result<int64_t> SweepStore::CreateSweep(
     trial->Reset();
     trial->Bind(1, sweep_id).Bind(2, t.index).Bind(3, t.optimizer);
     trial->Bind(4, t.batch_size).Bind(5, t.lr).Bind(6, t.lr_multiplier);
-    trial->Bind(7, t.seed).Bind(8, t.config.dump());
+    trial->Bind(7, t.seed).Bind(8, t.config.dump()).Bind(9, t.ranks);
     MEGABATCH_RETURN_IF_ERROR(trial->Run());
     int64_t trial_id = db_->LastInsertRowid();
     nlohmann::json config = t.config;
@@ -350,16 +351,18 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id) {
   return out;
 }
 
-Result<int64_t> SweepStore::RegisterWorker(const std::string& name,
-                                           int32_t slots, double now) {
+Result<int64_t> SweepStore::RegisterWorker(const std::string& name, int32_t slots,
+                                           double now, const WorkerRendezvous& rendezvous) {
   std::lock_guard<std::mutex> lock(mu_);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   Result<Statement> ins = db_->Prepare(
-      "INSERT INTO workers (name, slots, state, registered_at, "
-      "last_heartbeat_at) VALUES (?, ?, 'alive', ?, ?)");
+      "INSERT INTO workers (name, slots, state, registered_at, last_heartbeat_at, "
+      "rendezvous_host, rendezvous_port_first, rendezvous_port_count) "
+      "VALUES (?, ?, 'alive', ?, ?, ?, ?, ?)");
   if (!ins.ok()) return ins.status();
   ins->Bind(1, name).Bind(2, slots).Bind(3, now).Bind(4, now);
+  ins->Bind(5, rendezvous.host).Bind(6, rendezvous.port_first).Bind(7, rendezvous.port_count);
   MEGABATCH_RETURN_IF_ERROR(ins->Run());
   int64_t id = db_->LastInsertRowid();
   MEGABATCH_RETURN_IF_ERROR(AddEvent(0, 0, id, "worker_registered",
@@ -370,9 +373,9 @@ Result<int64_t> SweepStore::RegisterWorker(const std::string& name,
   return id;
 }
 
-Result<std::vector<int64_t>> SweepStore::Heartbeat(
-    int64_t worker_id, const std::vector<std::pair<int64_t, int64_t>>& running,
-    double now) {
+Result<std::vector<int64_t>> SweepStore::Heartbeat(int64_t worker_id,
+                                                   const std::vector<RunningLease>& running,
+                                                   double now) {
   std::lock_guard<std::mutex> lock(mu_);
   Result<Statement> up = db_->Prepare(
       "UPDATE workers SET last_heartbeat_at = ?, state = 'alive' WHERE id = ?");
@@ -383,17 +386,14 @@ Result<std::vector<int64_t>> SweepStore::Heartbeat(
     return NotFoundError("worker " + std::to_string(worker_id) +
                          " not found; register again");
   }
-  Result<Statement> q = db_->Prepare(
-      "SELECT 1 FROM trials WHERE id = ? AND lease_id = ? AND worker_id = ? "
-      "AND state = 'running'");
-  if (!q.ok()) return q.status();
   std::vector<int64_t> stop;
-  for (const auto& [trial_id, lease_id] : running) {
-    q->Reset();
-    q->Bind(1, trial_id).Bind(2, lease_id).Bind(3, worker_id);
-    Result<bool> row = q->Step();
-    if (!row.ok()) return row.status();
-    if (!*row) stop.push_back(trial_id);
+  for (const RunningLease& r : running) {
+    Status current = CheckLease(r.trial_id, r.lease_id, worker_id, r.rank);
+    if (current.code() == StatusCode::kAborted || current.code() == StatusCode::kNotFound) {
+      stop.push_back(r.trial_id);
+    } else {
+      MEGABATCH_RETURN_IF_ERROR(current);
+    }
   }
   return stop;
 }
@@ -402,8 +402,8 @@ Result<std::vector<WorkerRow>> SweepStore::ListWorkers() {
   std::lock_guard<std::mutex> lock(mu_);
   Result<Statement> q = db_->Prepare(
       "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, "
-      "(SELECT count(*) FROM trials t WHERE t.worker_id = w.id "
-      " AND t.state = 'running') FROM workers w ORDER BY w.id");
+      "(SELECT count(*) FROM holdings h WHERE h.worker_id = w.id) "
+      "FROM workers w ORDER BY w.id");
   if (!q.ok()) return q.status();
   std::vector<WorkerRow> out;
   MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
@@ -468,27 +468,95 @@ Result<std::optional<Lease>> SweepStore::LeaseNext(int64_t worker_id,
 }
 
 std::vector<Result<std::optional<Lease>>> SweepStore::LeaseBatch(
-    const std::vector<int64_t>& worker_ids, double now) {
+    const std::vector<int64_t>& worker_ids, double now, bool* gang_waiting) {
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<Result<std::optional<Lease>>> out;
-  out.reserve(worker_ids.size());
+  const size_t n = worker_ids.size();
+  std::vector<Result<std::optional<Lease>>> out(n, std::optional<Lease>());
   auto fail_all = [&](const Status& s) {
-    out.assign(worker_ids.size(), Result<std::optional<Lease>>(s));
+    out.assign(n, Result<std::optional<Lease>>(s));
     return out;
   };
   Transaction tx(db_.get());
   if (!tx.begin_status().ok()) return fail_all(tx.begin_status());
   bool granted = false;
+  bool blocked = false;  // a gang trial waits for slots: lease nothing else
+  std::vector<bool> done(n, false);
   std::optional<std::vector<LeaseCandidate>> candidates;
-  for (int64_t worker_id : worker_ids) {
+  for (size_t i = 0; i < n && !blocked; ++i) {
+    if (done[i]) continue;
+    done[i] = true;
     bool db_error = false;
-    out.push_back(LeaseLocked(worker_id, now, &candidates, &db_error));
-    if (db_error) return fail_all(out.back().status());  // rolls back
-    granted = granted || (out.back().ok() && out.back()->has_value());
+    Result<int64_t> free = FreeSlotsLocked(worker_ids[i], &db_error);
+    if (db_error) return fail_all(free.status());
+    if (!free.ok()) {
+      out[i] = free.status();
+      continue;
+    }
+    if (*free <= 0) continue;
+    if (!candidates.has_value()) {
+      Result<std::vector<LeaseCandidate>> loaded = LeaseCandidatesLocked();
+      if (!loaded.ok()) return fail_all(loaded.status());
+      candidates = std::move(*loaded);
+    }
+    while (true) {
+      Result<std::optional<Pick>> pick = PeekTrialLocked(&*candidates);
+      if (!pick.ok()) return fail_all(pick.status());
+      if (!pick->has_value()) break;
+      const Pick& p = **pick;
+      // Rank 0 is this request; the others come from the requests after it.
+      std::vector<size_t> members{i};
+      std::map<int64_t, int64_t> promised{{worker_ids[i], 1}};
+      for (size_t j = i + 1; j < n && static_cast<int32_t>(members.size()) < p.ranks; ++j) {
+        if (done[j]) continue;
+        Result<int64_t> f = FreeSlotsLocked(worker_ids[j], &db_error);
+        if (db_error) return fail_all(f.status());
+        if (f.ok() && *f - promised[worker_ids[j]] > 0) {
+          members.push_back(j);
+          ++promised[worker_ids[j]];
+        }
+      }
+      if (static_cast<int32_t>(members.size()) == p.ranks) {
+        std::vector<int64_t> workers;
+        for (size_t m : members) workers.push_back(worker_ids[m]);
+        Result<std::vector<Lease>> leases = GrantLocked(p, workers, now, &db_error);
+        if (db_error) return fail_all(leases.status());
+        if (leases.ok()) {
+          for (size_t r = 0; r < members.size(); ++r) {
+            out[members[r]] = std::optional<Lease>((*leases)[r]);
+            done[members[r]] = true;
+          }
+          granted = true;
+          break;
+        }
+        // No rendezvous port free on rank 0's worker: wait like a gang
+        // that lacks slots.
+      }
+      Result<int64_t> pool = AliveSlotsLocked();
+      if (!pool.ok()) return fail_all(pool.status());
+      if (p.ranks > *pool) {
+        // Needs more slots than the pool has: it cannot hold up the others.
+        p.sweep->exhausted = true;
+        continue;
+      }
+      blocked = true;
+      break;
+    }
   }
   if (Status s = tx.Commit(); !s.ok()) return fail_all(s);
   if (granted) ++version_;
+  if (gang_waiting != nullptr) *gang_waiting = blocked;
   return out;
+}
+
+Result<int64_t> SweepStore::AliveSlotsLocked() {
+  Result<Statement*> q =
+      db_->Cached("SELECT coalesce(sum(slots), 0) FROM workers WHERE state = 'alive'");
+  if (!q.ok()) return q.status();
+  Result<bool> row = (*q)->Step();
+  if (!row.ok()) return row.status();
+  const int64_t slots = (*q)->Int(0);
+  (*q)->Reset();
+  return slots;
 }
 
 Result<std::vector<SweepStore::LeaseCandidate>> SweepStore::LeaseCandidatesLocked() {
@@ -509,45 +577,45 @@ Result<std::vector<SweepStore::LeaseCandidate>> SweepStore::LeaseCandidatesLocke
   return out;
 }
 
-Result<std::optional<Lease>> SweepStore::LeaseLocked(
-    int64_t worker_id, double now,
-    std::optional<std::vector<LeaseCandidate>>* candidates, bool* db_error) {
+Result<int64_t> SweepStore::FreeSlotsLocked(int64_t worker_id, bool* db_error) {
   auto failed = [db_error](const Status& s) {
     *db_error = true;
     return s;
   };
-  Result<Statement*> w = db_->Cached(
-      "SELECT slots, state, (SELECT count(*) FROM trials WHERE worker_id = "
-      "workers.id AND state = 'running') FROM workers WHERE id = ?");
+  // What the worker holds: trials it runs as rank 0, and other ranks of
+  // running trials under their current lease.
+  Result<Statement*> w = db_->Cached(R"sql(
+    SELECT w.slots, w.state,
+      (SELECT count(*) FROM trials t WHERE t.worker_id = w.id AND t.state = 'running') +
+      (SELECT count(*) FROM trial_ranks r
+         JOIN trials t ON t.id = r.trial_id AND t.lease_id = r.lease_id AND t.state = 'running'
+       WHERE r.worker_id = w.id)
+    FROM workers w WHERE w.id = ?)sql");
   if (!w.ok()) return failed(w.status());
   (*w)->Bind(1, worker_id);
-  Result<bool> wrow = (*w)->Step();
-  if (!wrow.ok()) return failed(wrow.status());
-  if (!*wrow) {
-    return NotFoundError("worker " + std::to_string(worker_id) +
-                         " not found; register again");
+  Result<bool> row = (*w)->Step();
+  if (!row.ok()) return failed(row.status());
+  if (!*row) {
+    return NotFoundError("worker " + std::to_string(worker_id) + " not found; register again");
   }
   if ((*w)->Text(1) != "alive") {
     (*w)->Reset();
     return FailedPreconditionError("worker " + std::to_string(worker_id) +
                                    " is marked lost; heartbeat first");
   }
-  const bool full = (*w)->Int(2) >= (*w)->Int(0);
+  const int64_t free = (*w)->Int(0) - (*w)->Int(2);
   (*w)->Reset();  // a cached statement must not hold its read open
-  if (full) return std::optional<Lease>();
+  return free;
+}
 
-  if (!candidates->has_value()) {
-    Result<std::vector<LeaseCandidate>> loaded = LeaseCandidatesLocked();
-    if (!loaded.ok()) return failed(loaded.status());
-    *candidates = std::move(*loaded);
-  }
+Result<std::optional<SweepStore::Pick>> SweepStore::PeekTrialLocked(
+    std::vector<LeaseCandidate>* candidates) {
   // The sweep first: highest priority, then fewest running trials (fair
   // share), then oldest, within max_parallel; then its first queued trial
   // (an index lookup): the cost does not grow with the queue.
-  Lease lease;
   while (true) {
     LeaseCandidate* best = nullptr;
-    for (LeaseCandidate& c : **candidates) {
+    for (LeaseCandidate& c : *candidates) {
       if (c.exhausted || (c.max_parallel > 0 && c.running >= c.max_parallel)) continue;
       if (best == nullptr || c.priority > best->priority ||
           (c.priority == best->priority &&
@@ -556,38 +624,95 @@ Result<std::optional<Lease>> SweepStore::LeaseLocked(
         best = &c;
       }
     }
-    if (best == nullptr) return std::optional<Lease>();
-    Result<Statement*> pick = db_->Cached(
-        "SELECT id, config_json, lease_id FROM trials "
+    if (best == nullptr) return std::optional<Pick>();
+    Result<Statement*> q = db_->Cached(
+        "SELECT id, config_json, lease_id, ranks FROM trials "
         "WHERE sweep_id = ? AND state = 'queued' ORDER BY trial_index LIMIT 1");
-    if (!pick.ok()) return failed(pick.status());
-    (*pick)->Bind(1, best->sweep_id);
-    Result<bool> row = (*pick)->Step();
-    if (!row.ok()) return failed(row.status());
+    if (!q.ok()) return q.status();
+    (*q)->Bind(1, best->sweep_id);
+    Result<bool> row = (*q)->Step();
+    if (!row.ok()) return row.status();
     if (!*row) {
       best->exhausted = true;
       continue;
     }
-    lease.trial_id = (*pick)->Int(0);
-    lease.sweep_id = best->sweep_id;
-    lease.config_json = (*pick)->Text(1);
-    lease.lease_id = (*pick)->Int(2) + 1;
-    (*pick)->Reset();
-    ++best->running;
-    break;
+    Pick p;
+    p.sweep = best;
+    p.trial_id = (*q)->Int(0);
+    p.config_json = (*q)->Text(1);
+    p.lease_id = (*q)->Int(2) + 1;
+    p.ranks = static_cast<int32_t>((*q)->Int(3));
+    (*q)->Reset();
+    return std::optional<Pick>(std::move(p));
   }
-  const int64_t sweep_id = lease.sweep_id;
+}
 
+Result<std::vector<Lease>> SweepStore::GrantLocked(const Pick& pick,
+                                                   const std::vector<int64_t>& workers,
+                                                   double now, bool* db_error) {
+  auto failed = [db_error](const Status& s) {
+    *db_error = true;
+    return s;
+  };
+  std::string host;
+  int64_t port = 0;
+  if (pick.ranks > 1) {
+    // The lowest port of rank 0's worker's range that none of the
+    // data-parallel trials it leads uses.
+    Result<Statement*> w = db_->Cached(
+        "SELECT rendezvous_host, rendezvous_port_first, rendezvous_port_count, "
+        "(SELECT group_concat(rendezvous_port) FROM trials "
+        " WHERE worker_id = workers.id AND state = 'running' AND rendezvous_port IS NOT NULL) "
+        "FROM workers WHERE id = ?");
+    if (!w.ok()) return failed(w.status());
+    (*w)->Bind(1, workers[0]);
+    Result<bool> row = (*w)->Step();
+    if (!row.ok()) return failed(row.status());
+    if (!*row) return NotFoundError("worker " + std::to_string(workers[0]));
+    host = (*w)->Text(0);
+    const int64_t first = (*w)->Int(1), count = (*w)->Int(2);
+    std::set<int64_t> used;
+    std::stringstream taken((*w)->Text(3));
+    for (std::string item; std::getline(taken, item, ',');) used.insert(std::stoll(item));
+    (*w)->Reset();
+    for (int64_t p = first; p < first + count && port == 0; ++p) {
+      if (used.count(p) == 0) port = p;
+    }
+    if (port == 0) {
+      return FailedPreconditionError("worker " + std::to_string(workers[0]) +
+                                     " has no free rendezvous port");
+    }
+  }
   Result<Statement*> up = db_->Cached(
       "UPDATE trials SET state = 'running', worker_id = ?, lease_id = ?, "
-      "attempts = attempts + 1, started_at = coalesce(started_at, ?) "
-      "WHERE id = ?");
+      "attempts = attempts + 1, started_at = coalesce(started_at, ?), "
+      "rendezvous_port = nullif(?, 0) WHERE id = ?");
   if (!up.ok()) return failed(up.status());
-  (*up)->Bind(1, worker_id).Bind(2, lease.lease_id).Bind(3, now);
-  (*up)->Bind(4, lease.trial_id);
+  (*up)->Bind(1, workers[0]).Bind(2, pick.lease_id).Bind(3, now).Bind(4, port);
+  (*up)->Bind(5, pick.trial_id);
   if (Status s = (*up)->Run(); !s.ok()) return failed(s);
-  if (Status s = AddEvent(lease.sweep_id, lease.trial_id, worker_id, "trial_leased",
-                          "lease " + std::to_string(lease.lease_id), now);
+  std::string placed = "lease " + std::to_string(pick.lease_id);
+  if (pick.ranks > 1) {
+    Result<Statement*> clear = db_->Cached("DELETE FROM trial_ranks WHERE trial_id = ?");
+    if (!clear.ok()) return failed(clear.status());
+    (*clear)->Bind(1, pick.trial_id);
+    if (Status s = (*clear)->Run(); !s.ok()) return failed(s);
+    Result<Statement*> ins = db_->Cached(
+        "INSERT INTO trial_ranks (trial_id, rank, lease_id, worker_id) VALUES (?, ?, ?, ?)");
+    if (!ins.ok()) return failed(ins.status());
+    placed += " as " + std::to_string(pick.ranks) + " ranks on workers " +
+              std::to_string(workers[0]);
+    for (size_t r = 1; r < workers.size(); ++r) {
+      (*ins)->Reset();
+      (*ins)->Bind(1, pick.trial_id).Bind(2, static_cast<int64_t>(r));
+      (*ins)->Bind(3, pick.lease_id).Bind(4, workers[r]);
+      if (Status s = (*ins)->Run(); !s.ok()) return failed(s);
+      placed += ", " + std::to_string(workers[r]);
+    }
+    placed += "; rendezvous " + host + ":" + std::to_string(port);
+  }
+  if (Status s = AddEvent(pick.sweep->sweep_id, pick.trial_id, workers[0], "trial_leased",
+                          placed, now);
       !s.ok()) {
     return failed(s);
   }
@@ -595,36 +720,62 @@ Result<std::optional<Lease>> SweepStore::LeaseLocked(
   Result<Statement*> started =
       db_->Cached("UPDATE sweeps SET state = 'running' WHERE id = ? AND state = 'queued'");
   if (!started.ok()) return failed(started.status());
-  (*started)->Bind(1, sweep_id);
+  (*started)->Bind(1, pick.sweep->sweep_id);
   if (Status s = (*started)->Run(); !s.ok()) return failed(s);
-  return std::optional<Lease>(std::move(lease));
+  ++pick.sweep->running;
+
+  std::vector<Lease> leases;
+  for (int32_t r = 0; r < pick.ranks; ++r) {
+    Lease lease;
+    lease.trial_id = pick.trial_id;
+    lease.lease_id = pick.lease_id;
+    lease.sweep_id = pick.sweep->sweep_id;
+    lease.rank = r;
+    lease.world_size = pick.ranks;
+    if (pick.ranks == 1) {
+      lease.config_json = pick.config_json;
+    } else {
+      nlohmann::json config = nlohmann::json::parse(pick.config_json);
+      config["distributed"] = {{"world_size", pick.ranks}, {"rank", r}, {"host", host},
+                               {"port", port}};
+      lease.config_json = config.dump();
+    }
+    leases.push_back(std::move(lease));
+  }
+  return leases;
 }
 
-Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id,
-                              int64_t worker_id) {
-  Result<Statement> q = db_->Prepare(
-      "SELECT state, lease_id, coalesce(worker_id, 0) FROM trials WHERE id = ?");
+Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker_id,
+                              int32_t rank) {
+  Result<Statement*> q = db_->Cached(
+      "SELECT t.state, t.lease_id, coalesce(t.worker_id, 0), t.ranks, "
+      "(SELECT r.worker_id FROM trial_ranks r WHERE r.trial_id = t.id AND r.rank = ?2 "
+      " AND r.lease_id = t.lease_id) FROM trials t WHERE t.id = ?1");
   if (!q.ok()) return q.status();
-  q->Bind(1, trial_id);
-  Result<bool> row = q->Step();
+  (*q)->Bind(1, trial_id).Bind(2, static_cast<int64_t>(rank));
+  Result<bool> row = (*q)->Step();
   if (!row.ok()) return row.status();
   if (!*row) return NotFoundError("trial " + std::to_string(trial_id) + " not found");
-  if (q->Text(0) != "running" || q->Int(1) != lease_id ||
-      q->Int(2) != worker_id) {
+  const std::string state = (*q)->Text(0);
+  const int64_t holder = rank == 0 ? (*q)->Int(2) : (*q)->Int(4);
+  const bool current = state == "running" && (*q)->Int(1) == lease_id && holder == worker_id &&
+                       rank >= 0 && rank < (*q)->Int(3);
+  (*q)->Reset();
+  if (!current) {
     return AbortedError("trial " + std::to_string(trial_id) + " lease " +
-                        std::to_string(lease_id) + " of worker " +
-                        std::to_string(worker_id) +
-                        " is no longer current (trial is " + q->Text(0) + ")");
+                        std::to_string(lease_id) + (rank > 0 ? " rank " + std::to_string(rank) : "") +
+                        " of worker " + std::to_string(worker_id) +
+                        " is no longer current (trial is " + state + ")");
   }
   return Status();
 }
 
 Status SweepStore::ReleaseLease(int64_t trial_id, int64_t lease_id,
-                                int64_t worker_id, double now) {
+                                int64_t worker_id, double now, int32_t rank) {
   std::lock_guard<std::mutex> lock(mu_);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
-  Status current = CheckLease(trial_id, lease_id, worker_id);
+  Status current = CheckLease(trial_id, lease_id, worker_id, rank);
   if (current.code() == StatusCode::kAborted) return Status();
   MEGABATCH_RETURN_IF_ERROR(current);
   Result<Statement> up = db_->Prepare(
@@ -775,7 +926,7 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
                                            TrialState outcome,
                                            const std::string& message,
                                            const std::string& stderr_tail,
-                                           double now) {
+                                           double now, int32_t rank) {
   if (outcome != TrialState::kCompleted && outcome != TrialState::kFailed &&
       outcome != TrialState::kDiverged) {
     return InvalidArgumentError(
@@ -785,7 +936,18 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
   std::lock_guard<std::mutex> lock(mu_);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
-  MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id));
+  if (rank > 0 && outcome != TrialState::kFailed) {
+    // Rank 0 reports how the trial ended; another rank's exit says nothing
+    // new (and may come after rank 0's report).
+    Result<Statement> state = db_->Prepare("SELECT state FROM trials WHERE id = ?");
+    if (!state.ok()) return state.status();
+    state->Bind(1, trial_id);
+    Result<bool> row = state->Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return NotFoundError("trial " + std::to_string(trial_id) + " not found");
+    return ParseTrialState(state->Text(0)).value_or(TrialState::kQueued);
+  }
+  MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id, rank));
   Result<Statement> q = db_->Prepare(
       "SELECT t.sweep_id, t.attempts, s.max_retries FROM trials t "
       "JOIN sweeps s ON s.id = t.sweep_id WHERE t.id = ?");
@@ -846,8 +1008,8 @@ Result<int> SweepStore::ExpireWorkers(double deadline, double now) {
   std::set<int64_t> sweeps;
   for (int64_t id : ids) {
     Result<Statement> trials = db_->Prepare(
-        "SELECT id, sweep_id FROM trials WHERE worker_id = ? AND "
-        "state = 'running'");
+        "SELECT DISTINCT h.trial_id, t.sweep_id FROM holdings h "
+        "JOIN trials t ON t.id = h.trial_id WHERE h.worker_id = ?");
     if (!trials.ok()) return trials.status();
     trials->Bind(1, id);
     std::vector<std::pair<int64_t, int64_t>> held;
@@ -861,11 +1023,14 @@ Result<int> SweepStore::ExpireWorkers(double deadline, double now) {
     }
     Result<Statement> requeue = db_->Prepare(
         "UPDATE trials SET state = 'queued', worker_id = NULL "
-        "WHERE worker_id = ? AND state = 'running'");
+        "WHERE id = ? AND state = 'running'");
     if (!requeue.ok()) return requeue.status();
-    requeue->Bind(1, id);
-    MEGABATCH_RETURN_IF_ERROR(requeue->Run());
-    requeued += db_->Changes();
+    for (const auto& held_trial : held) {
+      requeue->Reset();
+      requeue->Bind(1, held_trial.first);
+      MEGABATCH_RETURN_IF_ERROR(requeue->Run());
+      requeued += db_->Changes();
+    }
     Result<Statement> mark =
         db_->Prepare("UPDATE workers SET state = 'lost' WHERE id = ?");
     if (!mark.ok()) return mark.status();

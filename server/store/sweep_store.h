@@ -25,7 +25,7 @@
 namespace megabatch::store {
 
 // The current schema version; Open() migrates older files up to it.
-inline constexpr int kSchemaVersion = 5;
+inline constexpr int kSchemaVersion = 6;
 
 // kPruned: stopped early by the sweep's early_stopping rule (successive
 // halving): a result of the study, like kDiverged.
@@ -99,7 +99,26 @@ struct Lease {
   int64_t trial_id = 0;
   int64_t lease_id = 0;
   int64_t sweep_id = 0;
+  // The trainer config; for a data-parallel trial with its "distributed"
+  // block (this rank, the world size, rank 0's rendezvous).
   std::string config_json;
+  int32_t rank = 0;
+  int32_t world_size = 1;
+};
+
+// One trial a worker reports running, under a lease, as a rank.
+struct RunningLease {
+  int64_t trial_id = 0;
+  int64_t lease_id = 0;
+  int32_t rank = 0;
+};
+
+// Where a worker serves the rendezvous of data-parallel trials whose rank 0
+// it runs: an address other workers reach it at, and a port range.
+struct WorkerRendezvous {
+  std::string host = "127.0.0.1";
+  int32_t port_first = 29500;
+  int32_t port_count = 100;
 };
 
 struct MetricPoint {
@@ -136,20 +155,16 @@ class SweepStore {
   // NOT_FOUND for an unknown sweep.
   Result<std::vector<TrialRow>> ListTrials(int64_t sweep_id);
 
-  Result<int64_t> RegisterWorker(const std::string& name, int32_t slots,
-                                 double now);
+  Result<int64_t> RegisterWorker(const std::string& name, int32_t slots, double now,
+                                 const WorkerRendezvous& rendezvous = {});
   // Records a heartbeat (reviving a worker marked lost) and returns which of
-  // `running` (trial id, lease id) the worker must stop: trials no longer
-  // running under that lease. NOT_FOUND for an unknown worker.
-  Result<std::vector<int64_t>> Heartbeat(
-      int64_t worker_id, const std::vector<std::pair<int64_t, int64_t>>& running,
-      double now);
+  // `running` the worker must stop: trials no longer running under that
+  // lease (for that rank, on this worker). NOT_FOUND for an unknown worker.
+  Result<std::vector<int64_t>> Heartbeat(int64_t worker_id,
+                                         const std::vector<RunningLease>& running,
+                                         double now);
   Result<std::vector<WorkerRow>> ListWorkers();
 
-  // Leases the next queued trial to the worker if it has a free slot: higher
-  // priority first, then the sweep with the fewest running trials (fair
-  // share), honouring max_parallel. nullopt when nothing fits.
-  Result<std::optional<Lease>> LeaseNext(int64_t worker_id, double now);
   // Access tokens. Only a token's SHA-256 (hex) is stored. CreateToken
   // refuses a hash already stored (ALREADY_EXISTS); RevokeToken answers
   // NOT_FOUND for an unknown id and FAILED_PRECONDITION for one already
@@ -159,18 +174,30 @@ class SweepStore {
   Result<std::vector<TokenRow>> ListTokens();
   Status RevokeToken(int64_t token_id, double now);
 
+
+  // Leases the next queued trial to the worker if it has a free slot: higher
+  // priority first, then the sweep with the fewest running trials (fair
+  // share), honouring max_parallel. nullopt when nothing fits.
+  Result<std::optional<Lease>> LeaseNext(int64_t worker_id, double now);
   // LeaseNext for each worker in turn, all in one transaction (one commit for
   // the lot: the scheduler batches requests that arrive together). A worker's
   // own error (NOT_FOUND, FAILED_PRECONDITION) is its entry's; a database
   // error fails every entry and stores nothing.
+  //
+  // A trial of R > 1 ranks is placed all at once or not at all (gang
+  // scheduling) on R requests of this batch, the first as rank 0. When the
+  // trial first in line cannot be placed yet, nothing after it is leased in
+  // this batch (its slots wait for it rather than letting smaller trials
+  // starve it), unless it needs more slots than all alive workers have.
+  // `*gang_waiting` (if given) says whether a gang trial was left waiting.
   std::vector<Result<std::optional<Lease>>> LeaseBatch(
-      const std::vector<int64_t>& worker_ids, double now);
+      const std::vector<int64_t>& worker_ids, double now, bool* gang_waiting = nullptr);
 
   // Takes back a lease whose worker never received it (the RPC's client went
-  // away): the trial is queued again and the attempt is not counted. No-op
-  // if the lease is no longer current.
+  // away): the trial (all its ranks) is queued again and the attempt is not
+  // counted. No-op if the lease is no longer current.
   Status ReleaseLease(int64_t trial_id, int64_t lease_id, int64_t worker_id,
-                      double now);
+                      double now, int32_t rank = 0);
 
   // Stores points for a trial held under (worker_id, lease_id), replacing any
   // value already stored for the same (trial, name, step), and applies the
@@ -181,13 +208,17 @@ class SweepStore {
 
   // Ends an attempt. A failed attempt is requeued while the trial has retries
   // left. Returns the trial's new state. ABORTED if the lease is not current.
+  // Of a data-parallel trial, rank 0 reports the outcome; another rank's
+  // failure ends the attempt for all ranks, its completion changes nothing.
   Result<TrialState> FinishTrial(int64_t trial_id, int64_t lease_id,
                                  int64_t worker_id, TrialState outcome,
                                  const std::string& message,
-                                 const std::string& stderr_tail, double now);
+                                 const std::string& stderr_tail, double now,
+                                 int32_t rank = 0);
 
   // Marks workers silent since before `deadline` as lost and requeues their
-  // running trials. Returns how many trials were requeued.
+  // running trials (a data-parallel trial when any of its ranks was there).
+  // Returns how many trials were requeued.
   Result<int> ExpireWorkers(double deadline, double now);
 
   // A counter that changes whenever any sweep or trial state changes (after
@@ -211,18 +242,32 @@ class SweepStore {
     int64_t priority = 0;
     int64_t max_parallel = 0;
     int64_t running = 0;
-    bool exhausted = false;  // no queued trial left
+    bool exhausted = false;  // no queued trial left, or none that fits the pool
   };
   Result<std::vector<LeaseCandidate>> LeaseCandidatesLocked() REQUIRES(mu_);
-  // LeaseNext's work inside the caller's transaction; loads `*candidates`
-  // on first need. `*db_error` is set when the database failed (as opposed
-  // to a refusal for this worker).
-  Result<std::optional<Lease>> LeaseLocked(
-      int64_t worker_id, double now,
-      std::optional<std::vector<LeaseCandidate>>* candidates, bool* db_error)
+  // A worker's free slots (slots less what it holds). NOT_FOUND or
+  // FAILED_PRECONDITION for an unknown or lost worker; `*db_error` is set
+  // when the database failed instead.
+  Result<int64_t> FreeSlotsLocked(int64_t worker_id, bool* db_error) REQUIRES(mu_);
+  // The slots of all alive workers.
+  Result<int64_t> AliveSlotsLocked() REQUIRES(mu_);
+  // The next queued trial in leasing order, not yet taken.
+  struct Pick {
+    LeaseCandidate* sweep = nullptr;
+    int64_t trial_id = 0;
+    std::string config_json;
+    int64_t lease_id = 0;  // the lease it gets
+    int32_t ranks = 1;
+  };
+  Result<std::optional<Pick>> PeekTrialLocked(std::vector<LeaseCandidate>* candidates)
       REQUIRES(mu_);
-  Status CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker_id)
-      REQUIRES(mu_);
+  // Leases `pick` with rank r on workers[r]; one Lease per rank. A
+  // FAILED_PRECONDITION when rank 0's worker has no rendezvous port free;
+  // `*db_error` is set when the database failed.
+  Result<std::vector<Lease>> GrantLocked(const Pick& pick, const std::vector<int64_t>& workers,
+                                         double now, bool* db_error) REQUIRES(mu_);
+  Status CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker_id,
+                    int32_t rank = 0) REQUIRES(mu_);
   // Successive halving (the sweep's early_stopping): records the trial's
   // value at each rung its new points reach and prunes it when it is not in
   // the top max(1, n / reduction_factor) of the n values at that rung.

@@ -469,6 +469,105 @@ max_retries: 2
   EXPECT_FALSE(std::filesystem::exists(dir_.File("artifacts/trial-1")));
 }
 
+TEST_F(SharedCheckpointE2ETest, ATwoRankTrialOnTwoWorkersTrainsLikeOneRank) {
+  // The same trial, global batch 256, once as 2 ranks (one per worker, each
+  // 128 per step) and once on one rank (two micro-batches of 128).
+  const std::string body = R"yaml(
+model: {type: mlp, hidden: [64]}
+optimizers: [{name: lamb, weight_decay: 0.01}]
+batch_sizes: [256]
+micro_batch_size: 128
+base: {lr: 0.01}
+budget: {steps: 40}
+eval_every_steps: 20
+)yaml";
+  auto two = Cli({"submit", WriteSpec("two.yaml", "name: two-ranks\nranks_per_trial: 2" + body),
+                  "--wait"});
+  ASSERT_EQ(two.exit_code, 0) << two.err << coordinator_->Log() << workers_[0]->Log();
+  auto one = Cli({"submit", WriteSpec("one.yaml", "name: one-rank" + body), "--wait"});
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  // The two-rank trial ran on both workers at once, rank 1 on the other.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_ranks r JOIN trials t ON t.id = r.trial_id "
+                   "WHERE t.sweep_id = 1 AND r.rank = 1 AND r.worker_id != t.worker_id"),
+            1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased' "
+                   "AND message LIKE '%as 2 ranks on workers%'"),
+            1);
+  // Rank 0 alone reported: every step once, and the same values as one rank.
+  ExpectEveryStepOnce("trial_id = 1", 40);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics a JOIN metrics b ON b.trial_id = 2 "
+                   "AND b.name = a.name AND b.step = a.step WHERE a.trial_id = 1 "
+                   "AND a.name IN ('train_loss', 'grad_norm', 'test_accuracy', 'test_loss')"),
+            40 * 2 + 2 * 2);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics a JOIN metrics b ON b.trial_id = 2 "
+                   "AND b.name = a.name AND b.step = a.step WHERE a.trial_id = 1 "
+                   "AND a.name IN ('train_loss', 'grad_norm', 'test_accuracy', 'test_loss') "
+                   "AND abs(a.value - b.value) > 1e-5 * max(1, abs(b.value))"),
+            0);
+  EXPECT_GT(Scalar("SELECT count(*) FROM metrics WHERE trial_id = 1 AND name = "
+                   "'allreduce_seconds'"),
+            0);
+}
+
+TEST_F(SharedCheckpointE2ETest, KillingOneRanksWorkerGetsTheTrialResumedOnOthers) {
+  // A third worker, so that two remain after one is killed.
+  Process spare({MEGABATCH_WORKER_BIN, "--coordinator", address_, "--name", "worker-2",
+                 "--slots", "1", "--threads-per-slot", "1", "--work-dir", dir_.File("worker-2")},
+                dir_.File("worker-2.log"));
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        auto r = Cli({"-o", "json", "workers"});
+        return r.exit_code == 0 && nlohmann::json::parse(r.out).size() == 3;
+      },
+      std::chrono::seconds(30)));
+  std::string spec = WriteSpec("dp-resume.yaml", R"yaml(
+name: dp-resume
+model: {type: mlp, hidden: [128]}
+optimizers: [{name: lamb}]
+batch_sizes: [256]
+base: {lr: 0.01}
+budget: {steps: 2000}
+eval_every_steps: 1000
+checkpoint_every_steps: 20
+max_retries: 3
+ranks_per_trial: 2
+)yaml");
+  ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return !Committed(dir_.File("artifacts/trial-1")).empty(); },
+      std::chrono::seconds(120)))
+      << coordinator_->Log();
+  // Kill the worker running rank 1, daemon and trainer alike.
+  const int victim = static_cast<int>(
+      Scalar("SELECT CAST(substr(w.name, 8) AS INTEGER) FROM trial_ranks r "
+             "JOIN workers w ON w.id = r.worker_id WHERE r.trial_id = 1 AND r.rank = 1"));
+  ASSERT_TRUE(victim >= 0 && victim <= 2);
+  for (pid_t trainer :
+       testing::FindProcesses("--config " + dir_.File("worker-" + std::to_string(victim) + "/"))) {
+    kill(trainer, SIGKILL);
+  }
+  if (victim < 2) {
+    workers_[victim]->Kill(SIGKILL);
+  } else {
+    spare.Kill(SIGKILL);
+  }
+  auto watch = Cli({"watch", "1"});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
+  EXPECT_GE(Scalar("SELECT attempts FROM trials WHERE id = 1"), 2);
+  EXPECT_EQ(Scalar("SELECT state = 'completed' FROM trials WHERE id = 1"), 1);
+  // Resumed from a checkpoint, not from scratch; every step exactly once.
+  EXPECT_GE(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased'"), 2);
+  const std::string resumed = "resuming from " + dir_.File("artifacts/trial-1/lease-");
+  EXPECT_TRUE(workers_[0]->Log().find(resumed) != std::string::npos ||
+              workers_[1]->Log().find(resumed) != std::string::npos ||
+              spare.Log().find(resumed) != std::string::npos);
+  ExpectEveryStepOnce("trial_id = 1", 2000);
+  // No rank was left hanging: all trainers are gone.
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] { return testing::FindProcesses("--config " + dir_.path().string()).empty(); },
+      std::chrono::seconds(10)));
+}
+
 TEST_F(SweepE2ETest, CoordinatorKilledMidSweepRestartsAndTheSweepCompletes) {
   std::string spec = WriteSpec("restart.yaml", R"yaml(
 name: survive-restart

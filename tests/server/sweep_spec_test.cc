@@ -301,10 +301,21 @@ TEST(SweepSpecTest, DeviceAndPrecisionReachTheTrialConfig) {
                 "precision: fp16 autocast needs device cuda");
 }
 
-TEST(SweepSpecTest, FeaturesOfLaterMilestonesSaySo) {
-  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 2"),
-                "ranks_per_trial: data-parallel trials are not supported yet");
-  EXPECT_TRUE(ParseSweepSpec(WithLine("ranks_per_trial", "ranks_per_trial: 1")).ok());
+TEST(SweepSpecTest, RanksPerTrialSplitEachBatchIntoMicroBatchesPerRank) {
+  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 0"), "ranks_per_trial");
+  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 65"), "ranks_per_trial");
+  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 3"),
+                "ranks_per_trial: batch size 128 is not a multiple of 3");
+  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 2\nmicro_batch_size: 48"),
+                "micro_batch_size: batch size 128 / 2 ranks is not a multiple of 48");
+  auto spec = ParseSweepSpec(WithLine("ranks_per_trial", "ranks_per_trial: 4\nmicro_batch_size: 64"));
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->ranks_per_trial, 4);
+  for (const TrialSpec& t : ExpandSweep(*spec)) {
+    EXPECT_EQ(t.ranks, 4);
+    // Each rank's share: 128 / 4 = 32 (one micro-batch), 512 / 4 = 128 (two).
+    EXPECT_EQ(t.config["micro_batch_size"], std::min<int64_t>(64, t.batch_size / 4));
+  }
 }
 
 TEST(SweepSpecTest, TextThatIsNotUtf8IsRefusedWithItsOffset) {

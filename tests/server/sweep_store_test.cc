@@ -256,6 +256,133 @@ TEST_F(SweepStoreTest, SilentWorkerLosesItsTrialsAndHeartbeatSaysStop) {
   EXPECT_GT(again.lease_id, lease.lease_id);
 }
 
+constexpr const char* kGangSpec =
+    "name: gang\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: {lr: 0.1}\n"
+    "ranks_per_trial: 2\n";
+
+TEST_F(SweepStoreTest, AGangTrialIsPlacedAllAtOnceAcrossWorkersOrNotAtAll) {
+  Create(kGangSpec);
+  std::vector<int64_t> w;
+  for (int i = 0; i < 3; ++i) {
+    w.push_back(*store_->RegisterWorker("w" + std::to_string(i), 1, 1000.0,
+                                        {"10.0.0." + std::to_string(i + 1), 29600, 4}));
+  }
+  bool waiting = false;
+  auto r = store_->LeaseBatch(w, 1001.0, &waiting);
+  ASSERT_TRUE(r[0].ok() && r[0]->has_value());
+  ASSERT_TRUE(r[1].ok() && r[1]->has_value());
+  ASSERT_TRUE(r[2].ok());
+  EXPECT_FALSE(r[2]->has_value()) << "the second trial needs two slots; one is free";
+  EXPECT_TRUE(waiting);
+  const Lease& rank0 = **r[0];
+  const Lease& rank1 = **r[1];
+  EXPECT_EQ(rank0.trial_id, rank1.trial_id);
+  EXPECT_EQ(rank0.lease_id, rank1.lease_id);
+  EXPECT_EQ(rank0.rank, 0);
+  EXPECT_EQ(rank1.rank, 1);
+  for (const Lease* l : {&rank0, &rank1}) {
+    auto d = nlohmann::json::parse(l->config_json)["distributed"];
+    EXPECT_EQ(d["world_size"], 2);
+    EXPECT_EQ(d["rank"], l->rank);
+    EXPECT_EQ(d["host"], "10.0.0.1");  // rank 0's worker
+    EXPECT_EQ(d["port"], 29600);
+  }
+  // Both ranks hold a slot; rank 1 heartbeats without being stopped.
+  for (const auto& wr : *store_->ListWorkers()) EXPECT_EQ(wr.busy_slots, wr.id == w[2] ? 0 : 1);
+  EXPECT_TRUE(store_->Heartbeat(w[1], {{rank1.trial_id, rank1.lease_id, 1}}, 1002.0)->empty());
+  // Rank 1 exiting cleanly changes nothing; rank 0's outcome ends the trial.
+  EXPECT_EQ(*store_->FinishTrial(rank1.trial_id, rank1.lease_id, w[1], TrialState::kCompleted,
+                                 "", "", 1003.0, 1),
+            TrialState::kRunning);
+  EXPECT_EQ(*store_->FinishTrial(rank0.trial_id, rank0.lease_id, w[0], TrialState::kCompleted,
+                                 "", "", 1003.0),
+            TrialState::kCompleted);
+  // Three free slots now: the second trial goes to the first two requests.
+  auto next = store_->LeaseBatch({w[2], w[0], w[1]}, 1004.0, &waiting);
+  ASSERT_TRUE(next[0].ok() && next[0]->has_value() && next[1].ok() && next[1]->has_value());
+  EXPECT_EQ((*next[0])->rank, 0);
+  EXPECT_NE((*next[0])->trial_id, rank0.trial_id);
+  EXPECT_EQ(nlohmann::json::parse((*next[1])->config_json)["distributed"]["host"], "10.0.0.3");
+  EXPECT_FALSE(waiting);
+}
+
+TEST_F(SweepStoreTest, ALostRankRequeuesItsTrialAndTheOtherRankIsToldToStop) {
+  Create(kGangSpec);
+  int64_t a = *store_->RegisterWorker("a", 1, 1000.0);
+  int64_t b = *store_->RegisterWorker("b", 1, 1000.0);
+  auto r = store_->LeaseBatch({a, b}, 1001.0);
+  ASSERT_TRUE(r[1].ok() && r[1]->has_value());
+  const Lease rank0 = **r[0];
+  // Only a heartbeats; b (rank 1) goes silent and is lost.
+  ASSERT_TRUE(store_->Heartbeat(a, {{rank0.trial_id, rank0.lease_id, 0}}, 1400.0).ok());
+  EXPECT_EQ(*store_->ExpireWorkers(1300.0, 1401.0), 1);
+  EXPECT_EQ(*store_->Heartbeat(a, {{rank0.trial_id, rank0.lease_id, 0}}, 1402.0),
+            std::vector<int64_t>{rank0.trial_id});
+  EXPECT_EQ(store_->AppendMetrics(rank0.trial_id, rank0.lease_id, a, {{"x", 1, 1.0}}, 1403.0)
+                .code(),
+            StatusCode::kAborted);
+  // A rank's crash ends the attempt for all ranks (and is retried).
+  ASSERT_TRUE(store_->Heartbeat(b, {}, 1404.0).ok());
+  auto again = store_->LeaseBatch({a, b}, 1405.0);
+  ASSERT_TRUE(again[1].ok() && again[1]->has_value());
+  const Lease retry1 = **again[1];
+  EXPECT_EQ(*store_->FinishTrial(retry1.trial_id, retry1.lease_id, b, TrialState::kFailed,
+                                 "rank 1 crashed", "", 1406.0, 1),
+            TrialState::kQueued);
+  EXPECT_EQ(*store_->Heartbeat(a, {{retry1.trial_id, retry1.lease_id, 0}}, 1407.0),
+            std::vector<int64_t>{retry1.trial_id});
+}
+
+TEST_F(SweepStoreTest, EveryTrialRunsWhenGangsAndSingleTrialsShareAFragmentedPool) {
+  // Three one-slot workers; two 2-rank trials and four 1-rank trials. Each
+  // round every idle worker asks at once; then rank 0 of every running trial
+  // finishes it.
+  const int64_t gang = Create(kGangSpec);
+  const int64_t single = Create();
+  std::vector<int64_t> w;
+  for (int i = 0; i < 3; ++i) w.push_back(*store_->RegisterWorker("w", 1, 1000.0));
+  auto completed = [&] {
+    int n = 0;
+    for (int64_t sweep : {gang, single}) {
+      for (const TrialRow& t : *store_->ListTrials(sweep)) n += t.state == TrialState::kCompleted;
+    }
+    return n;
+  };
+  for (int round = 0; round < 10 && completed() < 6; ++round) {
+    auto results = store_->LeaseBatch(w, 1001.0 + round);
+    std::map<int64_t, int> ranks_of;
+    std::vector<std::pair<int64_t, Lease>> rank0;  // (worker, lease)
+    for (size_t k = 0; k < w.size(); ++k) {
+      ASSERT_TRUE(results[k].ok()) << results[k].status().ToString();
+      if (!results[k]->has_value()) continue;
+      const Lease& l = **results[k];
+      ++ranks_of[l.trial_id];
+      if (l.rank == 0) rank0.emplace_back(w[k], l);
+    }
+    ASSERT_FALSE(rank0.empty()) << "round " << round << ": nothing could run";
+    // No partial placement: a gang trial has all its ranks or none.
+    for (const auto& [worker, l] : rank0) EXPECT_EQ(ranks_of[l.trial_id], l.world_size);
+    for (const auto& [worker, l] : rank0) {
+      ASSERT_TRUE(store_->FinishTrial(l.trial_id, l.lease_id, worker, TrialState::kCompleted,
+                                      "", "", 1001.5 + round)
+                      .ok());
+    }
+  }
+  EXPECT_EQ(completed(), 6);
+}
+
+TEST_F(SweepStoreTest, AGangLargerThanThePoolDoesNotHoldUpOthers) {
+  Create("name: huge\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\nbase: {lr: 0.1}\n"
+         "ranks_per_trial: 4\n");
+  const int64_t single = Create();
+  int64_t a = *store_->RegisterWorker("a", 2, 1000.0);
+  bool waiting = true;
+  auto r = store_->LeaseBatch({a, a}, 1001.0, &waiting);
+  ASSERT_TRUE(r[0].ok() && r[0]->has_value());
+  EXPECT_EQ((*r[0])->sweep_id, single);
+  EXPECT_FALSE(waiting);
+}
+
 TEST_F(SweepStoreTest, ReopenKeepsEverything) {
   int64_t sweep = Create();
   store_.reset();

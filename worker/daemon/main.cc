@@ -8,6 +8,7 @@
 
 #include <csignal>
 #include <filesystem>
+#include <sstream>
 #include <thread>
 
 #include "common/channel.h"
@@ -43,6 +44,14 @@ int main(int argc, char** argv) {
                  "shared checkpoint directory (default: the coordinator's --artifacts)");
   app.add_option("--trainer", options.trainer_path,
                  "megabatch-trainer binary (default: next to this binary)");
+  std::string rendezvous_ports = "29500-29599";
+  app.add_option("--rendezvous-host", options.rendezvous_host,
+                 "address other workers reach this machine at, for data-parallel trials "
+                 "whose rank 0 runs here")
+      ->capture_default_str();
+  app.add_option("--rendezvous-ports", rendezvous_ports,
+                 "ports FIRST-LAST those rendezvous may use (open them between workers)")
+      ->capture_default_str();
   std::string token_file;
   megabatch::ChannelOptions channel_options;
   app.add_option("--token-file", token_file,
@@ -69,6 +78,18 @@ int main(int argc, char** argv) {
     }
   }
   if (!options.gpus.empty()) options.slots = static_cast<int>(options.gpus.size());
+  {
+    int first = 0, last = 0;
+    char dash = 0;
+    std::istringstream range(rendezvous_ports);
+    if (!(range >> first >> dash >> last) || dash != '-' || !range.eof() || first < 1 ||
+        last < first || last > 65535) {
+      spdlog::error("--rendezvous-ports: '{}' is not a port range FIRST-LAST", rendezvous_ports);
+      return 2;
+    }
+    options.rendezvous_port_first = first;
+    options.rendezvous_port_count = last - first + 1;
+  }
   if (options.trainer_path.empty()) {
     options.trainer_path =
         (fs::read_symlink("/proc/self/exe").parent_path() / "megabatch-trainer")

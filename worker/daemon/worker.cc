@@ -125,7 +125,7 @@ void Worker::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
-    for (auto& [trial_id, r] : running_) {
+    for (auto& [key, r] : running_) {
       r.stop_requested = true;
       if (r.pid > 0) kill(-r.pid, SIGKILL);
     }
@@ -137,6 +137,9 @@ Status Worker::Register() {
   v1::RegisterWorkerRequest req;
   req.set_name(options_.name);
   req.set_slots(options_.slots);
+  req.set_rendezvous_host(options_.rendezvous_host);
+  req.set_rendezvous_port_first(options_.rendezvous_port_first);
+  req.set_rendezvous_port_count(options_.rendezvous_port_count);
   auto backoff = std::chrono::milliseconds(100);
   while (!stopping()) {
     grpc::ClientContext ctx;
@@ -196,10 +199,11 @@ void Worker::HeartbeatLoop() {
     req.set_worker_id(worker_id_);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (const auto& [trial_id, r] : running_) {
+      for (const auto& [key, r] : running_) {
         auto* lease = req.add_running();
-        lease->set_trial_id(trial_id);
+        lease->set_trial_id(key.first);
         lease->set_lease_id(r.lease_id);
+        lease->set_rank(key.second);
       }
     }
     if (gpu_stats_) {
@@ -228,10 +232,11 @@ void Worker::HeartbeatLoop() {
 
 void Worker::StopTrial(int64_t trial_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = running_.find(trial_id);
-  if (it == running_.end()) return;
-  it->second.stop_requested = true;
-  if (it->second.pid > 0) kill(-it->second.pid, SIGKILL);
+  for (auto it = running_.lower_bound({trial_id, 0});
+       it != running_.end() && it->first.first == trial_id; ++it) {
+    it->second.stop_requested = true;
+    if (it->second.pid > 0) kill(-it->second.pid, SIGKILL);
+  }
 }
 
 void Worker::SlotLoop(int slot) {
@@ -410,7 +415,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   namespace fs = std::filesystem;
   fs::path dir = fs::path(options_.work_dir) /
                  ("trial-" + std::to_string(lease.trial_id()) + "-lease-" +
-                  std::to_string(lease.lease_id()));
+                  std::to_string(lease.lease_id()) +
+                  (lease.rank() > 0 ? "-rank-" + std::to_string(lease.rank()) : ""));
   fs::create_directories(dir);
   nlohmann::json config = nlohmann::json::parse(config_json, nullptr, false);
   if (config.is_discarded() || !config.is_object()) {
@@ -488,7 +494,9 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     int rc = stopping() ? ECANCELED
                         : posix_spawn(&pid, options_.trainer_path.c_str(),
                                       &actions, &attr, argv.data(), envp.data());
-    if (rc == 0) running_[lease.trial_id()] = Running{pid, lease.lease_id(), false};
+    if (rc == 0) {
+      running_[{lease.trial_id(), lease.rank()}] = Running{pid, lease.lease_id(), false};
+    }
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
     close(out_pipe[1]);
@@ -587,8 +595,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   bool stop_requested;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_requested = running_[lease.trial_id()].stop_requested;
-    running_.erase(lease.trial_id());
+    stop_requested = running_[{lease.trial_id(), lease.rank()}].stop_requested;
+    running_.erase({lease.trial_id(), lease.rank()});
   }
   // Send what is left, retrying while the coordinator is briefly away.
   auto give_up = std::chrono::steady_clock::now() + kFinishRetryFor;
@@ -610,9 +618,12 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
                 WEXITSTATUS(wstatus) == 0 ? v1::TRIAL_STATE_COMPLETED
                                           : v1::TRIAL_STATE_DIVERGED,
                 event_message, "");
-    // Ended for good: its checkpoints are of no more use.
-    std::error_code ec;
-    std::filesystem::remove_all(trial_dir, ec);
+    // Ended for good: its checkpoints are of no more use (rank 0 wrote
+    // them; it removes them).
+    if (lease.rank() == 0) {
+      std::error_code ec;
+      std::filesystem::remove_all(trial_dir, ec);
+    }
   } else {
     std::string message = DescribeExit(wstatus);
     if (!event_message.empty()) message += ": " + event_message;

@@ -38,6 +38,12 @@ struct WorkerOptions {
   // has none, work_dir (resume only on this worker).
   std::string artifacts_dir;
   std::string trainer_path;  // the megabatch-trainer binary
+  // Where the c10d rendezvous of a data-parallel trial whose rank 0 runs
+  // here is served: an address the other workers reach this machine at, and
+  // the ports it may use.
+  std::string rendezvous_host = "127.0.0.1";
+  int rendezvous_port_first = 29500;
+  int rendezvous_port_count = 100;
   // A batch of metric points is sent when it reaches max_batch_points or is
   // flush_interval old, whichever comes first.
   int max_batch_points = 2000;
@@ -94,7 +100,7 @@ class Worker {
   void FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
                    const std::string& message, const std::string& stderr_tail);
   // Requests the stop of one trial's trainer (SIGKILL to its process group).
-  void StopTrial(int64_t trial_id);
+  void StopTrial(int64_t trial_id);  // every rank of it on this worker
   bool stopping() const { return stopping_.load(); }
   // Waits up to `d` unless Stop() is called; returns stopping().
   bool WaitFor(std::chrono::milliseconds d);
@@ -111,7 +117,8 @@ class Worker {
 
   std::mutex mu_;
   std::condition_variable stop_cv_;
-  std::map<int64_t, Running> running_ GUARDED_BY(mu_);  // by trial id
+  // By (trial id, rank): a worker may run several ranks of one trial.
+  std::map<std::pair<int64_t, int32_t>, Running> running_ GUARDED_BY(mu_);
 };
 
 }  // namespace megabatch::worker

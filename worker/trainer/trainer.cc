@@ -370,6 +370,19 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     MEGABATCH_RETURN_IF_ERROR(
         LoadCheckpoint(resume_from, config, model, optimizer, shuffle, device, &s));
   }
+  if (dp) {
+    // Every rank must continue from the same step: with per-machine
+    // checkpoints a requeued trial's ranks could find different ones.
+    const double step = static_cast<double>(s.step);
+    auto sums = dp->Sum({step, step * step});
+    if (!sums.ok()) return sums.status();
+    if ((*sums)[1] * config.world_size != (*sums)[0] * (*sums)[0]) {
+      return FailedPreconditionError(
+          "ranks start from different steps (this rank: " + std::to_string(s.step) +
+          "); a data-parallel trial resumes only from checkpoints all its workers read "
+          "(the coordinator's --artifacts on shared storage)");
+    }
+  }
   model->train();
 
   TrialResult result;
