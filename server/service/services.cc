@@ -255,7 +255,11 @@ grpc::Status SweepServiceImpl::WatchSweep(
     // A snapshot on every state change, and at least once a second so that
     // the latest metrics show while no trial changes state.
     int64_t version = store_->version();
-    while (!ctx->IsCancelled()) {
+    for (bool first = true; !ctx->IsCancelled(); first = false) {
+      // A token revoked while the stream is open ends it at the next snapshot.
+      if (!first) {
+        MEGABATCH_RETURN_IF_ERROR(Authorize(auth_, ctx, Access::kUsers, "WatchSweep").status());
+      }
       auto sweep = store_->GetSweep(req->sweep_id());
       if (!sweep.ok()) return sweep.status();
       auto trials = store_->ListTrials(req->sweep_id());

@@ -197,6 +197,28 @@ TEST_F(AuthTest, ARevokedTokenStopsWorkingAtOnce) {
   EXPECT_TRUE(List(Channel(tokens_["bob"])).ok());
 }
 
+TEST_F(AuthTest, ARevokedTokenEndsAnOpenWatchStream) {
+  auto alice = Channel(tokens_["alice"]);
+  v1::SubmitSweepResponse submitted;
+  ASSERT_TRUE(Submit(alice, &submitted).ok());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::WatchSweepRequest req;
+  req.set_sweep_id(submitted.sweep_id());
+  auto stub = v1::SweepService::NewStub(alice);
+  auto reader = stub->WatchSweep(&ctx, req);
+  v1::WatchSweepResponse snapshot;
+  ASSERT_TRUE(reader->Read(&snapshot));  // the stream is open
+  ASSERT_TRUE(coordinator_->store()->RevokeToken(ids_["alice"], 2.0).ok());
+  const auto revoked = std::chrono::steady_clock::now();
+  while (reader->Read(&snapshot)) {
+  }
+  grpc::Status end = reader->Finish();
+  EXPECT_EQ(end.error_code(), Code::UNAUTHENTICATED) << end.error_message();
+  // At the next snapshot (at least one a second), not at the deadline.
+  EXPECT_LT(std::chrono::steady_clock::now() - revoked, std::chrono::seconds(5));
+}
+
 TEST_F(AuthTest, PlaintextClientsCannotTalkToTheTlsCoordinator) {
   auto plain = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
   grpc::ClientContext ctx;
