@@ -13,6 +13,18 @@
 namespace megabatch::store {
 namespace {
 
+// The slots the worker `w` holds: trials it runs as rank 0, and other ranks
+// of running trials under their current lease. The `holdings` view says the
+// same, but SQLite does not push a worker filter into its UNION ALL, so the
+// per-worker counts use this.
+const std::string& HeldSlotsOfW() {
+  static const std::string sql =
+      "((SELECT count(*) FROM trials t WHERE t.worker_id = w.id AND t.state = 'running') + "
+      "(SELECT count(*) FROM trial_ranks r JOIN trials t ON t.id = r.trial_id "
+      "AND t.lease_id = r.lease_id AND t.state = 'running' WHERE r.worker_id = w.id))";
+  return sql;
+}
+
 constexpr int kNumMigrations = std::size(kMigrations);
 static_assert(kNumMigrations == kSchemaVersion);
 constexpr size_t kMaxStoredStderr = 8192;
@@ -401,9 +413,8 @@ Result<std::vector<int64_t>> SweepStore::Heartbeat(int64_t worker_id,
 Result<std::vector<WorkerRow>> SweepStore::ListWorkers() {
   std::lock_guard<std::mutex> lock(mu_);
   Result<Statement> q = db_->Prepare(
-      "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, "
-      "(SELECT count(*) FROM holdings h WHERE h.worker_id = w.id) "
-      "FROM workers w ORDER BY w.id");
+      "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, " + HeldSlotsOfW() +
+      " FROM workers w ORDER BY w.id");
   if (!q.ok()) return q.status();
   std::vector<WorkerRow> out;
   MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
@@ -582,15 +593,9 @@ Result<int64_t> SweepStore::FreeSlotsLocked(int64_t worker_id, bool* db_error) {
     *db_error = true;
     return s;
   };
-  // What the worker holds: trials it runs as rank 0, and other ranks of
-  // running trials under their current lease.
-  Result<Statement*> w = db_->Cached(R"sql(
-    SELECT w.slots, w.state,
-      (SELECT count(*) FROM trials t WHERE t.worker_id = w.id AND t.state = 'running') +
-      (SELECT count(*) FROM trial_ranks r
-         JOIN trials t ON t.id = r.trial_id AND t.lease_id = r.lease_id AND t.state = 'running'
-       WHERE r.worker_id = w.id)
-    FROM workers w WHERE w.id = ?)sql");
+  static const std::string sql =
+      "SELECT w.slots, w.state, " + HeldSlotsOfW() + " FROM workers w WHERE w.id = ?";
+  Result<Statement*> w = db_->Cached(sql);
   if (!w.ok()) return failed(w.status());
   (*w)->Bind(1, worker_id);
   Result<bool> row = (*w)->Step();
