@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -34,13 +35,26 @@ class SweepE2ETest : public ::testing::Test {
     StartCoordinator();
     workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_, dir_.path().string(), 2,
                                      WorkerFlags());
-    ASSERT_TRUE(testing::WaitUntil(
+    ASSERT_TRUE(WaitForWorkers(2)) << coordinator_->Log();
+  }
+
+  // True once `n` workers are registered (bounded wait).
+  bool WaitForWorkers(size_t n) {
+    return testing::WaitUntil(
         [&] {
           auto r = Cli({"-o", "json", "workers"});
-          return r.exit_code == 0 && nlohmann::json::parse(r.out).size() == 2;
+          return r.exit_code == 0 && nlohmann::json::parse(r.out).size() == n;
         },
-        std::chrono::seconds(30)))
-        << coordinator_->Log();
+        std::chrono::seconds(30));
+  }
+
+  // kill -9 worker-I and the trainers it started.
+  void KillWorker(int i) {
+    for (pid_t trainer :
+         testing::FindProcesses("--config " + dir_.File("worker-" + std::to_string(i) + "/"))) {
+      kill(trainer, SIGKILL);
+    }
+    workers_[i]->Kill(SIGKILL);
   }
 
   // Flags a test's fixture adds to the coordinator's, workers' and CLI's
@@ -452,10 +466,7 @@ max_retries: 2
       Scalar("SELECT CAST(substr(w.name, 8) AS INTEGER) FROM trials t "
              "JOIN workers w ON w.id = t.worker_id WHERE t.id = 1"));
   ASSERT_TRUE(victim == 0 || victim == 1);
-  for (pid_t trainer : testing::FindProcesses("--config " + dir_.File("worker-" + std::to_string(victim)))) {
-    kill(trainer, SIGKILL);
-  }
-  workers_[victim]->Kill(SIGKILL);
+  KillWorker(victim);
 
   auto watch = Cli({"watch", "1"});
   EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
@@ -511,15 +522,10 @@ eval_every_steps: 20
 
 TEST_F(SharedCheckpointE2ETest, KillingOneRanksWorkerGetsTheTrialResumedOnOthers) {
   // A third worker, so that two remain after one is killed.
-  Process spare({MEGABATCH_WORKER_BIN, "--coordinator", address_, "--name", "worker-2",
-                 "--slots", "1", "--threads-per-slot", "1", "--work-dir", dir_.File("worker-2")},
-                dir_.File("worker-2.log"));
-  ASSERT_TRUE(testing::WaitUntil(
-      [&] {
-        auto r = Cli({"-o", "json", "workers"});
-        return r.exit_code == 0 && nlohmann::json::parse(r.out).size() == 3;
-      },
-      std::chrono::seconds(30)));
+  workers_.push_back(std::move(testing::StartWorkers(MEGABATCH_WORKER_BIN, address_,
+                                                     dir_.path().string(), 1, WorkerFlags(),
+                                                     /*first=*/2)[0]));
+  ASSERT_TRUE(WaitForWorkers(3));
   std::string spec = WriteSpec("dp-resume.yaml", R"yaml(
 name: dp-resume
 model: {type: mlp, hidden: [128]}
@@ -542,15 +548,7 @@ ranks_per_trial: 2
       Scalar("SELECT CAST(substr(w.name, 8) AS INTEGER) FROM trial_ranks r "
              "JOIN workers w ON w.id = r.worker_id WHERE r.trial_id = 1 AND r.rank = 1"));
   ASSERT_TRUE(victim >= 0 && victim <= 2);
-  for (pid_t trainer :
-       testing::FindProcesses("--config " + dir_.File("worker-" + std::to_string(victim) + "/"))) {
-    kill(trainer, SIGKILL);
-  }
-  if (victim < 2) {
-    workers_[victim]->Kill(SIGKILL);
-  } else {
-    spare.Kill(SIGKILL);
-  }
+  KillWorker(victim);
   auto watch = Cli({"watch", "1"});
   EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
   EXPECT_GE(Scalar("SELECT attempts FROM trials WHERE id = 1"), 2);
@@ -558,9 +556,9 @@ ranks_per_trial: 2
   // Resumed from a checkpoint, not from scratch; every step exactly once.
   EXPECT_GE(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased'"), 2);
   const std::string resumed = "resuming from " + dir_.File("artifacts/trial-1/lease-");
-  EXPECT_TRUE(workers_[0]->Log().find(resumed) != std::string::npos ||
-              workers_[1]->Log().find(resumed) != std::string::npos ||
-              spare.Log().find(resumed) != std::string::npos);
+  EXPECT_TRUE(std::any_of(workers_.begin(), workers_.end(), [&](const auto& w) {
+    return w->Log().find(resumed) != std::string::npos;
+  }));
   ExpectEveryStepOnce("trial_id = 1", 2000);
   // No rank was left hanging: all trainers are gone.
   EXPECT_TRUE(testing::WaitUntil(

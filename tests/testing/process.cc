@@ -146,9 +146,10 @@ bool WaitUntil(const std::function<bool()>& condition,
 std::vector<std::unique_ptr<Process>> StartWorkers(const std::string& worker_bin,
                                                    const std::string& address,
                                                    const std::string& dir, int count,
-                                                   const std::vector<std::string>& flags) {
+                                                   const std::vector<std::string>& flags,
+                                                   int first) {
   std::vector<std::unique_ptr<Process>> workers;
-  for (int i = 0; i < count; ++i) {
+  for (int i = first; i < first + count; ++i) {
     const std::string name = "worker-" + std::to_string(i);
     std::vector<std::string> argv{worker_bin, "--coordinator", address, "--name", name,
                                   "--slots", "1", "--threads-per-slot", "1",

@@ -37,13 +37,14 @@ class Process {
 };
 
 // `count` megabatch-worker processes (`worker_bin`) dialing `address`, named
-// worker-0, worker-1, ..., with one slot of one thread each; each has its
-// work dir DIR/worker-I and its log DIR/worker-I.log; `flags` are added to
-// each command line.
+// worker-F, worker-F+1, ... (F = `first`), with one slot of one thread each;
+// each has its work dir DIR/worker-I and its log DIR/worker-I.log; `flags`
+// are added to each command line.
 std::vector<std::unique_ptr<Process>> StartWorkers(const std::string& worker_bin,
                                                    const std::string& address,
                                                    const std::string& dir, int count,
-                                                   const std::vector<std::string>& flags = {});
+                                                   const std::vector<std::string>& flags = {},
+                                                   int first = 0);
 
 struct CommandResult {
   int exit_code = -1;
