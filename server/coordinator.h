@@ -67,6 +67,9 @@ class Coordinator {
   // A channel to this server that bypasses the network.
   std::shared_ptr<grpc::Channel> InProcessChannel();
   store::SweepStore* store() { return store_.get(); }
+  // The WorkerService handlers, for harnesses that call them without gRPC
+  // (the metrics fuzzer).
+  service::WorkerServiceImpl* worker_service() { return worker_service_.get(); }
 
   // Stops accepting RPCs and finishes those in flight (bounded).
   void Shutdown();

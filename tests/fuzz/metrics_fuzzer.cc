@@ -3,7 +3,8 @@
 // real SQLite store (a sweep, a worker and a live lease made once). A request
 // with worker_id 0 is sent under the live lease, so most inputs reach the
 // store. Beyond "no crash": no answer may be INTERNAL or UNKNOWN (an escaped
-// exception or a store failure), and a stored batch must read back.
+// exception or a store failure), and an accepted batch is acknowledged in
+// full.
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -16,22 +17,14 @@
 #include <system_error>
 
 #include "megabatch/v1/megabatch.pb.h"
-#include "server/metrics/metrics.h"
-#include "server/scheduler/scheduler.h"
-#include "server/service/services.h"
-#include "server/store/read_only.h"
-#include "server/store/sweep_store.h"
+#include "server/coordinator.h"
 
 namespace {
 
 using namespace megabatch;
 
 struct World {
-  std::unique_ptr<store::SweepStore> store;
-  std::unique_ptr<store::ReadOnlyDb> results;
-  std::unique_ptr<metrics::CoordinatorMetrics> metrics;
-  std::unique_ptr<scheduler::Scheduler> scheduler;
-  std::unique_ptr<service::WorkerServiceImpl> service;
+  std::unique_ptr<Coordinator> coordinator;
   int64_t worker_id = 0;
   v1::TrialLease lease;
 };
@@ -52,27 +45,28 @@ World* MakeWorld() {
     std::error_code ec;
     std::filesystem::remove_all(WorldDir(), ec);
   });
-  const std::string db = dir + "/fuzz.db";
-  auto opened = store::SweepStore::Open(db);
-  if (!opened.ok()) std::abort();
-  w->store = std::move(*opened);
-  w->results = std::make_unique<store::ReadOnlyDb>(db);
-  w->metrics = std::make_unique<metrics::CoordinatorMetrics>(w->results.get());
-  scheduler::SchedulerOptions options;
-  options.lease_timeout = std::chrono::hours(24);
-  w->scheduler = std::make_unique<scheduler::Scheduler>(w->store.get(), options);
-  w->service = std::make_unique<service::WorkerServiceImpl>(
-      w->store.get(), w->scheduler.get(), w->metrics.get(), nullptr, 0);
+  // The coordinator as it is wired for users, minus the rate limit (every
+  // input should reach the store) and with leases that never expire.
+  CoordinatorOptions options;
+  options.listen = "127.0.0.1:0";
+  options.db_path = dir + "/fuzz.db";
+  options.metrics_listen = "";
+  options.max_points_per_second = 0;
+  options.scheduler.lease_timeout = std::chrono::hours(24);
+  auto started = Coordinator::Start(options);
+  if (!started.ok()) std::abort();
+  w->coordinator = std::move(*started);
+  store::SweepStore* store = w->coordinator->store();
   auto spec = spec::ParseSweepSpec(
       "name: fuzz\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: {lr: 0.1}\n"
       "early_stopping: {rule: asha, metric: test_accuracy, min_samples: 256}\n");
   bool existed = false;
   if (!spec.ok() ||
-      !w->store->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1, &existed).ok()) {
+      !store->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1, &existed).ok()) {
     std::abort();
   }
-  w->worker_id = *w->store->RegisterWorker("fuzz", 2, 1);
-  auto lease = w->store->LeaseNext(w->worker_id, 2);
+  w->worker_id = *store->RegisterWorker("fuzz", 2, 1);
+  auto lease = store->LeaseNext(w->worker_id, 2);
   if (!lease.ok() || !lease->has_value()) std::abort();
   w->lease.set_trial_id((*lease)->trial_id);
   w->lease.set_lease_id((*lease)->lease_id);
@@ -91,7 +85,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   grpc::ServerContext ctx;
   v1::ReportMetricsResponse resp;
-  grpc::Status s = world->service->ReportMetrics(&ctx, &req, &resp);
+  grpc::Status s = world->coordinator->worker_service()->ReportMetrics(&ctx, &req, &resp);
   if (s.error_code() == grpc::StatusCode::INTERNAL ||
       s.error_code() == grpc::StatusCode::UNKNOWN) {
     std::abort();
