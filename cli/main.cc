@@ -76,13 +76,7 @@ int main(int argc, char** argv) {
                                           : OutputFormat::kTable;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);  // query results up to the server's cap
-  auto token = megabatch::LoadToken(token_file);
-  if (!token.ok()) {
-    std::cerr << token.status().message() << "\n";
-    return megabatch::cli::kExitUsage;
-  }
-  channel_options.token = *token;
-  auto channel = megabatch::MakeChannel(server, channel_options, args);
+  auto channel = megabatch::MakeChannelWithTokenFile(server, token_file, channel_options, args);
   if (!channel.ok()) {
     std::cerr << channel.status().message() << "\n";
     return megabatch::cli::kExitUsage;

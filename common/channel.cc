@@ -106,4 +106,13 @@ Result<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
                                                                  std::move(factories));
 }
 
+Result<std::shared_ptr<grpc::Channel>> MakeChannelWithTokenFile(
+    const std::string& address, const std::string& token_file, ChannelOptions options,
+    const grpc::ChannelArguments& args) {
+  Result<std::string> token = LoadToken(token_file);
+  if (!token.ok()) return token.status();
+  options.token = *token;
+  return MakeChannel(address, options, args);
+}
+
 }  // namespace megabatch

@@ -29,6 +29,12 @@ Result<std::shared_ptr<grpc::Channel>> MakeChannel(
     const std::string& address, const ChannelOptions& options,
     const grpc::ChannelArguments& args = grpc::ChannelArguments());
 
+// MakeChannel with options.token from LoadToken(token_file): what the CLI and
+// the worker do with their --token-file flag.
+Result<std::shared_ptr<grpc::Channel>> MakeChannelWithTokenFile(
+    const std::string& address, const std::string& token_file, ChannelOptions options,
+    const grpc::ChannelArguments& args = grpc::ChannelArguments());
+
 // The token from `token_file` when given, else from $MEGABATCH_TOKEN, else
 // empty. Surrounding whitespace is dropped. INVALID_ARGUMENT naming the file
 // when it cannot be read or holds no token.

@@ -116,13 +116,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   // After the mask: gRPC starts threads of its own with the channel, and
   // they must not take the stop signals either.
-  auto token = megabatch::LoadToken(token_file);
-  if (!token.ok()) {
-    spdlog::error("{}", token.status().message());
-    return 2;
-  }
-  channel_options.token = *token;
-  auto channel = megabatch::MakeChannel(coordinator, channel_options);
+  auto channel = megabatch::MakeChannelWithTokenFile(coordinator, token_file, channel_options);
   if (!channel.ok()) {
     spdlog::error("{}", channel.status().message());
     return 2;
