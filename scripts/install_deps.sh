@@ -9,6 +9,9 @@ packages=(
   libtorch-dev libgloo-dev libsqlite3-dev sqlite3 nlohmann-json3-dev prometheus-cpp-dev
   libyaml-cpp-dev libcli11-dev libspdlog-dev libgtest-dev libgmock-dev
   libbenchmark-dev dataset-fashion-mnist
+  # Language models: the text corpus (fortunes) and tiny_bert's tokenizer;
+  # python3-sentencepiece for the Python side of bench/lm_throughput.py.
+  fortunes libsentencepiece-dev python3-sentencepiece
   python3 python3-numpy python3-torch python3-optuna zlib1g-dev
   # Token hashing and randomness (libcrypto); the tests make their TLS
   # certificates with the openssl command.

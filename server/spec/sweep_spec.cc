@@ -19,6 +19,8 @@ using nlohmann::json;
 constexpr const char* kDefaultFashionMnistPath =
     "/usr/share/datasets/fashion-mnist";
 constexpr int64_t kFashionMnistTrainSamples = 60000;
+// Debian's fortunes (worker/trainer/data/text_corpus.h).
+constexpr const char* kDefaultTextCorpusPath = "/usr/share/games/fortunes";
 constexpr size_t kMaxNameLength = 200;
 constexpr size_t kMaxListLength = 1000;
 
@@ -287,28 +289,99 @@ Status ParseModel(Fields& top, json* out) {
     MEGABATCH_RETURN_IF_ERROR(WidthList(f, "channels", 4, {32, 64}, &channels));
     MEGABATCH_RETURN_IF_ERROR(WidthList(f, "hidden", 64, {128}, &hidden));
     *out = {{"type", type}, {"channels", channels}, {"hidden", hidden}};
+  } else if (type == "char_lstm" || type == "tiny_bert") {
+    // The trainer's defaults (worker/trainer/trial_config.h), written out so
+    // that the stored spec says what ran.
+    const bool bert = type == "tiny_bert";
+    int64_t width, layers, seq_len;
+    MEGABATCH_RETURN_IF_ERROR(f.Int("hidden", &width, bert ? 128 : 256, 1, 65536));
+    MEGABATCH_RETURN_IF_ERROR(f.Int("layers", &layers, bert ? 2 : 1, 1, 64));
+    MEGABATCH_RETURN_IF_ERROR(f.Int("seq_len", &seq_len, 128, 2, 65536));
+    *out = {{"type", type}, {"hidden", width}, {"layers", layers}, {"seq_len", seq_len}};
+    if (bert) {
+      int64_t heads, ffn, vocab_size;
+      bool bias;
+      MEGABATCH_RETURN_IF_ERROR(f.Int("heads", &heads, 2, 1, 1024));
+      MEGABATCH_RETURN_IF_ERROR(f.Int("ffn", &ffn, 4 * width, 1, 1 << 20));
+      MEGABATCH_RETURN_IF_ERROR(f.Int("vocab_size", &vocab_size, 2048, 300, 1 << 20));
+      MEGABATCH_RETURN_IF_ERROR(f.Bool("bias", &bias, true));
+      if (width % heads != 0) {
+        return InvalidArgumentError("model.heads: " + std::to_string(heads) +
+                                    " must divide model.hidden " + std::to_string(width));
+      }
+      (*out)["heads"] = heads;
+      (*out)["ffn"] = ffn;
+      (*out)["vocab_size"] = vocab_size;
+      (*out)["bias"] = bias;
+    } else {
+      int64_t embedding;
+      MEGABATCH_RETURN_IF_ERROR(f.Int("embedding", &embedding, 64, 1, 65536));
+      (*out)["embedding"] = embedding;
+    }
   } else {
     return InvalidArgumentError("model.type: unknown model '" + type +
-                                "'; supported: mlp, cnn");
+                                "'; supported: mlp, cnn, char_lstm, tiny_bert");
   }
   return f.NoUnknown();
 }
 
-Status ParseDataset(Fields& top, json* out, int64_t* train_samples) {
+// The bytes of text a corpus path holds: the file, or a directory's regular
+// files (what LoadTextCorpus reads, binary files included: an upper bound).
+int64_t CorpusBytes(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) {
+    auto size = std::filesystem::file_size(path, ec);
+    return ec ? 0 : static_cast<int64_t>(size);
+  }
+  int64_t total = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(path, ec)) {
+    if (entry.is_symlink(ec) || !entry.is_regular_file(ec)) continue;
+    auto size = entry.file_size(ec);
+    if (!ec) total += static_cast<int64_t>(size);
+  }
+  return total;
+}
+
+// `model` is the parsed model: mlp and cnn train on fashion_mnist (the
+// default dataset for them), char_lstm and tiny_bert on text.
+Status ParseDataset(Fields& top, const json& model, json* out, int64_t* train_samples) {
   const json* v = top.Get("dataset");
   MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "dataset"));
   json empty = json::object();
   Fields f(v ? *v : empty, "dataset");
+  const std::string type = model["type"];
+  const bool text = type == "char_lstm" || type == "tiny_bert";
+  const std::string wanted = text ? "text" : "fashion_mnist";
   std::string name, path;
-  MEGABATCH_RETURN_IF_ERROR(
-      f.String("name", &name, std::string("fashion_mnist")));
-  if (name != "fashion_mnist") {
+  MEGABATCH_RETURN_IF_ERROR(f.String("name", &name, wanted));
+  if (name != "fashion_mnist" && name != "text") {
     return InvalidArgumentError("dataset.name: unknown dataset '" + name +
-                                "'; supported: fashion_mnist");
+                                "'; supported: fashion_mnist, text");
+  }
+  if (name != wanted) {
+    return InvalidArgumentError("dataset.name: model " + type + " trains on " + wanted +
+                                ", not " + name);
+  }
+  std::error_code ec;
+  if (text) {
+    MEGABATCH_RETURN_IF_ERROR(f.String("path", &path, std::string(kDefaultTextCorpusPath)));
+    if (!std::filesystem::exists(path, ec)) {
+      return InvalidArgumentError("dataset.path: no such file or directory: " + path);
+    }
+    double fraction;
+    MEGABATCH_RETURN_IF_ERROR(f.Number("validation_fraction", &fraction, 0.05, 0, true));
+    if (fraction >= 1) {
+      return InvalidArgumentError("dataset.validation_fraction: must be below 1");
+    }
+    MEGABATCH_RETURN_IF_ERROR(f.NoUnknown());
+    *out = {{"name", name}, {"path", path}, {"validation_fraction", fraction}};
+    // An upper bound (the trainer counts exactly and refuses a batch larger
+    // than its training set): tokens and windows are at least a byte each.
+    *train_samples = std::max<int64_t>(1, CorpusBytes(path) / model["seq_len"].get<int64_t>());
+    return Status::Ok();
   }
   MEGABATCH_RETURN_IF_ERROR(
       f.String("path", &path, std::string(kDefaultFashionMnistPath)));
-  std::error_code ec;
   if (!std::filesystem::is_directory(path, ec)) {
     return InvalidArgumentError("dataset.path: no such directory: " + path);
   }
@@ -554,7 +627,7 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   MEGABATCH_RETURN_IF_ERROR(top.String("name", &s.name));
   MEGABATCH_RETURN_IF_ERROR(ParseModel(top, &s.model));
   int64_t train_samples = 0;
-  MEGABATCH_RETURN_IF_ERROR(ParseDataset(top, &s.dataset, &train_samples));
+  MEGABATCH_RETURN_IF_ERROR(ParseDataset(top, s.model, &s.dataset, &train_samples));
 
   MEGABATCH_RETURN_IF_ERROR(ParseList<OptimizerSpec>(
       top, "optimizers", &s.optimizers, {},

@@ -7,6 +7,7 @@
 
 #include <fstream>
 
+#include "tests/testing/trainer_testing.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch::trainer {
@@ -14,27 +15,7 @@ namespace {
 
 using nlohmann::json;
 
-// Keeps every logged metric, in order.
-class RecordingSink : public MetricSink {
- public:
-  void Log(int64_t step, const Metrics& metrics) override {
-    for (const auto& [name, value] : metrics) rows.push_back({step, name, value});
-  }
-  struct Row {
-    int64_t step;
-    std::string name;
-    double value;
-  };
-  std::vector<Row> rows;
-
-  std::vector<Row> Named(const std::string& name) const {
-    std::vector<Row> out;
-    for (const auto& r : rows) {
-      if (r.name == name) out.push_back(r);
-    }
-    return out;
-  }
-};
+using testing::RecordingSink;
 
 class TrainerTest : public ::testing::Test {
  protected:
@@ -69,9 +50,6 @@ class TrainerTest : public ::testing::Test {
 
  public:
   static TrialConfig PublicConfig(json overrides) { return Config(overrides); }
-  static TrialResult PublicRun(const TrialConfig& c, RecordingSink* sink) {
-    return Run(c, sink);
-  }
   static const ImageDataset& Data() { return *data_; }
 };
 
@@ -259,38 +237,14 @@ TEST_F(TrainerTest, CnnLearns) {
 }
 
 // Runs `overrides` to the end with checkpoints, then resumes from the last
-// checkpoint and expects every later metric and the final parameters to be
-// identical to the uninterrupted run's.
+// checkpoint (testing::ExpectResumeReproduces).
 void ExpectResumeReproduces(TrainerTest*, json overrides,
                             int64_t expected_resume_step) {
   testing::TempDir dir;
   overrides["checkpoint_path"] = dir.File("ckpt.pt");
   TrialConfig c = TrainerTest::PublicConfig(overrides);
-  RecordingSink full_sink;
-  TrialResult full = TrainerTest::PublicRun(c, &full_sink);
-
-  RecordingSink resumed_sink;
-  auto resumed = RunTrial(c, TrainerTest::Data(), &resumed_sink, c.checkpoint_path);
-  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
-  ASSERT_FALSE(resumed_sink.rows.empty());
-  EXPECT_EQ(resumed_sink.rows.front().step, expected_resume_step + 1);
-  std::vector<RecordingSink::Row> tail;
-  for (const auto& row : full_sink.rows) {
-    if (row.step > expected_resume_step) tail.push_back(row);
-  }
-  ASSERT_EQ(tail.size(), resumed_sink.rows.size());
-  for (size_t i = 0; i < tail.size(); ++i) {
-    if (tail[i].name == "samples_per_second" ||
-        tail[i].name == "target_reached_seconds") {
-      continue;
-    }
-    EXPECT_EQ(tail[i].name, resumed_sink.rows[i].name);
-    EXPECT_EQ(tail[i].value, resumed_sink.rows[i].value)
-        << tail[i].name << " at step " << tail[i].step;
-  }
-  for (size_t i = 0; i < full.parameters.size(); ++i) {
-    EXPECT_TRUE(torch::equal(full.parameters[i], resumed->parameters[i]));
-  }
+  testing::ExpectResumeReproduces(
+      c, [&] { return MakeImageTask(c, TrainerTest::Data()); }, expected_resume_step);
 }
 
 TEST_F(TrainerTest, ResumeMidEpochReproducesTheUninterruptedRun) {

@@ -12,7 +12,6 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "worker/trainer/data/fashion_mnist.h"
 #include "worker/trainer/trainer.h"
 
 namespace {
@@ -83,14 +82,14 @@ int main(int argc, char** argv) {
     }
     auto config = megabatch::trainer::ParseTrialConfig(doc);
     if (!config.ok()) return Usage(config.status().message());
-    auto data = megabatch::trainer::LoadFashionMnist(config->dataset_path);
-    if (!data.ok()) {
-      PrintEvent("failed", data.status().ToString());
-      std::cerr << data.status().ToString() << "\n";
+    auto task = megabatch::trainer::MakeTask(*config);
+    if (!task.ok()) {
+      PrintEvent("failed", task.status().ToString());
+      std::cerr << task.status().ToString() << "\n";
       return kExitFailed;
     }
     StdoutSink sink;
-    auto result = megabatch::trainer::RunTrial(*config, *data, &sink, resume_path);
+    auto result = megabatch::trainer::RunTrial(*config, **task, &sink, resume_path);
     if (!result.ok()) {
       PrintEvent("failed", result.status().ToString());
       std::cerr << result.status().ToString() << "\n";

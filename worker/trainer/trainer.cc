@@ -15,15 +15,12 @@
 #include <sstream>
 
 #include "worker/trainer/distributed/data_parallel.h"
-#include "worker/trainer/models/models.h"
 #include "worker/trainer/optim/lamb.h"
 #include "worker/trainer/optim/lars.h"
 #include "worker/trainer/optim/registry.h"
 
 namespace megabatch::trainer {
 namespace {
-
-constexpr int64_t kEvalBatch = 2000;
 
 using Clock = std::chrono::steady_clock;
 
@@ -91,32 +88,15 @@ Result<Placement> Place(const TrialConfig& config) {
 constexpr double kInitialLossScale = 65536.0;
 constexpr int64_t kLossScaleGrowthInterval = 2000;
 
-struct Evaluation {
-  double loss = 0;
-  double accuracy = 0;
-};
-
-Evaluation Evaluate(torch::nn::Sequential& model, const torch::Tensor& images,
-                    const torch::Tensor& labels, const Placement& placement) {
+// Evaluates with the model in eval mode, without gradients, under the
+// trial's autocast.
+Evaluation EvaluateTask(Task& task, torch::nn::Module& model, const Placement& placement) {
   torch::NoGradGuard no_grad;
   AutocastScope autocast(placement.autocast, placement.autocast_dtype);
-  model->eval();
-  int64_t n = images.size(0);
-  double loss_sum = 0;
-  int64_t correct = 0;
-  for (int64_t i = 0; i < n; i += kEvalBatch) {
-    int64_t end = std::min(n, i + kEvalBatch);
-    torch::Tensor logits = model->forward(images.slice(0, i, end));
-    torch::Tensor y = labels.slice(0, i, end);
-    loss_sum += torch::nn::functional::cross_entropy(
-                    logits, y,
-                    torch::nn::functional::CrossEntropyFuncOptions().reduction(
-                        torch::kSum))
-                    .item<double>();
-    correct += logits.argmax(1).eq(y).sum().item<int64_t>();
-  }
-  model->train();
-  return {loss_sum / n, static_cast<double>(correct) / n};
+  model.eval();
+  Evaluation ev = task.Evaluate();
+  model.train();
+  return ev;
 }
 
 constexpr int64_t kCheckpointFormat = 1;
@@ -193,7 +173,7 @@ Status WriteAtomically(const std::string& path, const std::string& bytes) {
   return Status();
 }
 
-Status SaveCheckpoint(const TrialConfig& config, torch::nn::Sequential& model,
+Status SaveCheckpoint(const TrialConfig& config, torch::nn::Module& model,
                       torch::optim::Optimizer& optimizer, at::Generator& shuffle,
                       const LoopState& s, MetricSink* sink) {
   torch::serialize::OutputArchive archive;
@@ -218,7 +198,7 @@ Status SaveCheckpoint(const TrialConfig& config, torch::nn::Sequential& model,
     archive.write("global_rng", global.get_state());
   }
   torch::serialize::OutputArchive model_archive, optimizer_archive;
-  model->save(model_archive);
+  model.save(model_archive);
   optimizer.save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
@@ -236,7 +216,7 @@ Status SaveCheckpoint(const TrialConfig& config, torch::nn::Sequential& model,
 }
 
 Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
-                      torch::nn::Sequential& model,
+                      torch::nn::Module& model,
                       torch::optim::Optimizer& optimizer, at::Generator& shuffle,
                       torch::Device device, LoopState* s) {
   if (!std::filesystem::exists(path)) {
@@ -289,7 +269,7 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
     torch::serialize::InputArchive model_archive, optimizer_archive;
     archive.read("model", model_archive);
     archive.read("optimizer", optimizer_archive);
-    model->load(model_archive);
+    model.load(model_archive);
     optimizer.load(optimizer_archive);
   } catch (const c10::Error& e) {
     return DataLossError("checkpoint " + path + " is unreadable: " +
@@ -302,11 +282,17 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
 
 Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data,
                              MetricSink* sink, const std::string& resume_from) {
+  std::unique_ptr<Task> task = MakeImageTask(config, data);
+  return RunTrial(config, *task, sink, resume_from);
+}
+
+Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* sink,
+                             const std::string& resume_from) {
   torch::manual_seed(static_cast<uint64_t>(config.seed));
   torch::set_num_threads(config.threads);
-  auto model_or = BuildModel(config);
+  auto model_or = task.BuildModel();
   if (!model_or.ok()) return model_or.status();
-  torch::nn::Sequential model = *model_or;
+  std::shared_ptr<torch::nn::Module> model = *model_or;
   auto placement_or = Place(config);
   if (!placement_or.ok()) return placement_or.status();
   const Placement placement = *placement_or;
@@ -333,7 +319,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
   if (!optimizer_or.ok()) return optimizer_or.status();
   torch::optim::Optimizer& optimizer = **optimizer_or;
 
-  const int64_t n = data.train_images.size(0);
+  const int64_t n = task.train_size();
   if (config.batch_size > n) {
     return InvalidArgumentError("batch_size: " +
                                 std::to_string(config.batch_size) +
@@ -353,11 +339,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
   // full batch's.
   const double loss_scale = static_cast<double>(micro) / config.batch_size;
 
-  // Decoded once; on the GPU for a cuda trial (Fashion-MNIST is 220 MB).
-  const torch::Tensor train_x = data.train_images.to(device);
-  const torch::Tensor train_y = data.train_labels.to(device);
-  const torch::Tensor test_x = data.test_images.to(device);
-  const torch::Tensor test_y = data.test_labels.to(device);
+  task.To(device);
   at::Generator shuffle = at::make_generator<at::CPUGeneratorImpl>(
       static_cast<uint64_t>(config.seed));
   const std::vector<torch::Tensor> params = model->parameters();
@@ -368,7 +350,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
   if (placement.loss_scaling) s.loss_scale = kInitialLossScale;
   if (!resume_from.empty()) {
     MEGABATCH_RETURN_IF_ERROR(
-        LoadCheckpoint(resume_from, config, model, optimizer, shuffle, device, &s));
+        LoadCheckpoint(resume_from, config, *model, optimizer, shuffle, device, &s));
   }
   if (dp) {
     // Every rank must continue from the same step: with per-machine
@@ -400,18 +382,19 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     double lr = schedule.At(step);
     SetLearningRate(optimizer, lr);
     optimizer.zero_grad();
+    task.BeginStep(step, s.order.slice(0, in_epoch * config.batch_size,
+                                       (in_epoch + 1) * config.batch_size));
     double loss_value = 0;
     double small_sq = 0;  // |G_small|^2 of the first micro-batch
     for (int64_t k = 0; k < accumulation; ++k) {
-      int64_t begin = in_epoch * config.batch_size + config.rank * local_batch + k * micro;
+      // This micro-batch's place in the global batch.
+      int64_t offset = config.rank * local_batch + k * micro;
+      int64_t begin = in_epoch * config.batch_size + offset;
       torch::Tensor idx = s.order.slice(0, begin, begin + micro).to(device);
-      torch::Tensor x = train_x.index_select(0, idx);
-      torch::Tensor y = train_y.index_select(0, idx);
       torch::Tensor loss;
       {
         AutocastScope autocast(placement.autocast, placement.autocast_dtype);
-        loss = torch::nn::functional::cross_entropy(model->forward(x), y) *
-               loss_scale;
+        loss = task.Loss(idx, offset) * loss_scale;
       }
       if (placement.loss_scaling) {
         (loss * s.loss_scale).backward();
@@ -525,7 +508,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     if (!eval_now && step != total_steps) {
       if (checkpoint_now && reporter) {
         MEGABATCH_RETURN_IF_ERROR(
-            SaveCheckpoint(config, model, optimizer, shuffle, s, sink));
+            SaveCheckpoint(config, *model, optimizer, shuffle, s, sink));
       }
       continue;
     }
@@ -536,11 +519,12 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
       if ((*stop)[0] > 0) return finish();
       continue;
     }
-    Evaluation ev = Evaluate(model, test_x, test_y, placement);
+    Evaluation ev = EvaluateTask(task, *model, placement);
     Metrics eval_metrics = {
         {"test_loss", ev.loss},
         {"test_accuracy", ev.accuracy},
         {"epoch", static_cast<double>(step) / steps_per_epoch}};
+    eval_metrics.insert(eval_metrics.end(), ev.extra.begin(), ev.extra.end());
     bool reached = false;
     if (!config.target_metric.empty() && !s.target_reached) {
       reached = config.target_metric == "test_accuracy"
@@ -565,7 +549,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data
     }
     if (checkpoint_now) {
       MEGABATCH_RETURN_IF_ERROR(
-          SaveCheckpoint(config, model, optimizer, shuffle, s, sink));
+          SaveCheckpoint(config, *model, optimizer, shuffle, s, sink));
     }
   }
   return finish();

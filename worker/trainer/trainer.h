@@ -10,11 +10,10 @@
 
 #include "common/status.h"
 #include "worker/trainer/data/fashion_mnist.h"
+#include "worker/trainer/tasks/task.h"
 #include "worker/trainer/trial_config.h"
 
 namespace megabatch::trainer {
-
-using Metrics = std::vector<std::pair<std::string, double>>;
 
 // Receives metrics as they are produced. Used only from the training thread.
 class MetricSink {
@@ -36,11 +35,12 @@ struct TrialResult {
   std::vector<torch::Tensor> parameters;
 };
 
-// Trains `config` on `data`. Per step it logs train_loss, lr,
+// Trains `config`'s model on `task`. Per step it logs train_loss, lr,
 // samples_per_second and grad_norm (the global gradient norm), and with
 // gradient accumulation the gradient noise scale (gradient_noise_scale =
 // gns_trace / gns_gradient_sq, each an EMA over steps, LARGE_BATCH.md); at
-// each evaluation test_loss, test_accuracy and epoch;
+// each evaluation test_loss, test_accuracy, epoch and the task's own
+// metrics (val_bpc; val_mlm_loss, val_mlm_accuracy);
 // when a target is first reached target_reached_seconds and
 // target_reached_samples. `sink` must outlive the call.
 //
@@ -49,6 +49,9 @@ struct TrialResult {
 // that every later metric equals the uninterrupted run's (samples_per_second
 // aside). Errors: NOT_FOUND / DATA_LOSS for a missing or unreadable
 // checkpoint, INVALID_ARGUMENT for one written by a different config.
+Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* sink,
+                             const std::string& resume_from = "");
+// The image task (mlp, cnn) on `data`.
 Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data,
                              MetricSink* sink,
                              const std::string& resume_from = "");

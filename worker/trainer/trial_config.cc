@@ -1,8 +1,10 @@
 #include "worker/trainer/trial_config.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "common/optimizer_catalog.h"
+#include "worker/trainer/data/text_corpus.h"
 
 namespace megabatch::trainer {
 namespace {
@@ -43,14 +45,45 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "trial_id", &c.trial_id));
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "sweep_id", &c.sweep_id));
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "seed", &c.seed));
-  if (auto model = doc.find("model"); model != doc.end()) {
-    MEGABATCH_RETURN_IF_ERROR(Read(*model, "type", &c.model_type));
-    MEGABATCH_RETURN_IF_ERROR(Read(*model, "hidden", &c.hidden));
-    MEGABATCH_RETURN_IF_ERROR(Read(*model, "channels", &c.channels));
-  }
-  if (c.model_type != "mlp" && c.model_type != "cnn") {
+  const json no_fields = json::object();
+  auto model_it = doc.find("model");
+  const json& model = model_it != doc.end() && model_it->is_object() ? *model_it : no_fields;
+  MEGABATCH_RETURN_IF_ERROR(Read(model, "type", &c.model_type));
+  const bool text = c.model_type == "char_lstm" || c.model_type == "tiny_bert";
+  if (c.model_type == "mlp" || c.model_type == "cnn") {
+    MEGABATCH_RETURN_IF_ERROR(Read(model, "hidden", &c.hidden));
+    MEGABATCH_RETURN_IF_ERROR(Read(model, "channels", &c.channels));
+  } else if (text) {
+    if (c.model_type == "tiny_bert") {
+      c.width = 128;
+      c.layers = 2;
+    }
+    MEGABATCH_RETURN_IF_ERROR(Read(model, "hidden", &c.width));
+    MEGABATCH_RETURN_IF_ERROR(Read(model, "layers", &c.layers));
+    MEGABATCH_RETURN_IF_ERROR(Read(model, "seq_len", &c.seq_len));
+    MEGABATCH_RETURN_IF_ERROR(Read(model, "embedding", &c.embedding));
+    MEGABATCH_RETURN_IF_ERROR(Read(model, "heads", &c.heads));
+    MEGABATCH_RETURN_IF_ERROR(Read(model, "ffn", &c.ffn));
+    MEGABATCH_RETURN_IF_ERROR(Read(model, "vocab_size", &c.vocab_size));
+    MEGABATCH_RETURN_IF_ERROR(Read(model, "bias", &c.bias));
+    for (auto [name, value, low, high] :
+         {std::tuple{"hidden", c.width, 1, 65536}, {"layers", c.layers, 1, 64},
+          {"seq_len", c.seq_len, 2, 65536}, {"embedding", c.embedding, 1, 65536},
+          {"heads", c.heads, 1, 1024}, {"ffn", c.ffn, 1, 1 << 20},
+          {"vocab_size", c.vocab_size, 300, 1 << 20}}) {
+      if (value < low || value > high) {
+        return InvalidArgumentError("model." + std::string(name) + ": must be between " +
+                                    std::to_string(low) + " and " + std::to_string(high) +
+                                    ", got " + std::to_string(value));
+      }
+    }
+    if (c.model_type == "tiny_bert" && c.width % c.heads != 0) {
+      return InvalidArgumentError("model.heads: " + std::to_string(c.heads) +
+                                  " must divide model.hidden " + std::to_string(c.width));
+    }
+  } else {
     return InvalidArgumentError("model.type: unknown model '" + c.model_type +
-                                "'; supported: mlp, cnn");
+                                "'; supported: mlp, cnn, char_lstm, tiny_bert");
   }
   for (int64_t h : c.hidden) {
     if (h < 1) return InvalidArgumentError("model.hidden: widths must be positive");
@@ -58,9 +91,23 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   for (int64_t ch : c.channels) {
     if (ch < 1) return InvalidArgumentError("model.channels: must be positive");
   }
-  if (auto ds = doc.find("dataset"); ds != doc.end()) {
+  c.dataset_name = text ? "text" : "fashion_mnist";
+  if (text) c.dataset_path = kDefaultTextCorpusPath;
+  if (auto ds = doc.find("dataset"); ds != doc.end() && ds->is_object()) {
+    MEGABATCH_RETURN_IF_ERROR(Read(*ds, "name", &c.dataset_name));
     MEGABATCH_RETURN_IF_ERROR(Read(*ds, "path", &c.dataset_path));
+    MEGABATCH_RETURN_IF_ERROR(Read(*ds, "validation_fraction", &c.validation_fraction));
+    MEGABATCH_RETURN_IF_ERROR(Read(*ds, "cache_dir", &c.cache_dir));
   }
+  if (c.dataset_name != (text ? "text" : "fashion_mnist")) {
+    return InvalidArgumentError("dataset.name: model " + c.model_type + " trains on " +
+                                (text ? "text" : "fashion_mnist") + ", not '" +
+                                c.dataset_name + "'");
+  }
+  if (!(c.validation_fraction > 0 && c.validation_fraction < 1)) {
+    return InvalidArgumentError("dataset.validation_fraction: must be in (0, 1)");
+  }
+  if (c.cache_dir.empty()) c.cache_dir = DefaultCacheDir();
   c.optimizer = doc.value("optimizer", json{{"name", "sgd"}});
   if (!c.optimizer.is_object() || !c.optimizer.contains("name") ||
       !c.optimizer["name"].is_string()) {
@@ -194,6 +241,9 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   fingerprint.erase("threads");
   fingerprint.erase("checkpoint_path");
   fingerprint.erase("checkpoint_per_step");
+  if (auto ds = fingerprint.find("dataset"); ds != fingerprint.end() && ds->is_object()) {
+    ds->erase("cache_dir");
+  }
   c.fingerprint = fingerprint.dump();
   return c;
 }

@@ -1,0 +1,73 @@
+// A Task is what a trial trains: a model, its data and its loss. RunTrial
+// (trainer.h) owns the loop, the optimizer, the schedule, accumulation,
+// data parallelism, checkpoints and diagnostics; a task says how to build the
+// model, how many training samples an epoch has, the loss of any subset of a
+// step's batch, and how to evaluate on the held-out split.
+//
+//   image (mlp, cnn)   Fashion-MNIST classification          test_loss, test_accuracy
+//   char_lstm          next-byte prediction, bits per char   + val_bpc
+//   tiny_bert          masked-language modelling             + val_mlm_loss, val_mlm_accuracy
+#ifndef MEGABATCH_WORKER_TRAINER_TASKS_TASK_H_
+#define MEGABATCH_WORKER_TRAINER_TASKS_TASK_H_
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "worker/trainer/data/fashion_mnist.h"
+#include "worker/trainer/trial_config.h"
+
+namespace megabatch::trainer {
+
+using Metrics = std::vector<std::pair<std::string, double>>;
+
+struct Evaluation {
+  // Every task reports test_loss and test_accuracy (the names the report,
+  // ASHA and targets read): the held-out split's mean loss in nats and its
+  // top-1 accuracy. `extra` are the task's own metrics.
+  double loss = 0;
+  double accuracy = 0;
+  Metrics extra;
+};
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  // Builds the model on the CPU from the global RNG (seeded by RunTrial).
+  virtual Result<std::shared_ptr<torch::nn::Module>> BuildModel() = 0;
+  // Moves the data the task keeps onto `device` (the model is moved by RunTrial).
+  virtual void To(torch::Device device) = 0;
+  // Training samples in an epoch.
+  virtual int64_t train_size() const = 0;
+  // Called once per optimizer step `step` (1-based) with the global batch:
+  // the indices of its samples, in order, on the CPU. Anything random
+  // about the step (MLM masks) is drawn here, from (seed, step) alone, so
+  // that it does not depend on the micro-batch size, the number of ranks or
+  // a resume.
+  virtual void BeginStep(int64_t /*step*/, const torch::Tensor& /*batch*/) {}
+  // The loss of the samples `samples` (indices on the device), which are
+  // entries [offset, offset + n) of this step's batch, scaled so that the
+  // batch's loss is the sum over its parts of Loss(part) * n / batch_size.
+  // Runs the forward pass (under the caller's autocast).
+  virtual torch::Tensor Loss(const torch::Tensor& samples, int64_t offset) = 0;
+  // Evaluates the model on the held-out split (the caller sets eval mode
+  // and no-grad).
+  virtual Evaluation Evaluate() = 0;
+};
+
+// The task for `config.model_type`, with its data loaded (and, for
+// tiny_bert, its tokenizer trained or read from the cache). Errors name the
+// config field (dataset.path, model.*).
+Result<std::unique_ptr<Task>> MakeTask(const TrialConfig& config);
+
+// An image-classification task on data already loaded (tests share one copy
+// of Fashion-MNIST).
+std::unique_ptr<Task> MakeImageTask(const TrialConfig& config, const ImageDataset& data);
+
+}  // namespace megabatch::trainer
+
+#endif  // MEGABATCH_WORKER_TRAINER_TASKS_TASK_H_
