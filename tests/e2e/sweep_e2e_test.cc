@@ -125,6 +125,55 @@ class SweepE2ETest : public ::testing::Test {
   std::vector<std::unique_ptr<Process>> workers_;
 };
 
+// The language models through the whole system: spec, coordinator, workers,
+// trainers (tiny_bert's running megabatch-tokenize), and their metrics in
+// SQLite and the report.
+TEST_F(SweepE2ETest, LanguageModelSweepsRunAndStoreTheirMetrics) {
+  std::string lstm = WriteSpec("lstm.yaml", R"yaml(
+name: e2e-char-lstm
+model: {type: char_lstm, hidden: 64, embedding: 16, seq_len: 32}
+dataset: {name: text, validation_fraction: 0.01}
+optimizers: [{name: lamb, lr: 0.01}, {name: adamw, lr: 0.003}]
+batch_sizes: [32, 128]
+base: {lr: 0.003}
+lr_scaling: sqrt
+micro_batch_size: 64
+budget: {samples: 1024}
+eval_every_steps: 4
+)yaml");
+  std::string bert = WriteSpec("bert.yaml", R"yaml(
+name: e2e-tiny-bert
+model: {type: tiny_bert, hidden: 64, heads: 2, ffn: 128, seq_len: 32, vocab_size: 512, bias: false}
+dataset: {name: text, validation_fraction: 0.01}
+optimizers: [{name: lamb, lr: 0.01}]
+batch_sizes: [32]
+base: {lr: 0.01}
+budget: {steps: 8}
+eval_every_steps: 4
+)yaml");
+  for (const auto& spec : {lstm, bert}) {
+    auto submit = Cli({"submit", spec, "--wait"});
+    ASSERT_EQ(submit.exit_code, 0) << submit.err << coordinator_->Log() << workers_[0]->Log();
+  }
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'"), 5);
+  // char_lstm: 1024 samples are 32 steps at batch 32 and 8 at 128.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
+                   "WHERE t.sweep_id = 1 AND m.name = 'train_loss'"),
+            2 * 32 + 2 * 8);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
+                   "WHERE t.sweep_id = 1 AND m.name = 'val_bpc'"),
+            2 * 8 + 2 * 2);
+  EXPECT_LT(Scalar("SELECT max(value) FROM metrics WHERE name = 'val_bpc'"), 8.0);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
+                   "WHERE t.sweep_id = 2 AND m.name = 'val_mlm_accuracy'"),
+            2);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE sweep_id = 2 AND "
+                   "best_test_accuracy IS NOT NULL"),
+            1);
+  auto report = Cli({"report", "1"});
+  EXPECT_EQ(report.exit_code, 0) << report.err;
+}
+
 TEST_F(SweepE2ETest, SweepRunsOnTwoWorkersAndLandsInSqlite) {
   std::string spec = WriteSpec("sweep.yaml", R"yaml(
 name: e2e

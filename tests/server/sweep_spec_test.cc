@@ -3,6 +3,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
 namespace megabatch::spec {
 namespace {
 
@@ -342,6 +345,78 @@ TEST(SweepSpecTest, TextThatIsNotUtf8IsRefusedWithItsOffset) {
 TEST(SweepSpecTest, QuotedNumbersStayStrings) {
   ExpectInvalid(WithLine("batch_sizes", "batch_sizes: ['128']"),
                 "batch_sizes[0]: must be an integer");
+}
+
+TEST(SweepSpecTest, LanguageModelsDefaultToTheTextCorpusAndWriteOutTheirOptions) {
+  auto lstm = ParseSweepSpec(R"yaml(
+name: lm
+model: {type: char_lstm, hidden: 128}
+optimizers: [{name: lamb}]
+batch_sizes: [64]
+base: {lr: 0.01}
+)yaml");
+  ASSERT_TRUE(lstm.ok()) << lstm.status().ToString();
+  EXPECT_EQ(lstm->model["hidden"], 128);
+  EXPECT_EQ(lstm->model["seq_len"], 128);
+  EXPECT_EQ(lstm->model["embedding"], 64);
+  EXPECT_EQ(lstm->dataset["name"], "text");
+  EXPECT_EQ(lstm->dataset["path"], "/usr/share/games/fortunes");
+  EXPECT_EQ(lstm->dataset["validation_fraction"], 0.05);
+  auto trials = ExpandSweep(*lstm);
+  ASSERT_EQ(trials.size(), 1u);
+  EXPECT_EQ(trials[0].config["model"]["type"], "char_lstm");
+  EXPECT_EQ(trials[0].config["dataset"]["name"], "text");
+
+  auto bert = ParseSweepSpec(R"yaml(
+name: bert
+model: {type: tiny_bert, bias: false, hidden: 256, heads: 4}
+dataset: {name: text, validation_fraction: 0.1}
+optimizers: [{name: lamb}]
+batch_sizes: [64]
+base: {lr: 0.01}
+)yaml");
+  ASSERT_TRUE(bert.ok()) << bert.status().ToString();
+  EXPECT_EQ(bert->model["bias"], false);
+  EXPECT_EQ(bert->model["ffn"], 1024);  // 4 x hidden
+  EXPECT_EQ(bert->model["vocab_size"], 2048);
+  EXPECT_EQ(bert->model["layers"], 2);
+}
+
+TEST(SweepSpecTest, LanguageModelErrorsNameTheField) {
+  const std::string head = "name: lm\noptimizers: [{name: lamb}]\nbase: {lr: 0.01}\n";
+  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: tiny_bert, hidden: 100, heads: 3}\n",
+                "model.heads");
+  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: char_lstm, seq_len: 1}\n",
+                "model.seq_len");
+  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: tiny_bert, vocab_size: 10}\n",
+                "model.vocab_size");
+  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: char_lstm, channels: [3]}\n",
+                "model.channels");
+  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: char_lstm}\ndataset: {name: fashion_mnist}\n",
+                "dataset.name");
+  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: mlp}\ndataset: {name: text}\n",
+                "dataset.name");
+  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: char_lstm}\ndataset: {path: /nonexistent}\n",
+                "dataset.path");
+  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: char_lstm}\n"
+                       "dataset: {validation_fraction: 1.5}\n",
+                "dataset.validation_fraction");
+  // More windows than the corpus has bytes.
+  ExpectInvalid(head + "batch_sizes: [100000000]\nmodel: {type: char_lstm}\n", "batch_sizes[0]");
+}
+
+TEST(SweepSpecTest, EveryShippedExperimentParses) {
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(MEGABATCH_EXPERIMENTS_DIR)) {
+    if (entry.path().extension() != ".yaml") continue;
+    std::ifstream in(entry.path());
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto r = ParseSweepSpec(text);
+    ASSERT_TRUE(r.ok()) << entry.path() << ": " << r.status().ToString();
+    EXPECT_FALSE(ExpandSweep(*r).empty()) << entry.path();
+    ++files;
+  }
+  EXPECT_GE(files, 5);
 }
 
 }  // namespace
