@@ -18,8 +18,12 @@ Quality (--quality-steps, 0 to skip): the C++ trainer alone, LAMB, batch 64,
 poly decay after a warmup; prints the final val_bpc / val_mlm_accuracy and
 the training seconds.
 
+The trainer keeps freed memory for reuse (mallopt in its main());
+--python-mallopt makes this Python process do the same, to separate that
+allocator setting from the rest of the C++/Python difference.
+
 Usage: /usr/bin/python3 bench/lm_throughput.py [--trainer PATH] [--threads N]
-       [--reps N] [--quality-steps N] [--only char_lstm|tiny_bert]
+       [--reps N] [--quality-steps N] [--only char_lstm|tiny_bert] [--python-mallopt]
 """
 import argparse
 import json
@@ -33,6 +37,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from train_throughput import keep_freed_memory
 
 CORPUS = "/usr/share/games/fortunes"
 MODELS = {
@@ -201,7 +207,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--quality-steps", type=int, default=300)
     parser.add_argument("--only", choices=list(MODELS), help="one model only")
+    parser.add_argument("--python-mallopt", action="store_true",
+                        help="give the Python loop the trainer's malloc settings")
     args = parser.parse_args()
+    if args.python_mallopt:
+        keep_freed_memory()
     args.trainer = os.path.abspath(args.trainer)
     text = corpus_bytes()
     windows = text[:(text.shape[0] - 1) // 128 * 128 + 1].unfold(0, 129, 128).contiguous()
@@ -209,7 +219,8 @@ def main():
             "tiny_bert": token_sequences(args.trainer, 128, MODELS["tiny_bert"]["vocab_size"])}
     print(f"threads: {args.threads}; AdamW; samples/s are medians over steps after "
           f"{args.warmup} warm-up step(s), {args.reps} alternating runs each; a sample is "
-          f"128 characters (char_lstm) or 128 tokens (tiny_bert)")
+          f"128 characters (char_lstm) or 128 tokens (tiny_bert); Python malloc "
+          f"{'as the trainer' if args.python_mallopt else 'default'}")
     print(f"{'model':9} {'batch':>6} {'C++ samples/s':>14} {'Python samples/s':>17} "
           f"{'C++ tokens/s':>13} {'C++/Python':>11}")
     for model_name, batch, steps in CASES:

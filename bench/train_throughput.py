@@ -52,6 +52,14 @@ def load_images():
     return (x / 255.0 - MEAN) / STD, torch.from_numpy(labels.astype(np.int64))
 
 
+def keep_freed_memory():
+    """This process's malloc as megabatch-trainer sets it (see its main())."""
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
+    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, -1)):
+        sys.exit("mallopt failed")
+
+
 def python_model(spec):
     """The same layers megabatch's BuildModel() makes."""
     layers, width = [], 28 * 28
@@ -124,10 +132,7 @@ def main():
                         help="give the Python loop the trainer's malloc settings")
     args = parser.parse_args()
     if args.python_mallopt:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
-        if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, -1)):
-            sys.exit("mallopt failed")
+        keep_freed_memory()
     x, y = load_images()
     print(f"threads: {args.threads}; AdamW; samples/s are medians over steps "
           f"after {args.warmup} warm-up step(s), {args.reps} alternating runs each; "
