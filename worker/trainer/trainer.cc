@@ -14,6 +14,7 @@
 #include <map>
 #include <sstream>
 
+#include "worker/trainer/data/files.h"
 #include "worker/trainer/distributed/data_parallel.h"
 #include "worker/trainer/optim/lamb.h"
 #include "worker/trainer/optim/lars.h"
@@ -141,38 +142,6 @@ struct LoopState {
   int64_t clean_steps = 0;
 };
 
-// Writes `bytes` to `path` through a temp file, fsync and rename, so a crash
-// leaves the old checkpoint or the new one, never a torn file.
-Status WriteAtomically(const std::string& path, const std::string& bytes) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return InternalError("checkpoint " + tmp + ": " + std::strerror(errno));
-  }
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      ::close(fd);
-      return InternalError("checkpoint " + tmp + ": " + std::strerror(errno));
-    }
-    done += static_cast<size_t>(n);
-  }
-  bool synced = ::fsync(fd) == 0;
-  ::close(fd);
-  if (!synced || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return InternalError("checkpoint " + path + ": " + std::strerror(errno));
-  }
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return Status();
-}
-
 Status SaveCheckpoint(const TrialConfig& config, torch::nn::Module& model,
                       torch::optim::Optimizer& optimizer, at::Generator& shuffle,
                       const LoopState& s, MetricSink* sink) {
@@ -210,7 +179,7 @@ Status SaveCheckpoint(const TrialConfig& config, torch::nn::Module& model,
             ("step-" + std::to_string(s.step) + ".pt"))
                .string();
   }
-  MEGABATCH_RETURN_IF_ERROR(WriteAtomically(path, bytes.str()));
+  MEGABATCH_RETURN_IF_ERROR(WriteFileAtomically(path, bytes.str(), "checkpoint"));
   sink->Checkpointed(s.step, path);
   return Status();
 }

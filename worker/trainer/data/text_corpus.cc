@@ -8,18 +8,12 @@
 #include <fstream>
 #include <sstream>
 
+#include "worker/trainer/data/files.h"
+
 namespace megabatch::trainer {
 namespace {
 
 namespace fs = std::filesystem;
-
-Result<std::string> ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError("dataset.path: cannot read " + path.string());
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
 
 void AddDocument(std::string doc, double validation_fraction, TextCorpus* corpus) {
   while (!doc.empty() && std::isspace(static_cast<unsigned char>(doc.back()))) {
@@ -92,7 +86,7 @@ Result<TextCorpus> LoadTextCorpus(const std::string& path, double validation_fra
   }
   TextCorpus corpus;
   for (const auto& file : files) {
-    auto text = ReadFile(file);
+    auto text = ReadFileBytes(file.string(), "dataset.path:");
     if (!text.ok()) return text.status();
     if (text->find('\0') != std::string::npos) continue;  // binary
     SplitDocuments(*text, validation_fraction, &corpus);

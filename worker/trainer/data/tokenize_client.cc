@@ -13,6 +13,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "worker/trainer/data/files.h"
+
 extern char** environ;
 
 namespace megabatch::trainer {
@@ -65,11 +67,9 @@ Status Run(const std::vector<std::string>& argv, std::string* out, int* exit_sta
 }
 
 Result<std::vector<int32_t>> ReadIds(const std::string& path, int vocab_size) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  const std::string data = bytes.str();
-  if (!in.good() && !in.eof()) return DataLossError("token ids " + path + ": unreadable");
+  auto bytes = ReadFileBytes(path, "token ids");
+  if (!bytes.ok()) return bytes.status();
+  const std::string& data = *bytes;
   if (data.size() % sizeof(int32_t) != 0) {
     return DataLossError("token ids " + path + ": truncated (delete it to make it again)");
   }

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "worker/trainer/data/files.h"
 #include "worker/trainer/data/text_corpus.h"
 
 namespace megabatch::trainer {
@@ -57,28 +58,6 @@ class LineIterator : public sentencepiece::SentenceIterator {
   size_t doc_ = 0, pos_ = 0;
   std::string line_;
 };
-
-Result<std::string> ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError("cannot read " + path);
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
-
-// Writes through a temp file and a rename: readers see all or nothing.
-Status WriteAtomically(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out.flush()) return InternalError("tokenizer cache: cannot write " + tmp);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return InternalError("tokenizer cache: " + path + ": " + std::strerror(errno));
-  }
-  return Status();
-}
 
 std::string EncodeDocuments(const Tokenizer& tokenizer,
                             const std::vector<std::string>& documents) {
@@ -193,7 +172,7 @@ Result<TokenizedCorpus> TokenizeCorpus(const TokenizeOptions& options) {
     return InternalError("tokenizer cache " + options.cache_dir + ": " + std::strerror(errno));
   }
   std::unique_ptr<Tokenizer> tokenizer;
-  if (auto model = ReadAll(out.model_path); model.ok()) {
+  if (auto model = ReadFileBytes(out.model_path, "tokenizer cache"); model.ok()) {
     auto loaded = Tokenizer::FromModel(*model, out.model_path);
     if (!loaded.ok()) {
       return DataLossError(loaded.status().message() + " (delete it to train it again)");
@@ -203,13 +182,13 @@ Result<TokenizedCorpus> TokenizeCorpus(const TokenizeOptions& options) {
     auto trained = Tokenizer::Train(corpus->train, options.vocab_size, options.threads);
     if (!trained.ok()) return trained.status();
     tokenizer = std::move(*trained);
-    MEGABATCH_RETURN_IF_ERROR(WriteAtomically(out.model_path, tokenizer->model()));
+    MEGABATCH_RETURN_IF_ERROR(WriteFileAtomically(out.model_path, tokenizer->model(), "tokenizer cache"));
   }
   out.vocab_size = tokenizer->vocab_size();
   for (auto [path, split] : {std::pair{&out.train_path, &corpus->train},
                              std::pair{&out.validation_path, &corpus->validation}}) {
     if (fs::exists(*path, ec)) continue;
-    MEGABATCH_RETURN_IF_ERROR(WriteAtomically(*path, EncodeDocuments(*tokenizer, *split)));
+    MEGABATCH_RETURN_IF_ERROR(WriteFileAtomically(*path, EncodeDocuments(*tokenizer, *split), "tokenizer cache"));
   }
   return out;
 }

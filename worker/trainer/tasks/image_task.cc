@@ -43,12 +43,10 @@ class ImageTask : public Task {
     int64_t correct = 0;
     for (int64_t i = 0; i < n; i += kEvalBatch) {
       int64_t end = std::min(n, i + kEvalBatch);
-      torch::Tensor logits = model_->forward(images.slice(0, i, end));
-      torch::Tensor y = labels.slice(0, i, end);
-      loss_sum += F::cross_entropy(logits, y,
-                                   F::CrossEntropyFuncOptions().reduction(torch::kSum))
-                      .item<double>();
-      correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+      Score score = ScoreLogits(model_->forward(images.slice(0, i, end)),
+                                labels.slice(0, i, end));
+      loss_sum += score.loss_sum.item<double>();
+      correct += score.hits.item<int64_t>();
     }
     return {loss_sum / n, static_cast<double>(correct) / n, {}};
   }
@@ -60,6 +58,11 @@ class ImageTask : public Task {
 };
 
 }  // namespace
+
+Score ScoreLogits(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return {F::cross_entropy(logits, targets, F::CrossEntropyFuncOptions().reduction(torch::kSum)),
+          logits.argmax(1).eq(targets).sum()};
+}
 
 std::unique_ptr<Task> MakeImageTask(const TrialConfig& config, const ImageDataset& data) {
   return std::make_unique<ImageTask>(config, data);

@@ -34,6 +34,14 @@ struct Evaluation {
   Metrics extra;
 };
 
+// The summed cross-entropy of `logits` [N, C] against `targets` [N] and the
+// number of top-1 hits, both still on the device: what every Evaluate() adds up.
+struct Score {
+  torch::Tensor loss_sum;
+  torch::Tensor hits;
+};
+Score ScoreLogits(const torch::Tensor& logits, const torch::Tensor& targets);
+
 class Task {
  public:
   virtual ~Task() = default;

@@ -113,12 +113,10 @@ class CharLmTask : public Task {
     for (int64_t i = 0; i < n; i += kEvalRows) {
       torch::Tensor rows = validation_.slice(0, i, std::min(n, i + kEvalRows));
       torch::Tensor logits = model_->forward(rows.slice(1, 0, config_.seq_len));
-      logits = logits.reshape({-1, logits.size(-1)});
-      torch::Tensor targets = rows.slice(1, 1).reshape({-1});
-      loss_sum += F::cross_entropy(logits, targets,
-                                   F::CrossEntropyFuncOptions().reduction(torch::kSum))
-                      .item<double>();
-      correct += logits.argmax(1).eq(targets).sum().item<int64_t>();
+      Score score = ScoreLogits(logits.reshape({-1, logits.size(-1)}),
+                                rows.slice(1, 1).reshape({-1}));
+      loss_sum += score.loss_sum.item<double>();
+      correct += score.hits.item<int64_t>();
     }
     const double chars = static_cast<double>(n * config_.seq_len);
     const double loss = loss_sum / chars;
@@ -186,7 +184,7 @@ class MlmTask : public Task {
     const int64_t n = samples.size(0);
     auto part = [&](const torch::Tensor& t) { return t.slice(0, offset, offset + n).to(device_); };
     torch::Tensor chosen = part(batch_.chosen);
-    torch::Tensor loss_sum = SumLoss(part(batch_.inputs), chosen, part(batch_targets_)).first;
+    torch::Tensor loss_sum = ScoreChosen(part(batch_.inputs), chosen, part(batch_targets_)).loss_sum;
     // Mean over the batch's chosen tokens once the trainer scales by n / batch.
     return loss_sum * (static_cast<double>(batch_targets_.size(0)) / n / batch_chosen_);
   }
@@ -198,10 +196,10 @@ class MlmTask : public Task {
     for (int64_t i = 0; i < n; i += kEvalRows) {
       const int64_t end = std::min(n, i + kEvalRows);
       torch::Tensor chosen = validation_.chosen.slice(0, i, end);
-      auto [sum, hits] = SumLoss(validation_.inputs.slice(0, i, end), chosen,
-                                 validation_targets_.slice(0, i, end));
-      loss_sum += sum.item<double>();
-      correct += hits.item<int64_t>();
+      Score score = ScoreChosen(validation_.inputs.slice(0, i, end), chosen,
+                                validation_targets_.slice(0, i, end));
+      loss_sum += score.loss_sum.item<double>();
+      correct += score.hits.item<int64_t>();
       chosen_total += chosen.sum().item<int64_t>();
     }
     const double count = static_cast<double>(std::max<int64_t>(1, chosen_total));
@@ -216,17 +214,11 @@ class MlmTask : public Task {
     return torch::tensor(ids, torch::kInt32).to(torch::kInt64);
   }
 
-  // The summed cross-entropy at the chosen positions and the number of them
-  // predicted right.
-  std::pair<torch::Tensor, torch::Tensor> SumLoss(const torch::Tensor& inputs,
-                                                  const torch::Tensor& chosen,
-                                                  const torch::Tensor& targets) {
+  // The model's score at the chosen positions of `inputs`.
+  Score ScoreChosen(const torch::Tensor& inputs, const torch::Tensor& chosen,
+                    const torch::Tensor& targets) {
     torch::Tensor hidden = model_->forward(inputs);
-    torch::Tensor logits = model_->Logits(hidden.index({chosen}));
-    torch::Tensor wanted = targets.index({chosen});
-    torch::Tensor sum = F::cross_entropy(logits, wanted,
-                                         F::CrossEntropyFuncOptions().reduction(torch::kSum));
-    return {sum, logits.argmax(1).eq(wanted).sum()};
+    return ScoreLogits(model_->Logits(hidden.index({chosen})), targets.index({chosen}));
   }
 
   const TrialConfig config_;
