@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "cli/plot.h"
+#include "common/selection_metrics.h"
 #include "common/status.h"
 
 namespace megabatch::cli {
@@ -167,13 +168,13 @@ int Commands::Trials(int64_t sweep_id) {
   grpc::Status s = stub_->ListTrials(&ctx, req, &resp);
   if (!s.ok()) return Fail(s);
   Table t({"trial", "optimizer", "batch_size", "lr", "lr_multiplier", "seed",
-           "state", "attempts", "epoch", "train_loss", "test_accuracy",
+           "state", "attempts", "epoch", "train_loss", "val_accuracy",
            "error"});
   for (const auto& tr : resp.trials()) {
     t.AddRow({tr.id(), tr.optimizer(), tr.batch_size(), tr.lr(),
               tr.lr_multiplier(), tr.seed(), StateName(tr.state()),
               tr.attempts(), Metric(tr, "epoch"), Metric(tr, "train_loss"),
-              Metric(tr, "test_accuracy"), tr.error()});
+              Metric(tr, "val_accuracy"), tr.error()});
   }
   t.Print(out_, format_);
   return kExitOk;
@@ -271,36 +272,58 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
   const bool csv = format_ == OutputFormat::kCsv;
   std::vector<std::string> columns = {
       "optimizer", "batch_size", "best_lr", "lrs_tried", "trials",
-      "diverged_trials", "max_stable_lr", "best_test_accuracy", "best_test_loss",
-      "steps_to_target", "samples_to_target", "seconds_to_target",
-      "scaling_efficiency", "gradient_noise_scale"};
+      "diverged_trials", "max_stable_lr", "best_val_accuracy", "best_val_loss",
+      "best_target_value", "test_accuracy", "test_loss", "steps_to_target",
+      "samples_to_target", "seconds_to_target", "scaling_efficiency",
+      "noise_scale_at_10pct", "noise_scale_at_50pct", "noise_scale_at_100pct",
+      "noise_scale_at_target"};
   // CSV is one table, so each row carries its optimizer's fit.
-  if (csv) columns.insert(columns.end(), {"s_min", "b_crit"});
+  if (csv) {
+    columns.insert(columns.end(),
+                   {"s_min", "b_crit", "b_crit_low", "b_crit_high", "noise_scale"});
+  }
   Table rows(columns);
   for (const auto& r : report.rows()) {
     std::vector<json> row = {
         r.optimizer(), r.batch_size(), r.best_lr(), r.lrs_tried(), r.trials(),
         r.diverged_trials(),
         Maybe(r.has_max_stable_lr(), r.max_stable_lr()),
-        Maybe(r.has_best_test_accuracy(), r.best_test_accuracy()),
-        Maybe(r.has_best_test_loss(), r.best_test_loss()),
+        Maybe(r.has_best_val_accuracy(), r.best_val_accuracy()),
+        Maybe(r.has_best_val_loss(), r.best_val_loss()),
+        Maybe(r.has_best_target_value(), r.best_target_value()),
+        Maybe(r.has_test_accuracy(), r.test_accuracy()),
+        Maybe(r.has_test_loss(), r.test_loss()),
         Maybe(r.has_steps_to_target(), r.steps_to_target()),
         Maybe(r.has_samples_to_target(), r.samples_to_target()),
         Maybe(r.has_seconds_to_target(), r.seconds_to_target()),
         Maybe(r.has_scaling_efficiency(), r.scaling_efficiency()),
-        Maybe(r.has_gradient_noise_scale(), r.gradient_noise_scale())};
+        Maybe(r.has_noise_scale_at_10pct(), r.noise_scale_at_10pct()),
+        Maybe(r.has_noise_scale_at_50pct(), r.noise_scale_at_50pct()),
+        Maybe(r.has_noise_scale_at_100pct(), r.noise_scale_at_100pct()),
+        Maybe(r.has_noise_scale_at_target(), r.noise_scale_at_target())};
     if (csv) {
       const v1::CriticalBatchFit* f = fit_of[r.optimizer()];
       row.push_back(f ? Maybe(f->has_s_min(), f->s_min()) : json(nullptr));
       row.push_back(f ? Maybe(f->has_b_crit(), f->b_crit()) : json(nullptr));
+      row.push_back(f ? Maybe(f->has_b_crit_low(), f->b_crit_low()) : json(nullptr));
+      row.push_back(f ? Maybe(f->has_b_crit_high(), f->b_crit_high()) : json(nullptr));
+      row.push_back(f ? Maybe(f->has_noise_scale(), f->noise_scale()) : json(nullptr));
     }
     rows.AddRow(std::move(row));
   }
-  Table fits({"optimizer", "points", "s_min", "b_crit", "r_squared", "note"});
+  Table fits({"optimizer", "points", "s_min", "s_min_low", "s_min_high", "b_crit",
+              "b_crit_low", "b_crit_high", "r_squared", "interval", "noise_scale",
+              "b_crit_over_noise_scale", "noise_scale_source", "note"});
   for (const auto& f : report.fits()) {
     fits.AddRow({f.optimizer(), f.points(), Maybe(f.has_s_min(), f.s_min()),
-                 Maybe(f.has_b_crit(), f.b_crit()),
-                 Maybe(f.has_r_squared(), f.r_squared()), f.note()});
+                 Maybe(f.has_s_min_low(), f.s_min_low()),
+                 Maybe(f.has_s_min_high(), f.s_min_high()), Maybe(f.has_b_crit(), f.b_crit()),
+                 Maybe(f.has_b_crit_low(), f.b_crit_low()),
+                 Maybe(f.has_b_crit_high(), f.b_crit_high()),
+                 Maybe(f.has_r_squared(), f.r_squared()), f.interval_method(),
+                 Maybe(f.has_noise_scale(), f.noise_scale()),
+                 Maybe(f.has_b_crit_over_noise_scale(), f.b_crit_over_noise_scale()),
+                 f.noise_scale_source(), f.note()});
   }
   Table diverged({"optimizer", "batch_size", "lr", "diverged", "trials"});
   for (const auto& d : report.diverged()) {
@@ -310,9 +333,9 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
   const v1::Sweep& sweep = report.sweep();
   std::string target =
       report.target_metric().empty()
-          ? "no target (best lr by test_accuracy)"
+          ? "no target (best lr by val_accuracy)"
           : "target " + report.target_metric() +
-                (report.target_metric() == "test_loss" ? " <= " : " >= ") +
+                (HigherIsBetter(report.target_metric()) ? " >= " : " <= ") +
                 FormatNumber(report.target_value());
   if (format_ == OutputFormat::kJson) {
     json out = {{"sweep_id", sweep.id()},

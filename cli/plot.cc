@@ -7,6 +7,8 @@
 #include <sstream>
 #include <vector>
 
+#include "common/selection_metrics.h"
+
 namespace megabatch::cli {
 namespace {
 
@@ -66,6 +68,7 @@ struct Series {
   std::string color;
   std::vector<std::pair<double, double>> steps;   // (batch, steps to target)
   std::vector<std::pair<double, double>> metric;  // (batch, best metric)
+  std::vector<std::pair<double, double>> fit;     // S_min·(1 + B_crit/b), sampled
 };
 
 void Axes(std::ostream& svg, const Panel& p, const std::vector<double>& batches,
@@ -142,14 +145,16 @@ void Line(std::ostream& svg, const std::string& cls, const Series& s,
 }  // namespace
 
 std::string ScalingPlotSvg(const v1::SweepReport& report) {
-  const bool by_loss = report.target_metric() == "test_loss";
+  const std::string selection =
+      report.target_metric().empty() ? "val_accuracy" : report.target_metric();
+  const bool higher_is_better = HigherIsBetter(selection);
   std::vector<Series> series;
   std::map<std::string, size_t> index;
   std::vector<double> batches;
   for (const auto& r : report.rows()) {
     auto [it, added] = index.emplace(r.optimizer(), series.size());
     if (added) {
-      series.push_back({r.optimizer(), kColors[series.size() % std::size(kColors)], {}, {}});
+      series.push_back({r.optimizer(), kColors[series.size() % std::size(kColors)], {}, {}, {}});
     }
     Series& s = series[it->second];
     double b = static_cast<double>(r.batch_size());
@@ -157,12 +162,25 @@ std::string ScalingPlotSvg(const v1::SweepReport& report) {
     if (r.has_steps_to_target() && r.steps_to_target() > 0) {
       s.steps.emplace_back(b, r.steps_to_target());
     }
-    if (by_loss ? r.has_best_test_loss() : r.has_best_test_accuracy()) {
-      s.metric.emplace_back(b, by_loss ? r.best_test_loss() : r.best_test_accuracy());
+    if (r.has_best_target_value()) {
+      s.metric.emplace_back(b, r.best_target_value());
+    } else if (!higher_is_better ? r.has_best_test_loss() : r.has_best_test_accuracy()) {
+      // A report from before the validation split.
+      s.metric.emplace_back(b, !higher_is_better ? r.best_test_loss() : r.best_test_accuracy());
     }
   }
   std::sort(batches.begin(), batches.end());
   batches.erase(std::unique(batches.begin(), batches.end()), batches.end());
+  // The fitted curve of each optimizer with a fit, over the batch range.
+  for (const auto& f : report.fits()) {
+    auto it = index.find(f.optimizer());
+    if (it == index.end() || !f.has_s_min() || !f.has_b_crit() || batches.empty()) continue;
+    const double lo = std::log2(batches.front()), hi = std::log2(batches.back());
+    for (int k = 0; k <= 48; ++k) {
+      const double b = std::exp2(lo + (hi - lo) * k / 48.0);
+      series[it->second].fit.emplace_back(b, f.s_min() * (1 + f.b_crit() / b));
+    }
+  }
 
   // Perfect scaling from each optimizer's smallest batch that reached the
   // target: S(b) = S(b0)·b0/b.
@@ -182,7 +200,7 @@ std::string ScalingPlotSvg(const v1::SweepReport& report) {
         if (b >= b0) perfect[i].emplace_back(b, s0 * b0 / b);
       }
     }
-    for (const auto& pts : {s.steps, perfect[i]}) {
+    for (const auto& pts : {s.steps, perfect[i], s.fit}) {
       for (const auto& [b, v] : pts) {
         s_lo = std::min(s_lo, std::log10(v));
         s_hi = std::max(s_hi, std::log10(v));
@@ -203,7 +221,7 @@ std::string ScalingPlotSvg(const v1::SweepReport& report) {
   const Panel metric{600, 50, 380, 300, x_lo, x_hi, m_lo, m_hi, false};
 
   std::ostringstream svg;
-  const double height = 430 + 20.0 * ((series.size() + 1) / 4);
+  const double height = 430 + 20.0 * ((series.size() + 2) / 4);
   svg << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
       << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1020\" height=\""
       << Fixed(height) << "\" viewBox=\"0 0 1020 " << Fixed(height)
@@ -214,11 +232,10 @@ std::string ScalingPlotSvg(const v1::SweepReport& report) {
   std::string target = report.target_metric().empty()
                            ? "steps to target (no target set)"
                            : "steps to " + report.target_metric() +
-                                 (by_loss ? " <= " : " >= ") +
+                                 (higher_is_better ? " >= " : " <= ") +
                                  Short(report.target_value());
   Axes(svg, steps, batches, target, "steps (log)");
-  Axes(svg, metric, batches, by_loss ? "best test loss" : "best test accuracy",
-       by_loss ? "test_loss" : "test_accuracy");
+  Axes(svg, metric, batches, "best " + selection + " (validation)", selection);
   if (!any_steps) {
     svg << "<text x=\"" << Fixed(steps.left + steps.width / 2) << "\" y=\""
         << Fixed(steps.top + steps.height / 2)
@@ -227,19 +244,23 @@ std::string ScalingPlotSvg(const v1::SweepReport& report) {
   for (size_t i = 0; i < series.size(); ++i) {
     const Series& s = series[i];
     if (perfect[i].size() >= 2) Line(svg, "perfect", s, perfect[i], steps, "5,4");
+    if (!s.fit.empty()) Line(svg, "fit", s, s.fit, steps, "1,3");
     if (!s.steps.empty()) Line(svg, "series steps", s, s.steps, steps);
     if (!s.metric.empty()) Line(svg, "series metric", s, s.metric, metric);
   }
   svg << "<g class=\"legend\" font-size=\"12\">\n";
-  for (size_t i = 0; i <= series.size(); ++i) {
+  for (size_t i = 0; i <= series.size() + 1; ++i) {
     double x = 90 + 220.0 * (i % 4), y = 410 + 20.0 * (i / 4);
-    const bool last = i == series.size();
+    const bool perfect_key = i == series.size(), fit_key = i == series.size() + 1;
+    const bool key = perfect_key || fit_key;
     svg << "<line x1=\"" << Fixed(x) << "\" y1=\"" << Fixed(y) << "\" x2=\""
         << Fixed(x + 24) << "\" y2=\"" << Fixed(y) << "\" stroke=\""
-        << (last ? "#444" : series[i].color) << "\" stroke-width=\"2\""
-        << (last ? " stroke-dasharray=\"5,4\"" : "") << "/>\n<text x=\""
-        << Fixed(x + 30) << "\" y=\"" << Fixed(y + 4) << "\">"
-        << (last ? "perfect scaling S(b0)·b0/b" : Escape(series[i].optimizer))
+        << (key ? "#444" : series[i].color) << "\" stroke-width=\"2\""
+        << (perfect_key ? " stroke-dasharray=\"5,4\"" : fit_key ? " stroke-dasharray=\"1,3\"" : "")
+        << "/>\n<text x=\"" << Fixed(x + 30) << "\" y=\"" << Fixed(y + 4) << "\">"
+        << (perfect_key ? "perfect scaling S(b0)·b0/b"
+            : fit_key   ? "fit S_min·(1 + B_crit/b)"
+                        : Escape(series[i].optimizer))
         << "</text>\n";
   }
   svg << "</g>\n</svg>\n";

@@ -24,8 +24,8 @@ const std::map<std::string, std::string>& LiveMetrics() {
       {"lr", "learning rate of the latest step"},
       {"samples_per_second", "training samples per second of the latest step"},
       {"grad_norm", "global L2 norm of the latest step's gradient"},
-      {"test_loss", "test loss at the latest evaluation"},
-      {"test_accuracy", "test accuracy at the latest evaluation"},
+      {"val_loss", "validation loss at the latest evaluation"},
+      {"val_accuracy", "validation accuracy at the latest evaluation"},
       {"gradient_noise_scale", "gradient noise scale B_simple (smoothed)"},
   };
   return *names;

@@ -1,7 +1,9 @@
 #include "server/report/report.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
 
 namespace megabatch::report {
 namespace {
@@ -11,9 +13,76 @@ std::optional<double> Optional(const store::Statement& q, int col) {
   return q.Double(col);
 }
 
+// The 97.5% quantile of Student's t with `df` degrees of freedom.
+double StudentT975(int df) {
+  static constexpr double kTable[] = {12.706, 4.303, 3.182, 2.776, 2.571,
+                                      2.447,  2.365, 2.306, 2.262, 2.228};
+  if (df >= 1 && df <= 10) return kTable[df - 1];
+  return 1.96 + 2.5 / df;  // within 0.005 of the exact value past 10
+}
+
+// S = a + c·x, x = 1/b, by least squares weighted 1/S^2: a = S_min,
+// c = S_min·B_crit.
+struct LineFit {
+  bool ok = false;
+  double a = 0, c = 0;
+  double var_a = 0, var_c = 0, cov_ac = 0;  // only with 3 or more points
+  std::optional<double> r_squared;          // likewise
+};
+
+LineFit FitLine(const std::vector<std::pair<double, double>>& points) {
+  LineFit f;
+  double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (const auto& [b, s] : points) {
+    const double w = 1.0 / (s * s), x = 1.0 / b;
+    sw += w;
+    sx += w * x;
+    sy += w * s;
+    sxx += w * x * x;
+    sxy += w * x * s;
+  }
+  const double d = sw * sxx - sx * sx;
+  if (!(d > 0) || !std::isfinite(d)) return f;
+  f.ok = true;
+  f.c = (sw * sxy - sx * sy) / d;
+  f.a = (sy - f.c * sx) / sw;
+  const size_t n = points.size();
+  if (n < 3) return f;
+  double ss_res = 0, ss_tot = 0;
+  const double mean = sy / sw;
+  for (const auto& [b, s] : points) {
+    const double w = 1.0 / (s * s), r = s - (f.a + f.c / b);
+    ss_res += w * r * r;
+    ss_tot += w * (s - mean) * (s - mean);
+  }
+  f.r_squared = ss_tot > 0 ? 1.0 - ss_res / ss_tot : 1.0;
+  const double sigma2 = ss_res / static_cast<double>(n - 2);
+  f.var_a = sigma2 * sxx / d;
+  f.var_c = sigma2 * sw / d;
+  f.cov_ac = -sigma2 * sx / d;
+  return f;
+}
+
+double Mean(const std::vector<double>& v) {
+  double sum = 0;
+  for (double x : v) sum += x;
+  return sum / static_cast<double>(v.size());
+}
+
+double Percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  const double at = q * static_cast<double>(v.size() - 1);
+  const auto lo = static_cast<size_t>(std::floor(at));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (at - static_cast<double>(lo)) * (v[hi] - v[lo]);
+}
+
+constexpr int kBootstrapResamples = 2000;
+
 }  // namespace
 
-CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& points) {
+CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& points,
+                                  const std::vector<std::vector<double>>& seeds) {
   CriticalBatchFit fit;
   fit.points = static_cast<int32_t>(points.size());
   if (points.size() < 2) {
@@ -21,47 +90,115 @@ CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& 
                std::to_string(points.size());
     return fit;
   }
-  // S = a + c·x with x = 1/b: a = S_min, c = S_min·B_crit.
-  double mean_x = 0, mean_y = 0;
-  for (const auto& [b, s] : points) {
-    mean_x += 1.0 / b;
-    mean_y += s;
-  }
-  mean_x /= points.size();
-  mean_y /= points.size();
-  double sxx = 0, sxy = 0, syy = 0;
-  for (const auto& [b, s] : points) {
-    double dx = 1.0 / b - mean_x, dy = s - mean_y;
-    sxx += dx * dx;
-    sxy += dx * dy;
-    syy += dy * dy;
-  }
-  if (sxx <= 0) {
+  const LineFit line = FitLine(points);
+  if (!line.ok) {
     fit.note = "needs 2 or more distinct batch sizes";
     return fit;
   }
-  const double c = sxy / sxx;
-  const double a = mean_y - c * mean_x;
-  double ss_res = 0;
-  for (const auto& [b, s] : points) {
-    double r = s - (a + c / b);
-    ss_res += r * r;
-  }
-  fit.r_squared = syy > 0 ? 1.0 - ss_res / syy : 1.0;
-  if (c <= 0) {
+  if (line.c <= 0) {
     fit.note = "steps to target do not fall as the batch grows: B_crit is "
                "below the smallest batch size that reached the target";
     return fit;
   }
-  if (a <= 0) {
+  if (line.a <= 0) {
     fit.note = "steps to target fall as fast as 1/b or faster: B_crit is "
                "beyond the largest batch size that reached the target";
     return fit;
   }
-  fit.s_min = a;
-  fit.b_crit = c / a;
+  fit.s_min = line.a;
+  fit.b_crit = line.c / line.a;
+  fit.r_squared = line.r_squared;
+  if (points.size() == 2) {
+    fit.note = "2 batch sizes: the curve passes through both points exactly, so there "
+               "is no R^2";
+  }
+
+  const bool bootstrap =
+      seeds.size() == points.size() &&
+      std::all_of(seeds.begin(), seeds.end(), [](const auto& v) { return v.size() >= 2; });
+  if (bootstrap) {
+    std::mt19937_64 rng(20190214);  // fixed: the same report every time
+    std::vector<double> b_crits, s_mins;
+    std::vector<std::pair<double, double>> resampled(points.size());
+    for (int r = 0; r < kBootstrapResamples; ++r) {
+      for (size_t i = 0; i < points.size(); ++i) {
+        std::uniform_int_distribution<size_t> pick(0, seeds[i].size() - 1);
+        std::vector<double> draw;
+        for (size_t k = 0; k < seeds[i].size(); ++k) draw.push_back(seeds[i][pick(rng)]);
+        resampled[i] = {points[i].first, Mean(draw)};
+      }
+      const LineFit f = FitLine(resampled);
+      if (!f.ok || f.a <= 0 || f.c <= 0) continue;
+      b_crits.push_back(f.c / f.a);
+      s_mins.push_back(f.a);
+    }
+    const size_t valid = b_crits.size();
+    if (valid >= kBootstrapResamples / 2) {
+      fit.b_crit_low = Percentile(b_crits, 0.025);
+      fit.b_crit_high = Percentile(b_crits, 0.975);
+      fit.s_min_low = Percentile(s_mins, 0.025);
+      fit.s_min_high = Percentile(s_mins, 0.975);
+      fit.interval_method = "bootstrap over seeds (" + std::to_string(valid) + " of " +
+                            std::to_string(kBootstrapResamples) + " resamples fitted)";
+    } else {
+      fit.interval_method = "none: only " + std::to_string(valid) + " of " +
+                            std::to_string(kBootstrapResamples) +
+                            " bootstrap resamples gave a positive S_min and B_crit";
+    }
+    return fit;
+  }
+  if (points.size() >= 3) {
+    // Delta method for B = c / a.
+    const double a = line.a, c = line.c;
+    const double var_b = line.var_c / (a * a) + c * c * line.var_a / (a * a * a * a) -
+                         2 * c * line.cov_ac / (a * a * a);
+    const double t = StudentT975(static_cast<int>(points.size()) - 2);
+    const double se_b = std::sqrt(std::max(0.0, var_b));
+    const double se_a = std::sqrt(std::max(0.0, line.var_a));
+    fit.b_crit_low = std::max(0.0, *fit.b_crit - t * se_b);
+    fit.b_crit_high = *fit.b_crit + t * se_b;
+    fit.s_min_low = std::max(0.0, a - t * se_a);
+    fit.s_min_high = a + t * se_a;
+    fit.interval_method = "fit standard error (t, " + std::to_string(points.size() - 2) +
+                          " degrees of freedom; one seed)";
+  } else {
+    fit.interval_method = "none: 2 points and one seed leave no residual to estimate it";
+  }
   return fit;
 }
+
+namespace {
+
+// The noise scale to set beside B_crit: B_simple at the target, else at 50%
+// of the budget, the median over the optimizer's batch sizes.
+void AddNoiseScale(const std::vector<ScalingRow>& rows, CriticalBatchFit* fit) {
+  for (const auto& [which, field] :
+       {std::pair{"at the target", &ScalingRow::noise_scale_at_target},
+        std::pair{"at 50% of the budget", &ScalingRow::noise_scale_at_50pct}}) {
+    std::vector<double> values;
+    double n = 0;
+    for (const ScalingRow& r : rows) {
+      if (r.optimizer != fit->optimizer || !(r.*field)) continue;
+      values.push_back(*(r.*field));
+      if (r.train_samples) n = std::max(n, *r.train_samples);
+    }
+    if (values.empty()) continue;
+    fit->noise_scale = Percentile(values, 0.5);
+    fit->noise_scale_source = std::string("B_simple ") + which + ", median of " +
+                              std::to_string(values.size()) + " batch size" +
+                              (values.size() == 1 ? "" : "s");
+    if (fit->b_crit) fit->b_crit_over_noise_scale = *fit->b_crit / *fit->noise_scale;
+    if (n > 0 && *fit->noise_scale > n / 10) {
+      if (!fit->note.empty()) fit->note += "; ";
+      fit->note += "B_simple is above a tenth of the training set (n = " +
+                   std::to_string(static_cast<int64_t>(n)) +
+                   "): the estimator assumes sampling from an unbounded set and is biased here";
+    }
+    return;
+  }
+}
+
+}  // namespace
 
 Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
   SweepReport report;
@@ -81,7 +218,10 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
       "SELECT optimizer, batch_size, lrs_tried, trials, diverged_trials, "
       "best_lr, max_stable_lr, best_test_accuracy, best_test_loss, "
       "steps_to_target, samples_to_target, seconds_to_target, "
-      "scaling_efficiency, gradient_noise_scale FROM sweep_scaling s "
+      "scaling_efficiency, gradient_noise_scale, best_val_accuracy, best_val_loss, "
+      "best_target_value, test_accuracy, test_loss, noise_scale_at_10pct, "
+      "noise_scale_at_50pct, noise_scale_at_100pct, noise_scale_at_target, "
+      "train_samples FROM sweep_scaling s "
       "WHERE sweep_id = ?1 ORDER BY (SELECT MIN(trial_index) FROM trials t "
       "WHERE t.sweep_id = ?1 AND t.optimizer = s.optimizer), batch_size");
   if (!rows.ok()) return rows.status();
@@ -102,19 +242,47 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
     r.seconds_to_target = Optional(q, 11);
     r.scaling_efficiency = Optional(q, 12);
     r.gradient_noise_scale = Optional(q, 13);
+    r.best_val_accuracy = Optional(q, 14);
+    r.best_val_loss = Optional(q, 15);
+    r.best_target_value = Optional(q, 16);
+    r.test_accuracy = Optional(q, 17);
+    r.test_loss = Optional(q, 18);
+    r.noise_scale_at_10pct = Optional(q, 19);
+    r.noise_scale_at_50pct = Optional(q, 20);
+    r.noise_scale_at_100pct = Optional(q, 21);
+    r.noise_scale_at_target = Optional(q, 22);
+    r.train_samples = Optional(q, 23);
     report.rows.push_back(std::move(r));
   }));
 
+  auto seeds = db.Prepare(
+      "SELECT steps_to_target FROM trial_summary WHERE sweep_id = ? AND optimizer = ? "
+      "AND batch_size = ? AND lr = ? AND steps_to_target IS NOT NULL ORDER BY seed");
+  if (!seeds.ok()) return seeds.status();
+  for (ScalingRow& r : report.rows) {
+    if (!r.steps_to_target) continue;
+    seeds->Bind(1, sweep_id).Bind(2, r.optimizer).Bind(3, r.batch_size).Bind(4, r.best_lr);
+    MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(*seeds, [&](store::Statement& q) {
+      r.seed_steps_to_target.push_back(q.Double(0));
+    }));
+    seeds->Reset();
+  }
+
   std::vector<std::string> order;
   std::map<std::string, std::vector<std::pair<double, double>>> points;
+  std::map<std::string, std::vector<std::vector<double>>> seed_points;
   for (const auto& r : report.rows) {
     if (points.count(r.optimizer) == 0) order.push_back(r.optimizer);
     auto& p = points[r.optimizer];
-    if (r.steps_to_target) p.emplace_back(r.batch_size, *r.steps_to_target);
+    if (r.steps_to_target) {
+      p.emplace_back(r.batch_size, *r.steps_to_target);
+      seed_points[r.optimizer].push_back(r.seed_steps_to_target);
+    }
   }
   for (const auto& optimizer : order) {
-    report.fits.push_back(FitCriticalBatch(points[optimizer]));
+    report.fits.push_back(FitCriticalBatch(points[optimizer], seed_points[optimizer]));
     report.fits.back().optimizer = optimizer;
+    AddNoiseScale(report.rows, &report.fits.back());
   }
 
   auto diverged = db.Prepare(

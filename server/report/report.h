@@ -1,8 +1,10 @@
-// The large-batch report of one sweep (LARGE_BATCH.md, "What a study
-// reports"): per optimizer and batch size the best learning rate and what it
-// reached, steps and time to target, scaling efficiency, the measured
-// gradient noise scale, the critical batch size fitted per optimizer, and
-// which (optimizer, batch size, lr) diverged.
+// The large-batch report of one sweep (docs/method.md): per optimizer and
+// batch size the best learning rate (chosen on the validation split) and
+// what it reached, its one final test figure, steps and time to target,
+// scaling efficiency, the gradient noise scale at fixed points of the
+// budget, the critical batch size fitted per optimizer with its uncertainty
+// and beside the measured noise scale, and which (optimizer, batch size, lr)
+// diverged.
 //
 // The per-(optimizer, batch size) figures are the `sweep_scaling` view's
 // rows, so the report and the view always agree.
@@ -28,25 +30,51 @@ struct ScalingRow {
   int32_t diverged_trials = 0;
   double best_lr = 0;
   std::optional<double> max_stable_lr;  // largest lr with no diverged trial
+  // Kept for databases from before the validation split: the best value of
+  // the test_* series (for newer trials, the one final test evaluation).
   std::optional<double> best_test_accuracy;
   std::optional<double> best_test_loss;
+  std::optional<double> best_val_accuracy;
+  std::optional<double> best_val_loss;
+  std::optional<double> best_target_value;  // of the target metric (val_accuracy without one)
+  std::optional<double> test_accuracy;      // the final test of the best lr's trials
+  std::optional<double> test_loss;
   std::optional<double> steps_to_target;
   std::optional<double> samples_to_target;
   std::optional<double> seconds_to_target;
   // E(b) = S(b0)·b0 / (S(b)·b), b0 the optimizer's smallest batch size that
   // reached the target.
   std::optional<double> scaling_efficiency;
-  std::optional<double> gradient_noise_scale;
+  std::optional<double> gradient_noise_scale;  // the last EMA value
+  // B_simple at 10%, 50% and 100% of the budget's samples and at the target.
+  std::optional<double> noise_scale_at_10pct;
+  std::optional<double> noise_scale_at_50pct;
+  std::optional<double> noise_scale_at_100pct;
+  std::optional<double> noise_scale_at_target;
+  std::optional<double> train_samples;  // n, the training split's size
+  // Steps to target of each seed of the best lr (for the bootstrap).
+  std::vector<double> seed_steps_to_target;
 };
 
-// S(b) = S_min · (1 + B_crit / b), fitted by least squares on (1/b, S).
+// S(b) = S_min · (1 + B_crit / b), fitted by weighted least squares on
+// (1/b, S) with weights 1/S^2, i.e. on relative residuals (docs/method.md,
+// "Critical batch size").
 struct CriticalBatchFit {
   std::string optimizer;
   int32_t points = 0;
   std::optional<double> s_min;
   std::optional<double> b_crit;
-  std::optional<double> r_squared;
-  std::string note;  // why there is no fit, when there is none
+  std::optional<double> r_squared;  // only with 3 or more batch sizes
+  // 95% intervals: a bootstrap over seeds, or the fit's standard error.
+  std::optional<double> s_min_low, s_min_high;
+  std::optional<double> b_crit_low, b_crit_high;
+  std::string interval_method;  // how the intervals were made; empty: none
+  // The measured noise scale B_simple beside B_crit (McCandlish et al.:
+  // B_crit ≈ B_noise), which one, and B_crit / B_simple.
+  std::optional<double> noise_scale;
+  std::string noise_scale_source;
+  std::optional<double> b_crit_over_noise_scale;
+  std::string note;  // caveats, and why there is no fit when there is none
 };
 
 struct DivergedGroup {
@@ -66,8 +94,12 @@ struct SweepReport {
   std::vector<DivergedGroup> diverged;
 };
 
-// `points` are (batch size, steps to target).
-CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& points);
+// `points` are (batch size, steps to target). With `seeds` (for each point,
+// the steps to target of its seeds; every point with 2 or more) the
+// intervals come from a bootstrap over seeds, else from the fit's standard
+// errors (3 or more points). Deterministic: the bootstrap has a fixed seed.
+CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& points,
+                                  const std::vector<std::vector<double>>& seeds = {});
 
 // Reads the sweep's report from a (read-only) connection. NOT_FOUND for an
 // unknown sweep.

@@ -97,6 +97,16 @@ void ToProto(const report::SweepReport& report, v1::SweepReport* out) {
     if (r.seconds_to_target) row->set_seconds_to_target(*r.seconds_to_target);
     if (r.scaling_efficiency) row->set_scaling_efficiency(*r.scaling_efficiency);
     if (r.gradient_noise_scale) row->set_gradient_noise_scale(*r.gradient_noise_scale);
+    if (r.best_val_accuracy) row->set_best_val_accuracy(*r.best_val_accuracy);
+    if (r.best_val_loss) row->set_best_val_loss(*r.best_val_loss);
+    if (r.best_target_value) row->set_best_target_value(*r.best_target_value);
+    if (r.test_accuracy) row->set_test_accuracy(*r.test_accuracy);
+    if (r.test_loss) row->set_test_loss(*r.test_loss);
+    if (r.noise_scale_at_10pct) row->set_noise_scale_at_10pct(*r.noise_scale_at_10pct);
+    if (r.noise_scale_at_50pct) row->set_noise_scale_at_50pct(*r.noise_scale_at_50pct);
+    if (r.noise_scale_at_100pct) row->set_noise_scale_at_100pct(*r.noise_scale_at_100pct);
+    if (r.noise_scale_at_target) row->set_noise_scale_at_target(*r.noise_scale_at_target);
+    if (r.train_samples) row->set_train_samples(*r.train_samples);
   }
   for (const auto& f : report.fits) {
     v1::CriticalBatchFit* fit = out->add_fits();
@@ -106,6 +116,14 @@ void ToProto(const report::SweepReport& report, v1::SweepReport* out) {
     if (f.b_crit) fit->set_b_crit(*f.b_crit);
     if (f.r_squared) fit->set_r_squared(*f.r_squared);
     fit->set_note(f.note);
+    if (f.s_min_low) fit->set_s_min_low(*f.s_min_low);
+    if (f.s_min_high) fit->set_s_min_high(*f.s_min_high);
+    if (f.b_crit_low) fit->set_b_crit_low(*f.b_crit_low);
+    if (f.b_crit_high) fit->set_b_crit_high(*f.b_crit_high);
+    fit->set_interval_method(f.interval_method);
+    if (f.noise_scale) fit->set_noise_scale(*f.noise_scale);
+    fit->set_noise_scale_source(f.noise_scale_source);
+    if (f.b_crit_over_noise_scale) fit->set_b_crit_over_noise_scale(*f.b_crit_over_noise_scale);
   }
   for (const auto& d : report.diverged) {
     v1::DivergedGroup* g = out->add_diverged();

@@ -9,7 +9,9 @@
 #include <set>
 #include <sstream>
 
+#include "common/datasets.h"
 #include "common/optimizer_catalog.h"
+#include "common/selection_metrics.h"
 
 namespace megabatch::spec {
 namespace {
@@ -18,7 +20,6 @@ using nlohmann::json;
 
 constexpr const char* kDefaultFashionMnistPath =
     "/usr/share/datasets/fashion-mnist";
-constexpr int64_t kFashionMnistTrainSamples = 60000;
 // Debian's fortunes (worker/trainer/data/text_corpus.h).
 constexpr const char* kDefaultTextCorpusPath = "/usr/share/games/fortunes";
 constexpr size_t kMaxNameLength = 200;
@@ -394,7 +395,7 @@ Status ParseDataset(Fields& top, const json& model, json* out, int64_t* train_sa
   }
   MEGABATCH_RETURN_IF_ERROR(f.NoUnknown());
   *out = {{"name", name}, {"path", path}};
-  *train_samples = kFashionMnistTrainSamples;
+  *train_samples = kFashionMnistTrainImages;
   return Status::Ok();
 }
 
@@ -502,6 +503,9 @@ Status ParseSchedule(Fields& top, json* out) {
   double power;
   MEGABATCH_RETURN_IF_ERROR(f.Number("power", &power, 1.0, 0, true));
   (*out)["power"] = power;
+  std::string from;
+  MEGABATCH_RETURN_IF_ERROR(f.Choice("warmup_from", &from, {"zero", "base"}));
+  (*out)["warmup_from"] = from;
   return f.NoUnknown();
 }
 
@@ -535,7 +539,25 @@ Status ParseBudget(Fields& top, json* out) {
   return f.NoUnknown();
 }
 
-Status ParseTarget(Fields& top, json* out) {
+// A selection metric (targets, early stopping) the spec's model reports;
+// the old names test_accuracy and test_loss mean the validation metrics.
+Status SelectionMetricOf(Fields& f, const json& model, std::string* metric) {
+  MEGABATCH_RETURN_IF_ERROR(f.String("metric", metric, std::string("val_accuracy")));
+  *metric = std::string(CanonicalSelectionMetric(*metric));
+  const SelectionMetric* m = FindSelectionMetric(*metric);
+  if (m == nullptr) {
+    return InvalidArgumentError(f.Path("metric") + ": unknown metric '" + *metric +
+                                "'; supported: " + SelectionMetricNames());
+  }
+  const std::string type = model["type"];
+  if (!m->model.empty() && m->model != type) {
+    return InvalidArgumentError(f.Path("metric") + ": " + *metric + " is reported by model " +
+                                std::string(m->model) + ", not " + type);
+  }
+  return Status::Ok();
+}
+
+Status ParseTarget(Fields& top, const json& model, json* out) {
   const json* v = top.Get("target");
   MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "target"));
   if (v == nullptr) {
@@ -543,12 +565,9 @@ Status ParseTarget(Fields& top, json* out) {
     return Status::Ok();
   }
   Fields f(*v, "target");
+  if (f.Get("metric") == nullptr) return InvalidArgumentError("target.metric: required");
   std::string metric;
-  MEGABATCH_RETURN_IF_ERROR(f.String("metric", &metric));
-  if (metric != "test_accuracy" && metric != "test_loss") {
-    return InvalidArgumentError("target.metric: unknown metric '" + metric +
-                                "'; supported: test_accuracy, test_loss");
-  }
+  MEGABATCH_RETURN_IF_ERROR(SelectionMetricOf(f, model, &metric));
   double value;
   MEGABATCH_RETURN_IF_ERROR(f.Number("value", &value, {}, -kInf, false));
   bool stop;
@@ -557,7 +576,7 @@ Status ParseTarget(Fields& top, json* out) {
   return f.NoUnknown();
 }
 
-Status ParseEarlyStopping(Fields& top, json* out) {
+Status ParseEarlyStopping(Fields& top, const json& model, json* out) {
   const json* v = top.Get("early_stopping");
   MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "early_stopping"));
   if (v == nullptr) {
@@ -567,7 +586,7 @@ Status ParseEarlyStopping(Fields& top, json* out) {
   Fields f(*v, "early_stopping");
   std::string rule, metric;
   MEGABATCH_RETURN_IF_ERROR(f.Choice("rule", &rule, {"asha"}));
-  MEGABATCH_RETURN_IF_ERROR(f.Choice("metric", &metric, {"test_accuracy", "test_loss"}));
+  MEGABATCH_RETURN_IF_ERROR(SelectionMetricOf(f, model, &metric));
   int64_t min_samples, reduction_factor;
   MEGABATCH_RETURN_IF_ERROR(
       f.Int("min_samples", &min_samples, std::nullopt, 1, int64_t{1} << 50));
@@ -696,10 +715,26 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
     }
   }
   MEGABATCH_RETURN_IF_ERROR(ParseBudget(top, &s.budget));
-  MEGABATCH_RETURN_IF_ERROR(ParseTarget(top, &s.target));
-  MEGABATCH_RETURN_IF_ERROR(ParseEarlyStopping(top, &s.early_stopping));
+  MEGABATCH_RETURN_IF_ERROR(ParseTarget(top, s.model, &s.target));
+  MEGABATCH_RETURN_IF_ERROR(ParseEarlyStopping(top, s.model, &s.early_stopping));
   MEGABATCH_RETURN_IF_ERROR(top.Int("eval_every_steps", &s.eval_every_steps, 0,
                                     0, int64_t{1} << 40));
+  MEGABATCH_RETURN_IF_ERROR(top.Int("eval_every_samples", &s.eval_every_samples, 0, 0,
+                                    int64_t{1} << 50));
+  if (s.eval_every_steps > 0 && s.eval_every_samples > 0) {
+    return InvalidArgumentError(
+        "eval_every_samples: give it or eval_every_steps, not both");
+  }
+  MEGABATCH_RETURN_IF_ERROR(top.Choice("noise_scale", &s.noise_scale, {"auto", "always", "off"}));
+  for (int64_t b : s.batch_sizes) {
+    // A step of one micro-batch on one rank is measured by its two halves.
+    const bool one_part = ranks == 1 && (s.micro_batch_size == 0 || s.micro_batch_size >= b);
+    if (s.noise_scale == "always" && one_part && b % 2 != 0) {
+      return InvalidArgumentError("noise_scale: always measures batch size " +
+                                  std::to_string(b) +
+                                  " by its two halves, so it must be even");
+    }
+  }
   MEGABATCH_RETURN_IF_ERROR(top.Int("checkpoint_every_steps",
                                     &s.checkpoint_every_steps, 0, 0,
                                     int64_t{1} << 40));
@@ -861,6 +896,8 @@ json SweepSpec::ToJson() const {
               {"schedule", schedule},
               {"budget", budget},
               {"eval_every_steps", eval_every_steps},
+              {"eval_every_samples", eval_every_samples},
+              {"noise_scale", noise_scale},
               {"checkpoint_every_steps", checkpoint_every_steps},
               {"diagnostics_every_steps", diagnostics_every_steps},
               {"divergence_factor", divergence_factor},
@@ -898,6 +935,13 @@ std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
           const int64_t local = b / spec.ranks_per_trial;
           json optimizer = opt.options;
           optimizer["name"] = opt.name;
+          // warmup_from: base rises from the unscaled lr (Goyal et al. 2017),
+          // never above the peak.
+          json schedule = spec.schedule;
+          if (schedule.value("warmup_from", "zero") == "base") {
+            schedule["warmup_start_lr"] = std::min(base_lr * mult, t.lr);
+          }
+          schedule.erase("warmup_from");
           t.config = {{"seed", seed},
                       {"model", spec.model},
                       {"dataset", spec.dataset},
@@ -908,9 +952,11 @@ std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
                            ? std::min(spec.micro_batch_size, local)
                            : local},
                       {"lr", t.lr},
-                      {"schedule", spec.schedule},
+                      {"schedule", schedule},
                       {"budget", spec.budget},
                       {"eval_every_steps", spec.eval_every_steps},
+                      {"eval_every_samples", spec.eval_every_samples},
+                      {"noise_scale", spec.noise_scale},
                       {"checkpoint_every_steps", spec.checkpoint_every_steps},
                       {"diagnostics_every_steps", spec.diagnostics_every_steps},
                       {"divergence_factor", spec.divergence_factor},

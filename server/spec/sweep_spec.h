@@ -55,13 +55,22 @@ struct SweepSpec {
   double base_lr = 0;
   LrScaling lr_scaling = LrScaling::kNone;
   std::vector<double> lr_multipliers;
-  nlohmann::json schedule;  // {"warmup_steps"|"warmup_epochs", "decay", "power"}
+  // {"warmup_steps"|"warmup_epochs", "decay", "power", "warmup_from": zero|base}
+  nlohmann::json schedule;
   int64_t micro_batch_size = 0;  // 0: no gradient accumulation
   nlohmann::json budget;         // exactly one of epochs | steps | samples
-  nlohmann::json target;         // null, or {"metric", "value", "stop"}
+  // null, or {"metric", "value", "stop"}; metric is a validation metric of
+  // common/selection_metrics.h (test_accuracy/test_loss are read as val_*).
+  nlohmann::json target;
   // null, or {"rule": "asha", "metric", "min_samples", "reduction_factor"}
   nlohmann::json early_stopping;
-  int64_t eval_every_steps = 0;  // 0: evaluate at the end of every epoch
+  // Evaluate every K steps, or every K samples (the same data points at
+  // every batch size); both 0: whenever an epoch's worth of samples ends.
+  int64_t eval_every_steps = 0;
+  int64_t eval_every_samples = 0;
+  // Gradient noise scale: auto (when a step has >= 2 micro-batches), always
+  // (also by halves of a single-micro-batch step), off.
+  std::string noise_scale = "auto";
   int64_t checkpoint_every_steps = 0;  // 0: no checkpoints
   int64_t diagnostics_every_steps = 0;  // 0: no per-tensor diagnostics
   double divergence_factor = 10.0;      // loss > factor x first loss: diverged

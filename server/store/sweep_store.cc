@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/selection_metrics.h"
 #include "server/store/schema.h"
 
 namespace megabatch::store {
@@ -838,7 +839,7 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
                                       const std::vector<MetricPoint>& points, double now) {
   // Only evaluations decide; most reports carry none, and skip the lookups.
   const bool evaluated = std::any_of(points.begin(), points.end(), [](const MetricPoint& p) {
-    return p.name == "test_accuracy" || p.name == "test_loss";
+    return FindSelectionMetric(p.name) != nullptr;
   });
   if (!evaluated) return Status();
   Result<Statement*> trial =
@@ -863,8 +864,11 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
       auto json = nlohmann::json::parse((*spec)->Text(0), nullptr, false);
       if (json.is_object() && json.contains("early_stopping")) {
         const auto& e = json["early_stopping"];
-        rule = EarlyStopping{e.value("metric", "test_accuracy"),
-                             e.value("metric", "") == "test_loss",
+        // Specs stored before the validation split may say test_*.
+        const std::string metric(
+            CanonicalSelectionMetric(e.value("metric", std::string("val_accuracy"))));
+        const SelectionMetric* known = FindSelectionMetric(metric);
+        rule = EarlyStopping{metric, known != nullptr && !known->higher_is_better,
                              e.value("min_samples", int64_t{0}),
                              e.value("reduction_factor", int64_t{3})};
       }

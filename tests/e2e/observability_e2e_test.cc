@@ -159,7 +159,7 @@ eval_every_steps: 20
         std::string text = Scrape();
         return text.find("megabatch_trial_gradient_noise_scale{sweep=\"1\",trial=\"2\"}") !=
                    std::string::npos &&
-               text.find("megabatch_trial_test_accuracy{sweep=\"1\",trial=\"1\"}") !=
+               text.find("megabatch_trial_val_accuracy{sweep=\"1\",trial=\"1\"}") !=
                    std::string::npos;
       },
       std::chrono::seconds(120)))

@@ -60,7 +60,7 @@ TEST(SweepSpecTest, EarlyStoppingIsParsedWithDefaultsAndChecked) {
   auto r = ParseSweepSpec(WithLine("early_stopping", "early_stopping: {min_samples: 60000}"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->early_stopping,
-            nlohmann::json({{"rule", "asha"}, {"metric", "test_accuracy"},
+            nlohmann::json({{"rule", "asha"}, {"metric", "val_accuracy"},
                             {"min_samples", 60000}, {"reduction_factor", 3}}));
   EXPECT_EQ(r->ToJson()["early_stopping"]["min_samples"], 60000);
   ExpectInvalid(WithLine("early_stopping", "early_stopping: {reduction_factor: 2}"),
@@ -76,6 +76,75 @@ TEST(SweepSpecTest, EarlyStoppingIsParsedWithDefaultsAndChecked) {
                 "early_stopping.metric");
   ExpectInvalid(WithLine("early_stopping", "early_stopping: {min_samples: 10, patience: 3}"),
                 "early_stopping.patience");
+}
+
+TEST(SweepSpecTest, SelectionMetricsAreValidationMetricsOfTheModel) {
+  // The old names mean the validation split now.
+  auto r = ParseSweepSpec(WithLine("target", "target: {metric: test_loss, value: 0.4}"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->target["metric"], "val_loss");
+  ExpectInvalid(WithLine("target", "target: {metric: val_bpc, value: 2}"),
+                "target.metric: val_bpc is reported by model char_lstm, not mlp");
+  ExpectInvalid(WithLine("target", "target: {metric: train_loss, value: 2}"),
+                "target.metric: unknown metric 'train_loss'; supported: val_accuracy");
+  ExpectInvalid(WithLine("target", "target: {value: 2}"), "target.metric: required");
+  r = ParseSweepSpec(R"yaml(
+name: lm
+model: {type: char_lstm}
+optimizers: [{name: adamw}]
+batch_sizes: [64]
+base: {lr: 0.01}
+target: {metric: val_bpc, value: 3}
+early_stopping: {metric: val_bpc, min_samples: 1000}
+)yaml");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->early_stopping["metric"], "val_bpc");
+}
+
+TEST(SweepSpecTest, EvaluationBySamplesNoiseScaleAndWarmupFromTheBaseLr) {
+  auto r = ParseSweepSpec(std::string(kValid) +
+                          "eval_every_samples: 16384\nnoise_scale: always\n");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->eval_every_samples, 16384);
+  auto trials = ExpandSweep(*r);
+  EXPECT_EQ(trials[0].config["eval_every_samples"], 16384);
+  EXPECT_EQ(trials[0].config["noise_scale"], "always");
+  // Default warmup rises from 0.
+  EXPECT_FALSE(trials[0].config["schedule"].contains("warmup_start_lr"));
+  EXPECT_FALSE(trials[0].config["schedule"].contains("warmup_from"));
+  ExpectInvalid(std::string(kValid) + "eval_every_samples: 100\neval_every_steps: 10\n",
+                "eval_every_samples: give it or eval_every_steps, not both");
+  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [127]") + "noise_scale: always\n",
+                "noise_scale: always measures batch size 127 by its two halves");
+  ExpectInvalid(std::string(kValid) + "noise_scale: sometimes\n", "noise_scale");
+
+  // Goyal et al.: from the base lr (times the multiplier), never above the peak.
+  r = ParseSweepSpec(
+      WithLine("schedule", "schedule: {warmup_epochs: 1, decay: poly, warmup_from: base}"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  trials = ExpandSweep(*r);
+  for (const TrialSpec& t : trials) {
+    const double start = t.config["schedule"]["warmup_start_lr"];
+    EXPECT_DOUBLE_EQ(start, std::min(0.01 * t.lr_multiplier, t.lr)) << t.index;
+    EXPECT_FALSE(t.config["schedule"].contains("warmup_from"));
+  }
+  // b = 512 at sqrt scaling, multiplier 0.5: 0.02 x 0.5, from 0.01 x 0.5.
+  ASSERT_EQ(trials[4].batch_size, 512);
+  EXPECT_DOUBLE_EQ(trials[4].config["schedule"]["warmup_start_lr"].get<double>(), 0.005);
+  EXPECT_DOUBLE_EQ(trials[4].lr, 0.01);
+  ExpectInvalid(WithLine("schedule", "schedule: {warmup_from: one}"), "schedule.warmup_from");
+}
+
+TEST(SweepSpecTest, AdamWAndSgdTakeTheSameExclusionAndClippingOptionsAsLamb) {
+  auto r = ParseSweepSpec(WithLine(
+      "optimizers",
+      "optimizers: [{name: sgd, exclude_bias_and_norm: true, max_grad_norm: 1}, "
+      "{name: adamw, exclude_bias_and_norm: true, max_grad_norm: 1}, {name: lamb}]"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  for (const auto& o : r->optimizers) {
+    EXPECT_EQ(o.options["exclude_bias_and_norm"], true) << o.name;
+    EXPECT_EQ(o.options["max_grad_norm"], o.name == "lamb" ? 0.0 : 1.0) << o.name;
+  }
 }
 
 TEST(SweepSpecTest, JsonAndYamlGiveTheSameSpec) {
@@ -163,7 +232,7 @@ TEST(SweepSpecTest, OptimizerOptionOutOfRange) {
 
 TEST(SweepSpecTest, NonPositiveBatchSizeNamesTheEntry) {
   ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [128, 0]"),
-                "batch_sizes[1]: must be between 1 and 60000");
+                "batch_sizes[1]: must be between 1 and 55000");
   ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [-4]"), "batch_sizes[0]");
   ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [12.5]"),
                 "batch_sizes[0]: must be an integer");

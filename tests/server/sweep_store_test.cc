@@ -463,14 +463,14 @@ optimizers: [{name: sgd}]
 batch_sizes: [128]
 base: {lr: 0.1}
 lr_multipliers: [1, 2, 3, 4]
-early_stopping: {rule: asha, metric: test_accuracy, min_samples: 1280, reduction_factor: 2}
+early_stopping: {rule: asha, metric: val_accuracy, min_samples: 1280, reduction_factor: 2}
 )yaml");
   int64_t worker = *store_->RegisterWorker("w", 4, 1000.0);
   std::vector<Lease> leases;
   for (int i = 0; i < 4; ++i) leases.push_back(LeaseOne(worker));
   auto report = [&](int i, int64_t step, double accuracy) {
     return store_->AppendMetrics(leases[i].trial_id, leases[i].lease_id, worker,
-                                 {{"train_loss", step, 1.0}, {"test_accuracy", step, accuracy}},
+                                 {{"train_loss", step, 1.0}, {"val_accuracy", step, accuracy}},
                                  1002.0);
   };
   auto state = [&](int i) { return (*store_->ListTrials(sweep))[i].state; };
@@ -497,13 +497,13 @@ early_stopping: {rule: asha, metric: test_accuracy, min_samples: 1280, reduction
   EXPECT_EQ(state(2), TrialState::kRunning);
   EXPECT_EQ(state(0), TrialState::kPruned);
   // The points that decided it were stored, and the event says why.
-  EXPECT_EQ((*store_->ListTrials(sweep))[0].latest_metrics.at("test_accuracy"), 0.82);
+  EXPECT_EQ((*store_->ListTrials(sweep))[0].latest_metrics.at("val_accuracy"), 0.82);
   auto db = Db::Open(dir_.File("store.db"));
   auto why = (*db)->Prepare(
       "SELECT message FROM events WHERE kind = 'trial_pruned' AND trial_id = ?");
   why->Bind(1, leases[0].trial_id);
   ASSERT_TRUE(*why->Step());
-  EXPECT_EQ(why->Text(0), "rung 1 (3200 samples): test_accuracy 0.82 is not in the top 1 of 2");
+  EXPECT_EQ(why->Text(0), "rung 1 (3200 samples): val_accuracy 0.82 is not in the top 1 of 2");
   // The last trial completes; the sweep is complete, pruning is no failure.
   ASSERT_TRUE(store_->FinishTrial(leases[2].trial_id, leases[2].lease_id, worker,
                                   TrialState::kCompleted, "", "", 1004.0)

@@ -107,27 +107,87 @@ TEST_F(TrainerTest, SameConfigAndSeedGiveBitIdenticalMetrics) {
   EXPECT_NE(other.Named("train_loss")[0].value, a.Named("train_loss")[0].value);
 }
 
-TEST_F(TrainerTest, TargetIsRecordedAndCanStopTheTrial) {
+TEST_F(TrainerTest, TargetIsInterpolatedBetweenTheEvaluationsThatBracketIt) {
   TrialConfig c = Config({{"budget", {{"steps", 200}}},
-                          {"eval_every_steps", 10},
+                          {"eval_every_samples", 2560},
                           {"optimizer", {{"name", "adamw"}}},
                           {"lr", 0.002},
-                          {"target", {{"metric", "test_accuracy"},
+                          {"target", {{"metric", "val_accuracy"},
                                       {"value", 0.7},
                                       {"stop", true}}}});
   RecordingSink sink;
   TrialResult r = Run(c, &sink);
-  auto reached = sink.Named("target_reached_seconds");
+  auto reached = sink.Named("target_reached_samples");
   ASSERT_EQ(reached.size(), 1u);
-  EXPECT_GT(reached[0].value, 0);
-  // It stopped at the first evaluation at or above 0.7 ...
+  // It stopped at the first evaluation at or above 0.7 (every 2,560 samples
+  // = 10 steps at batch 256; the first at step 0) ...
   EXPECT_EQ(r.steps, reached[0].step);
   EXPECT_LT(r.steps, 200);
-  auto accuracy = sink.Named("test_accuracy");
+  auto accuracy = sink.Named("val_accuracy");
+  ASSERT_GE(accuracy.size(), 2u);
+  EXPECT_EQ(accuracy[0].step, 0);
+  EXPECT_EQ(accuracy[1].step, 10);
   EXPECT_GE(accuracy.back().value, 0.7);
   for (size_t i = 0; i + 1 < accuracy.size(); ++i) EXPECT_LT(accuracy[i].value, 0.7);
-  // ... and samples to target are steps x batch.
-  EXPECT_EQ(sink.Named("target_reached_samples")[0].value, r.steps * 256.0);
+  // ... and the crossing is interpolated linearly between the last two
+  // evaluations, recomputed here from the logged series.
+  const auto& lo = accuracy[accuracy.size() - 2];
+  const auto& hi = accuracy.back();
+  const double expected =
+      256.0 * (lo.step + (0.7 - lo.value) / (hi.value - lo.value) * (hi.step - lo.step));
+  EXPECT_NEAR(reached[0].value, expected, 1e-6 * expected);
+  EXPECT_GT(reached[0].value, lo.step * 256.0);
+  EXPECT_LE(reached[0].value, hi.step * 256.0);
+  EXPECT_NEAR(sink.Named("target_reached_steps")[0].value, reached[0].value / 256, 1e-9);
+  EXPECT_EQ(sink.Named("target_bracket_samples")[0].value, lo.step * 256.0);
+  const double seconds = sink.Named("target_reached_seconds")[0].value;
+  EXPECT_GT(seconds, 0);
+  // The test split, once, when the trial ends; never before.
+  auto test = sink.Named("test_accuracy");
+  ASSERT_EQ(test.size(), 1u);
+  EXPECT_EQ(test[0].step, r.steps);
+}
+
+TEST_F(TrainerTest, EveryTrainingSampleIsSeenOnceAnEpochAtABatchThatDoesNotDivideIt) {
+  // 55,000 training images, batch 4,096: 13.4 steps an epoch. Two epochs
+  // are ceil(26.86) = 27 steps; the batches run on across epoch ends, so the
+  // first 110,000 samples of the stream are each image exactly twice.
+  class Counting : public Task {
+   public:
+    explicit Counting(std::unique_ptr<Task> inner) : inner_(std::move(inner)) {}
+    Result<std::shared_ptr<torch::nn::Module>> BuildModel() override { return inner_->BuildModel(); }
+    void To(torch::Device d) override { inner_->To(d); }
+    int64_t train_size() const override { return inner_->train_size(); }
+    void BeginStep(int64_t step, const torch::Tensor& batch) override {
+      seen.push_back(batch.clone());
+      inner_->BeginStep(step, batch);
+    }
+    torch::Tensor Loss(const torch::Tensor& s, int64_t o) override { return inner_->Loss(s, o); }
+    Evaluation Evaluate(Split split) override { return inner_->Evaluate(split); }
+    std::vector<torch::Tensor> seen;
+
+   private:
+    std::unique_ptr<Task> inner_;
+  };
+  TrialConfig c =
+      Config({{"batch_size", 4096}, {"budget", {{"steps", nullptr}, {"epochs", 2}}}, {"lr", 0.01}});
+  EXPECT_EQ(TotalSteps(c, 55000), 27);
+  Counting task(MakeImageTask(c, *data_));
+  ASSERT_EQ(task.train_size(), 55000);
+  RecordingSink sink;
+  auto r = RunTrial(c, task, &sink);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(task.seen.size(), 27u);
+  torch::Tensor all = torch::cat(task.seen);
+  ASSERT_EQ(all.size(0), 27 * 4096);
+  torch::Tensor counts = torch::bincount(all.slice(0, 0, 110000), {}, 55000);
+  EXPECT_EQ(counts.min().item<int64_t>(), 2);
+  EXPECT_EQ(counts.max().item<int64_t>(), 2);
+  // The epoch metric counts samples: 2 epochs at the second epoch's end.
+  auto epoch = sink.Named("epoch");
+  ASSERT_EQ(epoch.size(), 2u);
+  EXPECT_NEAR(epoch[0].value, 14 * 4096 / 55000.0, 1e-12);
+  EXPECT_NEAR(epoch[1].value, 27 * 4096 / 55000.0, 1e-12);
 }
 
 TEST_F(TrainerTest, AbsurdLearningRateDiverges) {
@@ -141,10 +201,10 @@ TEST_F(TrainerTest, AbsurdLearningRateDiverges) {
 }
 
 TEST_F(TrainerTest, BatchOfTheWholeTrainingSetAccumulatesAndLearns) {
-  // 60000 = 6 micro-batches of 10000: each step sees every training sample.
+  // 55000 = 5 micro-batches of 11000: each step sees every training sample.
   RecordingSink sink;
-  TrialResult r = Run(Config({{"batch_size", 60000},
-                              {"micro_batch_size", 10000},
+  TrialResult r = Run(Config({{"batch_size", 55000},
+                              {"micro_batch_size", 11000},
                               {"lr", 0.1},
                               {"budget", {{"steps", 4}}}}),
                       &sink);
@@ -185,8 +245,49 @@ TEST_F(TrainerTest, LrOfEveryStepFollowsTheSchedule) {
   ASSERT_EQ(lr.size(), 12u);
   EXPECT_DOUBLE_EQ(lr[0].value, 0.1);
   EXPECT_DOUBLE_EQ(lr[3].value, 0.4);
-  EXPECT_DOUBLE_EQ(lr[7].value, 0.2);
-  EXPECT_DOUBLE_EQ(lr[11].value, 0.0);
+  EXPECT_DOUBLE_EQ(lr[4].value, 0.4);
+  EXPECT_DOUBLE_EQ(lr[7].value, 0.4 * (1 - 3.0 / 8));
+  // The last step does not run at lr 0.
+  EXPECT_DOUBLE_EQ(lr[11].value, 0.4 / 8);
+}
+
+TEST_F(TrainerTest, ClippingBoundsTheStepOfSgdAndAdamWExcludesBiasesFromDecay) {
+  // Plain SGD clipped to norm 0.01 moves the parameters by exactly lr x 0.01.
+  RecordingSink sink;
+  TrialConfig c = Config({{"budget", {{"steps", 1}}},
+                          {"lr", 0.5},
+                          {"optimizer", {{"name", "sgd"}, {"momentum", 0},
+                                         {"max_grad_norm", 0.01}}}});
+  TrialResult clipped = Run(c, &sink);
+  // The initial weights: the same seed, and a step too small to move them.
+  TrialConfig zero = Config({{"budget", {{"steps", 1}}},
+                             {"lr", 1e-300},
+                             {"optimizer", {{"name", "sgd"}, {"momentum", 0}}}});
+  TrialResult initial = Run(zero, &sink);
+  double moved_sq = 0;
+  for (size_t i = 0; i < clipped.parameters.size(); ++i) {
+    moved_sq += (clipped.parameters[i] - initial.parameters[i]).pow(2).sum().item<double>();
+  }
+  EXPECT_GT(sink.Named("grad_norm")[0].value, 0.01);  // it was clipped
+  EXPECT_NEAR(std::sqrt(moved_sq), 0.5 * 0.01, 1e-6);
+  // AdamW with a large decay and biases excluded: in one step every bias
+  // moves exactly as with no decay at all, every weight as with the decay.
+  auto run = [&](bool exclude, double decay) {
+    return Run(Config({{"budget", {{"steps", 1}}},
+                       {"lr", 0.01},
+                       {"optimizer", {{"name", "adamw"}, {"weight_decay", decay},
+                                      {"exclude_bias_and_norm", exclude}}}}),
+               &sink);
+  };
+  TrialResult excluded = run(true, 0.5), plain = run(false, 0.0), decayed = run(false, 0.5);
+  for (size_t i = 0; i < excluded.parameters.size(); ++i) {
+    if (excluded.parameters[i].dim() == 1) {
+      EXPECT_TRUE(torch::equal(excluded.parameters[i], plain.parameters[i])) << i;
+      EXPECT_FALSE(torch::equal(decayed.parameters[i], plain.parameters[i])) << i;
+    } else {
+      EXPECT_TRUE(torch::equal(excluded.parameters[i], decayed.parameters[i])) << i;
+    }
+  }
 }
 
 TEST_F(TrainerTest, DiagnosticsNoiseScaleAndPerTensorTrustRatios) {
@@ -231,9 +332,11 @@ TEST_F(TrainerTest, CnnLearns) {
               {"budget", {{"steps", 60}}},
               {"eval_every_steps", 60}}),
       &sink);
-  auto accuracy = sink.Named("test_accuracy");
+  auto accuracy = sink.Named("val_accuracy");
   ASSERT_EQ(accuracy.size(), 1u);
   EXPECT_GT(accuracy[0].value, 0.6);
+  ASSERT_EQ(sink.Named("test_accuracy").size(), 1u);
+  EXPECT_GT(sink.Named("test_accuracy")[0].value, 0.6);
 }
 
 // Runs `overrides` to the end with checkpoints, then resumes from the last
@@ -248,7 +351,7 @@ void ExpectResumeReproduces(TrainerTest*, json overrides,
 }
 
 TEST_F(TrainerTest, ResumeMidEpochReproducesTheUninterruptedRun) {
-  // 234 steps per epoch: the step-20 checkpoint is mid-epoch.
+  // 214.8 steps per epoch: the step-20 checkpoint is mid-epoch.
   ExpectResumeReproduces(this,
                          {{"budget", {{"steps", 27}}},
                           {"optimizer", {{"name", "lamb"}}},
@@ -260,13 +363,14 @@ TEST_F(TrainerTest, ResumeMidEpochReproducesTheUninterruptedRun) {
 }
 
 TEST_F(TrainerTest, ResumeAcrossAnEpochBoundaryWithBatchNorm) {
-  // Batch 6000: 10 steps per epoch; the checkpoint at step 10 ends an epoch,
-  // so the resumed run draws the next epoch's order from the restored RNG.
+  // Batch 6000 on 55,000 images: step 10 takes the last 1,000 of epoch 0
+  // and the first 5,000 of epoch 1, so the checkpoint after it holds two
+  // epochs' orders, and step 19 draws epoch 2's from the restored RNG.
   ExpectResumeReproduces(this,
                          {{"model", {{"type", "cnn"}, {"channels", {2}}, {"hidden", {8}}}},
                           {"batch_size", 6000},
                           {"micro_batch_size", 2000},
-                          {"budget", {{"steps", 12}}},
+                          {"budget", {{"steps", 20}}},
                           {"optimizer", {{"name", "lars"}}},
                           {"lr", 1.0},
                           {"eval_every_steps", 6},

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#include <torch/version.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -9,11 +10,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <map>
 #include <sstream>
 
+#include "common/selection_metrics.h"
 #include "worker/trainer/data/files.h"
 #include "worker/trainer/distributed/data_parallel.h"
 #include "worker/trainer/optim/lamb.h"
@@ -29,22 +32,34 @@ double Seconds(Clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+// LibTorch 2.4 replaced the CUDA-only autocast calls by per-device ones (and
+// later releases drop the old names); Debian's is 1.13.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+void SetCudaAutocast(bool enabled) { at::autocast::set_autocast_enabled(at::kCUDA, enabled); }
+at::ScalarType CudaAutocastDtype() { return at::autocast::get_autocast_dtype(at::kCUDA); }
+void SetCudaAutocastDtype(at::ScalarType t) { at::autocast::set_autocast_dtype(at::kCUDA, t); }
+#else
+void SetCudaAutocast(bool enabled) { at::autocast::set_enabled(enabled); }
+at::ScalarType CudaAutocastDtype() { return at::autocast::get_autocast_gpu_dtype(); }
+void SetCudaAutocastDtype(at::ScalarType t) { at::autocast::set_autocast_gpu_dtype(t); }
+#endif
+
 // Autocast for the forward passes in its scope, as `torch.autocast("cuda",
 // dtype)` does in Python; a no-op when not enabled.
 class AutocastScope {
  public:
   AutocastScope(bool enabled, at::ScalarType dtype) : enabled_(enabled) {
     if (!enabled_) return;
-    previous_dtype_ = at::autocast::get_autocast_gpu_dtype();
-    at::autocast::set_enabled(true);
-    at::autocast::set_autocast_gpu_dtype(dtype);
+    previous_dtype_ = CudaAutocastDtype();
+    SetCudaAutocast(true);
+    SetCudaAutocastDtype(dtype);
     at::autocast::increment_nesting();
   }
   ~AutocastScope() {
     if (!enabled_) return;
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_enabled(false);
-    at::autocast::set_autocast_gpu_dtype(previous_dtype_);
+    SetCudaAutocast(false);
+    SetCudaAutocastDtype(previous_dtype_);
   }
   AutocastScope(const AutocastScope&) = delete;
   AutocastScope& operator=(const AutocastScope&) = delete;
@@ -91,28 +106,49 @@ constexpr int64_t kLossScaleGrowthInterval = 2000;
 
 // Evaluates with the model in eval mode, without gradients, under the
 // trial's autocast.
-Evaluation EvaluateTask(Task& task, torch::nn::Module& model, const Placement& placement) {
+Evaluation EvaluateTask(Task& task, torch::nn::Module& model, const Placement& placement,
+                        Split split) {
   torch::NoGradGuard no_grad;
   AutocastScope autocast(placement.autocast, placement.autocast_dtype);
   model.eval();
-  Evaluation ev = task.Evaluate();
+  Evaluation ev = task.Evaluate(split);
   model.train();
   return ev;
 }
 
-constexpr int64_t kCheckpointFormat = 1;
-// Weight of the newest step in the gradient-noise-scale EMAs.
-constexpr double kNoiseScaleSmoothing = 0.05;
+// 2: the data order is a stream of epochs (order_epoch), and the previous
+// evaluation is kept for interpolating the target crossing.
+constexpr int64_t kCheckpointFormat = 2;
+// The gradient-noise-scale EMAs average over this fraction of the trial's
+// steps (docs/method.md, "Gradient noise scale"), so every trial averages
+// over the same share of its budget whatever its batch size.
+constexpr double kNoiseScaleWindow = 0.05;
+// Where in the budget B_simple is logged for comparison across trials.
+constexpr std::pair<double, const char*> kNoiseScalePoints[] = {
+    {0.1, "noise_scale_at_10pct"}, {0.5, "noise_scale_at_50pct"}, {1.0, "noise_scale_at_100pct"}};
 
 // The squared global norm of the parameters' gradients: one norm per
-// tensor, squared and summed in double, read from the device once.
-double GradSquaredNorm(const std::vector<torch::Tensor>& params) {
+// tensor, squared and summed in double, read from the device once. With
+// `minus`, of the gradients less those (an undefined entry counts as 0).
+double GradSquaredNorm(const std::vector<torch::Tensor>& params,
+                       const std::vector<torch::Tensor>* minus = nullptr) {
   std::vector<torch::Tensor> norms;
-  for (const auto& p : params) {
-    if (p.grad().defined()) norms.push_back(p.grad().norm());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const torch::Tensor& g = params[i].grad();
+    if (!g.defined()) continue;
+    const bool subtract = minus != nullptr && (*minus)[i].defined();
+    norms.push_back(subtract ? (g - (*minus)[i]).norm() : g.norm());
   }
   if (norms.empty()) return 0;
   return torch::stack(norms).to(torch::kDouble).pow(2).sum().item<double>();
+}
+
+std::vector<torch::Tensor> CopyGradients(const std::vector<torch::Tensor>& params) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : params) {
+    out.push_back(p.grad().defined() ? p.grad().detach().clone() : torch::Tensor());
+  }
+  return out;
 }
 
 // The optimizer's trust-ratio recorder, for those that have one.
@@ -130,10 +166,16 @@ optim::TrustRatios* RecorderOf(torch::optim::Optimizer& optimizer) {
 // the optimizer and the RNGs.
 struct LoopState {
   int64_t step = 0;  // the last completed step
-  torch::Tensor order;
+  // The training data is one endless stream of epochs, each a fresh
+  // permutation of the n samples; `order` holds the permutations of epochs
+  // order_epoch, order_epoch + 1, ... that the next step may still need.
+  torch::Tensor order = torch::empty({0}, torch::kInt64);
+  int64_t order_epoch = 0;
   double first_loss = std::nan("");
   double train_seconds = 0;
   bool target_reached = false;
+  // The previous evaluation of the target metric (samples < 0: none yet).
+  EvalPoint last_eval{-1, 0, 0};
   // Gradient noise scale EMAs of |G|^2 and tr(Sigma); NaN until the first.
   double gns_gradient_sq = std::nan("");
   double gns_trace = std::nan("");
@@ -141,6 +183,21 @@ struct LoopState {
   double loss_scale = 1;
   int64_t clean_steps = 0;
 };
+
+// The sample indices of stream positions [first, last), drawing the next
+// epoch's permutation from `shuffle` when the stream reaches it.
+torch::Tensor StreamSlice(int64_t first, int64_t last, int64_t n, at::Generator& shuffle,
+                          LoopState* s) {
+  while (s->order.size(0) >= n && (s->order_epoch + 1) * n <= first) {
+    s->order = s->order.slice(0, n);
+    ++s->order_epoch;
+  }
+  while (s->order_epoch * n + s->order.size(0) < last) {
+    s->order = torch::cat({s->order, torch::randperm(n, shuffle, torch::kInt64)});
+  }
+  const int64_t base = s->order_epoch * n;
+  return s->order.slice(0, first - base, last - base);
+}
 
 Status SaveCheckpoint(const TrialConfig& config, torch::nn::Module& model,
                       torch::optim::Optimizer& optimizer, at::Generator& shuffle,
@@ -154,6 +211,10 @@ Status SaveCheckpoint(const TrialConfig& config, torch::nn::Module& model,
   archive.write("target_reached", c10::IValue(s.target_reached));
   archive.write("gns_gradient_sq", c10::IValue(s.gns_gradient_sq));
   archive.write("gns_trace", c10::IValue(s.gns_trace));
+  archive.write("order_epoch", c10::IValue(s.order_epoch));
+  archive.write("last_eval_samples", c10::IValue(s.last_eval.samples));
+  archive.write("last_eval_seconds", c10::IValue(s.last_eval.seconds));
+  archive.write("last_eval_value", c10::IValue(s.last_eval.value));
   archive.write("loss_scale", c10::IValue(s.loss_scale));
   archive.write("clean_steps", c10::IValue(s.clean_steps));
   archive.write("order", s.order);
@@ -202,7 +263,7 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
       return value;
     };
     int64_t format = field("format").toInt();
-    if (format != kCheckpointFormat) {
+    if (format != kCheckpointFormat && format != 1) {
       return DataLossError("checkpoint " + path + ": unknown format " +
                            std::to_string(format));
     }
@@ -221,6 +282,17 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
     if (archive.try_read("clean_steps", value)) s->clean_steps = value.toInt();
     archive.read("order", s->order);
     s->order = s->order.cpu();
+    if (format == 1) {
+      // Format 1 held the permutation of the epoch the last step was in, with
+      // floor(n / b) steps an epoch (exact when b divides n).
+      const int64_t n = s->order.size(0);
+      s->order_epoch = std::max<int64_t>(0, s->step - 1) / std::max<int64_t>(1, n / config.batch_size);
+    } else {
+      s->order_epoch = field("order_epoch").toInt();
+      s->last_eval = {field("last_eval_samples").toDouble(),
+                      field("last_eval_seconds").toDouble(),
+                      field("last_eval_value").toDouble()};
+    }
     torch::Tensor rng;
     archive.read("shuffle_rng", rng);
     rng = rng.cpu();
@@ -295,18 +367,27 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
                                 " exceeds the training set's " +
                                 std::to_string(n) + " samples");
   }
-  const int64_t steps_per_epoch = StepsPerEpoch(config, n);
+  const int64_t batch = config.batch_size;
   const int64_t total_steps = TotalSteps(config, n);
-  const LrSchedule schedule{config.lr, WarmupSteps(config, n), total_steps,
-                            config.decay, config.power};
-  const int64_t micro = config.micro_batch_size;
-  // This rank's share of every global batch, in micro-batches.
-  const int64_t local_batch = config.batch_size / config.world_size;
+  const LrSchedule schedule{config.lr,    WarmupSteps(config, n), total_steps,
+                            config.decay, config.power,           config.warmup_start_lr};
+  // This rank's share of every global batch, in micro-batches. With
+  // noise_scale: always, a step of one micro-batch on one rank is run as two
+  // halves, so that B_simple can be measured (docs/method.md).
+  const int64_t local_batch = batch / config.world_size;
+  const bool halves = config.noise_scale == "always" && config.world_size == 1 &&
+                      config.micro_batch_size == batch && batch % 2 == 0;
+  const int64_t micro = halves ? batch / 2 : config.micro_batch_size;
   const int64_t accumulation = local_batch / micro;
+  const bool measure_noise =
+      config.noise_scale != "off" && accumulation * config.world_size >= 2;
   // Each micro-batch loss is a mean over `micro` samples; scaling by
   // micro / batch makes the accumulated gradient, summed over the ranks, the
   // full batch's.
-  const double loss_scale = static_cast<double>(micro) / config.batch_size;
+  const double loss_scale = static_cast<double>(micro) / batch;
+  const double clip_norm = TrainerClipNorm(config.optimizer);
+  const SelectionMetric* target =
+      config.target_metric.empty() ? nullptr : FindSelectionMetric(config.target_metric);
 
   task.To(device);
   at::Generator shuffle = at::make_generator<at::CPUGeneratorImpl>(
@@ -343,23 +424,83 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
     }
     return result;
   };
+  // A completed trial (not a diverged one) is evaluated on the test split
+  // once, at its last step; nothing selects by it.
+  auto finish_with_test = [&]() -> Result<TrialResult> {
+    if (reporter && task.has_test_split()) {
+      Evaluation ev = EvaluateTask(task, *model, placement, Split::kTest);
+      sink->Log(s.step, {{"test_loss", ev.loss}, {"test_accuracy", ev.accuracy}});
+    }
+    return finish();
+  };
+  // Evaluates on the validation split after s.step steps and logs it; when
+  // the target is first reached, also where it was crossed. Returns whether
+  // it was reached now.
+  auto evaluate = [&]() -> Result<bool> {
+    Evaluation ev = EvaluateTask(task, *model, placement, Split::kValidation);
+    const double samples = static_cast<double>(s.step) * batch;
+    Metrics eval_metrics = {{"val_loss", ev.loss},
+                            {"val_accuracy", ev.accuracy},
+                            {"epoch", samples / n}};
+    eval_metrics.insert(eval_metrics.end(), ev.extra.begin(), ev.extra.end());
+    bool reached = false;
+    if (target != nullptr && !s.target_reached) {
+      auto value = std::find_if(eval_metrics.begin(), eval_metrics.end(),
+                                [&](const auto& m) { return m.first == target->name; });
+      if (value == eval_metrics.end()) {
+        return InvalidArgumentError("target.metric: model " + config.model_type +
+                                    " does not report " + std::string(target->name));
+      }
+      const EvalPoint at{samples, s.train_seconds, value->second};
+      std::optional<EvalPoint> before;
+      if (s.last_eval.samples >= 0) before = s.last_eval;
+      std::optional<Crossing> crossing =
+          InterpolateCrossing(before, at, config.target_value, target->higher_is_better);
+      s.last_eval = at;
+      if (crossing) {
+        reached = true;
+        s.target_reached = true;
+        eval_metrics.push_back({"target_reached_samples", crossing->samples});
+        eval_metrics.push_back({"target_reached_steps", crossing->samples / batch});
+        eval_metrics.push_back({"target_reached_seconds", crossing->seconds});
+        eval_metrics.push_back({"target_bracket_samples", crossing->lower_samples});
+        if (s.gns_gradient_sq > 0) {
+          eval_metrics.push_back({"noise_scale_at_target", s.gns_trace / s.gns_gradient_sq});
+        }
+      }
+    }
+    sink->Log(s.step, eval_metrics);
+    return reached;
+  };
+  auto eval_due = [&](int64_t step) {
+    if (config.eval_every_steps > 0) return step % config.eval_every_steps == 0;
+    const int64_t every = config.eval_every_samples > 0 ? config.eval_every_samples : n;
+    return (step * batch) / every > ((step - 1) * batch) / every;
+  };
+
   result.steps = s.step;
+  if (s.step == 0 && reporter && target != nullptr) {
+    // The starting point, so that the first interval can be interpolated.
+    auto reached = evaluate();
+    if (!reached.ok()) return reached.status();
+  }
   for (int64_t step = s.step + 1; step <= total_steps; ++step) {
-    int64_t in_epoch = (step - 1) % steps_per_epoch;
-    if (in_epoch == 0) s.order = torch::randperm(n, shuffle, torch::kInt64);
     auto start = Clock::now();
+    torch::Tensor step_batch = StreamSlice((step - 1) * batch, step * batch, n, shuffle, &s);
     double lr = schedule.At(step);
     SetLearningRate(optimizer, lr);
     optimizer.zero_grad();
-    task.BeginStep(step, s.order.slice(0, in_epoch * config.batch_size,
-                                       (in_epoch + 1) * config.batch_size));
+    task.BeginStep(step, step_batch);
     double loss_value = 0;
-    double small_sq = 0;  // |G_small|^2 of the first micro-batch
+    // Sum over this rank's micro-batches of |G_small|^2, each micro-batch's
+    // own mean gradient (McCandlish et al. 2018, App. A).
+    double small_sq = 0;
+    std::vector<torch::Tensor> before_micro;
+    const double grad_scale = loss_scale * s.loss_scale;
     for (int64_t k = 0; k < accumulation; ++k) {
       // This micro-batch's place in the global batch.
       int64_t offset = config.rank * local_batch + k * micro;
-      int64_t begin = in_epoch * config.batch_size + offset;
-      torch::Tensor idx = s.order.slice(0, begin, begin + micro).to(device);
+      torch::Tensor idx = step_batch.slice(0, offset, offset + micro).to(device);
       torch::Tensor loss;
       {
         AutocastScope autocast(placement.autocast, placement.autocast_dtype);
@@ -371,18 +512,21 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
         loss.backward();
       }
       loss_value += loss.item<double>();
-      if (k == 0 && accumulation > 1) {
-        const double scale = loss_scale * s.loss_scale;
-        small_sq = GradSquaredNorm(params) / (scale * scale);
+      if (measure_noise) {
+        small_sq += GradSquaredNorm(params, k == 0 ? nullptr : &before_micro) /
+                    (grad_scale * grad_scale);
+        if (k + 1 < accumulation) before_micro = CopyGradients(params);
       }
     }
+    before_micro.clear();
     double allreduce_seconds = 0;
     if (dp) {
       MEGABATCH_RETURN_IF_ERROR(dp->SumGradients(params));
       allreduce_seconds = dp->last_seconds();
-      auto summed = dp->Sum({loss_value});
+      auto summed = dp->Sum({loss_value, small_sq});
       if (!summed.ok()) return summed.status();
       loss_value = (*summed)[0];
+      small_sq = (*summed)[1];
     }
     if (placement.loss_scaling) {
       for (const auto& p : params) {
@@ -402,6 +546,15 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
         s.clean_steps = 0;
       }
     }
+    if (!skip_step && clip_norm > 0) {
+      // As torch.nn.utils.clip_grad_norm_.
+      const double coef = clip_norm / (std::sqrt(big_sq) + 1e-6);
+      if (coef < 1) {
+        for (const auto& p : params) {
+          if (p.grad().defined()) p.grad().mul_(coef);
+        }
+      }
+    }
     const bool diagnose = !skip_step && config.diagnostics_every_steps > 0 &&
                           step % config.diagnostics_every_steps == 0;
     std::vector<torch::Tensor> before;
@@ -417,28 +570,35 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
 
     Metrics step_metrics = {{"train_loss", loss_value},
                             {"lr", lr},
-                            {"samples_per_second", config.batch_size / step_seconds}};
+                            {"samples_per_second", batch / step_seconds}};
+    if (step == 1) step_metrics.push_back({"train_samples", static_cast<double>(n)});
     if (!skip_step) step_metrics.push_back({"grad_norm", std::sqrt(big_sq)});
     if (placement.loss_scaling) step_metrics.push_back({"loss_scale", s.loss_scale});
     if (dp) step_metrics.push_back({"allreduce_seconds", allreduce_seconds});
-    if (accumulation > 1 && !skip_step) {
-      // LARGE_BATCH.md: b_s = micro, b_b = batch.
+    if (measure_noise && !skip_step) {
+      // docs/method.md, "Gradient noise scale": B_small = micro, B_big = batch,
+      // |G_small|^2 the mean over all micro-batches of all ranks.
       const double bs = static_cast<double>(micro);
-      const double bb = static_cast<double>(config.batch_size);
-      double g2 = (bb * big_sq - bs * small_sq) / (bb - bs);
-      double trace = (small_sq - big_sq) / (1.0 / bs - 1.0 / bb);
-      auto ema = [](double prev, double x) {
-        return std::isnan(prev) ? x
-                                : (1 - kNoiseScaleSmoothing) * prev +
-                                      kNoiseScaleSmoothing * x;
+      const double bb = static_cast<double>(batch);
+      const double g_small = small_sq / static_cast<double>(accumulation * config.world_size);
+      const double g2 = (bb * big_sq - bs * g_small) / (bb - bs);
+      const double trace = (g_small - big_sq) / (1.0 / bs - 1.0 / bb);
+      const double alpha =
+          std::min(1.0, 1.0 / (kNoiseScaleWindow * static_cast<double>(total_steps)));
+      auto ema = [alpha](double prev, double x) {
+        return std::isnan(prev) ? x : (1 - alpha) * prev + alpha * x;
       };
       s.gns_gradient_sq = ema(s.gns_gradient_sq, g2);
       s.gns_trace = ema(s.gns_trace, trace);
       step_metrics.push_back({"gns_gradient_sq", s.gns_gradient_sq});
       step_metrics.push_back({"gns_trace", s.gns_trace});
       if (s.gns_gradient_sq > 0) {
-        step_metrics.push_back(
-            {"gradient_noise_scale", s.gns_trace / s.gns_gradient_sq});
+        const double b_simple = s.gns_trace / s.gns_gradient_sq;
+        step_metrics.push_back({"gradient_noise_scale", b_simple});
+        for (const auto& [fraction, name] : kNoiseScalePoints) {
+          const auto at = static_cast<int64_t>(std::ceil(fraction * total_steps - 1e-9));
+          if (step == std::max<int64_t>(1, at)) step_metrics.push_back({name, b_simple});
+        }
       }
     }
     if (diagnose) {
@@ -467,14 +627,11 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
       return finish();
     }
 
-    bool eval_now = config.eval_every_steps > 0
-                        ? step % config.eval_every_steps == 0
-                        : step % steps_per_epoch == 0;
     // After the evaluation, so that a resumed run does not repeat it.
     bool checkpoint_now = config.checkpoint_every_steps > 0 &&
                           step % config.checkpoint_every_steps == 0 &&
                           step < total_steps;
-    if (!eval_now && step != total_steps) {
+    if (!eval_due(step) && step != total_steps) {
       if (checkpoint_now && reporter) {
         MEGABATCH_RETURN_IF_ERROR(
             SaveCheckpoint(config, *model, optimizer, shuffle, s, sink));
@@ -488,40 +645,22 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
       if ((*stop)[0] > 0) return finish();
       continue;
     }
-    Evaluation ev = EvaluateTask(task, *model, placement);
-    Metrics eval_metrics = {
-        {"test_loss", ev.loss},
-        {"test_accuracy", ev.accuracy},
-        {"epoch", static_cast<double>(step) / steps_per_epoch}};
-    eval_metrics.insert(eval_metrics.end(), ev.extra.begin(), ev.extra.end());
-    bool reached = false;
-    if (!config.target_metric.empty() && !s.target_reached) {
-      reached = config.target_metric == "test_accuracy"
-                    ? ev.accuracy >= config.target_value
-                    : ev.loss <= config.target_value;
-    }
-    if (reached) {
-      s.target_reached = true;
-      eval_metrics.push_back({"target_reached_seconds", s.train_seconds});
-      eval_metrics.push_back(
-          {"target_reached_samples",
-           static_cast<double>(step) * static_cast<double>(config.batch_size)});
-    }
-    sink->Log(step, eval_metrics);
+    auto reached = evaluate();
+    if (!reached.ok()) return reached.status();
     if (dp) {
-      auto stop = dp->Sum({reached && config.target_stop ? 1.0 : 0.0});
+      auto stop = dp->Sum({*reached && config.target_stop ? 1.0 : 0.0});
       if (!stop.ok()) return stop.status();
     }
-    if (reached && config.target_stop) {
+    if (*reached && config.target_stop) {
       result.message = "target reached at step " + std::to_string(step);
-      return finish();
+      return finish_with_test();
     }
     if (checkpoint_now) {
       MEGABATCH_RETURN_IF_ERROR(
           SaveCheckpoint(config, *model, optimizer, shuffle, s, sink));
     }
   }
-  return finish();
+  return finish_with_test();
 }
 
 }  // namespace megabatch::trainer

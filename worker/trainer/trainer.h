@@ -35,14 +35,20 @@ struct TrialResult {
   std::vector<torch::Tensor> parameters;
 };
 
-// Trains `config`'s model on `task`. Per step it logs train_loss, lr,
-// samples_per_second and grad_norm (the global gradient norm), and with
-// gradient accumulation the gradient noise scale (gradient_noise_scale =
-// gns_trace / gns_gradient_sq, each an EMA over steps, LARGE_BATCH.md); at
-// each evaluation test_loss, test_accuracy, epoch and the task's own
-// metrics (val_bpc; val_mlm_loss, val_mlm_accuracy);
-// when a target is first reached target_reached_seconds and
-// target_reached_samples. `sink` must outlive the call.
+// Trains `config`'s model on `task` (docs/method.md has every formula). Per
+// step it logs train_loss, lr, samples_per_second and grad_norm (the global
+// gradient norm before clipping), train_samples at step 1, and, when the
+// gradient noise scale is measured, gns_gradient_sq, gns_trace and
+// gradient_noise_scale (EMAs over 5% of the trial's steps) and
+// noise_scale_at_{10,50,100}pct at those points of the budget. At each
+// evaluation (and at step 0 when there is a target) val_loss, val_accuracy,
+// epoch (samples / n) and the task's own metrics (val_bpc; val_mlm_loss,
+// val_mlm_accuracy); when the target is first reached
+// target_reached_samples, target_reached_steps and target_reached_seconds
+// (interpolated between the evaluations that bracket it),
+// target_bracket_samples (the earlier of the two) and noise_scale_at_target.
+// A trial that completes logs test_loss and test_accuracy once, at its last
+// step (image tasks). `sink` must outlive the call.
 //
 // With a non-empty `resume_from` it first restores that checkpoint (model,
 // optimizer, data order, RNG and loop state) and continues after its step, so

@@ -4,6 +4,7 @@
 #include <tuple>
 
 #include "common/optimizer_catalog.h"
+#include "common/selection_metrics.h"
 #include "worker/trainer/data/text_corpus.h"
 
 namespace megabatch::trainer {
@@ -148,6 +149,10 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
       return InvalidArgumentError("schedule.decay: unknown decay '" + decay + "'");
     }
     MEGABATCH_RETURN_IF_ERROR(Read(*s, "power", &c.power));
+    MEGABATCH_RETURN_IF_ERROR(Read(*s, "warmup_start_lr", &c.warmup_start_lr));
+    if (!(c.warmup_start_lr >= 0) || c.warmup_start_lr > c.lr) {
+      return InvalidArgumentError("schedule.warmup_start_lr: must be in [0, lr]");
+    }
   }
   if (auto b = doc.find("budget"); b != doc.end()) {
     MEGABATCH_RETURN_IF_ERROR(ReadOptional(*b, "epochs", &c.budget_epochs));
@@ -166,14 +171,27 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     return InvalidArgumentError("budget: must be positive");
   }
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "eval_every_steps", &c.eval_every_steps));
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "eval_every_samples", &c.eval_every_samples));
+  if (c.eval_every_steps < 0 || c.eval_every_samples < 0) {
+    return InvalidArgumentError("eval_every_steps, eval_every_samples: must be >= 0");
+  }
+  if (c.eval_every_steps > 0 && c.eval_every_samples > 0) {
+    return InvalidArgumentError("eval_every_samples: give it or eval_every_steps, not both");
+  }
   if (auto t = doc.find("target"); t != doc.end() && t->is_object()) {
     MEGABATCH_RETURN_IF_ERROR(Read(*t, "metric", &c.target_metric));
     MEGABATCH_RETURN_IF_ERROR(Read(*t, "value", &c.target_value));
     MEGABATCH_RETURN_IF_ERROR(Read(*t, "stop", &c.target_stop));
-    if (c.target_metric != "test_accuracy" && c.target_metric != "test_loss") {
-      return InvalidArgumentError("target.metric: unknown metric '" +
-                                  c.target_metric + "'");
+    c.target_metric = std::string(CanonicalSelectionMetric(c.target_metric));
+    if (FindSelectionMetric(c.target_metric) == nullptr) {
+      return InvalidArgumentError("target.metric: unknown metric '" + c.target_metric +
+                                  "'; supported: " + SelectionMetricNames());
     }
+  }
+  MEGABATCH_RETURN_IF_ERROR(Read(doc, "noise_scale", &c.noise_scale));
+  if (c.noise_scale != "auto" && c.noise_scale != "always" && c.noise_scale != "off") {
+    return InvalidArgumentError("noise_scale: unknown mode '" + c.noise_scale +
+                                "'; supported: auto, always, off");
   }
   MEGABATCH_RETURN_IF_ERROR(
       Read(doc, "divergence_factor", &c.divergence_factor));
@@ -255,8 +273,7 @@ int64_t TotalSteps(const TrialConfig& c, int64_t train_samples) {
   }
   double epochs = c.budget_epochs.value_or(1.0);
   return std::max<int64_t>(
-      1, static_cast<int64_t>(
-             std::ceil(epochs * StepsPerEpoch(c, train_samples) - 1e-9)));
+      1, static_cast<int64_t>(std::ceil(epochs * StepsPerEpoch(c, train_samples) - 1e-9)));
 }
 
 int64_t WarmupSteps(const TrialConfig& c, int64_t train_samples) {

@@ -41,24 +41,35 @@ struct TrialConfig {
   int64_t batch_size = 128;
   int64_t micro_batch_size = 128;  // == batch_size: no accumulation
   double lr = 0.01;                // peak lr
-  // Exactly one of warmup_steps / warmup_epochs is used.
+  // Exactly one of warmup_steps / warmup_epochs is used. Warmup rises
+  // linearly from warmup_start_lr (0, or the unscaled small-batch lr when the
+  // spec says warmup_from: base, as Goyal et al. 2017) to lr.
   std::optional<int64_t> warmup_steps;
   std::optional<double> warmup_epochs;
+  double warmup_start_lr = 0;
   Decay decay = Decay::kConstant;
   double power = 1.0;
   // Exactly one budget: epochs (may be fractional), steps or samples.
   std::optional<double> budget_epochs;
   std::optional<int64_t> budget_steps;
   std::optional<int64_t> budget_samples;
-  int64_t eval_every_steps = 0;  // 0: at the end of every epoch
-  // Target: the first evaluation where `target_metric` reaches
-  // `target_value` (>= for accuracy, <= for loss) is recorded.
+  // Evaluate every K samples (the same data points at every batch size), or
+  // every K steps, or (both 0) whenever an epoch's worth of samples ends.
+  int64_t eval_every_samples = 0;
+  int64_t eval_every_steps = 0;
+  // Target: where the validation metric `target_metric` (one of
+  // kSelectionMetrics; test_accuracy/test_loss mean val_accuracy/val_loss)
+  // first reaches `target_value`, interpolated between evaluations.
   std::string target_metric;
   double target_value = 0;
   bool target_stop = false;
   // A loss above divergence_factor x the first step's loss (or non-finite)
   // ends the trial as diverged.
   double divergence_factor = 10.0;
+  // Gradient noise scale: "auto" measures it when a step already has two or
+  // more micro-batches (accumulation or ranks); "always" also splits a
+  // single-micro-batch step into two halves to measure it; "off" never.
+  std::string noise_scale = "auto";
   int threads = 1;  // intra-op threads
   // auto: cuda when this LibTorch has CUDA and a GPU is visible (the worker
   // picks one per slot with CUDA_VISIBLE_DEVICES), else cpu.
@@ -99,11 +110,15 @@ struct TrialConfig {
 Result<TrialConfig> ParseTrialConfig(const nlohmann::json& doc);
 
 // The total number of optimizer steps of the trial given the training-set
-// size, and the warmup length in steps.
+// size, and the warmup length in steps. Epochs are counted in samples
+// (docs/method.md, "Budgets in samples"): an epoch is train_samples samples
+// at every batch size, the data is one endless stream of shuffled epochs,
+// and a batch may span the end of one epoch and the start of the next. So
+// `budget.epochs: E` is ceil(E * n / b) steps and nothing is dropped.
 int64_t TotalSteps(const TrialConfig& c, int64_t train_samples);
 int64_t WarmupSteps(const TrialConfig& c, int64_t train_samples);
-inline int64_t StepsPerEpoch(const TrialConfig& c, int64_t train_samples) {
-  return std::max<int64_t>(1, train_samples / c.batch_size);
+inline double StepsPerEpoch(const TrialConfig& c, int64_t train_samples) {
+  return static_cast<double>(train_samples) / static_cast<double>(c.batch_size);
 }
 
 }  // namespace megabatch::trainer

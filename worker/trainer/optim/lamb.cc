@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "worker/trainer/optim/fused_cpu.h"
+#include "worker/trainer/optim/state_key.h"
 
 namespace megabatch::optim {
 namespace {
@@ -177,7 +178,7 @@ torch::Tensor Lamb::step(LossClosure closure) {
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
       const torch::Tensor& grad = p.grad();
-      std::string key = c10::guts::to_string(p.unsafeGetTensorImpl());
+      const auto key = StateKey(state_, p);
       auto it = state_.find(key);
       if (it == state_.end()) {
         auto fresh = std::make_unique<LambParamState>();

@@ -91,29 +91,31 @@ Result<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
   std::vector<torch::Tensor> params = module.parameters();
   try {
     Options o(config, *info);
-    if (name == "sgd") {
-      return std::unique_ptr<torch::optim::Optimizer>(
-          std::make_unique<torch::optim::SGD>(
-              params, torch::optim::SGDOptions(lr)
-                          .momentum(o.Number("momentum"))
-                          .weight_decay(o.Number("weight_decay"))
-                          .nesterov(o.Bool("nesterov"))));
-    }
-    if (name == "adamw") {
-      return std::unique_ptr<torch::optim::Optimizer>(
-          std::make_unique<torch::optim::AdamW>(
-              params, torch::optim::AdamWOptions(lr)
-                          .betas({o.Number("betas", 0), o.Number("betas", 1)})
-                          .eps(o.Number("eps"))
-                          .weight_decay(o.Number("weight_decay"))));
-    }
-    // LAMB and LARS: biases and norms in a group of their own with no weight
-    // decay and no adaptation, unless exclude_bias_and_norm is false.
+    // Biases and norms in a group of their own with no weight decay (and,
+    // for LAMB and LARS, no adaptation) when exclude_bias_and_norm is on.
     ParameterSplit split;
     if (o.Bool("exclude_bias_and_norm")) {
       split = SplitBiasAndNorm(module);
     } else {
       split.regular = params;
+    }
+    if (name == "sgd") {
+      auto options = torch::optim::SGDOptions(lr)
+                         .momentum(o.Number("momentum"))
+                         .weight_decay(o.Number("weight_decay"))
+                         .nesterov(o.Bool("nesterov"));
+      auto plain = options;
+      plain.weight_decay(0);
+      return WithExclusionGroup<torch::optim::SGD>(split, options, plain);
+    }
+    if (name == "adamw") {
+      auto options = torch::optim::AdamWOptions(lr)
+                         .betas({o.Number("betas", 0), o.Number("betas", 1)})
+                         .eps(o.Number("eps"))
+                         .weight_decay(o.Number("weight_decay"));
+      auto plain = options;
+      plain.weight_decay(0);
+      return WithExclusionGroup<torch::optim::AdamW>(split, options, plain);
     }
     if (name == "lamb") {
       optim::LambOptions options = optim::LambOptions(lr)
@@ -144,6 +146,14 @@ Result<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
   }
   return InternalError("optimizer " + name +
                        " is in the catalog but not in the registry");
+}
+
+double TrainerClipNorm(const json& config) {
+  const std::string name = config.value("name", "");
+  const OptimizerInfo* info = FindOptimizer(name);
+  // LAMB clips inside its step (before its moments), as its reference does.
+  if (info == nullptr || name == "lamb") return 0;
+  return Options(config, *info).Number("max_grad_norm");
 }
 
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr) {

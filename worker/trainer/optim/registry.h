@@ -27,6 +27,11 @@ struct ParameterSplit {
 };
 ParameterSplit SplitBiasAndNorm(const torch::nn::Module& module);
 
+// The global gradient-norm threshold the trainer clips to before the step
+// (sgd, adamw and lars: their max_grad_norm option); 0 for none. LAMB clips
+// inside its own step.
+double TrainerClipNorm(const nlohmann::json& config);
+
 // Sets the learning rate of every parameter group.
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr);
 

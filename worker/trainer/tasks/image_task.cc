@@ -1,4 +1,5 @@
 // Fashion-MNIST classification with the mlp and cnn models.
+#include "common/datasets.h"
 #include "worker/trainer/models/models.h"
 #include "worker/trainer/tasks/task.h"
 
@@ -11,8 +12,14 @@ namespace F = torch::nn::functional;
 
 class ImageTask : public Task {
  public:
+  // The last kFashionMnistValidationImages training images are the
+  // validation split (views into the decoded tensors, not copies).
   ImageTask(const TrialConfig& config, ImageDataset data)
-      : config_(config), data_(std::move(data)) {}
+      : config_(config), data_(std::move(data)) {
+    const int64_t n = data_.train_images.size(0);
+    const int64_t held = std::min(kFashionMnistValidationImages, n / 2);
+    SplitOff(n - held);
+  }
 
   Result<std::shared_ptr<torch::nn::Module>> BuildModel() override {
     auto model = trainer::BuildModel(config_);
@@ -22,10 +29,10 @@ class ImageTask : public Task {
   }
   void To(torch::Device device) override {
     // Decoded once; on the GPU for a cuda trial (Fashion-MNIST is 220 MB).
-    data_.train_images = data_.train_images.to(device);
-    data_.train_labels = data_.train_labels.to(device);
-    data_.test_images = data_.test_images.to(device);
-    data_.test_labels = data_.test_labels.to(device);
+    for (torch::Tensor* t : {&data_.train_images, &data_.train_labels, &val_images_,
+                             &val_labels_, &data_.test_images, &data_.test_labels}) {
+      *t = t->to(device);
+    }
   }
   int64_t train_size() const override { return data_.train_images.size(0); }
 
@@ -35,9 +42,12 @@ class ImageTask : public Task {
     return F::cross_entropy(model_->forward(x), y);
   }
 
-  Evaluation Evaluate() override {
-    const torch::Tensor& images = data_.test_images;
-    const torch::Tensor& labels = data_.test_labels;
+  bool has_test_split() const override { return true; }
+
+  Evaluation Evaluate(Split split) override {
+    const bool test = split == Split::kTest;
+    const torch::Tensor& images = test ? data_.test_images : val_images_;
+    const torch::Tensor& labels = test ? data_.test_labels : val_labels_;
     int64_t n = images.size(0);
     double loss_sum = 0;
     int64_t correct = 0;
@@ -52,8 +62,18 @@ class ImageTask : public Task {
   }
 
  private:
+  // Rows [train, end) of the training file become the validation split.
+  void SplitOff(int64_t train) {
+    const int64_t n = data_.train_images.size(0);
+    val_images_ = data_.train_images.narrow(0, train, n - train);
+    val_labels_ = data_.train_labels.narrow(0, train, n - train);
+    data_.train_images = data_.train_images.narrow(0, 0, train);
+    data_.train_labels = data_.train_labels.narrow(0, 0, train);
+  }
+
   const TrialConfig config_;
   ImageDataset data_;
+  torch::Tensor val_images_, val_labels_;
   torch::nn::Sequential model_{nullptr};
 };
 

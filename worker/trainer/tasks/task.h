@@ -4,7 +4,8 @@
 // model, how many training samples an epoch has, the loss of any subset of a
 // step's batch, and how to evaluate on the held-out split.
 //
-//   image (mlp, cnn)   Fashion-MNIST classification          test_loss, test_accuracy
+//   image (mlp, cnn)   Fashion-MNIST classification          val_loss, val_accuracy
+//                                                            (test_* once, at the end)
 //   char_lstm          next-byte prediction, bits per char   + val_bpc
 //   tiny_bert          masked-language modelling             + val_mlm_loss, val_mlm_accuracy
 #ifndef MEGABATCH_WORKER_TRAINER_TASKS_TASK_H_
@@ -25,10 +26,14 @@ namespace megabatch::trainer {
 
 using Metrics = std::vector<std::pair<std::string, double>>;
 
+// The held-out splits: validation (every evaluation; what targets, ASHA and
+// the best lr read) and test (once, when the trial ends; image tasks only).
+enum class Split { kValidation, kTest };
+
 struct Evaluation {
-  // Every task reports test_loss and test_accuracy (the names the report,
-  // ASHA and targets read): the held-out split's mean loss in nats and its
-  // top-1 accuracy. `extra` are the task's own metrics.
+  // Every task reports the split's mean loss in nats and its top-1
+  // accuracy, logged as val_loss/val_accuracy or test_loss/test_accuracy.
+  // `extra` are the task's own metrics, named in full (val_bpc, ...).
   double loss = 0;
   double accuracy = 0;
   Metrics extra;
@@ -62,9 +67,10 @@ class Task {
   // batch's loss is the sum over its parts of Loss(part) * n / batch_size.
   // Runs the forward pass (under the caller's autocast).
   virtual torch::Tensor Loss(const torch::Tensor& samples, int64_t offset) = 0;
-  // Evaluates the model on the held-out split (the caller sets eval mode
-  // and no-grad).
-  virtual Evaluation Evaluate() = 0;
+  // Evaluates the model on `split` (the caller sets eval mode and no-grad).
+  virtual Evaluation Evaluate(Split split) = 0;
+  // Whether the task has a test split apart from its validation split.
+  virtual bool has_test_split() const { return false; }
 };
 
 // The task for `config.model_type`, with its data loaded (and, for

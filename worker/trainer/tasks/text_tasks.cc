@@ -106,7 +106,7 @@ class CharLmTask : public Task {
                             rows.slice(1, 1).reshape({-1}));
   }
 
-  Evaluation Evaluate() override {
+  Evaluation Evaluate(Split /*split*/) override {
     double loss_sum = 0;
     int64_t correct = 0;
     const int64_t n = validation_.size(0);
@@ -189,7 +189,7 @@ class MlmTask : public Task {
     return loss_sum * (static_cast<double>(batch_targets_.size(0)) / n / batch_chosen_);
   }
 
-  Evaluation Evaluate() override {
+  Evaluation Evaluate(Split /*split*/) override {
     double loss_sum = 0;
     int64_t correct = 0, chosen_total = 0;
     const int64_t n = validation_targets_.size(0);
