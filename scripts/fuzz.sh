@@ -32,7 +32,7 @@ encode() {
     "$proto/megabatch/v1/megabatch.proto" >"$corpus/metrics/$1"
 }
 echo 'points {name: "train_loss" step: 1 value: 0.5}' | encode one
-echo 'points {name: "test_accuracy" step: 256 value: 0.7} points {name: "lr" step: 3 value: 1e-3}' | encode asha
+echo 'points {name: "val_accuracy" step: 256 value: 0.7} points {name: "lr" step: 3 value: 1e-3}' | encode asha
 echo 'worker_id: 7 lease {trial_id: 1 lease_id: 9} points {name: "x" step: -1 value: nan}' | encode stale
 
 status=0

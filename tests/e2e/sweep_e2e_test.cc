@@ -168,8 +168,10 @@ eval_every_steps: 4
                    "WHERE t.sweep_id = 2 AND m.name = 'val_mlm_accuracy'"),
             2);
   EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE sweep_id = 2 AND "
-                   "best_test_accuracy IS NOT NULL"),
+                   "best_val_accuracy IS NOT NULL"),
             1);
+  // The corpus has no test split: no test figures.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name LIKE 'test_%'"), 0);
   auto report = Cli({"report", "1"});
   EXPECT_EQ(report.exit_code, 0) << report.err;
 }
@@ -204,24 +206,27 @@ budget: {epochs: 1}
   EXPECT_EQ(Scalar("SELECT count(DISTINCT worker_id) FROM events "
                    "WHERE kind = 'trial_leased'"),
             2);
-  // Per-step train_loss for every step: 60000/256 = 234 and 60000/1024 = 58.
+  // Per-step train_loss for every step of one epoch of the 55,000 training
+  // images: ceil(55000/256) = 215 and ceil(55000/1024) = 54.
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON "
                    "t.id = m.trial_id WHERE m.name = 'train_loss' AND "
                    "t.batch_size = 256"),
-            4 * 234);
+            4 * 215);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON "
                    "t.id = m.trial_id WHERE m.name = 'train_loss' AND "
                    "t.batch_size = 1024"),
-            4 * 58);
+            4 * 54);
   EXPECT_EQ(Scalar("SELECT min(c) FROM (SELECT count(*) AS c FROM metrics "
                    "WHERE name = 'lr' GROUP BY trial_id)"),
-            58);
-  // One epoch: one per-epoch test_accuracy row per trial, above 0.75.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 8);
-  double worst = Scalar("SELECT min(value) FROM metrics WHERE name = 'test_accuracy'");
+            54);
+  // One epoch: one validation row per trial, above 0.75, and the test split
+  // once at the end.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"), 8);
+  double worst = Scalar("SELECT min(value) FROM metrics WHERE name = 'val_accuracy'");
   EXPECT_GT(worst, 0.75);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 8);
   EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE "
-                   "final_test_accuracy > 0.75 AND state = 'completed'"),
+                   "test_accuracy > 0.75 AND state = 'completed'"),
             8);
 
   auto trials = Cli({"-o", "json", "trials", "1"});
@@ -229,7 +234,7 @@ budget: {epochs: 1}
   auto rows = nlohmann::json::parse(trials.out);
   ASSERT_EQ(rows.size(), 8u);
   EXPECT_EQ(rows[0]["state"], "completed");
-  EXPECT_GT(rows[0]["test_accuracy"].get<double>(), 0.75);
+  EXPECT_GT(rows[0]["val_accuracy"].get<double>(), 0.75);
 
   auto csv = Cli({"-o", "csv", "list"});
   EXPECT_EQ(csv.exit_code, 0);
@@ -240,7 +245,8 @@ budget: {epochs: 1}
   ASSERT_EQ(report.exit_code, 0) << report.err;
   auto answer = nlohmann::json::parse(report.out);
   ASSERT_EQ(answer["rows"].size(), 8u);
-  EXPECT_GT(answer["rows"][0]["best_test_accuracy"].get<double>(), 0.75);
+  EXPECT_GT(answer["rows"][0]["best_val_accuracy"].get<double>(), 0.75);
+  EXPECT_GT(answer["rows"][0]["test_accuracy"].get<double>(), 0.75);
   EXPECT_EQ(answer["critical_batch"].size(), 4u);
   // Every stored value comes out of export exactly once.
   auto exported = Cli({"export", "1"});
@@ -393,7 +399,7 @@ max_retries: 3
   EXPECT_THAT(workers_[0]->Log(), HasSubstr("resuming from"));
   // Every step exactly once, 1..3000, across both attempts.
   ExpectEveryStepOnce("1", 3000);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 3);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"), 3);
 }
 
 TEST_F(SweepE2ETest, GpuSlotsEachSeeOnlyTheirOwnGpu) {
@@ -524,7 +530,7 @@ max_retries: 2
   EXPECT_THAT(workers_[1 - victim]->Log(), HasSubstr("resuming from " + dir_.File("artifacts/trial-1/lease-")));
   // Every step exactly once, across both workers.
   ExpectEveryStepOnce("1", 3000);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 3);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"), 3);
   // A finished trial's checkpoints are removed.
   EXPECT_FALSE(std::filesystem::exists(dir_.File("artifacts/trial-1")));
 }
@@ -557,11 +563,11 @@ eval_every_steps: 20
   ExpectEveryStepOnce("trial_id = 1", 40);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics a JOIN metrics b ON b.trial_id = 2 "
                    "AND b.name = a.name AND b.step = a.step WHERE a.trial_id = 1 "
-                   "AND a.name IN ('train_loss', 'grad_norm', 'test_accuracy', 'test_loss')"),
+                   "AND a.name IN ('train_loss', 'grad_norm', 'val_accuracy', 'val_loss')"),
             40 * 2 + 2 * 2);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics a JOIN metrics b ON b.trial_id = 2 "
                    "AND b.name = a.name AND b.step = a.step WHERE a.trial_id = 1 "
-                   "AND a.name IN ('train_loss', 'grad_norm', 'test_accuracy', 'test_loss') "
+                   "AND a.name IN ('train_loss', 'grad_norm', 'val_accuracy', 'val_loss') "
                    "AND abs(a.value - b.value) > 1e-5 * max(1, abs(b.value))"),
             0);
   EXPECT_GT(Scalar("SELECT count(*) FROM metrics WHERE trial_id = 1 AND name = "

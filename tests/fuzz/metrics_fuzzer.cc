@@ -59,7 +59,7 @@ World* MakeWorld() {
   store::SweepStore* store = w->coordinator->store();
   auto spec = spec::ParseSweepSpec(
       "name: fuzz\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: {lr: 0.1}\n"
-      "early_stopping: {rule: asha, metric: test_accuracy, min_samples: 256}\n");
+      "early_stopping: {rule: asha, metric: val_accuracy, min_samples: 256}\n");
   bool existed = false;
   if (!spec.ok() ||
       !store->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1, &existed).ok()) {

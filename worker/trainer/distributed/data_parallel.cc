@@ -5,23 +5,32 @@
 #include <chrono>
 #include <string>
 
-#ifdef USE_C10D_GLOO
+#ifdef MEGABATCH_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
-#ifdef USE_C10D_NCCL
+#ifdef MEGABATCH_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/version.h>
 
 namespace megabatch::trainer {
 
 namespace {
 constexpr int64_t kBucketBytes = 25 << 20;
+
+// The object that runs the collectives: the process group in LibTorch 1.x,
+// its backend (ProcessGroupGloo and ProcessGroupNCCL derive from it) since 2.0.
+#if TORCH_VERSION_MAJOR >= 2
+using Collectives = c10d::Backend;
+#else
+using Collectives = c10d::ProcessGroup;
+#endif
 }  // namespace
 
 struct DataParallel::Group {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10::intrusive_ptr<Collectives> pg;
   torch::Device device = torch::kCPU;
 };
 
@@ -44,7 +53,7 @@ Result<std::unique_ptr<DataParallel>> DataParallel::Join(const TrialConfig& conf
     options.timeout = timeout;
     group->store = c10::make_intrusive<c10d::TCPStore>(config.rendezvous_host, options);
     if (device.is_cuda()) {
-#ifdef USE_C10D_NCCL
+#ifdef MEGABATCH_C10D_NCCL
       auto nccl = c10d::ProcessGroupNCCL::Options::create();
       nccl->timeout = timeout;
       group->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(group->store, config.rank,
@@ -54,7 +63,7 @@ Result<std::unique_ptr<DataParallel>> DataParallel::Join(const TrialConfig& conf
                     "data parallel on cuda: this LibTorch has no c10d NCCL");
 #endif
     } else {
-#ifdef USE_C10D_GLOO
+#ifdef MEGABATCH_C10D_GLOO
       auto gloo = c10d::ProcessGroupGloo::Options::create();
       gloo->timeout = timeout;
       gloo->devices.push_back(
