@@ -176,6 +176,49 @@ eval_every_steps: 4
   EXPECT_EQ(report.exit_code, 0) << report.err;
 }
 
+TEST_F(SweepE2ETest, AStudysReportAgreesWithOneRecomputedFromTheRawMetrics) {
+  // Four batch sizes, two lrs, two seeds, evaluated every 4,096 samples: the
+  // report (SQL views and C++ fit) against tests/e2e/recompute_report.py,
+  // which reads only the metrics table and follows docs/method.md.
+  std::string spec = WriteSpec("study.yaml", R"yaml(
+name: study
+model: {type: mlp, hidden: [32]}
+optimizers: [{name: adamw, exclude_bias_and_norm: true}]
+batch_sizes: [128, 256, 512, 1024]
+base: {batch_size: 128, lr: 0.002}
+lr_scaling: sqrt
+lr_multipliers: [1, 2]
+seeds: [0, 1]
+schedule: {warmup_epochs: 0.05, warmup_from: base}
+budget: {epochs: 1}
+eval_every_samples: 4096
+noise_scale: always
+target: {metric: val_accuracy, value: 0.78, stop: true}
+)yaml");
+  auto submit = Cli({"submit", spec, "--wait"});
+  ASSERT_EQ(submit.exit_code, 0) << submit.err << coordinator_->Log() << workers_[0]->Log();
+  // Every trial evaluated at step 0 and on the 4,096-sample grid.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy' AND step = 0"), 16);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
+                   "WHERE m.name = 'val_accuracy' AND (m.step * t.batch_size) % 4096 != 0"),
+            0);
+  // The crossing lies between the bracketing evaluation and the one that reached it.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE steps_to_target IS NOT NULL AND "
+                   "NOT (samples_to_target > target_bracket_samples AND "
+                   "samples_to_target <= steps * batch_size)"),
+            0);
+  EXPECT_GT(Scalar("SELECT count(*) FROM trial_summary WHERE steps_to_target IS NOT NULL"), 8);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE noise_scale_at_10pct IS NULL"), 0);
+  auto report = Cli({"-o", "json", "report", "1"});
+  ASSERT_EQ(report.exit_code, 0) << report.err;
+  std::ofstream(dir_.File("report.json")) << report.out;
+  auto check = testing::RunCommand({"/usr/bin/python3", MEGABATCH_RECOMPUTE_REPORT, "--db",
+                                    db_path_, "--sweep", "1", "--report",
+                                    dir_.File("report.json")});
+  EXPECT_EQ(check.exit_code, 0) << check.out << check.err << report.out;
+  EXPECT_THAT(check.out, HasSubstr("agree"));
+}
+
 TEST_F(SweepE2ETest, SweepRunsOnTwoWorkersAndLandsInSqlite) {
   std::string spec = WriteSpec("sweep.yaml", R"yaml(
 name: e2e
