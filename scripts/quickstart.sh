@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # The main job: installs what is missing, builds, starts a coordinator (SQLite
-# file in a fresh directory, or $MEGABATCH_DEMO_DIR) and two workers on
-# loopback, runs experiments/quickstart.yaml (or the spec given as $1), and
-# prints its results. Everything it started is stopped on exit.
+# file in a fresh directory, or $MEGABATCH_DEMO_DIR) and one worker on
+# loopback with a slot per core (one thread each, so that trainers never
+# share a core), runs experiments/quickstart.yaml (or the spec given as $1),
+# and prints its results. Everything it started is stopped on exit.
+#
+# With a second argument RESULTS_DIR it also writes the study's outputs there
+# (experiments/results/README.md): the spec as run, report.md, report.json,
+# scaling.svg, trials.csv, run.txt (commit, machine, wall time) and the check
+# of the report against one recomputed from the raw metrics.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 spec=${1:-$root/experiments/quickstart.yaml}
+results=${2:-}
 "$root/scripts/install_deps.sh"
 "$root/scripts/build.sh"
 bin=${MEGABATCH_BUILD_DIR:-$root/build}
@@ -25,16 +32,17 @@ trap cleanup EXIT
   --metrics-listen "$metrics" \
   >"$dir/coordinator.log" 2>&1 &
 pids+=($!)
-for i in 1 2; do
-  "$bin/worker/daemon/megabatch-worker" --coordinator "$server" --name "worker-$i" \
-    --slots 1 --work-dir "$dir/worker-$i" >"$dir/worker-$i.log" 2>&1 &
-  pids+=($!)
-done
+slots=${MEGABATCH_SLOTS:-$(nproc)}
+"$bin/worker/daemon/megabatch-worker" --coordinator "$server" --name worker-1 \
+  --slots "$slots" --threads-per-slot 1 --work-dir "$dir/worker-1" >"$dir/worker-1.log" 2>&1 &
+pids+=($!)
 
 echo "megabatch: coordinator on $server, database $dir/megabatch.db, metrics http://$metrics/metrics" >&2
+started=$(date +%s)
 sweep=$("$cli" --server "$server" submit "$spec")
 status=0
 "$cli" --server "$server" watch "$sweep" >/dev/null || status=$?
+seconds=$(($(date +%s) - started))
 echo
 echo "Results of sweep $sweep ($spec):"
 "$cli" --server "$server" trials "$sweep"
@@ -43,4 +51,23 @@ echo "Report (megabatch report $sweep):"
 "$cli" --server "$server" report "$sweep"
 echo
 echo "Database: $dir/megabatch.db   e.g.  sqlite3 $dir/megabatch.db 'SELECT * FROM trial_summary'"
+if [[ -n "$results" ]]; then
+  mkdir -p "$results"
+  cp "$spec" "$results/spec.yaml"
+  "$cli" --server "$server" -o md report "$sweep" --plot "$results/scaling.svg" >"$results/report.md"
+  "$cli" --server "$server" -o json report "$sweep" >"$results/report.json"
+  "$cli" --server "$server" -o csv trials "$sweep" >"$results/trials.csv"
+  check=$(/usr/bin/python3 "$root/tests/e2e/recompute_report.py" --db "$dir/megabatch.db" \
+            --sweep "$sweep" --report "$results/report.json" 2>&1) || status=1
+  {
+    echo "spec: $(basename "$spec")"
+    echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)$(
+      git -C "$root" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "finished: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); one worker, $slots slots of 1 thread"
+    echo "wall time: ${seconds} s"
+    echo "report recomputed from the raw metrics (tests/e2e/recompute_report.py): $check"
+  } >"$results/run.txt"
+  echo "Results written to $results" >&2
+fi
 exit "$status"
