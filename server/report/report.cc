@@ -192,7 +192,8 @@ void AddNoiseScale(const std::vector<ScalingRow>& rows, CriticalBatchFit* fit) {
       if (!fit->note.empty()) fit->note += "; ";
       fit->note += "B_simple is above a tenth of the training set (n = " +
                    std::to_string(static_cast<int64_t>(n)) +
-                   "): the estimator assumes sampling from an unbounded set and is biased here";
+                   "): batches drawn without replacement bias it high, to about B/(1 - B/n) "
+                   "(docs/method.md)";
     }
     return;
   }

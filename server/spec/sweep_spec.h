@@ -109,7 +109,7 @@ Result<SweepSpec> ParseSweepSpec(std::string_view text,
 // Validates an already-parsed JSON document (used for stored specs too).
 Result<SweepSpec> SweepSpecFromJson(const nlohmann::json& doc);
 
-// The learning rate LARGE_BATCH.md scales from (base_batch_size, base_lr) to
+// The learning rate docs/method.md ("Learning rate") scales from (base_batch_size, base_lr) to
 // `batch_size`, before the multiplier.
 double ScaledLr(LrScaling scaling, double base_lr, int64_t base_batch_size,
                 int64_t batch_size);

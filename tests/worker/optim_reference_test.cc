@@ -1,5 +1,5 @@
 // Replays tests/worker/optim/reference_values.json (an independent float64
-// implementation of LARGE_BATCH.md, tests/worker/optim/reference.py) through
+// implementation of docs/method.md, tests/worker/optim/reference.py) through
 // megabatch::optim::Lamb and Lars, on the fused float32 CPU path, on the
 // generic tensor-op path in float32 (non-contiguous tensors) and in float64.
 #include <gtest/gtest.h>

@@ -65,9 +65,9 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int code = app.exit(e);
-    return code == 0 ? 0 : 2;  // 2: usage error (DESIGN.md)
+    return code == 0 ? 0 : 2;  // 2: usage error, as for every megabatch command
   }
-  // Logs go to stderr; stdout stays for data (DESIGN.md).
+  // Logs go to stderr; stdout stays for data.
   spdlog::set_default_logger(spdlog::stderr_color_mt("megabatch-worker"));
 
   namespace fs = std::filesystem;

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Reference values for megabatch's LAMB and LARS, computed independently
-from ../shared/LARGE_BATCH.md in float64 with numpy.
+from docs/method.md in float64 with numpy.
 
 Writes reference_values.json next to this file: for each case the options,
 the float32-exact initial tensors, the gradients and lr of every step, and the

@@ -1,6 +1,6 @@
 // LAMB (You et al. 2019), written the way LibTorch writes AdamW: options via
 // TORCH_ARG, lazily created per-parameter state, save()/load() through the
-// serialize macros. The update is LARGE_BATCH.md's canonical one, per tensor:
+// serialize macros. The update, per tensor (docs/method.md, "Optimizers"):
 //   m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
 //   u  = m^ / (sqrt(v^) + eps) + wd w      (m^, v^ bias-corrected if enabled)
 //   r  = ||w|| / ||u||  (1 if either is 0, or if adaptation does not apply)

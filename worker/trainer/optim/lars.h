@@ -1,5 +1,5 @@
 // LARS (You, Gitman, Ginsburg 2017), written the way LibTorch writes SGD.
-// LARGE_BATCH.md's canonical update, per tensor:
+// The update, per tensor (docs/method.md, "Optimizers"):
 //   local = tc ||w|| / (||g|| + wd ||w|| + eps)  (1 if ||w|| or ||g|| is 0,
 //                                                 or if adapt is off)
 //   buf  <- m buf + lr local (g + wd w)          (lr inside the buffer)
