@@ -111,8 +111,9 @@ int Commands::Submit(const std::string& spec_path,
   v1::SubmitSweepResponse resp;
   grpc::Status s = stub_->SubmitSweep(&ctx, req, &resp);
   if (!s.ok()) return Fail(s);
-  err_ << "submitted sweep " << resp.sweep_id() << " with " << resp.trials()
-       << " trials\n";
+  err_ << (resp.repeated() ? "request id already used for this spec: sweep "
+                            : "submitted sweep ")
+       << resp.sweep_id() << " with " << resp.trials() << " trials\n";
   if (format_ == OutputFormat::kJson) {
     out_ << json{{"sweep_id", resp.sweep_id()}, {"trials", resp.trials()}}.dump()
          << "\n";

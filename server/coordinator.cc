@@ -144,6 +144,10 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   if (!c->server_ || c->port_ == 0) {
     return UnavailableError("cannot listen on " + options.listen);
   }
+  // Health per service as well as for the whole server ("").
+  for (const char* name : kHealthServices) {
+    c->server_->GetHealthCheckService()->SetServingStatus(name, true);
+  }
   return c;
 }
 
@@ -154,6 +158,11 @@ std::shared_ptr<grpc::Channel> Coordinator::InProcessChannel() {
 }
 
 void Coordinator::Shutdown() {
+  // NOT_SERVING first, so that health checks see the shutdown before the
+  // drain (a Watch gets the change at once).
+  if (server_ && server_->GetHealthCheckService() != nullptr) {
+    server_->GetHealthCheckService()->Shutdown();
+  }
   if (scheduler_) scheduler_->Stop();
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now() +

@@ -121,6 +121,10 @@ int main(int argc, char** argv) {
   token->add_subcommand("list", "list tokens (never the secrets)");
   CLI::App* revoke = token->add_subcommand("revoke", "revoke a token at once");
   revoke->add_option("ID", token_id, "token id (see token list)")->required();
+  // Parent options (--db) are accepted before or after the subcommands.
+  for (CLI::App* sub : {token, create, token->get_subcommand("list"), revoke}) {
+    sub->fallthrough();
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -66,7 +66,7 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
   if (existed) {
     Result<store::SweepRow> row = store_->GetSweep(*id);
     if (!row.ok()) return row.status();
-    return Submitted{*id, row->trials_total};
+    return Submitted{*id, row->trials_total, true};
   }
   spdlog::info("sweep {} '{}' submitted with {} trials", *id, spec->name,
                trials.size());

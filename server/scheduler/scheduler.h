@@ -57,6 +57,7 @@ class Scheduler {
   struct Submitted {
     int64_t sweep_id = 0;
     int32_t trials = 0;
+    bool repeated = false;  // the owner's request id named an existing sweep
   };
   Result<Submitted> Submit(std::string_view spec_text, spec::SpecFormat format,
                            const std::string& request_id, const std::string& owner = "");

@@ -175,6 +175,7 @@ grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
     if (!submitted.ok()) return submitted.status();
     resp->set_sweep_id(submitted->sweep_id);
     resp->set_trials(submitted->trials);
+    resp->set_repeated(submitted->repeated);
     return Status();
   });
 }

@@ -377,6 +377,19 @@ SELECT b.sweep_id, b.optimizer, b.batch_size, b.lrs_tried,
   b.noise_scale_at_target, b.train_samples
 FROM best b;
 )sql",
+    // Version 8: request ids are scoped to the sweep's owner ('' without
+    // authentication) and remembered here; sweeps.request_id is no longer
+    // written (its UNIQUE constraint was global across owners).
+    R"sql(
+CREATE TABLE sweep_requests (
+  owner       TEXT NOT NULL,
+  request_id  TEXT NOT NULL,
+  sweep_id    INTEGER NOT NULL REFERENCES sweeps(id),
+  PRIMARY KEY (owner, request_id)
+) WITHOUT ROWID;
+INSERT INTO sweep_requests (owner, request_id, sweep_id)
+  SELECT coalesce(owner, ''), request_id, id FROM sweeps WHERE request_id IS NOT NULL;
+)sql",
 };
 
 }  // namespace megabatch::store

@@ -131,14 +131,21 @@ Result<int64_t> SweepStore::CreateSweep(
     const std::string& owner) {
   std::lock_guard<std::mutex> lock(mu_);
   *existed = false;
+  const std::string spec_json = spec.ToJson().dump();
   if (!request_id.empty()) {
-    Result<Statement> q =
-        db_->Prepare("SELECT id FROM sweeps WHERE request_id = ?");
+    Result<Statement> q = db_->Prepare(
+        "SELECT s.id, s.name, s.spec_json FROM sweep_requests r JOIN sweeps s "
+        "ON s.id = r.sweep_id WHERE r.owner = ? AND r.request_id = ?");
     if (!q.ok()) return q.status();
-    q->Bind(1, request_id);
+    q->Bind(1, owner).Bind(2, request_id);
     Result<bool> row = q->Step();
     if (!row.ok()) return row.status();
     if (*row) {
+      if (q->Text(2) != spec_json) {
+        return AlreadyExistsError("request_id '" + request_id + "' was used for sweep " +
+                                  std::to_string(q->Int(0)) + " ('" + q->Text(1) +
+                                  "') with a different spec; use a new request id");
+      }
       *existed = true;
       return q->Int(0);
     }
@@ -146,15 +153,22 @@ Result<int64_t> SweepStore::CreateSweep(
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   Result<Statement> ins = db_->Prepare(
-      "INSERT INTO sweeps (name, state, spec_json, request_id, priority, "
+      "INSERT INTO sweeps (name, state, spec_json, priority, "
       "max_parallel, max_retries, created_at, owner) "
-      "VALUES (?, 'queued', ?, nullif(?, ''), ?, ?, ?, ?, nullif(?, ''))");
+      "VALUES (?, 'queued', ?, ?, ?, ?, ?, nullif(?, ''))");
   if (!ins.ok()) return ins.status();
-  ins->Bind(1, spec.name).Bind(2, spec.ToJson().dump()).Bind(3, request_id);
-  ins->Bind(4, spec.priority).Bind(5, spec.max_parallel);
-  ins->Bind(6, spec.max_retries).Bind(7, now).Bind(8, owner);
+  ins->Bind(1, spec.name).Bind(2, spec_json);
+  ins->Bind(3, spec.priority).Bind(4, spec.max_parallel);
+  ins->Bind(5, spec.max_retries).Bind(6, now).Bind(7, owner);
   MEGABATCH_RETURN_IF_ERROR(ins->Run());
   int64_t sweep_id = db_->LastInsertRowid();
+  if (!request_id.empty()) {
+    Result<Statement> remember = db_->Prepare(
+        "INSERT INTO sweep_requests (owner, request_id, sweep_id) VALUES (?, ?, ?)");
+    if (!remember.ok()) return remember.status();
+    remember->Bind(1, owner).Bind(2, request_id).Bind(3, sweep_id);
+    MEGABATCH_RETURN_IF_ERROR(remember->Run());
+  }
 
   Result<Statement> trial = db_->Prepare(
       "INSERT INTO trials (sweep_id, trial_index, optimizer, batch_size, lr, "

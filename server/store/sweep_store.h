@@ -25,7 +25,7 @@
 namespace megabatch::store {
 
 // The current schema version; Open() migrates older files up to it.
-inline constexpr int kSchemaVersion = 7;
+inline constexpr int kSchemaVersion = 8;
 
 // kPruned: stopped early by the sweep's early_stopping rule (successive
 // halving): a result of the study, like kDiverged.
@@ -140,8 +140,10 @@ class SweepStore {
   SweepStore& operator=(const SweepStore&) = delete;
 
   // Stores a sweep and its trials atomically. With a non-empty `request_id`
-  // that an earlier sweep was created with, returns that sweep's id and sets
-  // *existed instead of creating another.
+  // that the same owner used before for the same spec (its canonical JSON),
+  // returns that sweep's id and sets *existed instead of creating another;
+  // for a different spec, ALREADY_EXISTS naming that sweep. Request ids of
+  // other owners are never seen.
   Result<int64_t> CreateSweep(const spec::SweepSpec& spec,
                               const std::vector<spec::TrialSpec>& trials,
                               const std::string& request_id, double now,

@@ -706,14 +706,19 @@ class SecuredE2ETest : public SweepE2ETest {
   void SetUp() override {
     testing::MakeCertificates(dir_.path());
     if (HasFatalFailure()) return;
-    ASSERT_NO_FATAL_FAILURE(CreateToken("worker", "rack-1", "worker.token"));
-    ASSERT_NO_FATAL_FAILURE(CreateToken("user", "alice", "alice.token"));
+    // --db before the subcommand and after it: users type both.
+    ASSERT_NO_FATAL_FAILURE(CreateToken("worker", "rack-1", "worker.token", false));
+    ASSERT_NO_FATAL_FAILURE(CreateToken("user", "alice", "alice.token", true));
     SweepE2ETest::SetUp();
   }
 
-  void CreateToken(const std::string& role, const std::string& name, const std::string& file) {
-    auto r = RunCommand({MEGABATCH_COORDINATOR_BIN, "--db", dir_.File("megabatch.db"), "token",
-                         "create", "--role", role, "--name", name});
+  void CreateToken(const std::string& role, const std::string& name, const std::string& file,
+                   bool db_last) {
+    std::vector<std::string> args = {MEGABATCH_COORDINATOR_BIN, "token", "create", "--role",
+                                     role, "--name", name};
+    const std::vector<std::string> db = {"--db", dir_.File("megabatch.db")};
+    args.insert(db_last ? args.end() : args.begin() + 1, db.begin(), db.end());
+    auto r = RunCommand(args);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     ASSERT_THAT(r.err, HasSubstr("not shown again"));
     std::ofstream(dir_.File(file)) << r.out;

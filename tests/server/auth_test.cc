@@ -77,11 +77,14 @@ class AuthTest : public ::testing::Test {
   }
 
   static grpc::Status Submit(const std::shared_ptr<grpc::Channel>& ch,
-                             v1::SubmitSweepResponse* resp = nullptr) {
+                             v1::SubmitSweepResponse* resp = nullptr,
+                             const std::string& request_id = "",
+                             const std::string& spec = kSpec) {
     v1::SubmitSweepResponse ignored;
     grpc::ClientContext ctx;
     v1::SubmitSweepRequest req;
-    req.set_spec(kSpec);
+    req.set_spec(spec);
+    req.set_request_id(request_id);
     return v1::SweepService::NewStub(ch)->SubmitSweep(&ctx, req, resp ? resp : &ignored);
   }
   static grpc::Status List(const std::shared_ptr<grpc::Channel>& ch) {
@@ -136,6 +139,33 @@ class AuthTest : public ::testing::Test {
 };
 
 using Code = grpc::StatusCode;
+
+TEST_F(AuthTest, RequestIdsArePerOwnerAndARepeatMustCarryTheSameSpec) {
+  auto alice = Channel(tokens_["alice"]), bob = Channel(tokens_["bob"]);
+  v1::SubmitSweepResponse first, again, bobs;
+  ASSERT_TRUE(Submit(alice, &first, "nightly").ok());
+  EXPECT_FALSE(first.repeated());
+  // The same owner, id and spec: the same sweep, marked as a repeat.
+  ASSERT_TRUE(Submit(alice, &again, "nightly").ok());
+  EXPECT_EQ(again.sweep_id(), first.sweep_id());
+  EXPECT_TRUE(again.repeated());
+  EXPECT_EQ(again.trials(), first.trials());
+  // Another owner with the same id gets a sweep of their own, never alice's.
+  ASSERT_TRUE(Submit(bob, &bobs, "nightly").ok());
+  EXPECT_NE(bobs.sweep_id(), first.sweep_id());
+  EXPECT_FALSE(bobs.repeated());
+  EXPECT_EQ(SweepCount(), 2);
+  // ... and can cancel it (it is theirs).
+  EXPECT_TRUE(Cancel(bob, bobs.sweep_id()).ok());
+  // The same owner and id with another spec: ALREADY_EXISTS naming the sweep.
+  std::string other = std::string(kSpec) + "seeds: [3]\n";
+  grpc::Status clash = Submit(alice, nullptr, "nightly", other);
+  EXPECT_EQ(clash.error_code(), Code::ALREADY_EXISTS);
+  EXPECT_THAT(clash.error_message(),
+              HasSubstr("request_id 'nightly' was used for sweep " +
+                        std::to_string(first.sweep_id())));
+  EXPECT_EQ(SweepCount(), 2);
+}
 
 TEST_F(AuthTest, EachRoleCanDoExactlyWhatItShould) {
   struct Expect {

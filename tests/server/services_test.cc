@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
@@ -401,33 +403,88 @@ TEST_F(ServicesTest, ResultRpcsNameTheBadField) {
   EXPECT_FALSE(report.rows(0).has_steps_to_target());
 }
 
-TEST_F(ServicesTest, HealthServiceIsServing) {
-  auto channel = coordinator_->InProcessChannel();
-  grpc::ClientContext ctx;
-  // An empty HealthCheckRequest (service "") serialises to zero bytes.
-  grpc::Slice empty_message("", 0);
-  grpc::ByteBuffer request(&empty_message, 1), response;
-  grpc::GenericStub stub(channel);
-  grpc::Status status;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
-                 &request, &response, [&](grpc::Status s) {
-                   std::lock_guard<std::mutex> lock(mu);
-                   status = s;
-                   done = true;
-                   cv.notify_all();
-                 });
-  std::unique_lock<std::mutex> lock(mu);
-  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
-  EXPECT_TRUE(status.ok()) << status.error_message();
+// grpc.health.v1 messages by hand (no generated stubs for them here):
+// HealthCheckRequest{service} is field 1, a string; HealthCheckResponse{status}
+// is field 1, a varint (1 SERVING, 2 NOT_SERVING).
+grpc::ByteBuffer HealthRequest(const std::string& service) {
+  std::string bytes;
+  if (!service.empty()) bytes = std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+std::string Bytes(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
-  ASSERT_TRUE(response.Dump(&slices).ok());
+  EXPECT_TRUE(buffer.Dump(&slices).ok());
   std::string bytes;
   for (auto& s : slices) bytes += std::string(reinterpret_cast<const char*>(s.begin()), s.size());
-  // HealthCheckResponse{status: SERVING (1)} is field 1, varint 1.
-  EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+  return bytes;
+}
+
+const std::string kServing("\x08\x01", 2), kNotServing("\x08\x02", 2);
+
+TEST_F(ServicesTest, HealthIsServingForTheServerAndEachService) {
+  auto channel = coordinator_->InProcessChannel();
+  grpc::GenericStub stub(channel);
+  for (const char* service : kHealthServices) {
+    SCOPED_TRACE(std::string("service '") + service + "'");
+    grpc::ClientContext ctx;
+    grpc::ByteBuffer request = HealthRequest(service), response;
+    grpc::Status status;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                   &response, [&](grpc::Status s) {
+                     std::lock_guard<std::mutex> lock(mu);
+                     status = s;
+                     done = true;
+                     cv.notify_all();
+                   });
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(Bytes(response), kServing);
+  }
+}
+
+TEST_F(ServicesTest, AHealthWatchSeesNotServingWhenShutdownBegins) {
+  auto channel = coordinator_->InProcessChannel();
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  auto call = stub.PrepareCall(&ctx, "/grpc.health.v1.Health/Watch", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  auto next = [&](void* expected) {
+    EXPECT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(tag, expected);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(next(reinterpret_cast<void*>(1)));
+  call->Write(HealthRequest("megabatch.v1.SweepService"), reinterpret_cast<void*>(2));
+  ASSERT_TRUE(next(reinterpret_cast<void*>(2)));
+  call->WritesDone(reinterpret_cast<void*>(3));
+  ASSERT_TRUE(next(reinterpret_cast<void*>(3)));
+  grpc::ByteBuffer message;
+  call->Read(&message, reinterpret_cast<void*>(4));
+  ASSERT_TRUE(next(reinterpret_cast<void*>(4)));
+  EXPECT_EQ(Bytes(message), kServing);
+  // Shutdown: the watch hears NOT_SERVING before its stream ends.
+  std::thread stop([&] { coordinator_->Shutdown(); });
+  call->Read(&message, reinterpret_cast<void*>(5));
+  const bool got = next(reinterpret_cast<void*>(5));
+  stop.join();
+  ASSERT_TRUE(got) << "the stream ended without a NOT_SERVING message";
+  EXPECT_EQ(Bytes(message), kNotServing);
+  ctx.TryCancel();
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(6));
+  next(reinterpret_cast<void*>(6));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
 }
 
 }  // namespace

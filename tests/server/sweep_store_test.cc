@@ -70,6 +70,20 @@ TEST_F(SweepStoreTest, RequestIdMakesCreateIdempotent) {
   EXPECT_TRUE(existed);
   EXPECT_EQ(*again, first);
   EXPECT_EQ(store_->ListSweeps()->size(), 1u);
+  // Another owner's id is theirs alone; the same owner with another spec
+  // is refused, naming the sweep.
+  auto other_owner = store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "req-1", 1003.0,
+                                         &existed, "bob");
+  ASSERT_TRUE(other_owner.ok());
+  EXPECT_FALSE(existed);
+  EXPECT_NE(*other_owner, first);
+  auto changed = spec::ParseSweepSpec(std::string(kSpec) + "seeds: [5]\n");
+  ASSERT_TRUE(changed.ok()) << changed.status().ToString();
+  auto clash = store_->CreateSweep(*changed, spec::ExpandSweep(*changed), "req-1", 1004.0,
+                                   &existed);
+  EXPECT_EQ(clash.status().code(), StatusCode::kAlreadyExists);
+  EXPECT_THAT(clash.status().message(), HasSubstr("sweep " + std::to_string(first)));
+  EXPECT_EQ(store_->ListSweeps()->size(), 2u);
 }
 
 TEST_F(SweepStoreTest, LeaseRespectsSlotsAndCarriesIdsInTheConfig) {
@@ -422,8 +436,9 @@ TEST_F(SweepStoreTest, VersionOneDatabaseUpgradesOnOpenAndKeepsItsData) {
     ASSERT_TRUE((*db)->Exec(kMigrations[0]).ok());
     ASSERT_TRUE((*db)->Exec(R"sql(
       PRAGMA user_version=1;
-      INSERT INTO sweeps (id, name, state, spec_json, created_at)
-        VALUES (1, 'old', 'completed', '{"target": {"metric": "test_accuracy", "value": 0.5}}', 1);
+      INSERT INTO sweeps (id, name, state, spec_json, request_id, created_at)
+        VALUES (1, 'old', 'completed', '{"target": {"metric": "test_accuracy", "value": 0.5}}',
+                'first-submit', 1);
       INSERT INTO trials (id, sweep_id, trial_index, optimizer, batch_size, lr,
                           lr_multiplier, seed, state, config_json)
         VALUES (1, 1, 0, 'sgd', 128, 0.1, 1, 0, 'completed', '{}');
@@ -440,6 +455,14 @@ TEST_F(SweepStoreTest, VersionOneDatabaseUpgradesOnOpenAndKeepsItsData) {
   auto version = (*db)->Prepare("PRAGMA user_version");
   ASSERT_TRUE(*version->Step());
   EXPECT_EQ(version->Int(0), kSchemaVersion);
+  // Its request id now lives in sweep_requests, under no owner.
+  auto request = (*db)->Prepare("SELECT owner, sweep_id FROM sweep_requests "
+                                "WHERE request_id = 'first-submit'");
+  ASSERT_TRUE(request.ok()) << request.status().ToString();
+  ASSERT_TRUE(*request->Step());
+  EXPECT_EQ(request->Text(0), "");
+  EXPECT_EQ(request->Int(1), 1);
+  request->Reset();
   auto summary = (*db)->Prepare(
       "SELECT samples, samples_to_target FROM trial_summary WHERE trial_id = 1");
   ASSERT_TRUE(summary.ok()) << summary.status().ToString();
