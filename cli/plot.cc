@@ -86,7 +86,8 @@ void Axes(std::ostream& svg, const Panel& p, const std::vector<double>& batches,
         << "\" x2=\"" << Fixed(x) << "\" y2=\"" << Fixed(p.top + p.height + 5)
         << "\" stroke=\"#444\"/>\n<text x=\"" << Fixed(x) << "\" y=\""
         << Fixed(p.top + p.height + 18) << "\" text-anchor=\"middle\">"
-        << Short(b) << "</text>\n";
+        << (b == std::round(b) && b < 1e7 ? std::to_string(static_cast<int64_t>(b)) : Short(b))
+        << "</text>\n";
   }
   svg << "<text x=\"" << Fixed(p.left + p.width / 2) << "\" y=\""
       << Fixed(p.top + p.height + 36) << "\" text-anchor=\"middle\">batch size</text>\n";
