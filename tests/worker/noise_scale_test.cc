@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <iostream>
+
 #include "tests/testing/trainer_testing.h"
 #include "worker/trainer/trainer.h"
 
@@ -73,6 +75,9 @@ double Measured(json overrides, double* analytic) {
   EXPECT_TRUE(r.ok()) << r.status().ToString();
   *analytic = task.AnalyticNoiseScale();
   auto at_end = sink.Named("noise_scale_at_100pct");
+  if (!at_end.empty()) {
+    std::cout << "B_simple: analytic " << *analytic << ", measured " << at_end[0].value << "\n";
+  }
   EXPECT_EQ(at_end.size(), 1u);
   EXPECT_EQ(sink.Named("noise_scale_at_10pct").size(), 1u);
   EXPECT_EQ(sink.Named("noise_scale_at_50pct").size(), 1u);
