@@ -26,6 +26,21 @@ std::string StateName(v1::TrialState s) {
   return name;
 }
 
+// Calls a paged listing (AIP-158) until its last page, passing each page's
+// response to `each`: the CLI never asks for more than one page at a time.
+template <typename Request, typename Response, typename Call, typename Each>
+grpc::Status ForEachPage(Request req, Call call, Each each) {
+  while (true) {
+    grpc::ClientContext ctx;
+    Response resp;
+    grpc::Status s = call(&ctx, req, &resp);
+    if (!s.ok()) return s;
+    each(resp);
+    if (resp.next_page_token().empty()) return s;
+    req.set_page_token(resp.next_page_token());
+  }
+}
+
 json Metric(const v1::Trial& t, const std::string& name) {
   auto it = t.latest_metrics().find(name);
   if (it == t.latest_metrics().end()) return nullptr;
@@ -142,12 +157,22 @@ void Commands::PrintSweeps(
 }
 
 int Commands::List() {
-  grpc::ClientContext ctx;
-  v1::ListSweepsResponse resp;
-  grpc::Status s = stub_->ListSweeps(&ctx, v1::ListSweepsRequest(), &resp);
+  google::protobuf::RepeatedPtrField<v1::Sweep> sweeps;
+  grpc::Status s = ForEachPage<v1::ListSweepsRequest, v1::ListSweepsResponse>(
+      {}, [&](auto* ctx, const auto& req, auto* resp) { return stub_->ListSweeps(ctx, req, resp); },
+      [&](const v1::ListSweepsResponse& page) { sweeps.MergeFrom(page.sweeps()); });
   if (!s.ok()) return Fail(s);
-  PrintSweeps(resp.sweeps());
+  PrintSweeps(sweeps);
   return kExitOk;
+}
+
+grpc::Status Commands::AllTrials(int64_t sweep_id,
+                                 google::protobuf::RepeatedPtrField<v1::Trial>* trials) {
+  v1::ListTrialsRequest req;
+  req.set_sweep_id(sweep_id);
+  return ForEachPage<v1::ListTrialsRequest, v1::ListTrialsResponse>(
+      req, [&](auto* ctx, const auto& r, auto* resp) { return stub_->ListTrials(ctx, r, resp); },
+      [&](const v1::ListTrialsResponse& page) { trials->MergeFrom(page.trials()); });
 }
 
 int Commands::Status(int64_t sweep_id) {
@@ -162,16 +187,13 @@ int Commands::Status(int64_t sweep_id) {
 }
 
 int Commands::Trials(int64_t sweep_id) {
-  grpc::ClientContext ctx;
-  v1::ListTrialsRequest req;
-  req.set_sweep_id(sweep_id);
-  v1::ListTrialsResponse resp;
-  grpc::Status s = stub_->ListTrials(&ctx, req, &resp);
+  google::protobuf::RepeatedPtrField<v1::Trial> trials;
+  grpc::Status s = AllTrials(sweep_id, &trials);
   if (!s.ok()) return Fail(s);
   Table t({"trial", "optimizer", "batch_size", "lr", "lr_multiplier", "seed",
            "state", "attempts", "epoch", "train_loss", "val_accuracy",
            "error"});
-  for (const auto& tr : resp.trials()) {
+  for (const auto& tr : trials) {
     t.AddRow({tr.id(), tr.optimizer(), tr.batch_size(), tr.lr(),
               tr.lr_multiplier(), tr.seed(), StateName(tr.state()),
               tr.attempts(), Metric(tr, "epoch"), Metric(tr, "train_loss"),
@@ -382,16 +404,13 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
 }
 
 int Commands::Export(int64_t sweep_id, const std::vector<std::string>& names) {
-  // Trial columns come from one ListTrials; the metrics stream.
+  // Trial columns come from ListTrials (paged); the metrics stream.
   std::map<int64_t, v1::Trial> trials;
   {
-    grpc::ClientContext ctx;
-    v1::ListTrialsRequest req;
-    req.set_sweep_id(sweep_id);
-    v1::ListTrialsResponse resp;
-    grpc::Status s = stub_->ListTrials(&ctx, req, &resp);
+    google::protobuf::RepeatedPtrField<v1::Trial> all;
+    grpc::Status s = AllTrials(sweep_id, &all);
     if (!s.ok()) return Fail(s);
-    for (const auto& t : resp.trials()) trials[t.id()] = t;
+    for (const auto& t : all) trials[t.id()] = t;
   }
   grpc::ClientContext ctx;
   v1::ExportMetricsRequest req;

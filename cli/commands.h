@@ -45,6 +45,8 @@ class Commands {
   // Prints a failed RPC as "megabatch: CODE: message"; returns kExitFailed.
   int Fail(const grpc::Status& s);
   void PrintSweeps(const google::protobuf::RepeatedPtrField<v1::Sweep>& sweeps);
+  // Every trial of the sweep, page by page.
+  grpc::Status AllTrials(int64_t sweep_id, google::protobuf::RepeatedPtrField<v1::Trial>* trials);
 
   v1::SweepService::StubInterface* stub_;
   OutputFormat format_;

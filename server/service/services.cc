@@ -6,6 +6,10 @@
 #include <string_view>
 #include <type_traits>
 
+#include <google/protobuf/util/message_differencer.h>
+
+#include <map>
+
 #include "common/grpc_status.h"
 #include "server/service/convert.h"
 
@@ -22,6 +26,51 @@ constexpr int32_t kMaxQueryTimeoutMs = 300000;
 constexpr size_t kExportChunkRows = 4096;
 constexpr int kMaxExportNames = 100;
 constexpr int kMaxGpusPerWorker = 64;
+// Paging (AIP-158) and watch messages: at most this many items, and a page
+// ends before it would pass kMaxPageBytes, so every message fits a default
+// 4 MiB client limit whatever the trials carry.
+constexpr int32_t kSweepPageSize = 500;
+constexpr int32_t kTrialPageSize = 1000;
+constexpr size_t kMaxPageBytes = 1 << 20;
+
+// A page request: how many items, and after which key (-1: from the start).
+struct Page {
+  int64_t size = 0;
+  int64_t after = -1;
+};
+
+// Page tokens are "<listing>:<scope>:<last key>" (opaque to clients), so a
+// token from another listing or sweep is refused rather than misread.
+std::string PageToken(const char* listing, int64_t scope, int64_t last) {
+  return std::string(listing) + ":" + std::to_string(scope) + ":" + std::to_string(last);
+}
+
+Result<Page> ParsePage(int32_t page_size, const std::string& token, const char* listing,
+                       int64_t scope, int32_t max_size) {
+  if (page_size < 0) {
+    return InvalidArgumentError("page_size: must be >= 0, got " + std::to_string(page_size));
+  }
+  Page page;
+  page.size = page_size == 0 ? max_size : std::min(page_size, max_size);
+  if (token.empty()) return page;
+  const std::string prefix = std::string(listing) + ":" + std::to_string(scope) + ":";
+  const std::string rest = token.substr(std::min(prefix.size(), token.size()));
+  if (token.compare(0, prefix.size(), prefix) != 0 || rest.empty() || rest.size() > 19 ||
+      rest.find_first_not_of("0123456789") != std::string::npos) {
+    return InvalidArgumentError("page_token: not a token of this " + std::string(listing) +
+                                " listing");
+  }
+  page.after = std::stoll(rest);
+  return page;
+}
+
+// Whether an item of `size` bytes still fits a message that holds `count`
+// items of `*bytes` bytes (the first always does); adds it to *bytes if so.
+bool Fits(size_t size, int count, int64_t max_count, size_t* bytes) {
+  if (count >= max_count || (count > 0 && *bytes + size > kMaxPageBytes)) return false;
+  *bytes += size;
+  return true;
+}
 
 // Which tokens a service takes: SweepService admin and user ones,
 // WorkerService worker ones.
@@ -193,12 +242,23 @@ grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext* ctx,
 }
 
 grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext* ctx,
-                                          const v1::ListSweepsRequest*,
+                                          const v1::ListSweepsRequest* req,
                                           v1::ListSweepsResponse* resp) {
   return Guard(metrics_, auth_, ctx, Access::kUsers, "ListSweeps", [&]() -> Status {
-    auto rows = store_->ListSweeps();
+    auto page = ParsePage(req->page_size(), req->page_token(), "sweeps", 0, kSweepPageSize);
+    if (!page.ok()) return page.status();
+    auto rows = store_->ListSweeps(std::max<int64_t>(page->after, 0), page->size + 1);
     if (!rows.ok()) return rows.status();
-    for (const auto& row : *rows) ToProto(row, resp->add_sweeps());
+    size_t bytes = 0;
+    for (const auto& row : *rows) {
+      v1::Sweep sweep;
+      ToProto(row, &sweep);
+      if (!Fits(sweep.ByteSizeLong(), resp->sweeps_size(), page->size, &bytes)) {
+        resp->set_next_page_token(PageToken("sweeps", 0, resp->sweeps().rbegin()->id()));
+        break;
+      }
+      *resp->add_sweeps() = std::move(sweep);
+    }
     return Status();
   });
 }
@@ -230,9 +290,22 @@ grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext* ctx,
                                           v1::ListTrialsResponse* resp) {
   return Guard(metrics_, auth_, ctx, Access::kUsers, "ListTrials", [&]() -> Status {
     MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-    auto rows = store_->ListTrials(req->sweep_id());
+    auto page = ParsePage(req->page_size(), req->page_token(), "trials", req->sweep_id(),
+                          kTrialPageSize);
+    if (!page.ok()) return page.status();
+    auto rows = store_->ListTrials(req->sweep_id(), page->after, page->size + 1);
     if (!rows.ok()) return rows.status();
-    for (const auto& row : *rows) ToProto(row, resp->add_trials());
+    size_t bytes = 0;
+    for (const auto& row : *rows) {
+      v1::Trial trial;
+      ToProto(row, &trial);
+      if (!Fits(trial.ByteSizeLong(), resp->trials_size(), page->size, &bytes)) {
+        resp->set_next_page_token(
+            PageToken("trials", req->sweep_id(), resp->trials().rbegin()->index()));
+        break;
+      }
+      *resp->add_trials() = std::move(trial);
+    }
     return Status();
   });
 }
@@ -256,6 +329,7 @@ grpc::Status SweepServiceImpl::WatchSweep(
     // A snapshot on every state change, and at least once a second so that
     // the latest metrics show while no trial changes state.
     int64_t version = store_->version();
+    std::map<int64_t, v1::Trial> sent;  // what the watcher has of each trial
     for (bool first = true; !ctx->IsCancelled(); first = false) {
       // A token revoked while the stream is open ends it at the next snapshot.
       if (!first) {
@@ -265,12 +339,34 @@ grpc::Status SweepServiceImpl::WatchSweep(
       if (!sweep.ok()) return sweep.status();
       auto trials = store_->ListTrials(req->sweep_id());
       if (!trials.ok()) return trials.status();
-      v1::WatchSweepResponse update;
-      ToProto(*sweep, update.mutable_sweep());
-      for (const auto& t : *trials) ToProto(t, update.add_trials());
-      if (!writer->Write(update)) {
-        return Status(StatusCode::kCancelled, "watcher went away");
+      // The trials that changed since they were last sent (all, the first
+      // time), in messages of at most kTrialPageSize trials and kMaxPageBytes.
+      std::vector<v1::Trial> changed;
+      for (const auto& t : *trials) {
+        v1::Trial trial;
+        ToProto(t, &trial);
+        auto it = sent.find(t.id);
+        if (it != sent.end() &&
+            google::protobuf::util::MessageDifferencer::Equals(it->second, trial)) {
+          continue;
+        }
+        sent[t.id] = trial;
+        changed.push_back(std::move(trial));
       }
+      size_t next = 0;
+      do {
+        v1::WatchSweepResponse update;
+        ToProto(*sweep, update.mutable_sweep());
+        size_t bytes = 0;
+        while (next < changed.size() && Fits(changed[next].ByteSizeLong(), update.trials_size(),
+                                             kTrialPageSize, &bytes)) {
+          *update.add_trials() = std::move(changed[next++]);
+        }
+        update.set_snapshot_complete(next == changed.size());
+        if (!writer->Write(update)) {
+          return Status(StatusCode::kCancelled, "watcher went away");
+        }
+      } while (next < changed.size());
       if (store::IsFinal(sweep->state)) return Status();
       version = scheduler_->WaitForChange(
           version, std::chrono::steady_clock::now() + std::chrono::seconds(1));

@@ -240,10 +240,11 @@ Result<SweepRow> SweepStore::GetSweep(int64_t sweep_id) {
   return GetSweepLocked(sweep_id);
 }
 
-Result<std::vector<SweepRow>> SweepStore::ListSweeps() {
+Result<std::vector<SweepRow>> SweepStore::ListSweeps(int64_t after_id, int64_t limit) {
   std::lock_guard<std::mutex> lock(mu_);
-  Result<Statement> q = db_->Prepare("SELECT id FROM sweeps ORDER BY id");
+  Result<Statement> q = db_->Prepare("SELECT id FROM sweeps WHERE id > ? ORDER BY id LIMIT ?");
   if (!q.ok()) return q.status();
+  q->Bind(1, after_id).Bind(2, limit);
   std::vector<int64_t> ids;
   MEGABATCH_RETURN_IF_ERROR(
       ForEachRow(*q, [&](Statement& s) { ids.push_back(s.Int(0)); }));
@@ -332,7 +333,8 @@ Result<SweepRow> SweepStore::CancelSweep(int64_t sweep_id, double now) {
   return GetSweepLocked(sweep_id);
 }
 
-Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id) {
+Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id, int64_t after_index,
+                                                     int64_t limit) {
   std::lock_guard<std::mutex> lock(mu_);
   Result<SweepRow> s = GetSweepLocked(sweep_id);
   if (!s.ok()) return s.status();
@@ -340,9 +342,9 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id) {
       "SELECT id, sweep_id, trial_index, optimizer, batch_size, lr, "
       "lr_multiplier, seed, state, coalesce(worker_id, 0), lease_id, attempts, "
       "coalesce(error, ''), coalesce(started_at, 0), coalesce(finished_at, 0) "
-      "FROM trials WHERE sweep_id = ? ORDER BY trial_index");
+      "FROM trials WHERE sweep_id = ? AND trial_index > ? ORDER BY trial_index LIMIT ?");
   if (!q.ok()) return q.status();
-  q->Bind(1, sweep_id);
+  q->Bind(1, sweep_id).Bind(2, after_index).Bind(3, limit);
   std::vector<TrialRow> out;
   MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
     TrialRow t;

@@ -150,12 +150,16 @@ class SweepStore {
                               bool* existed, const std::string& owner = "");
   // NOT_FOUND for an unknown id.
   Result<SweepRow> GetSweep(int64_t sweep_id);
-  Result<std::vector<SweepRow>> ListSweeps();
+  // Sweeps with id > after_id in id order, at most `limit` (-1: all).
+  Result<std::vector<SweepRow>> ListSweeps(int64_t after_id = 0, int64_t limit = -1);
   // Cancels every queued or running trial of the sweep. FAILED_PRECONDITION
   // if the sweep already ended; NOT_FOUND for an unknown id.
   Result<SweepRow> CancelSweep(int64_t sweep_id, double now);
   // NOT_FOUND for an unknown sweep.
-  Result<std::vector<TrialRow>> ListTrials(int64_t sweep_id);
+  // Trials with trial_index > after_index in index order, at most `limit`
+  // (-1: all).
+  Result<std::vector<TrialRow>> ListTrials(int64_t sweep_id, int64_t after_index = -1,
+                                           int64_t limit = -1);
 
   Result<int64_t> RegisterWorker(const std::string& name, int32_t slots, double now,
                                  const WorkerRendezvous& rendezvous = {});

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <iostream>
 #include <condition_variable>
 #include <mutex>
 #include <set>
@@ -12,6 +13,7 @@
 
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/coordinator.h"
+#include "server/store/db.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch {
@@ -401,6 +403,113 @@ TEST_F(ServicesTest, ResultRpcsNameTheBadField) {
   EXPECT_EQ(report.sweep().name(), "service-test");
   EXPECT_EQ(report.rows_size(), 2);  // sgd at 128 and 256, nothing run yet
   EXPECT_FALSE(report.rows(0).has_steps_to_target());
+}
+
+TEST_F(ServicesTest, ATenThousandTrialSweepListsWatchesAndExportsUnderTheDefault4MiBLimit) {
+  // 100 lrs x 100 seeds, each trial with 40 latest metrics (names as long as
+  // the per-tensor diagnostics'): about 15 MB of trials in all.
+  std::string lrs, seeds;
+  for (int i = 1; i <= 100; ++i) {
+    lrs += (i > 1 ? ", " : "") + std::to_string(i);
+    seeds += (i > 1 ? ", " : "") + std::to_string(i);
+  }
+  v1::SubmitSweepResponse submitted;
+  ASSERT_TRUE(Submit("name: big\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\n"
+                     "base: {lr: 0.001}\nlr_multipliers: [" + lrs + "]\nseeds: [" + seeds + "]\n",
+                     &submitted)
+                  .ok());
+  ASSERT_EQ(submitted.trials(), 10000);
+  {
+    auto db = store::Db::Open(dir_.File("svc.db"));
+    ASSERT_TRUE(db.ok()) << db.status().ToString();
+    ASSERT_TRUE((*db)->Exec(R"sql(
+      WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n < 39)
+      INSERT INTO metrics (trial_id, name, step, value, recorded_at)
+        SELECT t.id, 'weight_norm/layers.' || k.n || '.attention.weight', 1, k.n, 1
+        FROM trials t, k)sql")
+                    .ok());
+  }
+  // A client as a user writes one: every gRPC default, 4 MiB receive limit.
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(coordinator_->port()),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = v1::SweepService::NewStub(channel);
+  constexpr size_t kLimit = 4 << 20;
+
+  // ListTrials, page by page, every trial once in index order.
+  v1::ListTrialsRequest req;
+  req.set_sweep_id(submitted.sweep_id());
+  int pages = 0, next_index = 0;
+  size_t largest = 0, total = 0;
+  do {
+    grpc::ClientContext ctx;
+    v1::ListTrialsResponse resp;
+    grpc::Status s = stub->ListTrials(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    for (const auto& t : resp.trials()) {
+      ASSERT_EQ(t.index(), next_index++);
+      ASSERT_EQ(t.latest_metrics_size(), 40);
+    }
+    largest = std::max(largest, resp.ByteSizeLong());
+    total += resp.ByteSizeLong();
+    req.set_page_token(resp.next_page_token());
+    ++pages;
+  } while (!req.page_token().empty());
+  EXPECT_EQ(next_index, 10000);
+  EXPECT_GT(total, kLimit);  // one unpaged answer would not fit
+  EXPECT_LE(largest, (1u << 20) + 4096);
+  std::cout << "ListTrials: " << total << " bytes in " << pages << " pages, the largest "
+            << largest << "\n";
+  // A token from another listing is refused.
+  {
+    grpc::ClientContext ctx;
+    v1::ListTrialsRequest bad;
+    bad.set_sweep_id(submitted.sweep_id());
+    bad.set_page_token("sweeps:0:7");
+    v1::ListTrialsResponse resp;
+    grpc::Status s = stub->ListTrials(&ctx, bad, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("page_token"));
+  }
+
+  // WatchSweep: the snapshot in bounded messages, each trial once.
+  {
+    grpc::ClientContext ctx;
+    v1::WatchSweepRequest watch;
+    watch.set_sweep_id(submitted.sweep_id());
+    auto reader = stub->WatchSweep(&ctx, watch);
+    v1::WatchSweepResponse update;
+    std::set<int64_t> seen;
+    size_t messages = 0, biggest = 0;
+    while (reader->Read(&update)) {
+      ++messages;
+      biggest = std::max(biggest, update.ByteSizeLong());
+      for (const auto& t : update.trials()) EXPECT_TRUE(seen.insert(t.id()).second);
+      if (update.snapshot_complete()) break;
+    }
+    EXPECT_EQ(seen.size(), 10000u);
+    EXPECT_LE(biggest, (1u << 20) + 4096);
+    std::cout << "WatchSweep snapshot: " << messages << " messages, the largest " << biggest
+              << "\n";
+    // With nothing changing, the next message carries the sweep and no trial.
+    ASSERT_TRUE(reader->Read(&update));
+    EXPECT_EQ(update.trials_size(), 0);
+    EXPECT_EQ(update.sweep().trials_total(), 10000);
+    ctx.TryCancel();
+    reader->Finish();
+  }
+
+  // ExportMetrics: all 400,000 points, in chunks.
+  {
+    grpc::ClientContext ctx;
+    v1::ExportMetricsRequest exp;
+    exp.set_sweep_id(submitted.sweep_id());
+    auto reader = stub->ExportMetrics(&ctx, exp);
+    v1::ExportMetricsResponse chunk;
+    size_t rows = 0;
+    while (reader->Read(&chunk)) rows += chunk.rows_size();
+    EXPECT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(rows, 400000u);
+  }
 }
 
 // grpc.health.v1 messages by hand (no generated stubs for them here):
