@@ -1,6 +1,9 @@
 #include "cli/commands.h"
 
+#include <chrono>
 #include <fstream>
+#include <optional>
+#include <thread>
 #include <map>
 #include <random>
 #include <sstream>
@@ -221,21 +224,56 @@ int Commands::Workers() {
 }
 
 int Commands::Watch(int64_t sweep_id) {
-  grpc::ClientContext ctx;
+  // Rides out a coordinator restart: once the watch has heard from the
+  // coordinator, while it is unreachable (UNAVAILABLE, or CANCELLED by its
+  // shutdown) the watch reconnects with backoff, for up to kWatchGiveUp,
+  // saying so on stderr. A coordinator never reached fails at once.
+  constexpr auto kWatchGiveUp = std::chrono::minutes(10);
+  constexpr auto kMaxBackoff = std::chrono::seconds(5);
   v1::WatchSweepRequest req;
   req.set_sweep_id(sweep_id);
-  auto reader = stub_->WatchSweep(&ctx, req);
   v1::WatchSweepResponse update;
   std::string last;
   bool got_any = false;
-  while (reader->Read(&update)) {
-    got_any = true;
-    std::string line = Progress(update.sweep());
-    if (line != last) err_ << line << "\n";
-    last = line;
+  auto backoff = std::chrono::milliseconds(250);
+  std::optional<std::chrono::steady_clock::time_point> down_since;
+  while (true) {
+    grpc::ClientContext ctx;
+    auto reader = stub_->WatchSweep(&ctx, req);
+    bool final_seen = false;
+    while (reader->Read(&update)) {
+      got_any = true;
+      if (down_since) {
+        err_ << "megabatch: reconnected to the coordinator; watching sweep " << sweep_id
+             << " again\n";
+        down_since.reset();
+        backoff = std::chrono::milliseconds(250);
+      }
+      std::string line = Progress(update.sweep());
+      if (line != last) err_ << line << "\n";
+      last = line;
+      final_seen = update.sweep().state() == v1::SWEEP_STATE_COMPLETED ||
+                   update.sweep().state() == v1::SWEEP_STATE_FAILED ||
+                   update.sweep().state() == v1::SWEEP_STATE_CANCELLED;
+    }
+    grpc::Status s = reader->Finish();
+    if (s.ok() || final_seen) break;
+    const bool transient = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                           s.error_code() == grpc::StatusCode::CANCELLED;
+    const auto now = std::chrono::steady_clock::now();
+    if (!transient || !got_any || (down_since && now - *down_since > kWatchGiveUp)) {
+      return Fail(s);
+    }
+    if (!down_since) {
+      down_since = now;
+      err_ << "megabatch: coordinator unreachable (" << s.error_message()
+           << "); reconnecting with backoff for up to "
+           << std::chrono::duration_cast<std::chrono::minutes>(kWatchGiveUp).count()
+           << " minutes\n";
+    }
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min<std::chrono::milliseconds>(backoff * 2, kMaxBackoff);
   }
-  grpc::Status s = reader->Finish();
-  if (!s.ok()) return Fail(s);
   if (!got_any) {
     err_ << "megabatch: sweep " << sweep_id << ": watch ended without news\n";
     return kExitFailed;

@@ -675,21 +675,29 @@ budget: {steps: 2500}
 eval_every_steps: 500
 )yaml");
   ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
+  // A watch started before the crash rides it out.
+  Process watch({MEGABATCH_CLI_BIN, "--server", address_, "watch", "1"}, dir_.File("watch.log"));
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
         return Scalar("SELECT count(*) FROM (SELECT trial_id FROM metrics WHERE "
                       "name = 'train_loss' AND step >= 200 GROUP BY trial_id)") == 2;
       },
       std::chrono::seconds(120)));
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return watch.Log().find("survive-restart") != std::string::npos; },
+      std::chrono::seconds(30)))
+      << watch.Log();
   coordinator_->Kill(SIGKILL);
   const double stored_before = Scalar("SELECT count(*) FROM metrics");
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return watch.Log().find("coordinator unreachable") != std::string::npos; },
+      std::chrono::seconds(30)))
+      << watch.Log();
   StartCoordinator();
-  ASSERT_TRUE(testing::WaitUntil([&] { return Cli({"list"}).exit_code == 0; },
-                                 std::chrono::seconds(30)))
-      << coordinator_->Log();
-
-  auto watch = Cli({"watch", "1"});
-  EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
+  // The watch reconnects and ends with the sweep's real outcome.
+  EXPECT_EQ(watch.Wait(std::chrono::seconds(300)), 0) << watch.Log() << coordinator_->Log();
+  EXPECT_THAT(watch.Log(), HasSubstr("reconnected to the coordinator"));
+  EXPECT_THAT(watch.Log(), HasSubstr("completed"));
   // The trials went on under their leases: no retry, nothing lost or doubled.
   EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND attempts = 1"), 2);
   EXPECT_GE(Scalar("SELECT count(*) FROM metrics"), stored_before);
