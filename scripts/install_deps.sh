@@ -13,6 +13,9 @@ packages=(
   # python3-sentencepiece for the Python side of bench/lm_throughput.py.
   fortunes libsentencepiece-dev python3-sentencepiece
   python3 python3-numpy python3-torch python3-optuna zlib1g-dev
+  # The Python client (clients/python) and its example: stubs need
+  # grpc_python_plugin (protobuf-compiler-grpc, above).
+  python3-grpcio python3-protobuf python3-pandas python3-matplotlib
   # Token hashing and randomness (libcrypto); the tests make their TLS
   # certificates with the openssl command.
   libssl-dev openssl
