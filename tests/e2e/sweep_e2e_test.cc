@@ -298,6 +298,26 @@ budget: {epochs: 1}
             static_cast<long>(Scalar("SELECT count(*) FROM metrics")));
 }
 
+TEST_F(SweepE2ETest, WorkerCheckSaysWhatTrialsNeedAndFailsOnWhatWouldStopThem) {
+  auto ok = RunCommand({MEGABATCH_WORKER_BIN, "--check", "--coordinator", address_,
+                        "--work-dir", dir_.File("check-work")});
+  EXPECT_EQ(ok.exit_code, 0) << ok.out << ok.err;
+  EXPECT_THAT(ok.out, HasSubstr("libtorch "));
+  EXPECT_THAT(ok.out, HasSubstr("BLAS_INFO="));
+  EXPECT_THAT(ok.out, HasSubstr("smoke training cpu fp32: ok"));
+  EXPECT_THAT(ok.out, HasSubstr("LAMB optimizer step: "));
+  EXPECT_THAT(ok.out, HasSubstr("coordinator " + address_ + ": reachable"));
+  EXPECT_THAT(ok.out, HasSubstr("check passed"));
+  // No coordinator there, and an artifacts "directory" that is a file.
+  std::ofstream(dir_.File("not-a-dir")) << "x";
+  auto bad = RunCommand({MEGABATCH_WORKER_BIN, "--check", "--coordinator",
+                         "127.0.0.1:" + std::to_string(testing::FreePort()), "--work-dir",
+                         dir_.File("check-work"), "--artifacts", dir_.File("not-a-dir")});
+  EXPECT_EQ(bad.exit_code, 1) << bad.out;
+  EXPECT_THAT(bad.out, HasSubstr("PROBLEM: coordinator 127.0.0.1:"));
+  EXPECT_THAT(bad.out, HasSubstr("PROBLEM: --artifacts " + dir_.File("not-a-dir")));
+}
+
 TEST_F(SweepE2ETest, BadSpecIsRejectedByTheCliAndNothingIsStored) {
   std::string spec = WriteSpec("bad.yaml", R"yaml(
 name: bad

@@ -8,10 +8,12 @@
 
 #include <csignal>
 #include <filesystem>
+#include <iostream>
 #include <sstream>
 #include <thread>
 
 #include "common/channel.h"
+#include "worker/daemon/check.h"
 #include "worker/daemon/worker.h"
 
 int main(int argc, char** argv) {
@@ -61,6 +63,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", channel_options.tls_cert_file,
                  "client certificate (PEM) to present to the coordinator");
   app.add_option("--tls-key", channel_options.tls_key_file, "its private key (PEM)");
+  bool check = false;
+  app.add_flag("--check", check,
+               "check this machine (trainer, devices, coordinator, directories) and exit: "
+               "0 if trials can run here, 1 with the problems otherwise");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -122,6 +128,16 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (check) {
+    megabatch::worker::CheckOptions c;
+    c.trainer_path = options.trainer_path;
+    c.threads = options.threads_per_slot;
+    c.coordinator = coordinator;
+    c.channel = *channel;
+    c.work_dir = options.work_dir;
+    c.artifacts_dir = options.artifacts_dir;
+    return megabatch::worker::RunCheck(c, std::cout);
+  }
   try {
     megabatch::worker::Worker worker(*channel, options);
     std::thread signals([&] {

@@ -1,3 +1,7 @@
+// megabatch-trainer --check [--dataset DIR] [--threads N]: prints what a
+// trainer here sees and can do as one JSON object (worker/trainer/check.h);
+// exit 0 when nothing would make trials fail, else 1.
+//
 // megabatch-trainer --config trial.json [--resume CHECKPOINT]: trains one
 // trial (continuing from a checkpoint) and prints its metrics as JSON lines on
 // stdout:
@@ -7,11 +11,14 @@
 #include <malloc.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "worker/trainer/check.h"
 #include "worker/trainer/trainer.h"
 
 namespace {
@@ -45,7 +52,8 @@ void PrintEvent(const std::string& event, const std::string& message) {
 
 int Usage(const std::string& error) {
   std::cerr << "megabatch-trainer: " << error << "\n"
-            << "usage: megabatch-trainer --config TRIAL.json [--resume CHECKPOINT]\n";
+            << "usage: megabatch-trainer --config TRIAL.json [--resume CHECKPOINT]\n"
+            << "       megabatch-trainer --check [--dataset DIR] [--threads N]\n";
   return kExitUsage;
 }
 
@@ -61,8 +69,17 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, -1);
   std::string config_path, resume_path;
+  std::string check_dataset = "/usr/share/datasets/fashion-mnist";
+  bool check = false;
+  int check_threads = 1;
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+    if (std::strcmp(argv[i], "--check") == 0) {
+      check = true;
+    } else if (std::strcmp(argv[i], "--dataset") == 0 && i + 1 < argc) {
+      check_dataset = argv[++i];
+    } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      check_threads = std::max(1, std::atoi(argv[++i]));
+    } else if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
       config_path = argv[++i];
     } else if (std::strcmp(argv[i], "--help") == 0) {
       return Usage("trains one trial and prints its metrics as JSON lines"), 0;
@@ -71,6 +88,11 @@ int main(int argc, char** argv) {
     } else {
       return Usage(std::string("unknown argument ") + argv[i]);
     }
+  }
+  if (check) {
+    nlohmann::json findings = megabatch::trainer::RunSelfCheck(check_dataset, check_threads);
+    std::cout << findings.dump() << std::endl;
+    return findings["problems"].empty() ? kExitCompleted : kExitFailed;
   }
   if (config_path.empty()) return Usage("--config is required");
   try {
