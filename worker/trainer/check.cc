@@ -100,7 +100,8 @@ json RunSelfCheck(const std::string& dataset_dir, int threads) {
   std::string line;
   while (std::getline(maps, line)) {
     const auto path = line.find('/');
-    if (path != std::string::npos && line.find("blas", path) != std::string::npos) {
+    if (path == std::string::npos || line.find("cublas", path) != std::string::npos) continue;
+    if (line.find("blas", path) != std::string::npos || line.find("libmkl", path) != std::string::npos) {
       blas += "; loaded " + line.substr(path);
       break;
     }
