@@ -72,6 +72,21 @@ bool Fits(size_t size, int count, int64_t max_count, size_t* bytes) {
   return true;
 }
 
+// Converts store rows into `out` while they fit one page of `max_count`;
+// returns whether rows were left over (the page needs a next_page_token).
+template <typename Row, typename Message>
+bool FillPage(const std::vector<Row>& rows, int64_t max_count,
+              google::protobuf::RepeatedPtrField<Message>* out) {
+  size_t bytes = 0;
+  for (const Row& row : rows) {
+    Message message;
+    ToProto(row, &message);
+    if (!Fits(message.ByteSizeLong(), out->size(), max_count, &bytes)) return true;
+    *out->Add() = std::move(message);
+  }
+  return false;
+}
+
 // Which tokens a service takes: SweepService admin and user ones,
 // WorkerService worker ones.
 enum class Access { kUsers, kWorkers };
@@ -249,15 +264,8 @@ grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext* ctx,
     if (!page.ok()) return page.status();
     auto rows = store_->ListSweeps(std::max<int64_t>(page->after, 0), page->size + 1);
     if (!rows.ok()) return rows.status();
-    size_t bytes = 0;
-    for (const auto& row : *rows) {
-      v1::Sweep sweep;
-      ToProto(row, &sweep);
-      if (!Fits(sweep.ByteSizeLong(), resp->sweeps_size(), page->size, &bytes)) {
-        resp->set_next_page_token(PageToken("sweeps", 0, resp->sweeps().rbegin()->id()));
-        break;
-      }
-      *resp->add_sweeps() = std::move(sweep);
+    if (FillPage(*rows, page->size, resp->mutable_sweeps())) {
+      resp->set_next_page_token(PageToken("sweeps", 0, resp->sweeps().rbegin()->id()));
     }
     return Status();
   });
@@ -295,16 +303,9 @@ grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext* ctx,
     if (!page.ok()) return page.status();
     auto rows = store_->ListTrials(req->sweep_id(), page->after, page->size + 1);
     if (!rows.ok()) return rows.status();
-    size_t bytes = 0;
-    for (const auto& row : *rows) {
-      v1::Trial trial;
-      ToProto(row, &trial);
-      if (!Fits(trial.ByteSizeLong(), resp->trials_size(), page->size, &bytes)) {
-        resp->set_next_page_token(
-            PageToken("trials", req->sweep_id(), resp->trials().rbegin()->index()));
-        break;
-      }
-      *resp->add_trials() = std::move(trial);
+    if (FillPage(*rows, page->size, resp->mutable_trials())) {
+      resp->set_next_page_token(
+          PageToken("trials", req->sweep_id(), resp->trials().rbegin()->index()));
     }
     return Status();
   });

@@ -1,6 +1,7 @@
 #include "worker/daemon/check.h"
 
 #include <fcntl.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,35 +14,37 @@
 
 #include "worker/daemon/gpu_stats.h"
 
+extern char** environ;
+
 namespace megabatch::worker {
 namespace {
 
 using nlohmann::json;
 
-// Runs argv and returns its stdout (stderr discarded) and exit status.
+// Runs argv and returns its stdout (stderr discarded) and exit status. With
+// posix_spawn, as the worker starts trainers: the process already runs
+// gRPC's threads, and nothing may allocate between fork and exec.
 std::pair<std::string, int> Capture(const std::vector<std::string>& argv) {
   int fds[2];
   if (pipe(fds) != 0) return {"", -1};
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fds[1], STDOUT_FILENO);
-    const int null = open("/dev/null", O_WRONLY);
-    if (null >= 0) dup2(null, STDERR_FILENO);
-    close(fds[0]);
-    close(fds[1]);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(127);
-  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addclose(&actions, fds[0]);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  const int spawned = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
   close(fds[1]);
   std::string text;
   char buf[4096];
-  for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, n);
+  for (ssize_t n; spawned == 0 && (n = read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, n);
   close(fds[0]);
   int status = 0;
-  if (pid < 0 || waitpid(pid, &status, 0) != pid) return {text, -1};
+  if (spawned != 0 || waitpid(pid, &status, 0) != pid) return {text, -1};
   return {text, WIFEXITED(status) ? WEXITSTATUS(status) : -1};
 }
 

@@ -105,14 +105,23 @@ class Client:
                                         request_id=request_id or uuid.uuid4().hex)
         return self._call("SubmitSweep", request).sweep_id
 
-    def sweeps(self):
-        rows, token = [], ""
+    def _pages(self, method, request, field):
+        """Every item of a paged listing (AIP-158), one page at a time."""
+        items = []
         while True:
-            page = self._call("ListSweeps", pb.ListSweepsRequest(page_token=token))
-            rows += [_sweep(s) for s in page.sweeps]
-            token = page.next_page_token
-            if not token:
-                return _table(rows)
+            page = self._call(method, request)
+            items += getattr(page, field)
+            if not page.next_page_token:
+                return items
+            request.page_token = page.next_page_token
+
+    def _trial_rows(self, sweep):
+        return [_trial(t) for t in
+                self._pages("ListTrials", pb.ListTrialsRequest(sweep_id=sweep), "trials")]
+
+    def sweeps(self):
+        return _table([_sweep(s) for s in
+                       self._pages("ListSweeps", pb.ListSweepsRequest(), "sweeps")])
 
     def status(self, sweep):
         return _sweep(self._call("GetSweep", pb.GetSweepRequest(sweep_id=sweep)))
@@ -122,14 +131,7 @@ class Client:
 
     def trials(self, sweep):
         """Every trial of the sweep with its latest epoch, losses and accuracies."""
-        rows, token = [], ""
-        while True:
-            page = self._call("ListTrials",
-                              pb.ListTrialsRequest(sweep_id=sweep, page_token=token))
-            rows += [_trial(t) for t in page.trials]
-            token = page.next_page_token
-            if not token:
-                return _table(rows)
+        return _table(self._trial_rows(sweep))
 
     def watch(self, sweep):
         """Yields the sweep's progress (a dict, with `changed`: the trials that
@@ -188,10 +190,6 @@ class Client:
                 values.append(None if kind is None else getattr(v, kind))
             rows.append(dict(zip(r.columns, values)))
         return _table(rows, columns=list(r.columns))
-
-    def _trial_rows(self, sweep):
-        trials = self.trials(sweep)
-        return trials.to_dict("records") if _pandas is not None else trials
 
 
 def connect(server="127.0.0.1:50051", token_file=None, tls_ca=None, token=None):
