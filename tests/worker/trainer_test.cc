@@ -396,5 +396,63 @@ TEST_F(TrainerTest, ResumeRefusesAnotherConfigOrACorruptFile) {
   EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
 }
 
+// The decoded-dataset cache: the first load writes it, later loads map it;
+// either way the tensors are the decoded ones, bit for bit. A damaged cache
+// is decoded around and replaced, never trusted.
+TEST_F(TrainerTest, DatasetCacheHoldsTheDecodedBitsAndSurvivesDamage) {
+  megabatch::testing::TempDir cache;
+  const std::string dir = "/usr/share/datasets/fashion-mnist";
+  auto expect_decoded = [](const ImageDataset& d) {
+    const ImageDataset& want = Data();
+    EXPECT_TRUE(torch::equal(d.train_images, want.train_images));
+    EXPECT_TRUE(torch::equal(d.train_labels, want.train_labels));
+    EXPECT_TRUE(torch::equal(d.test_images, want.test_images));
+    EXPECT_TRUE(torch::equal(d.test_labels, want.test_labels));
+  };
+  auto cold = LoadFashionMnistCached(dir, cache.path().string());
+  ASSERT_TRUE(cold.ok()) << cold.status().ToString();
+  expect_decoded(*cold);
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(cache.path())) {
+    files.push_back(e.path());
+  }
+  ASSERT_EQ(files.size(), 1u) << "one cache file, no temporaries left behind";
+  EXPECT_EQ(files[0].extension(), ".f32");
+  auto warm = LoadFashionMnistCached(dir, cache.path().string());
+  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
+  expect_decoded(*warm);
+  // Mapped copy-on-write: writing a tensor changes this process's copy only.
+  warm->train_images[0].fill_(7.0f);
+  auto again = LoadFashionMnistCached(dir, cache.path().string());
+  ASSERT_TRUE(again.ok());
+  expect_decoded(*again);
+
+  const auto size = std::filesystem::file_size(files[0]);
+  std::filesystem::resize_file(files[0], size / 2);
+  auto truncated = LoadFashionMnistCached(dir, cache.path().string());
+  ASSERT_TRUE(truncated.ok()) << truncated.status().ToString();
+  expect_decoded(*truncated);
+  EXPECT_EQ(std::filesystem::file_size(files[0]), size) << "the damaged cache is rewritten";
+  {
+    std::ofstream garbage(files[0], std::ios::binary | std::ios::trunc);
+    garbage << std::string(size, 'x');
+  }
+  auto overwritten = LoadFashionMnistCached(dir, cache.path().string());
+  ASSERT_TRUE(overwritten.ok()) << overwritten.status().ToString();
+  expect_decoded(*overwritten);
+}
+
+// A cache directory that cannot be made costs the cache, not the trial.
+TEST_F(TrainerTest, DatasetCacheThatCannotBeWrittenStillLoads) {
+  megabatch::testing::TempDir tmp;
+  { std::ofstream file(tmp.File("not-a-dir")); }
+  auto d = LoadFashionMnistCached("/usr/share/datasets/fashion-mnist",
+                                  tmp.File("not-a-dir") + "/cache");
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_TRUE(torch::equal(d->train_images, Data().train_images));
+  auto missing = LoadFashionMnistCached(tmp.File("no-dataset"), tmp.path().string());
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace megabatch::trainer

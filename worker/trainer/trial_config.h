@@ -36,7 +36,7 @@ struct TrialConfig {
   std::string dataset_name = "fashion_mnist";
   std::string dataset_path = "/usr/share/datasets/fashion-mnist";
   double validation_fraction = 0.05;  // text: documents held out
-  std::string cache_dir;              // text: tokenizer cache (default below)
+  std::string cache_dir;              // tokenizer and decoded-dataset cache (default below)
   nlohmann::json optimizer;  // {"name": ..., option: value, ...}
   int64_t batch_size = 128;
   int64_t micro_batch_size = 128;  // == batch_size: no accumulation

@@ -238,7 +238,7 @@ class MlmTask : public Task {
 
 Result<std::unique_ptr<Task>> MakeTask(const TrialConfig& config) {
   if (config.model_type == "mlp" || config.model_type == "cnn") {
-    auto data = LoadFashionMnist(config.dataset_path);
+    auto data = LoadFashionMnistCached(config.dataset_path, config.cache_dir);
     if (!data.ok()) return data.status();
     return MakeImageTask(config, *data);
   }
