@@ -38,8 +38,14 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->excludes(slots);
   app.add_option("--threads-per-slot", threads,
-                 "intra-op threads per trainer (default: cores / slots)")
+                 "intra-op threads per trainer (default: the cores other megabatch "
+                 "workers on this host left, divided among the slots)")
       ->check(CLI::Range(1, 1024));
+  std::string claims_dir = megabatch::worker::kDefaultHostClaimsDir;
+  app.add_option("--host-claims", claims_dir,
+                 "directory where the megabatch workers of this host claim its cores "
+                 "(empty: claim nothing, see no one)")
+      ->capture_default_str();
   app.add_option("--work-dir", options.work_dir,
                  "per-trial directories (default: a temp dir)");
   app.add_option("--artifacts", options.artifacts_dir,
@@ -111,9 +117,29 @@ int main(int argc, char** argv) {
                         ("megabatch-worker-" + std::to_string(getpid())))
                            .string();
   }
-  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  options.threads_per_slot =
-      threads > 0 ? threads : std::max(1, static_cast<int>(cores) / options.slots);
+  // Cores are given out once per host: the other workers' claims are
+  // subtracted before this worker sizes its threads.
+  options.host_cores = megabatch::worker::UsableCores();
+  int claimed_by_others = 0;
+  if (!claims_dir.empty() && !check) {
+    auto claims = megabatch::worker::HostClaims::Open(claims_dir);
+    if (claims.ok()) {
+      options.host_claims = std::move(*claims);
+      claimed_by_others = options.host_claims->Read().others_capacity;
+    } else {
+      spdlog::warn("{}; threads are sized as if this worker were alone on the host",
+                   claims.status().message());
+    }
+  }
+  auto plan = megabatch::worker::PlanThreads(options.host_cores, options.slots, threads,
+                                             claimed_by_others);
+  options.threads_per_slot = plan.threads_per_slot;
+  if (plan.oversubscribed) spdlog::warn("OVERSUBSCRIBED: {}", plan.warning);
+  if (options.host_claims) {
+    auto published =
+        options.host_claims->Publish(options.slots * options.threads_per_slot);
+    if (!published.ok()) spdlog::warn("{}", published.message());
+  }
 
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
@@ -122,7 +148,15 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   // After the mask: gRPC starts threads of its own with the channel, and
   // they must not take the stop signals either.
-  auto channel = megabatch::MakeChannelWithTokenFile(coordinator, token_file, channel_options);
+  // Reconnect within 100 ms to 2 s of the coordinator coming (back) up, not
+  // gRPC's default 1 s to 120 s: a worker started beside its coordinator, or
+  // outliving its restart, is leasing again at once.
+  grpc::ChannelArguments channel_args;
+  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  auto channel = megabatch::MakeChannelWithTokenFile(coordinator, token_file, channel_options,
+                                                     channel_args);
   if (!channel.ok()) {
     spdlog::error("{}", channel.status().message());
     return 2;

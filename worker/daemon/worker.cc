@@ -144,6 +144,9 @@ Status Worker::Register() {
   while (!stopping()) {
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(std::chrono::seconds(5)));
+    // Waits for the channel to connect (it retries within 100 ms to 2 s,
+    // main.cc), so a coordinator coming up is seen at once.
+    ctx.set_wait_for_ready(true);
     v1::RegisterWorkerResponse resp;
     grpc::Status s = stub_->RegisterWorker(&ctx, req, &resp);
     if (s.ok()) {
@@ -165,7 +168,7 @@ Status Worker::Register() {
     }
     spdlog::warn("coordinator unreachable ({}); retrying", s.error_message());
     if (WaitFor(backoff)) break;
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
   }
   return Status(StatusCode::kCancelled, "stopped before registering");
 }
@@ -337,16 +340,22 @@ void Worker::FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
 namespace {
 
 // This process's environment with CUDA_VISIBLE_DEVICES set to `gpu` (an id,
-// or "" for a CPU slot).
+// or "" for a CPU slot), and OpenMP told to sleep rather than spin while
+// it waits (unless OMP_WAIT_POLICY is set already): a spinning thread of one
+// trainer takes a core another trainer needs when a host is shared, and on
+// a host of its own the passive policy costs nothing measurable.
 std::vector<std::string> TrainerEnvironment(const std::string& gpu) {
   constexpr std::string_view kVisible = "CUDA_VISIBLE_DEVICES=";
+  constexpr std::string_view kWaitPolicy = "OMP_WAIT_POLICY=";
   std::vector<std::string> env;
+  bool wait_policy = false;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::string_view(*e).substr(0, kVisible.size()) != kVisible) {
-      env.emplace_back(*e);
-    }
+    std::string_view var(*e);
+    wait_policy = wait_policy || var.substr(0, kWaitPolicy.size()) == kWaitPolicy;
+    if (var.substr(0, kVisible.size()) != kVisible) env.emplace_back(*e);
   }
   env.push_back(std::string(kVisible) + gpu);
+  if (!wait_policy) env.push_back(std::string(kWaitPolicy) + "PASSIVE");
   return env;
 }
 
@@ -409,6 +418,10 @@ bool CommitCheckpoint(const std::filesystem::path& lease_dir, int64_t step,
 }
 
 }  // namespace
+
+bool Worker::HostOversubscribed() const {
+  return options_.host_claims && options_.host_claims->Read().active > options_.host_cores;
+}
 
 void Worker::RunTrial(int slot, const v1::TrialLease& lease,
                       const std::string& config_json) {
@@ -486,6 +499,7 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
+  std::vector<v1::MetricPoint> pending;
   pid_t pid = 0;
   {
     // Registering under the lock means Stop() either sees the pid or runs
@@ -515,7 +529,32 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     return;
   }
 
-  std::vector<v1::MetricPoint> pending;
+  const int threads = options_.threads_per_slot;
+  if (options_.host_claims) options_.host_claims->AddActive(threads);
+  // The trial's threads and whether it shared cores, recorded as metrics at
+  // its first step and when sharing is first seen (so their largest value
+  // over the trial says whether it ever shared).
+  bool threads_recorded = false, shared = false;
+  int64_t last_step = 0;
+  auto last_share_check = std::chrono::steady_clock::now();
+  auto record_sharing = [&](int64_t step) {
+    auto point = [&](const char* name, double value) {
+      v1::MetricPoint p;
+      p.set_name(name);
+      p.set_step(step);
+      p.set_value(value);
+      pending.push_back(std::move(p));
+    };
+    if (!threads_recorded) {
+      threads_recorded = true;
+      shared = HostOversubscribed();
+      point("threads", threads);
+      point("shared_cores", shared ? 1 : 0);
+    } else if (!shared && HostOversubscribed()) {
+      shared = true;
+      point("shared_cores", 1);
+    }
+  };
   std::string stdout_buf, stderr_tail;
   std::string event, event_message;
   // The newest checkpoint the trainer announced whose metrics are not all
@@ -565,7 +604,11 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
                      kStderrTailBytes);
           continue;
         }
-        for (auto& p : parsed->points) pending.push_back(std::move(p));
+        for (auto& p : parsed->points) {
+          last_step = std::max(last_step, p.step());
+          if (!threads_recorded) record_sharing(p.step());
+          pending.push_back(std::move(p));
+        }
         if (parsed->event == "checkpoint") {
           // Every point before it is in `pending` or stored already.
           unacked_step = parsed->checkpoint_step;
@@ -578,6 +621,10 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
       stdout_buf.erase(0, start);
     }
     auto now = std::chrono::steady_clock::now();
+    if (threads_recorded && !shared && now - last_share_check >= std::chrono::seconds(1)) {
+      last_share_check = now;
+      record_sharing(last_step);
+    }
     if (lease_ok &&
         (pending.size() >= static_cast<size_t>(options_.max_batch_points) ||
          now - last_flush >= options_.flush_interval)) {
@@ -592,6 +639,7 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   int wstatus = 0;
   while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
   }
+  if (options_.host_claims) options_.host_claims->AddActive(-threads);
   bool stop_requested;
   {
     std::lock_guard<std::mutex> lock(mu_);

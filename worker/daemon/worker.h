@@ -21,6 +21,7 @@
 #include "common/thread_annotations.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "worker/daemon/gpu_stats.h"
+#include "worker/daemon/host_claims.h"
 
 namespace megabatch::worker {
 
@@ -32,6 +33,11 @@ struct WorkerOptions {
   // trainers see no GPU.
   std::vector<std::string> gpus;
   int threads_per_slot = 1;  // the trainer's intra-op threads
+  // This host's cores and the claims every megabatch worker on it shares
+  // (null: none). A trial whose host runs more trainer threads than cores
+  // at any time records shared_cores = 1 beside its threads.
+  int host_cores = 1;
+  std::shared_ptr<HostClaims> host_claims;
   std::string work_dir;      // per-trial directories go here
   // Where checkpoints go, shared by every worker so that a trial resumes
   // wherever it is requeued. Empty: the coordinator's --artifacts, or, if it
@@ -99,6 +105,8 @@ class Worker {
              std::vector<v1::MetricPoint>* points, bool* reachable);
   void FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
                    const std::string& message, const std::string& stderr_tail);
+  // Whether the host's trainers run more threads than it has cores now.
+  bool HostOversubscribed() const;
   // Requests the stop of one trial's trainer (SIGKILL to its process group).
   void StopTrial(int64_t trial_id);  // every rank of it on this worker
   bool stopping() const { return stopping_.load(); }

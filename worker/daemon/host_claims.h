@@ -1,0 +1,78 @@
+// The cores of one host, given out once among every megabatch worker on it.
+//
+// Each worker keeps a claim file in a directory all of them share (default
+// /tmp/megabatch-cores): "worker-<pid>" holding the threads it may run at
+// once (slots x threads per slot) and the threads its trainers run now. A
+// worker starting next to others sizes its threads to the cores they left
+// (PlanThreads), and every trial learns whether the host's running trainers
+// outnumber its cores, so that its time figures can be marked as shared
+// (docs/api.md, "Threads and shared cores"). Claims of processes that are
+// gone are ignored and removed, so a kill -9 leaves nothing that counts.
+// LibTorch-free; thread-safe.
+#ifndef MEGABATCH_WORKER_DAEMON_HOST_CLAIMS_H_
+#define MEGABATCH_WORKER_DAEMON_HOST_CLAIMS_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/status.h"
+#include "common/thread_annotations.h"
+
+namespace megabatch::worker {
+
+inline constexpr const char* kDefaultHostClaimsDir = "/tmp/megabatch-cores";
+
+// The cores this process may run on (its CPU affinity), at least 1.
+int UsableCores();
+
+struct ThreadPlan {
+  int threads_per_slot = 1;
+  // slots x threads_per_slot exceeds the cores the other workers left.
+  bool oversubscribed = false;
+  std::string warning;  // set when oversubscribed: what and why
+};
+// Threads per slot for `slots` slots on `cores` cores of which other workers
+// claimed `claimed_by_others`: `requested` when given (> 0), else the free
+// cores divided among the slots (at least 1).
+ThreadPlan PlanThreads(int cores, int slots, int requested, int claimed_by_others);
+
+class HostClaims {
+ public:
+  struct Totals {
+    int others_capacity = 0;  // threads other live workers may run at once
+    int active = 0;           // threads running now, this worker's included
+  };
+
+  // Opens (creating, world-writable and sticky like /tmp) `dir`. Publish()
+  // makes the claim; the destructor withdraws it.
+  static Result<std::unique_ptr<HostClaims>> Open(const std::string& dir);
+  ~HostClaims();
+  HostClaims(const HostClaims&) = delete;
+  HostClaims& operator=(const HostClaims&) = delete;
+
+  // The claims of the other live workers and of this one.
+  Totals Read() const;
+  // Claims `capacity` threads for this worker.
+  Status Publish(int capacity);
+  // This worker's trainers run `threads` more (or fewer, when negative)
+  // threads from now on.
+  void AddActive(int threads);
+
+ private:
+  explicit HostClaims(std::string dir);
+  Status WriteLocked() REQUIRES(mu_);
+
+  const std::string dir_;
+  const std::string file_;  // this worker's claim
+  mutable std::mutex mu_;
+  int capacity_ GUARDED_BY(mu_) = 0;
+  int active_ GUARDED_BY(mu_) = 0;
+  bool published_ GUARDED_BY(mu_) = false;
+};
+
+}  // namespace megabatch::worker
+
+#endif  // MEGABATCH_WORKER_DAEMON_HOST_CLAIMS_H_
