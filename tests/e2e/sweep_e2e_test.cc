@@ -51,7 +51,7 @@ class SweepE2ETest : public ::testing::Test {
   // kill -9 worker-I and the trainers it started.
   void KillWorker(int i) {
     for (pid_t trainer :
-         testing::FindProcesses("--config " + dir_.File("worker-" + std::to_string(i) + "/"))) {
+         testing::FindProcesses("--serve --work-dir " + dir_.File("worker-" + std::to_string(i)))) {
       kill(trainer, SIGKILL);
     }
     workers_[i]->Kill(SIGKILL);
@@ -408,7 +408,7 @@ budget: {epochs: 50}
         for (const auto& row : rows) {
           if (row["busy"] != 0) return false;
         }
-        return testing::FindProcesses("--config " + dir_.path().string()).empty();
+        return testing::FindProcesses("--serve --work-dir " + dir_.path().string()).empty();
       },
       std::chrono::seconds(5)))
       << "trainers still running 5 s after cancel";
@@ -442,7 +442,7 @@ max_retries: 3
   std::vector<pid_t> trainers;
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
-        trainers = testing::FindProcesses("--config " + dir_.path().string());
+        trainers = testing::FindProcesses("--serve --work-dir " + dir_.path().string());
         return trainers.size() == 1 && !Committed(dir_.File("worker-0/trial-1")).empty();
       },
       std::chrono::seconds(120)))
@@ -548,7 +548,7 @@ early_stopping: {rule: asha, metric: test_accuracy, min_samples: 2560, reduction
   // The sweep ends when its last trial is pruned; that trainer is stopped
   // by its worker at its next report.
   EXPECT_TRUE(testing::WaitUntil(
-      [&] { return testing::FindProcesses("--config " + dir_.path().string()).empty(); },
+      [&] { return testing::FindProcesses("--serve --work-dir " + dir_.path().string()).empty(); },
       std::chrono::seconds(5)))
       << "trainers still running 5 s after the sweep ended";
 }
@@ -680,7 +680,7 @@ ranks_per_trial: 2
   ExpectEveryStepOnce("trial_id = 1", 2000);
   // No rank was left hanging: all trainers are gone.
   EXPECT_TRUE(testing::WaitUntil(
-      [&] { return testing::FindProcesses("--config " + dir_.path().string()).empty(); },
+      [&] { return testing::FindProcesses("--serve --work-dir " + dir_.path().string()).empty(); },
       std::chrono::seconds(10)));
 }
 

@@ -69,6 +69,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", channel_options.tls_cert_file,
                  "client certificate (PEM) to present to the coordinator");
   app.add_option("--tls-key", channel_options.tls_key_file, "its private key (PEM)");
+  bool fresh_trainers = false;
+  app.add_flag("--fresh-trainers", fresh_trainers,
+               "start a new trainer process for every trial (default: a slot keeps its "
+               "trainer between trials of one sweep)");
   bool check = false;
   app.add_flag("--check", check,
                "check this machine (trainer, devices, coordinator, directories) and exit: "
@@ -141,6 +145,10 @@ int main(int argc, char** argv) {
     if (!published.ok()) spdlog::warn("{}", published.message());
   }
 
+  options.warm_trainers = !fresh_trainers;
+  // A trainer that dies while the worker writes it a request is EPIPE, not
+  // the end of the worker.
+  std::signal(SIGPIPE, SIG_IGN);
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);

@@ -33,6 +33,7 @@ constexpr size_t kStderrTailBytes = 8192;
 constexpr size_t kMaxBufferedPoints = 1 << 20;
 constexpr auto kRpcTimeout = std::chrono::seconds(30);
 constexpr auto kFinishRetryFor = std::chrono::seconds(120);
+// megabatch-trainer --config's exit code for a diverged trial (main.cc there).
 constexpr int kTrainerExitDiverged = 3;
 
 std::chrono::system_clock::time_point Deadline(std::chrono::milliseconds d) {
@@ -243,6 +244,7 @@ void Worker::StopTrial(int64_t trial_id) {
 }
 
 void Worker::SlotLoop(int slot) {
+  WarmTrainer warm;  // its destructor stops a trainer still kept
   while (!stopping()) {
     v1::LeaseTrialRequest req;
     req.set_worker_id(worker_id_);
@@ -256,13 +258,20 @@ void Worker::SlotLoop(int slot) {
       WaitFor(std::chrono::milliseconds(500));
       continue;
     }
-    if (!resp.has_lease()) continue;
+    if (!resp.has_lease()) {
+      // No work for a whole long poll: the sweep the warm trainer was kept
+      // for has nothing left here; return its memory.
+      warm.process.reset();
+      continue;
+    }
     spdlog::info("slot {}: running trial {} (lease {})", slot,
                  resp.lease().trial_id(), resp.lease().lease_id());
     try {
-      RunTrial(slot, resp.lease(), resp.config_json());
+      RunTrial(slot, resp.lease(), resp.config_json(), &warm);
     } catch (const std::exception& e) {
-      // The per-trial loop is where a trial's unexpected failure is caught.
+      // The per-trial loop is where a trial's unexpected failure is caught;
+      // its trainer, in whatever state, is not used again.
+      warm.process.reset();
       FinishTrial(resp.lease(), v1::TRIAL_STATE_FAILED,
                   std::string("worker error: ") + e.what(), "");
     }
@@ -424,7 +433,7 @@ bool Worker::HostOversubscribed() const {
 }
 
 void Worker::RunTrial(int slot, const v1::TrialLease& lease,
-                      const std::string& config_json) {
+                      const std::string& config_json, WarmTrainer* warm) {
   namespace fs = std::filesystem;
   fs::path dir = fs::path(options_.work_dir) /
                  ("trial-" + std::to_string(lease.trial_id()) + "-lease-" +
@@ -470,65 +479,61 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     }
   }
 
-  int out_pipe[2], err_pipe[2];
-  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) {
-    FinishTrial(lease, v1::TRIAL_STATE_FAILED,
-                std::string("pipe: ") + strerror(errno), "");
-    return;
+  // A warm trainer (--serve) of this slot runs the trial when it was
+  // started for the same sweep, threads and device; else a fresh one does.
+  // A data-parallel rank always gets a fresh one (its process group lives
+  // for one trial), and so does every trial with options_.warm_trainers off:
+  // it is told the one request and exits after it.
+  const std::string gpu =
+      options_.gpus.empty() ? "" : options_.gpus[static_cast<size_t>(slot)];
+  const bool reusable = options_.warm_trainers && !config.contains("distributed");
+  const std::string key = config.value("sweep_id", nlohmann::json(0)).dump() + "/" +
+                          std::to_string(options_.threads_per_slot) + "/" + gpu;
+  if (warm->process && (!reusable || warm->key != key)) warm->process.reset();
+  const bool fresh = warm->process == nullptr;
+  if (fresh) {
+    auto spawned = TrainerProcess::Spawn(options_.trainer_path,
+                                         {"--serve", "--work-dir", options_.work_dir},
+                                         TrainerEnvironment(gpu));
+    if (!spawned.ok()) {
+      FinishTrial(lease, v1::TRIAL_STATE_FAILED, spawned.status().message(), "");
+      return;
+    }
+    warm->process = std::move(*spawned);
+    warm->key = key;
   }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  // Its own process group, so that one kill reaches everything it started.
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
-  posix_spawnattr_setpgroup(&attr, 0);
-  std::string flag = "--config", resume_flag = "--resume";
-  std::vector<char*> argv = {const_cast<char*>(options_.trainer_path.c_str()),
-                             flag.data(), config_path.data()};
-  if (resume) {
-    spdlog::info("trial {}: resuming from {}", lease.trial_id(), resume_from);
-    argv.push_back(resume_flag.data());
-    argv.push_back(resume_from.data());
-  }
-  argv.push_back(nullptr);
-  std::vector<std::string> env = TrainerEnvironment(
-      options_.gpus.empty() ? "" : options_.gpus[static_cast<size_t>(slot)]);
-  std::vector<char*> envp;
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::vector<v1::MetricPoint> pending;
-  pid_t pid = 0;
+  TrainerProcess& trainer = *warm->process;
+  if (resume) spdlog::info("trial {}: resuming from {}", lease.trial_id(), resume_from);
+  bool sent = false;
   {
     // Registering under the lock means Stop() either sees the pid or runs
-    // before the spawn and is caught by the check below.
+    // before the request and is caught by the check below.
     std::lock_guard<std::mutex> lock(mu_);
-    int rc = stopping() ? ECANCELED
-                        : posix_spawn(&pid, options_.trainer_path.c_str(),
-                                      &actions, &attr, argv.data(), envp.data());
-    if (rc == 0) {
-      running_[{lease.trial_id(), lease.rank()}] = Running{pid, lease.lease_id(), false};
-    }
-    posix_spawn_file_actions_destroy(&actions);
-    posix_spawnattr_destroy(&attr);
-    close(out_pipe[1]);
-    close(err_pipe[1]);
-    if (rc != 0) {
-      close(out_pipe[0]);
-      close(err_pipe[0]);
-      pid = -rc;
+    if (!stopping()) {
+      sent = trainer.Send(nlohmann::json{{"config", config_path}, {"resume", resume_from}}.dump());
+      running_[{lease.trial_id(), lease.rank()}] = Running{trainer.pid(), lease.lease_id(), false};
     }
   }
-  if (pid <= 0) {
+  if (!reusable) trainer.CloseStdin();
+  if (!sent && !stopping()) {
+    // A warm trainer that died while idle: the trial was not started; go
+    // again with a fresh one.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      running_.erase({lease.trial_id(), lease.rank()});
+    }
+    warm->process.reset();
+    if (!fresh) return RunTrial(slot, lease, config_json, warm);
     FinishTrial(lease, v1::TRIAL_STATE_FAILED,
-                "cannot start trainer " + options_.trainer_path + ": " +
-                    strerror(-pid),
-                "");
+                "cannot send the trial to trainer " + options_.trainer_path, "");
+    return;
+  }
+  if (stopping()) {
+    warm->process.reset();
     return;
   }
 
+  std::vector<v1::MetricPoint> pending;
   const int threads = options_.threads_per_slot;
   if (options_.host_claims) options_.host_claims->AddActive(threads);
   // The trial's threads and whether it shared cores, recorded as metrics at
@@ -555,7 +560,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
       point("shared_cores", 1);
     }
   };
-  std::string stdout_buf, stderr_tail;
+  std::string& stdout_buf = trainer.stdout_buffer;
+  std::string stderr_tail;
   std::string event, event_message;
   // The newest checkpoint the trainer announced whose metrics are not all
   // stored yet; committed once they are.
@@ -570,12 +576,16 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   };
   bool out_open = true, err_open = true;
   char buf[65536];
-  while (out_open || err_open) {
+  // A kept trainer's trial is over at its "completed" or "diverged" line;
+  // any other trainer's at the end of its output (its stderr after a
+  // "failed" line explains the failure).
+  auto trial_over = [&] { return reusable && (event == "completed" || event == "diverged"); };
+  while ((out_open || err_open) && !trial_over()) {
     pollfd fds[2];
     int nfds = 0;
     bool read_out = out_open && pending.size() < kMaxBufferedPoints;
-    if (read_out) fds[nfds++] = {out_pipe[0], POLLIN, 0};
-    if (err_open) fds[nfds++] = {err_pipe[0], POLLIN, 0};
+    if (read_out) fds[nfds++] = {trainer.stdout_fd(), POLLIN, 0};
+    if (err_open) fds[nfds++] = {trainer.stderr_fd(), POLLIN, 0};
     int timeout_ms = static_cast<int>(options_.flush_interval.count());
     int ready = nfds > 0 ? poll(fds, nfds, timeout_ms) : 0;
     if (nfds == 0) WaitFor(options_.flush_interval);
@@ -583,7 +593,7 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     for (int i = 0; i < nfds && ready > 0; ++i) {
       if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       ssize_t n = read(fds[i].fd, buf, sizeof(buf));
-      bool is_out = fds[i].fd == out_pipe[0];
+      bool is_out = fds[i].fd == trainer.stdout_fd();
       if (n <= 0) {
         (is_out ? out_open : err_open) = false;
         continue;
@@ -634,10 +644,15 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     }
     commit_if_stored();
   }
-  close(out_pipe[0]);
-  close(err_pipe[0]);
+  // A trainer that ended its trial with an event and may take another is
+  // kept; any other (gone, killed, told to exit, or failed) is reaped here.
+  const bool keep = trial_over() && !stopping();
   int wstatus = 0;
-  while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+  if (!keep) {
+    // It exits by itself: at the end of its stdin, after a failed trial,
+    // or it is gone already (killed by StopTrial or Stop, or crashed).
+    trainer.CloseStdin();
+    wstatus = trainer.Reap();
   }
   if (options_.host_claims) options_.host_claims->AddActive(-threads);
   bool stop_requested;
@@ -646,6 +661,11 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     stop_requested = running_[{lease.trial_id(), lease.rank()}].stop_requested;
     running_.erase({lease.trial_id(), lease.rank()});
   }
+  if (stop_requested && keep) {
+    // The stop came after the trial's end: its trainer was killed.
+    wstatus = trainer.Reap();
+  }
+  if (!keep || stop_requested) warm->process.reset();
   // Send what is left, retrying while the coordinator is briefly away.
   auto give_up = std::chrono::steady_clock::now() + kFinishRetryFor;
   while (lease_ok && !pending.empty()) {
@@ -656,15 +676,20 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     }
   }
   commit_if_stored();
+  const std::string how = event.empty() ? DescribeExit(wstatus) : "trainer reported " + event;
   if (stop_requested || !lease_ok) {
-    spdlog::info("trial {} stopped ({})", lease.trial_id(), DescribeExit(wstatus));
+    spdlog::info("trial {} stopped ({})", lease.trial_id(), how);
     return;
   }
-  if (WIFEXITED(wstatus) &&
-      (WEXITSTATUS(wstatus) == 0 || WEXITSTATUS(wstatus) == kTrainerExitDiverged)) {
-    FinishTrial(lease,
-                WEXITSTATUS(wstatus) == 0 ? v1::TRIAL_STATE_COMPLETED
-                                          : v1::TRIAL_STATE_DIVERGED,
+  // The outcome is the trainer's event (a trainer that exited must also
+  // have exited cleanly), or without one its exit code (--config's).
+  const bool exited_ok = WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
+  const bool completed = event.empty() ? exited_ok : event == "completed" && (keep || exited_ok);
+  const bool diverged =
+      event.empty() ? WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == kTrainerExitDiverged
+                    : event == "diverged" && (keep || exited_ok);
+  if (completed || diverged) {
+    FinishTrial(lease, completed ? v1::TRIAL_STATE_COMPLETED : v1::TRIAL_STATE_DIVERGED,
                 event_message, "");
     // Ended for good: its checkpoints are of no more use (rank 0 wrote
     // them; it removes them).
@@ -673,11 +698,11 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
       std::filesystem::remove_all(trial_dir, ec);
     }
   } else {
-    std::string message = DescribeExit(wstatus);
+    std::string message = event == "failed" || event.empty() ? DescribeExit(wstatus) : how;
     if (!event_message.empty()) message += ": " + event_message;
     FinishTrial(lease, v1::TRIAL_STATE_FAILED, message, stderr_tail);
   }
-  spdlog::info("trial {} ended: {}", lease.trial_id(), DescribeExit(wstatus));
+  spdlog::info("trial {} ended: {}", lease.trial_id(), how);
 }
 
 }  // namespace megabatch::worker

@@ -22,6 +22,7 @@
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "worker/daemon/gpu_stats.h"
 #include "worker/daemon/host_claims.h"
+#include "worker/daemon/trainer_process.h"
 
 namespace megabatch::worker {
 
@@ -44,6 +45,12 @@ struct WorkerOptions {
   // has none, work_dir (resume only on this worker).
   std::string artifacts_dir;
   std::string trainer_path;  // the megabatch-trainer binary
+  // Keep each slot's trainer process (megabatch-trainer --serve) between
+  // trials of the same sweep, so LibTorch's start-up is paid once per sweep
+  // and slot instead of once per trial. A trainer that crashes still fails
+  // only its own trial; the next one gets a fresh process. A slot whose
+  // lease poll comes back empty stops its trainer.
+  bool warm_trainers = true;
   // Where the c10d rendezvous of a data-parallel trial whose rank 0 runs
   // here is served: an address the other workers reach this machine at, and
   // the ports it may use.
@@ -94,12 +101,19 @@ class Worker {
     bool stop_requested = false;  // cancelled, or the lease was lost
   };
 
+  // A slot's trainer kept between trials, and what it was started for.
+  struct WarmTrainer {
+    std::unique_ptr<TrainerProcess> process;
+    std::string key;  // sweep, threads and GPU
+  };
+
   Status Register();
   void HeartbeatLoop();
   void SlotLoop(int slot);
-  // Runs one leased trial to the end and reports its outcome.
+  // Runs one leased trial to the end, in `warm`'s trainer when it fits,
+  // and reports its outcome.
   void RunTrial(int slot, const v1::TrialLease& lease,
-                const std::string& config_json);
+                const std::string& config_json, WarmTrainer* warm);
   // Sends buffered points; false if the lease is gone (ABORTED/NOT_FOUND).
   bool Flush(const v1::TrialLease& lease,
              std::vector<v1::MetricPoint>* points, bool* reachable);

@@ -8,10 +8,21 @@
 //   {"step": 12, "metrics": {"train_loss": 0.51, "lr": 0.01, ...}}
 // and last a line {"event": "completed" | "diverged" | "failed", "message": ...}.
 // Exit code: 0 completed, 3 diverged, 2 bad usage or config, 1 failure.
+//
+// megabatch-trainer --serve [--work-dir DIR]: a warm trainer. Reads one request per stdin line,
+// {"config": "trial.json", "resume": "CHECKPOINT or empty"}, and runs each
+// trial as --config would, its event line last; LibTorch's start-up is paid
+// once. Every trial seeds and sizes everything it uses, so its metrics are
+// the bits a fresh process would print. Exits 0 at the end of stdin, and
+// after a trial that did not complete or diverge with that trial's exit code
+// (its process state is not trusted for another trial).
 #include <malloc.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -53,48 +64,13 @@ void PrintEvent(const std::string& event, const std::string& message) {
 int Usage(const std::string& error) {
   std::cerr << "megabatch-trainer: " << error << "\n"
             << "usage: megabatch-trainer --config TRIAL.json [--resume CHECKPOINT]\n"
+            << "       megabatch-trainer --serve [--work-dir DIR]   (requests on stdin)\n"
             << "       megabatch-trainer --check [--dataset DIR] [--threads N]\n";
   return kExitUsage;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  // A training step frees and reallocates the same large tensors every step.
-  // By default glibc serves them with mmap and returns them (munmap, heap
-  // trim), so every step faults its memory in again, zero-filled: on VMs that
-  // costs more than the arithmetic (8x at CNN batch 4096 here, see
-  // bench/train_throughput.py). One process runs one trial, so keep freed
-  // memory for reuse instead.
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, -1);
-  std::string config_path, resume_path;
-  std::string check_dataset = "/usr/share/datasets/fashion-mnist";
-  bool check = false;
-  int check_threads = 1;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--check") == 0) {
-      check = true;
-    } else if (std::strcmp(argv[i], "--dataset") == 0 && i + 1 < argc) {
-      check_dataset = argv[++i];
-    } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-      check_threads = std::max(1, std::atoi(argv[++i]));
-    } else if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-      config_path = argv[++i];
-    } else if (std::strcmp(argv[i], "--help") == 0) {
-      return Usage("trains one trial and prints its metrics as JSON lines"), 0;
-    } else if (std::strcmp(argv[i], "--resume") == 0 && i + 1 < argc) {
-      resume_path = argv[++i];
-    } else {
-      return Usage(std::string("unknown argument ") + argv[i]);
-    }
-  }
-  if (check) {
-    nlohmann::json findings = megabatch::trainer::RunSelfCheck(check_dataset, check_threads);
-    std::cout << findings.dump() << std::endl;
-    return findings["problems"].empty() ? kExitCompleted : kExitFailed;
-  }
-  if (config_path.empty()) return Usage("--config is required");
+// Trains the trial of `config_path`; its exit code.
+int RunOne(const std::string& config_path, const std::string& resume_path) {
   try {
     std::ifstream in(config_path);
     if (!in) return Usage("cannot read config file " + config_path);
@@ -128,4 +104,69 @@ int main(int argc, char** argv) {
     std::cerr << "megabatch-trainer: " << e.what() << "\n";
     return kExitFailed;
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // A training step frees and reallocates the same large tensors every step.
+  // By default glibc serves them with mmap and returns them (munmap, heap
+  // trim), so every step faults its memory in again, zero-filled: on VMs that
+  // costs more than the arithmetic (8x at CNN batch 4096 here, see
+  // bench/train_throughput.py). One process runs one trial at a time, so
+  // keep freed memory for reuse instead.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, -1);
+  std::string config_path, resume_path;
+  std::string check_dataset = "/usr/share/datasets/fashion-mnist";
+  bool check = false, serve = false;
+  int check_threads = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--check") == 0) {
+      check = true;
+    } else if (std::strcmp(argv[i], "--dataset") == 0 && i + 1 < argc) {
+      check_dataset = argv[++i];
+    } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      check_threads = std::max(1, std::atoi(argv[++i]));
+    } else if (std::strcmp(argv[i], "--serve") == 0) {
+      serve = true;
+    } else if (std::strcmp(argv[i], "--work-dir") == 0 && i + 1 < argc) {
+      // Where it runs (anything it leaves, a core file say, goes there); the
+      // worker passes its own, which also names the trainer's worker in ps.
+      if (chdir(argv[++i]) != 0) {
+        return Usage(std::string("--work-dir ") + argv[i] + ": " + std::strerror(errno));
+      }
+    } else if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+      config_path = argv[++i];
+    } else if (std::strcmp(argv[i], "--help") == 0) {
+      return Usage("trains one trial and prints its metrics as JSON lines"), 0;
+    } else if (std::strcmp(argv[i], "--resume") == 0 && i + 1 < argc) {
+      resume_path = argv[++i];
+    } else {
+      return Usage(std::string("unknown argument ") + argv[i]);
+    }
+  }
+  if (check) {
+    nlohmann::json findings = megabatch::trainer::RunSelfCheck(check_dataset, check_threads);
+    std::cout << findings.dump() << std::endl;
+    return findings["problems"].empty() ? kExitCompleted : kExitFailed;
+  }
+  if (serve) {
+    std::string line;
+    while (std::getline(std::cin, line)) {
+      nlohmann::json request = nlohmann::json::parse(line, nullptr, false);
+      if (!request.is_object() || !request.contains("config") ||
+          !request["config"].is_string() ||
+          !request.value("resume", nlohmann::json("")).is_string()) {
+        return Usage("--serve: a request is {\"config\": PATH, \"resume\": PATH}, not " +
+                     line.substr(0, 200));
+      }
+      int code = RunOne(request["config"].get<std::string>(),
+                        request.value("resume", std::string()));
+      if (code != kExitCompleted && code != kExitDiverged) return code;
+    }
+    return kExitCompleted;
+  }
+  if (config_path.empty()) return Usage("--config is required");
+  return RunOne(config_path, resume_path);
 }
