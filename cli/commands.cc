@@ -194,13 +194,22 @@ int Commands::Trials(int64_t sweep_id) {
   grpc::Status s = AllTrials(sweep_id, &trials);
   if (!s.ok()) return Fail(s);
   Table t({"trial", "optimizer", "batch_size", "lr", "lr_multiplier", "seed",
-           "state", "attempts", "epoch", "train_loss", "val_accuracy",
-           "error"});
+           "state", "attempts", "epoch", "train_loss", "val_accuracy", "threads",
+           "samples_per_second", "error"});
+  // A rate measured while the host's trainers outnumbered its cores is
+  // marked in the tables people read (JSON and CSV: shared_cores is in the
+  // trial_summary view).
+  const bool mark = format_ == OutputFormat::kTable || format_ == OutputFormat::kMarkdown;
   for (const auto& tr : trials) {
+    json rate = Metric(tr, "samples_per_second");
+    auto shared = tr.latest_metrics().find("shared_cores");
+    if (mark && rate.is_number() && shared != tr.latest_metrics().end() && shared->second > 0) {
+      rate = FormatNumber(rate.get<double>()) + " (shared)";
+    }
     t.AddRow({tr.id(), tr.optimizer(), tr.batch_size(), tr.lr(),
               tr.lr_multiplier(), tr.seed(), StateName(tr.state()),
               tr.attempts(), Metric(tr, "epoch"), Metric(tr, "train_loss"),
-              Metric(tr, "val_accuracy"), tr.error()});
+              Metric(tr, "val_accuracy"), Metric(tr, "threads"), rate, tr.error()});
   }
   t.Print(out_, format_);
   return kExitOk;
@@ -335,15 +344,25 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
       "optimizer", "batch_size", "best_lr", "lrs_tried", "trials",
       "diverged_trials", "max_stable_lr", "best_val_accuracy", "best_val_loss",
       "best_target_value", "test_accuracy", "test_loss", "steps_to_target",
-      "samples_to_target", "seconds_to_target", "scaling_efficiency",
-      "noise_scale_at_10pct", "noise_scale_at_50pct", "noise_scale_at_100pct",
-      "noise_scale_at_target"};
+      "samples_to_target", "seconds_to_target", "samples_per_second", "shared_core_trials",
+      "scaling_efficiency", "noise_scale_at_10pct", "noise_scale_at_50pct",
+      "noise_scale_at_100pct", "noise_scale_at_target"};
   // CSV is one table, so each row carries its optimizer's fit.
   if (csv) {
     columns.insert(columns.end(),
                    {"s_min", "b_crit", "b_crit_low", "b_crit_high", "noise_scale"});
   }
   Table rows(columns);
+  // In the tables people read, a time figure from trials that shared cores
+  // carries its mark; JSON and CSV keep the number and shared_core_trials.
+  const bool mark = format_ == OutputFormat::kTable || format_ == OutputFormat::kMarkdown;
+  bool marked = false;
+  auto timed = [&](const v1::ScalingRow& r, bool has, double value) -> json {
+    if (!has) return nullptr;
+    if (!mark || r.shared_core_trials() == 0) return value;
+    marked = true;
+    return FormatNumber(value) + " (shared)";
+  };
   for (const auto& r : report.rows()) {
     std::vector<json> row = {
         r.optimizer(), r.batch_size(), r.best_lr(), r.lrs_tried(), r.trials(),
@@ -356,7 +375,9 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
         Maybe(r.has_test_loss(), r.test_loss()),
         Maybe(r.has_steps_to_target(), r.steps_to_target()),
         Maybe(r.has_samples_to_target(), r.samples_to_target()),
-        Maybe(r.has_seconds_to_target(), r.seconds_to_target()),
+        timed(r, r.has_seconds_to_target(), r.seconds_to_target()),
+        timed(r, r.has_samples_per_second(), r.samples_per_second()),
+        r.shared_core_trials(),
         Maybe(r.has_scaling_efficiency(), r.scaling_efficiency()),
         Maybe(r.has_noise_scale_at_10pct(), r.noise_scale_at_10pct()),
         Maybe(r.has_noise_scale_at_50pct(), r.noise_scale_at_50pct()),
@@ -419,6 +440,11 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
          << StateName(sweep.state()) << "): " << target << "\n\n";
     out_ << h << "Best lr per optimizer and batch size\n\n";
     rows.Print(out_, format_);
+    if (marked) {
+      out_ << "\n(shared): from trials that shared cores with other trainers at some time "
+              "(shared_core_trials); these time figures measure the contention, not the "
+              "training. Steps and samples are unaffected.\n";
+    }
     out_ << "\n" << h << "Critical batch size: S(b) = S_min·(1 + B_crit/b)\n\n";
     fits.Print(out_, format_);
     out_ << "\n" << h << "Diverged\n\n";

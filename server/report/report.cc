@@ -222,7 +222,7 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
       "scaling_efficiency, gradient_noise_scale, best_val_accuracy, best_val_loss, "
       "best_target_value, test_accuracy, test_loss, noise_scale_at_10pct, "
       "noise_scale_at_50pct, noise_scale_at_100pct, noise_scale_at_target, "
-      "train_samples FROM sweep_scaling s "
+      "train_samples, samples_per_second, shared_core_trials FROM sweep_scaling s "
       "WHERE sweep_id = ?1 ORDER BY (SELECT MIN(trial_index) FROM trials t "
       "WHERE t.sweep_id = ?1 AND t.optimizer = s.optimizer), batch_size");
   if (!rows.ok()) return rows.status();
@@ -253,6 +253,8 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
     r.noise_scale_at_100pct = Optional(q, 21);
     r.noise_scale_at_target = Optional(q, 22);
     r.train_samples = Optional(q, 23);
+    r.samples_per_second = Optional(q, 24);
+    r.shared_core_trials = static_cast<int32_t>(q.Int(25));
     report.rows.push_back(std::move(r));
   }));
 

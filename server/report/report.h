@@ -52,6 +52,10 @@ struct ScalingRow {
   std::optional<double> noise_scale_at_100pct;
   std::optional<double> noise_scale_at_target;
   std::optional<double> train_samples;  // n, the training split's size
+  std::optional<double> samples_per_second;  // mean over the best lr's trials
+  // The best lr's trials that shared cores at some time: their time
+  // figures (seconds_to_target, samples_per_second) are not results.
+  int32_t shared_core_trials = 0;
   // Steps to target of each seed of the best lr (for the bootstrap).
   std::vector<double> seed_steps_to_target;
 };

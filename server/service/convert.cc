@@ -102,6 +102,8 @@ void ToProto(const report::SweepReport& report, v1::SweepReport* out) {
     if (r.best_target_value) row->set_best_target_value(*r.best_target_value);
     if (r.test_accuracy) row->set_test_accuracy(*r.test_accuracy);
     if (r.test_loss) row->set_test_loss(*r.test_loss);
+    if (r.samples_per_second) row->set_samples_per_second(*r.samples_per_second);
+    row->set_shared_core_trials(r.shared_core_trials);
     if (r.noise_scale_at_10pct) row->set_noise_scale_at_10pct(*r.noise_scale_at_10pct);
     if (r.noise_scale_at_50pct) row->set_noise_scale_at_50pct(*r.noise_scale_at_50pct);
     if (r.noise_scale_at_100pct) row->set_noise_scale_at_100pct(*r.noise_scale_at_100pct);

@@ -390,6 +390,157 @@ CREATE TABLE sweep_requests (
 INSERT INTO sweep_requests (owner, request_id, sweep_id)
   SELECT coalesce(owner, ''), request_id, id FROM sweeps WHERE request_id IS NOT NULL;
 )sql",
+    // Version 9: the threads each trial ran with, whether it shared cores
+    // with other trainers at any time (shared_cores, 0 or 1; NULL before
+    // version 9), and its mean training throughput; sweep_scaling counts
+    // the best lr's trials that shared cores, whose time figures
+    // (seconds_to_target, samples_per_second) are not results.
+    R"sql(
+DROP VIEW sweep_scaling;
+DROP VIEW trial_summary;
+CREATE VIEW trial_summary AS
+SELECT
+  t.id AS trial_id, t.sweep_id, t.trial_index, t.optimizer, t.batch_size,
+  t.lr, t.lr_multiplier, t.seed, t.state, t.attempts,
+  t.finished_at - t.started_at AS seconds,
+  (SELECT MAX(step) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'train_loss') AS steps,
+  (SELECT MAX(step) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'train_loss') * t.batch_size AS samples,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'train_samples'
+     ORDER BY step LIMIT 1) AS train_samples,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'train_loss'
+     ORDER BY step DESC LIMIT 1) AS final_train_loss,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'val_loss'
+     ORDER BY step DESC LIMIT 1) AS final_val_loss,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'val_accuracy'
+     ORDER BY step DESC LIMIT 1) AS final_val_accuracy,
+  (SELECT MAX(value) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'val_accuracy') AS best_val_accuracy,
+  (SELECT MIN(value) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'val_loss') AS best_val_loss,
+  sw.target_metric,
+  COALESCE(
+    (SELECT CASE WHEN sw.higher_is_better THEN MAX(value) ELSE MIN(value) END
+       FROM metrics m WHERE m.trial_id = t.id AND m.name = sw.target_metric),
+    (SELECT CASE WHEN sw.higher_is_better THEN MAX(value) ELSE MIN(value) END
+       FROM metrics m WHERE m.trial_id = t.id AND m.name = sw.legacy_metric))
+    AS best_target_value,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'test_loss'
+     ORDER BY step DESC LIMIT 1) AS test_loss,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'test_accuracy'
+     ORDER BY step DESC LIMIT 1) AS test_accuracy,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'test_loss'
+     ORDER BY step DESC LIMIT 1) AS final_test_loss,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id AND m.name = 'test_accuracy'
+     ORDER BY step DESC LIMIT 1) AS final_test_accuracy,
+  (SELECT MAX(value) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'test_accuracy') AS best_test_accuracy,
+  (SELECT MIN(value) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'test_loss') AS best_test_loss,
+  COALESCE(
+    (SELECT value FROM metrics m WHERE m.trial_id = t.id
+       AND m.name = 'target_reached_steps' ORDER BY step LIMIT 1),
+    (SELECT MIN(step) FROM metrics m
+       WHERE m.trial_id = t.id AND m.name = 'target_reached_seconds')) AS steps_to_target,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'target_reached_samples' ORDER BY step LIMIT 1) AS samples_to_target,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'target_reached_seconds' ORDER BY step LIMIT 1) AS seconds_to_target,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'target_bracket_samples' ORDER BY step LIMIT 1) AS target_bracket_samples,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'gradient_noise_scale' ORDER BY step DESC LIMIT 1) AS gradient_noise_scale,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'noise_scale_at_10pct' ORDER BY step LIMIT 1) AS noise_scale_at_10pct,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'noise_scale_at_50pct' ORDER BY step LIMIT 1) AS noise_scale_at_50pct,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'noise_scale_at_100pct' ORDER BY step LIMIT 1) AS noise_scale_at_100pct,
+  (SELECT value FROM metrics m WHERE m.trial_id = t.id
+     AND m.name = 'noise_scale_at_target' ORDER BY step LIMIT 1) AS noise_scale_at_target,
+  (SELECT MAX(value) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'threads') AS threads,
+  (SELECT MAX(value) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'shared_cores') AS shared_cores,
+  (SELECT AVG(value) FROM metrics m
+     WHERE m.trial_id = t.id AND m.name = 'samples_per_second') AS samples_per_second,
+  t.state = 'diverged' AS diverged
+FROM trials t JOIN (
+  SELECT id, metric AS target_metric, metric LIKE '%accuracy' AS higher_is_better,
+    CASE metric WHEN 'val_accuracy' THEN 'test_accuracy'
+      WHEN 'val_loss' THEN 'test_loss' ELSE metric END AS legacy_metric
+  FROM (SELECT id, CASE COALESCE(json_extract(spec_json, '$.target.metric'), 'val_accuracy')
+          WHEN 'test_accuracy' THEN 'val_accuracy' WHEN 'test_loss' THEN 'val_loss'
+          ELSE COALESCE(json_extract(spec_json, '$.target.metric'), 'val_accuracy') END
+          AS metric FROM sweeps)
+) sw ON sw.id = t.sweep_id;
+CREATE VIEW sweep_scaling AS
+WITH per_lr AS (
+  -- Seeds of one (optimizer, batch size, lr) averaged; to-target figures
+  -- only when every seed reached the target.
+  SELECT ts.sweep_id, ts.optimizer, ts.batch_size, ts.lr,
+    COUNT(*) AS trials,
+    SUM(ts.diverged) AS diverged_trials,
+    MAX(ts.target_metric LIKE '%accuracy') AS higher_is_better,
+    AVG(ts.best_target_value) AS best_target_value,
+    AVG(ts.best_val_accuracy) AS best_val_accuracy,
+    AVG(ts.best_val_loss) AS best_val_loss,
+    AVG(ts.best_test_accuracy) AS best_test_accuracy,
+    AVG(ts.best_test_loss) AS best_test_loss,
+    AVG(ts.test_accuracy) AS test_accuracy,
+    AVG(ts.test_loss) AS test_loss,
+    CASE WHEN COUNT(ts.steps_to_target) = COUNT(*)
+      THEN AVG(ts.steps_to_target) END AS steps_to_target,
+    CASE WHEN COUNT(ts.samples_to_target) = COUNT(*)
+      THEN AVG(ts.samples_to_target) END AS samples_to_target,
+    CASE WHEN COUNT(ts.seconds_to_target) = COUNT(*)
+      THEN AVG(ts.seconds_to_target) END AS seconds_to_target,
+    AVG(ts.gradient_noise_scale) AS gradient_noise_scale,
+    AVG(ts.noise_scale_at_10pct) AS noise_scale_at_10pct,
+    AVG(ts.noise_scale_at_50pct) AS noise_scale_at_50pct,
+    AVG(ts.noise_scale_at_100pct) AS noise_scale_at_100pct,
+    AVG(ts.noise_scale_at_target) AS noise_scale_at_target,
+    MAX(ts.train_samples) AS train_samples,
+    AVG(ts.samples_per_second) AS samples_per_second,
+    SUM(COALESCE(ts.shared_cores, 0) > 0) AS shared_core_trials
+  FROM trial_summary ts
+  GROUP BY ts.sweep_id, ts.optimizer, ts.batch_size, ts.lr
+),
+ranked AS (
+  -- Best first: fewest steps to target, then no divergence, then the best
+  -- value of the target metric (val_accuracy when there is no target).
+  SELECT *,
+    ROW_NUMBER() OVER (g ORDER BY steps_to_target IS NULL, steps_to_target,
+      diverged_trials > 0,
+      best_target_value IS NULL,
+      CASE WHEN higher_is_better THEN -best_target_value ELSE best_target_value END,
+      lr) AS rank,
+    COUNT(*) OVER g AS lrs_tried,
+    SUM(trials) OVER g AS all_trials,
+    SUM(diverged_trials) OVER g AS all_diverged,
+    MAX(CASE WHEN diverged_trials = 0 THEN lr END) OVER g AS max_stable_lr
+  FROM per_lr
+  WINDOW g AS (PARTITION BY sweep_id, optimizer, batch_size)
+),
+best AS (SELECT * FROM ranked WHERE rank = 1)
+SELECT b.sweep_id, b.optimizer, b.batch_size, b.lrs_tried,
+  b.all_trials AS trials, b.all_diverged AS diverged_trials,
+  b.lr AS best_lr, b.max_stable_lr, b.best_test_accuracy, b.best_test_loss,
+  b.steps_to_target, b.samples_to_target, b.seconds_to_target,
+  -- E(b) = S(b0)·b0 / (S(b)·b), b0 the smallest batch that reached the target.
+  (SELECT r.steps_to_target * r.batch_size FROM best r
+     WHERE r.sweep_id = b.sweep_id AND r.optimizer = b.optimizer
+       AND r.steps_to_target IS NOT NULL
+     ORDER BY r.batch_size LIMIT 1) / (b.steps_to_target * b.batch_size)
+    AS scaling_efficiency,
+  b.gradient_noise_scale,
+  b.best_val_accuracy, b.best_val_loss, b.best_target_value,
+  b.test_accuracy, b.test_loss,
+  b.noise_scale_at_10pct, b.noise_scale_at_50pct, b.noise_scale_at_100pct,
+  b.noise_scale_at_target, b.train_samples, b.samples_per_second, b.shared_core_trials
+FROM best b;
+)sql",
 };
 
 }  // namespace megabatch::store

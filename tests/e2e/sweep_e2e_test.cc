@@ -3,11 +3,14 @@
 // assertions read the real SQLite file.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "server/store/db.h"
@@ -19,6 +22,7 @@ namespace megabatch {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using testing::Process;
 using testing::RunCommand;
 
@@ -174,6 +178,71 @@ eval_every_steps: 4
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name LIKE 'test_%'"), 0);
   auto report = Cli({"report", "1"});
   EXPECT_EQ(report.exit_code, 0) << report.err;
+}
+
+// A slot keeps its trainer between the trials of a sweep; each trial still
+// prints the bits a fresh process prints: every stored metric equals that of
+// `megabatch-trainer --config` run alone on the trial's config (times aside).
+TEST_F(SweepE2ETest, TrialsInAWarmTrainerMatchAFreshProcessBitForBit) {
+  std::string spec = WriteSpec("warm.yaml", R"yaml(
+name: warm
+model: {type: mlp, hidden: [32]}
+optimizers: [{name: lamb}, {name: sgd, momentum: 0.9}]
+batch_sizes: [128, 256]
+base: {batch_size: 128, lr: 0.01}
+seeds: [0, 1]
+budget: {steps: 30}
+eval_every_steps: 10
+noise_scale: always
+)yaml");
+  auto submit = Cli({"submit", spec, "--wait"});
+  ASSERT_EQ(submit.exit_code, 0) << submit.err << workers_[0]->Log();
+  const std::string logs = workers_[0]->Log() + workers_[1]->Log();
+  EXPECT_THAT(logs, HasSubstr("(warm)")) << "no trial ran in a kept trainer";
+  const std::string trainer =
+      (std::filesystem::path(MEGABATCH_WORKER_BIN).parent_path() / "megabatch-trainer").string();
+  auto db = store::Db::Open(db_path_);
+  ASSERT_TRUE(db.ok());
+  auto trials = (*db)->Prepare("SELECT id, config_json FROM trials ORDER BY id");
+  ASSERT_TRUE(trials.ok());
+  int compared = 0;
+  while (*trials->Step()) {
+    const int64_t id = trials->Int(0);
+    nlohmann::json config = nlohmann::json::parse(trials->Text(1));
+    config["threads"] = 1;
+    const std::string path = dir_.File("alone-" + std::to_string(id) + ".json");
+    std::ofstream(path) << config.dump();
+    auto alone = RunCommand({trainer, "--config", path});
+    ASSERT_EQ(alone.exit_code, 0) << alone.err;
+    std::map<std::pair<std::string, int64_t>, double> expected;
+    std::istringstream lines(alone.out);
+    for (std::string line; std::getline(lines, line);) {
+      auto j = nlohmann::json::parse(line);
+      if (!j.contains("metrics")) continue;
+      for (const auto& [name, value] : j["metrics"].items()) {
+        if (name.find("second") == std::string::npos && value.is_number()) {
+          expected[{name, j["step"].get<int64_t>()}] = value.get<double>();
+        }
+      }
+    }
+    auto stored = (*db)->Prepare(
+        "SELECT name, step, value FROM metrics WHERE trial_id = ? AND value IS NOT NULL AND "
+        "name NOT LIKE '%second%' AND name NOT IN ('threads', 'shared_cores') "
+        "ORDER BY name, step");
+    ASSERT_TRUE(stored.ok());
+    stored->Bind(1, id);
+    size_t rows = 0;
+    while (*stored->Step()) {
+      ++rows;
+      auto it = expected.find({stored->Text(0), stored->Int(1)});
+      ASSERT_NE(it, expected.end()) << "trial " << id << ": " << stored->Text(0);
+      EXPECT_EQ(stored->Double(2), it->second)
+          << "trial " << id << ": " << stored->Text(0) << " at step " << stored->Int(1);
+    }
+    EXPECT_EQ(rows, expected.size()) << "trial " << id;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 8);
 }
 
 TEST_F(SweepE2ETest, AStudysReportAgreesWithOneRecomputedFromTheRawMetrics) {
@@ -463,6 +532,82 @@ max_retries: 3
   // Every step exactly once, 1..3000, across both attempts.
   ExpectEveryStepOnce("1", 3000);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"), 3);
+}
+
+// Cores are given out once per host: a worker that asks for more threads
+// than the cores says so loudly, one started beside it gets what is left,
+// and trials that ran while the host's trainers outnumbered its cores say so
+// (threads, shared_cores), so the report marks their time figures.
+TEST_F(SweepE2ETest, TrialsThatShareCoresAreMarkedInTheReport) {
+  for (auto& w : workers_) w->Kill(SIGTERM);
+  for (auto& w : workers_) EXPECT_EQ(w->Wait(std::chrono::seconds(10)), 0);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  const int cores = CPU_COUNT(&set);
+  const std::string claims = dir_.File("claims");
+  auto worker = [&](const std::string& name, std::vector<std::string> flags,
+                    const std::string& claims_dir) {
+    std::vector<std::string> argv = {MEGABATCH_WORKER_BIN, "--coordinator", address_,
+                                     "--name", name, "--work-dir", dir_.File(name),
+                                     "--host-claims", claims_dir};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return std::make_unique<Process>(argv, dir_.File(name + ".log"));
+  };
+  // Two slots of every core each: twice the cores when both run.
+  auto greedy = worker("greedy", {"--slots", "2", "--threads-per-slot", std::to_string(cores)},
+                       claims);
+  ASSERT_TRUE(testing::WaitUntil([&] { return greedy->Log().find("registered") != std::string::npos; },
+                                 std::chrono::seconds(30)));
+  EXPECT_THAT(greedy->Log(), HasSubstr("OVERSUBSCRIBED"));
+  // A worker started beside it finds no core left: one thread, and a warning.
+  auto late = worker("late", {"--slots", "1"}, claims);
+  ASSERT_TRUE(testing::WaitUntil([&] { return late->Log().find("registered") != std::string::npos; },
+                                 std::chrono::seconds(30)));
+  EXPECT_THAT(late->Log(), HasSubstr("OVERSUBSCRIBED"));
+  EXPECT_THAT(late->Log(), HasSubstr("1 CPU slots x 1 threads"));
+  late->Kill(SIGTERM);
+  EXPECT_EQ(late->Wait(std::chrono::seconds(10)), 0);
+
+  const std::string spec_text = R"yaml(
+model: {type: mlp, hidden: [32]}
+optimizers: [{name: adamw}]
+batch_sizes: [128, 256]
+base: {batch_size: 128, lr: 0.002}
+budget: {steps: 300}
+eval_every_steps: 20
+target: {metric: val_accuracy, value: 0.5}
+)yaml";
+  auto shared = Cli({"submit", WriteSpec("shared.yaml", "name: shared" + spec_text), "--wait"});
+  ASSERT_EQ(shared.exit_code, 0) << shared.err << greedy->Log();
+  greedy->Kill(SIGTERM);
+  EXPECT_EQ(greedy->Wait(std::chrono::seconds(10)), 0);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE sweep_id = 1 AND shared_cores = 1 "
+                   "AND threads = " + std::to_string(cores)),
+            2);
+  EXPECT_EQ(Scalar("SELECT sum(shared_core_trials) FROM sweep_scaling WHERE sweep_id = 1"), 2);
+  auto report = Cli({"report", "1"});
+  ASSERT_EQ(report.exit_code, 0) << report.err;
+  EXPECT_THAT(report.out, HasSubstr(" (shared)"));
+  EXPECT_THAT(report.out, HasSubstr("shared cores with other trainers"));
+  auto trials = Cli({"trials", "1"});
+  EXPECT_THAT(trials.out, HasSubstr(" (shared)"));
+  auto json_report = nlohmann::json::parse(Cli({"-o", "json", "report", "1"}).out);
+  for (const auto& row : json_report["rows"]) {
+    EXPECT_EQ(row["shared_core_trials"], 1);
+    EXPECT_TRUE(row["seconds_to_target"].is_number()) << "JSON keeps the number";
+  }
+
+  // Alone on its cores (a claims directory of its own): nothing is marked.
+  auto alone = worker("alone", {"--slots", "1", "--threads-per-slot", "1"}, dir_.File("own"));
+  auto calm = Cli({"submit", WriteSpec("calm.yaml", "name: calm" + spec_text), "--wait"});
+  ASSERT_EQ(calm.exit_code, 0) << calm.err << alone->Log();
+  EXPECT_THAT(alone->Log(), Not(HasSubstr("OVERSUBSCRIBED")));
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE sweep_id = 2 AND shared_cores = 0 "
+                   "AND threads = 1 AND samples_per_second > 0"),
+            2);
+  auto calm_report = Cli({"report", "2"});
+  EXPECT_THAT(calm_report.out, Not(HasSubstr("(shared)")));
 }
 
 TEST_F(SweepE2ETest, GpuSlotsEachSeeOnlyTheirOwnGpu) {

@@ -503,6 +503,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     warm->key = key;
   }
   TrainerProcess& trainer = *warm->process;
+  spdlog::info("trial {}: trainer {} ({})", lease.trial_id(), trainer.pid(),
+               fresh ? "fresh" : "warm");
   if (resume) spdlog::info("trial {}: resuming from {}", lease.trial_id(), resume_from);
   bool sent = false;
   {
