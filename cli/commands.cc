@@ -61,6 +61,7 @@ std::string Progress(const v1::Sweep& s) {
     << ", pruned " << s.trials_pruned()
     << ", failed " << s.trials_failed() << ", cancelled "
     << s.trials_cancelled() << ")";
+  if (!s.phase().empty()) m << ", adaptive phase " << s.phase();
   return m.str();
 }
 
@@ -193,9 +194,15 @@ int Commands::Trials(int64_t sweep_id) {
   google::protobuf::RepeatedPtrField<v1::Trial> trials;
   grpc::Status s = AllTrials(sweep_id, &trials);
   if (!s.ok()) return Fail(s);
-  Table t({"trial", "optimizer", "batch_size", "lr", "lr_multiplier", "seed",
-           "state", "attempts", "epoch", "train_loss", "val_accuracy", "threads",
-           "samples_per_second", "error"});
+  // An adaptive study's trials say which phase of its plan made them.
+  bool phased = false;
+  for (const auto& tr : trials) phased = phased || !tr.phase().empty();
+  std::vector<std::string> columns = {"trial", "optimizer", "batch_size", "lr",
+                                      "lr_multiplier", "seed", "state", "attempts",
+                                      "epoch", "train_loss", "val_accuracy", "threads",
+                                      "samples_per_second", "error"};
+  if (phased) columns.insert(columns.begin() + 1, "phase");
+  Table t(columns);
   // A rate measured while the host's trainers outnumbered its cores is
   // marked in the tables people read (JSON and CSV: shared_cores is in the
   // trial_summary view).
@@ -206,10 +213,13 @@ int Commands::Trials(int64_t sweep_id) {
     if (mark && rate.is_number() && shared != tr.latest_metrics().end() && shared->second > 0) {
       rate = FormatNumber(rate.get<double>()) + " (shared)";
     }
-    t.AddRow({tr.id(), tr.optimizer(), tr.batch_size(), tr.lr(),
-              tr.lr_multiplier(), tr.seed(), StateName(tr.state()),
-              tr.attempts(), Metric(tr, "epoch"), Metric(tr, "train_loss"),
-              Metric(tr, "val_accuracy"), Metric(tr, "threads"), rate, tr.error()});
+    std::vector<json> row = {tr.id(), tr.optimizer(), tr.batch_size(), tr.lr(),
+                             tr.lr_multiplier(), tr.seed(), StateName(tr.state()),
+                             tr.attempts(), Metric(tr, "epoch"), Metric(tr, "train_loss"),
+                             Metric(tr, "val_accuracy"), Metric(tr, "threads"), rate,
+                             tr.error()};
+    if (phased) row.insert(row.begin() + 1, tr.phase());
+    t.AddRow(std::move(row));
   }
   t.Print(out_, format_);
   return kExitOk;
@@ -430,6 +440,11 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
                 {"rows", rows.ToJson()},
                 {"critical_batch", fits.ToJson()},
                 {"diverged", diverged.ToJson()}};
+    if (!report.plan().empty()) {
+      out["plan"] = json(std::vector<std::string>(report.plan().begin(), report.plan().end()));
+      out["predicted_b_crit"] =
+          Maybe(report.has_predicted_b_crit(), report.predicted_b_crit());
+    }
     out_ << out.dump(2) << "\n";
   } else if (csv) {
     rows.Print(out_, format_);
@@ -452,6 +467,22 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
       out_ << "none\n";
     } else {
       diverged.Print(out_, format_);
+    }
+    if (!report.plan().empty()) {
+      out_ << "\n" << h << "Adaptive plan (phase " << sweep.phase() << ")\n\n";
+      if (report.has_predicted_b_crit()) {
+        out_ << "The probe predicted B_crit ~ B_simple = "
+             << FormatNumber(report.predicted_b_crit());
+        for (const auto& f : report.fits()) {
+          if (f.has_b_crit()) {
+            out_ << "; " << f.optimizer() << " fitted " << FormatNumber(f.b_crit());
+          }
+        }
+        out_ << ".\n\n";
+      }
+      for (const auto& decision : report.plan()) {
+        out_ << (md ? "- " : "  ") << decision << "\n";
+      }
     }
   }
   if (!plot_path.empty()) {

@@ -260,7 +260,8 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
 
   auto seeds = db.Prepare(
       "SELECT steps_to_target FROM trial_summary WHERE sweep_id = ? AND optimizer = ? "
-      "AND batch_size = ? AND lr = ? AND steps_to_target IS NOT NULL ORDER BY seed");
+      "AND batch_size = ? AND lr = ? AND steps_to_target IS NOT NULL "
+      "AND (phase IS NULL OR phase = 'finish') ORDER BY seed");
   if (!seeds.ok()) return seeds.status();
   for (ScalingRow& r : report.rows) {
     if (!r.steps_to_target) continue;
@@ -287,6 +288,22 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
     report.fits.back().optimizer = optimizer;
     AddNoiseScale(report.rows, &report.fits.back());
   }
+
+  // An adaptive study's plan: what its planner decided, in order, and the
+  // probe's prediction of B_crit.
+  auto plan = db.Prepare(
+      "SELECT message FROM events WHERE sweep_id = ? AND kind = 'plan' ORDER BY id");
+  if (!plan.ok()) return plan.status();
+  plan->Bind(1, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(
+      *plan, [&](store::Statement& q) { report.plan.push_back(q.Text(0)); }));
+  auto probe = db.Prepare(
+      "SELECT COALESCE(noise_scale_at_100pct, gradient_noise_scale) FROM trial_summary "
+      "WHERE sweep_id = ? AND phase = 'probe'");
+  if (!probe.ok()) return probe.status();
+  probe->Bind(1, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(
+      *probe, [&](store::Statement& q) { report.predicted_b_crit = Optional(q, 0); }));
 
   auto diverged = db.Prepare(
       "SELECT optimizer, batch_size, lr, SUM(diverged), COUNT(*) "

@@ -96,6 +96,10 @@ struct SweepReport {
   std::vector<ScalingRow> rows;  // optimizers in spec order, batch ascending
   std::vector<CriticalBatchFit> fits;  // one per optimizer
   std::vector<DivergedGroup> diverged;
+  // Adaptive studies: the planner's decisions in order (events of kind
+  // 'plan'), and the probe's B_simple, its prediction of B_crit.
+  std::vector<std::string> plan;
+  std::optional<double> predicted_b_crit;
 };
 
 // `points` are (batch size, steps to target). With `seeds` (for each point,

@@ -47,6 +47,7 @@ void ToProto(const store::SweepRow& row, v1::Sweep* out) {
   out->set_priority(row.priority);
   out->set_max_parallel(row.max_parallel);
   out->set_owner(row.owner);
+  out->set_phase(row.phase);
 }
 
 void ToProto(const store::TrialRow& row, v1::Trial* out) {
@@ -64,6 +65,7 @@ void ToProto(const store::TrialRow& row, v1::Trial* out) {
   out->set_error(row.error);
   out->set_started_at(row.started_at);
   out->set_finished_at(row.finished_at);
+  out->set_phase(row.phase);
   for (const auto& [name, value] : row.latest_metrics) {
     (*out->mutable_latest_metrics())[name] = value;
   }
@@ -135,6 +137,8 @@ void ToProto(const report::SweepReport& report, v1::SweepReport* out) {
     g->set_diverged(d.diverged);
     g->set_trials(d.trials);
   }
+  for (const auto& decision : report.plan) out->add_plan(decision);
+  if (report.predicted_b_crit) out->set_predicted_b_crit(*report.predicted_b_crit);
 }
 
 void ToProto(const store::QueryResult& result, v1::QueryResponse* out) {

@@ -623,6 +623,41 @@ Status ParseList(Fields& top, std::string_view key, std::vector<T>* out,
   return Status::Ok();
 }
 
+// strategy: null (a grid) or an adaptive study's settings, defaults filled
+// in. `train_samples` (0 when unknown) caps the batch sizes.
+Status ParseStrategy(Fields& top, int64_t train_samples, json* out) {
+  const json* v = top.Get("strategy");
+  MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "strategy"));
+  if (v == nullptr) {
+    *out = nullptr;
+    return Status::Ok();
+  }
+  Fields f(*v, "strategy");
+  std::string type;
+  MEGABATCH_RETURN_IF_ERROR(f.Choice("type", &type, {"grid", "adaptive"}));
+  if (type == "grid") {
+    *out = nullptr;
+    return f.NoUnknown();
+  }
+  const int64_t largest = train_samples > 0 ? train_samples : int64_t{1} << 30;
+  int64_t max_batch = 0, batch_sizes = 0, lr_trials = 0;
+  double search_fraction = 0;
+  MEGABATCH_RETURN_IF_ERROR(f.Int("max_batch_size", &max_batch, largest, 2, largest));
+  MEGABATCH_RETURN_IF_ERROR(f.Int("batch_sizes", &batch_sizes, 6, 2, 16));
+  MEGABATCH_RETURN_IF_ERROR(f.Int("lr_trials_per_batch", &lr_trials, 5, 3, 20));
+  MEGABATCH_RETURN_IF_ERROR(f.Number("search_fraction", &search_fraction, 0.2, 0, true));
+  if (search_fraction > 1) {
+    return InvalidArgumentError("strategy.search_fraction: must be at most 1, got " +
+                                Describe(*f.Get("search_fraction")));
+  }
+  *out = {{"type", type},
+          {"max_batch_size", max_batch},
+          {"batch_sizes", batch_sizes},
+          {"lr_trials_per_batch", lr_trials},
+          {"search_fraction", search_fraction}};
+  return f.NoUnknown();
+}
+
 }  // namespace
 
 double ScaledLr(LrScaling scaling, double base_lr, int64_t base_batch_size,
@@ -656,23 +691,40 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   // Two entries of one optimizer with different options are a legitimate
   // comparison; the same name twice with the same options is a mistake, which
   // ParseList catches through OptimizerSpec's ==.
-  MEGABATCH_RETURN_IF_ERROR(ParseList<int64_t>(
-      top, "batch_sizes", &s.batch_sizes, {},
-      [&](const json& v, const std::string& path, int64_t* b) {
-        MEGABATCH_RETURN_IF_ERROR(
-            Fields::IntValue(v, path, b, 1, train_samples));
-        return Status::Ok();
-      }));
+  s.train_samples = train_samples;
+  MEGABATCH_RETURN_IF_ERROR(ParseStrategy(top, train_samples, &s.strategy));
+  const bool adaptive = !s.strategy.is_null();
+  if (adaptive) {
+    // The planner places the batch sizes and the lrs.
+    for (const char* key : {"batch_sizes", "lr_multipliers", "early_stopping"}) {
+      if (top.Get(key) != nullptr) {
+        return InvalidArgumentError(std::string(key) +
+                                    ": not with strategy adaptive, which chooses the batch "
+                                    "sizes and lrs itself");
+      }
+    }
+  } else {
+    MEGABATCH_RETURN_IF_ERROR(ParseList<int64_t>(
+        top, "batch_sizes", &s.batch_sizes, {},
+        [&](const json& v, const std::string& path, int64_t* b) {
+          MEGABATCH_RETURN_IF_ERROR(Fields::IntValue(v, path, b, 1, train_samples));
+          return Status::Ok();
+        }));
+  }
 
   const json* base = nullptr;
   MEGABATCH_RETURN_IF_ERROR(top.Require("base", &base));
   MEGABATCH_RETURN_IF_ERROR(RequireObject(base, "base"));
   Fields bf(*base, "base");
   MEGABATCH_RETURN_IF_ERROR(bf.Number("lr", &s.base_lr, {}, 0, true));
-  int64_t smallest =
-      *std::min_element(s.batch_sizes.begin(), s.batch_sizes.end());
-  MEGABATCH_RETURN_IF_ERROR(
-      bf.Int("batch_size", &s.base_batch_size, smallest, 1, INT64_MAX));
+  if (adaptive) {
+    MEGABATCH_RETURN_IF_ERROR(bf.Int("batch_size", &s.base_batch_size, {}, 2,
+                                     s.strategy["max_batch_size"].get<int64_t>() / 2));
+  } else {
+    int64_t smallest = *std::min_element(s.batch_sizes.begin(), s.batch_sizes.end());
+    MEGABATCH_RETURN_IF_ERROR(
+        bf.Int("batch_size", &s.base_batch_size, smallest, 1, INT64_MAX));
+  }
   MEGABATCH_RETURN_IF_ERROR(bf.NoUnknown());
 
   std::string scaling;
@@ -763,6 +815,28 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   MEGABATCH_RETURN_IF_ERROR(top.Int("priority", &n, 0, -1000000, 1000000));
   s.priority = static_cast<int32_t>(n);
   MEGABATCH_RETURN_IF_ERROR(top.NoUnknown());
+  if (adaptive) {
+    // Search trials run a fraction of the budget's samples, and steps to
+    // target are compared at the same samples for every batch size.
+    if (!s.budget.contains("epochs") && !s.budget.contains("samples")) {
+      return InvalidArgumentError(
+          "budget: strategy adaptive needs a budget in epochs or samples (the same data at "
+          "every batch size), not steps");
+    }
+    if (s.budget.contains("epochs") && s.train_samples == 0) {
+      return InvalidArgumentError(
+          "budget: strategy adaptive needs a budget in samples for this dataset");
+    }
+    if (s.target.is_null()) {
+      return InvalidArgumentError(
+          "target: required by strategy adaptive (its lrs are ranked and its critical batch "
+          "size fitted by steps to target)");
+    }
+    if (s.base_batch_size % 2 != 0) {
+      return InvalidArgumentError("base.batch_size: strategy adaptive measures the noise "
+                                  "scale by halves of the base batch, so it must be even");
+    }
+  }
 
   int64_t trials = static_cast<int64_t>(s.optimizers.size()) *
                    s.batch_sizes.size() * s.lr_multipliers.size() *
@@ -911,59 +985,67 @@ json SweepSpec::ToJson() const {
   if (micro_batch_size > 0) out["micro_batch_size"] = micro_batch_size;
   if (!target.is_null()) out["target"] = target;
   if (!early_stopping.is_null()) out["early_stopping"] = early_stopping;
+  if (!strategy.is_null()) {
+    out["strategy"] = strategy;
+    out.erase("batch_sizes");
+    out.erase("lr_multipliers");
+  }
   return out;
+}
+
+TrialSpec MakeTrial(const SweepSpec& spec, const OptimizerSpec& opt, int64_t b, double lr,
+                    double mult, int64_t seed, int32_t index, const json& budget) {
+  const double base_lr = opt.base_lr > 0 ? opt.base_lr : spec.base_lr;
+  TrialSpec t;
+  t.index = index;
+  t.optimizer = opt.name;
+  t.batch_size = b;
+  t.lr_multiplier = mult;
+  t.lr = lr;
+  t.seed = seed;
+  t.ranks = spec.ranks_per_trial;
+  const int64_t local = b / spec.ranks_per_trial;
+  json optimizer = opt.options;
+  optimizer["name"] = opt.name;
+  // warmup_from: base rises from the unscaled lr (Goyal et al. 2017), never
+  // above the peak.
+  json schedule = spec.schedule;
+  if (schedule.value("warmup_from", "zero") == "base") {
+    schedule["warmup_start_lr"] = std::min(base_lr * mult, t.lr);
+  }
+  schedule.erase("warmup_from");
+  t.config = {{"seed", seed},
+              {"model", spec.model},
+              {"dataset", spec.dataset},
+              {"optimizer", optimizer},
+              {"batch_size", b},
+              {"micro_batch_size",
+               spec.micro_batch_size > 0 ? std::min(spec.micro_batch_size, local) : local},
+              {"lr", t.lr},
+              {"schedule", schedule},
+              {"budget", budget.is_null() ? spec.budget : budget},
+              {"eval_every_steps", spec.eval_every_steps},
+              {"eval_every_samples", spec.eval_every_samples},
+              {"noise_scale", spec.noise_scale},
+              {"checkpoint_every_steps", spec.checkpoint_every_steps},
+              {"diagnostics_every_steps", spec.diagnostics_every_steps},
+              {"divergence_factor", spec.divergence_factor},
+              {"device", spec.device},
+              {"precision", spec.precision}};
+  if (!spec.target.is_null()) t.config["target"] = spec.target;
+  return t;
 }
 
 std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
   std::vector<TrialSpec> trials;
   int32_t index = 0;
   for (const auto& opt : spec.optimizers) {
-    double base_lr = opt.base_lr > 0 ? opt.base_lr : spec.base_lr;
+    const double base_lr = opt.base_lr > 0 ? opt.base_lr : spec.base_lr;
     for (int64_t b : spec.batch_sizes) {
-      double scaled =
-          ScaledLr(spec.lr_scaling, base_lr, spec.base_batch_size, b);
+      const double scaled = ScaledLr(spec.lr_scaling, base_lr, spec.base_batch_size, b);
       for (double mult : spec.lr_multipliers) {
         for (int64_t seed : spec.seeds) {
-          TrialSpec t;
-          t.index = index++;
-          t.optimizer = opt.name;
-          t.batch_size = b;
-          t.lr_multiplier = mult;
-          t.lr = scaled * mult;
-          t.seed = seed;
-          t.ranks = spec.ranks_per_trial;
-          const int64_t local = b / spec.ranks_per_trial;
-          json optimizer = opt.options;
-          optimizer["name"] = opt.name;
-          // warmup_from: base rises from the unscaled lr (Goyal et al. 2017),
-          // never above the peak.
-          json schedule = spec.schedule;
-          if (schedule.value("warmup_from", "zero") == "base") {
-            schedule["warmup_start_lr"] = std::min(base_lr * mult, t.lr);
-          }
-          schedule.erase("warmup_from");
-          t.config = {{"seed", seed},
-                      {"model", spec.model},
-                      {"dataset", spec.dataset},
-                      {"optimizer", optimizer},
-                      {"batch_size", b},
-                      {"micro_batch_size",
-                       spec.micro_batch_size > 0
-                           ? std::min(spec.micro_batch_size, local)
-                           : local},
-                      {"lr", t.lr},
-                      {"schedule", schedule},
-                      {"budget", spec.budget},
-                      {"eval_every_steps", spec.eval_every_steps},
-                      {"eval_every_samples", spec.eval_every_samples},
-                      {"noise_scale", spec.noise_scale},
-                      {"checkpoint_every_steps", spec.checkpoint_every_steps},
-                      {"diagnostics_every_steps", spec.diagnostics_every_steps},
-                      {"divergence_factor", spec.divergence_factor},
-                      {"device", spec.device},
-                      {"precision", spec.precision}};
-          if (!spec.target.is_null()) t.config["target"] = spec.target;
-          trials.push_back(std::move(t));
+          trials.push_back(MakeTrial(spec, opt, b, scaled * mult, mult, seed, index++));
         }
       }
     }

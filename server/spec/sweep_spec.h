@@ -64,6 +64,14 @@ struct SweepSpec {
   nlohmann::json target;
   // null, or {"rule": "asha", "metric", "min_samples", "reduction_factor"}
   nlohmann::json early_stopping;
+  // null (a grid: the trials ExpandSweep makes), or an adaptive study the
+  // coordinator plans as results arrive (server/planner/adaptive.h):
+  // {"type": "adaptive", "max_batch_size", "batch_sizes" (how many),
+  //  "lr_trials_per_batch", "search_fraction"}. batch_sizes (the list) is
+  // then empty.
+  nlohmann::json strategy;
+  // The training split's size (Fashion-MNIST: 55,000; text: unknown, 0).
+  int64_t train_samples = 0;
   // Evaluate every K steps, or every K samples (the same data points at
   // every batch size); both 0: whenever an epoch's worth of samples ends.
   int64_t eval_every_steps = 0;
@@ -115,8 +123,15 @@ double ScaledLr(LrScaling scaling, double base_lr, int64_t base_batch_size,
                 int64_t batch_size);
 
 // All trials of a valid spec in order optimizers x batch_sizes x
-// lr_multipliers x seeds.
+// lr_multipliers x seeds (none for an adaptive spec: its planner makes them).
 std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec);
+
+// One trial of `spec`: `optimizer` at `batch_size` with peak lr `lr`
+// (`multiplier` times the scaled lr, as recorded), `seed`, and `budget`
+// (the spec's when null).
+TrialSpec MakeTrial(const SweepSpec& spec, const OptimizerSpec& optimizer, int64_t batch_size,
+                    double lr, double multiplier, int64_t seed, int32_t index,
+                    const nlohmann::json& budget = nullptr);
 
 }  // namespace megabatch::spec
 

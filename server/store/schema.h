@@ -394,14 +394,18 @@ INSERT INTO sweep_requests (owner, request_id, sweep_id)
     // with other trainers at any time (shared_cores, 0 or 1; NULL before
     // version 9), and its mean training throughput; sweep_scaling counts
     // the best lr's trials that shared cores, whose time figures
-    // (seconds_to_target, samples_per_second) are not results.
+    // (seconds_to_target, samples_per_second) are not results. Adaptive
+    // studies: trials.phase (probe, search or finish; NULL in a grid), and
+    // sweep_scaling reads only grid and finish trials (probe and search runs
+    // train a fraction of the budget).
     R"sql(
+ALTER TABLE trials ADD COLUMN phase TEXT;
 DROP VIEW sweep_scaling;
 DROP VIEW trial_summary;
 CREATE VIEW trial_summary AS
 SELECT
   t.id AS trial_id, t.sweep_id, t.trial_index, t.optimizer, t.batch_size,
-  t.lr, t.lr_multiplier, t.seed, t.state, t.attempts,
+  t.lr, t.lr_multiplier, t.seed, t.state, t.attempts, t.phase,
   t.finished_at - t.started_at AS seconds,
   (SELECT MAX(step) FROM metrics m
      WHERE m.trial_id = t.id AND m.name = 'train_loss') AS steps,
@@ -505,6 +509,7 @@ WITH per_lr AS (
     AVG(ts.samples_per_second) AS samples_per_second,
     SUM(COALESCE(ts.shared_cores, 0) > 0) AS shared_core_trials
   FROM trial_summary ts
+  WHERE ts.phase IS NULL OR ts.phase = 'finish'
   GROUP BY ts.sweep_id, ts.optimizer, ts.batch_size, ts.lr
 ),
 ranked AS (

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/selection_metrics.h"
+#include "server/planner/adaptive.h"
 #include "server/store/schema.h"
 
 namespace megabatch::store {
@@ -170,19 +171,37 @@ Result<int64_t> SweepStore::CreateSweep(
     MEGABATCH_RETURN_IF_ERROR(remember->Run());
   }
 
+  MEGABATCH_RETURN_IF_ERROR(
+      InsertTrialsLocked(sweep_id, trials, std::vector<std::string>(trials.size())));
+  MEGABATCH_RETURN_IF_ERROR(AddEvent(
+      sweep_id, 0, 0, "sweep_submitted",
+      "sweep '" + spec.name + "' with " +
+          (spec.strategy.is_null() ? std::to_string(trials.size()) + " trials"
+                                   : std::string("an adaptive plan")),
+      now));
+  MEGABATCH_RETURN_IF_ERROR(PlanLocked(sweep_id, now));
+  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  ++version_;
+  return sweep_id;
+}
+
+Status SweepStore::InsertTrialsLocked(int64_t sweep_id,
+                                      const std::vector<spec::TrialSpec>& trials,
+                                      const std::vector<std::string>& phases) {
   Result<Statement> trial = db_->Prepare(
       "INSERT INTO trials (sweep_id, trial_index, optimizer, batch_size, lr, "
-      "lr_multiplier, seed, state, config_json, ranks) "
-      "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)");
+      "lr_multiplier, seed, state, config_json, ranks, phase) "
+      "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, nullif(?, ''))");
   if (!trial.ok()) return trial.status();
   Result<Statement> set_config =
       db_->Prepare("UPDATE trials SET config_json = ? WHERE id = ?");
   if (!set_config.ok()) return set_config.status();
-  for (const spec::TrialSpec& t : trials) {
+  for (size_t i = 0; i < trials.size(); ++i) {
+    const spec::TrialSpec& t = trials[i];
     trial->Reset();
     trial->Bind(1, sweep_id).Bind(2, t.index).Bind(3, t.optimizer);
     trial->Bind(4, t.batch_size).Bind(5, t.lr).Bind(6, t.lr_multiplier);
-    trial->Bind(7, t.seed).Bind(8, t.config.dump()).Bind(9, t.ranks);
+    trial->Bind(7, t.seed).Bind(8, t.config.dump()).Bind(9, t.ranks).Bind(10, phases[i]);
     MEGABATCH_RETURN_IF_ERROR(trial->Run());
     int64_t trial_id = db_->LastInsertRowid();
     nlohmann::json config = t.config;
@@ -192,14 +211,63 @@ Result<int64_t> SweepStore::CreateSweep(
     set_config->Bind(1, config.dump()).Bind(2, trial_id);
     MEGABATCH_RETURN_IF_ERROR(set_config->Run());
   }
-  MEGABATCH_RETURN_IF_ERROR(AddEvent(
-      sweep_id, 0, 0, "sweep_submitted",
-      "sweep '" + spec.name + "' with " + std::to_string(trials.size()) +
-          " trials",
-      now));
-  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
-  ++version_;
-  return sweep_id;
+  return Status();
+}
+
+Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
+  Result<Statement> sweep =
+      db_->Prepare("SELECT spec_json, state FROM sweeps WHERE id = ?");
+  if (!sweep.ok()) return sweep.status();
+  sweep->Bind(1, sweep_id);
+  Result<bool> found = sweep->Step();
+  if (!found.ok()) return found.status();
+  if (!*found) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
+  const auto state = ParseSweepState(sweep->Text(1));
+  if (state && IsFinal(*state)) return Status();
+  const nlohmann::json doc = nlohmann::json::parse(sweep->Text(0), nullptr, false);
+  if (doc.is_discarded() || !doc.contains("strategy")) return Status();
+  Result<spec::SweepSpec> spec = spec::SweepSpecFromJson(doc);
+  if (!spec.ok()) {
+    return DataLossError("sweep " + std::to_string(sweep_id) +
+                         ": stored spec no longer parses: " + spec.status().message());
+  }
+  Result<Statement> q = db_->Prepare(
+      "SELECT t.phase, t.optimizer, t.batch_size, t.lr, t.seed, t.state, "
+      "s.samples_to_target, s.best_target_value, "
+      "COALESCE(s.noise_scale_at_100pct, s.gradient_noise_scale), t.trial_index "
+      "FROM trials t JOIN trial_summary s ON s.trial_id = t.id "
+      "WHERE t.sweep_id = ? ORDER BY t.trial_index");
+  if (!q.ok()) return q.status();
+  q->Bind(1, sweep_id);
+  std::vector<planner::PlannedTrial> trials;
+  int32_t next_index = 0;
+  auto optional = [](Statement& r, int col) -> std::optional<double> {
+    if (r.IsNull(col)) return std::nullopt;
+    return r.Double(col);
+  };
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
+    planner::PlannedTrial t;
+    t.phase = r.Text(0);
+    t.optimizer = r.Text(1);
+    t.batch_size = r.Int(2);
+    t.lr = r.Double(3);
+    t.seed = r.Int(4);
+    const TrialState st = ParseTrialState(r.Text(5)).value_or(TrialState::kQueued);
+    t.ended = st != TrialState::kQueued && st != TrialState::kRunning;
+    t.diverged = st == TrialState::kDiverged;
+    t.completed = st == TrialState::kCompleted;
+    t.samples_to_target = optional(r, 6);
+    t.best_target_value = optional(r, 7);
+    t.noise_scale = optional(r, 8);
+    next_index = static_cast<int32_t>(r.Int(9)) + 1;
+    trials.push_back(std::move(t));
+  }));
+  planner::PlanStep step = planner::PlanAdaptive(*spec, trials, next_index);
+  MEGABATCH_RETURN_IF_ERROR(InsertTrialsLocked(sweep_id, step.trials, step.phases));
+  for (const std::string& decision : step.decisions) {
+    MEGABATCH_RETURN_IF_ERROR(AddEvent(sweep_id, 0, 0, "plan", decision, now));
+  }
+  return Status();
 }
 
 Result<SweepRow> SweepStore::GetSweepLocked(int64_t sweep_id) {
@@ -232,6 +300,18 @@ Result<SweepRow> SweepStore::GetSweepLocked(int64_t sweep_id) {
       s.trials_total += static_cast<int32_t>(c.Int(1));
     }
   }));
+  Result<Statement*> phase = db_->Cached(R"sql(
+    SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND phase IS NOT NULL)
+      THEN '' ELSE COALESCE((SELECT phase FROM trials WHERE sweep_id = ?1 AND phase IS NOT NULL
+        AND state IN ('queued', 'running')
+        ORDER BY CASE phase WHEN 'probe' THEN 0 WHEN 'search' THEN 1 ELSE 2 END LIMIT 1),
+      'done') END)sql");
+  if (!phase.ok()) return phase.status();
+  (*phase)->Bind(1, sweep_id);
+  Result<bool> phase_row = (*phase)->Step();
+  if (!phase_row.ok()) return phase_row.status();
+  s.phase = (*phase)->Text(0);
+  (*phase)->Reset();
   return s;
 }
 
@@ -341,7 +421,8 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id, int64_t a
   Result<Statement> q = db_->Prepare(
       "SELECT id, sweep_id, trial_index, optimizer, batch_size, lr, "
       "lr_multiplier, seed, state, coalesce(worker_id, 0), lease_id, attempts, "
-      "coalesce(error, ''), coalesce(started_at, 0), coalesce(finished_at, 0) "
+      "coalesce(error, ''), coalesce(started_at, 0), coalesce(finished_at, 0), "
+      "coalesce(phase, '') "
       "FROM trials WHERE sweep_id = ? AND trial_index > ? ORDER BY trial_index LIMIT ?");
   if (!q.ok()) return q.status();
   q->Bind(1, sweep_id).Bind(2, after_index).Bind(3, limit);
@@ -363,6 +444,7 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id, int64_t a
     t.error = r.Text(12);
     t.started_at = r.Double(13);
     t.finished_at = r.Double(14);
+    t.phase = r.Text(15);
     out.push_back(std::move(t));
   }));
   // SQLite returns the bare column `value` from the row holding MAX(step).
@@ -1012,6 +1094,9 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
   MEGABATCH_RETURN_IF_ERROR(AddEvent(
       sweep_id, trial_id, worker_id,
       std::string("trial_") + TrialStateName(outcome), event, now));
+  // An adaptive study plans its next trials from this result, in the same
+  // transaction: the plan always matches the results stored.
+  MEGABATCH_RETURN_IF_ERROR(PlanLocked(sweep_id, now));
   MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(sweep_id, now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
   ++version_;

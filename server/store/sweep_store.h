@@ -56,6 +56,8 @@ struct SweepRow {
   std::string owner;  // the submitting token's name; empty without auth
   std::map<TrialState, int32_t> trial_counts;  // absent states: 0
   int32_t trials_total = 0;
+  // An adaptive study's phase (probe, search, finish, done); empty: a grid.
+  std::string phase;
 };
 
 struct TokenRow {
@@ -83,6 +85,7 @@ struct TrialRow {
   double started_at = 0;
   double finished_at = 0;
   std::map<std::string, double> latest_metrics;
+  std::string phase;  // the adaptive phase that created it; empty in a grid
 };
 
 struct WorkerRow {
@@ -240,6 +243,13 @@ class SweepStore {
                   double now) REQUIRES(mu_);
   // Sets the sweep's state from its trials' states.
   Status RefreshSweepState(int64_t sweep_id, double now) REQUIRES(mu_);
+  // Inserts `trials` into the sweep, each with its phase ("" for none).
+  Status InsertTrialsLocked(int64_t sweep_id, const std::vector<spec::TrialSpec>& trials,
+                            const std::vector<std::string>& phases) REQUIRES(mu_);
+  // For an adaptive sweep (spec.strategy), adds the trials its planner asks
+  // for next and records its decisions as 'plan' events; a grid: nothing.
+  // Runs inside the caller's transaction.
+  Status PlanLocked(int64_t sweep_id, double now) REQUIRES(mu_);
   Result<SweepRow> GetSweepLocked(int64_t sweep_id) REQUIRES(mu_);
   // An active sweep that had queued trials when a lease batch began, with
   // its running trials counted once per batch and kept up to date in it.

@@ -872,6 +872,87 @@ eval_every_steps: 500
   EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased'"), 2);
 }
 
+// An adaptive study through the real system: the probe, the batch sizes it
+// places, the lr searches and the finish runs, each planned as results
+// arrive. A kill -9 of the coordinator mid-plan loses and repeats nothing
+// (the plan is made in the transaction that stores each result); watch
+// shows the phase; the report carries the fit, the probe's prediction and
+// every decision.
+TEST_F(SweepE2ETest, AnAdaptiveStudyPlansItselfAndSurvivesACoordinatorKill) {
+  std::string spec = WriteSpec("adaptive.yaml", R"yaml(
+name: adaptive
+model: {type: mlp, hidden: [64]}
+optimizers: [{name: adamw}]
+base: {batch_size: 64, lr: 0.002}
+strategy: {type: adaptive, max_batch_size: 2048, batch_sizes: 4, lr_trials_per_batch: 4,
+           search_fraction: 0.25}
+target: {metric: val_accuracy, value: 0.75}
+budget: {epochs: 2}
+eval_every_samples: 4096
+)yaml");
+  auto submit = Cli({"submit", spec});
+  ASSERT_EQ(submit.exit_code, 0) << submit.err;
+  Process watch({MEGABATCH_CLI_BIN, "--server", address_, "watch", "1"}, dir_.File("watch.log"));
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return Scalar("SELECT count(*) FROM trials WHERE phase = 'search' AND "
+                      "state IN ('completed', 'diverged')") >= 3 &&
+               Scalar("SELECT count(*) FROM trials WHERE state IN ('queued', 'running')") > 0;
+      },
+      std::chrono::seconds(180)))
+      << coordinator_->Log();
+  coordinator_->Kill(SIGKILL);
+  EXPECT_THAT(watch.Log(), HasSubstr("adaptive phase"));
+  const double killed_at = Scalar("SELECT max(at) FROM events");
+  StartCoordinator();
+  EXPECT_EQ(watch.Wait(kSweepTimeout), 0) << watch.Log() << coordinator_->Log();
+  EXPECT_THAT(watch.Log(), HasSubstr("adaptive phase done"));
+
+  EXPECT_EQ(Scalar("SELECT count(*) FROM sweeps WHERE state = 'completed'"), 1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state NOT IN ('completed', 'diverged')"),
+            0);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE phase = 'probe'"), 1);
+  // No trial planned twice, across the restart.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM (SELECT count(*) AS n FROM trials "
+                   "GROUP BY phase, batch_size, lr, seed HAVING n > 1)"),
+            0);
+  // At most lr_trials_per_batch lrs searched (the probe is the base batch's
+  // first) and one finish run per batch size, at a searched lr.
+  EXPECT_LE(Scalar("SELECT max(n) FROM (SELECT count(*) AS n FROM trials "
+                   "WHERE phase IN ('probe', 'search') GROUP BY batch_size)"),
+            4);
+  EXPECT_EQ(Scalar("SELECT count(DISTINCT batch_size) FROM trials WHERE phase = 'search'"), 4);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE phase = 'finish'"), 4);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials f WHERE phase = 'finish' AND NOT EXISTS "
+                   "(SELECT 1 FROM trials s WHERE s.phase IN ('probe', 'search') AND "
+                   "s.batch_size = f.batch_size AND s.lr = f.lr)"),
+            0);
+  // The planner carried on after the restart, and said when it was done.
+  EXPECT_GE(Scalar("SELECT count(*) FROM events WHERE kind = 'plan' AND at > " +
+                   std::to_string(killed_at)),
+            1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'plan' AND message LIKE 'done:%'"),
+            1);
+
+  auto report = Cli({"-o", "json", "report", "1"});
+  ASSERT_EQ(report.exit_code, 0) << report.err;
+  auto j = nlohmann::json::parse(report.out);
+  EXPECT_TRUE(j["predicted_b_crit"].is_number()) << report.out;
+  ASSERT_GE(j["plan"].size(), 6u);
+  EXPECT_THAT(j["plan"][0].get<std::string>(), HasSubstr("probe"));
+  EXPECT_THAT(j["plan"][1].get<std::string>(), HasSubstr("place: predicted B_crit"));
+  // The report's rows are the finish runs only (search runs train a
+  // fraction of the budget).
+  ASSERT_EQ(j["rows"].size(), 4u);
+  for (const auto& row : j["rows"]) EXPECT_EQ(row["trials"], 1);
+  EXPECT_TRUE(j["critical_batch"][0]["b_crit"].is_number()) << report.out;
+  auto text = Cli({"report", "1"});
+  EXPECT_THAT(text.out, HasSubstr("Adaptive plan (phase done)"));
+  EXPECT_THAT(text.out, HasSubstr("The probe predicted B_crit"));
+  auto trials = Cli({"trials", "1"});
+  EXPECT_THAT(trials.out, HasSubstr("finish"));
+}
+
 // TLS with a CA made in the test, token authentication on, tokens made with
 // the coordinator's own `token create`.
 class SecuredE2ETest : public SweepE2ETest {
