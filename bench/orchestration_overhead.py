@@ -22,71 +22,31 @@ the figures in README.md come from; --long-steps about 10 s.
 """
 import argparse
 import os
-import socket
-import sqlite3
-import subprocess
-import tempfile
-import time
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from megabatch_service import Service  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 256
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_sweep(args, trials, steps, worker_flags):
-    """Wall seconds of one sweep, and its database path."""
-    work = tempfile.mkdtemp(prefix="megabatch-overhead-")
-    db = os.path.join(work, "megabatch.db")
-    address = "127.0.0.1:%d" % free_port()
-    log = open(os.path.join(work, "processes.log"), "w")
-    procs = [subprocess.Popen([os.path.join(args.build, "server/megabatch-coordinator"),
-                               "--listen", address, "--db", db, "--metrics-listen", ""],
-                              stdout=log, stderr=log),
-             subprocess.Popen([os.path.join(args.build, "worker/daemon/megabatch-worker"),
-                               "--coordinator", address, "--slots", str(args.slots),
-                               "--threads-per-slot", "1", "--host-claims", "",
-                               "--work-dir", os.path.join(work, "worker")] + worker_flags,
-                              stdout=log, stderr=log)]
-    cli = [os.path.join(args.build, "cli/megabatch"), "--server", address]
-    try:
-        # Timing starts once the worker is registered and idle.
-        deadline = time.monotonic() + 60
-        while "alive" not in subprocess.run(cli + ["workers"], capture_output=True,
-                                            text=True).stdout:
-            if time.monotonic() > deadline:
-                raise SystemExit("the worker did not register; see " + log.name)
-            time.sleep(0.1)
-        spec = os.path.join(work, "spec.yaml")
+def measure(args, trials, steps, worker_flags):
+    with Service(args.build, args.slots, worker_flags) as service:
+        spec = os.path.join(service.work, "spec.yaml")
         with open(spec, "w") as f:
             f.write("name: overhead\nmodel: {type: mlp, hidden: [64]}\n"
                     "optimizers: [{name: adamw}]\nbatch_sizes: [%d]\nbase: {lr: 0.002}\n"
                     "seeds: [%s]\nbudget: {steps: %d}\neval_every_steps: %d\n"
                     % (BATCH, ", ".join(str(i) for i in range(trials)), steps, steps))
-        start = time.monotonic()
-        subprocess.run(cli + ["submit", spec, "--wait"], check=True, capture_output=True)
-        wall = time.monotonic() - start
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    return wall, db
-
-
-def measure(args, trials, steps, worker_flags):
-    wall, db = run_sweep(args, trials, steps, worker_flags)
-    con = sqlite3.connect(db)
-    # Pure training time: each step's batch / samples_per_second, summed.
-    train = con.execute("SELECT sum(? / value) FROM metrics "
-                        "WHERE name = 'samples_per_second' AND value > 0",
-                        (float(BATCH),)).fetchone()[0]
-    done = con.execute("SELECT count(*) FROM trials WHERE state = 'completed'").fetchone()[0]
+        wall = service.submit_and_wait(spec)
+        # Pure training time: each step's batch / samples_per_second, summed.
+        train = service.query("SELECT sum(? / value) FROM metrics "
+                              "WHERE name = 'samples_per_second' AND value > 0",
+                              (float(BATCH),))[0][0]
+        done = service.query("SELECT count(*) FROM trials WHERE state = 'completed'")[0][0]
     if done != trials:
-        raise SystemExit("only %d of %d trials completed (%s)" % (done, trials, db))
+        raise SystemExit("only %d of %d trials completed (%s)" % (done, trials, service.db))
     return {"wall": wall, "train": train, "overhead": 1 - train / (wall * args.slots),
             "per_trial": (wall * args.slots - train) / trials}
 
