@@ -85,6 +85,7 @@ struct Search {
   bool done = false;
   double best = 0;        // exponent of the best lr (when any ended)
   bool any_stable = false;
+  std::vector<double> ranked;  // exponents of the lrs that did not diverge, best first
   std::vector<double> next;  // exponents to try next
   std::string why;           // the decision, when next or done is new
 };
@@ -104,12 +105,15 @@ Search Evaluate(const std::vector<const PlannedTrial*>& trials, double lr0, int 
     s.next = {-1, 0, 1};
     return s;
   }
-  const PlannedTrial* best = nullptr;
-  for (const auto& [e, t] : s.by_exponent) {
-    if (best == nullptr || Better(*t, *best, higher_is_better)) {
-      best = t;
-      s.best = e;
-    }
+  std::vector<std::pair<double, const PlannedTrial*>> order(s.by_exponent.begin(),
+                                                            s.by_exponent.end());
+  std::stable_sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
+    return Better(*a.second, *b.second, higher_is_better);
+  });
+  const PlannedTrial* best = order.front().second;
+  s.best = order.front().first;
+  for (const auto& [e, t] : order) {
+    if (!t->diverged) s.ranked.push_back(e);
   }
   s.any_stable = !best->diverged;
   const int tried = static_cast<int>(trials.size());
@@ -175,7 +179,8 @@ std::vector<int64_t> PlaceBatchSizes(const spec::SweepSpec& spec, double predict
   const int64_t granule =
       (spec.micro_batch_size > 0 ? spec.micro_batch_size : 2) * spec.ranks_per_trial;
   const double hi =
-      std::min<double>(static_cast<double>(cap), std::max(8 * predicted, 4.0 * base));
+      std::min<double>(static_cast<double>(cap),
+                       std::max(spec.strategy["span"].get<double>() * predicted, 4.0 * base));
   std::vector<double> points;
   for (int k = 0; k < n; ++k) points.push_back(base * std::pow(hi / base, double(k) / (n - 1)));
   if (predicted > base && predicted < hi) {
@@ -204,6 +209,7 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
   const std::string metric = spec.target["metric"].get<std::string>();
   const bool higher = HigherIsBetter(metric);
   const int limit = spec.strategy["lr_trials_per_batch"].get<int>();
+  const size_t finish_lrs = spec.strategy["finish_lrs"].get<size_t>();
   const int64_t first_seed = spec.seeds.front();
   const json search_budget = SearchBudget(spec);
   auto add = [&](const char* phase, const spec::OptimizerSpec& opt, int64_t b, double lr,
@@ -245,7 +251,8 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
                    : Num(predicted) + " (8x the base batch: the probe measured no noise scale)")
       << "; batch sizes";
     for (int64_t b : sizes) d << " " << b;
-    d << " (geometric from " << spec.base_batch_size << " to 8x the prediction, capped at "
+    d << " (geometric from " << spec.base_batch_size << " to "
+      << Num(spec.strategy["span"].get<double>()) << "x the prediction, capped at "
       << spec.strategy["max_batch_size"].get<int64_t>()
       << ", the size nearest the prediction moved onto it)";
     step.decisions.push_back(d.str());
@@ -278,13 +285,22 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
         continue;
       }
       if (s.done) {
-        const double lr = lr0 * std::exp2(s.best);
-        for (int64_t seed : spec.seeds) {
-          add(kPhaseFinish, opt, b, lr, std::exp2(s.best), seed, spec.budget);
+        // The best few of the short runs go the whole way: a short run
+        // favours lrs that learn fast early, which need not reach the
+        // target first (short-horizon bias); the report picks among them.
+        std::ostringstream lrs;
+        const size_t n = std::min(s.ranked.size(), finish_lrs);
+        for (size_t i = 0; i < n; ++i) {
+          const double lr = lr0 * std::exp2(s.ranked[i]);
+          for (int64_t seed : spec.seeds) {
+            add(kPhaseFinish, opt, b, lr, std::exp2(s.ranked[i]), seed, spec.budget);
+          }
+          lrs << (i == 0 ? " " : ", ") << Num(lr);
         }
-        step.decisions.push_back("finish: " + where + ": " + s.why + "; running lr " + Num(lr) +
-                                 " on the whole budget (" +
-                                 std::to_string(spec.seeds.size()) + " seed(s))");
+        step.decisions.push_back("finish: " + where + ": " + s.why + "; running the best " +
+                                 std::to_string(n) + " (lr" + lrs.str() +
+                                 ") on the whole budget, " +
+                                 std::to_string(spec.seeds.size()) + " seed(s) each");
         active = true;
         continue;
       }

@@ -6,8 +6,8 @@
 //           gradient noise scale B_simple; B_crit is predicted as B_simple
 //           at the probe's end (McCandlish et al. 2018: B_crit ~ B_noise).
 //   place   strategy.batch_sizes batch sizes, geometric from the base batch
-//           to 8x the prediction (capped by max_batch_size), the one
-//           nearest the prediction moved onto it.
+//           to `span` (16) x the prediction (capped by max_batch_size), the
+//           one nearest the prediction moved onto it.
 //   search  per optimizer and batch size, lrs around the scaling rule's
 //           prediction (spec lr_scaling, else sqrt for LAMB/AdamW and linear
 //           for SGD/LARS) in powers of 2: first x1/2, x1, x2; then outward
@@ -17,8 +17,9 @@
 //           lrs rank as the report ranks them (fewest samples to target,
 //           then the best target metric); a diverged lr bounds the search
 //           from above.
-//   finish  the winning lr of each batch size, once per seed, on the whole
-//           budget; the report fits B_crit to these.
+//   finish  the best `finish_lrs` (2) lrs of each batch size's search, once
+//           per seed, on the whole budget; the report picks the best of them
+//           and fits B_crit to those.
 //
 // PlanAdaptive is a pure function of the spec and the sweep's trials so
 // far: it returns the trials still missing, never one that exists. The

@@ -640,12 +640,18 @@ Status ParseStrategy(Fields& top, int64_t train_samples, json* out) {
     return f.NoUnknown();
   }
   const int64_t largest = train_samples > 0 ? train_samples : int64_t{1} << 30;
-  int64_t max_batch = 0, batch_sizes = 0, lr_trials = 0;
-  double search_fraction = 0;
+  int64_t max_batch = 0, batch_sizes = 0, lr_trials = 0, finish_lrs = 0;
+  double search_fraction = 0, span = 0;
   MEGABATCH_RETURN_IF_ERROR(f.Int("max_batch_size", &max_batch, largest, 2, largest));
   MEGABATCH_RETURN_IF_ERROR(f.Int("batch_sizes", &batch_sizes, 6, 2, 16));
   MEGABATCH_RETURN_IF_ERROR(f.Int("lr_trials_per_batch", &lr_trials, 5, 3, 20));
   MEGABATCH_RETURN_IF_ERROR(f.Number("search_fraction", &search_fraction, 0.2, 0, true));
+  MEGABATCH_RETURN_IF_ERROR(f.Int("finish_lrs", &finish_lrs, 2, 1, 5));
+  MEGABATCH_RETURN_IF_ERROR(f.Number("span", &span, 16, 2, false));
+  if (span > 1024) {
+    return InvalidArgumentError("strategy.span: must be at most 1024, got " +
+                                Describe(*f.Get("span")));
+  }
   if (search_fraction > 1) {
     return InvalidArgumentError("strategy.search_fraction: must be at most 1, got " +
                                 Describe(*f.Get("search_fraction")));
@@ -654,7 +660,9 @@ Status ParseStrategy(Fields& top, int64_t train_samples, json* out) {
           {"max_batch_size", max_batch},
           {"batch_sizes", batch_sizes},
           {"lr_trials_per_batch", lr_trials},
-          {"search_fraction", search_fraction}};
+          {"search_fraction", search_fraction},
+          {"finish_lrs", finish_lrs},
+          {"span", span}};
   return f.NoUnknown();
 }
 

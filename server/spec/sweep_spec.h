@@ -67,8 +67,8 @@ struct SweepSpec {
   // null (a grid: the trials ExpandSweep makes), or an adaptive study the
   // coordinator plans as results arrive (server/planner/adaptive.h):
   // {"type": "adaptive", "max_batch_size", "batch_sizes" (how many),
-  //  "lr_trials_per_batch", "search_fraction"}. batch_sizes (the list) is
-  // then empty.
+  //  "lr_trials_per_batch", "search_fraction", "finish_lrs", "span"}.
+  // batch_sizes (the list) is then empty.
   nlohmann::json strategy;
   // The training split's size (Fashion-MNIST: 55,000; text: unknown, 0).
   int64_t train_samples = 0;

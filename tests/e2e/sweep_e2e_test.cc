@@ -922,7 +922,11 @@ eval_every_samples: 4096
                    "WHERE phase IN ('probe', 'search') GROUP BY batch_size)"),
             4);
   EXPECT_EQ(Scalar("SELECT count(DISTINCT batch_size) FROM trials WHERE phase = 'search'"), 4);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE phase = 'finish'"), 4);
+  // The best two lrs of each batch size's search go the whole way.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE phase = 'finish'"), 8);
+  EXPECT_EQ(Scalar("SELECT count(DISTINCT batch_size || '/' || lr) FROM trials "
+                   "WHERE phase = 'finish'"),
+            8);
   EXPECT_EQ(Scalar("SELECT count(*) FROM trials f WHERE phase = 'finish' AND NOT EXISTS "
                    "(SELECT 1 FROM trials s WHERE s.phase IN ('probe', 'search') AND "
                    "s.batch_size = f.batch_size AND s.lr = f.lr)"),
@@ -942,9 +946,9 @@ eval_every_samples: 4096
   EXPECT_THAT(j["plan"][0].get<std::string>(), HasSubstr("probe"));
   EXPECT_THAT(j["plan"][1].get<std::string>(), HasSubstr("place: predicted B_crit"));
   // The report's rows are the finish runs only (search runs train a
-  // fraction of the budget).
+  // fraction of the budget): two lrs per batch size.
   ASSERT_EQ(j["rows"].size(), 4u);
-  for (const auto& row : j["rows"]) EXPECT_EQ(row["trials"], 1);
+  for (const auto& row : j["rows"]) EXPECT_EQ(row["lrs_tried"], 2);
   EXPECT_TRUE(j["critical_batch"][0]["b_crit"].is_number()) << report.out;
   auto text = Cli({"report", "1"});
   EXPECT_THAT(text.out, HasSubstr("Adaptive plan (phase done)"));
