@@ -844,6 +844,15 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
       return InvalidArgumentError("base.batch_size: strategy adaptive measures the noise "
                                   "scale by halves of the base batch, so it must be even");
     }
+    // The planner's batch sizes are multiples of ranks x micro-batch; the
+    // base must split the same way.
+    const int64_t local = s.base_batch_size / s.ranks_per_trial;
+    if (s.base_batch_size % s.ranks_per_trial != 0 ||
+        (s.micro_batch_size > 0 && local > s.micro_batch_size &&
+         local % s.micro_batch_size != 0)) {
+      return InvalidArgumentError("base.batch_size: " + std::to_string(s.base_batch_size) +
+                                  " does not split into ranks_per_trial x micro_batch_size");
+    }
   }
 
   int64_t trials = static_cast<int64_t>(s.optimizers.size()) *

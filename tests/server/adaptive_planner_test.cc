@@ -234,6 +234,9 @@ base: {batch_size: 128, lr: 0.002}
   auto typo = parse(head + "strategy: {type: adaptive, batch_size: 4}\n"
                            "target: {metric: val_accuracy, value: 0.8}\n");
   EXPECT_THAT(typo.status().message(), HasSubstr("strategy.batch_size: unknown field"));
+  auto split = parse(head + "strategy: {type: adaptive}\nranks_per_trial: 3\n"
+                           "target: {metric: val_accuracy, value: 0.8}\n");
+  EXPECT_THAT(split.status().message(), HasSubstr("base.batch_size: 128 does not split"));
   auto ok = parse(head + "strategy: {type: adaptive}\ntarget: {metric: val_accuracy, value: 0.8}\n");
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
   EXPECT_EQ(ok->strategy["batch_sizes"], 6);

@@ -482,7 +482,8 @@ TEST(SweepSpecTest, EveryShippedExperimentParses) {
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     auto r = ParseSweepSpec(text);
     ASSERT_TRUE(r.ok()) << entry.path() << ": " << r.status().ToString();
-    EXPECT_FALSE(ExpandSweep(*r).empty()) << entry.path();
+    // A grid expands to its trials; an adaptive study plans them as it runs.
+    EXPECT_NE(ExpandSweep(*r).empty(), r->strategy.is_null()) << entry.path();
     ++files;
   }
   EXPECT_GE(files, 5);
