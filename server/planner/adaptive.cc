@@ -48,10 +48,14 @@ int64_t BudgetSamples(const spec::SweepSpec& spec) {
       std::llround(spec.budget["epochs"].get<double>() * spec.train_samples));
 }
 
-json SearchBudget(const spec::SweepSpec& spec) {
+// A search run trains search_fraction of the budget's samples, and at least
+// kMinSearchSteps steps of its batch: a few steps rank no lr.
+constexpr int64_t kMinSearchSteps = 10;
+
+json SearchBudget(const spec::SweepSpec& spec, int64_t batch_size) {
   const double fraction = spec.strategy["search_fraction"].get<double>();
-  const int64_t samples = std::max<int64_t>(
-      spec.base_batch_size, std::llround(fraction * BudgetSamples(spec)));
+  const int64_t samples = std::max<int64_t>(kMinSearchSteps * batch_size,
+                                            std::llround(fraction * BudgetSamples(spec)));
   return {{"samples", samples}};
 }
 
@@ -211,7 +215,7 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
   const int limit = spec.strategy["lr_trials_per_batch"].get<int>();
   const size_t finish_lrs = spec.strategy["finish_lrs"].get<size_t>();
   const int64_t first_seed = spec.seeds.front();
-  const json search_budget = SearchBudget(spec);
+  const json search_budget = SearchBudget(spec, spec.base_batch_size);
   auto add = [&](const char* phase, const spec::OptimizerSpec& opt, int64_t b, double lr,
                  double multiplier, int64_t seed, const json& budget) {
     spec::TrialSpec t =
@@ -306,7 +310,8 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
       }
       std::ostringstream lrs;
       for (double e : s.next) {
-        add(kPhaseSearch, opt, b, lr0 * std::exp2(e), std::exp2(e), first_seed, search_budget);
+        add(kPhaseSearch, opt, b, lr0 * std::exp2(e), std::exp2(e), first_seed,
+            SearchBudget(spec, b));
         lrs << " " << Num(lr0 * std::exp2(e)) << " (x2^" << Num(e) << ")";
       }
       step.decisions.push_back(

@@ -1,11 +1,13 @@
 // libFuzzer target: the sweep spec parser (YAML or JSON, any bytes). Beyond
-// "no crash, no sanitizer report": a spec that parses must expand within the
-// trial limit, and its JSON form must parse back to the same JSON.
+// "no crash, no sanitizer report": a grid spec that parses must expand within
+// the trial limit, an adaptive one to no trials and a plan that starts with
+// exactly one probe, and its JSON form must parse back to the same JSON.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
 
+#include "server/planner/adaptive.h"
 #include "server/spec/sweep_spec.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -17,7 +19,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   auto trials = ExpandSweep(*spec);
-  if (trials.empty() || trials.size() > static_cast<size_t>(kMaxTrialsPerSweep)) std::abort();
+  if (spec->strategy.is_null()) {
+    if (trials.empty() || trials.size() > static_cast<size_t>(kMaxTrialsPerSweep)) std::abort();
+  } else {
+    if (!trials.empty()) std::abort();
+    auto plan = megabatch::planner::PlanAdaptive(*spec, {}, 0);
+    if (plan.trials.size() != 1 || plan.phases[0] != megabatch::planner::kPhaseProbe) {
+      std::abort();
+    }
+  }
   const std::string json = spec->ToJson().dump();
   auto again = ParseSweepSpec(json, SpecFormat::kJson);
   if (!again.ok() || again->ToJson().dump() != json) std::abort();

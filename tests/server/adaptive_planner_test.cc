@@ -16,7 +16,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-spec::SweepSpec Spec(const std::string& extra = "") {
+spec::SweepSpec Spec(const std::string& budget = "{epochs: 2}") {
   auto s = spec::ParseSweepSpec(R"yaml(
 name: adaptive
 model: {type: mlp, hidden: [32]}
@@ -24,9 +24,8 @@ optimizers: [{name: lamb}, {name: sgd}]
 base: {batch_size: 128, lr: 0.002}
 strategy: {type: adaptive, max_batch_size: 16384, batch_sizes: 5, lr_trials_per_batch: 5}
 target: {metric: val_accuracy, value: 0.8}
-budget: {epochs: 2}
 seeds: [0, 1]
-)yaml" + extra);
+budget: )yaml" + budget);
   EXPECT_TRUE(s.ok()) << s.status().ToString();
   return *s;
 }
@@ -91,6 +90,10 @@ TEST(AdaptivePlannerTest, StartsWithOneProbeAtTheBaseBatchMeasuringTheNoiseScale
   EXPECT_EQ(step.trials[0].config["budget"], nlohmann::json({{"samples", 22000}}));
   ASSERT_EQ(step.decisions.size(), 1u);
   EXPECT_THAT(step.decisions[0], HasSubstr("probe"));
+  // A tiny budget still trains 10 steps of the batch.
+  PlanStep tiny = PlanAdaptive(Spec("{samples: 1000}"), {}, 0);
+  ASSERT_EQ(tiny.trials.size(), 1u);
+  EXPECT_EQ(tiny.trials[0].config["budget"], nlohmann::json({{"samples", 1280}}));
   // While it runs, nothing more.
   PlannedTrial probe;
   probe.phase = kPhaseProbe;
