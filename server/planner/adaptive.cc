@@ -308,6 +308,10 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
         active = true;
         continue;
       }
+      const std::string start = "starting around " + Num(lr0) + " (" +
+                                RuleName(Rule(spec, opt.name)) + " rule from " +
+                                Num(BaseLr(spec, opt)) + " at " +
+                                std::to_string(spec.base_batch_size) + ")";
       std::ostringstream lrs;
       for (double e : s.next) {
         add(kPhaseSearch, opt, b, lr0 * std::exp2(e), std::exp2(e), first_seed,
@@ -316,11 +320,7 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
       }
       step.decisions.push_back(
           "search: " + where + ": " +
-          (s.by_exponent.empty()
-               ? std::string("starting around ") + Num(lr0) + " (" + RuleName(Rule(spec, opt.name)) +
-                     " rule from " + Num(BaseLr(spec, opt)) + " at " +
-                     std::to_string(spec.base_batch_size) + ")"
-               : s.why) +
+          (s.by_exponent.empty() ? start : s.why) +
           "; trying" + lrs.str());
       active = true;
     }

@@ -557,13 +557,16 @@ TEST_F(SweepE2ETest, TrialsThatShareCoresAreMarkedInTheReport) {
   // Two slots of every core each: twice the cores when both run.
   auto greedy = worker("greedy", {"--slots", "2", "--threads-per-slot", std::to_string(cores)},
                        claims);
-  ASSERT_TRUE(testing::WaitUntil([&] { return greedy->Log().find("registered") != std::string::npos; },
-                                 std::chrono::seconds(30)));
+  auto registered = [](const std::unique_ptr<Process>& w) {
+    return testing::WaitUntil(
+        [&] { return w->Log().find("registered") != std::string::npos; },
+        std::chrono::seconds(30));
+  };
+  ASSERT_TRUE(registered(greedy));
   EXPECT_THAT(greedy->Log(), HasSubstr("OVERSUBSCRIBED"));
   // A worker started beside it finds no core left: one thread, and a warning.
   auto late = worker("late", {"--slots", "1"}, claims);
-  ASSERT_TRUE(testing::WaitUntil([&] { return late->Log().find("registered") != std::string::npos; },
-                                 std::chrono::seconds(30)));
+  ASSERT_TRUE(registered(late));
   EXPECT_THAT(late->Log(), HasSubstr("OVERSUBSCRIBED"));
   EXPECT_THAT(late->Log(), HasSubstr("1 CPU slots x 1 threads"));
   late->Kill(SIGTERM);

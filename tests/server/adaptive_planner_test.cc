@@ -38,7 +38,9 @@ std::vector<PlannedTrial> Simulate(const spec::SweepSpec& spec,
   std::vector<PlannedTrial> trials;
   for (int round = 0; round < 200; ++round) {
     PlanStep step = PlanAdaptive(spec, trials, static_cast<int32_t>(trials.size()));
-    if (decisions) decisions->insert(decisions->end(), step.decisions.begin(), step.decisions.end());
+    if (decisions) {
+      decisions->insert(decisions->end(), step.decisions.begin(), step.decisions.end());
+    }
     // The same trials again plan nothing more: the planner never repeats.
     std::vector<PlannedTrial> pending = trials;
     for (size_t i = 0; i < step.trials.size(); ++i) {
@@ -233,14 +235,16 @@ base: {batch_size: 128, lr: 0.002}
   EXPECT_THAT(steps.status().message(), HasSubstr("budget: strategy adaptive needs"));
   auto fraction = parse(head + "strategy: {type: adaptive, search_fraction: 2}\n"
                                "target: {metric: val_accuracy, value: 0.8}\n");
-  EXPECT_THAT(fraction.status().message(), HasSubstr("strategy.search_fraction: must be at most 1"));
+  EXPECT_THAT(fraction.status().message(),
+              HasSubstr("strategy.search_fraction: must be at most 1"));
   auto typo = parse(head + "strategy: {type: adaptive, batch_size: 4}\n"
                            "target: {metric: val_accuracy, value: 0.8}\n");
   EXPECT_THAT(typo.status().message(), HasSubstr("strategy.batch_size: unknown field"));
   auto split = parse(head + "strategy: {type: adaptive}\nranks_per_trial: 3\n"
                            "target: {metric: val_accuracy, value: 0.8}\n");
   EXPECT_THAT(split.status().message(), HasSubstr("base.batch_size: 128 does not split"));
-  auto ok = parse(head + "strategy: {type: adaptive}\ntarget: {metric: val_accuracy, value: 0.8}\n");
+  auto ok =
+      parse(head + "strategy: {type: adaptive}\ntarget: {metric: val_accuracy, value: 0.8}\n");
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
   EXPECT_EQ(ok->strategy["batch_sizes"], 6);
   EXPECT_EQ(ok->strategy["finish_lrs"], 2);

@@ -9,16 +9,16 @@
 // and last a line {"event": "completed" | "diverged" | "failed", "message": ...}.
 // Exit code: 0 completed, 3 diverged, 2 bad usage or config, 1 failure.
 //
-// megabatch-trainer --serve [--work-dir DIR]: a warm trainer. Reads one request per stdin line,
-// {"config": "trial.json", "resume": "CHECKPOINT or empty"}, and runs each
-// trial as --config would, its event line last; LibTorch's start-up is paid
-// once. Every trial seeds and sizes everything it uses, so its metrics are
-// the bits a fresh process would print. Exits 0 at the end of stdin, and
-// after a trial that did not complete or diverge with that trial's exit code
-// (its process state is not trusted for another trial).
+// megabatch-trainer --serve [--work-dir DIR]: a warm trainer. Reads one
+// request per stdin line, {"config": "trial.json", "resume": "CHECKPOINT or
+// empty"}, and runs each trial as --config would, its event line last;
+// LibTorch's start-up is paid once. Every trial seeds and sizes everything it
+// uses, so its metrics are the bits a fresh process would print. Exits 0 at
+// the end of stdin, and after a trial that did not complete or diverge with
+// that trial's exit code (its process state is not trusted for another
+// trial).
 #include <malloc.h>
 #include <torch/torch.h>
-
 #include <unistd.h>
 
 #include <algorithm>
