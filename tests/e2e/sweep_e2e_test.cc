@@ -919,13 +919,14 @@ eval_every_samples: 4096
   EXPECT_EQ(Scalar("SELECT count(*) FROM (SELECT count(*) AS n FROM trials "
                    "GROUP BY phase, batch_size, lr, seed HAVING n > 1)"),
             0);
-  // At most lr_trials_per_batch lrs searched (the probe is the base batch's
-  // first) and one finish run per batch size, at a searched lr.
+  // At most lr_trials_per_batch lrs searched at each batch size (the probe
+  // is the base batch's first).
   EXPECT_LE(Scalar("SELECT max(n) FROM (SELECT count(*) AS n FROM trials "
                    "WHERE phase IN ('probe', 'search') GROUP BY batch_size)"),
             4);
   EXPECT_EQ(Scalar("SELECT count(DISTINCT batch_size) FROM trials WHERE phase = 'search'"), 4);
-  // The best two lrs of each batch size's search go the whole way.
+  // The best two lrs of each batch size's search go the whole way, each a
+  // searched lr.
   EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE phase = 'finish'"), 8);
   EXPECT_EQ(Scalar("SELECT count(DISTINCT batch_size || '/' || lr) FROM trials "
                    "WHERE phase = 'finish'"),
