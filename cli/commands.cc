@@ -44,6 +44,15 @@ grpc::Status ForEachPage(Request req, Call call, Each each) {
   }
 }
 
+// A time figure (seconds_to_target, samples_per_second) measured while the
+// host's trainers outnumbered its cores: marked "(shared)" in the tables
+// people read; JSON and CSV keep the number (and say shared elsewhere).
+json TimeFigure(json value, bool shared, OutputFormat format) {
+  const bool readable = format == OutputFormat::kTable || format == OutputFormat::kMarkdown;
+  if (!shared || !readable || !value.is_number()) return value;
+  return FormatNumber(value.get<double>()) + " (shared)";
+}
+
 json Metric(const v1::Trial& t, const std::string& name) {
   auto it = t.latest_metrics().find(name);
   if (it == t.latest_metrics().end()) return nullptr;
@@ -203,16 +212,10 @@ int Commands::Trials(int64_t sweep_id) {
                                       "samples_per_second", "error"};
   if (phased) columns.insert(columns.begin() + 1, "phase");
   Table t(columns);
-  // A rate measured while the host's trainers outnumbered its cores is
-  // marked in the tables people read (JSON and CSV: shared_cores is in the
-  // trial_summary view).
-  const bool mark = format_ == OutputFormat::kTable || format_ == OutputFormat::kMarkdown;
   for (const auto& tr : trials) {
-    json rate = Metric(tr, "samples_per_second");
     auto shared = tr.latest_metrics().find("shared_cores");
-    if (mark && rate.is_number() && shared != tr.latest_metrics().end() && shared->second > 0) {
-      rate = FormatNumber(rate.get<double>()) + " (shared)";
-    }
+    json rate = TimeFigure(Metric(tr, "samples_per_second"),
+                           shared != tr.latest_metrics().end() && shared->second > 0, format_);
     std::vector<json> row = {tr.id(), tr.optimizer(), tr.batch_size(), tr.lr(),
                              tr.lr_multiplier(), tr.seed(), StateName(tr.state()),
                              tr.attempts(), Metric(tr, "epoch"), Metric(tr, "train_loss"),
@@ -363,15 +366,11 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
                    {"s_min", "b_crit", "b_crit_low", "b_crit_high", "noise_scale"});
   }
   Table rows(columns);
-  // In the tables people read, a time figure from trials that shared cores
-  // carries its mark; JSON and CSV keep the number and shared_core_trials.
-  const bool mark = format_ == OutputFormat::kTable || format_ == OutputFormat::kMarkdown;
-  bool marked = false;
-  auto timed = [&](const v1::ScalingRow& r, bool has, double value) -> json {
-    if (!has) return nullptr;
-    if (!mark || r.shared_core_trials() == 0) return value;
-    marked = true;
-    return FormatNumber(value) + " (shared)";
+  bool marked = false;  // a row's time figures are marked: explain the mark
+  auto timed = [&](const v1::ScalingRow& r, bool has, double value) {
+    json figure = TimeFigure(Maybe(has, value), r.shared_core_trials() > 0, format_);
+    marked = marked || figure.is_string();
+    return figure;
   };
   for (const auto& r : report.rows()) {
     std::vector<json> row = {

@@ -8,11 +8,6 @@
 namespace megabatch::report {
 namespace {
 
-std::optional<double> Optional(const store::Statement& q, int col) {
-  if (q.IsNull(col)) return std::nullopt;
-  return q.Double(col);
-}
-
 // The 97.5% quantile of Student's t with `df` degrees of freedom.
 double StudentT975(int df) {
   static constexpr double kTable[] = {12.706, 4.303, 3.182, 2.776, 2.571,
@@ -213,7 +208,7 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
   if (!found.ok()) return found.status();
   if (!*found) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
   report.target_metric = sweep->Text(0);
-  report.target_value = Optional(*sweep, 1);
+  report.target_value = sweep->OptionalDouble(1);
 
   auto rows = db.Prepare(
       "SELECT optimizer, batch_size, lrs_tried, trials, diverged_trials, "
@@ -235,25 +230,25 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
     r.trials = static_cast<int32_t>(q.Int(3));
     r.diverged_trials = static_cast<int32_t>(q.Int(4));
     r.best_lr = q.Double(5);
-    r.max_stable_lr = Optional(q, 6);
-    r.best_test_accuracy = Optional(q, 7);
-    r.best_test_loss = Optional(q, 8);
-    r.steps_to_target = Optional(q, 9);
-    r.samples_to_target = Optional(q, 10);
-    r.seconds_to_target = Optional(q, 11);
-    r.scaling_efficiency = Optional(q, 12);
-    r.gradient_noise_scale = Optional(q, 13);
-    r.best_val_accuracy = Optional(q, 14);
-    r.best_val_loss = Optional(q, 15);
-    r.best_target_value = Optional(q, 16);
-    r.test_accuracy = Optional(q, 17);
-    r.test_loss = Optional(q, 18);
-    r.noise_scale_at_10pct = Optional(q, 19);
-    r.noise_scale_at_50pct = Optional(q, 20);
-    r.noise_scale_at_100pct = Optional(q, 21);
-    r.noise_scale_at_target = Optional(q, 22);
-    r.train_samples = Optional(q, 23);
-    r.samples_per_second = Optional(q, 24);
+    r.max_stable_lr = q.OptionalDouble(6);
+    r.best_test_accuracy = q.OptionalDouble(7);
+    r.best_test_loss = q.OptionalDouble(8);
+    r.steps_to_target = q.OptionalDouble(9);
+    r.samples_to_target = q.OptionalDouble(10);
+    r.seconds_to_target = q.OptionalDouble(11);
+    r.scaling_efficiency = q.OptionalDouble(12);
+    r.gradient_noise_scale = q.OptionalDouble(13);
+    r.best_val_accuracy = q.OptionalDouble(14);
+    r.best_val_loss = q.OptionalDouble(15);
+    r.best_target_value = q.OptionalDouble(16);
+    r.test_accuracy = q.OptionalDouble(17);
+    r.test_loss = q.OptionalDouble(18);
+    r.noise_scale_at_10pct = q.OptionalDouble(19);
+    r.noise_scale_at_50pct = q.OptionalDouble(20);
+    r.noise_scale_at_100pct = q.OptionalDouble(21);
+    r.noise_scale_at_target = q.OptionalDouble(22);
+    r.train_samples = q.OptionalDouble(23);
+    r.samples_per_second = q.OptionalDouble(24);
     r.shared_core_trials = static_cast<int32_t>(q.Int(25));
     report.rows.push_back(std::move(r));
   }));
@@ -303,7 +298,7 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
   if (!probe.ok()) return probe.status();
   probe->Bind(1, sweep_id);
   MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(
-      *probe, [&](store::Statement& q) { report.predicted_b_crit = Optional(q, 0); }));
+      *probe, [&](store::Statement& q) { report.predicted_b_crit = q.OptionalDouble(0); }));
 
   auto diverged = db.Prepare(
       "SELECT optimizer, batch_size, lr, SUM(diverged), COUNT(*) "

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -85,6 +86,11 @@ class Statement {
   std::string Text(int col) const;
   bool IsNull(int col) const {
     return sqlite3_column_type(stmt_, col) == SQLITE_NULL;
+  }
+  // The column as a double, or nullopt for NULL.
+  std::optional<double> OptionalDouble(int col) const {
+    if (IsNull(col)) return std::nullopt;
+    return Double(col);
   }
 
  private:

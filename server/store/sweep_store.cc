@@ -241,10 +241,6 @@ Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
   q->Bind(1, sweep_id);
   std::vector<planner::PlannedTrial> trials;
   int32_t next_index = 0;
-  auto optional = [](Statement& r, int col) -> std::optional<double> {
-    if (r.IsNull(col)) return std::nullopt;
-    return r.Double(col);
-  };
   MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
     planner::PlannedTrial t;
     t.phase = r.Text(0);
@@ -256,9 +252,9 @@ Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
     t.ended = st != TrialState::kQueued && st != TrialState::kRunning;
     t.diverged = st == TrialState::kDiverged;
     t.completed = st == TrialState::kCompleted;
-    t.samples_to_target = optional(r, 6);
-    t.best_target_value = optional(r, 7);
-    t.noise_scale = optional(r, 8);
+    t.samples_to_target = r.OptionalDouble(6);
+    t.best_target_value = r.OptionalDouble(7);
+    t.noise_scale = r.OptionalDouble(8);
     next_index = static_cast<int32_t>(r.Int(9)) + 1;
     trials.push_back(std::move(t));
   }));

@@ -1,10 +1,10 @@
 #include "worker/daemon/check.h"
 
-#include <fcntl.h>
-#include <spawn.h>
+#include <poll.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "worker/daemon/gpu_stats.h"
+#include "worker/daemon/trainer_process.h"
 
 extern char** environ;
 
@@ -21,30 +22,33 @@ namespace {
 
 using nlohmann::json;
 
-// Runs argv and returns its stdout (stderr discarded) and exit status. With
-// posix_spawn, as the worker starts trainers: the process already runs
-// gRPC's threads, and nothing may allocate between fork and exec.
-std::pair<std::string, int> Capture(const std::vector<std::string>& argv) {
-  int fds[2];
-  if (pipe(fds) != 0) return {"", -1};
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addclose(&actions, fds[0]);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = -1;
-  const int spawned = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  close(fds[1]);
+// Runs the trainer with `args` and returns its stdout (stderr read and
+// dropped) and exit status, -1 when it did not run or did not exit.
+std::pair<std::string, int> RunTrainer(const std::string& trainer,
+                                       const std::vector<std::string>& args) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  auto process = TrainerProcess::Spawn(trainer, args, env);
+  if (!process.ok()) return {"", -1};
+  (*process)->CloseStdin();
   std::string text;
   char buf[4096];
-  for (ssize_t n; spawned == 0 && (n = read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, n);
-  close(fds[0]);
-  int status = 0;
-  if (spawned != 0 || waitpid(pid, &status, 0) != pid) return {text, -1};
+  bool out_open = true, err_open = true;
+  while (out_open || err_open) {
+    pollfd fds[2] = {{(*process)->stdout_fd(), static_cast<short>(out_open ? POLLIN : 0), 0},
+                     {(*process)->stderr_fd(), static_cast<short>(err_open ? POLLIN : 0), 0}};
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    for (int i = 0; i < 2; ++i) {
+      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+      if (n <= 0) {
+        (i == 0 ? out_open : err_open) = false;
+      } else if (i == 0) {
+        text.append(buf, static_cast<size_t>(n));
+      }
+    }
+  }
+  const int status = (*process)->Reap();
   return {text, WIFEXITED(status) ? WEXITSTATUS(status) : -1};
 }
 
@@ -66,7 +70,7 @@ int RunCheck(const CheckOptions& o, std::ostream& out) {
   std::vector<std::string> problems;
   out << "trainer: " << o.trainer_path << " (" << o.threads << " threads per slot)\n";
   auto [text, status] =
-      Capture({o.trainer_path, "--check", "--threads", std::to_string(o.threads)});
+      RunTrainer(o.trainer_path, {"--check", "--threads", std::to_string(o.threads)});
   const json found = json::parse(text, nullptr, false);
   if (!found.is_object()) {
     problems.push_back("megabatch-trainer --check did not run (exit " + std::to_string(status) +

@@ -1,9 +1,7 @@
 #include "worker/daemon/worker.h"
 
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <spdlog/spdlog.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -517,21 +515,18 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     }
   }
   if (!reusable) trainer.CloseStdin();
-  if (!sent && !stopping()) {
-    // A warm trainer that died while idle: the trial was not started; go
-    // again with a fresh one.
+  if (!sent || stopping()) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       running_.erase({lease.trial_id(), lease.rank()});
     }
     warm->process.reset();
+    if (stopping()) return;
+    // A warm trainer that died while idle: the trial was not started; go
+    // again with a fresh one.
     if (!fresh) return RunTrial(slot, lease, config_json, warm);
     FinishTrial(lease, v1::TRIAL_STATE_FAILED,
                 "cannot send the trial to trainer " + options_.trainer_path, "");
-    return;
-  }
-  if (stopping()) {
-    warm->process.reset();
     return;
   }
 

@@ -13,6 +13,7 @@
 #include <iostream>
 #include <vector>
 
+#include "worker/trainer/data/files.h"
 #include "worker/trainer/data/text_corpus.h"
 
 namespace megabatch::trainer {
@@ -192,41 +193,26 @@ Result<ImageDataset> MapCache(const std::string& path) {
 }
 
 Status WriteCache(const ImageDataset& ds, const std::string& path) {
-  CacheLayout l = Layout(ds.train_images.size(0), ds.test_images.size(0),
-                         ds.train_images.size(2), ds.train_images.size(3));
-  // A name of its own, so trainers writing at once never mix their bytes;
-  // the rename publishes whole files only.
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return InternalError("dataset cache " + tmp + ": " + std::strerror(errno));
-  std::vector<char> header(kHeaderBytes, 0);
+  const CacheLayout l = Layout(ds.train_images.size(0), ds.test_images.size(0),
+                               ds.train_images.size(2), ds.train_images.size(3));
+  std::string header(kHeaderBytes, '\0');
   std::memcpy(header.data(), kCacheMagic, sizeof(kCacheMagic));
   const int64_t dims[4] = {l.train, l.test, l.rows, l.cols};
   std::memcpy(header.data() + 8, dims, sizeof(dims));
-  bool ok = ::pwrite(fd, header.data(), header.size(), 0) ==
-            static_cast<ssize_t>(header.size());
-  const torch::Tensor* parts[4] = {&ds.train_images, &ds.test_images, &ds.train_labels,
-                                   &ds.test_labels};
-  for (int i = 0; i < 4 && ok; ++i) {
-    torch::Tensor t = parts[i]->contiguous();
-    const char* bytes = static_cast<const char*>(t.data_ptr());
-    size_t size = t.numel() * t.element_size(), done = 0;
-    while (ok && done < size) {
-      ssize_t n = ::pwrite(fd, bytes + done, size - done, l.offsets[i] + done);
-      if (n < 0 && errno == EINTR) continue;
-      ok = n > 0;
-      if (ok) done += static_cast<size_t>(n);
-    }
+  // Each part starts at its offset: zeros pad the gap after the one before.
+  const std::string zeros(64, '\0');
+  const torch::Tensor parts[4] = {ds.train_images.contiguous(), ds.test_images.contiguous(),
+                                  ds.train_labels.contiguous(), ds.test_labels.contiguous()};
+  std::vector<std::string_view> pieces = {header};
+  size_t at = kHeaderBytes;
+  for (int i = 0; i < 4; ++i) {
+    pieces.push_back(std::string_view(zeros).substr(0, l.offsets[i] - at));
+    const size_t size = parts[i].numel() * parts[i].element_size();
+    pieces.emplace_back(static_cast<const char*>(parts[i].data_ptr()), size);
+    at = l.offsets[i] + size;
   }
-  ok = ok && ::ftruncate(fd, static_cast<off_t>(l.total)) == 0 && ::fsync(fd) == 0;
-  int error = errno;
-  ::close(fd);
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    error = ok ? errno : error;
-    ::unlink(tmp.c_str());
-    return InternalError("dataset cache " + path + ": " + std::strerror(error));
-  }
-  return Status();
+  pieces.push_back(std::string_view(zeros).substr(0, l.total - at));
+  return WriteFileAtomically(path, pieces, "dataset cache");
 }
 
 }  // namespace
