@@ -215,17 +215,20 @@ Status SweepStore::InsertTrialsLocked(int64_t sweep_id,
 }
 
 Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
-  Result<Statement> sweep =
-      db_->Prepare("SELECT spec_json, state FROM sweeps WHERE id = ?");
+  // Runs at every trial's end: a grid sweep (no strategy) costs one cached
+  // probe, not a parse of its spec.
+  Result<Statement*> sweep = db_->Cached(
+      "SELECT spec_json, state FROM sweeps WHERE id = ? "
+      "AND json_extract(spec_json, '$.strategy') IS NOT NULL");
   if (!sweep.ok()) return sweep.status();
-  sweep->Bind(1, sweep_id);
-  Result<bool> found = sweep->Step();
+  (*sweep)->Bind(1, sweep_id);
+  Result<bool> found = (*sweep)->Step();
   if (!found.ok()) return found.status();
-  if (!*found) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
-  const auto state = ParseSweepState(sweep->Text(1));
-  if (state && IsFinal(*state)) return Status();
-  const nlohmann::json doc = nlohmann::json::parse(sweep->Text(0), nullptr, false);
-  if (doc.is_discarded() || !doc.contains("strategy")) return Status();
+  const std::string spec_json = *found ? (*sweep)->Text(0) : std::string();
+  const auto state = *found ? ParseSweepState((*sweep)->Text(1)) : std::nullopt;
+  (*sweep)->Reset();
+  if (!*found || (state && IsFinal(*state))) return Status();
+  const nlohmann::json doc = nlohmann::json::parse(spec_json, nullptr, false);
   Result<spec::SweepSpec> spec = spec::SweepSpecFromJson(doc);
   if (!spec.ok()) {
     return DataLossError("sweep " + std::to_string(sweep_id) +
