@@ -11,7 +11,8 @@ before the service costs more than the training (bench/orchestration_overhead.py
 
 Each task runs --repeats times; the median is printed. "cold" runs with an
 empty cache directory (the first trainer on a host: it decodes and writes the
-cache), "warm" with the cache the cold run left (every later trainer).
+cache), "warm" with the cache the cold run left (every later trainer);
+warm/cold is the ratio of their start-up times, measured in the same run.
 """
 import argparse
 import json
@@ -57,7 +58,8 @@ def main():
     floor = [run([trainer, "--help"], os.environ)[0] for _ in range(args.repeats)]
     print("LibTorch floor (megabatch-trainer --help, exec to exit): %.3f s"
           % statistics.median(floor))
-    print("%-22s %12s %12s %12s %12s" % ("task", "cold s", "cold MiB", "warm s", "warm MiB"))
+    print("%-22s %12s %12s %12s %12s %10s" % ("task", "cold s", "cold MiB", "warm s", "warm MiB",
+                                                "warm/cold"))
     print("(s: exec to the first step's metrics; MiB: peak RSS of a 1-step trial, shared")
     print(" cache pages included)")
     for name, task in TASKS.items():
@@ -73,8 +75,9 @@ def main():
             cold.append(run([trainer, "--config", path], env))
             warm.append(run([trainer, "--config", path], env))
         med = lambda xs, k: statistics.median(x[k] for x in xs)
-        print("%-22s %12.3f %12.0f %12.3f %12.0f" %
-              (name, med(cold, 0), med(cold, 1), med(warm, 0), med(warm, 1)))
+        print("%-22s %12.3f %12.0f %12.3f %12.0f %9.2fx" %
+              (name, med(cold, 0), med(cold, 1), med(warm, 0), med(warm, 1),
+               med(warm, 0) / med(cold, 0)))
 
 
 if __name__ == "__main__":
