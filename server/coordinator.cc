@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "common/channel.h"
+#include "server/auth/token_store.h"
 
 namespace megabatch {
 
@@ -17,7 +18,7 @@ constexpr int kMaxMessageBytes = 16 << 20;
 
 // Makes sure the admin token in `path` is registered (see
 // CoordinatorOptions::auth_file).
-Status BootstrapAdminToken(store::SweepStore* store, const std::string& path) {
+Status BootstrapAdminToken(const std::string& db_path, const std::string& path) {
   std::string token;
   if (std::filesystem::exists(path)) {
     Result<std::string> loaded = LoadToken(path);
@@ -40,8 +41,10 @@ Status BootstrapAdminToken(store::SweepStore* store, const std::string& path) {
     }
     spdlog::info("new admin token written to {}", path);
   }
-  Result<int64_t> id = store->CreateToken("admin", "admin", auth::Sha256Hex(token),
-                                          scheduler::NowSeconds());
+  Result<std::unique_ptr<auth::TokenStore>> tokens = auth::TokenStore::Open(db_path);
+  if (!tokens.ok()) return tokens.status();
+  Result<int64_t> id = (*tokens)->Create("admin", "admin", auth::Sha256Hex(token),
+                                         scheduler::NowSeconds());
   if (!id.ok() && id.status().code() != StatusCode::kAlreadyExists) return id.status();
   return Status();
 }
@@ -96,7 +99,7 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   }
   c->store_ = std::move(*store);
   if (!options.auth_file.empty()) {
-    MEGABATCH_RETURN_IF_ERROR(BootstrapAdminToken(c->store_.get(), options.auth_file));
+    MEGABATCH_RETURN_IF_ERROR(BootstrapAdminToken(options.db_path, options.auth_file));
     Result<std::unique_ptr<auth::Authenticator>> a = auth::Authenticator::Open(options.db_path);
     if (!a.ok()) return a.status();
     c->auth_ = std::move(*a);

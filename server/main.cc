@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "server/auth/auth.h"
+#include "server/auth/token_store.h"
 #include "server/coordinator.h"
 
 namespace {
@@ -19,16 +20,19 @@ namespace {
 int RunTokenCommand(const std::string& db_path, const std::string& command,
                     const std::string& role, const std::string& name, int64_t id) {
   using megabatch::Status;
+  // Opening the store first creates or migrates the database.
   auto store = megabatch::store::SweepStore::Open(db_path);
-  if (!store.ok()) {
+  auto tokens = store.ok() ? megabatch::auth::TokenStore::Open(db_path)
+                           : decltype(megabatch::auth::TokenStore::Open(db_path))(store.status());
+  if (!tokens.ok()) {
     std::fprintf(stderr, "database %s: %s\n", db_path.c_str(),
-                 store.status().ToString().c_str());
+                 tokens.status().ToString().c_str());
     return 1;
   }
   const double now = megabatch::scheduler::NowSeconds();
   if (command == "create") {
     auto token = megabatch::auth::NewToken();
-    auto created = token.ok() ? (*store)->CreateToken(name, role,
+    auto created = token.ok() ? (*tokens)->Create(name, role,
                                                       megabatch::auth::Sha256Hex(*token), now)
                               : megabatch::Result<int64_t>(token.status());
     if (!created.ok()) {
@@ -42,20 +46,20 @@ int RunTokenCommand(const std::string& db_path, const std::string& command,
     return 0;
   }
   if (command == "list") {
-    auto tokens = (*store)->ListTokens();
-    if (!tokens.ok()) {
-      std::fprintf(stderr, "token list: %s\n", tokens.status().ToString().c_str());
+    auto rows = (*tokens)->List();
+    if (!rows.ok()) {
+      std::fprintf(stderr, "token list: %s\n", rows.status().ToString().c_str());
       return 1;
     }
     std::printf("%-6s %-24s %-7s %-20s %s\n", "ID", "NAME", "ROLE", "CREATED", "STATE");
-    for (const auto& t : *tokens) {
+    for (const auto& t : *rows) {
       std::printf("%-6lld %-24s %-7s %-20.0f %s\n", static_cast<long long>(t.id),
                   t.name.c_str(), t.role.c_str(), t.created_at,
                   t.revoked_at > 0 ? "revoked" : "active");
     }
     return 0;
   }
-  Status revoked = (*store)->RevokeToken(id, now);
+  Status revoked = (*tokens)->Revoke(id, now);
   if (!revoked.ok()) {
     std::fprintf(stderr, "token revoke: %s\n", revoked.ToString().c_str());
     return 1;

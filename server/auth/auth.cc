@@ -60,9 +60,9 @@ Result<std::unique_ptr<Authenticator>> Authenticator::Open(const std::string& db
   Result<std::unique_ptr<store::Db>> db = store::Db::OpenReadOnly(db_path);
   if (!db.ok()) return db.status();
   std::unique_ptr<Authenticator> auth(new Authenticator(std::move(*db)));
-  std::lock_guard<std::mutex> lock(auth->mu_);
+  MutexLock lock(&auth->mu_);
   // Fails now, not at the first call, if the table is missing.
-  Result<store::Statement*> q = auth->db_->Cached(
+  Result<store::CachedStatement> q = auth->db_->Cached(
       "SELECT name, role FROM tokens WHERE sha256 = ? AND revoked_at IS NULL");
   if (!q.ok()) return q.status();
   return auth;
@@ -81,8 +81,8 @@ Result<Caller> Authenticator::Authenticate(
                   "authorization: expected 'Bearer <token>'");
   }
   const std::string hash = Sha256Hex(authorization->substr(kBearer.size()));
-  std::lock_guard<std::mutex> lock(mu_);
-  Result<store::Statement*> q = db_->Cached(
+  MutexLock lock(&mu_);
+  Result<store::CachedStatement> q = db_->Cached(
       "SELECT name, role FROM tokens WHERE sha256 = ? AND revoked_at IS NULL");
   if (!q.ok()) return q.status();
   (*q)->Bind(1, hash);
@@ -94,7 +94,6 @@ Result<Caller> Authenticator::Authenticate(
   Caller caller;
   caller.name = (*q)->Text(0);
   caller.role = ParseRole((*q)->Text(1)).value_or(Role::kWorker);
-  (*q)->Reset();
   return caller;
 }
 

@@ -7,7 +7,7 @@
 #define MEGABATCH_SERVER_AUTH_AUTH_H_
 
 #include <memory>
-#include <mutex>
+#include "common/mutex.h"
 #include <optional>
 #include <string>
 #include <string_view>
@@ -52,7 +52,7 @@ class Authenticator {
  private:
   explicit Authenticator(std::unique_ptr<store::Db> db) : db_(std::move(db)) {}
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::unique_ptr<store::Db> db_ GUARDED_BY(mu_);
 };
 

@@ -6,8 +6,9 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
-#include <mutex>
 #include <set>
+
+#include "common/mutex.h"
 
 namespace megabatch::metrics {
 namespace {
@@ -83,7 +84,7 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
   explicit Live(const store::ReadOnlyDb* results) : results_(results) {}
 
   void RecordTrial(int64_t trial_id, const std::vector<store::MetricPoint>& points) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     // Points arrive in step order; keep each name's value at its latest step.
     auto& latest = trials_[trial_id];
     for (const auto& p : points) {
@@ -94,7 +95,7 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
   }
 
   void RecordGpus(int64_t worker_id, std::vector<GpuSample> gpus) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (gpus.empty()) {
       gpus_.erase(worker_id);
     } else {
@@ -174,7 +175,7 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
     }));
     out->push_back(std::move(age));
 
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     MetricFamily util = Gauges("megabatch_worker_gpu_utilization_ratio",
                                "GPU utilisation (0..1) as the worker's NVML reports it");
     MetricFamily used = Gauges("megabatch_worker_gpu_memory_used_bytes", "GPU memory in use");
@@ -221,6 +222,7 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
       labels.push_back({"batch_size", std::to_string(t.Int(3))});
       labels.push_back({"lr", Short(t.Double(4))});
       Add(info, labels, 1);
+      mu_.AssertHeld();  // held by the enclosing scope; the analysis skips lambdas
       auto values = trials_.find(id);
       if (values == trials_.end()) return;
       for (const auto& [name, step_value] : values->second) {
@@ -236,10 +238,11 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
   }
 
   const store::ReadOnlyDb* const results_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   // trial id -> metric name -> (step, value)
-  mutable std::map<int64_t, std::map<std::string, std::pair<int64_t, double>>> trials_;
-  mutable std::map<int64_t, std::vector<GpuSample>> gpus_;
+  mutable std::map<int64_t, std::map<std::string, std::pair<int64_t, double>>> trials_
+      GUARDED_BY(mu_);
+  mutable std::map<int64_t, std::vector<GpuSample>> gpus_ GUARDED_BY(mu_);
 };
 
 CoordinatorMetrics::CoordinatorMetrics(const store::ReadOnlyDb* results)

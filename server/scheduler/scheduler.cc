@@ -13,43 +13,52 @@ double NowSeconds() {
 
 Scheduler::Scheduler(store::SweepStore* store, SchedulerOptions options)
     : store_(store), options_(options) {
+  // Every committed change reaches the scheduler through the store itself.
+  store_->SetListener([this](store::Change change) {
+    if (change == store::Change::kWork) {
+      Notify();
+    } else {
+      NotifyWatchers();
+    }
+  });
   reaper_ = std::thread([this] { ReapLoop(); });
 }
 
 Scheduler::~Scheduler() {
   Stop();
   reaper_.join();
+  store_->SetListener(nullptr);
 }
 
 void Scheduler::Stop() {
   {
-    std::lock_guard<std::mutex> lock(batch_mu_);
+    MutexLock lock(&batch_mu_);
     closed_ = true;
-    for (PendingLease* p : pending_) p->cv.notify_one();
-    for (PendingLease* p : parked_) p->cv.notify_one();
+    for (PendingLease* p : pending_) p->cv.Signal();
+    for (PendingLease* p : parked_) p->cv.Signal();
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
-  changed_.notify_all();
+  changed_.SignalAll();
 }
 
 void Scheduler::Notify() {
   {
-    std::lock_guard<std::mutex> lock(batch_mu_);
+    MutexLock lock(&batch_mu_);
     ++notify_seq_;
     for (PendingLease* p : parked_) Enqueue(p);
     parked_.clear();
-    if (!leading_ && !pending_.empty()) pending_.front()->cv.notify_one();
+    if (!leading_ && !pending_.empty()) pending_.front()->cv.Signal();
   }
   NotifyWatchers();
 }
 
 void Scheduler::NotifyWatchers() {
   // Taking the mutex orders the notification after any waiter's check.
-  { std::lock_guard<std::mutex> lock(mu_); }
-  changed_.notify_all();
+  { MutexLock lock(&mu_); }
+  changed_.SignalAll();
 }
 
 Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
@@ -70,7 +79,6 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
   }
   spdlog::info("sweep {} '{}' submitted with {} trials", *id, spec->name,
                trials.size());
-  Notify();
   return Submitted{*id, static_cast<int32_t>(trials.size())};
 }
 
@@ -78,7 +86,6 @@ Result<store::SweepRow> Scheduler::Cancel(int64_t sweep_id) {
   Result<store::SweepRow> row = store_->CancelSweep(sweep_id, NowSeconds());
   if (row.ok()) {
     spdlog::info("sweep {} cancelled", sweep_id);
-    Notify();
   }
   return row;
 }
@@ -91,9 +98,9 @@ Result<std::optional<store::Lease>> Scheduler::Lease(
   // A parked request wakes this often to notice a caller that went away, or
   // a change that came without Notify().
   constexpr auto kSlice = std::chrono::milliseconds(200);
-  PendingLease self;
+  PendingLease self(&batch_mu_);
   self.worker_id = worker_id;
-  std::unique_lock<std::mutex> lock(batch_mu_);
+  MutexLock lock(&batch_mu_);
   Enqueue(&self);
   if (gang_waiting_) {
     // A data-parallel trial waits for enough requests in one batch: bring
@@ -107,7 +114,7 @@ Result<std::optional<store::Lease>> Scheduler::Lease(
       return UnavailableError("coordinator is shutting down");
     }
     if (self.where == Where::kQueued && !leading_) {
-      LeadBatch(lock);
+      LeadBatch();
       continue;
     }
     const auto now = std::chrono::steady_clock::now();
@@ -115,21 +122,20 @@ Result<std::optional<store::Lease>> Scheduler::Lease(
       Unlist(&self);
       return std::optional<store::Lease>();
     }
-    self.cv.wait_until(lock, std::min(deadline, now + kSlice));
-    // Once a slice: a change that came without Notify() (a trial pruned).
+    self.cv.WaitUntil(std::min(deadline, now + kSlice));
+    // Once a slice: a safety net for a change whose Notify() it missed.
     if (self.where == Where::kParked && store_->version() != self.seen_version) {
       Unlist(&self);
       Enqueue(&self);
     }
   }
-  lock.unlock();
+  lock.Unlock();
   // Only grants and errors are handed back; "nothing" parks the request.
   if (!self.result.ok()) return std::move(self.result);
   const store::Lease& l = **self.result;
   if (client_gone()) {
     MEGABATCH_RETURN_IF_ERROR(
         store_->ReleaseLease(l.trial_id, l.lease_id, worker_id, NowSeconds(), l.rank));
-    Notify();
     return Status(StatusCode::kCancelled, "worker " + std::to_string(worker_id) +
                                               " went away; lease released");
   }
@@ -155,7 +161,7 @@ void Scheduler::Unlist(PendingLease* p) {
   }
 }
 
-void Scheduler::LeadBatch(std::unique_lock<std::mutex>& lock) {
+void Scheduler::LeadBatch() {
   using Where = PendingLease::Where;
   // At most this many leases in one transaction, bounding its time.
   constexpr size_t kMaxBatch = 256;
@@ -170,14 +176,13 @@ void Scheduler::LeadBatch(std::unique_lock<std::mutex>& lock) {
     ids.push_back(p->worker_id);
   }
   const int64_t seq = notify_seq_;
-  lock.unlock();
+  batch_mu_.Unlock();
   const int64_t version = store_->version();
   bool gang_waiting = false;
   std::vector<Result<std::optional<store::Lease>>> results =
       store_->LeaseBatch(ids, NowSeconds(), &gang_waiting);
-  lock.lock();
+  batch_mu_.Lock();
   gang_waiting_ = gang_waiting;
-  bool granted = false;
   // Every hand-back happens under the lock: a request cannot return (and
   // destroy its condition variable) before this is done with it.
   for (size_t i = 0; i < n; ++i) {
@@ -192,18 +197,12 @@ void Scheduler::LeadBatch(std::unique_lock<std::mutex>& lock) {
       }
       continue;
     }
-    granted = granted || results[i].ok();
     p->result = std::move(results[i]);
     p->where = Where::kDone;
-    p->cv.notify_one();
+    p->cv.Signal();
   }
   leading_ = false;
-  if (!pending_.empty()) pending_.front()->cv.notify_one();
-  if (granted) {
-    lock.unlock();
-    NotifyWatchers();
-    lock.lock();
-  }
+  if (!pending_.empty()) pending_.front()->cv.Signal();
 }
 
 Result<store::TrialState> Scheduler::Finish(int64_t trial_id, int64_t lease_id,
@@ -218,26 +217,26 @@ Result<store::TrialState> Scheduler::Finish(int64_t trial_id, int64_t lease_id,
   if (state.ok()) {
     spdlog::info("trial {} attempt ended {}; now {}", trial_id,
                  store::TrialStateName(outcome), store::TrialStateName(*state));
-    Notify();
   }
   return state;
 }
 
 int64_t Scheduler::WaitForChange(
     int64_t seen, std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
-  changed_.wait_until(lock, deadline, [&] {
-    return stopping_ || store_->version() != seen;
-  });
+  MutexLock lock(&mu_);
+  while (!stopping_ && store_->version() == seen && changed_.WaitUntil(deadline)) {
+  }
   return store_->version();
 }
 
 void Scheduler::ReapLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   while (!stopping_) {
-    auto next = std::chrono::steady_clock::now() + options_.heartbeat_interval;
-    if (changed_.wait_until(lock, next, [&] { return stopping_; })) break;
-    lock.unlock();
+    const auto next = std::chrono::steady_clock::now() + options_.heartbeat_interval;
+    while (!stopping_ && changed_.WaitUntil(next)) {
+    }
+    if (stopping_) break;
+    lock.Unlock();
     double now = NowSeconds();
     double timeout =
         std::chrono::duration<double>(options_.lease_timeout).count();
@@ -245,7 +244,7 @@ void Scheduler::ReapLoop() {
     // again before its trials are taken back: the coordinator's own downtime
     // is not the workers' silence.
     if (now - started_at_ < timeout) {
-      lock.lock();
+      lock.Lock();
       continue;
     }
     Result<int> requeued = store_->ExpireWorkers(now - timeout, now);
@@ -253,9 +252,8 @@ void Scheduler::ReapLoop() {
       spdlog::error("expiring silent workers: {}", requeued.status().ToString());
     } else if (*requeued > 0) {
       spdlog::warn("requeued {} trials of lost workers", *requeued);
-      Notify();
     }
-    lock.lock();
+    lock.Lock();
   }
 }
 

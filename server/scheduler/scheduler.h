@@ -5,16 +5,15 @@
 #define MEGABATCH_SERVER_SCHEDULER_SCHEDULER_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common/mutex.h"
 #include "common/status.h"
 #include "common/thread_annotations.h"
 #include "server/spec/sweep_spec.h"
@@ -83,11 +82,13 @@ class Scheduler {
                         std::chrono::steady_clock::time_point deadline);
 
   // After a change that may let a waiting worker lease (a sweep submitted,
-  // a slot freed, a trial requeued, a worker registered): runs one batch for
-  // every parked lease request, and wakes the watchers.
+  // a slot freed, a trial requeued): runs one batch for every parked lease
+  // request, and wakes the watchers. The store calls it (SetListener) after
+  // each such commit; nothing else needs to.
   void Notify();
 
-  // Wakes WaitForChange() callers only (a change that frees nothing).
+  // Wakes WaitForChange() callers only (a change that frees nothing); the
+  // store calls it after the other commits.
   void NotifyWatchers();
 
   // Wakes every waiter for good: Lease() answers UNAVAILABLE from now on.
@@ -111,25 +112,26 @@ class Scheduler {
     std::chrono::steady_clock::time_point queued_at;
     // The store's version before the batch that found nothing for it.
     int64_t seen_version = 0;
-    std::condition_variable cv;
+    explicit PendingLease(Mutex* mu) : cv(mu) {}
+    CondVar cv;
   };
   void Enqueue(PendingLease* p) REQUIRES(batch_mu_);
   void Unlist(PendingLease* p) REQUIRES(batch_mu_);
-  // Leases for up to kMaxBatch queued requests; called with `lock` held on
-  // batch_mu_ and no batch running; releases it during the transaction.
-  void LeadBatch(std::unique_lock<std::mutex>& lock) REQUIRES(batch_mu_);
+  // Leases for up to kMaxBatch queued requests; called with batch_mu_ held
+  // and no batch running; releases it during the transaction.
+  void LeadBatch() REQUIRES(batch_mu_);
   void ReapLoop();
 
   store::SweepStore* const store_;
   const SchedulerOptions options_;
   const double started_at_ = NowSeconds();
 
-  std::mutex mu_;
-  std::condition_variable changed_;
+  Mutex mu_;
+  CondVar changed_{&mu_};
   bool stopping_ GUARDED_BY(mu_) = false;
   std::thread reaper_;
 
-  std::mutex batch_mu_;
+  Mutex batch_mu_;
   std::deque<PendingLease*> pending_ GUARDED_BY(batch_mu_);
   std::vector<PendingLease*> parked_ GUARDED_BY(batch_mu_);
   bool leading_ GUARDED_BY(batch_mu_) = false;

@@ -190,7 +190,7 @@ Status PointBudget::Take(int64_t worker_id, int64_t n) {
   // many, so made-up worker ids cannot grow the map without bound.
   constexpr size_t kMaxBuckets = 65536;
   const auto now = std::chrono::steady_clock::now();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (buckets_.size() >= kMaxBuckets) {
     for (auto it = buckets_.begin(); it != buckets_.end();) {
       it = now - it->second.at > std::chrono::seconds(1) ? buckets_.erase(it) : std::next(it);
@@ -478,7 +478,6 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
     resp->set_lease_timeout_ms(
         static_cast<int32_t>(scheduler_->options().lease_timeout.count()));
     resp->set_artifacts_dir(scheduler_->options().artifacts_dir);
-    scheduler_->NotifyWatchers();
     return Status();
   });
 }
@@ -580,13 +579,11 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
       }
       points.push_back({p.name(), p.step(), p.value()});
     }
-    const int64_t version = store_->version();
+    // Early stopping may prune the trial; the store tells the scheduler.
     MEGABATCH_RETURN_IF_ERROR(TimedWrite(metrics_, "append_metrics", [&] {
       return store_->AppendMetrics(req->lease().trial_id(), req->lease().lease_id(),
                                    req->worker_id(), points, scheduler::NowSeconds());
     }));
-    // Early stopping may have pruned a trial, freeing its slot.
-    if (store_->version() != version) scheduler_->Notify();
     metrics_->RecordTrialPoints(req->lease().trial_id(), points);
     resp->set_accepted(req->points_size());
     return Status();

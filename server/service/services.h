@@ -5,7 +5,7 @@
 #define MEGABATCH_SERVER_SERVICE_SERVICES_H_
 
 #include <chrono>
-#include <mutex>
+#include "common/mutex.h"
 #include <unordered_map>
 
 #include "common/thread_annotations.h"
@@ -76,7 +76,7 @@ class PointBudget {
     std::chrono::steady_clock::time_point at;
   };
   const double rate_;
-  std::mutex mu_;
+  Mutex mu_;
   std::unordered_map<int64_t, Bucket> buckets_ GUARDED_BY(mu_);
 };
 

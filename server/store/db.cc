@@ -1,5 +1,7 @@
 #include "server/store/db.h"
 
+#include <limits>
+
 namespace megabatch::store {
 
 Status SqliteStatus(int rc, sqlite3* db, std::string_view what) {
@@ -21,6 +23,8 @@ Status SqliteStatus(int rc, sqlite3* db, std::string_view what) {
       return Status(StatusCode::kPermissionDenied, msg);
     case SQLITE_INTERRUPT:
       return Status(StatusCode::kDeadlineExceeded, msg);
+    case SQLITE_TOOBIG:
+      return Status(StatusCode::kInvalidArgument, msg);
     case SQLITE_CANTOPEN:
       return Status(StatusCode::kFailedPrecondition, msg);
     default:
@@ -72,7 +76,7 @@ Result<Statement> Db::Prepare(std::string_view sql) {
   return Statement(db_, stmt);
 }
 
-Result<Statement*> Db::Cached(std::string_view sql) {
+Result<CachedStatement> Db::Cached(std::string_view sql) {
   auto it = cache_.find(std::string(sql));
   if (it == cache_.end()) {
     Result<Statement> stmt = Prepare(sql);
@@ -80,7 +84,7 @@ Result<Statement*> Db::Cached(std::string_view sql) {
     it = cache_.emplace(std::string(sql), std::make_unique<Statement>(std::move(*stmt))).first;
   }
   it->second->Reset();
-  return it->second.get();
+  return CachedStatement(it->second.get());
 }
 
 int64_t Db::LastInsertRowid() const { return sqlite3_last_insert_rowid(db_); }
@@ -91,6 +95,8 @@ Statement& Statement::operator=(Statement&& o) noexcept {
     sqlite3_finalize(stmt_);
     db_ = o.db_;
     stmt_ = o.stmt_;
+    bind_rc_ = o.bind_rc_;
+    bind_index_ = o.bind_index_;
     o.stmt_ = nullptr;
   }
   return *this;
@@ -98,25 +104,41 @@ Statement& Statement::operator=(Statement&& o) noexcept {
 
 Statement::~Statement() { sqlite3_finalize(stmt_); }
 
+void Statement::CheckBind(int rc, int index) {
+  if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) {
+    bind_rc_ = rc;
+    bind_index_ = index;
+  }
+}
+
 Statement& Statement::Bind(int index, int64_t v) {
-  sqlite3_bind_int64(stmt_, index, v);
+  CheckBind(sqlite3_bind_int64(stmt_, index, v), index);
   return *this;
 }
 Statement& Statement::Bind(int index, double v) {
-  sqlite3_bind_double(stmt_, index, v);
+  CheckBind(sqlite3_bind_double(stmt_, index, v), index);
   return *this;
 }
 Statement& Statement::Bind(int index, std::string_view v) {
-  sqlite3_bind_text(stmt_, index, v.data(), static_cast<int>(v.size()),
-                    SQLITE_TRANSIENT);
+  if (v.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    CheckBind(SQLITE_TOOBIG, index);
+    return *this;
+  }
+  CheckBind(sqlite3_bind_text(stmt_, index, v.data(), static_cast<int>(v.size()),
+                              SQLITE_TRANSIENT),
+            index);
   return *this;
 }
 Statement& Statement::BindNull(int index) {
-  sqlite3_bind_null(stmt_, index);
+  CheckBind(sqlite3_bind_null(stmt_, index), index);
   return *this;
 }
 
 Result<bool> Statement::Step() {
+  if (bind_rc_ != SQLITE_OK) {
+    // Reported once; Reset() clears it with the bindings.
+    return SqliteStatus(bind_rc_, nullptr, "bind parameter " + std::to_string(bind_index_));
+  }
   int rc = sqlite3_step(stmt_);
   if (rc == SQLITE_ROW) return true;
   if (rc == SQLITE_DONE) return false;
@@ -136,6 +158,8 @@ Status Statement::Run() {
 void Statement::Reset() {
   sqlite3_reset(stmt_);
   sqlite3_clear_bindings(stmt_);
+  bind_rc_ = SQLITE_OK;
+  bind_index_ = 0;
 }
 
 std::string Statement::Text(int col) const {

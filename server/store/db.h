@@ -20,10 +20,12 @@ namespace megabatch::store {
 // Maps a SQLite result code to a Status; `what` names the operation.
 // SQLITE_BUSY/LOCKED -> UNAVAILABLE, SQLITE_CORRUPT/NOTADB -> DATA_LOSS,
 // SQLITE_CONSTRAINT -> ALREADY_EXISTS, SQLITE_READONLY/AUTH ->
-// PERMISSION_DENIED, SQLITE_INTERRUPT -> DEADLINE_EXCEEDED, others INTERNAL.
+// PERMISSION_DENIED, SQLITE_INTERRUPT -> DEADLINE_EXCEEDED, SQLITE_TOOBIG ->
+// INVALID_ARGUMENT, SQLITE_CANTOPEN -> FAILED_PRECONDITION, others INTERNAL.
 Status SqliteStatus(int rc, sqlite3* db, std::string_view what);
 
 class Statement;
+class CachedStatement;
 
 // One SQLite connection. Thread-compatible: callers synchronize.
 class Db {
@@ -43,9 +45,10 @@ class Db {
   // Prepares one statement. The Statement must not outlive this Db.
   Result<Statement> Prepare(std::string_view sql);
   // The same, prepared once per connection and kept: for hot paths. The
-  // statement comes back reset, with no bindings; it stays owned by the Db.
-  // Reset() it once its rows are read, so that it holds no read open.
-  Result<Statement*> Cached(std::string_view sql);
+  // statement comes back reset, with no bindings, and stays owned by the Db;
+  // the handle resets it again when it goes out of scope, so that it holds
+  // no read open however the caller leaves.
+  Result<CachedStatement> Cached(std::string_view sql);
 
   int64_t LastInsertRowid() const;
   int Changes() const;
@@ -62,7 +65,7 @@ class Db {
 // A prepared statement. Move-only. Bind indexes start at 1.
 class Statement {
  public:
-  Statement(Statement&& o) noexcept : db_(o.db_), stmt_(o.stmt_) {
+  Statement(Statement&& o) noexcept : db_(o.db_), stmt_(o.stmt_), bind_rc_(o.bind_rc_) {
     o.stmt_ = nullptr;
   }
   Statement& operator=(Statement&& o) noexcept;
@@ -74,7 +77,9 @@ class Statement {
   Statement& Bind(int index, std::string_view v);
   Statement& BindNull(int index);
 
-  // Advances: true when a row is available, false when done.
+  // Advances: true when a row is available, false when done. A Bind() that
+  // failed (SQLITE_RANGE, SQLITE_TOOBIG, SQLITE_NOMEM) fails the Step
+  // instead, naming the parameter.
   Result<bool> Step();
   // Steps to completion, for statements that return no rows.
   Status Run();
@@ -96,8 +101,30 @@ class Statement {
  private:
   friend class Db;
   Statement(sqlite3* db, sqlite3_stmt* stmt) : db_(db), stmt_(stmt) {}
+  // Keeps the first failed bind's code and index for Step() to report.
+  void CheckBind(int rc, int index);
   sqlite3* db_;
   sqlite3_stmt* stmt_;
+  int bind_rc_ = SQLITE_OK;
+  int bind_index_ = 0;
+};
+
+// A Db-owned cached statement, reset (and its bindings cleared) when the
+// handle is destroyed. Move-only; use it like a Statement*.
+class CachedStatement {
+ public:
+  explicit CachedStatement(Statement* stmt) : stmt_(stmt) {}
+  CachedStatement(CachedStatement&& o) noexcept : stmt_(o.stmt_) { o.stmt_ = nullptr; }
+  CachedStatement& operator=(CachedStatement&&) = delete;
+  CachedStatement(const CachedStatement&) = delete;
+  ~CachedStatement() {
+    if (stmt_ != nullptr) stmt_->Reset();
+  }
+  Statement* operator->() const { return stmt_; }
+  Statement& operator*() const { return *stmt_; }
+
+ private:
+  Statement* stmt_;
 };
 
 // Runs `fn(stmt)` on each row of a prepared statement.

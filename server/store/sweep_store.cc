@@ -10,22 +10,11 @@
 
 #include "common/selection_metrics.h"
 #include "server/planner/adaptive.h"
+#include "server/planner/early_stopping.h"
 #include "server/store/schema.h"
 
 namespace megabatch::store {
 namespace {
-
-// The slots the worker `w` holds: trials it runs as rank 0, and other ranks
-// of running trials under their current lease. The `holdings` view says the
-// same, but SQLite does not push a worker filter into its UNION ALL, so the
-// per-worker counts use this.
-const std::string& HeldSlotsOfW() {
-  static const std::string sql =
-      "((SELECT count(*) FROM trials t WHERE t.worker_id = w.id AND t.state = 'running') + "
-      "(SELECT count(*) FROM trial_ranks r JOIN trials t ON t.id = r.trial_id "
-      "AND t.lease_id = r.lease_id AND t.state = 'running' WHERE r.worker_id = w.id))";
-  return sql;
-}
 
 constexpr int kNumMigrations = std::size(kMigrations);
 static_assert(kNumMigrations == kSchemaVersion);
@@ -44,6 +33,14 @@ constexpr std::pair<SweepState, const char*> kSweepStateNames[] = {
 };
 
 }  // namespace
+
+const std::string& SweepStore::HeldSlotsSql() {
+  static const std::string sql =
+      "((SELECT count(*) FROM trials t WHERE t.worker_id = w.id AND t.state = 'running') + "
+      "(SELECT count(*) FROM trial_ranks r JOIN trials t ON t.id = r.trial_id "
+      "AND t.lease_id = r.lease_id AND t.state = 'running' WHERE r.worker_id = w.id))";
+  return sql;
+}
 
 const char* TrialStateName(TrialState s) {
   for (const auto& [state, name] : kTrialStateNames) {
@@ -70,11 +67,48 @@ std::optional<SweepState> ParseSweepState(std::string_view name) {
   return std::nullopt;
 }
 
+SweepStore::Locked::Locked(SweepStore* store) : store_(store) { store_->mu_.Lock(); }
+
+SweepStore::Locked::~Locked() {
+  const std::optional<Change> change = store_->pending_;
+  store_->pending_.reset();
+  store_->mu_.Unlock();
+  if (!change) return;
+  MutexLock lock(&store_->listener_mu_);
+  if (store_->listener_) store_->listener_(*change);
+}
+
+void SweepStore::Changed(Change change) {
+  ++version_;
+  if (!pending_ || *pending_ < change) pending_ = change;
+}
+
+void SweepStore::SetListener(std::function<void(Change)> listener) {
+  MutexLock lock(&listener_mu_);
+  listener_ = std::move(listener);
+}
+
+Result<spec::SweepSpec> SweepStore::StoredSpecLocked(int64_t sweep_id) {
+  Result<CachedStatement> q = db_->Cached("SELECT spec_json FROM sweeps WHERE id = ?");
+  if (!q.ok()) return q.status();
+  (*q)->Bind(1, sweep_id);
+  Result<bool> row = (*q)->Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
+  Result<spec::SweepSpec> spec =
+      spec::SweepSpecFromJson(nlohmann::json::parse((*q)->Text(0), nullptr, false));
+  if (!spec.ok()) {
+    return DataLossError("sweep " + std::to_string(sweep_id) +
+                         ": stored spec no longer parses: " + spec.status().message());
+  }
+  return spec;
+}
+
 Result<std::unique_ptr<SweepStore>> SweepStore::Open(const std::string& path) {
   Result<std::unique_ptr<Db>> db = Db::Open(path);
   if (!db.ok()) return db.status();
   std::unique_ptr<SweepStore> store(new SweepStore(std::move(*db)));
-  std::lock_guard<std::mutex> lock(store->mu_);
+  Locked lock(store.get());
   MEGABATCH_RETURN_IF_ERROR(store->Migrate());
   return store;
 }
@@ -130,7 +164,7 @@ Result<int64_t> SweepStore::CreateSweep(
     const spec::SweepSpec& spec, const std::vector<spec::TrialSpec>& trials,
     const std::string& request_id, double now, bool* existed,
     const std::string& owner) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   *existed = false;
   const std::string spec_json = spec.ToJson().dump();
   if (!request_id.empty()) {
@@ -181,7 +215,7 @@ Result<int64_t> SweepStore::CreateSweep(
       now));
   MEGABATCH_RETURN_IF_ERROR(PlanLocked(sweep_id, now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
-  ++version_;
+  Changed(Change::kWork);
   return sweep_id;
 }
 
@@ -217,23 +251,18 @@ Status SweepStore::InsertTrialsLocked(int64_t sweep_id,
 Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
   // Runs at every trial's end: a grid sweep (no strategy) costs one cached
   // probe, not a parse of its spec.
-  Result<Statement*> sweep = db_->Cached(
-      "SELECT spec_json, state FROM sweeps WHERE id = ? "
+  Result<CachedStatement> sweep = db_->Cached(
+      "SELECT state FROM sweeps WHERE id = ? "
       "AND json_extract(spec_json, '$.strategy') IS NOT NULL");
   if (!sweep.ok()) return sweep.status();
   (*sweep)->Bind(1, sweep_id);
   Result<bool> found = (*sweep)->Step();
   if (!found.ok()) return found.status();
-  const std::string spec_json = *found ? (*sweep)->Text(0) : std::string();
-  const auto state = *found ? ParseSweepState((*sweep)->Text(1)) : std::nullopt;
-  (*sweep)->Reset();
-  if (!*found || (state && IsFinal(*state))) return Status();
-  const nlohmann::json doc = nlohmann::json::parse(spec_json, nullptr, false);
-  Result<spec::SweepSpec> spec = spec::SweepSpecFromJson(doc);
-  if (!spec.ok()) {
-    return DataLossError("sweep " + std::to_string(sweep_id) +
-                         ": stored spec no longer parses: " + spec.status().message());
-  }
+  if (!*found) return Status();
+  const auto state = ParseSweepState((*sweep)->Text(0));
+  if (state && IsFinal(*state)) return Status();
+  Result<spec::SweepSpec> spec = StoredSpecLocked(sweep_id);
+  if (!spec.ok()) return spec.status();
   Result<Statement> q = db_->Prepare(
       "SELECT t.phase, t.optimizer, t.batch_size, t.lr, t.seed, t.state, "
       "s.samples_to_target, s.best_target_value, "
@@ -299,7 +328,7 @@ Result<SweepRow> SweepStore::GetSweepLocked(int64_t sweep_id) {
       s.trials_total += static_cast<int32_t>(c.Int(1));
     }
   }));
-  Result<Statement*> phase = db_->Cached(R"sql(
+  Result<CachedStatement> phase = db_->Cached(R"sql(
     SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND phase IS NOT NULL)
       THEN '' ELSE COALESCE((SELECT phase FROM trials WHERE sweep_id = ?1 AND phase IS NOT NULL
         AND state IN ('queued', 'running')
@@ -310,17 +339,16 @@ Result<SweepRow> SweepStore::GetSweepLocked(int64_t sweep_id) {
   Result<bool> phase_row = (*phase)->Step();
   if (!phase_row.ok()) return phase_row.status();
   s.phase = (*phase)->Text(0);
-  (*phase)->Reset();
   return s;
 }
 
 Result<SweepRow> SweepStore::GetSweep(int64_t sweep_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   return GetSweepLocked(sweep_id);
 }
 
 Result<std::vector<SweepRow>> SweepStore::ListSweeps(int64_t after_id, int64_t limit) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   Result<Statement> q = db_->Prepare("SELECT id FROM sweeps WHERE id > ? ORDER BY id LIMIT ?");
   if (!q.ok()) return q.status();
   q->Bind(1, after_id).Bind(2, limit);
@@ -339,7 +367,7 @@ Result<std::vector<SweepRow>> SweepStore::ListSweeps(int64_t after_id, int64_t l
 Status SweepStore::RefreshSweepState(int64_t sweep_id, double now) {
   // Index probes on trials (sweep_id, state), not a count of every trial:
   // this runs on every finished attempt.
-  Result<Statement*> probe = db_->Cached(R"sql(
+  Result<CachedStatement> probe = db_->Cached(R"sql(
     SELECT state,
       EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND state IN ('queued', 'running')),
       EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND state IN
@@ -384,7 +412,7 @@ Status SweepStore::RefreshSweepState(int64_t sweep_id, double now) {
 }
 
 Result<SweepRow> SweepStore::CancelSweep(int64_t sweep_id, double now) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   Result<SweepRow> s = GetSweepLocked(sweep_id);
   if (!s.ok()) return s.status();
   if (IsFinal(s->state)) {
@@ -408,13 +436,13 @@ Result<SweepRow> SweepStore::CancelSweep(int64_t sweep_id, double now) {
   MEGABATCH_RETURN_IF_ERROR(
       AddEvent(sweep_id, 0, 0, "sweep_cancelled", "cancelled by user", now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
-  ++version_;
+  Changed(Change::kWork);
   return GetSweepLocked(sweep_id);
 }
 
 Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id, int64_t after_index,
                                                      int64_t limit) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   Result<SweepRow> s = GetSweepLocked(sweep_id);
   if (!s.ok()) return s.status();
   Result<Statement> q = db_->Prepare(
@@ -463,7 +491,7 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id, int64_t a
 
 Result<int64_t> SweepStore::RegisterWorker(const std::string& name, int32_t slots,
                                            double now, const WorkerRendezvous& rendezvous) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   Result<Statement> ins = db_->Prepare(
@@ -480,13 +508,14 @@ Result<int64_t> SweepStore::RegisterWorker(const std::string& name, int32_t slot
                                          std::to_string(slots) + " slots",
                                      now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  Changed(Change::kView);
   return id;
 }
 
 Result<std::vector<int64_t>> SweepStore::Heartbeat(int64_t worker_id,
                                                    const std::vector<RunningLease>& running,
                                                    double now) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   Result<Statement> up = db_->Prepare(
       "UPDATE workers SET last_heartbeat_at = ?, state = 'alive' WHERE id = ?");
   if (!up.ok()) return up.status();
@@ -509,9 +538,9 @@ Result<std::vector<int64_t>> SweepStore::Heartbeat(int64_t worker_id,
 }
 
 Result<std::vector<WorkerRow>> SweepStore::ListWorkers() {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   Result<Statement> q = db_->Prepare(
-      "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, " + HeldSlotsOfW() +
+      "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, " + HeldSlotsSql() +
       " FROM workers w ORDER BY w.id");
   if (!q.ok()) return q.status();
   std::vector<WorkerRow> out;
@@ -528,329 +557,9 @@ Result<std::vector<WorkerRow>> SweepStore::ListWorkers() {
   return out;
 }
 
-Result<int64_t> SweepStore::CreateToken(const std::string& name,
-                                        const std::string& role,
-                                        const std::string& sha256_hex, double now) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Result<Statement> ins = db_->Prepare(
-      "INSERT INTO tokens (name, role, sha256, created_at) VALUES (?, ?, ?, ?)");
-  if (!ins.ok()) return ins.status();
-  ins->Bind(1, name).Bind(2, role).Bind(3, sha256_hex).Bind(4, now);
-  MEGABATCH_RETURN_IF_ERROR(ins->Run());
-  return db_->LastInsertRowid();
-}
-
-Result<std::vector<TokenRow>> SweepStore::ListTokens() {
-  std::lock_guard<std::mutex> lock(mu_);
-  Result<Statement> q = db_->Prepare(
-      "SELECT id, name, role, created_at, coalesce(revoked_at, 0) FROM tokens ORDER BY id");
-  if (!q.ok()) return q.status();
-  std::vector<TokenRow> out;
-  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
-    out.push_back({r.Int(0), r.Text(1), r.Text(2), r.Double(3), r.Double(4)});
-  }));
-  return out;
-}
-
-Status SweepStore::RevokeToken(int64_t token_id, double now) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Result<Statement> q =
-      db_->Prepare("SELECT revoked_at IS NOT NULL FROM tokens WHERE id = ?");
-  if (!q.ok()) return q.status();
-  q->Bind(1, token_id);
-  Result<bool> row = q->Step();
-  if (!row.ok()) return row.status();
-  if (!*row) return NotFoundError("token " + std::to_string(token_id) + " not found");
-  if (q->Int(0) != 0) {
-    return FailedPreconditionError("token " + std::to_string(token_id) +
-                                   " is already revoked");
-  }
-  Result<Statement> up = db_->Prepare("UPDATE tokens SET revoked_at = ? WHERE id = ?");
-  if (!up.ok()) return up.status();
-  up->Bind(1, now).Bind(2, token_id);
-  return up->Run();
-}
-
-Result<std::optional<Lease>> SweepStore::LeaseNext(int64_t worker_id,
-                                                   double now) {
-  return std::move(LeaseBatch({worker_id}, now)[0]);
-}
-
-std::vector<Result<std::optional<Lease>>> SweepStore::LeaseBatch(
-    const std::vector<int64_t>& worker_ids, double now, bool* gang_waiting) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const size_t n = worker_ids.size();
-  std::vector<Result<std::optional<Lease>>> out(n, std::optional<Lease>());
-  auto fail_all = [&](const Status& s) {
-    out.assign(n, Result<std::optional<Lease>>(s));
-    return out;
-  };
-  Transaction tx(db_.get());
-  if (!tx.begin_status().ok()) return fail_all(tx.begin_status());
-  bool granted = false;
-  bool blocked = false;  // a gang trial waits for slots: lease nothing else
-  std::vector<bool> done(n, false);
-  std::optional<std::vector<LeaseCandidate>> candidates;
-  for (size_t i = 0; i < n && !blocked; ++i) {
-    if (done[i]) continue;
-    done[i] = true;
-    bool db_error = false;
-    Result<int64_t> free = FreeSlotsLocked(worker_ids[i], &db_error);
-    if (db_error) return fail_all(free.status());
-    if (!free.ok()) {
-      out[i] = free.status();
-      continue;
-    }
-    if (*free <= 0) continue;
-    if (!candidates.has_value()) {
-      Result<std::vector<LeaseCandidate>> loaded = LeaseCandidatesLocked();
-      if (!loaded.ok()) return fail_all(loaded.status());
-      candidates = std::move(*loaded);
-    }
-    while (true) {
-      Result<std::optional<Pick>> pick = PeekTrialLocked(&*candidates);
-      if (!pick.ok()) return fail_all(pick.status());
-      if (!pick->has_value()) break;
-      const Pick& p = **pick;
-      // Rank 0 is this request; the others come from the requests after it.
-      std::vector<size_t> members{i};
-      std::map<int64_t, int64_t> promised{{worker_ids[i], 1}};
-      for (size_t j = i + 1; j < n && static_cast<int32_t>(members.size()) < p.ranks; ++j) {
-        if (done[j]) continue;
-        Result<int64_t> f = FreeSlotsLocked(worker_ids[j], &db_error);
-        if (db_error) return fail_all(f.status());
-        if (f.ok() && *f - promised[worker_ids[j]] > 0) {
-          members.push_back(j);
-          ++promised[worker_ids[j]];
-        }
-      }
-      if (static_cast<int32_t>(members.size()) == p.ranks) {
-        std::vector<int64_t> workers;
-        for (size_t m : members) workers.push_back(worker_ids[m]);
-        Result<std::vector<Lease>> leases = GrantLocked(p, workers, now, &db_error);
-        if (db_error) return fail_all(leases.status());
-        if (leases.ok()) {
-          for (size_t r = 0; r < members.size(); ++r) {
-            out[members[r]] = std::optional<Lease>((*leases)[r]);
-            done[members[r]] = true;
-          }
-          granted = true;
-          break;
-        }
-        // No rendezvous port free on rank 0's worker: wait like a gang
-        // that lacks slots.
-      }
-      Result<int64_t> pool = AliveSlotsLocked();
-      if (!pool.ok()) return fail_all(pool.status());
-      if (p.ranks > *pool) {
-        // Needs more slots than the pool has: it cannot hold up the others.
-        p.sweep->exhausted = true;
-        continue;
-      }
-      blocked = true;
-      break;
-    }
-  }
-  if (Status s = tx.Commit(); !s.ok()) return fail_all(s);
-  if (granted) ++version_;
-  if (gang_waiting != nullptr) *gang_waiting = blocked;
-  return out;
-}
-
-Result<int64_t> SweepStore::AliveSlotsLocked() {
-  Result<Statement*> q =
-      db_->Cached("SELECT coalesce(sum(slots), 0) FROM workers WHERE state = 'alive'");
-  if (!q.ok()) return q.status();
-  Result<bool> row = (*q)->Step();
-  if (!row.ok()) return row.status();
-  const int64_t slots = (*q)->Int(0);
-  (*q)->Reset();
-  return slots;
-}
-
-Result<std::vector<SweepStore::LeaseCandidate>> SweepStore::LeaseCandidatesLocked() {
-  Result<Statement*> q = db_->Cached(R"sql(
-    SELECT s.id, s.priority, s.max_parallel,
-           (SELECT count(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running')
-    FROM sweeps s
-    WHERE s.state IN ('queued', 'running')
-      AND EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = s.id AND t.state = 'queued'))sql");
-  if (!q.ok()) return q.status();
-  std::vector<LeaseCandidate> out;
-  while (true) {
-    Result<bool> row = (*q)->Step();
-    if (!row.ok()) return row.status();
-    if (!*row) break;
-    out.push_back({(*q)->Int(0), (*q)->Int(1), (*q)->Int(2), (*q)->Int(3)});
-  }
-  return out;
-}
-
-Result<int64_t> SweepStore::FreeSlotsLocked(int64_t worker_id, bool* db_error) {
-  auto failed = [db_error](const Status& s) {
-    *db_error = true;
-    return s;
-  };
-  static const std::string sql =
-      "SELECT w.slots, w.state, " + HeldSlotsOfW() + " FROM workers w WHERE w.id = ?";
-  Result<Statement*> w = db_->Cached(sql);
-  if (!w.ok()) return failed(w.status());
-  (*w)->Bind(1, worker_id);
-  Result<bool> row = (*w)->Step();
-  if (!row.ok()) return failed(row.status());
-  if (!*row) {
-    return NotFoundError("worker " + std::to_string(worker_id) + " not found; register again");
-  }
-  if ((*w)->Text(1) != "alive") {
-    (*w)->Reset();
-    return FailedPreconditionError("worker " + std::to_string(worker_id) +
-                                   " is marked lost; heartbeat first");
-  }
-  const int64_t free = (*w)->Int(0) - (*w)->Int(2);
-  (*w)->Reset();  // a cached statement must not hold its read open
-  return free;
-}
-
-Result<std::optional<SweepStore::Pick>> SweepStore::PeekTrialLocked(
-    std::vector<LeaseCandidate>* candidates) {
-  // The sweep first: highest priority, then fewest running trials (fair
-  // share), then oldest, within max_parallel; then its first queued trial
-  // (an index lookup): the cost does not grow with the queue.
-  while (true) {
-    LeaseCandidate* best = nullptr;
-    for (LeaseCandidate& c : *candidates) {
-      if (c.exhausted || (c.max_parallel > 0 && c.running >= c.max_parallel)) continue;
-      if (best == nullptr || c.priority > best->priority ||
-          (c.priority == best->priority &&
-           (c.running < best->running ||
-            (c.running == best->running && c.sweep_id < best->sweep_id)))) {
-        best = &c;
-      }
-    }
-    if (best == nullptr) return std::optional<Pick>();
-    Result<Statement*> q = db_->Cached(
-        "SELECT id, config_json, lease_id, ranks FROM trials "
-        "WHERE sweep_id = ? AND state = 'queued' ORDER BY trial_index LIMIT 1");
-    if (!q.ok()) return q.status();
-    (*q)->Bind(1, best->sweep_id);
-    Result<bool> row = (*q)->Step();
-    if (!row.ok()) return row.status();
-    if (!*row) {
-      best->exhausted = true;
-      continue;
-    }
-    Pick p;
-    p.sweep = best;
-    p.trial_id = (*q)->Int(0);
-    p.config_json = (*q)->Text(1);
-    p.lease_id = (*q)->Int(2) + 1;
-    p.ranks = static_cast<int32_t>((*q)->Int(3));
-    (*q)->Reset();
-    return std::optional<Pick>(std::move(p));
-  }
-}
-
-Result<std::vector<Lease>> SweepStore::GrantLocked(const Pick& pick,
-                                                   const std::vector<int64_t>& workers,
-                                                   double now, bool* db_error) {
-  auto failed = [db_error](const Status& s) {
-    *db_error = true;
-    return s;
-  };
-  std::string host;
-  int64_t port = 0;
-  if (pick.ranks > 1) {
-    // The lowest port of rank 0's worker's range that none of the
-    // data-parallel trials it leads uses.
-    Result<Statement*> w = db_->Cached(
-        "SELECT rendezvous_host, rendezvous_port_first, rendezvous_port_count, "
-        "(SELECT group_concat(rendezvous_port) FROM trials "
-        " WHERE worker_id = workers.id AND state = 'running' AND rendezvous_port IS NOT NULL) "
-        "FROM workers WHERE id = ?");
-    if (!w.ok()) return failed(w.status());
-    (*w)->Bind(1, workers[0]);
-    Result<bool> row = (*w)->Step();
-    if (!row.ok()) return failed(row.status());
-    if (!*row) return NotFoundError("worker " + std::to_string(workers[0]));
-    host = (*w)->Text(0);
-    const int64_t first = (*w)->Int(1), count = (*w)->Int(2);
-    std::set<int64_t> used;
-    std::stringstream taken((*w)->Text(3));
-    for (std::string item; std::getline(taken, item, ',');) used.insert(std::stoll(item));
-    (*w)->Reset();
-    for (int64_t p = first; p < first + count && port == 0; ++p) {
-      if (used.count(p) == 0) port = p;
-    }
-    if (port == 0) {
-      return FailedPreconditionError("worker " + std::to_string(workers[0]) +
-                                     " has no free rendezvous port");
-    }
-  }
-  Result<Statement*> up = db_->Cached(
-      "UPDATE trials SET state = 'running', worker_id = ?, lease_id = ?, "
-      "attempts = attempts + 1, started_at = coalesce(started_at, ?), "
-      "rendezvous_port = nullif(?, 0) WHERE id = ?");
-  if (!up.ok()) return failed(up.status());
-  (*up)->Bind(1, workers[0]).Bind(2, pick.lease_id).Bind(3, now).Bind(4, port);
-  (*up)->Bind(5, pick.trial_id);
-  if (Status s = (*up)->Run(); !s.ok()) return failed(s);
-  std::string placed = "lease " + std::to_string(pick.lease_id);
-  if (pick.ranks > 1) {
-    Result<Statement*> clear = db_->Cached("DELETE FROM trial_ranks WHERE trial_id = ?");
-    if (!clear.ok()) return failed(clear.status());
-    (*clear)->Bind(1, pick.trial_id);
-    if (Status s = (*clear)->Run(); !s.ok()) return failed(s);
-    Result<Statement*> ins = db_->Cached(
-        "INSERT INTO trial_ranks (trial_id, rank, lease_id, worker_id) VALUES (?, ?, ?, ?)");
-    if (!ins.ok()) return failed(ins.status());
-    placed += " as " + std::to_string(pick.ranks) + " ranks on workers " +
-              std::to_string(workers[0]);
-    for (size_t r = 1; r < workers.size(); ++r) {
-      (*ins)->Reset();
-      (*ins)->Bind(1, pick.trial_id).Bind(2, static_cast<int64_t>(r));
-      (*ins)->Bind(3, pick.lease_id).Bind(4, workers[r]);
-      if (Status s = (*ins)->Run(); !s.ok()) return failed(s);
-      placed += ", " + std::to_string(workers[r]);
-    }
-    placed += "; rendezvous " + host + ":" + std::to_string(port);
-  }
-  if (Status s = AddEvent(pick.sweep->sweep_id, pick.trial_id, workers[0], "trial_leased",
-                          placed, now);
-      !s.ok()) {
-    return failed(s);
-  }
-  // A lease can only move its sweep from queued to running.
-  Result<Statement*> started =
-      db_->Cached("UPDATE sweeps SET state = 'running' WHERE id = ? AND state = 'queued'");
-  if (!started.ok()) return failed(started.status());
-  (*started)->Bind(1, pick.sweep->sweep_id);
-  if (Status s = (*started)->Run(); !s.ok()) return failed(s);
-  ++pick.sweep->running;
-
-  std::vector<Lease> leases;
-  for (int32_t r = 0; r < pick.ranks; ++r) {
-    Lease lease;
-    lease.trial_id = pick.trial_id;
-    lease.lease_id = pick.lease_id;
-    lease.sweep_id = pick.sweep->sweep_id;
-    lease.rank = r;
-    lease.world_size = pick.ranks;
-    if (pick.ranks == 1) {
-      lease.config_json = pick.config_json;
-    } else {
-      nlohmann::json config = nlohmann::json::parse(pick.config_json);
-      config["distributed"] = {{"world_size", pick.ranks}, {"rank", r}, {"host", host},
-                               {"port", port}};
-      lease.config_json = config.dump();
-    }
-    leases.push_back(std::move(lease));
-  }
-  return leases;
-}
-
 Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker_id,
                               int32_t rank) {
-  Result<Statement*> q = db_->Cached(
+  Result<CachedStatement> q = db_->Cached(
       "SELECT t.state, t.lease_id, coalesce(t.worker_id, 0), t.ranks, "
       "(SELECT r.worker_id FROM trial_ranks r WHERE r.trial_id = t.id AND r.rank = ?2 "
       " AND r.lease_id = t.lease_id) FROM trials t WHERE t.id = ?1");
@@ -863,7 +572,6 @@ Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker
   const int64_t holder = rank == 0 ? (*q)->Int(2) : (*q)->Int(4);
   const bool current = state == "running" && (*q)->Int(1) == lease_id && holder == worker_id &&
                        rank >= 0 && rank < (*q)->Int(3);
-  (*q)->Reset();
   if (!current) {
     return AbortedError("trial " + std::to_string(trial_id) + " lease " +
                         std::to_string(lease_id) + (rank > 0 ? " rank " + std::to_string(rank) : "") +
@@ -875,7 +583,7 @@ Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker
 
 Status SweepStore::ReleaseLease(int64_t trial_id, int64_t lease_id,
                                 int64_t worker_id, double now, int32_t rank) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   Status current = CheckLease(trial_id, lease_id, worker_id, rank);
@@ -896,7 +604,7 @@ Status SweepStore::ReleaseLease(int64_t trial_id, int64_t lease_id,
           " taken back: the worker went away before receiving it",
       now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
-  ++version_;
+  Changed(Change::kWork);
   return Status();
 }
 
@@ -904,11 +612,11 @@ Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
                                  int64_t worker_id,
                                  const std::vector<MetricPoint>& points,
                                  double now) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id));
-  Result<Statement*> cached = db_->Cached(
+  Result<CachedStatement> cached = db_->Cached(
       "INSERT INTO metrics (trial_id, name, step, value, recorded_at) "
       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (trial_id, name, step) "
       "DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at");
@@ -925,10 +633,15 @@ Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
     ins.Bind(5, now);
     MEGABATCH_RETURN_IF_ERROR(ins.Run());
   }
+  // A prune counts as a change only once it is committed.
+  const std::optional<Change> before = pending_;
   const int64_t version = version_;
   MEGABATCH_RETURN_IF_ERROR(ApplyEarlyStopping(trial_id, points, now));
   Status committed = tx.Commit();
-  if (!committed.ok()) version_ = version;
+  if (!committed.ok()) {
+    version_ = version;
+    pending_ = before;
+  }
   return committed;
 }
 
@@ -939,7 +652,7 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
     return FindSelectionMetric(p.name) != nullptr;
   });
   if (!evaluated) return Status();
-  Result<Statement*> trial =
+  Result<CachedStatement> trial =
       db_->Cached("SELECT sweep_id, batch_size FROM trials WHERE id = ?");
   if (!trial.ok()) return trial.status();
   (*trial)->Bind(1, trial_id);
@@ -947,56 +660,31 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
   if (!found.ok()) return found.status();
   if (!*found) return NotFoundError("trial " + std::to_string(trial_id) + " not found");
   const int64_t sweep_id = (*trial)->Int(0), batch = (*trial)->Int(1);
-  (*trial)->Reset();
 
   auto cached = early_stopping_.find(sweep_id);
   if (cached == early_stopping_.end()) {
-    Result<Statement*> spec = db_->Cached("SELECT spec_json FROM sweeps WHERE id = ?");
+    // The sweep's rule, read from its stored spec once.
+    Result<spec::SweepSpec> spec = StoredSpecLocked(sweep_id);
     if (!spec.ok()) return spec.status();
-    (*spec)->Bind(1, sweep_id);
-    Result<bool> row = (*spec)->Step();
-    if (!row.ok()) return row.status();
-    std::optional<EarlyStopping> rule;
-    if (*row) {
-      auto json = nlohmann::json::parse((*spec)->Text(0), nullptr, false);
-      if (json.is_object() && json.contains("early_stopping")) {
-        const auto& e = json["early_stopping"];
-        // Specs stored before the validation split may say test_*.
-        const std::string metric(
-            CanonicalSelectionMetric(e.value("metric", std::string("val_accuracy"))));
-        const SelectionMetric* known = FindSelectionMetric(metric);
-        rule = EarlyStopping{metric, known != nullptr && !known->higher_is_better,
-                             e.value("min_samples", int64_t{0}),
-                             e.value("reduction_factor", int64_t{3})};
-      }
-    }
-    (*spec)->Reset();
-    cached = early_stopping_.emplace(sweep_id, rule).first;
+    cached = early_stopping_.emplace(sweep_id, planner::EarlyStoppingOf(*spec)).first;
   }
-  if (!cached->second || cached->second->min_samples <= 0) return Status();
-  const EarlyStopping& rule = *cached->second;
+  if (!cached->second) return Status();
+  const planner::EarlyStoppingRule& rule = *cached->second;
 
   for (const MetricPoint& p : points) {
     if (p.name != rule.metric) continue;
     const int64_t samples = p.step * batch;
-    // A non-finite value ranks last.
-    const double value = std::isfinite(p.value) ? p.value
-                         : rule.lower_is_better ? INFINITY
-                                                : -INFINITY;
-    int64_t boundary = rule.min_samples;
-    for (int rung = 0; boundary <= samples; ++rung) {
-      Result<Statement*> add = db_->Cached(
+    const double value = planner::RankedValue(rule, p.value);
+    const int rungs = planner::RungsReached(rule, samples);
+    for (int rung = 0; rung < rungs; ++rung) {
+      Result<CachedStatement> add = db_->Cached(
           "INSERT OR IGNORE INTO rungs (sweep_id, rung, trial_id, samples, value) "
           "VALUES (?, ?, ?, ?, ?)");
       if (!add.ok()) return add.status();
       (*add)->Bind(1, sweep_id).Bind(2, rung).Bind(3, trial_id).Bind(4, samples).Bind(5, value);
       MEGABATCH_RETURN_IF_ERROR((*add)->Run());
-      const bool recorded = db_->Changes() > 0;
-      boundary = boundary > (int64_t{1} << 50) / rule.reduction_factor
-                     ? std::numeric_limits<int64_t>::max()
-                     : boundary * rule.reduction_factor;
-      if (!recorded) continue;  // this rung was decided before
-      Result<Statement*> rank = db_->Cached(
+      if (db_->Changes() == 0) continue;  // this rung was decided before
+      Result<CachedStatement> rank = db_->Cached(
           "SELECT count(*), sum(CASE WHEN ?3 THEN value < ?4 ELSE value > ?4 END) "
           "FROM rungs WHERE sweep_id = ?1 AND rung = ?2");
       if (!rank.ok()) return rank.status();
@@ -1004,23 +692,19 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
       (*rank)->Bind(4, value);
       Result<bool> r = (*rank)->Step();
       if (!r.ok()) return r.status();
-      const int64_t n = (*rank)->Int(0), better = (*rank)->Int(1);
-      (*rank)->Reset();
-      const int64_t keep = std::max<int64_t>(1, n / rule.reduction_factor);
-      if (better < keep) continue;
-      Result<Statement*> prune = db_->Cached(
+      const int64_t recorded = (*rank)->Int(0);
+      const planner::RungVerdict verdict = planner::DecideRung(rule, recorded, (*rank)->Int(1));
+      if (!verdict.prune) continue;
+      Result<CachedStatement> prune = db_->Cached(
           "UPDATE trials SET state = 'pruned', finished_at = ? WHERE id = ?");
       if (!prune.ok()) return prune.status();
       (*prune)->Bind(1, now).Bind(2, trial_id);
       MEGABATCH_RETURN_IF_ERROR((*prune)->Run());
-      char message[256];
-      std::snprintf(message, sizeof(message),
-                    "rung %d (%lld samples): %s %.6g is not in the top %lld of %lld",
-                    rung, static_cast<long long>(samples), rule.metric.c_str(), p.value,
-                    static_cast<long long>(keep), static_cast<long long>(n));
-      MEGABATCH_RETURN_IF_ERROR(AddEvent(sweep_id, trial_id, 0, "trial_pruned", message, now));
+      MEGABATCH_RETURN_IF_ERROR(AddEvent(
+          sweep_id, trial_id, 0, "trial_pruned",
+          planner::PruneMessage(rule, rung, samples, p.value, verdict, recorded), now));
       MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(sweep_id, now));
-      ++version_;
+      Changed(Change::kWork);
       return Status();
     }
   }
@@ -1039,7 +723,7 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
         std::string("outcome: must be completed, failed or diverged, got ") +
         TrialStateName(outcome));
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   if (rank > 0 && outcome != TrialState::kFailed) {
@@ -1098,12 +782,12 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
   MEGABATCH_RETURN_IF_ERROR(PlanLocked(sweep_id, now));
   MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(sweep_id, now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
-  ++version_;
+  Changed(Change::kWork);
   return next;
 }
 
 Result<int> SweepStore::ExpireWorkers(double deadline, double now) {
-  std::lock_guard<std::mutex> lock(mu_);
+  Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   Result<Statement> lost = db_->Prepare(
@@ -1152,7 +836,7 @@ Result<int> SweepStore::ExpireWorkers(double deadline, double now) {
     MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(sweep_id, now));
   }
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
-  if (!ids.empty()) ++version_;
+  if (!ids.empty()) Changed(Change::kWork);
   return requeued;
 }
 

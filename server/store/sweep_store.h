@@ -1,24 +1,31 @@
-// SweepStore: every piece of coordinator state, in one SQLite file.
+// SweepStore: the coordinator's state, in one SQLite file.
 //
 // Sweeps, their trials, metrics, workers and an event log live in the tables
-// documented in README.md ("Results database"). The schema is versioned with
+// documented in docs/results-database.md. The schema is versioned with
 // PRAGMA user_version and migrated on Open(). Every state change of a trial
 // happens in one transaction, so a crash leaves either the old or the new
 // state, never a mix.
+//
+// The code is split along its policy seams: sweep_store.cc (sweeps, trials,
+// workers, metrics, expiry), leasing.cc (which queued trial goes to which
+// worker). Pure decisions live in server/planner/ (the adaptive plan, the
+// early-stopping rungs); tokens in server/auth/token_store.h.
 #ifndef MEGABATCH_SERVER_STORE_SWEEP_STORE_H_
 #define MEGABATCH_SERVER_STORE_SWEEP_STORE_H_
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
+#include "common/mutex.h"
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "common/status.h"
 #include "common/thread_annotations.h"
+#include "server/planner/early_stopping.h"
 #include "server/spec/sweep_spec.h"
 #include "server/store/db.h"
 
@@ -58,14 +65,6 @@ struct SweepRow {
   int32_t trials_total = 0;
   // An adaptive study's phase (probe, search, finish, done); empty: a grid.
   std::string phase;
-};
-
-struct TokenRow {
-  int64_t id = 0;
-  std::string name;
-  std::string role;
-  double created_at = 0;
-  double revoked_at = 0;  // 0: active
 };
 
 struct TrialRow {
@@ -130,6 +129,15 @@ struct MetricPoint {
   double value = 0;
 };
 
+// What a committed change may mean to the scheduler.
+enum class Change {
+  // Only what watchers show: a lease granted, a worker registered.
+  kView,
+  // Work or slots may have appeared: a sweep submitted or cancelled, an
+  // attempt ended, a trial requeued, pruned or released.
+  kWork,
+};
+
 // Thread-safe: every call runs under one internal mutex on one connection.
 class SweepStore {
  public:
@@ -173,16 +181,6 @@ class SweepStore {
                                          const std::vector<RunningLease>& running,
                                          double now);
   Result<std::vector<WorkerRow>> ListWorkers();
-
-  // Access tokens. Only a token's SHA-256 (hex) is stored. CreateToken
-  // refuses a hash already stored (ALREADY_EXISTS); RevokeToken answers
-  // NOT_FOUND for an unknown id and FAILED_PRECONDITION for one already
-  // revoked.
-  Result<int64_t> CreateToken(const std::string& name, const std::string& role,
-                              const std::string& sha256_hex, double now);
-  Result<std::vector<TokenRow>> ListTokens();
-  Status RevokeToken(int64_t token_id, double now);
-
 
   // Leases the next queued trial to the worker if it has a free slot: higher
   // priority first, then the sweep with the fewest running trials (fair
@@ -235,7 +233,32 @@ class SweepStore {
   // cheaply. Lock-free.
   int64_t version() const { return version_.load(); }
 
+  // Called after each committed change (outside the store's lock, from the
+  // thread that made it): the scheduler wakes parked lease requests and
+  // watchers with it, so that no caller has to remember to. Replaces the
+  // previous listener; SetListener(nullptr) returns once no call of the old
+  // one is running.
+  void SetListener(std::function<void(Change)> listener) EXCLUDES(listener_mu_);
+
  private:
+  // Holds mu_; on release, tells the listener what the holder changed.
+  class SCOPED_CAPABILITY Locked {
+   public:
+    explicit Locked(SweepStore* store) ACQUIRE(store->mu_);
+    ~Locked() RELEASE();
+    Locked(const Locked&) = delete;
+    Locked& operator=(const Locked&) = delete;
+
+   private:
+    SweepStore* const store_;
+  };
+  // Records a committed change: bumps version() and queues the listener's call.
+  void Changed(Change change) REQUIRES(mu_);
+  // The SQL for the slots the worker `w` holds (rank 0s and other ranks).
+  static const std::string& HeldSlotsSql();
+  // The sweep's stored spec, parsed. DATA_LOSS if it no longer parses.
+  Result<spec::SweepSpec> StoredSpecLocked(int64_t sweep_id) REQUIRES(mu_);
+
   explicit SweepStore(std::unique_ptr<Db> db) : db_(std::move(db)) {}
   Status Migrate() REQUIRES(mu_);
   Status AddEvent(int64_t sweep_id, int64_t trial_id, int64_t worker_id,
@@ -261,10 +284,14 @@ class SweepStore {
     bool exhausted = false;  // no queued trial left, or none that fits the pool
   };
   Result<std::vector<LeaseCandidate>> LeaseCandidatesLocked() REQUIRES(mu_);
-  // A worker's free slots (slots less what it holds). NOT_FOUND or
-  // FAILED_PRECONDITION for an unknown or lost worker; `*db_error` is set
-  // when the database failed instead.
-  Result<int64_t> FreeSlotsLocked(int64_t worker_id, bool* db_error) REQUIRES(mu_);
+  // A worker's free slots (slots less what it holds), or why it may not
+  // lease (`refused`: NOT_FOUND or FAILED_PRECONDITION for an unknown or
+  // lost worker). The Result's own error is the database's.
+  struct WorkerSlots {
+    Status refused;
+    int64_t free = 0;
+  };
+  Result<WorkerSlots> FreeSlotsLocked(int64_t worker_id) REQUIRES(mu_);
   // The slots of all alive workers.
   Result<int64_t> AliveSlotsLocked() REQUIRES(mu_);
   // The next queued trial in leasing order, not yet taken.
@@ -277,11 +304,12 @@ class SweepStore {
   };
   Result<std::optional<Pick>> PeekTrialLocked(std::vector<LeaseCandidate>* candidates)
       REQUIRES(mu_);
-  // Leases `pick` with rank r on workers[r]; one Lease per rank. A
-  // FAILED_PRECONDITION when rank 0's worker has no rendezvous port free;
-  // `*db_error` is set when the database failed.
-  Result<std::vector<Lease>> GrantLocked(const Pick& pick, const std::vector<int64_t>& workers,
-                                         double now, bool* db_error) REQUIRES(mu_);
+  // Leases `pick` with rank r on workers[r]; one Lease per rank. nullopt
+  // when rank 0's worker has no rendezvous port free; an error is the
+  // database's.
+  Result<std::optional<std::vector<Lease>>> GrantLocked(const Pick& pick,
+                                                        const std::vector<int64_t>& workers,
+                                                        double now) REQUIRES(mu_);
   Status CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker_id,
                     int32_t rank = 0) REQUIRES(mu_);
   // Successive halving (the sweep's early_stopping): records the trial's
@@ -290,18 +318,18 @@ class SweepStore {
   Status ApplyEarlyStopping(int64_t trial_id, const std::vector<MetricPoint>& points,
                             double now) REQUIRES(mu_);
 
-  struct EarlyStopping {
-    std::string metric;
-    bool lower_is_better = false;
-    int64_t min_samples = 0;
-    int64_t reduction_factor = 3;
-  };
   // Parsed from each sweep's spec once; nullopt: no early stopping.
-  std::map<int64_t, std::optional<EarlyStopping>> early_stopping_ GUARDED_BY(mu_);
+  std::map<int64_t, std::optional<planner::EarlyStoppingRule>> early_stopping_
+      GUARDED_BY(mu_);
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::unique_ptr<Db> db_ GUARDED_BY(mu_);
   std::atomic<int64_t> version_{0};
+  // The strongest change since the lock was taken, for the listener.
+  std::optional<Change> pending_ GUARDED_BY(mu_);
+  // Held while the listener runs (never together with mu_).
+  Mutex listener_mu_;
+  std::function<void(Change)> listener_ GUARDED_BY(listener_mu_);
 };
 
 }  // namespace megabatch::store

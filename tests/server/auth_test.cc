@@ -17,6 +17,7 @@
 #include "server/coordinator.h"
 #include "tests/testing/http.h"
 #include "tests/testing/temp_dir.h"
+#include "server/auth/token_store.h"
 #include "tests/testing/tls.h"
 
 namespace megabatch {
@@ -44,6 +45,9 @@ class AuthTest : public ::testing::Test {
     auto c = Coordinator::Start(options_);
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     coordinator_ = std::move(*c);
+    auto token_store = auth::TokenStore::Open(options_.db_path);
+    ASSERT_TRUE(token_store.ok()) << token_store.status().ToString();
+    token_store_ = std::move(*token_store);
     address_ = "localhost:" + std::to_string(coordinator_->port());
     auto admin = LoadToken(options_.auth_file);
     ASSERT_TRUE(admin.ok()) << admin.status().ToString();
@@ -56,7 +60,7 @@ class AuthTest : public ::testing::Test {
   std::string NewToken(const std::string& name, const std::string& role) {
     auto token = auth::NewToken();
     EXPECT_TRUE(token.ok());
-    auto id = coordinator_->store()->CreateToken(name, role, auth::Sha256Hex(*token), 1.0);
+    auto id = token_store_->Create(name, role, auth::Sha256Hex(*token), 1.0);
     EXPECT_TRUE(id.ok()) << id.status().ToString();
     ids_[name] = *id;
     return *token;
@@ -133,6 +137,7 @@ class AuthTest : public ::testing::Test {
   testing::TempDir dir_;
   CoordinatorOptions options_;
   std::unique_ptr<Coordinator> coordinator_;
+  std::unique_ptr<auth::TokenStore> token_store_;
   std::string address_;
   std::map<std::string, std::string> tokens_;
   std::map<std::string, int64_t> ids_;
@@ -220,7 +225,7 @@ TEST_F(AuthTest, AUserCancelsOnlyTheirOwnSweepsAnAdminAny) {
 TEST_F(AuthTest, ARevokedTokenStopsWorkingAtOnce) {
   auto alice = Channel(tokens_["alice"]);
   ASSERT_TRUE(List(alice).ok());
-  ASSERT_TRUE(coordinator_->store()->RevokeToken(ids_["alice"], 2.0).ok());
+  ASSERT_TRUE(token_store_->Revoke(ids_["alice"], 2.0).ok());
   grpc::Status after = List(alice);
   EXPECT_EQ(after.error_code(), Code::UNAUTHENTICATED);
   EXPECT_THAT(after.error_message(), HasSubstr("revoked"));
@@ -239,7 +244,7 @@ TEST_F(AuthTest, ARevokedTokenEndsAnOpenWatchStream) {
   auto reader = stub->WatchSweep(&ctx, req);
   v1::WatchSweepResponse snapshot;
   ASSERT_TRUE(reader->Read(&snapshot));  // the stream is open
-  ASSERT_TRUE(coordinator_->store()->RevokeToken(ids_["alice"], 2.0).ok());
+  ASSERT_TRUE(token_store_->Revoke(ids_["alice"], 2.0).ok());
   const auto revoked = std::chrono::steady_clock::now();
   while (reader->Read(&snapshot)) {
   }
@@ -292,7 +297,7 @@ TEST_F(AuthTest, TheAdminTokenFileIsOwnerOnlyAndSurvivesARestart) {
   address_ = "localhost:" + std::to_string(coordinator_->port());
   EXPECT_EQ(*LoadToken(options_.auth_file), admin);
   EXPECT_TRUE(List(Channel(admin)).ok());
-  auto tokens = coordinator_->store()->ListTokens();
+  auto tokens = token_store_->List();
   ASSERT_TRUE(tokens.ok());
   int admins = 0;
   for (const auto& t : *tokens) admins += t.role == "admin";

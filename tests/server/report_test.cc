@@ -65,7 +65,9 @@ class ReportTest : public ::testing::Test {
 void ExpectNear(const std::optional<double>& actual,
                 const std::optional<double>& expected, const std::string& what) {
   ASSERT_EQ(actual.has_value(), expected.has_value()) << what;
-  if (expected) EXPECT_NEAR(*actual, *expected, 1e-9 * std::abs(*expected)) << what;
+  if (expected) {
+    EXPECT_NEAR(*actual, *expected, 1e-9 * std::abs(*expected)) << what;
+  }
 }
 
 TEST_F(ReportTest, EveryFigureEqualsTheHandComputedOne) {
@@ -155,8 +157,12 @@ TEST_F(ReportTest, SweepScalingViewGivesTheReportsNumbers) {
                 EXPECT_EQ(row.Int(1), r.batch_size);
                 EXPECT_EQ(row.Double(2), r.best_lr);
                 EXPECT_EQ(row.IsNull(3), !r.steps_to_target.has_value());
-                if (r.steps_to_target) EXPECT_EQ(row.Double(3), *r.steps_to_target);
-                if (r.scaling_efficiency) EXPECT_EQ(row.Double(4), *r.scaling_efficiency);
+                if (r.steps_to_target) {
+                  EXPECT_EQ(row.Double(3), *r.steps_to_target);
+                }
+                if (r.scaling_efficiency) {
+                  EXPECT_EQ(row.Double(4), *r.scaling_efficiency);
+                }
                 EXPECT_EQ(row.Double(5), *r.best_test_accuracy);
                 EXPECT_EQ(row.Int(6), r.diverged_trials);
               }).ok());

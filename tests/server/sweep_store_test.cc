@@ -536,6 +536,43 @@ early_stopping: {rule: asha, metric: val_accuracy, min_samples: 1280, reduction_
   EXPECT_EQ(row->trial_counts.at(TrialState::kPruned), 3);
 }
 
+TEST_F(SweepStoreTest, TheListenerHearsEachCommittedChangeAfterTheLockIsReleased) {
+  std::vector<Change> heard;
+  store_->SetListener([&](Change c) {
+    // Called outside the store's lock: the store can be read from here.
+    EXPECT_TRUE(store_->ListWorkers().ok());
+    heard.push_back(c);
+  });
+  const int64_t sweep = Create();
+  EXPECT_THAT(heard, ::testing::ElementsAre(Change::kWork));
+  const int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);
+  EXPECT_THAT(heard, ::testing::ElementsAre(Change::kWork, Change::kView));
+  const Lease lease = LeaseOne(worker);
+  EXPECT_EQ(heard.back(), Change::kView);
+  // Nothing to lease (the slot is taken) and a read: no change, no call.
+  heard.clear();
+  ASSERT_FALSE(store_->LeaseNext(worker, 1001.0)->has_value());
+  ASSERT_TRUE(store_->ListTrials(sweep).ok());
+  ASSERT_TRUE(store_->AppendMetrics(lease.trial_id, lease.lease_id, worker,
+                                    {{"train_loss", 1, 0.5}}, 1002.0)
+                  .ok());
+  EXPECT_TRUE(heard.empty());
+  // A stale write changes nothing either.
+  EXPECT_EQ(store_->FinishTrial(lease.trial_id, lease.lease_id + 1, worker,
+                                TrialState::kCompleted, "", "", 1003.0)
+                .status()
+                .code(),
+            StatusCode::kAborted);
+  EXPECT_TRUE(heard.empty());
+  ASSERT_TRUE(store_->FinishTrial(lease.trial_id, lease.lease_id, worker,
+                                  TrialState::kCompleted, "", "", 1003.0)
+                  .ok());
+  EXPECT_THAT(heard, ::testing::ElementsAre(Change::kWork));
+  store_->SetListener(nullptr);
+  ASSERT_TRUE(store_->CancelSweep(sweep, 1004.0).ok());
+  EXPECT_EQ(heard.size(), 1u);
+}
+
 TEST_F(SweepStoreTest, TrialSummaryViewAnswersWithoutJoins) {
   Create();
   int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);

@@ -68,7 +68,7 @@ Result<std::unique_ptr<HostClaims>> HostClaims::Open(const std::string& dir) {
 }
 
 HostClaims::~HostClaims() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (published_) ::unlink(file_.c_str());
 }
 
@@ -92,19 +92,19 @@ HostClaims::Totals HostClaims::Read() const {
       totals.active += std::max(0, active);
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   totals.active += active_;
   return totals;
 }
 
 Status HostClaims::Publish(int capacity) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   capacity_ = capacity;
   return WriteLocked();
 }
 
 void HostClaims::AddActive(int threads) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   active_ = std::max(0, active_ + threads);
   // Best effort: a count left stale only mislabels sharing, never a result.
   if (published_) (void)WriteLocked();

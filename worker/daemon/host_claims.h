@@ -15,7 +15,7 @@
 #include <sys/types.h>
 
 #include <memory>
-#include <mutex>
+#include "common/mutex.h"
 #include <string>
 
 #include "common/status.h"
@@ -67,7 +67,7 @@ class HostClaims {
 
   const std::string dir_;
   const std::string file_;  // this worker's claim
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   int capacity_ GUARDED_BY(mu_) = 0;
   int active_ GUARDED_BY(mu_) = 0;
   bool published_ GUARDED_BY(mu_) = false;

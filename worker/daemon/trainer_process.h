@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "worker/daemon/line_reader.h"
 
 namespace megabatch::worker {
 
@@ -40,8 +41,8 @@ class TrainerProcess {
   int Reap();
   bool reaped() const { return reaped_; }
 
-  // Bytes read from stdout that do not make a whole line yet.
-  std::string stdout_buffer;
+  // Its stdout, cut into lines; a warm trainer's partial line carries over.
+  LineReader stdout_lines;
 
  private:
   TrainerProcess() = default;

@@ -18,6 +18,9 @@
 #include <vector>
 
 #include "common/grpc_status.h"
+#include "common/trainer_protocol.h"
+#include "worker/daemon/checkpoint_committer.h"
+#include "worker/daemon/line_reader.h"
 
 extern char** environ;
 
@@ -31,17 +34,9 @@ constexpr size_t kStderrTailBytes = 8192;
 constexpr size_t kMaxBufferedPoints = 1 << 20;
 constexpr auto kRpcTimeout = std::chrono::seconds(30);
 constexpr auto kFinishRetryFor = std::chrono::seconds(120);
-// megabatch-trainer --config's exit code for a diverged trial (main.cc there).
-constexpr int kTrainerExitDiverged = 3;
 
 std::chrono::system_clock::time_point Deadline(std::chrono::milliseconds d) {
   return std::chrono::system_clock::now() + d;
-}
-
-// Appends `data` to a buffer holding at most `limit` of the latest bytes.
-void AppendTail(std::string* tail, const char* data, size_t n, size_t limit) {
-  tail->append(data, n);
-  if (tail->size() > limit) tail->erase(0, tail->size() - limit);
 }
 
 std::string DescribeExit(int wstatus) {
@@ -61,49 +56,20 @@ std::string DescribeExit(int wstatus) {
 }  // namespace
 
 Result<TrainerLine> ParseTrainerLine(const std::string& line) {
-  nlohmann::json doc = nlohmann::json::parse(line, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object()) {
-    return InvalidArgumentError("trainer output is not a JSON object: " +
-                                line.substr(0, 200));
-  }
+  Result<protocol::Line> parsed = protocol::ParseLine(line);
+  if (!parsed.ok()) return parsed.status();
   TrainerLine out;
-  if (auto ev = doc.find("event"); ev != doc.end() && ev->is_string()) {
-    out.event = ev->get<std::string>();
-    if (auto m = doc.find("message"); m != doc.end() && m->is_string()) {
-      out.message = m->get<std::string>();
-    }
-    if (out.event == "checkpoint") {
-      auto step = doc.find("step");
-      auto path = doc.find("path");
-      if (step == doc.end() || !step->is_number_integer() || path == doc.end() ||
-          !path->is_string()) {
-        return InvalidArgumentError("checkpoint event needs an integer step and a path: " +
-                                    line.substr(0, 200));
-      }
-      out.checkpoint_step = step->get<int64_t>();
-      out.checkpoint_path = path->get<std::string>();
-    }
-    return out;
+  out.event = std::move(parsed->event);
+  out.message = std::move(parsed->message);
+  if (out.event == protocol::kCheckpoint) {
+    out.checkpoint_step = parsed->step;
+    out.checkpoint_path = std::move(parsed->checkpoint_path);
   }
-  auto step = doc.find("step");
-  auto metrics = doc.find("metrics");
-  if (step == doc.end() || !step->is_number_integer() ||
-      metrics == doc.end() || !metrics->is_object()) {
-    return InvalidArgumentError(
-        "trainer output line needs an integer step and a metrics object: " +
-        line.substr(0, 200));
-  }
-  for (const auto& [name, value] : metrics->items()) {
+  for (const auto& [name, value] : parsed->metrics) {
     v1::MetricPoint p;
     p.set_name(name);
-    p.set_step(step->get<int64_t>());
-    if (value.is_number()) {
-      p.set_value(value.get<double>());
-    } else if (value.is_null()) {
-      p.set_value(std::nan(""));  // a non-finite value
-    } else {
-      return InvalidArgumentError("metric " + name + " is not a number");
-    }
+    p.set_step(parsed->step);
+    p.set_value(value);
     out.points.push_back(std::move(p));
   }
   return out;
@@ -115,21 +81,23 @@ Worker::Worker(std::shared_ptr<grpc::Channel> channel, WorkerOptions options)
 Worker::~Worker() { Stop(); }
 
 bool Worker::WaitFor(std::chrono::milliseconds d) {
-  std::unique_lock<std::mutex> lock(mu_);
-  stop_cv_.wait_for(lock, d, [&] { return stopping(); });
+  const auto deadline = std::chrono::steady_clock::now() + d;
+  MutexLock lock(&mu_);
+  while (!stopping() && stop_cv_.WaitUntil(deadline)) {
+  }
   return stopping();
 }
 
 void Worker::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
     for (auto& [key, r] : running_) {
       r.stop_requested = true;
       if (r.pid > 0) kill(-r.pid, SIGKILL);
     }
   }
-  stop_cv_.notify_all();
+  stop_cv_.SignalAll();
 }
 
 Status Worker::Register() {
@@ -200,7 +168,7 @@ void Worker::HeartbeatLoop() {
     v1::HeartbeatRequest req;
     req.set_worker_id(worker_id_);
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       for (const auto& [key, r] : running_) {
         auto* lease = req.add_running();
         lease->set_trial_id(key.first);
@@ -233,7 +201,7 @@ void Worker::HeartbeatLoop() {
 }
 
 void Worker::StopTrial(int64_t trial_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (auto it = running_.lower_bound({trial_id, 0});
        it != running_.end() && it->first.first == trial_id; ++it) {
     it->second.stop_requested = true;
@@ -366,64 +334,6 @@ std::vector<std::string> TrainerEnvironment(const std::string& gpu) {
   return env;
 }
 
-// A lease directory's "committed" file names its newest checkpoint whose
-// step's metrics (and every earlier step's) the coordinator has stored; a
-// resume from it therefore skips no step. Replaced atomically.
-constexpr const char* kCommitted = "committed";
-
-// The committed checkpoint of the newest attempt before `lease_id` in
-// `trial_dir` (lease-N/committed), or "".
-std::string LatestCheckpoint(const std::filesystem::path& trial_dir, int64_t lease_id) {
-  namespace fs = std::filesystem;
-  int64_t best = -1;
-  std::string path;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(trial_dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("lease-", 0) != 0) continue;
-    int64_t n = std::atoll(name.c_str() + 6);
-    std::ifstream committed(entry.path() / kCommitted);
-    std::string file;
-    if (n == lease_id || n <= best || !std::getline(committed, file)) continue;
-    fs::path candidate = entry.path() / file;
-    if (fs::exists(candidate, ec)) {
-      best = n;
-      path = candidate.string();
-    }
-  }
-  return path;
-}
-
-// Marks `checkpoint` (a step-N.pt in `lease_dir`) as the one to resume from
-// and deletes the older ones. False (and a warning) if it cannot.
-bool CommitCheckpoint(const std::filesystem::path& lease_dir, int64_t step,
-                      const std::string& checkpoint) {
-  namespace fs = std::filesystem;
-  fs::path tmp = lease_dir / (std::string(kCommitted) + ".tmp");
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << fs::path(checkpoint).filename().string() << "\n";
-    out.flush();
-    if (!out) {
-      spdlog::warn("cannot write {}", tmp.string());
-      return false;
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, lease_dir / kCommitted, ec);
-  if (ec) {
-    spdlog::warn("cannot commit checkpoint {}: {}", checkpoint, ec.message());
-    return false;
-  }
-  for (const auto& entry : fs::directory_iterator(lease_dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("step-", 0) == 0 && std::atoll(name.c_str() + 5) < step) {
-      fs::remove(entry.path(), ec);
-    }
-  }
-  return true;
-}
-
 }  // namespace
 
 bool Worker::HostOversubscribed() const {
@@ -463,7 +373,7 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   config["checkpoint_per_step"] = true;
   std::string resume_from;
   if (config.value("checkpoint_every_steps", 0) > 0) {
-    resume_from = LatestCheckpoint(trial_dir, lease.lease_id());
+    resume_from = CheckpointCommitter::Latest(trial_dir, lease.lease_id());
   }
   const bool resume = !resume_from.empty();
   std::string config_path = (dir / "config.json").string();
@@ -508,16 +418,16 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   {
     // Registering under the lock means Stop() either sees the pid or runs
     // before the request and is caught by the check below.
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (!stopping()) {
-      sent = trainer.Send(nlohmann::json{{"config", config_path}, {"resume", resume_from}}.dump());
+      sent = trainer.Send(protocol::ServeRequest(config_path, resume_from));
       running_[{lease.trial_id(), lease.rank()}] = Running{trainer.pid(), lease.lease_id(), false};
     }
   }
   if (!reusable) trainer.CloseStdin();
   if (!sent || stopping()) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       running_.erase({lease.trial_id(), lease.rank()});
     }
     warm->process.reset();
@@ -557,26 +467,22 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
       point("shared_cores", 1);
     }
   };
-  std::string& stdout_buf = trainer.stdout_buffer;
-  std::string stderr_tail;
+  TailBuffer stderr_tail(kStderrTailBytes);
   std::string event, event_message;
-  // The newest checkpoint the trainer announced whose metrics are not all
-  // stored yet; committed once they are.
-  int64_t unacked_step = 0;
-  std::string unacked_checkpoint;
+  CheckpointCommitter checkpoints(lease_dir);
   bool lease_ok = true, reachable = true;
   auto last_flush = std::chrono::steady_clock::now();
   auto commit_if_stored = [&] {
-    if (unacked_checkpoint.empty() || !pending.empty() || !lease_ok || !reachable) return;
-    CommitCheckpoint(lease_dir, unacked_step, unacked_checkpoint);
-    unacked_checkpoint.clear();
+    checkpoints.CommitIfStored(pending.empty() && lease_ok && reachable);
   };
   bool out_open = true, err_open = true;
   char buf[65536];
   // A kept trainer's trial is over at its "completed" or "diverged" line;
   // any other trainer's at the end of its output (its stderr after a
   // "failed" line explains the failure).
-  auto trial_over = [&] { return reusable && (event == "completed" || event == "diverged"); };
+  auto trial_over = [&] {
+    return reusable && (event == protocol::kCompleted || event == protocol::kDiverged);
+  };
   while ((out_open || err_open) && !trial_over()) {
     pollfd fds[2];
     int nfds = 0;
@@ -596,19 +502,14 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
         continue;
       }
       if (!is_out) {
-        AppendTail(&stderr_tail, buf, n, kStderrTailBytes);
+        stderr_tail.Append({buf, static_cast<size_t>(n)});
         continue;
       }
-      stdout_buf.append(buf, n);
-      size_t start = 0, nl;
-      while ((nl = stdout_buf.find('\n', start)) != std::string::npos) {
-        std::string line = stdout_buf.substr(start, nl - start);
-        start = nl + 1;
-        if (line.empty()) continue;
+      trainer.stdout_lines.Append({buf, static_cast<size_t>(n)});
+      for (std::string line; trainer.stdout_lines.Next(&line);) {
         auto parsed = ParseTrainerLine(line);
         if (!parsed.ok()) {
-          AppendTail(&stderr_tail, (line + "\n").data(), line.size() + 1,
-                     kStderrTailBytes);
+          stderr_tail.Append(line + "\n");
           continue;
         }
         for (auto& p : parsed->points) {
@@ -616,16 +517,14 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
           if (!threads_recorded) record_sharing(p.step());
           pending.push_back(std::move(p));
         }
-        if (parsed->event == "checkpoint") {
+        if (parsed->event == protocol::kCheckpoint) {
           // Every point before it is in `pending` or stored already.
-          unacked_step = parsed->checkpoint_step;
-          unacked_checkpoint = parsed->checkpoint_path;
+          checkpoints.Announce(parsed->checkpoint_step, parsed->checkpoint_path);
         } else if (!parsed->event.empty()) {
           event = parsed->event;
           event_message = parsed->message;
         }
       }
-      stdout_buf.erase(0, start);
     }
     auto now = std::chrono::steady_clock::now();
     if (threads_recorded && !shared && now - last_share_check >= std::chrono::seconds(1)) {
@@ -654,7 +553,7 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   if (options_.host_claims) options_.host_claims->AddActive(-threads);
   bool stop_requested;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stop_requested = running_[{lease.trial_id(), lease.rank()}].stop_requested;
     running_.erase({lease.trial_id(), lease.rank()});
   }
@@ -681,10 +580,11 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   // The outcome is the trainer's event (a trainer that exited must also
   // have exited cleanly), or without one its exit code (--config's).
   const bool exited_ok = WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
-  const bool completed = event.empty() ? exited_ok : event == "completed" && (keep || exited_ok);
+  const bool completed =
+      event.empty() ? exited_ok : event == protocol::kCompleted && (keep || exited_ok);
   const bool diverged =
-      event.empty() ? WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == kTrainerExitDiverged
-                    : event == "diverged" && (keep || exited_ok);
+      event.empty() ? WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == protocol::kExitDiverged
+                    : event == protocol::kDiverged && (keep || exited_ok);
   if (completed || diverged) {
     FinishTrial(lease, completed ? v1::TRIAL_STATE_COMPLETED : v1::TRIAL_STATE_DIVERGED,
                 event_message, "");
@@ -695,9 +595,10 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
       std::filesystem::remove_all(trial_dir, ec);
     }
   } else {
-    std::string message = event == "failed" || event.empty() ? DescribeExit(wstatus) : how;
+    std::string message =
+        event == protocol::kFailed || event.empty() ? DescribeExit(wstatus) : how;
     if (!event_message.empty()) message += ": " + event_message;
-    FinishTrial(lease, v1::TRIAL_STATE_FAILED, message, stderr_tail);
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED, message, stderr_tail.str());
   }
   spdlog::info("trial {} ended: {}", lease.trial_id(), how);
 }

@@ -10,13 +10,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "common/mutex.h"
 #include "common/status.h"
 #include "common/thread_annotations.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
@@ -137,8 +136,8 @@ class Worker {
   int64_t worker_id_ = 0;  // set by Register(), before any thread starts
   std::chrono::milliseconds heartbeat_interval_{1000};
 
-  std::mutex mu_;
-  std::condition_variable stop_cv_;
+  Mutex mu_;
+  CondVar stop_cv_{&mu_};
   // By (trial id, rank): a worker may run several ranks of one trial.
   std::map<std::pair<int64_t, int32_t>, Running> running_ GUARDED_BY(mu_);
 };

@@ -3,16 +3,13 @@
 // exit 0 when nothing would make trials fail, else 1.
 //
 // megabatch-trainer --config trial.json [--resume CHECKPOINT]: trains one
-// trial (continuing from a checkpoint) and prints its metrics as JSON lines on
-// stdout:
-//   {"step": 12, "metrics": {"train_loss": 0.51, "lr": 0.01, ...}}
-// and last a line {"event": "completed" | "diverged" | "failed", "message": ...}.
-// Exit code: 0 completed, 3 diverged, 2 bad usage or config, 1 failure.
+// trial (continuing from a checkpoint) and prints its metrics, checkpoints
+// and, last, how it ended as JSON lines on stdout; its exit code says the
+// same. Both are defined in common/trainer_protocol.h.
 //
 // megabatch-trainer --serve [--work-dir DIR]: a warm trainer. Reads one
-// request per stdin line, {"config": "trial.json", "resume": "CHECKPOINT or
-// empty"}, and runs each trial as --config would, its event line last;
-// LibTorch's start-up is paid once. Every trial seeds and sizes everything it
+// request per stdin line (protocol::ServeRequest) and runs each trial as
+// --config would, its event line last; LibTorch's start-up is paid once. Every trial seeds and sizes everything it
 // uses, so its metrics are the bits a fresh process would print. Exits 0 at
 // the end of stdin, and after a trial that did not complete or diverge with
 // that trial's exit code (its process state is not trusted for another
@@ -29,36 +26,29 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "common/trainer_protocol.h"
 #include "worker/trainer/check.h"
 #include "worker/trainer/trainer.h"
 
 namespace {
 
-constexpr int kExitCompleted = 0;
-constexpr int kExitFailed = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitDiverged = 3;
+using megabatch::protocol::kExitCompleted;
+using megabatch::protocol::kExitDiverged;
+using megabatch::protocol::kExitFailed;
+using megabatch::protocol::kExitUsage;
 
 class StdoutSink : public megabatch::trainer::MetricSink {
  public:
   void Log(int64_t step, const megabatch::trainer::Metrics& metrics) override {
-    nlohmann::json values = nlohmann::json::object();
-    for (const auto& [name, value] : metrics) {
-      // JSON has no NaN/Inf: a non-finite value is written as null.
-      values[name] = std::isfinite(value) ? nlohmann::json(value) : nullptr;
-    }
-    std::cout << nlohmann::json{{"step", step}, {"metrics", values}}.dump()
-              << std::endl;
+    std::cout << megabatch::protocol::MetricsLine(step, metrics) << std::endl;
   }
   void Checkpointed(int64_t step, const std::string& path) override {
-    std::cout << nlohmann::json{{"event", "checkpoint"}, {"step", step}, {"path", path}}.dump()
-              << std::endl;
+    std::cout << megabatch::protocol::CheckpointLine(step, path) << std::endl;
   }
 };
 
 void PrintEvent(const std::string& event, const std::string& message) {
-  std::cout << nlohmann::json{{"event", event}, {"message", message}}.dump()
-            << std::endl;
+  std::cout << megabatch::protocol::EventLine(event, message) << std::endl;
 }
 
 int Usage(const std::string& error) {
@@ -82,25 +72,25 @@ int RunOne(const std::string& config_path, const std::string& resume_path) {
     if (!config.ok()) return Usage(config.status().message());
     auto task = megabatch::trainer::MakeTask(*config);
     if (!task.ok()) {
-      PrintEvent("failed", task.status().ToString());
+      PrintEvent(megabatch::protocol::kFailed, task.status().ToString());
       std::cerr << task.status().ToString() << "\n";
       return kExitFailed;
     }
     StdoutSink sink;
     auto result = megabatch::trainer::RunTrial(*config, **task, &sink, resume_path);
     if (!result.ok()) {
-      PrintEvent("failed", result.status().ToString());
+      PrintEvent(megabatch::protocol::kFailed, result.status().ToString());
       std::cerr << result.status().ToString() << "\n";
       return kExitFailed;
     }
     if (result->outcome == megabatch::trainer::Outcome::kDiverged) {
-      PrintEvent("diverged", result->message);
+      PrintEvent(megabatch::protocol::kDiverged, result->message);
       return kExitDiverged;
     }
-    PrintEvent("completed", result->message);
+    PrintEvent(megabatch::protocol::kCompleted, result->message);
     return kExitCompleted;
   } catch (const std::exception& e) {
-    PrintEvent("failed", e.what());
+    PrintEvent(megabatch::protocol::kFailed, e.what());
     std::cerr << "megabatch-trainer: " << e.what() << "\n";
     return kExitFailed;
   }
@@ -154,15 +144,9 @@ int main(int argc, char** argv) {
   if (serve) {
     std::string line;
     while (std::getline(std::cin, line)) {
-      nlohmann::json request = nlohmann::json::parse(line, nullptr, false);
-      if (!request.is_object() || !request.contains("config") ||
-          !request["config"].is_string() ||
-          !request.value("resume", nlohmann::json("")).is_string()) {
-        return Usage("--serve: a request is {\"config\": PATH, \"resume\": PATH}, not " +
-                     line.substr(0, 200));
-      }
-      int code = RunOne(request["config"].get<std::string>(),
-                        request.value("resume", std::string()));
+      auto request = megabatch::protocol::ParseServeRequest(line);
+      if (!request.ok()) return Usage("--serve: " + request.status().message());
+      int code = RunOne(request->config, request->resume);
       if (code != kExitCompleted && code != kExitDiverged) return code;
     }
     return kExitCompleted;
