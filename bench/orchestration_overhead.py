@@ -18,7 +18,7 @@ new process per trial, the baseline).
       [--long-trials 20] [--long-steps 11000] [--slots N]
 
 --steps 1100 makes trials of about 1 s of training on the 2-core machine
-the figures in README.md come from; --long-steps about 10 s.
+the figures in docs/benchmarks.md come from; --long-steps about 10 s.
 """
 import argparse
 import os

@@ -8,7 +8,9 @@ jobs=${MEGABATCH_JOBS:-$(nproc)}
 mkdir -p "$build"
 log=$build/build.log
 echo "megabatch: building in $build (log: $log)" >&2
-if ! { cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+# MEGABATCH_WERROR=ON|OFF sets the CMake option (kept in the cache after).
+if ! { cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+         ${MEGABATCH_WERROR:+-DMEGABATCH_WERROR=$MEGABATCH_WERROR} &&
        cmake --build "$build" -j "$jobs"; } >"$log" 2>&1; then
   grep -E -A6 "error|Error" "$log" | head -80 >&2 || tail -40 "$log" >&2
   echo "megabatch: build failed; see $log" >&2

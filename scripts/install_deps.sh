@@ -19,8 +19,11 @@ packages=(
   # Token hashing and randomness (libcrypto); the tests make their TLS
   # certificates with the openssl command.
   libssl-dev openssl
-  # scripts/fuzz.sh: libFuzzer comes with clang's runtime libraries.
-  clang-14 libclang-rt-14-dev
+  # scripts/fuzz.sh: libFuzzer comes with clang's runtime libraries;
+  # scripts/check_thread_safety.sh builds with clang; scripts/format.sh.
+  clang-14 libclang-rt-14-dev clang-format-14
+  # cpack's .deb (deploy/README.md) finds its dependencies with dpkg-shlibdeps.
+  dpkg-dev
   # Debian's LibTorch calls the system BLAS, which is netlib's reference
   # implementation unless an optimised one is installed: OpenBLAS (the OpenMP
   # build, which honours LibTorch's thread count) makes training ~15x faster.

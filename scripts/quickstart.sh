@@ -9,14 +9,26 @@
 # (experiments/results/README.md): the spec as run, report.md, report.json,
 # scaling.svg, trials.csv, run.txt (commit, machine, wall time) and the check
 # of the report against one recomputed from the raw metrics.
+#
+# With $MEGABATCH_BIN_DIR (a directory holding megabatch-coordinator,
+# megabatch-worker, megabatch-trainer and megabatch, e.g. an install's bin/)
+# it runs those binaries and builds nothing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 spec=${1:-$root/experiments/quickstart.yaml}
 results=${2:-}
 "$root/scripts/install_deps.sh"
-"$root/scripts/build.sh"
-bin=${MEGABATCH_BUILD_DIR:-$root/build}
-cli="$bin/cli/megabatch"
+if [[ -n "${MEGABATCH_BIN_DIR:-}" ]]; then
+  coordinator_bin=$MEGABATCH_BIN_DIR/megabatch-coordinator
+  worker_bin=$MEGABATCH_BIN_DIR/megabatch-worker
+  cli=$MEGABATCH_BIN_DIR/megabatch
+else
+  "$root/scripts/build.sh"
+  bin=${MEGABATCH_BUILD_DIR:-$root/build}
+  coordinator_bin=$bin/server/megabatch-coordinator
+  worker_bin=$bin/worker/daemon/megabatch-worker
+  cli=$bin/cli/megabatch
+fi
 
 dir=${MEGABATCH_DEMO_DIR:-$(mktemp -d -t megabatch-demo-XXXXXX)}
 mkdir -p "$dir"
@@ -28,12 +40,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-"$bin/server/megabatch-coordinator" --listen "$server" --db "$dir/megabatch.db" \
+"$coordinator_bin" --listen "$server" --db "$dir/megabatch.db" \
   --metrics-listen "$metrics" \
   >"$dir/coordinator.log" 2>&1 &
 pids+=($!)
 slots=${MEGABATCH_SLOTS:-$(nproc)}
-"$bin/worker/daemon/megabatch-worker" --coordinator "$server" --name worker-1 \
+"$worker_bin" --coordinator "$server" --name worker-1 \
   --slots "$slots" --threads-per-slot 1 --work-dir "$dir/worker-1" >"$dir/worker-1.log" 2>&1 &
 pids+=($!)
 

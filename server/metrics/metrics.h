@@ -5,7 +5,7 @@
 // slots, sweeps, trials, queue depth, heartbeat age) and the live series of
 // running trials are computed at scrape time from the database on a
 // read-only connection, so they are never stale: a trial's series disappear
-// at the first scrape after it stops running. README.md ("Metrics") lists
+// at the first scrape after it stops running. docs/metrics-and-dashboards.md lists
 // every series.
 #ifndef MEGABATCH_SERVER_METRICS_METRICS_H_
 #define MEGABATCH_SERVER_METRICS_METRICS_H_

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/datasets.h"
+#include "common/model_catalog.h"
 #include "common/optimizer_catalog.h"
 #include "common/selection_metrics.h"
 
@@ -281,47 +282,39 @@ Status ParseModel(Fields& top, json* out) {
   Fields f(v ? *v : empty, "model");
   std::string type;
   MEGABATCH_RETURN_IF_ERROR(f.String("type", &type, std::string("mlp")));
-  std::vector<int64_t> hidden, channels;
-  if (type == "mlp") {
-    MEGABATCH_RETURN_IF_ERROR(WidthList(f, "hidden", 64, {512, 512}, &hidden));
-    *out = {{"type", type}, {"hidden", hidden}};
-  } else if (type == "cnn") {
-    // Each conv stage halves the 28x28 image: at most 4 stages.
-    MEGABATCH_RETURN_IF_ERROR(WidthList(f, "channels", 4, {32, 64}, &channels));
-    MEGABATCH_RETURN_IF_ERROR(WidthList(f, "hidden", 64, {128}, &hidden));
-    *out = {{"type", type}, {"channels", channels}, {"hidden", hidden}};
-  } else if (type == "char_lstm" || type == "tiny_bert") {
-    // The trainer's defaults (worker/trainer/trial_config.h), written out so
-    // that the stored spec says what ran.
-    const bool bert = type == "tiny_bert";
-    int64_t width, layers, seq_len;
-    MEGABATCH_RETURN_IF_ERROR(f.Int("hidden", &width, bert ? 128 : 256, 1, 65536));
-    MEGABATCH_RETURN_IF_ERROR(f.Int("layers", &layers, bert ? 2 : 1, 1, 64));
-    MEGABATCH_RETURN_IF_ERROR(f.Int("seq_len", &seq_len, 128, 2, 65536));
-    *out = {{"type", type}, {"hidden", width}, {"layers", layers}, {"seq_len", seq_len}};
-    if (bert) {
-      int64_t heads, ffn, vocab_size;
-      bool bias;
-      MEGABATCH_RETURN_IF_ERROR(f.Int("heads", &heads, 2, 1, 1024));
-      MEGABATCH_RETURN_IF_ERROR(f.Int("ffn", &ffn, 4 * width, 1, 1 << 20));
-      MEGABATCH_RETURN_IF_ERROR(f.Int("vocab_size", &vocab_size, 2048, 300, 1 << 20));
-      MEGABATCH_RETURN_IF_ERROR(f.Bool("bias", &bias, true));
-      if (width % heads != 0) {
-        return InvalidArgumentError("model.heads: " + std::to_string(heads) +
-                                    " must divide model.hidden " + std::to_string(width));
-      }
-      (*out)["heads"] = heads;
-      (*out)["ffn"] = ffn;
-      (*out)["vocab_size"] = vocab_size;
-      (*out)["bias"] = bias;
-    } else {
-      int64_t embedding;
-      MEGABATCH_RETURN_IF_ERROR(f.Int("embedding", &embedding, 64, 1, 65536));
-      (*out)["embedding"] = embedding;
-    }
-  } else {
+  const ModelInfo* model = FindModel(type);
+  if (model == nullptr) {
     return InvalidArgumentError("model.type: unknown model '" + type +
-                                "'; supported: mlp, cnn, char_lstm, tiny_bert");
+                                "'; supported: " + std::string(kModelNames));
+  }
+  // Every option is written out with its default (common/model_catalog.h),
+  // so that the stored spec says what ran.
+  *out = {{"type", type}};
+  for (const ModelWidthList& list : model->lists) {
+    if (list.name.empty()) continue;
+    std::vector<int64_t> fallback, widths;
+    for (int64_t w : list.default_widths) {
+      if (w > 0) fallback.push_back(w);
+    }
+    MEGABATCH_RETURN_IF_ERROR(WidthList(f, list.name, list.max_entries, fallback, &widths));
+    (*out)[std::string(list.name)] = widths;
+  }
+  int64_t hidden = 0;
+  for (const ModelIntOption& o : model->ints) {
+    if (o.name.empty()) continue;
+    int64_t value;
+    MEGABATCH_RETURN_IF_ERROR(f.Int(o.name, &value, DefaultOf(o, hidden), o.lo, o.hi));
+    if (o.name == "hidden") hidden = value;
+    (*out)[std::string(o.name)] = value;
+  }
+  if (model->has_bias) {
+    bool bias;
+    MEGABATCH_RETURN_IF_ERROR(f.Bool("bias", &bias, true));
+    (*out)["bias"] = bias;
+  }
+  if (out->contains("heads") && hidden % (*out)["heads"].get<int64_t>() != 0) {
+    return InvalidArgumentError("model.heads: " + (*out)["heads"].dump() +
+                                " must divide model.hidden " + std::to_string(hidden));
   }
   return f.NoUnknown();
 }
@@ -351,8 +344,8 @@ Status ParseDataset(Fields& top, const json& model, json* out, int64_t* train_sa
   json empty = json::object();
   Fields f(v ? *v : empty, "dataset");
   const std::string type = model["type"];
-  const bool text = type == "char_lstm" || type == "tiny_bert";
-  const std::string wanted = text ? "text" : "fashion_mnist";
+  const std::string wanted(FindModel(type)->dataset);  // ParseModel knew it
+  const bool text = wanted == "text";
   std::string name, path;
   MEGABATCH_RETURN_IF_ERROR(f.String("name", &name, wanted));
   if (name != "fashion_mnist" && name != "text") {

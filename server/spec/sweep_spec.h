@@ -1,6 +1,6 @@
 // Sweep specs: parsing, validation and expansion into trials.
 //
-// A spec is YAML or JSON with one schema (README "Sweep spec"). Parsing
+// A spec is YAML or JSON with one schema (docs/spec.md). Parsing
 // validates every field and fails with INVALID_ARGUMENT naming the first bad
 // field ("batch_sizes[1]: must be a positive integer, got 0"). Expansion turns a
 // valid spec into optimizers x batch_sizes x lr_multipliers x seeds trials,

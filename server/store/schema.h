@@ -1,6 +1,6 @@
 // The results database schema, one entry per version. Migration i (1-based)
 // takes a database from user_version i-1 to i. Append; never edit a shipped
-// migration. README.md ("Results database") documents the tables and views.
+// migration. docs/results-database.md documents the tables and views.
 #ifndef MEGABATCH_SERVER_STORE_SCHEMA_H_
 #define MEGABATCH_SERVER_STORE_SCHEMA_H_
 

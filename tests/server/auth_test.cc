@@ -16,7 +16,7 @@
 #include "server/auth/auth.h"
 #include "server/coordinator.h"
 #include "tests/testing/http.h"
-#include "tests/testing/temp_dir.h"
+#include "tests/testing/coordinator_fixture.h"
 #include "server/auth/token_store.h"
 #include "tests/testing/tls.h"
 
@@ -28,23 +28,21 @@ using ::testing::HasSubstr;
 constexpr const char* kSpec =
     "name: secured\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\nbase: {lr: 0.1}\n";
 
-class AuthTest : public ::testing::Test {
+class AuthTest : public testing::CoordinatorFixture {
  protected:
   void SetUp() override {
     testing::MakeCertificates(dir_.path());
     if (HasFatalFailure()) return;
-    options_.listen = "127.0.0.1:0";
-    options_.db_path = dir_.File("auth.db");
-    options_.auth_file = dir_.File("admin.token");
-    options_.tls_cert = dir_.File("server.pem");
-    options_.tls_key = dir_.File("server.key");
-    options_.tls_client_ca = dir_.File("ca.pem");
-    options_.metrics_listen = "127.0.0.1:0";
+    CoordinatorOptions options;
+    options.auth_file = dir_.File("admin.token");
+    options.tls_cert = dir_.File("server.pem");
+    options.tls_key = dir_.File("server.key");
+    options.tls_client_ca = dir_.File("ca.pem");
+    options.metrics_listen = "127.0.0.1:0";
     std::ofstream(dir_.File("metrics.auth")) << "prometheus:s3cret\n";
-    options_.metrics_auth_file = dir_.File("metrics.auth");
-    auto c = Coordinator::Start(options_);
-    ASSERT_TRUE(c.ok()) << c.status().ToString();
-    coordinator_ = std::move(*c);
+    options.metrics_auth_file = dir_.File("metrics.auth");
+    StartCoordinator(options);
+    if (HasFatalFailure()) return;
     auto token_store = auth::TokenStore::Open(options_.db_path);
     ASSERT_TRUE(token_store.ok()) << token_store.status().ToString();
     token_store_ = std::move(*token_store);
@@ -85,11 +83,8 @@ class AuthTest : public ::testing::Test {
                              const std::string& request_id = "",
                              const std::string& spec = kSpec) {
     v1::SubmitSweepResponse ignored;
-    grpc::ClientContext ctx;
-    v1::SubmitSweepRequest req;
-    req.set_spec(spec);
-    req.set_request_id(request_id);
-    return v1::SweepService::NewStub(ch)->SubmitSweep(&ctx, req, resp ? resp : &ignored);
+    return CoordinatorFixture::Submit(v1::SweepService::NewStub(ch).get(), spec,
+                                      resp ? resp : &ignored, request_id);
   }
   static grpc::Status List(const std::shared_ptr<grpc::Channel>& ch) {
     grpc::ClientContext ctx;
@@ -112,21 +107,11 @@ class AuthTest : public ::testing::Test {
   }
   static grpc::Status Register(const std::shared_ptr<grpc::Channel>& ch,
                                int64_t* id = nullptr) {
-    grpc::ClientContext ctx;
-    v1::RegisterWorkerRequest req;
-    req.set_name("w");
-    req.set_slots(1);
-    v1::RegisterWorkerResponse resp;
-    grpc::Status s = v1::WorkerService::NewStub(ch)->RegisterWorker(&ctx, req, &resp);
-    if (id != nullptr) *id = resp.worker_id();
-    return s;
+    return CoordinatorFixture::Register(v1::WorkerService::NewStub(ch).get(), id);
   }
   static grpc::Status Lease(const std::shared_ptr<grpc::Channel>& ch, int64_t worker) {
-    grpc::ClientContext ctx;
-    v1::LeaseTrialRequest req;
-    req.set_worker_id(worker);
     v1::LeaseTrialResponse resp;
-    return v1::WorkerService::NewStub(ch)->LeaseTrial(&ctx, req, &resp);
+    return CoordinatorFixture::Lease(v1::WorkerService::NewStub(ch).get(), worker, &resp);
   }
 
   int SweepCount() {
@@ -134,9 +119,6 @@ class AuthTest : public ::testing::Test {
     return sweeps.ok() ? static_cast<int>(sweeps->size()) : -1;
   }
 
-  testing::TempDir dir_;
-  CoordinatorOptions options_;
-  std::unique_ptr<Coordinator> coordinator_;
   std::unique_ptr<auth::TokenStore> token_store_;
   std::string address_;
   std::map<std::string, std::string> tokens_;

@@ -16,7 +16,7 @@
 #include "server/coordinator.h"
 #include "tests/testing/process.h"
 #include "tests/testing/report_fixture.h"
-#include "tests/testing/temp_dir.h"
+#include "tests/testing/coordinator_fixture.h"
 
 namespace megabatch {
 namespace {
@@ -27,41 +27,23 @@ using Code = grpc::StatusCode;
 constexpr const char* kSpec =
     "name: target\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: {lr: 0.1}\n";
 
-class HostileInputTest : public ::testing::Test {
+class HostileInputTest : public testing::CoordinatorFixture {
  protected:
   void SetUp() override {
     CoordinatorOptions options;
-    options.listen = "127.0.0.1:0";
-    options.db_path = dir_.File("hostile.db");
     // Nothing may change the file on its own during the test.
     options.scheduler.lease_timeout = std::chrono::hours(1);
     options.max_points_per_second = 1000;
-    auto c = Coordinator::Start(options);
-    ASSERT_TRUE(c.ok()) << c.status().ToString();
-    coordinator_ = std::move(*c);
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(coordinator_->port()),
-                                   grpc::InsecureChannelCredentials());
-    sweeps_ = v1::SweepService::NewStub(channel_);
-    workers_ = v1::WorkerService::NewStub(channel_);
+    // Over TCP: raw and oversized messages go through the real transport.
+    StartCoordinator(options, /*in_process=*/false);
+    if (HasFatalFailure()) return;
     // Some state worth corrupting: a sweep, a worker holding a lease, metrics.
-    grpc::ClientContext submit_ctx;
-    v1::SubmitSweepRequest submit;
-    submit.set_spec(kSpec);
     v1::SubmitSweepResponse submitted;
-    ASSERT_TRUE(sweeps_->SubmitSweep(&submit_ctx, submit, &submitted).ok());
+    ASSERT_TRUE(Submit(sweeps_.get(), kSpec, &submitted).ok());
     sweep_id_ = submitted.sweep_id();
-    grpc::ClientContext reg_ctx;
-    v1::RegisterWorkerRequest reg;
-    reg.set_name("w");
-    reg.set_slots(1);
-    v1::RegisterWorkerResponse registered;
-    ASSERT_TRUE(workers_->RegisterWorker(&reg_ctx, reg, &registered).ok());
-    worker_id_ = registered.worker_id();
-    grpc::ClientContext lease_ctx;
-    v1::LeaseTrialRequest lease_req;
-    lease_req.set_worker_id(worker_id_);
+    ASSERT_TRUE(Register(workers_.get(), &worker_id_).ok());
     v1::LeaseTrialResponse leased;
-    ASSERT_TRUE(workers_->LeaseTrial(&lease_ctx, lease_req, &leased).ok());
+    ASSERT_TRUE(Lease(workers_.get(), worker_id_, &leased).ok());
     ASSERT_TRUE(leased.has_lease());
     lease_ = leased.lease();
     ASSERT_TRUE(Report(Points(10)).ok());
@@ -112,17 +94,12 @@ class HostileInputTest : public ::testing::Test {
     return status;
   }
 
-  testing::TempDir dir_;
-  std::unique_ptr<Coordinator> coordinator_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::SweepService::Stub> sweeps_;
-  std::unique_ptr<v1::WorkerService::Stub> workers_;
   int64_t sweep_id_ = 0, worker_id_ = 0;
   v1::TrialLease lease_;
 };
 
 TEST_F(HostileInputTest, EveryRpcRefusesBadInputAndNothingChanges) {
-  const std::string before = testing::DumpDatabase(dir_.File("hostile.db"));
+  const std::string before = testing::DumpDatabase(options_.db_path);
   struct Case {
     std::string name;
     Code code;
@@ -358,7 +335,7 @@ TEST_F(HostileInputTest, EveryRpcRefusesBadInputAndNothingChanges) {
     EXPECT_FALSE(s.ok()) << m;
     EXPECT_NE(s.error_code(), Code::UNKNOWN) << m << ": " << s.error_message();
   }
-  EXPECT_EQ(testing::DumpDatabase(dir_.File("hostile.db")), before);
+  EXPECT_EQ(testing::DumpDatabase(options_.db_path), before);
   // Still serving, the data intact.
   grpc::ClientContext ctx;
   v1::ListTrialsRequest req;
@@ -376,7 +353,7 @@ TEST_F(HostileInputTest, AWorkerOverItsPointRateIsToldToRetryAndLosesNothing) {
   EXPECT_THAT(over.error_message(), HasSubstr("retry in"));
   // The refused batch stored nothing; once the bucket refills, it goes in.
   auto db_rows = [&] {
-    return testing::DumpDatabase(dir_.File("hostile.db")).find("|1:1499|") != std::string::npos;
+    return testing::DumpDatabase(options_.db_path).find("|1:1499|") != std::string::npos;
   };
   EXPECT_FALSE(db_rows());
   EXPECT_TRUE(testing::WaitUntil([&] { return Report(Points(500, 1000)).ok(); },

@@ -14,7 +14,7 @@
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/coordinator.h"
 #include "server/store/db.h"
-#include "tests/testing/temp_dir.h"
+#include "tests/testing/coordinator_fixture.h"
 
 namespace megabatch {
 namespace {
@@ -28,27 +28,13 @@ batch_sizes: [128, 256]
 base: {lr: 0.1}
 )yaml";
 
-class ServicesTest : public ::testing::Test {
+class ServicesTest : public testing::CoordinatorFixture {
  protected:
-  void SetUp() override {
-    CoordinatorOptions options;
-    options.listen = "127.0.0.1:0";
-    options.db_path = dir_.File("svc.db");
-    auto c = Coordinator::Start(options);
-    ASSERT_TRUE(c.ok()) << c.status().ToString();
-    coordinator_ = std::move(*c);
-    auto channel = coordinator_->InProcessChannel();
-    sweeps_ = v1::SweepService::NewStub(channel);
-    workers_ = v1::WorkerService::NewStub(channel);
-  }
+  void SetUp() override { StartCoordinator(); }
 
   grpc::Status Submit(const std::string& spec, v1::SubmitSweepResponse* resp,
                       const std::string& request_id = "") {
-    grpc::ClientContext ctx;
-    v1::SubmitSweepRequest req;
-    req.set_spec(spec);
-    req.set_request_id(request_id);
-    return sweeps_->SubmitSweep(&ctx, req, resp);
+    return CoordinatorFixture::Submit(sweeps_.get(), spec, resp, request_id);
   }
 
   int SweepCount() {
@@ -59,13 +45,9 @@ class ServicesTest : public ::testing::Test {
   }
 
   int64_t RegisterWorker() {
-    grpc::ClientContext ctx;
-    v1::RegisterWorkerRequest req;
-    req.set_name("w");
-    req.set_slots(1);
-    v1::RegisterWorkerResponse resp;
-    EXPECT_TRUE(workers_->RegisterWorker(&ctx, req, &resp).ok());
-    return resp.worker_id();
+    int64_t id = 0;
+    EXPECT_TRUE(Register(workers_.get(), &id).ok());
+    return id;
   }
 
   // True once the sweep has no running trial (bounded wait).
@@ -81,10 +63,6 @@ class ServicesTest : public ::testing::Test {
     return false;
   }
 
-  testing::TempDir dir_;
-  std::unique_ptr<Coordinator> coordinator_;
-  std::unique_ptr<v1::SweepService::Stub> sweeps_;
-  std::unique_ptr<v1::WorkerService::Stub> workers_;
 };
 
 TEST_F(ServicesTest, InvalidSpecIsInvalidArgumentAndStoresNothing) {
@@ -420,7 +398,7 @@ TEST_F(ServicesTest, ATenThousandTrialSweepListsWatchesAndExportsUnderTheDefault
                   .ok());
   ASSERT_EQ(submitted.trials(), 10000);
   {
-    auto db = store::Db::Open(dir_.File("svc.db"));
+    auto db = store::Db::Open(options_.db_path);
     ASSERT_TRUE(db.ok()) << db.status().ToString();
     ASSERT_TRUE((*db)->Exec(R"sql(
       WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n < 39)

@@ -6,7 +6,7 @@
 // worker starting next to others sizes its threads to the cores they left
 // (PlanThreads), and every trial learns whether the host's running trainers
 // outnumber its cores, so that its time figures can be marked as shared
-// (README.md, "Cores, threads and warm trainers"). Claims of processes that are
+// (docs/running.md, "Cores, threads and warm trainers"). Claims of processes that are
 // gone are ignored and removed, so a kill -9 leaves nothing that counts.
 // LibTorch-free; thread-safe.
 #ifndef MEGABATCH_WORKER_DAEMON_HOST_CLAIMS_H_

@@ -18,7 +18,10 @@
 
 #include "common/selection_metrics.h"
 #include "worker/trainer/data/files.h"
+#include "worker/trainer/diagnostics.h"
 #include "worker/trainer/distributed/data_parallel.h"
+#include "worker/trainer/loss_scaler.h"
+#include "worker/trainer/noise_scale.h"
 #include "worker/trainer/optim/lamb.h"
 #include "worker/trainer/optim/lars.h"
 #include "worker/trainer/optim/registry.h"
@@ -99,11 +102,6 @@ Result<Placement> Place(const TrialConfig& config) {
   return p;
 }
 
-// GradScaler's defaults: start at 2^16, halve on an overflow, double after
-// this many clean steps.
-constexpr double kInitialLossScale = 65536.0;
-constexpr int64_t kLossScaleGrowthInterval = 2000;
-
 // Evaluates with the model in eval mode, without gradients, under the
 // trial's autocast.
 Evaluation EvaluateTask(Task& task, torch::nn::Module& model, const Placement& placement,
@@ -119,13 +117,6 @@ Evaluation EvaluateTask(Task& task, torch::nn::Module& model, const Placement& p
 // 2: the data order is a stream of epochs (order_epoch), and the previous
 // evaluation is kept for interpolating the target crossing.
 constexpr int64_t kCheckpointFormat = 2;
-// The gradient-noise-scale EMAs average over this fraction of the trial's
-// steps (docs/method.md, "Gradient noise scale"), so every trial averages
-// over the same share of its budget whatever its batch size.
-constexpr double kNoiseScaleWindow = 0.05;
-// Where in the budget B_simple is logged for comparison across trials.
-constexpr std::pair<double, const char*> kNoiseScalePoints[] = {
-    {0.1, "noise_scale_at_10pct"}, {0.5, "noise_scale_at_50pct"}, {1.0, "noise_scale_at_100pct"}};
 
 // The squared global norm of the parameters' gradients: one norm per
 // tensor, squared and summed in double, read from the device once. With
@@ -176,12 +167,10 @@ struct LoopState {
   bool target_reached = false;
   // The previous evaluation of the target metric (samples < 0: none yet).
   EvalPoint last_eval{-1, 0, 0};
-  // Gradient noise scale EMAs of |G|^2 and tr(Sigma); NaN until the first.
-  double gns_gradient_sq = std::nan("");
-  double gns_trace = std::nan("");
-  // fp16 dynamic loss scaling (1 otherwise).
-  double loss_scale = 1;
-  int64_t clean_steps = 0;
+  // The gradient noise scale's EMAs.
+  NoiseScaleEstimator noise;
+  // fp16 dynamic loss scaling (scale 1 otherwise).
+  LossScaler scaler{false};
 };
 
 // The sample indices of stream positions [first, last), drawing the next
@@ -209,14 +198,14 @@ Status SaveCheckpoint(const TrialConfig& config, torch::nn::Module& model,
   archive.write("first_loss", c10::IValue(s.first_loss));
   archive.write("train_seconds", c10::IValue(s.train_seconds));
   archive.write("target_reached", c10::IValue(s.target_reached));
-  archive.write("gns_gradient_sq", c10::IValue(s.gns_gradient_sq));
-  archive.write("gns_trace", c10::IValue(s.gns_trace));
+  archive.write("gns_gradient_sq", c10::IValue(s.noise.gradient_sq()));
+  archive.write("gns_trace", c10::IValue(s.noise.trace()));
   archive.write("order_epoch", c10::IValue(s.order_epoch));
   archive.write("last_eval_samples", c10::IValue(s.last_eval.samples));
   archive.write("last_eval_seconds", c10::IValue(s.last_eval.seconds));
   archive.write("last_eval_value", c10::IValue(s.last_eval.value));
-  archive.write("loss_scale", c10::IValue(s.loss_scale));
-  archive.write("clean_steps", c10::IValue(s.clean_steps));
+  archive.write("loss_scale", c10::IValue(s.scaler.scale()));
+  archive.write("clean_steps", c10::IValue(s.scaler.clean_steps()));
   archive.write("order", s.order);
   {
     std::lock_guard<std::mutex> lock(shuffle.mutex());
@@ -275,11 +264,13 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
     s->first_loss = field("first_loss").toDouble();
     s->train_seconds = field("train_seconds").toDouble();
     s->target_reached = field("target_reached").toBool();
-    s->gns_gradient_sq = field("gns_gradient_sq").toDouble();
-    s->gns_trace = field("gns_trace").toDouble();
+    s->noise.Restore(field("gns_gradient_sq").toDouble(), field("gns_trace").toDouble());
     c10::IValue value;
-    if (archive.try_read("loss_scale", value)) s->loss_scale = value.toDouble();
-    if (archive.try_read("clean_steps", value)) s->clean_steps = value.toInt();
+    double scale = s->scaler.scale();
+    int64_t clean_steps = s->scaler.clean_steps();
+    if (archive.try_read("loss_scale", value)) scale = value.toDouble();
+    if (archive.try_read("clean_steps", value)) clean_steps = value.toInt();
+    s->scaler.Restore(scale, clean_steps);
     archive.read("order", s->order);
     s->order = s->order.cpu();
     if (format == 1) {
@@ -395,9 +386,11 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
   const std::vector<torch::Tensor> params = model->parameters();
   std::vector<std::string> param_names;
   for (const auto& item : model->named_parameters()) param_names.push_back(item.key());
-  optim::TrustRatios* trust_ratios = RecorderOf(optimizer);
+  DiagnosticsCollector diagnostics(params, param_names, RecorderOf(optimizer));
   LoopState s;
-  if (placement.loss_scaling) s.loss_scale = kInitialLossScale;
+  s.scaler = LossScaler(placement.loss_scaling);
+  // B_small = micro, B_big = batch, over all micro-batches of all ranks.
+  s.noise = NoiseScaleEstimator(micro, batch, accumulation * config.world_size, total_steps);
   if (!resume_from.empty()) {
     MEGABATCH_RETURN_IF_ERROR(
         LoadCheckpoint(resume_from, config, *model, optimizer, shuffle, device, &s));
@@ -464,8 +457,8 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
         eval_metrics.push_back({"target_reached_steps", crossing->samples / batch});
         eval_metrics.push_back({"target_reached_seconds", crossing->seconds});
         eval_metrics.push_back({"target_bracket_samples", crossing->lower_samples});
-        if (s.gns_gradient_sq > 0) {
-          eval_metrics.push_back({"noise_scale_at_target", s.gns_trace / s.gns_gradient_sq});
+        if (s.noise.has_value()) {
+          eval_metrics.push_back({"noise_scale_at_target", s.noise.b_simple()});
         }
       }
     }
@@ -496,7 +489,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
     // own mean gradient (McCandlish et al. 2018, App. A).
     double small_sq = 0;
     std::vector<torch::Tensor> before_micro;
-    const double grad_scale = loss_scale * s.loss_scale;
+    const double grad_scale = loss_scale * s.scaler.scale();
     for (int64_t k = 0; k < accumulation; ++k) {
       // This micro-batch's place in the global batch.
       int64_t offset = config.rank * local_batch + k * micro;
@@ -506,8 +499,8 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
         AutocastScope autocast(placement.autocast, placement.autocast_dtype);
         loss = task.Loss(idx, offset) * loss_scale;
       }
-      if (placement.loss_scaling) {
-        (loss * s.loss_scale).backward();
+      if (s.scaler.enabled()) {
+        (loss * s.scaler.scale()).backward();
       } else {
         loss.backward();
       }
@@ -528,24 +521,14 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
       loss_value = (*summed)[0];
       small_sq = (*summed)[1];
     }
-    if (placement.loss_scaling) {
+    if (s.scaler.enabled()) {
       for (const auto& p : params) {
-        if (p.grad().defined()) p.grad().mul_(1.0 / s.loss_scale);
+        if (p.grad().defined()) p.grad().mul_(1.0 / s.scaler.scale());
       }
     }
     const double big_sq = GradSquaredNorm(params);
     // fp16: an overflowed gradient skips the step and halves the scale.
-    bool skip_step = false;
-    if (placement.loss_scaling) {
-      if (!std::isfinite(big_sq)) {
-        skip_step = true;
-        s.loss_scale /= 2;
-        s.clean_steps = 0;
-      } else if (++s.clean_steps == kLossScaleGrowthInterval) {
-        s.loss_scale *= 2;
-        s.clean_steps = 0;
-      }
-    }
+    const bool skip_step = s.scaler.Update(std::isfinite(big_sq));
     if (!skip_step && clip_norm > 0) {
       // As torch.nn.utils.clip_grad_norm_.
       const double coef = clip_norm / (std::sqrt(big_sq) + 1e-6);
@@ -557,11 +540,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
     }
     const bool diagnose = !skip_step && config.diagnostics_every_steps > 0 &&
                           step % config.diagnostics_every_steps == 0;
-    std::vector<torch::Tensor> before;
-    if (diagnose) {
-      for (const auto& p : params) before.push_back(p.detach().clone());
-      if (trust_ratios) trust_ratios->set_enabled(true);
-    }
+    if (diagnose) diagnostics.Begin();
     if (!skip_step) optimizer.step();
     double step_seconds = Seconds(Clock::now() - start);
     s.train_seconds += step_seconds;
@@ -573,48 +552,16 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
                             {"samples_per_second", batch / step_seconds}};
     if (step == 1) step_metrics.push_back({"train_samples", static_cast<double>(n)});
     if (!skip_step) step_metrics.push_back({"grad_norm", std::sqrt(big_sq)});
-    if (placement.loss_scaling) step_metrics.push_back({"loss_scale", s.loss_scale});
+    if (s.scaler.enabled()) step_metrics.push_back({"loss_scale", s.scaler.scale()});
     if (dp) step_metrics.push_back({"allreduce_seconds", allreduce_seconds});
     if (measure_noise && !skip_step) {
-      // docs/method.md, "Gradient noise scale": B_small = micro, B_big = batch,
-      // |G_small|^2 the mean over all micro-batches of all ranks.
-      const double bs = static_cast<double>(micro);
-      const double bb = static_cast<double>(batch);
-      const double g_small = small_sq / static_cast<double>(accumulation * config.world_size);
-      const double g2 = (bb * big_sq - bs * g_small) / (bb - bs);
-      const double trace = (g_small - big_sq) / (1.0 / bs - 1.0 / bb);
-      const double alpha =
-          std::min(1.0, 1.0 / (kNoiseScaleWindow * static_cast<double>(total_steps)));
-      auto ema = [alpha](double prev, double x) {
-        return std::isnan(prev) ? x : (1 - alpha) * prev + alpha * x;
-      };
-      s.gns_gradient_sq = ema(s.gns_gradient_sq, g2);
-      s.gns_trace = ema(s.gns_trace, trace);
-      step_metrics.push_back({"gns_gradient_sq", s.gns_gradient_sq});
-      step_metrics.push_back({"gns_trace", s.gns_trace});
-      if (s.gns_gradient_sq > 0) {
-        const double b_simple = s.gns_trace / s.gns_gradient_sq;
-        step_metrics.push_back({"gradient_noise_scale", b_simple});
-        for (const auto& [fraction, name] : kNoiseScalePoints) {
-          const auto at = static_cast<int64_t>(std::ceil(fraction * total_steps - 1e-9));
-          if (step == std::max<int64_t>(1, at)) step_metrics.push_back({name, b_simple});
-        }
-      }
+      s.noise.Add(small_sq, big_sq);
+      const Metrics noise = s.noise.StepMetrics(step);
+      step_metrics.insert(step_metrics.end(), noise.begin(), noise.end());
     }
     if (diagnose) {
-      std::map<const c10::TensorImpl*, double> ratio_of;
-      if (trust_ratios) {
-        for (const auto& [impl, ratio] : trust_ratios->Last()) ratio_of[impl] = ratio;
-        trust_ratios->set_enabled(false);
-      }
-      for (size_t i = 0; i < params.size(); ++i) {
-        const std::string& name = param_names[i];
-        step_metrics.push_back({"weight_norm/" + name, params[i].norm().item<double>()});
-        step_metrics.push_back(
-            {"update_norm/" + name, (params[i] - before[i]).norm().item<double>()});
-        auto it = ratio_of.find(params[i].unsafeGetTensorImpl());
-        if (it != ratio_of.end()) step_metrics.push_back({"trust_ratio/" + name, it->second});
-      }
+      const Metrics collected = diagnostics.Collect();
+      step_metrics.insert(step_metrics.end(), collected.begin(), collected.end());
     }
     if (reporter) sink->Log(step, step_metrics);
     if (step == 1) s.first_loss = loss_value;

@@ -1,8 +1,10 @@
 #include "worker/trainer/trial_config.h"
 
 #include <cmath>
-#include <tuple>
+#include <map>
+#include <string_view>
 
+#include "common/model_catalog.h"
 #include "common/optimizer_catalog.h"
 #include "common/selection_metrics.h"
 #include "worker/trainer/data/text_corpus.h"
@@ -50,49 +52,56 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   auto model_it = doc.find("model");
   const json& model = model_it != doc.end() && model_it->is_object() ? *model_it : no_fields;
   MEGABATCH_RETURN_IF_ERROR(Read(model, "type", &c.model_type));
-  const bool text = c.model_type == "char_lstm" || c.model_type == "tiny_bert";
-  if (c.model_type == "mlp" || c.model_type == "cnn") {
-    MEGABATCH_RETURN_IF_ERROR(Read(model, "hidden", &c.hidden));
-    MEGABATCH_RETURN_IF_ERROR(Read(model, "channels", &c.channels));
-  } else if (text) {
-    if (c.model_type == "tiny_bert") {
-      c.width = 128;
-      c.layers = 2;
+  // Options, defaults and ranges: common/model_catalog.h, as the spec has them.
+  const ModelInfo* info = FindModel(c.model_type);
+  if (info == nullptr) {
+    return InvalidArgumentError("model.type: unknown model '" + c.model_type +
+                                "'; supported: " + std::string(kModelNames));
+  }
+  const bool text = info->dataset == "text";
+  const std::map<std::string_view, std::vector<int64_t>*> lists = {{"hidden", &c.hidden},
+                                                                   {"channels", &c.channels}};
+  for (const ModelWidthList& list : info->lists) {
+    if (list.name.empty()) continue;
+    std::vector<int64_t>* widths = lists.at(list.name);
+    widths->clear();
+    for (int64_t w : list.default_widths) {
+      if (w > 0) widths->push_back(w);
     }
-    MEGABATCH_RETURN_IF_ERROR(Read(model, "hidden", &c.width));
-    MEGABATCH_RETURN_IF_ERROR(Read(model, "layers", &c.layers));
-    MEGABATCH_RETURN_IF_ERROR(Read(model, "seq_len", &c.seq_len));
-    MEGABATCH_RETURN_IF_ERROR(Read(model, "embedding", &c.embedding));
-    MEGABATCH_RETURN_IF_ERROR(Read(model, "heads", &c.heads));
-    MEGABATCH_RETURN_IF_ERROR(Read(model, "ffn", &c.ffn));
-    MEGABATCH_RETURN_IF_ERROR(Read(model, "vocab_size", &c.vocab_size));
-    MEGABATCH_RETURN_IF_ERROR(Read(model, "bias", &c.bias));
-    for (auto [name, value, low, high] :
-         {std::tuple{"hidden", c.width, 1, 65536}, {"layers", c.layers, 1, 64},
-          {"seq_len", c.seq_len, 2, 65536}, {"embedding", c.embedding, 1, 65536},
-          {"heads", c.heads, 1, 1024}, {"ffn", c.ffn, 1, 1 << 20},
-          {"vocab_size", c.vocab_size, 300, 1 << 20}}) {
-      if (value < low || value > high) {
-        return InvalidArgumentError("model." + std::string(name) + ": must be between " +
-                                    std::to_string(low) + " and " + std::to_string(high) +
-                                    ", got " + std::to_string(value));
+    MEGABATCH_RETURN_IF_ERROR(Read(model, std::string(list.name), widths));
+    if (widths->size() > list.max_entries) {
+      return InvalidArgumentError("model." + std::string(list.name) + ": at most " +
+                                  std::to_string(list.max_entries) + " widths");
+    }
+    for (int64_t w : *widths) {
+      if (w < 1 || w > kMaxWidth) {
+        return InvalidArgumentError("model." + std::string(list.name) +
+                                    ": widths must be between 1 and " +
+                                    std::to_string(kMaxWidth));
       }
     }
-    if (c.model_type == "tiny_bert" && c.width % c.heads != 0) {
-      return InvalidArgumentError("model.heads: " + std::to_string(c.heads) +
-                                  " must divide model.hidden " + std::to_string(c.width));
+  }
+  const std::map<std::string_view, int64_t*> ints = {
+      {"hidden", &c.width}, {"layers", &c.layers}, {"seq_len", &c.seq_len},
+      {"embedding", &c.embedding}, {"heads", &c.heads}, {"ffn", &c.ffn},
+      {"vocab_size", &c.vocab_size}};
+  for (const ModelIntOption& o : info->ints) {
+    if (o.name.empty()) continue;
+    int64_t* value = ints.at(o.name);
+    *value = DefaultOf(o, c.width);
+    MEGABATCH_RETURN_IF_ERROR(Read(model, std::string(o.name), value));
+    if (*value < o.lo || *value > o.hi) {
+      return InvalidArgumentError("model." + std::string(o.name) + ": must be between " +
+                                  std::to_string(o.lo) + " and " + std::to_string(o.hi) +
+                                  ", got " + std::to_string(*value));
     }
-  } else {
-    return InvalidArgumentError("model.type: unknown model '" + c.model_type +
-                                "'; supported: mlp, cnn, char_lstm, tiny_bert");
   }
-  for (int64_t h : c.hidden) {
-    if (h < 1) return InvalidArgumentError("model.hidden: widths must be positive");
+  if (info->has_bias) MEGABATCH_RETURN_IF_ERROR(Read(model, "bias", &c.bias));
+  if (c.model_type == "tiny_bert" && c.width % c.heads != 0) {
+    return InvalidArgumentError("model.heads: " + std::to_string(c.heads) +
+                                " must divide model.hidden " + std::to_string(c.width));
   }
-  for (int64_t ch : c.channels) {
-    if (ch < 1) return InvalidArgumentError("model.channels: must be positive");
-  }
-  c.dataset_name = text ? "text" : "fashion_mnist";
+  c.dataset_name = std::string(info->dataset);
   if (text) c.dataset_path = kDefaultTextCorpusPath;
   if (auto ds = doc.find("dataset"); ds != doc.end() && ds->is_object()) {
     MEGABATCH_RETURN_IF_ERROR(Read(*ds, "name", &c.dataset_name));
@@ -100,10 +109,9 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     MEGABATCH_RETURN_IF_ERROR(Read(*ds, "validation_fraction", &c.validation_fraction));
     MEGABATCH_RETURN_IF_ERROR(Read(*ds, "cache_dir", &c.cache_dir));
   }
-  if (c.dataset_name != (text ? "text" : "fashion_mnist")) {
+  if (c.dataset_name != info->dataset) {
     return InvalidArgumentError("dataset.name: model " + c.model_type + " trains on " +
-                                (text ? "text" : "fashion_mnist") + ", not '" +
-                                c.dataset_name + "'");
+                                std::string(info->dataset) + ", not '" + c.dataset_name + "'");
   }
   if (!(c.validation_fraction > 0 && c.validation_fraction < 1)) {
     return InvalidArgumentError("dataset.validation_fraction: must be in (0, 1)");

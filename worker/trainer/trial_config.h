@@ -1,6 +1,6 @@
 // TrialConfig: what megabatch-trainer runs, read from the JSON file given by
 // --config (the worker writes it from the coordinator's lease; users may write
-// one by hand, see README "Running one trial by hand"). LibTorch-free.
+// one by hand, see docs/running.md "Running one trial by hand"). LibTorch-free.
 #ifndef MEGABATCH_WORKER_TRAINER_TRIAL_CONFIG_H_
 #define MEGABATCH_WORKER_TRAINER_TRIAL_CONFIG_H_
 
