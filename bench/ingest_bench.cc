@@ -47,7 +47,9 @@ using Clock = std::chrono::steady_clock;
 using megabatch::v1::SweepService;
 using megabatch::v1::WorkerService;
 
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+double Seconds(Clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
 
 long RssKib() {
   std::ifstream status("/proc/self/status");
@@ -79,19 +81,26 @@ std::string Spec(const std::string& name, int trials) {
   for (int i = 0; i < per_seed; ++i) {
     multipliers += (i ? ", " : "") + std::to_string(1.0 + i * 1e-3);
   }
-  for (int i = 0; i < trials / per_seed; ++i) seeds += (i ? ", " : "") + std::to_string(i);
-  return "name: " + name + "\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\n"
-         "base: {lr: 0.1}\nlr_multipliers: [" + multipliers + "]\nseeds: [" + seeds + "]\n";
+  for (int i = 0; i < trials / per_seed; ++i)
+    seeds += (i ? ", " : "") + std::to_string(i);
+  return "name: " + name +
+         "\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\n"
+         "base: {lr: 0.1}\nlr_multipliers: [" +
+         multipliers + "]\nseeds: [" + seeds + "]\n";
 }
 
 std::string Spec10k() {
   // 4 optimizers x 10 batch sizes x 25 multipliers x 10 seeds.
   std::string multipliers, seeds;
-  for (int i = 0; i < 25; ++i) multipliers += (i ? ", " : "") + std::to_string(0.5 + i * 0.1);
+  for (int i = 0; i < 25; ++i)
+    multipliers += (i ? ", " : "") + std::to_string(0.5 + i * 0.1);
   for (int i = 0; i < 10; ++i) seeds += (i ? ", " : "") + std::to_string(i);
-  return "name: ten-thousand\noptimizers: [{name: sgd}, {name: adamw}, {name: lamb}, "
-         "{name: lars}]\nbatch_sizes: [128, 256, 512, 1024, 2048, 4096, 8192, 16384, "
-         "32768, 60000]\nbase: {lr: 0.01}\nlr_scaling: sqrt\nlr_multipliers: [" +
+  return "name: ten-thousand\noptimizers: [{name: sgd}, {name: adamw}, {name: "
+         "lamb}, "
+         "{name: lars}]\nbatch_sizes: [128, 256, 512, 1024, 2048, 4096, 8192, "
+         "16384, "
+         "32768, 60000]\nbase: {lr: 0.01}\nlr_scaling: sqrt\nlr_multipliers: "
+         "[" +
          multipliers + "]\nseeds: [" + seeds + "]\n";
 }
 
@@ -127,7 +136,8 @@ SimWorker RegisterAndLease(WorkerService::Stub& stub, const std::string& name) {
   lease_req.set_worker_id(w.id);
   lease_req.set_wait_ms(5000);
   megabatch::v1::LeaseTrialResponse lease_resp;
-  if (!stub.LeaseTrial(&lease_ctx, lease_req, &lease_resp).ok() || !lease_resp.has_lease()) {
+  if (!stub.LeaseTrial(&lease_ctx, lease_req, &lease_resp).ok() ||
+      !lease_resp.has_lease()) {
     std::fprintf(stderr, "%s got no lease\n", name.c_str());
     std::exit(1);
   }
@@ -145,9 +155,11 @@ void Heartbeat(WorkerService::Stub& stub, const SimWorker& w) {
 }
 
 // Figure 1: points per second through ReportMetrics into SQLite.
-double IngestPointsPerSecond(const std::string& address, const std::string& db_path,
-                             int workers, int seconds, int batch) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+double IngestPointsPerSecond(const std::string& address,
+                             const std::string& db_path, int workers,
+                             int seconds, int batch) {
+  auto channel =
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   auto sweeps = SweepService::NewStub(channel);
   int64_t sweep = Submit(*sweeps, Spec("ingest", workers));
   std::atomic<int64_t> accepted{0};
@@ -160,10 +172,11 @@ double IngestPointsPerSecond(const std::string& address, const std::string& db_p
       // One channel per simulated worker, as separate worker processes have.
       grpc::ChannelArguments args;
       args.SetInt("grpc.use_local_subchannel_pool", 1);
-      auto stub = WorkerService::NewStub(
-          grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+      auto stub = WorkerService::NewStub(grpc::CreateCustomChannel(
+          address, grpc::InsecureChannelCredentials(), args));
       SimWorker w = RegisterAndLease(*stub, "ingest-" + std::to_string(i));
-      const char* names[] = {"train_loss", "lr", "samples_per_second", "grad_norm"};
+      const char* names[] = {"train_loss", "lr", "samples_per_second",
+                             "grad_norm"};
       int64_t step = 0;
       auto last_heartbeat = Clock::now();
       while (Clock::now() < deadline) {
@@ -200,15 +213,18 @@ double IngestPointsPerSecond(const std::string& address, const std::string& db_p
   if (failed) std::exit(1);
   auto db = megabatch::store::Db::OpenReadOnly(db_path);
   auto q = (*db)->Prepare(
-      "SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id WHERE t.sweep_id = ?");
+      "SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id WHERE "
+      "t.sweep_id = ?");
   q->Bind(1, sweep);
   (void)q->Step();
   const int64_t stored = q->Int(0);
-  std::printf("ingestion: %d workers, batches of %d points, %.1f s: %lld points accepted, "
-              "%lld rows in SQLite%s\n",
-              workers, batch, elapsed, static_cast<long long>(accepted.load()),
-              static_cast<long long>(stored),
-              stored == accepted.load() ? " (all stored)" : " (MISMATCH)");
+  std::printf(
+      "ingestion: %d workers, batches of %d points, %.1f s: %lld points "
+      "accepted, "
+      "%lld rows in SQLite%s\n",
+      workers, batch, elapsed, static_cast<long long>(accepted.load()),
+      static_cast<long long>(stored),
+      stored == accepted.load() ? " (all stored)" : " (MISMATCH)");
   return static_cast<double>(accepted.load()) / elapsed;
 }
 
@@ -244,7 +260,8 @@ class Barrier {
 // all workers at once; of the others: the LeaseTrial round trip. Before the
 // sweep, all workers heartbeat at the same instant: the cost of 200
 // simultaneous one-statement RPCs on this machine, a floor for the burst.
-void DispatchLatency(const std::string& address, int workers, int trials, int train_ms) {
+void DispatchLatency(const std::string& address, int workers, int trials,
+                     int train_ms) {
   auto sweeps = SweepService::NewStub(
       grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   std::mutex mu;
@@ -263,8 +280,8 @@ void DispatchLatency(const std::string& address, int workers, int trials, int tr
       std::uniform_int_distribution<int> train(train_ms / 2, train_ms * 3 / 2);
       grpc::ChannelArguments args;
       args.SetInt("grpc.use_local_subchannel_pool", 1);
-      auto stub = WorkerService::NewStub(
-          grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+      auto stub = WorkerService::NewStub(grpc::CreateCustomChannel(
+          address, grpc::InsecureChannelCredentials(), args));
       grpc::ClientContext ctx;
       megabatch::v1::RegisterWorkerRequest req;
       req.set_name("dispatch-" + std::to_string(i));
@@ -305,7 +322,8 @@ void DispatchLatency(const std::string& address, int workers, int trials, int tr
           first_lease = false;
         }
         --remaining;
-        if (train_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(train(rng)));
+        if (train_ms > 0)
+          std::this_thread::sleep_for(std::chrono::milliseconds(train(rng)));
         grpc::ClientContext finish_ctx;
         megabatch::v1::FinishTrialRequest finish;
         finish.set_worker_id(resp.worker_id());
@@ -333,20 +351,26 @@ void DispatchLatency(const std::string& address, int workers, int trials, int tr
   const double elapsed = Seconds(Clock::now() - start);
   std::vector<double> all = first;
   all.insert(all.end(), later.begin(), later.end());
-  std::printf("dispatch, %d workers, trials of %s: %zu leases in %.1f s (%.0f/s); "
-              "p50 %.2f ms, p99 %.2f ms; the first lease of each worker, all woken by "
-              "the submission at once: p50 %.2f ms, p99 %.2f ms; the others: p50 %.2f ms, "
-              "p99 %.2f ms; floor, %d heartbeats at once: p50 %.2f ms, p99 %.2f ms\n",
-              workers, train_ms > 0 ? (std::to_string(train_ms) + " ms").c_str() : "0 ms (saturated)",
-              all.size(), elapsed, all.size() / elapsed, 1e3 * Percentile(all, 0.5),
-              1e3 * Percentile(all, 0.99), 1e3 * Percentile(first, 0.5),
-              1e3 * Percentile(first, 0.99), later.empty() ? 0.0 : 1e3 * Percentile(later, 0.5),
-              later.empty() ? 0.0 : 1e3 * Percentile(later, 0.99), workers,
-              1e3 * Percentile(heartbeats, 0.5), 1e3 * Percentile(heartbeats, 0.99));
+  std::printf(
+      "dispatch, %d workers, trials of %s: %zu leases in %.1f s (%.0f/s); "
+      "p50 %.2f ms, p99 %.2f ms; the first lease of each worker, all woken by "
+      "the submission at once: p50 %.2f ms, p99 %.2f ms; the others: p50 %.2f "
+      "ms, "
+      "p99 %.2f ms; floor, %d heartbeats at once: p50 %.2f ms, p99 %.2f ms\n",
+      workers,
+      train_ms > 0 ? (std::to_string(train_ms) + " ms").c_str()
+                   : "0 ms (saturated)",
+      all.size(), elapsed, all.size() / elapsed, 1e3 * Percentile(all, 0.5),
+      1e3 * Percentile(all, 0.99), 1e3 * Percentile(first, 0.5),
+      1e3 * Percentile(first, 0.99),
+      later.empty() ? 0.0 : 1e3 * Percentile(later, 0.5),
+      later.empty() ? 0.0 : 1e3 * Percentile(later, 0.99), workers,
+      1e3 * Percentile(heartbeats, 0.5), 1e3 * Percentile(heartbeats, 0.99));
 }
 
 // A coordinator in this process on a fresh database in `dir`.
-std::unique_ptr<megabatch::Coordinator> StartCoordinator(const std::string& dir) {
+std::unique_ptr<megabatch::Coordinator> StartCoordinator(
+    const std::string& dir) {
   std::filesystem::create_directories(dir);
   megabatch::CoordinatorOptions options;
   options.listen = "127.0.0.1:0";
@@ -380,32 +404,39 @@ int main(int argc, char** argv) {
   // (the ingestion's write-ahead log) does not weigh on the next.
   {
     auto coordinator = StartCoordinator(dir + "/ingest");
-    const double ours = IngestPointsPerSecond(Address(*coordinator), dir + "/ingest/bench.db",
-                                              workers, seconds, batch);
+    const double ours =
+        IngestPointsPerSecond(Address(*coordinator), dir + "/ingest/bench.db",
+                              workers, seconds, batch);
     std::printf("megabatch: %.0f points/s (goal >= 100000)\n", ours);
     if (!HasFlag(argc, argv, "--skip-optuna")) {
-      std::string script = std::string(MEGABATCH_BENCH_DIR) + "/optuna_ingest.py";
-      std::string cmd = "/usr/bin/python3 " + script + " --storage sqlite:///" + dir +
-                        "/optuna.db --workers " + std::to_string(workers) + " --seconds " +
+      std::string script =
+          std::string(MEGABATCH_BENCH_DIR) + "/optuna_ingest.py";
+      std::string cmd = "/usr/bin/python3 " + script + " --storage sqlite:///" +
+                        dir + "/optuna.db --workers " +
+                        std::to_string(workers) + " --seconds " +
                         std::to_string(seconds);
       FILE* p = popen(cmd.c_str(), "r");
       double optuna = 0;
-      if (p == nullptr || std::fscanf(p, "%lf", &optuna) != 1 || pclose(p) != 0 || optuna <= 0) {
+      if (p == nullptr || std::fscanf(p, "%lf", &optuna) != 1 ||
+          pclose(p) != 0 || optuna <= 0) {
         std::printf("optuna baseline failed (is python3-optuna installed?)\n");
       } else {
-        std::printf("optuna 3.1 sqlite (trial.report per value): %.0f points/s\n", optuna);
+        std::printf(
+            "optuna 3.1 sqlite (trial.report per value): %.0f points/s\n",
+            optuna);
         std::printf("megabatch / optuna: %.0fx\n", ours / optuna);
       }
     }
   }
   for (int train_ms : {1000, 0}) {
-    auto coordinator = StartCoordinator(dir + "/dispatch-" + std::to_string(train_ms));
+    auto coordinator =
+        StartCoordinator(dir + "/dispatch-" + std::to_string(train_ms));
     DispatchLatency(Address(*coordinator), dispatch_workers, 2000, train_ms);
   }
 
   auto coordinator = StartCoordinator(dir + "/big");
-  auto sweeps = SweepService::NewStub(
-      grpc::CreateChannel(Address(*coordinator), grpc::InsecureChannelCredentials()));
+  auto sweeps = SweepService::NewStub(grpc::CreateChannel(
+      Address(*coordinator), grpc::InsecureChannelCredentials()));
   const long rss_before = RssKib();
   auto start = Clock::now();
   const int64_t big = Submit(*sweeps, Spec10k());
@@ -418,14 +449,16 @@ int main(int argc, char** argv) {
     megabatch::v1::ListTrialsResponse resp;
     grpc::Status s = sweeps->ListTrials(&ctx, req, &resp);
     if (!s.ok() || resp.trials_size() != 10000) {
-      std::fprintf(stderr, "ListTrials: %s, %d trials\n", s.error_message().c_str(),
-                   resp.trials_size());
+      std::fprintf(stderr, "ListTrials: %s, %d trials\n",
+                   s.error_message().c_str(), resp.trials_size());
     }
   }
   const double list_s = Seconds(Clock::now() - start);
-  std::printf("10,000-trial sweep: submit %.2f s, ListTrials %.2f s; process RSS %ld MiB "
-              "before it, %ld MiB after (%ld MiB at start)\n",
-              submit_s, list_s, rss_before / 1024, RssKib() / 1024, rss_start / 1024);
+  std::printf(
+      "10,000-trial sweep: submit %.2f s, ListTrials %.2f s; process RSS %ld "
+      "MiB "
+      "before it, %ld MiB after (%ld MiB at start)\n",
+      submit_s, list_s, rss_before / 1024, RssKib() / 1024, rss_start / 1024);
   coordinator.reset();
   std::filesystem::remove_all(dir);
   return 0;

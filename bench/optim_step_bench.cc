@@ -6,11 +6,12 @@
 // Every optimizer steps the same parameters and gradients. Each round runs
 // the triad and the four optimizers once, in rotating order; a ratio
 // (lamb/adam, lars/sgd, x/triad) is taken within each round and the median
-// over rounds is printed, so slow drift of a shared machine cancels out. Bandwidth counts each algorithm's minimal
-// memory traffic per parameter (float32): Adam 7 streams (read w g m v, write
-// w m v), Lamb 10 (its two passes: read g m v w, write m v; read m v w,
-// write w), SGD 5 (read w g buf, write w buf), Lars 7 (read w g; read w g
-// buf, write w buf). Triad a = b + s c counts 3.
+// over rounds is printed, so slow drift of a shared machine cancels out.
+// Bandwidth counts each algorithm's minimal memory traffic per parameter
+// (float32): Adam 7 streams (read w g m v, write w m v), Lamb 10 (its two
+// passes: read g m v w, write m v; read m v w, write w), SGD 5 (read w g buf,
+// write w buf), Lars 7 (read w g; read w g buf, write w buf). Triad a = b + s c
+// counts 3.
 //
 // Usage: optim_step_bench [--sizes 1,25,100] [--rounds N]
 #include <ATen/Parallel.h>
@@ -94,13 +95,15 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--sizes") && i + 1 < argc) {
       sizes.clear();
-      for (char* tok = std::strtok(argv[++i], ","); tok; tok = std::strtok(nullptr, ",")) {
+      for (char* tok = std::strtok(argv[++i], ","); tok;
+           tok = std::strtok(nullptr, ",")) {
         sizes.push_back(std::atoll(tok));
       }
     } else if (!std::strcmp(argv[i], "--rounds") && i + 1 < argc) {
       rounds = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: optim_step_bench [--sizes 1,25,100] [--rounds N]\n");
+      std::fprintf(stderr,
+                   "usage: optim_step_bench [--sizes 1,25,100] [--rounds N]\n");
       return 2;
     }
   }
@@ -113,7 +116,8 @@ int main(int argc, char** argv) {
               "lamb/adam", "lars/sgd", "lamb %", "adam %", "lars %", "sgd %",
               "rounds");
   for (const Shape& shape : shapes) {
-    if (std::find(sizes.begin(), sizes.end(), shape.millions) == sizes.end()) continue;
+    if (std::find(sizes.begin(), sizes.end(), shape.millions) == sizes.end())
+      continue;
     std::vector<torch::Tensor> params = MakeParams(shape);
     int64_t n = 0;
     for (auto& p : params) {
@@ -125,23 +129,30 @@ int main(int argc, char** argv) {
     torch::optim::Adam adam(params, torch::optim::AdamOptions(1e-4));
     torch::optim::SGD sgd(params, torch::optim::SGDOptions(1e-4).momentum(0.9));
 
-    torch::Tensor a = torch::empty({n}), b = torch::rand({n}), c = torch::rand({n});
+    torch::Tensor a = torch::empty({n}), b = torch::rand({n}),
+                  c = torch::rand({n});
     float* ap = a.data_ptr<float>();
     const float* bp = b.data_ptr<float>();
     const float* cp = c.data_ptr<float>();
     std::vector<Entry> entries = {
-        {"triad", 3, [&] {
+        {"triad",
+         3,
+         [&] {
            at::parallel_for(0, n, 1 << 15, [&](int64_t lo, int64_t hi) {
              Triad(ap, bp, cp, lo, hi);
            });
-         }, {}},
+         },
+         {}},
         {"lamb", 10, [&] { lamb.step(); }, {}},
         {"adam", 7, [&] { adam.step(); }, {}},
         {"lars", 7, [&] { lars.step(); }, {}},
         {"sgd", 5, [&] { sgd.step(); }, {}},
     };
     for (auto& e : entries) e.step();  // warm-up: allocates optimizer state
-    int r = rounds > 0 ? rounds : (shape.millions >= 100 ? 7 : shape.millions >= 25 ? 15 : 41);
+    int r = rounds > 0 ? rounds
+                       : (shape.millions >= 100  ? 7
+                          : shape.millions >= 25 ? 15
+                                                 : 41);
     for (int round = 0; round < r; ++round) {
       for (size_t k = 0; k < entries.size(); ++k) {
         Entry& e = entries[(k + round) % entries.size()];
@@ -154,7 +165,9 @@ int main(int argc, char** argv) {
       }
       throw std::logic_error(name);
     };
-    auto median_ms = [&](const char* name) { return Median(find(name).seconds) * 1e3; };
+    auto median_ms = [&](const char* name) {
+      return Median(find(name).seconds) * 1e3;
+    };
     // Median over rounds of the within-round ratio a/b.
     auto ratio = [&](const char* a, const char* b) {
       std::vector<double> r;
@@ -168,13 +181,16 @@ int main(int argc, char** argv) {
       return ratio("triad", name) * find(name).streams / find("triad").streams;
     };
     double triad_gbps = 3 * 4.0 * n / Median(find("triad").seconds) / 1e9;
-    std::printf("%-6s %11.2f %10.2f %10.2f %10.2f %10.2f %9.3f %9.3f %7.0f%% %7.0f%% %7.0f%% %7.0f%% %8d\n",
-                (std::to_string(n / 1000000) + "." +
-                 std::to_string(n / 100000 % 10) + "M").c_str(),
-                triad_gbps, median_ms("lamb"), median_ms("adam"),
-                median_ms("lars"), median_ms("sgd"), ratio("lamb", "adam"),
-                ratio("lars", "sgd"), 100 * share("lamb"), 100 * share("adam"),
-                100 * share("lars"), 100 * share("sgd"), r);
+    std::printf(
+        "%-6s %11.2f %10.2f %10.2f %10.2f %10.2f %9.3f %9.3f %7.0f%% %7.0f%% "
+        "%7.0f%% %7.0f%% %8d\n",
+        (std::to_string(n / 1000000) + "." + std::to_string(n / 100000 % 10) +
+         "M")
+            .c_str(),
+        triad_gbps, median_ms("lamb"), median_ms("adam"), median_ms("lars"),
+        median_ms("sgd"), ratio("lamb", "adam"), ratio("lars", "sgd"),
+        100 * share("lamb"), 100 * share("adam"), 100 * share("lars"),
+        100 * share("sgd"), r);
     std::fflush(stdout);
   }
   return 0;

@@ -2,11 +2,11 @@
 
 #include <chrono>
 #include <fstream>
-#include <optional>
-#include <thread>
 #include <map>
+#include <optional>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "cli/plot.h"
 #include "common/selection_metrics.h"
@@ -48,7 +48,8 @@ grpc::Status ForEachPage(Request req, Call call, Each each) {
 // host's trainers outnumbered its cores: marked "(shared)" in the tables
 // people read; JSON and CSV keep the number (and say shared elsewhere).
 json TimeFigure(json value, bool shared, OutputFormat format) {
-  const bool readable = format == OutputFormat::kTable || format == OutputFormat::kMarkdown;
+  const bool readable =
+      format == OutputFormat::kTable || format == OutputFormat::kMarkdown;
   if (!shared || !readable || !value.is_number()) return value;
   return FormatNumber(value.get<double>()) + " (shared)";
 }
@@ -67,18 +68,20 @@ std::string Progress(const v1::Sweep& s) {
     << ": " << done << "/" << s.trials_total() << " done (running "
     << s.trials_running() << ", queued " << s.trials_queued() << ", completed "
     << s.trials_completed() << ", diverged " << s.trials_diverged()
-    << ", pruned " << s.trials_pruned()
-    << ", failed " << s.trials_failed() << ", cancelled "
-    << s.trials_cancelled() << ")";
+    << ", pruned " << s.trials_pruned() << ", failed " << s.trials_failed()
+    << ", cancelled " << s.trials_cancelled() << ")";
   if (!s.phase().empty()) m << ", adaptive phase " << s.phase();
   return m.str();
 }
 
 json ToJson(const v1::Value& v) {
   switch (v.kind_case()) {
-    case v1::Value::kInteger: return v.integer();
-    case v1::Value::kReal: return v.real();
-    case v1::Value::kText: return v.text();
+    case v1::Value::kInteger:
+      return v.integer();
+    case v1::Value::kReal:
+      return v.real();
+    case v1::Value::kText:
+      return v.text();
     case v1::Value::kBlob: {
       static const char* kHex = "0123456789ABCDEF";
       std::string hex = "X'";
@@ -88,7 +91,8 @@ json ToJson(const v1::Value& v) {
       }
       return hex + "'";
     }
-    case v1::Value::KIND_NOT_SET: break;
+    case v1::Value::KIND_NOT_SET:
+      break;
   }
   return nullptr;
 }
@@ -140,11 +144,12 @@ int Commands::Submit(const std::string& spec_path,
   grpc::Status s = stub_->SubmitSweep(&ctx, req, &resp);
   if (!s.ok()) return Fail(s);
   err_ << (resp.repeated() ? "request id already used for this spec: sweep "
-                            : "submitted sweep ")
+                           : "submitted sweep ")
        << resp.sweep_id() << " with " << resp.trials() << " trials\n";
   if (format_ == OutputFormat::kJson) {
-    out_ << json{{"sweep_id", resp.sweep_id()}, {"trials", resp.trials()}}.dump()
-         << "\n";
+    out_
+        << json{{"sweep_id", resp.sweep_id()}, {"trials", resp.trials()}}.dump()
+        << "\n";
   } else if (format_ == OutputFormat::kCsv) {
     Table t({"sweep_id", "trials"});
     t.AddRow({resp.sweep_id(), resp.trials()});
@@ -172,20 +177,30 @@ void Commands::PrintSweeps(
 int Commands::List() {
   google::protobuf::RepeatedPtrField<v1::Sweep> sweeps;
   grpc::Status s = ForEachPage<v1::ListSweepsRequest, v1::ListSweepsResponse>(
-      {}, [&](auto* ctx, const auto& req, auto* resp) { return stub_->ListSweeps(ctx, req, resp); },
-      [&](const v1::ListSweepsResponse& page) { sweeps.MergeFrom(page.sweeps()); });
+      {},
+      [&](auto* ctx, const auto& req, auto* resp) {
+        return stub_->ListSweeps(ctx, req, resp);
+      },
+      [&](const v1::ListSweepsResponse& page) {
+        sweeps.MergeFrom(page.sweeps());
+      });
   if (!s.ok()) return Fail(s);
   PrintSweeps(sweeps);
   return kExitOk;
 }
 
-grpc::Status Commands::AllTrials(int64_t sweep_id,
-                                 google::protobuf::RepeatedPtrField<v1::Trial>* trials) {
+grpc::Status Commands::AllTrials(
+    int64_t sweep_id, google::protobuf::RepeatedPtrField<v1::Trial>* trials) {
   v1::ListTrialsRequest req;
   req.set_sweep_id(sweep_id);
   return ForEachPage<v1::ListTrialsRequest, v1::ListTrialsResponse>(
-      req, [&](auto* ctx, const auto& r, auto* resp) { return stub_->ListTrials(ctx, r, resp); },
-      [&](const v1::ListTrialsResponse& page) { trials->MergeFrom(page.trials()); });
+      req,
+      [&](auto* ctx, const auto& r, auto* resp) {
+        return stub_->ListTrials(ctx, r, resp);
+      },
+      [&](const v1::ListTrialsResponse& page) {
+        trials->MergeFrom(page.trials());
+      });
 }
 
 int Commands::Status(int64_t sweep_id) {
@@ -206,20 +221,40 @@ int Commands::Trials(int64_t sweep_id) {
   // An adaptive study's trials say which phase of its plan made them.
   bool phased = false;
   for (const auto& tr : trials) phased = phased || !tr.phase().empty();
-  std::vector<std::string> columns = {"trial", "optimizer", "batch_size", "lr",
-                                      "lr_multiplier", "seed", "state", "attempts",
-                                      "epoch", "train_loss", "val_accuracy", "threads",
-                                      "samples_per_second", "error"};
+  std::vector<std::string> columns = {"trial",
+                                      "optimizer",
+                                      "batch_size",
+                                      "lr",
+                                      "lr_multiplier",
+                                      "seed",
+                                      "state",
+                                      "attempts",
+                                      "epoch",
+                                      "train_loss",
+                                      "val_accuracy",
+                                      "threads",
+                                      "samples_per_second",
+                                      "error"};
   if (phased) columns.insert(columns.begin() + 1, "phase");
   Table t(columns);
   for (const auto& tr : trials) {
     auto shared = tr.latest_metrics().find("shared_cores");
-    json rate = TimeFigure(Metric(tr, "samples_per_second"),
-                           shared != tr.latest_metrics().end() && shared->second > 0, format_);
-    std::vector<json> row = {tr.id(), tr.optimizer(), tr.batch_size(), tr.lr(),
-                             tr.lr_multiplier(), tr.seed(), StateName(tr.state()),
-                             tr.attempts(), Metric(tr, "epoch"), Metric(tr, "train_loss"),
-                             Metric(tr, "val_accuracy"), Metric(tr, "threads"), rate,
+    json rate = TimeFigure(
+        Metric(tr, "samples_per_second"),
+        shared != tr.latest_metrics().end() && shared->second > 0, format_);
+    std::vector<json> row = {tr.id(),
+                             tr.optimizer(),
+                             tr.batch_size(),
+                             tr.lr(),
+                             tr.lr_multiplier(),
+                             tr.seed(),
+                             StateName(tr.state()),
+                             tr.attempts(),
+                             Metric(tr, "epoch"),
+                             Metric(tr, "train_loss"),
+                             Metric(tr, "val_accuracy"),
+                             Metric(tr, "threads"),
+                             rate,
                              tr.error()};
     if (phased) row.insert(row.begin() + 1, tr.phase());
     t.AddRow(std::move(row));
@@ -266,8 +301,8 @@ int Commands::Watch(int64_t sweep_id) {
     while (reader->Read(&update)) {
       got_any = true;
       if (down_since) {
-        err_ << "megabatch: reconnected to the coordinator; watching sweep " << sweep_id
-             << " again\n";
+        err_ << "megabatch: reconnected to the coordinator; watching sweep "
+             << sweep_id << " again\n";
         down_since.reset();
         backoff = std::chrono::milliseconds(250);
       }
@@ -283,14 +318,16 @@ int Commands::Watch(int64_t sweep_id) {
     const bool transient = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
                            s.error_code() == grpc::StatusCode::CANCELLED;
     const auto now = std::chrono::steady_clock::now();
-    if (!transient || !got_any || (down_since && now - *down_since > kWatchGiveUp)) {
+    if (!transient || !got_any ||
+        (down_since && now - *down_since > kWatchGiveUp)) {
       return Fail(s);
     }
     if (!down_since) {
       down_since = now;
       err_ << "megabatch: coordinator unreachable (" << s.error_message()
            << "); reconnecting with backoff for up to "
-           << std::chrono::duration_cast<std::chrono::minutes>(kWatchGiveUp).count()
+           << std::chrono::duration_cast<std::chrono::minutes>(kWatchGiveUp)
+                  .count()
            << " minutes\n";
     }
     std::this_thread::sleep_for(backoff);
@@ -318,7 +355,8 @@ int Commands::Cancel(int64_t sweep_id) {
   return kExitOk;
 }
 
-int Commands::Query(const std::string& sql, int64_t max_rows, int32_t timeout_ms) {
+int Commands::Query(const std::string& sql, int64_t max_rows,
+                    int32_t timeout_ms) {
   grpc::ClientContext ctx;
   v1::QueryRequest req;
   req.set_sql(sql);
@@ -353,28 +391,48 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
   std::map<std::string, const v1::CriticalBatchFit*> fit_of;
   for (const auto& f : report.fits()) fit_of[f.optimizer()] = &f;
   const bool csv = format_ == OutputFormat::kCsv;
-  std::vector<std::string> columns = {
-      "optimizer", "batch_size", "best_lr", "lrs_tried", "trials",
-      "diverged_trials", "max_stable_lr", "best_val_accuracy", "best_val_loss",
-      "best_target_value", "test_accuracy", "test_loss", "steps_to_target",
-      "samples_to_target", "seconds_to_target", "samples_per_second", "shared_core_trials",
-      "scaling_efficiency", "noise_scale_at_10pct", "noise_scale_at_50pct",
-      "noise_scale_at_100pct", "noise_scale_at_target"};
+  std::vector<std::string> columns = {"optimizer",
+                                      "batch_size",
+                                      "best_lr",
+                                      "lrs_tried",
+                                      "trials",
+                                      "diverged_trials",
+                                      "max_stable_lr",
+                                      "best_val_accuracy",
+                                      "best_val_loss",
+                                      "best_target_value",
+                                      "test_accuracy",
+                                      "test_loss",
+                                      "steps_to_target",
+                                      "samples_to_target",
+                                      "seconds_to_target",
+                                      "samples_per_second",
+                                      "shared_core_trials",
+                                      "scaling_efficiency",
+                                      "noise_scale_at_10pct",
+                                      "noise_scale_at_50pct",
+                                      "noise_scale_at_100pct",
+                                      "noise_scale_at_target"};
   // CSV is one table, so each row carries its optimizer's fit.
   if (csv) {
-    columns.insert(columns.end(),
-                   {"s_min", "b_crit", "b_crit_low", "b_crit_high", "noise_scale"});
+    columns.insert(columns.end(), {"s_min", "b_crit", "b_crit_low",
+                                   "b_crit_high", "noise_scale"});
   }
   Table rows(columns);
   bool marked = false;  // a row's time figures are marked: explain the mark
   auto timed = [&](const v1::ScalingRow& r, bool has, double value) {
-    json figure = TimeFigure(Maybe(has, value), r.shared_core_trials() > 0, format_);
+    json figure =
+        TimeFigure(Maybe(has, value), r.shared_core_trials() > 0, format_);
     marked = marked || figure.is_string();
     return figure;
   };
   for (const auto& r : report.rows()) {
     std::vector<json> row = {
-        r.optimizer(), r.batch_size(), r.best_lr(), r.lrs_tried(), r.trials(),
+        r.optimizer(),
+        r.batch_size(),
+        r.best_lr(),
+        r.lrs_tried(),
+        r.trials(),
         r.diverged_trials(),
         Maybe(r.has_max_stable_lr(), r.max_stable_lr()),
         Maybe(r.has_best_val_accuracy(), r.best_val_accuracy()),
@@ -396,29 +454,36 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
       const v1::CriticalBatchFit* f = fit_of[r.optimizer()];
       row.push_back(f ? Maybe(f->has_s_min(), f->s_min()) : json(nullptr));
       row.push_back(f ? Maybe(f->has_b_crit(), f->b_crit()) : json(nullptr));
-      row.push_back(f ? Maybe(f->has_b_crit_low(), f->b_crit_low()) : json(nullptr));
-      row.push_back(f ? Maybe(f->has_b_crit_high(), f->b_crit_high()) : json(nullptr));
-      row.push_back(f ? Maybe(f->has_noise_scale(), f->noise_scale()) : json(nullptr));
+      row.push_back(f ? Maybe(f->has_b_crit_low(), f->b_crit_low())
+                      : json(nullptr));
+      row.push_back(f ? Maybe(f->has_b_crit_high(), f->b_crit_high())
+                      : json(nullptr));
+      row.push_back(f ? Maybe(f->has_noise_scale(), f->noise_scale())
+                      : json(nullptr));
     }
     rows.AddRow(std::move(row));
   }
-  Table fits({"optimizer", "points", "s_min", "s_min_low", "s_min_high", "b_crit",
-              "b_crit_low", "b_crit_high", "r_squared", "interval", "noise_scale",
-              "b_crit_over_noise_scale", "noise_scale_source", "note"});
+  Table fits({"optimizer", "points", "s_min", "s_min_low", "s_min_high",
+              "b_crit", "b_crit_low", "b_crit_high", "r_squared", "interval",
+              "noise_scale", "b_crit_over_noise_scale", "noise_scale_source",
+              "note"});
   for (const auto& f : report.fits()) {
-    fits.AddRow({f.optimizer(), f.points(), Maybe(f.has_s_min(), f.s_min()),
-                 Maybe(f.has_s_min_low(), f.s_min_low()),
-                 Maybe(f.has_s_min_high(), f.s_min_high()), Maybe(f.has_b_crit(), f.b_crit()),
-                 Maybe(f.has_b_crit_low(), f.b_crit_low()),
-                 Maybe(f.has_b_crit_high(), f.b_crit_high()),
-                 Maybe(f.has_r_squared(), f.r_squared()), f.interval_method(),
-                 Maybe(f.has_noise_scale(), f.noise_scale()),
-                 Maybe(f.has_b_crit_over_noise_scale(), f.b_crit_over_noise_scale()),
-                 f.noise_scale_source(), f.note()});
+    fits.AddRow(
+        {f.optimizer(), f.points(), Maybe(f.has_s_min(), f.s_min()),
+         Maybe(f.has_s_min_low(), f.s_min_low()),
+         Maybe(f.has_s_min_high(), f.s_min_high()),
+         Maybe(f.has_b_crit(), f.b_crit()),
+         Maybe(f.has_b_crit_low(), f.b_crit_low()),
+         Maybe(f.has_b_crit_high(), f.b_crit_high()),
+         Maybe(f.has_r_squared(), f.r_squared()), f.interval_method(),
+         Maybe(f.has_noise_scale(), f.noise_scale()),
+         Maybe(f.has_b_crit_over_noise_scale(), f.b_crit_over_noise_scale()),
+         f.noise_scale_source(), f.note()});
   }
   Table diverged({"optimizer", "batch_size", "lr", "diverged", "trials"});
   for (const auto& d : report.diverged()) {
-    diverged.AddRow({d.optimizer(), d.batch_size(), d.lr(), d.diverged(), d.trials()});
+    diverged.AddRow(
+        {d.optimizer(), d.batch_size(), d.lr(), d.diverged(), d.trials()});
   }
 
   const v1::Sweep& sweep = report.sweep();
@@ -433,14 +498,16 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
                 {"name", sweep.name()},
                 {"state", StateName(sweep.state())},
                 {"target_metric", report.target_metric().empty()
-                                      ? json(nullptr) : json(report.target_metric())},
-                {"target_value", Maybe(report.has_target_value(),
-                                          report.target_value())},
+                                      ? json(nullptr)
+                                      : json(report.target_metric())},
+                {"target_value",
+                 Maybe(report.has_target_value(), report.target_value())},
                 {"rows", rows.ToJson()},
                 {"critical_batch", fits.ToJson()},
                 {"diverged", diverged.ToJson()}};
     if (!report.plan().empty()) {
-      out["plan"] = json(std::vector<std::string>(report.plan().begin(), report.plan().end()));
+      out["plan"] = json(
+          std::vector<std::string>(report.plan().begin(), report.plan().end()));
       out["predicted_b_crit"] =
           Maybe(report.has_predicted_b_crit(), report.predicted_b_crit());
     }
@@ -455,8 +522,10 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
     out_ << h << "Best lr per optimizer and batch size\n\n";
     rows.Print(out_, format_);
     if (marked) {
-      out_ << "\n(shared): from trials that shared cores with other trainers at some time "
-              "(shared_core_trials); these time figures measure the contention, not the "
+      out_ << "\n(shared): from trials that shared cores with other trainers "
+              "at some time "
+              "(shared_core_trials); these time figures measure the "
+              "contention, not the "
               "training. Steps and samples are unaffected.\n";
     }
     out_ << "\n" << h << "Critical batch size: S(b) = S_min·(1 + B_crit/b)\n\n";
@@ -474,7 +543,8 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
              << FormatNumber(report.predicted_b_crit());
         for (const auto& f : report.fits()) {
           if (f.has_b_crit()) {
-            out_ << "; " << f.optimizer() << " fitted " << FormatNumber(f.b_crit());
+            out_ << "; " << f.optimizer() << " fitted "
+                 << FormatNumber(f.b_crit());
           }
         }
         out_ << ".\n\n";
@@ -513,7 +583,8 @@ int Commands::Export(int64_t sweep_id, const std::vector<std::string>& names) {
   auto reader = stub_->ExportMetrics(&ctx, req);
   const bool jsonl = format_ == OutputFormat::kJson;
   if (!jsonl) {
-    out_ << "trial_id,optimizer,batch_size,lr,seed,name,step,value,recorded_at\n";
+    out_ << "trial_id,optimizer,batch_size,lr,seed,name,step,value,recorded_"
+            "at\n";
   }
   v1::ExportMetricsResponse chunk;
   int64_t rows = 0;
@@ -522,16 +593,22 @@ int Commands::Export(int64_t sweep_id, const std::vector<std::string>& names) {
       const v1::Trial& t = trials[m.trial_id()];
       json value = m.has_value() ? json(m.value()) : json(nullptr);
       if (jsonl) {
-        out_ << json{{"trial_id", m.trial_id()}, {"optimizer", t.optimizer()},
-                     {"batch_size", t.batch_size()}, {"lr", t.lr()},
-                     {"seed", t.seed()}, {"name", m.name()}, {"step", m.step()},
-                     {"value", value}, {"recorded_at", m.recorded_at()}}
+        out_ << json{{"trial_id", m.trial_id()},
+                     {"optimizer", t.optimizer()},
+                     {"batch_size", t.batch_size()},
+                     {"lr", t.lr()},
+                     {"seed", t.seed()},
+                     {"name", m.name()},
+                     {"step", m.step()},
+                     {"value", value},
+                     {"recorded_at", m.recorded_at()}}
                     .dump()
              << "\n";
       } else {
-        out_ << m.trial_id() << "," << t.optimizer() << "," << t.batch_size() << ","
-             << json(t.lr()).dump() << "," << t.seed() << "," << CsvQuote(m.name()) << ","
-             << m.step() << "," << (m.has_value() ? value.dump() : "") << ","
+        out_ << m.trial_id() << "," << t.optimizer() << "," << t.batch_size()
+             << "," << json(t.lr()).dump() << "," << t.seed() << ","
+             << CsvQuote(m.name()) << "," << m.step() << ","
+             << (m.has_value() ? value.dump() : "") << ","
              << json(m.recorded_at()).dump() << "\n";
       }
       ++rows;

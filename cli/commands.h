@@ -46,7 +46,8 @@ class Commands {
   int Fail(const grpc::Status& s);
   void PrintSweeps(const google::protobuf::RepeatedPtrField<v1::Sweep>& sweeps);
   // Every trial of the sweep, page by page.
-  grpc::Status AllTrials(int64_t sweep_id, google::protobuf::RepeatedPtrField<v1::Trial>* trials);
+  grpc::Status AllTrials(int64_t sweep_id,
+                         google::protobuf::RepeatedPtrField<v1::Trial>* trials);
 
   v1::SweepService::StubInterface* stub_;
   OutputFormat format_;

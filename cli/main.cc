@@ -1,7 +1,7 @@
 // megabatch: the command-line client of a megabatch coordinator.
-#include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include <CLI/CLI.hpp>
 #include <iostream>
 
 #include "cli/commands.h"
@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string server = "127.0.0.1:50051";
   std::string output = "table";
-  app.add_option("--server", server, "coordinator address")->capture_default_str();
+  app.add_option("--server", server, "coordinator address")
+      ->capture_default_str();
   std::string token_file;
   megabatch::ChannelOptions channel_options;
   app.add_option("--token-file", token_file,
@@ -27,7 +28,8 @@ int main(int argc, char** argv) {
   std::string spec_path, request_id;
   bool wait = false;
   int64_t sweep_id = 0;
-  auto* submit = app.add_subcommand("submit", "submit a sweep spec (YAML or JSON)");
+  auto* submit =
+      app.add_subcommand("submit", "submit a sweep spec (YAML or JSON)");
   submit->add_option("spec", spec_path, "SPEC.yaml or SPEC.json")->required();
   submit->add_flag("--wait", wait, "watch the sweep until it ends");
   submit->add_option("--request-id", request_id,
@@ -35,8 +37,9 @@ int main(int argc, char** argv) {
   auto* list = app.add_subcommand("list", "list sweeps");
   auto add_sweep_command = [&](const char* name, const char* help) {
     auto* cmd = app.add_subcommand(name, help);
-    cmd->add_option("sweep", sweep_id, "sweep id")->required()->check(
-        CLI::PositiveNumber);
+    cmd->add_option("sweep", sweep_id, "sweep id")
+        ->required()
+        ->check(CLI::PositiveNumber);
     return cmd;
   };
   auto* status = add_sweep_command("status", "show one sweep");
@@ -49,19 +52,23 @@ int main(int argc, char** argv) {
   std::string sql;
   int64_t max_rows = 0;
   int32_t timeout_ms = 0;
-  auto* query = app.add_subcommand("query", "read-only SQL on the results database");
+  auto* query =
+      app.add_subcommand("query", "read-only SQL on the results database");
   query->add_option("sql", sql, "one SELECT statement")->required();
   query->add_option("--max-rows", max_rows, "row cap (default 10000)")
       ->check(CLI::Range(int64_t{1}, int64_t{1000000}));
   query->add_option("--timeout-ms", timeout_ms, "time cap (default 10000)")
       ->check(CLI::Range(1, 300000));
   std::string plot_path;
-  auto* report = add_sweep_command("report", "the sweep's large-batch analysis");
-  report->add_option("--plot", plot_path, "also write the figure as SVG to this file");
+  auto* report =
+      add_sweep_command("report", "the sweep's large-batch analysis");
+  report->add_option("--plot", plot_path,
+                     "also write the figure as SVG to this file");
   std::vector<std::string> metric_names;
   auto* export_cmd = add_sweep_command(
       "export", "every metric of a sweep: CSV, or JSON lines with -o json");
-  export_cmd->add_option("--metric", metric_names, "only this metric (repeatable)");
+  export_cmd->add_option("--metric", metric_names,
+                         "only this metric (repeatable)");
 
   try {
     app.parse(argc, argv);
@@ -75,8 +82,10 @@ int main(int argc, char** argv) {
                         : output == "md"  ? OutputFormat::kMarkdown
                                           : OutputFormat::kTable;
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);  // query results up to the server's cap
-  auto channel = megabatch::MakeChannelWithTokenFile(server, token_file, channel_options, args);
+  args.SetMaxReceiveMessageSize(64
+                                << 20);  // query results up to the server's cap
+  auto channel = megabatch::MakeChannelWithTokenFile(server, token_file,
+                                                     channel_options, args);
   if (!channel.ok()) {
     std::cerr << channel.status().message() << "\n";
     return megabatch::cli::kExitUsage;

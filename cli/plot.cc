@@ -19,11 +19,20 @@ std::string Escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -68,7 +77,7 @@ struct Series {
   std::string color;
   std::vector<std::pair<double, double>> steps;   // (batch, steps to target)
   std::vector<std::pair<double, double>> metric;  // (batch, best metric)
-  std::vector<std::pair<double, double>> fit;     // S_min·(1 + B_crit/b), sampled
+  std::vector<std::pair<double, double>> fit;  // S_min·(1 + B_crit/b), sampled
 };
 
 void Axes(std::ostream& svg, const Panel& p, const std::vector<double>& batches,
@@ -86,14 +95,18 @@ void Axes(std::ostream& svg, const Panel& p, const std::vector<double>& batches,
         << "\" x2=\"" << Fixed(x) << "\" y2=\"" << Fixed(p.top + p.height + 5)
         << "\" stroke=\"#444\"/>\n<text x=\"" << Fixed(x) << "\" y=\""
         << Fixed(p.top + p.height + 18) << "\" text-anchor=\"middle\">"
-        << (b == std::round(b) && b < 1e7 ? std::to_string(static_cast<int64_t>(b)) : Short(b))
+        << (b == std::round(b) && b < 1e7
+                ? std::to_string(static_cast<int64_t>(b))
+                : Short(b))
         << "</text>\n";
   }
   svg << "<text x=\"" << Fixed(p.left + p.width / 2) << "\" y=\""
-      << Fixed(p.top + p.height + 36) << "\" text-anchor=\"middle\">batch size</text>\n";
+      << Fixed(p.top + p.height + 36)
+      << "\" text-anchor=\"middle\">batch size</text>\n";
   std::vector<double> ticks;
   if (p.log_y) {
-    for (int k = static_cast<int>(std::floor(p.y_lo)); k <= std::ceil(p.y_hi); ++k) {
+    for (int k = static_cast<int>(std::floor(p.y_lo)); k <= std::ceil(p.y_hi);
+         ++k) {
       for (double m : {1.0, 2.0, 5.0}) {
         double v = m * std::pow(10.0, k);
         double t = std::log10(v);
@@ -119,15 +132,17 @@ void Axes(std::ostream& svg, const Panel& p, const std::vector<double>& batches,
         << Fixed(y + 4) << "\" text-anchor=\"end\">" << Short(v) << "</text>\n";
   }
   svg << "<text transform=\"translate(" << Fixed(p.left - 55) << ","
-      << Fixed(p.top + p.height / 2) << ") rotate(-90)\" text-anchor=\"middle\">"
-      << Escape(y_label) << "</text>\n</g>\n";
+      << Fixed(p.top + p.height / 2)
+      << ") rotate(-90)\" text-anchor=\"middle\">" << Escape(y_label)
+      << "</text>\n</g>\n";
 }
 
 void Line(std::ostream& svg, const std::string& cls, const Series& s,
           const std::vector<std::pair<double, double>>& points, const Panel& p,
           const char* dash = nullptr) {
-  svg << "<polyline class=\"" << cls << "\" data-optimizer=\"" << Escape(s.optimizer)
-      << "\" fill=\"none\" stroke=\"" << s.color << "\" stroke-width=\"2\"";
+  svg << "<polyline class=\"" << cls << "\" data-optimizer=\""
+      << Escape(s.optimizer) << "\" fill=\"none\" stroke=\"" << s.color
+      << "\" stroke-width=\"2\"";
   if (dash) svg << " stroke-dasharray=\"" << dash << "\"";
   svg << " points=\"";
   for (size_t i = 0; i < points.size(); ++i) {
@@ -138,8 +153,9 @@ void Line(std::ostream& svg, const std::string& cls, const Series& s,
   if (dash) return;
   for (const auto& [b, v] : points) {
     svg << "<circle cx=\"" << Fixed(p.X(b)) << "\" cy=\"" << Fixed(p.Y(v))
-        << "\" r=\"3.5\" fill=\"" << s.color << "\"><title>" << Escape(s.optimizer)
-        << " b=" << Short(b) << ": " << Short(v) << "</title></circle>\n";
+        << "\" r=\"3.5\" fill=\"" << s.color << "\"><title>"
+        << Escape(s.optimizer) << " b=" << Short(b) << ": " << Short(v)
+        << "</title></circle>\n";
   }
 }
 
@@ -155,7 +171,11 @@ std::string ScalingPlotSvg(const v1::SweepReport& report) {
   for (const auto& r : report.rows()) {
     auto [it, added] = index.emplace(r.optimizer(), series.size());
     if (added) {
-      series.push_back({r.optimizer(), kColors[series.size() % std::size(kColors)], {}, {}, {}});
+      series.push_back({r.optimizer(),
+                        kColors[series.size() % std::size(kColors)],
+                        {},
+                        {},
+                        {}});
     }
     Series& s = series[it->second];
     double b = static_cast<double>(r.batch_size());
@@ -165,9 +185,11 @@ std::string ScalingPlotSvg(const v1::SweepReport& report) {
     }
     if (r.has_best_target_value()) {
       s.metric.emplace_back(b, r.best_target_value());
-    } else if (!higher_is_better ? r.has_best_test_loss() : r.has_best_test_accuracy()) {
+    } else if (!higher_is_better ? r.has_best_test_loss()
+                                 : r.has_best_test_accuracy()) {
       // A report from before the validation split.
-      s.metric.emplace_back(b, !higher_is_better ? r.best_test_loss() : r.best_test_accuracy());
+      s.metric.emplace_back(
+          b, !higher_is_better ? r.best_test_loss() : r.best_test_accuracy());
     }
   }
   std::sort(batches.begin(), batches.end());
@@ -175,8 +197,11 @@ std::string ScalingPlotSvg(const v1::SweepReport& report) {
   // The fitted curve of each optimizer with a fit, over the batch range.
   for (const auto& f : report.fits()) {
     auto it = index.find(f.optimizer());
-    if (it == index.end() || !f.has_s_min() || !f.has_b_crit() || batches.empty()) continue;
-    const double lo = std::log2(batches.front()), hi = std::log2(batches.back());
+    if (it == index.end() || !f.has_s_min() || !f.has_b_crit() ||
+        batches.empty())
+      continue;
+    const double lo = std::log2(batches.front()),
+                 hi = std::log2(batches.back());
     for (int k = 0; k <= 48; ++k) {
       const double b = std::exp2(lo + (hi - lo) * k / 48.0);
       series[it->second].fit.emplace_back(b, f.s_min() * (1 + f.b_crit() / b));
@@ -240,11 +265,13 @@ std::string ScalingPlotSvg(const v1::SweepReport& report) {
   if (!any_steps) {
     svg << "<text x=\"" << Fixed(steps.left + steps.width / 2) << "\" y=\""
         << Fixed(steps.top + steps.height / 2)
-        << "\" text-anchor=\"middle\" fill=\"#888\">no trial reached the target</text>\n";
+        << "\" text-anchor=\"middle\" fill=\"#888\">no trial reached the "
+           "target</text>\n";
   }
   for (size_t i = 0; i < series.size(); ++i) {
     const Series& s = series[i];
-    if (perfect[i].size() >= 2) Line(svg, "perfect", s, perfect[i], steps, "5,4");
+    if (perfect[i].size() >= 2)
+      Line(svg, "perfect", s, perfect[i], steps, "5,4");
     if (!s.fit.empty()) Line(svg, "fit", s, s.fit, steps, "1,3");
     if (!s.steps.empty()) Line(svg, "series steps", s, s.steps, steps);
     if (!s.metric.empty()) Line(svg, "series metric", s, s.metric, metric);
@@ -252,13 +279,17 @@ std::string ScalingPlotSvg(const v1::SweepReport& report) {
   svg << "<g class=\"legend\" font-size=\"12\">\n";
   for (size_t i = 0; i <= series.size() + 1; ++i) {
     double x = 90 + 220.0 * (i % 4), y = 410 + 20.0 * (i / 4);
-    const bool perfect_key = i == series.size(), fit_key = i == series.size() + 1;
+    const bool perfect_key = i == series.size(),
+               fit_key = i == series.size() + 1;
     const bool key = perfect_key || fit_key;
     svg << "<line x1=\"" << Fixed(x) << "\" y1=\"" << Fixed(y) << "\" x2=\""
         << Fixed(x + 24) << "\" y2=\"" << Fixed(y) << "\" stroke=\""
         << (key ? "#444" : series[i].color) << "\" stroke-width=\"2\""
-        << (perfect_key ? " stroke-dasharray=\"5,4\"" : fit_key ? " stroke-dasharray=\"1,3\"" : "")
-        << "/>\n<text x=\"" << Fixed(x + 30) << "\" y=\"" << Fixed(y + 4) << "\">"
+        << (perfect_key ? " stroke-dasharray=\"5,4\""
+            : fit_key   ? " stroke-dasharray=\"1,3\""
+                        : "")
+        << "/>\n<text x=\"" << Fixed(x + 30) << "\" y=\"" << Fixed(y + 4)
+        << "\">"
         << (perfect_key ? "perfect scaling S(b0)·b0/b"
             : fit_key   ? "fit S_min·(1 + B_crit/b)"
                         : Escape(series[i].optimizer))

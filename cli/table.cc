@@ -76,9 +76,10 @@ void Table::Print(std::ostream& out, OutputFormat format) const {
     for (const auto& c : columns_) out << " " << escape(c) << " |";
     out << "\n|";
     for (size_t i = 0; i < columns_.size(); ++i) {
-      bool numeric = std::any_of(rows_.begin(), rows_.end(), [&](const auto& row) {
-        return i < row.size() && row[i].is_number();
-      });
+      bool numeric =
+          std::any_of(rows_.begin(), rows_.end(), [&](const auto& row) {
+            return i < row.size() && row[i].is_number();
+          });
       out << (numeric ? " ---: |" : " --- |");
     }
     out << "\n";

@@ -20,7 +20,9 @@ class Table {
       : columns_(std::move(columns)) {}
 
   // Values are strings, numbers or null, in column order.
-  void AddRow(std::vector<nlohmann::json> row) { rows_.push_back(std::move(row)); }
+  void AddRow(std::vector<nlohmann::json> row) {
+    rows_.push_back(std::move(row));
+  }
 
   // json: an array of objects keyed by column; csv: RFC 4180 with a header
   // (numbers at full precision); md: a GitHub-flavoured Markdown table;

@@ -15,9 +15,11 @@ namespace {
 class BearerInterceptor : public grpc::experimental::Interceptor {
  public:
   explicit BearerInterceptor(const std::string& header) : header_(header) {}
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(
-            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+            grpc::experimental::InterceptionHookPoints::
+                PRE_SEND_INITIAL_METADATA)) {
       methods->GetSendInitialMetadata()->insert({"authorization", header_});
     }
     methods->Proceed();
@@ -27,9 +29,11 @@ class BearerInterceptor : public grpc::experimental::Interceptor {
   const std::string& header_;
 };
 
-class BearerInterceptorFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
+class BearerInterceptorFactory
+    : public grpc::experimental::ClientInterceptorFactoryInterface {
  public:
-  explicit BearerInterceptorFactory(std::string token) : header_("Bearer " + std::move(token)) {}
+  explicit BearerInterceptorFactory(std::string token)
+      : header_("Bearer " + std::move(token)) {}
   grpc::experimental::Interceptor* CreateClientInterceptor(
       grpc::experimental::ClientRpcInfo*) override {
     return new BearerInterceptor(header_);
@@ -48,7 +52,8 @@ std::string Trim(const std::string& s) {
 
 }  // namespace
 
-Result<std::string> ReadTextFile(const std::string& path, const std::string& what) {
+Result<std::string> ReadTextFile(const std::string& path,
+                                 const std::string& what) {
   std::ifstream in(path, std::ios::binary);
   std::ostringstream text;
   if (!in || !(text << in.rdbuf())) {
@@ -72,9 +77,9 @@ Result<std::string> LoadToken(const std::string& token_file) {
   return token;
 }
 
-Result<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
-                                                   const ChannelOptions& options,
-                                                   const grpc::ChannelArguments& args) {
+Result<std::shared_ptr<grpc::Channel>> MakeChannel(
+    const std::string& address, const ChannelOptions& options,
+    const grpc::ChannelArguments& args) {
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (options.tls_ca_file.empty()) {
     if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
@@ -87,10 +92,12 @@ Result<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
     if (!ca.ok()) return ca.status();
     ssl.pem_root_certs = *ca;
     if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
-      return InvalidArgumentError("--tls-cert and --tls-key: give both or neither");
+      return InvalidArgumentError(
+          "--tls-cert and --tls-key: give both or neither");
     }
     if (!options.tls_cert_file.empty()) {
-      Result<std::string> cert = ReadTextFile(options.tls_cert_file, "--tls-cert");
+      Result<std::string> cert =
+          ReadTextFile(options.tls_cert_file, "--tls-cert");
       if (!cert.ok()) return cert.status();
       Result<std::string> key = ReadTextFile(options.tls_key_file, "--tls-key");
       if (!key.ok()) return key.status();
@@ -99,16 +106,20 @@ Result<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
     }
     creds = grpc::SslCredentials(ssl);
   }
-  if (options.token.empty()) return grpc::CreateCustomChannel(address, creds, args);
-  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> factories;
-  factories.push_back(std::make_unique<BearerInterceptorFactory>(options.token));
-  return grpc::experimental::CreateCustomChannelWithInterceptors(address, creds, args,
-                                                                 std::move(factories));
+  if (options.token.empty())
+    return grpc::CreateCustomChannel(address, creds, args);
+  std::vector<
+      std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
+      factories;
+  factories.push_back(
+      std::make_unique<BearerInterceptorFactory>(options.token));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(
+      address, creds, args, std::move(factories));
 }
 
 Result<std::shared_ptr<grpc::Channel>> MakeChannelWithTokenFile(
-    const std::string& address, const std::string& token_file, ChannelOptions options,
-    const grpc::ChannelArguments& args) {
+    const std::string& address, const std::string& token_file,
+    ChannelOptions options, const grpc::ChannelArguments& args) {
   Result<std::string> token = LoadToken(token_file);
   if (!token.ok()) return token.status();
   options.token = *token;

@@ -32,7 +32,8 @@ Result<std::shared_ptr<grpc::Channel>> MakeChannel(
 // MakeChannel with options.token from LoadToken(token_file): what the CLI and
 // the worker do with their --token-file flag.
 Result<std::shared_ptr<grpc::Channel>> MakeChannelWithTokenFile(
-    const std::string& address, const std::string& token_file, ChannelOptions options,
+    const std::string& address, const std::string& token_file,
+    ChannelOptions options,
     const grpc::ChannelArguments& args = grpc::ChannelArguments());
 
 // The token from `token_file` when given, else from $MEGABATCH_TOKEN, else
@@ -41,7 +42,8 @@ Result<std::shared_ptr<grpc::Channel>> MakeChannelWithTokenFile(
 Result<std::string> LoadToken(const std::string& token_file);
 
 // The whole file. INVALID_ARGUMENT naming `what` and the path on failure.
-Result<std::string> ReadTextFile(const std::string& path, const std::string& what);
+Result<std::string> ReadTextFile(const std::string& path,
+                                 const std::string& what);
 
 }  // namespace megabatch
 

@@ -30,10 +30,10 @@ struct ModelWidthList {
 
 struct ModelInfo {
   std::string_view name;
-  std::string_view dataset;  // "fashion_mnist" or "text"
-  std::array<ModelWidthList, 2> lists;    // unused entries have an empty name
-  std::array<ModelIntOption, 7> ints;     // unused entries have an empty name
-  bool has_bias = false;  // a bool option "bias", default true
+  std::string_view dataset;             // "fashion_mnist" or "text"
+  std::array<ModelWidthList, 2> lists;  // unused entries have an empty name
+  std::array<ModelIntOption, 7> ints;   // unused entries have an empty name
+  bool has_bias = false;                // a bool option "bias", default true
 };
 
 inline constexpr int64_t kMaxWidth = 65536;
@@ -41,7 +41,11 @@ inline constexpr int64_t kMaxWidth = 65536;
 inline constexpr std::array<ModelInfo, 4> kModels = {{
     {"mlp", "fashion_mnist", {{{"hidden", 64, {512, 512}}}}, {}, false},
     // Each conv stage halves the 28x28 image: at most 4 stages.
-    {"cnn", "fashion_mnist", {{{"channels", 4, {32, 64}}, {"hidden", 64, {128, 0}}}}, {}, false},
+    {"cnn",
+     "fashion_mnist",
+     {{{"channels", 4, {32, 64}}, {"hidden", 64, {128, 0}}}},
+     {},
+     false},
     {"char_lstm",
      "text",
      {},
@@ -62,7 +66,8 @@ inline constexpr std::array<ModelInfo, 4> kModels = {{
      true},
 }};
 
-inline constexpr std::string_view kModelNames = "mlp, cnn, char_lstm, tiny_bert";
+inline constexpr std::string_view kModelNames =
+    "mlp, cnn, char_lstm, tiny_bert";
 
 // nullptr for an unknown name.
 constexpr const ModelInfo* FindModel(std::string_view name) {
@@ -74,7 +79,8 @@ constexpr const ModelInfo* FindModel(std::string_view name) {
 
 // An option's default given the model's hidden width.
 constexpr int64_t DefaultOf(const ModelIntOption& o, int64_t hidden) {
-  return o.default_per_hidden > 0 ? o.default_per_hidden * hidden : o.default_value;
+  return o.default_per_hidden > 0 ? o.default_per_hidden * hidden
+                                  : o.default_value;
 }
 
 }  // namespace megabatch

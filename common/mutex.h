@@ -74,7 +74,8 @@ class CondVar {
   template <typename Clock, typename Duration>
   bool WaitUntil(const std::chrono::time_point<Clock, Duration>& deadline) {
     std::unique_lock<std::mutex> lock(mu_->mu_, std::adopt_lock);
-    const bool woken = cv_.wait_until(lock, deadline) == std::cv_status::no_timeout;
+    const bool woken =
+        cv_.wait_until(lock, deadline) == std::cv_status::no_timeout;
     lock.release();
     return woken;
   }

@@ -26,10 +26,14 @@ struct SelectionMetric {
 
 inline constexpr std::array<SelectionMetric, 5> kSelectionMetrics = {{
     {"val_accuracy", true, "", "top-1 accuracy on the validation split"},
-    {"val_loss", false, "", "mean cross-entropy (nats) on the validation split"},
-    {"val_bpc", false, "char_lstm", "bits per character on the validation split"},
-    {"val_mlm_loss", false, "tiny_bert", "masked-LM loss on the validation split"},
-    {"val_mlm_accuracy", true, "tiny_bert", "masked-token accuracy on the validation split"},
+    {"val_loss", false, "",
+     "mean cross-entropy (nats) on the validation split"},
+    {"val_bpc", false, "char_lstm",
+     "bits per character on the validation split"},
+    {"val_mlm_loss", false, "tiny_bert",
+     "masked-LM loss on the validation split"},
+    {"val_mlm_accuracy", true, "tiny_bert",
+     "masked-token accuracy on the validation split"},
 }};
 
 // The names specs accepted before there was a validation split; they mean
@@ -50,8 +54,10 @@ inline const SelectionMetric* FindSelectionMetric(std::string_view name) {
 // Whether larger values of `metric` (a selection metric, or an old name) are
 // better.
 inline bool HigherIsBetter(std::string_view metric) {
-  const SelectionMetric* m = FindSelectionMetric(CanonicalSelectionMetric(metric));
-  return m != nullptr ? m->higher_is_better : metric.find("accuracy") != std::string_view::npos;
+  const SelectionMetric* m =
+      FindSelectionMetric(CanonicalSelectionMetric(metric));
+  return m != nullptr ? m->higher_is_better
+                      : metric.find("accuracy") != std::string_view::npos;
 }
 
 // "val_accuracy, val_loss, ..." for error messages.
@@ -93,10 +99,11 @@ inline bool Reaches(double value, double target, bool higher_is_better) {
 // and `at`, or nullopt when `at` does not reach the target. Without a
 // previous evaluation that is finite and short of the target, the crossing is
 // `at` itself.
-inline std::optional<Crossing> InterpolateCrossing(const std::optional<EvalPoint>& before,
-                                                   const EvalPoint& at, double target,
-                                                   bool higher_is_better) {
-  if (!std::isfinite(at.value) || !Reaches(at.value, target, higher_is_better)) {
+inline std::optional<Crossing> InterpolateCrossing(
+    const std::optional<EvalPoint>& before, const EvalPoint& at, double target,
+    bool higher_is_better) {
+  if (!std::isfinite(at.value) ||
+      !Reaches(at.value, target, higher_is_better)) {
     return std::nullopt;
   }
   Crossing c;
@@ -104,7 +111,8 @@ inline std::optional<Crossing> InterpolateCrossing(const std::optional<EvalPoint
   c.seconds = at.seconds;
   c.upper_samples = at.samples;
   if (!before || !std::isfinite(before->value) ||
-      Reaches(before->value, target, higher_is_better) || before->value == at.value) {
+      Reaches(before->value, target, higher_is_better) ||
+      before->value == at.value) {
     if (before) c.lower_samples = before->samples;
     return c;
   }

@@ -25,22 +25,26 @@
 #define PT_GUARDED_BY(x) MEGABATCH_THREAD_ANNOTATION(pt_guarded_by(x))
 #endif
 #ifndef REQUIRES
-#define REQUIRES(...) MEGABATCH_THREAD_ANNOTATION(requires_capability(__VA_ARGS__))
+#define REQUIRES(...) \
+  MEGABATCH_THREAD_ANNOTATION(requires_capability(__VA_ARGS__))
 #endif
 #ifndef EXCLUDES
 #define EXCLUDES(...) MEGABATCH_THREAD_ANNOTATION(locks_excluded(__VA_ARGS__))
 #endif
 #ifndef ACQUIRE
-#define ACQUIRE(...) MEGABATCH_THREAD_ANNOTATION(acquire_capability(__VA_ARGS__))
+#define ACQUIRE(...) \
+  MEGABATCH_THREAD_ANNOTATION(acquire_capability(__VA_ARGS__))
 #endif
 #ifndef RELEASE
-#define RELEASE(...) MEGABATCH_THREAD_ANNOTATION(release_capability(__VA_ARGS__))
+#define RELEASE(...) \
+  MEGABATCH_THREAD_ANNOTATION(release_capability(__VA_ARGS__))
 #endif
 #ifndef ASSERT_CAPABILITY
 #define ASSERT_CAPABILITY(x) MEGABATCH_THREAD_ANNOTATION(assert_capability(x))
 #endif
 #ifndef NO_THREAD_SAFETY_ANALYSIS
-#define NO_THREAD_SAFETY_ANALYSIS MEGABATCH_THREAD_ANNOTATION(no_thread_safety_analysis)
+#define NO_THREAD_SAFETY_ANALYSIS \
+  MEGABATCH_THREAD_ANNOTATION(no_thread_safety_analysis)
 #endif
 
 #endif  // MEGABATCH_COMMON_THREAD_ANNOTATIONS_H_

@@ -5,7 +5,8 @@
 // only, nlohmann/json only: the trainer also builds on its own.
 //
 // stdout, one JSON object per line:
-//   {"step": 12, "metrics": {"train_loss": 0.51, "lr": 0.01}}   (null: non-finite)
+//   {"step": 12, "metrics": {"train_loss": 0.51, "lr": 0.01}}   (null:
+//   non-finite)
 //   {"event": "checkpoint", "step": 12, "path": ".../step-12.pt"}
 //   {"event": "completed" | "diverged" | "failed", "message": "..."}   (last)
 // stdin of --serve, one per trial: {"config": "trial.json", "resume": ""}
@@ -43,21 +44,26 @@ std::string MetricsLine(int64_t step, const Metrics& metrics) {
   nlohmann::json values = nlohmann::json::object();
   for (const auto& [name, value] : metrics) {
     // JSON has no NaN/Inf: a non-finite value is written as null.
-    values[name] = std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
+    values[name] =
+        std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
   }
   return nlohmann::json{{"step", step}, {"metrics", values}}.dump();
 }
 
 inline std::string CheckpointLine(int64_t step, const std::string& path) {
-  return nlohmann::json{{"event", kCheckpoint}, {"step", step}, {"path", path}}.dump();
+  return nlohmann::json{{"event", kCheckpoint}, {"step", step}, {"path", path}}
+      .dump();
 }
 
-inline std::string EventLine(const std::string& event, const std::string& message) {
+inline std::string EventLine(const std::string& event,
+                             const std::string& message) {
   return nlohmann::json{{"event", event}, {"message", message}}.dump();
 }
 
-inline std::string ServeRequest(const std::string& config_path, const std::string& resume_path) {
-  return nlohmann::json{{"config", config_path}, {"resume", resume_path}}.dump();
+inline std::string ServeRequest(const std::string& config_path,
+                                const std::string& resume_path) {
+  return nlohmann::json{{"config", config_path}, {"resume", resume_path}}
+      .dump();
 }
 
 struct ServeRequestFields {
@@ -68,10 +74,12 @@ inline Result<ServeRequestFields> ParseServeRequest(const std::string& line) {
   const nlohmann::json r = nlohmann::json::parse(line, nullptr, false);
   if (!r.is_object() || !r.contains("config") || !r["config"].is_string() ||
       !r.value("resume", nlohmann::json("")).is_string()) {
-    return InvalidArgumentError("a request is {\"config\": PATH, \"resume\": PATH}, not " +
-                                line.substr(0, kQuotedBytes));
+    return InvalidArgumentError(
+        "a request is {\"config\": PATH, \"resume\": PATH}, not " +
+        line.substr(0, kQuotedBytes));
   }
-  return ServeRequestFields{r["config"].get<std::string>(), r.value("resume", std::string())};
+  return ServeRequestFields{r["config"].get<std::string>(),
+                            r.value("resume", std::string())};
 }
 
 // One stdout line, decoded.
@@ -92,7 +100,8 @@ inline Result<Line> ParseLine(const std::string& text) {
   const nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
   const std::string quoted = text.substr(0, kQuotedBytes);
   if (doc.is_discarded() || !doc.is_object()) {
-    return InvalidArgumentError("trainer output is not a JSON object: " + quoted);
+    return InvalidArgumentError("trainer output is not a JSON object: " +
+                                quoted);
   }
   Line out;
   if (auto ev = doc.find("event"); ev != doc.end() && ev->is_string()) {
@@ -103,10 +112,10 @@ inline Result<Line> ParseLine(const std::string& text) {
     if (out.event == kCheckpoint) {
       auto step = doc.find("step");
       auto path = doc.find("path");
-      if (step == doc.end() || !step->is_number_integer() || path == doc.end() ||
-          !path->is_string()) {
-        return InvalidArgumentError("checkpoint event needs an integer step and a path: " +
-                                    quoted);
+      if (step == doc.end() || !step->is_number_integer() ||
+          path == doc.end() || !path->is_string()) {
+        return InvalidArgumentError(
+            "checkpoint event needs an integer step and a path: " + quoted);
       }
       out.step = step->get<int64_t>();
       out.checkpoint_path = path->get<std::string>();
@@ -118,7 +127,8 @@ inline Result<Line> ParseLine(const std::string& text) {
   if (step == doc.end() || !step->is_number_integer() || metrics == doc.end() ||
       !metrics->is_object()) {
     return InvalidArgumentError(
-        "trainer output line needs an integer step and a metrics object: " + quoted);
+        "trainer output line needs an integer step and a metrics object: " +
+        quoted);
   }
   out.step = step->get<int64_t>();
   for (const auto& [name, value] : metrics->items()) {

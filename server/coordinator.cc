@@ -1,8 +1,8 @@
 #include "server/coordinator.h"
 
+#include <fcntl.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -18,13 +18,15 @@ constexpr int kMaxMessageBytes = 16 << 20;
 
 // Makes sure the admin token in `path` is registered (see
 // CoordinatorOptions::auth_file).
-Status BootstrapAdminToken(const std::string& db_path, const std::string& path) {
+Status BootstrapAdminToken(const std::string& db_path,
+                           const std::string& path) {
   std::string token;
   if (std::filesystem::exists(path)) {
     Result<std::string> loaded = LoadToken(path);
     if (!loaded.ok()) {
-      return InvalidArgumentError("--auth-file: " + path +
-                                  " must hold the admin token and nothing else");
+      return InvalidArgumentError(
+          "--auth-file: " + path +
+          " must hold the admin token and nothing else");
     }
     token = *loaded;
   } else {
@@ -32,20 +34,25 @@ Status BootstrapAdminToken(const std::string& db_path, const std::string& path) 
     if (!fresh.ok()) return fresh.status();
     token = *fresh;
     // Owner-only from its creation.
-    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) return InvalidArgumentError("--auth-file: cannot create " + path);
+    const int fd =
+        open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+      return InvalidArgumentError("--auth-file: cannot create " + path);
     const std::string line = token + "\n";
-    const bool written = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    const bool written = write(fd, line.data(), line.size()) ==
+                         static_cast<ssize_t>(line.size());
     if (close(fd) != 0 || !written) {
       return InvalidArgumentError("--auth-file: cannot write " + path);
     }
     spdlog::info("new admin token written to {}", path);
   }
-  Result<std::unique_ptr<auth::TokenStore>> tokens = auth::TokenStore::Open(db_path);
+  Result<std::unique_ptr<auth::TokenStore>> tokens =
+      auth::TokenStore::Open(db_path);
   if (!tokens.ok()) return tokens.status();
-  Result<int64_t> id = (*tokens)->Create("admin", "admin", auth::Sha256Hex(token),
-                                         scheduler::NowSeconds());
-  if (!id.ok() && id.status().code() != StatusCode::kAlreadyExists) return id.status();
+  Result<int64_t> id = (*tokens)->Create(
+      "admin", "admin", auth::Sha256Hex(token), scheduler::NowSeconds());
+  if (!id.ok() && id.status().code() != StatusCode::kAlreadyExists)
+    return id.status();
   return Status();
 }
 
@@ -53,24 +60,28 @@ Status BootstrapAdminToken(const std::string& db_path, const std::string& path) 
 Result<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
     const CoordinatorOptions& options) {
   if (options.tls_cert.empty() != options.tls_key.empty()) {
-    return InvalidArgumentError("--tls-cert and --tls-key: give both or neither");
+    return InvalidArgumentError(
+        "--tls-cert and --tls-key: give both or neither");
   }
   if (options.tls_cert.empty()) {
     if (!options.tls_client_ca.empty()) {
-      return InvalidArgumentError("--tls-client-ca: needs --tls-cert and --tls-key");
+      return InvalidArgumentError(
+          "--tls-client-ca: needs --tls-cert and --tls-key");
     }
     return grpc::InsecureServerCredentials();
   }
   grpc::SslServerCredentialsOptions ssl(
-      options.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                    : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
+      options.tls_client_ca.empty()
+          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+          : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
   Result<std::string> cert = ReadTextFile(options.tls_cert, "--tls-cert");
   if (!cert.ok()) return cert.status();
   Result<std::string> key = ReadTextFile(options.tls_key, "--tls-key");
   if (!key.ok()) return key.status();
   ssl.pem_key_cert_pairs.push_back({*key, *cert});
   if (!options.tls_client_ca.empty()) {
-    Result<std::string> ca = ReadTextFile(options.tls_client_ca, "--tls-client-ca");
+    Result<std::string> ca =
+        ReadTextFile(options.tls_client_ca, "--tls-client-ca");
     if (!ca.ok()) return ca.status();
     ssl.pem_root_certs = *ca;
   }
@@ -82,7 +93,8 @@ Result<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
 bool IsLoopbackAddress(const std::string& listen) {
   if (listen.rfind("unix:", 0) == 0) return true;
   const size_t colon = listen.rfind(':');
-  std::string host = listen.substr(0, colon == std::string::npos ? listen.size() : colon);
+  std::string host =
+      listen.substr(0, colon == std::string::npos ? listen.size() : colon);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
     host = host.substr(1, host.size() - 2);
   }
@@ -94,47 +106,61 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   std::unique_ptr<Coordinator> c(new Coordinator());
   auto store = store::SweepStore::Open(options.db_path);
   if (!store.ok()) {
-    return Status(store.status().code(),
-                  "database " + options.db_path + ": " + store.status().message());
+    return Status(store.status().code(), "database " + options.db_path + ": " +
+                                             store.status().message());
   }
   c->store_ = std::move(*store);
   if (!options.auth_file.empty()) {
-    MEGABATCH_RETURN_IF_ERROR(BootstrapAdminToken(options.db_path, options.auth_file));
-    Result<std::unique_ptr<auth::Authenticator>> a = auth::Authenticator::Open(options.db_path);
+    MEGABATCH_RETURN_IF_ERROR(
+        BootstrapAdminToken(options.db_path, options.auth_file));
+    Result<std::unique_ptr<auth::Authenticator>> a =
+        auth::Authenticator::Open(options.db_path);
     if (!a.ok()) return a.status();
     c->auth_ = std::move(*a);
   } else if (!options.insecure && !IsLoopbackAddress(options.listen)) {
     return FailedPreconditionError(
         "--listen " + options.listen +
-        ": not a loopback address, and authentication is off; give --auth-file (and "
-        "--tls-cert/--tls-key), or --insecure to let anyone who can reach it in");
+        ": not a loopback address, and authentication is off; give --auth-file "
+        "(and "
+        "--tls-cert/--tls-key), or --insecure to let anyone who can reach it "
+        "in");
   }
-  Result<std::shared_ptr<grpc::ServerCredentials>> creds = ServerCredentials(options);
+  Result<std::shared_ptr<grpc::ServerCredentials>> creds =
+      ServerCredentials(options);
   if (!creds.ok()) return creds.status();
   std::string metrics_auth;
   if (!options.metrics_auth_file.empty()) {
-    Result<std::string> text = ReadTextFile(options.metrics_auth_file, "--metrics-auth-file");
+    Result<std::string> text =
+        ReadTextFile(options.metrics_auth_file, "--metrics-auth-file");
     if (!text.ok()) return text.status();
     metrics_auth = text->substr(0, text->find_first_of("\r\n"));
-    if (metrics_auth.find(':') == std::string::npos || metrics_auth.front() == ':') {
-      return InvalidArgumentError("--metrics-auth-file: " + options.metrics_auth_file +
-                                  " must hold one line user:password");
+    if (metrics_auth.find(':') == std::string::npos ||
+        metrics_auth.front() == ':') {
+      return InvalidArgumentError(
+          "--metrics-auth-file: " + options.metrics_auth_file +
+          " must hold one line user:password");
     }
   }
   c->results_ = std::make_unique<store::ReadOnlyDb>(options.db_path);
-  c->metrics_ = std::make_unique<metrics::CoordinatorMetrics>(c->results_.get());
+  c->metrics_ =
+      std::make_unique<metrics::CoordinatorMetrics>(c->results_.get());
   if (!options.metrics_listen.empty()) {
-    MEGABATCH_RETURN_IF_ERROR(c->metrics_->Serve(options.metrics_listen, metrics_auth));
+    MEGABATCH_RETURN_IF_ERROR(
+        c->metrics_->Serve(options.metrics_listen, metrics_auth));
   }
   scheduler::SchedulerOptions scheduler_options = options.scheduler;
   metrics::CoordinatorMetrics* m = c->metrics_.get();
-  scheduler_options.on_dispatch = [m](double seconds) { m->ObserveDispatch(seconds); };
-  c->scheduler_ =
-      std::make_unique<scheduler::Scheduler>(c->store_.get(), scheduler_options);
+  scheduler_options.on_dispatch = [m](double seconds) {
+    m->ObserveDispatch(seconds);
+  };
+  c->scheduler_ = std::make_unique<scheduler::Scheduler>(c->store_.get(),
+                                                         scheduler_options);
   c->sweep_service_ = std::make_unique<service::SweepServiceImpl>(
-      c->store_.get(), c->scheduler_.get(), c->results_.get(), m, c->auth_.get());
+      c->store_.get(), c->scheduler_.get(), c->results_.get(), m,
+      c->auth_.get());
   c->worker_service_ = std::make_unique<service::WorkerServiceImpl>(
-      c->store_.get(), c->scheduler_.get(), m, c->auth_.get(), options.max_points_per_second);
+      c->store_.get(), c->scheduler_.get(), m, c->auth_.get(),
+      options.max_points_per_second);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

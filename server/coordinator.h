@@ -54,8 +54,8 @@ bool IsLoopbackAddress(const std::string& listen);
 // The services whose health (grpc.health.v1) the coordinator reports, by
 // their full names; "" is the whole server. All SERVING while it runs, all
 // NOT_SERVING as soon as Shutdown() begins, before in-flight calls drain.
-inline constexpr const char* kHealthServices[] = {"", "megabatch.v1.SweepService",
-                                                  "megabatch.v1.WorkerService"};
+inline constexpr const char* kHealthServices[] = {
+    "", "megabatch.v1.SweepService", "megabatch.v1.WorkerService"};
 
 // Thread-safe.
 class Coordinator {

@@ -1,10 +1,9 @@
 // megabatch-coordinator: owns all sweep state and serves the gRPC API.
-#include <CLI/CLI.hpp>
+#include <pthread.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include <pthread.h>
-
+#include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
 
@@ -18,12 +17,14 @@ namespace {
 // database directly (on the coordinator's host; the coordinator may be
 // running). Returns the exit code.
 int RunTokenCommand(const std::string& db_path, const std::string& command,
-                    const std::string& role, const std::string& name, int64_t id) {
+                    const std::string& role, const std::string& name,
+                    int64_t id) {
   using megabatch::Status;
   // Opening the store first creates or migrates the database.
   auto store = megabatch::store::SweepStore::Open(db_path);
   auto tokens = store.ok() ? megabatch::auth::TokenStore::Open(db_path)
-                           : decltype(megabatch::auth::TokenStore::Open(db_path))(store.status());
+                           : decltype(megabatch::auth::TokenStore::Open(
+                                 db_path))(store.status());
   if (!tokens.ok()) {
     std::fprintf(stderr, "database %s: %s\n", db_path.c_str(),
                  tokens.status().ToString().c_str());
@@ -32,30 +33,35 @@ int RunTokenCommand(const std::string& db_path, const std::string& command,
   const double now = megabatch::scheduler::NowSeconds();
   if (command == "create") {
     auto token = megabatch::auth::NewToken();
-    auto created = token.ok() ? (*tokens)->Create(name, role,
-                                                      megabatch::auth::Sha256Hex(*token), now)
-                              : megabatch::Result<int64_t>(token.status());
+    auto created =
+        token.ok() ? (*tokens)->Create(name, role,
+                                       megabatch::auth::Sha256Hex(*token), now)
+                   : megabatch::Result<int64_t>(token.status());
     if (!created.ok()) {
-      std::fprintf(stderr, "token create: %s\n", created.status().ToString().c_str());
+      std::fprintf(stderr, "token create: %s\n",
+                   created.status().ToString().c_str());
       return 1;
     }
     // The only time the token is shown: the database keeps its hash.
     std::printf("%s\n", token->c_str());
-    std::fprintf(stderr, "token %lld '%s' (%s) created; it is not shown again\n",
+    std::fprintf(stderr,
+                 "token %lld '%s' (%s) created; it is not shown again\n",
                  static_cast<long long>(*created), name.c_str(), role.c_str());
     return 0;
   }
   if (command == "list") {
     auto rows = (*tokens)->List();
     if (!rows.ok()) {
-      std::fprintf(stderr, "token list: %s\n", rows.status().ToString().c_str());
+      std::fprintf(stderr, "token list: %s\n",
+                   rows.status().ToString().c_str());
       return 1;
     }
-    std::printf("%-6s %-24s %-7s %-20s %s\n", "ID", "NAME", "ROLE", "CREATED", "STATE");
+    std::printf("%-6s %-24s %-7s %-20s %s\n", "ID", "NAME", "ROLE", "CREATED",
+                "STATE");
     for (const auto& t : *rows) {
-      std::printf("%-6lld %-24s %-7s %-20.0f %s\n", static_cast<long long>(t.id),
-                  t.name.c_str(), t.role.c_str(), t.created_at,
-                  t.revoked_at > 0 ? "revoked" : "active");
+      std::printf("%-6lld %-24s %-7s %-20.0f %s\n",
+                  static_cast<long long>(t.id), t.name.c_str(), t.role.c_str(),
+                  t.created_at, t.revoked_at > 0 ? "revoked" : "active");
     }
     return 0;
   }
@@ -71,7 +77,8 @@ int RunTokenCommand(const std::string& db_path, const std::string& command,
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"megabatch-coordinator: schedules large-batch sweeps onto workers"};
+  CLI::App app{
+      "megabatch-coordinator: schedules large-batch sweeps onto workers"};
   megabatch::CoordinatorOptions options;
   options.metrics_listen = "127.0.0.1:9464";
   int heartbeat_ms = 1000, lease_timeout_ms = 10000;
@@ -79,11 +86,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--db", options.db_path, "SQLite results database file")
       ->capture_default_str();
-  app.add_option("--metrics-listen", options.metrics_listen,
-                 "Prometheus /metrics address (port 0: any free port; empty: off)")
+  app.add_option(
+         "--metrics-listen", options.metrics_listen,
+         "Prometheus /metrics address (port 0: any free port; empty: off)")
       ->capture_default_str();
-  app.add_option("--artifacts", options.scheduler.artifacts_dir,
-                 "checkpoint directory every worker can reach (shared storage)");
+  app.add_option(
+      "--artifacts", options.scheduler.artifacts_dir,
+      "checkpoint directory every worker can reach (shared storage)");
   app.add_option("--heartbeat-interval-ms", heartbeat_ms,
                  "how often workers heartbeat")
       ->capture_default_str()
@@ -92,35 +101,42 @@ int main(int argc, char** argv) {
                  "silence after which a worker's trials are requeued")
       ->capture_default_str()
       ->check(CLI::Range(100, 3600000));
-  app.add_option("--auth-file", options.auth_file,
-                 "turn on token authentication; the admin token lives in this file "
-                 "(created with a new token when absent)");
+  app.add_option(
+      "--auth-file", options.auth_file,
+      "turn on token authentication; the admin token lives in this file "
+      "(created with a new token when absent)");
   app.add_flag("--insecure", options.insecure,
                "allow a non-loopback --listen without authentication");
   app.add_option("--tls-cert", options.tls_cert, "TLS certificate chain (PEM)");
   app.add_option("--tls-key", options.tls_key, "TLS private key (PEM)");
-  app.add_option("--tls-client-ca", options.tls_client_ca,
-                 "verify client certificates against this CA (PEM); a worker with a "
-                 "valid one needs no token");
-  app.add_option("--max-points-per-second", options.max_points_per_second,
-                 "metric points accepted per second from each worker (0: no limit)")
+  app.add_option(
+      "--tls-client-ca", options.tls_client_ca,
+      "verify client certificates against this CA (PEM); a worker with a "
+      "valid one needs no token");
+  app.add_option(
+         "--max-points-per-second", options.max_points_per_second,
+         "metric points accepted per second from each worker (0: no limit)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--metrics-auth-file", options.metrics_auth_file,
-                 "require HTTP basic auth on /metrics: a file with one user:password line");
+                 "require HTTP basic auth on /metrics: a file with one "
+                 "user:password line");
 
   CLI::App* token = app.add_subcommand("token", "manage access tokens in --db");
   token->require_subcommand(1);
   std::string token_role, token_name;
   int64_t token_id = 0;
-  CLI::App* create = token->add_subcommand("create", "create a token and print it once");
+  CLI::App* create =
+      token->add_subcommand("create", "create a token and print it once");
   create->add_option("--role", token_role, "admin | user | worker")
       ->required()
       ->check(CLI::IsMember({"admin", "user", "worker"}));
-  create->add_option("--name", token_name, "who holds it (owner of their sweeps)")
+  create
+      ->add_option("--name", token_name, "who holds it (owner of their sweeps)")
       ->required()
       ->check([](const std::string& n) {
-        return n.empty() || n.size() > 200 ? std::string("1 to 200 characters") : std::string();
+        return n.empty() || n.size() > 200 ? std::string("1 to 200 characters")
+                                           : std::string();
       });
   token->add_subcommand("list", "list tokens (never the secrets)");
   CLI::App* revoke = token->add_subcommand("revoke", "revoke a token at once");
@@ -140,12 +156,13 @@ int main(int argc, char** argv) {
   if (token->parsed()) {
     for (CLI::App* sub : {create, token->get_subcommand("list"), revoke}) {
       if (sub->parsed()) {
-        return RunTokenCommand(options.db_path, sub->get_name(), token_role, token_name,
-                               token_id);
+        return RunTokenCommand(options.db_path, sub->get_name(), token_role,
+                               token_name, token_id);
       }
     }
   }
-  options.scheduler.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
+  options.scheduler.heartbeat_interval =
+      std::chrono::milliseconds(heartbeat_ms);
   options.scheduler.lease_timeout = std::chrono::milliseconds(lease_timeout_ms);
 
   // Block the stop signals in every thread; the main thread waits for them.
@@ -164,13 +181,16 @@ int main(int argc, char** argv) {
     spdlog::info("megabatch-coordinator listening on port {} (database {})",
                  (*coordinator)->port(), options.db_path);
     if (options.auth_file.empty()) {
-      spdlog::warn("authentication is off: anyone who can reach {} may use it{}",
-                   options.listen,
-                   options.insecure ? " (--insecure)" : " (loopback only)");
+      spdlog::warn(
+          "authentication is off: anyone who can reach {} may use it{}",
+          options.listen,
+          options.insecure ? " (--insecure)" : " (loopback only)");
     }
-    if (options.tls_cert.empty()) spdlog::info("plaintext gRPC (no --tls-cert)");
+    if (options.tls_cert.empty())
+      spdlog::info("plaintext gRPC (no --tls-cert)");
     if ((*coordinator)->metrics_port() != 0) {
-      spdlog::info("metrics on port {} at /metrics", (*coordinator)->metrics_port());
+      spdlog::info("metrics on port {} at /metrics",
+                   (*coordinator)->metrics_port());
     }
     int signal = 0;
     sigwait(&stop_signals, &signal);

@@ -56,7 +56,8 @@ Result<std::string> NewToken() {
   return std::string(kTokenPrefix) + Hex(bytes, sizeof bytes);
 }
 
-Result<std::unique_ptr<Authenticator>> Authenticator::Open(const std::string& db_path) {
+Result<std::unique_ptr<Authenticator>> Authenticator::Open(
+    const std::string& db_path) {
   Result<std::unique_ptr<store::Db>> db = store::Db::OpenReadOnly(db_path);
   if (!db.ok()) return db.status();
   std::unique_ptr<Authenticator> auth(new Authenticator(std::move(*db)));
@@ -89,7 +90,8 @@ Result<Caller> Authenticator::Authenticate(
   Result<bool> row = (*q)->Step();
   if (!row.ok()) return row.status();
   if (!*row) {
-    return Status(StatusCode::kUnauthenticated, "authorization: unknown or revoked token");
+    return Status(StatusCode::kUnauthenticated,
+                  "authorization: unknown or revoked token");
   }
   Caller caller;
   caller.name = (*q)->Text(0);

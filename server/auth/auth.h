@@ -7,11 +7,11 @@
 #define MEGABATCH_SERVER_AUTH_AUTH_H_
 
 #include <memory>
-#include "common/mutex.h"
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include "common/mutex.h"
 #include "common/status.h"
 #include "common/thread_annotations.h"
 #include "server/store/db.h"
@@ -42,12 +42,14 @@ struct Caller {
 class Authenticator {
  public:
   // The database must exist and carry the tokens table (schema 5+).
-  static Result<std::unique_ptr<Authenticator>> Open(const std::string& db_path);
+  static Result<std::unique_ptr<Authenticator>> Open(
+      const std::string& db_path);
 
   // `authorization` is the header's value ("Bearer <token>"); nullopt when
   // the header is absent. UNAUTHENTICATED for a missing, malformed, unknown
   // or revoked token.
-  Result<Caller> Authenticate(const std::optional<std::string_view>& authorization) const;
+  Result<Caller> Authenticate(
+      const std::optional<std::string_view>& authorization) const;
 
  private:
   explicit Authenticator(std::unique_ptr<store::Db> db) : db_(std::move(db)) {}

@@ -32,8 +32,9 @@ const std::map<std::string, std::string>& LiveMetrics() {
   return *names;
 }
 
-const char* const kTrialStates[] = {"queued",    "running",  "completed", "failed",
-                                    "cancelled", "diverged", "pruned"};
+const char* const kTrialStates[] = {"queued", "running",   "completed",
+                                    "failed", "cancelled", "diverged",
+                                    "pruned"};
 const char* const kSweepStates[] = {"queued", "running", "completed", "failed",
                                     "cancelled"};
 
@@ -67,13 +68,15 @@ Status StateGauges(store::Db& db, const std::string& sql, MetricFamily* family,
   if (!q.ok()) return q.status();
   MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(
       *q, [&](store::Statement& row) { counts[row.Text(0)] = row.Double(1); }));
-  for (const auto& [state, count] : counts) Add(*family, {{"state", state}}, count);
+  for (const auto& [state, count] : counts)
+    Add(*family, {{"state", state}}, count);
   return Status();
 }
 
 const std::vector<double>& LatencyBuckets() {
-  static const auto* buckets = new std::vector<double>{
-      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60};
+  static const auto* buckets =
+      new std::vector<double>{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                              0.1,    0.25,  0.5,    1,     2.5,  10,    60};
   return *buckets;
 }
 
@@ -83,14 +86,16 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
  public:
   explicit Live(const store::ReadOnlyDb* results) : results_(results) {}
 
-  void RecordTrial(int64_t trial_id, const std::vector<store::MetricPoint>& points) {
+  void RecordTrial(int64_t trial_id,
+                   const std::vector<store::MetricPoint>& points) {
     MutexLock lock(&mu_);
     // Points arrive in step order; keep each name's value at its latest step.
     auto& latest = trials_[trial_id];
     for (const auto& p : points) {
       if (LiveMetrics().count(p.name) == 0) continue;
       auto it = latest.find(p.name);
-      if (it == latest.end() || it->second.first <= p.step) latest[p.name] = {p.step, p.value};
+      if (it == latest.end() || it->second.first <= p.step)
+        latest[p.name] = {p.step, p.value};
     }
   }
 
@@ -106,8 +111,9 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
   std::vector<MetricFamily> Collect() const override {
     std::vector<MetricFamily> families;
     Status s = CollectInto(&families);
-    MetricFamily up = Gauges("megabatch_scrape_database_ok",
-                             "1 if the state gauges could be read from the database");
+    MetricFamily up =
+        Gauges("megabatch_scrape_database_ok",
+               "1 if the state gauges could be read from the database");
     Add(up, {}, s.ok() ? 1 : 0);
     families.push_back(std::move(up));
     return families;
@@ -121,65 +127,77 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
     // One read transaction: every gauge from the same snapshot.
     MEGABATCH_RETURN_IF_ERROR(d.Exec("BEGIN"));
 
-    MetricFamily workers = Gauges("megabatch_workers", "registered workers by state");
+    MetricFamily workers =
+        Gauges("megabatch_workers", "registered workers by state");
     const char* const worker_states[] = {"alive", "lost"};
-    MEGABATCH_RETURN_IF_ERROR(StateGauges(
-        d, "SELECT state, count(*) FROM workers GROUP BY state", &workers,
-        worker_states, 2));
+    MEGABATCH_RETURN_IF_ERROR(
+        StateGauges(d, "SELECT state, count(*) FROM workers GROUP BY state",
+                    &workers, worker_states, 2));
     out->push_back(std::move(workers));
 
     auto slots_q = d.Prepare(
-        "SELECT (SELECT coalesce(sum(slots), 0) FROM workers WHERE state = 'alive'), "
+        "SELECT (SELECT coalesce(sum(slots), 0) FROM workers WHERE state = "
+        "'alive'), "
         "(SELECT count(*) FROM holdings h JOIN workers w ON w.id = h.worker_id "
         "WHERE w.state = 'alive')");
     if (!slots_q.ok()) return slots_q.status();
     auto row = slots_q->Step();
     if (!row.ok()) return row.status();
     double total = slots_q->Double(0), busy = slots_q->Double(1);
-    MetricFamily slots = Gauges("megabatch_slots", "trial slots of alive workers, busy or free");
+    MetricFamily slots =
+        Gauges("megabatch_slots", "trial slots of alive workers, busy or free");
     Add(slots, {{"state", "busy"}}, busy);
     Add(slots, {{"state", "free"}}, std::max(0.0, total - busy));
     out->push_back(std::move(slots));
 
     MetricFamily sweeps = Gauges("megabatch_sweeps", "sweeps by state");
-    MEGABATCH_RETURN_IF_ERROR(StateGauges(
-        d, "SELECT state, count(*) FROM sweeps GROUP BY state", &sweeps,
-        kSweepStates, std::size(kSweepStates)));
+    MEGABATCH_RETURN_IF_ERROR(
+        StateGauges(d, "SELECT state, count(*) FROM sweeps GROUP BY state",
+                    &sweeps, kSweepStates, std::size(kSweepStates)));
     out->push_back(std::move(sweeps));
 
     MetricFamily trials = Gauges("megabatch_trials", "trials by state");
-    MEGABATCH_RETURN_IF_ERROR(StateGauges(
-        d, "SELECT state, count(*) FROM trials GROUP BY state", &trials,
-        kTrialStates, std::size(kTrialStates)));
+    MEGABATCH_RETURN_IF_ERROR(
+        StateGauges(d, "SELECT state, count(*) FROM trials GROUP BY state",
+                    &trials, kTrialStates, std::size(kTrialStates)));
     double queued = 0;
     for (const auto& m : trials.metric) {
       if (m.label[0].value == "queued") queued = m.gauge.value;
     }
     out->push_back(std::move(trials));
-    MetricFamily queue = Gauges("megabatch_queue_depth", "trials waiting for a slot");
+    MetricFamily queue =
+        Gauges("megabatch_queue_depth", "trials waiting for a slot");
     Add(queue, {}, queued);
     out->push_back(std::move(queue));
 
-    MetricFamily age = Gauges("megabatch_worker_heartbeat_age_seconds",
-                              "seconds since each alive worker's last heartbeat");
+    MetricFamily age =
+        Gauges("megabatch_worker_heartbeat_age_seconds",
+               "seconds since each alive worker's last heartbeat");
     std::map<int64_t, std::string> alive;
     const double now = std::chrono::duration<double>(
                            std::chrono::system_clock::now().time_since_epoch())
                            .count();
-    auto last_q = d.Prepare("SELECT id, name, last_heartbeat_at FROM workers WHERE state = 'alive'");
+    auto last_q = d.Prepare(
+        "SELECT id, name, last_heartbeat_at FROM workers WHERE state = "
+        "'alive'");
     if (!last_q.ok()) return last_q.status();
-    MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(*last_q, [&](store::Statement& w) {
-      alive[w.Int(0)] = w.Text(1);
-      Add(age, {{"worker", w.Text(1)}, {"worker_id", std::to_string(w.Int(0))}},
-          std::max(0.0, now - w.Double(2)));
-    }));
+    MEGABATCH_RETURN_IF_ERROR(
+        store::ForEachRow(*last_q, [&](store::Statement& w) {
+          alive[w.Int(0)] = w.Text(1);
+          Add(age,
+              {{"worker", w.Text(1)}, {"worker_id", std::to_string(w.Int(0))}},
+              std::max(0.0, now - w.Double(2)));
+        }));
     out->push_back(std::move(age));
 
     MutexLock lock(&mu_);
-    MetricFamily util = Gauges("megabatch_worker_gpu_utilization_ratio",
-                               "GPU utilisation (0..1) as the worker's NVML reports it");
-    MetricFamily used = Gauges("megabatch_worker_gpu_memory_used_bytes", "GPU memory in use");
-    MetricFamily total_mem = Gauges("megabatch_worker_gpu_memory_total_bytes", "GPU memory");
+    MetricFamily util =
+        Gauges("megabatch_worker_gpu_utilization_ratio",
+               "GPU utilisation (0..1) as the worker's NVML reports it");
+    MetricFamily used =
+        Gauges("megabatch_worker_gpu_memory_used_bytes", "GPU memory in use");
+    MetricFamily total_mem =
+        Gauges("megabatch_worker_gpu_memory_total_bytes", "GPU memory");
     for (auto it = gpus_.begin(); it != gpus_.end();) {
       auto name = alive.find(it->first);
       if (name == alive.end()) {
@@ -202,33 +220,38 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
 
     // Running trials: their info series and live values. Anything else the
     // map still holds has ended and is dropped.
-    MetricFamily info = Gauges(
-        "megabatch_trial_info",
-        "1 for each running trial; join on sweep and trial for its hyperparameters");
+    MetricFamily info = Gauges("megabatch_trial_info",
+                               "1 for each running trial; join on sweep and "
+                               "trial for its hyperparameters");
     std::map<std::string, MetricFamily> live;
     for (const auto& [name, help] : LiveMetrics()) {
-      live.emplace(name, Gauges("megabatch_trial_" + name, help + ", per running trial"));
+      live.emplace(name, Gauges("megabatch_trial_" + name,
+                                help + ", per running trial"));
     }
     std::set<int64_t> running;
     auto running_q = d.Prepare(
-        "SELECT id, sweep_id, optimizer, batch_size, lr FROM trials WHERE state = 'running'");
+        "SELECT id, sweep_id, optimizer, batch_size, lr FROM trials WHERE "
+        "state = 'running'");
     if (!running_q.ok()) return running_q.status();
-    MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(*running_q, [&](store::Statement& t) {
-      const int64_t id = t.Int(0);
-      running.insert(id);
-      Labels ids = {{"sweep", std::to_string(t.Int(1))}, {"trial", std::to_string(id)}};
-      Labels labels = ids;
-      labels.push_back({"optimizer", t.Text(2)});
-      labels.push_back({"batch_size", std::to_string(t.Int(3))});
-      labels.push_back({"lr", Short(t.Double(4))});
-      Add(info, labels, 1);
-      mu_.AssertHeld();  // held by the enclosing scope; the analysis skips lambdas
-      auto values = trials_.find(id);
-      if (values == trials_.end()) return;
-      for (const auto& [name, step_value] : values->second) {
-        Add(live.at(name), ids, step_value.second);
-      }
-    }));
+    MEGABATCH_RETURN_IF_ERROR(
+        store::ForEachRow(*running_q, [&](store::Statement& t) {
+          const int64_t id = t.Int(0);
+          running.insert(id);
+          Labels ids = {{"sweep", std::to_string(t.Int(1))},
+                        {"trial", std::to_string(id)}};
+          Labels labels = ids;
+          labels.push_back({"optimizer", t.Text(2)});
+          labels.push_back({"batch_size", std::to_string(t.Int(3))});
+          labels.push_back({"lr", Short(t.Double(4))});
+          Add(info, labels, 1);
+          mu_.AssertHeld();  // held by the enclosing scope; the analysis skips
+                             // lambdas
+          auto values = trials_.find(id);
+          if (values == trials_.end()) return;
+          for (const auto& [name, step_value] : values->second) {
+            Add(live.at(name), ids, step_value.second);
+          }
+        }));
     for (auto it = trials_.begin(); it != trials_.end();) {
       it = running.count(it->first) ? std::next(it) : trials_.erase(it);
     }
@@ -240,8 +263,8 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
   const store::ReadOnlyDb* const results_;
   mutable Mutex mu_;
   // trial id -> metric name -> (step, value)
-  mutable std::map<int64_t, std::map<std::string, std::pair<int64_t, double>>> trials_
-      GUARDED_BY(mu_);
+  mutable std::map<int64_t, std::map<std::string, std::pair<int64_t, double>>>
+      trials_ GUARDED_BY(mu_);
   mutable std::map<int64_t, std::vector<GpuSample>> gpus_ GUARDED_BY(mu_);
 };
 
@@ -252,10 +275,11 @@ CoordinatorMetrics::CoordinatorMetrics(const store::ReadOnlyDb* results)
                .Name("megabatch_rpcs_total")
                .Help("gRPC calls handled, by method and status code")
                .Register(*registry_);
-  rpc_seconds_ = &prometheus::BuildHistogram()
-                      .Name("megabatch_rpc_duration_seconds")
-                      .Help("time to handle a gRPC call (streams: their whole life)")
-                      .Register(*registry_);
+  rpc_seconds_ =
+      &prometheus::BuildHistogram()
+           .Name("megabatch_rpc_duration_seconds")
+           .Help("time to handle a gRPC call (streams: their whole life)")
+           .Register(*registry_);
   dispatch_seconds_ =
       &prometheus::BuildHistogram()
            .Name("megabatch_trial_dispatch_latency_seconds")
@@ -266,20 +290,23 @@ CoordinatorMetrics::CoordinatorMetrics(const store::ReadOnlyDb* results)
                               .Name("megabatch_store_write_duration_seconds")
                               .Help("time of one database write, by operation")
                               .Register(*registry_);
-  points_ingested_ = &prometheus::BuildCounter()
-                          .Name("megabatch_metric_points_ingested_total")
-                          .Help("metric points accepted from workers and stored")
-                          .Register(*registry_)
-                          .Add({});
+  points_ingested_ =
+      &prometheus::BuildCounter()
+           .Name("megabatch_metric_points_ingested_total")
+           .Help("metric points accepted from workers and stored")
+           .Register(*registry_)
+           .Add({});
 }
 
 CoordinatorMetrics::~CoordinatorMetrics() = default;
 
-Status CoordinatorMetrics::Serve(const std::string& listen, const std::string& basic_auth) {
+Status CoordinatorMetrics::Serve(const std::string& listen,
+                                 const std::string& basic_auth) {
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(listen);
   } catch (const std::exception& e) {
-    return UnavailableError("metrics: cannot listen on " + listen + ": " + e.what());
+    return UnavailableError("metrics: cannot listen on " + listen + ": " +
+                            e.what());
   }
   if (!basic_auth.empty()) {
     exposer_->RegisterAuth(
@@ -288,7 +315,8 @@ Status CoordinatorMetrics::Serve(const std::string& listen, const std::string& b
           const std::string given = user + ":" + password;
           unsigned char diff = given.size() != basic_auth.size();
           for (size_t i = 0; i < given.size(); ++i) {
-            diff |= static_cast<unsigned char>(given[i] ^ basic_auth[i % basic_auth.size()]);
+            diff |= static_cast<unsigned char>(
+                given[i] ^ basic_auth[i % basic_auth.size()]);
           }
           return diff == 0;
         },
@@ -315,17 +343,19 @@ void CoordinatorMetrics::ObserveDispatch(double seconds) {
   dispatch_seconds_->Observe(seconds);
 }
 
-void CoordinatorMetrics::ObserveStoreWrite(const std::string& op, double seconds) {
+void CoordinatorMetrics::ObserveStoreWrite(const std::string& op,
+                                           double seconds) {
   store_write_seconds_->Add({{"op", op}}, LatencyBuckets()).Observe(seconds);
 }
 
-void CoordinatorMetrics::RecordTrialPoints(int64_t trial_id,
-                                           const std::vector<store::MetricPoint>& points) {
+void CoordinatorMetrics::RecordTrialPoints(
+    int64_t trial_id, const std::vector<store::MetricPoint>& points) {
   points_ingested_->Increment(static_cast<double>(points.size()));
   live_->RecordTrial(trial_id, points);
 }
 
-void CoordinatorMetrics::RecordWorkerGpus(int64_t worker_id, std::vector<GpuSample> gpus) {
+void CoordinatorMetrics::RecordWorkerGpus(int64_t worker_id,
+                                          std::vector<GpuSample> gpus) {
   live_->RecordGpus(worker_id, std::move(gpus));
 }
 

@@ -5,8 +5,8 @@
 // slots, sweeps, trials, queue depth, heartbeat age) and the live series of
 // running trials are computed at scrape time from the database on a
 // read-only connection, so they are never stale: a trial's series disappear
-// at the first scrape after it stops running. docs/metrics-and-dashboards.md lists
-// every series.
+// at the first scrape after it stops running. docs/metrics-and-dashboards.md
+// lists every series.
 #ifndef MEGABATCH_SERVER_METRICS_METRICS_H_
 #define MEGABATCH_SERVER_METRICS_METRICS_H_
 
@@ -59,7 +59,8 @@ class CoordinatorMetrics {
   void ObserveStoreWrite(const std::string& op, double seconds);
   // Points accepted for a trial: counted, and the latest value of each live
   // metric kept for its series.
-  void RecordTrialPoints(int64_t trial_id, const std::vector<store::MetricPoint>& points);
+  void RecordTrialPoints(int64_t trial_id,
+                         const std::vector<store::MetricPoint>& points);
   void RecordWorkerGpus(int64_t worker_id, std::vector<GpuSample> gpus);
 
   // What /metrics serves, in the text format.

@@ -24,7 +24,8 @@ std::string Num(double v) {
 
 // The rule the search starts from: the spec's, else the one the large-batch
 // papers use for the optimizer (docs/method.md, "Learning rate").
-spec::LrScaling Rule(const spec::SweepSpec& spec, const std::string& optimizer) {
+spec::LrScaling Rule(const spec::SweepSpec& spec,
+                     const std::string& optimizer) {
   if (spec.lr_scaling != spec::LrScaling::kNone) return spec.lr_scaling;
   return optimizer == "sgd" || optimizer == "lars" ? spec::LrScaling::kLinear
                                                    : spec::LrScaling::kSqrt;
@@ -38,12 +39,15 @@ double BaseLr(const spec::SweepSpec& spec, const spec::OptimizerSpec& opt) {
   return opt.base_lr > 0 ? opt.base_lr : spec.base_lr;
 }
 
-double PredictedLr(const spec::SweepSpec& spec, const spec::OptimizerSpec& opt, int64_t b) {
-  return spec::ScaledLr(Rule(spec, opt.name), BaseLr(spec, opt), spec.base_batch_size, b);
+double PredictedLr(const spec::SweepSpec& spec, const spec::OptimizerSpec& opt,
+                   int64_t b) {
+  return spec::ScaledLr(Rule(spec, opt.name), BaseLr(spec, opt),
+                        spec.base_batch_size, b);
 }
 
 int64_t BudgetSamples(const spec::SweepSpec& spec) {
-  if (spec.budget.contains("samples")) return spec.budget["samples"].get<int64_t>();
+  if (spec.budget.contains("samples"))
+    return spec.budget["samples"].get<int64_t>();
   return static_cast<int64_t>(
       std::llround(spec.budget["epochs"].get<double>() * spec.train_samples));
 }
@@ -54,14 +58,16 @@ constexpr int64_t kMinSearchSteps = 10;
 
 json SearchBudget(const spec::SweepSpec& spec, int64_t batch_size) {
   const double fraction = spec.strategy["search_fraction"].get<double>();
-  const int64_t samples = std::max<int64_t>(kMinSearchSteps * batch_size,
-                                            std::llround(fraction * BudgetSamples(spec)));
+  const int64_t samples =
+      std::max<int64_t>(kMinSearchSteps * batch_size,
+                        std::llround(fraction * BudgetSamples(spec)));
   return {{"samples", samples}};
 }
 
 // a ranks before b: reached the target in fewer samples, then (neither
 // reached it) the better best value of the target metric; diverged last.
-bool Better(const PlannedTrial& a, const PlannedTrial& b, bool higher_is_better) {
+bool Better(const PlannedTrial& a, const PlannedTrial& b,
+            bool higher_is_better) {
   if (a.diverged != b.diverged) return b.diverged;
   if (a.samples_to_target.has_value() != b.samples_to_target.has_value()) {
     return a.samples_to_target.has_value();
@@ -77,7 +83,8 @@ bool Better(const PlannedTrial& a, const PlannedTrial& b, bool higher_is_better)
 
 std::string Outcome(const PlannedTrial& t, const std::string& metric) {
   if (t.diverged) return "diverged";
-  if (t.samples_to_target) return "target at " + Num(*t.samples_to_target) + " samples";
+  if (t.samples_to_target)
+    return "target at " + Num(*t.samples_to_target) + " samples";
   if (t.best_target_value) return metric + " " + Num(*t.best_target_value);
   return "no result";
 }
@@ -85,17 +92,18 @@ std::string Outcome(const PlannedTrial& t, const std::string& metric) {
 // Where one optimizer's lr search at one batch size stands.
 struct Search {
   std::map<double, const PlannedTrial*> by_exponent;  // ended trials
-  bool waiting = false;   // a trial of it is queued or running
+  bool waiting = false;  // a trial of it is queued or running
   bool done = false;
-  double best = 0;        // exponent of the best lr (when any ended)
+  double best = 0;  // exponent of the best lr (when any ended)
   bool any_stable = false;
-  std::vector<double> ranked;  // exponents of the lrs that did not diverge, best first
+  std::vector<double>
+      ranked;  // exponents of the lrs that did not diverge, best first
   std::vector<double> next;  // exponents to try next
   std::string why;           // the decision, when next or done is new
 };
 
-Search Evaluate(const std::vector<const PlannedTrial*>& trials, double lr0, int limit,
-                bool higher_is_better, const std::string& metric) {
+Search Evaluate(const std::vector<const PlannedTrial*>& trials, double lr0,
+                int limit, bool higher_is_better, const std::string& metric) {
   Search s;
   for (const PlannedTrial* t : trials) {
     if (!t->ended) {
@@ -109,11 +117,12 @@ Search Evaluate(const std::vector<const PlannedTrial*>& trials, double lr0, int 
     s.next = {-1, 0, 1};
     return s;
   }
-  std::vector<std::pair<double, const PlannedTrial*>> order(s.by_exponent.begin(),
-                                                            s.by_exponent.end());
-  std::stable_sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
-    return Better(*a.second, *b.second, higher_is_better);
-  });
+  std::vector<std::pair<double, const PlannedTrial*>> order(
+      s.by_exponent.begin(), s.by_exponent.end());
+  std::stable_sort(order.begin(), order.end(),
+                   [&](const auto& a, const auto& b) {
+                     return Better(*a.second, *b.second, higher_is_better);
+                   });
   const PlannedTrial* best = order.front().second;
   s.best = order.front().first;
   for (const auto& [e, t] : order) {
@@ -126,7 +135,8 @@ Search Evaluate(const std::vector<const PlannedTrial*>& trials, double lr0, int 
   const bool has_lower = lower != s.by_exponent.begin();
   const bool has_upper = upper != s.by_exponent.end();
   std::ostringstream why;
-  why << "best so far x2^" << Num(s.best) << " (" << Outcome(*best, metric) << ")";
+  why << "best so far x2^" << Num(s.best) << " (" << Outcome(*best, metric)
+      << ")";
   std::string action;  // what the next lrs are for
   if (!s.any_stable) {
     // Every lr diverged: go down.
@@ -142,8 +152,9 @@ Search Evaluate(const std::vector<const PlannedTrial*>& trials, double lr0, int 
     action = "try 2x larger";
   } else {
     const double lo = std::prev(lower)->first, hi = upper->first;
-    why << ", bracketed by x2^" << Num(lo) << " (" << Outcome(*std::prev(lower)->second, metric)
-        << ") and x2^" << Num(hi) << " (" << Outcome(*upper->second, metric) << ")";
+    why << ", bracketed by x2^" << Num(lo) << " ("
+        << Outcome(*std::prev(lower)->second, metric) << ") and x2^" << Num(hi)
+        << " (" << Outcome(*upper->second, metric) << ")";
     if (hi - lo <= 1) {
       s.done = true;
       why << ", within a factor of 2";
@@ -175,18 +186,21 @@ Search Evaluate(const std::vector<const PlannedTrial*>& trials, double lr0, int 
 
 }  // namespace
 
-std::vector<int64_t> PlaceBatchSizes(const spec::SweepSpec& spec, double predicted) {
+std::vector<int64_t> PlaceBatchSizes(const spec::SweepSpec& spec,
+                                     double predicted) {
   const int64_t base = spec.base_batch_size;
   const int64_t cap = spec.strategy["max_batch_size"].get<int64_t>();
   const int n = spec.strategy["batch_sizes"].get<int>();
   // Every batch size splits evenly into ranks and micro-batches.
   const int64_t granule =
-      (spec.micro_batch_size > 0 ? spec.micro_batch_size : 2) * spec.ranks_per_trial;
-  const double hi =
-      std::min<double>(static_cast<double>(cap),
-                       std::max(spec.strategy["span"].get<double>() * predicted, 4.0 * base));
+      (spec.micro_batch_size > 0 ? spec.micro_batch_size : 2) *
+      spec.ranks_per_trial;
+  const double hi = std::min<double>(
+      static_cast<double>(cap),
+      std::max(spec.strategy["span"].get<double>() * predicted, 4.0 * base));
   std::vector<double> points;
-  for (int k = 0; k < n; ++k) points.push_back(base * std::pow(hi / base, double(k) / (n - 1)));
+  for (int k = 0; k < n; ++k)
+    points.push_back(base * std::pow(hi / base, double(k) / (n - 1)));
   if (predicted > base && predicted < hi) {
     size_t nearest = 1;
     for (size_t k = 1; k + 1 < points.size(); ++k) {
@@ -207,7 +221,8 @@ std::vector<int64_t> PlaceBatchSizes(const spec::SweepSpec& spec, double predict
   return sizes;
 }
 
-PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTrial>& trials,
+PlanStep PlanAdaptive(const spec::SweepSpec& spec,
+                      const std::vector<PlannedTrial>& trials,
                       int32_t next_index) {
   PlanStep step;
   const std::string metric = spec.target["metric"].get<std::string>();
@@ -216,10 +231,11 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
   const size_t finish_lrs = spec.strategy["finish_lrs"].get<size_t>();
   const int64_t first_seed = spec.seeds.front();
   const json search_budget = SearchBudget(spec, spec.base_batch_size);
-  auto add = [&](const char* phase, const spec::OptimizerSpec& opt, int64_t b, double lr,
-                 double multiplier, int64_t seed, const json& budget) {
-    spec::TrialSpec t =
-        spec::MakeTrial(spec, opt, b, lr, multiplier, seed, next_index++, budget);
+  auto add = [&](const char* phase, const spec::OptimizerSpec& opt, int64_t b,
+                 double lr, double multiplier, int64_t seed,
+                 const json& budget) {
+    spec::TrialSpec t = spec::MakeTrial(spec, opt, b, lr, multiplier, seed,
+                                        next_index++, budget);
     if (std::string(phase) == kPhaseProbe) t.config["noise_scale"] = "always";
     step.trials.push_back(std::move(t));
     step.phases.push_back(phase);
@@ -231,13 +247,15 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
     if (t.phase == kPhaseProbe) probe = &t;
   }
   if (probe == nullptr) {
-    add(kPhaseProbe, first, spec.base_batch_size, BaseLr(spec, first), 1, first_seed,
-        search_budget);
+    add(kPhaseProbe, first, spec.base_batch_size, BaseLr(spec, first), 1,
+        first_seed, search_budget);
     step.decisions.push_back(
-        "probe: " + first.name + " at the base batch " + std::to_string(spec.base_batch_size) +
-        " and lr " + Num(BaseLr(spec, first)) + " for " +
+        "probe: " + first.name + " at the base batch " +
+        std::to_string(spec.base_batch_size) + " and lr " +
+        Num(BaseLr(spec, first)) + " for " +
         std::to_string(search_budget["samples"].get<int64_t>()) +
-        " samples (search_fraction of the budget), measuring the gradient noise scale");
+        " samples (search_fraction of the budget), measuring the gradient "
+        "noise scale");
     return step;
   }
   if (!probe->ended) return step;
@@ -251,12 +269,15 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
   if (!searched) {
     std::ostringstream d;
     d << "place: predicted B_crit = "
-      << (measured ? Num(predicted) + " (B_simple at the probe's end)"
-                   : Num(predicted) + " (8x the base batch: the probe measured no noise scale)")
+      << (measured
+              ? Num(predicted) + " (B_simple at the probe's end)"
+              : Num(predicted) +
+                    " (8x the base batch: the probe measured no noise scale)")
       << "; batch sizes";
     for (int64_t b : sizes) d << " " << b;
     d << " (geometric from " << spec.base_batch_size << " to "
-      << Num(spec.strategy["span"].get<double>()) << "x the prediction, capped at "
+      << Num(spec.strategy["span"].get<double>())
+      << "x the prediction, capped at "
       << spec.strategy["max_batch_size"].get<int64_t>()
       << ", the size nearest the prediction moved onto it)";
     step.decisions.push_back(d.str());
@@ -272,7 +293,8 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
         if (t.optimizer != opt.name || t.batch_size != b) continue;
         if (t.phase == kPhaseFinish) {
           finishes.push_back(&t);
-        } else if (t.seed == first_seed && (t.phase == kPhaseSearch || t.phase == kPhaseProbe)) {
+        } else if (t.seed == first_seed &&
+                   (t.phase == kPhaseSearch || t.phase == kPhaseProbe)) {
           searches.push_back(&t);
         }
       }
@@ -297,14 +319,15 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
         for (size_t i = 0; i < n; ++i) {
           const double lr = lr0 * std::exp2(s.ranked[i]);
           for (int64_t seed : spec.seeds) {
-            add(kPhaseFinish, opt, b, lr, std::exp2(s.ranked[i]), seed, spec.budget);
+            add(kPhaseFinish, opt, b, lr, std::exp2(s.ranked[i]), seed,
+                spec.budget);
           }
           lrs << (i == 0 ? " " : ", ") << Num(lr);
         }
-        step.decisions.push_back("finish: " + where + ": " + s.why + "; running the best " +
-                                 std::to_string(n) + " (lr" + lrs.str() +
-                                 ") on the whole budget, " +
-                                 std::to_string(spec.seeds.size()) + " seed(s) each");
+        step.decisions.push_back(
+            "finish: " + where + ": " + s.why + "; running the best " +
+            std::to_string(n) + " (lr" + lrs.str() + ") on the whole budget, " +
+            std::to_string(spec.seeds.size()) + " seed(s) each");
         active = true;
         continue;
       }
@@ -318,10 +341,9 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTria
             SearchBudget(spec, b));
         lrs << " " << Num(lr0 * std::exp2(e)) << " (x2^" << Num(e) << ")";
       }
-      step.decisions.push_back(
-          "search: " + where + ": " +
-          (s.by_exponent.empty() ? start : s.why) +
-          "; trying" + lrs.str());
+      step.decisions.push_back("search: " + where + ": " +
+                               (s.by_exponent.empty() ? start : s.why) +
+                               "; trying" + lrs.str());
       active = true;
     }
   }

@@ -49,7 +49,7 @@ struct PlannedTrial {
   int64_t batch_size = 0;
   double lr = 0;
   int64_t seed = 0;
-  bool ended = false;     // completed, diverged, pruned, failed or cancelled
+  bool ended = false;  // completed, diverged, pruned, failed or cancelled
   bool diverged = false;
   bool completed = false;
   std::optional<double> samples_to_target;
@@ -66,11 +66,13 @@ struct PlanStep {
 
 // The trials `spec` (adaptive) needs next, given `trials` (in creation
 // order); new trial indexes start at `next_index`.
-PlanStep PlanAdaptive(const spec::SweepSpec& spec, const std::vector<PlannedTrial>& trials,
+PlanStep PlanAdaptive(const spec::SweepSpec& spec,
+                      const std::vector<PlannedTrial>& trials,
                       int32_t next_index);
 
 // The batch sizes the plan places for a predicted B_crit (exposed for tests).
-std::vector<int64_t> PlaceBatchSizes(const spec::SweepSpec& spec, double predicted_b_crit);
+std::vector<int64_t> PlaceBatchSizes(const spec::SweepSpec& spec,
+                                     double predicted_b_crit);
 
 }  // namespace megabatch::planner
 

@@ -13,7 +13,8 @@ std::optional<EarlyStoppingRule> EarlyStoppingOf(const spec::SweepSpec& spec) {
   if (!e.is_object()) return std::nullopt;
   EarlyStoppingRule rule;
   // Specs stored before the validation split may say test_*.
-  rule.metric = std::string(CanonicalSelectionMetric(e.at("metric").get<std::string>()));
+  rule.metric =
+      std::string(CanonicalSelectionMetric(e.at("metric").get<std::string>()));
   const SelectionMetric* known = FindSelectionMetric(rule.metric);
   rule.lower_is_better = known != nullptr && !known->higher_is_better;
   rule.min_samples = e.at("min_samples").get<int64_t>();
@@ -38,20 +39,23 @@ double RankedValue(const EarlyStoppingRule& rule, double value) {
   return rule.lower_is_better ? INFINITY : -INFINITY;
 }
 
-RungVerdict DecideRung(const EarlyStoppingRule& rule, int64_t recorded, int64_t better) {
+RungVerdict DecideRung(const EarlyStoppingRule& rule, int64_t recorded,
+                       int64_t better) {
   RungVerdict v;
   v.keep = std::max<int64_t>(1, recorded / rule.reduction_factor);
   v.prune = better >= v.keep;
   return v;
 }
 
-std::string PruneMessage(const EarlyStoppingRule& rule, int rung, int64_t samples,
-                         double value, const RungVerdict& verdict, int64_t recorded) {
+std::string PruneMessage(const EarlyStoppingRule& rule, int rung,
+                         int64_t samples, double value,
+                         const RungVerdict& verdict, int64_t recorded) {
   char message[256];
-  std::snprintf(message, sizeof(message),
-                "rung %d (%lld samples): %s %.6g is not in the top %lld of %lld", rung,
-                static_cast<long long>(samples), rule.metric.c_str(), value,
-                static_cast<long long>(verdict.keep), static_cast<long long>(recorded));
+  std::snprintf(
+      message, sizeof(message),
+      "rung %d (%lld samples): %s %.6g is not in the top %lld of %lld", rung,
+      static_cast<long long>(samples), rule.metric.c_str(), value,
+      static_cast<long long>(verdict.keep), static_cast<long long>(recorded));
   return message;
 }
 

@@ -16,7 +16,7 @@ namespace megabatch::planner {
 struct EarlyStoppingRule {
   std::string metric;  // canonical selection metric (val_accuracy, ...)
   bool lower_is_better = false;
-  int64_t min_samples = 0;     // rung 0's boundary, in training samples
+  int64_t min_samples = 0;       // rung 0's boundary, in training samples
   int64_t reduction_factor = 3;  // each rung keeps the top 1/reduction_factor
 };
 
@@ -40,11 +40,13 @@ struct RungVerdict {
   bool prune = false;
   int64_t keep = 0;  // how many the rung keeps
 };
-RungVerdict DecideRung(const EarlyStoppingRule& rule, int64_t recorded, int64_t better);
+RungVerdict DecideRung(const EarlyStoppingRule& rule, int64_t recorded,
+                       int64_t better);
 
 // The 'trial_pruned' event's text.
-std::string PruneMessage(const EarlyStoppingRule& rule, int rung, int64_t samples,
-                         double value, const RungVerdict& verdict, int64_t recorded);
+std::string PruneMessage(const EarlyStoppingRule& rule, int rung,
+                         int64_t samples, double value,
+                         const RungVerdict& verdict, int64_t recorded);
 
 }  // namespace megabatch::planner
 

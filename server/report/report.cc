@@ -76,8 +76,9 @@ constexpr int kBootstrapResamples = 2000;
 
 }  // namespace
 
-CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& points,
-                                  const std::vector<std::vector<double>>& seeds) {
+CriticalBatchFit FitCriticalBatch(
+    const std::vector<std::pair<double, double>>& points,
+    const std::vector<std::vector<double>>& seeds) {
   CriticalBatchFit fit;
   fit.points = static_cast<int32_t>(points.size());
   if (points.size() < 2) {
@@ -91,26 +92,30 @@ CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& 
     return fit;
   }
   if (line.c <= 0) {
-    fit.note = "steps to target do not fall as the batch grows: B_crit is "
-               "below the smallest batch size that reached the target";
+    fit.note =
+        "steps to target do not fall as the batch grows: B_crit is "
+        "below the smallest batch size that reached the target";
     return fit;
   }
   if (line.a <= 0) {
-    fit.note = "steps to target fall as fast as 1/b or faster: B_crit is "
-               "beyond the largest batch size that reached the target";
+    fit.note =
+        "steps to target fall as fast as 1/b or faster: B_crit is "
+        "beyond the largest batch size that reached the target";
     return fit;
   }
   fit.s_min = line.a;
   fit.b_crit = line.c / line.a;
   fit.r_squared = line.r_squared;
   if (points.size() == 2) {
-    fit.note = "2 batch sizes: the curve passes through both points exactly, so there "
-               "is no R^2";
+    fit.note =
+        "2 batch sizes: the curve passes through both points exactly, so there "
+        "is no R^2";
   }
 
   const bool bootstrap =
       seeds.size() == points.size() &&
-      std::all_of(seeds.begin(), seeds.end(), [](const auto& v) { return v.size() >= 2; });
+      std::all_of(seeds.begin(), seeds.end(),
+                  [](const auto& v) { return v.size() >= 2; });
   if (bootstrap) {
     std::mt19937_64 rng(20190214);  // fixed: the same report every time
     std::vector<double> b_crits, s_mins;
@@ -119,7 +124,8 @@ CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& 
       for (size_t i = 0; i < points.size(); ++i) {
         std::uniform_int_distribution<size_t> pick(0, seeds[i].size() - 1);
         std::vector<double> draw;
-        for (size_t k = 0; k < seeds[i].size(); ++k) draw.push_back(seeds[i][pick(rng)]);
+        for (size_t k = 0; k < seeds[i].size(); ++k)
+          draw.push_back(seeds[i][pick(rng)]);
         resampled[i] = {points[i].first, Mean(draw)};
       }
       const LineFit f = FitLine(resampled);
@@ -133,19 +139,22 @@ CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& 
       fit.b_crit_high = Percentile(b_crits, 0.975);
       fit.s_min_low = Percentile(s_mins, 0.025);
       fit.s_min_high = Percentile(s_mins, 0.975);
-      fit.interval_method = "bootstrap over seeds (" + std::to_string(valid) + " of " +
-                            std::to_string(kBootstrapResamples) + " resamples fitted)";
+      fit.interval_method = "bootstrap over seeds (" + std::to_string(valid) +
+                            " of " + std::to_string(kBootstrapResamples) +
+                            " resamples fitted)";
     } else {
-      fit.interval_method = "none: only " + std::to_string(valid) + " of " +
-                            std::to_string(kBootstrapResamples) +
-                            " bootstrap resamples gave a positive S_min and B_crit";
+      fit.interval_method =
+          "none: only " + std::to_string(valid) + " of " +
+          std::to_string(kBootstrapResamples) +
+          " bootstrap resamples gave a positive S_min and B_crit";
     }
     return fit;
   }
   if (points.size() >= 3) {
     // Delta method for B = c / a.
     const double a = line.a, c = line.c;
-    const double var_b = line.var_c / (a * a) + c * c * line.var_a / (a * a * a * a) -
+    const double var_b = line.var_c / (a * a) +
+                         c * c * line.var_a / (a * a * a * a) -
                          2 * c * line.cov_ac / (a * a * a);
     const double t = StudentT975(static_cast<int>(points.size()) - 2);
     const double se_b = std::sqrt(std::max(0.0, var_b));
@@ -154,10 +163,12 @@ CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& 
     fit.b_crit_high = *fit.b_crit + t * se_b;
     fit.s_min_low = std::max(0.0, a - t * se_a);
     fit.s_min_high = a + t * se_a;
-    fit.interval_method = "fit standard error (t, " + std::to_string(points.size() - 2) +
+    fit.interval_method = "fit standard error (t, " +
+                          std::to_string(points.size() - 2) +
                           " degrees of freedom; one seed)";
   } else {
-    fit.interval_method = "none: 2 points and one seed leave no residual to estimate it";
+    fit.interval_method =
+        "none: 2 points and one seed leave no residual to estimate it";
   }
   return fit;
 }
@@ -179,15 +190,17 @@ void AddNoiseScale(const std::vector<ScalingRow>& rows, CriticalBatchFit* fit) {
     }
     if (values.empty()) continue;
     fit->noise_scale = Percentile(values, 0.5);
-    fit->noise_scale_source = std::string("B_simple ") + which + ", median of " +
-                              std::to_string(values.size()) + " batch size" +
-                              (values.size() == 1 ? "" : "s");
-    if (fit->b_crit) fit->b_crit_over_noise_scale = *fit->b_crit / *fit->noise_scale;
+    fit->noise_scale_source = std::string("B_simple ") + which +
+                              ", median of " + std::to_string(values.size()) +
+                              " batch size" + (values.size() == 1 ? "" : "s");
+    if (fit->b_crit)
+      fit->b_crit_over_noise_scale = *fit->b_crit / *fit->noise_scale;
     if (n > 0 && *fit->noise_scale > n / 10) {
       if (!fit->note.empty()) fit->note += "; ";
       fit->note += "B_simple is above a tenth of the training set (n = " +
                    std::to_string(static_cast<int64_t>(n)) +
-                   "): batches drawn without replacement bias it high, to about B/(1 - B/n) "
+                   "): batches drawn without replacement bias it high, to "
+                   "about B/(1 - B/n) "
                    "(docs/method.md)";
     }
     return;
@@ -206,7 +219,8 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
   sweep->Bind(1, sweep_id);
   auto found = sweep->Step();
   if (!found.ok()) return found.status();
-  if (!*found) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
+  if (!*found)
+    return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
   report.target_metric = sweep->Text(0);
   report.target_value = sweep->OptionalDouble(1);
 
@@ -214,10 +228,12 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
       "SELECT optimizer, batch_size, lrs_tried, trials, diverged_trials, "
       "best_lr, max_stable_lr, best_test_accuracy, best_test_loss, "
       "steps_to_target, samples_to_target, seconds_to_target, "
-      "scaling_efficiency, gradient_noise_scale, best_val_accuracy, best_val_loss, "
+      "scaling_efficiency, gradient_noise_scale, best_val_accuracy, "
+      "best_val_loss, "
       "best_target_value, test_accuracy, test_loss, noise_scale_at_10pct, "
       "noise_scale_at_50pct, noise_scale_at_100pct, noise_scale_at_target, "
-      "train_samples, samples_per_second, shared_core_trials FROM sweep_scaling s "
+      "train_samples, samples_per_second, shared_core_trials FROM "
+      "sweep_scaling s "
       "WHERE sweep_id = ?1 ORDER BY (SELECT MIN(trial_index) FROM trials t "
       "WHERE t.sweep_id = ?1 AND t.optimizer = s.optimizer), batch_size");
   if (!rows.ok()) return rows.status();
@@ -254,16 +270,21 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
   }));
 
   auto seeds = db.Prepare(
-      "SELECT steps_to_target FROM trial_summary WHERE sweep_id = ? AND optimizer = ? "
+      "SELECT steps_to_target FROM trial_summary WHERE sweep_id = ? AND "
+      "optimizer = ? "
       "AND batch_size = ? AND lr = ? AND steps_to_target IS NOT NULL "
       "AND (phase IS NULL OR phase = 'finish') ORDER BY seed");
   if (!seeds.ok()) return seeds.status();
   for (ScalingRow& r : report.rows) {
     if (!r.steps_to_target) continue;
-    seeds->Bind(1, sweep_id).Bind(2, r.optimizer).Bind(3, r.batch_size).Bind(4, r.best_lr);
-    MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(*seeds, [&](store::Statement& q) {
-      r.seed_steps_to_target.push_back(q.Double(0));
-    }));
+    seeds->Bind(1, sweep_id)
+        .Bind(2, r.optimizer)
+        .Bind(3, r.batch_size)
+        .Bind(4, r.best_lr);
+    MEGABATCH_RETURN_IF_ERROR(
+        store::ForEachRow(*seeds, [&](store::Statement& q) {
+          r.seed_steps_to_target.push_back(q.Double(0));
+        }));
     seeds->Reset();
   }
 
@@ -279,7 +300,8 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
     }
   }
   for (const auto& optimizer : order) {
-    report.fits.push_back(FitCriticalBatch(points[optimizer], seed_points[optimizer]));
+    report.fits.push_back(
+        FitCriticalBatch(points[optimizer], seed_points[optimizer]));
     report.fits.back().optimizer = optimizer;
     AddNoiseScale(report.rows, &report.fits.back());
   }
@@ -287,30 +309,35 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
   // An adaptive study's plan: what its planner decided, in order, and the
   // probe's prediction of B_crit.
   auto plan = db.Prepare(
-      "SELECT message FROM events WHERE sweep_id = ? AND kind = 'plan' ORDER BY id");
+      "SELECT message FROM events WHERE sweep_id = ? AND kind = 'plan' ORDER "
+      "BY id");
   if (!plan.ok()) return plan.status();
   plan->Bind(1, sweep_id);
   MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(
       *plan, [&](store::Statement& q) { report.plan.push_back(q.Text(0)); }));
   auto probe = db.Prepare(
-      "SELECT COALESCE(noise_scale_at_100pct, gradient_noise_scale) FROM trial_summary "
+      "SELECT COALESCE(noise_scale_at_100pct, gradient_noise_scale) FROM "
+      "trial_summary "
       "WHERE sweep_id = ? AND phase = 'probe'");
   if (!probe.ok()) return probe.status();
   probe->Bind(1, sweep_id);
-  MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(
-      *probe, [&](store::Statement& q) { report.predicted_b_crit = q.OptionalDouble(0); }));
+  MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(*probe, [&](store::Statement& q) {
+    report.predicted_b_crit = q.OptionalDouble(0);
+  }));
 
   auto diverged = db.Prepare(
       "SELECT optimizer, batch_size, lr, SUM(diverged), COUNT(*) "
-      "FROM trial_summary WHERE sweep_id = ? GROUP BY optimizer, batch_size, lr "
+      "FROM trial_summary WHERE sweep_id = ? GROUP BY optimizer, batch_size, "
+      "lr "
       "HAVING SUM(diverged) > 0 ORDER BY optimizer, batch_size, lr");
   if (!diverged.ok()) return diverged.status();
   diverged->Bind(1, sweep_id);
-  MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(*diverged, [&](store::Statement& q) {
-    report.diverged.push_back({q.Text(0), q.Int(1), q.Double(2),
-                               static_cast<int32_t>(q.Int(3)),
-                               static_cast<int32_t>(q.Int(4))});
-  }));
+  MEGABATCH_RETURN_IF_ERROR(
+      store::ForEachRow(*diverged, [&](store::Statement& q) {
+        report.diverged.push_back({q.Text(0), q.Int(1), q.Double(2),
+                                   static_cast<int32_t>(q.Int(3)),
+                                   static_cast<int32_t>(q.Int(4))});
+      }));
   return report;
 }
 

@@ -36,8 +36,10 @@ struct ScalingRow {
   std::optional<double> best_test_loss;
   std::optional<double> best_val_accuracy;
   std::optional<double> best_val_loss;
-  std::optional<double> best_target_value;  // of the target metric (val_accuracy without one)
-  std::optional<double> test_accuracy;      // the final test of the best lr's trials
+  std::optional<double>
+      best_target_value;  // of the target metric (val_accuracy without one)
+  std::optional<double>
+      test_accuracy;  // the final test of the best lr's trials
   std::optional<double> test_loss;
   std::optional<double> steps_to_target;
   std::optional<double> samples_to_target;
@@ -51,7 +53,7 @@ struct ScalingRow {
   std::optional<double> noise_scale_at_50pct;
   std::optional<double> noise_scale_at_100pct;
   std::optional<double> noise_scale_at_target;
-  std::optional<double> train_samples;  // n, the training split's size
+  std::optional<double> train_samples;       // n, the training split's size
   std::optional<double> samples_per_second;  // mean over the best lr's trials
   // The best lr's trials that shared cores at some time: their time
   // figures (seconds_to_target, samples_per_second) are not results.
@@ -106,8 +108,9 @@ struct SweepReport {
 // the steps to target of its seeds; every point with 2 or more) the
 // intervals come from a bootstrap over seeds, else from the fit's standard
 // errors (3 or more points). Deterministic: the bootstrap has a fixed seed.
-CriticalBatchFit FitCriticalBatch(const std::vector<std::pair<double, double>>& points,
-                                  const std::vector<std::vector<double>>& seeds = {});
+CriticalBatchFit FitCriticalBatch(
+    const std::vector<std::pair<double, double>>& points,
+    const std::vector<std::vector<double>>& seeds = {});
 
 // Reads the sweep's report from a (read-only) connection. NOT_FOUND for an
 // unknown sweep.

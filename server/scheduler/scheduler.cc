@@ -1,8 +1,8 @@
 #include "server/scheduler/scheduler.h"
 
-#include <algorithm>
-
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
 
 namespace megabatch::scheduler {
 
@@ -69,8 +69,8 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
   if (!spec.ok()) return spec.status();
   std::vector<spec::TrialSpec> trials = spec::ExpandSweep(*spec);
   bool existed = false;
-  Result<int64_t> id =
-      store_->CreateSweep(*spec, trials, request_id, NowSeconds(), &existed, owner);
+  Result<int64_t> id = store_->CreateSweep(*spec, trials, request_id,
+                                           NowSeconds(), &existed, owner);
   if (!id.ok()) return id.status();
   if (existed) {
     Result<store::SweepRow> row = store_->GetSweep(*id);
@@ -124,7 +124,8 @@ Result<std::optional<store::Lease>> Scheduler::Lease(
     }
     self.cv.WaitUntil(std::min(deadline, now + kSlice));
     // Once a slice: a safety net for a change whose Notify() it missed.
-    if (self.where == Where::kParked && store_->version() != self.seen_version) {
+    if (self.where == Where::kParked &&
+        store_->version() != self.seen_version) {
       Unlist(&self);
       Enqueue(&self);
     }
@@ -134,10 +135,11 @@ Result<std::optional<store::Lease>> Scheduler::Lease(
   if (!self.result.ok()) return std::move(self.result);
   const store::Lease& l = **self.result;
   if (client_gone()) {
-    MEGABATCH_RETURN_IF_ERROR(
-        store_->ReleaseLease(l.trial_id, l.lease_id, worker_id, NowSeconds(), l.rank));
-    return Status(StatusCode::kCancelled, "worker " + std::to_string(worker_id) +
-                                              " went away; lease released");
+    MEGABATCH_RETURN_IF_ERROR(store_->ReleaseLease(
+        l.trial_id, l.lease_id, worker_id, NowSeconds(), l.rank));
+    return Status(
+        StatusCode::kCancelled,
+        "worker " + std::to_string(worker_id) + " went away; lease released");
   }
   if (options_.on_dispatch) {
     options_.on_dispatch(std::chrono::duration<double>(
@@ -224,7 +226,8 @@ Result<store::TrialState> Scheduler::Finish(int64_t trial_id, int64_t lease_id,
 int64_t Scheduler::WaitForChange(
     int64_t seen, std::chrono::steady_clock::time_point deadline) {
   MutexLock lock(&mu_);
-  while (!stopping_ && store_->version() == seen && changed_.WaitUntil(deadline)) {
+  while (!stopping_ && store_->version() == seen &&
+         changed_.WaitUntil(deadline)) {
   }
   return store_->version();
 }
@@ -232,7 +235,8 @@ int64_t Scheduler::WaitForChange(
 void Scheduler::ReapLoop() {
   MutexLock lock(&mu_);
   while (!stopping_) {
-    const auto next = std::chrono::steady_clock::now() + options_.heartbeat_interval;
+    const auto next =
+        std::chrono::steady_clock::now() + options_.heartbeat_interval;
     while (!stopping_ && changed_.WaitUntil(next)) {
     }
     if (stopping_) break;
@@ -249,7 +253,8 @@ void Scheduler::ReapLoop() {
     }
     Result<int> requeued = store_->ExpireWorkers(now - timeout, now);
     if (!requeued.ok()) {
-      spdlog::error("expiring silent workers: {}", requeued.status().ToString());
+      spdlog::error("expiring silent workers: {}",
+                    requeued.status().ToString());
     } else if (*requeued > 0) {
       spdlog::warn("requeued {} trials of lost workers", *requeued);
     }

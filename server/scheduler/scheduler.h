@@ -59,7 +59,8 @@ class Scheduler {
     bool repeated = false;  // the owner's request id named an existing sweep
   };
   Result<Submitted> Submit(std::string_view spec_text, spec::SpecFormat format,
-                           const std::string& request_id, const std::string& owner = "");
+                           const std::string& request_id,
+                           const std::string& owner = "");
 
   Result<store::SweepRow> Cancel(int64_t sweep_id);
 
@@ -74,7 +75,8 @@ class Scheduler {
   Result<store::TrialState> Finish(int64_t trial_id, int64_t lease_id,
                                    int64_t worker_id, store::TrialState outcome,
                                    const std::string& message,
-                                   const std::string& stderr_tail, int32_t rank = 0);
+                                   const std::string& stderr_tail,
+                                   int32_t rank = 0);
 
   // Blocks until the store's version differs from `seen` or `deadline`
   // passes; returns the current version.

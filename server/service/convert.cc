@@ -4,24 +4,36 @@ namespace megabatch::service {
 
 v1::TrialState ToProto(store::TrialState s) {
   switch (s) {
-    case store::TrialState::kQueued: return v1::TRIAL_STATE_QUEUED;
-    case store::TrialState::kRunning: return v1::TRIAL_STATE_RUNNING;
-    case store::TrialState::kCompleted: return v1::TRIAL_STATE_COMPLETED;
-    case store::TrialState::kFailed: return v1::TRIAL_STATE_FAILED;
-    case store::TrialState::kCancelled: return v1::TRIAL_STATE_CANCELLED;
-    case store::TrialState::kDiverged: return v1::TRIAL_STATE_DIVERGED;
-    case store::TrialState::kPruned: return v1::TRIAL_STATE_PRUNED;
+    case store::TrialState::kQueued:
+      return v1::TRIAL_STATE_QUEUED;
+    case store::TrialState::kRunning:
+      return v1::TRIAL_STATE_RUNNING;
+    case store::TrialState::kCompleted:
+      return v1::TRIAL_STATE_COMPLETED;
+    case store::TrialState::kFailed:
+      return v1::TRIAL_STATE_FAILED;
+    case store::TrialState::kCancelled:
+      return v1::TRIAL_STATE_CANCELLED;
+    case store::TrialState::kDiverged:
+      return v1::TRIAL_STATE_DIVERGED;
+    case store::TrialState::kPruned:
+      return v1::TRIAL_STATE_PRUNED;
   }
   return v1::TRIAL_STATE_UNSPECIFIED;
 }
 
 v1::SweepState ToProto(store::SweepState s) {
   switch (s) {
-    case store::SweepState::kQueued: return v1::SWEEP_STATE_QUEUED;
-    case store::SweepState::kRunning: return v1::SWEEP_STATE_RUNNING;
-    case store::SweepState::kCompleted: return v1::SWEEP_STATE_COMPLETED;
-    case store::SweepState::kFailed: return v1::SWEEP_STATE_FAILED;
-    case store::SweepState::kCancelled: return v1::SWEEP_STATE_CANCELLED;
+    case store::SweepState::kQueued:
+      return v1::SWEEP_STATE_QUEUED;
+    case store::SweepState::kRunning:
+      return v1::SWEEP_STATE_RUNNING;
+    case store::SweepState::kCompleted:
+      return v1::SWEEP_STATE_COMPLETED;
+    case store::SweepState::kFailed:
+      return v1::SWEEP_STATE_FAILED;
+    case store::SweepState::kCancelled:
+      return v1::SWEEP_STATE_CANCELLED;
   }
   return v1::SWEEP_STATE_UNSPECIFIED;
 }
@@ -92,24 +104,32 @@ void ToProto(const report::SweepReport& report, v1::SweepReport* out) {
     row->set_diverged_trials(r.diverged_trials);
     row->set_best_lr(r.best_lr);
     if (r.max_stable_lr) row->set_max_stable_lr(*r.max_stable_lr);
-    if (r.best_test_accuracy) row->set_best_test_accuracy(*r.best_test_accuracy);
+    if (r.best_test_accuracy)
+      row->set_best_test_accuracy(*r.best_test_accuracy);
     if (r.best_test_loss) row->set_best_test_loss(*r.best_test_loss);
     if (r.steps_to_target) row->set_steps_to_target(*r.steps_to_target);
     if (r.samples_to_target) row->set_samples_to_target(*r.samples_to_target);
     if (r.seconds_to_target) row->set_seconds_to_target(*r.seconds_to_target);
-    if (r.scaling_efficiency) row->set_scaling_efficiency(*r.scaling_efficiency);
-    if (r.gradient_noise_scale) row->set_gradient_noise_scale(*r.gradient_noise_scale);
+    if (r.scaling_efficiency)
+      row->set_scaling_efficiency(*r.scaling_efficiency);
+    if (r.gradient_noise_scale)
+      row->set_gradient_noise_scale(*r.gradient_noise_scale);
     if (r.best_val_accuracy) row->set_best_val_accuracy(*r.best_val_accuracy);
     if (r.best_val_loss) row->set_best_val_loss(*r.best_val_loss);
     if (r.best_target_value) row->set_best_target_value(*r.best_target_value);
     if (r.test_accuracy) row->set_test_accuracy(*r.test_accuracy);
     if (r.test_loss) row->set_test_loss(*r.test_loss);
-    if (r.samples_per_second) row->set_samples_per_second(*r.samples_per_second);
+    if (r.samples_per_second)
+      row->set_samples_per_second(*r.samples_per_second);
     row->set_shared_core_trials(r.shared_core_trials);
-    if (r.noise_scale_at_10pct) row->set_noise_scale_at_10pct(*r.noise_scale_at_10pct);
-    if (r.noise_scale_at_50pct) row->set_noise_scale_at_50pct(*r.noise_scale_at_50pct);
-    if (r.noise_scale_at_100pct) row->set_noise_scale_at_100pct(*r.noise_scale_at_100pct);
-    if (r.noise_scale_at_target) row->set_noise_scale_at_target(*r.noise_scale_at_target);
+    if (r.noise_scale_at_10pct)
+      row->set_noise_scale_at_10pct(*r.noise_scale_at_10pct);
+    if (r.noise_scale_at_50pct)
+      row->set_noise_scale_at_50pct(*r.noise_scale_at_50pct);
+    if (r.noise_scale_at_100pct)
+      row->set_noise_scale_at_100pct(*r.noise_scale_at_100pct);
+    if (r.noise_scale_at_target)
+      row->set_noise_scale_at_target(*r.noise_scale_at_target);
     if (r.train_samples) row->set_train_samples(*r.train_samples);
   }
   for (const auto& f : report.fits) {
@@ -127,7 +147,8 @@ void ToProto(const report::SweepReport& report, v1::SweepReport* out) {
     fit->set_interval_method(f.interval_method);
     if (f.noise_scale) fit->set_noise_scale(*f.noise_scale);
     fit->set_noise_scale_source(f.noise_scale_source);
-    if (f.b_crit_over_noise_scale) fit->set_b_crit_over_noise_scale(*f.b_crit_over_noise_scale);
+    if (f.b_crit_over_noise_scale)
+      fit->set_b_crit_over_noise_scale(*f.b_crit_over_noise_scale);
   }
   for (const auto& d : report.diverged) {
     v1::DivergedGroup* g = out->add_diverged();
@@ -138,7 +159,8 @@ void ToProto(const report::SweepReport& report, v1::SweepReport* out) {
     g->set_trials(d.trials);
   }
   for (const auto& decision : report.plan) out->add_plan(decision);
-  if (report.predicted_b_crit) out->set_predicted_b_crit(*report.predicted_b_crit);
+  if (report.predicted_b_crit)
+    out->set_predicted_b_crit(*report.predicted_b_crit);
 }
 
 void ToProto(const store::QueryResult& result, v1::QueryResponse* out) {
@@ -148,11 +170,20 @@ void ToProto(const store::QueryResult& result, v1::QueryResponse* out) {
     for (const auto& v : row) {
       v1::Value* value = r->add_values();
       switch (v.type) {
-        case store::QueryValue::Type::kInteger: value->set_integer(v.integer); break;
-        case store::QueryValue::Type::kReal: value->set_real(v.real); break;
-        case store::QueryValue::Type::kText: value->set_text(v.bytes); break;
-        case store::QueryValue::Type::kBlob: value->set_blob(v.bytes); break;
-        case store::QueryValue::Type::kNull: break;
+        case store::QueryValue::Type::kInteger:
+          value->set_integer(v.integer);
+          break;
+        case store::QueryValue::Type::kReal:
+          value->set_real(v.real);
+          break;
+        case store::QueryValue::Type::kText:
+          value->set_text(v.bytes);
+          break;
+        case store::QueryValue::Type::kBlob:
+          value->set_blob(v.bytes);
+          break;
+        case store::QueryValue::Type::kNull:
+          break;
       }
     }
   }

@@ -1,14 +1,13 @@
 #include "server/service/services.h"
 
+#include <google/protobuf/util/message_differencer.h>
+
 #include <algorithm>
 #include <iterator>
+#include <map>
 #include <optional>
 #include <string_view>
 #include <type_traits>
-
-#include <google/protobuf/util/message_differencer.h>
-
-#include <map>
 
 #include "common/grpc_status.h"
 #include "server/service/convert.h"
@@ -42,23 +41,27 @@ struct Page {
 // Page tokens are "<listing>:<scope>:<last key>" (opaque to clients), so a
 // token from another listing or sweep is refused rather than misread.
 std::string PageToken(const char* listing, int64_t scope, int64_t last) {
-  return std::string(listing) + ":" + std::to_string(scope) + ":" + std::to_string(last);
+  return std::string(listing) + ":" + std::to_string(scope) + ":" +
+         std::to_string(last);
 }
 
-Result<Page> ParsePage(int32_t page_size, const std::string& token, const char* listing,
-                       int64_t scope, int32_t max_size) {
+Result<Page> ParsePage(int32_t page_size, const std::string& token,
+                       const char* listing, int64_t scope, int32_t max_size) {
   if (page_size < 0) {
-    return InvalidArgumentError("page_size: must be >= 0, got " + std::to_string(page_size));
+    return InvalidArgumentError("page_size: must be >= 0, got " +
+                                std::to_string(page_size));
   }
   Page page;
   page.size = page_size == 0 ? max_size : std::min(page_size, max_size);
   if (token.empty()) return page;
-  const std::string prefix = std::string(listing) + ":" + std::to_string(scope) + ":";
+  const std::string prefix =
+      std::string(listing) + ":" + std::to_string(scope) + ":";
   const std::string rest = token.substr(std::min(prefix.size(), token.size()));
-  if (token.compare(0, prefix.size(), prefix) != 0 || rest.empty() || rest.size() > 19 ||
+  if (token.compare(0, prefix.size(), prefix) != 0 || rest.empty() ||
+      rest.size() > 19 ||
       rest.find_first_not_of("0123456789") != std::string::npos) {
-    return InvalidArgumentError("page_token: not a token of this " + std::string(listing) +
-                                " listing");
+    return InvalidArgumentError("page_token: not a token of this " +
+                                std::string(listing) + " listing");
   }
   page.after = std::stoll(rest);
   return page;
@@ -67,7 +70,8 @@ Result<Page> ParsePage(int32_t page_size, const std::string& token, const char* 
 // Whether an item of `size` bytes still fits a message that holds `count`
 // items of `*bytes` bytes (the first always does); adds it to *bytes if so.
 bool Fits(size_t size, int count, int64_t max_count, size_t* bytes) {
-  if (count >= max_count || (count > 0 && *bytes + size > kMaxPageBytes)) return false;
+  if (count >= max_count || (count > 0 && *bytes + size > kMaxPageBytes))
+    return false;
   *bytes += size;
   return true;
 }
@@ -81,7 +85,8 @@ bool FillPage(const std::vector<Row>& rows, int64_t max_count,
   for (const Row& row : rows) {
     Message message;
     ToProto(row, &message);
-    if (!Fits(message.ByteSizeLong(), out->size(), max_count, &bytes)) return true;
+    if (!Fits(message.ByteSizeLong(), out->size(), max_count, &bytes))
+      return true;
     *out->Add() = std::move(message);
   }
   return false;
@@ -107,23 +112,28 @@ Result<auth::Caller> Authorize(const auth::Authenticator* auth,
   if (!header.has_value() && access == Access::kWorkers) {
     std::shared_ptr<const grpc::AuthContext> peer = ctx->auth_context();
     if (peer != nullptr && peer->IsPeerAuthenticated()) {
-      std::vector<grpc::string_ref> cn = peer->FindPropertyValues("x509_common_name");
+      std::vector<grpc::string_ref> cn =
+          peer->FindPropertyValues("x509_common_name");
       if (!cn.empty()) {
-        return auth::Caller{std::string(cn[0].data(), cn[0].size()), auth::Role::kWorker};
+        return auth::Caller{std::string(cn[0].data(), cn[0].size()),
+                            auth::Role::kWorker};
       }
     }
   }
   Result<auth::Caller> caller = auth->Authenticate(header);
   if (!caller.ok()) return caller.status();
-  const bool allowed = access == Access::kWorkers ? caller->role == auth::Role::kWorker
-                                                  : caller->role != auth::Role::kWorker;
+  const bool allowed = access == Access::kWorkers
+                           ? caller->role == auth::Role::kWorker
+                           : caller->role != auth::Role::kWorker;
   if (!allowed) {
     return Status(
         StatusCode::kPermissionDenied,
-        std::string("token '") + caller->name + "' has role " + auth::RoleName(caller->role) +
-        ", which may not call " + method + " (" +
-        (access == Access::kWorkers ? "worker tokens only" : "admin and user tokens only") +
-        ")");
+        std::string("token '") + caller->name + "' has role " +
+            auth::RoleName(caller->role) + ", which may not call " + method +
+            " (" +
+            (access == Access::kWorkers ? "worker tokens only"
+                                        : "admin and user tokens only") +
+            ")");
   }
   return caller;
 }
@@ -132,8 +142,10 @@ Result<auth::Caller> Authorize(const auth::Authenticator* auth,
 // one), turns any escaped exception into INTERNAL, and counts the call with
 // its code and duration.
 template <typename Fn>
-grpc::Status Guard(metrics::CoordinatorMetrics* metrics, const auth::Authenticator* auth,
-                   const grpc::ServerContext* ctx, Access access, const char* method, Fn&& fn) {
+grpc::Status Guard(metrics::CoordinatorMetrics* metrics,
+                   const auth::Authenticator* auth,
+                   const grpc::ServerContext* ctx, Access access,
+                   const char* method, Fn&& fn) {
   const auto start = std::chrono::steady_clock::now();
   grpc::Status status;
   try {
@@ -146,11 +158,13 @@ grpc::Status Guard(metrics::CoordinatorMetrics* metrics, const auth::Authenticat
       status = ToGrpcStatus(fn());
     }
   } catch (const std::exception& e) {
-    status = grpc::Status(grpc::StatusCode::INTERNAL, std::string(method) + ": " + e.what());
+    status = grpc::Status(grpc::StatusCode::INTERNAL,
+                          std::string(method) + ": " + e.what());
   }
   metrics->ObserveRpc(
       method, static_cast<StatusCode>(status.error_code()),
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count());
   return status;
 }
 
@@ -159,15 +173,16 @@ template <typename Fn>
 auto TimedWrite(metrics::CoordinatorMetrics* metrics, const char* op, Fn&& fn) {
   const auto start = std::chrono::steady_clock::now();
   auto result = fn();
-  metrics->ObserveStoreWrite(
-      op, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  metrics->ObserveStoreWrite(op, std::chrono::duration<double>(
+                                     std::chrono::steady_clock::now() - start)
+                                     .count());
   return result;
 }
 
 Status CheckId(int64_t id, const char* field) {
   if (id <= 0) {
-    return InvalidArgumentError(std::string(field) + ": must be positive, got " +
-                                std::to_string(id));
+    return InvalidArgumentError(
+        std::string(field) + ": must be positive, got " + std::to_string(id));
   }
   return Status();
 }
@@ -193,13 +208,16 @@ Status PointBudget::Take(int64_t worker_id, int64_t n) {
   MutexLock lock(&mu_);
   if (buckets_.size() >= kMaxBuckets) {
     for (auto it = buckets_.begin(); it != buckets_.end();) {
-      it = now - it->second.at > std::chrono::seconds(1) ? buckets_.erase(it) : std::next(it);
+      it = now - it->second.at > std::chrono::seconds(1) ? buckets_.erase(it)
+                                                         : std::next(it);
     }
   }
   auto [it, fresh] = buckets_.try_emplace(worker_id, Bucket{rate_, now});
   Bucket& b = it->second;
   if (!fresh) {
-    b.points = std::min(rate_, b.points + rate_ * std::chrono::duration<double>(now - b.at).count());
+    b.points = std::min(
+        rate_,
+        b.points + rate_ * std::chrono::duration<double>(now - b.at).count());
     b.at = now;
   }
   const double need = std::min(static_cast<double>(n), rate_);
@@ -209,7 +227,8 @@ Status PointBudget::Take(int64_t worker_id, int64_t n) {
                   "worker " + std::to_string(worker_id) + ": over " +
                       std::to_string(static_cast<int64_t>(rate_)) +
                       " metric points per second; retry in " +
-                      std::to_string(static_cast<int64_t>(wait_ms) + 1) + " ms");
+                      std::to_string(static_cast<int64_t>(wait_ms) + 1) +
+                      " ms");
   }
   b.points -= static_cast<double>(n);
   return Status();
@@ -218,162 +237,183 @@ Status PointBudget::Take(int64_t worker_id, int64_t n) {
 grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
                                            const v1::SubmitSweepRequest* req,
                                            v1::SubmitSweepResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "SubmitSweep",
-               [&](const auth::Caller& caller) -> Status {
-    spec::SpecFormat format;
-    if (req->format().empty()) {
-      format = spec::SpecFormat::kAuto;
-    } else if (req->format() == "yaml") {
-      format = spec::SpecFormat::kYaml;
-    } else if (req->format() == "json") {
-      format = spec::SpecFormat::kJson;
-    } else {
-      return InvalidArgumentError("format: must be yaml, json or empty, got '" +
-                                  req->format() + "'");
-    }
-    if (req->request_id().size() > kMaxNameLength) {
-      return InvalidArgumentError("request_id: at most 200 characters");
-    }
-    auto submitted =
-        scheduler_->Submit(req->spec(), format, req->request_id(), caller.name);
-    if (!submitted.ok()) return submitted.status();
-    resp->set_sweep_id(submitted->sweep_id);
-    resp->set_trials(submitted->trials);
-    resp->set_repeated(submitted->repeated);
-    return Status();
-  });
+  return Guard(
+      metrics_, auth_, ctx, Access::kUsers, "SubmitSweep",
+      [&](const auth::Caller& caller) -> Status {
+        spec::SpecFormat format;
+        if (req->format().empty()) {
+          format = spec::SpecFormat::kAuto;
+        } else if (req->format() == "yaml") {
+          format = spec::SpecFormat::kYaml;
+        } else if (req->format() == "json") {
+          format = spec::SpecFormat::kJson;
+        } else {
+          return InvalidArgumentError(
+              "format: must be yaml, json or empty, got '" + req->format() +
+              "'");
+        }
+        if (req->request_id().size() > kMaxNameLength) {
+          return InvalidArgumentError("request_id: at most 200 characters");
+        }
+        auto submitted = scheduler_->Submit(req->spec(), format,
+                                            req->request_id(), caller.name);
+        if (!submitted.ok()) return submitted.status();
+        resp->set_sweep_id(submitted->sweep_id);
+        resp->set_trials(submitted->trials);
+        resp->set_repeated(submitted->repeated);
+        return Status();
+      });
 }
 
 grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext* ctx,
                                         const v1::GetSweepRequest* req,
                                         v1::Sweep* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "GetSweep", [&]() -> Status {
-    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-    auto row = store_->GetSweep(req->sweep_id());
-    if (!row.ok()) return row.status();
-    ToProto(*row, resp);
-    return Status();
-  });
+  return Guard(
+      metrics_, auth_, ctx, Access::kUsers, "GetSweep", [&]() -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+        auto row = store_->GetSweep(req->sweep_id());
+        if (!row.ok()) return row.status();
+        ToProto(*row, resp);
+        return Status();
+      });
 }
 
 grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext* ctx,
                                           const v1::ListSweepsRequest* req,
                                           v1::ListSweepsResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "ListSweeps", [&]() -> Status {
-    auto page = ParsePage(req->page_size(), req->page_token(), "sweeps", 0, kSweepPageSize);
-    if (!page.ok()) return page.status();
-    auto rows = store_->ListSweeps(std::max<int64_t>(page->after, 0), page->size + 1);
-    if (!rows.ok()) return rows.status();
-    if (FillPage(*rows, page->size, resp->mutable_sweeps())) {
-      resp->set_next_page_token(PageToken("sweeps", 0, resp->sweeps().rbegin()->id()));
-    }
-    return Status();
-  });
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "ListSweeps",
+               [&]() -> Status {
+                 auto page = ParsePage(req->page_size(), req->page_token(),
+                                       "sweeps", 0, kSweepPageSize);
+                 if (!page.ok()) return page.status();
+                 auto rows = store_->ListSweeps(
+                     std::max<int64_t>(page->after, 0), page->size + 1);
+                 if (!rows.ok()) return rows.status();
+                 if (FillPage(*rows, page->size, resp->mutable_sweeps())) {
+                   resp->set_next_page_token(
+                       PageToken("sweeps", 0, resp->sweeps().rbegin()->id()));
+                 }
+                 return Status();
+               });
 }
 
 grpc::Status SweepServiceImpl::CancelSweep(grpc::ServerContext* ctx,
                                            const v1::CancelSweepRequest* req,
                                            v1::Sweep* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "CancelSweep",
-               [&](const auth::Caller& caller) -> Status {
-    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-    if (caller.role != auth::Role::kAdmin) {
-      auto sweep = store_->GetSweep(req->sweep_id());
-      if (!sweep.ok()) return sweep.status();
-      if (sweep->owner != caller.name) {
-        return Status(StatusCode::kPermissionDenied,
-                      "sweep " + std::to_string(req->sweep_id()) + " belongs to '" +
-                          sweep->owner + "'; only its owner or an admin may cancel it");
-      }
-    }
-    auto row = scheduler_->Cancel(req->sweep_id());
-    if (!row.ok()) return row.status();
-    ToProto(*row, resp);
-    return Status();
-  });
+  return Guard(
+      metrics_, auth_, ctx, Access::kUsers, "CancelSweep",
+      [&](const auth::Caller& caller) -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+        if (caller.role != auth::Role::kAdmin) {
+          auto sweep = store_->GetSweep(req->sweep_id());
+          if (!sweep.ok()) return sweep.status();
+          if (sweep->owner != caller.name) {
+            return Status(StatusCode::kPermissionDenied,
+                          "sweep " + std::to_string(req->sweep_id()) +
+                              " belongs to '" + sweep->owner +
+                              "'; only its owner or an admin may cancel it");
+          }
+        }
+        auto row = scheduler_->Cancel(req->sweep_id());
+        if (!row.ok()) return row.status();
+        ToProto(*row, resp);
+        return Status();
+      });
 }
 
 grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext* ctx,
                                           const v1::ListTrialsRequest* req,
                                           v1::ListTrialsResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "ListTrials", [&]() -> Status {
-    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-    auto page = ParsePage(req->page_size(), req->page_token(), "trials", req->sweep_id(),
-                          kTrialPageSize);
-    if (!page.ok()) return page.status();
-    auto rows = store_->ListTrials(req->sweep_id(), page->after, page->size + 1);
-    if (!rows.ok()) return rows.status();
-    if (FillPage(*rows, page->size, resp->mutable_trials())) {
-      resp->set_next_page_token(
-          PageToken("trials", req->sweep_id(), resp->trials().rbegin()->index()));
-    }
-    return Status();
-  });
+  return Guard(
+      metrics_, auth_, ctx, Access::kUsers, "ListTrials", [&]() -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+        auto page = ParsePage(req->page_size(), req->page_token(), "trials",
+                              req->sweep_id(), kTrialPageSize);
+        if (!page.ok()) return page.status();
+        auto rows =
+            store_->ListTrials(req->sweep_id(), page->after, page->size + 1);
+        if (!rows.ok()) return rows.status();
+        if (FillPage(*rows, page->size, resp->mutable_trials())) {
+          resp->set_next_page_token(PageToken(
+              "trials", req->sweep_id(), resp->trials().rbegin()->index()));
+        }
+        return Status();
+      });
 }
 
 grpc::Status SweepServiceImpl::ListWorkers(grpc::ServerContext* ctx,
                                            const v1::ListWorkersRequest*,
                                            v1::ListWorkersResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "ListWorkers", [&]() -> Status {
-    auto rows = store_->ListWorkers();
-    if (!rows.ok()) return rows.status();
-    for (const auto& row : *rows) ToProto(row, resp->add_workers());
-    return Status();
-  });
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "ListWorkers",
+               [&]() -> Status {
+                 auto rows = store_->ListWorkers();
+                 if (!rows.ok()) return rows.status();
+                 for (const auto& row : *rows)
+                   ToProto(row, resp->add_workers());
+                 return Status();
+               });
 }
 
 grpc::Status SweepServiceImpl::WatchSweep(
     grpc::ServerContext* ctx, const v1::WatchSweepRequest* req,
     grpc::ServerWriter<v1::WatchSweepResponse>* writer) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "WatchSweep", [&]() -> Status {
-    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-    // A snapshot on every state change, and at least once a second so that
-    // the latest metrics show while no trial changes state.
-    int64_t version = store_->version();
-    std::map<int64_t, v1::Trial> sent;  // what the watcher has of each trial
-    for (bool first = true; !ctx->IsCancelled(); first = false) {
-      // A token revoked while the stream is open ends it at the next snapshot.
-      if (!first) {
-        MEGABATCH_RETURN_IF_ERROR(Authorize(auth_, ctx, Access::kUsers, "WatchSweep").status());
-      }
-      auto sweep = store_->GetSweep(req->sweep_id());
-      if (!sweep.ok()) return sweep.status();
-      auto trials = store_->ListTrials(req->sweep_id());
-      if (!trials.ok()) return trials.status();
-      // The trials that changed since they were last sent (all, the first
-      // time), in messages of at most kTrialPageSize trials and kMaxPageBytes.
-      std::vector<v1::Trial> changed;
-      for (const auto& t : *trials) {
-        v1::Trial trial;
-        ToProto(t, &trial);
-        auto it = sent.find(t.id);
-        if (it != sent.end() &&
-            google::protobuf::util::MessageDifferencer::Equals(it->second, trial)) {
-          continue;
+  return Guard(
+      metrics_, auth_, ctx, Access::kUsers, "WatchSweep", [&]() -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+        // A snapshot on every state change, and at least once a second so that
+        // the latest metrics show while no trial changes state.
+        int64_t version = store_->version();
+        std::map<int64_t, v1::Trial>
+            sent;  // what the watcher has of each trial
+        for (bool first = true; !ctx->IsCancelled(); first = false) {
+          // A token revoked while the stream is open ends it at the next
+          // snapshot.
+          if (!first) {
+            MEGABATCH_RETURN_IF_ERROR(
+                Authorize(auth_, ctx, Access::kUsers, "WatchSweep").status());
+          }
+          auto sweep = store_->GetSweep(req->sweep_id());
+          if (!sweep.ok()) return sweep.status();
+          auto trials = store_->ListTrials(req->sweep_id());
+          if (!trials.ok()) return trials.status();
+          // The trials that changed since they were last sent (all, the first
+          // time), in messages of at most kTrialPageSize trials and
+          // kMaxPageBytes.
+          std::vector<v1::Trial> changed;
+          for (const auto& t : *trials) {
+            v1::Trial trial;
+            ToProto(t, &trial);
+            auto it = sent.find(t.id);
+            if (it != sent.end() &&
+                google::protobuf::util::MessageDifferencer::Equals(it->second,
+                                                                   trial)) {
+              continue;
+            }
+            sent[t.id] = trial;
+            changed.push_back(std::move(trial));
+          }
+          size_t next = 0;
+          do {
+            v1::WatchSweepResponse update;
+            ToProto(*sweep, update.mutable_sweep());
+            size_t bytes = 0;
+            while (next < changed.size() &&
+                   Fits(changed[next].ByteSizeLong(), update.trials_size(),
+                        kTrialPageSize, &bytes)) {
+              *update.add_trials() = std::move(changed[next++]);
+            }
+            update.set_snapshot_complete(next == changed.size());
+            if (!writer->Write(update)) {
+              return Status(StatusCode::kCancelled, "watcher went away");
+            }
+          } while (next < changed.size());
+          if (store::IsFinal(sweep->state)) return Status();
+          version = scheduler_->WaitForChange(
+              version,
+              std::chrono::steady_clock::now() + std::chrono::seconds(1));
         }
-        sent[t.id] = trial;
-        changed.push_back(std::move(trial));
-      }
-      size_t next = 0;
-      do {
-        v1::WatchSweepResponse update;
-        ToProto(*sweep, update.mutable_sweep());
-        size_t bytes = 0;
-        while (next < changed.size() && Fits(changed[next].ByteSizeLong(), update.trials_size(),
-                                             kTrialPageSize, &bytes)) {
-          *update.add_trials() = std::move(changed[next++]);
-        }
-        update.set_snapshot_complete(next == changed.size());
-        if (!writer->Write(update)) {
-          return Status(StatusCode::kCancelled, "watcher went away");
-        }
-      } while (next < changed.size());
-      if (store::IsFinal(sweep->state)) return Status();
-      version = scheduler_->WaitForChange(
-          version, std::chrono::steady_clock::now() + std::chrono::seconds(1));
-    }
-    return Status(StatusCode::kCancelled, "watch cancelled by the client");
-  });
+        return Status(StatusCode::kCancelled, "watch cancelled by the client");
+      });
 }
 
 grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx,
@@ -388,12 +428,13 @@ grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx,
     }
     if (req->timeout_ms() < 0 || req->timeout_ms() > kMaxQueryTimeoutMs) {
       return InvalidArgumentError("timeout_ms: must be between 0 and " +
-                                  std::to_string(kMaxQueryTimeoutMs) + ", got " +
-                                  std::to_string(req->timeout_ms()));
+                                  std::to_string(kMaxQueryTimeoutMs) +
+                                  ", got " + std::to_string(req->timeout_ms()));
     }
     store::QueryLimits limits;
     if (req->max_rows() > 0) limits.max_rows = req->max_rows();
-    if (req->timeout_ms() > 0) limits.timeout = std::chrono::milliseconds(req->timeout_ms());
+    if (req->timeout_ms() > 0)
+      limits.timeout = std::chrono::milliseconds(req->timeout_ms());
     limits.cancelled = [ctx] { return ctx->IsCancelled(); };
     auto result = results_->Query(req->sql(), limits);
     if (!result.ok()) return result.status();
@@ -402,223 +443,258 @@ grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx,
   });
 }
 
-grpc::Status SweepServiceImpl::GetSweepReport(grpc::ServerContext* ctx,
-                                              const v1::GetSweepReportRequest* req,
-                                              v1::SweepReport* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "GetSweepReport", [&]() -> Status {
-    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-    auto sweep = store_->GetSweep(req->sweep_id());
-    if (!sweep.ok()) return sweep.status();
-    auto db = results_->Connect();
-    if (!db.ok()) return db.status();
-    auto report = report::BuildReport(**db, req->sweep_id());
-    if (!report.ok()) return report.status();
-    ToProto(*sweep, resp->mutable_sweep());
-    ToProto(*report, resp);
-    return Status();
-  });
+grpc::Status SweepServiceImpl::GetSweepReport(
+    grpc::ServerContext* ctx, const v1::GetSweepReportRequest* req,
+    v1::SweepReport* resp) {
+  return Guard(
+      metrics_, auth_, ctx, Access::kUsers, "GetSweepReport", [&]() -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+        auto sweep = store_->GetSweep(req->sweep_id());
+        if (!sweep.ok()) return sweep.status();
+        auto db = results_->Connect();
+        if (!db.ok()) return db.status();
+        auto report = report::BuildReport(**db, req->sweep_id());
+        if (!report.ok()) return report.status();
+        ToProto(*sweep, resp->mutable_sweep());
+        ToProto(*report, resp);
+        return Status();
+      });
 }
 
 grpc::Status SweepServiceImpl::ExportMetrics(
     grpc::ServerContext* ctx, const v1::ExportMetricsRequest* req,
     grpc::ServerWriter<v1::ExportMetricsResponse>* writer) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "ExportMetrics", [&]() -> Status {
-    MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-    if (req->names_size() > kMaxExportNames) {
-      return InvalidArgumentError("names: at most " + std::to_string(kMaxExportNames));
-    }
-    std::vector<std::string> names(req->names().begin(), req->names().end());
-    return results_->ExportMetrics(
-        req->sweep_id(), names, kExportChunkRows,
-        [&](std::vector<store::MetricRecord>& chunk) -> Status {
-          v1::ExportMetricsResponse out;
-          for (const auto& r : chunk) ToProto(r, out.add_rows());
-          if (!writer->Write(out)) {
-            return Status(StatusCode::kCancelled, "export: the client went away");
-          }
-          return Status();
-        });
-  });
+  return Guard(
+      metrics_, auth_, ctx, Access::kUsers, "ExportMetrics", [&]() -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+        if (req->names_size() > kMaxExportNames) {
+          return InvalidArgumentError("names: at most " +
+                                      std::to_string(kMaxExportNames));
+        }
+        std::vector<std::string> names(req->names().begin(),
+                                       req->names().end());
+        return results_->ExportMetrics(
+            req->sweep_id(), names, kExportChunkRows,
+            [&](std::vector<store::MetricRecord>& chunk) -> Status {
+              v1::ExportMetricsResponse out;
+              for (const auto& r : chunk) ToProto(r, out.add_rows());
+              if (!writer->Write(out)) {
+                return Status(StatusCode::kCancelled,
+                              "export: the client went away");
+              }
+              return Status();
+            });
+      });
 }
 
 grpc::Status WorkerServiceImpl::RegisterWorker(
     grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
     v1::RegisterWorkerResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kWorkers, "RegisterWorker", [&]() -> Status {
-    if (req->name().empty() || req->name().size() > kMaxNameLength) {
-      return InvalidArgumentError("name: must be 1 to 200 characters long");
-    }
-    if (req->slots() < 1 || req->slots() > kMaxSlots) {
-      return InvalidArgumentError("slots: must be between 1 and 4096, got " +
-                                  std::to_string(req->slots()));
-    }
-    store::WorkerRendezvous rendezvous;
-    if (!req->rendezvous_host().empty()) {
-      if (req->rendezvous_host().size() > kMaxNameLength) {
-        return InvalidArgumentError("rendezvous_host: at most 200 characters");
-      }
-      rendezvous.host = req->rendezvous_host();
-    }
-    if (req->rendezvous_port_first() != 0 || req->rendezvous_port_count() != 0) {
-      const int64_t first = req->rendezvous_port_first(), count = req->rendezvous_port_count();
-      if (first < 1 || count < 1 || first + count - 1 > 65535) {
-        return InvalidArgumentError(
-            "rendezvous_port_first/rendezvous_port_count: a range within 1..65535, got " +
-            std::to_string(first) + " + " + std::to_string(count));
-      }
-      rendezvous.port_first = static_cast<int32_t>(first);
-      rendezvous.port_count = static_cast<int32_t>(count);
-    }
-    auto id = store_->RegisterWorker(req->name(), req->slots(), scheduler::NowSeconds(),
-                                     rendezvous);
-    if (!id.ok()) return id.status();
-    resp->set_worker_id(*id);
-    resp->set_heartbeat_interval_ms(static_cast<int32_t>(
-        scheduler_->options().heartbeat_interval.count()));
-    resp->set_lease_timeout_ms(
-        static_cast<int32_t>(scheduler_->options().lease_timeout.count()));
-    resp->set_artifacts_dir(scheduler_->options().artifacts_dir);
-    return Status();
-  });
+  return Guard(
+      metrics_, auth_, ctx, Access::kWorkers, "RegisterWorker",
+      [&]() -> Status {
+        if (req->name().empty() || req->name().size() > kMaxNameLength) {
+          return InvalidArgumentError("name: must be 1 to 200 characters long");
+        }
+        if (req->slots() < 1 || req->slots() > kMaxSlots) {
+          return InvalidArgumentError(
+              "slots: must be between 1 and 4096, got " +
+              std::to_string(req->slots()));
+        }
+        store::WorkerRendezvous rendezvous;
+        if (!req->rendezvous_host().empty()) {
+          if (req->rendezvous_host().size() > kMaxNameLength) {
+            return InvalidArgumentError(
+                "rendezvous_host: at most 200 characters");
+          }
+          rendezvous.host = req->rendezvous_host();
+        }
+        if (req->rendezvous_port_first() != 0 ||
+            req->rendezvous_port_count() != 0) {
+          const int64_t first = req->rendezvous_port_first(),
+                        count = req->rendezvous_port_count();
+          if (first < 1 || count < 1 || first + count - 1 > 65535) {
+            return InvalidArgumentError(
+                "rendezvous_port_first/rendezvous_port_count: a range within "
+                "1..65535, got " +
+                std::to_string(first) + " + " + std::to_string(count));
+          }
+          rendezvous.port_first = static_cast<int32_t>(first);
+          rendezvous.port_count = static_cast<int32_t>(count);
+        }
+        auto id = store_->RegisterWorker(req->name(), req->slots(),
+                                         scheduler::NowSeconds(), rendezvous);
+        if (!id.ok()) return id.status();
+        resp->set_worker_id(*id);
+        resp->set_heartbeat_interval_ms(static_cast<int32_t>(
+            scheduler_->options().heartbeat_interval.count()));
+        resp->set_lease_timeout_ms(
+            static_cast<int32_t>(scheduler_->options().lease_timeout.count()));
+        resp->set_artifacts_dir(scheduler_->options().artifacts_dir);
+        return Status();
+      });
 }
 
 grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx,
                                           const v1::HeartbeatRequest* req,
                                           v1::HeartbeatResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kWorkers, "Heartbeat", [&]() -> Status {
-    MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
-    if (req->running_size() > kMaxSlots) {
-      return InvalidArgumentError("running: at most " + std::to_string(kMaxSlots) +
-                                  " trials (a worker's slots), got " +
-                                  std::to_string(req->running_size()));
-    }
-    std::vector<store::RunningLease> running;
-    for (const auto& lease : req->running()) {
-      MEGABATCH_RETURN_IF_ERROR(CheckLease(lease));
-      running.push_back({lease.trial_id(), lease.lease_id(), lease.rank()});
-    }
-    if (req->gpus_size() > kMaxGpusPerWorker) {
-      return InvalidArgumentError("gpus: at most " + std::to_string(kMaxGpusPerWorker));
-    }
-    std::vector<metrics::GpuSample> gpus;
-    for (int i = 0; i < req->gpus_size(); ++i) {
-      const v1::GpuStats& g = req->gpus(i);
-      const std::string field = "gpus[" + std::to_string(i) + "]";
-      if (g.index() < 0) return InvalidArgumentError(field + ".index: must be >= 0");
-      if (!(g.utilization_ratio() >= 0 && g.utilization_ratio() <= 1)) {
-        return InvalidArgumentError(field + ".utilization_ratio: must be between 0 and 1");
-      }
-      if (g.memory_used_bytes() < 0 || g.memory_total_bytes() < 0) {
-        return InvalidArgumentError(field + ".memory_*_bytes: must be >= 0");
-      }
-      gpus.push_back({g.index(), g.utilization_ratio(),
-                      static_cast<double>(g.memory_used_bytes()),
-                      static_cast<double>(g.memory_total_bytes())});
-    }
-    auto stop = TimedWrite(metrics_, "heartbeat", [&] {
-      return store_->Heartbeat(req->worker_id(), running, scheduler::NowSeconds());
-    });
-    if (!stop.ok()) return stop.status();
-    metrics_->RecordWorkerGpus(req->worker_id(), std::move(gpus));
-    for (int64_t id : *stop) resp->add_stop_trial_ids(id);
-    return Status();
-  });
+  return Guard(
+      metrics_, auth_, ctx, Access::kWorkers, "Heartbeat", [&]() -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+        if (req->running_size() > kMaxSlots) {
+          return InvalidArgumentError("running: at most " +
+                                      std::to_string(kMaxSlots) +
+                                      " trials (a worker's slots), got " +
+                                      std::to_string(req->running_size()));
+        }
+        std::vector<store::RunningLease> running;
+        for (const auto& lease : req->running()) {
+          MEGABATCH_RETURN_IF_ERROR(CheckLease(lease));
+          running.push_back({lease.trial_id(), lease.lease_id(), lease.rank()});
+        }
+        if (req->gpus_size() > kMaxGpusPerWorker) {
+          return InvalidArgumentError("gpus: at most " +
+                                      std::to_string(kMaxGpusPerWorker));
+        }
+        std::vector<metrics::GpuSample> gpus;
+        for (int i = 0; i < req->gpus_size(); ++i) {
+          const v1::GpuStats& g = req->gpus(i);
+          const std::string field = "gpus[" + std::to_string(i) + "]";
+          if (g.index() < 0)
+            return InvalidArgumentError(field + ".index: must be >= 0");
+          if (!(g.utilization_ratio() >= 0 && g.utilization_ratio() <= 1)) {
+            return InvalidArgumentError(
+                field + ".utilization_ratio: must be between 0 and 1");
+          }
+          if (g.memory_used_bytes() < 0 || g.memory_total_bytes() < 0) {
+            return InvalidArgumentError(field +
+                                        ".memory_*_bytes: must be >= 0");
+          }
+          gpus.push_back({g.index(), g.utilization_ratio(),
+                          static_cast<double>(g.memory_used_bytes()),
+                          static_cast<double>(g.memory_total_bytes())});
+        }
+        auto stop = TimedWrite(metrics_, "heartbeat", [&] {
+          return store_->Heartbeat(req->worker_id(), running,
+                                   scheduler::NowSeconds());
+        });
+        if (!stop.ok()) return stop.status();
+        metrics_->RecordWorkerGpus(req->worker_id(), std::move(gpus));
+        for (int64_t id : *stop) resp->add_stop_trial_ids(id);
+        return Status();
+      });
 }
 
 grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext* ctx,
                                            const v1::LeaseTrialRequest* req,
                                            v1::LeaseTrialResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kWorkers, "LeaseTrial", [&]() -> Status {
-    MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
-    if (req->wait_ms() < 0 || req->wait_ms() > kMaxWaitMs) {
-      return InvalidArgumentError("wait_ms: must be between 0 and 60000, got " +
-                                  std::to_string(req->wait_ms()));
-    }
-    auto lease = scheduler_->Lease(req->worker_id(),
-                                   std::chrono::milliseconds(req->wait_ms()),
-                                   [ctx] { return ctx->IsCancelled(); });
-    if (!lease.ok()) return lease.status();
-    if (lease->has_value()) {
-      const store::Lease& l = **lease;
-      resp->mutable_lease()->set_trial_id(l.trial_id);
-      resp->mutable_lease()->set_lease_id(l.lease_id);
-      resp->mutable_lease()->set_rank(l.rank);
-      resp->set_config_json(l.config_json);
-    }
-    return Status();
-  });
+  return Guard(
+      metrics_, auth_, ctx, Access::kWorkers, "LeaseTrial", [&]() -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+        if (req->wait_ms() < 0 || req->wait_ms() > kMaxWaitMs) {
+          return InvalidArgumentError(
+              "wait_ms: must be between 0 and 60000, got " +
+              std::to_string(req->wait_ms()));
+        }
+        auto lease = scheduler_->Lease(
+            req->worker_id(), std::chrono::milliseconds(req->wait_ms()),
+            [ctx] { return ctx->IsCancelled(); });
+        if (!lease.ok()) return lease.status();
+        if (lease->has_value()) {
+          const store::Lease& l = **lease;
+          resp->mutable_lease()->set_trial_id(l.trial_id);
+          resp->mutable_lease()->set_lease_id(l.lease_id);
+          resp->mutable_lease()->set_rank(l.rank);
+          resp->set_config_json(l.config_json);
+        }
+        return Status();
+      });
 }
 
 grpc::Status WorkerServiceImpl::ReportMetrics(
     grpc::ServerContext* ctx, const v1::ReportMetricsRequest* req,
     v1::ReportMetricsResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kWorkers, "ReportMetrics", [&]() -> Status {
-    MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
-    MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
-    if (req->points_size() > kMaxPointsPerReport) {
-      return Status(StatusCode::kResourceExhausted,
-                    "points: " + std::to_string(req->points_size()) +
-                        " in one report; at most 100000");
-    }
-    if (req->lease().rank() != 0) {
-      return FailedPreconditionError("lease.rank: only rank 0 of a trial reports metrics");
-    }
-    MEGABATCH_RETURN_IF_ERROR(point_budget_.Take(req->worker_id(), req->points_size()));
-    std::vector<store::MetricPoint> points;
-    points.reserve(req->points_size());
-    for (int i = 0; i < req->points_size(); ++i) {
-      const auto& p = req->points(i);
-      if (p.name().empty() || p.name().size() > kMaxNameLength) {
-        return InvalidArgumentError("points[" + std::to_string(i) +
-                                    "].name: must be 1 to 200 characters long");
-      }
-      if (p.step() < 0) {
-        return InvalidArgumentError("points[" + std::to_string(i) +
-                                    "].step: must be >= 0, got " +
-                                    std::to_string(p.step()));
-      }
-      points.push_back({p.name(), p.step(), p.value()});
-    }
-    // Early stopping may prune the trial; the store tells the scheduler.
-    MEGABATCH_RETURN_IF_ERROR(TimedWrite(metrics_, "append_metrics", [&] {
-      return store_->AppendMetrics(req->lease().trial_id(), req->lease().lease_id(),
-                                   req->worker_id(), points, scheduler::NowSeconds());
-    }));
-    metrics_->RecordTrialPoints(req->lease().trial_id(), points);
-    resp->set_accepted(req->points_size());
-    return Status();
-  });
+  return Guard(
+      metrics_, auth_, ctx, Access::kWorkers, "ReportMetrics", [&]() -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+        MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
+        if (req->points_size() > kMaxPointsPerReport) {
+          return Status(StatusCode::kResourceExhausted,
+                        "points: " + std::to_string(req->points_size()) +
+                            " in one report; at most 100000");
+        }
+        if (req->lease().rank() != 0) {
+          return FailedPreconditionError(
+              "lease.rank: only rank 0 of a trial reports metrics");
+        }
+        MEGABATCH_RETURN_IF_ERROR(
+            point_budget_.Take(req->worker_id(), req->points_size()));
+        std::vector<store::MetricPoint> points;
+        points.reserve(req->points_size());
+        for (int i = 0; i < req->points_size(); ++i) {
+          const auto& p = req->points(i);
+          if (p.name().empty() || p.name().size() > kMaxNameLength) {
+            return InvalidArgumentError(
+                "points[" + std::to_string(i) +
+                "].name: must be 1 to 200 characters long");
+          }
+          if (p.step() < 0) {
+            return InvalidArgumentError("points[" + std::to_string(i) +
+                                        "].step: must be >= 0, got " +
+                                        std::to_string(p.step()));
+          }
+          points.push_back({p.name(), p.step(), p.value()});
+        }
+        // Early stopping may prune the trial; the store tells the scheduler.
+        MEGABATCH_RETURN_IF_ERROR(TimedWrite(metrics_, "append_metrics", [&] {
+          return store_->AppendMetrics(
+              req->lease().trial_id(), req->lease().lease_id(),
+              req->worker_id(), points, scheduler::NowSeconds());
+        }));
+        metrics_->RecordTrialPoints(req->lease().trial_id(), points);
+        resp->set_accepted(req->points_size());
+        return Status();
+      });
 }
 
 grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext* ctx,
                                             const v1::FinishTrialRequest* req,
                                             v1::FinishTrialResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kWorkers, "FinishTrial", [&]() -> Status {
-    MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
-    MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
-    store::TrialState outcome;
-    switch (req->outcome()) {
-      case v1::TRIAL_STATE_COMPLETED: outcome = store::TrialState::kCompleted; break;
-      case v1::TRIAL_STATE_FAILED: outcome = store::TrialState::kFailed; break;
-      case v1::TRIAL_STATE_DIVERGED: outcome = store::TrialState::kDiverged; break;
-      default:
-        return InvalidArgumentError(
-            "outcome: must be COMPLETED, FAILED or DIVERGED, got " +
-            v1::TrialState_Name(req->outcome()));
-    }
-    if (req->message().size() > kMaxMessageLength ||
-        req->stderr_tail().size() > kMaxMessageLength) {
-      return InvalidArgumentError("message/stderr_tail: at most 65536 bytes");
-    }
-    auto state = TimedWrite(metrics_, "finish_trial", [&] {
-      return scheduler_->Finish(req->lease().trial_id(), req->lease().lease_id(),
-                                req->worker_id(), outcome, req->message(),
-                                req->stderr_tail(), req->lease().rank());
-    });
-    if (!state.ok()) return state.status();
-    resp->set_state(ToProto(*state));
-    return Status();
-  });
+  return Guard(
+      metrics_, auth_, ctx, Access::kWorkers, "FinishTrial", [&]() -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+        MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
+        store::TrialState outcome;
+        switch (req->outcome()) {
+          case v1::TRIAL_STATE_COMPLETED:
+            outcome = store::TrialState::kCompleted;
+            break;
+          case v1::TRIAL_STATE_FAILED:
+            outcome = store::TrialState::kFailed;
+            break;
+          case v1::TRIAL_STATE_DIVERGED:
+            outcome = store::TrialState::kDiverged;
+            break;
+          default:
+            return InvalidArgumentError(
+                "outcome: must be COMPLETED, FAILED or DIVERGED, got " +
+                v1::TrialState_Name(req->outcome()));
+        }
+        if (req->message().size() > kMaxMessageLength ||
+            req->stderr_tail().size() > kMaxMessageLength) {
+          return InvalidArgumentError(
+              "message/stderr_tail: at most 65536 bytes");
+        }
+        auto state = TimedWrite(metrics_, "finish_trial", [&] {
+          return scheduler_->Finish(req->lease().trial_id(),
+                                    req->lease().lease_id(), req->worker_id(),
+                                    outcome, req->message(), req->stderr_tail(),
+                                    req->lease().rank());
+        });
+        if (!state.ok()) return state.status();
+        resp->set_state(ToProto(*state));
+        return Status();
+      });
 }
 
 }  // namespace megabatch::service

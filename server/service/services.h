@@ -5,9 +5,9 @@
 #define MEGABATCH_SERVER_SERVICE_SERVICES_H_
 
 #include <chrono>
-#include "common/mutex.h"
 #include <unordered_map>
 
+#include "common/mutex.h"
 #include "common/thread_annotations.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/auth/auth.h"
@@ -25,8 +25,12 @@ class SweepServiceImpl final : public v1::SweepService::Service {
  public:
   SweepServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
                    const store::ReadOnlyDb* results,
-                   metrics::CoordinatorMetrics* metrics, const auth::Authenticator* auth)
-      : store_(store), scheduler_(scheduler), results_(results), metrics_(metrics),
+                   metrics::CoordinatorMetrics* metrics,
+                   const auth::Authenticator* auth)
+      : store_(store),
+        scheduler_(scheduler),
+        results_(results),
+        metrics_(metrics),
         auth_(auth) {}
 
   grpc::Status SubmitSweep(grpc::ServerContext*, const v1::SubmitSweepRequest*,
@@ -48,9 +52,9 @@ class SweepServiceImpl final : public v1::SweepService::Service {
   grpc::Status GetSweepReport(grpc::ServerContext*,
                               const v1::GetSweepReportRequest*,
                               v1::SweepReport*) override;
-  grpc::Status ExportMetrics(grpc::ServerContext*,
-                             const v1::ExportMetricsRequest*,
-                             grpc::ServerWriter<v1::ExportMetricsResponse>*) override;
+  grpc::Status ExportMetrics(
+      grpc::ServerContext*, const v1::ExportMetricsRequest*,
+      grpc::ServerWriter<v1::ExportMetricsResponse>*) override;
 
  private:
   store::SweepStore* const store_;
@@ -87,9 +91,13 @@ class PointBudget {
 class WorkerServiceImpl final : public v1::WorkerService::Service {
  public:
   WorkerServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
-                    metrics::CoordinatorMetrics* metrics, const auth::Authenticator* auth,
+                    metrics::CoordinatorMetrics* metrics,
+                    const auth::Authenticator* auth,
                     double points_per_second = 0)
-      : store_(store), scheduler_(scheduler), metrics_(metrics), auth_(auth),
+      : store_(store),
+        scheduler_(scheduler),
+        metrics_(metrics),
+        auth_(auth),
         point_budget_(points_per_second) {}
 
   grpc::Status RegisterWorker(grpc::ServerContext*,

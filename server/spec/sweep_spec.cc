@@ -56,7 +56,8 @@ json YamlToJson(const YAML::Node& node) {
   // Whole-string numbers only: "12abc" stays a string.
   json number = json::parse(s, nullptr, /*allow_exceptions=*/false);
   if (number.is_number()) return number;
-  if (s == ".inf" || s == ".Inf") return std::numeric_limits<double>::infinity();
+  if (s == ".inf" || s == ".Inf")
+    return std::numeric_limits<double>::infinity();
   if (s == ".nan" || s == ".NaN") return std::nan("");
   return s;
 }
@@ -128,8 +129,8 @@ class Fields {
   }
 
   // An integer in [lo, hi].
-  Status Int(std::string_view key, int64_t* out, std::optional<int64_t> fallback,
-             int64_t lo, int64_t hi) {
+  Status Int(std::string_view key, int64_t* out,
+             std::optional<int64_t> fallback, int64_t lo, int64_t hi) {
     const json* v = Get(key);
     if (v == nullptr) {
       if (fallback) {
@@ -260,7 +261,8 @@ Status WidthList(Fields& f, std::string_view key, size_t max_len,
   const json* v = f.Get(key);
   if (v == nullptr) return Status::Ok();
   std::string path = f.Path(key);
-  if (!v->is_array()) return InvalidArgumentError(path + ": must be a list of widths");
+  if (!v->is_array())
+    return InvalidArgumentError(path + ": must be a list of widths");
   if (v->size() > max_len) {
     return InvalidArgumentError(path + ": at most " + std::to_string(max_len) +
                                 " entries");
@@ -296,14 +298,16 @@ Status ParseModel(Fields& top, json* out) {
     for (int64_t w : list.default_widths) {
       if (w > 0) fallback.push_back(w);
     }
-    MEGABATCH_RETURN_IF_ERROR(WidthList(f, list.name, list.max_entries, fallback, &widths));
+    MEGABATCH_RETURN_IF_ERROR(
+        WidthList(f, list.name, list.max_entries, fallback, &widths));
     (*out)[std::string(list.name)] = widths;
   }
   int64_t hidden = 0;
   for (const ModelIntOption& o : model->ints) {
     if (o.name.empty()) continue;
     int64_t value;
-    MEGABATCH_RETURN_IF_ERROR(f.Int(o.name, &value, DefaultOf(o, hidden), o.lo, o.hi));
+    MEGABATCH_RETURN_IF_ERROR(
+        f.Int(o.name, &value, DefaultOf(o, hidden), o.lo, o.hi));
     if (o.name == "hidden") hidden = value;
     (*out)[std::string(o.name)] = value;
   }
@@ -314,7 +318,8 @@ Status ParseModel(Fields& top, json* out) {
   }
   if (out->contains("heads") && hidden % (*out)["heads"].get<int64_t>() != 0) {
     return InvalidArgumentError("model.heads: " + (*out)["heads"].dump() +
-                                " must divide model.hidden " + std::to_string(hidden));
+                                " must divide model.hidden " +
+                                std::to_string(hidden));
   }
   return f.NoUnknown();
 }
@@ -338,7 +343,8 @@ int64_t CorpusBytes(const std::string& path) {
 
 // `model` is the parsed model: mlp and cnn train on fashion_mnist (the
 // default dataset for them), char_lstm and tiny_bert on text.
-Status ParseDataset(Fields& top, const json& model, json* out, int64_t* train_samples) {
+Status ParseDataset(Fields& top, const json& model, json* out,
+                    int64_t* train_samples) {
   const json* v = top.Get("dataset");
   MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "dataset"));
   json empty = json::object();
@@ -353,25 +359,30 @@ Status ParseDataset(Fields& top, const json& model, json* out, int64_t* train_sa
                                 "'; supported: fashion_mnist, text");
   }
   if (name != wanted) {
-    return InvalidArgumentError("dataset.name: model " + type + " trains on " + wanted +
-                                ", not " + name);
+    return InvalidArgumentError("dataset.name: model " + type + " trains on " +
+                                wanted + ", not " + name);
   }
   std::error_code ec;
   if (text) {
-    MEGABATCH_RETURN_IF_ERROR(f.String("path", &path, std::string(kDefaultTextCorpusPath)));
+    MEGABATCH_RETURN_IF_ERROR(
+        f.String("path", &path, std::string(kDefaultTextCorpusPath)));
     if (!std::filesystem::exists(path, ec)) {
-      return InvalidArgumentError("dataset.path: no such file or directory: " + path);
+      return InvalidArgumentError("dataset.path: no such file or directory: " +
+                                  path);
     }
     double fraction;
-    MEGABATCH_RETURN_IF_ERROR(f.Number("validation_fraction", &fraction, 0.05, 0, true));
+    MEGABATCH_RETURN_IF_ERROR(
+        f.Number("validation_fraction", &fraction, 0.05, 0, true));
     if (fraction >= 1) {
-      return InvalidArgumentError("dataset.validation_fraction: must be below 1");
+      return InvalidArgumentError(
+          "dataset.validation_fraction: must be below 1");
     }
     MEGABATCH_RETURN_IF_ERROR(f.NoUnknown());
     *out = {{"name", name}, {"path", path}, {"validation_fraction", fraction}};
     // An upper bound (the trainer counts exactly and refuses a batch larger
     // than its training set): tokens and windows are at least a byte each.
-    *train_samples = std::max<int64_t>(1, CorpusBytes(path) / model["seq_len"].get<int64_t>());
+    *train_samples = std::max<int64_t>(
+        1, CorpusBytes(path) / model["seq_len"].get<int64_t>());
     return Status::Ok();
   }
   MEGABATCH_RETURN_IF_ERROR(
@@ -392,7 +403,8 @@ Status ParseDataset(Fields& top, const json& model, json* out, int64_t* train_sa
   return Status::Ok();
 }
 
-Status ParseOptimizer(const json& v, const std::string& path, OptimizerSpec* out) {
+Status ParseOptimizer(const json& v, const std::string& path,
+                      OptimizerSpec* out) {
   MEGABATCH_RETURN_IF_ERROR(RequireObject(&v, path));
   Fields f(v, path);
   MEGABATCH_RETURN_IF_ERROR(f.String("name", &out->name));
@@ -443,9 +455,9 @@ Status ParseOptimizer(const json& v, const std::string& path, OptimizerSpec* out
         json pair = {opt.default_value, opt.default_second};
         if (given != nullptr) {
           if (!given->is_array() || given->size() != 2) {
-            return InvalidArgumentError(opt_path +
-                                        ": must be a list of two numbers, got " +
-                                        Describe(*given));
+            return InvalidArgumentError(
+                opt_path + ": must be a list of two numbers, got " +
+                Describe(*given));
           }
           for (int i = 0; i < 2; ++i) {
             double x;
@@ -511,7 +523,8 @@ Status ParseBudget(Fields& top, json* out) {
   }
   Fields f(*v, "budget");
   int given = 0;
-  for (const char* key : {"epochs", "steps", "samples"}) given += f.Get(key) != nullptr;
+  for (const char* key : {"epochs", "steps", "samples"})
+    given += f.Get(key) != nullptr;
   if (given != 1) {
     return InvalidArgumentError(
         "budget: give exactly one of epochs, steps or samples");
@@ -535,16 +548,19 @@ Status ParseBudget(Fields& top, json* out) {
 // A selection metric (targets, early stopping) the spec's model reports;
 // the old names test_accuracy and test_loss mean the validation metrics.
 Status SelectionMetricOf(Fields& f, const json& model, std::string* metric) {
-  MEGABATCH_RETURN_IF_ERROR(f.String("metric", metric, std::string("val_accuracy")));
+  MEGABATCH_RETURN_IF_ERROR(
+      f.String("metric", metric, std::string("val_accuracy")));
   *metric = std::string(CanonicalSelectionMetric(*metric));
   const SelectionMetric* m = FindSelectionMetric(*metric);
   if (m == nullptr) {
-    return InvalidArgumentError(f.Path("metric") + ": unknown metric '" + *metric +
+    return InvalidArgumentError(f.Path("metric") + ": unknown metric '" +
+                                *metric +
                                 "'; supported: " + SelectionMetricNames());
   }
   const std::string type = model["type"];
   if (!m->model.empty() && m->model != type) {
-    return InvalidArgumentError(f.Path("metric") + ": " + *metric + " is reported by model " +
+    return InvalidArgumentError(f.Path("metric") + ": " + *metric +
+                                " is reported by model " +
                                 std::string(m->model) + ", not " + type);
   }
   return Status::Ok();
@@ -558,7 +574,8 @@ Status ParseTarget(Fields& top, const json& model, json* out) {
     return Status::Ok();
   }
   Fields f(*v, "target");
-  if (f.Get("metric") == nullptr) return InvalidArgumentError("target.metric: required");
+  if (f.Get("metric") == nullptr)
+    return InvalidArgumentError("target.metric: required");
   std::string metric;
   MEGABATCH_RETURN_IF_ERROR(SelectionMetricOf(f, model, &metric));
   double value;
@@ -609,7 +626,8 @@ Status ParseList(Fields& top, std::string_view key, std::vector<T>* out,
     std::string item_path = path + "[" + std::to_string(i) + "]";
     MEGABATCH_RETURN_IF_ERROR(parse_one((*v)[i], item_path, &x));
     if (std::find(out->begin(), out->end(), x) != out->end()) {
-      return InvalidArgumentError(item_path + ": duplicate of an earlier entry");
+      return InvalidArgumentError(item_path +
+                                  ": duplicate of an earlier entry");
     }
     out->push_back(std::move(x));
   }
@@ -635,10 +653,12 @@ Status ParseStrategy(Fields& top, int64_t train_samples, json* out) {
   const int64_t largest = train_samples > 0 ? train_samples : int64_t{1} << 30;
   int64_t max_batch = 0, batch_sizes = 0, lr_trials = 0, finish_lrs = 0;
   double search_fraction = 0, span = 0;
-  MEGABATCH_RETURN_IF_ERROR(f.Int("max_batch_size", &max_batch, largest, 2, largest));
+  MEGABATCH_RETURN_IF_ERROR(
+      f.Int("max_batch_size", &max_batch, largest, 2, largest));
   MEGABATCH_RETURN_IF_ERROR(f.Int("batch_sizes", &batch_sizes, 6, 2, 16));
   MEGABATCH_RETURN_IF_ERROR(f.Int("lr_trials_per_batch", &lr_trials, 5, 3, 20));
-  MEGABATCH_RETURN_IF_ERROR(f.Number("search_fraction", &search_fraction, 0.2, 0, true));
+  MEGABATCH_RETURN_IF_ERROR(
+      f.Number("search_fraction", &search_fraction, 0.2, 0, true));
   MEGABATCH_RETURN_IF_ERROR(f.Int("finish_lrs", &finish_lrs, 2, 1, 5));
   MEGABATCH_RETURN_IF_ERROR(f.Number("span", &span, 16, 2, false));
   if (span > 1024) {
@@ -646,8 +666,9 @@ Status ParseStrategy(Fields& top, int64_t train_samples, json* out) {
                                 Describe(*f.Get("span")));
   }
   if (search_fraction > 1) {
-    return InvalidArgumentError("strategy.search_fraction: must be at most 1, got " +
-                                Describe(*f.Get("search_fraction")));
+    return InvalidArgumentError(
+        "strategy.search_fraction: must be at most 1, got " +
+        Describe(*f.Get("search_fraction")));
   }
   *out = {{"type", type},
           {"max_batch_size", max_batch},
@@ -665,9 +686,12 @@ double ScaledLr(LrScaling scaling, double base_lr, int64_t base_batch_size,
                 int64_t batch_size) {
   double ratio = static_cast<double>(batch_size) / base_batch_size;
   switch (scaling) {
-    case LrScaling::kLinear: return base_lr * ratio;
-    case LrScaling::kSqrt: return base_lr * std::sqrt(ratio);
-    case LrScaling::kNone: break;
+    case LrScaling::kLinear:
+      return base_lr * ratio;
+    case LrScaling::kSqrt:
+      return base_lr * std::sqrt(ratio);
+    case LrScaling::kNone:
+      break;
   }
   return base_lr;
 }
@@ -682,7 +706,8 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   MEGABATCH_RETURN_IF_ERROR(top.String("name", &s.name));
   MEGABATCH_RETURN_IF_ERROR(ParseModel(top, &s.model));
   int64_t train_samples = 0;
-  MEGABATCH_RETURN_IF_ERROR(ParseDataset(top, s.model, &s.dataset, &train_samples));
+  MEGABATCH_RETURN_IF_ERROR(
+      ParseDataset(top, s.model, &s.dataset, &train_samples));
 
   MEGABATCH_RETURN_IF_ERROR(ParseList<OptimizerSpec>(
       top, "optimizers", &s.optimizers, {},
@@ -697,18 +722,21 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   const bool adaptive = !s.strategy.is_null();
   if (adaptive) {
     // The planner places the batch sizes and the lrs.
-    for (const char* key : {"batch_sizes", "lr_multipliers", "early_stopping"}) {
+    for (const char* key :
+         {"batch_sizes", "lr_multipliers", "early_stopping"}) {
       if (top.Get(key) != nullptr) {
-        return InvalidArgumentError(std::string(key) +
-                                    ": not with strategy adaptive, which chooses the batch "
-                                    "sizes and lrs itself");
+        return InvalidArgumentError(
+            std::string(key) +
+            ": not with strategy adaptive, which chooses the batch "
+            "sizes and lrs itself");
       }
     }
   } else {
     MEGABATCH_RETURN_IF_ERROR(ParseList<int64_t>(
         top, "batch_sizes", &s.batch_sizes, {},
         [&](const json& v, const std::string& path, int64_t* b) {
-          MEGABATCH_RETURN_IF_ERROR(Fields::IntValue(v, path, b, 1, train_samples));
+          MEGABATCH_RETURN_IF_ERROR(
+              Fields::IntValue(v, path, b, 1, train_samples));
           return Status::Ok();
         }));
   }
@@ -719,10 +747,12 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   Fields bf(*base, "base");
   MEGABATCH_RETURN_IF_ERROR(bf.Number("lr", &s.base_lr, {}, 0, true));
   if (adaptive) {
-    MEGABATCH_RETURN_IF_ERROR(bf.Int("batch_size", &s.base_batch_size, {}, 2,
-                                     s.strategy["max_batch_size"].get<int64_t>() / 2));
+    MEGABATCH_RETURN_IF_ERROR(
+        bf.Int("batch_size", &s.base_batch_size, {}, 2,
+               s.strategy["max_batch_size"].get<int64_t>() / 2));
   } else {
-    int64_t smallest = *std::min_element(s.batch_sizes.begin(), s.batch_sizes.end());
+    int64_t smallest =
+        *std::min_element(s.batch_sizes.begin(), s.batch_sizes.end());
     MEGABATCH_RETURN_IF_ERROR(
         bf.Int("batch_size", &s.base_batch_size, smallest, 1, INT64_MAX));
   }
@@ -741,47 +771,53 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
     return InvalidArgumentError("lr_scaling: unknown rule '" + scaling +
                                 "'; supported: linear, sqrt, none");
   }
-  MEGABATCH_RETURN_IF_ERROR(ParseList<double>(
-      top, "lr_multipliers", &s.lr_multipliers, {1.0},
-      [](const json& v, const std::string& path, double* m) {
-        return Fields::NumberValue(v, path, m, 0, true);
-      }));
+  MEGABATCH_RETURN_IF_ERROR(
+      ParseList<double>(top, "lr_multipliers", &s.lr_multipliers, {1.0},
+                        [](const json& v, const std::string& path, double* m) {
+                          return Fields::NumberValue(v, path, m, 0, true);
+                        }));
   MEGABATCH_RETURN_IF_ERROR(ParseSchedule(top, &s.schedule));
-  MEGABATCH_RETURN_IF_ERROR(top.Int("micro_batch_size", &s.micro_batch_size,
-                                    0, 1, train_samples));
+  MEGABATCH_RETURN_IF_ERROR(
+      top.Int("micro_batch_size", &s.micro_batch_size, 0, 1, train_samples));
   int64_t ranks = 1;
-  MEGABATCH_RETURN_IF_ERROR(top.Int("ranks_per_trial", &ranks, 1, 1, kMaxRanksPerTrial));
+  MEGABATCH_RETURN_IF_ERROR(
+      top.Int("ranks_per_trial", &ranks, 1, 1, kMaxRanksPerTrial));
   s.ranks_per_trial = static_cast<int32_t>(ranks);
   for (int64_t b : s.batch_sizes) {
     // Each rank takes b / ranks of every batch, in micro-batches.
     if (b % ranks != 0) {
-      return InvalidArgumentError("ranks_per_trial: batch size " + std::to_string(b) +
-                                  " is not a multiple of " + std::to_string(ranks));
+      return InvalidArgumentError("ranks_per_trial: batch size " +
+                                  std::to_string(b) + " is not a multiple of " +
+                                  std::to_string(ranks));
     }
     const int64_t local = b / ranks;
     if (s.micro_batch_size > 0 && local > s.micro_batch_size &&
         local % s.micro_batch_size != 0) {
       return InvalidArgumentError(
           "micro_batch_size: batch size " + std::to_string(b) +
-          (ranks > 1 ? " / " + std::to_string(ranks) + " ranks" : std::string()) +
+          (ranks > 1 ? " / " + std::to_string(ranks) + " ranks"
+                     : std::string()) +
           " is not a multiple of " + std::to_string(s.micro_batch_size));
     }
   }
   MEGABATCH_RETURN_IF_ERROR(ParseBudget(top, &s.budget));
   MEGABATCH_RETURN_IF_ERROR(ParseTarget(top, s.model, &s.target));
-  MEGABATCH_RETURN_IF_ERROR(ParseEarlyStopping(top, s.model, &s.early_stopping));
-  MEGABATCH_RETURN_IF_ERROR(top.Int("eval_every_steps", &s.eval_every_steps, 0,
-                                    0, int64_t{1} << 40));
-  MEGABATCH_RETURN_IF_ERROR(top.Int("eval_every_samples", &s.eval_every_samples, 0, 0,
-                                    int64_t{1} << 50));
+  MEGABATCH_RETURN_IF_ERROR(
+      ParseEarlyStopping(top, s.model, &s.early_stopping));
+  MEGABATCH_RETURN_IF_ERROR(
+      top.Int("eval_every_steps", &s.eval_every_steps, 0, 0, int64_t{1} << 40));
+  MEGABATCH_RETURN_IF_ERROR(top.Int("eval_every_samples", &s.eval_every_samples,
+                                    0, 0, int64_t{1} << 50));
   if (s.eval_every_steps > 0 && s.eval_every_samples > 0) {
     return InvalidArgumentError(
         "eval_every_samples: give it or eval_every_steps, not both");
   }
-  MEGABATCH_RETURN_IF_ERROR(top.Choice("noise_scale", &s.noise_scale, {"auto", "always", "off"}));
+  MEGABATCH_RETURN_IF_ERROR(
+      top.Choice("noise_scale", &s.noise_scale, {"auto", "always", "off"}));
   for (int64_t b : s.batch_sizes) {
     // A step of one micro-batch on one rank is measured by its two halves.
-    const bool one_part = ranks == 1 && (s.micro_batch_size == 0 || s.micro_batch_size >= b);
+    const bool one_part =
+        ranks == 1 && (s.micro_batch_size == 0 || s.micro_batch_size >= b);
     if (s.noise_scale == "always" && one_part && b % 2 != 0) {
       return InvalidArgumentError("noise_scale: always measures batch size " +
                                   std::to_string(b) +
@@ -796,7 +832,8 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
                                     int64_t{1} << 40));
   MEGABATCH_RETURN_IF_ERROR(
       top.Number("divergence_factor", &s.divergence_factor, 10.0, 1, true));
-  MEGABATCH_RETURN_IF_ERROR(top.Choice("device", &s.device, {"auto", "cpu", "cuda"}));
+  MEGABATCH_RETURN_IF_ERROR(
+      top.Choice("device", &s.device, {"auto", "cpu", "cuda"}));
   MEGABATCH_RETURN_IF_ERROR(
       top.Choice("precision", &s.precision, {"fp32", "bf16", "fp16"}));
   if (s.precision != "fp32" && s.device == "cpu") {
@@ -821,21 +858,25 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
     // target are compared at the same samples for every batch size.
     if (!s.budget.contains("epochs") && !s.budget.contains("samples")) {
       return InvalidArgumentError(
-          "budget: strategy adaptive needs a budget in epochs or samples (the same data at "
+          "budget: strategy adaptive needs a budget in epochs or samples (the "
+          "same data at "
           "every batch size), not steps");
     }
     if (s.budget.contains("epochs") && s.train_samples == 0) {
       return InvalidArgumentError(
-          "budget: strategy adaptive needs a budget in samples for this dataset");
+          "budget: strategy adaptive needs a budget in samples for this "
+          "dataset");
     }
     if (s.target.is_null()) {
       return InvalidArgumentError(
-          "target: required by strategy adaptive (its lrs are ranked and its critical batch "
+          "target: required by strategy adaptive (its lrs are ranked and its "
+          "critical batch "
           "size fitted by steps to target)");
     }
     if (s.base_batch_size % 2 != 0) {
-      return InvalidArgumentError("base.batch_size: strategy adaptive measures the noise "
-                                  "scale by halves of the base batch, so it must be even");
+      return InvalidArgumentError(
+          "base.batch_size: strategy adaptive measures the noise "
+          "scale by halves of the base batch, so it must be even");
     }
     // The planner's batch sizes are multiples of ranks x micro-batch; the
     // base must split the same way.
@@ -843,8 +884,9 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
     if (s.base_batch_size % s.ranks_per_trial != 0 ||
         (s.micro_batch_size > 0 && local > s.micro_batch_size &&
          local % s.micro_batch_size != 0)) {
-      return InvalidArgumentError("base.batch_size: " + std::to_string(s.base_batch_size) +
-                                  " does not split into ranks_per_trial x micro_batch_size");
+      return InvalidArgumentError(
+          "base.batch_size: " + std::to_string(s.base_batch_size) +
+          " does not split into ranks_per_trial x micro_batch_size");
     }
   }
 
@@ -891,7 +933,8 @@ size_t InvalidUtf8At(std::string_view text) {
       cp = (cp << 6) | (cc & 0x3f);
     }
     const uint32_t min[] = {0, 0x80, 0x800, 0x10000};
-    if (cp < min[extra] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+    if (cp < min[extra] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+      return i;
     i += extra + 1;
   }
   return std::string_view::npos;
@@ -901,19 +944,24 @@ size_t InvalidUtf8At(std::string_view text) {
 // can make raw bytes out of UTF-8 text. Names the first offending path.
 Status CheckStringsAreUtf8(const json& v, const std::string& path) {
   if (v.is_string()) {
-    if (InvalidUtf8At(v.get_ref<const std::string&>()) != std::string_view::npos) {
-      return InvalidArgumentError((path.empty() ? "spec" : path) + ": not UTF-8 text");
+    if (InvalidUtf8At(v.get_ref<const std::string&>()) !=
+        std::string_view::npos) {
+      return InvalidArgumentError((path.empty() ? "spec" : path) +
+                                  ": not UTF-8 text");
     }
   } else if (v.is_object()) {
     for (const auto& [key, value] : v.items()) {
       if (InvalidUtf8At(key) != std::string_view::npos) {
-        return InvalidArgumentError((path.empty() ? "spec" : path) + ": a key is not UTF-8 text");
+        return InvalidArgumentError((path.empty() ? "spec" : path) +
+                                    ": a key is not UTF-8 text");
       }
-      MEGABATCH_RETURN_IF_ERROR(CheckStringsAreUtf8(value, path.empty() ? key : path + "." + key));
+      MEGABATCH_RETURN_IF_ERROR(
+          CheckStringsAreUtf8(value, path.empty() ? key : path + "." + key));
     }
   } else if (v.is_array()) {
     for (size_t i = 0; i < v.size(); ++i) {
-      MEGABATCH_RETURN_IF_ERROR(CheckStringsAreUtf8(v[i], path + "[" + std::to_string(i) + "]"));
+      MEGABATCH_RETURN_IF_ERROR(
+          CheckStringsAreUtf8(v[i], path + "[" + std::to_string(i) + "]"));
     }
   }
   return Status();
@@ -928,7 +976,8 @@ Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format) {
                                 std::to_string(kMaxSpecBytes));
   }
   if (size_t bad = InvalidUtf8At(text); bad != std::string_view::npos) {
-    return InvalidArgumentError("spec: not UTF-8 text (byte " + std::to_string(bad) + ")");
+    return InvalidArgumentError("spec: not UTF-8 text (byte " +
+                                std::to_string(bad) + ")");
   }
   if (format == SpecFormat::kAuto) {
     size_t first = text.find_first_not_of(" \t\r\n");
@@ -948,10 +997,9 @@ Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format) {
     try {
       doc = YamlToJson(YAML::Load(std::string(text)));
     } catch (const YAML::Exception& e) {
-      return InvalidArgumentError("spec: malformed YAML at line " +
-                                  std::to_string(e.mark.line + 1) +
-                                  ", column " + std::to_string(e.mark.column + 1) +
-                                  ": " + e.msg);
+      return InvalidArgumentError(
+          "spec: malformed YAML at line " + std::to_string(e.mark.line + 1) +
+          ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
     }
   }
   MEGABATCH_RETURN_IF_ERROR(CheckStringsAreUtf8(doc, ""));
@@ -1003,8 +1051,9 @@ json SweepSpec::ToJson() const {
   return out;
 }
 
-TrialSpec MakeTrial(const SweepSpec& spec, const OptimizerSpec& opt, int64_t b, double lr,
-                    double mult, int64_t seed, int32_t index, const json& budget) {
+TrialSpec MakeTrial(const SweepSpec& spec, const OptimizerSpec& opt, int64_t b,
+                    double lr, double mult, int64_t seed, int32_t index,
+                    const json& budget) {
   const double base_lr = opt.base_lr > 0 ? opt.base_lr : spec.base_lr;
   TrialSpec t;
   t.index = index;
@@ -1029,8 +1078,9 @@ TrialSpec MakeTrial(const SweepSpec& spec, const OptimizerSpec& opt, int64_t b, 
               {"dataset", spec.dataset},
               {"optimizer", optimizer},
               {"batch_size", b},
-              {"micro_batch_size",
-               spec.micro_batch_size > 0 ? std::min(spec.micro_batch_size, local) : local},
+              {"micro_batch_size", spec.micro_batch_size > 0
+                                       ? std::min(spec.micro_batch_size, local)
+                                       : local},
               {"lr", t.lr},
               {"schedule", schedule},
               {"budget", budget.is_null() ? spec.budget : budget},
@@ -1052,10 +1102,12 @@ std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {
   for (const auto& opt : spec.optimizers) {
     const double base_lr = opt.base_lr > 0 ? opt.base_lr : spec.base_lr;
     for (int64_t b : spec.batch_sizes) {
-      const double scaled = ScaledLr(spec.lr_scaling, base_lr, spec.base_batch_size, b);
+      const double scaled =
+          ScaledLr(spec.lr_scaling, base_lr, spec.base_batch_size, b);
       for (double mult : spec.lr_multipliers) {
         for (int64_t seed : spec.seeds) {
-          trials.push_back(MakeTrial(spec, opt, b, scaled * mult, mult, seed, index++));
+          trials.push_back(
+              MakeTrial(spec, opt, b, scaled * mult, mult, seed, index++));
         }
       }
     }

@@ -2,19 +2,18 @@
 //
 // A spec is YAML or JSON with one schema (docs/spec.md). Parsing
 // validates every field and fails with INVALID_ARGUMENT naming the first bad
-// field ("batch_sizes[1]: must be a positive integer, got 0"). Expansion turns a
-// valid spec into optimizers x batch_sizes x lr_multipliers x seeds trials,
+// field ("batch_sizes[1]: must be a positive integer, got 0"). Expansion turns
+// a valid spec into optimizers x batch_sizes x lr_multipliers x seeds trials,
 // each with the complete JSON config megabatch-trainer runs.
 #ifndef MEGABATCH_SERVER_SPEC_SWEEP_SPEC_H_
 #define MEGABATCH_SERVER_SPEC_SWEEP_SPEC_H_
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/status.h"
 
@@ -55,7 +54,8 @@ struct SweepSpec {
   double base_lr = 0;
   LrScaling lr_scaling = LrScaling::kNone;
   std::vector<double> lr_multipliers;
-  // {"warmup_steps"|"warmup_epochs", "decay", "power", "warmup_from": zero|base}
+  // {"warmup_steps"|"warmup_epochs", "decay", "power", "warmup_from":
+  // zero|base}
   nlohmann::json schedule;
   int64_t micro_batch_size = 0;  // 0: no gradient accumulation
   nlohmann::json budget;         // exactly one of epochs | steps | samples
@@ -79,10 +79,11 @@ struct SweepSpec {
   // Gradient noise scale: auto (when a step has >= 2 micro-batches), always
   // (also by halves of a single-micro-batch step), off.
   std::string noise_scale = "auto";
-  int64_t checkpoint_every_steps = 0;  // 0: no checkpoints
+  int64_t checkpoint_every_steps = 0;   // 0: no checkpoints
   int64_t diagnostics_every_steps = 0;  // 0: no per-tensor diagnostics
   double divergence_factor = 10.0;      // loss > factor x first loss: diverged
-  std::string device = "auto";     // auto (cuda when the trainer has it) | cpu | cuda
+  std::string device =
+      "auto";  // auto (cuda when the trainer has it) | cpu | cuda
   std::string precision = "fp32";  // fp32 | bf16 | fp16 (autocast, cuda only)
   std::vector<int64_t> seeds;
   int32_t max_parallel = 0;  // 0: no limit
@@ -117,8 +118,8 @@ Result<SweepSpec> ParseSweepSpec(std::string_view text,
 // Validates an already-parsed JSON document (used for stored specs too).
 Result<SweepSpec> SweepSpecFromJson(const nlohmann::json& doc);
 
-// The learning rate docs/method.md ("Learning rate") scales from (base_batch_size, base_lr) to
-// `batch_size`, before the multiplier.
+// The learning rate docs/method.md ("Learning rate") scales from
+// (base_batch_size, base_lr) to `batch_size`, before the multiplier.
 double ScaledLr(LrScaling scaling, double base_lr, int64_t base_batch_size,
                 int64_t batch_size);
 
@@ -129,8 +130,9 @@ std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec);
 // One trial of `spec`: `optimizer` at `batch_size` with peak lr `lr`
 // (`multiplier` times the scaled lr, as recorded), `seed`, and `budget`
 // (the spec's when null).
-TrialSpec MakeTrial(const SweepSpec& spec, const OptimizerSpec& optimizer, int64_t batch_size,
-                    double lr, double multiplier, int64_t seed, int32_t index,
+TrialSpec MakeTrial(const SweepSpec& spec, const OptimizerSpec& optimizer,
+                    int64_t batch_size, double lr, double multiplier,
+                    int64_t seed, int32_t index,
                     const nlohmann::json& budget = nullptr);
 
 }  // namespace megabatch::spec

@@ -35,8 +35,8 @@ Status SqliteStatus(int rc, sqlite3* db, std::string_view what) {
 Result<std::unique_ptr<Db>> Db::OpenWith(const std::string& path, int flags,
                                          std::string_view pragmas) {
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX,
-                           nullptr);
+  int rc =
+      sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     Status s = SqliteStatus(rc, raw, "open database " + path);
     sqlite3_close(raw);
@@ -81,7 +81,10 @@ Result<CachedStatement> Db::Cached(std::string_view sql) {
   if (it == cache_.end()) {
     Result<Statement> stmt = Prepare(sql);
     if (!stmt.ok()) return stmt.status();
-    it = cache_.emplace(std::string(sql), std::make_unique<Statement>(std::move(*stmt))).first;
+    it = cache_
+             .emplace(std::string(sql),
+                      std::make_unique<Statement>(std::move(*stmt)))
+             .first;
   }
   it->second->Reset();
   return CachedStatement(it->second.get());
@@ -124,8 +127,8 @@ Statement& Statement::Bind(int index, std::string_view v) {
     CheckBind(SQLITE_TOOBIG, index);
     return *this;
   }
-  CheckBind(sqlite3_bind_text(stmt_, index, v.data(), static_cast<int>(v.size()),
-                              SQLITE_TRANSIENT),
+  CheckBind(sqlite3_bind_text(stmt_, index, v.data(),
+                              static_cast<int>(v.size()), SQLITE_TRANSIENT),
             index);
   return *this;
 }
@@ -137,7 +140,8 @@ Statement& Statement::BindNull(int index) {
 Result<bool> Statement::Step() {
   if (bind_rc_ != SQLITE_OK) {
     // Reported once; Reset() clears it with the bindings.
-    return SqliteStatus(bind_rc_, nullptr, "bind parameter " + std::to_string(bind_index_));
+    return SqliteStatus(bind_rc_, nullptr,
+                        "bind parameter " + std::to_string(bind_index_));
   }
   int rc = sqlite3_step(stmt_);
   if (rc == SQLITE_ROW) return true;
@@ -179,8 +183,8 @@ Transaction::~Transaction() {
 }
 
 Status Transaction::Commit() {
-  if (done_) return begin_.ok() ? FailedPreconditionError("transaction ended")
-                                : begin_;
+  if (done_)
+    return begin_.ok() ? FailedPreconditionError("transaction ended") : begin_;
   Status s = db_->Exec("COMMIT");
   if (s.ok()) done_ = true;
   return s;

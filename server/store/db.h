@@ -58,14 +58,16 @@ class Db {
   explicit Db(sqlite3* db) : db_(db) {}
   std::unordered_map<std::string, std::unique_ptr<Statement>> cache_;
   static Result<std::unique_ptr<Db>> OpenWith(const std::string& path,
-                                              int flags, std::string_view pragmas);
+                                              int flags,
+                                              std::string_view pragmas);
   sqlite3* db_;
 };
 
 // A prepared statement. Move-only. Bind indexes start at 1.
 class Statement {
  public:
-  Statement(Statement&& o) noexcept : db_(o.db_), stmt_(o.stmt_), bind_rc_(o.bind_rc_) {
+  Statement(Statement&& o) noexcept
+      : db_(o.db_), stmt_(o.stmt_), bind_rc_(o.bind_rc_) {
     o.stmt_ = nullptr;
   }
   Statement& operator=(Statement&& o) noexcept;
@@ -114,7 +116,9 @@ class Statement {
 class CachedStatement {
  public:
   explicit CachedStatement(Statement* stmt) : stmt_(stmt) {}
-  CachedStatement(CachedStatement&& o) noexcept : stmt_(o.stmt_) { o.stmt_ = nullptr; }
+  CachedStatement(CachedStatement&& o) noexcept : stmt_(o.stmt_) {
+    o.stmt_ = nullptr;
+  }
   CachedStatement& operator=(CachedStatement&&) = delete;
   CachedStatement(const CachedStatement&) = delete;
   ~CachedStatement() {

@@ -54,7 +54,8 @@ std::vector<Result<std::optional<Lease>>> SweepStore::LeaseBatch(
       // Rank 0 is this request; the others come from the requests after it.
       std::vector<size_t> members{i};
       std::map<int64_t, int64_t> promised{{worker_ids[i], 1}};
-      for (size_t j = i + 1; j < n && static_cast<int32_t>(members.size()) < p.ranks; ++j) {
+      for (size_t j = i + 1;
+           j < n && static_cast<int32_t>(members.size()) < p.ranks; ++j) {
         if (done[j]) continue;
         Result<WorkerSlots> other = FreeSlotsLocked(worker_ids[j]);
         if (!other.ok()) return fail_all(other.status());
@@ -66,7 +67,8 @@ std::vector<Result<std::optional<Lease>>> SweepStore::LeaseBatch(
       if (static_cast<int32_t>(members.size()) == p.ranks) {
         std::vector<int64_t> workers;
         for (size_t m : members) workers.push_back(worker_ids[m]);
-        Result<std::optional<std::vector<Lease>>> leases = GrantLocked(p, workers, now);
+        Result<std::optional<std::vector<Lease>>> leases =
+            GrantLocked(p, workers, now);
         if (!leases.ok()) return fail_all(leases.status());
         if (leases->has_value()) {
           for (size_t r = 0; r < members.size(); ++r) {
@@ -97,8 +99,8 @@ std::vector<Result<std::optional<Lease>>> SweepStore::LeaseBatch(
 }
 
 Result<int64_t> SweepStore::AliveSlotsLocked() {
-  Result<CachedStatement> q =
-      db_->Cached("SELECT coalesce(sum(slots), 0) FROM workers WHERE state = 'alive'");
+  Result<CachedStatement> q = db_->Cached(
+      "SELECT coalesce(sum(slots), 0) FROM workers WHERE state = 'alive'");
   if (!q.ok()) return q.status();
   Result<bool> row = (*q)->Step();
   if (!row.ok()) return row.status();
@@ -106,7 +108,8 @@ Result<int64_t> SweepStore::AliveSlotsLocked() {
   return slots;
 }
 
-Result<std::vector<SweepStore::LeaseCandidate>> SweepStore::LeaseCandidatesLocked() {
+Result<std::vector<SweepStore::LeaseCandidate>>
+SweepStore::LeaseCandidatesLocked() {
   Result<CachedStatement> q = db_->Cached(R"sql(
     SELECT s.id, s.priority, s.max_parallel,
            (SELECT count(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running')
@@ -125,8 +128,8 @@ Result<std::vector<SweepStore::LeaseCandidate>> SweepStore::LeaseCandidatesLocke
 }
 
 Result<SweepStore::WorkerSlots> SweepStore::FreeSlotsLocked(int64_t worker_id) {
-  static const std::string sql =
-      "SELECT w.slots, w.state, " + HeldSlotsSql() + " FROM workers w WHERE w.id = ?";
+  static const std::string sql = "SELECT w.slots, w.state, " + HeldSlotsSql() +
+                                 " FROM workers w WHERE w.id = ?";
   Result<CachedStatement> w = db_->Cached(sql);
   if (!w.ok()) return w.status();
   (*w)->Bind(1, worker_id);
@@ -134,11 +137,12 @@ Result<SweepStore::WorkerSlots> SweepStore::FreeSlotsLocked(int64_t worker_id) {
   if (!row.ok()) return row.status();
   WorkerSlots slots;
   if (!*row) {
-    slots.refused =
-        NotFoundError("worker " + std::to_string(worker_id) + " not found; register again");
+    slots.refused = NotFoundError("worker " + std::to_string(worker_id) +
+                                  " not found; register again");
   } else if ((*w)->Text(1) != "alive") {
-    slots.refused = FailedPreconditionError("worker " + std::to_string(worker_id) +
-                                            " is marked lost; heartbeat first");
+    slots.refused =
+        FailedPreconditionError("worker " + std::to_string(worker_id) +
+                                " is marked lost; heartbeat first");
   } else {
     slots.free = (*w)->Int(0) - (*w)->Int(2);
   }
@@ -153,7 +157,8 @@ Result<std::optional<SweepStore::Pick>> SweepStore::PeekTrialLocked(
   while (true) {
     LeaseCandidate* best = nullptr;
     for (LeaseCandidate& c : *candidates) {
-      if (c.exhausted || (c.max_parallel > 0 && c.running >= c.max_parallel)) continue;
+      if (c.exhausted || (c.max_parallel > 0 && c.running >= c.max_parallel))
+        continue;
       if (best == nullptr || c.priority > best->priority ||
           (c.priority == best->priority &&
            (c.running < best->running ||
@@ -193,7 +198,8 @@ Result<std::optional<std::vector<Lease>>> SweepStore::GrantLocked(
     Result<CachedStatement> w = db_->Cached(
         "SELECT rendezvous_host, rendezvous_port_first, rendezvous_port_count, "
         "(SELECT group_concat(rendezvous_port) FROM trials "
-        " WHERE worker_id = workers.id AND state = 'running' AND rendezvous_port IS NOT NULL) "
+        " WHERE worker_id = workers.id AND state = 'running' AND "
+        "rendezvous_port IS NOT NULL) "
         "FROM workers WHERE id = ?");
     if (!w.ok()) return w.status();
     (*w)->Bind(1, workers[0]);
@@ -204,7 +210,8 @@ Result<std::optional<std::vector<Lease>>> SweepStore::GrantLocked(
     const int64_t first = (*w)->Int(1), count = (*w)->Int(2);
     std::set<int64_t> used;
     std::stringstream taken((*w)->Text(3));
-    for (std::string item; std::getline(taken, item, ',');) used.insert(std::stoll(item));
+    for (std::string item; std::getline(taken, item, ',');)
+      used.insert(std::stoll(item));
     (*w)->Reset();
     for (int64_t p = first; p < first + count && port == 0; ++p) {
       if (used.count(p) == 0) port = p;
@@ -221,12 +228,14 @@ Result<std::optional<std::vector<Lease>>> SweepStore::GrantLocked(
   MEGABATCH_RETURN_IF_ERROR((*up)->Run());
   std::string placed = "lease " + std::to_string(pick.lease_id);
   if (pick.ranks > 1) {
-    Result<CachedStatement> clear = db_->Cached("DELETE FROM trial_ranks WHERE trial_id = ?");
+    Result<CachedStatement> clear =
+        db_->Cached("DELETE FROM trial_ranks WHERE trial_id = ?");
     if (!clear.ok()) return clear.status();
     (*clear)->Bind(1, pick.trial_id);
     MEGABATCH_RETURN_IF_ERROR((*clear)->Run());
     Result<CachedStatement> ins = db_->Cached(
-        "INSERT INTO trial_ranks (trial_id, rank, lease_id, worker_id) VALUES (?, ?, ?, ?)");
+        "INSERT INTO trial_ranks (trial_id, rank, lease_id, worker_id) VALUES "
+        "(?, ?, ?, ?)");
     if (!ins.ok()) return ins.status();
     placed += " as " + std::to_string(pick.ranks) + " ranks on workers " +
               std::to_string(workers[0]);
@@ -239,11 +248,11 @@ Result<std::optional<std::vector<Lease>>> SweepStore::GrantLocked(
     }
     placed += "; rendezvous " + host + ":" + std::to_string(port);
   }
-  MEGABATCH_RETURN_IF_ERROR(
-      AddEvent(pick.sweep->sweep_id, pick.trial_id, workers[0], "trial_leased", placed, now));
+  MEGABATCH_RETURN_IF_ERROR(AddEvent(pick.sweep->sweep_id, pick.trial_id,
+                                     workers[0], "trial_leased", placed, now));
   // A lease can only move its sweep from queued to running.
-  Result<CachedStatement> started =
-      db_->Cached("UPDATE sweeps SET state = 'running' WHERE id = ? AND state = 'queued'");
+  Result<CachedStatement> started = db_->Cached(
+      "UPDATE sweeps SET state = 'running' WHERE id = ? AND state = 'queued'");
   if (!started.ok()) return started.status();
   (*started)->Bind(1, pick.sweep->sweep_id);
   MEGABATCH_RETURN_IF_ERROR((*started)->Run());
@@ -261,7 +270,9 @@ Result<std::optional<std::vector<Lease>>> SweepStore::GrantLocked(
       lease.config_json = pick.config_json;
     } else {
       nlohmann::json config = nlohmann::json::parse(pick.config_json);
-      config["distributed"] = {{"world_size", pick.ranks}, {"rank", r}, {"host", host},
+      config["distributed"] = {{"world_size", pick.ranks},
+                               {"rank", r},
+                               {"host", host},
                                {"port", port}};
       lease.config_json = config.dump();
     }

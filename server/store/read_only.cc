@@ -14,30 +14,42 @@ constexpr int kProgressEveryOps = 10000;
 
 // Pragmas that only read: with an argument they name a table or index.
 const std::set<std::string, std::less<>> kReadingPragmas = {
-    "table_info", "table_xinfo", "table_list", "index_list", "index_info",
-    "index_xinfo", "foreign_key_list", "function_list", "pragma_list",
-    "collation_list", "database_list", "compile_options", "data_version",
+    "table_info",   "table_xinfo",    "table_list",       "index_list",
+    "index_info",   "index_xinfo",    "foreign_key_list", "function_list",
+    "pragma_list",  "collation_list", "database_list",    "compile_options",
+    "data_version",
 };
 // Settings that may be read (no argument) but not set.
 const std::set<std::string, std::less<>> kReadableSettings = {
-    "user_version", "schema_version", "application_id",
-    "page_size", "page_count", "freelist_count", "encoding", "foreign_keys",
-    "synchronous", "query_only", "auto_vacuum",
+    "user_version", "schema_version", "application_id", "page_size",
+    "page_count",   "freelist_count", "encoding",       "foreign_keys",
+    "synchronous",  "query_only",     "auto_vacuum",
 };
 
 const char* ActionName(int action) {
   switch (action) {
-    case SQLITE_INSERT: return "INSERT";
-    case SQLITE_UPDATE: return "UPDATE";
-    case SQLITE_DELETE: return "DELETE";
-    case SQLITE_ATTACH: return "ATTACH";
-    case SQLITE_DETACH: return "DETACH";
-    case SQLITE_PRAGMA: return "PRAGMA";
-    case SQLITE_TRANSACTION: return "a transaction";
-    case SQLITE_SAVEPOINT: return "SAVEPOINT";
-    case SQLITE_ANALYZE: return "ANALYZE";
-    case SQLITE_REINDEX: return "REINDEX";
-    case SQLITE_ALTER_TABLE: return "ALTER TABLE";
+    case SQLITE_INSERT:
+      return "INSERT";
+    case SQLITE_UPDATE:
+      return "UPDATE";
+    case SQLITE_DELETE:
+      return "DELETE";
+    case SQLITE_ATTACH:
+      return "ATTACH";
+    case SQLITE_DETACH:
+      return "DETACH";
+    case SQLITE_PRAGMA:
+      return "PRAGMA";
+    case SQLITE_TRANSACTION:
+      return "a transaction";
+    case SQLITE_SAVEPOINT:
+      return "SAVEPOINT";
+    case SQLITE_ANALYZE:
+      return "ANALYZE";
+    case SQLITE_REINDEX:
+      return "REINDEX";
+    case SQLITE_ALTER_TABLE:
+      return "ALTER TABLE";
     case SQLITE_CREATE_INDEX:
     case SQLITE_CREATE_TABLE:
     case SQLITE_CREATE_TEMP_INDEX:
@@ -46,7 +58,8 @@ const char* ActionName(int action) {
     case SQLITE_CREATE_TEMP_VIEW:
     case SQLITE_CREATE_TRIGGER:
     case SQLITE_CREATE_VIEW:
-    case SQLITE_CREATE_VTABLE: return "CREATE";
+    case SQLITE_CREATE_VTABLE:
+      return "CREATE";
     case SQLITE_DROP_INDEX:
     case SQLITE_DROP_TABLE:
     case SQLITE_DROP_TEMP_INDEX:
@@ -55,15 +68,17 @@ const char* ActionName(int action) {
     case SQLITE_DROP_TEMP_VIEW:
     case SQLITE_DROP_TRIGGER:
     case SQLITE_DROP_VIEW:
-    case SQLITE_DROP_VTABLE: return "DROP";
-    default: return "this statement";
+    case SQLITE_DROP_VTABLE:
+      return "DROP";
+    default:
+      return "this statement";
   }
 }
 
 constexpr const char* kTokensDenied = "reading the tokens table";
 
 struct QueryGuard {
-  std::string denied;  // what the authorizer refused
+  std::string denied;             // what the authorizer refused
   bool denied_statement = false;  // `denied` is not a mere row change
   std::chrono::steady_clock::time_point deadline;
   const std::function<bool()>* cancelled = nullptr;
@@ -100,17 +115,19 @@ int Authorize(void* arg, int action, const char* a, const char* b,
   }
   // Some statements ask for row changes before their own action (ANALYZE:
   // sqlite_stat1); name the statement's action when it comes.
-  const bool row_change =
-      action == SQLITE_INSERT || action == SQLITE_UPDATE || action == SQLITE_DELETE;
+  const bool row_change = action == SQLITE_INSERT || action == SQLITE_UPDATE ||
+                          action == SQLITE_DELETE;
   if (guard->denied.empty() || (!row_change && !guard->denied_statement)) {
     guard->denied_statement = !row_change;
     guard->denied = ActionName(action);
     std::string_view table = a ? a : "";
-    if (row_change && (table == "sqlite_master" || table == "sqlite_temp_master")) {
+    if (row_change &&
+        (table == "sqlite_master" || table == "sqlite_temp_master")) {
       // What CREATE, DROP and ALTER ask for first (and stop at).
       guard->denied = "a schema change (CREATE, DROP, ALTER)";
     } else if (action == SQLITE_PRAGMA) {
-      guard->denied += std::string(" ") + (a ? a : "") + (b ? std::string("=") + b : "");
+      guard->denied +=
+          std::string(" ") + (a ? a : "") + (b ? std::string("=") + b : "");
     } else if (a != nullptr && action != SQLITE_TRANSACTION) {
       guard->denied += std::string(" on ") + a;
     }
@@ -145,8 +162,9 @@ bool OnlySpaceOrComments(sqlite3* db, const char* tail) {
 
 Status ReadOnlyError(const QueryGuard& guard) {
   if (guard.denied == kTokensDenied) {
-    return Status(StatusCode::kPermissionDenied,
-                  "query: the tokens table cannot be read, not even its hashes");
+    return Status(
+        StatusCode::kPermissionDenied,
+        "query: the tokens table cannot be read, not even its hashes");
   }
   return InvalidArgumentError(
       "query: only read-only SELECT statements are allowed" +
@@ -168,10 +186,12 @@ QueryValue ColumnValue(sqlite3_stmt* stmt, int col) {
     case SQLITE_BLOB: {
       bool text = sqlite3_column_type(stmt, col) == SQLITE_TEXT;
       v.type = text ? QueryValue::Type::kText : QueryValue::Type::kBlob;
-      const void* p = text ? static_cast<const void*>(sqlite3_column_text(stmt, col))
-                           : sqlite3_column_blob(stmt, col);
+      const void* p =
+          text ? static_cast<const void*>(sqlite3_column_text(stmt, col))
+               : sqlite3_column_blob(stmt, col);
       if (p != nullptr) {
-        v.bytes.assign(static_cast<const char*>(p), sqlite3_column_bytes(stmt, col));
+        v.bytes.assign(static_cast<const char*>(p),
+                       sqlite3_column_bytes(stmt, col));
       }
       break;
     }
@@ -222,7 +242,8 @@ Result<QueryResult> ReadOnlyDb::Query(const std::string& sql,
 
   QueryResult result;
   const int n = sqlite3_column_count(stmt.get());
-  for (int c = 0; c < n; ++c) result.columns.push_back(sqlite3_column_name(stmt.get(), c));
+  for (int c = 0; c < n; ++c)
+    result.columns.push_back(sqlite3_column_name(stmt.get(), c));
   size_t bytes = 0;
   while (true) {
     rc = sqlite3_step(stmt.get());
@@ -230,19 +251,22 @@ Result<QueryResult> ReadOnlyDb::Query(const std::string& sql,
     if (rc != SQLITE_ROW) {
       if (guard.timed_out) {
         return Status(StatusCode::kDeadlineExceeded,
-            "query: stopped by the time cap of " +
-            std::to_string(limits.timeout.count()) + " ms");
+                      "query: stopped by the time cap of " +
+                          std::to_string(limits.timeout.count()) + " ms");
       }
-      if (guard.was_cancelled) return Status(StatusCode::kCancelled, "query: cancelled");
+      if (guard.was_cancelled)
+        return Status(StatusCode::kCancelled, "query: cancelled");
       int primary = rc & 0xff;
       if (primary == SQLITE_ERROR || primary == SQLITE_TOOBIG ||
           primary == SQLITE_MISMATCH || primary == SQLITE_RANGE) {
-        return InvalidArgumentError(std::string("query: ") + sqlite3_errmsg(raw));
+        return InvalidArgumentError(std::string("query: ") +
+                                    sqlite3_errmsg(raw));
       }
       return SqliteStatus(rc, raw, "query");
     }
     if (static_cast<int64_t>(result.rows.size()) >= limits.max_rows) {
-      result.truncated = "row cap of " + std::to_string(limits.max_rows) + " rows";
+      result.truncated =
+          "row cap of " + std::to_string(limits.max_rows) + " rows";
       break;
     }
     std::vector<QueryValue> row;
@@ -253,7 +277,8 @@ Result<QueryResult> ReadOnlyDb::Query(const std::string& sql,
       row_bytes += 8 + row.back().bytes.size();
     }
     if (bytes + row_bytes > limits.max_bytes) {
-      result.truncated = "size cap of " + std::to_string(limits.max_bytes) + " bytes";
+      result.truncated =
+          "size cap of " + std::to_string(limits.max_bytes) + " bytes";
       break;
     }
     bytes += row_bytes;
@@ -269,14 +294,16 @@ Status ReadOnlyDb::ExportMetrics(
   if (!db.ok()) return db.status();
   // One read transaction: every chunk comes from the same snapshot.
   MEGABATCH_RETURN_IF_ERROR((*db)->Exec("BEGIN"));
-  auto trials = (*db)->Prepare("SELECT id FROM trials WHERE sweep_id = ? ORDER BY id");
+  auto trials =
+      (*db)->Prepare("SELECT id FROM trials WHERE sweep_id = ? ORDER BY id");
   if (!trials.ok()) return trials.status();
   auto sweep = (*db)->Prepare("SELECT 1 FROM sweeps WHERE id = ?");
   if (!sweep.ok()) return sweep.status();
   sweep->Bind(1, sweep_id);
   auto found = sweep->Step();
   if (!found.ok()) return found.status();
-  if (!*found) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
+  if (!*found)
+    return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
 
   std::string sql =
       "SELECT name, step, value, recorded_at FROM metrics WHERE trial_id = ?";

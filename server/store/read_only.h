@@ -60,21 +60,25 @@ class ReadOnlyDb {
   explicit ReadOnlyDb(std::string path) : path_(std::move(path)) {}
 
   // A new read-only connection for trusted callers' own SQL.
-  Result<std::unique_ptr<Db>> Connect() const { return Db::OpenReadOnly(path_); }
+  Result<std::unique_ptr<Db>> Connect() const {
+    return Db::OpenReadOnly(path_);
+  }
 
   // Runs one read-only statement. INVALID_ARGUMENT (naming what was denied)
   // for anything but a single read-only statement or bad SQL;
   // DEADLINE_EXCEEDED when the time cap stops it; CANCELLED when
   // limits.cancelled says so.
-  Result<QueryResult> Query(const std::string& sql, const QueryLimits& limits) const;
+  Result<QueryResult> Query(const std::string& sql,
+                            const QueryLimits& limits) const;
 
   // Calls `emit` with chunks of at most `chunk_rows` metrics of the sweep's
   // trials, ordered by trial id, name and step, all from one snapshot of the
   // database; `names` (when not empty) keeps only those metric names. Stops
   // with emit's error if it returns one. NOT_FOUND for an unknown sweep.
-  Status ExportMetrics(int64_t sweep_id, const std::vector<std::string>& names,
-                       size_t chunk_rows,
-                       const std::function<Status(std::vector<MetricRecord>&)>& emit) const;
+  Status ExportMetrics(
+      int64_t sweep_id, const std::vector<std::string>& names,
+      size_t chunk_rows,
+      const std::function<Status(std::vector<MetricRecord>&)>& emit) const;
 
  private:
   std::string path_;

@@ -36,9 +36,11 @@ constexpr std::pair<SweepState, const char*> kSweepStateNames[] = {
 
 const std::string& SweepStore::HeldSlotsSql() {
   static const std::string sql =
-      "((SELECT count(*) FROM trials t WHERE t.worker_id = w.id AND t.state = 'running') + "
+      "((SELECT count(*) FROM trials t WHERE t.worker_id = w.id AND t.state = "
+      "'running') + "
       "(SELECT count(*) FROM trial_ranks r JOIN trials t ON t.id = r.trial_id "
-      "AND t.lease_id = r.lease_id AND t.state = 'running' WHERE r.worker_id = w.id))";
+      "AND t.lease_id = r.lease_id AND t.state = 'running' WHERE r.worker_id = "
+      "w.id))";
   return sql;
 }
 
@@ -67,7 +69,9 @@ std::optional<SweepState> ParseSweepState(std::string_view name) {
   return std::nullopt;
 }
 
-SweepStore::Locked::Locked(SweepStore* store) : store_(store) { store_->mu_.Lock(); }
+SweepStore::Locked::Locked(SweepStore* store) : store_(store) {
+  store_->mu_.Lock();
+}
 
 SweepStore::Locked::~Locked() {
   const std::optional<Change> change = store_->pending_;
@@ -89,17 +93,20 @@ void SweepStore::SetListener(std::function<void(Change)> listener) {
 }
 
 Result<spec::SweepSpec> SweepStore::StoredSpecLocked(int64_t sweep_id) {
-  Result<CachedStatement> q = db_->Cached("SELECT spec_json FROM sweeps WHERE id = ?");
+  Result<CachedStatement> q =
+      db_->Cached("SELECT spec_json FROM sweeps WHERE id = ?");
   if (!q.ok()) return q.status();
   (*q)->Bind(1, sweep_id);
   Result<bool> row = (*q)->Step();
   if (!row.ok()) return row.status();
-  if (!*row) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
-  Result<spec::SweepSpec> spec =
-      spec::SweepSpecFromJson(nlohmann::json::parse((*q)->Text(0), nullptr, false));
+  if (!*row)
+    return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
+  Result<spec::SweepSpec> spec = spec::SweepSpecFromJson(
+      nlohmann::json::parse((*q)->Text(0), nullptr, false));
   if (!spec.ok()) {
-    return DataLossError("sweep " + std::to_string(sweep_id) +
-                         ": stored spec no longer parses: " + spec.status().message());
+    return DataLossError(
+        "sweep " + std::to_string(sweep_id) +
+        ": stored spec no longer parses: " + spec.status().message());
   }
   return spec;
 }
@@ -177,9 +184,10 @@ Result<int64_t> SweepStore::CreateSweep(
     if (!row.ok()) return row.status();
     if (*row) {
       if (q->Text(2) != spec_json) {
-        return AlreadyExistsError("request_id '" + request_id + "' was used for sweep " +
-                                  std::to_string(q->Int(0)) + " ('" + q->Text(1) +
-                                  "') with a different spec; use a new request id");
+        return AlreadyExistsError(
+            "request_id '" + request_id + "' was used for sweep " +
+            std::to_string(q->Int(0)) + " ('" + q->Text(1) +
+            "') with a different spec; use a new request id");
       }
       *existed = true;
       return q->Int(0);
@@ -199,14 +207,15 @@ Result<int64_t> SweepStore::CreateSweep(
   int64_t sweep_id = db_->LastInsertRowid();
   if (!request_id.empty()) {
     Result<Statement> remember = db_->Prepare(
-        "INSERT INTO sweep_requests (owner, request_id, sweep_id) VALUES (?, ?, ?)");
+        "INSERT INTO sweep_requests (owner, request_id, sweep_id) VALUES (?, "
+        "?, ?)");
     if (!remember.ok()) return remember.status();
     remember->Bind(1, owner).Bind(2, request_id).Bind(3, sweep_id);
     MEGABATCH_RETURN_IF_ERROR(remember->Run());
   }
 
-  MEGABATCH_RETURN_IF_ERROR(
-      InsertTrialsLocked(sweep_id, trials, std::vector<std::string>(trials.size())));
+  MEGABATCH_RETURN_IF_ERROR(InsertTrialsLocked(
+      sweep_id, trials, std::vector<std::string>(trials.size())));
   MEGABATCH_RETURN_IF_ERROR(AddEvent(
       sweep_id, 0, 0, "sweep_submitted",
       "sweep '" + spec.name + "' with " +
@@ -219,9 +228,9 @@ Result<int64_t> SweepStore::CreateSweep(
   return sweep_id;
 }
 
-Status SweepStore::InsertTrialsLocked(int64_t sweep_id,
-                                      const std::vector<spec::TrialSpec>& trials,
-                                      const std::vector<std::string>& phases) {
+Status SweepStore::InsertTrialsLocked(
+    int64_t sweep_id, const std::vector<spec::TrialSpec>& trials,
+    const std::vector<std::string>& phases) {
   Result<Statement> trial = db_->Prepare(
       "INSERT INTO trials (sweep_id, trial_index, optimizer, batch_size, lr, "
       "lr_multiplier, seed, state, config_json, ranks, phase) "
@@ -235,7 +244,10 @@ Status SweepStore::InsertTrialsLocked(int64_t sweep_id,
     trial->Reset();
     trial->Bind(1, sweep_id).Bind(2, t.index).Bind(3, t.optimizer);
     trial->Bind(4, t.batch_size).Bind(5, t.lr).Bind(6, t.lr_multiplier);
-    trial->Bind(7, t.seed).Bind(8, t.config.dump()).Bind(9, t.ranks).Bind(10, phases[i]);
+    trial->Bind(7, t.seed)
+        .Bind(8, t.config.dump())
+        .Bind(9, t.ranks)
+        .Bind(10, phases[i]);
     MEGABATCH_RETURN_IF_ERROR(trial->Run());
     int64_t trial_id = db_->LastInsertRowid();
     nlohmann::json config = t.config;
@@ -266,7 +278,8 @@ Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
   Result<Statement> q = db_->Prepare(
       "SELECT t.phase, t.optimizer, t.batch_size, t.lr, t.seed, t.state, "
       "s.samples_to_target, s.best_target_value, "
-      "COALESCE(s.noise_scale_at_100pct, s.gradient_noise_scale), t.trial_index "
+      "COALESCE(s.noise_scale_at_100pct, s.gradient_noise_scale), "
+      "t.trial_index "
       "FROM trials t JOIN trial_summary s ON s.trial_id = t.id "
       "WHERE t.sweep_id = ? ORDER BY t.trial_index");
   if (!q.ok()) return q.status();
@@ -280,7 +293,8 @@ Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
     t.batch_size = r.Int(2);
     t.lr = r.Double(3);
     t.seed = r.Int(4);
-    const TrialState st = ParseTrialState(r.Text(5)).value_or(TrialState::kQueued);
+    const TrialState st =
+        ParseTrialState(r.Text(5)).value_or(TrialState::kQueued);
     t.ended = st != TrialState::kQueued && st != TrialState::kRunning;
     t.diverged = st == TrialState::kDiverged;
     t.completed = st == TrialState::kCompleted;
@@ -291,7 +305,8 @@ Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
     trials.push_back(std::move(t));
   }));
   planner::PlanStep step = planner::PlanAdaptive(*spec, trials, next_index);
-  MEGABATCH_RETURN_IF_ERROR(InsertTrialsLocked(sweep_id, step.trials, step.phases));
+  MEGABATCH_RETURN_IF_ERROR(
+      InsertTrialsLocked(sweep_id, step.trials, step.phases));
   for (const std::string& decision : step.decisions) {
     MEGABATCH_RETURN_IF_ERROR(AddEvent(sweep_id, 0, 0, "plan", decision, now));
   }
@@ -307,7 +322,8 @@ Result<SweepRow> SweepStore::GetSweepLocked(int64_t sweep_id) {
   q->Bind(1, sweep_id);
   Result<bool> row = q->Step();
   if (!row.ok()) return row.status();
-  if (!*row) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
+  if (!*row)
+    return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
   SweepRow s;
   s.id = q->Int(0);
   s.name = q->Text(1);
@@ -347,9 +363,11 @@ Result<SweepRow> SweepStore::GetSweep(int64_t sweep_id) {
   return GetSweepLocked(sweep_id);
 }
 
-Result<std::vector<SweepRow>> SweepStore::ListSweeps(int64_t after_id, int64_t limit) {
+Result<std::vector<SweepRow>> SweepStore::ListSweeps(int64_t after_id,
+                                                     int64_t limit) {
   Locked lock(this);
-  Result<Statement> q = db_->Prepare("SELECT id FROM sweeps WHERE id > ? ORDER BY id LIMIT ?");
+  Result<Statement> q =
+      db_->Prepare("SELECT id FROM sweeps WHERE id > ? ORDER BY id LIMIT ?");
   if (!q.ok()) return q.status();
   q->Bind(1, after_id).Bind(2, limit);
   std::vector<int64_t> ids;
@@ -378,9 +396,12 @@ Status SweepStore::RefreshSweepState(int64_t sweep_id, double now) {
   (*probe)->Bind(1, sweep_id);
   Result<bool> found = (*probe)->Step();
   if (!found.ok()) return found.status();
-  if (!*found) return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
-  const SweepState state = ParseSweepState((*probe)->Text(0)).value_or(SweepState::kQueued);
-  const bool active = (*probe)->Int(1) != 0, ever_started = (*probe)->Int(2) != 0,
+  if (!*found)
+    return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
+  const SweepState state =
+      ParseSweepState((*probe)->Text(0)).value_or(SweepState::kQueued);
+  const bool active = (*probe)->Int(1) != 0,
+             ever_started = (*probe)->Int(2) != 0,
              any_failed = (*probe)->Int(3) != 0;
   (*probe)->Reset();
   if (IsFinal(state)) return Status();
@@ -391,8 +412,8 @@ Status SweepStore::RefreshSweepState(int64_t sweep_id, double now) {
     next = SweepState::kRunning;
   }
   if (next == state) return Status();
-  Result<Statement> up = db_->Prepare(
-      "UPDATE sweeps SET state = ?, finished_at = ? WHERE id = ?");
+  Result<Statement> up =
+      db_->Prepare("UPDATE sweeps SET state = ?, finished_at = ? WHERE id = ?");
   if (!up.ok()) return up.status();
   up->Bind(1, SweepStateName(next));
   if (IsFinal(next)) {
@@ -403,10 +424,9 @@ Status SweepStore::RefreshSweepState(int64_t sweep_id, double now) {
   up->Bind(3, sweep_id);
   MEGABATCH_RETURN_IF_ERROR(up->Run());
   if (IsFinal(next)) {
-    MEGABATCH_RETURN_IF_ERROR(AddEvent(sweep_id, 0, 0, "sweep_finished",
-                                       std::string("sweep ") +
-                                           SweepStateName(next),
-                                       now));
+    MEGABATCH_RETURN_IF_ERROR(
+        AddEvent(sweep_id, 0, 0, "sweep_finished",
+                 std::string("sweep ") + SweepStateName(next), now));
   }
   return Status();
 }
@@ -440,7 +460,8 @@ Result<SweepRow> SweepStore::CancelSweep(int64_t sweep_id, double now) {
   return GetSweepLocked(sweep_id);
 }
 
-Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id, int64_t after_index,
+Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id,
+                                                     int64_t after_index,
                                                      int64_t limit) {
   Locked lock(this);
   Result<SweepRow> s = GetSweepLocked(sweep_id);
@@ -450,7 +471,8 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id, int64_t a
       "lr_multiplier, seed, state, coalesce(worker_id, 0), lease_id, attempts, "
       "coalesce(error, ''), coalesce(started_at, 0), coalesce(finished_at, 0), "
       "coalesce(phase, '') "
-      "FROM trials WHERE sweep_id = ? AND trial_index > ? ORDER BY trial_index LIMIT ?");
+      "FROM trials WHERE sweep_id = ? AND trial_index > ? ORDER BY trial_index "
+      "LIMIT ?");
   if (!q.ok()) return q.status();
   q->Bind(1, sweep_id).Bind(2, after_index).Bind(3, limit);
   std::vector<TrialRow> out;
@@ -489,32 +511,34 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id, int64_t a
   return out;
 }
 
-Result<int64_t> SweepStore::RegisterWorker(const std::string& name, int32_t slots,
-                                           double now, const WorkerRendezvous& rendezvous) {
+Result<int64_t> SweepStore::RegisterWorker(const std::string& name,
+                                           int32_t slots, double now,
+                                           const WorkerRendezvous& rendezvous) {
   Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   Result<Statement> ins = db_->Prepare(
-      "INSERT INTO workers (name, slots, state, registered_at, last_heartbeat_at, "
+      "INSERT INTO workers (name, slots, state, registered_at, "
+      "last_heartbeat_at, "
       "rendezvous_host, rendezvous_port_first, rendezvous_port_count) "
       "VALUES (?, ?, 'alive', ?, ?, ?, ?, ?)");
   if (!ins.ok()) return ins.status();
   ins->Bind(1, name).Bind(2, slots).Bind(3, now).Bind(4, now);
-  ins->Bind(5, rendezvous.host).Bind(6, rendezvous.port_first).Bind(7, rendezvous.port_count);
+  ins->Bind(5, rendezvous.host)
+      .Bind(6, rendezvous.port_first)
+      .Bind(7, rendezvous.port_count);
   MEGABATCH_RETURN_IF_ERROR(ins->Run());
   int64_t id = db_->LastInsertRowid();
-  MEGABATCH_RETURN_IF_ERROR(AddEvent(0, 0, id, "worker_registered",
-                                     "worker '" + name + "' with " +
-                                         std::to_string(slots) + " slots",
-                                     now));
+  MEGABATCH_RETURN_IF_ERROR(AddEvent(
+      0, 0, id, "worker_registered",
+      "worker '" + name + "' with " + std::to_string(slots) + " slots", now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
   Changed(Change::kView);
   return id;
 }
 
-Result<std::vector<int64_t>> SweepStore::Heartbeat(int64_t worker_id,
-                                                   const std::vector<RunningLease>& running,
-                                                   double now) {
+Result<std::vector<int64_t>> SweepStore::Heartbeat(
+    int64_t worker_id, const std::vector<RunningLease>& running, double now) {
   Locked lock(this);
   Result<Statement> up = db_->Prepare(
       "UPDATE workers SET last_heartbeat_at = ?, state = 'alive' WHERE id = ?");
@@ -528,7 +552,8 @@ Result<std::vector<int64_t>> SweepStore::Heartbeat(int64_t worker_id,
   std::vector<int64_t> stop;
   for (const RunningLease& r : running) {
     Status current = CheckLease(r.trial_id, r.lease_id, worker_id, r.rank);
-    if (current.code() == StatusCode::kAborted || current.code() == StatusCode::kNotFound) {
+    if (current.code() == StatusCode::kAborted ||
+        current.code() == StatusCode::kNotFound) {
       stop.push_back(r.trial_id);
     } else {
       MEGABATCH_RETURN_IF_ERROR(current);
@@ -540,8 +565,8 @@ Result<std::vector<int64_t>> SweepStore::Heartbeat(int64_t worker_id,
 Result<std::vector<WorkerRow>> SweepStore::ListWorkers() {
   Locked lock(this);
   Result<Statement> q = db_->Prepare(
-      "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, " + HeldSlotsSql() +
-      " FROM workers w ORDER BY w.id");
+      "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, " +
+      HeldSlotsSql() + " FROM workers w ORDER BY w.id");
   if (!q.ok()) return q.status();
   std::vector<WorkerRow> out;
   MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
@@ -557,24 +582,27 @@ Result<std::vector<WorkerRow>> SweepStore::ListWorkers() {
   return out;
 }
 
-Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker_id,
-                              int32_t rank) {
+Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id,
+                              int64_t worker_id, int32_t rank) {
   Result<CachedStatement> q = db_->Cached(
       "SELECT t.state, t.lease_id, coalesce(t.worker_id, 0), t.ranks, "
-      "(SELECT r.worker_id FROM trial_ranks r WHERE r.trial_id = t.id AND r.rank = ?2 "
+      "(SELECT r.worker_id FROM trial_ranks r WHERE r.trial_id = t.id AND "
+      "r.rank = ?2 "
       " AND r.lease_id = t.lease_id) FROM trials t WHERE t.id = ?1");
   if (!q.ok()) return q.status();
   (*q)->Bind(1, trial_id).Bind(2, static_cast<int64_t>(rank));
   Result<bool> row = (*q)->Step();
   if (!row.ok()) return row.status();
-  if (!*row) return NotFoundError("trial " + std::to_string(trial_id) + " not found");
+  if (!*row)
+    return NotFoundError("trial " + std::to_string(trial_id) + " not found");
   const std::string state = (*q)->Text(0);
   const int64_t holder = rank == 0 ? (*q)->Int(2) : (*q)->Int(4);
-  const bool current = state == "running" && (*q)->Int(1) == lease_id && holder == worker_id &&
-                       rank >= 0 && rank < (*q)->Int(3);
+  const bool current = state == "running" && (*q)->Int(1) == lease_id &&
+                       holder == worker_id && rank >= 0 && rank < (*q)->Int(3);
   if (!current) {
     return AbortedError("trial " + std::to_string(trial_id) + " lease " +
-                        std::to_string(lease_id) + (rank > 0 ? " rank " + std::to_string(rank) : "") +
+                        std::to_string(lease_id) +
+                        (rank > 0 ? " rank " + std::to_string(rank) : "") +
                         " of worker " + std::to_string(worker_id) +
                         " is no longer current (trial is " + state + ")");
   }
@@ -598,11 +626,11 @@ Status SweepStore::ReleaseLease(int64_t trial_id, int64_t lease_id,
   if (!row.ok()) return row.status();
   int64_t sweep_id = up->Int(0);
   MEGABATCH_RETURN_IF_ERROR(up->Run());
-  MEGABATCH_RETURN_IF_ERROR(AddEvent(
-      sweep_id, trial_id, worker_id, "trial_released",
-      "lease " + std::to_string(lease_id) +
-          " taken back: the worker went away before receiving it",
-      now));
+  MEGABATCH_RETURN_IF_ERROR(
+      AddEvent(sweep_id, trial_id, worker_id, "trial_released",
+               "lease " + std::to_string(lease_id) +
+                   " taken back: the worker went away before receiving it",
+               now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
   Changed(Change::kWork);
   return Status();
@@ -619,7 +647,8 @@ Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
   Result<CachedStatement> cached = db_->Cached(
       "INSERT INTO metrics (trial_id, name, step, value, recorded_at) "
       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (trial_id, name, step) "
-      "DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at");
+      "DO UPDATE SET value = excluded.value, recorded_at = "
+      "excluded.recorded_at");
   if (!cached.ok()) return cached.status();
   Statement& ins = **cached;
   for (const MetricPoint& p : points) {
@@ -646,11 +675,13 @@ Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
 }
 
 Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
-                                      const std::vector<MetricPoint>& points, double now) {
+                                      const std::vector<MetricPoint>& points,
+                                      double now) {
   // Only evaluations decide; most reports carry none, and skip the lookups.
-  const bool evaluated = std::any_of(points.begin(), points.end(), [](const MetricPoint& p) {
-    return FindSelectionMetric(p.name) != nullptr;
-  });
+  const bool evaluated =
+      std::any_of(points.begin(), points.end(), [](const MetricPoint& p) {
+        return FindSelectionMetric(p.name) != nullptr;
+      });
   if (!evaluated) return Status();
   Result<CachedStatement> trial =
       db_->Cached("SELECT sweep_id, batch_size FROM trials WHERE id = ?");
@@ -658,7 +689,8 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
   (*trial)->Bind(1, trial_id);
   Result<bool> found = (*trial)->Step();
   if (!found.ok()) return found.status();
-  if (!*found) return NotFoundError("trial " + std::to_string(trial_id) + " not found");
+  if (!*found)
+    return NotFoundError("trial " + std::to_string(trial_id) + " not found");
   const int64_t sweep_id = (*trial)->Int(0), batch = (*trial)->Int(1);
 
   auto cached = early_stopping_.find(sweep_id);
@@ -666,7 +698,8 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
     // The sweep's rule, read from its stored spec once.
     Result<spec::SweepSpec> spec = StoredSpecLocked(sweep_id);
     if (!spec.ok()) return spec.status();
-    cached = early_stopping_.emplace(sweep_id, planner::EarlyStoppingOf(*spec)).first;
+    cached = early_stopping_.emplace(sweep_id, planner::EarlyStoppingOf(*spec))
+                 .first;
   }
   if (!cached->second) return Status();
   const planner::EarlyStoppingRule& rule = *cached->second;
@@ -678,31 +711,44 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
     const int rungs = planner::RungsReached(rule, samples);
     for (int rung = 0; rung < rungs; ++rung) {
       Result<CachedStatement> add = db_->Cached(
-          "INSERT OR IGNORE INTO rungs (sweep_id, rung, trial_id, samples, value) "
+          "INSERT OR IGNORE INTO rungs (sweep_id, rung, trial_id, samples, "
+          "value) "
           "VALUES (?, ?, ?, ?, ?)");
       if (!add.ok()) return add.status();
-      (*add)->Bind(1, sweep_id).Bind(2, rung).Bind(3, trial_id).Bind(4, samples).Bind(5, value);
+      (*add)
+          ->Bind(1, sweep_id)
+          .Bind(2, rung)
+          .Bind(3, trial_id)
+          .Bind(4, samples)
+          .Bind(5, value);
       MEGABATCH_RETURN_IF_ERROR((*add)->Run());
       if (db_->Changes() == 0) continue;  // this rung was decided before
       Result<CachedStatement> rank = db_->Cached(
-          "SELECT count(*), sum(CASE WHEN ?3 THEN value < ?4 ELSE value > ?4 END) "
+          "SELECT count(*), sum(CASE WHEN ?3 THEN value < ?4 ELSE value > ?4 "
+          "END) "
           "FROM rungs WHERE sweep_id = ?1 AND rung = ?2");
       if (!rank.ok()) return rank.status();
-      (*rank)->Bind(1, sweep_id).Bind(2, rung).Bind(3, int64_t{rule.lower_is_better});
+      (*rank)
+          ->Bind(1, sweep_id)
+          .Bind(2, rung)
+          .Bind(3, int64_t{rule.lower_is_better});
       (*rank)->Bind(4, value);
       Result<bool> r = (*rank)->Step();
       if (!r.ok()) return r.status();
       const int64_t recorded = (*rank)->Int(0);
-      const planner::RungVerdict verdict = planner::DecideRung(rule, recorded, (*rank)->Int(1));
+      const planner::RungVerdict verdict =
+          planner::DecideRung(rule, recorded, (*rank)->Int(1));
       if (!verdict.prune) continue;
       Result<CachedStatement> prune = db_->Cached(
           "UPDATE trials SET state = 'pruned', finished_at = ? WHERE id = ?");
       if (!prune.ok()) return prune.status();
       (*prune)->Bind(1, now).Bind(2, trial_id);
       MEGABATCH_RETURN_IF_ERROR((*prune)->Run());
-      MEGABATCH_RETURN_IF_ERROR(AddEvent(
-          sweep_id, trial_id, 0, "trial_pruned",
-          planner::PruneMessage(rule, rung, samples, p.value, verdict, recorded), now));
+      MEGABATCH_RETURN_IF_ERROR(
+          AddEvent(sweep_id, trial_id, 0, "trial_pruned",
+                   planner::PruneMessage(rule, rung, samples, p.value, verdict,
+                                         recorded),
+                   now));
       MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(sweep_id, now));
       Changed(Change::kWork);
       return Status();
@@ -729,12 +775,14 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
   if (rank > 0 && outcome != TrialState::kFailed) {
     // Rank 0 reports how the trial ended; another rank's exit says nothing
     // new (and may come after rank 0's report).
-    Result<Statement> state = db_->Prepare("SELECT state FROM trials WHERE id = ?");
+    Result<Statement> state =
+        db_->Prepare("SELECT state FROM trials WHERE id = ?");
     if (!state.ok()) return state.status();
     state->Bind(1, trial_id);
     Result<bool> row = state->Step();
     if (!row.ok()) return row.status();
-    if (!*row) return NotFoundError("trial " + std::to_string(trial_id) + " not found");
+    if (!*row)
+      return NotFoundError("trial " + std::to_string(trial_id) + " not found");
     return ParseTrialState(state->Text(0)).value_or(TrialState::kQueued);
   }
   MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id, rank));
@@ -753,14 +801,16 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
   if (outcome == TrialState::kFailed && attempts <= max_retries) {
     next = TrialState::kQueued;
   }
-  std::string tail = stderr_tail.size() > kMaxStoredStderr
-                         ? stderr_tail.substr(stderr_tail.size() - kMaxStoredStderr)
-                         : stderr_tail;
+  std::string tail =
+      stderr_tail.size() > kMaxStoredStderr
+          ? stderr_tail.substr(stderr_tail.size() - kMaxStoredStderr)
+          : stderr_tail;
   Result<Statement> up = db_->Prepare(
       "UPDATE trials SET state = ?, worker_id = CASE WHEN ? THEN NULL ELSE "
       "worker_id END, error = nullif(?, ''), finished_at = ? WHERE id = ?");
   if (!up.ok()) return up.status();
-  up->Bind(1, TrialStateName(next)).Bind(2, int64_t{next == TrialState::kQueued});
+  up->Bind(1, TrialStateName(next))
+      .Bind(2, int64_t{next == TrialState::kQueued});
   up->Bind(3, outcome == TrialState::kCompleted ? std::string() : message);
   if (IsFinal(next)) {
     up->Bind(4, now);
@@ -774,9 +824,9 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
   if (!message.empty()) event += ": " + message;
   if (next == TrialState::kQueued) event += "; requeued for a retry";
   if (!tail.empty()) event += "\n--- trainer stderr (tail) ---\n" + tail;
-  MEGABATCH_RETURN_IF_ERROR(AddEvent(
-      sweep_id, trial_id, worker_id,
-      std::string("trial_") + TrialStateName(outcome), event, now));
+  MEGABATCH_RETURN_IF_ERROR(
+      AddEvent(sweep_id, trial_id, worker_id,
+               std::string("trial_") + TrialStateName(outcome), event, now));
   // An adaptive study plans its next trials from this result, in the same
   // transaction: the plan always matches the results stored.
   MEGABATCH_RETURN_IF_ERROR(PlanLocked(sweep_id, now));
@@ -806,11 +856,11 @@ Result<int> SweepStore::ExpireWorkers(double deadline, double now) {
     if (!trials.ok()) return trials.status();
     trials->Bind(1, id);
     std::vector<std::pair<int64_t, int64_t>> held;
-    MEGABATCH_RETURN_IF_ERROR(ForEachRow(*trials, [&](Statement& r) {
-      held.emplace_back(r.Int(0), r.Int(1));
-    }));
+    MEGABATCH_RETURN_IF_ERROR(ForEachRow(
+        *trials, [&](Statement& r) { held.emplace_back(r.Int(0), r.Int(1)); }));
     for (const auto& [trial_id, sweep_id] : held) {
-      MEGABATCH_RETURN_IF_ERROR(AddEvent(sweep_id, trial_id, id, "trial_requeued",
+      MEGABATCH_RETURN_IF_ERROR(AddEvent(sweep_id, trial_id, id,
+                                         "trial_requeued",
                                          "worker lost; lease revoked", now));
       sweeps.insert(sweep_id);
     }

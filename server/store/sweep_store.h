@@ -18,11 +18,11 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include "common/mutex.h"
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "common/mutex.h"
 #include "common/status.h"
 #include "common/thread_annotations.h"
 #include "server/planner/early_stopping.h"
@@ -36,7 +36,15 @@ inline constexpr int kSchemaVersion = 9;
 
 // kPruned: stopped early by the sweep's early_stopping rule (successive
 // halving): a result of the study, like kDiverged.
-enum class TrialState { kQueued, kRunning, kCompleted, kFailed, kCancelled, kDiverged, kPruned };
+enum class TrialState {
+  kQueued,
+  kRunning,
+  kCompleted,
+  kFailed,
+  kCancelled,
+  kDiverged,
+  kPruned
+};
 enum class SweepState { kQueued, kRunning, kCompleted, kFailed, kCancelled };
 
 // Lower-case names as stored in the database: "queued", "running", ...
@@ -162,24 +170,26 @@ class SweepStore {
   // NOT_FOUND for an unknown id.
   Result<SweepRow> GetSweep(int64_t sweep_id);
   // Sweeps with id > after_id in id order, at most `limit` (-1: all).
-  Result<std::vector<SweepRow>> ListSweeps(int64_t after_id = 0, int64_t limit = -1);
+  Result<std::vector<SweepRow>> ListSweeps(int64_t after_id = 0,
+                                           int64_t limit = -1);
   // Cancels every queued or running trial of the sweep. FAILED_PRECONDITION
   // if the sweep already ended; NOT_FOUND for an unknown id.
   Result<SweepRow> CancelSweep(int64_t sweep_id, double now);
   // NOT_FOUND for an unknown sweep.
   // Trials with trial_index > after_index in index order, at most `limit`
   // (-1: all).
-  Result<std::vector<TrialRow>> ListTrials(int64_t sweep_id, int64_t after_index = -1,
+  Result<std::vector<TrialRow>> ListTrials(int64_t sweep_id,
+                                           int64_t after_index = -1,
                                            int64_t limit = -1);
 
-  Result<int64_t> RegisterWorker(const std::string& name, int32_t slots, double now,
+  Result<int64_t> RegisterWorker(const std::string& name, int32_t slots,
+                                 double now,
                                  const WorkerRendezvous& rendezvous = {});
   // Records a heartbeat (reviving a worker marked lost) and returns which of
   // `running` the worker must stop: trials no longer running under that
   // lease (for that rank, on this worker). NOT_FOUND for an unknown worker.
-  Result<std::vector<int64_t>> Heartbeat(int64_t worker_id,
-                                         const std::vector<RunningLease>& running,
-                                         double now);
+  Result<std::vector<int64_t>> Heartbeat(
+      int64_t worker_id, const std::vector<RunningLease>& running, double now);
   Result<std::vector<WorkerRow>> ListWorkers();
 
   // Leases the next queued trial to the worker if it has a free slot: higher
@@ -198,7 +208,8 @@ class SweepStore {
   // starve it), unless it needs more slots than all alive workers have.
   // `*gang_waiting` (if given) says whether a gang trial was left waiting.
   std::vector<Result<std::optional<Lease>>> LeaseBatch(
-      const std::vector<int64_t>& worker_ids, double now, bool* gang_waiting = nullptr);
+      const std::vector<int64_t>& worker_ids, double now,
+      bool* gang_waiting = nullptr);
 
   // Takes back a lease whose worker never received it (the RPC's client went
   // away): the trial (all its ranks) is queued again and the attempt is not
@@ -267,8 +278,10 @@ class SweepStore {
   // Sets the sweep's state from its trials' states.
   Status RefreshSweepState(int64_t sweep_id, double now) REQUIRES(mu_);
   // Inserts `trials` into the sweep, each with its phase ("" for none).
-  Status InsertTrialsLocked(int64_t sweep_id, const std::vector<spec::TrialSpec>& trials,
-                            const std::vector<std::string>& phases) REQUIRES(mu_);
+  Status InsertTrialsLocked(int64_t sweep_id,
+                            const std::vector<spec::TrialSpec>& trials,
+                            const std::vector<std::string>& phases)
+      REQUIRES(mu_);
   // For an adaptive sweep (spec.strategy), adds the trials its planner asks
   // for next and records its decisions as 'plan' events; a grid: nothing.
   // Runs inside the caller's transaction.
@@ -302,21 +315,22 @@ class SweepStore {
     int64_t lease_id = 0;  // the lease it gets
     int32_t ranks = 1;
   };
-  Result<std::optional<Pick>> PeekTrialLocked(std::vector<LeaseCandidate>* candidates)
-      REQUIRES(mu_);
+  Result<std::optional<Pick>> PeekTrialLocked(
+      std::vector<LeaseCandidate>* candidates) REQUIRES(mu_);
   // Leases `pick` with rank r on workers[r]; one Lease per rank. nullopt
   // when rank 0's worker has no rendezvous port free; an error is the
   // database's.
-  Result<std::optional<std::vector<Lease>>> GrantLocked(const Pick& pick,
-                                                        const std::vector<int64_t>& workers,
-                                                        double now) REQUIRES(mu_);
+  Result<std::optional<std::vector<Lease>>> GrantLocked(
+      const Pick& pick, const std::vector<int64_t>& workers, double now)
+      REQUIRES(mu_);
   Status CheckLease(int64_t trial_id, int64_t lease_id, int64_t worker_id,
                     int32_t rank = 0) REQUIRES(mu_);
   // Successive halving (the sweep's early_stopping): records the trial's
   // value at each rung its new points reach and prunes it when it is not in
   // the top max(1, n / reduction_factor) of the n values at that rung.
-  Status ApplyEarlyStopping(int64_t trial_id, const std::vector<MetricPoint>& points,
-                            double now) REQUIRES(mu_);
+  Status ApplyEarlyStopping(int64_t trial_id,
+                            const std::vector<MetricPoint>& points, double now)
+      REQUIRES(mu_);
 
   // Parsed from each sweep's spec once; nullopt: no early stopping.
   std::map<int64_t, std::optional<planner::EarlyStoppingRule>> early_stopping_

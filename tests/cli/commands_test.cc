@@ -70,7 +70,9 @@ TEST_F(CommandsTest, AFailedCallPrintsItsCodeAndMessageAndExitsOne) {
       .WillOnce(Return(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                     "sweep 3 is completed; cannot cancel")));
   EXPECT_EQ(Make().Cancel(3), kExitFailed);
-  EXPECT_EQ(err_.str(), "megabatch: FAILED_PRECONDITION: sweep 3 is completed; cannot cancel\n");
+  EXPECT_EQ(
+      err_.str(),
+      "megabatch: FAILED_PRECONDITION: sweep 3 is completed; cannot cancel\n");
   EXPECT_EQ(out_.str(), "");
 }
 
@@ -90,13 +92,11 @@ TEST_F(CommandsTest, TrialsFollowsEveryPageAndShowsAnAdaptiveStudysPhases) {
   (*b->mutable_latest_metrics())["val_accuracy"] = 0.875;
   std::vector<std::string> tokens;
   EXPECT_CALL(stub_, ListTrials(_, _, _))
-      .WillOnce(DoAll([&](auto*, const v1::ListTrialsRequest& r, auto*) {
-                        tokens.push_back(r.page_token());
-                      },
+      .WillOnce(DoAll([&](auto*, const v1::ListTrialsRequest& r,
+                          auto*) { tokens.push_back(r.page_token()); },
                       SetArgPointee<2>(first), Return(grpc::Status::OK)))
-      .WillOnce(DoAll([&](auto*, const v1::ListTrialsRequest& r, auto*) {
-                        tokens.push_back(r.page_token());
-                      },
+      .WillOnce(DoAll([&](auto*, const v1::ListTrialsRequest& r,
+                          auto*) { tokens.push_back(r.page_token()); },
                       SetArgPointee<2>(second), Return(grpc::Status::OK)));
   EXPECT_EQ(Make(OutputFormat::kCsv).Trials(7), kExitOk);
   EXPECT_THAT(tokens, ::testing::ElementsAre("", "p2"));
@@ -114,7 +114,8 @@ TEST_F(CommandsTest, ATruncatedQuerySaysSoOnStderr) {
   answer.set_truncated("max_rows");
   v1::QueryRequest sent;
   EXPECT_CALL(stub_, Query(_, _, _))
-      .WillOnce(DoAll(SaveArg<1>(&sent), SetArgPointee<2>(answer), Return(grpc::Status::OK)));
+      .WillOnce(DoAll(SaveArg<1>(&sent), SetArgPointee<2>(answer),
+                      Return(grpc::Status::OK)));
   EXPECT_EQ(Make(OutputFormat::kCsv).Query("SELECT 1", 1, 500), kExitOk);
   EXPECT_EQ(sent.sql(), "SELECT 1");
   EXPECT_EQ(sent.max_rows(), 1);

@@ -11,8 +11,8 @@ namespace {
 
 // Evaluates a piecewise-linear series on a grid and returns the first
 // crossing, as the trainer does evaluation by evaluation.
-std::optional<Crossing> FirstCrossing(const std::vector<EvalPoint>& evals, double target,
-                                      bool higher_is_better) {
+std::optional<Crossing> FirstCrossing(const std::vector<EvalPoint>& evals,
+                                      double target, bool higher_is_better) {
   std::optional<EvalPoint> before;
   for (const EvalPoint& at : evals) {
     auto c = InterpolateCrossing(before, at, target, higher_is_better);
@@ -48,7 +48,8 @@ TEST(SelectionMetricsTest, ALossTargetIsCrossedFromAbove) {
   EXPECT_EQ(c->lower_samples, 1000);
 }
 
-TEST(SelectionMetricsTest, WithoutAnEarlierEvaluationTheCrossingIsTheEvaluation) {
+TEST(SelectionMetricsTest,
+     WithoutAnEarlierEvaluationTheCrossingIsTheEvaluation) {
   auto c = InterpolateCrossing(std::nullopt, {5000, 3, 0.9}, 0.8, true);
   ASSERT_TRUE(c.has_value());
   EXPECT_FALSE(c->interpolated);
@@ -57,9 +58,12 @@ TEST(SelectionMetricsTest, WithoutAnEarlierEvaluationTheCrossingIsTheEvaluation)
 }
 
 TEST(SelectionMetricsTest, NoCrossingWhileTheTargetIsNotReached) {
-  EXPECT_FALSE(InterpolateCrossing(EvalPoint{0, 0, 0.1}, {100, 1, 0.79}, 0.8, true));
-  EXPECT_FALSE(InterpolateCrossing(EvalPoint{0, 0, 0.1}, {100, 1, NAN}, 0.8, true));
-  EXPECT_FALSE(InterpolateCrossing(EvalPoint{0, 0, 2.0}, {100, 1, 1.1}, 1.0, false));
+  EXPECT_FALSE(
+      InterpolateCrossing(EvalPoint{0, 0, 0.1}, {100, 1, 0.79}, 0.8, true));
+  EXPECT_FALSE(
+      InterpolateCrossing(EvalPoint{0, 0, 0.1}, {100, 1, NAN}, 0.8, true));
+  EXPECT_FALSE(
+      InterpolateCrossing(EvalPoint{0, 0, 2.0}, {100, 1, 1.1}, 1.0, false));
 }
 
 TEST(SelectionMetricsTest, OldMetricNamesMeanTheValidationMetrics) {

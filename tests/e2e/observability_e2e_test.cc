@@ -41,11 +41,13 @@ class ObservabilityE2ETest : public ::testing::Test {
     address_ = "127.0.0.1:" + std::to_string(testing::FreePort());
     metrics_port_ = testing::FreePort();
     coordinator_ = std::make_unique<Process>(
-        std::vector<std::string>{MEGABATCH_COORDINATOR_BIN, "--listen", address_,
-                                 "--db", dir_.File("m.db"), "--metrics-listen",
+        std::vector<std::string>{MEGABATCH_COORDINATOR_BIN, "--listen",
+                                 address_, "--db", dir_.File("m.db"),
+                                 "--metrics-listen",
                                  "127.0.0.1:" + std::to_string(metrics_port_)},
         dir_.File("coordinator.log"));
-    workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_, dir_.path().string(), 2);
+    workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_,
+                                     dir_.path().string(), 2);
     // The shipped scrape config, pointed at this coordinator.
     std::string config = ReadFile(std::string(MEGABATCH_DASHBOARD_DIR) +
                                   "/prometheus/prometheus.yml");
@@ -55,14 +57,17 @@ class ObservabilityE2ETest : public ::testing::Test {
     std::ofstream(dir_.File("prometheus.yml")) << config;
     prometheus_port_ = testing::FreePort();
     prometheus_ = std::make_unique<Process>(
-        std::vector<std::string>{
-            "/usr/bin/prometheus", "--config.file=" + dir_.File("prometheus.yml"),
-            "--storage.tsdb.path=" + dir_.File("tsdb"),
-            "--web.listen-address=127.0.0.1:" + std::to_string(prometheus_port_),
-            "--log.level=warn"},
+        std::vector<std::string>{"/usr/bin/prometheus",
+                                 "--config.file=" + dir_.File("prometheus.yml"),
+                                 "--storage.tsdb.path=" + dir_.File("tsdb"),
+                                 "--web.listen-address=127.0.0.1:" +
+                                     std::to_string(prometheus_port_),
+                                 "--log.level=warn"},
         dir_.File("prometheus.log"));
     ASSERT_TRUE(testing::WaitUntil(
-        [&] { return testing::HttpGet(prometheus_port_, "/-/ready").status == 200; },
+        [&] {
+          return testing::HttpGet(prometheus_port_, "/-/ready").status == 200;
+        },
         std::chrono::seconds(60)))
         << prometheus_->Log();
     ASSERT_TRUE(testing::WaitUntil([&] { return Cli({"list"}).exit_code == 0; },
@@ -79,7 +84,8 @@ class ObservabilityE2ETest : public ::testing::Test {
   // A worker with one GPU, speaking the public WorkerService as a worker on a
   // GPU machine does (this machine has no GPU and no NVML).
   void StartSimulatedGpuWorker() {
-    auto channel = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+    auto channel =
+        grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
     auto stub = v1::WorkerService::NewStub(channel);
     grpc::ClientContext ctx;
     v1::RegisterWorkerRequest req;
@@ -87,23 +93,24 @@ class ObservabilityE2ETest : public ::testing::Test {
     req.set_slots(1);
     v1::RegisterWorkerResponse resp;
     ASSERT_TRUE(stub->RegisterWorker(&ctx, req, &resp).ok());
-    gpu_worker_ = std::thread([this, stub = std::move(stub), id = resp.worker_id()] {
-      while (!stop_gpu_worker_) {
-        grpc::ClientContext hb_ctx;
-        v1::HeartbeatRequest hb;
-        hb.set_worker_id(id);
-        v1::GpuStats* gpu = hb.add_gpus();
-        gpu->set_index(0);
-        gpu->set_utilization_ratio(0.5);
-        gpu->set_memory_used_bytes(int64_t{1} << 30);
-        gpu->set_memory_total_bytes(int64_t{80} << 30);
-        v1::HeartbeatResponse hb_resp;
-        stub->Heartbeat(&hb_ctx, hb, &hb_resp);
-        for (int i = 0; i < 5 && !stop_gpu_worker_; ++i) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        }
-      }
-    });
+    gpu_worker_ =
+        std::thread([this, stub = std::move(stub), id = resp.worker_id()] {
+          while (!stop_gpu_worker_) {
+            grpc::ClientContext hb_ctx;
+            v1::HeartbeatRequest hb;
+            hb.set_worker_id(id);
+            v1::GpuStats* gpu = hb.add_gpus();
+            gpu->set_index(0);
+            gpu->set_utilization_ratio(0.5);
+            gpu->set_memory_used_bytes(int64_t{1} << 30);
+            gpu->set_memory_total_bytes(int64_t{80} << 30);
+            v1::HeartbeatResponse hb_resp;
+            stub->Heartbeat(&hb_ctx, hb, &hb_resp);
+            for (int i = 0; i < 5 && !stop_gpu_worker_; ++i) {
+              std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            }
+          }
+        });
   }
 
   testing::CommandResult Cli(std::vector<std::string> args) {
@@ -113,7 +120,8 @@ class ObservabilityE2ETest : public ::testing::Test {
 
   // The number of series Prometheus returns for `expr` now (-1: error).
   int PromQuery(const std::string& expr, std::string* error) {
-    auto r = testing::HttpGet(prometheus_port_, "/api/v1/query?query=" + testing::UrlEncode(expr));
+    auto r = testing::HttpGet(
+        prometheus_port_, "/api/v1/query?query=" + testing::UrlEncode(expr));
     if (r.status != 200) {
       *error = "HTTP " + std::to_string(r.status) + ": " + r.body;
       return -1;
@@ -122,7 +130,9 @@ class ObservabilityE2ETest : public ::testing::Test {
     return static_cast<int>(body["data"]["result"].size());
   }
 
-  std::string Scrape() { return testing::HttpGet(metrics_port_, "/metrics").body; }
+  std::string Scrape() {
+    return testing::HttpGet(metrics_port_, "/metrics").body;
+  }
 
   testing::TempDir dir_;
   std::string address_;
@@ -134,9 +144,9 @@ class ObservabilityE2ETest : public ::testing::Test {
 };
 
 TEST_F(ObservabilityE2ETest, EveryDashboardQueryHasDataWhileASweepRuns) {
-  auto check_config = RunCommand({"/usr/bin/promtool", "check", "config",
-                                  std::string(MEGABATCH_DASHBOARD_DIR) +
-                                      "/prometheus/prometheus.yml"});
+  auto check_config = RunCommand(
+      {"/usr/bin/promtool", "check", "config",
+       std::string(MEGABATCH_DASHBOARD_DIR) + "/prometheus/prometheus.yml"});
   EXPECT_EQ(check_config.exit_code, 0) << check_config.out << check_config.err;
 
   std::ofstream(dir_.File("sweep.yaml")) << R"yaml(
@@ -157,9 +167,11 @@ eval_every_steps: 20
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
         std::string text = Scrape();
-        return text.find("megabatch_trial_gradient_noise_scale{sweep=\"1\",trial=\"2\"}") !=
-                   std::string::npos &&
-               text.find("megabatch_trial_val_accuracy{sweep=\"1\",trial=\"1\"}") !=
+        return text.find(
+                   "megabatch_trial_gradient_noise_scale{sweep=\"1\",trial="
+                   "\"2\"}") != std::string::npos &&
+               text.find(
+                   "megabatch_trial_val_accuracy{sweep=\"1\",trial=\"1\"}") !=
                    std::string::npos;
       },
       std::chrono::seconds(120)))
@@ -167,25 +179,27 @@ eval_every_steps: 20
 
   // promtool's lint on a live scrape: no problems at all.
   std::ofstream(dir_.File("scrape.txt")) << Scrape();
-  auto lint = RunCommand({"/bin/sh", "-c", "/usr/bin/promtool check metrics < " +
-                                               dir_.File("scrape.txt")});
+  auto lint = RunCommand(
+      {"/bin/sh", "-c",
+       "/usr/bin/promtool check metrics < " + dir_.File("scrape.txt")});
   EXPECT_EQ(lint.exit_code, 0) << lint.out << lint.err;
   EXPECT_EQ(lint.out + lint.err, "");
 
   // Every query of every panel, variables substituted, returns series.
   int queries = 0;
   for (const char* name : {"cluster.json", "sweep.json"}) {
-    auto dashboard = nlohmann::json::parse(
-        ReadFile(std::string(MEGABATCH_DASHBOARD_DIR) + "/grafana/dashboards/" + name));
+    auto dashboard = nlohmann::json::parse(ReadFile(
+        std::string(MEGABATCH_DASHBOARD_DIR) + "/grafana/dashboards/" + name));
     for (const auto& panel : dashboard["panels"]) {
       EXPECT_EQ(panel["datasource"]["uid"], "${datasource}") << panel["title"];
       for (const auto& target : panel["targets"]) {
         std::string expr = target["expr"];
         for (const auto& [from, to] :
-             std::vector<std::pair<std::string, std::string>>{{"$__rate_interval", "1m"},
-                                                              {"$__range", "5m"},
-                                                              {"$sweep", sweep},
-                                                              {"$trial", ".*"}}) {
+             std::vector<std::pair<std::string, std::string>>{
+                 {"$__rate_interval", "1m"},
+                 {"$__range", "5m"},
+                 {"$sweep", sweep},
+                 {"$trial", ".*"}}) {
           for (size_t at; (at = expr.find(from)) != std::string::npos;) {
             expr.replace(at, from.size(), to);
           }
@@ -196,8 +210,9 @@ eval_every_steps: 20
         bool answered = testing::WaitUntil(
             [&] { return (series = PromQuery(expr, &error)) > 0; },
             std::chrono::seconds(60));
-        EXPECT_TRUE(answered) << name << " panel '" << panel["title"].get<std::string>()
-                              << "': no data for " << expr << " " << error;
+        EXPECT_TRUE(answered)
+            << name << " panel '" << panel["title"].get<std::string>()
+            << "': no data for " << expr << " " << error;
       }
     }
   }
@@ -208,8 +223,9 @@ eval_every_steps: 20
   ASSERT_EQ(Cli({"cancel", sweep}).exit_code, 0);
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
-        auto r = Cli({"-o", "json", "query",
-                      "SELECT count(*) AS n FROM trials WHERE state = 'running'"});
+        auto r =
+            Cli({"-o", "json", "query",
+                 "SELECT count(*) AS n FROM trials WHERE state = 'running'"});
         return r.exit_code == 0 && nlohmann::json::parse(r.out)[0]["n"] == 0;
       },
       std::chrono::seconds(30)));

@@ -26,8 +26,9 @@ class ResultsE2ETest : public ::testing::Test {
     ASSERT_GT(sweep_, 0);
     address_ = "127.0.0.1:" + std::to_string(testing::FreePort());
     coordinator_ = std::make_unique<Process>(
-        std::vector<std::string>{MEGABATCH_COORDINATOR_BIN, "--listen", address_,
-                                 "--db", db_path_, "--metrics-listen", "127.0.0.1:0"},
+        std::vector<std::string>{MEGABATCH_COORDINATOR_BIN, "--listen",
+                                 address_, "--db", db_path_, "--metrics-listen",
+                                 "127.0.0.1:0"},
         dir_.File("coordinator.log"));
     ASSERT_TRUE(testing::WaitUntil([&] { return Cli({"list"}).exit_code == 0; },
                                    std::chrono::seconds(30)))
@@ -72,7 +73,8 @@ TEST_F(ResultsE2ETest, ReportInEveryFormatWithAPlot) {
        "root = ET.parse(sys.argv[1]).getroot()\n"
        "ns = '{http://www.w3.org/2000/svg}'\n"
        "for cls in ('series steps', 'series metric', 'perfect', 'fit'):\n"
-       "  print(cls, sorted(p.get('data-optimizer') for p in root.iter(ns + 'polyline')"
+       "  print(cls, sorted(p.get('data-optimizer') for p in root.iter(ns + "
+       "'polyline')"
        " if p.get('class') == cls))\n",
        svg});
   ASSERT_EQ(parsed.exit_code, 0) << parsed.err;
@@ -106,21 +108,25 @@ TEST_F(ResultsE2ETest, QueryReadsAndRefusesWritesWithoutChangingTheFile) {
                  "SELECT optimizer, batch_size, best_lr FROM sweep_scaling "
                  "WHERE optimizer = 'adamw' ORDER BY batch_size"});
   ASSERT_EQ(ok.exit_code, 0) << ok.err;
-  EXPECT_EQ(ok.out,
-            "optimizer,batch_size,best_lr\n"
-            "adamw,128,0.01\nadamw,256,0.02\nadamw,512,0.01\nadamw,1024,0.01\n");
-  for (const char* sql : {"DELETE FROM metrics", "DROP TABLE trials",
-                          "UPDATE sweeps SET name = 'x'", "PRAGMA journal_mode=DELETE",
-                          "SELECT 1; DELETE FROM metrics"}) {
+  EXPECT_EQ(
+      ok.out,
+      "optimizer,batch_size,best_lr\n"
+      "adamw,128,0.01\nadamw,256,0.02\nadamw,512,0.01\nadamw,1024,0.01\n");
+  for (const char* sql :
+       {"DELETE FROM metrics", "DROP TABLE trials",
+        "UPDATE sweeps SET name = 'x'", "PRAGMA journal_mode=DELETE",
+        "SELECT 1; DELETE FROM metrics"}) {
     auto r = Cli({"query", sql});
     EXPECT_EQ(r.exit_code, 1) << sql;
     EXPECT_THAT(r.err, HasSubstr("megabatch: INVALID_ARGUMENT: query:")) << sql;
   }
-  auto runaway = Cli({"query", "--timeout-ms", "300",
-                      "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
-                      "SELECT count(*) FROM n"});
+  auto runaway =
+      Cli({"query", "--timeout-ms", "300",
+           "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
+           "SELECT count(*) FROM n"});
   EXPECT_EQ(runaway.exit_code, 1);
-  EXPECT_THAT(runaway.err, HasSubstr("DEADLINE_EXCEEDED: query: stopped by the time cap"));
+  EXPECT_THAT(runaway.err,
+              HasSubstr("DEADLINE_EXCEEDED: query: stopped by the time cap"));
   auto capped = Cli({"query", "--max-rows", "3", "SELECT * FROM metrics"});
   EXPECT_EQ(capped.exit_code, 0);
   EXPECT_THAT(capped.err, HasSubstr("truncated at 3 rows"));
@@ -134,19 +140,24 @@ TEST_F(ResultsE2ETest, ExportStreamsEveryMetricAsCsvOrJsonLines) {
   std::istringstream lines(csv.out);
   std::string header, line;
   std::getline(lines, header);
-  EXPECT_EQ(header, "trial_id,optimizer,batch_size,lr,seed,name,step,value,recorded_at");
+  EXPECT_EQ(
+      header,
+      "trial_id,optimizer,batch_size,lr,seed,name,step,value,recorded_at");
   int rows = 0;
   while (std::getline(lines, line)) ++rows;
-  auto count = Cli({"-o", "json", "query", "SELECT count(*) AS n FROM metrics"});
+  auto count =
+      Cli({"-o", "json", "query", "SELECT count(*) AS n FROM metrics"});
   ASSERT_EQ(count.exit_code, 0) << count.err;
   EXPECT_EQ(rows, nlohmann::json::parse(count.out)[0]["n"].get<int>());
   EXPECT_THAT(csv.err, HasSubstr("exported " + std::to_string(rows)));
 
-  auto jsonl = Cli({"-o", "json", "export", id, "--metric", "gradient_noise_scale"});
+  auto jsonl =
+      Cli({"-o", "json", "export", id, "--metric", "gradient_noise_scale"});
   ASSERT_EQ(jsonl.exit_code, 0) << jsonl.err;
   std::istringstream json_lines(jsonl.out);
   std::vector<nlohmann::json> values;
-  while (std::getline(json_lines, line)) values.push_back(nlohmann::json::parse(line));
+  while (std::getline(json_lines, line))
+    values.push_back(nlohmann::json::parse(line));
   ASSERT_EQ(values.size(), 4u);  // two trials, two values each
   EXPECT_EQ(values[0]["optimizer"], "lamb");
   EXPECT_EQ(values[0]["batch_size"], 1024);

@@ -10,8 +10,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "server/store/db.h"
 #include "tests/testing/process.h"
@@ -33,12 +33,14 @@ class SweepE2ETest : public ::testing::Test {
   void SetUp() override {
     address_ = "127.0.0.1:" + std::to_string(testing::FreePort());
     db_path_ = dir_.File("megabatch.db");
-    coordinator_argv_ = {MEGABATCH_COORDINATOR_BIN, "--listen", address_, "--db",
-                         db_path_, "--metrics-listen", "127.0.0.1:0"};
-    for (const auto& flag : CoordinatorFlags()) coordinator_argv_.push_back(flag);
+    coordinator_argv_ = {
+        MEGABATCH_COORDINATOR_BIN, "--listen",   address_, "--db", db_path_,
+        "--metrics-listen",        "127.0.0.1:0"};
+    for (const auto& flag : CoordinatorFlags())
+      coordinator_argv_.push_back(flag);
     StartCoordinator();
-    workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_, dir_.path().string(), 2,
-                                     WorkerFlags());
+    workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_,
+                                     dir_.path().string(), 2, WorkerFlags());
     ASSERT_TRUE(WaitForWorkers(2)) << coordinator_->Log();
   }
 
@@ -55,7 +57,8 @@ class SweepE2ETest : public ::testing::Test {
   // kill -9 worker-I and the trainers it started.
   void KillWorker(int i) {
     for (pid_t trainer :
-         testing::FindProcesses("--serve --work-dir " + dir_.File("worker-" + std::to_string(i)))) {
+         testing::FindProcesses("--serve --work-dir " +
+                                dir_.File("worker-" + std::to_string(i)))) {
       kill(trainer, SIGKILL);
     }
     workers_[i]->Kill(SIGKILL);
@@ -70,7 +73,8 @@ class SweepE2ETest : public ::testing::Test {
   // (Re)starts the coordinator with the same command line (same address and
   // database); its log is appended to.
   void StartCoordinator() {
-    coordinator_ = std::make_unique<Process>(coordinator_argv_, dir_.File("coordinator.log"));
+    coordinator_ = std::make_unique<Process>(coordinator_argv_,
+                                             dir_.File("coordinator.log"));
   }
 
   // The committed-checkpoint markers workers left under `root` (a trial's
@@ -79,8 +83,10 @@ class SweepE2ETest : public ::testing::Test {
     std::vector<std::string> found;
     std::error_code ec;
     for (auto it = std::filesystem::recursive_directory_iterator(root, ec);
-         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-      if (it->path().filename() == "committed") found.push_back(it->path().string());
+         !ec && it != std::filesystem::recursive_directory_iterator();
+         it.increment(ec)) {
+      if (it->path().filename() == "committed")
+        found.push_back(it->path().string());
     }
     return found;
   }
@@ -88,7 +94,8 @@ class SweepE2ETest : public ::testing::Test {
   testing::CommandResult Cli(std::vector<std::string> args) {
     return CliWith(CliFlags(), std::move(args));
   }
-  testing::CommandResult CliWith(std::vector<std::string> flags, std::vector<std::string> args) {
+  testing::CommandResult CliWith(std::vector<std::string> flags,
+                                 std::vector<std::string> args) {
     flags.insert(flags.begin(), {MEGABATCH_CLI_BIN, "--server", address_});
     flags.insert(flags.end(), args.begin(), args.end());
     return RunCommand(flags);
@@ -103,10 +110,11 @@ class SweepE2ETest : public ::testing::Test {
   // Steps 1..`steps` each have exactly one train_loss row, and there are no
   // others, among the metrics `filter` (an SQL condition) selects.
   void ExpectEveryStepOnce(const std::string& filter, int steps) {
-    const std::string rows = "FROM metrics WHERE name = 'train_loss' AND " + filter;
+    const std::string rows =
+        "FROM metrics WHERE name = 'train_loss' AND " + filter;
     EXPECT_EQ(Scalar("SELECT count(*) " + rows), steps) << filter;
-    EXPECT_EQ(Scalar("SELECT count(DISTINCT step) " + rows + " AND step BETWEEN 1 AND " +
-                     std::to_string(steps)),
+    EXPECT_EQ(Scalar("SELECT count(DISTINCT step) " + rows +
+                     " AND step BETWEEN 1 AND " + std::to_string(steps)),
               steps)
         << filter;
   }
@@ -157,20 +165,28 @@ eval_every_steps: 4
 )yaml");
   for (const auto& spec : {lstm, bert}) {
     auto submit = Cli({"submit", spec, "--wait"});
-    ASSERT_EQ(submit.exit_code, 0) << submit.err << coordinator_->Log() << workers_[0]->Log();
+    ASSERT_EQ(submit.exit_code, 0)
+        << submit.err << coordinator_->Log() << workers_[0]->Log();
   }
   EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'"), 5);
   // char_lstm: 1024 samples are 32 steps at batch 32 and 8 at 128.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
-                   "WHERE t.sweep_id = 1 AND m.name = 'train_loss'"),
-            2 * 32 + 2 * 8);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
-                   "WHERE t.sweep_id = 1 AND m.name = 'val_bpc'"),
-            2 * 8 + 2 * 2);
-  EXPECT_LT(Scalar("SELECT max(value) FROM metrics WHERE name = 'val_bpc'"), 8.0);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
-                   "WHERE t.sweep_id = 2 AND m.name = 'val_mlm_accuracy'"),
-            2);
+  EXPECT_EQ(
+      Scalar(
+          "SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
+          "WHERE t.sweep_id = 1 AND m.name = 'train_loss'"),
+      2 * 32 + 2 * 8);
+  EXPECT_EQ(
+      Scalar(
+          "SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
+          "WHERE t.sweep_id = 1 AND m.name = 'val_bpc'"),
+      2 * 8 + 2 * 2);
+  EXPECT_LT(Scalar("SELECT max(value) FROM metrics WHERE name = 'val_bpc'"),
+            8.0);
+  EXPECT_EQ(
+      Scalar(
+          "SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
+          "WHERE t.sweep_id = 2 AND m.name = 'val_mlm_accuracy'"),
+      2);
   EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE sweep_id = 2 AND "
                    "best_val_accuracy IS NOT NULL"),
             1);
@@ -200,10 +216,13 @@ noise_scale: always
   const std::string logs = workers_[0]->Log() + workers_[1]->Log();
   EXPECT_THAT(logs, HasSubstr("(warm)")) << "no trial ran in a kept trainer";
   const std::string trainer =
-      (std::filesystem::path(MEGABATCH_WORKER_BIN).parent_path() / "megabatch-trainer").string();
+      (std::filesystem::path(MEGABATCH_WORKER_BIN).parent_path() /
+       "megabatch-trainer")
+          .string();
   auto db = store::Db::Open(db_path_);
   ASSERT_TRUE(db.ok());
-  auto trials = (*db)->Prepare("SELECT id, config_json FROM trials ORDER BY id");
+  auto trials =
+      (*db)->Prepare("SELECT id, config_json FROM trials ORDER BY id");
   ASSERT_TRUE(trials.ok());
   int compared = 0;
   while (*trials->Step()) {
@@ -226,7 +245,8 @@ noise_scale: always
       }
     }
     auto stored = (*db)->Prepare(
-        "SELECT name, step, value FROM metrics WHERE trial_id = ? AND value IS NOT NULL AND "
+        "SELECT name, step, value FROM metrics WHERE trial_id = ? AND value IS "
+        "NOT NULL AND "
         "name NOT LIKE '%second%' AND name NOT IN ('threads', 'shared_cores') "
         "ORDER BY name, step");
     ASSERT_TRUE(stored.ok());
@@ -235,9 +255,11 @@ noise_scale: always
     while (*stored->Step()) {
       ++rows;
       auto it = expected.find({stored->Text(0), stored->Int(1)});
-      ASSERT_NE(it, expected.end()) << "trial " << id << ": " << stored->Text(0);
+      ASSERT_NE(it, expected.end())
+          << "trial " << id << ": " << stored->Text(0);
       EXPECT_EQ(stored->Double(2), it->second)
-          << "trial " << id << ": " << stored->Text(0) << " at step " << stored->Int(1);
+          << "trial " << id << ": " << stored->Text(0) << " at step "
+          << stored->Int(1);
     }
     EXPECT_EQ(rows, expected.size()) << "trial " << id;
     ++compared;
@@ -265,25 +287,37 @@ noise_scale: always
 target: {metric: val_accuracy, value: 0.78, stop: true}
 )yaml");
   auto submit = Cli({"submit", spec, "--wait"});
-  ASSERT_EQ(submit.exit_code, 0) << submit.err << coordinator_->Log() << workers_[0]->Log();
+  ASSERT_EQ(submit.exit_code, 0)
+      << submit.err << coordinator_->Log() << workers_[0]->Log();
   // Every trial evaluated at step 0 and on the 4,096-sample grid.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy' AND step = 0"), 16);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
-                   "WHERE m.name = 'val_accuracy' AND (m.step * t.batch_size) % 4096 != 0"),
-            0);
-  // The crossing lies between the bracketing evaluation and the one that reached it.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE steps_to_target IS NOT NULL AND "
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy' "
+                   "AND step = 0"),
+            16);
+  EXPECT_EQ(
+      Scalar(
+          "SELECT count(*) FROM metrics m JOIN trials t ON t.id = m.trial_id "
+          "WHERE m.name = 'val_accuracy' AND (m.step * t.batch_size) % 4096 != "
+          "0"),
+      0);
+  // The crossing lies between the bracketing evaluation and the one that
+  // reached it.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE steps_to_target "
+                   "IS NOT NULL AND "
                    "NOT (samples_to_target > target_bracket_samples AND "
                    "samples_to_target <= steps * batch_size)"),
             0);
-  EXPECT_GT(Scalar("SELECT count(*) FROM trial_summary WHERE steps_to_target IS NOT NULL"), 8);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE noise_scale_at_10pct IS NULL"), 0);
+  EXPECT_GT(Scalar("SELECT count(*) FROM trial_summary WHERE steps_to_target "
+                   "IS NOT NULL"),
+            8);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE "
+                   "noise_scale_at_10pct IS NULL"),
+            0);
   auto report = Cli({"-o", "json", "report", "1"});
   ASSERT_EQ(report.exit_code, 0) << report.err;
   std::ofstream(dir_.File("report.json")) << report.out;
-  auto check = testing::RunCommand({"/usr/bin/python3", MEGABATCH_RECOMPUTE_REPORT, "--db",
-                                    db_path_, "--sweep", "1", "--report",
-                                    dir_.File("report.json")});
+  auto check = testing::RunCommand(
+      {"/usr/bin/python3", MEGABATCH_RECOMPUTE_REPORT, "--db", db_path_,
+       "--sweep", "1", "--report", dir_.File("report.json")});
   EXPECT_EQ(check.exit_code, 0) << check.out << check.err << report.out;
   EXPECT_THAT(check.out, HasSubstr("agree"));
 }
@@ -304,8 +338,8 @@ schedule: {warmup_steps: 5, decay: cosine}
 budget: {epochs: 1}
 )yaml");
   auto submit = Cli({"submit", spec, "--wait"});
-  ASSERT_EQ(submit.exit_code, 0) << submit.err << coordinator_->Log()
-                                 << workers_[0]->Log();
+  ASSERT_EQ(submit.exit_code, 0)
+      << submit.err << coordinator_->Log() << workers_[0]->Log();
   EXPECT_THAT(submit.err, HasSubstr("completed: 8/8 done"));
 
   EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'"), 8);
@@ -333,10 +367,13 @@ budget: {epochs: 1}
             54);
   // One epoch: one validation row per trial, above 0.75, and the test split
   // once at the end.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"), 8);
-  double worst = Scalar("SELECT min(value) FROM metrics WHERE name = 'val_accuracy'");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
+            8);
+  double worst =
+      Scalar("SELECT min(value) FROM metrics WHERE name = 'val_accuracy'");
   EXPECT_GT(worst, 0.75);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"), 8);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'test_accuracy'"),
+            8);
   EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE "
                    "test_accuracy > 0.75 AND state = 'completed'"),
             8);
@@ -368,8 +405,8 @@ budget: {epochs: 1}
 }
 
 TEST_F(SweepE2ETest, WorkerCheckSaysWhatTrialsNeedAndFailsOnWhatWouldStopThem) {
-  auto ok = RunCommand({MEGABATCH_WORKER_BIN, "--check", "--coordinator", address_,
-                        "--work-dir", dir_.File("check-work")});
+  auto ok = RunCommand({MEGABATCH_WORKER_BIN, "--check", "--coordinator",
+                        address_, "--work-dir", dir_.File("check-work")});
   EXPECT_EQ(ok.exit_code, 0) << ok.out << ok.err;
   EXPECT_THAT(ok.out, HasSubstr("libtorch "));
   EXPECT_THAT(ok.out, HasSubstr("BLAS_INFO="));
@@ -380,11 +417,13 @@ TEST_F(SweepE2ETest, WorkerCheckSaysWhatTrialsNeedAndFailsOnWhatWouldStopThem) {
   // No coordinator there, and an artifacts "directory" that is a file.
   std::ofstream(dir_.File("not-a-dir")) << "x";
   auto bad = RunCommand({MEGABATCH_WORKER_BIN, "--check", "--coordinator",
-                         "127.0.0.1:" + std::to_string(testing::FreePort()), "--work-dir",
-                         dir_.File("check-work"), "--artifacts", dir_.File("not-a-dir")});
+                         "127.0.0.1:" + std::to_string(testing::FreePort()),
+                         "--work-dir", dir_.File("check-work"), "--artifacts",
+                         dir_.File("not-a-dir")});
   EXPECT_EQ(bad.exit_code, 1) << bad.out;
   EXPECT_THAT(bad.out, HasSubstr("PROBLEM: coordinator 127.0.0.1:"));
-  EXPECT_THAT(bad.out, HasSubstr("PROBLEM: --artifacts " + dir_.File("not-a-dir")));
+  EXPECT_THAT(bad.out,
+              HasSubstr("PROBLEM: --artifacts " + dir_.File("not-a-dir")));
 }
 
 TEST_F(SweepE2ETest, BadSpecIsRejectedByTheCliAndNothingIsStored) {
@@ -427,14 +466,17 @@ budget: {steps: 20}
   // A trainer that cannot read its dataset fails; with max_retries 1 it is
   // tried twice, then the sweep fails with the trainer's stderr stored.
   std::filesystem::create_directories(dir_.path() / "broken");
-  for (const char* f : {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}) {
+  for (const char* f :
+       {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}) {
     std::ofstream(dir_.path() / "broken" / f) << "not gzip";
   }
-  std::string crash = WriteSpec("crash.yaml", R"yaml(
+  std::string crash =
+      WriteSpec("crash.yaml", R"yaml(
 name: crash
-dataset: {name: fashion_mnist, path: )yaml" + (dir_.path() / "broken").string() +
-                                                 R"yaml(}
+dataset: {name: fashion_mnist, path: )yaml" +
+                                  (dir_.path() / "broken").string() +
+                                  R"yaml(}
 optimizers: [{name: sgd}]
 batch_sizes: [128]
 base: {lr: 0.1}
@@ -463,7 +505,9 @@ budget: {epochs: 50}
   ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
-        return Scalar("SELECT count(*) FROM metrics WHERE name = 'train_loss'") > 0;
+        return Scalar(
+                   "SELECT count(*) FROM metrics WHERE name = 'train_loss'") >
+               0;
       },
       std::chrono::seconds(60)));
   auto start = std::chrono::steady_clock::now();
@@ -477,7 +521,9 @@ budget: {epochs: 50}
         for (const auto& row : rows) {
           if (row["busy"] != 0) return false;
         }
-        return testing::FindProcesses("--serve --work-dir " + dir_.path().string()).empty();
+        return testing::FindProcesses("--serve --work-dir " +
+                                      dir_.path().string())
+            .empty();
       },
       std::chrono::seconds(5)))
       << "trainers still running 5 s after cancel";
@@ -511,15 +557,18 @@ max_retries: 3
   std::vector<pid_t> trainers;
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
-        trainers = testing::FindProcesses("--serve --work-dir " + dir_.path().string());
-        return trainers.size() == 1 && !Committed(dir_.File("worker-0/trial-1")).empty();
+        trainers = testing::FindProcesses("--serve --work-dir " +
+                                          dir_.path().string());
+        return trainers.size() == 1 &&
+               !Committed(dir_.File("worker-0/trial-1")).empty();
       },
       std::chrono::seconds(120)))
       << workers_[0]->Log();
   ASSERT_EQ(kill(trainers[0], SIGKILL), 0);
 
   auto watch = Cli({"watch", "1"});
-  EXPECT_EQ(watch.exit_code, 0) << watch.err << workers_[0]->Log() << coordinator_->Log();
+  EXPECT_EQ(watch.exit_code, 0)
+      << watch.err << workers_[0]->Log() << coordinator_->Log();
   EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND "
                    "attempts >= 2"),
             1)
@@ -531,7 +580,8 @@ max_retries: 3
   EXPECT_THAT(workers_[0]->Log(), HasSubstr("resuming from"));
   // Every step exactly once, 1..3000, across both attempts.
   ExpectEveryStepOnce("1", 3000);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"), 3);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
+            3);
 }
 
 // Cores are given out once per host: a worker that asks for more threads
@@ -548,15 +598,16 @@ TEST_F(SweepE2ETest, TrialsThatShareCoresAreMarkedInTheReport) {
   const std::string claims = dir_.File("claims");
   auto worker = [&](const std::string& name, std::vector<std::string> flags,
                     const std::string& claims_dir) {
-    std::vector<std::string> argv = {MEGABATCH_WORKER_BIN, "--coordinator", address_,
-                                     "--name", name, "--work-dir", dir_.File(name),
-                                     "--host-claims", claims_dir};
+    std::vector<std::string> argv = {
+        MEGABATCH_WORKER_BIN, "--coordinator", address_,        "--name",  name,
+        "--work-dir",         dir_.File(name), "--host-claims", claims_dir};
     argv.insert(argv.end(), flags.begin(), flags.end());
     return std::make_unique<Process>(argv, dir_.File(name + ".log"));
   };
   // Two slots of every core each: twice the cores when both run.
-  auto greedy = worker("greedy", {"--slots", "2", "--threads-per-slot", std::to_string(cores)},
-                       claims);
+  auto greedy = worker(
+      "greedy", {"--slots", "2", "--threads-per-slot", std::to_string(cores)},
+      claims);
   auto registered = [](const std::unique_ptr<Process>& w) {
     return testing::WaitUntil(
         [&] { return w->Log().find("registered") != std::string::npos; },
@@ -581,32 +632,43 @@ budget: {steps: 300}
 eval_every_steps: 20
 target: {metric: val_accuracy, value: 0.5}
 )yaml";
-  auto shared = Cli({"submit", WriteSpec("shared.yaml", "name: shared" + spec_text), "--wait"});
+  auto shared =
+      Cli({"submit", WriteSpec("shared.yaml", "name: shared" + spec_text),
+           "--wait"});
   ASSERT_EQ(shared.exit_code, 0) << shared.err << greedy->Log();
   greedy->Kill(SIGTERM);
   EXPECT_EQ(greedy->Wait(std::chrono::seconds(10)), 0);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE sweep_id = 1 AND shared_cores = 1 "
-                   "AND threads = " + std::to_string(cores)),
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE sweep_id = 1 AND "
+                   "shared_cores = 1 "
+                   "AND threads = " +
+                   std::to_string(cores)),
             2);
-  EXPECT_EQ(Scalar("SELECT sum(shared_core_trials) FROM sweep_scaling WHERE sweep_id = 1"), 2);
+  EXPECT_EQ(Scalar("SELECT sum(shared_core_trials) FROM sweep_scaling WHERE "
+                   "sweep_id = 1"),
+            2);
   auto report = Cli({"report", "1"});
   ASSERT_EQ(report.exit_code, 0) << report.err;
   EXPECT_THAT(report.out, HasSubstr(" (shared)"));
   EXPECT_THAT(report.out, HasSubstr("shared cores with other trainers"));
   auto trials = Cli({"trials", "1"});
   EXPECT_THAT(trials.out, HasSubstr(" (shared)"));
-  auto json_report = nlohmann::json::parse(Cli({"-o", "json", "report", "1"}).out);
+  auto json_report =
+      nlohmann::json::parse(Cli({"-o", "json", "report", "1"}).out);
   for (const auto& row : json_report["rows"]) {
     EXPECT_EQ(row["shared_core_trials"], 1);
-    EXPECT_TRUE(row["seconds_to_target"].is_number()) << "JSON keeps the number";
+    EXPECT_TRUE(row["seconds_to_target"].is_number())
+        << "JSON keeps the number";
   }
 
   // Alone on its cores (a claims directory of its own): nothing is marked.
-  auto alone = worker("alone", {"--slots", "1", "--threads-per-slot", "1"}, dir_.File("own"));
-  auto calm = Cli({"submit", WriteSpec("calm.yaml", "name: calm" + spec_text), "--wait"});
+  auto alone = worker("alone", {"--slots", "1", "--threads-per-slot", "1"},
+                      dir_.File("own"));
+  auto calm = Cli(
+      {"submit", WriteSpec("calm.yaml", "name: calm" + spec_text), "--wait"});
   ASSERT_EQ(calm.exit_code, 0) << calm.err << alone->Log();
   EXPECT_THAT(alone->Log(), Not(HasSubstr("OVERSUBSCRIBED")));
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE sweep_id = 2 AND shared_cores = 0 "
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE sweep_id = 2 AND "
+                   "shared_cores = 0 "
                    "AND threads = 1 AND samples_per_second > 0"),
             2);
   auto calm_report = Cli({"report", "2"});
@@ -623,13 +685,18 @@ TEST_F(SweepE2ETest, GpuSlotsEachSeeOnlyTheirOwnGpu) {
   std::string started = dir_.File("started");
   std::filesystem::create_directories(started);
   std::string trainer = dir_.File("gpu-trainer.sh");
-  std::ofstream(trainer) << "#!/bin/sh\n"
-                            "touch " << started << "/$$\n"
-                            "i=0\n"
-                            "while [ $(ls " << started << " | wc -l) -lt 2 ] && "
-                            "[ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n"
-                            "echo \"{\\\"step\\\": 1, \\\"metrics\\\": "
-                            "{\\\"visible_gpu\\\": ${CUDA_VISIBLE_DEVICES:--1}}}\"\n";
+  std::ofstream(trainer)
+      << "#!/bin/sh\n"
+         "touch "
+      << started
+      << "/$$\n"
+         "i=0\n"
+         "while [ $(ls "
+      << started
+      << " | wc -l) -lt 2 ] && "
+         "[ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n"
+         "echo \"{\\\"step\\\": 1, \\\"metrics\\\": "
+         "{\\\"visible_gpu\\\": ${CUDA_VISIBLE_DEVICES:--1}}}\"\n";
   std::filesystem::permissions(trainer, std::filesystem::perms::owner_all);
   Process gpu_worker({MEGABATCH_WORKER_BIN, "--coordinator", address_, "--name",
                       "gpu-worker", "--gpus", "3,5", "--work-dir",
@@ -645,9 +712,12 @@ budget: {steps: 1}
 )yaml");
   auto submit = Cli({"submit", spec, "--wait"});
   ASSERT_EQ(submit.exit_code, 0) << submit.err << gpu_worker.Log();
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'visible_gpu'"), 2);
-  EXPECT_EQ(Scalar("SELECT min(value) FROM metrics WHERE name = 'visible_gpu'"), 3);
-  EXPECT_EQ(Scalar("SELECT max(value) FROM metrics WHERE name = 'visible_gpu'"), 5);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'visible_gpu'"),
+            2);
+  EXPECT_EQ(Scalar("SELECT min(value) FROM metrics WHERE name = 'visible_gpu'"),
+            3);
+  EXPECT_EQ(Scalar("SELECT max(value) FROM metrics WHERE name = 'visible_gpu'"),
+            5);
   auto workers = nlohmann::json::parse(Cli({"-o", "json", "workers"}).out);
   bool found = false;
   for (const auto& w : workers) {
@@ -683,20 +753,31 @@ early_stopping: {rule: asha, metric: test_accuracy, min_samples: 2560, reduction
 )yaml");
   auto submit = Cli({"submit", spec, "--wait"});
   ASSERT_EQ(submit.exit_code, 0) << submit.err << workers_[0]->Log();
-  const double pruned = Scalar("SELECT count(*) FROM trials WHERE state = 'pruned'");
+  const double pruned =
+      Scalar("SELECT count(*) FROM trials WHERE state = 'pruned'");
   EXPECT_GE(pruned, 1);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'") + pruned, 4);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_pruned'"), pruned);
-  // Pruned trials stopped short of the budget; the smallest lr is among them.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE state = 'pruned' AND steps < 300"),
+  EXPECT_EQ(
+      Scalar("SELECT count(*) FROM trials WHERE state = 'completed'") + pruned,
+      4);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_pruned'"),
             pruned);
-  EXPECT_EQ(Scalar("SELECT state = 'pruned' FROM trials WHERE lr_multiplier = 1"), 1);
+  // Pruned trials stopped short of the budget; the smallest lr is among them.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_summary WHERE state = 'pruned' "
+                   "AND steps < 300"),
+            pruned);
+  EXPECT_EQ(
+      Scalar("SELECT state = 'pruned' FROM trials WHERE lr_multiplier = 1"), 1);
   EXPECT_GE(Scalar("SELECT count(*) FROM trials WHERE state = 'completed'"), 1);
-  EXPECT_THAT(submit.err, HasSubstr("pruned " + std::to_string(static_cast<int>(pruned))));
+  EXPECT_THAT(submit.err,
+              HasSubstr("pruned " + std::to_string(static_cast<int>(pruned))));
   // The sweep ends when its last trial is pruned; that trainer is stopped
   // by its worker at its next report.
   EXPECT_TRUE(testing::WaitUntil(
-      [&] { return testing::FindProcesses("--serve --work-dir " + dir_.path().string()).empty(); },
+      [&] {
+        return testing::FindProcesses("--serve --work-dir " +
+                                      dir_.path().string())
+            .empty();
+      },
       std::chrono::seconds(5)))
       << "trainers still running 5 s after the sweep ended";
 }
@@ -705,12 +786,13 @@ early_stopping: {rule: asha, metric: test_accuracy, min_samples: 2560, reduction
 class SharedCheckpointE2ETest : public SweepE2ETest {
  protected:
   std::vector<std::string> CoordinatorFlags() const override {
-    return {"--artifacts", dir_.File("artifacts"), "--heartbeat-interval-ms", "500",
-            "--lease-timeout-ms", "3000"};
+    return {"--artifacts", dir_.File("artifacts"), "--heartbeat-interval-ms",
+            "500",         "--lease-timeout-ms",   "3000"};
   }
 };
 
-TEST_F(SharedCheckpointE2ETest, KilledWorkersTrialResumesFromItsCheckpointOnTheOther) {
+TEST_F(SharedCheckpointE2ETest,
+       KilledWorkersTrialResumesFromItsCheckpointOnTheOther) {
   std::string spec = WriteSpec("resume.yaml", R"yaml(
 name: resume-elsewhere
 model: {type: mlp, hidden: [128]}
@@ -736,12 +818,19 @@ max_retries: 2
 
   auto watch = Cli({"watch", "1"});
   EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND attempts = 2"), 1);
-  EXPECT_EQ(Scalar("SELECT count(DISTINCT worker_id) FROM events WHERE kind = 'trial_leased'"), 2);
-  EXPECT_THAT(workers_[1 - victim]->Log(), HasSubstr("resuming from " + dir_.File("artifacts/trial-1/lease-")));
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND "
+                   "attempts = 2"),
+            1);
+  EXPECT_EQ(Scalar("SELECT count(DISTINCT worker_id) FROM events WHERE kind = "
+                   "'trial_leased'"),
+            2);
+  EXPECT_THAT(
+      workers_[1 - victim]->Log(),
+      HasSubstr("resuming from " + dir_.File("artifacts/trial-1/lease-")));
   // Every step exactly once, across both workers.
   ExpectEveryStepOnce("1", 3000);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"), 3);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
+            3);
   // A finished trial's checkpoints are removed.
   EXPECT_FALSE(std::filesystem::exists(dir_.File("artifacts/trial-1")));
 }
@@ -758,39 +847,51 @@ base: {lr: 0.01}
 budget: {steps: 40}
 eval_every_steps: 20
 )yaml";
-  auto two = Cli({"submit", WriteSpec("two.yaml", "name: two-ranks\nranks_per_trial: 2" + body),
-                  "--wait"});
-  ASSERT_EQ(two.exit_code, 0) << two.err << coordinator_->Log() << workers_[0]->Log();
-  auto one = Cli({"submit", WriteSpec("one.yaml", "name: one-rank" + body), "--wait"});
+  auto two =
+      Cli({"submit",
+           WriteSpec("two.yaml", "name: two-ranks\nranks_per_trial: 2" + body),
+           "--wait"});
+  ASSERT_EQ(two.exit_code, 0)
+      << two.err << coordinator_->Log() << workers_[0]->Log();
+  auto one =
+      Cli({"submit", WriteSpec("one.yaml", "name: one-rank" + body), "--wait"});
   ASSERT_EQ(one.exit_code, 0) << one.err;
   // The two-rank trial ran on both workers at once, rank 1 on the other.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trial_ranks r JOIN trials t ON t.id = r.trial_id "
-                   "WHERE t.sweep_id = 1 AND r.rank = 1 AND r.worker_id != t.worker_id"),
-            1);
+  EXPECT_EQ(
+      Scalar(
+          "SELECT count(*) FROM trial_ranks r JOIN trials t ON t.id = "
+          "r.trial_id "
+          "WHERE t.sweep_id = 1 AND r.rank = 1 AND r.worker_id != t.worker_id"),
+      1);
   EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased' "
                    "AND message LIKE '%as 2 ranks on workers%'"),
             1);
   // Rank 0 alone reported: every step once, and the same values as one rank.
   ExpectEveryStepOnce("trial_id = 1", 40);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics a JOIN metrics b ON b.trial_id = 2 "
-                   "AND b.name = a.name AND b.step = a.step WHERE a.trial_id = 1 "
-                   "AND a.name IN ('train_loss', 'grad_norm', 'val_accuracy', 'val_loss')"),
-            40 * 2 + 2 * 2);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics a JOIN metrics b ON b.trial_id = 2 "
-                   "AND b.name = a.name AND b.step = a.step WHERE a.trial_id = 1 "
-                   "AND a.name IN ('train_loss', 'grad_norm', 'val_accuracy', 'val_loss') "
-                   "AND abs(a.value - b.value) > 1e-5 * max(1, abs(b.value))"),
-            0);
+  EXPECT_EQ(
+      Scalar("SELECT count(*) FROM metrics a JOIN metrics b ON b.trial_id = 2 "
+             "AND b.name = a.name AND b.step = a.step WHERE a.trial_id = 1 "
+             "AND a.name IN ('train_loss', 'grad_norm', 'val_accuracy', "
+             "'val_loss')"),
+      40 * 2 + 2 * 2);
+  EXPECT_EQ(
+      Scalar("SELECT count(*) FROM metrics a JOIN metrics b ON b.trial_id = 2 "
+             "AND b.name = a.name AND b.step = a.step WHERE a.trial_id = 1 "
+             "AND a.name IN ('train_loss', 'grad_norm', 'val_accuracy', "
+             "'val_loss') "
+             "AND abs(a.value - b.value) > 1e-5 * max(1, abs(b.value))"),
+      0);
   EXPECT_GT(Scalar("SELECT count(*) FROM metrics WHERE trial_id = 1 AND name = "
                    "'allreduce_seconds'"),
             0);
 }
 
-TEST_F(SharedCheckpointE2ETest, KillingOneRanksWorkerGetsTheTrialResumedOnOthers) {
+TEST_F(SharedCheckpointE2ETest,
+       KillingOneRanksWorkerGetsTheTrialResumedOnOthers) {
   // A third worker, so that two remain after one is killed.
-  workers_.push_back(std::move(testing::StartWorkers(MEGABATCH_WORKER_BIN, address_,
-                                                     dir_.path().string(), 1, WorkerFlags(),
-                                                     /*first=*/2)[0]));
+  workers_.push_back(std::move(testing::StartWorkers(
+      MEGABATCH_WORKER_BIN, address_, dir_.path().string(), 1, WorkerFlags(),
+      /*first=*/2)[0]));
   ASSERT_TRUE(WaitForWorkers(3));
   std::string spec = WriteSpec("dp-resume.yaml", R"yaml(
 name: dp-resume
@@ -812,7 +913,8 @@ ranks_per_trial: 2
   // Kill the worker running rank 1, daemon and trainer alike.
   const int victim = static_cast<int>(
       Scalar("SELECT CAST(substr(w.name, 8) AS INTEGER) FROM trial_ranks r "
-             "JOIN workers w ON w.id = r.worker_id WHERE r.trial_id = 1 AND r.rank = 1"));
+             "JOIN workers w ON w.id = r.worker_id WHERE r.trial_id = 1 AND "
+             "r.rank = 1"));
   ASSERT_TRUE(victim >= 0 && victim <= 2);
   KillWorker(victim);
   auto watch = Cli({"watch", "1"});
@@ -820,15 +922,21 @@ ranks_per_trial: 2
   EXPECT_GE(Scalar("SELECT attempts FROM trials WHERE id = 1"), 2);
   EXPECT_EQ(Scalar("SELECT state = 'completed' FROM trials WHERE id = 1"), 1);
   // Resumed from a checkpoint, not from scratch; every step exactly once.
-  EXPECT_GE(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased'"), 2);
-  const std::string resumed = "resuming from " + dir_.File("artifacts/trial-1/lease-");
+  EXPECT_GE(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased'"),
+            2);
+  const std::string resumed =
+      "resuming from " + dir_.File("artifacts/trial-1/lease-");
   EXPECT_TRUE(std::any_of(workers_.begin(), workers_.end(), [&](const auto& w) {
     return w->Log().find(resumed) != std::string::npos;
   }));
   ExpectEveryStepOnce("trial_id = 1", 2000);
   // No rank was left hanging: all trainers are gone.
   EXPECT_TRUE(testing::WaitUntil(
-      [&] { return testing::FindProcesses("--serve --work-dir " + dir_.path().string()).empty(); },
+      [&] {
+        return testing::FindProcesses("--serve --work-dir " +
+                                      dir_.path().string())
+            .empty();
+      },
       std::chrono::seconds(10)));
 }
 
@@ -844,11 +952,14 @@ eval_every_steps: 500
 )yaml");
   ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
   // A watch started before the crash rides it out.
-  Process watch({MEGABATCH_CLI_BIN, "--server", address_, "watch", "1"}, dir_.File("watch.log"));
+  Process watch({MEGABATCH_CLI_BIN, "--server", address_, "watch", "1"},
+                dir_.File("watch.log"));
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
-        return Scalar("SELECT count(*) FROM (SELECT trial_id FROM metrics WHERE "
-                      "name = 'train_loss' AND step >= 200 GROUP BY trial_id)") == 2;
+        return Scalar(
+                   "SELECT count(*) FROM (SELECT trial_id FROM metrics WHERE "
+                   "name = 'train_loss' AND step >= 200 GROUP BY trial_id)") ==
+               2;
       },
       std::chrono::seconds(120)));
   ASSERT_TRUE(testing::WaitUntil(
@@ -858,21 +969,27 @@ eval_every_steps: 500
   coordinator_->Kill(SIGKILL);
   const double stored_before = Scalar("SELECT count(*) FROM metrics");
   ASSERT_TRUE(testing::WaitUntil(
-      [&] { return watch.Log().find("coordinator unreachable") != std::string::npos; },
+      [&] {
+        return watch.Log().find("coordinator unreachable") != std::string::npos;
+      },
       std::chrono::seconds(30)))
       << watch.Log();
   StartCoordinator();
   // The watch reconnects and ends with the sweep's real outcome.
-  EXPECT_EQ(watch.Wait(std::chrono::seconds(300)), 0) << watch.Log() << coordinator_->Log();
+  EXPECT_EQ(watch.Wait(std::chrono::seconds(300)), 0)
+      << watch.Log() << coordinator_->Log();
   EXPECT_THAT(watch.Log(), HasSubstr("reconnected to the coordinator"));
   EXPECT_THAT(watch.Log(), HasSubstr("completed"));
   // The trials went on under their leases: no retry, nothing lost or doubled.
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND attempts = 1"), 2);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND "
+                   "attempts = 1"),
+            2);
   EXPECT_GE(Scalar("SELECT count(*) FROM metrics"), stored_before);
   for (int trial = 1; trial <= 2; ++trial) {
     ExpectEveryStepOnce("trial_id = " + std::to_string(trial), 2500);
   }
-  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased'"), 2);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_leased'"),
+            2);
 }
 
 // An adaptive study through the real system: the probe, the batch sizes it
@@ -895,12 +1012,16 @@ eval_every_samples: 4096
 )yaml");
   auto submit = Cli({"submit", spec});
   ASSERT_EQ(submit.exit_code, 0) << submit.err;
-  Process watch({MEGABATCH_CLI_BIN, "--server", address_, "watch", "1"}, dir_.File("watch.log"));
+  Process watch({MEGABATCH_CLI_BIN, "--server", address_, "watch", "1"},
+                dir_.File("watch.log"));
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
-        return Scalar("SELECT count(*) FROM trials WHERE phase = 'search' AND "
-                      "state IN ('completed', 'diverged')") >= 3 &&
-               Scalar("SELECT count(*) FROM trials WHERE state IN ('queued', 'running')") > 0;
+        return Scalar(
+                   "SELECT count(*) FROM trials WHERE phase = 'search' AND "
+                   "state IN ('completed', 'diverged')") >= 3 &&
+               Scalar(
+                   "SELECT count(*) FROM trials WHERE state IN ('queued', "
+                   "'running')") > 0;
       },
       std::chrono::seconds(180)))
       << coordinator_->Log();
@@ -912,7 +1033,8 @@ eval_every_samples: 4096
   EXPECT_THAT(watch.Log(), HasSubstr("adaptive phase done"));
 
   EXPECT_EQ(Scalar("SELECT count(*) FROM sweeps WHERE state = 'completed'"), 1);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state NOT IN ('completed', 'diverged')"),
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state NOT IN "
+                   "('completed', 'diverged')"),
             0);
   EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE phase = 'probe'"), 1);
   // No trial planned twice, across the restart.
@@ -924,22 +1046,27 @@ eval_every_samples: 4096
   EXPECT_LE(Scalar("SELECT max(n) FROM (SELECT count(*) AS n FROM trials "
                    "WHERE phase IN ('probe', 'search') GROUP BY batch_size)"),
             4);
-  EXPECT_EQ(Scalar("SELECT count(DISTINCT batch_size) FROM trials WHERE phase = 'search'"), 4);
+  EXPECT_EQ(Scalar("SELECT count(DISTINCT batch_size) FROM trials WHERE phase "
+                   "= 'search'"),
+            4);
   // The best two lrs of each batch size's search go the whole way, each a
   // searched lr.
   EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE phase = 'finish'"), 8);
   EXPECT_EQ(Scalar("SELECT count(DISTINCT batch_size || '/' || lr) FROM trials "
                    "WHERE phase = 'finish'"),
             8);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM trials f WHERE phase = 'finish' AND NOT EXISTS "
-                   "(SELECT 1 FROM trials s WHERE s.phase IN ('probe', 'search') AND "
-                   "s.batch_size = f.batch_size AND s.lr = f.lr)"),
-            0);
+  EXPECT_EQ(
+      Scalar(
+          "SELECT count(*) FROM trials f WHERE phase = 'finish' AND NOT EXISTS "
+          "(SELECT 1 FROM trials s WHERE s.phase IN ('probe', 'search') AND "
+          "s.batch_size = f.batch_size AND s.lr = f.lr)"),
+      0);
   // The planner carried on after the restart, and said when it was done.
   EXPECT_GE(Scalar("SELECT count(*) FROM events WHERE kind = 'plan' AND at > " +
                    std::to_string(killed_at)),
             1);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'plan' AND message LIKE 'done:%'"),
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'plan' AND "
+                   "message LIKE 'done:%'"),
             1);
 
   auto report = Cli({"-o", "json", "report", "1"});
@@ -948,7 +1075,8 @@ eval_every_samples: 4096
   EXPECT_TRUE(j["predicted_b_crit"].is_number()) << report.out;
   ASSERT_GE(j["plan"].size(), 6u);
   EXPECT_THAT(j["plan"][0].get<std::string>(), HasSubstr("probe"));
-  EXPECT_THAT(j["plan"][1].get<std::string>(), HasSubstr("place: predicted B_crit"));
+  EXPECT_THAT(j["plan"][1].get<std::string>(),
+              HasSubstr("place: predicted B_crit"));
   // The report's rows are the finish runs only (search runs train a
   // fraction of the budget): two lrs per batch size.
   ASSERT_EQ(j["rows"].size(), 4u);
@@ -969,15 +1097,21 @@ class SecuredE2ETest : public SweepE2ETest {
     testing::MakeCertificates(dir_.path());
     if (HasFatalFailure()) return;
     // --db before the subcommand and after it: users type both.
-    ASSERT_NO_FATAL_FAILURE(CreateToken("worker", "rack-1", "worker.token", false));
+    ASSERT_NO_FATAL_FAILURE(
+        CreateToken("worker", "rack-1", "worker.token", false));
     ASSERT_NO_FATAL_FAILURE(CreateToken("user", "alice", "alice.token", true));
     SweepE2ETest::SetUp();
   }
 
-  void CreateToken(const std::string& role, const std::string& name, const std::string& file,
-                   bool db_last) {
-    std::vector<std::string> args = {MEGABATCH_COORDINATOR_BIN, "token", "create", "--role",
-                                     role, "--name", name};
+  void CreateToken(const std::string& role, const std::string& name,
+                   const std::string& file, bool db_last) {
+    std::vector<std::string> args = {MEGABATCH_COORDINATOR_BIN,
+                                     "token",
+                                     "create",
+                                     "--role",
+                                     role,
+                                     "--name",
+                                     name};
     const std::vector<std::string> db = {"--db", dir_.File("megabatch.db")};
     args.insert(db_last ? args.end() : args.begin() + 1, db.begin(), db.end());
     auto r = RunCommand(args);
@@ -987,14 +1121,17 @@ class SecuredE2ETest : public SweepE2ETest {
   }
 
   std::vector<std::string> CoordinatorFlags() const override {
-    return {"--auth-file", dir_.File("admin.token"), "--tls-cert", dir_.File("server.pem"),
-            "--tls-key", dir_.File("server.key")};
+    return {"--auth-file", dir_.File("admin.token"),
+            "--tls-cert",  dir_.File("server.pem"),
+            "--tls-key",   dir_.File("server.key")};
   }
   std::vector<std::string> WorkerFlags() const override {
-    return {"--token-file", dir_.File("worker.token"), "--tls-ca", dir_.File("ca.pem")};
+    return {"--token-file", dir_.File("worker.token"), "--tls-ca",
+            dir_.File("ca.pem")};
   }
   std::vector<std::string> CliFlags() const override {
-    return {"--token-file", dir_.File("alice.token"), "--tls-ca", dir_.File("ca.pem")};
+    return {"--token-file", dir_.File("alice.token"), "--tls-ca",
+            dir_.File("ca.pem")};
   }
 };
 
@@ -1013,7 +1150,8 @@ budget: {steps: 20}
   EXPECT_EQ(Scalar("SELECT count(*) FROM sweeps WHERE owner = 'alice'"), 1);
   // A worker token cannot use the CLI's service; no token, no service.
   const std::string ca = dir_.File("ca.pem");
-  auto as_worker = CliWith({"--token-file", dir_.File("worker.token"), "--tls-ca", ca}, {"list"});
+  auto as_worker = CliWith(
+      {"--token-file", dir_.File("worker.token"), "--tls-ca", ca}, {"list"});
   EXPECT_EQ(as_worker.exit_code, 1);
   EXPECT_THAT(as_worker.err, HasSubstr("PERMISSION_DENIED"));
   auto anonymous = CliWith({"--tls-ca", ca}, {"list"});
@@ -1023,7 +1161,8 @@ budget: {steps: 20}
   auto plain = CliWith({"--token-file", dir_.File("alice.token")}, {"list"});
   EXPECT_EQ(plain.exit_code, 1);
   // Revoked: refused at the next call.
-  auto revoke = RunCommand({MEGABATCH_COORDINATOR_BIN, "--db", db_path_, "token", "revoke", "2"});
+  auto revoke = RunCommand(
+      {MEGABATCH_COORDINATOR_BIN, "--db", db_path_, "token", "revoke", "2"});
   ASSERT_EQ(revoke.exit_code, 0) << revoke.err;
   auto revoked = Cli({"list"});
   EXPECT_EQ(revoked.exit_code, 1);

@@ -58,11 +58,13 @@ World* MakeWorld() {
   w->coordinator = std::move(*started);
   store::SweepStore* store = w->coordinator->store();
   auto spec = spec::ParseSweepSpec(
-      "name: fuzz\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: {lr: 0.1}\n"
+      "name: fuzz\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: "
+      "{lr: 0.1}\n"
       "early_stopping: {rule: asha, metric: val_accuracy, min_samples: 256}\n");
   bool existed = false;
   if (!spec.ok() ||
-      !store->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1, &existed).ok()) {
+      !store->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1, &existed)
+           .ok()) {
     std::abort();
   }
   w->worker_id = *store->RegisterWorker("fuzz", 2, 1);
@@ -85,7 +87,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   grpc::ServerContext ctx;
   v1::ReportMetricsResponse resp;
-  grpc::Status s = world->coordinator->worker_service()->ReportMetrics(&ctx, &req, &resp);
+  grpc::Status s =
+      world->coordinator->worker_service()->ReportMetrics(&ctx, &req, &resp);
   if (s.error_code() == grpc::StatusCode::INTERNAL ||
       s.error_code() == grpc::StatusCode::UNKNOWN) {
     std::abort();

@@ -20,11 +20,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   auto trials = ExpandSweep(*spec);
   if (spec->strategy.is_null()) {
-    if (trials.empty() || trials.size() > static_cast<size_t>(kMaxTrialsPerSweep)) std::abort();
+    if (trials.empty() ||
+        trials.size() > static_cast<size_t>(kMaxTrialsPerSweep))
+      std::abort();
   } else {
     if (!trials.empty()) std::abort();
     auto plan = megabatch::planner::PlanAdaptive(*spec, {}, 0);
-    if (plan.trials.size() != 1 || plan.phases[0] != megabatch::planner::kPhaseProbe) {
+    if (plan.trials.size() != 1 ||
+        plan.phases[0] != megabatch::planner::kPhaseProbe) {
       std::abort();
     }
   }

@@ -1,8 +1,6 @@
 // The adaptive study's planner, driven without a database: a simulated
 // study feeds each planned trial a result from a known response surface and
 // checks what the planner asks for next.
-#include "server/planner/adaptive.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -10,6 +8,8 @@
 #include <functional>
 #include <map>
 #include <set>
+
+#include "server/planner/adaptive.h"
 
 namespace megabatch::planner {
 namespace {
@@ -32,14 +32,17 @@ budget: )yaml" + budget);
 
 // Runs the plan to the end: every planned trial ends with `result`'s
 // outcome for it. Returns every trial, in creation order.
-std::vector<PlannedTrial> Simulate(const spec::SweepSpec& spec,
-                                   const std::function<void(PlannedTrial*)>& result,
-                                   std::vector<std::string>* decisions = nullptr) {
+std::vector<PlannedTrial> Simulate(
+    const spec::SweepSpec& spec,
+    const std::function<void(PlannedTrial*)>& result,
+    std::vector<std::string>* decisions = nullptr) {
   std::vector<PlannedTrial> trials;
   for (int round = 0; round < 200; ++round) {
-    PlanStep step = PlanAdaptive(spec, trials, static_cast<int32_t>(trials.size()));
+    PlanStep step =
+        PlanAdaptive(spec, trials, static_cast<int32_t>(trials.size()));
     if (decisions) {
-      decisions->insert(decisions->end(), step.decisions.begin(), step.decisions.end());
+      decisions->insert(decisions->end(), step.decisions.begin(),
+                        step.decisions.end());
     }
     // The same trials again plan nothing more: the planner never repeats.
     std::vector<PlannedTrial> pending = trials;
@@ -53,7 +56,9 @@ std::vector<PlannedTrial> Simulate(const spec::SweepSpec& spec,
       EXPECT_EQ(step.trials[i].index, static_cast<int32_t>(trials.size() + i));
       pending.push_back(t);
     }
-    EXPECT_TRUE(PlanAdaptive(spec, pending, static_cast<int32_t>(pending.size())).trials.empty())
+    EXPECT_TRUE(
+        PlanAdaptive(spec, pending, static_cast<int32_t>(pending.size()))
+            .trials.empty())
         << "planned twice in round " << round;
     if (step.trials.empty()) break;
     for (size_t i = trials.size(); i < pending.size(); ++i) {
@@ -67,7 +72,8 @@ std::vector<PlannedTrial> Simulate(const spec::SweepSpec& spec,
 
 // val_accuracy falls off away from the best lr at each batch size: a
 // parabola in log2(lr) around `best_lr(batch)`; lrs 8x past it diverge.
-std::function<void(PlannedTrial*)> Surface(std::function<double(int64_t)> best_lr) {
+std::function<void(PlannedTrial*)> Surface(
+    std::function<double(int64_t)> best_lr) {
   return [best_lr](PlannedTrial* t) {
     const double d = std::log2(t->lr / best_lr(t->batch_size));
     if (d > 3) {
@@ -80,7 +86,8 @@ std::function<void(PlannedTrial*)> Surface(std::function<double(int64_t)> best_l
   };
 }
 
-TEST(AdaptivePlannerTest, StartsWithOneProbeAtTheBaseBatchMeasuringTheNoiseScale) {
+TEST(AdaptivePlannerTest,
+     StartsWithOneProbeAtTheBaseBatchMeasuringTheNoiseScale) {
   PlanStep step = PlanAdaptive(Spec(), {}, 0);
   ASSERT_EQ(step.trials.size(), 1u);
   EXPECT_EQ(step.phases[0], kPhaseProbe);
@@ -89,13 +96,15 @@ TEST(AdaptivePlannerTest, StartsWithOneProbeAtTheBaseBatchMeasuringTheNoiseScale
   EXPECT_DOUBLE_EQ(step.trials[0].lr, 0.002);
   EXPECT_EQ(step.trials[0].config["noise_scale"], "always");
   // 20% of 2 epochs of 55,000 samples.
-  EXPECT_EQ(step.trials[0].config["budget"], nlohmann::json({{"samples", 22000}}));
+  EXPECT_EQ(step.trials[0].config["budget"],
+            nlohmann::json({{"samples", 22000}}));
   ASSERT_EQ(step.decisions.size(), 1u);
   EXPECT_THAT(step.decisions[0], HasSubstr("probe"));
   // A tiny budget still trains 10 steps of the batch.
   PlanStep tiny = PlanAdaptive(Spec("{samples: 1000}"), {}, 0);
   ASSERT_EQ(tiny.trials.size(), 1u);
-  EXPECT_EQ(tiny.trials[0].config["budget"], nlohmann::json({{"samples", 1280}}));
+  EXPECT_EQ(tiny.trials[0].config["budget"],
+            nlohmann::json({{"samples", 1280}}));
   // While it runs, nothing more.
   PlannedTrial probe;
   probe.phase = kPhaseProbe;
@@ -105,7 +114,8 @@ TEST(AdaptivePlannerTest, StartsWithOneProbeAtTheBaseBatchMeasuringTheNoiseScale
   EXPECT_TRUE(PlanAdaptive(Spec(), {probe}, 1).trials.empty());
 }
 
-TEST(AdaptivePlannerTest, BatchSizesRunGeometricallyToSixteenTimesThePredictionThroughIt) {
+TEST(AdaptivePlannerTest,
+     BatchSizesRunGeometricallyToSixteenTimesThePredictionThroughIt) {
   auto sizes = PlaceBatchSizes(Spec(), 1000);
   ASSERT_EQ(sizes.size(), 5u);
   EXPECT_EQ(sizes.front(), 128);
@@ -117,7 +127,8 @@ TEST(AdaptivePlannerTest, BatchSizesRunGeometricallyToSixteenTimesThePredictionT
   EXPECT_EQ(PlaceBatchSizes(Spec(), 10).back(), 512);
 }
 
-TEST(AdaptivePlannerTest, FindsTheBestLrAtEachBatchWithinAFactorOfTwoAndFinishesIt) {
+TEST(AdaptivePlannerTest,
+     FindsTheBestLrAtEachBatchWithinAFactorOfTwoAndFinishesIt) {
   // The best lr grows like sqrt(batch) from 0.003 at 128 (the rule's
   // prediction, 0.002 x sqrt(b / 128), is 1.5x too small).
   auto best = [](int64_t b) { return 0.003 * std::sqrt(b / 128.0); };
@@ -136,13 +147,15 @@ TEST(AdaptivePlannerTest, FindsTheBestLrAtEachBatchWithinAFactorOfTwoAndFinishes
       }
       EXPECT_LE(tried, 5) << opt << " at " << b;
       searches += tried;
-      ASSERT_EQ(finish.size(), 4u) << opt << " at " << b << ": the best 2 lrs, each per seed";
+      ASSERT_EQ(finish.size(), 4u)
+          << opt << " at " << b << ": the best 2 lrs, each per seed";
       EXPECT_NE(finish[0]->seed, finish[1]->seed);
       EXPECT_EQ(finish[0]->lr, finish[1]->lr);
       EXPECT_NE(finish[0]->lr, finish[2]->lr);
       // Within a factor of 2 of the truth (sqrt(2) either way).
       EXPECT_LE(std::fabs(std::log2(finish[0]->lr / best(b))), 0.5 + 1e-9)
-          << opt << " at " << b << ": lr " << finish[0]->lr << " vs " << best(b);
+          << opt << " at " << b << ": lr " << finish[0]->lr << " vs "
+          << best(b);
       finishes += 4;
     }
   }
@@ -155,41 +168,50 @@ TEST(AdaptivePlannerTest, ADivergedLrBoundsTheSearchFromAbove) {
   // Every lr at or above 2x the prediction diverges; the best is the largest
   // stable lr tried.
   auto trials = Simulate(Spec(), [](PlannedTrial* t) {
-    const double d = std::log2(t->lr / (0.002 * std::sqrt(t->batch_size / 128.0)));
+    const double d =
+        std::log2(t->lr / (0.002 * std::sqrt(t->batch_size / 128.0)));
     t->noise_scale = 500;
     if (d >= 1) {
       t->diverged = true;
       return;
     }
     t->completed = true;
-    t->best_target_value = 0.7 + 0.01 * d;  // larger is better, up to divergence
+    t->best_target_value =
+        0.7 + 0.01 * d;  // larger is better, up to divergence
   });
   std::map<int64_t, double> largest;  // LAMB's largest finished lr per batch
   for (const auto& t : trials) {
     if (t.phase != kPhaseFinish) continue;
-    const double d = std::log2(t.lr / (0.002 * std::sqrt(t.batch_size / 128.0)));
+    const double d =
+        std::log2(t.lr / (0.002 * std::sqrt(t.batch_size / 128.0)));
     EXPECT_LT(d, 1) << "finished a diverging lr at batch " << t.batch_size;
-    if (t.optimizer == "lamb") largest[t.batch_size] = std::max(largest[t.batch_size], d);
+    if (t.optimizer == "lamb")
+      largest[t.batch_size] = std::max(largest[t.batch_size], d);
   }
   // LAMB's rule (sqrt) is this surface's: its search brackets the edge.
   // SGD's (linear) starts far above it and spends its trials coming down.
   ASSERT_EQ(largest.size(), 5u);
   for (const auto& [b, d] : largest) {
-    EXPECT_GE(d, 0.5 - 1e-9) << "stopped short of the stable edge at batch " << b;
+    EXPECT_GE(d, 0.5 - 1e-9)
+        << "stopped short of the stable edge at batch " << b;
   }
 }
 
-TEST(AdaptivePlannerTest, ABatchSizeWhereEveryLrDivergesGetsNoFinishAndIsNamed) {
+TEST(AdaptivePlannerTest,
+     ABatchSizeWhereEveryLrDivergesGetsNoFinishAndIsNamed) {
   std::vector<std::string> decisions;
-  auto trials = Simulate(Spec(), [](PlannedTrial* t) {
-    t->noise_scale = 500;
-    if (t->batch_size >= 2000) {
-      t->diverged = true;
-      return;
-    }
-    t->completed = true;
-    t->best_target_value = 0.7;
-  }, &decisions);
+  auto trials = Simulate(
+      Spec(),
+      [](PlannedTrial* t) {
+        t->noise_scale = 500;
+        if (t->batch_size >= 2000) {
+          t->diverged = true;
+          return;
+        }
+        t->completed = true;
+        t->best_target_value = 0.7;
+      },
+      &decisions);
   for (const auto& t : trials) {
     if (t.phase == kPhaseFinish) {
       EXPECT_LT(t.batch_size, 2000);
@@ -202,7 +224,8 @@ TEST(AdaptivePlannerTest, ReachingTheTargetSoonerRanksFirst) {
   // Every lr reaches the target; the fewest samples wins even though another
   // lr has a better final accuracy.
   auto trials = Simulate(Spec(), [](PlannedTrial* t) {
-    const double d = std::log2(t->lr / (0.002 * std::sqrt(t->batch_size / 128.0)));
+    const double d =
+        std::log2(t->lr / (0.002 * std::sqrt(t->batch_size / 128.0)));
     t->completed = true;
     t->noise_scale = 300;
     t->samples_to_target = 10000 + 1000 * (d - 1) * (d - 1);
@@ -210,15 +233,21 @@ TEST(AdaptivePlannerTest, ReachingTheTargetSoonerRanksFirst) {
   });
   std::set<std::pair<std::string, int64_t>> seen;
   for (const auto& t : trials) {
-    if (t.phase != kPhaseFinish || !seen.insert({t.optimizer, t.batch_size}).second) continue;
+    if (t.phase != kPhaseFinish ||
+        !seen.insert({t.optimizer, t.batch_size}).second)
+      continue;
     // The first finish run of each batch size is the search's best.
-    const double d = std::log2(t.lr / (0.002 * std::sqrt(t.batch_size / 128.0)));
-    EXPECT_NEAR(d, 1, 0.5 + 1e-9) << t.optimizer << " at batch " << t.batch_size;
+    const double d =
+        std::log2(t.lr / (0.002 * std::sqrt(t.batch_size / 128.0)));
+    EXPECT_NEAR(d, 1, 0.5 + 1e-9)
+        << t.optimizer << " at batch " << t.batch_size;
   }
 }
 
 TEST(AdaptivePlannerTest, SpecRulesForAdaptiveStudies) {
-  auto parse = [](const std::string& text) { return spec::ParseSweepSpec(text); };
+  auto parse = [](const std::string& text) {
+    return spec::ParseSweepSpec(text);
+  };
   const std::string head = R"yaml(
 name: a
 model: {type: mlp}
@@ -226,25 +255,36 @@ optimizers: [{name: lamb}]
 base: {batch_size: 128, lr: 0.002}
 )yaml";
   auto no_target = parse(head + "strategy: {type: adaptive}\n");
-  EXPECT_THAT(no_target.status().message(), HasSubstr("target: required by strategy adaptive"));
-  auto with_list = parse(head + "strategy: {type: adaptive}\nbatch_sizes: [128]\n"
-                                "target: {metric: val_accuracy, value: 0.8}\n");
-  EXPECT_THAT(with_list.status().message(), HasSubstr("batch_sizes: not with strategy adaptive"));
-  auto steps = parse(head + "strategy: {type: adaptive}\nbudget: {steps: 10}\n"
-                            "target: {metric: val_accuracy, value: 0.8}\n");
-  EXPECT_THAT(steps.status().message(), HasSubstr("budget: strategy adaptive needs"));
-  auto fraction = parse(head + "strategy: {type: adaptive, search_fraction: 2}\n"
-                               "target: {metric: val_accuracy, value: 0.8}\n");
+  EXPECT_THAT(no_target.status().message(),
+              HasSubstr("target: required by strategy adaptive"));
+  auto with_list = parse(head +
+                         "strategy: {type: adaptive}\nbatch_sizes: [128]\n"
+                         "target: {metric: val_accuracy, value: 0.8}\n");
+  EXPECT_THAT(with_list.status().message(),
+              HasSubstr("batch_sizes: not with strategy adaptive"));
+  auto steps = parse(head +
+                     "strategy: {type: adaptive}\nbudget: {steps: 10}\n"
+                     "target: {metric: val_accuracy, value: 0.8}\n");
+  EXPECT_THAT(steps.status().message(),
+              HasSubstr("budget: strategy adaptive needs"));
+  auto fraction = parse(head +
+                        "strategy: {type: adaptive, search_fraction: 2}\n"
+                        "target: {metric: val_accuracy, value: 0.8}\n");
   EXPECT_THAT(fraction.status().message(),
               HasSubstr("strategy.search_fraction: must be at most 1"));
-  auto typo = parse(head + "strategy: {type: adaptive, batch_size: 4}\n"
-                           "target: {metric: val_accuracy, value: 0.8}\n");
-  EXPECT_THAT(typo.status().message(), HasSubstr("strategy.batch_size: unknown field"));
-  auto split = parse(head + "strategy: {type: adaptive}\nranks_per_trial: 3\n"
-                           "target: {metric: val_accuracy, value: 0.8}\n");
-  EXPECT_THAT(split.status().message(), HasSubstr("base.batch_size: 128 does not split"));
-  auto ok =
-      parse(head + "strategy: {type: adaptive}\ntarget: {metric: val_accuracy, value: 0.8}\n");
+  auto typo = parse(head +
+                    "strategy: {type: adaptive, batch_size: 4}\n"
+                    "target: {metric: val_accuracy, value: 0.8}\n");
+  EXPECT_THAT(typo.status().message(),
+              HasSubstr("strategy.batch_size: unknown field"));
+  auto split = parse(head +
+                     "strategy: {type: adaptive}\nranks_per_trial: 3\n"
+                     "target: {metric: val_accuracy, value: 0.8}\n");
+  EXPECT_THAT(split.status().message(),
+              HasSubstr("base.batch_size: 128 does not split"));
+  auto ok = parse(head +
+                  "strategy: {type: adaptive}\ntarget: {metric: val_accuracy, "
+                  "value: 0.8}\n");
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
   EXPECT_EQ(ok->strategy["batch_sizes"], 6);
   EXPECT_EQ(ok->strategy["finish_lrs"], 2);

@@ -1,5 +1,7 @@
 // Tokens, roles and TLS on a real coordinator over loopback TCP, with a CA
 // and certificates made by the openssl command in the test.
+#include "server/auth/auth.h"
+
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -13,11 +15,10 @@
 
 #include "common/channel.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
-#include "server/auth/auth.h"
-#include "server/coordinator.h"
-#include "tests/testing/http.h"
-#include "tests/testing/coordinator_fixture.h"
 #include "server/auth/token_store.h"
+#include "server/coordinator.h"
+#include "tests/testing/coordinator_fixture.h"
+#include "tests/testing/http.h"
 #include "tests/testing/tls.h"
 
 namespace megabatch {
@@ -26,7 +27,8 @@ namespace {
 using ::testing::HasSubstr;
 
 constexpr const char* kSpec =
-    "name: secured\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\nbase: {lr: 0.1}\n";
+    "name: secured\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\nbase: {lr: "
+    "0.1}\n";
 
 class AuthTest : public testing::CoordinatorFixture {
  protected:
@@ -91,14 +93,16 @@ class AuthTest : public testing::CoordinatorFixture {
     v1::ListSweepsResponse resp;
     return v1::SweepService::NewStub(ch)->ListSweeps(&ctx, {}, &resp);
   }
-  static grpc::Status Query(const std::shared_ptr<grpc::Channel>& ch, const std::string& sql) {
+  static grpc::Status Query(const std::shared_ptr<grpc::Channel>& ch,
+                            const std::string& sql) {
     grpc::ClientContext ctx;
     v1::QueryRequest req;
     req.set_sql(sql);
     v1::QueryResponse resp;
     return v1::SweepService::NewStub(ch)->Query(&ctx, req, &resp);
   }
-  static grpc::Status Cancel(const std::shared_ptr<grpc::Channel>& ch, int64_t sweep) {
+  static grpc::Status Cancel(const std::shared_ptr<grpc::Channel>& ch,
+                             int64_t sweep) {
     grpc::ClientContext ctx;
     v1::CancelSweepRequest req;
     req.set_sweep_id(sweep);
@@ -107,11 +111,14 @@ class AuthTest : public testing::CoordinatorFixture {
   }
   static grpc::Status Register(const std::shared_ptr<grpc::Channel>& ch,
                                int64_t* id = nullptr) {
-    return CoordinatorFixture::Register(v1::WorkerService::NewStub(ch).get(), id);
+    return CoordinatorFixture::Register(v1::WorkerService::NewStub(ch).get(),
+                                        id);
   }
-  static grpc::Status Lease(const std::shared_ptr<grpc::Channel>& ch, int64_t worker) {
+  static grpc::Status Lease(const std::shared_ptr<grpc::Channel>& ch,
+                            int64_t worker) {
     v1::LeaseTrialResponse resp;
-    return CoordinatorFixture::Lease(v1::WorkerService::NewStub(ch).get(), worker, &resp);
+    return CoordinatorFixture::Lease(v1::WorkerService::NewStub(ch).get(),
+                                     worker, &resp);
   }
 
   int SweepCount() {
@@ -185,7 +192,8 @@ TEST_F(AuthTest, EachRoleCanDoExactlyWhatItShould) {
   }
   grpc::Status denied = Submit(Channel(tokens_["worker"]));
   EXPECT_THAT(denied.error_message(), HasSubstr("'rack-1' has role worker"));
-  EXPECT_THAT(Register(Channel("")).error_message(), HasSubstr("authorization"));
+  EXPECT_THAT(Register(Channel("")).error_message(),
+              HasSubstr("authorization"));
 }
 
 TEST_F(AuthTest, AUserCancelsOnlyTheirOwnSweepsAnAdminAny) {
@@ -233,17 +241,21 @@ TEST_F(AuthTest, ARevokedTokenEndsAnOpenWatchStream) {
   grpc::Status end = reader->Finish();
   EXPECT_EQ(end.error_code(), Code::UNAUTHENTICATED) << end.error_message();
   // At the next snapshot (at least one a second), not at the deadline.
-  EXPECT_LT(std::chrono::steady_clock::now() - revoked, std::chrono::seconds(5));
+  EXPECT_LT(std::chrono::steady_clock::now() - revoked,
+            std::chrono::seconds(5));
 }
 
 TEST_F(AuthTest, PlaintextClientsCannotTalkToTheTlsCoordinator) {
-  auto plain = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+  auto plain =
+      grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   v1::ListSweepsResponse resp;
-  grpc::Status s = v1::SweepService::NewStub(plain)->ListSweeps(&ctx, {}, &resp);
+  grpc::Status s =
+      v1::SweepService::NewStub(plain)->ListSweeps(&ctx, {}, &resp);
   EXPECT_FALSE(s.ok());
-  EXPECT_NE(s.error_code(), Code::UNAUTHENTICATED) << "must fail before any RPC runs";
+  EXPECT_NE(s.error_code(), Code::UNAUTHENTICATED)
+      << "must fail before any RPC runs";
   // Nor can a client that trusts another CA.
   ChannelOptions rogue;
   rogue.tls_ca_file = dir_.File("rogue.pem");
@@ -287,7 +299,8 @@ TEST_F(AuthTest, TheAdminTokenFileIsOwnerOnlyAndSurvivesARestart) {
 }
 
 TEST_F(AuthTest, TokenHashesCannotBeReadThroughQuery) {
-  grpc::Status s = Query(Channel(tokens_["admin"]), "SELECT sha256 FROM tokens");
+  grpc::Status s =
+      Query(Channel(tokens_["admin"]), "SELECT sha256 FROM tokens");
   EXPECT_EQ(s.error_code(), Code::PERMISSION_DENIED);
   EXPECT_THAT(s.error_message(), HasSubstr("tokens table"));
   EXPECT_EQ(Query(Channel(tokens_["admin"]),
@@ -300,12 +313,13 @@ TEST_F(AuthTest, MetricsRequireBasicAuthWhenConfigured) {
   const int port = coordinator_->metrics_port();
   EXPECT_EQ(testing::HttpGet(port, "/metrics").status, 401);
   // "prometheus:wrong" and "prometheus:s3cret" in base64.
-  EXPECT_EQ(testing::HttpGet(port, "/metrics",
-                             "Authorization: Basic cHJvbWV0aGV1czp3cm9uZw==\r\n")
-                .status,
-            401);
-  auto ok = testing::HttpGet(port, "/metrics",
-                             "Authorization: Basic cHJvbWV0aGV1czpzM2NyZXQ=\r\n");
+  EXPECT_EQ(
+      testing::HttpGet(port, "/metrics",
+                       "Authorization: Basic cHJvbWV0aGV1czp3cm9uZw==\r\n")
+          .status,
+      401);
+  auto ok = testing::HttpGet(
+      port, "/metrics", "Authorization: Basic cHJvbWV0aGV1czpzM2NyZXQ=\r\n");
   EXPECT_EQ(ok.status, 200);
   EXPECT_THAT(ok.body, HasSubstr("megabatch_"));
 }

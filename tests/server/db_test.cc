@@ -24,7 +24,8 @@ class DbTest : public ::testing::Test {
 };
 
 TEST_F(DbTest, AFailedBindFailsTheStepAndNamesTheParameter) {
-  ASSERT_OK_AND_ASSIGN(Statement ins, db_->Prepare("INSERT INTO t (k, v) VALUES (?, ?)"));
+  ASSERT_OK_AND_ASSIGN(Statement ins,
+                       db_->Prepare("INSERT INTO t (k, v) VALUES (?, ?)"));
   // Parameter 3 does not exist: SQLITE_RANGE, reported at the step, and
   // nothing is inserted with the parameters that did bind.
   ins.Bind(1, int64_t{1}).Bind(2, "one").Bind(3, "extra");

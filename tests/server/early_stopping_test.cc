@@ -31,9 +31,10 @@ early_stopping: {rule: asha, min_samples: 5000}
   EXPECT_EQ(rule->min_samples, 5000);
   EXPECT_EQ(rule->reduction_factor, 3);  // the spec's default
 
-  ASSERT_OK_AND_ASSIGN(auto plain, spec::ParseSweepSpec(
-                                       "name: p\noptimizers: [{name: sgd}]\n"
-                                       "batch_sizes: [128]\nbase: {lr: 0.1}\n"));
+  ASSERT_OK_AND_ASSIGN(
+      auto plain,
+      spec::ParseSweepSpec("name: p\noptimizers: [{name: sgd}]\n"
+                           "batch_sizes: [128]\nbase: {lr: 0.1}\n"));
   EXPECT_FALSE(EarlyStoppingOf(plain).has_value());
 }
 
@@ -72,8 +73,9 @@ TEST(EarlyStoppingTest, ANonFiniteValueRanksLastEitherWay) {
 
 TEST(EarlyStoppingTest, ThePruneMessageSaysWhy) {
   const EarlyStoppingRule rule = Rule();
-  EXPECT_EQ(PruneMessage(rule, 1, 3200, 0.82, DecideRung(rule, 2, 1), 2),
-            "rung 1 (3200 samples): val_accuracy 0.82 is not in the top 1 of 2");
+  EXPECT_EQ(
+      PruneMessage(rule, 1, 3200, 0.82, DecideRung(rule, 2, 1), 2),
+      "rung 1 (3200 samples): val_accuracy 0.82 is not in the top 1 of 2");
 }
 
 }  // namespace

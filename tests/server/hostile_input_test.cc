@@ -14,9 +14,9 @@
 
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/coordinator.h"
+#include "tests/testing/coordinator_fixture.h"
 #include "tests/testing/process.h"
 #include "tests/testing/report_fixture.h"
-#include "tests/testing/coordinator_fixture.h"
 
 namespace megabatch {
 namespace {
@@ -25,7 +25,8 @@ using ::testing::HasSubstr;
 using Code = grpc::StatusCode;
 
 constexpr const char* kSpec =
-    "name: target\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: {lr: 0.1}\n";
+    "name: target\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: "
+    "{lr: 0.1}\n";
 
 class HostileInputTest : public testing::CoordinatorFixture {
  protected:
@@ -70,7 +71,8 @@ class HostileInputTest : public testing::CoordinatorFixture {
     return workers_->ReportMetrics(&ctx, req, &resp);
   }
 
-  // Sends raw bytes as the request of `method` (e.g. "/megabatch.v1.SweepService/GetSweep").
+  // Sends raw bytes as the request of `method` (e.g.
+  // "/megabatch.v1.SweepService/GetSweep").
   grpc::Status RawCall(const std::string& method, const std::string& bytes) {
     grpc::GenericStub stub(channel_);
     grpc::ClientContext ctx;
@@ -106,7 +108,8 @@ TEST_F(HostileInputTest, EveryRpcRefusesBadInputAndNothingChanges) {
     std::string says;  // in the message ("" for gRPC's own refusals)
     std::function<grpc::Status()> call;
   };
-  auto submit = [this](const std::string& spec, const std::string& request_id = "") {
+  auto submit = [this](const std::string& spec,
+                       const std::string& request_id = "") {
     grpc::ClientContext ctx;
     v1::SubmitSweepRequest req;
     req.set_spec(spec);
@@ -114,11 +117,14 @@ TEST_F(HostileInputTest, EveryRpcRefusesBadInputAndNothingChanges) {
     v1::SubmitSweepResponse resp;
     return sweeps_->SubmitSweep(&ctx, req, &resp);
   };
-  std::string many_trials = "name: big\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\n"
-                            "base: {lr: 0.1}\nlr_multipliers: [";
-  for (int i = 0; i < 200; ++i) many_trials += (i ? ", " : "") + std::to_string(1 + i);
+  std::string many_trials =
+      "name: big\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\n"
+      "base: {lr: 0.1}\nlr_multipliers: [";
+  for (int i = 0; i < 200; ++i)
+    many_trials += (i ? ", " : "") + std::to_string(1 + i);
   many_trials += "]\nseeds: [";
-  for (int i = 0; i < 100; ++i) many_trials += (i ? ", " : "") + std::to_string(i);
+  for (int i = 0; i < 100; ++i)
+    many_trials += (i ? ", " : "") + std::to_string(i);
   many_trials += "]\n";
   v1::TrialLease stale = lease_;
   stale.set_lease_id(lease_.lease_id() + 7);
@@ -135,8 +141,11 @@ TEST_F(HostileInputTest, EveryRpcRefusesBadInputAndNothingChanges) {
       {"SubmitSweep: 10 kB request id", Code::INVALID_ARGUMENT, "request_id",
        [&] { return submit(kSpec, std::string(10000, 'r')); }},
       {"SubmitSweep: 10 kB name", Code::INVALID_ARGUMENT, "name",
-       [&] { return submit("name: " + std::string(10000, 'n') + "\noptimizers: [{name: sgd}]\n"
-                           "batch_sizes: [128]\nbase: {lr: 0.1}\n"); }},
+       [&] {
+         return submit("name: " + std::string(10000, 'n') +
+                       "\noptimizers: [{name: sgd}]\n"
+                       "batch_sizes: [128]\nbase: {lr: 0.1}\n");
+       }},
       {"GetSweep: -1", Code::INVALID_ARGUMENT, "sweep_id",
        [&] {
          grpc::ClientContext ctx;
@@ -250,7 +259,8 @@ TEST_F(HostileInputTest, EveryRpcRefusesBadInputAndNothingChanges) {
          v1::HeartbeatResponse resp;
          return workers_->Heartbeat(&ctx, req, &resp);
        }},
-      {"Heartbeat: GPU utilisation 7", Code::INVALID_ARGUMENT, "utilization_ratio",
+      {"Heartbeat: GPU utilisation 7", Code::INVALID_ARGUMENT,
+       "utilization_ratio",
        [&] {
          grpc::ClientContext ctx;
          v1::HeartbeatRequest req;
@@ -268,8 +278,8 @@ TEST_F(HostileInputTest, EveryRpcRefusesBadInputAndNothingChanges) {
          v1::LeaseTrialResponse resp;
          return workers_->LeaseTrial(&ctx, req, &resp);
        }},
-      {"ReportMetrics: 100,001 points", Code::RESOURCE_EXHAUSTED, "at most 100000",
-       [&] { return Report(Points(100001, 100)); }},
+      {"ReportMetrics: 100,001 points", Code::RESOURCE_EXHAUSTED,
+       "at most 100000", [&] { return Report(Points(100001, 100)); }},
       {"ReportMetrics: empty name", Code::INVALID_ARGUMENT, "points[0].name",
        [&] {
          auto p = Points(1, 100);
@@ -325,13 +335,16 @@ TEST_F(HostileInputTest, EveryRpcRefusesBadInputAndNothingChanges) {
   EXPECT_FALSE(submit(std::string("\0\xff\xfe name: x", 11)).ok());
   // Bytes that are no protobuf at all, to every method.
   const char* methods[] = {
-      "SweepService/SubmitSweep",   "SweepService/GetSweep",      "SweepService/ListSweeps",
-      "SweepService/CancelSweep",   "SweepService/ListTrials",    "SweepService/ListWorkers",
-      "SweepService/Query",         "SweepService/GetSweepReport", "WorkerService/RegisterWorker",
-      "WorkerService/Heartbeat",    "WorkerService/LeaseTrial",   "WorkerService/ReportMetrics",
+      "SweepService/SubmitSweep",     "SweepService/GetSweep",
+      "SweepService/ListSweeps",      "SweepService/CancelSweep",
+      "SweepService/ListTrials",      "SweepService/ListWorkers",
+      "SweepService/Query",           "SweepService/GetSweepReport",
+      "WorkerService/RegisterWorker", "WorkerService/Heartbeat",
+      "WorkerService/LeaseTrial",     "WorkerService/ReportMetrics",
       "WorkerService/FinishTrial"};
   for (const char* m : methods) {
-    grpc::Status s = RawCall(std::string("/megabatch.v1.") + m, "\xff\xff\xff\xff\x0f garbage");
+    grpc::Status s = RawCall(std::string("/megabatch.v1.") + m,
+                             "\xff\xff\xff\xff\x0f garbage");
     EXPECT_FALSE(s.ok()) << m;
     EXPECT_NE(s.error_code(), Code::UNKNOWN) << m << ": " << s.error_message();
   }
@@ -353,7 +366,8 @@ TEST_F(HostileInputTest, AWorkerOverItsPointRateIsToldToRetryAndLosesNothing) {
   EXPECT_THAT(over.error_message(), HasSubstr("retry in"));
   // The refused batch stored nothing; once the bucket refills, it goes in.
   auto db_rows = [&] {
-    return testing::DumpDatabase(options_.db_path).find("|1:1499|") != std::string::npos;
+    return testing::DumpDatabase(options_.db_path).find("|1:1499|") !=
+           std::string::npos;
   };
   EXPECT_FALSE(db_rows());
   EXPECT_TRUE(testing::WaitUntil([&] { return Report(Points(500, 1000)).ok(); },

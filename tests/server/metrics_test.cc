@@ -27,7 +27,9 @@ base: {lr: 0.01}
 )yaml");
     ASSERT_TRUE(spec.ok());
     bool existed;
-    ASSERT_TRUE(store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 10, &existed).ok());
+    ASSERT_TRUE(
+        store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 10, &existed)
+            .ok());
     worker_ = *store_->RegisterWorker("w1", 2, 10);
   }
 
@@ -47,7 +49,8 @@ TEST_F(MetricsTest, StateGaugesComeFromTheDatabase) {
   EXPECT_THAT(text, HasSubstr("megabatch_sweeps{state=\"queued\"} 1"));
   EXPECT_THAT(text, HasSubstr("megabatch_workers{state=\"alive\"} 1"));
   EXPECT_THAT(text, HasSubstr("megabatch_slots{state=\"free\"} 2"));
-  EXPECT_THAT(text, HasSubstr("megabatch_worker_heartbeat_age_seconds{worker=\"w1\",worker_id=\"1\"}"));
+  EXPECT_THAT(text, HasSubstr("megabatch_worker_heartbeat_age_seconds{worker="
+                              "\"w1\",worker_id=\"1\"}"));
   EXPECT_THAT(text, HasSubstr("megabatch_scrape_database_ok 1"));
 }
 
@@ -62,15 +65,18 @@ TEST_F(MetricsTest, TrialSeriesExistWhileItRunsAndVanishWhenItEnds) {
   const std::string id = "sweep=\"1\",trial=\"" + std::to_string(trial) + "\"";
   std::string text = metrics_.Scrape();
   EXPECT_THAT(text, HasSubstr("megabatch_trial_train_loss{" + id + "} 1.5"));
-  EXPECT_THAT(text, HasSubstr("megabatch_trial_samples_per_second{" + id + "} 1000"));
-  EXPECT_THAT(text, HasSubstr("megabatch_trial_info{" + id +
-                              ",optimizer=\"lamb\",batch_size=\"128\",lr=\"0.01\"} 1"));
+  EXPECT_THAT(text,
+              HasSubstr("megabatch_trial_samples_per_second{" + id + "} 1000"));
+  EXPECT_THAT(
+      text, HasSubstr("megabatch_trial_info{" + id +
+                      ",optimizer=\"lamb\",batch_size=\"128\",lr=\"0.01\"} 1"));
   EXPECT_THAT(text, Not(HasSubstr("weight_norm")));  // per-tensor: SQLite only
   EXPECT_THAT(text, HasSubstr("megabatch_slots{state=\"busy\"} 1"));
   EXPECT_THAT(text, HasSubstr("megabatch_metric_points_ingested_total 4"));
 
-  ASSERT_TRUE(store_->FinishTrial(trial, (*lease)->lease_id, worker_,
-                                  store::TrialState::kCompleted, "", "", 12)
+  ASSERT_TRUE(store_
+                  ->FinishTrial(trial, (*lease)->lease_id, worker_,
+                                store::TrialState::kCompleted, "", "", 12)
                   .ok());
   text = metrics_.Scrape();
   EXPECT_THAT(text, Not(HasSubstr("trial=\"" + std::to_string(trial) + "\"")));
@@ -80,10 +86,12 @@ TEST_F(MetricsTest, TrialSeriesExistWhileItRunsAndVanishWhenItEnds) {
 TEST_F(MetricsTest, GpuSeriesOnlyForAliveWorkers) {
   metrics_.RecordWorkerGpus(worker_, {{3, 0.75, 1e9, 8e9}});
   std::string text = metrics_.Scrape();
-  EXPECT_THAT(text, HasSubstr("megabatch_worker_gpu_utilization_ratio{worker=\"w1\","
-                              "worker_id=\"1\",gpu=\"3\"} 0.75"));
-  EXPECT_THAT(text, HasSubstr("megabatch_worker_gpu_memory_total_bytes{worker=\"w1\","
-                              "worker_id=\"1\",gpu=\"3\"} 8000000000"));
+  EXPECT_THAT(text,
+              HasSubstr("megabatch_worker_gpu_utilization_ratio{worker=\"w1\","
+                        "worker_id=\"1\",gpu=\"3\"} 0.75"));
+  EXPECT_THAT(text,
+              HasSubstr("megabatch_worker_gpu_memory_total_bytes{worker=\"w1\","
+                        "worker_id=\"1\",gpu=\"3\"} 8000000000"));
   ASSERT_TRUE(store_->ExpireWorkers(/*deadline=*/100, /*now=*/100).ok());
   EXPECT_THAT(metrics_.Scrape(), Not(HasSubstr("gpu=\"3\"")));
 }
@@ -93,9 +101,12 @@ TEST_F(MetricsTest, EventCountersAndHistograms) {
   metrics_.ObserveDispatch(0.003);
   metrics_.ObserveStoreWrite("append_metrics", 0.0001);
   std::string text = metrics_.Scrape();
-  EXPECT_THAT(text, HasSubstr("megabatch_rpcs_total{code=\"INVALID_ARGUMENT\",method=\"SubmitSweep\"} 1"));
-  EXPECT_THAT(text, HasSubstr("megabatch_trial_dispatch_latency_seconds_count 1"));
-  EXPECT_THAT(text, HasSubstr("megabatch_store_write_duration_seconds_count{op=\"append_metrics\"} 1"));
+  EXPECT_THAT(text, HasSubstr("megabatch_rpcs_total{code=\"INVALID_ARGUMENT\","
+                              "method=\"SubmitSweep\"} 1"));
+  EXPECT_THAT(text,
+              HasSubstr("megabatch_trial_dispatch_latency_seconds_count 1"));
+  EXPECT_THAT(text, HasSubstr("megabatch_store_write_duration_seconds_count{op="
+                              "\"append_metrics\"} 1"));
 }
 
 TEST_F(MetricsTest, ServeRefusesAnAddressInUse) {

@@ -38,8 +38,8 @@ TEST_F(ReadOnlyTest, SelectsReturnTypedRows) {
       "FROM sweep_scaling ORDER BY optimizer, batch_size LIMIT 1",
       {});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_THAT(r->columns, ::testing::ElementsAre("optimizer", "batch_size", "best_lr",
-                                                 "empty", "raw"));
+  EXPECT_THAT(r->columns, ::testing::ElementsAre("optimizer", "batch_size",
+                                                 "best_lr", "empty", "raw"));
   ASSERT_EQ(r->rows.size(), 1u);
   const auto& row = r->rows[0];
   EXPECT_EQ(row[0].type, QueryValue::Type::kText);
@@ -56,10 +56,12 @@ TEST_F(ReadOnlyTest, SelectsReturnTypedRows) {
 
 TEST_F(ReadOnlyTest, ReadingPragmasAndCtesAreAllowed) {
   for (const char* sql :
-       {"PRAGMA table_info(trials)", "PRAGMA user_version", "PRAGMA index_list(metrics)",
+       {"PRAGMA table_info(trials)", "PRAGMA user_version",
+        "PRAGMA index_list(metrics)",
         "WITH best AS (SELECT max(value) v FROM metrics WHERE name = "
         "'test_accuracy') SELECT v FROM best",
-        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) "
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE "
+        "x < 5) "
         "SELECT sum(x) FROM n",
         "  SELECT 1; -- a trailing comment  \n"}) {
     auto r = db_.Query(sql, {});
@@ -74,7 +76,8 @@ TEST_F(ReadOnlyTest, EveryWriteIsRefusedAndNothingChanges) {
     std::string sql;
     std::string message;
   } cases[] = {
-      {"INSERT INTO events (at, kind, message) VALUES (1, 'x', 'y')", "denied: INSERT on events"},
+      {"INSERT INTO events (at, kind, message) VALUES (1, 'x', 'y')",
+       "denied: INSERT on events"},
       {"UPDATE trials SET state = 'failed'", "denied: UPDATE on trials"},
       {"DELETE FROM metrics", "denied: DELETE on metrics"},
       {"DROP TABLE metrics", "denied: a schema change"},
@@ -100,7 +103,8 @@ TEST_F(ReadOnlyTest, EveryWriteIsRefusedAndNothingChanges) {
       {"VACUUM INTO '" + vacuumed + "'", "only read-only"},
       {"REINDEX", "denied: REINDEX"},
       {"ANALYZE", "denied: ANALYZE"},
-      {"SELECT load_extension('/lib/x86_64-linux-gnu/libc.so.6')", "not authorized"},
+      {"SELECT load_extension('/lib/x86_64-linux-gnu/libc.so.6')",
+       "not authorized"},
       {"SELEKT 1", "syntax error"},
       {"", "no statement"},
   };
@@ -168,17 +172,18 @@ TEST_F(ReadOnlyTest, RowAndSizeCapsTruncateAndSaySo) {
 TEST_F(ReadOnlyTest, ExportStreamsEveryMetricOfTheSweepInChunks) {
   size_t rows = 0, chunks = 0;
   int64_t last_trial = 0;
-  Status s = db_.ExportMetrics(sweep_, {}, 50, [&](std::vector<MetricRecord>& chunk) {
-    EXPECT_LE(chunk.size(), 50u);
-    for (const auto& r : chunk) {
-      EXPECT_GE(r.trial_id, last_trial);
-      last_trial = r.trial_id;
-      EXPECT_TRUE(r.value.has_value());
-    }
-    rows += chunk.size();
-    ++chunks;
-    return Status();
-  });
+  Status s =
+      db_.ExportMetrics(sweep_, {}, 50, [&](std::vector<MetricRecord>& chunk) {
+        EXPECT_LE(chunk.size(), 50u);
+        for (const auto& r : chunk) {
+          EXPECT_GE(r.trial_id, last_trial);
+          last_trial = r.trial_id;
+          EXPECT_TRUE(r.value.has_value());
+        }
+        rows += chunk.size();
+        ++chunks;
+        return Status();
+      });
   ASSERT_TRUE(s.ok()) << s.ToString();
   auto total = db_.Query("SELECT count(*) FROM metrics", {});
   ASSERT_TRUE(total.ok());
@@ -188,7 +193,8 @@ TEST_F(ReadOnlyTest, ExportStreamsEveryMetricOfTheSweepInChunks) {
   size_t accuracy = 0;
   s = db_.ExportMetrics(sweep_, {"test_accuracy", "no_such_metric"}, 1000,
                         [&](std::vector<MetricRecord>& chunk) {
-                          for (const auto& r : chunk) EXPECT_EQ(r.name, "test_accuracy");
+                          for (const auto& r : chunk)
+                            EXPECT_EQ(r.name, "test_accuracy");
                           accuracy += chunk.size();
                           return Status();
                         });
@@ -200,8 +206,10 @@ TEST_F(ReadOnlyTest, ExportStreamsEveryMetricOfTheSweepInChunks) {
     return Status(StatusCode::kCancelled, "gone");
   });
   EXPECT_EQ(s.code(), StatusCode::kCancelled);
-  EXPECT_EQ(db_.ExportMetrics(sweep_ + 1, {}, 10, [](auto&) { return Status(); }).code(),
-            StatusCode::kNotFound);
+  EXPECT_EQ(
+      db_.ExportMetrics(sweep_ + 1, {}, 10, [](auto&) { return Status(); })
+          .code(),
+      StatusCode::kNotFound);
 }
 
 }  // namespace

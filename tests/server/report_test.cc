@@ -34,14 +34,51 @@ struct Expected {
 const Expected kExpected[] = {
     // lamb 128: lr 0.02 seeds 4900 and 5100 beat lr 0.01's 6000.
     {"lamb", 128, 0.02, 5000, 0.85, 1.0, 4, 0, 0.02, {}},
-    {"lamb", 256, 0.02, 3000, 0.87, 5000.0 * 128 / (3000 * 256), 4, 0, 0.02, {}},
-    {"lamb", 512, 0.02, 2000, 0.88, 5000.0 * 128 / (2000 * 512), 4, 0, 0.02, {}},
+    {"lamb",
+     256,
+     0.02,
+     3000,
+     0.87,
+     5000.0 * 128 / (3000 * 256),
+     4,
+     0,
+     0.02,
+     {}},
+    {"lamb",
+     512,
+     0.02,
+     2000,
+     0.88,
+     5000.0 * 128 / (2000 * 512),
+     4,
+     0,
+     0.02,
+     {}},
     // lr 0.02 diverged on both seeds; the noise scale is the mean of 300, 340.
-    {"lamb", 1024, 0.01, 1500, 0.83, 5000.0 * 128 / (1500 * 1024), 4, 2, 0.01, 320},
+    {"lamb", 1024, 0.01, 1500, 0.83, 5000.0 * 128 / (1500 * 1024), 4, 2, 0.01,
+     320},
     {"adamw", 128, 0.01, 4000, 0.84, 1.0, 4, 0, 0.02, {}},
-    {"adamw", 256, 0.02, 2600, 0.85, 4000.0 * 128 / (2600 * 256), 4, 0, 0.02, {}},
+    {"adamw",
+     256,
+     0.02,
+     2600,
+     0.85,
+     4000.0 * 128 / (2600 * 256),
+     4,
+     0,
+     0.02,
+     {}},
     // lr 0.02 reached the target on one seed only, so lr 0.01 is best.
-    {"adamw", 512, 0.01, 1800, 0.82, 4000.0 * 128 / (1800 * 512), 4, 0, 0.02, {}},
+    {"adamw",
+     512,
+     0.01,
+     1800,
+     0.82,
+     4000.0 * 128 / (1800 * 512),
+     4,
+     0,
+     0.02,
+     {}},
     // Nothing reached the target; lr 0.02 had a divergence, so lr 0.01.
     {"adamw", 1024, 0.01, {}, 0.775, {}, 4, 1, 0.01, {}},
 };
@@ -63,7 +100,8 @@ class ReportTest : public ::testing::Test {
 };
 
 void ExpectNear(const std::optional<double>& actual,
-                const std::optional<double>& expected, const std::string& what) {
+                const std::optional<double>& expected,
+                const std::string& what) {
   ASSERT_EQ(actual.has_value(), expected.has_value()) << what;
   if (expected) {
     EXPECT_NEAR(*actual, *expected, 1e-9 * std::abs(*expected)) << what;
@@ -82,7 +120,8 @@ TEST_F(ReportTest, EveryFigureEqualsTheHandComputedOne) {
   for (size_t i = 0; i < std::size(kExpected); ++i) {
     const Expected& e = kExpected[i];
     const ScalingRow& r = report->rows[i];
-    std::string what = std::string(e.optimizer) + " b=" + std::to_string(e.batch);
+    std::string what =
+        std::string(e.optimizer) + " b=" + std::to_string(e.batch);
     EXPECT_EQ(r.optimizer, e.optimizer) << what;
     EXPECT_EQ(r.batch_size, e.batch) << what;
     EXPECT_DOUBLE_EQ(r.best_lr, e.best_lr) << what;
@@ -91,9 +130,10 @@ TEST_F(ReportTest, EveryFigureEqualsTheHandComputedOne) {
     EXPECT_EQ(r.diverged_trials, e.diverged) << what;
     ExpectNear(r.max_stable_lr, e.max_stable_lr, what + " max_stable_lr");
     ExpectNear(r.steps_to_target, e.steps, what + " steps");
-    ExpectNear(r.samples_to_target,
-               e.steps ? std::optional<double>(*e.steps * e.batch) : std::nullopt,
-               what + " samples");
+    ExpectNear(
+        r.samples_to_target,
+        e.steps ? std::optional<double>(*e.steps * e.batch) : std::nullopt,
+        what + " samples");
     ExpectNear(r.seconds_to_target,
                e.steps ? std::optional<double>(*e.steps / 100) : std::nullopt,
                what + " seconds");
@@ -146,7 +186,8 @@ TEST_F(ReportTest, SweepScalingViewGivesTheReportsNumbers) {
   auto q = db_->Prepare(
       "SELECT optimizer, batch_size, best_lr, steps_to_target, "
       "scaling_efficiency, best_test_accuracy, diverged_trials "
-      "FROM sweep_scaling WHERE sweep_id = ? ORDER BY optimizer DESC, batch_size");
+      "FROM sweep_scaling WHERE sweep_id = ? ORDER BY optimizer DESC, "
+      "batch_size");
   ASSERT_TRUE(q.ok()) << q.status().ToString();
   q->Bind(1, sweep_);
   size_t i = 0;
@@ -194,20 +235,22 @@ TEST_F(ReportTest, UnknownSweepIsNotFound) {
 
 // S = S_min·(1 + B/b) at `batches`, each seed's value times (1 + noise),
 // noise ~ N(0, sigma).
-std::vector<std::vector<double>> Noisy(const std::vector<double>& batches, double s_min,
-                                       double b_crit, int seeds, double sigma,
-                                       std::mt19937_64* rng) {
+std::vector<std::vector<double>> Noisy(const std::vector<double>& batches,
+                                       double s_min, double b_crit, int seeds,
+                                       double sigma, std::mt19937_64* rng) {
   std::normal_distribution<double> noise(0, sigma);
   std::vector<std::vector<double>> out;
   for (double b : batches) {
     out.emplace_back();
-    for (int k = 0; k < seeds; ++k) out.back().push_back(s_min * (1 + b_crit / b) * (1 + noise(*rng)));
+    for (int k = 0; k < seeds; ++k)
+      out.back().push_back(s_min * (1 + b_crit / b) * (1 + noise(*rng)));
   }
   return out;
 }
 
-std::vector<std::pair<double, double>> Means(const std::vector<double>& batches,
-                                             const std::vector<std::vector<double>>& seeds) {
+std::vector<std::pair<double, double>> Means(
+    const std::vector<double>& batches,
+    const std::vector<std::vector<double>>& seeds) {
   std::vector<std::pair<double, double>> points;
   for (size_t i = 0; i < batches.size(); ++i) {
     double sum = 0;
@@ -217,7 +260,8 @@ std::vector<std::pair<double, double>> Means(const std::vector<double>& batches,
   return points;
 }
 
-TEST(CriticalBatchFitTest, NoisyPointsFromTheModelRecoverBCritWithinTheInterval) {
+TEST(CriticalBatchFitTest,
+     NoisyPointsFromTheModelRecoverBCritWithinTheInterval) {
   // The simulated study: S_min = 100, B_crit = 2048, b = 128..8192.
   const std::vector<double> batches = {128, 256, 512, 1024, 2048, 4096, 8192};
   std::mt19937_64 rng(7);
@@ -233,21 +277,26 @@ TEST(CriticalBatchFitTest, NoisyPointsFromTheModelRecoverBCritWithinTheInterval)
     // Three seeds: a bootstrap over seeds.
     auto three = Noisy(batches, 100, 2048, 3, 0.05, &rng);
     CriticalBatchFit boot = FitCriticalBatch(Means(batches, three), three);
-    ASSERT_TRUE(boot.b_crit && boot.b_crit_low && boot.b_crit_high) << boot.note;
+    ASSERT_TRUE(boot.b_crit && boot.b_crit_low && boot.b_crit_high)
+        << boot.note;
     EXPECT_THAT(boot.interval_method, HasSubstr("bootstrap"));
     covered_bootstrap += *boot.b_crit_low <= 2048 && 2048 <= *boot.b_crit_high;
   }
   // Nominal 95%; a bootstrap of 3 seeds is known to run narrow.
-  EXPECT_GE(covered_se, kStudies * 85 / 100) << covered_se << " of " << kStudies;
-  EXPECT_GE(covered_bootstrap, kStudies * 75 / 100) << covered_bootstrap << " of " << kStudies;
+  EXPECT_GE(covered_se, kStudies * 85 / 100)
+      << covered_se << " of " << kStudies;
+  EXPECT_GE(covered_bootstrap, kStudies * 75 / 100)
+      << covered_bootstrap << " of " << kStudies;
 }
 
-TEST(CriticalBatchFitTest, RelativeResidualsKeepTheSmallestBatchFromDominating) {
+TEST(CriticalBatchFitTest,
+     RelativeResidualsKeepTheSmallestBatchFromDominating) {
   // Exact points from S = 100·(1 + 2048/b), and the largest batch 10% off.
   // An unweighted fit lets the small batch's large S decide; with relative
   // residuals every point counts alike.
   std::vector<std::pair<double, double>> points;
-  for (double b : {128.0, 512.0, 2048.0, 8192.0}) points.emplace_back(b, 100 * (1 + 2048 / b));
+  for (double b : {128.0, 512.0, 2048.0, 8192.0})
+    points.emplace_back(b, 100 * (1 + 2048 / b));
   points.back().second *= 1.10;
   CriticalBatchFit fit = FitCriticalBatch(points);
   ASSERT_TRUE(fit.b_crit);
@@ -258,8 +307,8 @@ TEST(CriticalBatchFitTest, RelativeResidualsKeepTheSmallestBatchFromDominating) 
 }
 
 TEST(CriticalBatchFitTest, TwoBatchSizesHaveNoRSquared) {
-  CriticalBatchFit fit = FitCriticalBatch({{128, 1000 * (1 + 512.0 / 128)},
-                                           {512, 1000 * (1 + 512.0 / 512)}});
+  CriticalBatchFit fit = FitCriticalBatch(
+      {{128, 1000 * (1 + 512.0 / 128)}, {512, 1000 * (1 + 512.0 / 512)}});
   ASSERT_TRUE(fit.b_crit);
   EXPECT_NEAR(*fit.b_crit, 512, 1e-9);
   EXPECT_FALSE(fit.r_squared.has_value());
@@ -269,7 +318,8 @@ TEST(CriticalBatchFitTest, TwoBatchSizesHaveNoRSquared) {
 }
 
 TEST(CriticalBatchFitTest, SaysWhyThereIsNoFit) {
-  EXPECT_THAT(FitCriticalBatch({{128, 100}}).note, HasSubstr("2 or more batch sizes"));
+  EXPECT_THAT(FitCriticalBatch({{128, 100}}).note,
+              HasSubstr("2 or more batch sizes"));
   // Steps that do not fall with the batch: past the critical batch size.
   auto flat = FitCriticalBatch({{128, 100}, {256, 110}});
   EXPECT_FALSE(flat.b_crit.has_value());

@@ -4,8 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <iostream>
 #include <condition_variable>
+#include <iostream>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -62,14 +62,14 @@ class ServicesTest : public testing::CoordinatorFixture {
     }
     return false;
   }
-
 };
 
 TEST_F(ServicesTest, InvalidSpecIsInvalidArgumentAndStoresNothing) {
   v1::SubmitSweepResponse resp;
-  grpc::Status s = Submit("name: x\noptimizers: [{name: nadam}]\n"
-                          "batch_sizes: [1]\nbase: {lr: 1}\n",
-                          &resp);
+  grpc::Status s = Submit(
+      "name: x\noptimizers: [{name: nadam}]\n"
+      "batch_sizes: [1]\nbase: {lr: 1}\n",
+      &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("optimizers[0].name"));
   EXPECT_EQ(SweepCount(), 0);
@@ -325,7 +325,8 @@ TEST_F(ServicesTest, MalformedWorkerRequestsNameTheField) {
 }
 
 TEST_F(ServicesTest, ResultRpcsNameTheBadField) {
-  auto query = [&](const std::string& sql, int64_t max_rows, int32_t timeout_ms) {
+  auto query = [&](const std::string& sql, int64_t max_rows,
+                   int32_t timeout_ms) {
     grpc::ClientContext ctx;
     v1::QueryRequest req;
     req.set_sql(sql);
@@ -339,7 +340,8 @@ TEST_F(ServicesTest, ResultRpcsNameTheBadField) {
            {query("", 0, 0), "sql: required"},
            {query("SELECT 1", -1, 0), "max_rows"},
            {query("SELECT 1", 0, 300001), "timeout_ms"},
-           {query(std::string(200000, ' ') + "SELECT 1", 0, 0), "sql: at most"}}) {
+           {query(std::string(200000, ' ') + "SELECT 1", 0, 0),
+            "sql: at most"}}) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
     EXPECT_THAT(status.error_message(), HasSubstr(field));
   }
@@ -383,7 +385,8 @@ TEST_F(ServicesTest, ResultRpcsNameTheBadField) {
   EXPECT_FALSE(report.rows(0).has_steps_to_target());
 }
 
-TEST_F(ServicesTest, ATenThousandTrialSweepListsWatchesAndExportsUnderTheDefault4MiBLimit) {
+TEST_F(ServicesTest,
+       ATenThousandTrialSweepListsWatchesAndExportsUnderTheDefault4MiBLimit) {
   // 100 lrs x 100 seeds, each trial with 40 latest metrics (names as long as
   // the per-tensor diagnostics'): about 15 MB of trials in all.
   std::string lrs, seeds;
@@ -392,15 +395,18 @@ TEST_F(ServicesTest, ATenThousandTrialSweepListsWatchesAndExportsUnderTheDefault
     seeds += (i > 1 ? ", " : "") + std::to_string(i);
   }
   v1::SubmitSweepResponse submitted;
-  ASSERT_TRUE(Submit("name: big\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\n"
-                     "base: {lr: 0.001}\nlr_multipliers: [" + lrs + "]\nseeds: [" + seeds + "]\n",
-                     &submitted)
-                  .ok());
+  ASSERT_TRUE(
+      Submit("name: big\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\n"
+             "base: {lr: 0.001}\nlr_multipliers: [" +
+                 lrs + "]\nseeds: [" + seeds + "]\n",
+             &submitted)
+          .ok());
   ASSERT_EQ(submitted.trials(), 10000);
   {
     auto db = store::Db::Open(options_.db_path);
     ASSERT_TRUE(db.ok()) << db.status().ToString();
-    ASSERT_TRUE((*db)->Exec(R"sql(
+    ASSERT_TRUE((*db)
+                    ->Exec(R"sql(
       WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n < 39)
       INSERT INTO metrics (trial_id, name, step, value, recorded_at)
         SELECT t.id, 'weight_norm/layers.' || k.n || '.attention.weight', 1, k.n, 1
@@ -408,8 +414,9 @@ TEST_F(ServicesTest, ATenThousandTrialSweepListsWatchesAndExportsUnderTheDefault
                     .ok());
   }
   // A client as a user writes one: every gRPC default, 4 MiB receive limit.
-  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(coordinator_->port()),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(coordinator_->port()),
+                          grpc::InsecureChannelCredentials());
   auto stub = v1::SweepService::NewStub(channel);
   constexpr size_t kLimit = 4 << 20;
 
@@ -435,8 +442,8 @@ TEST_F(ServicesTest, ATenThousandTrialSweepListsWatchesAndExportsUnderTheDefault
   EXPECT_EQ(next_index, 10000);
   EXPECT_GT(total, kLimit);  // one unpaged answer would not fit
   EXPECT_LE(largest, (1u << 20) + 4096);
-  std::cout << "ListTrials: " << total << " bytes in " << pages << " pages, the largest "
-            << largest << "\n";
+  std::cout << "ListTrials: " << total << " bytes in " << pages
+            << " pages, the largest " << largest << "\n";
   // A token from another listing is refused.
   {
     grpc::ClientContext ctx;
@@ -461,13 +468,14 @@ TEST_F(ServicesTest, ATenThousandTrialSweepListsWatchesAndExportsUnderTheDefault
     while (reader->Read(&update)) {
       ++messages;
       biggest = std::max(biggest, update.ByteSizeLong());
-      for (const auto& t : update.trials()) EXPECT_TRUE(seen.insert(t.id()).second);
+      for (const auto& t : update.trials())
+        EXPECT_TRUE(seen.insert(t.id()).second);
       if (update.snapshot_complete()) break;
     }
     EXPECT_EQ(seen.size(), 10000u);
     EXPECT_LE(biggest, (1u << 20) + 4096);
-    std::cout << "WatchSweep snapshot: " << messages << " messages, the largest " << biggest
-              << "\n";
+    std::cout << "WatchSweep snapshot: " << messages
+              << " messages, the largest " << biggest << "\n";
     // With nothing changing, the next message carries the sweep and no trial.
     ASSERT_TRUE(reader->Read(&update));
     EXPECT_EQ(update.trials_size(), 0);
@@ -495,7 +503,9 @@ TEST_F(ServicesTest, ATenThousandTrialSweepListsWatchesAndExportsUnderTheDefault
 // is field 1, a varint (1 SERVING, 2 NOT_SERVING).
 grpc::ByteBuffer HealthRequest(const std::string& service) {
   std::string bytes;
-  if (!service.empty()) bytes = std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
+  if (!service.empty())
+    bytes =
+        std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
   grpc::Slice slice(bytes);
   return grpc::ByteBuffer(&slice, 1);
 }
@@ -504,7 +514,8 @@ std::string Bytes(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   EXPECT_TRUE(buffer.Dump(&slices).ok());
   std::string bytes;
-  for (auto& s : slices) bytes += std::string(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (auto& s : slices)
+    bytes += std::string(reinterpret_cast<const char*>(s.begin()), s.size());
   return bytes;
 }
 
@@ -521,15 +532,16 @@ TEST_F(ServicesTest, HealthIsServingForTheServerAndEachService) {
     std::mutex mu;
     std::condition_variable cv;
     bool done = false;
-    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                   &response, [&](grpc::Status s) {
+    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                   &request, &response, [&](grpc::Status s) {
                      std::lock_guard<std::mutex> lock(mu);
                      status = s;
                      done = true;
                      cv.notify_all();
                    });
     std::unique_lock<std::mutex> lock(mu);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
+    ASSERT_TRUE(
+        cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
     EXPECT_TRUE(status.ok()) << status.error_message();
     EXPECT_EQ(Bytes(response), kServing);
   }
@@ -550,7 +562,8 @@ TEST_F(ServicesTest, AHealthWatchSeesNotServingWhenShutdownBegins) {
   };
   call->StartCall(reinterpret_cast<void*>(1));
   ASSERT_TRUE(next(reinterpret_cast<void*>(1)));
-  call->Write(HealthRequest("megabatch.v1.SweepService"), reinterpret_cast<void*>(2));
+  call->Write(HealthRequest("megabatch.v1.SweepService"),
+              reinterpret_cast<void*>(2));
   ASSERT_TRUE(next(reinterpret_cast<void*>(2)));
   call->WritesDone(reinterpret_cast<void*>(3));
   ASSERT_TRUE(next(reinterpret_cast<void*>(3)));

@@ -57,37 +57,48 @@ TEST(SweepSpecTest, ValidYamlParsesWithDefaults) {
 }
 
 TEST(SweepSpecTest, EarlyStoppingIsParsedWithDefaultsAndChecked) {
-  auto r = ParseSweepSpec(WithLine("early_stopping", "early_stopping: {min_samples: 60000}"));
+  auto r = ParseSweepSpec(
+      WithLine("early_stopping", "early_stopping: {min_samples: 60000}"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_EQ(r->early_stopping,
-            nlohmann::json({{"rule", "asha"}, {"metric", "val_accuracy"},
-                            {"min_samples", 60000}, {"reduction_factor", 3}}));
+  EXPECT_EQ(r->early_stopping, nlohmann::json({{"rule", "asha"},
+                                               {"metric", "val_accuracy"},
+                                               {"min_samples", 60000},
+                                               {"reduction_factor", 3}}));
   EXPECT_EQ(r->ToJson()["early_stopping"]["min_samples"], 60000);
-  ExpectInvalid(WithLine("early_stopping", "early_stopping: {reduction_factor: 2}"),
-                "early_stopping.min_samples");
+  ExpectInvalid(
+      WithLine("early_stopping", "early_stopping: {reduction_factor: 2}"),
+      "early_stopping.min_samples");
   ExpectInvalid(WithLine("early_stopping", "early_stopping: {min_samples: 0}"),
                 "early_stopping.min_samples");
+  ExpectInvalid(
+      WithLine("early_stopping",
+               "early_stopping: {min_samples: 10, reduction_factor: 1}"),
+      "early_stopping.reduction_factor");
   ExpectInvalid(WithLine("early_stopping",
-                         "early_stopping: {min_samples: 10, reduction_factor: 1}"),
-                "early_stopping.reduction_factor");
-  ExpectInvalid(WithLine("early_stopping", "early_stopping: {min_samples: 10, rule: hyperband}"),
+                         "early_stopping: {min_samples: 10, rule: hyperband}"),
                 "early_stopping.rule");
-  ExpectInvalid(WithLine("early_stopping", "early_stopping: {min_samples: 10, metric: lr}"),
+  ExpectInvalid(WithLine("early_stopping",
+                         "early_stopping: {min_samples: 10, metric: lr}"),
                 "early_stopping.metric");
-  ExpectInvalid(WithLine("early_stopping", "early_stopping: {min_samples: 10, patience: 3}"),
+  ExpectInvalid(WithLine("early_stopping",
+                         "early_stopping: {min_samples: 10, patience: 3}"),
                 "early_stopping.patience");
 }
 
 TEST(SweepSpecTest, SelectionMetricsAreValidationMetricsOfTheModel) {
   // The old names mean the validation split now.
-  auto r = ParseSweepSpec(WithLine("target", "target: {metric: test_loss, value: 0.4}"));
+  auto r = ParseSweepSpec(
+      WithLine("target", "target: {metric: test_loss, value: 0.4}"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->target["metric"], "val_loss");
-  ExpectInvalid(WithLine("target", "target: {metric: val_bpc, value: 2}"),
-                "target.metric: val_bpc is reported by model char_lstm, not mlp");
-  ExpectInvalid(WithLine("target", "target: {metric: train_loss, value: 2}"),
-                "target.metric: unknown metric 'train_loss'; supported: val_accuracy");
-  ExpectInvalid(WithLine("target", "target: {value: 2}"), "target.metric: required");
+  ExpectInvalid(
+      WithLine("target", "target: {metric: val_bpc, value: 2}"),
+      "target.metric: val_bpc is reported by model char_lstm, not mlp");
+  ExpectInvalid(
+      WithLine("target", "target: {metric: train_loss, value: 2}"),
+      "target.metric: unknown metric 'train_loss'; supported: val_accuracy");
+  ExpectInvalid(WithLine("target", "target: {value: 2}"),
+                "target.metric: required");
   r = ParseSweepSpec(R"yaml(
 name: lm
 model: {type: char_lstm}
@@ -112,15 +123,20 @@ TEST(SweepSpecTest, EvaluationBySamplesNoiseScaleAndWarmupFromTheBaseLr) {
   // Default warmup rises from 0.
   EXPECT_FALSE(trials[0].config["schedule"].contains("warmup_start_lr"));
   EXPECT_FALSE(trials[0].config["schedule"].contains("warmup_from"));
-  ExpectInvalid(std::string(kValid) + "eval_every_samples: 100\neval_every_steps: 10\n",
-                "eval_every_samples: give it or eval_every_steps, not both");
-  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [127]") + "noise_scale: always\n",
-                "noise_scale: always measures batch size 127 by its two halves");
-  ExpectInvalid(std::string(kValid) + "noise_scale: sometimes\n", "noise_scale");
+  ExpectInvalid(
+      std::string(kValid) + "eval_every_samples: 100\neval_every_steps: 10\n",
+      "eval_every_samples: give it or eval_every_steps, not both");
+  ExpectInvalid(
+      WithLine("batch_sizes", "batch_sizes: [127]") + "noise_scale: always\n",
+      "noise_scale: always measures batch size 127 by its two halves");
+  ExpectInvalid(std::string(kValid) + "noise_scale: sometimes\n",
+                "noise_scale");
 
-  // Goyal et al.: from the base lr (times the multiplier), never above the peak.
+  // Goyal et al.: from the base lr (times the multiplier), never above the
+  // peak.
   r = ParseSweepSpec(
-      WithLine("schedule", "schedule: {warmup_epochs: 1, decay: poly, warmup_from: base}"));
+      WithLine("schedule",
+               "schedule: {warmup_epochs: 1, decay: poly, warmup_from: base}"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   trials = ExpandSweep(*r);
   for (const TrialSpec& t : trials) {
@@ -130,20 +146,25 @@ TEST(SweepSpecTest, EvaluationBySamplesNoiseScaleAndWarmupFromTheBaseLr) {
   }
   // b = 512 at sqrt scaling, multiplier 0.5: 0.02 x 0.5, from 0.01 x 0.5.
   ASSERT_EQ(trials[4].batch_size, 512);
-  EXPECT_DOUBLE_EQ(trials[4].config["schedule"]["warmup_start_lr"].get<double>(), 0.005);
+  EXPECT_DOUBLE_EQ(
+      trials[4].config["schedule"]["warmup_start_lr"].get<double>(), 0.005);
   EXPECT_DOUBLE_EQ(trials[4].lr, 0.01);
-  ExpectInvalid(WithLine("schedule", "schedule: {warmup_from: one}"), "schedule.warmup_from");
+  ExpectInvalid(WithLine("schedule", "schedule: {warmup_from: one}"),
+                "schedule.warmup_from");
 }
 
 TEST(SweepSpecTest, AdamWAndSgdTakeTheSameExclusionAndClippingOptionsAsLamb) {
-  auto r = ParseSweepSpec(WithLine(
-      "optimizers",
-      "optimizers: [{name: sgd, exclude_bias_and_norm: true, max_grad_norm: 1}, "
-      "{name: adamw, exclude_bias_and_norm: true, max_grad_norm: 1}, {name: lamb}]"));
+  auto r =
+      ParseSweepSpec(WithLine("optimizers",
+                              "optimizers: [{name: sgd, exclude_bias_and_norm: "
+                              "true, max_grad_norm: 1}, "
+                              "{name: adamw, exclude_bias_and_norm: true, "
+                              "max_grad_norm: 1}, {name: lamb}]"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   for (const auto& o : r->optimizers) {
     EXPECT_EQ(o.options["exclude_bias_and_norm"], true) << o.name;
-    EXPECT_EQ(o.options["max_grad_norm"], o.name == "lamb" ? 0.0 : 1.0) << o.name;
+    EXPECT_EQ(o.options["max_grad_norm"], o.name == "lamb" ? 0.0 : 1.0)
+        << o.name;
   }
 }
 
@@ -176,10 +197,10 @@ TEST(SweepSpecTest, ExpandsTheFullGridWithScaledLr) {
 }
 
 TEST(SweepSpecTest, OptimizerEntryLrReplacesTheBaseLr) {
-  auto r = ParseSweepSpec(WithLine(
-      "optimizers",
-      "optimizers: [{name: lars, lr: 4.0, trust_coefficient: 0.002}, "
-      "{name: lamb, always_adapt: false}]"));
+  auto r = ParseSweepSpec(
+      WithLine("optimizers",
+               "optimizers: [{name: lars, lr: 4.0, trust_coefficient: 0.002}, "
+               "{name: lamb, always_adapt: false}]"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   auto trials = ExpandSweep(*r);
   // lars at batch 512: 4.0 x sqrt(512 / 128) x multiplier 1.
@@ -205,7 +226,8 @@ TEST(SweepSpecTest, LrScalingRules) {
 }
 
 TEST(SweepSpecTest, MicroBatchCapsAtTheBatch) {
-  auto r = ParseSweepSpec(WithLine("micro_batch_size", "micro_batch_size: 256"));
+  auto r =
+      ParseSweepSpec(WithLine("micro_batch_size", "micro_batch_size: 256"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   auto trials = ExpandSweep(*r);
   EXPECT_EQ(trials[0].config["micro_batch_size"], 128);
@@ -223,8 +245,9 @@ TEST(SweepSpecTest, UnknownOptimizerOptionNamesTheField) {
 }
 
 TEST(SweepSpecTest, OptimizerOptionOutOfRange) {
-  ExpectInvalid(WithLine("optimizers", "optimizers: [{name: sgd, momentum: 1.5}]"),
-                "optimizers[0].momentum: must be in [0, 1)");
+  ExpectInvalid(
+      WithLine("optimizers", "optimizers: [{name: sgd, momentum: 1.5}]"),
+      "optimizers[0].momentum: must be in [0, 1)");
   ExpectInvalid(
       WithLine("optimizers", "optimizers: [{name: adamw, betas: [0.9, 2]}]"),
       "optimizers[0].betas");
@@ -239,13 +262,15 @@ TEST(SweepSpecTest, NonPositiveBatchSizeNamesTheEntry) {
 }
 
 TEST(SweepSpecTest, BatchLargerThanDataset) {
-  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [60001]"), "batch_sizes[0]");
+  ExpectInvalid(WithLine("batch_sizes", "batch_sizes: [60001]"),
+                "batch_sizes[0]");
 }
 
 TEST(SweepSpecTest, NonPositiveLr) {
   ExpectInvalid(WithLine("base", "base: {batch_size: 128, lr: 0}"),
                 "base.lr: must be > 0");
-  ExpectInvalid(WithLine("base", "base: {batch_size: 128, lr: -0.1}"), "base.lr");
+  ExpectInvalid(WithLine("base", "base: {batch_size: 128, lr: -0.1}"),
+                "base.lr");
   ExpectInvalid(WithLine("lr_multipliers", "lr_multipliers: [1, 0]"),
                 "lr_multipliers[1]: must be > 0");
 }
@@ -262,7 +287,8 @@ TEST(SweepSpecTest, EmptyGridIsRejected) {
 
 TEST(SweepSpecTest, MissingRequiredFields) {
   ExpectInvalid(WithLine("name", "other: 1"), "name: required");
-  ExpectInvalid(WithLine("base", "base: {batch_size: 128}"), "base.lr: required");
+  ExpectInvalid(WithLine("base", "base: {batch_size: 128}"),
+                "base.lr: required");
 }
 
 TEST(SweepSpecTest, UnknownModelOrDataset) {
@@ -272,8 +298,9 @@ TEST(SweepSpecTest, UnknownModelOrDataset) {
                 "dataset.name: unknown dataset 'imagenet'");
   ExpectInvalid(WithLine("model", "model: {type: mlp, hidden: [64, 0]}"),
                 "model.hidden[1]");
-  ExpectInvalid(WithLine("model", "model: {type: cnn, channels: [8, 8, 8, 8, 8]}"),
-                "model.channels: at most 4 entries");
+  ExpectInvalid(
+      WithLine("model", "model: {type: cnn, channels: [8, 8, 8, 8, 8]}"),
+      "model.channels: at most 4 entries");
   ExpectInvalid(WithLine("model", "model: {type: mlp, channels: [8]}"),
                 "model.channels: unknown field");
   auto cnn = ParseSweepSpec(WithLine("model", "model: {type: cnn}"));
@@ -286,8 +313,9 @@ TEST(SweepSpecTest, MissingDatasetFiles) {
   ExpectInvalid(
       WithLine("dataset", "dataset: {name: fashion_mnist, path: /nonexistent}"),
       "dataset.path: no such directory: /nonexistent");
-  ExpectInvalid(WithLine("dataset", "dataset: {name: fashion_mnist, path: /tmp}"),
-                "dataset.path: /tmp has no train-images-idx3-ubyte.gz");
+  ExpectInvalid(
+      WithLine("dataset", "dataset: {name: fashion_mnist, path: /tmp}"),
+      "dataset.path: /tmp has no train-images-idx3-ubyte.gz");
 }
 
 TEST(SweepSpecTest, MalformedYamlNamesTheLine) {
@@ -313,8 +341,9 @@ TEST(SweepSpecTest, WrongTypes) {
                 "lr_scaling: unknown rule 'cubic'");
   ExpectInvalid(WithLine("schedule", "schedule: {decay: step}"),
                 "schedule.decay: unknown decay 'step'");
-  ExpectInvalid(WithLine("schedule", "schedule: {warmup_epochs: 1, warmup_steps: 5}"),
-                "schedule: give warmup_epochs or warmup_steps");
+  ExpectInvalid(
+      WithLine("schedule", "schedule: {warmup_epochs: 1, warmup_steps: 5}"),
+      "schedule: give warmup_epochs or warmup_steps");
 }
 
 TEST(SweepSpecTest, MicroBatchMustDivideBatches) {
@@ -337,11 +366,13 @@ TEST(SweepSpecTest, TooManyTrials) {
 }
 
 TEST(SweepSpecTest, CheckpointIntervalReachesTheTrialConfig) {
-  auto r = ParseSweepSpec(WithLine("checkpoint_every_steps", "checkpoint_every_steps: 200"));
+  auto r = ParseSweepSpec(
+      WithLine("checkpoint_every_steps", "checkpoint_every_steps: 200"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(ExpandSweep(*r)[0].config["checkpoint_every_steps"], 200);
-  ExpectInvalid(WithLine("checkpoint_every_steps", "checkpoint_every_steps: -1"),
-                "checkpoint_every_steps");
+  ExpectInvalid(
+      WithLine("checkpoint_every_steps", "checkpoint_every_steps: -1"),
+      "checkpoint_every_steps");
 }
 
 TEST(SweepSpecTest, DiagnosticsAndDivergenceReachTheTrialConfig) {
@@ -352,7 +383,8 @@ TEST(SweepSpecTest, DiagnosticsAndDivergenceReachTheTrialConfig) {
   auto config = ExpandSweep(*r)[0].config;
   EXPECT_EQ(config["diagnostics_every_steps"], 50);
   EXPECT_EQ(config["divergence_factor"], 4.0);
-  EXPECT_EQ(ExpandSweep(*ParseSweepSpec(kValid))[0].config["divergence_factor"], 10.0);
+  EXPECT_EQ(ExpandSweep(*ParseSweepSpec(kValid))[0].config["divergence_factor"],
+            10.0);
   ExpectInvalid(WithLine("divergence_factor", "divergence_factor: 1"),
                 "divergence_factor: must be > 1");
 }
@@ -361,40 +393,49 @@ TEST(SweepSpecTest, DeviceAndPrecisionReachTheTrialConfig) {
   auto config = ExpandSweep(*ParseSweepSpec(kValid))[0].config;
   EXPECT_EQ(config["device"], "auto");
   EXPECT_EQ(config["precision"], "fp32");
-  auto r = ParseSweepSpec(std::string(kValid) + "device: cuda\nprecision: bf16\n");
+  auto r =
+      ParseSweepSpec(std::string(kValid) + "device: cuda\nprecision: bf16\n");
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   config = ExpandSweep(*r)[0].config;
   EXPECT_EQ(config["device"], "cuda");
   EXPECT_EQ(config["precision"], "bf16");
   ExpectInvalid(std::string(kValid) + "device: gpu\n",
                 "device: unknown value 'gpu'; supported: auto, cpu, cuda");
-  ExpectInvalid(std::string(kValid) + "precision: fp8\n", "precision: unknown value");
+  ExpectInvalid(std::string(kValid) + "precision: fp8\n",
+                "precision: unknown value");
   ExpectInvalid(std::string(kValid) + "device: cpu\nprecision: fp16\n",
                 "precision: fp16 autocast needs device cuda");
 }
 
 TEST(SweepSpecTest, RanksPerTrialSplitEachBatchIntoMicroBatchesPerRank) {
-  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 0"), "ranks_per_trial");
-  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 65"), "ranks_per_trial");
+  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 0"),
+                "ranks_per_trial");
+  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 65"),
+                "ranks_per_trial");
   ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 3"),
                 "ranks_per_trial: batch size 128 is not a multiple of 3");
-  ExpectInvalid(WithLine("ranks_per_trial", "ranks_per_trial: 2\nmicro_batch_size: 48"),
-                "micro_batch_size: batch size 128 / 2 ranks is not a multiple of 48");
-  auto spec = ParseSweepSpec(WithLine("ranks_per_trial", "ranks_per_trial: 4\nmicro_batch_size: 64"));
+  ExpectInvalid(
+      WithLine("ranks_per_trial", "ranks_per_trial: 2\nmicro_batch_size: 48"),
+      "micro_batch_size: batch size 128 / 2 ranks is not a multiple of 48");
+  auto spec = ParseSweepSpec(
+      WithLine("ranks_per_trial", "ranks_per_trial: 4\nmicro_batch_size: 64"));
   ASSERT_TRUE(spec.ok()) << spec.status().ToString();
   EXPECT_EQ(spec->ranks_per_trial, 4);
   for (const TrialSpec& t : ExpandSweep(*spec)) {
     EXPECT_EQ(t.ranks, 4);
     // Each rank's share: 128 / 4 = 32 (one micro-batch), 512 / 4 = 128 (two).
-    EXPECT_EQ(t.config["micro_batch_size"], std::min<int64_t>(64, t.batch_size / 4));
+    EXPECT_EQ(t.config["micro_batch_size"],
+              std::min<int64_t>(64, t.batch_size / 4));
   }
 }
 
 TEST(SweepSpecTest, TextThatIsNotUtf8IsRefusedWithItsOffset) {
   // Found by the spec fuzzer: such a name reached the JSON writer and threw.
-  const std::string base = "optimizers: [{name: sgd}]\nbatch_sizes: [128]\nbase: {lr: 0.1}\n";
-  for (const std::string& bad : {std::string("name: a\xff\n"), std::string("name: \xc0\x80\n"),
-                                 std::string("name: \xed\xa0\x80\n"), std::string("name: x\xe2\x82")}) {
+  const std::string base =
+      "optimizers: [{name: sgd}]\nbatch_sizes: [128]\nbase: {lr: 0.1}\n";
+  for (const std::string& bad :
+       {std::string("name: a\xff\n"), std::string("name: \xc0\x80\n"),
+        std::string("name: \xed\xa0\x80\n"), std::string("name: x\xe2\x82")}) {
     auto spec = ParseSweepSpec(bad + base);
     ASSERT_FALSE(spec.ok()) << bad;
     EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);
@@ -406,7 +447,8 @@ TEST(SweepSpecTest, TextThatIsNotUtf8IsRefusedWithItsOffset) {
   auto utf32 = ParseSweepSpec(std::string("\x01\0\0\0c0}}", 8));
   ASSERT_FALSE(utf32.ok());
   EXPECT_EQ(utf32.status().code(), StatusCode::kInvalidArgument);
-  auto fine = ParseSweepSpec("name: \xc3\xa9t\xc3\xa9 \xf0\x9f\x9a\x80\n" + base);
+  auto fine =
+      ParseSweepSpec("name: \xc3\xa9t\xc3\xa9 \xf0\x9f\x9a\x80\n" + base);
   ASSERT_TRUE(fine.ok()) << fine.status().ToString();
   EXPECT_EQ(fine->name, "\xc3\xa9t\xc3\xa9 \xf0\x9f\x9a\x80");
 }
@@ -416,7 +458,8 @@ TEST(SweepSpecTest, QuotedNumbersStayStrings) {
                 "batch_sizes[0]: must be an integer");
 }
 
-TEST(SweepSpecTest, LanguageModelsDefaultToTheTextCorpusAndWriteOutTheirOptions) {
+TEST(SweepSpecTest,
+     LanguageModelsDefaultToTheTextCorpusAndWriteOutTheirOptions) {
   auto lstm = ParseSweepSpec(R"yaml(
 name: lm
 model: {type: char_lstm, hidden: 128}
@@ -452,34 +495,49 @@ base: {lr: 0.01}
 }
 
 TEST(SweepSpecTest, LanguageModelErrorsNameTheField) {
-  const std::string head = "name: lm\noptimizers: [{name: lamb}]\nbase: {lr: 0.01}\n";
-  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: tiny_bert, hidden: 100, heads: 3}\n",
+  const std::string head =
+      "name: lm\noptimizers: [{name: lamb}]\nbase: {lr: 0.01}\n";
+  ExpectInvalid(head +
+                    "batch_sizes: [64]\nmodel: {type: tiny_bert, hidden: 100, "
+                    "heads: 3}\n",
                 "model.heads");
-  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: char_lstm, seq_len: 1}\n",
-                "model.seq_len");
-  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: tiny_bert, vocab_size: 10}\n",
-                "model.vocab_size");
-  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: char_lstm, channels: [3]}\n",
-                "model.channels");
-  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: char_lstm}\ndataset: {name: fashion_mnist}\n",
+  ExpectInvalid(
+      head + "batch_sizes: [64]\nmodel: {type: char_lstm, seq_len: 1}\n",
+      "model.seq_len");
+  ExpectInvalid(
+      head + "batch_sizes: [64]\nmodel: {type: tiny_bert, vocab_size: 10}\n",
+      "model.vocab_size");
+  ExpectInvalid(
+      head + "batch_sizes: [64]\nmodel: {type: char_lstm, channels: [3]}\n",
+      "model.channels");
+  ExpectInvalid(head +
+                    "batch_sizes: [64]\nmodel: {type: char_lstm}\ndataset: "
+                    "{name: fashion_mnist}\n",
                 "dataset.name");
-  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: mlp}\ndataset: {name: text}\n",
-                "dataset.name");
-  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: char_lstm}\ndataset: {path: /nonexistent}\n",
+  ExpectInvalid(
+      head + "batch_sizes: [64]\nmodel: {type: mlp}\ndataset: {name: text}\n",
+      "dataset.name");
+  ExpectInvalid(head +
+                    "batch_sizes: [64]\nmodel: {type: char_lstm}\ndataset: "
+                    "{path: /nonexistent}\n",
                 "dataset.path");
-  ExpectInvalid(head + "batch_sizes: [64]\nmodel: {type: char_lstm}\n"
-                       "dataset: {validation_fraction: 1.5}\n",
+  ExpectInvalid(head +
+                    "batch_sizes: [64]\nmodel: {type: char_lstm}\n"
+                    "dataset: {validation_fraction: 1.5}\n",
                 "dataset.validation_fraction");
   // More windows than the corpus has bytes.
-  ExpectInvalid(head + "batch_sizes: [100000000]\nmodel: {type: char_lstm}\n", "batch_sizes[0]");
+  ExpectInvalid(head + "batch_sizes: [100000000]\nmodel: {type: char_lstm}\n",
+                "batch_sizes[0]");
 }
 
 TEST(SweepSpecTest, EveryShippedExperimentParses) {
   int files = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(MEGABATCH_EXPERIMENTS_DIR)) {
+  for (const auto& entry :
+       std::filesystem::directory_iterator(MEGABATCH_EXPERIMENTS_DIR)) {
     if (entry.path().extension() != ".yaml") continue;
     std::ifstream in(entry.path());
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string text((std::istreambuf_iterator<char>(in)),
+                     std::istreambuf_iterator<char>());
     auto r = ParseSweepSpec(text);
     ASSERT_TRUE(r.ok()) << entry.path() << ": " << r.status().ToString();
     // A grid expands to its trials; an adaptive study plans them as it runs.

@@ -27,7 +27,8 @@ class SweepStoreTest : public ::testing::Test {
     store_ = std::move(*s);
   }
 
-  int64_t Create(const char* spec_text = kSpec, const std::string& request_id = "") {
+  int64_t Create(const char* spec_text = kSpec,
+                 const std::string& request_id = "") {
     auto spec = spec::ParseSweepSpec(spec_text);
     EXPECT_TRUE(spec.ok()) << spec.status().ToString();
     bool existed = false;
@@ -72,17 +73,18 @@ TEST_F(SweepStoreTest, RequestIdMakesCreateIdempotent) {
   EXPECT_EQ(store_->ListSweeps()->size(), 1u);
   // Another owner's id is theirs alone; the same owner with another spec
   // is refused, naming the sweep.
-  auto other_owner = store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "req-1", 1003.0,
-                                         &existed, "bob");
+  auto other_owner = store_->CreateSweep(*spec, spec::ExpandSweep(*spec),
+                                         "req-1", 1003.0, &existed, "bob");
   ASSERT_TRUE(other_owner.ok());
   EXPECT_FALSE(existed);
   EXPECT_NE(*other_owner, first);
   auto changed = spec::ParseSweepSpec(std::string(kSpec) + "seeds: [5]\n");
   ASSERT_TRUE(changed.ok()) << changed.status().ToString();
-  auto clash = store_->CreateSweep(*changed, spec::ExpandSweep(*changed), "req-1", 1004.0,
-                                   &existed);
+  auto clash = store_->CreateSweep(*changed, spec::ExpandSweep(*changed),
+                                   "req-1", 1004.0, &existed);
   EXPECT_EQ(clash.status().code(), StatusCode::kAlreadyExists);
-  EXPECT_THAT(clash.status().message(), HasSubstr("sweep " + std::to_string(first)));
+  EXPECT_THAT(clash.status().message(),
+              HasSubstr("sweep " + std::to_string(first)));
   EXPECT_EQ(store_->ListSweeps()->size(), 2u);
 }
 
@@ -102,7 +104,6 @@ TEST_F(SweepStoreTest, LeaseRespectsSlotsAndCarriesIdsInTheConfig) {
   EXPECT_EQ(store_->GetSweep(sweep)->state, SweepState::kRunning);
 }
 
-
 // The sweep each of `n` leases in one batch went to (0: none).
 std::vector<int64_t> BatchSweeps(SweepStore& store, int64_t worker, int n) {
   std::vector<int64_t> out;
@@ -115,7 +116,8 @@ std::vector<int64_t> BatchSweeps(SweepStore& store, int64_t worker, int n) {
 
 TEST_F(SweepStoreTest, LeasesShareThePoolFairlyWithinMaxParallel) {
   int64_t capped = Create(
-      "name: capped\noptimizers: [{name: sgd}, {name: adamw}]\nbatch_sizes: [128, 256]\n"
+      "name: capped\noptimizers: [{name: sgd}, {name: adamw}]\nbatch_sizes: "
+      "[128, 256]\n"
       "base: {lr: 0.1}\nmax_parallel: 2\n");
   int64_t open = Create();
   auto worker = store_->RegisterWorker("big", 8, 1000.0);
@@ -129,7 +131,8 @@ TEST_F(SweepStoreTest, LeasesShareThePoolFairlyWithinMaxParallel) {
 TEST_F(SweepStoreTest, HigherPriorityLeasesFirstOneLeaseAtATime) {
   int64_t low = Create();
   int64_t high = Create(
-      "name: urgent\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: {lr: 0.1}\n"
+      "name: urgent\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: "
+      "{lr: 0.1}\n"
       "priority: 5\n");
   auto worker = store_->RegisterWorker("big", 8, 1000.0);
   ASSERT_TRUE(worker.ok());
@@ -169,9 +172,9 @@ TEST_F(SweepStoreTest, MetricsAreUniquePerTrialNameAndStep) {
   int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);
   Lease lease = LeaseOne(worker);
   ASSERT_TRUE(store_
-                  ->AppendMetrics(lease.trial_id, lease.lease_id, worker,
-                                  {{"train_loss", 1, 2.0}, {"train_loss", 2, 1.5}},
-                                  1002.0)
+                  ->AppendMetrics(
+                      lease.trial_id, lease.lease_id, worker,
+                      {{"train_loss", 1, 2.0}, {"train_loss", 2, 1.5}}, 1002.0)
                   .ok());
   // A re-sent step overwrites instead of duplicating.
   ASSERT_TRUE(store_
@@ -202,8 +205,9 @@ TEST_F(SweepStoreTest, FailedAttemptIsRetriedThenFailedWithStderr) {
   int64_t sweep = Create();  // max_retries: 1
   int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);
   Lease first = LeaseOne(worker);
-  auto state = store_->FinishTrial(first.trial_id, first.lease_id, worker,
-                                   TrialState::kFailed, "crash", "boom 1", 1002.0);
+  auto state =
+      store_->FinishTrial(first.trial_id, first.lease_id, worker,
+                          TrialState::kFailed, "crash", "boom 1", 1002.0);
   ASSERT_TRUE(state.ok());
   EXPECT_EQ(*state, TrialState::kQueued);
   Lease second = LeaseOne(worker);
@@ -224,10 +228,11 @@ TEST_F(SweepStoreTest, SweepCompletesWhenEveryTrialEnds) {
   std::vector<Lease> leases;
   for (int i = 0; i < 4; ++i) leases.push_back(LeaseOne(worker));
   for (size_t i = 0; i < leases.size(); ++i) {
-    TrialState outcome = i == 0 ? TrialState::kDiverged : TrialState::kCompleted;
+    TrialState outcome =
+        i == 0 ? TrialState::kDiverged : TrialState::kCompleted;
     ASSERT_TRUE(store_
-                    ->FinishTrial(leases[i].trial_id, leases[i].lease_id, worker,
-                                  outcome, "", "", 1005.0)
+                    ->FinishTrial(leases[i].trial_id, leases[i].lease_id,
+                                  worker, outcome, "", "", 1005.0)
                     .ok());
   }
   auto row = store_->GetSweep(sweep);
@@ -250,8 +255,10 @@ TEST_F(SweepStoreTest, CancelCompletedSweepIsFailedPrecondition) {
 TEST_F(SweepStoreTest, UnknownIdsAreNotFound) {
   EXPECT_EQ(store_->GetSweep(99).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(store_->ListTrials(99).status().code(), StatusCode::kNotFound);
-  EXPECT_EQ(store_->CancelSweep(99, 1.0).status().code(), StatusCode::kNotFound);
-  EXPECT_EQ(store_->Heartbeat(99, {}, 1.0).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store_->CancelSweep(99, 1.0).status().code(),
+            StatusCode::kNotFound);
+  EXPECT_EQ(store_->Heartbeat(99, {}, 1.0).status().code(),
+            StatusCode::kNotFound);
 }
 
 TEST_F(SweepStoreTest, SilentWorkerLosesItsTrialsAndHeartbeatSaysStop) {
@@ -261,7 +268,8 @@ TEST_F(SweepStoreTest, SilentWorkerLosesItsTrialsAndHeartbeatSaysStop) {
   auto requeued = store_->ExpireWorkers(/*deadline=*/1500.0, 1500.0);
   ASSERT_TRUE(requeued.ok());
   EXPECT_EQ(*requeued, 1);
-  auto stop = store_->Heartbeat(worker, {{lease.trial_id, lease.lease_id}}, 1501.0);
+  auto stop =
+      store_->Heartbeat(worker, {{lease.trial_id, lease.lease_id}}, 1501.0);
   ASSERT_TRUE(stop.ok());
   EXPECT_EQ(*stop, std::vector<int64_t>{lease.trial_id});
   // The trial is leased again under a new lease id.
@@ -271,22 +279,25 @@ TEST_F(SweepStoreTest, SilentWorkerLosesItsTrialsAndHeartbeatSaysStop) {
 }
 
 constexpr const char* kGangSpec =
-    "name: gang\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: {lr: 0.1}\n"
+    "name: gang\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: "
+    "{lr: 0.1}\n"
     "ranks_per_trial: 2\n";
 
 TEST_F(SweepStoreTest, AGangTrialIsPlacedAllAtOnceAcrossWorkersOrNotAtAll) {
   Create(kGangSpec);
   std::vector<int64_t> w;
   for (int i = 0; i < 3; ++i) {
-    w.push_back(*store_->RegisterWorker("w" + std::to_string(i), 1, 1000.0,
-                                        {"10.0.0." + std::to_string(i + 1), 29600, 4}));
+    w.push_back(
+        *store_->RegisterWorker("w" + std::to_string(i), 1, 1000.0,
+                                {"10.0.0." + std::to_string(i + 1), 29600, 4}));
   }
   bool waiting = false;
   auto r = store_->LeaseBatch(w, 1001.0, &waiting);
   ASSERT_TRUE(r[0].ok() && r[0]->has_value());
   ASSERT_TRUE(r[1].ok() && r[1]->has_value());
   ASSERT_TRUE(r[2].ok());
-  EXPECT_FALSE(r[2]->has_value()) << "the second trial needs two slots; one is free";
+  EXPECT_FALSE(r[2]->has_value())
+      << "the second trial needs two slots; one is free";
   EXPECT_TRUE(waiting);
   const Lease& rank0 = **r[0];
   const Lease& rank1 = **r[1];
@@ -302,21 +313,27 @@ TEST_F(SweepStoreTest, AGangTrialIsPlacedAllAtOnceAcrossWorkersOrNotAtAll) {
     EXPECT_EQ(d["port"], 29600);
   }
   // Both ranks hold a slot; rank 1 heartbeats without being stopped.
-  for (const auto& wr : *store_->ListWorkers()) EXPECT_EQ(wr.busy_slots, wr.id == w[2] ? 0 : 1);
-  EXPECT_TRUE(store_->Heartbeat(w[1], {{rank1.trial_id, rank1.lease_id, 1}}, 1002.0)->empty());
+  for (const auto& wr : *store_->ListWorkers())
+    EXPECT_EQ(wr.busy_slots, wr.id == w[2] ? 0 : 1);
+  EXPECT_TRUE(
+      store_->Heartbeat(w[1], {{rank1.trial_id, rank1.lease_id, 1}}, 1002.0)
+          ->empty());
   // Rank 1 exiting cleanly changes nothing; rank 0's outcome ends the trial.
-  EXPECT_EQ(*store_->FinishTrial(rank1.trial_id, rank1.lease_id, w[1], TrialState::kCompleted,
-                                 "", "", 1003.0, 1),
+  EXPECT_EQ(*store_->FinishTrial(rank1.trial_id, rank1.lease_id, w[1],
+                                 TrialState::kCompleted, "", "", 1003.0, 1),
             TrialState::kRunning);
-  EXPECT_EQ(*store_->FinishTrial(rank0.trial_id, rank0.lease_id, w[0], TrialState::kCompleted,
-                                 "", "", 1003.0),
+  EXPECT_EQ(*store_->FinishTrial(rank0.trial_id, rank0.lease_id, w[0],
+                                 TrialState::kCompleted, "", "", 1003.0),
             TrialState::kCompleted);
   // Three free slots now: the second trial goes to the first two requests.
   auto next = store_->LeaseBatch({w[2], w[0], w[1]}, 1004.0, &waiting);
-  ASSERT_TRUE(next[0].ok() && next[0]->has_value() && next[1].ok() && next[1]->has_value());
+  ASSERT_TRUE(next[0].ok() && next[0]->has_value() && next[1].ok() &&
+              next[1]->has_value());
   EXPECT_EQ((*next[0])->rank, 0);
   EXPECT_NE((*next[0])->trial_id, rank0.trial_id);
-  EXPECT_EQ(nlohmann::json::parse((*next[1])->config_json)["distributed"]["host"], "10.0.0.3");
+  EXPECT_EQ(
+      nlohmann::json::parse((*next[1])->config_json)["distributed"]["host"],
+      "10.0.0.3");
   EXPECT_FALSE(waiting);
 }
 
@@ -328,11 +345,15 @@ TEST_F(SweepStoreTest, ALostRankRequeuesItsTrialAndTheOtherRankIsToldToStop) {
   ASSERT_TRUE(r[1].ok() && r[1]->has_value());
   const Lease rank0 = **r[0];
   // Only a heartbeats; b (rank 1) goes silent and is lost.
-  ASSERT_TRUE(store_->Heartbeat(a, {{rank0.trial_id, rank0.lease_id, 0}}, 1400.0).ok());
+  ASSERT_TRUE(
+      store_->Heartbeat(a, {{rank0.trial_id, rank0.lease_id, 0}}, 1400.0).ok());
   EXPECT_EQ(*store_->ExpireWorkers(1300.0, 1401.0), 1);
-  EXPECT_EQ(*store_->Heartbeat(a, {{rank0.trial_id, rank0.lease_id, 0}}, 1402.0),
-            std::vector<int64_t>{rank0.trial_id});
-  EXPECT_EQ(store_->AppendMetrics(rank0.trial_id, rank0.lease_id, a, {{"x", 1, 1.0}}, 1403.0)
+  EXPECT_EQ(
+      *store_->Heartbeat(a, {{rank0.trial_id, rank0.lease_id, 0}}, 1402.0),
+      std::vector<int64_t>{rank0.trial_id});
+  EXPECT_EQ(store_
+                ->AppendMetrics(rank0.trial_id, rank0.lease_id, a,
+                                {{"x", 1, 1.0}}, 1403.0)
                 .code(),
             StatusCode::kAborted);
   // A rank's crash ends the attempt for all ranks (and is retried).
@@ -340,25 +361,30 @@ TEST_F(SweepStoreTest, ALostRankRequeuesItsTrialAndTheOtherRankIsToldToStop) {
   auto again = store_->LeaseBatch({a, b}, 1405.0);
   ASSERT_TRUE(again[1].ok() && again[1]->has_value());
   const Lease retry1 = **again[1];
-  EXPECT_EQ(*store_->FinishTrial(retry1.trial_id, retry1.lease_id, b, TrialState::kFailed,
-                                 "rank 1 crashed", "", 1406.0, 1),
+  EXPECT_EQ(*store_->FinishTrial(retry1.trial_id, retry1.lease_id, b,
+                                 TrialState::kFailed, "rank 1 crashed", "",
+                                 1406.0, 1),
             TrialState::kQueued);
-  EXPECT_EQ(*store_->Heartbeat(a, {{retry1.trial_id, retry1.lease_id, 0}}, 1407.0),
-            std::vector<int64_t>{retry1.trial_id});
+  EXPECT_EQ(
+      *store_->Heartbeat(a, {{retry1.trial_id, retry1.lease_id, 0}}, 1407.0),
+      std::vector<int64_t>{retry1.trial_id});
 }
 
-TEST_F(SweepStoreTest, EveryTrialRunsWhenGangsAndSingleTrialsShareAFragmentedPool) {
+TEST_F(SweepStoreTest,
+       EveryTrialRunsWhenGangsAndSingleTrialsShareAFragmentedPool) {
   // Three one-slot workers; two 2-rank trials and four 1-rank trials. Each
   // round every idle worker asks at once; then rank 0 of every running trial
   // finishes it.
   const int64_t gang = Create(kGangSpec);
   const int64_t single = Create();
   std::vector<int64_t> w;
-  for (int i = 0; i < 3; ++i) w.push_back(*store_->RegisterWorker("w", 1, 1000.0));
+  for (int i = 0; i < 3; ++i)
+    w.push_back(*store_->RegisterWorker("w", 1, 1000.0));
   auto completed = [&] {
     int n = 0;
     for (int64_t sweep : {gang, single}) {
-      for (const TrialRow& t : *store_->ListTrials(sweep)) n += t.state == TrialState::kCompleted;
+      for (const TrialRow& t : *store_->ListTrials(sweep))
+        n += t.state == TrialState::kCompleted;
     }
     return n;
   };
@@ -375,10 +401,13 @@ TEST_F(SweepStoreTest, EveryTrialRunsWhenGangsAndSingleTrialsShareAFragmentedPoo
     }
     ASSERT_FALSE(rank0.empty()) << "round " << round << ": nothing could run";
     // No partial placement: a gang trial has all its ranks or none.
-    for (const auto& [worker, l] : rank0) EXPECT_EQ(ranks_of[l.trial_id], l.world_size);
+    for (const auto& [worker, l] : rank0)
+      EXPECT_EQ(ranks_of[l.trial_id], l.world_size);
     for (const auto& [worker, l] : rank0) {
-      ASSERT_TRUE(store_->FinishTrial(l.trial_id, l.lease_id, worker, TrialState::kCompleted,
-                                      "", "", 1001.5 + round)
+      ASSERT_TRUE(store_
+                      ->FinishTrial(l.trial_id, l.lease_id, worker,
+                                    TrialState::kCompleted, "", "",
+                                    1001.5 + round)
                       .ok());
     }
   }
@@ -386,8 +415,10 @@ TEST_F(SweepStoreTest, EveryTrialRunsWhenGangsAndSingleTrialsShareAFragmentedPoo
 }
 
 TEST_F(SweepStoreTest, AGangLargerThanThePoolDoesNotHoldUpOthers) {
-  Create("name: huge\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\nbase: {lr: 0.1}\n"
-         "ranks_per_trial: 4\n");
+  Create(
+      "name: huge\noptimizers: [{name: sgd}]\nbatch_sizes: [128]\nbase: {lr: "
+      "0.1}\n"
+      "ranks_per_trial: 4\n");
   const int64_t single = Create();
   int64_t a = *store_->RegisterWorker("a", 2, 1000.0);
   bool waiting = true;
@@ -434,7 +465,8 @@ TEST_F(SweepStoreTest, VersionOneDatabaseUpgradesOnOpenAndKeepsItsData) {
     auto db = Db::Open(path);
     ASSERT_TRUE(db.ok());
     ASSERT_TRUE((*db)->Exec(kMigrations[0]).ok());
-    ASSERT_TRUE((*db)->Exec(R"sql(
+    ASSERT_TRUE((*db)
+                    ->Exec(R"sql(
       PRAGMA user_version=1;
       INSERT INTO sweeps (id, name, state, spec_json, request_id, created_at)
         VALUES (1, 'old', 'completed', '{"target": {"metric": "test_accuracy", "value": 0.5}}',
@@ -445,26 +477,30 @@ TEST_F(SweepStoreTest, VersionOneDatabaseUpgradesOnOpenAndKeepsItsData) {
       INSERT INTO metrics VALUES (1, 'train_loss', 10, 0.5, 2),
         (1, 'test_accuracy', 10, 0.6, 2), (1, 'target_reached_seconds', 10, 3.5, 2),
         (1, 'target_reached_samples', 10, 1280, 2);
-    )sql").ok());
+    )sql")
+                    .ok());
   }
   auto store = SweepStore::Open(path);
   ASSERT_TRUE(store.ok()) << store.status().ToString();
-  EXPECT_EQ((*store)->ListTrials(1)->at(0).latest_metrics.at("train_loss"), 0.5);
+  EXPECT_EQ((*store)->ListTrials(1)->at(0).latest_metrics.at("train_loss"),
+            0.5);
   store->reset();
   auto db = Db::Open(path);
   auto version = (*db)->Prepare("PRAGMA user_version");
   ASSERT_TRUE(*version->Step());
   EXPECT_EQ(version->Int(0), kSchemaVersion);
   // Its request id now lives in sweep_requests, under no owner.
-  auto request = (*db)->Prepare("SELECT owner, sweep_id FROM sweep_requests "
-                                "WHERE request_id = 'first-submit'");
+  auto request = (*db)->Prepare(
+      "SELECT owner, sweep_id FROM sweep_requests "
+      "WHERE request_id = 'first-submit'");
   ASSERT_TRUE(request.ok()) << request.status().ToString();
   ASSERT_TRUE(*request->Step());
   EXPECT_EQ(request->Text(0), "");
   EXPECT_EQ(request->Int(1), 1);
   request->Reset();
   auto summary = (*db)->Prepare(
-      "SELECT samples, samples_to_target FROM trial_summary WHERE trial_id = 1");
+      "SELECT samples, samples_to_target FROM trial_summary WHERE trial_id = "
+      "1");
   ASSERT_TRUE(summary.ok()) << summary.status().ToString();
   ASSERT_TRUE(*summary->Step());
   EXPECT_EQ(summary->Int(0), 1280);
@@ -492,9 +528,9 @@ early_stopping: {rule: asha, metric: val_accuracy, min_samples: 1280, reduction_
   std::vector<Lease> leases;
   for (int i = 0; i < 4; ++i) leases.push_back(LeaseOne(worker));
   auto report = [&](int i, int64_t step, double accuracy) {
-    return store_->AppendMetrics(leases[i].trial_id, leases[i].lease_id, worker,
-                                 {{"train_loss", step, 1.0}, {"val_accuracy", step, accuracy}},
-                                 1002.0);
+    return store_->AppendMetrics(
+        leases[i].trial_id, leases[i].lease_id, worker,
+        {{"train_loss", step, 1.0}, {"val_accuracy", step, accuracy}}, 1002.0);
   };
   auto state = [&](int i) { return (*store_->ListTrials(sweep))[i].state; };
   // Before the first rung nothing is decided.
@@ -512,7 +548,8 @@ early_stopping: {rule: asha, metric: val_accuracy, min_samples: 1280, reduction_
   EXPECT_EQ(state(3), TrialState::kPruned);
   // A pruned trial's worker is told at its next report and heartbeat.
   EXPECT_EQ(report(1, 20, 0.95).code(), StatusCode::kAborted);
-  auto stop = store_->Heartbeat(worker, {{leases[1].trial_id, leases[1].lease_id}}, 1003.0);
+  auto stop = store_->Heartbeat(
+      worker, {{leases[1].trial_id, leases[1].lease_id}}, 1003.0);
   EXPECT_THAT(*stop, ::testing::ElementsAre(leases[1].trial_id));
   // Rung 1 (2560 samples): 0.85 alone goes on, then 0.82 of two is out.
   ASSERT_TRUE(report(2, 20, 0.85).ok());
@@ -520,23 +557,29 @@ early_stopping: {rule: asha, metric: val_accuracy, min_samples: 1280, reduction_
   EXPECT_EQ(state(2), TrialState::kRunning);
   EXPECT_EQ(state(0), TrialState::kPruned);
   // The points that decided it were stored, and the event says why.
-  EXPECT_EQ((*store_->ListTrials(sweep))[0].latest_metrics.at("val_accuracy"), 0.82);
+  EXPECT_EQ((*store_->ListTrials(sweep))[0].latest_metrics.at("val_accuracy"),
+            0.82);
   auto db = Db::Open(dir_.File("store.db"));
   auto why = (*db)->Prepare(
-      "SELECT message FROM events WHERE kind = 'trial_pruned' AND trial_id = ?");
+      "SELECT message FROM events WHERE kind = 'trial_pruned' AND trial_id = "
+      "?");
   why->Bind(1, leases[0].trial_id);
   ASSERT_TRUE(*why->Step());
-  EXPECT_EQ(why->Text(0), "rung 1 (3200 samples): val_accuracy 0.82 is not in the top 1 of 2");
+  EXPECT_EQ(
+      why->Text(0),
+      "rung 1 (3200 samples): val_accuracy 0.82 is not in the top 1 of 2");
   // The last trial completes; the sweep is complete, pruning is no failure.
-  ASSERT_TRUE(store_->FinishTrial(leases[2].trial_id, leases[2].lease_id, worker,
-                                  TrialState::kCompleted, "", "", 1004.0)
+  ASSERT_TRUE(store_
+                  ->FinishTrial(leases[2].trial_id, leases[2].lease_id, worker,
+                                TrialState::kCompleted, "", "", 1004.0)
                   .ok());
   auto row = store_->GetSweep(sweep);
   EXPECT_EQ(row->state, SweepState::kCompleted);
   EXPECT_EQ(row->trial_counts.at(TrialState::kPruned), 3);
 }
 
-TEST_F(SweepStoreTest, TheListenerHearsEachCommittedChangeAfterTheLockIsReleased) {
+TEST_F(SweepStoreTest,
+       TheListenerHearsEachCommittedChangeAfterTheLockIsReleased) {
   std::vector<Change> heard;
   store_->SetListener([&](Change c) {
     // Called outside the store's lock: the store can be read from here.
@@ -553,19 +596,22 @@ TEST_F(SweepStoreTest, TheListenerHearsEachCommittedChangeAfterTheLockIsReleased
   heard.clear();
   ASSERT_FALSE(store_->LeaseNext(worker, 1001.0)->has_value());
   ASSERT_TRUE(store_->ListTrials(sweep).ok());
-  ASSERT_TRUE(store_->AppendMetrics(lease.trial_id, lease.lease_id, worker,
-                                    {{"train_loss", 1, 0.5}}, 1002.0)
+  ASSERT_TRUE(store_
+                  ->AppendMetrics(lease.trial_id, lease.lease_id, worker,
+                                  {{"train_loss", 1, 0.5}}, 1002.0)
                   .ok());
   EXPECT_TRUE(heard.empty());
   // A stale write changes nothing either.
-  EXPECT_EQ(store_->FinishTrial(lease.trial_id, lease.lease_id + 1, worker,
-                                TrialState::kCompleted, "", "", 1003.0)
+  EXPECT_EQ(store_
+                ->FinishTrial(lease.trial_id, lease.lease_id + 1, worker,
+                              TrialState::kCompleted, "", "", 1003.0)
                 .status()
                 .code(),
             StatusCode::kAborted);
   EXPECT_TRUE(heard.empty());
-  ASSERT_TRUE(store_->FinishTrial(lease.trial_id, lease.lease_id, worker,
-                                  TrialState::kCompleted, "", "", 1003.0)
+  ASSERT_TRUE(store_
+                  ->FinishTrial(lease.trial_id, lease.lease_id, worker,
+                                TrialState::kCompleted, "", "", 1003.0)
                   .ok());
   EXPECT_THAT(heard, ::testing::ElementsAre(Change::kWork));
   store_->SetListener(nullptr);

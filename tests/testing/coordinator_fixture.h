@@ -22,11 +22,14 @@ class CoordinatorFixture : public ::testing::Test {
   // port and coordinator.db in the temp dir); ASSERTs it started. With
   // `in_process`, sweeps_ and workers_ use its in-process channel, else one
   // over TCP.
-  void StartCoordinator(CoordinatorOptions options = {}, bool in_process = true) {
-    if (options.listen.empty() || options.listen == CoordinatorOptions().listen) {
+  void StartCoordinator(CoordinatorOptions options = {},
+                        bool in_process = true) {
+    if (options.listen.empty() ||
+        options.listen == CoordinatorOptions().listen) {
       options.listen = "127.0.0.1:0";
     }
-    if (options.db_path.empty() || options.db_path == CoordinatorOptions().db_path) {
+    if (options.db_path.empty() ||
+        options.db_path == CoordinatorOptions().db_path) {
       options.db_path = dir_.File("coordinator.db");
     }
     options_ = options;
@@ -35,14 +38,18 @@ class CoordinatorFixture : public ::testing::Test {
     coordinator_ = std::move(*c);
     if (!options.tls_cert.empty()) return;  // the test makes its own channels
     channel_ = in_process ? coordinator_->InProcessChannel()
-                          : grpc::CreateChannel(Address(), grpc::InsecureChannelCredentials());
+                          : grpc::CreateChannel(
+                                Address(), grpc::InsecureChannelCredentials());
     sweeps_ = v1::SweepService::NewStub(channel_);
     workers_ = v1::WorkerService::NewStub(channel_);
   }
 
-  std::string Address() const { return "127.0.0.1:" + std::to_string(coordinator_->port()); }
+  std::string Address() const {
+    return "127.0.0.1:" + std::to_string(coordinator_->port());
+  }
 
-  static grpc::Status Submit(v1::SweepService::StubInterface* sweeps, const std::string& spec,
+  static grpc::Status Submit(v1::SweepService::StubInterface* sweeps,
+                             const std::string& spec,
                              v1::SubmitSweepResponse* resp,
                              const std::string& request_id = "") {
     grpc::ClientContext ctx;
@@ -51,8 +58,9 @@ class CoordinatorFixture : public ::testing::Test {
     req.set_request_id(request_id);
     return sweeps->SubmitSweep(&ctx, req, resp);
   }
-  static grpc::Status Register(v1::WorkerService::StubInterface* workers, int64_t* id,
-                               int32_t slots = 1, const std::string& name = "w") {
+  static grpc::Status Register(v1::WorkerService::StubInterface* workers,
+                               int64_t* id, int32_t slots = 1,
+                               const std::string& name = "w") {
     grpc::ClientContext ctx;
     v1::RegisterWorkerRequest req;
     req.set_name(name);
@@ -62,8 +70,9 @@ class CoordinatorFixture : public ::testing::Test {
     if (id != nullptr) *id = resp.worker_id();
     return s;
   }
-  static grpc::Status Lease(v1::WorkerService::StubInterface* workers, int64_t worker_id,
-                            v1::LeaseTrialResponse* resp, int32_t wait_ms = 0) {
+  static grpc::Status Lease(v1::WorkerService::StubInterface* workers,
+                            int64_t worker_id, v1::LeaseTrialResponse* resp,
+                            int32_t wait_ms = 0) {
     grpc::ClientContext ctx;
     v1::LeaseTrialRequest req;
     req.set_worker_id(worker_id);

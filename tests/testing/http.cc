@@ -10,7 +10,8 @@
 
 namespace megabatch::testing {
 
-HttpResponse HttpGet(int port, const std::string& path_and_query, const std::string& headers) {
+HttpResponse HttpGet(int port, const std::string& path_and_query,
+                     const std::string& headers) {
   HttpResponse response;
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return response;
@@ -25,8 +26,9 @@ HttpResponse HttpGet(int port, const std::string& path_and_query, const std::str
     close(fd);
     return response;
   }
-  std::string request = "GET " + path_and_query + " HTTP/1.0\r\nHost: 127.0.0.1\r\n" +
-                        headers + "Connection: close\r\n\r\n";
+  std::string request = "GET " + path_and_query +
+                        " HTTP/1.0\r\nHost: 127.0.0.1\r\n" + headers +
+                        "Connection: close\r\n\r\n";
   if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
       static_cast<ssize_t>(request.size())) {
     close(fd);
@@ -38,7 +40,8 @@ HttpResponse HttpGet(int port, const std::string& path_and_query, const std::str
   while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) raw.append(buf, n);
   close(fd);
   size_t header_end = raw.find("\r\n\r\n");
-  if (header_end == std::string::npos || raw.compare(0, 5, "HTTP/") != 0) return response;
+  if (header_end == std::string::npos || raw.compare(0, 5, "HTTP/") != 0)
+    return response;
   size_t space = raw.find(' ');
   response.status = std::atoi(raw.c_str() + space + 1);
   response.body = raw.substr(header_end + 4);

@@ -26,7 +26,8 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::string& out_path,
             const std::string& err_path) {
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null",
+                                   O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path.c_str(),
                                    O_WRONLY | O_CREAT | O_APPEND, 0644);
   posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(),
@@ -50,8 +51,8 @@ std::string ReadFile(const std::string& path) {
 
 int WaitPid(pid_t pid, std::chrono::milliseconds timeout, bool* reaped) {
   int status = -1;
-  bool done = WaitUntil(
-      [&] { return waitpid(pid, &status, WNOHANG) == pid; }, timeout);
+  bool done =
+      WaitUntil([&] { return waitpid(pid, &status, WNOHANG) == pid; }, timeout);
   if (!done) return -1;
   *reaped = true;
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -112,7 +113,8 @@ std::vector<pid_t> FindProcesses(const std::string& needle) {
       if (c == '\0') c = ' ';
     }
     // A zombie has an empty command line and is not running.
-    if (cmdline.find(needle) != std::string::npos) pids.push_back(std::stoi(name));
+    if (cmdline.find(needle) != std::string::npos)
+      pids.push_back(std::stoi(name));
   }
   return pids;
 }
@@ -143,19 +145,27 @@ bool WaitUntil(const std::function<bool()>& condition,
   }
 }
 
-std::vector<std::unique_ptr<Process>> StartWorkers(const std::string& worker_bin,
-                                                   const std::string& address,
-                                                   const std::string& dir, int count,
-                                                   const std::vector<std::string>& flags,
-                                                   int first) {
+std::vector<std::unique_ptr<Process>> StartWorkers(
+    const std::string& worker_bin, const std::string& address,
+    const std::string& dir, int count, const std::vector<std::string>& flags,
+    int first) {
   std::vector<std::unique_ptr<Process>> workers;
   for (int i = first; i < first + count; ++i) {
     const std::string name = "worker-" + std::to_string(i);
-    std::vector<std::string> argv{worker_bin, "--coordinator", address, "--name", name,
-                                  "--slots", "1", "--threads-per-slot", "1",
-                                  "--work-dir", dir + "/" + name};
+    std::vector<std::string> argv{worker_bin,
+                                  "--coordinator",
+                                  address,
+                                  "--name",
+                                  name,
+                                  "--slots",
+                                  "1",
+                                  "--threads-per-slot",
+                                  "1",
+                                  "--work-dir",
+                                  dir + "/" + name};
     argv.insert(argv.end(), flags.begin(), flags.end());
-    workers.push_back(std::make_unique<Process>(argv, dir + "/" + name + ".log"));
+    workers.push_back(
+        std::make_unique<Process>(argv, dir + "/" + name + ".log"));
   }
   return workers;
 }

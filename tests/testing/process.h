@@ -40,11 +40,10 @@ class Process {
 // worker-F, worker-F+1, ... (F = `first`), with one slot of one thread each;
 // each has its work dir DIR/worker-I and its log DIR/worker-I.log; `flags`
 // are added to each command line.
-std::vector<std::unique_ptr<Process>> StartWorkers(const std::string& worker_bin,
-                                                   const std::string& address,
-                                                   const std::string& dir, int count,
-                                                   const std::vector<std::string>& flags = {},
-                                                   int first = 0);
+std::vector<std::unique_ptr<Process>> StartWorkers(
+    const std::string& worker_bin, const std::string& address,
+    const std::string& dir, int count,
+    const std::vector<std::string>& flags = {}, int first = 0);
 
 struct CommandResult {
   int exit_code = -1;
@@ -53,8 +52,9 @@ struct CommandResult {
 };
 
 // Runs argv to completion (bounded by `timeout`), capturing its output.
-CommandResult RunCommand(const std::vector<std::string>& argv,
-                         std::chrono::seconds timeout = std::chrono::seconds(600));
+CommandResult RunCommand(
+    const std::vector<std::string>& argv,
+    std::chrono::seconds timeout = std::chrono::seconds(600));
 
 // The running processes that have `needle` in their command line.
 std::vector<pid_t> FindProcesses(const std::string& needle);

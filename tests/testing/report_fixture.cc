@@ -30,35 +30,36 @@ struct Outcome {
 
 // (optimizer, batch, lr multiplier, seed) -> outcome; seed -1: both seeds.
 const std::map<std::tuple<std::string, int, int, int>, Outcome>& Outcomes() {
-  static const auto* outcomes = new std::map<std::tuple<std::string, int, int, int>, Outcome>{
-      {{"lamb", 128, 1, -1}, {"completed", 6000, 0.85, 0}},
-      {{"lamb", 128, 2, 0}, {"completed", 4900, 0.86, 0}},
-      {{"lamb", 128, 2, 1}, {"completed", 5100, 0.84, 0}},
-      {{"lamb", 256, 1, -1}, {"completed", 3500, 0.86, 0}},
-      {{"lamb", 256, 2, -1}, {"completed", 3000, 0.87, 0}},
-      {{"lamb", 512, 1, -1}, {"completed", 2200, 0.86, 0}},
-      {{"lamb", 512, 2, -1}, {"completed", 2000, 0.88, 0}},
-      {{"lamb", 1024, 1, 0}, {"completed", 1500, 0.83, 300}},
-      {{"lamb", 1024, 1, 1}, {"completed", 1500, 0.83, 340}},
-      {{"lamb", 1024, 2, -1}, {"diverged", 0, 0.5, 0}},
-      {{"adamw", 128, 1, -1}, {"completed", 4000, 0.84, 0}},
-      {{"adamw", 128, 2, -1}, {"completed", 4200, 0.84, 0}},
-      {{"adamw", 256, 1, -1}, {"completed", 2800, 0.83, 0}},
-      {{"adamw", 256, 2, -1}, {"completed", 2600, 0.85, 0}},
-      {{"adamw", 512, 1, -1}, {"completed", 1800, 0.82, 0}},
-      {{"adamw", 512, 2, 0}, {"completed", 1700, 0.81, 0}},
-      {{"adamw", 512, 2, 1}, {"completed", 0, 0.79, 0}},
-      {{"adamw", 1024, 1, 0}, {"completed", 0, 0.78, 0}},
-      {{"adamw", 1024, 1, 1}, {"completed", 0, 0.77, 0}},
-      {{"adamw", 1024, 2, 0}, {"diverged", 0, 0.5, 0}},
-      {{"adamw", 1024, 2, 1}, {"completed", 0, 0.76, 0}},
-  };
+  static const auto* outcomes =
+      new std::map<std::tuple<std::string, int, int, int>, Outcome>{
+          {{"lamb", 128, 1, -1}, {"completed", 6000, 0.85, 0}},
+          {{"lamb", 128, 2, 0}, {"completed", 4900, 0.86, 0}},
+          {{"lamb", 128, 2, 1}, {"completed", 5100, 0.84, 0}},
+          {{"lamb", 256, 1, -1}, {"completed", 3500, 0.86, 0}},
+          {{"lamb", 256, 2, -1}, {"completed", 3000, 0.87, 0}},
+          {{"lamb", 512, 1, -1}, {"completed", 2200, 0.86, 0}},
+          {{"lamb", 512, 2, -1}, {"completed", 2000, 0.88, 0}},
+          {{"lamb", 1024, 1, 0}, {"completed", 1500, 0.83, 300}},
+          {{"lamb", 1024, 1, 1}, {"completed", 1500, 0.83, 340}},
+          {{"lamb", 1024, 2, -1}, {"diverged", 0, 0.5, 0}},
+          {{"adamw", 128, 1, -1}, {"completed", 4000, 0.84, 0}},
+          {{"adamw", 128, 2, -1}, {"completed", 4200, 0.84, 0}},
+          {{"adamw", 256, 1, -1}, {"completed", 2800, 0.83, 0}},
+          {{"adamw", 256, 2, -1}, {"completed", 2600, 0.85, 0}},
+          {{"adamw", 512, 1, -1}, {"completed", 1800, 0.82, 0}},
+          {{"adamw", 512, 2, 0}, {"completed", 1700, 0.81, 0}},
+          {{"adamw", 512, 2, 1}, {"completed", 0, 0.79, 0}},
+          {{"adamw", 1024, 1, 0}, {"completed", 0, 0.78, 0}},
+          {{"adamw", 1024, 1, 1}, {"completed", 0, 0.77, 0}},
+          {{"adamw", 1024, 2, 0}, {"diverged", 0, 0.5, 0}},
+          {{"adamw", 1024, 2, 1}, {"completed", 0, 0.76, 0}},
+      };
   return *outcomes;
 }
 
-#define FIXTURE_OK(expr)                                  \
-  do {                                                    \
-    Status s_ = (expr);                                   \
+#define FIXTURE_OK(expr)                                    \
+  do {                                                      \
+    Status s_ = (expr);                                     \
     ASSERT_TRUE(s_.ok()) << #expr << ": " << s_.ToString(); \
   } while (0)
 
@@ -69,7 +70,8 @@ void WriteOutcomes(const std::string& path) {
   store::Transaction tx(&d);
   FIXTURE_OK(tx.begin_status());
   auto trials = d.Prepare(
-      "SELECT id, optimizer, batch_size, CAST(lr_multiplier AS INTEGER), seed FROM trials");
+      "SELECT id, optimizer, batch_size, CAST(lr_multiplier AS INTEGER), seed "
+      "FROM trials");
   auto update = d.Prepare(
       "UPDATE trials SET state = ?, attempts = 1, started_at = 100, "
       "finished_at = 200 WHERE id = ?");
@@ -85,18 +87,23 @@ void WriteOutcomes(const std::string& path) {
   ASSERT_EQ(rows.size(), 32u);
   for (const auto& [id, optimizer, batch, multiplier, seed] : rows) {
     auto it = Outcomes().find({optimizer, batch, multiplier, seed});
-    if (it == Outcomes().end()) it = Outcomes().find({optimizer, batch, multiplier, -1});
-    ASSERT_NE(it, Outcomes().end()) << optimizer << " " << batch << " " << multiplier;
+    if (it == Outcomes().end())
+      it = Outcomes().find({optimizer, batch, multiplier, -1});
+    ASSERT_NE(it, Outcomes().end())
+        << optimizer << " " << batch << " " << multiplier;
     const Outcome& o = it->second;
     update->Reset();
     update->Bind(1, std::string_view(o.state)).Bind(2, id);
     FIXTURE_OK(update->Run());
     const int final_step = o.steps_to_target > 0 ? o.steps_to_target
                            : std::string(o.state) == "diverged" ? 100
-                                                                 : 6000;
+                                                                : 6000;
     auto put = [&](const char* name, int step, double value) {
       insert->Reset();
-      insert->Bind(1, id).Bind(2, std::string_view(name)).Bind(3, step).Bind(4, value);
+      insert->Bind(1, id)
+          .Bind(2, std::string_view(name))
+          .Bind(3, step)
+          .Bind(4, value);
       return insert->Run();
     };
     FIXTURE_OK(put("train_loss", 1, 1.0));
@@ -105,12 +112,14 @@ void WriteOutcomes(const std::string& path) {
     FIXTURE_OK(put("test_accuracy", final_step, o.accuracy));
     FIXTURE_OK(put("test_loss", final_step, 1 - o.accuracy));
     if (o.steps_to_target > 0) {
-      FIXTURE_OK(put("target_reached_seconds", o.steps_to_target, o.steps_to_target / 100.0));
+      FIXTURE_OK(put("target_reached_seconds", o.steps_to_target,
+                     o.steps_to_target / 100.0));
       FIXTURE_OK(put("target_reached_samples", o.steps_to_target,
                      static_cast<double>(o.steps_to_target) * batch));
     }
     if (o.noise_scale > 0) {
-      FIXTURE_OK(put("gradient_noise_scale", final_step / 2, 2 * o.noise_scale));
+      FIXTURE_OK(
+          put("gradient_noise_scale", final_step / 2, 2 * o.noise_scale));
       FIXTURE_OK(put("gradient_noise_scale", final_step, o.noise_scale));
     }
   }
@@ -128,7 +137,8 @@ int64_t BuildReportFixture(const std::string& path) {
     auto spec = spec::ParseSweepSpec(kSpec);
     EXPECT_TRUE(spec.ok()) << spec.status().ToString();
     bool existed = false;
-    auto id = (*store)->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 100.0, &existed);
+    auto id = (*store)->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 100.0,
+                                    &existed);
     EXPECT_TRUE(id.ok()) << id.status().ToString();
     sweep_id = id.ok() ? *id : 0;
   }
@@ -138,7 +148,8 @@ int64_t BuildReportFixture(const std::string& path) {
 
 std::string DumpDatabase(const std::string& path) {
   sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) !=
+      SQLITE_OK) {
     ADD_FAILURE() << "cannot open " << path;
     sqlite3_close(db);
     return "";
@@ -167,8 +178,8 @@ std::string DumpDatabase(const std::string& path) {
   rows("PRAGMA user_version");
   rows("PRAGMA journal_mode");
   rows("SELECT type, name, sql FROM sqlite_master ORDER BY type, name");
-  for (const std::string& table :
-       rows("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")) {
+  for (const std::string& table : rows("SELECT name FROM sqlite_master WHERE "
+                                       "type = 'table' ORDER BY name")) {
     dump += "table " + table + "\n";
     rows("SELECT * FROM \"" + table + "\" ORDER BY 1, 2, 3");
   }

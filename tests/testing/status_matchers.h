@@ -19,7 +19,7 @@ Status StatusOf(const Result<T>& r) {
 
 }  // namespace megabatch::testing
 
-#define MEGABATCH_STATUS_OK_IMPL(check, expr)                              \
+#define MEGABATCH_STATUS_OK_IMPL(check, expr)                               \
   do {                                                                      \
     const ::megabatch::Status _mb_s = ::megabatch::testing::StatusOf(expr); \
     check(_mb_s.ok()) << #expr << " is " << _mb_s.ToString();               \
@@ -30,8 +30,8 @@ Status StatusOf(const Result<T>& r) {
 
 #define MEGABATCH_CONCAT_INNER(a, b) a##b
 #define MEGABATCH_CONCAT(a, b) MEGABATCH_CONCAT_INNER(a, b)
-#define MEGABATCH_ASSIGN_OR_FAIL(tmp, lhs, expr)                      \
-  auto tmp = (expr);                                                  \
+#define MEGABATCH_ASSIGN_OR_FAIL(tmp, lhs, expr)                       \
+  auto tmp = (expr);                                                   \
   ASSERT_TRUE(tmp.ok()) << #expr << " is " << tmp.status().ToString(); \
   lhs = std::move(tmp).value()
 

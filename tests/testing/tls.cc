@@ -10,20 +10,35 @@ namespace megabatch::testing {
 
 void MakeCertificates(const std::filesystem::path& dir) {
   const std::string d = dir.string();
-  const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  const std::string key =
+      "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
   const std::string script =
-      "set -e; cd '" + d + "'; exec 2>openssl.log\n"
-      "openssl req -x509 " + key + " -keyout ca.key -out ca.pem -days 2 -subj '/CN=test CA'\n"
-      "openssl req -x509 " + key + " -keyout rogue.key -out rogue.pem -days 2 -subj '/CN=rogue'\n"
-      "openssl req " + key + " -keyout server.key -out server.csr -subj '/CN=localhost'\n"
+      "set -e; cd '" + d +
+      "'; exec 2>openssl.log\n"
+      "openssl req -x509 " +
+      key +
+      " -keyout ca.key -out ca.pem -days 2 -subj '/CN=test CA'\n"
+      "openssl req -x509 " +
+      key +
+      " -keyout rogue.key -out rogue.pem -days 2 -subj '/CN=rogue'\n"
+      "openssl req " +
+      key +
+      " -keyout server.key -out server.csr -subj '/CN=localhost'\n"
       "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > server.ext\n"
-      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key "
+      "-CAcreateserial "
       "-out server.pem -days 2 -extfile server.ext\n"
-      "openssl req " + key + " -keyout worker.key -out worker.csr -subj '/CN=gpu-node-7'\n"
-      "openssl x509 -req -in worker.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+      "openssl req " +
+      key +
+      " -keyout worker.key -out worker.csr -subj '/CN=gpu-node-7'\n"
+      "openssl x509 -req -in worker.csr -CA ca.pem -CAkey ca.key "
+      "-CAcreateserial "
       "-out worker.pem -days 2\n"
-      "openssl req " + key + " -keyout stranger.key -out stranger.csr -subj '/CN=stranger'\n"
-      "openssl x509 -req -in stranger.csr -CA rogue.pem -CAkey rogue.key -CAcreateserial "
+      "openssl req " +
+      key +
+      " -keyout stranger.key -out stranger.csr -subj '/CN=stranger'\n"
+      "openssl x509 -req -in stranger.csr -CA rogue.pem -CAkey rogue.key "
+      "-CAcreateserial "
       "-out stranger.pem -days 2\n";
   std::ofstream(dir / "pki.sh") << script;
   ASSERT_EQ(std::system(("bash '" + d + "/pki.sh'").c_str()), 0)

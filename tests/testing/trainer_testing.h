@@ -18,7 +18,8 @@ namespace megabatch::testing {
 class RecordingSink : public trainer::MetricSink {
  public:
   void Log(int64_t step, const trainer::Metrics& metrics) override {
-    for (const auto& [name, value] : metrics) rows.push_back({step, name, value});
+    for (const auto& [name, value] : metrics)
+      rows.push_back({step, name, value});
   }
   struct Row {
     int64_t step;
@@ -41,9 +42,10 @@ class RecordingSink : public trainer::MetricSink {
 // and expects the resumed run to start after `resume_step` and to log every
 // later metric (samples_per_second and times aside) and end with parameters
 // exactly equal to the uninterrupted run's.
-inline void ExpectResumeReproduces(const trainer::TrialConfig& config,
-                                   const std::function<std::unique_ptr<trainer::Task>()>& make_task,
-                                   int64_t resume_step) {
+inline void ExpectResumeReproduces(
+    const trainer::TrialConfig& config,
+    const std::function<std::unique_ptr<trainer::Task>()>& make_task,
+    int64_t resume_step) {
   RecordingSink full_sink;
   auto full_task = make_task();
   auto full = trainer::RunTrial(config, *full_task, &full_sink);
@@ -51,7 +53,8 @@ inline void ExpectResumeReproduces(const trainer::TrialConfig& config,
 
   RecordingSink resumed_sink;
   auto resumed_task = make_task();
-  auto resumed = trainer::RunTrial(config, *resumed_task, &resumed_sink, config.checkpoint_path);
+  auto resumed = trainer::RunTrial(config, *resumed_task, &resumed_sink,
+                                   config.checkpoint_path);
   ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
   ASSERT_FALSE(resumed_sink.rows.empty());
   EXPECT_EQ(resumed_sink.rows.front().step, resume_step + 1);
@@ -61,7 +64,8 @@ inline void ExpectResumeReproduces(const trainer::TrialConfig& config,
   }
   ASSERT_EQ(tail.size(), resumed_sink.rows.size());
   for (size_t i = 0; i < tail.size(); ++i) {
-    if (tail[i].name == "samples_per_second" || tail[i].name == "target_reached_seconds") {
+    if (tail[i].name == "samples_per_second" ||
+        tail[i].name == "target_reached_seconds") {
       continue;
     }
     EXPECT_EQ(tail[i].name, resumed_sink.rows[i].name);

@@ -27,7 +27,8 @@ class CheckpointCommitterTest : public ::testing::Test {
   testing::TempDir dir_;
 };
 
-TEST_F(CheckpointCommitterTest, ACheckpointIsCommittedOnlyOnceItsPointsAreStored) {
+TEST_F(CheckpointCommitterTest,
+       ACheckpointIsCommittedOnlyOnceItsPointsAreStored) {
   const fs::path lease = Lease(1);
   CheckpointCommitter committer(lease);
   committer.Announce(10, Write(lease, 10));
@@ -39,13 +40,15 @@ TEST_F(CheckpointCommitterTest, ACheckpointIsCommittedOnlyOnceItsPointsAreStored
   committer.Announce(20, Write(lease, 20));
   EXPECT_TRUE(committer.CommitIfStored(true));
   EXPECT_FALSE(committer.has_announced());
-  EXPECT_EQ(CheckpointCommitter::Latest(dir_.path(), 2), (lease / "step-20.pt").string());
+  EXPECT_EQ(CheckpointCommitter::Latest(dir_.path(), 2),
+            (lease / "step-20.pt").string());
   EXPECT_FALSE(fs::exists(lease / "step-10.pt"));
   // Nothing new announced: nothing to commit.
   EXPECT_FALSE(committer.CommitIfStored(true));
 }
 
-TEST_F(CheckpointCommitterTest, TheNewestEarlierAttemptsCommittedCheckpointIsTheResumePoint) {
+TEST_F(CheckpointCommitterTest,
+       TheNewestEarlierAttemptsCommittedCheckpointIsTheResumePoint) {
   CheckpointCommitter first(Lease(1)), third(Lease(3));
   first.Announce(5, Write(Lease(1), 5));
   ASSERT_TRUE(first.CommitIfStored(true));
@@ -53,11 +56,14 @@ TEST_F(CheckpointCommitterTest, TheNewestEarlierAttemptsCommittedCheckpointIsThe
   ASSERT_TRUE(third.CommitIfStored(true));
   // An attempt with nothing committed (lease 4 wrote but never committed).
   Write(Lease(4), 9);
-  EXPECT_EQ(CheckpointCommitter::Latest(dir_.path(), 5), (Lease(3) / "step-8.pt").string());
+  EXPECT_EQ(CheckpointCommitter::Latest(dir_.path(), 5),
+            (Lease(3) / "step-8.pt").string());
   // Its own lease never counts; a committed file that is gone does not either.
-  EXPECT_EQ(CheckpointCommitter::Latest(dir_.path(), 3), (Lease(1) / "step-5.pt").string());
+  EXPECT_EQ(CheckpointCommitter::Latest(dir_.path(), 3),
+            (Lease(1) / "step-5.pt").string());
   fs::remove(Lease(3) / "step-8.pt");
-  EXPECT_EQ(CheckpointCommitter::Latest(dir_.path(), 5), (Lease(1) / "step-5.pt").string());
+  EXPECT_EQ(CheckpointCommitter::Latest(dir_.path(), 5),
+            (Lease(1) / "step-5.pt").string());
 }
 
 }  // namespace

@@ -33,7 +33,8 @@ Curve ParseCurve(const std::string& out) {
     json d = json::parse(line, nullptr, false);
     if (!d.is_object() || !d.contains("step")) continue;
     for (const auto& [name, value] : d["metrics"].items()) {
-      if (value.is_number()) curve[d["step"].get<int64_t>()][name] = value.get<double>();
+      if (value.is_number())
+        curve[d["step"].get<int64_t>()][name] = value.get<double>();
     }
   }
   return curve;
@@ -64,26 +65,34 @@ class DataParallelTest : public ::testing::Test {
   }
 
   // The config of `rank` in a `world`-rank group on `port`.
-  static json Ranked(json config, int world, int rank, int port, int timeout_s = 60) {
-    config["distributed"] = {{"world_size", world}, {"rank", rank}, {"host", "127.0.0.1"},
-                             {"port", port}, {"timeout_s", timeout_s}};
+  static json Ranked(json config, int world, int rank, int port,
+                     int timeout_s = 60) {
+    config["distributed"] = {{"world_size", world},
+                             {"rank", rank},
+                             {"host", "127.0.0.1"},
+                             {"port", port},
+                             {"timeout_s", timeout_s}};
     return config;
   }
 
   // Runs `world` ranks of `config` to completion; rank 0's output.
-  testing::CommandResult RunRanks(const json& config, int world, const std::string& tag) {
+  testing::CommandResult RunRanks(const json& config, int world,
+                                  const std::string& tag) {
     const int port = testing::FreePort();
     std::vector<std::unique_ptr<Process>> others;
     for (int r = 1; r < world; ++r) {
       others.push_back(std::make_unique<Process>(
           std::vector<std::string>{
               MEGABATCH_TRAINER_BIN, "--config",
-              Write(tag + "-rank" + std::to_string(r) + ".json", Ranked(config, world, r, port))},
+              Write(tag + "-rank" + std::to_string(r) + ".json",
+                    Ranked(config, world, r, port))},
           dir_.File(tag + "-rank" + std::to_string(r) + ".log")));
     }
-    auto rank0 = RunCommand({MEGABATCH_TRAINER_BIN, "--config",
-                             Write(tag + "-rank0.json", Ranked(config, world, 0, port))});
-    for (auto& p : others) EXPECT_EQ(p->Wait(std::chrono::seconds(60)), 0) << p->Log();
+    auto rank0 = RunCommand(
+        {MEGABATCH_TRAINER_BIN, "--config",
+         Write(tag + "-rank0.json", Ranked(config, world, 0, port))});
+    for (auto& p : others)
+      EXPECT_EQ(p->Wait(std::chrono::seconds(60)), 0) << p->Log();
     return rank0;
   }
 
@@ -92,9 +101,11 @@ class DataParallelTest : public ::testing::Test {
     int compared = 0;
     for (const auto& [step, metrics] : a) {
       for (const auto& [name, value] : metrics) {
-        if (name == "samples_per_second" || name == "allreduce_seconds") continue;
+        if (name == "samples_per_second" || name == "allreduce_seconds")
+          continue;
         ASSERT_TRUE(b.at(step).count(name)) << name << " at step " << step;
-        EXPECT_NEAR(b.at(step).at(name), value, 1e-5 * std::max(1.0, std::abs(value)))
+        EXPECT_NEAR(b.at(step).at(name), value,
+                    1e-5 * std::max(1.0, std::abs(value)))
             << name << " at step " << step;
         ++compared;
       }
@@ -107,7 +118,8 @@ class DataParallelTest : public ::testing::Test {
 
 TEST_F(DataParallelTest, TwoRanksTrainExactlyLikeOneWithTheSameGlobalBatch) {
   const json config = Config(30);
-  auto one = RunCommand({MEGABATCH_TRAINER_BIN, "--config", Write("one.json", config)});
+  auto one = RunCommand(
+      {MEGABATCH_TRAINER_BIN, "--config", Write("one.json", config)});
   ASSERT_EQ(one.exit_code, 0) << one.err;
   auto two = RunRanks(config, 2, "two");
   ASSERT_EQ(two.exit_code, 0) << two.err;
@@ -124,13 +136,15 @@ TEST_F(DataParallelTest, ACheckpointFromTwoRanksResumesOnOne) {
   json config = Config(30);
   config["checkpoint_every_steps"] = 10;
   config["checkpoint_path"] = dir_.File("whole.pt");
-  auto whole = RunCommand({MEGABATCH_TRAINER_BIN, "--config", Write("whole.json", config)});
+  auto whole = RunCommand(
+      {MEGABATCH_TRAINER_BIN, "--config", Write("whole.json", config)});
   ASSERT_EQ(whole.exit_code, 0) << whole.err;
   // Two ranks train and checkpoint at steps 10 and 20 (rank 0 writes).
   json first = config;
   first["checkpoint_path"] = dir_.File("dp.pt");
   const int port = testing::FreePort();
-  Process rank1({MEGABATCH_TRAINER_BIN, "--config", Write("ck1.json", Ranked(first, 2, 1, port))},
+  Process rank1({MEGABATCH_TRAINER_BIN, "--config",
+                 Write("ck1.json", Ranked(first, 2, 1, port))},
                 dir_.File("ck1.log"));
   auto rank0 = RunCommand({MEGABATCH_TRAINER_BIN, "--config",
                            Write("ck0.json", Ranked(first, 2, 0, port))});
@@ -139,8 +153,9 @@ TEST_F(DataParallelTest, ACheckpointFromTwoRanksResumesOnOne) {
   // One rank resumes from the step-20 checkpoint: the rest of the curve is
   // the uninterrupted one-rank run's.
   config["checkpoint_path"] = dir_.File("resumed.pt");
-  auto resumed = RunCommand({MEGABATCH_TRAINER_BIN, "--config", Write("resume.json", config),
-                             "--resume", dir_.File("dp.pt")});
+  auto resumed = RunCommand({MEGABATCH_TRAINER_BIN, "--config",
+                             Write("resume.json", config), "--resume",
+                             dir_.File("dp.pt")});
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   Curve expected = ParseCurve(whole.out);
   for (auto it = expected.begin(); it != expected.end();) {
@@ -154,25 +169,30 @@ TEST_F(DataParallelTest, ALostRankEndsTheOtherPromptly) {
   // its timeout, and it exits as failed instead of hanging.
   json config = Config(100000);
   const int port = testing::FreePort();
-  Process rank0({MEGABATCH_TRAINER_BIN, "--config", Write("l0.json", Ranked(config, 2, 0, port, 60))},
+  Process rank0({MEGABATCH_TRAINER_BIN, "--config",
+                 Write("l0.json", Ranked(config, 2, 0, port, 60))},
                 dir_.File("l0.log"));
-  Process rank1({MEGABATCH_TRAINER_BIN, "--config", Write("l1.json", Ranked(config, 2, 1, port, 60))},
+  Process rank1({MEGABATCH_TRAINER_BIN, "--config",
+                 Write("l1.json", Ranked(config, 2, 1, port, 60))},
                 dir_.File("l1.log"));
-  ASSERT_TRUE(testing::WaitUntil([&] { return rank0.Log().find("\"step\":5}") != std::string::npos; },
-                                 std::chrono::seconds(60)))
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return rank0.Log().find("\"step\":5}") != std::string::npos; },
+      std::chrono::seconds(60)))
       << rank0.Log();
   const auto killed = std::chrono::steady_clock::now();
   rank1.Kill(SIGKILL);
   EXPECT_EQ(rank0.Wait(std::chrono::seconds(30)), 1) << rank0.Log();
-  EXPECT_LT(std::chrono::steady_clock::now() - killed, std::chrono::seconds(30));
+  EXPECT_LT(std::chrono::steady_clock::now() - killed,
+            std::chrono::seconds(30));
   EXPECT_THAT(rank0.Log(), HasSubstr("all-reduce failed"));
 }
 
 TEST_F(DataParallelTest, ARankAloneAtTheRendezvousGivesUpAfterItsTimeout) {
   const auto start = std::chrono::steady_clock::now();
-  auto alone = RunCommand({MEGABATCH_TRAINER_BIN, "--config",
-                           Write("alone.json", Ranked(Config(10), 2, 0, testing::FreePort(), 3))},
-                          std::chrono::seconds(60));
+  auto alone = RunCommand(
+      {MEGABATCH_TRAINER_BIN, "--config",
+       Write("alone.json", Ranked(Config(10), 2, 0, testing::FreePort(), 3))},
+      std::chrono::seconds(60));
   EXPECT_EQ(alone.exit_code, 1) << alone.err;
   EXPECT_THAT(alone.out + alone.err, HasSubstr("rendezvous 127.0.0.1:"));
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
@@ -187,12 +207,14 @@ TEST_F(DataParallelTest, BadDistributedFieldsAreNamed) {
       {{{"world_size", 2}, {"rank", 2}, {"port", 1234}}, "distributed.rank"},
       {{{"world_size", 2}, {"rank", 0}, {"port", 0}}, "distributed.port"},
       {{{"world_size", 0}}, "distributed.world_size"},
-      {{{"world_size", 3}, {"rank", 0}, {"port", 1234}}, "micro_batch_size x world_size"},
+      {{{"world_size", 3}, {"rank", 0}, {"port", 1234}},
+       "micro_batch_size x world_size"},
   };
   for (const Case& c : cases) {
     json config = Config(10);
     config["distributed"] = c.distributed;
-    auto r = RunCommand({MEGABATCH_TRAINER_BIN, "--config", Write("bad.json", config)});
+    auto r = RunCommand(
+        {MEGABATCH_TRAINER_BIN, "--config", Write("bad.json", config)});
     EXPECT_EQ(r.exit_code, 2) << c.says;
     EXPECT_THAT(r.err, HasSubstr(c.says));
   }

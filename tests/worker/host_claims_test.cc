@@ -33,7 +33,8 @@ TEST(PlanThreadsTest, MoreThreadsThanFreeCoresIsOversubscribedAndSaysWhy) {
   ThreadPlan none_left = PlanThreads(2, 1, 0, 2);
   EXPECT_EQ(none_left.threads_per_slot, 1);
   EXPECT_TRUE(none_left.oversubscribed);
-  EXPECT_THAT(none_left.warning, HasSubstr("0 of this host's 2 cores are free"));
+  EXPECT_THAT(none_left.warning,
+              HasSubstr("0 of this host's 2 cores are free"));
   EXPECT_THAT(none_left.warning, HasSubstr("other megabatch workers claim 2"));
   // Asked for explicitly: given, and warned about.
   ThreadPlan asked = PlanThreads(2, 2, 2, 0);
@@ -47,10 +48,12 @@ TEST(HostClaimsTest, WorkersSeeEachOthersClaimsAndForgetTheDead) {
   const std::string claims_dir = dir.File("claims");
   auto mine = HostClaims::Open(claims_dir);
   ASSERT_TRUE(mine.ok()) << mine.status().ToString();
-  EXPECT_EQ(std::filesystem::status(claims_dir).permissions() & std::filesystem::perms::all,
+  EXPECT_EQ(std::filesystem::status(claims_dir).permissions() &
+                std::filesystem::perms::all,
             std::filesystem::perms::all);
   ASSERT_TRUE((*mine)->Publish(4).ok());
-  const std::string my_file = claims_dir + "/worker-" + std::to_string(getpid());
+  const std::string my_file =
+      claims_dir + "/worker-" + std::to_string(getpid());
   EXPECT_TRUE(std::filesystem::exists(my_file));
   // Another live worker (our parent stands in) and one that is gone.
   std::ofstream(claims_dir + "/worker-" + std::to_string(getppid())) << "3 2\n";
@@ -70,7 +73,8 @@ TEST(HostClaimsTest, WorkersSeeEachOthersClaimsAndForgetTheDead) {
   (*mine)->AddActive(-4);
   EXPECT_EQ((*mine)->Read().active, 2);
   mine->reset();
-  EXPECT_FALSE(std::filesystem::exists(my_file)) << "the claim goes with its worker";
+  EXPECT_FALSE(std::filesystem::exists(my_file))
+      << "the claim goes with its worker";
 }
 
 TEST(HostClaimsTest, AnUnusableDirectoryIsAClearError) {
@@ -78,7 +82,8 @@ TEST(HostClaimsTest, AnUnusableDirectoryIsAClearError) {
   std::ofstream(dir.File("file")) << "x";
   auto claims = HostClaims::Open(dir.File("file") + "/claims");
   ASSERT_FALSE(claims.ok());
-  EXPECT_THAT(claims.status().message(), HasSubstr(dir.File("file") + "/claims"));
+  EXPECT_THAT(claims.status().message(),
+              HasSubstr(dir.File("file") + "/claims"));
 }
 
 TEST(HostClaimsTest, UsableCoresIsThisProcesssAffinity) {

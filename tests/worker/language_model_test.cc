@@ -31,10 +31,14 @@ class LanguageModelTest : public ::testing::Test {
 
   // Small models and batches: each test runs in seconds on two cores.
   static TrialConfig Config(const std::string& type, json overrides) {
-    json model = type == "char_lstm"
-                     ? json{{"type", type}, {"hidden", 64}, {"embedding", 16}, {"seq_len", 32}}
-                     : json{{"type", type}, {"hidden", 64}, {"heads", 2}, {"ffn", 128},
-                            {"seq_len", 32}, {"vocab_size", 512}};
+    json model =
+        type == "char_lstm"
+            ? json{{"type", type},
+                   {"hidden", 64},
+                   {"embedding", 16},
+                   {"seq_len", 32}}
+            : json{{"type", type}, {"hidden", 64},  {"heads", 2},
+                   {"ffn", 128},   {"seq_len", 32}, {"vocab_size", 512}};
     json doc = {{"seed", 3},
                 {"model", model},
                 {"dataset", {{"validation_fraction", 0.01}}},
@@ -66,15 +70,18 @@ class LanguageModelTest : public ::testing::Test {
 TEST(Masking, ChoosesFifteenPercentAndApplies801010) {
   const int64_t vocab = 1000, first = 4, mask = 3;
   at::Generator data = StepGenerator(1, 1);
-  torch::Tensor tokens = torch::randint(first, vocab, {1024, 128}, data, torch::kInt64);
+  torch::Tensor tokens =
+      torch::randint(first, vocab, {1024, 128}, data, torch::kInt64);
   // Every 16th position is a separator, never chosen.
-  tokens.index_put_({torch::indexing::Slice(), torch::indexing::Slice(0, 128, 16)}, 2);
+  tokens.index_put_(
+      {torch::indexing::Slice(), torch::indexing::Slice(0, 128, 16)}, 2);
   at::Generator g = StepGenerator(7, 11);
   MaskedTokens m = MaskTokens(tokens, {0.15, mask, first, vocab}, g);
   const torch::Tensor ordinary = tokens.ge(first);
   const double chosen = m.chosen.sum().item<double>();
   EXPECT_NEAR(chosen / ordinary.sum().item<double>(), 0.15, 0.003);
-  EXPECT_EQ(m.chosen.logical_and(ordinary.logical_not()).sum().item<int64_t>(), 0);
+  EXPECT_EQ(m.chosen.logical_and(ordinary.logical_not()).sum().item<int64_t>(),
+            0);
   // Not chosen: unchanged.
   EXPECT_TRUE(torch::equal(m.inputs.masked_select(m.chosen.logical_not()),
                            tokens.masked_select(m.chosen.logical_not())));
@@ -90,14 +97,18 @@ TEST(Masking, ChoosesFifteenPercentAndApplies801010) {
   EXPECT_TRUE(in.ge(first).logical_or(in.eq(mask)).all().item<bool>());
   // Same (seed, step): same masks; another step: others.
   at::Generator again = StepGenerator(7, 11), next = StepGenerator(7, 12);
-  EXPECT_TRUE(torch::equal(MaskTokens(tokens, {0.15, mask, first, vocab}, again).inputs, m.inputs));
-  EXPECT_FALSE(torch::equal(MaskTokens(tokens, {0.15, mask, first, vocab}, next).chosen, m.chosen));
+  EXPECT_TRUE(torch::equal(
+      MaskTokens(tokens, {0.15, mask, first, vocab}, again).inputs, m.inputs));
+  EXPECT_FALSE(torch::equal(
+      MaskTokens(tokens, {0.15, mask, first, vocab}, next).chosen, m.chosen));
 }
 
 TEST_F(LanguageModelTest, CharLstmLowersValidationBitsPerCharacter) {
   RecordingSink sink;
-  Run(Config("char_lstm", {{"budget", {{"steps", 40}}}, {"eval_every_steps", 20},
-                           {"optimizer", {{"name", "adamw"}}}, {"lr", 0.01}}),
+  Run(Config("char_lstm", {{"budget", {{"steps", 40}}},
+                           {"eval_every_steps", 20},
+                           {"optimizer", {{"name", "adamw"}}},
+                           {"lr", 0.01}}),
       &sink);
   auto bpc = sink.Named("val_bpc");
   auto loss = sink.Named("val_loss");
@@ -113,7 +124,8 @@ TEST_F(LanguageModelTest, CharLstmLowersValidationBitsPerCharacter) {
 
 TEST_F(LanguageModelTest, TinyBertLowersValidationMlmLoss) {
   RecordingSink sink;
-  Run(Config("tiny_bert", {{"budget", {{"steps", 40}}}, {"eval_every_steps", 20},
+  Run(Config("tiny_bert", {{"budget", {{"steps", 40}}},
+                           {"eval_every_steps", 20},
                            {"lr", 0.02}}),
       &sink);
   auto loss = sink.Named("val_mlm_loss");
@@ -137,7 +149,8 @@ TEST_F(LanguageModelTest, AccumulationMatchesTheFullBatch) {
     ASSERT_EQ(a.size(), 4u);
     ASSERT_EQ(b.size(), 4u);
     for (size_t i = 0; i < a.size(); ++i) {
-      EXPECT_NEAR(a[i].value, b[i].value, 1e-4 * a[i].value) << type << " step " << a[i].step;
+      EXPECT_NEAR(a[i].value, b[i].value, 1e-4 * a[i].value)
+          << type << " step " << a[i].step;
     }
     EXPECT_FALSE(accumulated.Named("gradient_noise_scale").empty()) << type;
   }
@@ -151,16 +164,19 @@ TEST_F(LanguageModelTest, LambExcludesBiasesAndLayerNormsOfBothModels) {
   int norms = 0;
   for (const auto& item : bert->named_parameters()) {
     const std::string& name = item.key();
-    const bool bias_or_norm =
-        name.find("bias") != std::string::npos || name.find("norm") != std::string::npos;
+    const bool bias_or_norm = name.find("bias") != std::string::npos ||
+                              name.find("norm") != std::string::npos;
     norms += name.find("norm") != std::string::npos;
-    EXPECT_EQ(excluded.count(item.value().unsafeGetTensorImpl()), bias_or_norm ? 1u : 0u)
+    EXPECT_EQ(excluded.count(item.value().unsafeGetTensorImpl()),
+              bias_or_norm ? 1u : 0u)
         << name;
   }
-  EXPECT_EQ(norms, 2 * (2 * 2 + 2));  // weight and bias of 2 per layer + embed + final
+  EXPECT_EQ(norms,
+            2 * (2 * 2 + 2));  // weight and bias of 2 per layer + embed + final
   // Without biases only the LayerNorms are left out.
   TinyBert no_bias(TinyBertOptions{512, 32, 64, 2, 2, 128, false});
-  EXPECT_EQ(SplitBiasAndNorm(*no_bias).excluded.size(), static_cast<size_t>(norms));
+  EXPECT_EQ(SplitBiasAndNorm(*no_bias).excluded.size(),
+            static_cast<size_t>(norms));
   for (const auto& item : no_bias->named_parameters()) {
     if (item.key().find("bias") != std::string::npos) {
       EXPECT_NE(item.key().find("norm"), std::string::npos) << item.key();
@@ -170,9 +186,11 @@ TEST_F(LanguageModelTest, LambExcludesBiasesAndLayerNormsOfBothModels) {
   for (const auto& item : lstm->named_parameters()) {
     bool in_excluded = false;
     for (const auto& p : SplitBiasAndNorm(*lstm).excluded) {
-      in_excluded |= p.unsafeGetTensorImpl() == item.value().unsafeGetTensorImpl();
+      in_excluded |=
+          p.unsafeGetTensorImpl() == item.value().unsafeGetTensorImpl();
     }
-    EXPECT_EQ(in_excluded, item.key().find("bias") != std::string::npos) << item.key();
+    EXPECT_EQ(in_excluded, item.key().find("bias") != std::string::npos)
+        << item.key();
   }
 }
 
@@ -186,18 +204,23 @@ TEST_F(LanguageModelTest, ResumeReproducesBothModelsExactly) {
                                   {"diagnostics_every_steps", 4},
                                   {"checkpoint_every_steps", 5},
                                   {"checkpoint_path", dir.File("ckpt.pt")}});
-    testing::ExpectResumeReproduces(c, [&] { return NewTask(c); }, 5);
+    testing::ExpectResumeReproduces(
+        c, [&] { return NewTask(c); }, 5);
   }
 }
 
 TEST_F(LanguageModelTest, BadTextConfigsNameTheField) {
-  auto missing = MakeTask(Config("char_lstm", {{"dataset", {{"path", "/nonexistent"}}}}));
+  auto missing =
+      MakeTask(Config("char_lstm", {{"dataset", {{"path", "/nonexistent"}}}}));
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
   EXPECT_NE(missing.status().message().find("dataset.path"), std::string::npos);
-  auto bert_missing = MakeTask(Config("tiny_bert", {{"dataset", {{"path", "/nonexistent"}}}}));
+  auto bert_missing =
+      MakeTask(Config("tiny_bert", {{"dataset", {{"path", "/nonexistent"}}}}));
   EXPECT_EQ(bert_missing.status().code(), StatusCode::kNotFound);
-  EXPECT_NE(bert_missing.status().message().find("dataset.path"), std::string::npos);
-  auto heads = ParseTrialConfig({{"model", {{"type", "tiny_bert"}, {"hidden", 64}, {"heads", 3}}}});
+  EXPECT_NE(bert_missing.status().message().find("dataset.path"),
+            std::string::npos);
+  auto heads = ParseTrialConfig(
+      {{"model", {{"type", "tiny_bert"}, {"hidden", 64}, {"heads", 3}}}});
   EXPECT_EQ(heads.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(heads.status().message().find("model.heads"), std::string::npos);
   auto wrong = ParseTrialConfig({{"model", {{"type", "char_lstm"}}},

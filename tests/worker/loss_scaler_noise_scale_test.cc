@@ -22,7 +22,8 @@ TEST(LossScalerTest, AnOverflowSkipsTheStepAndHalvesTheScale) {
 
 TEST(LossScalerTest, TheScaleDoublesAfterTwoThousandCleanStepsInARow) {
   LossScaler scaler(true);
-  for (int i = 0; i < LossScaler::kGrowthInterval - 1; ++i) ASSERT_FALSE(scaler.Update(true));
+  for (int i = 0; i < LossScaler::kGrowthInterval - 1; ++i)
+    ASSERT_FALSE(scaler.Update(true));
   EXPECT_EQ(scaler.scale(), 65536.0);
   EXPECT_FALSE(scaler.Update(true));
   EXPECT_EQ(scaler.scale(), 131072.0);
@@ -62,7 +63,8 @@ TEST(NoiseScaleEstimatorTest, TheEmasAverageOverFivePercentOfTheSteps) {
 TEST(NoiseScaleEstimatorTest, StepMetricsNameTheBudgetPoints) {
   NoiseScaleEstimator noise(8, 32, 4, 20);
   noise.Add(4 * 12.0, 6.0);
-  auto has = [](const std::vector<std::pair<std::string, double>>& m, const char* name) {
+  auto has = [](const std::vector<std::pair<std::string, double>>& m,
+                const char* name) {
     for (const auto& [n, v] : m) {
       if (n == name) return true;
     }

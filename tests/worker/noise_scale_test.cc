@@ -36,11 +36,13 @@ class LinearRegressionTask : public Task {
   void To(torch::Device) override {}
   int64_t train_size() const override { return kSamples; }
   torch::Tensor Loss(const torch::Tensor& samples, int64_t) override {
-    torch::Tensor r = model_->forward(x_.index_select(0, samples)) - y_.index_select(0, samples);
+    torch::Tensor r = model_->forward(x_.index_select(0, samples)) -
+                      y_.index_select(0, samples);
     return 0.5 * r.pow(2).mean();
   }
   Evaluation Evaluate(Split) override {
-    return {(0.5 * (model_->forward(x_) - y_).pow(2).mean()).item<double>(), 0, {}};
+    return {
+        (0.5 * (model_->forward(x_) - y_).pow(2).mean()).item<double>(), 0, {}};
   }
 
   // tr(Sigma) / |G|^2 over the whole set at the current weights, with
@@ -76,7 +78,8 @@ double Measured(json overrides, double* analytic) {
   *analytic = task.AnalyticNoiseScale();
   auto at_end = sink.Named("noise_scale_at_100pct");
   if (!at_end.empty()) {
-    std::cout << "B_simple: analytic " << *analytic << ", measured " << at_end[0].value << "\n";
+    std::cout << "B_simple: analytic " << *analytic << ", measured "
+              << at_end[0].value << "\n";
   }
   EXPECT_EQ(at_end.size(), 1u);
   EXPECT_EQ(sink.Named("noise_scale_at_10pct").size(), 1u);
@@ -99,8 +102,12 @@ TEST(NoiseScaleTest, HalvesOfOneBatchMeasureItWithoutAccumulation) {
 }
 
 TEST(NoiseScaleTest, OffAndSingleMicroBatchLogNone) {
-  for (json overrides : {json{{"noise_scale", "off"}, {"micro_batch_size", 128}}, json::object()}) {
-    json doc = {{"optimizer", {{"name", "sgd"}}}, {"lr", 1e-12}, {"batch_size", 256},
+  for (json overrides :
+       {json{{"noise_scale", "off"}, {"micro_batch_size", 128}},
+        json::object()}) {
+    json doc = {{"optimizer", {{"name", "sgd"}}},
+                {"lr", 1e-12},
+                {"batch_size", 256},
                 {"budget", {{"steps", 3}}}};
     doc.merge_patch(overrides);
     auto config = ParseTrialConfig(doc);

@@ -20,9 +20,12 @@ enum class Variant { kFusedFloat, kGenericFloat, kGenericDouble };
 
 std::string Name(Variant v) {
   switch (v) {
-    case Variant::kFusedFloat: return "fused float32";
-    case Variant::kGenericFloat: return "generic float32";
-    case Variant::kGenericDouble: return "generic float64";
+    case Variant::kFusedFloat:
+      return "fused float32";
+    case Variant::kGenericFloat:
+      return "generic float32";
+    case Variant::kGenericDouble:
+      return "generic float64";
   }
   return "";
 }
@@ -35,9 +38,9 @@ json LoadReference() {
 
 torch::Tensor FromJson(const json& t, Variant variant) {
   std::vector<int64_t> shape = t["shape"].get<std::vector<int64_t>>();
-  auto values = torch::tensor(t["values"].get<std::vector<double>>(),
-                              torch::kDouble)
-                    .reshape(shape);
+  auto values =
+      torch::tensor(t["values"].get<std::vector<double>>(), torch::kDouble)
+          .reshape(shape);
   if (variant == Variant::kGenericDouble) return values.clone();
   if (variant == Variant::kFusedFloat) return values.to(torch::kFloat);
   // A float32 tensor with doubled strides: not contiguous, so the optimizer
@@ -48,26 +51,27 @@ torch::Tensor FromJson(const json& t, Variant variant) {
     strides[i] = stride;
     stride *= shape[i];
   }
-  torch::Tensor t_nc =
-      torch::zeros({values.numel() * 2}, torch::kFloat).as_strided(shape, strides);
+  torch::Tensor t_nc = torch::zeros({values.numel() * 2}, torch::kFloat)
+                           .as_strided(shape, strides);
   t_nc.copy_(values);
   EXPECT_FALSE(t_nc.is_contiguous());
   return t_nc;
 }
 
-std::unique_ptr<torch::optim::Optimizer> Make(const json& c,
-                                              std::vector<torch::Tensor> params) {
+std::unique_ptr<torch::optim::Optimizer> Make(
+    const json& c, std::vector<torch::Tensor> params) {
   const json& o = c["options"];
   if (c["optimizer"] == "lamb") {
     return std::make_unique<Lamb>(
-        params, LambOptions(c["lrs"][0].get<double>())
-                    .betas({o["betas"][0].get<double>(), o["betas"][1].get<double>()})
-                    .eps(o["eps"].get<double>())
-                    .weight_decay(o["weight_decay"].get<double>())
-                    .bias_correction(o["bias_correction"].get<bool>())
-                    .always_adapt(o["always_adapt"].get<bool>())
-                    .trust_clip(o["trust_clip"].get<bool>())
-                    .max_grad_norm(o["max_grad_norm"].get<double>()));
+        params,
+        LambOptions(c["lrs"][0].get<double>())
+            .betas({o["betas"][0].get<double>(), o["betas"][1].get<double>()})
+            .eps(o["eps"].get<double>())
+            .weight_decay(o["weight_decay"].get<double>())
+            .bias_correction(o["bias_correction"].get<bool>())
+            .always_adapt(o["always_adapt"].get<bool>())
+            .trust_clip(o["trust_clip"].get<bool>())
+            .max_grad_norm(o["max_grad_norm"].get<double>()));
   }
   return std::make_unique<Lars>(
       params, LarsOptions(c["lrs"][0].get<double>())
@@ -94,7 +98,8 @@ TEST_P(OptimReferenceTest, MatchesTheFloat64Reference) {
   json ref = LoadReference();
   ASSERT_GE(ref["cases"].size(), 10u);
   for (const json& c : ref["cases"]) {
-    SCOPED_TRACE(c["name"].get<std::string>() + " on the " + Name(variant) + " path");
+    SCOPED_TRACE(c["name"].get<std::string>() + " on the " + Name(variant) +
+                 " path");
     std::vector<torch::Tensor> params;
     for (const json& p : c["params"]) params.push_back(FromJson(p, variant));
     auto optimizer = Make(c, params);
@@ -113,7 +118,8 @@ TEST_P(OptimReferenceTest, MatchesTheFloat64Reference) {
             FromJson(c["expected"][step][i], Variant::kGenericDouble);
         ASSERT_FALSE(params[i].isnan().any().item<bool>());
         double err = RelativeError(params[i], want);
-        EXPECT_LE(err, tolerance) << "tensor " << i << " after step " << step + 1;
+        EXPECT_LE(err, tolerance)
+            << "tensor " << i << " after step " << step + 1;
       }
     }
   }

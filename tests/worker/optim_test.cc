@@ -20,11 +20,13 @@ TEST(LambTest, EachGroupsOwnOptionsReachStep) {
   torch::Tensor plain = torch::randn({4});
   torch::Tensor a0 = adapted.clone(), p0 = plain.clone();
   std::vector<OptimizerParamGroup> groups;
-  groups.emplace_back(std::vector<torch::Tensor>{adapted},
-                      std::make_unique<LambOptions>(LambOptions(0.1).weight_decay(0.01)));
-  groups.emplace_back(std::vector<torch::Tensor>{plain},
-                      std::make_unique<LambOptions>(
-                          LambOptions(0.5).weight_decay(0).always_adapt(false)));
+  groups.emplace_back(
+      std::vector<torch::Tensor>{adapted},
+      std::make_unique<LambOptions>(LambOptions(0.1).weight_decay(0.01)));
+  groups.emplace_back(
+      std::vector<torch::Tensor>{plain},
+      std::make_unique<LambOptions>(
+          LambOptions(0.5).weight_decay(0).always_adapt(false)));
   // The defaults differ from both groups: a group falling back to them shows.
   Lamb lamb(std::move(groups), LambOptions(7.0).weight_decay(0.3));
   torch::Tensor g_adapted = torch::randn({5, 4}), g_plain = torch::randn({4});
@@ -45,9 +47,10 @@ TEST(LarsTest, EachGroupsOwnOptionsReachStep) {
   torch::Tensor plain = torch::randn({3});
   torch::Tensor a0 = adapted.clone(), p0 = plain.clone();
   std::vector<OptimizerParamGroup> groups;
-  groups.emplace_back(std::vector<torch::Tensor>{adapted},
-                      std::make_unique<LarsOptions>(
-                          LarsOptions(2.0).weight_decay(0).trust_coefficient(0.01)));
+  groups.emplace_back(
+      std::vector<torch::Tensor>{adapted},
+      std::make_unique<LarsOptions>(
+          LarsOptions(2.0).weight_decay(0).trust_coefficient(0.01)));
   groups.emplace_back(std::vector<torch::Tensor>{plain},
                       std::make_unique<LarsOptions>(
                           LarsOptions(0.25).weight_decay(0).adapt(false)));
@@ -110,7 +113,8 @@ double TrainToy(nlohmann::json optimizer_config, double lr, int steps) {
   torch::nn::Sequential net(torch::nn::Linear(4, 32), torch::nn::Tanh(),
                             torch::nn::Linear(32, 1));
   torch::Tensor x = torch::randn({256, 4});
-  torch::Tensor y = torch::sin(x.sum(1, true)) + 0.5 * x.select(1, 0).unsqueeze(1);
+  torch::Tensor y =
+      torch::sin(x.sum(1, true)) + 0.5 * x.select(1, 0).unsqueeze(1);
   auto optimizer = trainer::MakeOptimizer(optimizer_config, *net, lr);
   EXPECT_TRUE(optimizer.ok()) << optimizer.status().ToString();
   double first = 0, last = 0;
@@ -136,9 +140,10 @@ TEST(ConvergenceTest, EveryOptimizerFitsAToyProblem) {
 }
 
 TEST(RegistryTest, LambExcludesBiasesFromDecayAndAdaptation) {
-  torch::nn::Sequential net(torch::nn::Linear(10, 8), torch::nn::LayerNorm(
-                                torch::nn::LayerNormOptions({8})),
-                            torch::nn::Linear(8, 3));
+  torch::nn::Sequential net(
+      torch::nn::Linear(10, 8),
+      torch::nn::LayerNorm(torch::nn::LayerNormOptions({8})),
+      torch::nn::Linear(8, 3));
   auto optimizer = trainer::MakeOptimizer({{"name", "lamb"}}, *net, 0.01);
   ASSERT_TRUE(optimizer.ok()) << optimizer.status().ToString();
   auto& groups = (*optimizer)->param_groups();

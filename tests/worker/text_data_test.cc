@@ -23,7 +23,8 @@ void Write(const std::string& path, const std::string& text) {
 std::string Documents(int first, int count, const char* separator) {
   std::string text;
   for (int i = first; i < first + count; ++i) {
-    text += "Document number " + std::to_string(i) + " says something.\nA second line.\n";
+    text += "Document number " + std::to_string(i) +
+            " says something.\nA second line.\n";
     text += separator;
   }
   return text;
@@ -36,7 +37,8 @@ TEST(TextCorpus, FortunesSplitIsDeterministicAndHoldsOutTheAskedFraction) {
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(a->train, b->train);
   EXPECT_EQ(a->validation, b->validation);
-  const double total = static_cast<double>(a->train.size() + a->validation.size());
+  const double total =
+      static_cast<double>(a->train.size() + a->validation.size());
   EXPECT_GT(total, 10000);  // ~15,000 fortunes
   EXPECT_NEAR(a->validation.size() / total, 0.05, 0.01);
   // Binary index files (.dat) and the .u8 links are not read.
@@ -56,8 +58,9 @@ TEST(TextCorpus, FortunesSplitIsDeterministicAndHoldsOutTheAskedFraction) {
 
 TEST(TextCorpus, SplitDependsOnTheDocumentNotItsPlace) {
   testing::TempDir dir;
-  Write(dir.File("a.txt"), Documents(0, 300, "\n"));           // blank-line format
-  Write(dir.File("b.txt"), "%\n" + Documents(300, 300, "%\n"));  // fortune format
+  Write(dir.File("a.txt"), Documents(0, 300, "\n"));  // blank-line format
+  Write(dir.File("b.txt"),
+        "%\n" + Documents(300, 300, "%\n"));  // fortune format
   auto first = LoadTextCorpus(dir.path().string(), 0.3);
   ASSERT_TRUE(first.ok()) << first.status().ToString();
   EXPECT_EQ(first->train.size() + first->validation.size(), 600u);
@@ -73,7 +76,8 @@ TEST(TextCorpus, SplitDependsOnTheDocumentNotItsPlace) {
   auto second = LoadTextCorpus(dir.path().string(), 0.3);
   ASSERT_TRUE(second.ok());
   EXPECT_EQ(second->files.size(), 3u);
-  std::set<std::string> val(second->validation.begin(), second->validation.end());
+  std::set<std::string> val(second->validation.begin(),
+                            second->validation.end());
   for (const auto& d : first->validation) EXPECT_EQ(val.count(d), 1u) << d;
   for (const auto& d : first->train) EXPECT_EQ(val.count(d), 0u) << d;
   // One file works as well as a directory.
@@ -85,7 +89,8 @@ TEST(TextCorpus, SplitDependsOnTheDocumentNotItsPlace) {
 TEST(TextCorpus, ErrorsNameThePath) {
   auto missing = LoadTextCorpus("/nonexistent/corpus", 0.05);
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
-  EXPECT_NE(missing.status().message().find("/nonexistent/corpus"), std::string::npos);
+  EXPECT_NE(missing.status().message().find("/nonexistent/corpus"),
+            std::string::npos);
   testing::TempDir dir;
   Write(dir.File("one.txt"), "just one document\n");
   auto tiny = LoadTextCorpus(dir.File("one.txt"), 0.05);
@@ -97,11 +102,14 @@ class TokenizerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     cache_ = new testing::TempDir();
-    TokenizeOptions options{kDefaultTextCorpusPath, 0.05, 1024, cache_->path().string(), 2};
+    TokenizeOptions options{kDefaultTextCorpusPath, 0.05, 1024,
+                            cache_->path().string(), 2};
     auto start = std::chrono::steady_clock::now();
     auto made = TokenizeCorpus(options);
     ASSERT_TRUE(made.ok()) << made.status().ToString();
-    first_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    first_seconds_ =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
     corpus_ = new TokenizedCorpus(*made);
   }
   static void TearDownTestSuite() {
@@ -110,7 +118,8 @@ class TokenizerTest : public ::testing::Test {
   }
   static std::unique_ptr<Tokenizer> Load() {
     std::ifstream in(corpus_->model_path, std::ios::binary);
-    std::string model((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string model((std::istreambuf_iterator<char>(in)),
+                      std::istreambuf_iterator<char>());
     auto t = Tokenizer::FromModel(model, corpus_->model_path);
     EXPECT_TRUE(t.ok()) << t.status().ToString();
     return std::move(*t);
@@ -142,8 +151,8 @@ TEST_F(TokenizerTest, RoundTripsValidationTextAndAnyCharacter) {
   }
   // Pieces are longer than a character on average.
   EXPECT_GT(static_cast<double>(chars) / tokens, 2.0);
-  for (std::string text : {"naïve café — 東京\n\ttab  two spaces", "\x01\x7f control",
-                           "[MASK] is text here"}) {
+  for (std::string text : {"naïve café — 東京\n\ttab  two spaces",
+                           "\x01\x7f control", "[MASK] is text here"}) {
     EXPECT_EQ(tokenizer->Decode(tokenizer->Encode(text)), text);
   }
 }
@@ -153,7 +162,8 @@ TEST_F(TokenizerTest, CachedIdsAreTheEncodedDocumentsAndAreReused) {
   auto corpus = LoadTextCorpus(kDefaultTextCorpusPath, 0.05);
   ASSERT_TRUE(corpus.ok());
   std::ifstream in(corpus_->validation_path, std::ios::binary);
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string bytes((std::istreambuf_iterator<char>(in)),
+                    std::istreambuf_iterator<char>());
   std::vector<int32_t> ids(bytes.size() / 4);
   std::memcpy(ids.data(), bytes.data(), ids.size() * 4);
   std::vector<int32_t> expected;
@@ -166,14 +176,18 @@ TEST_F(TokenizerTest, CachedIdsAreTheEncodedDocumentsAndAreReused) {
   // A second call finds everything cached: same files, untouched, and fast.
   auto mtime = std::filesystem::last_write_time(corpus_->model_path);
   auto start = std::chrono::steady_clock::now();
-  auto again = TokenizeCorpus({kDefaultTextCorpusPath, 0.05, 1024, cache_->path().string(), 2});
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  auto again = TokenizeCorpus(
+      {kDefaultTextCorpusPath, 0.05, 1024, cache_->path().string(), 2});
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->model_path, corpus_->model_path);
   EXPECT_EQ(std::filesystem::last_write_time(corpus_->model_path), mtime);
   EXPECT_LT(seconds, first_seconds_);
   // Another vocabulary or split is another tokenizer.
-  auto other = TokenizeCorpus({kDefaultTextCorpusPath, 0.1, 1024, cache_->path().string(), 2});
+  auto other = TokenizeCorpus(
+      {kDefaultTextCorpusPath, 0.1, 1024, cache_->path().string(), 2});
   ASSERT_TRUE(other.ok());
   EXPECT_NE(other->model_path, corpus_->model_path);
 }
@@ -181,7 +195,8 @@ TEST_F(TokenizerTest, CachedIdsAreTheEncodedDocumentsAndAreReused) {
 TEST_F(TokenizerTest, AVocabularyTheTextCannotFillIsAnError) {
   testing::TempDir dir;
   Write(dir.File("small.txt"), Documents(0, 40, "\n"));
-  auto r = TokenizeCorpus({dir.File("small.txt"), 0.2, 50000, dir.File("cache"), 1});
+  auto r =
+      TokenizeCorpus({dir.File("small.txt"), 0.2, 50000, dir.File("cache"), 1});
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(r.status().message().find("model.vocab_size"), std::string::npos)
       << r.status().message();

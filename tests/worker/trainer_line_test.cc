@@ -46,25 +46,29 @@ TEST(TrainerLineTest, GarbageIsInvalid) {
 
 TEST(TrainerLineTest, WhatTheTrainerWritesTheWorkerReadsBack) {
   // Both sides use common/trainer_protocol.h: a round trip keeps everything.
-  const std::vector<std::pair<std::string, double>> metrics = {{"train_loss", 0.25},
-                                                               {"grad_norm", INFINITY}};
+  const std::vector<std::pair<std::string, double>> metrics = {
+      {"train_loss", 0.25}, {"grad_norm", INFINITY}};
   auto line = ParseTrainerLine(protocol::MetricsLine(9, metrics));
   ASSERT_TRUE(line.ok()) << line.status().ToString();
   ASSERT_EQ(line->points.size(), 2u);
   EXPECT_EQ(line->points[0].name(), "grad_norm");
-  EXPECT_TRUE(std::isnan(line->points[0].value()));  // non-finite travels as null
+  EXPECT_TRUE(
+      std::isnan(line->points[0].value()));  // non-finite travels as null
   EXPECT_EQ(line->points[1].value(), 0.25);
   EXPECT_EQ(line->points[1].step(), 9);
-  auto checkpoint = ParseTrainerLine(protocol::CheckpointLine(9, "/ck/step-9.pt"));
+  auto checkpoint =
+      ParseTrainerLine(protocol::CheckpointLine(9, "/ck/step-9.pt"));
   ASSERT_TRUE(checkpoint.ok());
   EXPECT_EQ(checkpoint->event, protocol::kCheckpoint);
   EXPECT_EQ(checkpoint->checkpoint_step, 9);
   EXPECT_EQ(checkpoint->checkpoint_path, "/ck/step-9.pt");
-  auto end = ParseTrainerLine(protocol::EventLine(protocol::kDiverged, "loss is nan"));
+  auto end =
+      ParseTrainerLine(protocol::EventLine(protocol::kDiverged, "loss is nan"));
   ASSERT_TRUE(end.ok());
   EXPECT_EQ(end->event, protocol::kDiverged);
   EXPECT_EQ(end->message, "loss is nan");
-  auto request = protocol::ParseServeRequest(protocol::ServeRequest("t.json", ""));
+  auto request =
+      protocol::ParseServeRequest(protocol::ServeRequest("t.json", ""));
   ASSERT_TRUE(request.ok());
   EXPECT_EQ(request->config, "t.json");
   EXPECT_EQ(request->resume, "");

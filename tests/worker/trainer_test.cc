@@ -7,8 +7,8 @@
 
 #include <fstream>
 
-#include "tests/testing/trainer_testing.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/trainer_testing.h"
 
 namespace megabatch::trainer {
 namespace {
@@ -59,7 +59,8 @@ void ExpectParametersClose(const TrialResult& a, const TrialResult& b,
                            double rel) {
   ASSERT_EQ(a.parameters.size(), b.parameters.size());
   for (size_t i = 0; i < a.parameters.size(); ++i) {
-    double diff = (a.parameters[i] - b.parameters[i]).abs().max().item<double>();
+    double diff =
+        (a.parameters[i] - b.parameters[i]).abs().max().item<double>();
     double scale = b.parameters[i].abs().max().item<double>();
     EXPECT_LE(diff, rel * scale) << "parameter " << i;
   }
@@ -108,13 +109,13 @@ TEST_F(TrainerTest, SameConfigAndSeedGiveBitIdenticalMetrics) {
 }
 
 TEST_F(TrainerTest, TargetIsInterpolatedBetweenTheEvaluationsThatBracketIt) {
-  TrialConfig c = Config({{"budget", {{"steps", 200}}},
-                          {"eval_every_samples", 2560},
-                          {"optimizer", {{"name", "adamw"}}},
-                          {"lr", 0.002},
-                          {"target", {{"metric", "val_accuracy"},
-                                      {"value", 0.7},
-                                      {"stop", true}}}});
+  TrialConfig c =
+      Config({{"budget", {{"steps", 200}}},
+              {"eval_every_samples", 2560},
+              {"optimizer", {{"name", "adamw"}}},
+              {"lr", 0.002},
+              {"target",
+               {{"metric", "val_accuracy"}, {"value", 0.7}, {"stop", true}}}});
   RecordingSink sink;
   TrialResult r = Run(c, &sink);
   auto reached = sink.Named("target_reached_samples");
@@ -128,17 +129,20 @@ TEST_F(TrainerTest, TargetIsInterpolatedBetweenTheEvaluationsThatBracketIt) {
   EXPECT_EQ(accuracy[0].step, 0);
   EXPECT_EQ(accuracy[1].step, 10);
   EXPECT_GE(accuracy.back().value, 0.7);
-  for (size_t i = 0; i + 1 < accuracy.size(); ++i) EXPECT_LT(accuracy[i].value, 0.7);
+  for (size_t i = 0; i + 1 < accuracy.size(); ++i)
+    EXPECT_LT(accuracy[i].value, 0.7);
   // ... and the crossing is interpolated linearly between the last two
   // evaluations, recomputed here from the logged series.
   const auto& lo = accuracy[accuracy.size() - 2];
   const auto& hi = accuracy.back();
   const double expected =
-      256.0 * (lo.step + (0.7 - lo.value) / (hi.value - lo.value) * (hi.step - lo.step));
+      256.0 * (lo.step +
+               (0.7 - lo.value) / (hi.value - lo.value) * (hi.step - lo.step));
   EXPECT_NEAR(reached[0].value, expected, 1e-6 * expected);
   EXPECT_GT(reached[0].value, lo.step * 256.0);
   EXPECT_LE(reached[0].value, hi.step * 256.0);
-  EXPECT_NEAR(sink.Named("target_reached_steps")[0].value, reached[0].value / 256, 1e-9);
+  EXPECT_NEAR(sink.Named("target_reached_steps")[0].value,
+              reached[0].value / 256, 1e-9);
   EXPECT_EQ(sink.Named("target_bracket_samples")[0].value, lo.step * 256.0);
   const double seconds = sink.Named("target_reached_seconds")[0].value;
   EXPECT_GT(seconds, 0);
@@ -148,29 +152,37 @@ TEST_F(TrainerTest, TargetIsInterpolatedBetweenTheEvaluationsThatBracketIt) {
   EXPECT_EQ(test[0].step, r.steps);
 }
 
-TEST_F(TrainerTest, EveryTrainingSampleIsSeenOnceAnEpochAtABatchThatDoesNotDivideIt) {
+TEST_F(TrainerTest,
+       EveryTrainingSampleIsSeenOnceAnEpochAtABatchThatDoesNotDivideIt) {
   // 55,000 training images, batch 4,096: 13.4 steps an epoch. Two epochs
   // are ceil(26.86) = 27 steps; the batches run on across epoch ends, so the
   // first 110,000 samples of the stream are each image exactly twice.
   class Counting : public Task {
    public:
     explicit Counting(std::unique_ptr<Task> inner) : inner_(std::move(inner)) {}
-    Result<std::shared_ptr<torch::nn::Module>> BuildModel() override { return inner_->BuildModel(); }
+    Result<std::shared_ptr<torch::nn::Module>> BuildModel() override {
+      return inner_->BuildModel();
+    }
     void To(torch::Device d) override { inner_->To(d); }
     int64_t train_size() const override { return inner_->train_size(); }
     void BeginStep(int64_t step, const torch::Tensor& batch) override {
       seen.push_back(batch.clone());
       inner_->BeginStep(step, batch);
     }
-    torch::Tensor Loss(const torch::Tensor& s, int64_t o) override { return inner_->Loss(s, o); }
-    Evaluation Evaluate(Split split) override { return inner_->Evaluate(split); }
+    torch::Tensor Loss(const torch::Tensor& s, int64_t o) override {
+      return inner_->Loss(s, o);
+    }
+    Evaluation Evaluate(Split split) override {
+      return inner_->Evaluate(split);
+    }
     std::vector<torch::Tensor> seen;
 
    private:
     std::unique_ptr<Task> inner_;
   };
-  TrialConfig c =
-      Config({{"batch_size", 4096}, {"budget", {{"steps", nullptr}, {"epochs", 2}}}, {"lr", 0.01}});
+  TrialConfig c = Config({{"batch_size", 4096},
+                          {"budget", {{"steps", nullptr}, {"epochs", 2}}},
+                          {"lr", 0.01}});
   EXPECT_EQ(TotalSteps(c, 55000), 27);
   Counting task(MakeImageTask(c, *data_));
   ASSERT_EQ(task.train_size(), 55000);
@@ -192,9 +204,11 @@ TEST_F(TrainerTest, EveryTrainingSampleIsSeenOnceAnEpochAtABatchThatDoesNotDivid
 
 TEST_F(TrainerTest, AbsurdLearningRateDiverges) {
   RecordingSink sink;
-  TrialResult r = Run(Config({{"lr", 1e7}, {"budget", {{"steps", 50}}},
-                              {"optimizer", {{"name", "sgd"}, {"momentum", 0}}}}),
-                      &sink);
+  TrialResult r =
+      Run(Config({{"lr", 1e7},
+                  {"budget", {{"steps", 50}}},
+                  {"optimizer", {{"name", "sgd"}, {"momentum", 0}}}}),
+          &sink);
   EXPECT_EQ(r.outcome, Outcome::kDiverged);
   EXPECT_LT(r.steps, 50);
   EXPECT_THAT(r.message, ::testing::HasSubstr("train_loss"));
@@ -239,7 +253,8 @@ TEST_F(TrainerTest, LrOfEveryStepFollowsTheSchedule) {
   RecordingSink sink;
   Run(Config({{"budget", {{"steps", 12}}},
               {"lr", 0.4},
-              {"schedule", {{"warmup_steps", 4}, {"decay", "poly"}, {"power", 1}}}}),
+              {"schedule",
+               {{"warmup_steps", 4}, {"decay", "poly"}, {"power", 1}}}}),
       &sink);
   auto lr = sink.Named("lr");
   ASSERT_EQ(lr.size(), 12u);
@@ -254,19 +269,24 @@ TEST_F(TrainerTest, LrOfEveryStepFollowsTheSchedule) {
 TEST_F(TrainerTest, ClippingBoundsTheStepOfSgdAndAdamWExcludesBiasesFromDecay) {
   // Plain SGD clipped to norm 0.01 moves the parameters by exactly lr x 0.01.
   RecordingSink sink;
-  TrialConfig c = Config({{"budget", {{"steps", 1}}},
-                          {"lr", 0.5},
-                          {"optimizer", {{"name", "sgd"}, {"momentum", 0},
-                                         {"max_grad_norm", 0.01}}}});
+  TrialConfig c =
+      Config({{"budget", {{"steps", 1}}},
+              {"lr", 0.5},
+              {"optimizer",
+               {{"name", "sgd"}, {"momentum", 0}, {"max_grad_norm", 0.01}}}});
   TrialResult clipped = Run(c, &sink);
   // The initial weights: the same seed, and a step too small to move them.
-  TrialConfig zero = Config({{"budget", {{"steps", 1}}},
-                             {"lr", 1e-300},
-                             {"optimizer", {{"name", "sgd"}, {"momentum", 0}}}});
+  TrialConfig zero =
+      Config({{"budget", {{"steps", 1}}},
+              {"lr", 1e-300},
+              {"optimizer", {{"name", "sgd"}, {"momentum", 0}}}});
   TrialResult initial = Run(zero, &sink);
   double moved_sq = 0;
   for (size_t i = 0; i < clipped.parameters.size(); ++i) {
-    moved_sq += (clipped.parameters[i] - initial.parameters[i]).pow(2).sum().item<double>();
+    moved_sq += (clipped.parameters[i] - initial.parameters[i])
+                    .pow(2)
+                    .sum()
+                    .item<double>();
   }
   EXPECT_GT(sink.Named("grad_norm")[0].value, 0.01);  // it was clipped
   EXPECT_NEAR(std::sqrt(moved_sq), 0.5 * 0.01, 1e-6);
@@ -275,17 +295,23 @@ TEST_F(TrainerTest, ClippingBoundsTheStepOfSgdAndAdamWExcludesBiasesFromDecay) {
   auto run = [&](bool exclude, double decay) {
     return Run(Config({{"budget", {{"steps", 1}}},
                        {"lr", 0.01},
-                       {"optimizer", {{"name", "adamw"}, {"weight_decay", decay},
-                                      {"exclude_bias_and_norm", exclude}}}}),
+                       {"optimizer",
+                        {{"name", "adamw"},
+                         {"weight_decay", decay},
+                         {"exclude_bias_and_norm", exclude}}}}),
                &sink);
   };
-  TrialResult excluded = run(true, 0.5), plain = run(false, 0.0), decayed = run(false, 0.5);
+  TrialResult excluded = run(true, 0.5), plain = run(false, 0.0),
+              decayed = run(false, 0.5);
   for (size_t i = 0; i < excluded.parameters.size(); ++i) {
     if (excluded.parameters[i].dim() == 1) {
-      EXPECT_TRUE(torch::equal(excluded.parameters[i], plain.parameters[i])) << i;
-      EXPECT_FALSE(torch::equal(decayed.parameters[i], plain.parameters[i])) << i;
+      EXPECT_TRUE(torch::equal(excluded.parameters[i], plain.parameters[i]))
+          << i;
+      EXPECT_FALSE(torch::equal(decayed.parameters[i], plain.parameters[i]))
+          << i;
     } else {
-      EXPECT_TRUE(torch::equal(excluded.parameters[i], decayed.parameters[i])) << i;
+      EXPECT_TRUE(torch::equal(excluded.parameters[i], decayed.parameters[i]))
+          << i;
     }
   }
 }
@@ -325,7 +351,8 @@ TEST_F(TrainerTest, DiagnosticsNoiseScaleAndPerTensorTrustRatios) {
 
 TEST_F(TrainerTest, CnnLearns) {
   RecordingSink sink;
-  Run(Config({{"model", {{"type", "cnn"}, {"channels", {8, 16}}, {"hidden", {32}}}},
+  Run(Config({{"model",
+               {{"type", "cnn"}, {"channels", {8, 16}}, {"hidden", {32}}}},
               {"optimizer", {{"name", "adamw"}}},
               {"lr", 0.003},
               {"batch_size", 128},
@@ -347,7 +374,8 @@ void ExpectResumeReproduces(TrainerTest*, json overrides,
   overrides["checkpoint_path"] = dir.File("ckpt.pt");
   TrialConfig c = TrainerTest::PublicConfig(overrides);
   testing::ExpectResumeReproduces(
-      c, [&] { return MakeImageTask(c, TrainerTest::Data()); }, expected_resume_step);
+      c, [&] { return MakeImageTask(c, TrainerTest::Data()); },
+      expected_resume_step);
 }
 
 TEST_F(TrainerTest, ResumeMidEpochReproducesTheUninterruptedRun) {
@@ -366,16 +394,17 @@ TEST_F(TrainerTest, ResumeAcrossAnEpochBoundaryWithBatchNorm) {
   // Batch 6000 on 55,000 images: step 10 takes the last 1,000 of epoch 0
   // and the first 5,000 of epoch 1, so the checkpoint after it holds two
   // epochs' orders, and step 19 draws epoch 2's from the restored RNG.
-  ExpectResumeReproduces(this,
-                         {{"model", {{"type", "cnn"}, {"channels", {2}}, {"hidden", {8}}}},
-                          {"batch_size", 6000},
-                          {"micro_batch_size", 2000},
-                          {"budget", {{"steps", 20}}},
-                          {"optimizer", {{"name", "lars"}}},
-                          {"lr", 1.0},
-                          {"eval_every_steps", 6},
-                          {"checkpoint_every_steps", 10}},
-                         10);
+  ExpectResumeReproduces(
+      this,
+      {{"model", {{"type", "cnn"}, {"channels", {2}}, {"hidden", {8}}}},
+       {"batch_size", 6000},
+       {"micro_batch_size", 2000},
+       {"budget", {{"steps", 20}}},
+       {"optimizer", {{"name", "lars"}}},
+       {"lr", 1.0},
+       {"eval_every_steps", 6},
+       {"checkpoint_every_steps", 10}},
+      10);
 }
 
 TEST_F(TrainerTest, ResumeRefusesAnotherConfigOrACorruptFile) {
@@ -432,7 +461,8 @@ TEST_F(TrainerTest, DatasetCacheHoldsTheDecodedBitsAndSurvivesDamage) {
   auto truncated = LoadFashionMnistCached(dir, cache.path().string());
   ASSERT_TRUE(truncated.ok()) << truncated.status().ToString();
   expect_decoded(*truncated);
-  EXPECT_EQ(std::filesystem::file_size(files[0]), size) << "the damaged cache is rewritten";
+  EXPECT_EQ(std::filesystem::file_size(files[0]), size)
+      << "the damaged cache is rewritten";
   {
     std::ofstream garbage(files[0], std::ios::binary | std::ios::trunc);
     garbage << std::string(size, 'x');
@@ -450,7 +480,8 @@ TEST_F(TrainerTest, DatasetCacheThatCannotBeWrittenStillLoads) {
                                   tmp.File("not-a-dir") + "/cache");
   ASSERT_TRUE(d.ok()) << d.status().ToString();
   EXPECT_TRUE(torch::equal(d->train_images, Data().train_images));
-  auto missing = LoadFashionMnistCached(tmp.File("no-dataset"), tmp.path().string());
+  auto missing =
+      LoadFashionMnistCached(tmp.File("no-dataset"), tmp.path().string());
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
 }
 

@@ -26,7 +26,8 @@ TEST(TrialConfigTest, StepsFromEpochsSamplesAndWarmupEpochs) {
 TEST(TrialConfigTest, EpochsMeanTheSameSamplesAtEveryBatchSize) {
   // 55,000 samples: floor(n / b) would give 1 step an epoch at b = 32768
   // (drop 40% of it); in samples, 2.5 epochs are ceil(4.196) = 5 steps,
-  // 163,840 samples against 137,500 wanted: never fewer, at most one batch more.
+  // 163,840 samples against 137,500 wanted: never fewer, at most one batch
+  // more.
   for (int64_t b : {128, 1000, 4096, 32768}) {
     auto c = ParseTrialConfig(json{{"batch_size", b},
                                    {"lr", 0.1},
@@ -41,14 +42,16 @@ TEST(TrialConfigTest, EpochsMeanTheSameSamplesAtEveryBatchSize) {
 }
 
 TEST(TrialConfigTest, TargetsReadValidationMetricsAndOldNamesStillParse) {
-  auto c = ParseTrialConfig(json{{"target", {{"metric", "test_accuracy"}, {"value", 0.8}}}});
+  auto c = ParseTrialConfig(
+      json{{"target", {{"metric", "test_accuracy"}, {"value", 0.8}}}});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ(c->target_metric, "val_accuracy");
   c = ParseTrialConfig(json{{"target", {{"metric", "val_bpc"}, {"value", 2}}},
                             {"model", {{"type", "char_lstm"}}}});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ(c->target_metric, "val_bpc");
-  auto bad = ParseTrialConfig(json{{"target", {{"metric", "train_loss"}, {"value", 1}}}});
+  auto bad = ParseTrialConfig(
+      json{{"target", {{"metric", "train_loss"}, {"value", 1}}}});
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(bad.status().message(), ::testing::HasSubstr("target.metric"));
 }

@@ -8,9 +8,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "worker/daemon/gpu_stats.h"
 #include "worker/daemon/trainer_process.h"
@@ -35,8 +34,10 @@ std::pair<std::string, int> RunTrainer(const std::string& trainer,
   char buf[4096];
   bool out_open = true, err_open = true;
   while (out_open || err_open) {
-    pollfd fds[2] = {{(*process)->stdout_fd(), static_cast<short>(out_open ? POLLIN : 0), 0},
-                     {(*process)->stderr_fd(), static_cast<short>(err_open ? POLLIN : 0), 0}};
+    pollfd fds[2] = {
+        {(*process)->stdout_fd(), static_cast<short>(out_open ? POLLIN : 0), 0},
+        {(*process)->stderr_fd(), static_cast<short>(err_open ? POLLIN : 0),
+         0}};
     if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
     for (int i = 0; i < 2; ++i) {
       if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
@@ -57,7 +58,8 @@ std::string Writable(const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return "cannot create it: " + ec.message();
-  const auto probe = std::filesystem::path(dir) / (".megabatch-check-" + std::to_string(getpid()));
+  const auto probe = std::filesystem::path(dir) /
+                     (".megabatch-check-" + std::to_string(getpid()));
   { std::ofstream(probe) << "ok"; }
   if (!std::filesystem::exists(probe, ec)) return "cannot write files in it";
   std::filesystem::remove(probe, ec);
@@ -68,62 +70,72 @@ std::string Writable(const std::string& dir) {
 
 int RunCheck(const CheckOptions& o, std::ostream& out) {
   std::vector<std::string> problems;
-  out << "trainer: " << o.trainer_path << " (" << o.threads << " threads per slot)\n";
-  auto [text, status] =
-      RunTrainer(o.trainer_path, {"--check", "--threads", std::to_string(o.threads)});
+  out << "trainer: " << o.trainer_path << " (" << o.threads
+      << " threads per slot)\n";
+  auto [text, status] = RunTrainer(
+      o.trainer_path, {"--check", "--threads", std::to_string(o.threads)});
   const json found = json::parse(text, nullptr, false);
   if (!found.is_object()) {
-    problems.push_back("megabatch-trainer --check did not run (exit " + std::to_string(status) +
-                       "): trials could not start");
+    problems.push_back("megabatch-trainer --check did not run (exit " +
+                       std::to_string(status) + "): trials could not start");
   } else {
     out << "  libtorch " << found.value("libtorch", "?") << ", "
-        << found.value("cpu_cores", 0) << " CPU cores, " << found.value("blas", "?") << "\n";
+        << found.value("cpu_cores", 0) << " CPU cores, "
+        << found.value("blas", "?") << "\n";
     const json& cuda = found["cuda"];
     out << "  cuda: " << (cuda.value("available", false) ? "yes" : "no") << ", "
         << cuda.value("devices", 0) << " device(s), cudnn "
         << (cuda.value("cudnn", false) ? "yes" : "no");
-    if (cuda.contains("bf16")) out << ", bf16 " << (cuda["bf16"].get<bool>() ? "yes" : "no");
-    out << "; c10d gloo " << (found.value("gloo", false) ? "yes" : "no") << ", nccl "
-        << (found.value("nccl", false) ? "yes" : "no") << "\n";
+    if (cuda.contains("bf16"))
+      out << ", bf16 " << (cuda["bf16"].get<bool>() ? "yes" : "no");
+    out << "; c10d gloo " << (found.value("gloo", false) ? "yes" : "no")
+        << ", nccl " << (found.value("nccl", false) ? "yes" : "no") << "\n";
     for (const json& s : found["smoke"]) {
       out << "  smoke training " << s["device"].get<std::string>() << " "
           << s["precision"].get<std::string>() << ": ";
       if (s.value("ok", false)) {
         out << "ok, loss " << s["first_loss"].get<double>() << " -> "
             << s["last_loss"].get<double>() << ", "
-            << static_cast<int64_t>(s["samples_per_second"].get<double>()) << " samples/s\n";
+            << static_cast<int64_t>(s["samples_per_second"].get<double>())
+            << " samples/s\n";
       } else {
         out << "FAILED\n";
       }
     }
     out << "  LAMB optimizer step: "
-        << static_cast<int64_t>(found.value("lamb_parameters_per_second", 0.0) / 1e6)
+        << static_cast<int64_t>(found.value("lamb_parameters_per_second", 0.0) /
+                                1e6)
         << "M parameters/s\n";
-    for (const json& p : found["problems"]) problems.push_back(p.get<std::string>());
+    for (const json& p : found["problems"])
+      problems.push_back(p.get<std::string>());
   }
   if (auto gpus = GpuStats::Open()) {
     std::vector<int32_t> indices(16);
     for (int32_t i = 0; i < 16; ++i) indices[i] = i;
     for (const GpuReading& g : gpus->Read(indices)) {
-      out << "GPU " << g.index << ": " << g.memory_total_bytes / (1 << 20) << " MiB, "
-          << g.memory_used_bytes / (1 << 20) << " MiB used (NVML)\n";
+      out << "GPU " << g.index << ": " << g.memory_total_bytes / (1 << 20)
+          << " MiB, " << g.memory_used_bytes / (1 << 20)
+          << " MiB used (NVML)\n";
     }
   } else {
     out << "GPUs: none that NVML reports\n";
   }
-  const bool reachable =
-      o.channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  out << "coordinator " << o.coordinator << ": " << (reachable ? "reachable" : "UNREACHABLE")
-      << "\n";
+  const bool reachable = o.channel->WaitForConnected(
+      std::chrono::system_clock::now() + std::chrono::seconds(5));
+  out << "coordinator " << o.coordinator << ": "
+      << (reachable ? "reachable" : "UNREACHABLE") << "\n";
   if (!reachable) {
-    problems.push_back("coordinator " + o.coordinator +
-                       " unreachable within 5 s (is it running, and is --coordinator right?)");
+    problems.push_back(
+        "coordinator " + o.coordinator +
+        " unreachable within 5 s (is it running, and is --coordinator right?)");
   }
-  for (const auto& [what, dir] : {std::pair<std::string, std::string>{"--work-dir", o.work_dir},
-                                  {"--artifacts", o.artifacts_dir}}) {
+  for (const auto& [what, dir] :
+       {std::pair<std::string, std::string>{"--work-dir", o.work_dir},
+        {"--artifacts", o.artifacts_dir}}) {
     if (dir.empty()) continue;
     const std::string why = Writable(dir);
-    out << what << " " << dir << ": " << (why.empty() ? "writable" : why) << "\n";
+    out << what << " " << dir << ": " << (why.empty() ? "writable" : why)
+        << "\n";
     if (!why.empty()) problems.push_back(what + " " + dir + ": " + why);
   }
   if (problems.empty()) {

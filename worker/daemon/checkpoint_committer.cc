@@ -13,7 +13,7 @@ namespace {
 constexpr const char* kCommitted = "committed";
 
 bool Commit(const std::filesystem::path& lease_dir, int64_t step,
-                      const std::string& checkpoint) {
+            const std::string& checkpoint) {
   namespace fs = std::filesystem;
   fs::path tmp = lease_dir / (std::string(kCommitted) + ".tmp");
   {
@@ -54,7 +54,8 @@ bool CheckpointCommitter::CommitIfStored(bool all_stored) {
   return committed;
 }
 
-std::string CheckpointCommitter::Latest(const std::filesystem::path& trial_dir, int64_t lease_id) {
+std::string CheckpointCommitter::Latest(const std::filesystem::path& trial_dir,
+                                        int64_t lease_id) {
   namespace fs = std::filesystem;
   int64_t best = -1;
   std::string path;

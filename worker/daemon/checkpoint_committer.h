@@ -30,7 +30,8 @@ class CheckpointCommitter {
 
   // The committed checkpoint of the newest attempt before `lease_id` in
   // `trial_dir` (its lease-N/committed), or "" when there is none.
-  static std::string Latest(const std::filesystem::path& trial_dir, int64_t lease_id);
+  static std::string Latest(const std::filesystem::path& trial_dir,
+                            int64_t lease_id);
 
  private:
   std::filesystem::path lease_dir_;

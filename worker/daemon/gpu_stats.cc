@@ -47,7 +47,8 @@ std::unique_ptr<GpuStats> GpuStats::Open() {
       sym("nvmlDeviceGetUtilizationRates"));
   api->memory =
       reinterpret_cast<decltype(api->memory)>(sym("nvmlDeviceGetMemoryInfo"));
-  auto shutdown = reinterpret_cast<decltype(api->shutdown)>(sym("nvmlShutdown"));
+  auto shutdown =
+      reinterpret_cast<decltype(api->shutdown)>(sym("nvmlShutdown"));
   if (!api->init || !api->by_index || !api->utilization || !api->memory ||
       !shutdown || api->init() != kNvmlSuccess) {
     return nullptr;
@@ -65,12 +66,14 @@ std::vector<GpuReading> GpuStats::Read(const std::vector<int32_t>& indices) {
     nvmlDevice_t device = nullptr;
     nvmlUtilization_t util{};
     nvmlMemory_t memory{};
-    if (index < 0 || api_->by_index(static_cast<unsigned>(index), &device) != kNvmlSuccess ||
+    if (index < 0 ||
+        api_->by_index(static_cast<unsigned>(index), &device) != kNvmlSuccess ||
         api_->utilization(device, &util) != kNvmlSuccess ||
         api_->memory(device, &memory) != kNvmlSuccess) {
       continue;
     }
-    readings.push_back({index, util.gpu / 100.0, static_cast<int64_t>(memory.used),
+    readings.push_back({index, util.gpu / 100.0,
+                        static_cast<int64_t>(memory.used),
                         static_cast<int64_t>(memory.total)});
   }
   return readings;

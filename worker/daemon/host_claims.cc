@@ -19,7 +19,9 @@ namespace {
 
 constexpr const char* kPrefix = "worker-";
 
-bool Alive(pid_t pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
+bool Alive(pid_t pid) {
+  return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM);
+}
 
 }  // namespace
 
@@ -32,34 +34,43 @@ int UsableCores() {
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
-ThreadPlan PlanThreads(int cores, int slots, int requested, int claimed_by_others) {
+ThreadPlan PlanThreads(int cores, int slots, int requested,
+                       int claimed_by_others) {
   ThreadPlan plan;
   const int free_cores = std::max(0, cores - claimed_by_others);
-  plan.threads_per_slot = requested > 0 ? requested : std::max(1, free_cores / slots);
+  plan.threads_per_slot =
+      requested > 0 ? requested : std::max(1, free_cores / slots);
   const int wanted = slots * plan.threads_per_slot;
   plan.oversubscribed = wanted > free_cores;
   if (plan.oversubscribed) {
-    plan.warning = std::to_string(slots) + " slots x " + std::to_string(plan.threads_per_slot) +
-                   " threads = " + std::to_string(wanted) + " threads, but " +
-                   std::to_string(free_cores) + " of this host's " + std::to_string(cores) +
-                   " cores are free (other megabatch workers claim " +
-                   std::to_string(claimed_by_others) +
-                   "): trainers will share cores, run slower, and their time figures "
-                   "(seconds_to_target, samples_per_second) are marked as shared in "
-                   "reports; give fewer --slots or --threads-per-slot";
+    plan.warning =
+        std::to_string(slots) + " slots x " +
+        std::to_string(plan.threads_per_slot) +
+        " threads = " + std::to_string(wanted) + " threads, but " +
+        std::to_string(free_cores) + " of this host's " +
+        std::to_string(cores) +
+        " cores are free (other megabatch workers claim " +
+        std::to_string(claimed_by_others) +
+        "): trainers will share cores, run slower, and their time figures "
+        "(seconds_to_target, samples_per_second) are marked as shared in "
+        "reports; give fewer --slots or --threads-per-slot";
   }
   return plan;
 }
 
 HostClaims::HostClaims(std::string dir)
     : dir_(std::move(dir)),
-      file_((std::filesystem::path(dir_) / (kPrefix + std::to_string(::getpid()))).string()) {}
+      file_(
+          (std::filesystem::path(dir_) / (kPrefix + std::to_string(::getpid())))
+              .string()) {}
 
 Result<std::unique_ptr<HostClaims>> HostClaims::Open(const std::string& dir) {
   if (::mkdir(dir.c_str(), 01777) == 0) {
-    ::chmod(dir.c_str(), 01777);  // whatever the umask, every user's workers share it
+    ::chmod(dir.c_str(),
+            01777);  // whatever the umask, every user's workers share it
   } else if (errno != EEXIST) {
-    return UnavailableError("host claims directory " + dir + ": " + std::strerror(errno));
+    return UnavailableError("host claims directory " + dir + ": " +
+                            std::strerror(errno));
   }
   if (::access(dir.c_str(), W_OK) != 0) {
     return UnavailableError("host claims directory " + dir + ": not writable");
@@ -77,12 +88,15 @@ HostClaims::Totals HostClaims::Read() const {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind(kPrefix, 0) != 0 || name.find('.') != std::string::npos) continue;
-    const pid_t pid = static_cast<pid_t>(std::atol(name.c_str() + std::strlen(kPrefix)));
+    if (name.rfind(kPrefix, 0) != 0 || name.find('.') != std::string::npos)
+      continue;
+    const pid_t pid =
+        static_cast<pid_t>(std::atol(name.c_str() + std::strlen(kPrefix)));
     if (pid == ::getpid()) continue;
     if (!Alive(pid)) {
       std::error_code ignored;
-      std::filesystem::remove(entry.path(), ignored);  // left by a killed worker
+      std::filesystem::remove(entry.path(),
+                              ignored);  // left by a killed worker
       continue;
     }
     std::ifstream in(entry.path());
@@ -116,10 +130,12 @@ Status HostClaims::WriteLocked() {
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << capacity_ << " " << active_ << "\n";
-    if (!out.flush()) return UnavailableError("host claim " + tmp + ": cannot write");
+    if (!out.flush())
+      return UnavailableError("host claim " + tmp + ": cannot write");
   }
   if (std::rename(tmp.c_str(), file_.c_str()) != 0) {
-    return UnavailableError("host claim " + file_ + ": " + std::strerror(errno));
+    return UnavailableError("host claim " + file_ + ": " +
+                            std::strerror(errno));
   }
   published_ = true;
   return Status();

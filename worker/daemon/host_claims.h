@@ -6,18 +6,18 @@
 // worker starting next to others sizes its threads to the cores they left
 // (PlanThreads), and every trial learns whether the host's running trainers
 // outnumber its cores, so that its time figures can be marked as shared
-// (docs/running.md, "Cores, threads and warm trainers"). Claims of processes that are
-// gone are ignored and removed, so a kill -9 leaves nothing that counts.
-// LibTorch-free; thread-safe.
+// (docs/running.md, "Cores, threads and warm trainers"). Claims of processes
+// that are gone are ignored and removed, so a kill -9 leaves nothing that
+// counts. LibTorch-free; thread-safe.
 #ifndef MEGABATCH_WORKER_DAEMON_HOST_CLAIMS_H_
 #define MEGABATCH_WORKER_DAEMON_HOST_CLAIMS_H_
 
 #include <sys/types.h>
 
 #include <memory>
-#include "common/mutex.h"
 #include <string>
 
+#include "common/mutex.h"
 #include "common/status.h"
 #include "common/thread_annotations.h"
 
@@ -37,7 +37,8 @@ struct ThreadPlan {
 // Threads per slot for `slots` slots on `cores` cores of which other workers
 // claimed `claimed_by_others`: `requested` when given (> 0), else the free
 // cores divided among the slots (at least 1).
-ThreadPlan PlanThreads(int cores, int slots, int requested, int claimed_by_others);
+ThreadPlan PlanThreads(int cores, int slots, int requested,
+                       int claimed_by_others);
 
 class HostClaims {
  public:

@@ -1,11 +1,11 @@
 // megabatch-worker: registers this machine's slots with the coordinator and
 // runs one megabatch-trainer child per leased trial.
-#include <CLI/CLI.hpp>
 #include <pthread.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <csignal>
 #include <filesystem>
 #include <iostream>
@@ -26,39 +26,45 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--coordinator", coordinator, "coordinator address")
       ->capture_default_str();
-  app.add_option("--name", options.name, "worker name shown in `megabatch workers`")
+  app.add_option("--name", options.name,
+                 "worker name shown in `megabatch workers`")
       ->capture_default_str();
-  auto* slots = app.add_option("--slots", options.slots,
-                               "trials run at once (CPU slots)")
-                    ->capture_default_str()
-                    ->check(CLI::Range(1, 4096));
+  auto* slots =
+      app.add_option("--slots", options.slots, "trials run at once (CPU slots)")
+          ->capture_default_str()
+          ->check(CLI::Range(1, 4096));
   app.add_option("--gpus", options.gpus,
                  "GPU ids, one slot each, e.g. 0,1 (a trainer sees only its "
                  "slot's GPU)")
       ->delimiter(',')
       ->excludes(slots);
-  app.add_option("--threads-per-slot", threads,
-                 "intra-op threads per trainer (default: the cores other megabatch "
-                 "workers on this host left, divided among the slots)")
+  app.add_option(
+         "--threads-per-slot", threads,
+         "intra-op threads per trainer (default: the cores other megabatch "
+         "workers on this host left, divided among the slots)")
       ->check(CLI::Range(1, 1024));
   std::string claims_dir = megabatch::worker::kDefaultHostClaimsDir;
-  app.add_option("--host-claims", claims_dir,
-                 "directory where the megabatch workers of this host claim its cores "
-                 "(empty: claim nothing, see no one)")
+  app.add_option(
+         "--host-claims", claims_dir,
+         "directory where the megabatch workers of this host claim its cores "
+         "(empty: claim nothing, see no one)")
       ->capture_default_str();
   app.add_option("--work-dir", options.work_dir,
                  "per-trial directories (default: a temp dir)");
-  app.add_option("--artifacts", options.artifacts_dir,
-                 "shared checkpoint directory (default: the coordinator's --artifacts)");
+  app.add_option(
+      "--artifacts", options.artifacts_dir,
+      "shared checkpoint directory (default: the coordinator's --artifacts)");
   app.add_option("--trainer", options.trainer_path,
                  "megabatch-trainer binary (default: next to this binary)");
   std::string rendezvous_ports = "29500-29599";
   app.add_option("--rendezvous-host", options.rendezvous_host,
-                 "address other workers reach this machine at, for data-parallel trials "
+                 "address other workers reach this machine at, for "
+                 "data-parallel trials "
                  "whose rank 0 runs here")
       ->capture_default_str();
   app.add_option("--rendezvous-ports", rendezvous_ports,
-                 "ports FIRST-LAST those rendezvous may use (open them between workers)")
+                 "ports FIRST-LAST those rendezvous may use (open them between "
+                 "workers)")
       ->capture_default_str();
   std::string token_file;
   megabatch::ChannelOptions channel_options;
@@ -68,14 +74,17 @@ int main(int argc, char** argv) {
                  "CA certificate (PEM) of a TLS coordinator");
   app.add_option("--tls-cert", channel_options.tls_cert_file,
                  "client certificate (PEM) to present to the coordinator");
-  app.add_option("--tls-key", channel_options.tls_key_file, "its private key (PEM)");
+  app.add_option("--tls-key", channel_options.tls_key_file,
+                 "its private key (PEM)");
   bool fresh_trainers = false;
-  app.add_flag("--fresh-trainers", fresh_trainers,
-               "start a new trainer process for every trial (default: a slot keeps its "
-               "trainer between trials of one sweep)");
+  app.add_flag(
+      "--fresh-trainers", fresh_trainers,
+      "start a new trainer process for every trial (default: a slot keeps its "
+      "trainer between trials of one sweep)");
   bool check = false;
   app.add_flag("--check", check,
-               "check this machine (trainer, devices, coordinator, directories) and exit: "
+               "check this machine (trainer, devices, coordinator, "
+               "directories) and exit: "
                "0 if trials can run here, 1 with the problems otherwise");
   try {
     app.parse(argc, argv);
@@ -88,19 +97,23 @@ int main(int argc, char** argv) {
 
   namespace fs = std::filesystem;
   for (const auto& gpu : options.gpus) {
-    if (gpu.empty() || gpu.find_first_not_of("0123456789") != std::string::npos) {
-      spdlog::error("--gpus: '{}' is not a GPU id (a non-negative integer)", gpu);
+    if (gpu.empty() ||
+        gpu.find_first_not_of("0123456789") != std::string::npos) {
+      spdlog::error("--gpus: '{}' is not a GPU id (a non-negative integer)",
+                    gpu);
       return 2;
     }
   }
-  if (!options.gpus.empty()) options.slots = static_cast<int>(options.gpus.size());
+  if (!options.gpus.empty())
+    options.slots = static_cast<int>(options.gpus.size());
   {
     int first = 0, last = 0;
     char dash = 0;
     std::istringstream range(rendezvous_ports);
-    if (!(range >> first >> dash >> last) || dash != '-' || !range.eof() || first < 1 ||
-        last < first || last > 65535) {
-      spdlog::error("--rendezvous-ports: '{}' is not a port range FIRST-LAST", rendezvous_ports);
+    if (!(range >> first >> dash >> last) || dash != '-' || !range.eof() ||
+        first < 1 || last < first || last > 65535) {
+      spdlog::error("--rendezvous-ports: '{}' is not a port range FIRST-LAST",
+                    rendezvous_ports);
       return 2;
     }
     options.rendezvous_port_first = first;
@@ -131,12 +144,13 @@ int main(int argc, char** argv) {
       options.host_claims = std::move(*claims);
       claimed_by_others = options.host_claims->Read().others_capacity;
     } else {
-      spdlog::warn("{}; threads are sized as if this worker were alone on the host",
-                   claims.status().message());
+      spdlog::warn(
+          "{}; threads are sized as if this worker were alone on the host",
+          claims.status().message());
     }
   }
-  auto plan = megabatch::worker::PlanThreads(options.host_cores, options.slots, threads,
-                                             claimed_by_others);
+  auto plan = megabatch::worker::PlanThreads(options.host_cores, options.slots,
+                                             threads, claimed_by_others);
   options.threads_per_slot = plan.threads_per_slot;
   if (plan.oversubscribed) spdlog::warn("OVERSUBSCRIBED: {}", plan.warning);
   if (options.host_claims) {
@@ -163,8 +177,8 @@ int main(int argc, char** argv) {
   channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  auto channel = megabatch::MakeChannelWithTokenFile(coordinator, token_file, channel_options,
-                                                     channel_args);
+  auto channel = megabatch::MakeChannelWithTokenFile(
+      coordinator, token_file, channel_options, channel_args);
   if (!channel.ok()) {
     spdlog::error("{}", channel.status().message());
     return 2;

@@ -23,9 +23,11 @@ Result<std::unique_ptr<TrainerProcess>> TrainerProcess::Spawn(
     const std::string& path, const std::vector<std::string>& args,
     const std::vector<std::string>& env) {
   int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
-  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 ||
+      pipe2(err, O_CLOEXEC) != 0) {
     const int error = errno;
-    for (int* fd : {&in[0], &in[1], &out[0], &out[1], &err[0], &err[1]}) CloseFd(fd);
+    for (int* fd : {&in[0], &in[1], &out[0], &out[1], &err[0], &err[1]})
+      CloseFd(fd);
     return UnavailableError(std::string("pipe: ") + std::strerror(error));
   }
   posix_spawn_file_actions_t actions;
@@ -49,13 +51,15 @@ Result<std::unique_ptr<TrainerProcess>> TrainerProcess::Spawn(
   for (auto& e : env_storage) envp.push_back(e.data());
   envp.push_back(nullptr);
   pid_t pid = 0;
-  int rc = posix_spawn(&pid, path.c_str(), &actions, &attr, argv.data(), envp.data());
+  int rc = posix_spawn(&pid, path.c_str(), &actions, &attr, argv.data(),
+                       envp.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   for (int* fd : {&in[0], &out[1], &err[1]}) CloseFd(fd);
   if (rc != 0) {
     for (int* fd : {&in[1], &out[0], &err[0]}) CloseFd(fd);
-    return UnavailableError("cannot start trainer " + path + ": " + std::strerror(rc));
+    return UnavailableError("cannot start trainer " + path + ": " +
+                            std::strerror(rc));
   }
   std::unique_ptr<TrainerProcess> p(new TrainerProcess());
   p->pid_ = pid;

@@ -20,9 +20,9 @@ class TrainerProcess {
  public:
   // Starts `path` with `args` (argv[1...]) and the environment `env`
   // ("NAME=value" each). UNAVAILABLE with the reason when it cannot.
-  static Result<std::unique_ptr<TrainerProcess>> Spawn(const std::string& path,
-                                                       const std::vector<std::string>& args,
-                                                       const std::vector<std::string>& env);
+  static Result<std::unique_ptr<TrainerProcess>> Spawn(
+      const std::string& path, const std::vector<std::string>& args,
+      const std::vector<std::string>& env);
   ~TrainerProcess();
   TrainerProcess(const TrainerProcess&) = delete;
   TrainerProcess& operator=(const TrainerProcess&) = delete;

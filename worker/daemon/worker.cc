@@ -12,8 +12,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <string_view>
 #include <nlohmann/json.hpp>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -76,7 +76,8 @@ Result<TrainerLine> ParseTrainerLine(const std::string& line) {
 }
 
 Worker::Worker(std::shared_ptr<grpc::Channel> channel, WorkerOptions options)
-    : stub_(v1::WorkerService::NewStub(channel)), options_(std::move(options)) {}
+    : stub_(v1::WorkerService::NewStub(channel)),
+      options_(std::move(options)) {}
 
 Worker::~Worker() { Stop(); }
 
@@ -120,11 +121,13 @@ Status Worker::Register() {
       worker_id_ = resp.worker_id();
       heartbeat_interval_ =
           std::chrono::milliseconds(std::max(50, resp.heartbeat_interval_ms()));
-      checkpoint_root_ = !options_.artifacts_dir.empty() ? options_.artifacts_dir
+      checkpoint_root_ = !options_.artifacts_dir.empty()
+                             ? options_.artifacts_dir
                          : !resp.artifacts_dir().empty() ? resp.artifacts_dir()
                                                          : options_.work_dir;
-      spdlog::info("checkpoints in {}{}", checkpoint_root_,
-                   checkpoint_root_ == options_.work_dir ? " (this worker only)" : "");
+      spdlog::info(
+          "checkpoints in {}{}", checkpoint_root_,
+          checkpoint_root_ == options_.work_dir ? " (this worker only)" : "");
       spdlog::info("registered as worker {} with {} slots", worker_id_,
                    options_.slots);
       return Status();
@@ -251,7 +254,8 @@ bool Worker::Flush(const v1::TrialLease& lease,
   // coordinator was away must not become one oversized report.
   while (!points->empty()) {
     const size_t n =
-        std::min(points->size(), static_cast<size_t>(std::max(1, options_.max_batch_points)));
+        std::min(points->size(),
+                 static_cast<size_t>(std::max(1, options_.max_batch_points)));
     v1::ReportMetricsRequest req;
     req.set_worker_id(worker_id_);
     *req.mutable_lease() = lease;
@@ -269,7 +273,8 @@ bool Worker::Flush(const v1::TrialLease& lease,
         s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
         s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
         s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
-      spdlog::warn("trial {}: metrics refused: {}", lease.trial_id(), s.error_message());
+      spdlog::warn("trial {}: metrics refused: {}", lease.trial_id(),
+                   s.error_message());
       points->clear();
       return false;
     }
@@ -326,7 +331,8 @@ std::vector<std::string> TrainerEnvironment(const std::string& gpu) {
   bool wait_policy = false;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string_view var(*e);
-    wait_policy = wait_policy || var.substr(0, kWaitPolicy.size()) == kWaitPolicy;
+    wait_policy =
+        wait_policy || var.substr(0, kWaitPolicy.size()) == kWaitPolicy;
     if (var.substr(0, kVisible.size()) != kVisible) env.emplace_back(*e);
   }
   env.push_back(std::string(kVisible) + gpu);
@@ -337,21 +343,23 @@ std::vector<std::string> TrainerEnvironment(const std::string& gpu) {
 }  // namespace
 
 bool Worker::HostOversubscribed() const {
-  return options_.host_claims && options_.host_claims->Read().active > options_.host_cores;
+  return options_.host_claims &&
+         options_.host_claims->Read().active > options_.host_cores;
 }
 
 void Worker::RunTrial(int slot, const v1::TrialLease& lease,
                       const std::string& config_json, WarmTrainer* warm) {
   namespace fs = std::filesystem;
-  fs::path dir = fs::path(options_.work_dir) /
-                 ("trial-" + std::to_string(lease.trial_id()) + "-lease-" +
-                  std::to_string(lease.lease_id()) +
-                  (lease.rank() > 0 ? "-rank-" + std::to_string(lease.rank()) : ""));
+  fs::path dir =
+      fs::path(options_.work_dir) /
+      ("trial-" + std::to_string(lease.trial_id()) + "-lease-" +
+       std::to_string(lease.lease_id()) +
+       (lease.rank() > 0 ? "-rank-" + std::to_string(lease.rank()) : ""));
   fs::create_directories(dir);
   nlohmann::json config = nlohmann::json::parse(config_json, nullptr, false);
   if (config.is_discarded() || !config.is_object()) {
-    FinishTrial(lease, v1::TRIAL_STATE_FAILED, "lease carried an invalid config",
-                "");
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED,
+                "lease carried an invalid config", "");
     return;
   }
   config["threads"] = options_.threads_per_slot;
@@ -359,14 +367,17 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   // that lost its lease but still runs (a partitioned worker) cannot
   // overwrite the checkpoint its successor resumes from; a new attempt
   // resumes from the newest earlier attempt's committed checkpoint.
-  fs::path trial_dir =
-      fs::path(checkpoint_root_) / ("trial-" + std::to_string(lease.trial_id()));
-  fs::path lease_dir = trial_dir / ("lease-" + std::to_string(lease.lease_id()));
+  fs::path trial_dir = fs::path(checkpoint_root_) /
+                       ("trial-" + std::to_string(lease.trial_id()));
+  fs::path lease_dir =
+      trial_dir / ("lease-" + std::to_string(lease.lease_id()));
   std::error_code ec;
   fs::create_directories(lease_dir, ec);
   if (ec) {
     FinishTrial(lease, v1::TRIAL_STATE_FAILED,
-                "cannot create checkpoint dir " + lease_dir.string() + ": " + ec.message(), "");
+                "cannot create checkpoint dir " + lease_dir.string() + ": " +
+                    ec.message(),
+                "");
     return;
   }
   config["checkpoint_path"] = (lease_dir / "checkpoint.pt").string();
@@ -381,8 +392,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     std::ofstream out(config_path);
     out << config.dump(2);
     if (!out) {
-      FinishTrial(lease, v1::TRIAL_STATE_FAILED,
-                  "cannot write " + config_path, "");
+      FinishTrial(lease, v1::TRIAL_STATE_FAILED, "cannot write " + config_path,
+                  "");
       return;
     }
   }
@@ -394,17 +405,20 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   // it is told the one request and exits after it.
   const std::string gpu =
       options_.gpus.empty() ? "" : options_.gpus[static_cast<size_t>(slot)];
-  const bool reusable = options_.warm_trainers && !config.contains("distributed");
-  const std::string key = config.value("sweep_id", nlohmann::json(0)).dump() + "/" +
-                          std::to_string(options_.threads_per_slot) + "/" + gpu;
+  const bool reusable =
+      options_.warm_trainers && !config.contains("distributed");
+  const std::string key = config.value("sweep_id", nlohmann::json(0)).dump() +
+                          "/" + std::to_string(options_.threads_per_slot) +
+                          "/" + gpu;
   if (warm->process && (!reusable || warm->key != key)) warm->process.reset();
   const bool fresh = warm->process == nullptr;
   if (fresh) {
-    auto spawned = TrainerProcess::Spawn(options_.trainer_path,
-                                         {"--serve", "--work-dir", options_.work_dir},
-                                         TrainerEnvironment(gpu));
+    auto spawned = TrainerProcess::Spawn(
+        options_.trainer_path, {"--serve", "--work-dir", options_.work_dir},
+        TrainerEnvironment(gpu));
     if (!spawned.ok()) {
-      FinishTrial(lease, v1::TRIAL_STATE_FAILED, spawned.status().message(), "");
+      FinishTrial(lease, v1::TRIAL_STATE_FAILED, spawned.status().message(),
+                  "");
       return;
     }
     warm->process = std::move(*spawned);
@@ -413,7 +427,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   TrainerProcess& trainer = *warm->process;
   spdlog::info("trial {}: trainer {} ({})", lease.trial_id(), trainer.pid(),
                fresh ? "fresh" : "warm");
-  if (resume) spdlog::info("trial {}: resuming from {}", lease.trial_id(), resume_from);
+  if (resume)
+    spdlog::info("trial {}: resuming from {}", lease.trial_id(), resume_from);
   bool sent = false;
   {
     // Registering under the lock means Stop() either sees the pid or runs
@@ -421,7 +436,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     MutexLock lock(&mu_);
     if (!stopping()) {
       sent = trainer.Send(protocol::ServeRequest(config_path, resume_from));
-      running_[{lease.trial_id(), lease.rank()}] = Running{trainer.pid(), lease.lease_id(), false};
+      running_[{lease.trial_id(), lease.rank()}] =
+          Running{trainer.pid(), lease.lease_id(), false};
     }
   }
   if (!reusable) trainer.CloseStdin();
@@ -436,7 +452,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     // again with a fresh one.
     if (!fresh) return RunTrial(slot, lease, config_json, warm);
     FinishTrial(lease, v1::TRIAL_STATE_FAILED,
-                "cannot send the trial to trainer " + options_.trainer_path, "");
+                "cannot send the trial to trainer " + options_.trainer_path,
+                "");
     return;
   }
 
@@ -481,7 +498,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   // any other trainer's at the end of its output (its stderr after a
   // "failed" line explains the failure).
   auto trial_over = [&] {
-    return reusable && (event == protocol::kCompleted || event == protocol::kDiverged);
+    return reusable &&
+           (event == protocol::kCompleted || event == protocol::kDiverged);
   };
   while ((out_open || err_open) && !trial_over()) {
     pollfd fds[2];
@@ -519,7 +537,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
         }
         if (parsed->event == protocol::kCheckpoint) {
           // Every point before it is in `pending` or stored already.
-          checkpoints.Announce(parsed->checkpoint_step, parsed->checkpoint_path);
+          checkpoints.Announce(parsed->checkpoint_step,
+                               parsed->checkpoint_path);
         } else if (!parsed->event.empty()) {
           event = parsed->event;
           event_message = parsed->message;
@@ -527,7 +546,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
       }
     }
     auto now = std::chrono::steady_clock::now();
-    if (threads_recorded && !shared && now - last_share_check >= std::chrono::seconds(1)) {
+    if (threads_recorded && !shared &&
+        now - last_share_check >= std::chrono::seconds(1)) {
       last_share_check = now;
       record_sharing(last_step);
     }
@@ -572,7 +592,8 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     }
   }
   commit_if_stored();
-  const std::string how = event.empty() ? DescribeExit(wstatus) : "trainer reported " + event;
+  const std::string how =
+      event.empty() ? DescribeExit(wstatus) : "trainer reported " + event;
   if (stop_requested || !lease_ok) {
     spdlog::info("trial {} stopped ({})", lease.trial_id(), how);
     return;
@@ -581,13 +602,16 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   // have exited cleanly), or without one its exit code (--config's).
   const bool exited_ok = WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
   const bool completed =
-      event.empty() ? exited_ok : event == protocol::kCompleted && (keep || exited_ok);
+      event.empty() ? exited_ok
+                    : event == protocol::kCompleted && (keep || exited_ok);
   const bool diverged =
-      event.empty() ? WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == protocol::kExitDiverged
+      event.empty() ? WIFEXITED(wstatus) &&
+                          WEXITSTATUS(wstatus) == protocol::kExitDiverged
                     : event == protocol::kDiverged && (keep || exited_ok);
   if (completed || diverged) {
-    FinishTrial(lease, completed ? v1::TRIAL_STATE_COMPLETED : v1::TRIAL_STATE_DIVERGED,
-                event_message, "");
+    FinishTrial(
+        lease, completed ? v1::TRIAL_STATE_COMPLETED : v1::TRIAL_STATE_DIVERGED,
+        event_message, "");
     // Ended for good: its checkpoints are of no more use (rank 0 wrote
     // them; it removes them).
     if (lease.rank() == 0) {
@@ -595,8 +619,9 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
       std::filesystem::remove_all(trial_dir, ec);
     }
   } else {
-    std::string message =
-        event == protocol::kFailed || event.empty() ? DescribeExit(wstatus) : how;
+    std::string message = event == protocol::kFailed || event.empty()
+                              ? DescribeExit(wstatus)
+                              : how;
     if (!event_message.empty()) message += ": " + event_message;
     FinishTrial(lease, v1::TRIAL_STATE_FAILED, message, stderr_tail.str());
   }

@@ -38,7 +38,7 @@ struct WorkerOptions {
   // at any time records shared_cores = 1 beside its threads.
   int host_cores = 1;
   std::shared_ptr<HostClaims> host_claims;
-  std::string work_dir;      // per-trial directories go here
+  std::string work_dir;  // per-trial directories go here
   // Where checkpoints go, shared by every worker so that a trial resumes
   // wherever it is requeued. Empty: the coordinator's --artifacts, or, if it
   // has none, work_dir (resume only on this worker).
@@ -114,8 +114,8 @@ class Worker {
   void RunTrial(int slot, const v1::TrialLease& lease,
                 const std::string& config_json, WarmTrainer* warm);
   // Sends buffered points; false if the lease is gone (ABORTED/NOT_FOUND).
-  bool Flush(const v1::TrialLease& lease,
-             std::vector<v1::MetricPoint>* points, bool* reachable);
+  bool Flush(const v1::TrialLease& lease, std::vector<v1::MetricPoint>* points,
+             bool* reachable);
   void FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
                    const std::string& message, const std::string& stderr_tail);
   // Whether the host's trainers run more threads than it has cores now.

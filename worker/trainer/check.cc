@@ -33,17 +33,18 @@ class CollectingSink : public MetricSink {
 
 // 20 steps of the MLP with LAMB on `device` in `precision`: ok when it ran
 // and the loss fell.
-json Smoke(const ImageDataset& data, const std::string& device, const std::string& precision,
-           int threads) {
+json Smoke(const ImageDataset& data, const std::string& device,
+           const std::string& precision, int threads) {
   json result = {{"device", device}, {"precision", precision}};
-  auto config = ParseTrialConfig({{"model", {{"type", "mlp"}, {"hidden", {256}}}},
-                                  {"optimizer", {{"name", "lamb"}}},
-                                  {"batch_size", 512},
-                                  {"lr", 0.01},
-                                  {"budget", {{"steps", 20}}},
-                                  {"device", device},
-                                  {"precision", precision},
-                                  {"threads", threads}});
+  auto config =
+      ParseTrialConfig({{"model", {{"type", "mlp"}, {"hidden", {256}}}},
+                        {"optimizer", {{"name", "lamb"}}},
+                        {"batch_size", 512},
+                        {"lr", 0.01},
+                        {"budget", {{"steps", 20}}},
+                        {"device", device},
+                        {"precision", precision},
+                        {"threads", threads}});
   if (!config.ok()) {
     result["error"] = config.status().ToString();
     return result;
@@ -52,7 +53,8 @@ json Smoke(const ImageDataset& data, const std::string& device, const std::strin
   auto run = RunTrial(*config, data, &sink);
   if (!run.ok()) {
     result["error"] = run.status().ToString();
-  } else if (sink.losses.size() != 20 || !(sink.losses.back() < sink.losses.front())) {
+  } else if (sink.losses.size() != 20 ||
+             !(sink.losses.back() < sink.losses.front())) {
     result["error"] = "the loss did not fall in 20 steps";
   } else {
     std::vector<double> speeds(sink.speeds.begin() + 5, sink.speeds.end());
@@ -76,7 +78,8 @@ double OptimizerStepRate(int threads) {
   const auto start = Clock::now();
   constexpr int kSteps = 20;
   for (int i = 0; i < kSteps; ++i) (*optimizer)->step();
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(Clock::now() - start).count();
   return kSteps * 1001000.0 / seconds;
 }
 
@@ -100,19 +103,24 @@ json RunSelfCheck(const std::string& dataset_dir, int threads) {
   std::string line;
   while (std::getline(maps, line)) {
     const auto path = line.find('/');
-    if (path == std::string::npos || line.find("cublas", path) != std::string::npos) continue;
-    if (line.find("blas", path) != std::string::npos || line.find("libmkl", path) != std::string::npos) {
+    if (path == std::string::npos ||
+        line.find("cublas", path) != std::string::npos)
+      continue;
+    if (line.find("blas", path) != std::string::npos ||
+        line.find("libmkl", path) != std::string::npos) {
       blas += "; loaded " + line.substr(path);
       break;
     }
   }
   out["blas"] = blas;
   const bool cuda = torch::cuda::is_available();
-  json gpu = {{"available", cuda}, {"devices", cuda ? torch::cuda::device_count() : 0},
+  json gpu = {{"available", cuda},
+              {"devices", cuda ? torch::cuda::device_count() : 0},
               {"cudnn", cuda && torch::cuda::cudnn_is_available()}};
   if (cuda) {
     try {
-      auto a = torch::ones({16, 16}, torch::dtype(torch::kBFloat16).device(torch::kCUDA));
+      auto a = torch::ones({16, 16},
+                           torch::dtype(torch::kBFloat16).device(torch::kCUDA));
       gpu["bf16"] = a.matmul(a).sum().item<float>() == 16.0f * 256;
     } catch (const std::exception&) {
       gpu["bf16"] = false;
@@ -132,8 +140,9 @@ json RunSelfCheck(const std::string& dataset_dir, int threads) {
   auto data = LoadFashionMnist(dataset_dir);
   json smoke = json::array();
   if (!data.ok()) {
-    problems.push_back("Fashion-MNIST at " + dataset_dir + ": " + data.status().ToString() +
-                       " (image trials would fail; install dataset-fashion-mnist)");
+    problems.push_back(
+        "Fashion-MNIST at " + dataset_dir + ": " + data.status().ToString() +
+        " (image trials would fail; install dataset-fashion-mnist)");
   } else {
     smoke.push_back(Smoke(*data, "cpu", "fp32", threads));
     if (cuda) {
@@ -142,7 +151,8 @@ json RunSelfCheck(const std::string& dataset_dir, int threads) {
     }
     for (const json& s : smoke) {
       if (!s["ok"].get<bool>()) {
-        problems.push_back("smoke training on " + s["device"].get<std::string>() + " " +
+        problems.push_back("smoke training on " +
+                           s["device"].get<std::string>() + " " +
                            s["precision"].get<std::string>() + ": " +
                            s["error"].get<std::string>());
       }

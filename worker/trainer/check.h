@@ -7,9 +7,8 @@
 #ifndef MEGABATCH_WORKER_TRAINER_CHECK_H_
 #define MEGABATCH_WORKER_TRAINER_CHECK_H_
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace megabatch::trainer {
 

@@ -7,7 +7,9 @@ namespace megabatch::trainer {
 DiagnosticsCollector::DiagnosticsCollector(std::vector<torch::Tensor> params,
                                            std::vector<std::string> names,
                                            optim::TrustRatios* trust_ratios)
-    : params_(std::move(params)), names_(std::move(names)), trust_ratios_(trust_ratios) {}
+    : params_(std::move(params)),
+      names_(std::move(names)),
+      trust_ratios_(trust_ratios) {}
 
 void DiagnosticsCollector::Begin() {
   before_.clear();
@@ -18,16 +20,19 @@ void DiagnosticsCollector::Begin() {
 Metrics DiagnosticsCollector::Collect() {
   std::map<const c10::TensorImpl*, double> ratio_of;
   if (trust_ratios_) {
-    for (const auto& [impl, ratio] : trust_ratios_->Last()) ratio_of[impl] = ratio;
+    for (const auto& [impl, ratio] : trust_ratios_->Last())
+      ratio_of[impl] = ratio;
     trust_ratios_->set_enabled(false);
   }
   Metrics out;
   for (size_t i = 0; i < params_.size(); ++i) {
     const std::string& name = names_[i];
     out.push_back({"weight_norm/" + name, params_[i].norm().item<double>()});
-    out.push_back({"update_norm/" + name, (params_[i] - before_[i]).norm().item<double>()});
+    out.push_back({"update_norm/" + name,
+                   (params_[i] - before_[i]).norm().item<double>()});
     auto it = ratio_of.find(params_[i].unsafeGetTensorImpl());
-    if (it != ratio_of.end()) out.push_back({"trust_ratio/" + name, it->second});
+    if (it != ratio_of.end())
+      out.push_back({"trust_ratio/" + name, it->second});
   }
   before_.clear();
   return out;

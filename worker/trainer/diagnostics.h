@@ -18,7 +18,8 @@ namespace megabatch::trainer {
 class DiagnosticsCollector {
  public:
   // `trust_ratios`: the optimizer's recorder, or nullptr for one without.
-  DiagnosticsCollector(std::vector<torch::Tensor> params, std::vector<std::string> names,
+  DiagnosticsCollector(std::vector<torch::Tensor> params,
+                       std::vector<std::string> names,
                        optim::TrustRatios* trust_ratios);
 
   // Snapshots the weights and turns trust-ratio recording on.

@@ -9,11 +9,11 @@
 //
 // megabatch-trainer --serve [--work-dir DIR]: a warm trainer. Reads one
 // request per stdin line (protocol::ServeRequest) and runs each trial as
-// --config would, its event line last; LibTorch's start-up is paid once. Every trial seeds and sizes everything it
-// uses, so its metrics are the bits a fresh process would print. Exits 0 at
-// the end of stdin, and after a trial that did not complete or diverge with
-// that trial's exit code (its process state is not trusted for another
-// trial).
+// --config would, its event line last; LibTorch's start-up is paid once. Every
+// trial seeds and sizes everything it uses, so its metrics are the bits a fresh
+// process would print. Exits 0 at the end of stdin, and after a trial that did
+// not complete or diverge with that trial's exit code (its process state is not
+// trusted for another trial).
 #include <malloc.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -52,10 +52,12 @@ void PrintEvent(const std::string& event, const std::string& message) {
 }
 
 int Usage(const std::string& error) {
-  std::cerr << "megabatch-trainer: " << error << "\n"
-            << "usage: megabatch-trainer --config TRIAL.json [--resume CHECKPOINT]\n"
-            << "       megabatch-trainer --serve [--work-dir DIR]   (requests on stdin)\n"
-            << "       megabatch-trainer --check [--dataset DIR] [--threads N]\n";
+  std::cerr
+      << "megabatch-trainer: " << error << "\n"
+      << "usage: megabatch-trainer --config TRIAL.json [--resume CHECKPOINT]\n"
+      << "       megabatch-trainer --serve [--work-dir DIR]   (requests on "
+         "stdin)\n"
+      << "       megabatch-trainer --check [--dataset DIR] [--threads N]\n";
   return kExitUsage;
 }
 
@@ -77,7 +79,8 @@ int RunOne(const std::string& config_path, const std::string& resume_path) {
       return kExitFailed;
     }
     StdoutSink sink;
-    auto result = megabatch::trainer::RunTrial(*config, **task, &sink, resume_path);
+    auto result =
+        megabatch::trainer::RunTrial(*config, **task, &sink, resume_path);
     if (!result.ok()) {
       PrintEvent(megabatch::protocol::kFailed, result.status().ToString());
       std::cerr << result.status().ToString() << "\n";
@@ -124,7 +127,8 @@ int main(int argc, char** argv) {
       // Where it runs (anything it leaves, a core file say, goes there); the
       // worker passes its own, which also names the trainer's worker in ps.
       if (chdir(argv[++i]) != 0) {
-        return Usage(std::string("--work-dir ") + argv[i] + ": " + std::strerror(errno));
+        return Usage(std::string("--work-dir ") + argv[i] + ": " +
+                     std::strerror(errno));
       }
     } else if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
       config_path = argv[++i];
@@ -137,7 +141,8 @@ int main(int argc, char** argv) {
     }
   }
   if (check) {
-    nlohmann::json findings = megabatch::trainer::RunSelfCheck(check_dataset, check_threads);
+    nlohmann::json findings =
+        megabatch::trainer::RunSelfCheck(check_dataset, check_threads);
     std::cout << findings.dump() << std::endl;
     return findings["problems"].empty() ? kExitCompleted : kExitFailed;
   }

@@ -25,12 +25,14 @@ class NoiseScaleEstimator {
   NoiseScaleEstimator() : NoiseScaleEstimator(1, 2, 1, 1) {}
   // `small` samples per micro-batch, `big` per step, `micro_batches` of them
   // per step (over all ranks), `total_steps` in the trial.
-  NoiseScaleEstimator(int64_t small, int64_t big, int64_t micro_batches, int64_t total_steps)
+  NoiseScaleEstimator(int64_t small, int64_t big, int64_t micro_batches,
+                      int64_t total_steps)
       : small_(static_cast<double>(small)),
         big_(static_cast<double>(big)),
         micro_batches_(static_cast<double>(micro_batches)),
         total_steps_(total_steps),
-        alpha_(std::min(1.0, 1.0 / (kWindow * static_cast<double>(total_steps)))) {}
+        alpha_(std::min(1.0,
+                        1.0 / (kWindow * static_cast<double>(total_steps)))) {}
 
   // One step's measurement: the sum over its micro-batches of |G_small|^2
   // and the whole batch's |G_big|^2.
@@ -53,15 +55,17 @@ class NoiseScaleEstimator {
   // and 100% of the budget B_simple under its own name for comparison
   // across trials.
   std::vector<std::pair<std::string, double>> StepMetrics(int64_t step) const {
-    std::vector<std::pair<std::string, double>> out = {{"gns_gradient_sq", gradient_sq_},
-                                                       {"gns_trace", trace_}};
+    std::vector<std::pair<std::string, double>> out = {
+        {"gns_gradient_sq", gradient_sq_}, {"gns_trace", trace_}};
     if (!has_value()) return out;
     out.push_back({"gradient_noise_scale", b_simple()});
-    constexpr std::pair<double, const char*> kPoints[] = {{0.1, "noise_scale_at_10pct"},
-                                                          {0.5, "noise_scale_at_50pct"},
-                                                          {1.0, "noise_scale_at_100pct"}};
+    constexpr std::pair<double, const char*> kPoints[] = {
+        {0.1, "noise_scale_at_10pct"},
+        {0.5, "noise_scale_at_50pct"},
+        {1.0, "noise_scale_at_100pct"}};
     for (const auto& [fraction, name] : kPoints) {
-      const auto at = static_cast<int64_t>(std::ceil(fraction * total_steps_ - 1e-9));
+      const auto at =
+          static_cast<int64_t>(std::ceil(fraction * total_steps_ - 1e-9));
       if (step == std::max<int64_t>(1, at)) out.push_back({name, b_simple()});
     }
     return out;

@@ -2,15 +2,15 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
-#include <torch/version.h>
 #include <fcntl.h>
+#include <torch/version.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -37,14 +37,25 @@ double Seconds(Clock::duration d) {
 
 // LibTorch 2.4 replaced the CUDA-only autocast calls by per-device ones (and
 // later releases drop the old names); Debian's is 1.13.
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-void SetCudaAutocast(bool enabled) { at::autocast::set_autocast_enabled(at::kCUDA, enabled); }
-at::ScalarType CudaAutocastDtype() { return at::autocast::get_autocast_dtype(at::kCUDA); }
-void SetCudaAutocastDtype(at::ScalarType t) { at::autocast::set_autocast_dtype(at::kCUDA, t); }
+#if TORCH_VERSION_MAJOR > 2 || \
+    (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+void SetCudaAutocast(bool enabled) {
+  at::autocast::set_autocast_enabled(at::kCUDA, enabled);
+}
+at::ScalarType CudaAutocastDtype() {
+  return at::autocast::get_autocast_dtype(at::kCUDA);
+}
+void SetCudaAutocastDtype(at::ScalarType t) {
+  at::autocast::set_autocast_dtype(at::kCUDA, t);
+}
 #else
 void SetCudaAutocast(bool enabled) { at::autocast::set_enabled(enabled); }
-at::ScalarType CudaAutocastDtype() { return at::autocast::get_autocast_gpu_dtype(); }
-void SetCudaAutocastDtype(at::ScalarType t) { at::autocast::set_autocast_gpu_dtype(t); }
+at::ScalarType CudaAutocastDtype() {
+  return at::autocast::get_autocast_gpu_dtype();
+}
+void SetCudaAutocastDtype(at::ScalarType t) {
+  at::autocast::set_autocast_gpu_dtype(t);
+}
 #endif
 
 // Autocast for the forward passes in its scope, as `torch.autocast("cuda",
@@ -104,8 +115,8 @@ Result<Placement> Place(const TrialConfig& config) {
 
 // Evaluates with the model in eval mode, without gradients, under the
 // trial's autocast.
-Evaluation EvaluateTask(Task& task, torch::nn::Module& model, const Placement& placement,
-                        Split split) {
+Evaluation EvaluateTask(Task& task, torch::nn::Module& model,
+                        const Placement& placement, Split split) {
   torch::NoGradGuard no_grad;
   AutocastScope autocast(placement.autocast, placement.autocast_dtype);
   model.eval();
@@ -134,10 +145,12 @@ double GradSquaredNorm(const std::vector<torch::Tensor>& params,
   return torch::stack(norms).to(torch::kDouble).pow(2).sum().item<double>();
 }
 
-std::vector<torch::Tensor> CopyGradients(const std::vector<torch::Tensor>& params) {
+std::vector<torch::Tensor> CopyGradients(
+    const std::vector<torch::Tensor>& params) {
   std::vector<torch::Tensor> out;
   for (const auto& p : params) {
-    out.push_back(p.grad().defined() ? p.grad().detach().clone() : torch::Tensor());
+    out.push_back(p.grad().defined() ? p.grad().detach().clone()
+                                     : torch::Tensor());
   }
   return out;
 }
@@ -175,22 +188,24 @@ struct LoopState {
 
 // The sample indices of stream positions [first, last), drawing the next
 // epoch's permutation from `shuffle` when the stream reaches it.
-torch::Tensor StreamSlice(int64_t first, int64_t last, int64_t n, at::Generator& shuffle,
-                          LoopState* s) {
+torch::Tensor StreamSlice(int64_t first, int64_t last, int64_t n,
+                          at::Generator& shuffle, LoopState* s) {
   while (s->order.size(0) >= n && (s->order_epoch + 1) * n <= first) {
     s->order = s->order.slice(0, n);
     ++s->order_epoch;
   }
   while (s->order_epoch * n + s->order.size(0) < last) {
-    s->order = torch::cat({s->order, torch::randperm(n, shuffle, torch::kInt64)});
+    s->order =
+        torch::cat({s->order, torch::randperm(n, shuffle, torch::kInt64)});
   }
   const int64_t base = s->order_epoch * n;
   return s->order.slice(0, first - base, last - base);
 }
 
 Status SaveCheckpoint(const TrialConfig& config, torch::nn::Module& model,
-                      torch::optim::Optimizer& optimizer, at::Generator& shuffle,
-                      const LoopState& s, MetricSink* sink) {
+                      torch::optim::Optimizer& optimizer,
+                      at::Generator& shuffle, const LoopState& s,
+                      MetricSink* sink) {
   torch::serialize::OutputArchive archive;
   archive.write("format", c10::IValue(kCheckpointFormat));
   archive.write("config", c10::IValue(config.fingerprint));
@@ -229,15 +244,17 @@ Status SaveCheckpoint(const TrialConfig& config, torch::nn::Module& model,
             ("step-" + std::to_string(s.step) + ".pt"))
                .string();
   }
-  MEGABATCH_RETURN_IF_ERROR(WriteFileAtomically(path, bytes.str(), "checkpoint"));
+  MEGABATCH_RETURN_IF_ERROR(
+      WriteFileAtomically(path, bytes.str(), "checkpoint"));
   sink->Checkpointed(s.step, path);
   return Status();
 }
 
 Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
                       torch::nn::Module& model,
-                      torch::optim::Optimizer& optimizer, at::Generator& shuffle,
-                      torch::Device device, LoopState* s) {
+                      torch::optim::Optimizer& optimizer,
+                      at::Generator& shuffle, torch::Device device,
+                      LoopState* s) {
   if (!std::filesystem::exists(path)) {
     return NotFoundError("checkpoint " + path + " does not exist");
   }
@@ -264,7 +281,8 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
     s->first_loss = field("first_loss").toDouble();
     s->train_seconds = field("train_seconds").toDouble();
     s->target_reached = field("target_reached").toBool();
-    s->noise.Restore(field("gns_gradient_sq").toDouble(), field("gns_trace").toDouble());
+    s->noise.Restore(field("gns_gradient_sq").toDouble(),
+                     field("gns_trace").toDouble());
     c10::IValue value;
     double scale = s->scaler.scale();
     int64_t clean_steps = s->scaler.clean_steps();
@@ -277,7 +295,8 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
       // Format 1 held the permutation of the epoch the last step was in, with
       // floor(n / b) steps an epoch (exact when b divides n).
       const int64_t n = s->order.size(0);
-      s->order_epoch = std::max<int64_t>(0, s->step - 1) / std::max<int64_t>(1, n / config.batch_size);
+      s->order_epoch = std::max<int64_t>(0, s->step - 1) /
+                       std::max<int64_t>(1, n / config.batch_size);
     } else {
       s->order_epoch = field("order_epoch").toInt();
       s->last_eval = {field("last_eval_samples").toDouble(),
@@ -304,22 +323,23 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
     model.load(model_archive);
     optimizer.load(optimizer_archive);
   } catch (const c10::Error& e) {
-    return DataLossError("checkpoint " + path + " is unreadable: " +
-                         e.what_without_backtrace());
+    return DataLossError("checkpoint " + path +
+                         " is unreadable: " + e.what_without_backtrace());
   }
   return Status();
 }
 
 }  // namespace
 
-Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data,
-                             MetricSink* sink, const std::string& resume_from) {
+Result<TrialResult> RunTrial(const TrialConfig& config,
+                             const ImageDataset& data, MetricSink* sink,
+                             const std::string& resume_from) {
   std::unique_ptr<Task> task = MakeImageTask(config, data);
   return RunTrial(config, *task, sink, resume_from);
 }
 
-Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* sink,
-                             const std::string& resume_from) {
+Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
+                             MetricSink* sink, const std::string& resume_from) {
   torch::manual_seed(static_cast<uint64_t>(config.seed));
   torch::set_num_threads(config.threads);
   auto model_or = task.BuildModel();
@@ -342,8 +362,9 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
     auto joined = DataParallel::Join(config, device);
     if (!joined.ok()) return joined.status();
     dp = std::move(*joined);
-    std::cerr << "megabatch-trainer: rank " << config.rank << " of " << config.world_size
-              << " joined " << config.rendezvous_host << ":" << config.rendezvous_port << "\n";
+    std::cerr << "megabatch-trainer: rank " << config.rank << " of "
+              << config.world_size << " joined " << config.rendezvous_host
+              << ":" << config.rendezvous_port << "\n";
   }
   // Rank 0 alone evaluates, reports and checkpoints.
   const bool reporter = config.rank == 0;
@@ -353,20 +374,21 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
 
   const int64_t n = task.train_size();
   if (config.batch_size > n) {
-    return InvalidArgumentError("batch_size: " +
-                                std::to_string(config.batch_size) +
-                                " exceeds the training set's " +
-                                std::to_string(n) + " samples");
+    return InvalidArgumentError(
+        "batch_size: " + std::to_string(config.batch_size) +
+        " exceeds the training set's " + std::to_string(n) + " samples");
   }
   const int64_t batch = config.batch_size;
   const int64_t total_steps = TotalSteps(config, n);
-  const LrSchedule schedule{config.lr,    WarmupSteps(config, n), total_steps,
-                            config.decay, config.power,           config.warmup_start_lr};
+  const LrSchedule schedule{config.lr,    WarmupSteps(config, n),
+                            total_steps,  config.decay,
+                            config.power, config.warmup_start_lr};
   // This rank's share of every global batch, in micro-batches. With
   // noise_scale: always, a step of one micro-batch on one rank is run as two
   // halves, so that B_simple can be measured (docs/method.md).
   const int64_t local_batch = batch / config.world_size;
-  const bool halves = config.noise_scale == "always" && config.world_size == 1 &&
+  const bool halves = config.noise_scale == "always" &&
+                      config.world_size == 1 &&
                       config.micro_batch_size == batch && batch % 2 == 0;
   const int64_t micro = halves ? batch / 2 : config.micro_batch_size;
   const int64_t accumulation = local_batch / micro;
@@ -378,22 +400,25 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
   const double loss_scale = static_cast<double>(micro) / batch;
   const double clip_norm = TrainerClipNorm(config.optimizer);
   const SelectionMetric* target =
-      config.target_metric.empty() ? nullptr : FindSelectionMetric(config.target_metric);
+      config.target_metric.empty() ? nullptr
+                                   : FindSelectionMetric(config.target_metric);
 
   task.To(device);
   at::Generator shuffle = at::make_generator<at::CPUGeneratorImpl>(
       static_cast<uint64_t>(config.seed));
   const std::vector<torch::Tensor> params = model->parameters();
   std::vector<std::string> param_names;
-  for (const auto& item : model->named_parameters()) param_names.push_back(item.key());
+  for (const auto& item : model->named_parameters())
+    param_names.push_back(item.key());
   DiagnosticsCollector diagnostics(params, param_names, RecorderOf(optimizer));
   LoopState s;
   s.scaler = LossScaler(placement.loss_scaling);
   // B_small = micro, B_big = batch, over all micro-batches of all ranks.
-  s.noise = NoiseScaleEstimator(micro, batch, accumulation * config.world_size, total_steps);
+  s.noise = NoiseScaleEstimator(micro, batch, accumulation * config.world_size,
+                                total_steps);
   if (!resume_from.empty()) {
-    MEGABATCH_RETURN_IF_ERROR(
-        LoadCheckpoint(resume_from, config, *model, optimizer, shuffle, device, &s));
+    MEGABATCH_RETURN_IF_ERROR(LoadCheckpoint(resume_from, config, *model,
+                                             optimizer, shuffle, device, &s));
   }
   if (dp) {
     // Every rank must continue from the same step: with per-machine
@@ -403,8 +428,10 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
     if (!sums.ok()) return sums.status();
     if ((*sums)[1] * config.world_size != (*sums)[0] * (*sums)[0]) {
       return FailedPreconditionError(
-          "ranks start from different steps (this rank: " + std::to_string(s.step) +
-          "); a data-parallel trial resumes only from checkpoints all its workers read "
+          "ranks start from different steps (this rank: " +
+          std::to_string(s.step) +
+          "); a data-parallel trial resumes only from checkpoints all its "
+          "workers read "
           "(the coordinator's --artifacts on shared storage)");
     }
   }
@@ -422,7 +449,8 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
   auto finish_with_test = [&]() -> Result<TrialResult> {
     if (reporter && task.has_test_split()) {
       Evaluation ev = EvaluateTask(task, *model, placement, Split::kTest);
-      sink->Log(s.step, {{"test_loss", ev.loss}, {"test_accuracy", ev.accuracy}});
+      sink->Log(s.step,
+                {{"test_loss", ev.loss}, {"test_accuracy", ev.accuracy}});
     }
     return finish();
   };
@@ -438,25 +466,29 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
     eval_metrics.insert(eval_metrics.end(), ev.extra.begin(), ev.extra.end());
     bool reached = false;
     if (target != nullptr && !s.target_reached) {
-      auto value = std::find_if(eval_metrics.begin(), eval_metrics.end(),
-                                [&](const auto& m) { return m.first == target->name; });
+      auto value =
+          std::find_if(eval_metrics.begin(), eval_metrics.end(),
+                       [&](const auto& m) { return m.first == target->name; });
       if (value == eval_metrics.end()) {
-        return InvalidArgumentError("target.metric: model " + config.model_type +
-                                    " does not report " + std::string(target->name));
+        return InvalidArgumentError("target.metric: model " +
+                                    config.model_type + " does not report " +
+                                    std::string(target->name));
       }
       const EvalPoint at{samples, s.train_seconds, value->second};
       std::optional<EvalPoint> before;
       if (s.last_eval.samples >= 0) before = s.last_eval;
-      std::optional<Crossing> crossing =
-          InterpolateCrossing(before, at, config.target_value, target->higher_is_better);
+      std::optional<Crossing> crossing = InterpolateCrossing(
+          before, at, config.target_value, target->higher_is_better);
       s.last_eval = at;
       if (crossing) {
         reached = true;
         s.target_reached = true;
         eval_metrics.push_back({"target_reached_samples", crossing->samples});
-        eval_metrics.push_back({"target_reached_steps", crossing->samples / batch});
+        eval_metrics.push_back(
+            {"target_reached_steps", crossing->samples / batch});
         eval_metrics.push_back({"target_reached_seconds", crossing->seconds});
-        eval_metrics.push_back({"target_bracket_samples", crossing->lower_samples});
+        eval_metrics.push_back(
+            {"target_bracket_samples", crossing->lower_samples});
         if (s.noise.has_value()) {
           eval_metrics.push_back({"noise_scale_at_target", s.noise.b_simple()});
         }
@@ -467,7 +499,8 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
   };
   auto eval_due = [&](int64_t step) {
     if (config.eval_every_steps > 0) return step % config.eval_every_steps == 0;
-    const int64_t every = config.eval_every_samples > 0 ? config.eval_every_samples : n;
+    const int64_t every =
+        config.eval_every_samples > 0 ? config.eval_every_samples : n;
     return (step * batch) / every > ((step - 1) * batch) / every;
   };
 
@@ -479,7 +512,8 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
   }
   for (int64_t step = s.step + 1; step <= total_steps; ++step) {
     auto start = Clock::now();
-    torch::Tensor step_batch = StreamSlice((step - 1) * batch, step * batch, n, shuffle, &s);
+    torch::Tensor step_batch =
+        StreamSlice((step - 1) * batch, step * batch, n, shuffle, &s);
     double lr = schedule.At(step);
     SetLearningRate(optimizer, lr);
     optimizer.zero_grad();
@@ -493,7 +527,8 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
     for (int64_t k = 0; k < accumulation; ++k) {
       // This micro-batch's place in the global batch.
       int64_t offset = config.rank * local_batch + k * micro;
-      torch::Tensor idx = step_batch.slice(0, offset, offset + micro).to(device);
+      torch::Tensor idx =
+          step_batch.slice(0, offset, offset + micro).to(device);
       torch::Tensor loss;
       {
         AutocastScope autocast(placement.autocast, placement.autocast_dtype);
@@ -550,9 +585,11 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
     Metrics step_metrics = {{"train_loss", loss_value},
                             {"lr", lr},
                             {"samples_per_second", batch / step_seconds}};
-    if (step == 1) step_metrics.push_back({"train_samples", static_cast<double>(n)});
+    if (step == 1)
+      step_metrics.push_back({"train_samples", static_cast<double>(n)});
     if (!skip_step) step_metrics.push_back({"grad_norm", std::sqrt(big_sq)});
-    if (s.scaler.enabled()) step_metrics.push_back({"loss_scale", s.scaler.scale()});
+    if (s.scaler.enabled())
+      step_metrics.push_back({"loss_scale", s.scaler.scale()});
     if (dp) step_metrics.push_back({"allreduce_seconds", allreduce_seconds});
     if (measure_noise && !skip_step) {
       s.noise.Add(small_sq, big_sq);
@@ -561,7 +598,8 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* 
     }
     if (diagnose) {
       const Metrics collected = diagnostics.Collect();
-      step_metrics.insert(step_metrics.end(), collected.begin(), collected.end());
+      step_metrics.insert(step_metrics.end(), collected.begin(),
+                          collected.end());
     }
     if (reporter) sink->Log(step, step_metrics);
     if (step == 1) s.first_loss = loss_value;

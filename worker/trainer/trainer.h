@@ -55,11 +55,12 @@ struct TrialResult {
 // that every later metric equals the uninterrupted run's (samples_per_second
 // aside). Errors: NOT_FOUND / DATA_LOSS for a missing or unreadable
 // checkpoint, INVALID_ARGUMENT for one written by a different config.
-Result<TrialResult> RunTrial(const TrialConfig& config, Task& task, MetricSink* sink,
+Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
+                             MetricSink* sink,
                              const std::string& resume_from = "");
 // The image task (mlp, cnn) on `data`.
-Result<TrialResult> RunTrial(const TrialConfig& config, const ImageDataset& data,
-                             MetricSink* sink,
+Result<TrialResult> RunTrial(const TrialConfig& config,
+                             const ImageDataset& data, MetricSink* sink,
                              const std::string& resume_from = "");
 
 }  // namespace megabatch::trainer

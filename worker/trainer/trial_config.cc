@@ -50,7 +50,8 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "seed", &c.seed));
   const json no_fields = json::object();
   auto model_it = doc.find("model");
-  const json& model = model_it != doc.end() && model_it->is_object() ? *model_it : no_fields;
+  const json& model =
+      model_it != doc.end() && model_it->is_object() ? *model_it : no_fields;
   MEGABATCH_RETURN_IF_ERROR(Read(model, "type", &c.model_type));
   // Options, defaults and ranges: common/model_catalog.h, as the spec has them.
   const ModelInfo* info = FindModel(c.model_type);
@@ -59,8 +60,8 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
                                 "'; supported: " + std::string(kModelNames));
   }
   const bool text = info->dataset == "text";
-  const std::map<std::string_view, std::vector<int64_t>*> lists = {{"hidden", &c.hidden},
-                                                                   {"channels", &c.channels}};
+  const std::map<std::string_view, std::vector<int64_t>*> lists = {
+      {"hidden", &c.hidden}, {"channels", &c.channels}};
   for (const ModelWidthList& list : info->lists) {
     if (list.name.empty()) continue;
     std::vector<int64_t>* widths = lists.at(list.name);
@@ -70,7 +71,8 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     }
     MEGABATCH_RETURN_IF_ERROR(Read(model, std::string(list.name), widths));
     if (widths->size() > list.max_entries) {
-      return InvalidArgumentError("model." + std::string(list.name) + ": at most " +
+      return InvalidArgumentError("model." + std::string(list.name) +
+                                  ": at most " +
                                   std::to_string(list.max_entries) + " widths");
     }
     for (int64_t w : *widths) {
@@ -82,8 +84,9 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     }
   }
   const std::map<std::string_view, int64_t*> ints = {
-      {"hidden", &c.width}, {"layers", &c.layers}, {"seq_len", &c.seq_len},
-      {"embedding", &c.embedding}, {"heads", &c.heads}, {"ffn", &c.ffn},
+      {"hidden", &c.width},         {"layers", &c.layers},
+      {"seq_len", &c.seq_len},      {"embedding", &c.embedding},
+      {"heads", &c.heads},          {"ffn", &c.ffn},
       {"vocab_size", &c.vocab_size}};
   for (const ModelIntOption& o : info->ints) {
     if (o.name.empty()) continue;
@@ -91,30 +94,35 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     *value = DefaultOf(o, c.width);
     MEGABATCH_RETURN_IF_ERROR(Read(model, std::string(o.name), value));
     if (*value < o.lo || *value > o.hi) {
-      return InvalidArgumentError("model." + std::string(o.name) + ": must be between " +
-                                  std::to_string(o.lo) + " and " + std::to_string(o.hi) +
-                                  ", got " + std::to_string(*value));
+      return InvalidArgumentError("model." + std::string(o.name) +
+                                  ": must be between " + std::to_string(o.lo) +
+                                  " and " + std::to_string(o.hi) + ", got " +
+                                  std::to_string(*value));
     }
   }
   if (info->has_bias) MEGABATCH_RETURN_IF_ERROR(Read(model, "bias", &c.bias));
   if (c.model_type == "tiny_bert" && c.width % c.heads != 0) {
     return InvalidArgumentError("model.heads: " + std::to_string(c.heads) +
-                                " must divide model.hidden " + std::to_string(c.width));
+                                " must divide model.hidden " +
+                                std::to_string(c.width));
   }
   c.dataset_name = std::string(info->dataset);
   if (text) c.dataset_path = kDefaultTextCorpusPath;
   if (auto ds = doc.find("dataset"); ds != doc.end() && ds->is_object()) {
     MEGABATCH_RETURN_IF_ERROR(Read(*ds, "name", &c.dataset_name));
     MEGABATCH_RETURN_IF_ERROR(Read(*ds, "path", &c.dataset_path));
-    MEGABATCH_RETURN_IF_ERROR(Read(*ds, "validation_fraction", &c.validation_fraction));
+    MEGABATCH_RETURN_IF_ERROR(
+        Read(*ds, "validation_fraction", &c.validation_fraction));
     MEGABATCH_RETURN_IF_ERROR(Read(*ds, "cache_dir", &c.cache_dir));
   }
   if (c.dataset_name != info->dataset) {
-    return InvalidArgumentError("dataset.name: model " + c.model_type + " trains on " +
-                                std::string(info->dataset) + ", not '" + c.dataset_name + "'");
+    return InvalidArgumentError("dataset.name: model " + c.model_type +
+                                " trains on " + std::string(info->dataset) +
+                                ", not '" + c.dataset_name + "'");
   }
   if (!(c.validation_fraction > 0 && c.validation_fraction < 1)) {
-    return InvalidArgumentError("dataset.validation_fraction: must be in (0, 1)");
+    return InvalidArgumentError(
+        "dataset.validation_fraction: must be in (0, 1)");
   }
   if (c.cache_dir.empty()) c.cache_dir = DefaultCacheDir();
   c.optimizer = doc.value("optimizer", json{{"name", "sgd"}});
@@ -134,17 +142,17 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   }
   if (c.micro_batch_size < 1 || c.micro_batch_size > c.batch_size ||
       c.batch_size % c.micro_batch_size != 0) {
-    return InvalidArgumentError(
-        "micro_batch_size: must divide batch_size " +
-        std::to_string(c.batch_size) + ", got " +
-        std::to_string(c.micro_batch_size));
+    return InvalidArgumentError("micro_batch_size: must divide batch_size " +
+                                std::to_string(c.batch_size) + ", got " +
+                                std::to_string(c.micro_batch_size));
   }
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "lr", &c.lr));
   if (!(c.lr > 0) || !std::isfinite(c.lr)) {
     return InvalidArgumentError("lr: must be a positive number");
   }
   if (auto s = doc.find("schedule"); s != doc.end()) {
-    MEGABATCH_RETURN_IF_ERROR(ReadOptional(*s, "warmup_steps", &c.warmup_steps));
+    MEGABATCH_RETURN_IF_ERROR(
+        ReadOptional(*s, "warmup_steps", &c.warmup_steps));
     MEGABATCH_RETURN_IF_ERROR(
         ReadOptional(*s, "warmup_epochs", &c.warmup_epochs));
     std::string decay = "constant";
@@ -154,12 +162,14 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     } else if (decay == "cosine") {
       c.decay = Decay::kCosine;
     } else if (decay != "constant") {
-      return InvalidArgumentError("schedule.decay: unknown decay '" + decay + "'");
+      return InvalidArgumentError("schedule.decay: unknown decay '" + decay +
+                                  "'");
     }
     MEGABATCH_RETURN_IF_ERROR(Read(*s, "power", &c.power));
     MEGABATCH_RETURN_IF_ERROR(Read(*s, "warmup_start_lr", &c.warmup_start_lr));
     if (!(c.warmup_start_lr >= 0) || c.warmup_start_lr > c.lr) {
-      return InvalidArgumentError("schedule.warmup_start_lr: must be in [0, lr]");
+      return InvalidArgumentError(
+          "schedule.warmup_start_lr: must be in [0, lr]");
     }
   }
   if (auto b = doc.find("budget"); b != doc.end()) {
@@ -179,12 +189,15 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     return InvalidArgumentError("budget: must be positive");
   }
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "eval_every_steps", &c.eval_every_steps));
-  MEGABATCH_RETURN_IF_ERROR(Read(doc, "eval_every_samples", &c.eval_every_samples));
+  MEGABATCH_RETURN_IF_ERROR(
+      Read(doc, "eval_every_samples", &c.eval_every_samples));
   if (c.eval_every_steps < 0 || c.eval_every_samples < 0) {
-    return InvalidArgumentError("eval_every_steps, eval_every_samples: must be >= 0");
+    return InvalidArgumentError(
+        "eval_every_steps, eval_every_samples: must be >= 0");
   }
   if (c.eval_every_steps > 0 && c.eval_every_samples > 0) {
-    return InvalidArgumentError("eval_every_samples: give it or eval_every_steps, not both");
+    return InvalidArgumentError(
+        "eval_every_samples: give it or eval_every_steps, not both");
   }
   if (auto t = doc.find("target"); t != doc.end() && t->is_object()) {
     MEGABATCH_RETURN_IF_ERROR(Read(*t, "metric", &c.target_metric));
@@ -192,12 +205,14 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     MEGABATCH_RETURN_IF_ERROR(Read(*t, "stop", &c.target_stop));
     c.target_metric = std::string(CanonicalSelectionMetric(c.target_metric));
     if (FindSelectionMetric(c.target_metric) == nullptr) {
-      return InvalidArgumentError("target.metric: unknown metric '" + c.target_metric +
+      return InvalidArgumentError("target.metric: unknown metric '" +
+                                  c.target_metric +
                                   "'; supported: " + SelectionMetricNames());
     }
   }
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "noise_scale", &c.noise_scale));
-  if (c.noise_scale != "auto" && c.noise_scale != "always" && c.noise_scale != "off") {
+  if (c.noise_scale != "auto" && c.noise_scale != "always" &&
+      c.noise_scale != "off") {
     return InvalidArgumentError("noise_scale: unknown mode '" + c.noise_scale +
                                 "'; supported: auto, always, off");
   }
@@ -210,8 +225,8 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   }
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "precision", &c.precision));
   if (c.precision != "fp32" && c.precision != "bf16" && c.precision != "fp16") {
-    return InvalidArgumentError("precision: unknown precision '" +
-                                c.precision + "'; supported: fp32, bf16, fp16");
+    return InvalidArgumentError("precision: unknown precision '" + c.precision +
+                                "'; supported: fp32, bf16, fp16");
   }
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "threads", &c.threads));
   if (c.threads < 1) return InvalidArgumentError("threads: must be positive");
@@ -223,7 +238,8 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     return InvalidArgumentError("diagnostics_every_steps: must be >= 0");
   }
   MEGABATCH_RETURN_IF_ERROR(Read(doc, "checkpoint_path", &c.checkpoint_path));
-  MEGABATCH_RETURN_IF_ERROR(Read(doc, "checkpoint_per_step", &c.checkpoint_per_step));
+  MEGABATCH_RETURN_IF_ERROR(
+      Read(doc, "checkpoint_per_step", &c.checkpoint_per_step));
   if (c.checkpoint_every_steps < 0) {
     return InvalidArgumentError("checkpoint_every_steps: must be >= 0");
   }
@@ -239,26 +255,31 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     MEGABATCH_RETURN_IF_ERROR(Read(*d, "timeout_s", &c.collective_timeout_s));
   }
   if (c.world_size < 1 || c.world_size > 4096) {
-    return InvalidArgumentError("distributed.world_size: must be between 1 and 4096");
+    return InvalidArgumentError(
+        "distributed.world_size: must be between 1 and 4096");
   }
   if (c.rank < 0 || c.rank >= c.world_size) {
-    return InvalidArgumentError("distributed.rank: must be in [0, world_size), got " +
-                                std::to_string(c.rank));
+    return InvalidArgumentError(
+        "distributed.rank: must be in [0, world_size), got " +
+        std::to_string(c.rank));
   }
   if (c.world_size > 1) {
     if (c.rendezvous_host.empty()) {
-      return InvalidArgumentError("distributed.host: required with world_size > 1");
+      return InvalidArgumentError(
+          "distributed.host: required with world_size > 1");
     }
     if (c.rendezvous_port < 1 || c.rendezvous_port > 65535) {
-      return InvalidArgumentError("distributed.port: must be between 1 and 65535");
+      return InvalidArgumentError(
+          "distributed.port: must be between 1 and 65535");
     }
     if (c.collective_timeout_s < 1) {
       return InvalidArgumentError("distributed.timeout_s: must be positive");
     }
     if (c.batch_size % (c.micro_batch_size * c.world_size) != 0) {
       return InvalidArgumentError(
-          "batch_size: " + std::to_string(c.batch_size) + " must be a multiple of " +
-          "micro_batch_size x world_size (" + std::to_string(c.micro_batch_size) + " x " +
+          "batch_size: " + std::to_string(c.batch_size) +
+          " must be a multiple of " + "micro_batch_size x world_size (" +
+          std::to_string(c.micro_batch_size) + " x " +
           std::to_string(c.world_size) + ")");
     }
   }
@@ -267,7 +288,8 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   fingerprint.erase("threads");
   fingerprint.erase("checkpoint_path");
   fingerprint.erase("checkpoint_per_step");
-  if (auto ds = fingerprint.find("dataset"); ds != fingerprint.end() && ds->is_object()) {
+  if (auto ds = fingerprint.find("dataset");
+      ds != fingerprint.end() && ds->is_object()) {
     ds->erase("cache_dir");
   }
   c.fingerprint = fingerprint.dump();
@@ -281,7 +303,8 @@ int64_t TotalSteps(const TrialConfig& c, int64_t train_samples) {
   }
   double epochs = c.budget_epochs.value_or(1.0);
   return std::max<int64_t>(
-      1, static_cast<int64_t>(std::ceil(epochs * StepsPerEpoch(c, train_samples) - 1e-9)));
+      1, static_cast<int64_t>(
+             std::ceil(epochs * StepsPerEpoch(c, train_samples) - 1e-9)));
 }
 
 int64_t WarmupSteps(const TrialConfig& c, int64_t train_samples) {

@@ -5,11 +5,10 @@
 #define MEGABATCH_WORKER_TRAINER_TRIAL_CONFIG_H_
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/status.h"
 #include "worker/trainer/schedule/lr_schedule.h"
@@ -24,19 +23,20 @@ struct TrialConfig {
   std::vector<int64_t> hidden = {512, 512};
   std::vector<int64_t> channels = {32, 64};  // cnn only
   // char_lstm and tiny_bert (model.hidden is one width for them).
-  int64_t seq_len = 128;    // window (char_lstm: the truncation length) or sequence
-  int64_t width = 256;      // hidden size: 256 char_lstm, 128 tiny_bert
-  int64_t layers = 1;       // 1 char_lstm, 2 tiny_bert
-  int64_t embedding = 64;   // char_lstm: byte embedding size
-  int64_t heads = 2;        // tiny_bert
-  int64_t ffn = 512;        // tiny_bert: feed-forward width
+  int64_t seq_len =
+      128;              // window (char_lstm: the truncation length) or sequence
+  int64_t width = 256;  // hidden size: 256 char_lstm, 128 tiny_bert
+  int64_t layers = 1;   // 1 char_lstm, 2 tiny_bert
+  int64_t embedding = 64;     // char_lstm: byte embedding size
+  int64_t heads = 2;          // tiny_bert
+  int64_t ffn = 512;          // tiny_bert: feed-forward width
   int64_t vocab_size = 2048;  // tiny_bert: SentencePiece vocabulary
-  bool bias = true;         // tiny_bert: biases in linear layers
+  bool bias = true;           // tiny_bert: biases in linear layers
   // fashion_mnist for mlp/cnn, text for char_lstm/tiny_bert.
   std::string dataset_name = "fashion_mnist";
   std::string dataset_path = "/usr/share/datasets/fashion-mnist";
   double validation_fraction = 0.05;  // text: documents held out
-  std::string cache_dir;              // tokenizer and decoded-dataset cache (default below)
+  std::string cache_dir;  // tokenizer and decoded-dataset cache (default below)
   nlohmann::json optimizer;  // {"name": ..., option: value, ...}
   int64_t batch_size = 128;
   int64_t micro_batch_size = 128;  // == batch_size: no accumulation

@@ -24,8 +24,9 @@ constexpr float kMean = 0.2860f;
 constexpr float kStd = 0.3530f;
 constexpr uint32_t kImagesMagic = 2051;
 constexpr uint32_t kLabelsMagic = 2049;
-constexpr const char* kFiles[] = {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"};
+constexpr const char* kFiles[] = {
+    "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"};
 
 Result<std::vector<uint8_t>> ReadGzip(const std::string& path) {
   if (!std::filesystem::exists(path)) {
@@ -36,7 +37,8 @@ Result<std::vector<uint8_t>> ReadGzip(const std::string& path) {
   std::vector<uint8_t> out;
   uint8_t buf[1 << 16];
   int n;
-  while ((n = gzread(f, buf, sizeof(buf))) > 0) out.insert(out.end(), buf, buf + n);
+  while ((n = gzread(f, buf, sizeof(buf))) > 0)
+    out.insert(out.end(), buf, buf + n);
   int err = 0;
   const char* msg = gzerror(f, &err);
   std::string error = (n < 0 && msg) ? msg : "";
@@ -118,16 +120,18 @@ constexpr size_t kHeaderBytes = 64;
 
 struct CacheLayout {
   int64_t train = 0, test = 0, rows = 0, cols = 0;
-  size_t offsets[4] = {};  // train images, test images, train labels, test labels
+  size_t offsets[4] =
+      {};  // train images, test images, train labels, test labels
   size_t total = 0;
 };
 
 CacheLayout Layout(int64_t train, int64_t test, int64_t rows, int64_t cols) {
   CacheLayout l{train, test, rows, cols};
-  const size_t sizes[4] = {static_cast<size_t>(train * rows * cols) * sizeof(float),
-                           static_cast<size_t>(test * rows * cols) * sizeof(float),
-                           static_cast<size_t>(train) * sizeof(int64_t),
-                           static_cast<size_t>(test) * sizeof(int64_t)};
+  const size_t sizes[4] = {
+      static_cast<size_t>(train * rows * cols) * sizeof(float),
+      static_cast<size_t>(test * rows * cols) * sizeof(float),
+      static_cast<size_t>(train) * sizeof(int64_t),
+      static_cast<size_t>(test) * sizeof(int64_t)};
   size_t at = kHeaderBytes;
   for (int i = 0; i < 4; ++i) {
     l.offsets[i] = at;
@@ -141,12 +145,15 @@ CacheLayout Layout(int64_t train, int64_t test, int64_t rows, int64_t cols) {
 // be stat()ed (LoadFashionMnist then reports it).
 std::string CacheName(const std::string& dir) {
   std::error_code ec;
-  std::string key_text = "fashion-mnist cache 1|" + std::filesystem::absolute(dir, ec).string();
+  std::string key_text =
+      "fashion-mnist cache 1|" + std::filesystem::absolute(dir, ec).string();
   for (const char* file : kFiles) {
     struct stat st {};
-    if (::stat((std::filesystem::path(dir) / file).c_str(), &st) != 0) return "";
-    key_text += "|" + std::string(file) + ":" + std::to_string(st.st_size) + ":" +
-                std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec);
+    if (::stat((std::filesystem::path(dir) / file).c_str(), &st) != 0)
+      return "";
+    key_text += "|" + std::string(file) + ":" + std::to_string(st.st_size) +
+                ":" + std::to_string(st.st_mtim.tv_sec) + "." +
+                std::to_string(st.st_mtim.tv_nsec);
   }
   char name[64];
   std::snprintf(name, sizeof(name), "fashion-mnist-%016llx.f32",
@@ -156,14 +163,17 @@ std::string CacheName(const std::string& dir) {
 
 Result<ImageDataset> MapCache(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return NotFoundError("dataset cache " + path + ": " + std::strerror(errno));
+  if (fd < 0)
+    return NotFoundError("dataset cache " + path + ": " + std::strerror(errno));
   struct stat st {};
   int64_t header[5] = {};
-  bool read_ok = ::fstat(fd, &st) == 0 && ::pread(fd, header, sizeof(header), 0) ==
-                                             static_cast<ssize_t>(sizeof(header));
+  bool read_ok =
+      ::fstat(fd, &st) == 0 && ::pread(fd, header, sizeof(header), 0) ==
+                                   static_cast<ssize_t>(sizeof(header));
   if (!read_ok || std::memcmp(header, kCacheMagic, sizeof(kCacheMagic)) != 0) {
     ::close(fd);
-    return DataLossError("dataset cache " + path + ": not a megabatch Fashion-MNIST cache");
+    return DataLossError("dataset cache " + path +
+                         ": not a megabatch Fashion-MNIST cache");
   }
   CacheLayout l = Layout(header[1], header[2], header[3], header[4]);
   if (header[1] <= 0 || header[2] <= 0 || header[3] <= 0 || header[4] <= 0 ||
@@ -174,15 +184,19 @@ Result<ImageDataset> MapCache(const std::string& path) {
   // Private and writable: pages stay shared with every other trainer until
   // one is written (nothing writes them; an in-place op would copy, not
   // corrupt the cache).
-  void* base = ::mmap(nullptr, l.total, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  void* base =
+      ::mmap(nullptr, l.total, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (base == MAP_FAILED) {
-    return InternalError("dataset cache " + path + ": mmap: " + std::strerror(errno));
+    return InternalError("dataset cache " + path +
+                         ": mmap: " + std::strerror(errno));
   }
-  auto mapping = std::shared_ptr<void>(base, [size = l.total](void* p) { ::munmap(p, size); });
+  auto mapping = std::shared_ptr<void>(
+      base, [size = l.total](void* p) { ::munmap(p, size); });
   auto view = [&](int part, std::vector<int64_t> shape, torch::Dtype dtype) {
-    return torch::from_blob(static_cast<char*>(base) + l.offsets[part], shape,
-                            [mapping](void*) {}, torch::TensorOptions().dtype(dtype));
+    return torch::from_blob(
+        static_cast<char*>(base) + l.offsets[part], shape, [mapping](void*) {},
+        torch::TensorOptions().dtype(dtype));
   };
   ImageDataset ds;
   ds.train_images = view(0, {l.train, 1, l.rows, l.cols}, torch::kFloat32);
@@ -193,16 +207,18 @@ Result<ImageDataset> MapCache(const std::string& path) {
 }
 
 Status WriteCache(const ImageDataset& ds, const std::string& path) {
-  const CacheLayout l = Layout(ds.train_images.size(0), ds.test_images.size(0),
-                               ds.train_images.size(2), ds.train_images.size(3));
+  const CacheLayout l =
+      Layout(ds.train_images.size(0), ds.test_images.size(0),
+             ds.train_images.size(2), ds.train_images.size(3));
   std::string header(kHeaderBytes, '\0');
   std::memcpy(header.data(), kCacheMagic, sizeof(kCacheMagic));
   const int64_t dims[4] = {l.train, l.test, l.rows, l.cols};
   std::memcpy(header.data() + 8, dims, sizeof(dims));
   // Each part starts at its offset: zeros pad the gap after the one before.
   const std::string zeros(64, '\0');
-  const torch::Tensor parts[4] = {ds.train_images.contiguous(), ds.test_images.contiguous(),
-                                  ds.train_labels.contiguous(), ds.test_labels.contiguous()};
+  const torch::Tensor parts[4] = {
+      ds.train_images.contiguous(), ds.test_images.contiguous(),
+      ds.train_labels.contiguous(), ds.test_labels.contiguous()};
   std::vector<std::string_view> pieces = {header};
   size_t at = kHeaderBytes;
   for (int i = 0; i < 4; ++i) {
@@ -232,10 +248,12 @@ Result<ImageDataset> LoadFashionMnistCached(const std::string& dir,
   auto data = LoadFashionMnist(dir);
   if (!data.ok()) return data;
   std::filesystem::create_directories(cache_dir, ec);
-  Status written = ec ? InternalError("dataset cache " + cache_dir + ": " + ec.message())
-                      : WriteCache(*data, path);
+  Status written =
+      ec ? InternalError("dataset cache " + cache_dir + ": " + ec.message())
+         : WriteCache(*data, path);
   if (!written.ok()) {
-    std::cerr << "megabatch-trainer: " << written.ToString() << " (not cached)\n";
+    std::cerr << "megabatch-trainer: " << written.ToString()
+              << " (not cached)\n";
   }
   return data;
 }

@@ -12,7 +12,8 @@
 
 namespace megabatch::trainer {
 
-Result<std::string> ReadFileBytes(const std::string& path, const std::string& what) {
+Result<std::string> ReadFileBytes(const std::string& path,
+                                  const std::string& what) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return NotFoundError(what + " " + path + ": cannot open");
   std::ostringstream bytes;

@@ -12,7 +12,8 @@ namespace megabatch::trainer {
 
 // The bytes of `path`. NOT_FOUND when it cannot be opened, DATA_LOSS when a
 // read fails; messages start with `what` and the path.
-Result<std::string> ReadFileBytes(const std::string& path, const std::string& what);
+Result<std::string> ReadFileBytes(const std::string& path,
+                                  const std::string& what);
 
 // Writes `bytes` to `path` through a temp file of this process's own (so
 // processes writing one path at once never mix their bytes), fsync and

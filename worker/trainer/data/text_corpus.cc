@@ -15,12 +15,14 @@ namespace {
 
 namespace fs = std::filesystem;
 
-void AddDocument(std::string doc, double validation_fraction, TextCorpus* corpus) {
+void AddDocument(std::string doc, double validation_fraction,
+                 TextCorpus* corpus) {
   while (!doc.empty() && std::isspace(static_cast<unsigned char>(doc.back()))) {
     doc.pop_back();
   }
   size_t start = 0;
-  while (start < doc.size() && (doc[start] == '\n' || doc[start] == '\r')) ++start;
+  while (start < doc.size() && (doc[start] == '\n' || doc[start] == '\r'))
+    ++start;
   doc.erase(0, start);
   if (doc.empty()) return;
   (InValidation(doc, validation_fraction) ? corpus->validation : corpus->train)
@@ -30,8 +32,8 @@ void AddDocument(std::string doc, double validation_fraction, TextCorpus* corpus
 // Splits one file's text into documents.
 void SplitDocuments(const std::string& text, double validation_fraction,
                     TextCorpus* corpus) {
-  const bool fortune_format = text.rfind("\n%\n") != std::string::npos ||
-                              text.rfind("%\n", 0) == 0;
+  const bool fortune_format =
+      text.rfind("\n%\n") != std::string::npos || text.rfind("%\n", 0) == 0;
   std::string doc;
   std::istringstream lines(text);
   std::string line;
@@ -67,7 +69,8 @@ bool InValidation(std::string_view document, double validation_fraction) {
   return u < validation_fraction;
 }
 
-Result<TextCorpus> LoadTextCorpus(const std::string& path, double validation_fraction) {
+Result<TextCorpus> LoadTextCorpus(const std::string& path,
+                                  double validation_fraction) {
   std::error_code ec;
   fs::file_status status = fs::status(path, ec);
   if (ec || !fs::exists(status)) {
@@ -79,7 +82,9 @@ Result<TextCorpus> LoadTextCorpus(const std::string& path, double validation_fra
       if (entry.is_symlink() || !entry.is_regular_file()) continue;
       files.push_back(entry.path());
     }
-    if (ec) return NotFoundError("dataset.path: cannot list " + path + ": " + ec.message());
+    if (ec)
+      return NotFoundError("dataset.path: cannot list " + path + ": " +
+                           ec.message());
     std::sort(files.begin(), files.end());
   } else {
     files.push_back(path);
@@ -94,8 +99,9 @@ Result<TextCorpus> LoadTextCorpus(const std::string& path, double validation_fra
   }
   if (corpus.train.empty() || corpus.validation.empty()) {
     return InvalidArgumentError(
-        "dataset.path: " + path + " gives " + std::to_string(corpus.train.size()) +
-        " training and " + std::to_string(corpus.validation.size()) +
+        "dataset.path: " + path + " gives " +
+        std::to_string(corpus.train.size()) + " training and " +
+        std::to_string(corpus.validation.size()) +
         " validation documents; both must be non-empty (more text, or another "
         "dataset.validation_fraction)");
   }
@@ -115,7 +121,8 @@ std::string JoinDocuments(const std::vector<std::string>& documents) {
 }
 
 std::string DefaultCacheDir() {
-  if (const char* dir = std::getenv("MEGABATCH_CACHE_DIR"); dir && *dir) return dir;
+  if (const char* dir = std::getenv("MEGABATCH_CACHE_DIR"); dir && *dir)
+    return dir;
   if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) {
     return (fs::path(xdg) / "megabatch").string();
   }

@@ -17,7 +17,8 @@
 
 namespace megabatch::trainer {
 
-inline constexpr const char* kDefaultTextCorpusPath = "/usr/share/games/fortunes";
+inline constexpr const char* kDefaultTextCorpusPath =
+    "/usr/share/games/fortunes";
 
 struct TextCorpus {
   std::vector<std::string> train;       // documents, in corpus order
@@ -36,10 +37,12 @@ struct TextCorpus {
 // the same on every machine, and stable when documents are added or reordered.
 // Errors: NOT_FOUND for a missing path, INVALID_ARGUMENT for a corpus with no
 // training or no validation document.
-Result<TextCorpus> LoadTextCorpus(const std::string& path, double validation_fraction);
+Result<TextCorpus> LoadTextCorpus(const std::string& path,
+                                  double validation_fraction);
 
 // FNV-1a, 64-bit.
-uint64_t Fnv1a64(std::string_view bytes, uint64_t hash = 14695981039346656037ull);
+uint64_t Fnv1a64(std::string_view bytes,
+                 uint64_t hash = 14695981039346656037ull);
 bool InValidation(std::string_view document, double validation_fraction);
 
 // The documents joined into one character stream, each followed by a blank

@@ -23,19 +23,23 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string FindTool() {
-  if (const char* env = std::getenv("MEGABATCH_TOKENIZE"); env && *env) return env;
+  if (const char* env = std::getenv("MEGABATCH_TOKENIZE"); env && *env)
+    return env;
   std::error_code ec;
-  fs::path beside = fs::read_symlink("/proc/self/exe", ec).parent_path() / "megabatch-tokenize";
+  fs::path beside = fs::read_symlink("/proc/self/exe", ec).parent_path() /
+                    "megabatch-tokenize";
   if (!ec && fs::exists(beside, ec)) return beside.string();
   return "megabatch-tokenize";  // PATH
 }
 
 // Runs `argv`, its stderr shared with ours, and returns its stdout and exit
 // status.
-Status Run(const std::vector<std::string>& argv, std::string* out, int* exit_status) {
+Status Run(const std::vector<std::string>& argv, std::string* out,
+           int* exit_status) {
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
-    return InternalError(std::string("megabatch-tokenize: pipe: ") + std::strerror(errno));
+    return InternalError(std::string("megabatch-tokenize: pipe: ") +
+                         std::strerror(errno));
   }
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
@@ -44,14 +48,15 @@ Status Run(const std::vector<std::string>& argv, std::string* out, int* exit_sta
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   pid_t pid;
-  int rc = posix_spawnp(&pid, argv[0].c_str(), &actions, nullptr, args.data(), environ);
+  int rc = posix_spawnp(&pid, argv[0].c_str(), &actions, nullptr, args.data(),
+                        environ);
   posix_spawn_file_actions_destroy(&actions);
   ::close(pipe_fds[1]);
   if (rc != 0) {
     ::close(pipe_fds[0]);
-    return FailedPreconditionError("model.type: tiny_bert needs " + argv[0] + ": " +
-                                   std::strerror(rc) +
-                                   " (build it beside megabatch-trainer, or set MEGABATCH_TOKENIZE)");
+    return FailedPreconditionError(
+        "model.type: tiny_bert needs " + argv[0] + ": " + std::strerror(rc) +
+        " (build it beside megabatch-trainer, or set MEGABATCH_TOKENIZE)");
   }
   char buffer[4096];
   ssize_t n;
@@ -71,14 +76,16 @@ Result<std::vector<int32_t>> ReadIds(const std::string& path, int vocab_size) {
   if (!bytes.ok()) return bytes.status();
   const std::string& data = *bytes;
   if (data.size() % sizeof(int32_t) != 0) {
-    return DataLossError("token ids " + path + ": truncated (delete it to make it again)");
+    return DataLossError("token ids " + path +
+                         ": truncated (delete it to make it again)");
   }
   std::vector<int32_t> ids(data.size() / sizeof(int32_t));
   std::memcpy(ids.data(), data.data(), data.size());
   for (int32_t id : ids) {
     if (id < 0 || id >= vocab_size) {
-      return DataLossError("token ids " + path + ": id " + std::to_string(id) +
-                           " outside the vocabulary (delete it to make it again)");
+      return DataLossError(
+          "token ids " + path + ": id " + std::to_string(id) +
+          " outside the vocabulary (delete it to make it again)");
     }
   }
   return ids;
@@ -92,26 +99,29 @@ Result<TokenIds> LoadTokenIds(const TrialConfig& config) {
   fraction << config.validation_fraction;
   std::string out;
   int status = 0;
-  MEGABATCH_RETURN_IF_ERROR(Run({FindTool(), "--corpus", config.dataset_path, "--vocab-size",
-                                 std::to_string(config.vocab_size), "--validation-fraction",
-                                 fraction.str(), "--cache-dir", config.cache_dir, "--threads",
-                                 std::to_string(config.threads)},
-                                &out, &status));
+  MEGABATCH_RETURN_IF_ERROR(
+      Run({FindTool(), "--corpus", config.dataset_path, "--vocab-size",
+           std::to_string(config.vocab_size), "--validation-fraction",
+           fraction.str(), "--cache-dir", config.cache_dir, "--threads",
+           std::to_string(config.threads)},
+          &out, &status));
   nlohmann::json reply = nlohmann::json::parse(out, nullptr, false);
   if (reply.is_discarded() || !reply.is_object()) {
-    return InternalError("megabatch-tokenize exited with status " + std::to_string(status) +
-                         " and no answer");
+    return InternalError("megabatch-tokenize exited with status " +
+                         std::to_string(status) + " and no answer");
   }
   if (reply.contains("code")) {
-    return Status(static_cast<StatusCode>(reply.value("code", 2)),
-                  reply.value("message", std::string("megabatch-tokenize failed")));
+    return Status(
+        static_cast<StatusCode>(reply.value("code", 2)),
+        reply.value("message", std::string("megabatch-tokenize failed")));
   }
   TokenIds ids;
   ids.vocab_size = reply.value("vocab_size", 0);
   ids.model_path = reply.value("model", std::string());
   auto train = ReadIds(reply.value("train", std::string()), ids.vocab_size);
   if (!train.ok()) return train.status();
-  auto validation = ReadIds(reply.value("validation", std::string()), ids.vocab_size);
+  auto validation =
+      ReadIds(reply.value("validation", std::string()), ids.vocab_size);
   if (!validation.ok()) return validation.status();
   ids.train = std::move(*train);
   ids.validation = std::move(*validation);

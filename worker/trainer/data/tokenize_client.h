@@ -14,7 +14,8 @@
 namespace megabatch::trainer {
 
 struct TokenIds {
-  std::vector<int32_t> train, validation;  // documents, each ended by the separator
+  std::vector<int32_t> train,
+      validation;  // documents, each ended by the separator
   int vocab_size = 0;
   std::string model_path;
 };

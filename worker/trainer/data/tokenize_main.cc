@@ -17,14 +17,18 @@ int main(int argc, char** argv) {
   megabatch::trainer::TokenizeOptions options;
   options.cache_dir = megabatch::trainer::DefaultCacheDir();
   auto fail = [](megabatch::StatusCode code, const std::string& message) {
-    std::cout << nlohmann::json{{"code", static_cast<int>(code)}, {"message", message}}.dump()
+    std::cout << nlohmann::json{{"code", static_cast<int>(code)},
+                                {"message", message}}
+                     .dump()
               << std::endl;
     return 1;
   };
   try {
     for (int i = 1; i < argc; ++i) {
       std::string flag = argv[i];
-      if (i + 1 >= argc) return fail(megabatch::StatusCode::kInvalidArgument, flag + " needs a value");
+      if (i + 1 >= argc)
+        return fail(megabatch::StatusCode::kInvalidArgument,
+                    flag + " needs a value");
       std::string value = argv[++i];
       if (flag == "--corpus") {
         options.corpus_path = value;
@@ -37,11 +41,13 @@ int main(int argc, char** argv) {
       } else if (flag == "--threads") {
         options.threads = std::stoi(value);
       } else {
-        return fail(megabatch::StatusCode::kInvalidArgument, "unknown flag " + flag);
+        return fail(megabatch::StatusCode::kInvalidArgument,
+                    "unknown flag " + flag);
       }
     }
     auto result = megabatch::trainer::TokenizeCorpus(options);
-    if (!result.ok()) return fail(result.status().code(), result.status().message());
+    if (!result.ok())
+      return fail(result.status().code(), result.status().message());
     std::cout << nlohmann::json{{"model", result->model_path},
                                 {"train", result->train_path},
                                 {"validation", result->validation_path},

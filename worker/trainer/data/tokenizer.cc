@@ -66,7 +66,8 @@ std::string EncodeDocuments(const Tokenizer& tokenizer,
     for (int id : tokenizer.Encode(d)) ids.push_back(id);
     ids.push_back(Tokenizer::kSeparatorId);
   }
-  return std::string(reinterpret_cast<const char*>(ids.data()), ids.size() * sizeof(int32_t));
+  return std::string(reinterpret_cast<const char*>(ids.data()),
+                     ids.size() * sizeof(int32_t));
 }
 
 // Holds an exclusive flock on a file while alive.
@@ -91,14 +92,15 @@ class FileLock {
 
 }  // namespace
 
-Tokenizer::Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> processor,
-                     std::string model)
+Tokenizer::Tokenizer(
+    std::unique_ptr<sentencepiece::SentencePieceProcessor> processor,
+    std::string model)
     : processor_(std::move(processor)), model_(std::move(model)) {}
 
 Tokenizer::~Tokenizer() = default;
 
-Result<std::unique_ptr<Tokenizer>> Tokenizer::Train(const std::vector<std::string>& documents,
-                                                    int vocab_size, int threads) {
+Result<std::unique_ptr<Tokenizer>> Tokenizer::Train(
+    const std::vector<std::string>& documents, int vocab_size, int threads) {
   LineIterator lines(documents);
   std::string model;
   auto status = sentencepiece::SentencePieceTrainer::Train(
@@ -112,22 +114,24 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::Train(const std::vector<std::strin
        {"minloglevel", "2"}},
       &lines, &model);
   if (!status.ok()) {
-    return InvalidArgumentError("model.vocab_size: training a " + std::to_string(vocab_size) +
+    return InvalidArgumentError("model.vocab_size: training a " +
+                                std::to_string(vocab_size) +
                                 "-token SentencePiece vocabulary failed: " +
                                 std::string(status.message()));
   }
   return FromModel(model, "the trained model");
 }
 
-Result<std::unique_ptr<Tokenizer>> Tokenizer::FromModel(const std::string& model,
-                                                        const std::string& origin) {
+Result<std::unique_ptr<Tokenizer>> Tokenizer::FromModel(
+    const std::string& model, const std::string& origin) {
   auto processor = std::make_unique<sentencepiece::SentencePieceProcessor>();
   auto loaded = processor->LoadFromSerializedProto(model);
   if (!loaded.ok()) {
-    return DataLossError("tokenizer " + origin + " is unreadable: " +
-                         std::string(loaded.message()));
+    return DataLossError("tokenizer " + origin +
+                         " is unreadable: " + std::string(loaded.message()));
   }
-  if (processor->PieceToId("[MASK]") != kMaskId || processor->eos_id() != kSeparatorId ||
+  if (processor->PieceToId("[MASK]") != kMaskId ||
+      processor->eos_id() != kSeparatorId ||
       processor->unk_id() != kUnknownId) {
     return DataLossError("tokenizer " + origin + " has unexpected special ids");
   }
@@ -149,19 +153,23 @@ std::string Tokenizer::Decode(const std::vector<int>& ids) const {
 int Tokenizer::vocab_size() const { return processor_->GetPieceSize(); }
 
 Result<TokenizedCorpus> TokenizeCorpus(const TokenizeOptions& options) {
-  auto corpus = LoadTextCorpus(options.corpus_path, options.validation_fraction);
+  auto corpus =
+      LoadTextCorpus(options.corpus_path, options.validation_fraction);
   if (!corpus.ok()) return corpus.status();
   uint64_t key = Fnv1a64(kTokenizerVersion);
   for (const auto* split : {&corpus->train, &corpus->validation}) {
-    for (const auto& d : *split) key = Fnv1a64(std::string_view(d.c_str(), d.size() + 1), key);
+    for (const auto& d : *split)
+      key = Fnv1a64(std::string_view(d.c_str(), d.size() + 1), key);
     key = Fnv1a64("|", key);
   }
   char stem[64];
-  std::snprintf(stem, sizeof(stem), "spm-%016llx-%d", static_cast<unsigned long long>(key),
-                options.vocab_size);
+  std::snprintf(stem, sizeof(stem), "spm-%016llx-%d",
+                static_cast<unsigned long long>(key), options.vocab_size);
   std::error_code ec;
   fs::create_directories(options.cache_dir, ec);
-  if (ec) return InternalError("tokenizer cache " + options.cache_dir + ": " + ec.message());
+  if (ec)
+    return InternalError("tokenizer cache " + options.cache_dir + ": " +
+                         ec.message());
   const fs::path base = fs::path(options.cache_dir) / stem;
   TokenizedCorpus out;
   out.model_path = base.string() + ".model";
@@ -169,26 +177,33 @@ Result<TokenizedCorpus> TokenizeCorpus(const TokenizeOptions& options) {
   out.validation_path = base.string() + ".validation.ids";
   FileLock lock(base.string() + ".lock");
   if (!lock.ok()) {
-    return InternalError("tokenizer cache " + options.cache_dir + ": " + std::strerror(errno));
+    return InternalError("tokenizer cache " + options.cache_dir + ": " +
+                         std::strerror(errno));
   }
   std::unique_ptr<Tokenizer> tokenizer;
-  if (auto model = ReadFileBytes(out.model_path, "tokenizer cache"); model.ok()) {
+  if (auto model = ReadFileBytes(out.model_path, "tokenizer cache");
+      model.ok()) {
     auto loaded = Tokenizer::FromModel(*model, out.model_path);
     if (!loaded.ok()) {
-      return DataLossError(loaded.status().message() + " (delete it to train it again)");
+      return DataLossError(loaded.status().message() +
+                           " (delete it to train it again)");
     }
     tokenizer = std::move(*loaded);
   } else {
-    auto trained = Tokenizer::Train(corpus->train, options.vocab_size, options.threads);
+    auto trained =
+        Tokenizer::Train(corpus->train, options.vocab_size, options.threads);
     if (!trained.ok()) return trained.status();
     tokenizer = std::move(*trained);
-    MEGABATCH_RETURN_IF_ERROR(WriteFileAtomically(out.model_path, tokenizer->model(), "tokenizer cache"));
+    MEGABATCH_RETURN_IF_ERROR(WriteFileAtomically(
+        out.model_path, tokenizer->model(), "tokenizer cache"));
   }
   out.vocab_size = tokenizer->vocab_size();
-  for (auto [path, split] : {std::pair{&out.train_path, &corpus->train},
-                             std::pair{&out.validation_path, &corpus->validation}}) {
+  for (auto [path, split] :
+       {std::pair{&out.train_path, &corpus->train},
+        std::pair{&out.validation_path, &corpus->validation}}) {
     if (fs::exists(*path, ec)) continue;
-    MEGABATCH_RETURN_IF_ERROR(WriteFileAtomically(*path, EncodeDocuments(*tokenizer, *split), "tokenizer cache"));
+    MEGABATCH_RETURN_IF_ERROR(WriteFileAtomically(
+        *path, EncodeDocuments(*tokenizer, *split), "tokenizer cache"));
   }
   return out;
 }

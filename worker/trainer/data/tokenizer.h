@@ -35,11 +35,11 @@ class Tokenizer {
 
   // Trains a `vocab_size` unigram model on `documents` (one sentence per
   // line). INVALID_ARGUMENT when the text cannot fill the vocabulary.
-  static Result<std::unique_ptr<Tokenizer>> Train(const std::vector<std::string>& documents,
-                                                  int vocab_size, int threads);
+  static Result<std::unique_ptr<Tokenizer>> Train(
+      const std::vector<std::string>& documents, int vocab_size, int threads);
   // Reads a serialized model. DATA_LOSS when it is not one of ours.
-  static Result<std::unique_ptr<Tokenizer>> FromModel(const std::string& model,
-                                                      const std::string& origin);
+  static Result<std::unique_ptr<Tokenizer>> FromModel(
+      const std::string& model, const std::string& origin);
 
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;
@@ -61,8 +61,8 @@ class Tokenizer {
 // A corpus tokenized for tiny_bert: every document's ids followed by the
 // separator, training and validation documents apart.
 struct TokenizedCorpus {
-  std::string model_path;         // the cached SentencePiece model
-  std::string train_path;         // the cached ids, int32 little-endian
+  std::string model_path;  // the cached SentencePiece model
+  std::string train_path;  // the cached ids, int32 little-endian
   std::string validation_path;
   int vocab_size = 0;
 };

@@ -11,8 +11,9 @@
 #ifdef MEGABATCH_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/version.h>
+
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 namespace megabatch::trainer {
 
@@ -34,13 +35,14 @@ struct DataParallel::Group {
   torch::Device device = torch::kCPU;
 };
 
-DataParallel::DataParallel(std::unique_ptr<Group> group) : group_(std::move(group)) {}
+DataParallel::DataParallel(std::unique_ptr<Group> group)
+    : group_(std::move(group)) {}
 DataParallel::~DataParallel() = default;
 
-Result<std::unique_ptr<DataParallel>> DataParallel::Join(const TrialConfig& config,
-                                                         torch::Device device) {
-  const std::string where = config.rendezvous_host + ":" +
-                            std::to_string(config.rendezvous_port);
+Result<std::unique_ptr<DataParallel>> DataParallel::Join(
+    const TrialConfig& config, torch::Device device) {
+  const std::string where =
+      config.rendezvous_host + ":" + std::to_string(config.rendezvous_port);
   const auto timeout = std::chrono::seconds(config.collective_timeout_s);
   auto group = std::make_unique<Group>();
   group->device = device;
@@ -51,13 +53,14 @@ Result<std::unique_ptr<DataParallel>> DataParallel::Join(const TrialConfig& conf
     options.numWorkers = static_cast<size_t>(config.world_size);
     options.waitWorkers = true;
     options.timeout = timeout;
-    group->store = c10::make_intrusive<c10d::TCPStore>(config.rendezvous_host, options);
+    group->store =
+        c10::make_intrusive<c10d::TCPStore>(config.rendezvous_host, options);
     if (device.is_cuda()) {
 #ifdef MEGABATCH_C10D_NCCL
       auto nccl = c10d::ProcessGroupNCCL::Options::create();
       nccl->timeout = timeout;
-      group->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(group->store, config.rank,
-                                                              config.world_size, nccl);
+      group->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+          group->store, config.rank, config.world_size, nccl);
 #else
       return Status(StatusCode::kUnimplemented,
                     "data parallel on cuda: this LibTorch has no c10d NCCL");
@@ -66,18 +69,19 @@ Result<std::unique_ptr<DataParallel>> DataParallel::Join(const TrialConfig& conf
 #ifdef MEGABATCH_C10D_GLOO
       auto gloo = c10d::ProcessGroupGloo::Options::create();
       gloo->timeout = timeout;
-      gloo->devices.push_back(
-          c10d::ProcessGroupGloo::createDeviceForHostname(config.rendezvous_host));
-      group->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, config.rank,
-                                                              config.world_size, gloo);
+      gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
+          config.rendezvous_host));
+      group->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(
+          group->store, config.rank, config.world_size, gloo);
 #else
       return Status(StatusCode::kUnimplemented,
                     "data parallel on cpu: this LibTorch has no c10d Gloo");
 #endif
     }
   } catch (const std::exception& e) {
-    return UnavailableError("rendezvous " + where + " (rank " + std::to_string(config.rank) +
-                            " of " + std::to_string(config.world_size) + "): " + e.what());
+    return UnavailableError(
+        "rendezvous " + where + " (rank " + std::to_string(config.rank) +
+        " of " + std::to_string(config.world_size) + "): " + e.what());
   }
   return std::unique_ptr<DataParallel>(new DataParallel(std::move(group)));
 }
@@ -120,25 +124,32 @@ Status DataParallel::SumGradients(const std::vector<torch::Tensor>& params) {
       }
     }
   } catch (const std::exception& e) {
-    return UnavailableError(std::string("gradient all-reduce failed (a rank is gone or "
-                                        "timed out): ") + e.what());
+    return UnavailableError(
+        std::string("gradient all-reduce failed (a rank is gone or "
+                    "timed out): ") +
+        e.what());
   }
   last_seconds_ =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
   last_bytes_ = total_bytes;
   return Status();
 }
 
-Result<std::vector<double>> DataParallel::Sum(const std::vector<double>& values) {
+Result<std::vector<double>> DataParallel::Sum(
+    const std::vector<double>& values) {
   try {
     std::vector<torch::Tensor> t{
-        torch::tensor(values, torch::dtype(torch::kFloat64)).to(group_->device)};
+        torch::tensor(values, torch::dtype(torch::kFloat64))
+            .to(group_->device)};
     group_->pg->allreduce(t)->wait();
     torch::Tensor cpu = t[0].to(torch::kCPU);
-    return std::vector<double>(cpu.data_ptr<double>(), cpu.data_ptr<double>() + cpu.numel());
+    return std::vector<double>(cpu.data_ptr<double>(),
+                               cpu.data_ptr<double>() + cpu.numel());
   } catch (const std::exception& e) {
-    return UnavailableError(std::string("all-reduce failed (a rank is gone or timed out): ") +
-                            e.what());
+    return UnavailableError(
+        std::string("all-reduce failed (a rank is gone or timed out): ") +
+        e.what());
   }
 }
 

@@ -42,16 +42,18 @@ inline bool Eligible(std::initializer_list<const torch::Tensor*> tensors) {
 }
 
 // Runs fn(begin, end) -> std::array<double, K> over kSumChunk chunks of
-// [0, n) in parallel and returns the element-wise sum of the results, in chunk order.
+// [0, n) in parallel and returns the element-wise sum of the results, in chunk
+// order.
 template <size_t K, typename Fn>
 std::array<double, K> ChunkedSums(int64_t n, Fn fn) {
   int64_t chunks = (n + kSumChunk - 1) / kSumChunk;
   std::vector<std::array<double, K>> partial(chunks);
-  at::parallel_for(0, chunks, kChunk / kSumChunk, [&](int64_t first, int64_t last) {
-    for (int64_t c = first; c < last; ++c) {
-      partial[c] = fn(c * kSumChunk, std::min(n, (c + 1) * kSumChunk));
-    }
-  });
+  at::parallel_for(
+      0, chunks, kChunk / kSumChunk, [&](int64_t first, int64_t last) {
+        for (int64_t c = first; c < last; ++c) {
+          partial[c] = fn(c * kSumChunk, std::min(n, (c + 1) * kSumChunk));
+        }
+      });
   std::array<double, K> total{};
   for (const auto& p : partial) {
     for (size_t k = 0; k < K; ++k) total[k] += p[k];

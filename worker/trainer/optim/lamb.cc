@@ -54,7 +54,8 @@ MEGABATCH_MULTIVERSION void ApplyDirection(const LambElement& el,
                                            const float* v, float* w, int64_t b,
                                            int64_t e) {
 #pragma omp simd
-  for (int64_t i = b; i < e; ++i) w[i] -= step_size * el.Direction(m[i], v[i], w[i]);
+  for (int64_t i = b; i < e; ++i)
+    w[i] -= step_size * el.Direction(m[i], v[i], w[i]);
 }
 
 // Returns the sum of squares of a contiguous float tensor, in double.
@@ -183,7 +184,8 @@ torch::Tensor Lamb::step(LossClosure closure) {
       if (it == state_.end()) {
         auto fresh = std::make_unique<LambParamState>();
         fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
-        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+        fresh->exp_avg_sq(
+            torch::zeros_like(p, torch::MemoryFormat::Contiguous));
         it = state_.emplace(key, std::move(fresh)).first;
       }
       auto& state = static_cast<LambParamState&>(*it->second);
@@ -196,8 +198,9 @@ torch::Tensor Lamb::step(LossClosure closure) {
       torch::Tensor& v = state.exp_avg_sq();
 
       if (fused_step && fused::Eligible({&m, &v})) {
-        const LambElement el{float(beta1), float(1 - beta1), float(beta2),
-                             float(1 - beta2), float(bc1), float(bc2),
+        const LambElement el{float(beta1),         float(1 - beta1),
+                             float(beta2),         float(1 - beta2),
+                             float(bc1),           float(bc2),
                              float(options.eps()), float(wd)};
         const float clip_f = float(clip);
         float* w = p.data_ptr<float>();
@@ -242,8 +245,9 @@ torch::Tensor Lamb::step(LossClosure closure) {
       }
       torch::Tensor w_norm = p.norm();
       torch::Tensor u_norm = u.norm();
-      torch::Tensor ratio = torch::where(w_norm.gt(0).logical_and(u_norm.gt(0)),
-                                         w_norm / u_norm, torch::ones_like(w_norm));
+      torch::Tensor ratio =
+          torch::where(w_norm.gt(0).logical_and(u_norm.gt(0)), w_norm / u_norm,
+                       torch::ones_like(w_norm));
       if (options.trust_clip()) ratio = torch::clamp_max(ratio, 1.0);
       trust_ratios_.Record(p, ratio);
       p.addcmul_(u, ratio, -options.lr());

@@ -18,11 +18,11 @@
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
 
-#include "worker/trainer/optim/trust_ratios.h"
-
 #include <tuple>
 #include <utility>
 #include <vector>
+
+#include "worker/trainer/optim/trust_ratios.h"
 
 namespace megabatch::optim {
 

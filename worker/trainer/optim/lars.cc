@@ -24,9 +24,9 @@ MEGABATCH_MULTIVERSION std::array<double, 2> Norms(const float* w,
 }
 
 // buf <- mu buf + coef (g + wd w); w <- w - buf (or the Nesterov step).
-MEGABATCH_MULTIVERSION void Update(float coef, float wd, float mu, bool nesterov,
-                                   const float* g, float* buf, float* w,
-                                   int64_t b, int64_t e) {
+MEGABATCH_MULTIVERSION void Update(float coef, float wd, float mu,
+                                   bool nesterov, const float* g, float* buf,
+                                   float* w, int64_t b, int64_t e) {
 #pragma omp simd
   for (int64_t i = b; i < e; ++i) {
     float step = coef * (g[i] + wd * w[i]);
@@ -76,7 +76,8 @@ Lars::Lars(std::vector<torch::optim::OptimizerParamGroup> param_groups,
     : Optimizer(std::move(param_groups),
                 std::make_unique<LarsOptions>(defaults)) {
   TORCH_CHECK(defaults.lr() >= 0, "Invalid learning rate: ", defaults.lr());
-  TORCH_CHECK(defaults.momentum() >= 0, "Invalid momentum: ", defaults.momentum());
+  TORCH_CHECK(defaults.momentum() >= 0,
+              "Invalid momentum: ", defaults.momentum());
   TORCH_CHECK(defaults.weight_decay() >= 0,
               "Invalid weight_decay value: ", defaults.weight_decay());
   TORCH_CHECK(defaults.trust_coefficient() > 0,
@@ -116,18 +117,20 @@ torch::Tensor Lars::step(LossClosure closure) {
         float* bp = buf.data_ptr<float>();
         double local = 1.0;
         if (options.adapt()) {
-          auto sums = fused::ChunkedSums<2>(p.numel(), [&](int64_t b, int64_t e) {
-            return Norms(w, g, b, e);
-          });
+          auto sums = fused::ChunkedSums<2>(
+              p.numel(),
+              [&](int64_t b, int64_t e) { return Norms(w, g, b, e); });
           double w_norm = std::sqrt(sums[0]), g_norm = std::sqrt(sums[1]);
           if (w_norm > 0 && g_norm > 0) {
             local = tc * w_norm / (g_norm + wd * w_norm + eps);
           }
           if (trust_ratios_.enabled()) {
-            trust_ratios_.Record(p, torch::scalar_tensor(local, torch::kDouble));
+            trust_ratios_.Record(p,
+                                 torch::scalar_tensor(local, torch::kDouble));
           }
         }
-        const float coef = float(lr * local), wd_f = float(wd), mu_f = float(mu);
+        const float coef = float(lr * local), wd_f = float(wd),
+                    mu_f = float(mu);
         const bool nesterov = options.nesterov();
         fused::ForChunks(p.numel(), [&](int64_t b, int64_t e) {
           Update(coef, wd_f, mu_f, nesterov, g, bp, w, b, e);
@@ -139,9 +142,10 @@ torch::Tensor Lars::step(LossClosure closure) {
       torch::Tensor scaled;
       if (options.adapt()) {
         torch::Tensor w_norm = p.norm(), g_norm = grad.norm();
-        torch::Tensor local = torch::where(
-            w_norm.gt(0).logical_and(g_norm.gt(0)),
-            tc * w_norm / (g_norm + wd * w_norm + eps), torch::ones_like(w_norm));
+        torch::Tensor local =
+            torch::where(w_norm.gt(0).logical_and(g_norm.gt(0)),
+                         tc * w_norm / (g_norm + wd * w_norm + eps),
+                         torch::ones_like(w_norm));
         trust_ratios_.Record(p, local);
         scaled = d * (local * lr);
       } else {

@@ -15,10 +15,10 @@
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
 
-#include "worker/trainer/optim/trust_ratios.h"
-
 #include <utility>
 #include <vector>
+
+#include "worker/trainer/optim/trust_ratios.h"
 
 namespace megabatch::optim {
 

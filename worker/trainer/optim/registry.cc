@@ -85,7 +85,8 @@ Result<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
   std::string name = config.value("name", "");
   const OptimizerInfo* info = FindOptimizer(name);
   if (info == nullptr) {
-    return InvalidArgumentError("optimizer.name: unknown optimizer '" + name + "'");
+    return InvalidArgumentError("optimizer.name: unknown optimizer '" + name +
+                                "'");
   }
   MEGABATCH_RETURN_IF_ERROR(CheckKnownOptions(config, *info));
   std::vector<torch::Tensor> params = module.parameters();
@@ -118,25 +119,27 @@ Result<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
       return WithExclusionGroup<torch::optim::AdamW>(split, options, plain);
     }
     if (name == "lamb") {
-      optim::LambOptions options = optim::LambOptions(lr)
-          .betas({o.Number("betas", 0), o.Number("betas", 1)})
-          .eps(o.Number("eps"))
-          .weight_decay(o.Number("weight_decay"))
-          .bias_correction(o.Bool("bias_correction"))
-          .always_adapt(o.Bool("always_adapt"))
-          .trust_clip(o.Bool("trust_clip"))
-          .max_grad_norm(o.Number("max_grad_norm"));
+      optim::LambOptions options =
+          optim::LambOptions(lr)
+              .betas({o.Number("betas", 0), o.Number("betas", 1)})
+              .eps(o.Number("eps"))
+              .weight_decay(o.Number("weight_decay"))
+              .bias_correction(o.Bool("bias_correction"))
+              .always_adapt(o.Bool("always_adapt"))
+              .trust_clip(o.Bool("trust_clip"))
+              .max_grad_norm(o.Number("max_grad_norm"));
       optim::LambOptions plain = options;
       plain.weight_decay(0).always_adapt(false);
       return WithExclusionGroup<optim::Lamb>(split, options, plain);
     }
     if (name == "lars") {
-      optim::LarsOptions options = optim::LarsOptions(lr)
-          .momentum(o.Number("momentum"))
-          .weight_decay(o.Number("weight_decay"))
-          .trust_coefficient(o.Number("trust_coefficient"))
-          .eps(o.Number("eps"))
-          .nesterov(o.Bool("nesterov"));
+      optim::LarsOptions options =
+          optim::LarsOptions(lr)
+              .momentum(o.Number("momentum"))
+              .weight_decay(o.Number("weight_decay"))
+              .trust_coefficient(o.Number("trust_coefficient"))
+              .eps(o.Number("eps"))
+              .nesterov(o.Bool("nesterov"));
       optim::LarsOptions plain = options;
       plain.weight_decay(0).adapt(false);
       return WithExclusionGroup<optim::Lars>(split, options, plain);

@@ -14,7 +14,8 @@
 namespace megabatch::optim {
 
 template <typename StateMap>
-typename StateMap::key_type StateKey(const StateMap& /*state*/, const torch::Tensor& p) {
+typename StateMap::key_type StateKey(const StateMap& /*state*/,
+                                     const torch::Tensor& p) {
   if constexpr (std::is_same_v<typename StateMap::key_type, std::string>) {
     std::ostringstream key;
     key << p.unsafeGetTensorImpl();

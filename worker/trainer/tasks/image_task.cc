@@ -29,14 +29,16 @@ class ImageTask : public Task {
   }
   void To(torch::Device device) override {
     // Decoded once; on the GPU for a cuda trial (Fashion-MNIST is 220 MB).
-    for (torch::Tensor* t : {&data_.train_images, &data_.train_labels, &val_images_,
-                             &val_labels_, &data_.test_images, &data_.test_labels}) {
+    for (torch::Tensor* t :
+         {&data_.train_images, &data_.train_labels, &val_images_, &val_labels_,
+          &data_.test_images, &data_.test_labels}) {
       *t = t->to(device);
     }
   }
   int64_t train_size() const override { return data_.train_images.size(0); }
 
-  torch::Tensor Loss(const torch::Tensor& samples, int64_t /*offset*/) override {
+  torch::Tensor Loss(const torch::Tensor& samples,
+                     int64_t /*offset*/) override {
     torch::Tensor x = data_.train_images.index_select(0, samples);
     torch::Tensor y = data_.train_labels.index_select(0, samples);
     return F::cross_entropy(model_->forward(x), y);
@@ -80,11 +82,13 @@ class ImageTask : public Task {
 }  // namespace
 
 Score ScoreLogits(const torch::Tensor& logits, const torch::Tensor& targets) {
-  return {F::cross_entropy(logits, targets, F::CrossEntropyFuncOptions().reduction(torch::kSum)),
+  return {F::cross_entropy(logits, targets,
+                           F::CrossEntropyFuncOptions().reduction(torch::kSum)),
           logits.argmax(1).eq(targets).sum()};
 }
 
-std::unique_ptr<Task> MakeImageTask(const TrialConfig& config, const ImageDataset& data) {
+std::unique_ptr<Task> MakeImageTask(const TrialConfig& config,
+                                    const ImageDataset& data) {
   return std::make_unique<ImageTask>(config, data);
 }
 

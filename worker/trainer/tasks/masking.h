@@ -7,10 +7,11 @@
 namespace megabatch::trainer {
 
 struct MaskingRule {
-  double rate = 0.15;         // of the ordinary tokens, chosen for prediction
-  int64_t mask_id = 0;        // what 80% of the chosen become
-  int64_t first_ordinary = 0; // ids below are special: never chosen, never drawn
-  int64_t vocab = 0;          // 10% of the chosen become a random ordinary id
+  double rate = 0.15;   // of the ordinary tokens, chosen for prediction
+  int64_t mask_id = 0;  // what 80% of the chosen become
+  int64_t first_ordinary =
+      0;              // ids below are special: never chosen, never drawn
+  int64_t vocab = 0;  // 10% of the chosen become a random ordinary id
 };
 
 struct MaskedTokens {

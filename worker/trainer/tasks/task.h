@@ -4,10 +4,13 @@
 // model, how many training samples an epoch has, the loss of any subset of a
 // step's batch, and how to evaluate on the held-out split.
 //
-//   image (mlp, cnn)   Fashion-MNIST classification          val_loss, val_accuracy
-//                                                            (test_* once, at the end)
+//   image (mlp, cnn)   Fashion-MNIST classification          val_loss,
+//   val_accuracy
+//                                                            (test_* once, at
+//                                                            the end)
 //   char_lstm          next-byte prediction, bits per char   + val_bpc
-//   tiny_bert          masked-language modelling             + val_mlm_loss, val_mlm_accuracy
+//   tiny_bert          masked-language modelling             + val_mlm_loss,
+//   val_mlm_accuracy
 #ifndef MEGABATCH_WORKER_TRAINER_TASKS_TASK_H_
 #define MEGABATCH_WORKER_TRAINER_TASKS_TASK_H_
 
@@ -40,7 +43,8 @@ struct Evaluation {
 };
 
 // The summed cross-entropy of `logits` [N, C] against `targets` [N] and the
-// number of top-1 hits, both still on the device: what every Evaluate() adds up.
+// number of top-1 hits, both still on the device: what every Evaluate() adds
+// up.
 struct Score {
   torch::Tensor loss_sum;
   torch::Tensor hits;
@@ -52,7 +56,8 @@ class Task {
   virtual ~Task() = default;
   // Builds the model on the CPU from the global RNG (seeded by RunTrial).
   virtual Result<std::shared_ptr<torch::nn::Module>> BuildModel() = 0;
-  // Moves the data the task keeps onto `device` (the model is moved by RunTrial).
+  // Moves the data the task keeps onto `device` (the model is moved by
+  // RunTrial).
   virtual void To(torch::Device device) = 0;
   // Training samples in an epoch.
   virtual int64_t train_size() const = 0;
@@ -80,7 +85,8 @@ Result<std::unique_ptr<Task>> MakeTask(const TrialConfig& config);
 
 // An image-classification task on data already loaded (tests share one copy
 // of Fashion-MNIST).
-std::unique_ptr<Task> MakeImageTask(const TrialConfig& config, const ImageDataset& data);
+std::unique_ptr<Task> MakeImageTask(const TrialConfig& config,
+                                    const ImageDataset& data);
 
 }  // namespace megabatch::trainer
 

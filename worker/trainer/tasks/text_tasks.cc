@@ -21,13 +21,16 @@ MaskedTokens MaskTokens(const torch::Tensor& tokens, const MaskingRule& rule,
   auto shape = tokens.sizes();
   torch::Tensor choose = torch::rand(shape, generator);
   torch::Tensor action = torch::rand(shape, generator);
-  torch::Tensor random =
-      torch::randint(rule.first_ordinary, rule.vocab, shape, generator, torch::kInt64);
-  torch::Tensor chosen = choose.lt(rule.rate).logical_and(tokens.ge(rule.first_ordinary));
-  torch::Tensor inputs = torch::where(chosen.logical_and(action.lt(0.8)),
-                                      torch::full_like(tokens, rule.mask_id), tokens);
-  inputs = torch::where(chosen.logical_and(action.ge(0.8)).logical_and(action.lt(0.9)),
-                        random, inputs);
+  torch::Tensor random = torch::randint(rule.first_ordinary, rule.vocab, shape,
+                                        generator, torch::kInt64);
+  torch::Tensor chosen =
+      choose.lt(rule.rate).logical_and(tokens.ge(rule.first_ordinary));
+  torch::Tensor inputs =
+      torch::where(chosen.logical_and(action.lt(0.8)),
+                   torch::full_like(tokens, rule.mask_id), tokens);
+  inputs = torch::where(
+      chosen.logical_and(action.ge(0.8)).logical_and(action.lt(0.9)), random,
+      inputs);
   return {inputs, chosen};
 }
 
@@ -65,7 +68,8 @@ torch::Tensor Bytes(const std::string& text) {
       .to(torch::kInt64);
 }
 
-Status NeedRows(const torch::Tensor& rows, const char* split, const std::string& what) {
+Status NeedRows(const torch::Tensor& rows, const char* split,
+                const std::string& what) {
   if (rows.size(0) > 0) return Status();
   return InvalidArgumentError(std::string("dataset.path: the ") + split +
                               " split is shorter than one " + what);
@@ -81,16 +85,20 @@ class CharLmTask : public Task {
   static Result<std::unique_ptr<Task>> Make(const TrialConfig& config,
                                             const TextCorpus& corpus) {
     auto task = std::unique_ptr<CharLmTask>(new CharLmTask(config));
-    task->train_ = Windows(Bytes(JoinDocuments(corpus.train)), config.seq_len, 1);
-    task->validation_ = Windows(Bytes(JoinDocuments(corpus.validation)), config.seq_len, 1);
+    task->train_ =
+        Windows(Bytes(JoinDocuments(corpus.train)), config.seq_len, 1);
+    task->validation_ =
+        Windows(Bytes(JoinDocuments(corpus.validation)), config.seq_len, 1);
     std::string window = std::to_string(config.seq_len + 1) + "-byte window";
     MEGABATCH_RETURN_IF_ERROR(NeedRows(task->train_, "training", window));
-    MEGABATCH_RETURN_IF_ERROR(NeedRows(task->validation_, "validation", window));
+    MEGABATCH_RETURN_IF_ERROR(
+        NeedRows(task->validation_, "validation", window));
     return std::unique_ptr<Task>(std::move(task));
   }
 
   Result<std::shared_ptr<torch::nn::Module>> BuildModel() override {
-    model_ = CharLstm(CharLstmOptions{256, config_.embedding, config_.width, config_.layers});
+    model_ = CharLstm(
+        CharLstmOptions{256, config_.embedding, config_.width, config_.layers});
     return std::shared_ptr<torch::nn::Module>(model_.ptr());
   }
   void To(torch::Device device) override {
@@ -99,7 +107,8 @@ class CharLmTask : public Task {
   }
   int64_t train_size() const override { return train_.size(0); }
 
-  torch::Tensor Loss(const torch::Tensor& samples, int64_t /*offset*/) override {
+  torch::Tensor Loss(const torch::Tensor& samples,
+                     int64_t /*offset*/) override {
     torch::Tensor rows = train_.index_select(0, samples);
     torch::Tensor logits = model_->forward(rows.slice(1, 0, config_.seq_len));
     return F::cross_entropy(logits.reshape({-1, logits.size(-1)}),
@@ -141,10 +150,12 @@ class MlmTask : public Task {
     auto ids = LoadTokenIds(config);
     if (!ids.ok()) return ids.status();
     auto task = std::unique_ptr<MlmTask>(new MlmTask(config));
-    task->rule_ = {0.15, Tokenizer::kMaskId, Tokenizer::kFirstOrdinaryId, ids->vocab_size};
+    task->rule_ = {0.15, Tokenizer::kMaskId, Tokenizer::kFirstOrdinaryId,
+                   ids->vocab_size};
     task->train_ = Windows(Tensor(ids->train), config.seq_len, 0);
     MEGABATCH_RETURN_IF_ERROR(NeedRows(task->train_, "training", "sequence"));
-    torch::Tensor validation = Windows(Tensor(ids->validation), config.seq_len, 0);
+    torch::Tensor validation =
+        Windows(Tensor(ids->validation), config.seq_len, 0);
     MEGABATCH_RETURN_IF_ERROR(NeedRows(validation, "validation", "sequence"));
     at::Generator fixed = StepGenerator(kValidationMaskSeed, 0);
     task->validation_ = MaskTokens(validation, task->rule_, fixed);
@@ -157,12 +168,13 @@ class MlmTask : public Task {
 
   Result<std::shared_ptr<torch::nn::Module>> BuildModel() override {
     if (config_.width % config_.heads != 0) {
-      return InvalidArgumentError("model.heads: " + std::to_string(config_.heads) +
-                                  " must divide model.hidden " + std::to_string(config_.width));
+      return InvalidArgumentError(
+          "model.heads: " + std::to_string(config_.heads) +
+          " must divide model.hidden " + std::to_string(config_.width));
     }
-    model_ = TinyBert(TinyBertOptions{rule_.vocab, config_.seq_len, config_.width,
-                                      config_.layers, config_.heads, config_.ffn,
-                                      config_.bias});
+    model_ = TinyBert(TinyBertOptions{
+        rule_.vocab, config_.seq_len, config_.width, config_.layers,
+        config_.heads, config_.ffn, config_.bias});
     return std::shared_ptr<torch::nn::Module>(model_.ptr());
   }
   void To(torch::Device device) override {
@@ -182,11 +194,15 @@ class MlmTask : public Task {
 
   torch::Tensor Loss(const torch::Tensor& samples, int64_t offset) override {
     const int64_t n = samples.size(0);
-    auto part = [&](const torch::Tensor& t) { return t.slice(0, offset, offset + n).to(device_); };
+    auto part = [&](const torch::Tensor& t) {
+      return t.slice(0, offset, offset + n).to(device_);
+    };
     torch::Tensor chosen = part(batch_.chosen);
-    torch::Tensor loss_sum = ScoreChosen(part(batch_.inputs), chosen, part(batch_targets_)).loss_sum;
+    torch::Tensor loss_sum =
+        ScoreChosen(part(batch_.inputs), chosen, part(batch_targets_)).loss_sum;
     // Mean over the batch's chosen tokens once the trainer scales by n / batch.
-    return loss_sum * (static_cast<double>(batch_targets_.size(0)) / n / batch_chosen_);
+    return loss_sum *
+           (static_cast<double>(batch_targets_.size(0)) / n / batch_chosen_);
   }
 
   Evaluation Evaluate(Split /*split*/) override {
@@ -202,9 +218,12 @@ class MlmTask : public Task {
       correct += score.hits.item<int64_t>();
       chosen_total += chosen.sum().item<int64_t>();
     }
-    const double count = static_cast<double>(std::max<int64_t>(1, chosen_total));
+    const double count =
+        static_cast<double>(std::max<int64_t>(1, chosen_total));
     const double loss = loss_sum / count, accuracy = correct / count;
-    return {loss, accuracy, {{"val_mlm_loss", loss}, {"val_mlm_accuracy", accuracy}}};
+    return {loss,
+            accuracy,
+            {{"val_mlm_loss", loss}, {"val_mlm_accuracy", accuracy}}};
   }
 
  private:
@@ -218,7 +237,8 @@ class MlmTask : public Task {
   Score ScoreChosen(const torch::Tensor& inputs, const torch::Tensor& chosen,
                     const torch::Tensor& targets) {
     torch::Tensor hidden = model_->forward(inputs);
-    return ScoreLogits(model_->Logits(hidden.index({chosen})), targets.index({chosen}));
+    return ScoreLogits(model_->Logits(hidden.index({chosen})),
+                       targets.index({chosen}));
   }
 
   const TrialConfig config_;
