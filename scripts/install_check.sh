@@ -2,7 +2,8 @@
 # Installs the build (build/ or $MEGABATCH_BUILD_DIR) into a temporary prefix
 # with `cmake --install` and runs the quick-start sweep from the installed
 # binaries and specs only (scripts/quickstart.sh with MEGABATCH_BIN_DIR), so
-# that a missing install rule fails here rather than on a user's machine.
+# that a missing install rule fails here rather than on a user's machine;
+# then builds the .deb (cpack) and checks that it carries the same files.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${MEGABATCH_BUILD_DIR:-$root/build}
@@ -23,3 +24,13 @@ grep -q 'completed' "$prefix/quickstart.out" ||
   { cat "$prefix/quickstart.out"; echo "megabatch: the installed quick start completed nothing" >&2; exit 1; }
 echo "megabatch: the installed binaries ran the quick-start sweep:" >&2
 sed -n '/^Results of sweep/,/^$/p' "$prefix/quickstart.out"
+
+(cd "$build" && cpack -G DEB >"$prefix/cpack.log" 2>&1) ||
+  { cat "$prefix/cpack.log" >&2; echo "megabatch: cpack -G DEB failed" >&2; exit 1; }
+deb=$(ls -t "$build"/megabatch_*_amd64.deb | head -1)
+listing=$(dpkg-deb -c "$deb")
+for f in usr/bin/megabatch-coordinator usr/bin/megabatch-worker usr/bin/megabatch-trainer \
+         usr/bin/megabatch usr/lib/systemd/system/megabatch-worker.service; do
+  grep -q " ./$f\$" <<<"$listing" || { echo "megabatch: $deb lacks /$f" >&2; exit 1; }
+done
+echo "megabatch: $(basename "$deb") built; depends: $(dpkg-deb -f "$deb" Depends | cut -c1-80)..." >&2

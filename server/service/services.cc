@@ -17,7 +17,7 @@ namespace {
 
 constexpr int kMaxWaitMs = 60000;
 constexpr int kMaxPointsPerReport = 100000;
-constexpr size_t kMaxNameLength = 200;
+using spec::kMaxNameLength;
 constexpr int kMaxSlots = 4096;
 constexpr size_t kMaxMessageLength = 65536;
 constexpr int64_t kMaxQueryRows = 1000000;
@@ -237,32 +237,33 @@ Status PointBudget::Take(int64_t worker_id, int64_t n) {
 grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
                                            const v1::SubmitSweepRequest* req,
                                            v1::SubmitSweepResponse* resp) {
-  return Guard(
-      metrics_, auth_, ctx, Access::kUsers, "SubmitSweep",
-      [&](const auth::Caller& caller) -> Status {
-        spec::SpecFormat format;
-        if (req->format().empty()) {
-          format = spec::SpecFormat::kAuto;
-        } else if (req->format() == "yaml") {
-          format = spec::SpecFormat::kYaml;
-        } else if (req->format() == "json") {
-          format = spec::SpecFormat::kJson;
-        } else {
-          return InvalidArgumentError(
-              "format: must be yaml, json or empty, got '" + req->format() +
-              "'");
-        }
-        if (req->request_id().size() > kMaxNameLength) {
-          return InvalidArgumentError("request_id: at most 200 characters");
-        }
-        auto submitted = scheduler_->Submit(req->spec(), format,
-                                            req->request_id(), caller.name);
-        if (!submitted.ok()) return submitted.status();
-        resp->set_sweep_id(submitted->sweep_id);
-        resp->set_trials(submitted->trials);
-        resp->set_repeated(submitted->repeated);
-        return Status();
-      });
+  return Guard(metrics_, auth_, ctx, Access::kUsers, "SubmitSweep",
+               [&](const auth::Caller& caller) -> Status {
+                 spec::SpecFormat format;
+                 if (req->format().empty()) {
+                   format = spec::SpecFormat::kAuto;
+                 } else if (req->format() == "yaml") {
+                   format = spec::SpecFormat::kYaml;
+                 } else if (req->format() == "json") {
+                   format = spec::SpecFormat::kJson;
+                 } else {
+                   return InvalidArgumentError(
+                       "format: must be yaml, json or empty, got '" +
+                       req->format() + "'");
+                 }
+                 if (req->request_id().size() > kMaxNameLength) {
+                   return InvalidArgumentError("request_id: at most " +
+                                               std::to_string(kMaxNameLength) +
+                                               " characters");
+                 }
+                 auto submitted = scheduler_->Submit(
+                     req->spec(), format, req->request_id(), caller.name);
+                 if (!submitted.ok()) return submitted.status();
+                 resp->set_sweep_id(submitted->sweep_id);
+                 resp->set_trials(submitted->trials);
+                 resp->set_repeated(submitted->repeated);
+                 return Status();
+               });
 }
 
 grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext* ctx,
@@ -494,7 +495,9 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
       metrics_, auth_, ctx, Access::kWorkers, "RegisterWorker",
       [&]() -> Status {
         if (req->name().empty() || req->name().size() > kMaxNameLength) {
-          return InvalidArgumentError("name: must be 1 to 200 characters long");
+          return InvalidArgumentError("name: must be 1 to " +
+                                      std::to_string(kMaxNameLength) +
+                                      " characters long");
         }
         if (req->slots() < 1 || req->slots() > kMaxSlots) {
           return InvalidArgumentError(

@@ -23,7 +23,6 @@ constexpr const char* kDefaultFashionMnistPath =
     "/usr/share/datasets/fashion-mnist";
 // Debian's fortunes (worker/trainer/data/text_corpus.h).
 constexpr const char* kDefaultTextCorpusPath = "/usr/share/games/fortunes";
-constexpr size_t kMaxNameLength = 200;
 constexpr size_t kMaxListLength = 1000;
 
 // Converts a YAML node to JSON. Plain scalars become numbers, booleans or null
@@ -532,8 +531,10 @@ Status ParseBudget(Fields& top, json* out) {
   if (f.Get("epochs")) {
     double epochs;
     MEGABATCH_RETURN_IF_ERROR(f.Number("epochs", &epochs, {}, 0, true));
-    if (epochs > 10000) {
-      return InvalidArgumentError("budget.epochs: at most 10000");
+    if (epochs > kMaxEpochs) {
+      return InvalidArgumentError("budget.epochs: at most " +
+                                  std::to_string(kMaxEpochs) + ", got " +
+                                  Describe(*f.Get("epochs")));
     }
     *out = {{"epochs", epochs}};
   } else {
@@ -661,8 +662,9 @@ Status ParseStrategy(Fields& top, int64_t train_samples, json* out) {
       f.Number("search_fraction", &search_fraction, 0.2, 0, true));
   MEGABATCH_RETURN_IF_ERROR(f.Int("finish_lrs", &finish_lrs, 2, 1, 5));
   MEGABATCH_RETURN_IF_ERROR(f.Number("span", &span, 16, 2, false));
-  if (span > 1024) {
-    return InvalidArgumentError("strategy.span: must be at most 1024, got " +
+  if (span > kMaxAdaptiveSpan) {
+    return InvalidArgumentError("strategy.span: must be at most " +
+                                std::to_string(kMaxAdaptiveSpan) + ", got " +
                                 Describe(*f.Get("span")));
   }
   if (search_fraction > 1) {

@@ -28,6 +28,12 @@ inline constexpr int64_t kMaxTrialsPerSweep = 10000;
 inline constexpr int64_t kMaxRanksPerTrial = 64;
 // The largest spec text accepted, in bytes.
 inline constexpr size_t kMaxSpecBytes = 1 << 20;
+// The longest name the coordinator accepts anywhere: a sweep's, a worker's, a
+// request id, a metric's, a rendezvous host.
+inline constexpr size_t kMaxNameLength = 200;
+// budget.epochs and an adaptive strategy's span at most.
+inline constexpr int64_t kMaxEpochs = 10000;
+inline constexpr int64_t kMaxAdaptiveSpan = 1024;
 
 struct OptimizerSpec {
   std::string name;

@@ -335,6 +335,8 @@ TEST(SweepSpecTest, UnknownTopLevelFieldIsATypo) {
 TEST(SweepSpecTest, WrongTypes) {
   ExpectInvalid(WithLine("name", "name: [a, b]"), "name: must be a string");
   ExpectInvalid(WithLine("budget", "budget: 10"), "budget: must be a mapping");
+  ExpectInvalid(WithLine("budget", "budget: {epochs: 20000}"),
+                "budget.epochs: at most 10000, got 20000");
   ExpectInvalid(WithLine("budget", "budget: {epochs: 1, steps: 5}"),
                 "budget: give exactly one");
   ExpectInvalid(WithLine("lr_scaling", "lr_scaling: cubic"),

@@ -27,7 +27,6 @@ extern char** environ;
 namespace megabatch::worker {
 namespace {
 
-constexpr size_t kStderrTailBytes = 8192;
 // Above this many unsent points the worker stops reading the trainer's
 // stdout, so a trainer outrunning an unreachable coordinator blocks on its
 // pipe instead of growing the worker's memory.
@@ -347,8 +346,9 @@ bool Worker::HostOversubscribed() const {
          options_.host_claims->Read().active > options_.host_cores;
 }
 
-void Worker::RunTrial(int slot, const v1::TrialLease& lease,
-                      const std::string& config_json, WarmTrainer* warm) {
+Result<Worker::Attempt> Worker::PrepareAttempt(int slot,
+                                               const v1::TrialLease& lease,
+                                               const std::string& config_json) {
   namespace fs = std::filesystem;
   fs::path dir =
       fs::path(options_.work_dir) /
@@ -358,89 +358,90 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   fs::create_directories(dir);
   nlohmann::json config = nlohmann::json::parse(config_json, nullptr, false);
   if (config.is_discarded() || !config.is_object()) {
-    FinishTrial(lease, v1::TRIAL_STATE_FAILED,
-                "lease carried an invalid config", "");
-    return;
+    return InvalidArgumentError("lease carried an invalid config");
   }
   config["threads"] = options_.threads_per_slot;
+  Attempt a;
   // Each attempt (lease) checkpoints into its own directory, so an attempt
   // that lost its lease but still runs (a partitioned worker) cannot
   // overwrite the checkpoint its successor resumes from; a new attempt
   // resumes from the newest earlier attempt's committed checkpoint.
-  fs::path trial_dir = fs::path(checkpoint_root_) /
-                       ("trial-" + std::to_string(lease.trial_id()));
-  fs::path lease_dir =
-      trial_dir / ("lease-" + std::to_string(lease.lease_id()));
+  a.trial_dir = fs::path(checkpoint_root_) /
+                ("trial-" + std::to_string(lease.trial_id()));
+  a.lease_dir = a.trial_dir / ("lease-" + std::to_string(lease.lease_id()));
   std::error_code ec;
-  fs::create_directories(lease_dir, ec);
+  fs::create_directories(a.lease_dir, ec);
   if (ec) {
-    FinishTrial(lease, v1::TRIAL_STATE_FAILED,
-                "cannot create checkpoint dir " + lease_dir.string() + ": " +
-                    ec.message(),
-                "");
-    return;
+    return FailedPreconditionError("cannot create checkpoint dir " +
+                                   a.lease_dir.string() + ": " + ec.message());
   }
-  config["checkpoint_path"] = (lease_dir / "checkpoint.pt").string();
+  config["checkpoint_path"] = (a.lease_dir / "checkpoint.pt").string();
   config["checkpoint_per_step"] = true;
-  std::string resume_from;
   if (config.value("checkpoint_every_steps", 0) > 0) {
-    resume_from = CheckpointCommitter::Latest(trial_dir, lease.lease_id());
+    a.resume_from = CheckpointCommitter::Latest(a.trial_dir, lease.lease_id());
   }
-  const bool resume = !resume_from.empty();
-  std::string config_path = (dir / "config.json").string();
+  a.config_path = (dir / "config.json").string();
   {
-    std::ofstream out(config_path);
+    std::ofstream out(a.config_path);
     out << config.dump(2);
-    if (!out) {
-      FinishTrial(lease, v1::TRIAL_STATE_FAILED, "cannot write " + config_path,
-                  "");
-      return;
-    }
+    if (!out) return FailedPreconditionError("cannot write " + a.config_path);
   }
-
   // A warm trainer (--serve) of this slot runs the trial when it was
   // started for the same sweep, threads and device; else a fresh one does.
   // A data-parallel rank always gets a fresh one (its process group lives
   // for one trial), and so does every trial with options_.warm_trainers off:
   // it is told the one request and exits after it.
-  const std::string gpu =
-      options_.gpus.empty() ? "" : options_.gpus[static_cast<size_t>(slot)];
-  const bool reusable =
-      options_.warm_trainers && !config.contains("distributed");
-  const std::string key = config.value("sweep_id", nlohmann::json(0)).dump() +
-                          "/" + std::to_string(options_.threads_per_slot) +
-                          "/" + gpu;
-  if (warm->process && (!reusable || warm->key != key)) warm->process.reset();
+  a.gpu = options_.gpus.empty() ? "" : options_.gpus[static_cast<size_t>(slot)];
+  a.reusable = options_.warm_trainers && !config.contains("distributed");
+  a.key = config.value("sweep_id", nlohmann::json(0)).dump() + "/" +
+          std::to_string(options_.threads_per_slot) + "/" + a.gpu;
+  return a;
+}
+
+void Worker::RunTrial(int slot, const v1::TrialLease& lease,
+                      const std::string& config_json, WarmTrainer* warm) {
+  Result<Attempt> prepared = PrepareAttempt(slot, lease, config_json);
+  if (!prepared.ok()) {
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED, prepared.status().message(), "");
+    return;
+  }
+  const Attempt& attempt = *prepared;
+  if (warm->process && (!attempt.reusable || warm->key != attempt.key)) {
+    warm->process.reset();
+  }
   const bool fresh = warm->process == nullptr;
   if (fresh) {
     auto spawned = TrainerProcess::Spawn(
         options_.trainer_path, {"--serve", "--work-dir", options_.work_dir},
-        TrainerEnvironment(gpu));
+        TrainerEnvironment(attempt.gpu));
     if (!spawned.ok()) {
       FinishTrial(lease, v1::TRIAL_STATE_FAILED, spawned.status().message(),
                   "");
       return;
     }
     warm->process = std::move(*spawned);
-    warm->key = key;
+    warm->key = attempt.key;
   }
   TrainerProcess& trainer = *warm->process;
   spdlog::info("trial {}: trainer {} ({})", lease.trial_id(), trainer.pid(),
                fresh ? "fresh" : "warm");
-  if (resume)
-    spdlog::info("trial {}: resuming from {}", lease.trial_id(), resume_from);
+  if (!attempt.resume_from.empty()) {
+    spdlog::info("trial {}: resuming from {}", lease.trial_id(),
+                 attempt.resume_from);
+  }
   bool sent = false;
   {
     // Registering under the lock means Stop() either sees the pid or runs
     // before the request and is caught by the check below.
     MutexLock lock(&mu_);
     if (!stopping()) {
-      sent = trainer.Send(protocol::ServeRequest(config_path, resume_from));
+      sent = trainer.Send(
+          protocol::ServeRequest(attempt.config_path, attempt.resume_from));
       running_[{lease.trial_id(), lease.rank()}] =
           Running{trainer.pid(), lease.lease_id(), false};
     }
   }
-  if (!reusable) trainer.CloseStdin();
+  if (!attempt.reusable) trainer.CloseStdin();
   if (!sent || stopping()) {
     {
       MutexLock lock(&mu_);
@@ -457,112 +458,14 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     return;
   }
 
-  std::vector<v1::MetricPoint> pending;
   const int threads = options_.threads_per_slot;
   if (options_.host_claims) options_.host_claims->AddActive(threads);
-  // The trial's threads and whether it shared cores, recorded as metrics at
-  // its first step and when sharing is first seen (so their largest value
-  // over the trial says whether it ever shared).
-  bool threads_recorded = false, shared = false;
-  int64_t last_step = 0;
-  auto last_share_check = std::chrono::steady_clock::now();
-  auto record_sharing = [&](int64_t step) {
-    auto point = [&](const char* name, double value) {
-      v1::MetricPoint p;
-      p.set_name(name);
-      p.set_step(step);
-      p.set_value(value);
-      pending.push_back(std::move(p));
-    };
-    if (!threads_recorded) {
-      threads_recorded = true;
-      shared = HostOversubscribed();
-      point("threads", threads);
-      point("shared_cores", shared ? 1 : 0);
-    } else if (!shared && HostOversubscribed()) {
-      shared = true;
-      point("shared_cores", 1);
-    }
-  };
-  TailBuffer stderr_tail(kStderrTailBytes);
-  std::string event, event_message;
-  CheckpointCommitter checkpoints(lease_dir);
-  bool lease_ok = true, reachable = true;
-  auto last_flush = std::chrono::steady_clock::now();
-  auto commit_if_stored = [&] {
-    checkpoints.CommitIfStored(pending.empty() && lease_ok && reachable);
-  };
-  bool out_open = true, err_open = true;
-  char buf[65536];
-  // A kept trainer's trial is over at its "completed" or "diverged" line;
-  // any other trainer's at the end of its output (its stderr after a
-  // "failed" line explains the failure).
-  auto trial_over = [&] {
-    return reusable &&
-           (event == protocol::kCompleted || event == protocol::kDiverged);
-  };
-  while ((out_open || err_open) && !trial_over()) {
-    pollfd fds[2];
-    int nfds = 0;
-    bool read_out = out_open && pending.size() < kMaxBufferedPoints;
-    if (read_out) fds[nfds++] = {trainer.stdout_fd(), POLLIN, 0};
-    if (err_open) fds[nfds++] = {trainer.stderr_fd(), POLLIN, 0};
-    int timeout_ms = static_cast<int>(options_.flush_interval.count());
-    int ready = nfds > 0 ? poll(fds, nfds, timeout_ms) : 0;
-    if (nfds == 0) WaitFor(options_.flush_interval);
-    if (ready < 0 && errno != EINTR) break;
-    for (int i = 0; i < nfds && ready > 0; ++i) {
-      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
-      bool is_out = fds[i].fd == trainer.stdout_fd();
-      if (n <= 0) {
-        (is_out ? out_open : err_open) = false;
-        continue;
-      }
-      if (!is_out) {
-        stderr_tail.Append({buf, static_cast<size_t>(n)});
-        continue;
-      }
-      trainer.stdout_lines.Append({buf, static_cast<size_t>(n)});
-      for (std::string line; trainer.stdout_lines.Next(&line);) {
-        auto parsed = ParseTrainerLine(line);
-        if (!parsed.ok()) {
-          stderr_tail.Append(line + "\n");
-          continue;
-        }
-        for (auto& p : parsed->points) {
-          last_step = std::max(last_step, p.step());
-          if (!threads_recorded) record_sharing(p.step());
-          pending.push_back(std::move(p));
-        }
-        if (parsed->event == protocol::kCheckpoint) {
-          // Every point before it is in `pending` or stored already.
-          checkpoints.Announce(parsed->checkpoint_step,
-                               parsed->checkpoint_path);
-        } else if (!parsed->event.empty()) {
-          event = parsed->event;
-          event_message = parsed->message;
-        }
-      }
-    }
-    auto now = std::chrono::steady_clock::now();
-    if (threads_recorded && !shared &&
-        now - last_share_check >= std::chrono::seconds(1)) {
-      last_share_check = now;
-      record_sharing(last_step);
-    }
-    if (lease_ok &&
-        (pending.size() >= static_cast<size_t>(options_.max_batch_points) ||
-         now - last_flush >= options_.flush_interval)) {
-      last_flush = now;
-      lease_ok = Flush(lease, &pending, &reachable);
-      if (!lease_ok) StopTrial(lease.trial_id());
-    }
-    commit_if_stored();
-  }
+  AttemptOutput out;
+  CheckpointCommitter checkpoints(attempt.lease_dir);
+  PumpOutput(lease, attempt, trainer, &checkpoints, &out);
   // A trainer that ended its trial with an event and may take another is
   // kept; any other (gone, killed, told to exit, or failed) is reaped here.
-  const bool keep = trial_over() && !stopping();
+  const bool keep = out.TrialOver(attempt.reusable) && !stopping();
   int wstatus = 0;
   if (!keep) {
     // It exits by itself: at the end of its stdin, after a failed trial,
@@ -584,46 +487,145 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   if (!keep || stop_requested) warm->process.reset();
   // Send what is left, retrying while the coordinator is briefly away.
   auto give_up = std::chrono::steady_clock::now() + kFinishRetryFor;
-  while (lease_ok && !pending.empty()) {
-    lease_ok = Flush(lease, &pending, &reachable);
-    if (reachable || std::chrono::steady_clock::now() > give_up ||
+  while (out.lease_ok && !out.pending.empty()) {
+    out.lease_ok = Flush(lease, &out.pending, &out.reachable);
+    if (out.reachable || std::chrono::steady_clock::now() > give_up ||
         WaitFor(std::chrono::milliseconds(500))) {
       break;
     }
   }
-  commit_if_stored();
-  const std::string how =
-      event.empty() ? DescribeExit(wstatus) : "trainer reported " + event;
-  if (stop_requested || !lease_ok) {
-    spdlog::info("trial {} stopped ({})", lease.trial_id(), how);
+  checkpoints.CommitIfStored(out.AllStored());
+  if (stop_requested || !out.lease_ok) {
+    spdlog::info("trial {} stopped ({})", lease.trial_id(),
+                 out.event.empty() ? DescribeExit(wstatus)
+                                   : "trainer reported " + out.event);
     return;
   }
+  ReportOutcome(lease, attempt, out, wstatus, keep);
+}
+
+void Worker::PumpOutput(const v1::TrialLease& lease, const Attempt& attempt,
+                        TrainerProcess& trainer,
+                        CheckpointCommitter* checkpoints, AttemptOutput* out) {
+  // The trial's threads and whether it shared cores, recorded as metrics at
+  // its first step and when sharing is first seen (so their largest value
+  // over the trial says whether it ever shared).
+  bool threads_recorded = false, shared = false;
+  int64_t last_step = 0;
+  auto last_share_check = std::chrono::steady_clock::now();
+  auto record_sharing = [&](int64_t step) {
+    auto point = [&](const char* name, double value) {
+      v1::MetricPoint p;
+      p.set_name(name);
+      p.set_step(step);
+      p.set_value(value);
+      out->pending.push_back(std::move(p));
+    };
+    if (!threads_recorded) {
+      threads_recorded = true;
+      shared = HostOversubscribed();
+      point("threads", options_.threads_per_slot);
+      point("shared_cores", shared ? 1 : 0);
+    } else if (!shared && HostOversubscribed()) {
+      shared = true;
+      point("shared_cores", 1);
+    }
+  };
+  auto last_flush = std::chrono::steady_clock::now();
+  bool out_open = true, err_open = true;
+  char buf[65536];
+  while ((out_open || err_open) && !out->TrialOver(attempt.reusable)) {
+    pollfd fds[2];
+    int nfds = 0;
+    bool read_out = out_open && out->pending.size() < kMaxBufferedPoints;
+    if (read_out) fds[nfds++] = {trainer.stdout_fd(), POLLIN, 0};
+    if (err_open) fds[nfds++] = {trainer.stderr_fd(), POLLIN, 0};
+    int timeout_ms = static_cast<int>(options_.flush_interval.count());
+    int ready = nfds > 0 ? poll(fds, nfds, timeout_ms) : 0;
+    if (nfds == 0) WaitFor(options_.flush_interval);
+    if (ready < 0 && errno != EINTR) break;
+    for (int i = 0; i < nfds && ready > 0; ++i) {
+      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+      bool is_out = fds[i].fd == trainer.stdout_fd();
+      if (n <= 0) {
+        (is_out ? out_open : err_open) = false;
+        continue;
+      }
+      if (!is_out) {
+        out->stderr_tail.Append({buf, static_cast<size_t>(n)});
+        continue;
+      }
+      trainer.stdout_lines.Append({buf, static_cast<size_t>(n)});
+      for (std::string line; trainer.stdout_lines.Next(&line);) {
+        auto parsed = ParseTrainerLine(line);
+        if (!parsed.ok()) {
+          out->stderr_tail.Append(line + "\n");
+          continue;
+        }
+        for (auto& p : parsed->points) {
+          last_step = std::max(last_step, p.step());
+          if (!threads_recorded) record_sharing(p.step());
+          out->pending.push_back(std::move(p));
+        }
+        if (parsed->event == protocol::kCheckpoint) {
+          // Every point before it is in `pending` or stored already.
+          checkpoints->Announce(parsed->checkpoint_step,
+                                parsed->checkpoint_path);
+        } else if (!parsed->event.empty()) {
+          out->event = parsed->event;
+          out->message = parsed->message;
+        }
+      }
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (threads_recorded && !shared &&
+        now - last_share_check >= std::chrono::seconds(1)) {
+      last_share_check = now;
+      record_sharing(last_step);
+    }
+    if (out->lease_ok && (out->pending.size() >=
+                              static_cast<size_t>(options_.max_batch_points) ||
+                          now - last_flush >= options_.flush_interval)) {
+      last_flush = now;
+      out->lease_ok = Flush(lease, &out->pending, &out->reachable);
+      if (!out->lease_ok) StopTrial(lease.trial_id());
+    }
+    checkpoints->CommitIfStored(out->AllStored());
+  }
+}
+
+void Worker::ReportOutcome(const v1::TrialLease& lease, const Attempt& attempt,
+                           const AttemptOutput& out, int wstatus, bool kept) {
+  const std::string& event = out.event;
+  const std::string how =
+      event.empty() ? DescribeExit(wstatus) : "trainer reported " + event;
   // The outcome is the trainer's event (a trainer that exited must also
   // have exited cleanly), or without one its exit code (--config's).
   const bool exited_ok = WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
   const bool completed =
       event.empty() ? exited_ok
-                    : event == protocol::kCompleted && (keep || exited_ok);
+                    : event == protocol::kCompleted && (kept || exited_ok);
   const bool diverged =
       event.empty() ? WIFEXITED(wstatus) &&
                           WEXITSTATUS(wstatus) == protocol::kExitDiverged
-                    : event == protocol::kDiverged && (keep || exited_ok);
+                    : event == protocol::kDiverged && (kept || exited_ok);
   if (completed || diverged) {
     FinishTrial(
         lease, completed ? v1::TRIAL_STATE_COMPLETED : v1::TRIAL_STATE_DIVERGED,
-        event_message, "");
+        out.message, "");
     // Ended for good: its checkpoints are of no more use (rank 0 wrote
     // them; it removes them).
     if (lease.rank() == 0) {
       std::error_code ec;
-      std::filesystem::remove_all(trial_dir, ec);
+      std::filesystem::remove_all(attempt.trial_dir, ec);
     }
   } else {
     std::string message = event == protocol::kFailed || event.empty()
                               ? DescribeExit(wstatus)
                               : how;
-    if (!event_message.empty()) message += ": " + event_message;
-    FinishTrial(lease, v1::TRIAL_STATE_FAILED, message, stderr_tail.str());
+    if (!out.message.empty()) message += ": " + out.message;
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED, message, out.stderr_tail.str());
   }
   spdlog::info("trial {} ended: {}", lease.trial_id(), how);
 }

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,7 +19,9 @@
 #include "common/mutex.h"
 #include "common/status.h"
 #include "common/thread_annotations.h"
+#include "common/trainer_protocol.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
+#include "worker/daemon/checkpoint_committer.h"
 #include "worker/daemon/gpu_stats.h"
 #include "worker/daemon/host_claims.h"
 #include "worker/daemon/trainer_process.h"
@@ -106,13 +109,58 @@ class Worker {
     std::string key;  // sweep, threads and GPU
   };
 
+  // What one attempt (lease) of a trial needs on disk before its trainer
+  // starts, and which trainer may run it.
+  struct Attempt {
+    std::filesystem::path trial_dir;  // its checkpoints, all attempts
+    std::filesystem::path lease_dir;  // this attempt's checkpoints
+    std::string config_path;
+    std::string resume_from;  // the committed checkpoint; empty: from scratch
+    std::string gpu;          // CUDA_VISIBLE_DEVICES of its slot
+    bool reusable = false;    // may run in, and leave, a warm trainer
+    std::string key;          // what a warm trainer must have started for
+  };
+  // What the trainer's output said about an attempt, and the points not
+  // yet sent.
+  struct AttemptOutput {
+    static constexpr size_t kStderrTailBytes = 8192;
+    std::string event;  // the last event line's (protocol::kCompleted...)
+    std::string message;
+    TailBuffer stderr_tail{kStderrTailBytes};
+    std::vector<v1::MetricPoint> pending;
+    bool lease_ok = true;   // false once the coordinator refused the lease
+    bool reachable = true;  // the coordinator answered the last flush
+    bool AllStored() const { return pending.empty() && lease_ok && reachable; }
+    // A kept trainer's trial is over at its "completed" or "diverged" line;
+    // any other trainer's at the end of its output (its stderr after a
+    // "failed" line explains the failure).
+    bool TrialOver(bool reusable) const {
+      return reusable &&
+             (event == protocol::kCompleted || event == protocol::kDiverged);
+    }
+  };
+
   Status Register();
   void HeartbeatLoop();
   void SlotLoop(int slot);
   // Runs one leased trial to the end, in `warm`'s trainer when it fits,
-  // and reports its outcome.
+  // and reports its outcome: PrepareAttempt, start or reuse the trainer,
+  // PumpOutput, drain what is left, ReportOutcome.
   void RunTrial(int slot, const v1::TrialLease& lease,
                 const std::string& config_json, WarmTrainer* warm);
+  // Writes the attempt's config and finds its resume point; an error's
+  // message is the failure to report.
+  Result<Attempt> PrepareAttempt(int slot, const v1::TrialLease& lease,
+                                 const std::string& config_json);
+  // Reads the trainer's stdout and stderr until the trial is over: sends
+  // points in batches, commits checkpoints once their points are stored,
+  // records threads and core sharing, stops the trainer if the lease is lost.
+  void PumpOutput(const v1::TrialLease& lease, const Attempt& attempt,
+                  TrainerProcess& trainer, CheckpointCommitter* checkpoints,
+                  AttemptOutput* out);
+  // Reports how the attempt ended, from its event or the exit status.
+  void ReportOutcome(const v1::TrialLease& lease, const Attempt& attempt,
+                     const AttemptOutput& out, int wstatus, bool kept);
   // Sends buffered points; false if the lease is gone (ABORTED/NOT_FOUND).
   bool Flush(const v1::TrialLease& lease, std::vector<v1::MetricPoint>* points,
              bool* reachable);

@@ -155,6 +155,75 @@ std::vector<torch::Tensor> CopyGradients(
   return out;
 }
 
+// How one optimizer step is cut into micro-batches on this rank.
+struct StepPlan {
+  int64_t local_batch = 0;   // this rank's share of the global batch
+  int64_t micro = 0;         // samples per micro-batch
+  int64_t accumulation = 1;  // micro-batches per step on this rank
+  // Each micro-batch loss is a mean over `micro` samples; scaling by
+  // micro / batch makes the accumulated gradient, summed over the ranks,
+  // the full batch's.
+  double loss_scale = 1;
+  bool measure_noise = false;  // also sum each micro-batch's |G_small|^2
+};
+
+struct Accumulated {
+  double loss = 0;
+  // Sum over this rank's micro-batches of |G_small|^2, each micro-batch's
+  // own mean gradient (McCandlish et al. 2018, App. A).
+  double small_sq = 0;
+};
+
+// Forward and backward over this rank's micro-batches of `step_batch`,
+// leaving their summed gradient (times the loss scaler's scale) in the
+// parameters.
+Accumulated AccumulateGradients(Task& task, const TrialConfig& config,
+                                const Placement& placement,
+                                const StepPlan& plan,
+                                const torch::Tensor& step_batch,
+                                const std::vector<torch::Tensor>& params,
+                                const LossScaler& scaler) {
+  Accumulated out;
+  std::vector<torch::Tensor> before_micro;
+  const double grad_scale = plan.loss_scale * scaler.scale();
+  for (int64_t k = 0; k < plan.accumulation; ++k) {
+    // This micro-batch's place in the global batch.
+    int64_t offset = config.rank * plan.local_batch + k * plan.micro;
+    torch::Tensor idx =
+        step_batch.slice(0, offset, offset + plan.micro).to(placement.device);
+    torch::Tensor loss;
+    {
+      AutocastScope autocast(placement.autocast, placement.autocast_dtype);
+      loss = task.Loss(idx, offset) * plan.loss_scale;
+    }
+    if (scaler.enabled()) {
+      (loss * scaler.scale()).backward();
+    } else {
+      loss.backward();
+    }
+    out.loss += loss.item<double>();
+    if (plan.measure_noise) {
+      out.small_sq +=
+          GradSquaredNorm(params, k == 0 ? nullptr : &before_micro) /
+          (grad_scale * grad_scale);
+      if (k + 1 < plan.accumulation) before_micro = CopyGradients(params);
+    }
+  }
+  return out;
+}
+
+// Scales the gradients to a global norm of at most `clip_norm` (0: off), as
+// torch.nn.utils.clip_grad_norm_ does; `squared_norm` is theirs now.
+void ClipGradients(const std::vector<torch::Tensor>& params,
+                   double squared_norm, double clip_norm) {
+  if (clip_norm <= 0) return;
+  const double coef = clip_norm / (std::sqrt(squared_norm) + 1e-6);
+  if (coef >= 1) return;
+  for (const auto& p : params) {
+    if (p.grad().defined()) p.grad().mul_(coef);
+  }
+}
+
 // The optimizer's trust-ratio recorder, for those that have one.
 optim::TrustRatios* RecorderOf(torch::optim::Optimizer& optimizer) {
   if (auto* lamb = dynamic_cast<optim::Lamb*>(&optimizer)) {
@@ -329,6 +398,56 @@ Status LoadCheckpoint(const std::string& path, const TrialConfig& config,
   return Status();
 }
 
+// Evaluates on the validation split after s->step steps and logs it; when
+// the target is first reached, also where it was crossed (interpolated
+// between this evaluation and the previous one). Returns whether it was
+// reached now.
+Result<bool> EvaluateValidation(Task& task, torch::nn::Module& model,
+                                const Placement& placement,
+                                const TrialConfig& config,
+                                const SelectionMetric* target, int64_t n,
+                                LoopState* s, MetricSink* sink) {
+  const int64_t batch = config.batch_size;
+  Evaluation ev = EvaluateTask(task, model, placement, Split::kValidation);
+  const double samples = static_cast<double>(s->step) * batch;
+  Metrics eval_metrics = {{"val_loss", ev.loss},
+                          {"val_accuracy", ev.accuracy},
+                          {"epoch", samples / n}};
+  eval_metrics.insert(eval_metrics.end(), ev.extra.begin(), ev.extra.end());
+  bool reached = false;
+  if (target != nullptr && !s->target_reached) {
+    auto value =
+        std::find_if(eval_metrics.begin(), eval_metrics.end(),
+                     [&](const auto& m) { return m.first == target->name; });
+    if (value == eval_metrics.end()) {
+      return InvalidArgumentError("target.metric: model " + config.model_type +
+                                  " does not report " +
+                                  std::string(target->name));
+    }
+    const EvalPoint at{samples, s->train_seconds, value->second};
+    std::optional<EvalPoint> before;
+    if (s->last_eval.samples >= 0) before = s->last_eval;
+    std::optional<Crossing> crossing = InterpolateCrossing(
+        before, at, config.target_value, target->higher_is_better);
+    s->last_eval = at;
+    if (crossing) {
+      reached = true;
+      s->target_reached = true;
+      eval_metrics.push_back({"target_reached_samples", crossing->samples});
+      eval_metrics.push_back(
+          {"target_reached_steps", crossing->samples / batch});
+      eval_metrics.push_back({"target_reached_seconds", crossing->seconds});
+      eval_metrics.push_back(
+          {"target_bracket_samples", crossing->lower_samples});
+      if (s->noise.has_value()) {
+        eval_metrics.push_back({"noise_scale_at_target", s->noise.b_simple()});
+      }
+    }
+  }
+  sink->Log(s->step, eval_metrics);
+  return reached;
+}
+
 }  // namespace
 
 Result<TrialResult> RunTrial(const TrialConfig& config,
@@ -386,18 +505,16 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
   // This rank's share of every global batch, in micro-batches. With
   // noise_scale: always, a step of one micro-batch on one rank is run as two
   // halves, so that B_simple can be measured (docs/method.md).
-  const int64_t local_batch = batch / config.world_size;
+  StepPlan plan;
+  plan.local_batch = batch / config.world_size;
   const bool halves = config.noise_scale == "always" &&
                       config.world_size == 1 &&
                       config.micro_batch_size == batch && batch % 2 == 0;
-  const int64_t micro = halves ? batch / 2 : config.micro_batch_size;
-  const int64_t accumulation = local_batch / micro;
-  const bool measure_noise =
-      config.noise_scale != "off" && accumulation * config.world_size >= 2;
-  // Each micro-batch loss is a mean over `micro` samples; scaling by
-  // micro / batch makes the accumulated gradient, summed over the ranks, the
-  // full batch's.
-  const double loss_scale = static_cast<double>(micro) / batch;
+  plan.micro = halves ? batch / 2 : config.micro_batch_size;
+  plan.accumulation = plan.local_batch / plan.micro;
+  plan.measure_noise =
+      config.noise_scale != "off" && plan.accumulation * config.world_size >= 2;
+  plan.loss_scale = static_cast<double>(plan.micro) / batch;
   const double clip_norm = TrainerClipNorm(config.optimizer);
   const SelectionMetric* target =
       config.target_metric.empty() ? nullptr
@@ -414,8 +531,8 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
   LoopState s;
   s.scaler = LossScaler(placement.loss_scaling);
   // B_small = micro, B_big = batch, over all micro-batches of all ranks.
-  s.noise = NoiseScaleEstimator(micro, batch, accumulation * config.world_size,
-                                total_steps);
+  s.noise = NoiseScaleEstimator(
+      plan.micro, batch, plan.accumulation * config.world_size, total_steps);
   if (!resume_from.empty()) {
     MEGABATCH_RETURN_IF_ERROR(LoadCheckpoint(resume_from, config, *model,
                                              optimizer, shuffle, device, &s));
@@ -458,44 +575,8 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
   // the target is first reached, also where it was crossed. Returns whether
   // it was reached now.
   auto evaluate = [&]() -> Result<bool> {
-    Evaluation ev = EvaluateTask(task, *model, placement, Split::kValidation);
-    const double samples = static_cast<double>(s.step) * batch;
-    Metrics eval_metrics = {{"val_loss", ev.loss},
-                            {"val_accuracy", ev.accuracy},
-                            {"epoch", samples / n}};
-    eval_metrics.insert(eval_metrics.end(), ev.extra.begin(), ev.extra.end());
-    bool reached = false;
-    if (target != nullptr && !s.target_reached) {
-      auto value =
-          std::find_if(eval_metrics.begin(), eval_metrics.end(),
-                       [&](const auto& m) { return m.first == target->name; });
-      if (value == eval_metrics.end()) {
-        return InvalidArgumentError("target.metric: model " +
-                                    config.model_type + " does not report " +
-                                    std::string(target->name));
-      }
-      const EvalPoint at{samples, s.train_seconds, value->second};
-      std::optional<EvalPoint> before;
-      if (s.last_eval.samples >= 0) before = s.last_eval;
-      std::optional<Crossing> crossing = InterpolateCrossing(
-          before, at, config.target_value, target->higher_is_better);
-      s.last_eval = at;
-      if (crossing) {
-        reached = true;
-        s.target_reached = true;
-        eval_metrics.push_back({"target_reached_samples", crossing->samples});
-        eval_metrics.push_back(
-            {"target_reached_steps", crossing->samples / batch});
-        eval_metrics.push_back({"target_reached_seconds", crossing->seconds});
-        eval_metrics.push_back(
-            {"target_bracket_samples", crossing->lower_samples});
-        if (s.noise.has_value()) {
-          eval_metrics.push_back({"noise_scale_at_target", s.noise.b_simple()});
-        }
-      }
-    }
-    sink->Log(s.step, eval_metrics);
-    return reached;
+    return EvaluateValidation(task, *model, placement, config, target, n, &s,
+                              sink);
   };
   auto eval_due = [&](int64_t step) {
     if (config.eval_every_steps > 0) return step % config.eval_every_steps == 0;
@@ -518,35 +599,10 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
     SetLearningRate(optimizer, lr);
     optimizer.zero_grad();
     task.BeginStep(step, step_batch);
-    double loss_value = 0;
-    // Sum over this rank's micro-batches of |G_small|^2, each micro-batch's
-    // own mean gradient (McCandlish et al. 2018, App. A).
-    double small_sq = 0;
-    std::vector<torch::Tensor> before_micro;
-    const double grad_scale = loss_scale * s.scaler.scale();
-    for (int64_t k = 0; k < accumulation; ++k) {
-      // This micro-batch's place in the global batch.
-      int64_t offset = config.rank * local_batch + k * micro;
-      torch::Tensor idx =
-          step_batch.slice(0, offset, offset + micro).to(device);
-      torch::Tensor loss;
-      {
-        AutocastScope autocast(placement.autocast, placement.autocast_dtype);
-        loss = task.Loss(idx, offset) * loss_scale;
-      }
-      if (s.scaler.enabled()) {
-        (loss * s.scaler.scale()).backward();
-      } else {
-        loss.backward();
-      }
-      loss_value += loss.item<double>();
-      if (measure_noise) {
-        small_sq += GradSquaredNorm(params, k == 0 ? nullptr : &before_micro) /
-                    (grad_scale * grad_scale);
-        if (k + 1 < accumulation) before_micro = CopyGradients(params);
-      }
-    }
-    before_micro.clear();
+    const Accumulated accumulated = AccumulateGradients(
+        task, config, placement, plan, step_batch, params, s.scaler);
+    double loss_value = accumulated.loss;
+    double small_sq = accumulated.small_sq;
     double allreduce_seconds = 0;
     if (dp) {
       MEGABATCH_RETURN_IF_ERROR(dp->SumGradients(params));
@@ -564,15 +620,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
     const double big_sq = GradSquaredNorm(params);
     // fp16: an overflowed gradient skips the step and halves the scale.
     const bool skip_step = s.scaler.Update(std::isfinite(big_sq));
-    if (!skip_step && clip_norm > 0) {
-      // As torch.nn.utils.clip_grad_norm_.
-      const double coef = clip_norm / (std::sqrt(big_sq) + 1e-6);
-      if (coef < 1) {
-        for (const auto& p : params) {
-          if (p.grad().defined()) p.grad().mul_(coef);
-        }
-      }
-    }
+    if (!skip_step) ClipGradients(params, big_sq, clip_norm);
     const bool diagnose = !skip_step && config.diagnostics_every_steps > 0 &&
                           step % config.diagnostics_every_steps == 0;
     if (diagnose) diagnostics.Begin();
@@ -591,7 +639,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
     if (s.scaler.enabled())
       step_metrics.push_back({"loss_scale", s.scaler.scale()});
     if (dp) step_metrics.push_back({"allreduce_seconds", allreduce_seconds});
-    if (measure_noise && !skip_step) {
+    if (plan.measure_noise && !skip_step) {
       s.noise.Add(small_sq, big_sq);
       const Metrics noise = s.noise.StepMetrics(step);
       step_metrics.insert(step_metrics.end(), noise.begin(), noise.end());
