@@ -111,10 +111,10 @@ Result<TrialConfig> ParseTrialConfig(const nlohmann::json& doc);
 
 // The total number of optimizer steps of the trial given the training-set
 // size, and the warmup length in steps. Epochs are counted in samples
-// (docs/method.md, "Budgets in samples"): an epoch is train_samples samples
-// at every batch size, the data is one endless stream of shuffled epochs,
-// and a batch may span the end of one epoch and the start of the next. So
-// `budget.epochs: E` is ceil(E * n / b) steps and nothing is dropped.
+// (docs/method.md, "Epochs are counted in samples"): an epoch is train_samples
+// samples at every batch size, the data is one endless stream of shuffled
+// epochs, and a batch may span the end of one epoch and the start of the next.
+// So `budget.epochs: E` is ceil(E * n / b) steps and nothing is dropped.
 int64_t TotalSteps(const TrialConfig& c, int64_t train_samples);
 int64_t WarmupSteps(const TrialConfig& c, int64_t train_samples);
 inline double StepsPerEpoch(const TrialConfig& c, int64_t train_samples) {
