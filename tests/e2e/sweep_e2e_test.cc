@@ -835,6 +835,86 @@ max_retries: 2
   EXPECT_FALSE(std::filesystem::exists(dir_.File("artifacts/trial-1")));
 }
 
+// A worker frozen past its lease (SIGSTOP: a GC pause, a partition) that
+// wakes up later is fenced: its trial has been leased again, so nothing it
+// reports lands, its trainer is stopped as soon as it hears, it commits no
+// checkpoint and it does not end the trial. The new attempt resumes from
+// the last checkpoint committed before the freeze and every step is stored
+// once.
+TEST_F(SharedCheckpointE2ETest,
+       AFrozenWorkerThatWakesUpIsFencedOffItsOldLease) {
+  std::string spec = WriteSpec("zombie.yaml", R"yaml(
+name: zombie
+model: {type: mlp, hidden: [128]}
+optimizers: [{name: lamb}]
+batch_sizes: [256]
+base: {lr: 0.01}
+budget: {steps: 3000}
+eval_every_steps: 1000
+checkpoint_every_steps: 20
+max_retries: 2
+)yaml");
+  ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return !Committed(dir_.File("artifacts/trial-1")).empty(); },
+      std::chrono::seconds(120)))
+      << workers_[0]->Log() << workers_[1]->Log();
+  const int zombie = static_cast<int>(
+      Scalar("SELECT CAST(substr(w.name, 8) AS INTEGER) FROM trials t "
+             "JOIN workers w ON w.id = t.worker_id WHERE t.id = 1"));
+  ASSERT_TRUE(zombie == 0 || zombie == 1);
+  const std::string zombie_dir = dir_.File("worker-" + std::to_string(zombie));
+  // Freeze the worker daemon only: its trainer runs on until its stdout
+  // pipe fills.
+  ASSERT_EQ(kill(workers_[zombie]->pid(), SIGSTOP), 0);
+  // Past the 3 s lease timeout the trial is requeued and leased to the
+  // other worker.
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return Scalar(
+                   "SELECT count(*) FROM events WHERE kind = "
+                   "'trial_leased'") == 2;
+      },
+      std::chrono::seconds(60)))
+      << coordinator_->Log();
+  const double lease_of_new =
+      Scalar("SELECT lease_id FROM trials WHERE id = 1");
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return workers_[1 - zombie]->Log().find("resuming from") !=
+               std::string::npos;
+      },
+      std::chrono::seconds(30)))
+      << workers_[1 - zombie]->Log();
+  ASSERT_EQ(kill(workers_[zombie]->pid(), SIGCONT), 0);
+  // The woken worker hears it lost the lease (its reports are ABORTED, its
+  // heartbeat says stop) and stops its trainer.
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] {
+        return testing::FindProcesses("--serve --work-dir " + zombie_dir)
+            .empty();
+      },
+      std::chrono::seconds(20)))
+      << "the zombie's trainer still runs\n"
+      << workers_[zombie]->Log();
+  auto watch = Cli({"watch", "1"});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
+  // The second attempt, under the lease it was given, ended the trial; the
+  // zombie's attempt ended nothing.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' "
+                   "AND attempts = 2"),
+            1);
+  EXPECT_EQ(Scalar("SELECT lease_id FROM trials WHERE id = 1"), lease_of_new);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind LIKE 'trial_%' AND "
+                   "kind NOT IN ('trial_leased', 'trial_requeued')"),
+            1);
+  EXPECT_THAT(workers_[zombie]->Log(), HasSubstr("trial 1 stopped"));
+  // Every step exactly once, whoever sent it.
+  ExpectEveryStepOnce("1", 3000);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
+            3);
+}
+
 TEST_F(SharedCheckpointE2ETest, ATwoRankTrialOnTwoWorkersTrainsLikeOneRank) {
   // The same trial, global batch 256, once as 2 ranks (one per worker, each
   // 128 per step) and once on one rank (two micro-batches of 128).
