@@ -110,6 +110,9 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
                                              store.status().message());
   }
   c->store_ = std::move(*store);
+  if (options.max_db_bytes > 0) {
+    MEGABATCH_RETURN_IF_ERROR(c->store_->SetMaxBytes(options.max_db_bytes));
+  }
   if (!options.auth_file.empty()) {
     MEGABATCH_RETURN_IF_ERROR(
         BootstrapAdminToken(options.db_path, options.auth_file));

@@ -29,6 +29,10 @@ struct CoordinatorOptions {
   // one second); more is RESOURCE_EXHAUSTED and the worker retries. 0: no
   // limit.
   double max_points_per_second = 1000000;
+  // The database file's size cap in bytes (0: none): past it every write is
+  // RESOURCE_EXHAUSTED, stores nothing, and workers keep their points and
+  // retry, as on a full disk.
+  int64_t max_db_bytes = 0;
 
   // Authentication: non-empty turns it on (every RPC needs a token). The file
   // holds the admin token: created (mode 0600) with a new one when absent;

@@ -118,6 +118,11 @@ int main(int argc, char** argv) {
          "metric points accepted per second from each worker (0: no limit)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-db-bytes", options.max_db_bytes,
+                 "cap the database file at this many bytes (0: none); past "
+                 "it writes are refused as on a full disk and workers retry")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--metrics-auth-file", options.metrics_auth_file,
                  "require HTTP basic auth on /metrics: a file with one "
                  "user:password line");

@@ -23,6 +23,13 @@ Status SqliteStatus(int rc, sqlite3* db, std::string_view what) {
       return Status(StatusCode::kPermissionDenied, msg);
     case SQLITE_INTERRUPT:
       return Status(StatusCode::kDeadlineExceeded, msg);
+    case SQLITE_FULL:
+      // The statement (or its transaction) was rolled back: nothing of it
+      // is stored, and the same write can be sent again once there is room.
+      return Status(StatusCode::kResourceExhausted,
+                    msg + "; nothing was stored: retry once space is freed");
+    case SQLITE_IOERR:
+      return Status(StatusCode::kUnavailable, msg + "; retry");
     case SQLITE_TOOBIG:
       return Status(StatusCode::kInvalidArgument, msg);
     case SQLITE_CANTOPEN:

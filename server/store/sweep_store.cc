@@ -92,6 +92,19 @@ void SweepStore::SetListener(std::function<void(Change)> listener) {
   listener_ = std::move(listener);
 }
 
+Status SweepStore::SetMaxBytes(int64_t bytes) {
+  Locked lock(this);
+  Result<Statement> size = db_->Prepare("PRAGMA page_size");
+  if (!size.ok()) return size.status();
+  Result<bool> row = size->Step();
+  if (!row.ok()) return row.status();
+  const int64_t page = std::max<int64_t>(1, size->Int(0));
+  // SQLite's own ceiling when uncapped.
+  const int64_t pages =
+      bytes > 0 ? std::max<int64_t>(1, bytes / page) : 4294967294;
+  return db_->Exec("PRAGMA max_page_count = " + std::to_string(pages));
+}
+
 Result<spec::SweepSpec> SweepStore::StoredSpecLocked(int64_t sweep_id) {
   Result<CachedStatement> q =
       db_->Cached("SELECT spec_json FROM sweeps WHERE id = ?");

@@ -244,6 +244,11 @@ class SweepStore {
   // cheaply. Lock-free.
   int64_t version() const { return version_.load(); }
 
+  // Caps the database file at about `bytes` (SQLite's max_page_count on this
+  // connection; 0: no cap beyond SQLite's own). A write that would pass it
+  // fails RESOURCE_EXHAUSTED and stores nothing, as on a full disk.
+  Status SetMaxBytes(int64_t bytes);
+
   // Called after each committed change (outside the store's lock, from the
   // thread that made it): the scheduler wakes parked lease requests and
   // watchers with it, so that no caller has to remember to. Replaces the

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "server/store/db.h"
+#include "tests/testing/http.h"
 #include "tests/testing/process.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tls.h"
@@ -913,6 +914,75 @@ max_retries: 2
   ExpectEveryStepOnce("1", 3000);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
             3);
+}
+
+// A full database loses nothing: the coordinator restarted with its file
+// capped just above its size (--max-db-bytes, the same SQLITE_FULL a full
+// disk gives) refuses the workers' reports with RESOURCE_EXHAUSTED; they keep
+// their points and retry, and once it has room again (restarted without the
+// cap) every step lands exactly once and the sweep completes.
+TEST_F(SweepE2ETest, AFullDatabaseLosesNoPointAndTakesThemOnceThereIsRoom) {
+  coordinator_->Kill(SIGTERM);
+  ASSERT_GE(coordinator_->Wait(std::chrono::seconds(30)), 0);
+  const int metrics_port = testing::FreePort();
+  const auto db_bytes = std::filesystem::file_size(db_path_);
+  std::vector<std::string> plain = coordinator_argv_;
+  coordinator_argv_.push_back("--max-db-bytes");
+  coordinator_argv_.push_back(std::to_string(db_bytes + 96 * 1024));
+  for (std::string& arg : coordinator_argv_) {
+    if (arg == "127.0.0.1:0") arg = "127.0.0.1:" + std::to_string(metrics_port);
+  }
+  StartCoordinator();
+  ASSERT_TRUE(WaitForWorkers(2)) << coordinator_->Log();
+  std::string spec = WriteSpec("full.yaml", R"yaml(
+name: disk-full
+model: {type: mlp, hidden: [64]}
+optimizers: [{name: lamb}]
+batch_sizes: [256]
+base: {lr: 0.01}
+budget: {steps: 2000}
+eval_every_steps: 500
+checkpoint_every_steps: 100
+)yaml");
+  ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
+  // The reports start to be refused as the file reaches its cap.
+  auto refused = [&] {
+    const auto page = testing::HttpGet(metrics_port, "/metrics");
+    return page.body.find(
+               "megabatch_rpcs_total{code=\"RESOURCE_EXHAUSTED\","
+               "method=\"ReportMetrics\"}") != std::string::npos;
+  };
+  ASSERT_TRUE(testing::WaitUntil(refused, std::chrono::seconds(120)))
+      << coordinator_->Log();
+  // Heartbeats (which change a row in place) still go through: no worker
+  // is lost and no trial requeued for the full database.
+  EXPECT_EQ(testing::HttpGet(metrics_port, "/metrics")
+                .body.find("code=\"RESOURCE_EXHAUSTED\",method=\"Heartbeat\""),
+            std::string::npos);
+  // Room again: the workers' kept points land, each once.
+  coordinator_->Kill(SIGTERM);
+  ASSERT_GE(coordinator_->Wait(std::chrono::seconds(30)), 0);
+  coordinator_argv_ = plain;
+  StartCoordinator();
+  ASSERT_TRUE(WaitForWorkers(2)) << coordinator_->Log();
+  auto watch = Cli({"watch", "1"});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND "
+                   "attempts = 1"),
+            1)
+      << Cli({"query",
+              "SELECT printf('%.2f', at - (SELECT min(at) FROM events)), kind, "
+              "worker_id, message FROM events"})
+             .out
+      << coordinator_->Log() << workers_[0]->Log() << workers_[1]->Log();
+  ExpectEveryStepOnce("1", 2000);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
+            4);
+  auto db = store::Db::OpenReadOnly(db_path_);
+  ASSERT_TRUE(db.ok());
+  auto check = (*db)->Prepare("PRAGMA integrity_check");
+  ASSERT_TRUE(check.ok() && *check->Step());
+  EXPECT_EQ(check->Text(0), "ok");
 }
 
 TEST_F(SharedCheckpointE2ETest, ATwoRankTrialOnTwoWorkersTrainsLikeOneRank) {

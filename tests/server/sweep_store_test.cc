@@ -619,6 +619,52 @@ TEST_F(SweepStoreTest,
   EXPECT_EQ(heard.size(), 1u);
 }
 
+TEST_F(SweepStoreTest,
+       AFullDatabaseRefusesAWholeBatchRetryablyAndTakesItOnceThereIsRoom) {
+  Create();
+  const int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);
+  const Lease lease = LeaseOne(worker);
+  ASSERT_TRUE(store_->SetMaxBytes(1 << 20).ok());  // about 1 MiB
+  auto batch = [](int64_t first) {
+    std::vector<MetricPoint> points;
+    for (int64_t step = first; step < first + 500; ++step) {
+      points.push_back({"train_loss", step, 1.0 / step});
+    }
+    return points;
+  };
+  int64_t first = 1;
+  Status full;
+  while (first < 1000000) {
+    full = store_->AppendMetrics(lease.trial_id, lease.lease_id, worker,
+                                 batch(first), 1002.0);
+    if (!full.ok()) break;
+    first += 500;
+  }
+  ASSERT_EQ(full.code(), StatusCode::kResourceExhausted) << full.ToString();
+  EXPECT_THAT(full.message(), HasSubstr("retry once space is freed"));
+  auto db = Db::OpenReadOnly(dir_.File("store.db"));
+  ASSERT_TRUE(db.ok());
+  auto count = [&] {
+    auto q = (*db)->Prepare("SELECT count(*), max(step) FROM metrics");
+    EXPECT_TRUE(*q->Step());
+    return std::pair<int64_t, int64_t>(q->Int(0), q->Int(1));
+  };
+  // Nothing of the refused batch is stored: the steps before it, each once.
+  EXPECT_EQ(count(), std::make_pair(first - 1, first - 1));
+  // Reads and writes that need no new page still work (a heartbeat).
+  EXPECT_TRUE(store_->Heartbeat(worker, {}, 1003.0).ok());
+  // With room again the same batch lands, once.
+  ASSERT_TRUE(store_->SetMaxBytes(0).ok());
+  ASSERT_TRUE(store_
+                  ->AppendMetrics(lease.trial_id, lease.lease_id, worker,
+                                  batch(first), 1004.0)
+                  .ok());
+  EXPECT_EQ(count(), std::make_pair(first + 499, first + 499));
+  auto check = (*db)->Prepare("PRAGMA integrity_check");
+  ASSERT_TRUE(*check->Step());
+  EXPECT_EQ(check->Text(0), "ok");
+}
+
 TEST_F(SweepStoreTest, TrialSummaryViewAnswersWithoutJoins) {
   Create();
   int64_t worker = *store_->RegisterWorker("w", 1, 1000.0);

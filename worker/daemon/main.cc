@@ -172,10 +172,14 @@ int main(int argc, char** argv) {
   // they must not take the stop signals either.
   // Reconnect within 100 ms to 2 s of the coordinator coming (back) up, not
   // gRPC's default 1 s to 120 s: a worker started beside its coordinator, or
-  // outliving its restart, is leasing again at once.
+  // outliving its restart, is leasing again at once. gRPC 1.51 also takes
+  // the "min reconnect backoff" as each connection attempt's minimum time to
+  // complete: at 100 ms, handshakes with a coordinator just restarted on a
+  // busy host were cut off again and again (seen for over 10 s, longer than
+  // a lease), so it is 5 s.
   grpc::ChannelArguments channel_args;
   channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   auto channel = megabatch::MakeChannelWithTokenFile(
       coordinator, token_file, channel_options, channel_args);

@@ -247,8 +247,10 @@ void Worker::SlotLoop(int slot) {
 }
 
 bool Worker::Flush(const v1::TrialLease& lease,
-                   std::vector<v1::MetricPoint>* points, bool* reachable) {
+                   std::vector<v1::MetricPoint>* points, bool* reachable,
+                   bool* full) {
   *reachable = true;
+  if (full != nullptr) *full = false;
   // In batches of at most max_batch_points: a backlog built while the
   // coordinator was away must not become one oversized report.
   while (!points->empty()) {
@@ -277,10 +279,11 @@ bool Worker::Flush(const v1::TrialLease& lease,
       points->clear();
       return false;
     }
-    // Unreachable, or over the coordinator's rate (RESOURCE_EXHAUSTED):
-    // keep the points and try again at the next flush.
+    // Unreachable, over the coordinator's rate, or its database is full
+    // (RESOURCE_EXHAUSTED): keep the points and try again at the next flush.
     if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
       spdlog::debug("trial {}: {}", lease.trial_id(), s.error_message());
+      if (full != nullptr) *full = true;
     }
     *reachable = false;
     return true;
@@ -305,8 +308,11 @@ void Worker::FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
     v1::FinishTrialResponse resp;
     grpc::Status s = stub_->FinishTrial(&ctx, req, &resp);
     if (s.ok()) return;
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE ||
-        std::chrono::steady_clock::now() > give_up) {
+    // A full database (RESOURCE_EXHAUSTED) stored nothing: retry until it
+    // has room, however long; an unreachable coordinator for a while.
+    const bool full = s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+    if ((s.error_code() != grpc::StatusCode::UNAVAILABLE && !full) ||
+        (!full && std::chrono::steady_clock::now() > give_up)) {
       spdlog::warn("trial {}: finish refused: {}", lease.trial_id(),
                    s.error_message());
       return;
@@ -485,11 +491,14 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     wstatus = trainer.Reap();
   }
   if (!keep || stop_requested) warm->process.reset();
-  // Send what is left, retrying while the coordinator is briefly away.
+  // Send what is left, retrying while the coordinator is briefly away, and
+  // for as long as its database is full (the points are not lost).
   auto give_up = std::chrono::steady_clock::now() + kFinishRetryFor;
   while (out.lease_ok && !out.pending.empty()) {
-    out.lease_ok = Flush(lease, &out.pending, &out.reachable);
-    if (out.reachable || std::chrono::steady_clock::now() > give_up ||
+    bool full = false;
+    out.lease_ok = Flush(lease, &out.pending, &out.reachable, &full);
+    if (out.reachable ||
+        (!full && std::chrono::steady_clock::now() > give_up) ||
         WaitFor(std::chrono::milliseconds(500))) {
       break;
     }

@@ -162,8 +162,10 @@ class Worker {
   void ReportOutcome(const v1::TrialLease& lease, const Attempt& attempt,
                      const AttemptOutput& out, int wstatus, bool kept);
   // Sends buffered points; false if the lease is gone (ABORTED/NOT_FOUND).
+  // Kept for a retry when unreachable (`*reachable` false), and then also
+  // `*full` (if given) when the coordinator said RESOURCE_EXHAUSTED.
   bool Flush(const v1::TrialLease& lease, std::vector<v1::MetricPoint>* points,
-             bool* reachable);
+             bool* reachable, bool* full = nullptr);
   void FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
                    const std::string& message, const std::string& stderr_tail);
   // Whether the host's trainers run more threads than it has cores now.
