@@ -790,12 +790,12 @@ class SharedCheckpointE2ETest : public SweepE2ETest {
     return {"--artifacts", dir_.File("artifacts"), "--heartbeat-interval-ms",
             "500",         "--lease-timeout-ms",   "3000"};
   }
-};
 
-TEST_F(SharedCheckpointE2ETest,
-       KilledWorkersTrialResumesFromItsCheckpointOnTheOther) {
-  std::string spec = WriteSpec("resume.yaml", R"yaml(
-name: resume-elsewhere
+  // Submits one LAMB trial of 3,000 steps that checkpoints every 20 and
+  // returns once a checkpoint of it is committed.
+  void SubmitALongTrialAndWaitForACheckpoint() {
+    std::string spec = WriteSpec("long.yaml", R"yaml(
+name: long-trial
 model: {type: mlp, hidden: [128]}
 optimizers: [{name: lamb}]
 batch_sizes: [256]
@@ -805,15 +805,26 @@ eval_every_steps: 1000
 checkpoint_every_steps: 20
 max_retries: 2
 )yaml");
-  ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
-  ASSERT_TRUE(testing::WaitUntil(
-      [&] { return !Committed(dir_.File("artifacts/trial-1")).empty(); },
-      std::chrono::seconds(120)))
-      << workers_[0]->Log() << workers_[1]->Log();
+    ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
+    ASSERT_TRUE(testing::WaitUntil(
+        [&] { return !Committed(dir_.File("artifacts/trial-1")).empty(); },
+        std::chrono::seconds(120)))
+        << workers_[0]->Log() << workers_[1]->Log();
+  }
+
+  // Which worker (0 or 1, by its name worker-I) runs trial 1 now.
+  int WorkerOfTrialOne() {
+    return static_cast<int>(
+        Scalar("SELECT CAST(substr(w.name, 8) AS INTEGER) FROM trials t "
+               "JOIN workers w ON w.id = t.worker_id WHERE t.id = 1"));
+  }
+};
+
+TEST_F(SharedCheckpointE2ETest,
+       KilledWorkersTrialResumesFromItsCheckpointOnTheOther) {
+  ASSERT_NO_FATAL_FAILURE(SubmitALongTrialAndWaitForACheckpoint());
   // Kill the worker running the trial, daemon and trainer alike.
-  const int victim = static_cast<int>(
-      Scalar("SELECT CAST(substr(w.name, 8) AS INTEGER) FROM trials t "
-             "JOIN workers w ON w.id = t.worker_id WHERE t.id = 1"));
+  const int victim = WorkerOfTrialOne();
   ASSERT_TRUE(victim == 0 || victim == 1);
   KillWorker(victim);
 
@@ -844,25 +855,8 @@ max_retries: 2
 // once.
 TEST_F(SharedCheckpointE2ETest,
        AFrozenWorkerThatWakesUpIsFencedOffItsOldLease) {
-  std::string spec = WriteSpec("zombie.yaml", R"yaml(
-name: zombie
-model: {type: mlp, hidden: [128]}
-optimizers: [{name: lamb}]
-batch_sizes: [256]
-base: {lr: 0.01}
-budget: {steps: 3000}
-eval_every_steps: 1000
-checkpoint_every_steps: 20
-max_retries: 2
-)yaml");
-  ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
-  ASSERT_TRUE(testing::WaitUntil(
-      [&] { return !Committed(dir_.File("artifacts/trial-1")).empty(); },
-      std::chrono::seconds(120)))
-      << workers_[0]->Log() << workers_[1]->Log();
-  const int zombie = static_cast<int>(
-      Scalar("SELECT CAST(substr(w.name, 8) AS INTEGER) FROM trials t "
-             "JOIN workers w ON w.id = t.worker_id WHERE t.id = 1"));
+  ASSERT_NO_FATAL_FAILURE(SubmitALongTrialAndWaitForACheckpoint());
+  const int zombie = WorkerOfTrialOne();
   ASSERT_TRUE(zombie == 0 || zombie == 1);
   const std::string zombie_dir = dir_.File("worker-" + std::to_string(zombie));
   // Freeze the worker daemon only: its trainer runs on until its stdout
