@@ -4,6 +4,8 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 
 #include <fstream>
 
@@ -423,6 +425,43 @@ TEST_F(TrainerTest, ResumeRefusesAnotherConfigOrACorruptFile) {
   EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
   r = RunTrial(c, *data_, &sink, dir.File("missing.pt"));
   EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
+}
+
+// A checkpoint that cannot be written (a full disk; here the file-size
+// limit, which fails the write part-way with EFBIG) costs its resume point,
+// not the trial: it goes on unchanged, says so as a metric, and leaves no
+// partial file behind.
+TEST_F(TrainerTest, ACheckpointThatCannotBeWrittenDoesNotStopTheTrial) {
+  testing::TempDir dir;
+  TrialConfig c = Config({{"budget", {{"steps", 4}}},
+                          {"checkpoint_every_steps", 2},
+                          {"checkpoint_path", dir.File("ckpt.pt")}});
+  RecordingSink full_sink, plain_sink;
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  rlimit small = old;
+  small.rlim_cur = 4096;
+  auto previous = signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  auto full = RunTrial(c, *data_, &full_sink);
+  setrlimit(RLIMIT_FSIZE, &old);
+  signal(SIGXFSZ, previous);
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  EXPECT_EQ(full->outcome, Outcome::kCompleted);
+  EXPECT_EQ(full->steps, 4);
+  const auto failed = full_sink.Named("checkpoint_failed");
+  ASSERT_EQ(failed.size(), 1u);  // step 2; none after the last step
+  EXPECT_EQ(failed[0].step, 2);
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+  // Training itself is the same as with the checkpoint written.
+  TrialResult plain = Run(c, &plain_sink);
+  EXPECT_TRUE(std::filesystem::exists(dir.File("ckpt.pt")));
+  ExpectParametersClose(*full, plain, 0);
+  ASSERT_EQ(full_sink.Named("train_loss").size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(full_sink.Named("train_loss")[i].value,
+              plain_sink.Named("train_loss")[i].value);
+  }
 }
 
 // The decoded-dataset cache: the first load writes it, later loads map it;

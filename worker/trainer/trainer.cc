@@ -578,6 +578,16 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
     return EvaluateValidation(task, *model, placement, config, target, n, &s,
                               sink);
   };
+  // A checkpoint that cannot be written (a full disk) costs its resume
+  // point, not the trial: training goes on, says so on stderr and as a
+  // metric, and a resume uses the last checkpoint that was written.
+  auto checkpoint = [&] {
+    Status saved = SaveCheckpoint(config, *model, optimizer, shuffle, s, sink);
+    if (saved.ok()) return;
+    std::cerr << "megabatch-trainer: checkpoint at step " << s.step
+              << " not written (" << saved.message() << "); training goes on\n";
+    sink->Log(s.step, {{"checkpoint_failed", 1}});
+  };
   auto eval_due = [&](int64_t step) {
     if (config.eval_every_steps > 0) return step % config.eval_every_steps == 0;
     const int64_t every =
@@ -665,10 +675,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
                           step % config.checkpoint_every_steps == 0 &&
                           step < total_steps;
     if (!eval_due(step) && step != total_steps) {
-      if (checkpoint_now && reporter) {
-        MEGABATCH_RETURN_IF_ERROR(
-            SaveCheckpoint(config, *model, optimizer, shuffle, s, sink));
-      }
+      if (checkpoint_now && reporter) checkpoint();
       continue;
     }
     if (!reporter) {
@@ -688,10 +695,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
       result.message = "target reached at step " + std::to_string(step);
       return finish_with_test();
     }
-    if (checkpoint_now) {
-      MEGABATCH_RETURN_IF_ERROR(
-          SaveCheckpoint(config, *model, optimizer, shuffle, s, sink));
-    }
+    if (checkpoint_now) checkpoint();
   }
   return finish_with_test();
 }
