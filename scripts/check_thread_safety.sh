@@ -8,15 +8,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${MEGABATCH_TSA_BUILD_DIR:-$root/build-tsa}
 "$root/scripts/install_deps.sh"
-mkdir -p "$build"
-log=$build/build.log
-echo "megabatch: thread-safety build in $build (log: $log)" >&2
-if ! { cmake -S "$root" -B "$build" -DMEGABATCH_THREAD_SAFETY=ON -DCMAKE_BUILD_TYPE=Debug \
-         -DCMAKE_CXX_COMPILER=clang++-14 &&
-       cmake --build "$build" -j "${MEGABATCH_JOBS:-$(nproc)}" \
-         --target megabatch-coordinator megabatch-worker megabatch; } >"$log" 2>&1; then
-  grep -E -B2 -A6 "error|Error" "$log" | head -80 >&2 || tail -40 "$log" >&2
-  echo "megabatch: thread-safety build failed; see $log" >&2
-  exit 1
-fi
-echo "megabatch: thread-safety annotations hold ($(grep -c 'thread-safety' "$log" || true) warnings)" >&2
+source "$root/scripts/cmake_build.sh"
+cmake_build "thread-safety build" "$build" -DMEGABATCH_THREAD_SAFETY=ON \
+  -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++-14 \
+  -- --target megabatch-coordinator megabatch-worker megabatch
+echo "megabatch: thread-safety annotations hold ($(grep -c 'thread-safety' "$build/build.log" || true) warnings)" >&2

@@ -10,17 +10,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-60}
 build=${MEGABATCH_FUZZ_BUILD_DIR:-$root/build-fuzz}
 "$root/scripts/install_deps.sh"
-mkdir -p "$build"
-log=$build/build.log
-echo "megabatch: building fuzz targets in $build (log: $log)" >&2
-if ! { cmake -S "$root" -B "$build" -DMEGABATCH_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-         -DCMAKE_CXX_COMPILER=clang++-14 &&
-       cmake --build "$build" -j "${MEGABATCH_JOBS:-$(nproc)}" \
-         --target spec_fuzzer metrics_fuzzer; } >"$log" 2>&1; then
-  grep -E -A6 "error|Error" "$log" | head -60 >&2 || tail -40 "$log" >&2
-  echo "megabatch: fuzz build failed; see $log" >&2
-  exit 1
-fi
+source "$root/scripts/cmake_build.sh"
+cmake_build "building fuzz targets" "$build" -DMEGABATCH_FUZZ=ON \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
+  -- --target spec_fuzzer metrics_fuzzer
 
 corpus=$build/corpus
 rm -rf "$corpus"
