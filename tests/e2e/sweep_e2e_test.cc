@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "server/store/db.h"
+#include "tests/e2e/e2e_fixture.h"
 #include "tests/testing/http.h"
 #include "tests/testing/process.h"
 #include "tests/testing/temp_dir.h"
@@ -26,117 +27,6 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::Process;
 using testing::RunCommand;
-
-constexpr auto kSweepTimeout = std::chrono::seconds(300);
-
-class SweepE2ETest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    address_ = "127.0.0.1:" + std::to_string(testing::FreePort());
-    db_path_ = dir_.File("megabatch.db");
-    coordinator_argv_ = {
-        MEGABATCH_COORDINATOR_BIN, "--listen",   address_, "--db", db_path_,
-        "--metrics-listen",        "127.0.0.1:0"};
-    for (const auto& flag : CoordinatorFlags())
-      coordinator_argv_.push_back(flag);
-    StartCoordinator();
-    workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_,
-                                     dir_.path().string(), 2, WorkerFlags());
-    ASSERT_TRUE(WaitForWorkers(2)) << coordinator_->Log();
-  }
-
-  // True once `n` workers are registered (bounded wait).
-  bool WaitForWorkers(size_t n) {
-    return testing::WaitUntil(
-        [&] {
-          auto r = Cli({"-o", "json", "workers"});
-          return r.exit_code == 0 && nlohmann::json::parse(r.out).size() == n;
-        },
-        std::chrono::seconds(30));
-  }
-
-  // kill -9 worker-I and the trainers it started.
-  void KillWorker(int i) {
-    for (pid_t trainer :
-         testing::FindProcesses("--serve --work-dir " +
-                                dir_.File("worker-" + std::to_string(i)))) {
-      kill(trainer, SIGKILL);
-    }
-    workers_[i]->Kill(SIGKILL);
-  }
-
-  // Flags a test's fixture adds to the coordinator's, workers' and CLI's
-  // command lines.
-  virtual std::vector<std::string> CoordinatorFlags() const { return {}; }
-  virtual std::vector<std::string> WorkerFlags() const { return {}; }
-  virtual std::vector<std::string> CliFlags() const { return {}; }
-
-  // (Re)starts the coordinator with the same command line (same address and
-  // database); its log is appended to.
-  void StartCoordinator() {
-    coordinator_ = std::make_unique<Process>(coordinator_argv_,
-                                             dir_.File("coordinator.log"));
-  }
-
-  // The committed-checkpoint markers workers left under `root` (a trial's
-  // checkpoint directory), any attempt: a retry resumes from one of these.
-  static std::vector<std::string> Committed(const std::string& root) {
-    std::vector<std::string> found;
-    std::error_code ec;
-    for (auto it = std::filesystem::recursive_directory_iterator(root, ec);
-         !ec && it != std::filesystem::recursive_directory_iterator();
-         it.increment(ec)) {
-      if (it->path().filename() == "committed")
-        found.push_back(it->path().string());
-    }
-    return found;
-  }
-
-  testing::CommandResult Cli(std::vector<std::string> args) {
-    return CliWith(CliFlags(), std::move(args));
-  }
-  testing::CommandResult CliWith(std::vector<std::string> flags,
-                                 std::vector<std::string> args) {
-    flags.insert(flags.begin(), {MEGABATCH_CLI_BIN, "--server", address_});
-    flags.insert(flags.end(), args.begin(), args.end());
-    return RunCommand(flags);
-  }
-
-  std::string WriteSpec(const std::string& name, const std::string& text) {
-    std::string path = dir_.File(name);
-    std::ofstream(path) << text;
-    return path;
-  }
-
-  // Steps 1..`steps` each have exactly one train_loss row, and there are no
-  // others, among the metrics `filter` (an SQL condition) selects.
-  void ExpectEveryStepOnce(const std::string& filter, int steps) {
-    const std::string rows =
-        "FROM metrics WHERE name = 'train_loss' AND " + filter;
-    EXPECT_EQ(Scalar("SELECT count(*) " + rows), steps) << filter;
-    EXPECT_EQ(Scalar("SELECT count(DISTINCT step) " + rows +
-                     " AND step BETWEEN 1 AND " + std::to_string(steps)),
-              steps)
-        << filter;
-  }
-
-  // Runs one query returning a single integer or real.
-  double Scalar(const std::string& sql) {
-    auto db = store::Db::Open(db_path_);
-    EXPECT_TRUE(db.ok());
-    auto q = (*db)->Prepare(sql);
-    EXPECT_TRUE(q.ok()) << q.status().ToString();
-    auto row = q->Step();
-    EXPECT_TRUE(row.ok() && *row) << sql;
-    return q->Double(0);
-  }
-
-  testing::TempDir dir_;
-  std::string address_, db_path_;
-  std::vector<std::string> coordinator_argv_;
-  std::unique_ptr<Process> coordinator_;
-  std::vector<std::unique_ptr<Process>> workers_;
-};
 
 // The language models through the whole system: spec, coordinator, workers,
 // trainers (tiny_bert's running megabatch-tokenize), and their metrics in
