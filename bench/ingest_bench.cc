@@ -17,10 +17,16 @@
 //  3. A 10,000-trial sweep: submit time and the coordinator process's
 //     resident memory before and after (the coordinator runs in this
 //     process, the clients too).
+//  4. A fleet: 1,000 simulated workers that register, long-poll, train,
+//     report, heartbeat and finish as worker daemons do, against a
+//     coordinator process of its own (bench/fleet_figure.cc): dispatch and
+//     heartbeat latency, ingest rate, the coordinator's CPU and memory, and
+//     the size of ListWorkers and WatchSweep messages.
 // Each figure has its own coordinator and database.
 //
 // Usage: build/bench/ingest_bench [--workers N] [--seconds S] [--batch B]
-//        [--dispatch-workers W] [--skip-optuna]
+//        [--dispatch-workers W] [--skip-optuna] [--fleet-workers F (0: no
+//        fleet)] [--fleet-seconds S] [--fleet-no-watch] [--only-fleet]
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -37,6 +43,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/fleet_figure.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/coordinator.h"
 #include "server/store/db.h"
@@ -399,6 +406,25 @@ int main(int argc, char** argv) {
   std::string dir = std::filesystem::temp_directory_path() /
                     ("megabatch-ingest-bench-" + std::to_string(getpid()));
   const long rss_start = RssKib();
+  const int fleet_workers = Flag(argc, argv, "--fleet-workers", 1000);
+  bool fleet_ok = true;
+  auto fleet = [&] {
+    if (fleet_workers <= 0) return;
+    megabatch::bench::FleetOptions o;
+    o.coordinator_bin = MEGABATCH_COORDINATOR_BIN;
+    o.dir = dir + "/fleet";
+    std::filesystem::create_directories(o.dir);
+    o.workers = fleet_workers;
+    o.seconds = Flag(argc, argv, "--fleet-seconds", 60);
+    o.spec = Spec("fleet", 10000);
+    o.watch = !HasFlag(argc, argv, "--fleet-no-watch");
+    fleet_ok = megabatch::bench::RunFleet(o);
+  };
+  if (HasFlag(argc, argv, "--only-fleet")) {
+    fleet();
+    std::filesystem::remove_all(dir);
+    return fleet_ok ? 0 : 1;
+  }
 
   // Each figure on its own coordinator and database, so that one's backlog
   // (the ingestion's write-ahead log) does not weigh on the next.
@@ -460,6 +486,7 @@ int main(int argc, char** argv) {
       "before it, %ld MiB after (%ld MiB at start)\n",
       submit_s, list_s, rss_before / 1024, RssKib() / 1024, rss_start / 1024);
   coordinator.reset();
+  fleet();
   std::filesystem::remove_all(dir);
-  return 0;
+  return fleet_ok ? 0 : 1;
 }

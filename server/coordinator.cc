@@ -10,6 +10,7 @@
 
 #include "common/channel.h"
 #include "server/auth/token_store.h"
+#include "server/store/backup.h"
 
 namespace megabatch {
 
@@ -103,6 +104,9 @@ bool IsLoopbackAddress(const std::string& listen) {
 
 Result<std::unique_ptr<Coordinator>> Coordinator::Start(
     const CoordinatorOptions& options) {
+  if (options.backup_every.count() > 0 && options.backup_dir.empty()) {
+    return InvalidArgumentError("--backup-every needs --backup-dir");
+  }
   std::unique_ptr<Coordinator> c(new Coordinator());
   auto store = store::SweepStore::Open(options.db_path);
   if (!store.ok()) {
@@ -170,6 +174,7 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, *creds, &c->port_);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+
   builder.RegisterService(c->sweep_service_.get());
   builder.RegisterService(c->worker_service_.get());
   c->server_ = builder.BuildAndStart();
@@ -180,7 +185,33 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   for (const char* name : kHealthServices) {
     c->server_->GetHealthCheckService()->SetServingStatus(name, true);
   }
+  if (options.backup_every.count() > 0) {
+    c->backup_thread_ = std::thread(&Coordinator::BackupLoop, c.get(),
+                                    options.db_path, options.backup_dir,
+                                    options.backup_every, options.backup_keep);
+  }
   return c;
+}
+
+void Coordinator::BackupLoop(std::string db_path, std::string dir,
+                             std::chrono::seconds every, int keep) {
+  MutexLock lock(&backup_mu_);
+  auto next = std::chrono::steady_clock::now() + every;
+  while (!stopping_) {
+    if (backup_cv_.WaitUntil(next) || stopping_) continue;
+    next = std::max(next + every, std::chrono::steady_clock::now());
+    lock.Unlock();
+    Result<std::string> written =
+        store::BackupIntoDirectory(db_path, dir, keep);
+    if (written.ok()) {
+      spdlog::info("backup written: {}", *written);
+    } else {
+      spdlog::error("backup into {} failed: {}", dir,
+                    written.status().ToString());
+    }
+    metrics_->RecordBackup(written.ok(), scheduler::NowSeconds());
+    lock.Lock();
+  }
 }
 
 Coordinator::~Coordinator() { Shutdown(); }
@@ -196,6 +227,12 @@ void Coordinator::Shutdown() {
     server_->GetHealthCheckService()->Shutdown();
   }
   if (scheduler_) scheduler_->Stop();
+  {
+    MutexLock lock(&backup_mu_);
+    stopping_ = true;
+    backup_cv_.SignalAll();
+  }
+  if (backup_thread_.joinable()) backup_thread_.join();
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now() +
                       std::chrono::seconds(2));

@@ -5,9 +5,12 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 
+#include "common/mutex.h"
 #include "common/status.h"
 #include "server/metrics/metrics.h"
 #include "server/scheduler/scheduler.h"
@@ -49,6 +52,11 @@ struct CoordinatorOptions {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
+  // Periodic online backups into backup_dir every backup_every (0: none),
+  // keeping the newest backup_keep (store/backup.h).
+  std::string backup_dir;
+  std::chrono::seconds backup_every{0};
+  int backup_keep = 24;
 };
 
 // True for loopback listen addresses (127.0.0.0/8, ::1, localhost) and
@@ -98,6 +106,14 @@ class Coordinator {
   std::unique_ptr<service::WorkerServiceImpl> worker_service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+
+  // The periodic backups (options.backup_every).
+  void BackupLoop(std::string db_path, std::string dir,
+                  std::chrono::seconds every, int keep);
+  Mutex backup_mu_;
+  CondVar backup_cv_{&backup_mu_};
+  bool stopping_ GUARDED_BY(backup_mu_) = false;
+  std::thread backup_thread_;
 };
 
 }  // namespace megabatch

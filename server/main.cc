@@ -2,16 +2,34 @@
 #include <pthread.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 
 #include "server/auth/auth.h"
 #include "server/auth/token_store.h"
 #include "server/coordinator.h"
+#include "server/store/backup.h"
 
 namespace {
+
+// Every worker holds a connection, a file descriptor: the soft limit on open
+// files goes up to the hard one (systemd's default soft limit, 1,024, would
+// refuse connections near a thousand workers).
+void RaiseOpenFileLimit() {
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) != 0) return;
+  const rlim_t want = std::min<rlim_t>(files.rlim_max, rlim_t{1} << 20);
+  if (files.rlim_cur >= want) return;
+  const rlim_t was = files.rlim_cur;
+  files.rlim_cur = want;
+  if (setrlimit(RLIMIT_NOFILE, &files) == 0) {
+    spdlog::info("open-file limit raised from {} to {}", was, want);
+  }
+}
 
 // `megabatch-coordinator token ...`: manages the access tokens in the
 // database directly (on the coordinator's host; the coordinator may be
@@ -126,6 +144,39 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-auth-file", options.metrics_auth_file,
                  "require HTTP basic auth on /metrics: a file with one "
                  "user:password line");
+  int64_t backup_every_s = 0, keep_checkpoints_s = -1;
+  app.add_option("--backup-dir", options.backup_dir,
+                 "directory for the periodic backups (--backup-every)");
+  app.add_option("--backup-every", backup_every_s,
+                 "seconds between online backups into --backup-dir (0: none)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{366} * 86400));
+  app.add_option("--backup-keep", options.backup_keep,
+                 "how many periodic backups to keep")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  app.add_option(
+         "--keep-checkpoints-for", keep_checkpoints_s,
+         "seconds workers keep older checkpoints so that a restored backup "
+         "that old finds one to resume from (default: --backup-every)")
+      ->check(CLI::Range(int64_t{0}, int64_t{366} * 86400));
+
+  CLI::App* backup = app.add_subcommand(
+      "backup", "write an online backup of --db (the coordinator may run)");
+  std::string backup_to;
+  backup->add_option("TO", backup_to, "the backup file to create")->required();
+  CLI::App* restore = app.add_subcommand(
+      "restore",
+      "make --db (which must not exist) from a backup, ready to serve");
+  std::string restore_from;
+  int64_t id_gap = megabatch::store::kRestoreIdGap;
+  restore->add_option("BACKUP", restore_from, "a backup file")->required();
+  restore
+      ->add_option("--id-gap", id_gap,
+                   "how far lease, sweep, trial and worker ids jump: more "
+                   "than the lost coordinator gave out after the backup")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
 
   CLI::App* token = app.add_subcommand("token", "manage access tokens in --db");
   token->require_subcommand(1);
@@ -147,7 +198,8 @@ int main(int argc, char** argv) {
   CLI::App* revoke = token->add_subcommand("revoke", "revoke a token at once");
   revoke->add_option("ID", token_id, "token id (see token list)")->required();
   // Parent options (--db) are accepted before or after the subcommands.
-  for (CLI::App* sub : {token, create, token->get_subcommand("list"), revoke}) {
+  for (CLI::App* sub : {token, create, token->get_subcommand("list"), revoke,
+                        backup, restore}) {
     sub->fallthrough();
   }
   try {
@@ -166,6 +218,34 @@ int main(int argc, char** argv) {
       }
     }
   }
+  if (backup->parsed()) {
+    megabatch::Status written =
+        megabatch::store::BackupDatabase(options.db_path, backup_to);
+    if (!written.ok()) {
+      std::fprintf(stderr, "backup: %s\n", written.ToString().c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "backup of %s written to %s\n",
+                 options.db_path.c_str(), backup_to.c_str());
+    return 0;
+  }
+  if (restore->parsed()) {
+    megabatch::Result<int> requeued = megabatch::store::RestoreDatabase(
+        restore_from, options.db_path, id_gap);
+    if (!requeued.ok()) {
+      std::fprintf(stderr, "restore: %s\n",
+                   requeued.status().ToString().c_str());
+      return 1;
+    }
+    std::fprintf(stderr,
+                 "%s restored from %s: %d running trials back in the queue; "
+                 "start the coordinator on it\n",
+                 options.db_path.c_str(), restore_from.c_str(), *requeued);
+    return 0;
+  }
+  options.backup_every = std::chrono::seconds(backup_every_s);
+  options.scheduler.checkpoint_history = std::chrono::seconds(
+      keep_checkpoints_s >= 0 ? keep_checkpoints_s : backup_every_s);
   options.scheduler.heartbeat_interval =
       std::chrono::milliseconds(heartbeat_ms);
   options.scheduler.lease_timeout = std::chrono::milliseconds(lease_timeout_ms);
@@ -177,6 +257,7 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
+  RaiseOpenFileLimit();
   try {
     auto coordinator = megabatch::Coordinator::Start(options);
     if (!coordinator.ok()) {

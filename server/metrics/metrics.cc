@@ -296,6 +296,18 @@ CoordinatorMetrics::CoordinatorMetrics(const store::ReadOnlyDb* results)
            .Help("metric points accepted from workers and stored")
            .Register(*registry_)
            .Add({});
+  backups_ = &prometheus::BuildCounter()
+                  .Name("megabatch_backups_total")
+                  .Help("periodic database backups (--backup-every), by result")
+                  .Register(*registry_);
+  last_backup_ =
+      &prometheus::BuildGauge()
+           .Name("megabatch_last_backup_timestamp_seconds")
+           .Help(
+               "when the last periodic backup was written (Unix time; 0: "
+               "none yet)")
+           .Register(*registry_)
+           .Add({});
 }
 
 CoordinatorMetrics::~CoordinatorMetrics() = default;
@@ -352,6 +364,11 @@ void CoordinatorMetrics::RecordTrialPoints(
     int64_t trial_id, const std::vector<store::MetricPoint>& points) {
   points_ingested_->Increment(static_cast<double>(points.size()));
   live_->RecordTrial(trial_id, points);
+}
+
+void CoordinatorMetrics::RecordBackup(bool ok, double unix_seconds) {
+  backups_->Add({{"result", ok ? "ok" : "error"}}).Increment();
+  if (ok) last_backup_->Set(unix_seconds);
 }
 
 void CoordinatorMetrics::RecordWorkerGpus(int64_t worker_id,

@@ -13,6 +13,7 @@
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/family.h>
+#include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
@@ -62,6 +63,8 @@ class CoordinatorMetrics {
   void RecordTrialPoints(int64_t trial_id,
                          const std::vector<store::MetricPoint>& points);
   void RecordWorkerGpus(int64_t worker_id, std::vector<GpuSample> gpus);
+  // A periodic backup (--backup-every) ended; `ok`: it was written.
+  void RecordBackup(bool ok, double unix_seconds);
 
   // What /metrics serves, in the text format.
   std::string Scrape() const;
@@ -77,6 +80,8 @@ class CoordinatorMetrics {
   prometheus::Histogram* dispatch_seconds_;
   prometheus::Family<prometheus::Histogram>* store_write_seconds_;
   prometheus::Counter* points_ingested_;
+  prometheus::Family<prometheus::Counter>* backups_;
+  prometheus::Gauge* last_backup_;
 };
 
 }  // namespace megabatch::metrics

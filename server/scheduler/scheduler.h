@@ -30,6 +30,9 @@ struct SchedulerOptions {
   // where trial checkpoints live, so a requeued trial resumes on any worker.
   // Empty: checkpoints stay on the worker that wrote them.
   std::string artifacts_dir;
+  // Told to workers at registration: how long they keep a trial's older
+  // committed checkpoints (RegisterWorkerResponse.checkpoint_history_ms).
+  std::chrono::milliseconds checkpoint_history{0};
   // Called with the seconds from a lease request meeting a queued trial (the
   // request's arrival, or the Notify() that released work to it while it
   // was parked) to the lease.

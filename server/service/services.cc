@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 
 #include "common/grpc_status.h"
@@ -362,11 +363,14 @@ grpc::Status SweepServiceImpl::WatchSweep(
       metrics_, auth_, ctx, Access::kUsers, "WatchSweep", [&]() -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
         // A snapshot on every state change, and at least once a second so that
-        // the latest metrics show while no trial changes state.
+        // the latest metrics show while no trial changes state; but never
+        // sooner after the last than 4 times what that one cost, so that a
+        // watcher of a big, busy sweep takes at most a fifth of a core.
         int64_t version = store_->version();
         std::map<int64_t, v1::Trial>
             sent;  // what the watcher has of each trial
         for (bool first = true; !ctx->IsCancelled(); first = false) {
+          const auto started = std::chrono::steady_clock::now();
           // A token revoked while the stream is open ends it at the next
           // snapshot.
           if (!first) {
@@ -375,13 +379,26 @@ grpc::Status SweepServiceImpl::WatchSweep(
           }
           auto sweep = store_->GetSweep(req->sweep_id());
           if (!sweep.ok()) return sweep.status();
-          auto trials = store_->ListTrials(req->sweep_id());
-          if (!trials.ok()) return trials.status();
+          // Page by page: the store's lock is held for one page at a time,
+          // so writers (metric reports, heartbeats) go on in between.
+          std::vector<store::TrialRow> trials;
+          for (int64_t after = -1;;) {
+            auto page =
+                store_->ListTrials(req->sweep_id(), after, kTrialPageSize);
+            if (!page.ok()) return page.status();
+            if (page->empty()) break;
+            after = page->back().index;
+            const bool last =
+                page->size() < static_cast<size_t>(kTrialPageSize);
+            trials.insert(trials.end(), std::make_move_iterator(page->begin()),
+                          std::make_move_iterator(page->end()));
+            if (last) break;
+          }
           // The trials that changed since they were last sent (all, the first
           // time), in messages of at most kTrialPageSize trials and
           // kMaxPageBytes.
           std::vector<v1::Trial> changed;
-          for (const auto& t : *trials) {
+          for (const auto& t : trials) {
             v1::Trial trial;
             ToProto(t, &trial);
             auto it = sent.find(t.id);
@@ -409,9 +426,12 @@ grpc::Status SweepServiceImpl::WatchSweep(
             }
           } while (next < changed.size());
           if (store::IsFinal(sweep->state)) return Status();
+          const auto now = std::chrono::steady_clock::now();
+          const auto earliest = now + 4 * (now - started);
           version = scheduler_->WaitForChange(
-              version,
-              std::chrono::steady_clock::now() + std::chrono::seconds(1));
+              version, std::max(earliest, now + std::chrono::seconds(1)));
+          if (std::chrono::steady_clock::now() < earliest)
+            std::this_thread::sleep_until(earliest);
         }
         return Status(StatusCode::kCancelled, "watch cancelled by the client");
       });
@@ -534,6 +554,8 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
         resp->set_lease_timeout_ms(
             static_cast<int32_t>(scheduler_->options().lease_timeout.count()));
         resp->set_artifacts_dir(scheduler_->options().artifacts_dir);
+        resp->set_checkpoint_history_ms(
+            scheduler_->options().checkpoint_history.count());
         return Status();
       });
 }
@@ -609,6 +631,7 @@ grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext* ctx,
           resp->mutable_lease()->set_lease_id(l.lease_id);
           resp->mutable_lease()->set_rank(l.rank);
           resp->set_config_json(l.config_json);
+          resp->set_resume_max_step(l.resume_max_step);
         }
         return Status();
       });

@@ -53,6 +53,9 @@ class Db {
   Result<CachedStatement> Cached(std::string_view sql);
 
   int64_t LastInsertRowid() const;
+  // False once SQLite rolled an open transaction back by itself (after
+  // SQLITE_FULL or an I/O error, it may).
+  bool InTransaction() const { return sqlite3_get_autocommit(db_) == 0; }
   int Changes() const;
   sqlite3* raw() const { return db_; }
 

@@ -257,6 +257,14 @@ Result<std::optional<std::vector<Lease>>> SweepStore::GrantLocked(
   (*started)->Bind(1, pick.sweep->sweep_id);
   MEGABATCH_RETURN_IF_ERROR((*started)->Run());
   ++pick.sweep->running;
+  Result<CachedStatement> stored = db_->Cached(
+      "SELECT coalesce(max(step), -1) FROM metrics WHERE trial_id = ? AND "
+      "name = 'train_loss'");
+  if (!stored.ok()) return stored.status();
+  (*stored)->Bind(1, pick.trial_id);
+  Result<bool> stored_row = (*stored)->Step();
+  if (!stored_row.ok()) return stored_row.status();
+  const int64_t resume_max_step = (*stored)->Int(0);
 
   std::vector<Lease> leases;
   for (int32_t r = 0; r < pick.ranks; ++r) {
@@ -266,6 +274,7 @@ Result<std::optional<std::vector<Lease>>> SweepStore::GrantLocked(
     lease.sweep_id = pick.sweep->sweep_id;
     lease.rank = r;
     lease.world_size = pick.ranks;
+    lease.resume_max_step = resume_max_step;
     if (pick.ranks == 1) {
       lease.config_json = pick.config_json;
     } else {

@@ -546,6 +546,16 @@ SELECT b.sweep_id, b.optimizer, b.batch_size, b.lrs_tried,
   b.noise_scale_at_target, b.train_samples, b.samples_per_second, b.shared_core_trials
 FROM best b;
 )sql",
+    // Version 10: the id floors a restore from a backup sets
+    // (megabatch-coordinator restore): a new sweep, trial or worker gets an
+    // id at or above its table's floor, so no id the lost coordinator gave
+    // out after the backup is given out again.
+    R"sql(
+CREATE TABLE id_floors (
+  name  TEXT PRIMARY KEY,
+  next  INTEGER NOT NULL
+) WITHOUT ROWID;
+)sql",
 };
 
 }  // namespace megabatch::store

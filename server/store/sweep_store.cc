@@ -20,6 +20,14 @@ constexpr int kNumMigrations = std::size(kMigrations);
 static_assert(kNumMigrations == kSchemaVersion);
 constexpr size_t kMaxStoredStderr = 8192;
 
+// The id of a new row of `table`: one past its largest, and at least the
+// floor a restore from a backup set (id_floors, RestoreFencing).
+std::string NextIdSql(const std::string& table) {
+  return "max((SELECT coalesce(max(id), 0) + 1 FROM " + table +
+         "), (SELECT coalesce(max(next), 0) FROM id_floors WHERE name = '" +
+         table + "'))";
+}
+
 constexpr std::pair<TrialState, const char*> kTrialStateNames[] = {
     {TrialState::kQueued, "queued"},       {TrialState::kRunning, "running"},
     {TrialState::kCompleted, "completed"}, {TrialState::kFailed, "failed"},
@@ -209,9 +217,9 @@ Result<int64_t> SweepStore::CreateSweep(
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   Result<Statement> ins = db_->Prepare(
-      "INSERT INTO sweeps (name, state, spec_json, priority, "
-      "max_parallel, max_retries, created_at, owner) "
-      "VALUES (?, 'queued', ?, ?, ?, ?, ?, nullif(?, ''))");
+      "INSERT INTO sweeps (id, name, state, spec_json, priority, "
+      "max_parallel, max_retries, created_at, owner) VALUES (" +
+      NextIdSql("sweeps") + ", ?, 'queued', ?, ?, ?, ?, ?, nullif(?, ''))");
   if (!ins.ok()) return ins.status();
   ins->Bind(1, spec.name).Bind(2, spec_json);
   ins->Bind(3, spec.priority).Bind(4, spec.max_parallel);
@@ -245,9 +253,10 @@ Status SweepStore::InsertTrialsLocked(
     int64_t sweep_id, const std::vector<spec::TrialSpec>& trials,
     const std::vector<std::string>& phases) {
   Result<Statement> trial = db_->Prepare(
-      "INSERT INTO trials (sweep_id, trial_index, optimizer, batch_size, lr, "
-      "lr_multiplier, seed, state, config_json, ranks, phase) "
-      "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, nullif(?, ''))");
+      "INSERT INTO trials (id, sweep_id, trial_index, optimizer, batch_size, "
+      "lr, lr_multiplier, seed, state, config_json, ranks, phase) VALUES (" +
+      NextIdSql("trials") +
+      ", ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, nullif(?, ''))");
   if (!trial.ok()) return trial.status();
   Result<Statement> set_config =
       db_->Prepare("UPDATE trials SET config_json = ? WHERE id = ?");
@@ -509,10 +518,18 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id,
     t.phase = r.Text(15);
     out.push_back(std::move(t));
   }));
-  // SQLite returns the bare column `value` from the row holding MAX(step).
+  // Each metric's value at its newest step: a walk over the trial's metric
+  // names by index seeks (one per name, and one for its newest step), not a
+  // scan of every point the trial stored.
   Result<Statement> latest = db_->Prepare(
-      "SELECT name, value, max(step) FROM metrics WHERE trial_id = ? "
-      "GROUP BY name");
+      "WITH RECURSIVE names(n) AS ("
+      " SELECT (SELECT name FROM metrics WHERE trial_id = ?1 ORDER BY name "
+      "  LIMIT 1)"
+      " UNION ALL"
+      " SELECT (SELECT name FROM metrics WHERE trial_id = ?1 AND name > n "
+      "  ORDER BY name LIMIT 1) FROM names WHERE n IS NOT NULL) "
+      "SELECT n, (SELECT value FROM metrics WHERE trial_id = ?1 AND name = n "
+      " ORDER BY step DESC LIMIT 1) FROM names WHERE n IS NOT NULL");
   if (!latest.ok()) return latest.status();
   for (TrialRow& t : out) {
     latest->Reset();
@@ -531,10 +548,10 @@ Result<int64_t> SweepStore::RegisterWorker(const std::string& name,
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   Result<Statement> ins = db_->Prepare(
-      "INSERT INTO workers (name, slots, state, registered_at, "
-      "last_heartbeat_at, "
-      "rendezvous_host, rendezvous_port_first, rendezvous_port_count) "
-      "VALUES (?, ?, 'alive', ?, ?, ?, ?, ?)");
+      "INSERT INTO workers (id, name, slots, state, registered_at, "
+      "last_heartbeat_at, rendezvous_host, rendezvous_port_first, "
+      "rendezvous_port_count) VALUES (" +
+      NextIdSql("workers") + ", ?, ?, 'alive', ?, ?, ?, ?, ?)");
   if (!ins.ok()) return ins.status();
   ins->Bind(1, name).Bind(2, slots).Bind(3, now).Bind(4, now);
   ins->Bind(5, rendezvous.host)
@@ -552,26 +569,30 @@ Result<int64_t> SweepStore::RegisterWorker(const std::string& name,
 
 Result<std::vector<int64_t>> SweepStore::Heartbeat(
     int64_t worker_id, const std::vector<RunningLease>& running, double now) {
-  Locked lock(this);
-  Result<Statement> up = db_->Prepare(
-      "UPDATE workers SET last_heartbeat_at = ?, state = 'alive' WHERE id = ?");
-  if (!up.ok()) return up.status();
-  up->Bind(1, now).Bind(2, worker_id);
-  MEGABATCH_RETURN_IF_ERROR(up->Run());
-  if (db_->Changes() == 0) {
-    return NotFoundError("worker " + std::to_string(worker_id) +
-                         " not found; register again");
-  }
   std::vector<int64_t> stop;
-  for (const RunningLease& r : running) {
-    Status current = CheckLease(r.trial_id, r.lease_id, worker_id, r.rank);
-    if (current.code() == StatusCode::kAborted ||
-        current.code() == StatusCode::kNotFound) {
-      stop.push_back(r.trial_id);
-    } else {
-      MEGABATCH_RETURN_IF_ERROR(current);
+  MEGABATCH_RETURN_IF_ERROR(RunGrouped([&]() -> Status {
+    mu_.AssertHeld();  // CommitGroup runs it
+    Result<CachedStatement> up = db_->Cached(
+        "UPDATE workers SET last_heartbeat_at = ?, state = 'alive' "
+        "WHERE id = ?");
+    if (!up.ok()) return up.status();
+    (*up)->Bind(1, now).Bind(2, worker_id);
+    MEGABATCH_RETURN_IF_ERROR((*up)->Run());
+    if (db_->Changes() == 0) {
+      return NotFoundError("worker " + std::to_string(worker_id) +
+                           " not found; register again");
     }
-  }
+    for (const RunningLease& r : running) {
+      Status current = CheckLease(r.trial_id, r.lease_id, worker_id, r.rank);
+      if (current.code() == StatusCode::kAborted ||
+          current.code() == StatusCode::kNotFound) {
+        stop.push_back(r.trial_id);
+      } else {
+        MEGABATCH_RETURN_IF_ERROR(current);
+      }
+    }
+    return Status();
+  }));
   return stop;
 }
 
@@ -653,38 +674,91 @@ Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
                                  int64_t worker_id,
                                  const std::vector<MetricPoint>& points,
                                  double now) {
-  Locked lock(this);
-  Transaction tx(db_.get());
-  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
-  MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id));
-  Result<CachedStatement> cached = db_->Cached(
-      "INSERT INTO metrics (trial_id, name, step, value, recorded_at) "
-      "VALUES (?, ?, ?, ?, ?) ON CONFLICT (trial_id, name, step) "
-      "DO UPDATE SET value = excluded.value, recorded_at = "
-      "excluded.recorded_at");
-  if (!cached.ok()) return cached.status();
-  Statement& ins = **cached;
-  for (const MetricPoint& p : points) {
-    ins.Reset();
-    ins.Bind(1, trial_id).Bind(2, p.name).Bind(3, p.step);
-    if (std::isfinite(p.value)) {
-      ins.Bind(4, p.value);
-    } else {
-      ins.BindNull(4);  // SQLite has no NaN; a diverged loss is stored as NULL
+  return RunGrouped([&]() -> Status {
+    mu_.AssertHeld();  // CommitGroup runs it
+    MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id));
+    Result<CachedStatement> cached = db_->Cached(
+        "INSERT INTO metrics (trial_id, name, step, value, recorded_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (trial_id, name, step) "
+        "DO UPDATE SET value = excluded.value, recorded_at = "
+        "excluded.recorded_at");
+    if (!cached.ok()) return cached.status();
+    Statement& ins = **cached;
+    for (const MetricPoint& p : points) {
+      ins.Reset();
+      ins.Bind(1, trial_id).Bind(2, p.name).Bind(3, p.step);
+      if (std::isfinite(p.value)) {
+        ins.Bind(4, p.value);
+      } else {
+        ins.BindNull(4);  // SQLite has no NaN; a diverged loss is stored NULL
+      }
+      ins.Bind(5, now);
+      MEGABATCH_RETURN_IF_ERROR(ins.Run());
     }
-    ins.Bind(5, now);
-    MEGABATCH_RETURN_IF_ERROR(ins.Run());
+    return ApplyEarlyStopping(trial_id, points, now);
+  });
+}
+
+Status SweepStore::RunGrouped(std::function<Status()> body) {
+  GroupedWrite self;
+  self.body = std::move(body);
+  MutexLock lock(&group_mu_);
+  group_queue_.push_back(&self);
+  while (!self.done) {
+    if (group_leading_) {
+      group_cv_.Wait();
+      continue;
+    }
+    // Lead: commit everything queued so far (this write among it).
+    group_leading_ = true;
+    std::vector<GroupedWrite*> group;
+    group.swap(group_queue_);
+    lock.Unlock();
+    CommitGroup(group);
+    lock.Lock();
+    for (GroupedWrite* w : group) w->done = true;
+    group_leading_ = false;
+    group_cv_.SignalAll();
   }
-  // A prune counts as a change only once it is committed.
-  const std::optional<Change> before = pending_;
+  return self.result;
+}
+
+void SweepStore::CommitGroup(const std::vector<GroupedWrite*>& group) {
+  Locked lock(this);
   const int64_t version = version_;
-  MEGABATCH_RETURN_IF_ERROR(ApplyEarlyStopping(trial_id, points, now));
-  Status committed = tx.Commit();
+  const std::optional<Change> before = pending_;
+  Transaction tx(db_.get());
+  if (!tx.begin_status().ok()) {
+    for (GroupedWrite* w : group) w->result = tx.begin_status();
+    return;
+  }
+  Status committed;
+  for (GroupedWrite* w : group) {
+    // A change counts only if its write is kept.
+    const int64_t write_version = version_;
+    const std::optional<Change> write_pending = pending_;
+    w->result = db_->Exec("SAVEPOINT grouped");
+    if (w->result.ok()) w->result = w->body();
+    if (w->result.ok()) w->result = db_->Exec("RELEASE grouped");
+    if (w->result.ok()) continue;
+    if (!db_->InTransaction()) {
+      // SQLite undid the whole transaction (it may on a full disk): every
+      // write of the group fails as this one did.
+      committed = w->result;
+      break;
+    }
+    (void)db_->Exec("ROLLBACK TO grouped; RELEASE grouped");
+    version_ = write_version;
+    pending_ = write_pending;
+  }
+  if (committed.ok()) committed = tx.Commit();
   if (!committed.ok()) {
     version_ = version;
     pending_ = before;
+    for (GroupedWrite* w : group) {
+      if (w->result.ok()) w->result = committed;
+    }
   }
-  return committed;
 }
 
 Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
@@ -901,6 +975,61 @@ Result<int> SweepStore::ExpireWorkers(double deadline, double now) {
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
   if (!ids.empty()) Changed(Change::kWork);
   return requeued;
+}
+
+Result<int> SweepStore::FenceAfterRestore(int64_t id_gap, double now) {
+  if (id_gap < 1) return InvalidArgumentError("id gap: must be >= 1");
+  Locked lock(this);
+  Transaction tx(db_.get());
+  MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
+  Result<Statement> running = db_->Prepare(
+      "SELECT id, sweep_id, coalesce(worker_id, 0) FROM trials "
+      "WHERE state = 'running'");
+  if (!running.ok()) return running.status();
+  struct Held {
+    int64_t trial, sweep, worker;
+  };
+  std::vector<Held> held;
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*running, [&](Statement& r) {
+    held.push_back({r.Int(0), r.Int(1), r.Int(2)});
+  }));
+  std::set<int64_t> sweeps;
+  for (const Held& h : held) {
+    MEGABATCH_RETURN_IF_ERROR(AddEvent(
+        h.sweep, h.trial, h.worker, "trial_requeued",
+        "database restored from a backup: the lease is void; the retry "
+        "resumes from a checkpoint at or before the last stored step",
+        now));
+    sweeps.insert(h.sweep);
+  }
+  std::string gap = std::to_string(id_gap);
+  MEGABATCH_RETURN_IF_ERROR(
+      db_->Exec("UPDATE trials SET state = 'queued', worker_id = NULL, "
+                "rendezvous_port = NULL WHERE state = 'running'; "
+                "UPDATE trials SET lease_id = lease_id + " +
+                gap +
+                "; "
+                "UPDATE workers SET state = 'lost' WHERE state = 'alive'; "
+                "INSERT OR REPLACE INTO id_floors (name, next) "
+                "SELECT 'sweeps', coalesce(max(id), 0) + 1 + " +
+                gap +
+                " FROM sweeps UNION ALL "
+                "SELECT 'trials', coalesce(max(id), 0) + 1 + " +
+                gap +
+                " FROM trials UNION ALL "
+                "SELECT 'workers', coalesce(max(id), 0) + 1 + " +
+                gap + " FROM workers;"));
+  for (int64_t sweep_id : sweeps) {
+    MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(sweep_id, now));
+  }
+  MEGABATCH_RETURN_IF_ERROR(AddEvent(
+      0, 0, 0, "database_restored",
+      "restored from a backup: " + std::to_string(held.size()) +
+          " running trials requeued; lease and new ids moved up by " + gap,
+      now));
+  MEGABATCH_RETURN_IF_ERROR(tx.Commit());
+  Changed(Change::kWork);
+  return static_cast<int>(held.size());
 }
 
 }  // namespace megabatch::store

@@ -32,7 +32,7 @@
 namespace megabatch::store {
 
 // The current schema version; Open() migrates older files up to it.
-inline constexpr int kSchemaVersion = 9;
+inline constexpr int kSchemaVersion = 10;
 
 // kPruned: stopped early by the sweep's early_stopping rule (successive
 // halving): a result of the study, like kDiverged.
@@ -114,6 +114,10 @@ struct Lease {
   std::string config_json;
   int32_t rank = 0;
   int32_t world_size = 1;
+  // The newest step whose train_loss is stored (-1: none): a retry resumes
+  // from no checkpoint past it (after a restore from a backup, the points
+  // of later checkpoints are not in the database).
+  int64_t resume_max_step = -1;
 };
 
 // One trial a worker reports running, under a lease, as a rank.
@@ -239,6 +243,16 @@ class SweepStore {
   // Returns how many trials were requeued.
   Result<int> ExpireWorkers(double deadline, double now);
 
+  // Makes a database just restored from a backup safe to serve from, in one
+  // transaction: every running trial goes back to the queue (its retry
+  // resumes from a checkpoint at or before its last stored step, see
+  // Lease::resume_max_step); every trial's lease id and every table's next
+  // sweep, trial and worker id jump by `id_gap`, past any the lost
+  // coordinator can have given out after the backup, so that nothing a
+  // worker still holds from it matches; every worker is marked lost until it
+  // heartbeats. Returns how many trials were requeued.
+  Result<int> FenceAfterRestore(int64_t id_gap, double now);
+
   // A counter that changes whenever any sweep or trial state changes (after
   // the change is committed); lets watchers skip unchanged snapshots
   // cheaply. Lock-free.
@@ -340,6 +354,24 @@ class SweepStore {
   // Parsed from each sweep's spec once; nullopt: no early stopping.
   std::map<int64_t, std::optional<planner::EarlyStoppingRule>> early_stopping_
       GUARDED_BY(mu_);
+
+  // Group commit for the frequent small writes (metric reports,
+  // heartbeats): a write queued while another caller commits waits; the
+  // next leader runs every queued write in one transaction, each in its own
+  // savepoint, so a refused one (a stale lease, a full database) undoes only
+  // itself. A thousand workers then cost tens of commits a second, not
+  // thousands, and far fewer hand-offs of mu_.
+  struct GroupedWrite {
+    std::function<Status()> body;  // runs under mu_ in the group's transaction
+    Status result;
+    bool done = false;
+  };
+  Status RunGrouped(std::function<Status()> body) EXCLUDES(mu_, group_mu_);
+  void CommitGroup(const std::vector<GroupedWrite*>& group) EXCLUDES(mu_);
+  Mutex group_mu_;
+  CondVar group_cv_{&group_mu_};
+  std::vector<GroupedWrite*> group_queue_ GUARDED_BY(group_mu_);
+  bool group_leading_ GUARDED_BY(group_mu_) = false;
 
   mutable Mutex mu_;
   std::unique_ptr<Db> db_ GUARDED_BY(mu_);

@@ -76,18 +76,15 @@ class ChaosE2ETest : public SweepE2ETest {
  protected:
   int WorkerCount() const override { return kWorkers; }
   std::vector<std::string> CoordinatorFlags() const override {
-    return {"--artifacts",
-            dir_.File("artifacts"),
-            "--heartbeat-interval-ms",
-            "500",
-            "--lease-timeout-ms",
-            std::to_string(kLeaseTimeoutMs)};
+    return {
+        "--artifacts", dir_.File("artifacts"), "--heartbeat-interval-ms",
+        "500",         "--lease-timeout-ms",   std::to_string(kLeaseTimeoutMs)};
   }
 
   // Submits the spec as sweep `name` and returns its id.
   int64_t Submit(const std::string& name) {
-    auto r = Cli({"submit", WriteSpec(name + ".yaml",
-                                      "name: " + name + "\n" + kSpec)});
+    auto r = Cli(
+        {"submit", WriteSpec(name + ".yaml", "name: " + name + "\n" + kSpec)});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return static_cast<int64_t>(Scalar("SELECT max(id) FROM sweeps"));
   }

@@ -70,8 +70,8 @@ class SweepE2ETest : public ::testing::Test {
   // (Re)starts the coordinator with the same command line (same address and
   // database); its log is appended to.
   void StartCoordinator() {
-    coordinator_ = std::make_unique<testing::Process>(coordinator_argv_,
-                                             dir_.File("coordinator.log"));
+    coordinator_ = std::make_unique<testing::Process>(
+        coordinator_argv_, dir_.File("coordinator.log"));
   }
 
   // The committed-checkpoint markers workers left under `root` (a trial's

@@ -869,6 +869,98 @@ checkpoint_every_steps: 100
   EXPECT_EQ(check->Text(0), "ok");
 }
 
+// Workers keep older checkpoints for as long as a backup may be old.
+class RestoreE2ETest : public SharedCheckpointE2ETest {
+ protected:
+  std::vector<std::string> CoordinatorFlags() const override {
+    auto flags = SharedCheckpointE2ETest::CoordinatorFlags();
+    flags.insert(flags.end(), {"--keep-checkpoints-for", "600"});
+    return flags;
+  }
+};
+
+// A backup taken while the coordinator serves, mid-trial; the trial goes on
+// (newer checkpoints, more points), then the coordinator's machine is lost.
+// Restored from the backup, the coordinator requeues the trial, the worker
+// that ran it hears its lease is void, and the retry resumes from a
+// checkpoint at or before the backup's last stored step (not a newer one,
+// whose points the backup lacks): every step ends up stored once.
+TEST_F(RestoreE2ETest, ABackupTakenMidTrialRestoresAndTheTrialResumesFromIt) {
+  ASSERT_NO_FATAL_FAILURE(SubmitALongTrialAndWaitForACheckpoint());
+  const std::string backup = dir_.File("backup.db");
+  auto taken = RunCommand(
+      {MEGABATCH_COORDINATOR_BIN, "--db", db_path_, "backup", backup});
+  ASSERT_EQ(taken.exit_code, 0) << taken.err;
+  auto backup_db = store::Db::OpenReadOnly(backup);
+  ASSERT_TRUE(backup_db.ok());
+  auto q =
+      (*backup_db)
+          ->Prepare("SELECT max(step) FROM metrics WHERE name = 'train_loss'");
+  ASSERT_TRUE(q.ok() && *q->Step());
+  const int64_t backed_up = q->Int(0);
+  backup_db->reset();
+  ASSERT_GT(backed_up, 0);
+  // A worker that joins after the backup: the restored database never
+  // heard of it.
+  auto late = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_,
+                                    dir_.path().string(), 1, {}, 2);
+  ASSERT_TRUE(WaitForWorkers(3));
+  // The trial goes on past the backup, committing newer checkpoints.
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return Scalar(
+                   "SELECT max(step) FROM metrics WHERE name = "
+                   "'train_loss'") > backed_up + 300;
+      },
+      std::chrono::seconds(60)));
+  // The machine is lost, its database with it.
+  coordinator_->Kill(SIGKILL);
+  for (const std::string suffix : {"", "-wal", "-shm"}) {
+    std::filesystem::rename(db_path_ + suffix, db_path_ + suffix + ".lost");
+  }
+  auto restored = RunCommand(
+      {MEGABATCH_COORDINATOR_BIN, "--db", db_path_, "restore", backup});
+  ASSERT_EQ(restored.exit_code, 0) << restored.err;
+  EXPECT_THAT(restored.err, HasSubstr("1 running trials back in the queue"));
+  StartCoordinator();
+  ASSERT_TRUE(
+      testing::WaitUntil([&] { return Cli({"workers"}).exit_code == 0; },
+                         std::chrono::seconds(30)))
+      << coordinator_->Log();
+  auto watch = Cli({"watch", "1"});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND "
+                   "attempts = 2"),
+            1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = "
+                   "'database_restored'"),
+            1);
+  // The late worker registered again, under an id past the gap (its old
+  // one may never be given to another).
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] {
+        return Scalar(
+                   "SELECT count(*) FROM workers WHERE name = 'worker-2' "
+                   "AND id > 1000000") == 1;
+      },
+      std::chrono::seconds(30)))
+      << late[0]->Log();
+  EXPECT_THAT(late[0]->Log(), HasSubstr("registering again"));
+  // The retry resumed from a checkpoint the backup covers.
+  const std::string logs = workers_[0]->Log() + workers_[1]->Log();
+  const auto at = logs.find("resuming from ");
+  ASSERT_NE(at, std::string::npos) << logs;
+  const auto step_at = logs.find("/step-", at);
+  ASSERT_NE(step_at, std::string::npos);
+  const int64_t resumed = std::atoll(logs.c_str() + step_at + 6);
+  EXPECT_GT(resumed, 0);
+  EXPECT_LE(resumed, backed_up);
+  EXPECT_THAT(logs, HasSubstr("the last the coordinator has stored"));
+  ExpectEveryStepOnce("1", 3000);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
+            3);
+}
+
 TEST_F(SharedCheckpointE2ETest, ATwoRankTrialOnTwoWorkersTrainsLikeOneRank) {
   // The same trial, global batch 256, once as 2 ranks (one per worker, each
   // 128 per step) and once on one rank (two micro-batches of 128).

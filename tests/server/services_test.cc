@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <filesystem>
 #include <iostream>
 #include <mutex>
 #include <set>
@@ -15,6 +16,8 @@
 #include "server/coordinator.h"
 #include "server/store/db.h"
 #include "tests/testing/coordinator_fixture.h"
+#include "tests/testing/http.h"
+#include "tests/testing/process.h"
 
 namespace megabatch {
 namespace {
@@ -589,6 +592,55 @@ TEST_F(ServicesTest, AHealthWatchSeesNotServingWhenShutdownBegins) {
   next(reinterpret_cast<void*>(6));
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
+  }
+}
+
+// Periodic backups: written into the directory while the coordinator
+// serves, counted on /metrics; workers are told to keep checkpoints as long.
+TEST_F(ServicesTest, PeriodicBackupsAreWrittenWhileServing) {
+  coordinator_.reset();
+  CoordinatorOptions options;
+  options.metrics_listen = "127.0.0.1:0";
+  options.backup_dir = dir_.File("backups");
+  options.backup_every = std::chrono::seconds(1);
+  options.backup_keep = 2;
+  options.scheduler.checkpoint_history = std::chrono::minutes(5);
+  ASSERT_NO_FATAL_FAILURE(StartCoordinator(options));
+  grpc::ClientContext ctx;
+  v1::RegisterWorkerRequest req;
+  req.set_name("w");
+  req.set_slots(1);
+  v1::RegisterWorkerResponse resp;
+  ASSERT_TRUE(workers_->RegisterWorker(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.checkpoint_history_ms(), 300000);
+  auto backups = [&] {
+    int n = 0;
+    std::error_code ec;
+    for (const auto& e :
+         std::filesystem::directory_iterator(options.backup_dir, ec)) {
+      n += e.path().extension() == ".db";
+    }
+    return n;
+  };
+  ASSERT_TRUE(testing::WaitUntil([&] { return backups() >= 2; },
+                                 std::chrono::seconds(30)));
+  // At most backup_keep are kept.
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] {
+        return testing::HttpGet(coordinator_->metrics_port(), "/metrics")
+                   .body.find("megabatch_backups_total{result=\"ok\"} 3") !=
+               std::string::npos;
+      },
+      std::chrono::seconds(30)));
+  EXPECT_EQ(backups(), 2);
+  // Each one is a database that opens and holds the worker.
+  for (const auto& e :
+       std::filesystem::directory_iterator(options.backup_dir)) {
+    auto db = store::Db::OpenReadOnly(e.path().string());
+    ASSERT_TRUE(db.ok());
+    auto q = (*db)->Prepare("SELECT count(*) FROM workers");
+    ASSERT_TRUE(q.ok() && *q->Step());
+    EXPECT_EQ(q->Int(0), 1);
   }
 }
 

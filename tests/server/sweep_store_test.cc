@@ -3,6 +3,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "server/store/schema.h"
 #include "tests/testing/temp_dir.h"
 
@@ -199,6 +202,67 @@ TEST_F(SweepStoreTest, StaleLeaseIsAbortedAndChangesNothing) {
   auto trials = store_->ListTrials(lease.sweep_id);
   EXPECT_TRUE((*trials)[0].latest_metrics.empty());
   EXPECT_EQ((*trials)[0].state, TrialState::kRunning);
+}
+
+// Reports and heartbeats from many threads share transactions (group
+// commit), each in its own savepoint: a stale lease's report is refused and
+// undoes nothing of the others', every accepted point is stored once, and
+// heartbeats of an unknown worker fail alone.
+TEST_F(SweepStoreTest, GroupedWritesFailAloneAndStoreEverythingElse) {
+  Create();  // 4 trials
+  std::vector<int64_t> workers;
+  std::vector<Lease> leases;
+  for (int i = 0; i < 4; ++i) {
+    workers.push_back(
+        *store_->RegisterWorker("w" + std::to_string(i), 1, 1000.0));
+    leases.push_back(LeaseOne(workers.back()));
+  }
+  constexpr int kThreads = 8, kReports = 60;
+  std::atomic<int> refused{0}, unknown{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const Lease& lease = leases[static_cast<size_t>(t % 4)];
+      const int64_t worker = workers[static_cast<size_t>(t % 4)];
+      // Threads 4..7 send under a stale lease (one past the current).
+      const bool stale = t >= 4;
+      for (int r = 0; r < kReports; ++r) {
+        std::vector<MetricPoint> points;
+        for (int k = 0; k < 5; ++k) {
+          const int64_t step = (stale ? 100000 : 0) + r * 5 + k;
+          points.push_back({"train_loss", step, 1.0 / (step + 1)});
+        }
+        Status s = store_->AppendMetrics(lease.trial_id,
+                                         lease.lease_id + (stale ? 1 : 0),
+                                         worker, points, 1001.0);
+        if (s.code() == StatusCode::kAborted) {
+          ++refused;
+        } else if (!s.ok()) {
+          ++failed;
+        }
+        auto beat = store_->Heartbeat(stale ? 9999 : worker, {}, 1002.0);
+        if (beat.status().code() == StatusCode::kNotFound) {
+          ++unknown;
+        } else if (!beat.ok()) {
+          ++failed;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failed, 0);
+  EXPECT_EQ(refused, 4 * kReports);
+  EXPECT_EQ(unknown, 4 * kReports);
+  auto trials = store_->ListTrials(leases[0].sweep_id);
+  ASSERT_TRUE(trials.ok());
+  for (const TrialRow& t : *trials) {
+    // Steps 0..299 of each trial, none of the stale ones.
+    EXPECT_EQ(t.latest_metrics.at("train_loss"), 1.0 / 300) << t.id;
+  }
+  auto workers_now = store_->ListWorkers();
+  ASSERT_TRUE(workers_now.ok());
+  for (const WorkerRow& w : *workers_now)
+    EXPECT_EQ(w.last_heartbeat_at, 1002.0);
 }
 
 TEST_F(SweepStoreTest, FailedAttemptIsRetriedThenFailedWithStderr) {

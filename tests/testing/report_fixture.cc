@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <tuple>
 
@@ -181,7 +182,16 @@ std::string DumpDatabase(const std::string& path) {
   for (const std::string& table : rows("SELECT name FROM sqlite_master WHERE "
                                        "type = 'table' ORDER BY name")) {
     dump += "table " + table + "\n";
-    rows("SELECT * FROM \"" + table + "\" ORDER BY 1, 2, 3");
+    // Ordered by up to its first three columns.
+    sqlite3_stmt* q = nullptr;
+    const std::string all = "SELECT * FROM \"" + table + "\"";
+    sqlite3_prepare_v2(db, all.c_str(), -1, &q, nullptr);
+    const int columns = sqlite3_column_count(q);
+    sqlite3_finalize(q);
+    std::string order = " ORDER BY 1";
+    for (int c = 2; c <= std::min(columns, 3); ++c)
+      order += ", " + std::to_string(c);
+    rows(all + order);
   }
   sqlite3_close(db);
   return dump;

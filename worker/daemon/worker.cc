@@ -100,7 +100,7 @@ void Worker::Stop() {
   stop_cv_.SignalAll();
 }
 
-Status Worker::Register() {
+Result<v1::RegisterWorkerResponse> Worker::Register() {
   v1::RegisterWorkerRequest req;
   req.set_name(options_.name);
   req.set_slots(options_.slots);
@@ -117,19 +117,9 @@ Status Worker::Register() {
     v1::RegisterWorkerResponse resp;
     grpc::Status s = stub_->RegisterWorker(&ctx, req, &resp);
     if (s.ok()) {
-      worker_id_ = resp.worker_id();
-      heartbeat_interval_ =
-          std::chrono::milliseconds(std::max(50, resp.heartbeat_interval_ms()));
-      checkpoint_root_ = !options_.artifacts_dir.empty()
-                             ? options_.artifacts_dir
-                         : !resp.artifacts_dir().empty() ? resp.artifacts_dir()
-                                                         : options_.work_dir;
-      spdlog::info(
-          "checkpoints in {}{}", checkpoint_root_,
-          checkpoint_root_ == options_.work_dir ? " (this worker only)" : "");
-      spdlog::info("registered as worker {} with {} slots", worker_id_,
+      spdlog::info("registered as worker {} with {} slots", resp.worker_id(),
                    options_.slots);
-      return Status();
+      return resp;
     }
     if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
         s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
@@ -143,7 +133,20 @@ Status Worker::Register() {
 }
 
 Status Worker::Run() {
-  MEGABATCH_RETURN_IF_ERROR(Register());
+  Result<v1::RegisterWorkerResponse> registered = Register();
+  if (!registered.ok()) return registered.status();
+  worker_id_ = registered->worker_id();
+  heartbeat_interval_ = std::chrono::milliseconds(
+      std::max(50, registered->heartbeat_interval_ms()));
+  checkpoint_history_ =
+      std::chrono::milliseconds(registered->checkpoint_history_ms());
+  checkpoint_root_ = !options_.artifacts_dir.empty() ? options_.artifacts_dir
+                     : !registered->artifacts_dir().empty()
+                         ? registered->artifacts_dir()
+                         : options_.work_dir;
+  spdlog::info(
+      "checkpoints in {}{}", checkpoint_root_,
+      checkpoint_root_ == options_.work_dir ? " (this worker only)" : "");
   std::error_code ec;
   std::filesystem::create_directories(options_.work_dir, ec);
   if (ec) {
@@ -191,6 +194,16 @@ void Worker::HeartbeatLoop() {
     ctx.set_deadline(Deadline(std::chrono::seconds(5)));
     v1::HeartbeatResponse resp;
     grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
+    if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+      // The coordinator does not know this worker: its database was
+      // restored from a backup older than the registration. Register
+      // again; the trials running under the old id hear at the next
+      // heartbeat that their leases are void.
+      spdlog::warn("{}; registering again", s.error_message());
+      Result<v1::RegisterWorkerResponse> again = Register();
+      if (again.ok()) worker_id_ = again->worker_id();
+      continue;
+    }
     if (!s.ok()) {
       spdlog::warn("heartbeat failed: {}", s.error_message());
       continue;
@@ -235,7 +248,7 @@ void Worker::SlotLoop(int slot) {
     spdlog::info("slot {}: running trial {} (lease {})", slot,
                  resp.lease().trial_id(), resp.lease().lease_id());
     try {
-      RunTrial(slot, resp.lease(), resp.config_json(), &warm);
+      RunTrial(slot, resp, &warm);
     } catch (const std::exception& e) {
       // The per-trial loop is where a trial's unexpected failure is caught;
       // its trainer, in whatever state, is not used again.
@@ -254,9 +267,18 @@ bool Worker::Flush(const v1::TrialLease& lease,
   // In batches of at most max_batch_points: a backlog built while the
   // coordinator was away must not become one oversized report.
   while (!points->empty()) {
-    const size_t n =
+    size_t n =
         std::min(points->size(),
                  static_cast<size_t>(std::max(1, options_.max_batch_points)));
+    // Never split one step's points between two reports: a resume bound by
+    // the coordinator's last stored train_loss step (resume_max_step) then
+    // has all of that step.
+    if (n < points->size()) {
+      size_t cut = n;
+      while (cut > 0 && (*points)[cut - 1].step() == (*points)[cut].step())
+        --cut;
+      if (cut > 0) n = cut;
+    }
     v1::ReportMetricsRequest req;
     req.set_worker_id(worker_id_);
     *req.mutable_lease() = lease;
@@ -352,10 +374,11 @@ bool Worker::HostOversubscribed() const {
          options_.host_claims->Read().active > options_.host_cores;
 }
 
-Result<Worker::Attempt> Worker::PrepareAttempt(int slot,
-                                               const v1::TrialLease& lease,
-                                               const std::string& config_json) {
+Result<Worker::Attempt> Worker::PrepareAttempt(
+    int slot, const v1::LeaseTrialResponse& leased) {
   namespace fs = std::filesystem;
+  const v1::TrialLease& lease = leased.lease();
+  const std::string& config_json = leased.config_json();
   fs::path dir =
       fs::path(options_.work_dir) /
       ("trial-" + std::to_string(lease.trial_id()) + "-lease-" +
@@ -384,7 +407,11 @@ Result<Worker::Attempt> Worker::PrepareAttempt(int slot,
   config["checkpoint_path"] = (a.lease_dir / "checkpoint.pt").string();
   config["checkpoint_per_step"] = true;
   if (config.value("checkpoint_every_steps", 0) > 0) {
-    a.resume_from = CheckpointCommitter::Latest(a.trial_dir, lease.lease_id());
+    a.resume_from = CheckpointCommitter::Latest(
+        a.trial_dir, lease.lease_id(),
+        leased.has_resume_max_step()
+            ? std::optional<int64_t>(leased.resume_max_step())
+            : std::nullopt);
   }
   a.config_path = (dir / "config.json").string();
   {
@@ -404,9 +431,10 @@ Result<Worker::Attempt> Worker::PrepareAttempt(int slot,
   return a;
 }
 
-void Worker::RunTrial(int slot, const v1::TrialLease& lease,
-                      const std::string& config_json, WarmTrainer* warm) {
-  Result<Attempt> prepared = PrepareAttempt(slot, lease, config_json);
+void Worker::RunTrial(int slot, const v1::LeaseTrialResponse& leased,
+                      WarmTrainer* warm) {
+  const v1::TrialLease& lease = leased.lease();
+  Result<Attempt> prepared = PrepareAttempt(slot, leased);
   if (!prepared.ok()) {
     FinishTrial(lease, v1::TRIAL_STATE_FAILED, prepared.status().message(), "");
     return;
@@ -457,7 +485,7 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
     if (stopping()) return;
     // A warm trainer that died while idle: the trial was not started; go
     // again with a fresh one.
-    if (!fresh) return RunTrial(slot, lease, config_json, warm);
+    if (!fresh) return RunTrial(slot, leased, warm);
     FinishTrial(lease, v1::TRIAL_STATE_FAILED,
                 "cannot send the trial to trainer " + options_.trainer_path,
                 "");
@@ -467,7 +495,7 @@ void Worker::RunTrial(int slot, const v1::TrialLease& lease,
   const int threads = options_.threads_per_slot;
   if (options_.host_claims) options_.host_claims->AddActive(threads);
   AttemptOutput out;
-  CheckpointCommitter checkpoints(attempt.lease_dir);
+  CheckpointCommitter checkpoints(attempt.lease_dir, checkpoint_history_);
   PumpOutput(lease, attempt, trainer, &checkpoints, &out);
   // A trainer that ended its trial with an event and may take another is
   // kept; any other (gone, killed, told to exit, or failed) is reaped here.

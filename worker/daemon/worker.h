@@ -140,18 +140,20 @@ class Worker {
     }
   };
 
-  Status Register();
+  // Registers, retrying while the coordinator is unreachable.
+  Result<v1::RegisterWorkerResponse> Register();
   void HeartbeatLoop();
   void SlotLoop(int slot);
   // Runs one leased trial to the end, in `warm`'s trainer when it fits,
   // and reports its outcome: PrepareAttempt, start or reuse the trainer,
   // PumpOutput, drain what is left, ReportOutcome.
-  void RunTrial(int slot, const v1::TrialLease& lease,
-                const std::string& config_json, WarmTrainer* warm);
-  // Writes the attempt's config and finds its resume point; an error's
-  // message is the failure to report.
-  Result<Attempt> PrepareAttempt(int slot, const v1::TrialLease& lease,
-                                 const std::string& config_json);
+  void RunTrial(int slot, const v1::LeaseTrialResponse& leased,
+                WarmTrainer* warm);
+  // Writes the attempt's config and finds its resume point (at or before
+  // the lease's resume_max_step); an error's message is the failure to
+  // report.
+  Result<Attempt> PrepareAttempt(int slot,
+                                 const v1::LeaseTrialResponse& leased);
   // Reads the trainer's stdout and stderr until the trial is over: sends
   // points in batches, commits checkpoints once their points are stored,
   // records threads and core sharing, stops the trainer if the lease is lost.
@@ -183,7 +185,11 @@ class Worker {
   // Where trial checkpoints go; set by Register().
   std::string checkpoint_root_;
   std::atomic<bool> stopping_{false};
-  int64_t worker_id_ = 0;  // set by Register(), before any thread starts
+  // Set at registration, and again if the coordinator forgets this worker
+  // (a database restored from a backup).
+  std::atomic<int64_t> worker_id_{0};
+  // How long older checkpoints are kept (the coordinator says).
+  std::chrono::milliseconds checkpoint_history_{0};  // set before threads
   std::chrono::milliseconds heartbeat_interval_{1000};
 
   Mutex mu_;
