@@ -122,7 +122,12 @@ Result<std::optional<store::Lease>> Scheduler::Lease(
       Unlist(&self);
       return std::optional<store::Lease>();
     }
-    self.cv.WaitUntil(std::min(deadline, now + kSlice));
+    // Only a parked request answers at its deadline; a queued or in-flight
+    // one waits for its batch whatever the time (a past deadline here once
+    // made hundreds of them spin, starving the batch they waited for).
+    self.cv.WaitUntil(self.where == Where::kParked
+                          ? std::min(deadline, now + kSlice)
+                          : now + kSlice);
     // Once a slice: a safety net for a change whose Notify() it missed.
     if (self.where == Where::kParked &&
         store_->version() != self.seen_version) {
