@@ -26,7 +26,7 @@ class SweepE2ETest : public ::testing::Test {
  protected:
   void SetUp() override {
     address_ = "127.0.0.1:" + std::to_string(testing::FreePort());
-    db_path_ = dir_.File("megabatch.db");
+    db_path_ = dir_.File(DatabaseFile());
     coordinator_argv_ = {
         MEGABATCH_COORDINATOR_BIN, "--listen",   address_, "--db", db_path_,
         "--metrics-listen",        "127.0.0.1:0"};
@@ -61,6 +61,8 @@ class SweepE2ETest : public ::testing::Test {
 
   // How many workers SetUp starts.
   virtual int WorkerCount() const { return 2; }
+  // The coordinator's database, relative to the test's directory.
+  virtual std::string DatabaseFile() const { return "megabatch.db"; }
   // Flags a test's fixture adds to the coordinator's, workers' and CLI's
   // command lines.
   virtual std::vector<std::string> CoordinatorFlags() const { return {}; }

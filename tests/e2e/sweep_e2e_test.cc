@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -959,6 +960,95 @@ TEST_F(RestoreE2ETest, ABackupTakenMidTrialRestoresAndTheTrialResumesFromIt) {
   ExpectEveryStepOnce("1", 3000);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
             3);
+}
+
+// The database and the checkpoints on real, small filesystems (tmpfs mounts
+// the test makes; it needs root, and is skipped without): the database's
+// fills mid-trial and is enlarged while everything runs; the checkpoints'
+// is too small for one checkpoint from the start.
+class SmallFilesystemE2ETest : public SweepE2ETest {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0 || !std::filesystem::exists("/usr/bin/mount")) {
+      GTEST_SKIP() << "mounting a tmpfs needs root and /usr/bin/mount";
+    }
+    for (const auto& [dir, size] :
+         {std::pair<std::string, std::string>{"db-fs", "384k"},
+          {"checkpoint-fs", "64k"}}) {
+      std::filesystem::create_directories(dir_.File(dir));
+      auto mounted = RunCommand({"/usr/bin/mount", "-t", "tmpfs", "-o",
+                                 "size=" + size, "tmpfs", dir_.File(dir)});
+      if (mounted.exit_code != 0) {
+        GTEST_SKIP() << "cannot mount a tmpfs (not root?): " << mounted.err;
+      }
+      mounts_.push_back(dir_.File(dir));
+    }
+    SweepE2ETest::SetUp();
+  }
+  void TearDown() override {
+    coordinator_.reset();
+    workers_.clear();
+    for (const auto& m : mounts_) RunCommand({"/usr/bin/umount", "-l", m});
+  }
+  std::string DatabaseFile() const override { return "db-fs/megabatch.db"; }
+  std::vector<std::string> CoordinatorFlags() const override {
+    return {"--artifacts", dir_.File("checkpoint-fs")};
+  }
+  std::vector<std::string> mounts_;
+};
+
+TEST_F(SmallFilesystemE2ETest, FullDisksLoseNothingAndTheTrialCompletes) {
+  const int metrics_port = testing::FreePort();
+  coordinator_->Kill(SIGTERM);
+  ASSERT_GE(coordinator_->Wait(std::chrono::seconds(30)), 0);
+  for (std::string& arg : coordinator_argv_) {
+    if (arg == "127.0.0.1:0") arg = "127.0.0.1:" + std::to_string(metrics_port);
+  }
+  StartCoordinator();
+  ASSERT_TRUE(WaitForWorkers(2)) << coordinator_->Log();
+  std::string spec = WriteSpec("small.yaml", R"yaml(
+name: small-disks
+model: {type: mlp, hidden: [64]}
+optimizers: [{name: lamb}]
+batch_sizes: [256]
+base: {lr: 0.01}
+budget: {steps: 3000}
+eval_every_steps: 1000
+checkpoint_every_steps: 100
+)yaml");
+  ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
+  // The database's filesystem fills: reports are refused, retryably.
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return testing::HttpGet(metrics_port, "/metrics")
+                   .body.find(
+                       "megabatch_rpcs_total{code=\"RESOURCE_"
+                       "EXHAUSTED\",method=\"ReportMetrics\"}") !=
+               std::string::npos;
+      },
+      std::chrono::seconds(120)))
+      << coordinator_->Log();
+  // Room again, while everything runs.
+  auto grown = RunCommand({"/usr/bin/mount", "-o", "remount,size=64m", "tmpfs",
+                           dir_.File("db-fs")});
+  ASSERT_EQ(grown.exit_code, 0) << grown.err;
+  auto watch = Cli({"watch", "1"});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND "
+                   "attempts = 1"),
+            1)
+      << workers_[0]->Log() << workers_[1]->Log();
+  ExpectEveryStepOnce("1", 3000);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
+            3);
+  // No checkpoint fitted: each one (every 100 steps before the last)
+  // failed, was said so, and training went on.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = "
+                   "'checkpoint_failed'"),
+            29);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM pragma_integrity_check WHERE "
+                   "integrity_check <> 'ok'"),
+            0);
 }
 
 TEST_F(SharedCheckpointE2ETest, ATwoRankTrialOnTwoWorkersTrainsLikeOneRank) {
