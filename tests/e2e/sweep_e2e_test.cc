@@ -965,7 +965,7 @@ TEST_F(RestoreE2ETest, ABackupTakenMidTrialRestoresAndTheTrialResumesFromIt) {
 // The database and the checkpoints on real, small filesystems (tmpfs mounts
 // the test makes; it needs root, and is skipped without): the database's
 // fills mid-trial and is enlarged while everything runs; the checkpoints'
-// is too small for one checkpoint from the start.
+// has room for neither a checkpoint nor an attempt's directory.
 class SmallFilesystemE2ETest : public SweepE2ETest {
  protected:
   void SetUp() override {
@@ -973,11 +973,12 @@ class SmallFilesystemE2ETest : public SweepE2ETest {
       GTEST_SKIP() << "mounting a tmpfs needs root and /usr/bin/mount";
     }
     for (const auto& [dir, size] :
-         {std::pair<std::string, std::string>{"db-fs", "384k"},
-          {"checkpoint-fs", "64k"}}) {
+         {std::pair<std::string, std::string>{"db-fs", "size=384k"},
+          // Room for one directory (the trial's), not for its attempt's.
+          {"checkpoint-fs", "size=64k,nr_inodes=2"}}) {
       std::filesystem::create_directories(dir_.File(dir));
-      auto mounted = RunCommand({"/usr/bin/mount", "-t", "tmpfs", "-o",
-                                 "size=" + size, "tmpfs", dir_.File(dir)});
+      auto mounted = RunCommand({"/usr/bin/mount", "-t", "tmpfs", "-o", size,
+                                 "tmpfs", dir_.File(dir)});
       if (mounted.exit_code != 0) {
         GTEST_SKIP() << "cannot mount a tmpfs (not root?): " << mounted.err;
       }
@@ -1041,8 +1042,11 @@ checkpoint_every_steps: 100
   ExpectEveryStepOnce("1", 3000);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
             3);
-  // No checkpoint fitted: each one (every 100 steps before the last)
-  // failed, was said so, and training went on.
+  // Not even the attempt's checkpoint directory fitted: the worker said so
+  // and ran the trial anyway; each checkpoint (every 100 steps before the
+  // last) failed, was recorded, and training went on.
+  EXPECT_THAT(workers_[0]->Log() + workers_[1]->Log(),
+              HasSubstr("training without checkpoints"));
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = "
                    "'checkpoint_failed'"),
             29);

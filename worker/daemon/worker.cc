@@ -401,8 +401,12 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
   std::error_code ec;
   fs::create_directories(a.lease_dir, ec);
   if (ec) {
-    return FailedPreconditionError("cannot create checkpoint dir " +
-                                   a.lease_dir.string() + ": " + ec.message());
+    // A full disk costs this attempt its resume points, not the trial: the
+    // trainer's checkpoint writes fail and it trains on (checkpoint_failed).
+    spdlog::warn(
+        "trial {}: cannot create checkpoint dir {}: {}; training "
+        "without checkpoints",
+        lease.trial_id(), a.lease_dir.string(), ec.message());
   }
   config["checkpoint_path"] = (a.lease_dir / "checkpoint.pt").string();
   config["checkpoint_per_step"] = true;
