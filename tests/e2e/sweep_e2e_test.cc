@@ -947,8 +947,10 @@ TEST_F(RestoreE2ETest, ABackupTakenMidTrialRestoresAndTheTrialResumesFromIt) {
       std::chrono::seconds(30)))
       << late[0]->Log();
   EXPECT_THAT(late[0]->Log(), HasSubstr("registering again"));
-  // The retry resumed from a checkpoint the backup covers.
-  const std::string logs = workers_[0]->Log() + workers_[1]->Log();
+  // The retry (on whichever worker leased it, the late one too) resumed
+  // from a checkpoint the backup covers.
+  const std::string logs =
+      workers_[0]->Log() + workers_[1]->Log() + late[0]->Log();
   const auto at = logs.find("resuming from ");
   ASSERT_NE(at, std::string::npos) << logs;
   const auto step_at = logs.find("/step-", at);
