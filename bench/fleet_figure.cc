@@ -39,25 +39,15 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/store/db.h"
 
 namespace megabatch::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using v1::SweepService;
 using v1::WorkerService;
-
-double Seconds(Clock::duration d) {
-  return std::chrono::duration<double>(d).count();
-}
-
-double Percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))];
-}
 
 // Round trips of one kind of call, and the codes of those that failed.
 class Calls {
@@ -119,15 +109,6 @@ double CpuSeconds(pid_t pid, int only = 0) {
   return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-// A number from /proc/PID/status ("VmRSS" in KiB, "Threads"); -1 if absent.
-double StatusField(pid_t pid, const std::string& key) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(status, line);) {
-    if (line.rfind(key + ":", 0) == 0)
-      return std::atof(line.c_str() + key.size() + 1);
-  }
-  return -1;
-}
 double MemoryMib(pid_t pid, const std::string& key) {
   return StatusField(pid, key) / 1024.0;
 }

@@ -29,6 +29,7 @@
 //        fleet)] [--fleet-seconds S] [--fleet-no-watch] [--only-fleet]
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -44,6 +45,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "bench/fleet_figure.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/coordinator.h"
@@ -51,21 +53,14 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using megabatch::bench::Clock;
+using megabatch::bench::Percentile;
+using megabatch::bench::Seconds;
 using megabatch::v1::SweepService;
 using megabatch::v1::WorkerService;
 
-double Seconds(Clock::duration d) {
-  return std::chrono::duration<double>(d).count();
-}
-
 long RssKib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
-  }
-  return -1;
+  return static_cast<long>(megabatch::bench::StatusField(getpid(), "VmRSS"));
 }
 
 int Flag(int argc, char** argv, const std::string& name, int fallback) {
@@ -236,11 +231,6 @@ double IngestPointsPerSecond(const std::string& address,
   return static_cast<double>(accepted.load()) / elapsed;
 }
 
-double Percentile(std::vector<double> v, double q) {
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(q * (v.size() - 1))];
-}
-
 // A one-shot start line: ArriveAndWait() returns once n threads arrived.
 class Barrier {
  public:
@@ -370,10 +360,9 @@ void DispatchLatency(const std::string& address, int workers, int trials,
                    : "0 ms (saturated)",
       all.size(), elapsed, all.size() / elapsed, 1e3 * Percentile(all, 0.5),
       1e3 * Percentile(all, 0.99), 1e3 * Percentile(first, 0.5),
-      1e3 * Percentile(first, 0.99),
-      later.empty() ? 0.0 : 1e3 * Percentile(later, 0.5),
-      later.empty() ? 0.0 : 1e3 * Percentile(later, 0.99), workers,
-      1e3 * Percentile(heartbeats, 0.5), 1e3 * Percentile(heartbeats, 0.99));
+      1e3 * Percentile(first, 0.99), 1e3 * Percentile(later, 0.5),
+      1e3 * Percentile(later, 0.99), workers, 1e3 * Percentile(heartbeats, 0.5),
+      1e3 * Percentile(heartbeats, 0.99));
 }
 
 // A coordinator in this process on a fresh database in `dir`.

@@ -230,8 +230,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (restore->parsed()) {
-    megabatch::Result<int> requeued = megabatch::store::RestoreDatabase(
-        restore_from, options.db_path, id_gap);
+    megabatch::Result<int> requeued =
+        megabatch::store::RestoreDatabase(restore_from, options.db_path, id_gap,
+                                          megabatch::scheduler::NowSeconds());
     if (!requeued.ok()) {
       std::fprintf(stderr, "restore: %s\n",
                    requeued.status().ToString().c_str());

@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <ctime>
 #include <filesystem>
 #include <memory>
@@ -47,12 +46,6 @@ void SyncDirectory(const fs::path& dir) {
     ::fsync(fd);
     ::close(fd);
   }
-}
-
-double NowSeconds() {
-  return std::chrono::duration<double>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 }  // namespace
@@ -146,7 +139,8 @@ Result<std::string> BackupIntoDirectory(const std::string& db_path,
 }
 
 Result<int> RestoreDatabase(const std::string& backup,
-                            const std::string& db_path, int64_t id_gap) {
+                            const std::string& db_path, int64_t id_gap,
+                            double now) {
   std::error_code ec;
   // A stale -wal beside a new file would be replayed into it.
   for (const std::string& f : {db_path, db_path + "-wal", db_path + "-shm"}) {
@@ -162,9 +156,8 @@ Result<int> RestoreDatabase(const std::string& backup,
   }
   MEGABATCH_RETURN_IF_ERROR(BackupDatabase(backup, db_path));
   auto store = SweepStore::Open(db_path);
-  Result<int> requeued = store.ok()
-                             ? (*store)->FenceAfterRestore(id_gap, NowSeconds())
-                             : Result<int>(store.status());
+  Result<int> requeued = store.ok() ? (*store)->FenceAfterRestore(id_gap, now)
+                                    : Result<int>(store.status());
   if (!requeued.ok()) {
     // Half a restore is not served from by accident.
     if (store.ok()) store->reset();

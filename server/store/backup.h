@@ -31,9 +31,11 @@ Result<std::string> BackupIntoDirectory(const std::string& db_path,
 // Restores `backup` as the database `db_path`, which must not exist (move a
 // damaged one away first): copies it, migrates it to this version's schema
 // and fences it (SweepStore::FenceAfterRestore with `id_gap`). Returns how
-// many running trials went back to the queue.
+// many running trials went back to the queue. `now`: Unix seconds, for its
+// events.
 Result<int> RestoreDatabase(const std::string& backup,
-                            const std::string& db_path, int64_t id_gap);
+                            const std::string& db_path, int64_t id_gap,
+                            double now);
 
 }  // namespace megabatch::store
 

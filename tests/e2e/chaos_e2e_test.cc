@@ -291,9 +291,7 @@ TEST_F(ChaosE2ETest, RandomFaultsLeaveEveryTrialAsAnUndisturbedRunWouldEndIt) {
       },
       std::chrono::seconds(20)))
       << "a trainer outlived its worker";
-  EXPECT_EQ(Scalar("SELECT count(*) FROM pragma_integrity_check WHERE "
-                   "integrity_check <> 'ok'"),
-            0);
+  EXPECT_EQ(IntegrityProblems(), 0);
 }
 
 }  // namespace

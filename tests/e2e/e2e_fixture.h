@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "server/store/db.h"
+#include "tests/testing/http.h"
 #include "tests/testing/process.h"
 #include "tests/testing/temp_dir.h"
 
@@ -57,6 +58,36 @@ class SweepE2ETest : public ::testing::Test {
       kill(trainer, SIGKILL);
     }
     workers_[i]->Kill(SIGKILL);
+  }
+
+  // Stops the coordinator with SIGTERM (it drains and closes its database)
+  // and waits for it to exit.
+  void StopCoordinator() {
+    coordinator_->Kill(SIGTERM);
+    ASSERT_GE(coordinator_->Wait(std::chrono::seconds(30)), 0);
+  }
+  // The next StartCoordinator() serves /metrics on the free port returned,
+  // not on any port, so that the test can read it.
+  int PinMetricsPort() {
+    const int port = testing::FreePort();
+    for (std::string& arg : coordinator_argv_) {
+      if (arg == "127.0.0.1:0") arg = "127.0.0.1:" + std::to_string(port);
+    }
+    return port;
+  }
+  // True once the coordinator (on `metrics_port`) has refused a
+  // ReportMetrics because its database was full.
+  static bool ReportsRefusedAsFull(int metrics_port) {
+    return testing::HttpGet(metrics_port, "/metrics")
+               .body.find(
+                   "megabatch_rpcs_total{code=\"RESOURCE_EXHAUSTED\","
+                   "method=\"ReportMetrics\"}") != std::string::npos;
+  }
+  // How many problems PRAGMA integrity_check finds in the database (0: ok).
+  double IntegrityProblems() {
+    return Scalar(
+        "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check "
+        "<> 'ok'");
   }
 
   // How many workers SetUp starts.

@@ -807,16 +807,12 @@ TEST_F(SharedCheckpointE2ETest,
 // their points and retry, and once it has room again (restarted without the
 // cap) every step lands exactly once and the sweep completes.
 TEST_F(SweepE2ETest, AFullDatabaseLosesNoPointAndTakesThemOnceThereIsRoom) {
-  coordinator_->Kill(SIGTERM);
-  ASSERT_GE(coordinator_->Wait(std::chrono::seconds(30)), 0);
-  const int metrics_port = testing::FreePort();
+  ASSERT_NO_FATAL_FAILURE(StopCoordinator());
   const auto db_bytes = std::filesystem::file_size(db_path_);
   std::vector<std::string> plain = coordinator_argv_;
+  const int metrics_port = PinMetricsPort();
   coordinator_argv_.push_back("--max-db-bytes");
   coordinator_argv_.push_back(std::to_string(db_bytes + 96 * 1024));
-  for (std::string& arg : coordinator_argv_) {
-    if (arg == "127.0.0.1:0") arg = "127.0.0.1:" + std::to_string(metrics_port);
-  }
   StartCoordinator();
   ASSERT_TRUE(WaitForWorkers(2)) << coordinator_->Log();
   std::string spec = WriteSpec("full.yaml", R"yaml(
@@ -831,13 +827,9 @@ checkpoint_every_steps: 100
 )yaml");
   ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
   // The reports start to be refused as the file reaches its cap.
-  auto refused = [&] {
-    const auto page = testing::HttpGet(metrics_port, "/metrics");
-    return page.body.find(
-               "megabatch_rpcs_total{code=\"RESOURCE_EXHAUSTED\","
-               "method=\"ReportMetrics\"}") != std::string::npos;
-  };
-  ASSERT_TRUE(testing::WaitUntil(refused, std::chrono::seconds(120)))
+  ASSERT_TRUE(
+      testing::WaitUntil([&] { return ReportsRefusedAsFull(metrics_port); },
+                         std::chrono::seconds(120)))
       << coordinator_->Log();
   // Heartbeats (which change a row in place) still go through: no worker
   // is lost and no trial requeued for the full database.
@@ -845,8 +837,7 @@ checkpoint_every_steps: 100
                 .body.find("code=\"RESOURCE_EXHAUSTED\",method=\"Heartbeat\""),
             std::string::npos);
   // Room again: the workers' kept points land, each once.
-  coordinator_->Kill(SIGTERM);
-  ASSERT_GE(coordinator_->Wait(std::chrono::seconds(30)), 0);
+  ASSERT_NO_FATAL_FAILURE(StopCoordinator());
   coordinator_argv_ = plain;
   StartCoordinator();
   ASSERT_TRUE(WaitForWorkers(2)) << coordinator_->Log();
@@ -863,11 +854,7 @@ checkpoint_every_steps: 100
   ExpectEveryStepOnce("1", 2000);
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = 'val_accuracy'"),
             4);
-  auto db = store::Db::OpenReadOnly(db_path_);
-  ASSERT_TRUE(db.ok());
-  auto check = (*db)->Prepare("PRAGMA integrity_check");
-  ASSERT_TRUE(check.ok() && *check->Step());
-  EXPECT_EQ(check->Text(0), "ok");
+  EXPECT_EQ(IntegrityProblems(), 0);
 }
 
 // Workers keep older checkpoints for as long as a backup may be old.
@@ -1001,12 +988,8 @@ class SmallFilesystemE2ETest : public SweepE2ETest {
 };
 
 TEST_F(SmallFilesystemE2ETest, FullDisksLoseNothingAndTheTrialCompletes) {
-  const int metrics_port = testing::FreePort();
-  coordinator_->Kill(SIGTERM);
-  ASSERT_GE(coordinator_->Wait(std::chrono::seconds(30)), 0);
-  for (std::string& arg : coordinator_argv_) {
-    if (arg == "127.0.0.1:0") arg = "127.0.0.1:" + std::to_string(metrics_port);
-  }
+  ASSERT_NO_FATAL_FAILURE(StopCoordinator());
+  const int metrics_port = PinMetricsPort();
   StartCoordinator();
   ASSERT_TRUE(WaitForWorkers(2)) << coordinator_->Log();
   std::string spec = WriteSpec("small.yaml", R"yaml(
@@ -1021,15 +1004,9 @@ checkpoint_every_steps: 100
 )yaml");
   ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
   // The database's filesystem fills: reports are refused, retryably.
-  ASSERT_TRUE(testing::WaitUntil(
-      [&] {
-        return testing::HttpGet(metrics_port, "/metrics")
-                   .body.find(
-                       "megabatch_rpcs_total{code=\"RESOURCE_"
-                       "EXHAUSTED\",method=\"ReportMetrics\"}") !=
-               std::string::npos;
-      },
-      std::chrono::seconds(120)))
+  ASSERT_TRUE(
+      testing::WaitUntil([&] { return ReportsRefusedAsFull(metrics_port); },
+                         std::chrono::seconds(120)))
       << coordinator_->Log();
   // Room again, while everything runs.
   auto grown = RunCommand({"/usr/bin/mount", "-o", "remount,size=64m", "tmpfs",
@@ -1052,9 +1029,7 @@ checkpoint_every_steps: 100
   EXPECT_EQ(Scalar("SELECT count(*) FROM metrics WHERE name = "
                    "'checkpoint_failed'"),
             29);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM pragma_integrity_check WHERE "
-                   "integrity_check <> 'ok'"),
-            0);
+  EXPECT_EQ(IntegrityProblems(), 0);
 }
 
 TEST_F(SharedCheckpointE2ETest, ATwoRankTrialOnTwoWorkersTrainsLikeOneRank) {

@@ -153,17 +153,21 @@ TEST_F(BackupTest, ARestoredDatabaseRequeuesAndFencesWhatTheLostOneGaveOut) {
 
   const std::string restored = dir_.File("restored.db");
   // Never over an existing database, nor beside a stale write-ahead log.
-  EXPECT_EQ(RestoreDatabase(backup, dir_.File("live.db"), 100).status().code(),
+  EXPECT_EQ(RestoreDatabase(backup, dir_.File("live.db"), 100, 1004.0)
+                .status()
+                .code(),
             StatusCode::kAlreadyExists);
   std::ofstream(restored + "-wal") << "stale";
-  EXPECT_EQ(RestoreDatabase(backup, restored, 100).status().code(),
+  EXPECT_EQ(RestoreDatabase(backup, restored, 100, 1004.0).status().code(),
             StatusCode::kAlreadyExists);
   fs::remove(restored + "-wal");
-  EXPECT_EQ(
-      RestoreDatabase(dir_.File("nope.db"), restored, 100).status().code(),
-      StatusCode::kNotFound);
+  EXPECT_EQ(RestoreDatabase(dir_.File("nope.db"), restored, 100, 1004.0)
+                .status()
+                .code(),
+            StatusCode::kNotFound);
 
-  ASSERT_OK_AND_ASSIGN(int requeued, RestoreDatabase(backup, restored, 100));
+  ASSERT_OK_AND_ASSIGN(int requeued,
+                       RestoreDatabase(backup, restored, 100, 1004.0));
   EXPECT_EQ(requeued, 1);
   ASSERT_OK_AND_ASSIGN(auto store, SweepStore::Open(restored));
   ASSERT_OK_AND_ASSIGN(auto trials, store->ListTrials(sweep_));
