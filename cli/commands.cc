@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cli/plot.h"
+#include "common/printable.h"
 #include "common/selection_metrics.h"
 #include "common/status.h"
 
@@ -64,12 +65,13 @@ std::string Progress(const v1::Sweep& s) {
   int done = s.trials_completed() + s.trials_failed() + s.trials_cancelled() +
              s.trials_diverged() + s.trials_pruned();
   std::ostringstream m;
-  m << "sweep " << s.id() << " '" << s.name() << "' " << StateName(s.state())
-    << ": " << done << "/" << s.trials_total() << " done (running "
-    << s.trials_running() << ", queued " << s.trials_queued() << ", completed "
-    << s.trials_completed() << ", diverged " << s.trials_diverged()
-    << ", pruned " << s.trials_pruned() << ", failed " << s.trials_failed()
-    << ", cancelled " << s.trials_cancelled() << ")";
+  m << "sweep " << s.id() << " '" << Printable(s.name()) << "' "
+    << StateName(s.state()) << ": " << done << "/" << s.trials_total()
+    << " done (running " << s.trials_running() << ", queued "
+    << s.trials_queued() << ", completed " << s.trials_completed()
+    << ", diverged " << s.trials_diverged() << ", pruned " << s.trials_pruned()
+    << ", failed " << s.trials_failed() << ", cancelled "
+    << s.trials_cancelled() << ")";
   if (!s.phase().empty()) m << ", adaptive phase " << s.phase();
   return m.str();
 }
@@ -111,7 +113,7 @@ std::string NewRequestId() {
 int Commands::Fail(const grpc::Status& s) {
   err_ << "megabatch: "
        << StatusCodeName(static_cast<StatusCode>(s.error_code())) << ": "
-       << s.error_message() << "\n";
+       << Printable(s.error_message()) << "\n";
   return kExitFailed;
 }
 
@@ -264,9 +266,15 @@ int Commands::Trials(int64_t sweep_id) {
 }
 
 int Commands::Workers() {
-  grpc::ClientContext ctx;
   v1::ListWorkersResponse resp;
-  grpc::Status s = stub_->ListWorkers(&ctx, v1::ListWorkersRequest(), &resp);
+  grpc::Status s = ForEachPage<v1::ListWorkersRequest, v1::ListWorkersResponse>(
+      {},
+      [&](auto* ctx, const auto& req, auto* page) {
+        return stub_->ListWorkers(ctx, req, page);
+      },
+      [&](const v1::ListWorkersResponse& page) {
+        resp.mutable_workers()->MergeFrom(page.workers());
+      });
   if (!s.ok()) return Fail(s);
   Table t({"id", "name", "state", "slots", "busy", "last_heartbeat_age_s"});
   double now = std::chrono::duration<double>(
@@ -324,7 +332,8 @@ int Commands::Watch(int64_t sweep_id) {
     }
     if (!down_since) {
       down_since = now;
-      err_ << "megabatch: coordinator unreachable (" << s.error_message()
+      err_ << "megabatch: coordinator unreachable ("
+           << Printable(s.error_message())
            << "); reconnecting with backoff for up to "
            << std::chrono::duration_cast<std::chrono::minutes>(kWatchGiveUp)
                   .count()

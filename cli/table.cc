@@ -3,14 +3,18 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "common/printable.h"
+
 namespace megabatch::cli {
 namespace {
 
 // `exact`: numbers as JSON writes them (shortest round-trip form) rather
-// than rounded for reading.
+// than rounded for reading. Other users' text (sweep names, query results)
+// cannot drive the reader's terminal: control characters are escaped
+// (newlines too unless `exact`, whose CSV quotes them).
 std::string Cell(const nlohmann::json& v, bool exact = false) {
   if (v.is_null()) return "";
-  if (v.is_string()) return v.get<std::string>();
+  if (v.is_string()) return Printable(v.get<std::string>(), exact);
   if (v.is_number_float() && !exact) return FormatNumber(v.get<double>());
   return v.dump();
 }
@@ -52,7 +56,7 @@ void Table::Print(std::ostream& out, OutputFormat format) const {
   }
   if (format == OutputFormat::kCsv) {
     for (size_t i = 0; i < columns_.size(); ++i) {
-      out << (i ? "," : "") << CsvQuote(columns_[i]);
+      out << (i ? "," : "") << CsvQuote(Printable(columns_[i], true));
     }
     out << "\n";
     for (const auto& row : rows_) {
@@ -73,7 +77,7 @@ void Table::Print(std::ostream& out, OutputFormat format) const {
       return e;
     };
     out << "|";
-    for (const auto& c : columns_) out << " " << escape(c) << " |";
+    for (const auto& c : columns_) out << " " << escape(Printable(c)) << " |";
     out << "\n|";
     for (size_t i = 0; i < columns_.size(); ++i) {
       bool numeric =
@@ -90,8 +94,10 @@ void Table::Print(std::ostream& out, OutputFormat format) const {
     }
     return;
   }
-  std::vector<size_t> width(columns_.size());
-  for (size_t i = 0; i < columns_.size(); ++i) width[i] = columns_[i].size();
+  std::vector<std::string> header;
+  for (const auto& c : columns_) header.push_back(Printable(c));
+  std::vector<size_t> width(header.size());
+  for (size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
   for (const auto& row : rows_) {
     for (size_t i = 0; i < row.size() && i < width.size(); ++i) {
       width[i] = std::max(width[i], Cell(row[i]).size());
@@ -108,7 +114,7 @@ void Table::Print(std::ostream& out, OutputFormat format) const {
     while (!s.empty() && s.back() == ' ') s.pop_back();
     out << s << "\n";
   };
-  line(columns_, nullptr);
+  line(header, nullptr);
   for (const auto& row : rows_) {
     std::vector<std::string> cells;
     for (const auto& v : row) cells.push_back(Cell(v));

@@ -1,9 +1,12 @@
-// Sizes of the datasets megabatch ships support for, shared by the
-// coordinator (spec validation) and the trainer. Header-only.
+// Sizes and places of the datasets megabatch ships support for, shared by
+// the coordinator (spec validation), the worker and the trainer.
+// Header-only.
 #ifndef MEGABATCH_COMMON_DATASETS_H_
 #define MEGABATCH_COMMON_DATASETS_H_
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace megabatch {
 
@@ -16,6 +19,14 @@ inline constexpr int64_t kFashionMnistFileImages = 60000;
 inline constexpr int64_t kFashionMnistValidationImages = 5000;
 inline constexpr int64_t kFashionMnistTrainImages =
     kFashionMnistFileImages - kFashionMnistValidationImages;
+
+// The directories of the data megabatch ships support for (Debian's
+// dataset-fashion-mnist and fortunes): the default --data-root of
+// coordinators (which look only there at a spec's dataset.path) and of
+// workers (which read only there).
+inline std::vector<std::string> DefaultDataRoots() {
+  return {"/usr/share/datasets", "/usr/share/games/fortunes"};
+}
 
 }  // namespace megabatch
 

@@ -24,10 +24,12 @@ Status BootstrapAdminToken(const std::string& db_path,
   std::string token;
   if (std::filesystem::exists(path)) {
     Result<std::string> loaded = LoadToken(path);
-    if (!loaded.ok()) {
+    if (!loaded.ok() || !auth::IsWellFormedToken(*loaded)) {
       return InvalidArgumentError(
           "--auth-file: " + path +
-          " must hold the admin token and nothing else");
+          " must hold the admin token (mbt_ and 64 hex digits, as the "
+          "coordinator writes it when the file does not exist) and nothing "
+          "else");
     }
     token = *loaded;
   } else {
@@ -118,6 +120,14 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
     MEGABATCH_RETURN_IF_ERROR(c->store_->SetMaxBytes(options.max_db_bytes));
   }
   if (!options.auth_file.empty()) {
+    if (options.tls_cert.empty() && !options.insecure &&
+        !IsLoopbackAddress(options.listen)) {
+      return FailedPreconditionError(
+          "--listen " + options.listen +
+          ": not a loopback address, and without TLS every token would cross "
+          "the network in plaintext; give --tls-cert/--tls-key, or --insecure "
+          "to accept that");
+    }
     MEGABATCH_RETURN_IF_ERROR(
         BootstrapAdminToken(options.db_path, options.auth_file));
     Result<std::unique_ptr<auth::Authenticator>> a =
@@ -162,9 +172,15 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   };
   c->scheduler_ = std::make_unique<scheduler::Scheduler>(c->store_.get(),
                                                          scheduler_options);
+  scheduler::SubmitPolicy admin_policy;
+  admin_policy.max_model_parameters = options.max_model_parameters;
+  admin_policy.data_roots = options.data_roots;
+  scheduler::SubmitPolicy user_policy = admin_policy;
+  user_policy.max_priority = options.max_user_priority;
+  user_policy.max_pending_trials = options.max_pending_trials_per_owner;
   c->sweep_service_ = std::make_unique<service::SweepServiceImpl>(
       c->store_.get(), c->scheduler_.get(), c->results_.get(), m,
-      c->auth_.get());
+      c->auth_.get(), user_policy, admin_policy);
   c->worker_service_ = std::make_unique<service::WorkerServiceImpl>(
       c->store_.get(), c->scheduler_.get(), m, c->auth_.get(),
       options.max_points_per_second);

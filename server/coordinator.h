@@ -9,7 +9,9 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "common/datasets.h"
 #include "common/mutex.h"
 #include "common/status.h"
 #include "server/metrics/metrics.h"
@@ -42,8 +44,9 @@ struct CoordinatorOptions {
   // an existing file's token is registered as admin if the database does
   // not know it yet.
   std::string auth_file;
-  // Without auth the coordinator refuses a listen address that is not
-  // loopback unless this is set.
+  // The coordinator refuses a listen address that is not loopback without
+  // auth, or with auth but without TLS (tokens in plaintext), unless this is
+  // set.
   bool insecure = false;
   // TLS: the server's certificate chain and key (PEM files), both or
   // neither. With tls_client_ca, client certificates are requested and
@@ -57,6 +60,16 @@ struct CoordinatorOptions {
   std::string backup_dir;
   std::chrono::seconds backup_every{0};
   int backup_keep = 24;
+  // What each user (not admin) may ask for: the highest sweep priority, and
+  // the most queued and running trials over all their sweeps (0: no limit).
+  int32_t max_user_priority = 100;
+  int64_t max_pending_trials_per_owner = 50000;
+  // The largest model anyone may submit, in parameters (about 16 bytes of
+  // a trainer's memory each); 0: no limit.
+  int64_t max_model_parameters = int64_t{1} << 30;
+  // The directories a spec's dataset.path may name (the coordinator looks
+  // at nothing else); empty: anywhere.
+  std::vector<std::string> data_roots = DefaultDataRoots();
 };
 
 // True for loopback listen addresses (127.0.0.0/8, ::1, localhost) and

@@ -123,8 +123,27 @@ int main(int argc, char** argv) {
       "--auth-file", options.auth_file,
       "turn on token authentication; the admin token lives in this file "
       "(created with a new token when absent)");
+  app.add_option("--max-user-priority", options.max_user_priority,
+                 "the highest sweep priority a user (not an admin) may set")
+      ->capture_default_str();
+  app.add_option("--max-pending-trials-per-owner",
+                 options.max_pending_trials_per_owner,
+                 "the most queued and running trials over all of a user's "
+                 "sweeps (0: no limit; admins are not limited)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-model-parameters", options.max_model_parameters,
+                 "the largest model anyone may submit, in parameters (0: no "
+                 "limit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--data-root", options.data_roots,
+                 "a directory a spec's dataset.path may name (repeat for "
+                 "more; given, it replaces the default)")
+      ->capture_default_str();
   app.add_flag("--insecure", options.insecure,
-               "allow a non-loopback --listen without authentication");
+               "allow a non-loopback --listen without authentication, or "
+               "with tokens but without TLS");
   app.add_option("--tls-cert", options.tls_cert, "TLS certificate chain (PEM)");
   app.add_option("--tls-key", options.tls_key, "TLS private key (PEM)");
   app.add_option(

@@ -56,6 +56,16 @@ Result<std::string> NewToken() {
   return std::string(kTokenPrefix) + Hex(bytes, sizeof bytes);
 }
 
+bool IsWellFormedToken(std::string_view token) {
+  constexpr size_t kHexDigits = 64;
+  if (token.size() != kTokenPrefix.size() + kHexDigits ||
+      token.substr(0, kTokenPrefix.size()) != kTokenPrefix) {
+    return false;
+  }
+  return token.find_first_not_of("0123456789abcdef", kTokenPrefix.size()) ==
+         std::string_view::npos;
+}
+
 Result<std::unique_ptr<Authenticator>> Authenticator::Open(
     const std::string& db_path) {
   Result<std::unique_ptr<store::Db>> db = store::Db::OpenReadOnly(db_path);

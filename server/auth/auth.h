@@ -29,6 +29,8 @@ std::string Sha256Hex(std::string_view data);
 // A new token: "mbt_" and 64 hex digits from 32 random bytes (OpenSSL's
 // RAND_bytes). UNAVAILABLE if the random source fails.
 Result<std::string> NewToken();
+// True for text NewToken() could have made.
+bool IsWellFormedToken(std::string_view token);
 
 // Who is calling.
 struct Caller {

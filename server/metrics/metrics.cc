@@ -315,7 +315,13 @@ CoordinatorMetrics::~CoordinatorMetrics() = default;
 Status CoordinatorMetrics::Serve(const std::string& listen,
                                  const std::string& basic_auth) {
   try {
-    exposer_ = std::make_unique<prometheus::Exposer>(listen);
+    // Threads enough for several scrapers and a browser, and a read
+    // timeout, so that idle connections (one thread each) are dropped
+    // instead of starving the scrapes (two threads by default, none).
+    exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", listen, "num_threads",
+        std::to_string(kMetricsThreads), "request_timeout_ms",
+        std::to_string(kMetricsRequestTimeout.count())});
   } catch (const std::exception& e) {
     return UnavailableError("metrics: cannot listen on " + listen + ": " +
                             e.what());

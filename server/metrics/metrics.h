@@ -17,6 +17,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -37,6 +38,9 @@ struct GpuSample {
 };
 
 // Thread-safe. `results` must outlive the object.
+inline constexpr int kMetricsThreads = 8;
+inline constexpr std::chrono::milliseconds kMetricsRequestTimeout{5000};
+
 class CoordinatorMetrics {
  public:
   explicit CoordinatorMetrics(const store::ReadOnlyDb* results);
@@ -44,8 +48,10 @@ class CoordinatorMetrics {
   CoordinatorMetrics(const CoordinatorMetrics&) = delete;
   CoordinatorMetrics& operator=(const CoordinatorMetrics&) = delete;
 
-  // Serves /metrics on `listen` ("host:port"; port 0 picks a free one).
-  // UNAVAILABLE naming the address if it cannot listen.
+  // Serves /metrics on `listen` ("host:port"; port 0 picks a free one) with
+  // kMetricsThreads threads; a connection that sends no request within
+  // kMetricsRequestTimeout is closed. UNAVAILABLE naming the address if it
+  // cannot listen.
   // `basic_auth` "user:password": requests must carry it (HTTP basic auth);
   // empty: open.
   Status Serve(const std::string& listen, const std::string& basic_auth = "");

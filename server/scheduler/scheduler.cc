@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "common/printable.h"
+
 namespace megabatch::scheduler {
 
 double NowSeconds() {
@@ -64,10 +66,46 @@ void Scheduler::NotifyWatchers() {
 Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
                                                spec::SpecFormat format,
                                                const std::string& request_id,
-                                               const std::string& owner) {
-  Result<spec::SweepSpec> spec = spec::ParseSweepSpec(spec_text, format);
+                                               const std::string& owner,
+                                               const SubmitPolicy& policy) {
+  Result<spec::SweepSpec> spec = spec::ParseSweepSpec(
+      spec_text, format,
+      policy.data_roots.empty() ? nullptr : &policy.data_roots);
   if (!spec.ok()) return spec.status();
+  if (spec->priority > policy.max_priority) {
+    return Status(StatusCode::kPermissionDenied,
+                  "priority: " + std::to_string(spec->priority) + " is above " +
+                      std::to_string(policy.max_priority) + ", the most '" +
+                      owner +
+                      "' may set (an admin sets it: "
+                      "--max-user-priority)");
+  }
+  if (const int64_t parameters = spec::EstimateParameters(spec->model);
+      policy.max_model_parameters > 0 &&
+      parameters > policy.max_model_parameters) {
+    return InvalidArgumentError(
+        "model: about " + std::to_string(parameters) + " parameters (" +
+        std::to_string(parameters * 16 >> 30) +
+        " GiB of weights, gradients and optimizer state); at most " +
+        std::to_string(policy.max_model_parameters) +
+        " (--max-model-parameters)");
+  }
   std::vector<spec::TrialSpec> trials = spec::ExpandSweep(*spec);
+  if (policy.max_pending_trials > 0) {
+    Result<int64_t> pending = store_->PendingTrials(owner);
+    if (!pending.ok()) return pending.status();
+    if (*pending + static_cast<int64_t>(trials.size()) >
+        policy.max_pending_trials) {
+      return Status(StatusCode::kResourceExhausted,
+                    "'" + owner + "' has " + std::to_string(*pending) +
+                        " trials queued or running; this sweep's " +
+                        std::to_string(trials.size()) +
+                        " would pass the quota of " +
+                        std::to_string(policy.max_pending_trials) +
+                        " (--max-pending-trials-per-owner); wait for some "
+                        "to finish or cancel a sweep");
+    }
+  }
   bool existed = false;
   Result<int64_t> id = store_->CreateSweep(*spec, trials, request_id,
                                            NowSeconds(), &existed, owner);
@@ -77,8 +115,8 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
     if (!row.ok()) return row.status();
     return Submitted{*id, row->trials_total, true};
   }
-  spdlog::info("sweep {} '{}' submitted with {} trials", *id, spec->name,
-               trials.size());
+  spdlog::info("sweep {} '{}' submitted with {} trials", *id,
+               Printable(spec->name), trials.size());
   return Submitted{*id, static_cast<int32_t>(trials.size())};
 }
 

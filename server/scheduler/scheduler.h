@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <string>
 #include <thread>
@@ -42,6 +43,18 @@ struct SchedulerOptions {
 // Seconds since the Unix epoch, as stored in the database.
 double NowSeconds();
 
+// What a submitter may ask of the coordinator (CoordinatorOptions: set by
+// the admin who runs it; users get one policy, admins another).
+struct SubmitPolicy {
+  int32_t max_priority = std::numeric_limits<int32_t>::max();
+  // Queued and running trials of all the owner's sweeps; 0: no limit.
+  int64_t max_pending_trials = 0;
+  // Parameters of a sweep's model (spec::EstimateParameters); 0: no limit.
+  int64_t max_model_parameters = 0;
+  // Where a dataset.path may point (spec::ParseSweepSpec); empty: anywhere.
+  std::vector<std::string> data_roots;
+};
+
 // Thread-safe. `store` must outlive the Scheduler.
 class Scheduler {
  public:
@@ -53,9 +66,12 @@ class Scheduler {
   const SchedulerOptions& options() const { return options_; }
 
   // Parses, validates, expands and stores a sweep owned by `owner` (a token
-  // name; empty without auth); returns its id and trial count.
-  // INVALID_ARGUMENT (naming the field) for a bad spec; nothing is stored
-  // then.
+  // name; empty without auth) within `policy`; returns its id and trial
+  // count. INVALID_ARGUMENT (naming the field) for a bad spec, a model
+  // larger or a dataset.path elsewhere than the policy allows;
+  // PERMISSION_DENIED for a priority above the policy's; RESOURCE_EXHAUSTED
+  // when the owner's queued and running trials would pass the policy's
+  // quota; nothing is stored then.
   struct Submitted {
     int64_t sweep_id = 0;
     int32_t trials = 0;
@@ -63,7 +79,8 @@ class Scheduler {
   };
   Result<Submitted> Submit(std::string_view spec_text, spec::SpecFormat format,
                            const std::string& request_id,
-                           const std::string& owner = "");
+                           const std::string& owner = "",
+                           const SubmitPolicy& policy = {});
 
   Result<store::SweepRow> Cancel(int64_t sweep_id);
 

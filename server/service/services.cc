@@ -1,6 +1,7 @@
 #include "server/service/services.h"
 
 #include <google/protobuf/util/message_differencer.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <iterator>
@@ -11,6 +12,7 @@
 #include <type_traits>
 
 #include "common/grpc_status.h"
+#include "common/printable.h"
 #include "server/service/convert.h"
 
 namespace megabatch::service {
@@ -31,6 +33,7 @@ constexpr int kMaxGpusPerWorker = 64;
 // 4 MiB client limit whatever the trials carry.
 constexpr int32_t kSweepPageSize = 500;
 constexpr int32_t kTrialPageSize = 1000;
+constexpr int32_t kWorkerPageSize = 1000;
 constexpr size_t kMaxPageBytes = 1 << 20;
 
 // A page request: how many items, and after which key (-1: from the start).
@@ -169,6 +172,40 @@ grpc::Status Guard(metrics::CoordinatorMetrics* metrics,
   return status;
 }
 
+// Guard for the calls the audit table records (docs/security.md): the
+// authenticated caller, the call, `object()` (evaluated after the handler,
+// so it may name what was made) and how the call ended.
+template <typename ObjectFn, typename Fn>
+grpc::Status AuditedGuard(store::SweepStore* store,
+                          metrics::CoordinatorMetrics* metrics,
+                          const auth::Authenticator* auth,
+                          const grpc::ServerContext* ctx, Access access,
+                          const char* method, ObjectFn&& object, Fn&& fn) {
+  std::optional<auth::Caller> who;
+  grpc::Status status =
+      Guard(metrics, auth, ctx, access, method,
+            [&](const auth::Caller& caller) -> Status {
+              who = caller;
+              if constexpr (std::is_invocable_v<Fn, const auth::Caller&>) {
+                return fn(caller);
+              } else {
+                return fn();
+              }
+            });
+  if (who.has_value()) {
+    const auto [target, detail] = object();
+    Status written = store->Audit(
+        who->name, auth::RoleName(who->role), method, target,
+        StatusCodeName(static_cast<StatusCode>(status.error_code())), detail,
+        scheduler::NowSeconds());
+    if (!written.ok()) {
+      spdlog::warn("audit of {} by '{}' not stored: {}", method,
+                   Printable(who->name), written.ToString());
+    }
+  }
+  return status;
+}
+
 // Runs one store write, timing it under `op`.
 template <typename Fn>
 auto TimedWrite(metrics::CoordinatorMetrics* metrics, const char* op, Fn&& fn) {
@@ -238,33 +275,42 @@ Status PointBudget::Take(int64_t worker_id, int64_t n) {
 grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
                                            const v1::SubmitSweepRequest* req,
                                            v1::SubmitSweepResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "SubmitSweep",
-               [&](const auth::Caller& caller) -> Status {
-                 spec::SpecFormat format;
-                 if (req->format().empty()) {
-                   format = spec::SpecFormat::kAuto;
-                 } else if (req->format() == "yaml") {
-                   format = spec::SpecFormat::kYaml;
-                 } else if (req->format() == "json") {
-                   format = spec::SpecFormat::kJson;
-                 } else {
-                   return InvalidArgumentError(
-                       "format: must be yaml, json or empty, got '" +
-                       req->format() + "'");
-                 }
-                 if (req->request_id().size() > kMaxNameLength) {
-                   return InvalidArgumentError("request_id: at most " +
-                                               std::to_string(kMaxNameLength) +
-                                               " characters");
-                 }
-                 auto submitted = scheduler_->Submit(
-                     req->spec(), format, req->request_id(), caller.name);
-                 if (!submitted.ok()) return submitted.status();
-                 resp->set_sweep_id(submitted->sweep_id);
-                 resp->set_trials(submitted->trials);
-                 resp->set_repeated(submitted->repeated);
-                 return Status();
-               });
+  return AuditedGuard(
+      store_, metrics_, auth_, ctx, Access::kUsers, "SubmitSweep",
+      [&] {
+        return std::pair<std::string, std::string>(
+            resp->sweep_id() > 0 ? "sweep " + std::to_string(resp->sweep_id())
+                                 : "",
+            "request_id " + req->request_id() + ", " +
+                std::to_string(req->spec().size()) + " bytes of spec");
+      },
+      [&](const auth::Caller& caller) -> Status {
+        spec::SpecFormat format;
+        if (req->format().empty()) {
+          format = spec::SpecFormat::kAuto;
+        } else if (req->format() == "yaml") {
+          format = spec::SpecFormat::kYaml;
+        } else if (req->format() == "json") {
+          format = spec::SpecFormat::kJson;
+        } else {
+          return InvalidArgumentError(
+              "format: must be yaml, json or empty, got '" + req->format() +
+              "'");
+        }
+        if (req->request_id().size() > kMaxNameLength) {
+          return InvalidArgumentError("request_id: at most " +
+                                      std::to_string(kMaxNameLength) +
+                                      " characters");
+        }
+        auto submitted = scheduler_->Submit(
+            req->spec(), format, req->request_id(), caller.name,
+            caller.role == auth::Role::kUser ? user_policy_ : admin_policy_);
+        if (!submitted.ok()) return submitted.status();
+        resp->set_sweep_id(submitted->sweep_id);
+        resp->set_trials(submitted->trials);
+        resp->set_repeated(submitted->repeated);
+        return Status();
+      });
 }
 
 grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext* ctx,
@@ -302,8 +348,12 @@ grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext* ctx,
 grpc::Status SweepServiceImpl::CancelSweep(grpc::ServerContext* ctx,
                                            const v1::CancelSweepRequest* req,
                                            v1::Sweep* resp) {
-  return Guard(
-      metrics_, auth_, ctx, Access::kUsers, "CancelSweep",
+  return AuditedGuard(
+      store_, metrics_, auth_, ctx, Access::kUsers, "CancelSweep",
+      [&] {
+        return std::pair<std::string, std::string>(
+            "sweep " + std::to_string(req->sweep_id()), "");
+      },
       [&](const auth::Caller& caller) -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
         if (caller.role != auth::Role::kAdmin) {
@@ -344,14 +394,20 @@ grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext* ctx,
 }
 
 grpc::Status SweepServiceImpl::ListWorkers(grpc::ServerContext* ctx,
-                                           const v1::ListWorkersRequest*,
+                                           const v1::ListWorkersRequest* req,
                                            v1::ListWorkersResponse* resp) {
   return Guard(metrics_, auth_, ctx, Access::kUsers, "ListWorkers",
                [&]() -> Status {
-                 auto rows = store_->ListWorkers();
+                 auto page = ParsePage(req->page_size(), req->page_token(),
+                                       "workers", 0, kWorkerPageSize);
+                 if (!page.ok()) return page.status();
+                 auto rows = store_->ListWorkers(
+                     std::max<int64_t>(page->after, 0), page->size + 1);
                  if (!rows.ok()) return rows.status();
-                 for (const auto& row : *rows)
-                   ToProto(row, resp->add_workers());
+                 if (FillPage(*rows, page->size, resp->mutable_workers())) {
+                   resp->set_next_page_token(
+                       PageToken("workers", 0, resp->workers().rbegin()->id()));
+                 }
                  return Status();
                });
 }
@@ -440,28 +496,33 @@ grpc::Status SweepServiceImpl::WatchSweep(
 grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx,
                                      const v1::QueryRequest* req,
                                      v1::QueryResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "Query", [&]() -> Status {
-    if (req->sql().empty()) return InvalidArgumentError("sql: required");
-    if (req->max_rows() < 0 || req->max_rows() > kMaxQueryRows) {
-      return InvalidArgumentError("max_rows: must be between 0 and " +
-                                  std::to_string(kMaxQueryRows) + ", got " +
-                                  std::to_string(req->max_rows()));
-    }
-    if (req->timeout_ms() < 0 || req->timeout_ms() > kMaxQueryTimeoutMs) {
-      return InvalidArgumentError("timeout_ms: must be between 0 and " +
-                                  std::to_string(kMaxQueryTimeoutMs) +
-                                  ", got " + std::to_string(req->timeout_ms()));
-    }
-    store::QueryLimits limits;
-    if (req->max_rows() > 0) limits.max_rows = req->max_rows();
-    if (req->timeout_ms() > 0)
-      limits.timeout = std::chrono::milliseconds(req->timeout_ms());
-    limits.cancelled = [ctx] { return ctx->IsCancelled(); };
-    auto result = results_->Query(req->sql(), limits);
-    if (!result.ok()) return result.status();
-    ToProto(*result, resp);
-    return Status();
-  });
+  return AuditedGuard(
+      store_, metrics_, auth_, ctx, Access::kUsers, "Query",
+      [&] { return std::pair<std::string, std::string>("", req->sql()); },
+      [&](const auth::Caller& caller) -> Status {
+        if (req->sql().empty()) return InvalidArgumentError("sql: required");
+        if (req->max_rows() < 0 || req->max_rows() > kMaxQueryRows) {
+          return InvalidArgumentError("max_rows: must be between 0 and " +
+                                      std::to_string(kMaxQueryRows) + ", got " +
+                                      std::to_string(req->max_rows()));
+        }
+        if (req->timeout_ms() < 0 || req->timeout_ms() > kMaxQueryTimeoutMs) {
+          return InvalidArgumentError("timeout_ms: must be between 0 and " +
+                                      std::to_string(kMaxQueryTimeoutMs) +
+                                      ", got " +
+                                      std::to_string(req->timeout_ms()));
+        }
+        store::QueryLimits limits;
+        if (req->max_rows() > 0) limits.max_rows = req->max_rows();
+        if (req->timeout_ms() > 0)
+          limits.timeout = std::chrono::milliseconds(req->timeout_ms());
+        limits.cancelled = [ctx] { return ctx->IsCancelled(); };
+        if (caller.role != auth::Role::kAdmin) limits.viewer = caller.name;
+        auto result = results_->Query(req->sql(), limits);
+        if (!result.ok()) return result.status();
+        ToProto(*result, resp);
+        return Status();
+      });
 }
 
 grpc::Status SweepServiceImpl::GetSweepReport(
@@ -508,12 +569,52 @@ grpc::Status SweepServiceImpl::ExportMetrics(
       });
 }
 
+Status WorkerServiceImpl::CheckOwner(int64_t worker_id,
+                                     const auth::Caller& caller) {
+  MEGABATCH_RETURN_IF_ERROR(CheckId(worker_id, "worker_id"));
+  if (auth_ == nullptr) return Status();
+  std::optional<std::string> owner;
+  {
+    MutexLock lock(&owners_mu_);
+    if (auto it = owners_.find(worker_id); it != owners_.end()) {
+      owner = it->second;
+    }
+  }
+  if (!owner.has_value()) {
+    Result<std::string> stored = store_->WorkerOwner(worker_id);
+    if (!stored.ok()) return stored.status();
+    owner = *stored;
+    MutexLock lock(&owners_mu_);
+    owners_.emplace(worker_id, *owner);
+  }
+  if (*owner != caller.name) {
+    Status denied(StatusCode::kPermissionDenied,
+                  "worker " + std::to_string(worker_id) +
+                      " was registered by '" + *owner + "'; '" + caller.name +
+                      "' may not act for it");
+    (void)store_->Audit(caller.name, auth::RoleName(caller.role), "ActAsWorker",
+                        "worker " + std::to_string(worker_id),
+                        StatusCodeName(denied.code()), denied.message(),
+                        scheduler::NowSeconds());
+    return denied;
+  }
+  return Status();
+}
+
 grpc::Status WorkerServiceImpl::RegisterWorker(
     grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
     v1::RegisterWorkerResponse* resp) {
-  return Guard(
-      metrics_, auth_, ctx, Access::kWorkers, "RegisterWorker",
-      [&]() -> Status {
+  return AuditedGuard(
+      store_, metrics_, auth_, ctx, Access::kWorkers, "RegisterWorker",
+      [&] {
+        return std::pair<std::string, std::string>(
+            resp->worker_id() > 0
+                ? "worker " + std::to_string(resp->worker_id())
+                : "",
+            "name " + req->name() + ", " + std::to_string(req->slots()) +
+                " slots");
+      },
+      [&](const auth::Caller& caller) -> Status {
         if (req->name().empty() || req->name().size() > kMaxNameLength) {
           return InvalidArgumentError("name: must be 1 to " +
                                       std::to_string(kMaxNameLength) +
@@ -546,7 +647,8 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
           rendezvous.port_count = static_cast<int32_t>(count);
         }
         auto id = store_->RegisterWorker(req->name(), req->slots(),
-                                         scheduler::NowSeconds(), rendezvous);
+                                         scheduler::NowSeconds(), rendezvous,
+                                         caller.name);
         if (!id.ok()) return id.status();
         resp->set_worker_id(*id);
         resp->set_heartbeat_interval_ms(static_cast<int32_t>(
@@ -564,8 +666,9 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx,
                                           const v1::HeartbeatRequest* req,
                                           v1::HeartbeatResponse* resp) {
   return Guard(
-      metrics_, auth_, ctx, Access::kWorkers, "Heartbeat", [&]() -> Status {
-        MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+      metrics_, auth_, ctx, Access::kWorkers, "Heartbeat",
+      [&](const auth::Caller& caller) -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckOwner(req->worker_id(), caller));
         if (req->running_size() > kMaxSlots) {
           return InvalidArgumentError("running: at most " +
                                       std::to_string(kMaxSlots) +
@@ -614,8 +717,9 @@ grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext* ctx,
                                            const v1::LeaseTrialRequest* req,
                                            v1::LeaseTrialResponse* resp) {
   return Guard(
-      metrics_, auth_, ctx, Access::kWorkers, "LeaseTrial", [&]() -> Status {
-        MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+      metrics_, auth_, ctx, Access::kWorkers, "LeaseTrial",
+      [&](const auth::Caller& caller) -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckOwner(req->worker_id(), caller));
         if (req->wait_ms() < 0 || req->wait_ms() > kMaxWaitMs) {
           return InvalidArgumentError(
               "wait_ms: must be between 0 and 60000, got " +
@@ -641,8 +745,9 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
     grpc::ServerContext* ctx, const v1::ReportMetricsRequest* req,
     v1::ReportMetricsResponse* resp) {
   return Guard(
-      metrics_, auth_, ctx, Access::kWorkers, "ReportMetrics", [&]() -> Status {
-        MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+      metrics_, auth_, ctx, Access::kWorkers, "ReportMetrics",
+      [&](const auth::Caller& caller) -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckOwner(req->worker_id(), caller));
         MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
         if (req->points_size() > kMaxPointsPerReport) {
           return Status(StatusCode::kResourceExhausted,
@@ -687,8 +792,9 @@ grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext* ctx,
                                             const v1::FinishTrialRequest* req,
                                             v1::FinishTrialResponse* resp) {
   return Guard(
-      metrics_, auth_, ctx, Access::kWorkers, "FinishTrial", [&]() -> Status {
-        MEGABATCH_RETURN_IF_ERROR(CheckId(req->worker_id(), "worker_id"));
+      metrics_, auth_, ctx, Access::kWorkers, "FinishTrial",
+      [&](const auth::Caller& caller) -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckOwner(req->worker_id(), caller));
         MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
         store::TrialState outcome;
         switch (req->outcome()) {

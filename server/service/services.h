@@ -20,18 +20,24 @@ namespace megabatch::service {
 
 // Thread-safe. Every argument must outlive the service. `auth` null: no
 // authentication (every caller is an anonymous admin); otherwise every call
-// needs an admin or user token (a worker token is PERMISSION_DENIED).
+// needs an admin or user token (a worker token is PERMISSION_DENIED), and
+// users' sweeps are held to `user_policy`, admins' (and everyone's without
+// authentication) to `admin_policy`.
 class SweepServiceImpl final : public v1::SweepService::Service {
  public:
   SweepServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
                    const store::ReadOnlyDb* results,
                    metrics::CoordinatorMetrics* metrics,
-                   const auth::Authenticator* auth)
+                   const auth::Authenticator* auth,
+                   scheduler::SubmitPolicy user_policy = {},
+                   scheduler::SubmitPolicy admin_policy = {})
       : store_(store),
         scheduler_(scheduler),
         results_(results),
         metrics_(metrics),
-        auth_(auth) {}
+        auth_(auth),
+        user_policy_(user_policy),
+        admin_policy_(admin_policy) {}
 
   grpc::Status SubmitSweep(grpc::ServerContext*, const v1::SubmitSweepRequest*,
                            v1::SubmitSweepResponse*) override;
@@ -62,6 +68,8 @@ class SweepServiceImpl final : public v1::SweepService::Service {
   const store::ReadOnlyDb* const results_;
   metrics::CoordinatorMetrics* const metrics_;
   const auth::Authenticator* const auth_;
+  const scheduler::SubmitPolicy user_policy_;
+  const scheduler::SubmitPolicy admin_policy_;
 };
 
 // A token bucket per worker on metric points: `rate` points per second,
@@ -86,7 +94,8 @@ class PointBudget {
 
 // Thread-safe. Every argument must outlive the service. `auth` null: no
 // authentication; otherwise every call needs a worker token (or, with TLS
-// client certificates, a verified certificate). Metric points are limited to
+// client certificates, a verified certificate), and a worker id is only
+// for the credential that registered it. Metric points are limited to
 // `points_per_second` per worker (0: no limit).
 class WorkerServiceImpl final : public v1::WorkerService::Service {
  public:
@@ -114,11 +123,20 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
                            v1::FinishTrialResponse*) override;
 
  private:
+  // OK when `caller` registered worker `worker_id` (always without
+  // authentication); PERMISSION_DENIED when another credential did,
+  // NOT_FOUND for an unknown worker.
+  Status CheckOwner(int64_t worker_id, const auth::Caller& caller)
+      EXCLUDES(owners_mu_);
+
   store::SweepStore* const store_;
   scheduler::Scheduler* const scheduler_;
   metrics::CoordinatorMetrics* const metrics_;
   const auth::Authenticator* const auth_;
   PointBudget point_budget_;
+  // Workers' owners as read from the store (they never change).
+  Mutex owners_mu_;
+  std::unordered_map<int64_t, std::string> owners_ GUARDED_BY(owners_mu_);
 };
 
 }  // namespace megabatch::service

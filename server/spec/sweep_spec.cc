@@ -1,5 +1,6 @@
 #include "server/spec/sweep_spec.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -340,9 +341,32 @@ int64_t CorpusBytes(const std::string& path) {
   return total;
 }
 
+// OK when `path` is absolute and, once "." and ".." are resolved (on the
+// text: nothing is looked at), lies under one of `roots`.
+Status CheckUnderDataRoot(const std::string& path,
+                          const std::vector<std::string>& roots) {
+  const std::filesystem::path p =
+      std::filesystem::path(path).lexically_normal();
+  if (p.is_absolute()) {
+    for (const std::string& root : roots) {
+      const std::filesystem::path r =
+          std::filesystem::path(root).lexically_normal();
+      const auto rel = p.lexically_relative(r);
+      if (!rel.empty() && *rel.begin() != "..") return Status::Ok();
+    }
+  }
+  std::string list;
+  for (const auto& r : roots) list += (list.empty() ? "" : ", ") + r;
+  return InvalidArgumentError(
+      "dataset.path: " + path +
+      " is not under a data root of this coordinator (--data-root: " +
+      (list.empty() ? "none" : list) + ")");
+}
+
 // `model` is the parsed model: mlp and cnn train on fashion_mnist (the
 // default dataset for them), char_lstm and tiny_bert on text.
-Status ParseDataset(Fields& top, const json& model, json* out,
+Status ParseDataset(Fields& top, const json& model,
+                    const std::vector<std::string>* data_roots, json* out,
                     int64_t* train_samples) {
   const json* v = top.Get("dataset");
   MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "dataset"));
@@ -365,6 +389,9 @@ Status ParseDataset(Fields& top, const json& model, json* out,
   if (text) {
     MEGABATCH_RETURN_IF_ERROR(
         f.String("path", &path, std::string(kDefaultTextCorpusPath)));
+    if (data_roots != nullptr) {
+      MEGABATCH_RETURN_IF_ERROR(CheckUnderDataRoot(path, *data_roots));
+    }
     if (!std::filesystem::exists(path, ec)) {
       return InvalidArgumentError("dataset.path: no such file or directory: " +
                                   path);
@@ -386,6 +413,9 @@ Status ParseDataset(Fields& top, const json& model, json* out,
   }
   MEGABATCH_RETURN_IF_ERROR(
       f.String("path", &path, std::string(kDefaultFashionMnistPath)));
+  if (data_roots != nullptr) {
+    MEGABATCH_RETURN_IF_ERROR(CheckUnderDataRoot(path, *data_roots));
+  }
   if (!std::filesystem::is_directory(path, ec)) {
     return InvalidArgumentError("dataset.path: no such directory: " + path);
   }
@@ -698,7 +728,8 @@ double ScaledLr(LrScaling scaling, double base_lr, int64_t base_batch_size,
   return base_lr;
 }
 
-Result<SweepSpec> SweepSpecFromJson(const json& doc) {
+Result<SweepSpec> SweepSpecFromJson(
+    const json& doc, const std::vector<std::string>* data_roots) {
   if (!doc.is_object()) {
     return InvalidArgumentError("spec: must be a mapping of fields, got " +
                                 Describe(doc));
@@ -709,7 +740,7 @@ Result<SweepSpec> SweepSpecFromJson(const json& doc) {
   MEGABATCH_RETURN_IF_ERROR(ParseModel(top, &s.model));
   int64_t train_samples = 0;
   MEGABATCH_RETURN_IF_ERROR(
-      ParseDataset(top, s.model, &s.dataset, &train_samples));
+      ParseDataset(top, s.model, data_roots, &s.dataset, &train_samples));
 
   MEGABATCH_RETURN_IF_ERROR(ParseList<OptimizerSpec>(
       top, "optimizers", &s.optimizers, {},
@@ -969,9 +1000,94 @@ Status CheckStringsAreUtf8(const json& v, const std::string& path) {
   return Status();
 }
 
+Status TooDeep(const std::string& where) {
+  return InvalidArgumentError("spec: nested deeper than " +
+                              std::to_string(kMaxSpecDepth) +
+                              " lists and mappings (" + where + ")");
+}
+
+// OK when JSON text nests arrays and objects at most kMaxSpecDepth deep
+// (strings skipped). Counted on the text so that neither the parser nor any
+// walk of the parsed tree recurses deeper.
+Status CheckJsonDepth(std::string_view text) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxSpecDepth) {
+        return TooDeep("byte " + std::to_string(i));
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return Status();
+}
+
+// Reads the first YAML document as events, before it is loaded into nodes:
+// refuses aliases (a spec needs none, and ten aliases a level expand to
+// 10^levels nodes when converted) and nesting past kMaxSpecDepth.
+class YamlGuard : public YAML::EventHandler {
+ public:
+  Status status() const { return status_; }
+
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override {
+    Fail(InvalidArgumentError("spec: YAML aliases (*name) are not allowed (" +
+                              Where(mark) + ")"));
+  }
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&,
+                       YAML::anchor_t, YAML::EmitterStyle::value) override {
+    Enter(mark);
+  }
+  void OnSequenceEnd() override { --depth_; }
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    Enter(mark);
+  }
+  void OnMapEnd() override { --depth_; }
+
+ private:
+  static std::string Where(const YAML::Mark& mark) {
+    return "line " + std::to_string(mark.line + 1) + ", column " +
+           std::to_string(mark.column + 1);
+  }
+  void Enter(const YAML::Mark& mark) {
+    if (++depth_ > kMaxSpecDepth) Fail(TooDeep(Where(mark)));
+  }
+  void Fail(Status s) {
+    if (status_.ok()) status_ = std::move(s);
+  }
+
+  int depth_ = 0;
+  Status status_;
+};
+
+Status MalformedYaml(const YAML::Exception& e) {
+  return InvalidArgumentError("spec: malformed YAML at line " +
+                              std::to_string(e.mark.line + 1) + ", column " +
+                              std::to_string(e.mark.column + 1) + ": " + e.msg);
+}
+
 }  // namespace
 
-Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format) {
+Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format,
+                                 const std::vector<std::string>* data_roots) {
   if (text.size() > kMaxSpecBytes) {
     return InvalidArgumentError("spec: " + std::to_string(text.size()) +
                                 " bytes; at most " +
@@ -989,6 +1105,7 @@ Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format) {
   }
   json doc;
   if (format == SpecFormat::kJson) {
+    MEGABATCH_RETURN_IF_ERROR(CheckJsonDepth(text));
     try {
       doc = json::parse(text);
     } catch (const json::parse_error& e) {
@@ -996,16 +1113,22 @@ Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format) {
                                   e.what());
     }
   } else {
+    const std::string yaml(text);
+    YamlGuard guard;
     try {
-      doc = YamlToJson(YAML::Load(std::string(text)));
+      std::istringstream in(yaml);
+      YAML::Parser parser(in);
+      parser.HandleNextDocument(guard);
+      MEGABATCH_RETURN_IF_ERROR(guard.status());
+      doc = YamlToJson(YAML::Load(yaml));
     } catch (const YAML::Exception& e) {
-      return InvalidArgumentError(
-          "spec: malformed YAML at line " + std::to_string(e.mark.line + 1) +
-          ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
+      // What the guard found first (yaml-cpp's own depth limit throws too).
+      MEGABATCH_RETURN_IF_ERROR(guard.status());
+      return MalformedYaml(e);
     }
   }
   MEGABATCH_RETURN_IF_ERROR(CheckStringsAreUtf8(doc, ""));
-  return SweepSpecFromJson(doc);
+  return SweepSpecFromJson(doc, data_roots);
 }
 
 json SweepSpec::ToJson() const {
@@ -1096,6 +1219,63 @@ TrialSpec MakeTrial(const SweepSpec& spec, const OptimizerSpec& opt, int64_t b,
               {"precision", spec.precision}};
   if (!spec.target.is_null()) t.config["target"] = spec.target;
   return t;
+}
+
+int64_t EstimateParameters(const json& model) {
+  // Saturates instead of overflowing: any sum past 2^62 is "too many".
+  static constexpr int64_t kHuge = int64_t{1} << 62;
+  auto mul = [](int64_t a, int64_t b) {
+    return a != 0 && b > kHuge / a ? kHuge : a * b;
+  };
+  auto add = [](int64_t a, int64_t b) { return std::min(kHuge, a + b); };
+  auto linear = [&](int64_t in, int64_t out) { return add(mul(in, out), out); };
+  const std::string type = model.value("type", "");
+  auto get = [&](const char* name) { return model.value(name, int64_t{0}); };
+  int64_t n = 0;
+  if (type == "mlp" || type == "cnn") {
+    constexpr int64_t kPixels = 28 * 28, kClasses = 10;
+    int64_t in = kPixels, side = 28, channels = 1;
+    if (type == "cnn") {
+      for (int64_t out : model.value("channels", std::vector<int64_t>{})) {
+        n = add(n, add(mul(9 * channels, out), 2 * out));  // conv, batch norm
+        channels = out;
+        side /= 2;
+      }
+      in = mul(channels, side * side);
+    }
+    for (int64_t width : model.value("hidden", std::vector<int64_t>{})) {
+      n = add(n, linear(in, width));
+      in = width;
+    }
+    return add(n, linear(in, kClasses));
+  }
+  const int64_t hidden = get("hidden"), layers = get("layers");
+  if (type == "char_lstm") {
+    constexpr int64_t kBytes = 256;
+    const int64_t embedding = get("embedding");
+    n = mul(kBytes, embedding);
+    for (int64_t l = 0; l < layers; ++l) {
+      const int64_t in = l == 0 ? embedding : hidden;
+      n = add(n, mul(4 * hidden, add(add(in, hidden), 2)));
+    }
+    return add(n, linear(hidden, kBytes));
+  }
+  if (type == "tiny_bert") {
+    const int64_t vocab = get("vocab_size"), ffn = get("ffn");
+    const bool bias = model.value("bias", true);
+    auto dense = [&](int64_t in, int64_t out) {
+      return bias ? linear(in, out) : mul(in, out);
+    };
+    const int64_t norm = 2 * hidden;
+    // Token and position embeddings, their norm and the final norm.
+    n = add(add(mul(vocab, hidden), mul(get("seq_len"), hidden)), 2 * norm);
+    const int64_t block =
+        add(add(dense(hidden, mul(3, hidden)), dense(hidden, hidden)),
+            add(add(dense(hidden, ffn), dense(ffn, hidden)), 2 * norm));
+    // The output is tied to the token embedding; it has its own bias.
+    return add(add(n, mul(layers, block)), bias ? vocab : 0);
+  }
+  return 0;
 }
 
 std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {

@@ -28,6 +28,9 @@ inline constexpr int64_t kMaxTrialsPerSweep = 10000;
 inline constexpr int64_t kMaxRanksPerTrial = 64;
 // The largest spec text accepted, in bytes.
 inline constexpr size_t kMaxSpecBytes = 1 << 20;
+// The deepest nesting of lists and mappings a spec may have (a spec needs
+// four); checked on the text, before anything walks the parsed tree.
+inline constexpr int kMaxSpecDepth = 32;
 // The longest name the coordinator accepts anywhere: a sweep's, a worker's, a
 // request id, a metric's, a rendezvous host.
 inline constexpr size_t kMaxNameLength = 200;
@@ -118,16 +121,28 @@ struct TrialSpec {
 };
 
 // Parses and validates `text`. Errors: INVALID_ARGUMENT naming the field.
-Result<SweepSpec> ParseSweepSpec(std::string_view text,
-                                 SpecFormat format = SpecFormat::kAuto);
+// With `data_roots` (default: DefaultDataRoots() of common/datasets.h), a
+// dataset.path must lie under one of them, checked on
+// the text before the coordinator looks at the file (so that a spec cannot
+// ask it whether any other file exists); without, any path is looked at.
+Result<SweepSpec> ParseSweepSpec(
+    std::string_view text, SpecFormat format = SpecFormat::kAuto,
+    const std::vector<std::string>* data_roots = nullptr);
 
 // Validates an already-parsed JSON document (used for stored specs too).
-Result<SweepSpec> SweepSpecFromJson(const nlohmann::json& doc);
+Result<SweepSpec> SweepSpecFromJson(
+    const nlohmann::json& doc,
+    const std::vector<std::string>* data_roots = nullptr);
 
 // The learning rate docs/method.md ("Learning rate") scales from
 // (base_batch_size, base_lr) to `batch_size`, before the multiplier.
 double ScaledLr(LrScaling scaling, double base_lr, int64_t base_batch_size,
                 int64_t batch_size);
+
+// The number of trainable parameters of a validated spec's model (as the
+// trainer builds it: docs/spec.md), so that a coordinator can refuse a
+// model no worker could hold (CoordinatorOptions::max_model_parameters).
+int64_t EstimateParameters(const nlohmann::json& model);
 
 // All trials of a valid spec in order optimizers x batch_sizes x
 // lr_multipliers x seeds (none for an adaptive spec: its planner makes them).

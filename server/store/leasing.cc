@@ -3,13 +3,30 @@
 // max_parallel; data-parallel trials are placed all at once (gang) or wait.
 // Part of SweepStore (server/store/sweep_store.h): every decision runs in the
 // lease batch's transaction.
+#include <sys/random.h>
+
 #include <map>
+#include <random>
 #include <set>
 #include <sstream>
 
 #include "server/store/sweep_store.h"  // IWYU pragma: associated
 
 namespace megabatch::store {
+namespace {
+
+// A lease id no other worker can guess: 62 random bits (positive, and far
+// from overflowing when a restore adds its gap), never 0.
+int64_t NewLeaseId() {
+  uint64_t bits = 0;
+  if (getrandom(&bits, sizeof bits, 0) != static_cast<ssize_t>(sizeof bits)) {
+    bits = std::random_device()();
+    bits = (bits << 32) ^ std::random_device()();
+  }
+  return static_cast<int64_t>(bits >> 2) | 1;
+}
+
+}  // namespace
 
 Result<std::optional<Lease>> SweepStore::LeaseNext(int64_t worker_id,
                                                    double now) {
@@ -168,7 +185,7 @@ Result<std::optional<SweepStore::Pick>> SweepStore::PeekTrialLocked(
     }
     if (best == nullptr) return std::optional<Pick>();
     Result<CachedStatement> q = db_->Cached(
-        "SELECT id, config_json, lease_id, ranks FROM trials "
+        "SELECT id, config_json, ranks FROM trials "
         "WHERE sweep_id = ? AND state = 'queued' ORDER BY trial_index LIMIT 1");
     if (!q.ok()) return q.status();
     (*q)->Bind(1, best->sweep_id);
@@ -182,8 +199,8 @@ Result<std::optional<SweepStore::Pick>> SweepStore::PeekTrialLocked(
     p.sweep = best;
     p.trial_id = (*q)->Int(0);
     p.config_json = (*q)->Text(1);
-    p.lease_id = (*q)->Int(2) + 1;
-    p.ranks = static_cast<int32_t>((*q)->Int(3));
+    p.lease_id = NewLeaseId();
+    p.ranks = static_cast<int32_t>((*q)->Int(2));
     return std::optional<Pick>(std::move(p));
   }
 }

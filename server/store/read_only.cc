@@ -1,16 +1,25 @@
 #include "server/store/read_only.h"
 
+#include <atomic>
 #include <cstring>
 #include <set>
+#include <thread>
 
+#include "common/mutex.h"
+#include "common/thread_annotations.h"
 #include "server/store/db.h"
 
 namespace megabatch::store {
 namespace {
 
 constexpr int kMaxSqlBytes = 100000;
-constexpr int kMaxValueBytes = 16 << 20;
 constexpr int kProgressEveryOps = 10000;
+constexpr int kMaxLikePatternBytes = 200;
+constexpr auto kCancelPollEvery = std::chrono::milliseconds(50);
+// Tables only admins may read through query; a user's own rows of
+// sweep_requests come through a view of the same name.
+constexpr const char* kAuditTable = "audit";
+constexpr const char* kRequestsTable = "sweep_requests";
 
 // Pragmas that only read: with an argument they name a table or index.
 const std::set<std::string, std::less<>> kReadingPragmas = {
@@ -80,26 +89,60 @@ constexpr const char* kTokensDenied = "reading the tokens table";
 struct QueryGuard {
   std::string denied;             // what the authorizer refused
   bool denied_statement = false;  // `denied` is not a mere row change
+  // Set when `denied` is a permission (not a malformed statement).
+  bool denied_permission = false;
+  bool admin = true;  // may read every table but tokens
   std::chrono::steady_clock::time_point deadline;
   const std::function<bool()>* cancelled = nullptr;
-  bool timed_out = false;
-  bool was_cancelled = false;
+  std::atomic<bool> timed_out{false};
+  std::atomic<bool> was_cancelled{false};
 };
 
+int DenyPermission(QueryGuard* guard, std::string what) {
+  guard->denied = std::move(what);
+  guard->denied_statement = true;
+  guard->denied_permission = true;
+  return SQLITE_DENY;
+}
+
 int Authorize(void* arg, int action, const char* a, const char* b,
-              const char* /*db*/, const char* /*trigger*/) {
+              const char* db, const char* /*view*/) {
   auto* guard = static_cast<QueryGuard*>(arg);
   switch (action) {
-    case SQLITE_READ:
+    case SQLITE_READ: {
+      const std::string_view table = a != nullptr ? a : "";
       // Token hashes are not for users' eyes, even hashed.
-      if (a != nullptr && std::string_view(a) == "tokens") {
-        guard->denied = kTokensDenied;
-        guard->denied_statement = true;
-        return SQLITE_DENY;
+      if (table == "tokens") return DenyPermission(guard, kTokensDenied);
+      if (!guard->admin && table == kAuditTable) {
+        return DenyPermission(guard, "reading the audit table (admins only)");
+      }
+      // Users read sweep_requests through the temp copy of their rows.
+      if (!guard->admin && table == kRequestsTable &&
+          (db == nullptr || std::string_view(db) != "temp")) {
+        return DenyPermission(
+            guard,
+            "reading main.sweep_requests (other owners' request ids); "
+            "sweep_requests shows your own");
       }
       return SQLITE_OK;
+    }
+    case SQLITE_FUNCTION: {
+      const std::string_view function = b != nullptr ? b : "";
+      // With two arguments it returns a pointer into the server's memory.
+      if (function == "fts3_tokenizer") {
+        return DenyPermission(guard, "the function fts3_tokenizer");
+      }
+      // printf('%.*c', 2000000000, 'x') loops for seconds inside one call,
+      // where neither the deadline nor a cancel can stop it.
+      if (function == "printf" || function == "format") {
+        return DenyPermission(
+            guard, "the function " + std::string(function) +
+                       " (one call can outrun the deadline; format values "
+                       "in the client)");
+      }
+      return SQLITE_OK;
+    }
     case SQLITE_SELECT:
-    case SQLITE_FUNCTION:
     case SQLITE_RECURSIVE:
       return SQLITE_OK;
     case SQLITE_PRAGMA: {
@@ -148,6 +191,59 @@ int Progress(void* arg) {
   return 0;
 }
 
+// Interrupts a connection's statement at the guard's deadline or when its
+// caller goes away, even inside one long function call that never reaches
+// the progress handler. Destroy it before the connection closes.
+class Watchdog {
+ public:
+  Watchdog(sqlite3* db, QueryGuard* guard)
+      : thread_([this, db, guard] { Run(db, guard); }) {}
+  ~Watchdog() {
+    {
+      MutexLock lock(&mu_);
+      done_ = true;
+    }
+    cv_.SignalAll();
+    thread_.join();
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+ private:
+  void Run(sqlite3* db, QueryGuard* guard) {
+    MutexLock lock(&mu_);
+    while (!done_) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= guard->deadline) {
+        guard->timed_out = true;
+        sqlite3_interrupt(db);
+        return;
+      }
+      if (*guard->cancelled && (*guard->cancelled)()) {
+        guard->was_cancelled = true;
+        sqlite3_interrupt(db);
+        return;
+      }
+      cv_.WaitUntil(std::min(guard->deadline, now + kCancelPollEvery));
+    }
+  }
+
+  Mutex mu_;
+  CondVar cv_{&mu_};
+  bool done_ GUARDED_BY(mu_) = false;
+  std::thread thread_;  // last: starts once the rest is built
+};
+
+// `text` as an SQL string literal.
+std::string QuoteSql(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) {
+    out += c;
+    if (c == '\'') out += '\'';
+  }
+  return out + "'";
+}
+
 struct Finalizer {
   void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
 };
@@ -165,6 +261,10 @@ Status ReadOnlyError(const QueryGuard& guard) {
     return Status(
         StatusCode::kPermissionDenied,
         "query: the tokens table cannot be read, not even its hashes");
+  }
+  if (guard.denied_permission) {
+    return Status(StatusCode::kPermissionDenied,
+                  "query: denied: " + guard.denied);
   }
   return InvalidArgumentError(
       "query: only read-only SELECT statements are allowed" +
@@ -213,13 +313,28 @@ Result<QueryResult> ReadOnlyDb::Query(const std::string& sql,
   if (!db.ok()) return db.status();
   sqlite3* raw = (*db)->raw();
   sqlite3_limit(raw, SQLITE_LIMIT_ATTACHED, 0);
-  sqlite3_limit(raw, SQLITE_LIMIT_LENGTH, kMaxValueBytes);
+  // A function call runs to its end whatever the deadline says: these keep
+  // every call short (LIKE and GLOB cost value x pattern length).
+  sqlite3_limit(raw, SQLITE_LIMIT_LENGTH, kMaxQueryValueBytes);
+  sqlite3_limit(raw, SQLITE_LIMIT_LIKE_PATTERN_LENGTH, kMaxLikePatternBytes);
   sqlite3_limit(raw, SQLITE_LIMIT_SQL_LENGTH, kMaxSqlBytes);
+  if (limits.viewer.has_value()) {
+    // A copy of the viewer's rows in the temp schema, which unqualified
+    // names find first; the statement may read no other (the authorizer).
+    // The main file stays read-only: query_only is off only for this.
+    MEGABATCH_RETURN_IF_ERROR((*db)->Exec(
+        std::string("PRAGMA query_only=OFF; CREATE TEMP TABLE ") +
+        kRequestsTable + " AS SELECT * FROM main." + kRequestsTable +
+        " WHERE owner = " + QuoteSql(*limits.viewer) +
+        "; PRAGMA query_only=ON;"));
+  }
   QueryGuard guard;
+  guard.admin = !limits.viewer.has_value();
   guard.deadline = std::chrono::steady_clock::now() + limits.timeout;
   guard.cancelled = &limits.cancelled;
   sqlite3_set_authorizer(raw, Authorize, &guard);
   sqlite3_progress_handler(raw, kProgressEveryOps, Progress, &guard);
+  Watchdog watchdog(raw, &guard);
 
   sqlite3_stmt* prepared = nullptr;
   const char* tail = nullptr;

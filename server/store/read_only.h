@@ -6,7 +6,11 @@
 // not block each other). A query connection is read-only three times over:
 // opened SQLITE_OPEN_READONLY with query_only on, an authorizer that allows
 // only reads (no writes, ATTACH, transactions or state-changing pragmas), and
-// sqlite3_stmt_readonly() checked after prepare.
+// sqlite3_stmt_readonly() checked after prepare. Functions that leak the
+// server's memory (fts3_tokenizer) or can run for seconds in one call
+// (printf, format) are denied, no value may exceed kMaxQueryValueBytes and
+// no LIKE or GLOB pattern 200 bytes, so that no single call outruns the
+// deadline by much.
 #ifndef MEGABATCH_SERVER_STORE_READ_ONLY_H_
 #define MEGABATCH_SERVER_STORE_READ_ONLY_H_
 
@@ -23,6 +27,9 @@
 
 namespace megabatch::store {
 
+// The largest string or blob a query may build or return.
+inline constexpr int kMaxQueryValueBytes = 4 << 20;
+
 struct QueryValue {
   enum class Type { kNull, kInteger, kReal, kText, kBlob };
   Type type = Type::kNull;
@@ -34,9 +41,15 @@ struct QueryValue {
 struct QueryLimits {
   int64_t max_rows = 10000;
   size_t max_bytes = 8 << 20;  // of values, roughly what goes on the wire
+  // Holds inside any one function call too: a watchdog interrupts the
+  // statement at the deadline.
   std::chrono::milliseconds timeout{10000};
-  // Polled while the statement runs; true stops it (CANCELLED).
+  // Polled while the statement runs (every 50 ms at least); true stops it
+  // (CANCELLED).
   std::function<bool()> cancelled;
+  // A user who is not an admin: `sweep_requests` shows only their rows and
+  // `audit` cannot be read. nullopt: an admin (or no authentication).
+  std::optional<std::string> viewer;
 };
 
 struct QueryResult {

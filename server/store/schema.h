@@ -556,6 +556,24 @@ CREATE TABLE id_floors (
   next  INTEGER NOT NULL
 ) WITHOUT ROWID;
 )sql",
+    // Version 11: a worker belongs to the credential that registered it (a
+    // token's name or a client certificate's common name; '' without
+    // authentication): only that credential may act for it. The audit table
+    // records who did what (docs/security.md).
+    R"sql(
+ALTER TABLE workers ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+CREATE TABLE audit (
+  id      INTEGER PRIMARY KEY,
+  at      REAL NOT NULL,
+  caller  TEXT NOT NULL,
+  role    TEXT NOT NULL,
+  action  TEXT NOT NULL,
+  object  TEXT NOT NULL,
+  status  TEXT NOT NULL,
+  detail  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_by_caller ON audit (caller, at);
+)sql",
 };
 
 }  // namespace megabatch::store

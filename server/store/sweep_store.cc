@@ -543,28 +543,79 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id,
 
 Result<int64_t> SweepStore::RegisterWorker(const std::string& name,
                                            int32_t slots, double now,
-                                           const WorkerRendezvous& rendezvous) {
+                                           const WorkerRendezvous& rendezvous,
+                                           const std::string& owner) {
   Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
   Result<Statement> ins = db_->Prepare(
       "INSERT INTO workers (id, name, slots, state, registered_at, "
       "last_heartbeat_at, rendezvous_host, rendezvous_port_first, "
-      "rendezvous_port_count) VALUES (" +
-      NextIdSql("workers") + ", ?, ?, 'alive', ?, ?, ?, ?, ?)");
+      "rendezvous_port_count, owner) VALUES (" +
+      NextIdSql("workers") + ", ?, ?, 'alive', ?, ?, ?, ?, ?, ?)");
   if (!ins.ok()) return ins.status();
   ins->Bind(1, name).Bind(2, slots).Bind(3, now).Bind(4, now);
   ins->Bind(5, rendezvous.host)
       .Bind(6, rendezvous.port_first)
-      .Bind(7, rendezvous.port_count);
+      .Bind(7, rendezvous.port_count)
+      .Bind(8, owner);
   MEGABATCH_RETURN_IF_ERROR(ins->Run());
   int64_t id = db_->LastInsertRowid();
   MEGABATCH_RETURN_IF_ERROR(AddEvent(
       0, 0, id, "worker_registered",
-      "worker '" + name + "' with " + std::to_string(slots) + " slots", now));
+      "worker '" + name + "' with " + std::to_string(slots) + " slots" +
+          (owner.empty() ? "" : ", registered by '" + owner + "'"),
+      now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
   Changed(Change::kView);
   return id;
+}
+
+Result<int64_t> SweepStore::PendingTrials(const std::string& owner) {
+  Locked lock(this);
+  Result<CachedStatement> q = db_->Cached(
+      "SELECT count(*) FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
+      "WHERE coalesce(s.owner, '') = ? AND t.state IN ('queued', 'running')");
+  if (!q.ok()) return q.status();
+  (*q)->Bind(1, owner);
+  Result<bool> row = (*q)->Step();
+  if (!row.ok()) return row.status();
+  return *row ? (*q)->Int(0) : 0;
+}
+
+Result<std::string> SweepStore::WorkerOwner(int64_t worker_id) {
+  Locked lock(this);
+  Result<CachedStatement> q =
+      db_->Cached("SELECT owner FROM workers WHERE id = ?");
+  if (!q.ok()) return q.status();
+  (*q)->Bind(1, worker_id);
+  Result<bool> row = (*q)->Step();
+  if (!row.ok()) return row.status();
+  if (!*row) {
+    return NotFoundError("worker " + std::to_string(worker_id) +
+                         " not found; register again");
+  }
+  return (*q)->Text(0);
+}
+
+Status SweepStore::Audit(const std::string& caller, const std::string& role,
+                         const std::string& action, const std::string& object,
+                         const std::string& status, const std::string& detail,
+                         double now) {
+  constexpr size_t kMaxAuditText = 1000;
+  auto cut = [](const std::string& text) {
+    return text.size() <= kMaxAuditText ? text : text.substr(0, kMaxAuditText);
+  };
+  return RunGrouped([&]() -> Status {
+    mu_.AssertHeld();  // CommitGroup runs it
+    Result<CachedStatement> ins = db_->Cached(
+        "INSERT INTO audit (at, caller, role, action, object, status, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)");
+    if (!ins.ok()) return ins.status();
+    (*ins)->Bind(1, now).Bind(2, cut(caller)).Bind(3, role).Bind(4, action);
+    (*ins)->Bind(5, cut(object)).Bind(6, status).Bind(7, cut(detail));
+    return (*ins)->Run();
+  });
 }
 
 Result<std::vector<int64_t>> SweepStore::Heartbeat(
@@ -596,12 +647,14 @@ Result<std::vector<int64_t>> SweepStore::Heartbeat(
   return stop;
 }
 
-Result<std::vector<WorkerRow>> SweepStore::ListWorkers() {
+Result<std::vector<WorkerRow>> SweepStore::ListWorkers(int64_t after_id,
+                                                       int64_t limit) {
   Locked lock(this);
   Result<Statement> q = db_->Prepare(
       "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, " +
-      HeldSlotsSql() + " FROM workers w ORDER BY w.id");
+      HeldSlotsSql() + " FROM workers w WHERE w.id > ? ORDER BY w.id LIMIT ?");
   if (!q.ok()) return q.status();
+  q->Bind(1, after_id).Bind(2, limit);
   std::vector<WorkerRow> out;
   MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
     WorkerRow w;

@@ -32,7 +32,7 @@
 namespace megabatch::store {
 
 // The current schema version; Open() migrates older files up to it.
-inline constexpr int kSchemaVersion = 10;
+inline constexpr int kSchemaVersion = 11;
 
 // kPruned: stopped early by the sweep's early_stopping rule (successive
 // halving): a result of the study, like kDiverged.
@@ -186,15 +186,32 @@ class SweepStore {
                                            int64_t after_index = -1,
                                            int64_t limit = -1);
 
+  // `owner` is the credential registering it (token name or certificate
+  // common name): the only one that may act for the worker (WorkerOwner).
   Result<int64_t> RegisterWorker(const std::string& name, int32_t slots,
                                  double now,
-                                 const WorkerRendezvous& rendezvous = {});
+                                 const WorkerRendezvous& rendezvous = {},
+                                 const std::string& owner = "");
+  // The queued and running trials of every sweep `owner` owns.
+  Result<int64_t> PendingTrials(const std::string& owner);
+  // The credential that registered the worker; NOT_FOUND for an unknown id.
+  Result<std::string> WorkerOwner(int64_t worker_id);
+
+  // Appends to the audit table: who (`caller`, with `role`) did `action` on
+  // `object`, and how it ended (`status`, a gRPC code name); `detail` adds
+  // what else matters (a query's SQL). Strings are cut to 1,000 bytes.
+  Status Audit(const std::string& caller, const std::string& role,
+               const std::string& action, const std::string& object,
+               const std::string& status, const std::string& detail,
+               double now);
   // Records a heartbeat (reviving a worker marked lost) and returns which of
   // `running` the worker must stop: trials no longer running under that
   // lease (for that rank, on this worker). NOT_FOUND for an unknown worker.
   Result<std::vector<int64_t>> Heartbeat(
       int64_t worker_id, const std::vector<RunningLease>& running, double now);
-  Result<std::vector<WorkerRow>> ListWorkers();
+  // Workers with id > after_id in id order, at most `limit` (-1: all).
+  Result<std::vector<WorkerRow>> ListWorkers(int64_t after_id = 0,
+                                             int64_t limit = -1);
 
   // Leases the next queued trial to the worker if it has a free slot: higher
   // priority first, then the sweep with the fewest running trials (fair

@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -74,6 +75,42 @@ TEST_F(CommandsTest, AFailedCallPrintsItsCodeAndMessageAndExitsOne) {
       err_.str(),
       "megabatch: FAILED_PRECONDITION: sweep 3 is completed; cannot cancel\n");
   EXPECT_EQ(out_.str(), "");
+}
+
+// Another user's sweep name cleared the reader's screen (an OSC title and
+// ESC [2J) and forged a line with a newline.
+TEST_F(CommandsTest, ControlCharactersInOthersTextCannotDriveTheTerminal) {
+  const std::string hostile =
+      "x\x1b]0;pwned\x07\x1b[2J\nmegabatch: forged\xc2\x9b";
+  v1::ListSweepsResponse page;
+  v1::Sweep* sweep = page.add_sweeps();
+  sweep->set_id(7);
+  sweep->set_name(hostile);
+  EXPECT_CALL(stub_, ListSweeps(_, _, _))
+      .WillRepeatedly(DoAll(SetArgPointee<2>(page), Return(grpc::Status::OK)));
+  for (OutputFormat format :
+       {OutputFormat::kTable, OutputFormat::kMarkdown, OutputFormat::kCsv}) {
+    out_.str("");
+    EXPECT_EQ(Make(format).List(), kExitOk);
+    const std::string shown = out_.str();
+    EXPECT_EQ(shown.find('\x1b'), std::string::npos) << shown;
+    EXPECT_EQ(shown.find('\x07'), std::string::npos) << shown;
+    EXPECT_EQ(shown.find("\xc2\x9b"), std::string::npos) << shown;
+    EXPECT_THAT(shown, HasSubstr("\\x1b]0;pwned\\x07\\x1b[2J"));
+  }
+  out_.str("");
+  EXPECT_EQ(Make().List(), kExitOk);
+  const std::string table = out_.str();
+  EXPECT_THAT(table, HasSubstr("\\nmegabatch: forged\\u009b"));
+  EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 2)
+      << "a header and one row";
+  EXPECT_CALL(stub_, CancelSweep(_, _, _))
+      .WillOnce(Return(grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                                    "sweep 7 '" + hostile + "' is not yours")));
+  EXPECT_EQ(Make().Cancel(7), kExitFailed);
+  const std::string error = err_.str();
+  EXPECT_EQ(error.find('\x1b'), std::string::npos);
+  EXPECT_EQ(std::count(error.begin(), error.end(), '\n'), 1);
 }
 
 TEST_F(CommandsTest, TrialsFollowsEveryPageAndShowsAnAdaptiveStudysPhases) {

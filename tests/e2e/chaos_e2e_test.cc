@@ -2,11 +2,15 @@
 // faults strike at random, seeded moments: kill -9 of trainers, of workers
 // and of the coordinator, workers frozen (SIGSTOP) past their lease, a
 // coordinator restart while every worker is frozen, and a trainer killed
-// while the coordinator is down. The oracle is the same sweep run first
-// without faults: training is bit-deterministic and a resume bit-identical,
-// so every stored point (trial, metric, step) and value must equal the
-// undisturbed run's, no trainer may outlive its worker, and the database
-// must pass integrity_check.
+// while the coordinator is down. The workers run different intra-op thread
+// counts (worker-0 two, the others one), and a trial's numbers depend on its
+// threads, so a resume must keep the threads its checkpoint was made with.
+// The oracle is the same sweep run first without faults, once on the
+// two-thread worker alone and once on the one-thread workers: training is
+// bit-deterministic and a resume bit-identical, so every stored point
+// (trial, metric, step) and value must equal the undisturbed run's with the
+// trial's threads, no trainer may outlive its worker, and the database must
+// pass integrity_check.
 //
 // MEGABATCH_CHAOS_SEED replays a seed (each run prints its own);
 // MEGABATCH_CHAOS_SECONDS sets how long faults are injected (default 45).
@@ -74,7 +78,8 @@ pid_t ParentOf(pid_t pid) {
 
 class ChaosE2ETest : public SweepE2ETest {
  protected:
-  int WorkerCount() const override { return kWorkers; }
+  // The test starts its own workers, each with its thread count.
+  int WorkerCount() const override { return 0; }
   std::vector<std::string> CoordinatorFlags() const override {
     return {
         "--artifacts", dir_.File("artifacts"), "--heartbeat-interval-ms",
@@ -136,10 +141,38 @@ class ChaosE2ETest : public SweepE2ETest {
     for (auto& w : workers_) kill(w->pid(), signal);
   }
 
+  static int ThreadsOf(int worker) { return worker == 0 ? 2 : 1; }
+
   void RestartWorker(int i) {
-    auto started = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_,
-                                         dir_.path().string(), 1, {}, i);
+    auto started = testing::StartWorkers(
+        MEGABATCH_WORKER_BIN, address_, dir_.path().string(), 1,
+        {"--threads-per-slot", std::to_string(ThreadsOf(i))}, i);
+    if (workers_.size() <= static_cast<size_t>(i)) workers_.resize(i + 1);
     workers_[static_cast<size_t>(i)] = std::move(started[0]);
+  }
+
+  // The threads each trial of `sweep` ran with, by trial index: every
+  // attempt's record (the worker's "threads" point at its first step) must
+  // agree, since a resume keeps its checkpoint's threads.
+  std::map<int64_t, int> TrialThreads(int64_t sweep) {
+    auto db = store::Db::Open(db_path_);
+    EXPECT_TRUE(db.ok());
+    auto q = (*db)->Prepare(
+        "SELECT t.trial_index, min(m.value), max(m.value) FROM metrics m JOIN "
+        "trials t ON t.id = m.trial_id WHERE t.sweep_id = ? AND m.name = "
+        "'threads' GROUP BY t.trial_index");
+    EXPECT_TRUE(q.ok());
+    q->Bind(1, sweep);
+    std::map<int64_t, int> out;
+    while (true) {
+      auto row = q->Step();
+      EXPECT_TRUE(row.ok());
+      if (!row.ok() || !*row) break;
+      EXPECT_EQ(q->Double(1), q->Double(2))
+          << "trial " << q->Int(0) << " ran attempts with different threads";
+      out[q->Int(0)] = static_cast<int>(q->Double(2));
+    }
+    return out;
   }
 };
 
@@ -155,11 +188,23 @@ TEST_F(ChaosE2ETest, RandomFaultsLeaveEveryTrialAsAnUndisturbedRunWouldEndIt) {
   std::fflush(stdout);
   SCOPED_TRACE("chaos seed " + std::to_string(seed));
 
-  // The oracle: the sweep without faults.
-  const int64_t oracle = Submit("oracle");
-  ASSERT_TRUE(testing::WaitUntil([&] { return SweepDone(oracle); },
+  // The oracles: the sweep without faults, on two threads (worker-0 alone),
+  // then on one (the others).
+  std::map<int, int64_t> oracle;
+  RestartWorker(0);
+  ASSERT_TRUE(WaitForWorkers(1)) << coordinator_->Log();
+  oracle[2] = Submit("oracle-2-threads");
+  ASSERT_TRUE(testing::WaitUntil([&] { return SweepDone(oracle[2]); },
                                  std::chrono::seconds(300)))
       << coordinator_->Log();
+  workers_[0]->Kill(SIGTERM);
+  ASSERT_EQ(workers_[0]->Wait(std::chrono::seconds(30)), 0);
+  for (int i = 1; i < kWorkers; ++i) RestartWorker(i);
+  oracle[1] = Submit("oracle-1-thread");
+  ASSERT_TRUE(testing::WaitUntil([&] { return SweepDone(oracle[1]); },
+                                 std::chrono::seconds(300)))
+      << coordinator_->Log();
+  RestartWorker(0);
 
   const int64_t chaos = Submit("chaos");
   std::mt19937_64 rng(seed);
@@ -253,14 +298,35 @@ TEST_F(ChaosE2ETest, RandomFaultsLeaveEveryTrialAsAnUndisturbedRunWouldEndIt) {
                    std::to_string(chaos) + " AND state = 'completed'"),
             kTrials);
 
-  // The oracle: every point the undisturbed run stored, with its value, and
-  // no other; so every step of every trial is there exactly once.
-  const auto expected = Points(oracle);
+  // The oracle: every point the undisturbed run with the trial's threads
+  // stored, with its value, and no other; so every step of every trial is
+  // there exactly once.
+  const auto threads = TrialThreads(chaos);
+  ASSERT_EQ(threads.size(), static_cast<size_t>(kTrials));
+  std::map<int, std::map<std::string, std::string>> undisturbed;
+  for (const auto& [t, sweep] : oracle) {
+    undisturbed[t] = Points(sweep);
+    EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON t.id = "
+                     "m.trial_id WHERE m.name = 'train_loss' AND "
+                     "t.sweep_id = " +
+                     std::to_string(sweep)),
+              kTrials * kSteps);
+    for (const auto& [index, n] : TrialThreads(sweep)) EXPECT_EQ(n, t);
+  }
+  // The two oracles must differ, or this test could not see a resume that
+  // changed its threads.
+  EXPECT_NE(undisturbed[1], undisturbed[2]);
+  std::map<std::string, std::string> expected;
+  for (const auto& [key, value] : undisturbed[1]) {
+    const int64_t index = std::atoll(key.c_str());
+    const int t = threads.count(index) ? threads.at(index) : 1;
+    expected[key] = undisturbed[t].count(key) ? undisturbed[t].at(key) : "";
+  }
+  std::printf("trials by threads:");
+  for (const auto& [index, t] : threads)
+    std::printf(" %lld:%d", static_cast<long long>(index), t);
+  std::printf("\n");
   const auto got = Points(chaos);
-  EXPECT_EQ(Scalar("SELECT count(*) FROM metrics m JOIN trials t ON t.id = "
-                   "m.trial_id WHERE m.name = 'train_loss' AND t.sweep_id = " +
-                   std::to_string(oracle)),
-            kTrials * kSteps);
   EXPECT_EQ(got.size(), expected.size());
   int mismatches = 0;
   for (const auto& [key, value] : expected) {

@@ -96,8 +96,20 @@ class SweepE2ETest : public ::testing::Test {
   virtual std::string DatabaseFile() const { return "megabatch.db"; }
   // Flags a test's fixture adds to the coordinator's, workers' and CLI's
   // command lines.
-  virtual std::vector<std::string> CoordinatorFlags() const { return {}; }
-  virtual std::vector<std::string> WorkerFlags() const { return {}; }
+  // Specs may name data, and workers read it, under Debian's roots and the
+  // test's data/.
+  virtual std::vector<std::string> CoordinatorFlags() const {
+    return DataRootFlags();
+  }
+  virtual std::vector<std::string> WorkerFlags() const {
+    return DataRootFlags();
+  }
+  std::string DataDir() const { return dir_.File("data"); }
+  std::vector<std::string> DataRootFlags() const {
+    return {"--data-root", "/usr/share/datasets",
+            "--data-root", "/usr/share/games/fortunes",
+            "--data-root", DataDir()};
+  }
   virtual std::vector<std::string> CliFlags() const { return {}; }
 
   // (Re)starts the coordinator with the same command line (same address and

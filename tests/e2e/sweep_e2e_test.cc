@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -357,18 +358,17 @@ budget: {steps: 20}
 
   // A trainer that cannot read its dataset fails; with max_retries 1 it is
   // tried twice, then the sweep fails with the trainer's stderr stored.
-  std::filesystem::create_directories(dir_.path() / "broken");
+  const std::string broken = DataDir() + "/broken";
+  std::filesystem::create_directories(broken);
   for (const char* f :
        {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}) {
-    std::ofstream(dir_.path() / "broken" / f) << "not gzip";
+    std::ofstream(broken + "/" + f) << "not gzip";
   }
-  std::string crash =
-      WriteSpec("crash.yaml", R"yaml(
+  std::string crash = WriteSpec("crash.yaml", R"yaml(
 name: crash
-dataset: {name: fashion_mnist, path: )yaml" +
-                                  (dir_.path() / "broken").string() +
-                                  R"yaml(}
+dataset: {name: fashion_mnist, path: )yaml" + broken +
+                                                  R"yaml(}
 optimizers: [{name: sgd}]
 batch_sizes: [128]
 base: {lr: 0.1}
@@ -383,6 +383,39 @@ max_retries: 1
                    "AND message LIKE '%trainer stderr%' AND message LIKE "
                    "'%not an IDX image file%'"),
             2);
+
+  // A FIFO as a text corpus hung its trial forever, and /dev/zero was read
+  // until memory ran out; the coordinator told anyone whether a path
+  // existed. The coordinator looks only under its --data-root, the worker
+  // reads regular files under its own only, and each says so.
+  auto hostile = [&](const std::string& path) {
+    return WriteSpec("hostile.yaml", R"yaml(
+name: hostile
+model: {type: char_lstm, hidden: 8, embedding: 4, seq_len: 2}
+dataset: {name: text, path: )yaml" + path +
+                                         R"yaml(}
+optimizers: [{name: sgd}]
+batch_sizes: [1]
+base: {lr: 0.1}
+budget: {steps: 10}
+max_retries: 0
+)yaml");
+  };
+  const int64_t sweeps = Scalar("SELECT count(*) FROM sweeps");
+  for (const char* path : {"/dev/zero", "/etc/shadow", "/no/such/file"}) {
+    r = Cli({"submit", hostile(path)});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_THAT(r.err, ::testing::HasSubstr(
+                           "is not under a data root of this coordinator"));
+  }
+  EXPECT_EQ(Scalar("SELECT count(*) FROM sweeps"), sweeps);
+  ASSERT_EQ(::mkfifo((DataDir() + "/fifo").c_str(), 0600), 0);
+  r = Cli({"submit", hostile(DataDir() + "/fifo"), "--wait"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE sweep_id = (SELECT "
+                   "max(id) FROM sweeps) AND state = 'failed' AND error LIKE "
+                   "'%fifo is not a regular file%'"),
+            1);
 }
 
 TEST_F(SweepE2ETest, CancelStopsRunningTrainersQuickly) {
@@ -962,7 +995,7 @@ class SmallFilesystemE2ETest : public SweepE2ETest {
       GTEST_SKIP() << "mounting a tmpfs needs root and /usr/bin/mount";
     }
     for (const auto& [dir, size] :
-         {std::pair<std::string, std::string>{"db-fs", "size=384k"},
+         {std::pair<std::string, std::string>{"db-fs", "size=512k"},
           // Room for one directory (the trial's), not for its attempt's.
           {"checkpoint-fs", "size=64k,nr_inodes=2"}}) {
       std::filesystem::create_directories(dir_.File(dir));
@@ -1002,7 +1035,8 @@ budget: {steps: 3000}
 eval_every_steps: 1000
 checkpoint_every_steps: 100
 )yaml");
-  ASSERT_EQ(Cli({"submit", spec}).exit_code, 0);
+  auto submitted = Cli({"submit", spec});
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
   // The database's filesystem fills: reports are refused, retryably.
   ASSERT_TRUE(
       testing::WaitUntil([&] { return ReportsRefusedAsFull(metrics_port); },

@@ -17,6 +17,7 @@
 #include "megabatch/v1/megabatch.grpc.pb.h"
 #include "server/auth/token_store.h"
 #include "server/coordinator.h"
+#include "server/store/read_only.h"
 #include "tests/testing/coordinator_fixture.h"
 #include "tests/testing/http.h"
 #include "tests/testing/tls.h"
@@ -279,6 +280,149 @@ TEST_F(AuthTest, AWorkerWithAValidClientCertificateNeedsNoToken) {
   EXPECT_FALSE(Register(Channel("", "stranger")).ok());
 }
 
+// Worker B's token reported metrics on worker A's trial, finished it as
+// COMPLETED, and kept A alive past its lease; lease ids were small integers.
+TEST_F(AuthTest, AWorkerTokenActsOnlyForTheWorkersItRegistered) {
+  tokens_["other-worker"] = NewToken("rack-2", "worker");
+  auto a = v1::WorkerService::NewStub(Channel(tokens_["worker"]));
+  auto b = v1::WorkerService::NewStub(Channel(tokens_["other-worker"]));
+  v1::SubmitSweepResponse submitted;
+  ASSERT_TRUE(Submit(Channel(tokens_["alice"]), &submitted).ok());
+  int64_t worker_a = 0, worker_b = 0;
+  ASSERT_TRUE(CoordinatorFixture::Register(a.get(), &worker_a).ok());
+  ASSERT_TRUE(CoordinatorFixture::Register(b.get(), &worker_b).ok());
+  v1::LeaseTrialResponse leased;
+  ASSERT_TRUE(CoordinatorFixture::Lease(a.get(), worker_a, &leased).ok());
+  ASSERT_TRUE(leased.has_lease());
+  const v1::TrialLease lease = leased.lease();
+  // 62 random bits: not 1, 2, 3...
+  EXPECT_GT(lease.lease_id(), int64_t{1} << 20);
+
+  auto report = [&](v1::WorkerService::Stub* stub, int64_t worker) {
+    grpc::ClientContext ctx;
+    v1::ReportMetricsRequest req;
+    req.set_worker_id(worker);
+    *req.mutable_lease() = lease;
+    auto* p = req.add_points();
+    p->set_name("train_loss");
+    p->set_step(1);
+    p->set_value(0.5);
+    v1::ReportMetricsResponse resp;
+    return stub->ReportMetrics(&ctx, req, &resp);
+  };
+  auto finish = [&](v1::WorkerService::Stub* stub, int64_t worker) {
+    grpc::ClientContext ctx;
+    v1::FinishTrialRequest req;
+    req.set_worker_id(worker);
+    *req.mutable_lease() = lease;
+    req.set_outcome(v1::TRIAL_STATE_COMPLETED);
+    v1::FinishTrialResponse resp;
+    return stub->FinishTrial(&ctx, req, &resp);
+  };
+  auto heartbeat = [&](v1::WorkerService::Stub* stub, int64_t worker) {
+    grpc::ClientContext ctx;
+    v1::HeartbeatRequest req;
+    req.set_worker_id(worker);
+    *req.add_running() = lease;
+    v1::HeartbeatResponse resp;
+    return stub->Heartbeat(&ctx, req, &resp);
+  };
+  v1::LeaseTrialResponse ignored;
+  for (const grpc::Status& s :
+       {report(b.get(), worker_a), finish(b.get(), worker_a),
+        heartbeat(b.get(), worker_a),
+        CoordinatorFixture::Lease(b.get(), worker_a, &ignored)}) {
+    EXPECT_EQ(s.error_code(), Code::PERMISSION_DENIED) << s.error_message();
+    EXPECT_THAT(s.error_message(),
+                HasSubstr("registered by 'rack-1'; 'rack-2' may not act"));
+  }
+  // Under its own id, B holds no such lease.
+  EXPECT_EQ(report(b.get(), worker_b).error_code(), Code::ABORTED);
+  EXPECT_EQ(finish(b.get(), worker_b).error_code(), Code::ABORTED);
+  auto trials = coordinator_->store()->ListTrials(submitted.sweep_id());
+  ASSERT_TRUE(trials.ok());
+  EXPECT_EQ((*trials)[0].state, store::TrialState::kRunning);
+  auto points = store::ReadOnlyDb(options_.db_path)
+                    .Query("SELECT count(*) FROM metrics", {});
+  ASSERT_TRUE(points.ok()) << points.status().ToString();
+  EXPECT_EQ(points->rows[0][0].integer, 0);
+  // A itself still can.
+  EXPECT_TRUE(heartbeat(a.get(), worker_a).ok());
+  EXPECT_TRUE(report(a.get(), worker_a).ok());
+  EXPECT_TRUE(finish(a.get(), worker_a).ok());
+}
+
+// Nothing recorded who submitted, cancelled, registered or queried.
+TEST_F(AuthTest, TheAuditTableRecordsWhoDidWhatForAdminsOnly) {
+  v1::SubmitSweepResponse submitted;
+  ASSERT_TRUE(Submit(Channel(tokens_["alice"]), &submitted).ok());
+  EXPECT_EQ(Cancel(Channel(tokens_["bob"]), submitted.sweep_id()).error_code(),
+            Code::PERMISSION_DENIED);
+  ASSERT_TRUE(Cancel(Channel(tokens_["alice"]), submitted.sweep_id()).ok());
+  ASSERT_TRUE(Query(Channel(tokens_["bob"]), "SELECT 42").ok());
+  int64_t worker = 0;
+  ASSERT_TRUE(Register(Channel(tokens_["worker"]), &worker).ok());
+  tokens_["other-worker"] = NewToken("rack-2", "worker");
+  EXPECT_EQ(Lease(Channel(tokens_["other-worker"]), worker).error_code(),
+            Code::PERMISSION_DENIED);
+
+  EXPECT_EQ(
+      Query(Channel(tokens_["alice"]), "SELECT * FROM audit").error_code(),
+      Code::PERMISSION_DENIED);
+  grpc::ClientContext ctx;
+  v1::QueryRequest req;
+  req.set_sql(
+      "SELECT caller || ' ' || role || ' ' || action || ' ' || object || ' ' "
+      "|| status FROM audit WHERE action != 'Query' OR caller = 'bob' "
+      "ORDER BY id");
+  v1::QueryResponse resp;
+  ASSERT_TRUE(v1::SweepService::NewStub(Channel(tokens_["admin"]))
+                  ->Query(&ctx, req, &resp)
+                  .ok());
+  std::vector<std::string> lines;
+  for (const auto& row : resp.rows()) lines.push_back(row.values(0).text());
+  const std::string sweep = "sweep " + std::to_string(submitted.sweep_id());
+  EXPECT_THAT(lines, ::testing::ElementsAre(
+                         "alice user SubmitSweep " + sweep + " OK",
+                         "bob user CancelSweep " + sweep + " PERMISSION_DENIED",
+                         "alice user CancelSweep " + sweep + " OK",
+                         "bob user Query  OK",
+                         "rack-1 worker RegisterWorker worker " +
+                             std::to_string(worker) + " OK",
+                         "rack-2 worker ActAsWorker worker " +
+                             std::to_string(worker) + " PERMISSION_DENIED"));
+}
+
+// Any user could set priority 1000000 or queue unlimited 10,000-trial
+// sweeps.
+TEST_F(AuthTest, UsersAreHeldToTheirPriorityAndPendingTrialQuotas) {
+  coordinator_.reset();
+  options_.max_pending_trials_per_owner = 2;
+  auto again = Coordinator::Start(options_);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  coordinator_ = std::move(*again);
+  address_ = "localhost:" + std::to_string(coordinator_->port());
+
+  const std::string urgent = std::string(kSpec) + "priority: 1000000\n";
+  grpc::Status s = Submit(Channel(tokens_["alice"]), nullptr, "", urgent);
+  EXPECT_EQ(s.error_code(), Code::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("priority: 1000000 is above 100"));
+  EXPECT_TRUE(Submit(Channel(tokens_["admin"]), nullptr, "", urgent).ok());
+
+  // kSpec is one trial: two fit, the third does not; another user's do.
+  EXPECT_TRUE(Submit(Channel(tokens_["alice"])).ok());
+  v1::SubmitSweepResponse second;
+  EXPECT_TRUE(Submit(Channel(tokens_["alice"]), &second).ok());
+  s = Submit(Channel(tokens_["alice"]));
+  EXPECT_EQ(s.error_code(), Code::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("'alice' has 2 trials queued or running"));
+  EXPECT_TRUE(Submit(Channel(tokens_["bob"])).ok());
+  // Cancelling frees the quota.
+  ASSERT_TRUE(Cancel(Channel(tokens_["alice"]), second.sweep_id()).ok());
+  EXPECT_TRUE(Submit(Channel(tokens_["alice"])).ok());
+}
+
 TEST_F(AuthTest, TheAdminTokenFileIsOwnerOnlyAndSurvivesARestart) {
   struct stat st {};
   ASSERT_EQ(stat(options_.auth_file.c_str(), &st), 0);
@@ -342,6 +486,36 @@ TEST(SafeDefaultsTest, WithoutAuthOnlyLoopbackUnlessInsecure) {
   EXPECT_FALSE(IsLoopbackAddress("[::]:50051"));
   EXPECT_FALSE(IsLoopbackAddress("10.0.0.5:50051"));
   EXPECT_FALSE(IsLoopbackAddress("128.0.0.1:50051"));
+}
+
+// Tokens on a non-loopback address without TLS only logged an info line, and
+// any text in --auth-file became the admin token.
+TEST(SafeDefaultsTest, TokensNeedTlsOffLoopbackAndAWellFormedAdminToken) {
+  testing::TempDir dir;
+  CoordinatorOptions options;
+  options.db_path = dir.File("tokens.db");
+  options.listen = "0.0.0.0:0";
+  options.auth_file = dir.File("admin.token");
+  auto refused = Coordinator::Start(options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("plaintext"));
+  EXPECT_FALSE(std::filesystem::exists(options.auth_file));
+  options.insecure = true;
+  EXPECT_TRUE(Coordinator::Start(options).ok());
+
+  options.listen = "127.0.0.1:0";
+  for (const char* text : {"password\n", "mbt_1234\n",
+                           "mbt_0123456789abcdef0123456789abcdef0123456789abcd"
+                           "ef0123456789ABCDEF\n"}) {
+    SCOPED_TRACE(text);
+    std::ofstream(options.auth_file, std::ios::trunc) << text;
+    auto bad = Coordinator::Start(options);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_THAT(bad.status().message(), HasSubstr("64 hex digits"));
+  }
+  EXPECT_TRUE(auth::IsWellFormedToken(*auth::NewToken()));
 }
 
 }  // namespace

@@ -358,6 +358,32 @@ TEST_F(HostileInputTest, EveryRpcRefusesBadInputAndNothingChanges) {
   EXPECT_EQ(resp.trials_size(), 2);
 }
 
+// A 40 KB JSON spec nested 20,000 deep segfaulted the coordinator; a
+// 500-byte YAML spec of aliases took gigabytes before it was refused.
+TEST_F(HostileInputTest, SpecBombsAreRefusedAndTheCoordinatorServesOn) {
+  const std::string before = testing::DumpDatabase(options_.db_path);
+  std::string aliases = "name: bomb\nx0: &x0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n";
+  for (int level = 1; level <= 9; ++level) {
+    aliases +=
+        "x" + std::to_string(level) + ": &x" + std::to_string(level) + " [";
+    for (int k = 0; k < 10; ++k) {
+      aliases += (k ? ", *x" : "*x") + std::to_string(level - 1);
+    }
+    aliases += "]\n";
+  }
+  for (const std::string& spec :
+       {"{\"name\":\"d\",\"x\":" + std::string(20000, '[') +
+            std::string(20000, ']') + "}",
+        aliases}) {
+    v1::SubmitSweepResponse resp;
+    grpc::Status s = Submit(sweeps_.get(), spec, &resp);
+    EXPECT_EQ(s.error_code(), Code::INVALID_ARGUMENT) << s.error_message();
+  }
+  EXPECT_EQ(testing::DumpDatabase(options_.db_path), before);
+  v1::SubmitSweepResponse ok;
+  EXPECT_TRUE(Submit(sweeps_.get(), kSpec, &ok).ok());
+}
+
 TEST_F(HostileInputTest, AWorkerOverItsPointRateIsToldToRetryAndLosesNothing) {
   // The bucket holds 1,000 points a second; SetUp spent 10 of them.
   ASSERT_TRUE(Report(Points(900, 100)).ok());

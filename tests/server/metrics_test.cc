@@ -2,9 +2,16 @@
 // series only while a trial runs, GPU series only for alive workers.
 #include "server/metrics/metrics.h"
 
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <vector>
+
+#include "tests/testing/http.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch::metrics {
@@ -116,6 +123,30 @@ TEST_F(MetricsTest, ServeRefusesAnAddressInUse) {
   Status s = other.Serve("127.0.0.1:" + std::to_string(metrics_.port()));
   EXPECT_EQ(s.code(), StatusCode::kUnavailable);
   EXPECT_THAT(s.message(), HasSubstr("metrics: cannot listen on 127.0.0.1:"));
+}
+
+// Two idle connections took both of /metrics' threads: every scrape after
+// them hung.
+TEST_F(MetricsTest, IdleConnectionsCannotStarveTheScrapes) {
+  ASSERT_TRUE(metrics_.Serve("127.0.0.1:0").ok());
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(metrics_.port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  // More idle connections than threads: they hold every thread until the
+  // request timeout closes them.
+  std::vector<int> idle;
+  for (int i = 0; i < kMetricsThreads + 4; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    idle.push_back(fd);
+  }
+  // HttpGet waits up to 10 s: the first idlers are closed after 5.
+  testing::HttpResponse r = testing::HttpGet(metrics_.port(), "/metrics");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_THAT(r.body, HasSubstr("megabatch_"));
+  for (int fd : idle) close(fd);
 }
 
 }  // namespace

@@ -6,7 +6,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
+#include <thread>
 
 #include "tests/testing/report_fixture.h"
 #include "tests/testing/temp_dir.h"
@@ -140,6 +142,82 @@ TEST_F(ReadOnlyTest, CancelStopsAQuery) {
       "SELECT count(*) FROM n",
       limits);
   EXPECT_EQ(r.status().code(), StatusCode::kCancelled);
+}
+
+// With timeout_ms=1000, printf('%.*c', 1500000000, 'x') returned after
+// 18.6 s: one function call never reached the deadline's checks.
+TEST_F(ReadOnlyTest, CallsThatOutrunTheDeadlineAreDeniedOrBounded) {
+  QueryLimits limits;
+  limits.timeout = std::chrono::milliseconds(1000);
+  for (const char* sql : {"SELECT length(printf('%.*c', 1500000000, 'x'))",
+                          "SELECT length(format('%.*c', 1500000000, 'x'))"}) {
+    SCOPED_TRACE(sql);
+    auto r = db_.Query(sql, limits);
+    EXPECT_EQ(r.status().code(), StatusCode::kPermissionDenied);
+    EXPECT_THAT(r.status().message(), HasSubstr("outrun the deadline"));
+  }
+  auto big = db_.Query("SELECT length(zeroblob(5000000))", limits);
+  EXPECT_EQ(big.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(big.status().message(), HasSubstr("too big"));
+  auto pattern =
+      db_.Query("SELECT 'x' LIKE '" + std::string(300, '%') + "y'", limits);
+  EXPECT_EQ(pattern.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(pattern.status().message(), HasSubstr("LIKE or GLOB pattern"));
+  // Two arguments return a pointer into the coordinator's memory.
+  auto tokenizer = db_.Query("SELECT hex(fts3_tokenizer('simple'))", limits);
+  EXPECT_EQ(tokenizer.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_THAT(tokenizer.status().message(), HasSubstr("fts3_tokenizer"));
+  EXPECT_EQ(testing::DumpDatabase(path_), before_);
+}
+
+TEST_F(ReadOnlyTest, ACallerWhoLeavesStopsARunningQuery) {
+  std::atomic<bool> gone{false};
+  QueryLimits limits;
+  limits.timeout = std::chrono::seconds(60);
+  limits.cancelled = [&] { return gone.load(); };
+  std::thread client_leaves([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    gone = true;
+  });
+  auto r = db_.Query(
+      "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
+      "SELECT count(*) FROM n",
+      limits);
+  client_leaves.join();
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled);
+}
+
+// Other owners' request ids were readable through query.
+TEST_F(ReadOnlyTest, AUserSeesOnlyTheirOwnRequestIdsAndNoAudit) {
+  {
+    auto rw = Db::Open(path_);
+    ASSERT_TRUE(rw.ok());
+    ASSERT_TRUE((*rw)
+                    ->Exec("INSERT INTO sweep_requests (owner, request_id, "
+                           "sweep_id) VALUES ('alice', 'a-1', " +
+                           std::to_string(sweep_) + "), ('bob', 'b-1', " +
+                           std::to_string(sweep_) + ")")
+                    .ok());
+  }
+  before_ = testing::DumpDatabase(path_);
+  QueryLimits alice;
+  alice.viewer = "alice";
+  auto mine = db_.Query("SELECT owner, request_id FROM sweep_requests", alice);
+  ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+  ASSERT_EQ(mine->rows.size(), 1u);
+  EXPECT_EQ(mine->rows[0][1].bytes, "a-1");
+  for (const char* sql :
+       {"SELECT * FROM main.sweep_requests", "SELECT count(*) FROM audit",
+        "WITH r AS (SELECT * FROM main.sweep_requests) SELECT * FROM r"}) {
+    SCOPED_TRACE(sql);
+    auto r = db_.Query(sql, alice);
+    EXPECT_EQ(r.status().code(), StatusCode::kPermissionDenied);
+  }
+  auto all = db_.Query("SELECT count(*) FROM sweep_requests", {});
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_EQ(all->rows[0][0].integer, 2);
+  EXPECT_TRUE(db_.Query("SELECT count(*) FROM audit", {}).ok());
+  EXPECT_EQ(testing::DumpDatabase(path_), before_);
 }
 
 TEST_F(ReadOnlyTest, RowAndSizeCapsTruncateAndSaySo) {

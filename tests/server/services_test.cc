@@ -67,6 +67,38 @@ class ServicesTest : public testing::CoordinatorFixture {
   }
 };
 
+// 22,000 registered workers made one ListWorkers answer of 5 MB, past the
+// 4 MiB the API promises: it is paged.
+TEST_F(ServicesTest, ListWorkersIsPagedAndEachWorkerComesOnce) {
+  constexpr int kWorkers = 7;
+  for (int i = 0; i < kWorkers; ++i) {
+    ASSERT_TRUE(
+        Register(workers_.get(), nullptr, 1, "w" + std::to_string(i)).ok());
+  }
+  v1::ListWorkersRequest req;
+  req.set_page_size(3);
+  std::vector<std::string> names;
+  int pages = 0;
+  do {
+    grpc::ClientContext ctx;
+    v1::ListWorkersResponse resp;
+    ASSERT_TRUE(sweeps_->ListWorkers(&ctx, req, &resp).ok());
+    EXPECT_LE(resp.workers_size(), 3);
+    for (const auto& w : resp.workers()) names.push_back(w.name());
+    req.set_page_token(resp.next_page_token());
+    ++pages;
+  } while (!req.page_token().empty());
+  EXPECT_EQ(pages, 3);
+  ASSERT_EQ(names.size(), static_cast<size_t>(kWorkers));
+  for (int i = 0; i < kWorkers; ++i)
+    EXPECT_EQ(names[i], "w" + std::to_string(i));
+  grpc::ClientContext ctx;
+  req.set_page_token("sweeps:0:1");
+  v1::ListWorkersResponse resp;
+  EXPECT_EQ(sweeps_->ListWorkers(&ctx, req, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(ServicesTest, InvalidSpecIsInvalidArgumentAndStoresNothing) {
   v1::SubmitSweepResponse resp;
   grpc::Status s = Submit(

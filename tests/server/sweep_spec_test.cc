@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/datasets.h"
+
 namespace megabatch::spec {
 namespace {
 
@@ -530,6 +532,81 @@ TEST(SweepSpecTest, LanguageModelErrorsNameTheField) {
   // More windows than the corpus has bytes.
   ExpectInvalid(head + "batch_sizes: [100000000]\nmodel: {type: char_lstm}\n",
                 "batch_sizes[0]");
+}
+
+// A 40 KB JSON spec nested 20,000 deep crashed the coordinator (the parsed
+// tree was walked recursively); a 500-byte YAML spec of anchors and aliases
+// expanded to 10^7 nodes before anything was checked.
+TEST(SweepSpecTest, DeepNestingIsRefusedBeforeParsing) {
+  const std::string deep_json =
+      "{\"name\":\"d\",\"x\":" + std::string(20000, '[') +
+      std::string(20000, ']') + "}";
+  auto r = ParseSweepSpec(deep_json);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("nested deeper than " + std::to_string(kMaxSpecDepth)));
+  // Brackets inside strings are text, not nesting.
+  EXPECT_TRUE(ParseSweepSpec("{\"name\": \"" + std::string(100, '[') +
+                             "\", \"optimizers\": [{\"name\": \"sgd\"}], "
+                             "\"batch_sizes\": [128], \"base\": {\"lr\": 0.1}}")
+                  .ok());
+  std::string deep_yaml = "name: d\nx: ";
+  for (int i = 0; i < 1000; ++i) deep_yaml += "[";
+  for (int i = 0; i < 1000; ++i) deep_yaml += "]";
+  auto y = ParseSweepSpec(deep_yaml + "\n");
+  ASSERT_FALSE(y.ok());
+  EXPECT_THAT(y.status().message(), HasSubstr("nested deeper than"));
+  EXPECT_THAT(y.status().message(), HasSubstr("line 2"));
+}
+
+TEST(SweepSpecTest, YamlAliasesAreRefusedBeforeTheyExpand) {
+  std::string bomb = "x0: &x0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n";
+  for (int level = 1; level <= 9; ++level) {
+    const std::string prev = "*x" + std::to_string(level - 1);
+    bomb += "x" + std::to_string(level) + ": &x" + std::to_string(level) + " [";
+    for (int k = 0; k < 10; ++k) bomb += (k ? ", " : "") + prev;
+    bomb += "]\n";
+  }
+  // Expanded, nine levels are 10^10 nodes: this would not return.
+  auto r = ParseSweepSpec("name: bomb\n" + bomb);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("YAML aliases"));
+  EXPECT_THAT(r.status().message(), HasSubstr("line 3"));
+  // An anchor alone is harmless.
+  EXPECT_TRUE(
+      ParseSweepSpec(WithLine("batch_sizes", "batch_sizes: &b [128]")).ok());
+}
+
+// dataset.path told any user whether a file existed on the coordinator's
+// host, and its size: with data roots nothing outside them is looked at.
+TEST(SweepSpecTest, DataPathsOutsideTheDataRootsAreRefusedUnseen) {
+  const std::vector<std::string> roots = DefaultDataRoots();
+  EXPECT_TRUE(ParseSweepSpec(kValid, SpecFormat::kAuto, &roots).ok());
+  for (const char* path :
+       {"/etc", "/usr/share/datasets/../../../etc", "relative/dir",
+        "/usr/share/datasets-elsewhere", "/no/such/dir"}) {
+    SCOPED_TRACE(path);
+    auto r = ParseSweepSpec(
+        WithLine("dataset", std::string("dataset: {name: fashion_mnist, "
+                                        "path: ") +
+                                path + "}"),
+        SpecFormat::kAuto, &roots);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_THAT(r.status().message(),
+                HasSubstr("is not under a data root of this coordinator "
+                          "(--data-root: /usr/share/datasets, "
+                          "/usr/share/games/fortunes)"));
+  }
+  // Inside a root the files are checked as before.
+  auto missing = ParseSweepSpec(
+      WithLine("dataset",
+               "dataset: {name: fashion_mnist, path: /usr/share/datasets/x}"),
+      SpecFormat::kAuto, &roots);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(missing.status().message(), HasSubstr("no such directory"));
 }
 
 TEST(SweepSpecTest, EveryShippedExperimentParses) {

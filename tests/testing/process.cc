@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -152,17 +153,13 @@ std::vector<std::unique_ptr<Process>> StartWorkers(
   std::vector<std::unique_ptr<Process>> workers;
   for (int i = first; i < first + count; ++i) {
     const std::string name = "worker-" + std::to_string(i);
-    std::vector<std::string> argv{worker_bin,
-                                  "--coordinator",
-                                  address,
-                                  "--name",
-                                  name,
-                                  "--slots",
-                                  "1",
-                                  "--threads-per-slot",
-                                  "1",
-                                  "--work-dir",
-                                  dir + "/" + name};
+    std::vector<std::string> argv{
+        worker_bin, "--coordinator", address,         "--name", name, "--slots",
+        "1",        "--work-dir",    dir + "/" + name};
+    if (std::find(flags.begin(), flags.end(), "--threads-per-slot") ==
+        flags.end()) {
+      argv.insert(argv.end(), {"--threads-per-slot", "1"});
+    }
     argv.insert(argv.end(), flags.begin(), flags.end());
     workers.push_back(
         std::make_unique<Process>(argv, dir + "/" + name + ".log"));

@@ -39,7 +39,8 @@ class Process {
 // `count` megabatch-worker processes (`worker_bin`) dialing `address`, named
 // worker-F, worker-F+1, ... (F = `first`), with one slot of one thread each;
 // each has its work dir DIR/worker-I and its log DIR/worker-I.log; `flags`
-// are added to each command line.
+// are added to each command line (one intra-op thread each unless they
+// say --threads-per-slot).
 std::vector<std::unique_ptr<Process>> StartWorkers(
     const std::string& worker_bin, const std::string& address,
     const std::string& dir, int count,

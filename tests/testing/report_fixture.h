@@ -14,7 +14,8 @@ namespace megabatch::testing {
 // returns the sweep's id; fails the current test on error.
 int64_t BuildReportFixture(const std::string& path);
 
-// Every table's schema and rows as text, to show a database is unchanged.
+// Every table's schema and rows as text, to show a database is unchanged
+// (the audit table's rows excepted: every call may add to them).
 std::string DumpDatabase(const std::string& path);
 
 }  // namespace megabatch::testing

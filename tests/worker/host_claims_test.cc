@@ -3,6 +3,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -50,7 +51,7 @@ TEST(HostClaimsTest, WorkersSeeEachOthersClaimsAndForgetTheDead) {
   ASSERT_TRUE(mine.ok()) << mine.status().ToString();
   EXPECT_EQ(std::filesystem::status(claims_dir).permissions() &
                 std::filesystem::perms::all,
-            std::filesystem::perms::all);
+            std::filesystem::perms::owner_all);
   ASSERT_TRUE((*mine)->Publish(4).ok());
   const std::string my_file =
       claims_dir + "/worker-" + std::to_string(getpid());
@@ -84,6 +85,77 @@ TEST(HostClaimsTest, AnUnusableDirectoryIsAClearError) {
   ASSERT_FALSE(claims.ok());
   EXPECT_THAT(claims.status().message(),
               HasSubstr(dir.File("file") + "/claims"));
+}
+
+// Any local user could plant symlinks in the shared /tmp/megabatch-cores: a
+// root-run worker overwrote a root-owned 0600 file through one, and a forged
+// claim marked every trial on the host as shared.
+TEST(HostClaimsTest, ADirectoryOthersCanWriteOrRedirectIsRefused) {
+  testing::TempDir dir;
+  const std::string shared = dir.File("shared");
+  ASSERT_EQ(::mkdir(shared.c_str(), 0777), 0);
+  ASSERT_EQ(::chmod(shared.c_str(), 01777), 0);
+  auto open = HostClaims::Open(shared);
+  ASSERT_FALSE(open.ok());
+  EXPECT_EQ(open.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(open.status().message(),
+              HasSubstr("writable by group or others"));
+  std::filesystem::create_directory_symlink(dir.path(), dir.File("link"));
+  open = HostClaims::Open(dir.File("link"));
+  ASSERT_FALSE(open.ok());
+  EXPECT_THAT(open.status().message(), HasSubstr("a symlink"));
+  if (::geteuid() == 0) {  // only root can give a directory away
+    const std::string theirs = dir.File("theirs");
+    ASSERT_EQ(::mkdir(theirs.c_str(), 0700), 0);
+    ASSERT_EQ(::chown(theirs.c_str(), 65534, 65534), 0);
+    open = HostClaims::Open(theirs);
+    ASSERT_FALSE(open.ok());
+    EXPECT_THAT(open.status().message(), HasSubstr("owned by uid 65534"));
+  }
+}
+
+TEST(HostClaimsTest, PlantedSymlinksAreReplacedNotFollowed) {
+  testing::TempDir dir;
+  const std::string claims_dir = dir.File("claims");
+  auto mine = HostClaims::Open(claims_dir);
+  ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+  const std::string victim = dir.File("victim");
+  std::ofstream(victim) << "precious\n";
+  const std::string claim = claims_dir + "/worker-" + std::to_string(getpid());
+  std::filesystem::create_symlink(victim, claim);
+  std::filesystem::create_symlink(victim,
+                                  claim + ".tmp-" + std::to_string(getpid()));
+  ASSERT_TRUE((*mine)->Publish(4).ok());
+  std::ifstream in(victim);
+  std::string content;
+  std::getline(in, content);
+  EXPECT_EQ(content, "precious");
+  EXPECT_TRUE(
+      std::filesystem::is_regular_file(std::filesystem::symlink_status(claim)));
+}
+
+TEST(HostClaimsTest, ClaimsThatAreNotThisUsersRegularFilesAreIgnored) {
+  testing::TempDir dir;
+  const std::string claims_dir = dir.File("claims");
+  auto mine = HostClaims::Open(claims_dir);
+  ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+  // Our parent process is alive: its claim would count if it were one.
+  const std::string parent =
+      claims_dir + "/worker-" + std::to_string(getppid());
+  ASSERT_EQ(::mkfifo(parent.c_str(), 0600), 0);  // reading it would block
+  EXPECT_EQ((*mine)->Read().others_capacity, 0);
+  ::unlink(parent.c_str());
+  std::ofstream(dir.File("elsewhere")) << "64 64\n";
+  std::filesystem::create_symlink(dir.File("elsewhere"), parent);
+  EXPECT_EQ((*mine)->Read().others_capacity, 0);
+  ::unlink(parent.c_str());
+  if (::geteuid() == 0) {
+    std::ofstream(parent) << "64 64\n";
+    ASSERT_EQ(::chown(parent.c_str(), 65534, 65534), 0);
+    EXPECT_EQ((*mine)->Read().others_capacity, 0);
+    ASSERT_EQ(::chown(parent.c_str(), 0, 0), 0);
+    EXPECT_EQ((*mine)->Read().others_capacity, 64);
+  }
 }
 
 TEST(HostClaimsTest, UsableCoresIsThisProcesssAffinity) {

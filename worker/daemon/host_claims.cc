@@ -11,8 +11,10 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <sstream>
 #include <thread>
+
+#include "worker/daemon/private_files.h"
 
 namespace megabatch::worker {
 namespace {
@@ -65,12 +67,8 @@ HostClaims::HostClaims(std::string dir)
               .string()) {}
 
 Result<std::unique_ptr<HostClaims>> HostClaims::Open(const std::string& dir) {
-  if (::mkdir(dir.c_str(), 01777) == 0) {
-    ::chmod(dir.c_str(),
-            01777);  // whatever the umask, every user's workers share it
-  } else if (errno != EEXIST) {
-    return UnavailableError("host claims directory " + dir + ": " +
-                            std::strerror(errno));
+  if (Status s = EnsurePrivateDir(dir); !s.ok()) {
+    return Status(s.code(), "host claims directory " + s.message());
   }
   if (::access(dir.c_str(), W_OK) != 0) {
     return UnavailableError("host claims directory " + dir + ": not writable");
@@ -99,7 +97,9 @@ HostClaims::Totals HostClaims::Read() const {
                               ignored);  // left by a killed worker
       continue;
     }
-    std::ifstream in(entry.path());
+    Result<std::string> claim = ReadOwnFile(entry.path().string());
+    if (!claim.ok()) continue;  // not this user's
+    std::istringstream in(*claim);
     int capacity = 0, active = 0;
     if (in >> capacity >> active) {
       totals.others_capacity += std::max(0, capacity);
@@ -126,16 +126,10 @@ void HostClaims::AddActive(int threads) {
 
 Status HostClaims::WriteLocked() {
   // Readers see the old claim or the new one, never half of one.
-  const std::string tmp = file_ + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << capacity_ << " " << active_ << "\n";
-    if (!out.flush())
-      return UnavailableError("host claim " + tmp + ": cannot write");
-  }
-  if (std::rename(tmp.c_str(), file_.c_str()) != 0) {
-    return UnavailableError("host claim " + file_ + ": " +
-                            std::strerror(errno));
+  Status written = WriteFileAtomically(
+      file_, std::to_string(capacity_) + " " + std::to_string(active_) + "\n");
+  if (!written.ok()) {
+    return Status(written.code(), "host claim " + written.message());
   }
   published_ = true;
   return Status();

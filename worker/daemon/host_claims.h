@@ -1,7 +1,9 @@
 // The cores of one host, given out once among every megabatch worker on it.
 //
-// Each worker keeps a claim file in a directory all of them share (default
-// /tmp/megabatch-cores): "worker-<pid>" holding the threads it may run at
+// Each worker keeps a claim file in a directory the workers of one user share
+// (default DefaultRuntimeDir()/cores, private to that user: a claim another
+// local user could plant or redirect is never read or followed):
+// "worker-<pid>" holding the threads it may run at
 // once (slots x threads per slot) and the threads its trainers run now. A
 // worker starting next to others sizes its threads to the cores they left
 // (PlanThreads), and every trial learns whether the host's running trainers
@@ -22,8 +24,6 @@
 #include "common/thread_annotations.h"
 
 namespace megabatch::worker {
-
-inline constexpr const char* kDefaultHostClaimsDir = "/tmp/megabatch-cores";
 
 // The cores this process may run on (its CPU affinity), at least 1.
 int UsableCores();
@@ -47,8 +47,10 @@ class HostClaims {
     int active = 0;           // threads running now, this worker's included
   };
 
-  // Opens (creating, world-writable and sticky like /tmp) `dir`. Publish()
-  // makes the claim; the destructor withdraws it.
+  // Opens `dir` (EnsurePrivateDir: made 0700, or an existing directory of
+  // this user that no one else can write). Publish() makes the claim; the
+  // destructor withdraws it. Files in it that are not this user's regular
+  // files are ignored.
   static Result<std::unique_ptr<HostClaims>> Open(const std::string& dir);
   ~HostClaims();
   HostClaims(const HostClaims&) = delete;

@@ -13,7 +13,10 @@
 #include <thread>
 
 #include "common/channel.h"
+#include "common/datasets.h"
 #include "worker/daemon/check.h"
+#include "worker/daemon/data_roots.h"
+#include "worker/daemon/private_files.h"
 #include "worker/daemon/worker.h"
 
 int main(int argc, char** argv) {
@@ -42,20 +45,31 @@ int main(int argc, char** argv) {
          "--threads-per-slot", threads,
          "intra-op threads per trainer (default: the cores other megabatch "
          "workers on this host left, divided among the slots)")
-      ->check(CLI::Range(1, 1024));
-  std::string claims_dir = megabatch::worker::kDefaultHostClaimsDir;
-  app.add_option(
-         "--host-claims", claims_dir,
-         "directory where the megabatch workers of this host claim its cores "
-         "(empty: claim nothing, see no one)")
+      ->check(CLI::Range(1, megabatch::worker::kMaxThreads));
+  std::string claims_dir = megabatch::worker::DefaultRuntimeDir() + "/cores";
+  app.add_option("--host-claims", claims_dir,
+                 "directory where this user's megabatch workers on this host "
+                 "claim its cores; owned by this user, not writable by "
+                 "others (empty: claim nothing, see no one)")
       ->capture_default_str();
   app.add_option("--work-dir", options.work_dir,
-                 "per-trial directories (default: a temp dir)");
+                 "per-trial directories; owned by this user, not writable by "
+                 "others (default: a new private temp dir)");
   app.add_option(
       "--artifacts", options.artifacts_dir,
       "shared checkpoint directory (default: the coordinator's --artifacts)");
   app.add_option("--trainer", options.trainer_path,
                  "megabatch-trainer binary (default: next to this binary)");
+  options.data_roots = megabatch::DefaultDataRoots();
+  app.add_option("--data-root", options.data_roots,
+                 "a directory whose regular files trials may read as "
+                 "dataset.path (repeat for more; given, it replaces the "
+                 "default)")
+      ->capture_default_str();
+  app.add_option("--trainer-memory", options.trainer_memory,
+                 "limit each trainer's memory (heap and private mappings) to "
+                 "this many bytes, e.g. 16G (default: no limit)")
+      ->transform(CLI::AsSizeValue(false));
   std::string rendezvous_ports = "29500-29599";
   app.add_option("--rendezvous-host", options.rendezvous_host,
                  "address other workers reach this machine at, for "
@@ -129,10 +143,20 @@ int main(int argc, char** argv) {
                   options.trainer_path);
     return 2;
   }
+  // The work dir holds each trial's config: no other local user may plant
+  // or redirect a file in it.
   if (options.work_dir.empty()) {
-    options.work_dir = (fs::temp_directory_path() /
-                        ("megabatch-worker-" + std::to_string(getpid())))
-                           .string();
+    auto made = megabatch::worker::MakePrivateTempDir(
+        fs::temp_directory_path().string(), "megabatch-worker-");
+    if (!made.ok()) {
+      spdlog::error("--work-dir: {}", made.status().message());
+      return 2;
+    }
+    options.work_dir = *made;
+  } else if (auto s = megabatch::worker::EnsurePrivateDir(options.work_dir);
+             !s.ok()) {
+    spdlog::error("--work-dir: {}", s.message());
+    return 2;
   }
   // Cores are given out once per host: the other workers' claims are
   // subtracted before this worker sizes its threads.

@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,10 +20,12 @@ namespace megabatch::worker {
 class TrainerProcess {
  public:
   // Starts `path` with `args` (argv[1...]) and the environment `env`
-  // ("NAME=value" each). UNAVAILABLE with the reason when it cannot.
+  // ("NAME=value" each), its data segment (RLIMIT_DATA: heap and private
+  // writable mappings) limited to `memory_limit` bytes when positive.
+  // UNAVAILABLE with the reason when it cannot.
   static Result<std::unique_ptr<TrainerProcess>> Spawn(
       const std::string& path, const std::vector<std::string>& args,
-      const std::vector<std::string>& env);
+      const std::vector<std::string>& env, int64_t memory_limit = 0);
   ~TrainerProcess();
   TrainerProcess(const TrainerProcess&) = delete;
   TrainerProcess& operator=(const TrainerProcess&) = delete;

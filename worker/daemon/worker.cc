@@ -20,7 +20,9 @@
 #include "common/grpc_status.h"
 #include "common/trainer_protocol.h"
 #include "worker/daemon/checkpoint_committer.h"
+#include "worker/daemon/data_roots.h"
 #include "worker/daemon/line_reader.h"
+#include "worker/daemon/private_files.h"
 
 extern char** environ;
 
@@ -50,6 +52,15 @@ std::string DescribeExit(int wstatus) {
     return s;
   }
   return "trainer ended with status " + std::to_string(wstatus);
+}
+
+// Whether a failed trainer's words say an allocation failed.
+bool OutOfMemory(const std::string& text) {
+  for (const char* sign :
+       {"can't allocate memory", "std::bad_alloc", "Cannot allocate memory"}) {
+    if (text.find(sign) != std::string::npos) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -369,6 +380,22 @@ std::vector<std::string> TrainerEnvironment(const std::string& gpu) {
 
 }  // namespace
 
+std::optional<int> Worker::RecordedThreads(
+    const std::filesystem::path& lease_dir) {
+  std::ifstream in(lease_dir / kNumericEnvironmentFile);
+  nlohmann::json env = nlohmann::json::parse(in, nullptr, false);
+  if (env.is_object() && env.contains("threads") &&
+      env["threads"].is_number_integer() && env["threads"].get<int>() >= 1 &&
+      env["threads"].get<int>() <= kMaxThreads) {
+    return env["threads"].get<int>();
+  }
+  spdlog::warn(
+      "{}: no numeric environment recorded; resuming with this "
+      "slot's threads (the numbers may differ in the last bits)",
+      (lease_dir / kNumericEnvironmentFile).string());
+  return std::nullopt;
+}
+
 bool Worker::HostOversubscribed() const {
   return options_.host_claims &&
          options_.host_claims->Read().active > options_.host_cores;
@@ -389,7 +416,12 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
   if (config.is_discarded() || !config.is_object()) {
     return InvalidArgumentError("lease carried an invalid config");
   }
-  config["threads"] = options_.threads_per_slot;
+  if (const auto dataset = config.find("dataset");
+      dataset != config.end() && dataset->is_object() &&
+      dataset->contains("path") && (*dataset)["path"].is_string()) {
+    MEGABATCH_RETURN_IF_ERROR(CheckDataPath(
+        (*dataset)["path"].get<std::string>(), options_.data_roots));
+  }
   Attempt a;
   // Each attempt (lease) checkpoints into its own directory, so an attempt
   // that lost its lease but still runs (a partitioned worker) cannot
@@ -410,18 +442,35 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
   }
   config["checkpoint_path"] = (a.lease_dir / "checkpoint.pt").string();
   config["checkpoint_per_step"] = true;
+  a.threads = options_.threads_per_slot;
   if (config.value("checkpoint_every_steps", 0) > 0) {
     a.resume_from = CheckpointCommitter::Latest(
         a.trial_dir, lease.lease_id(),
         leased.has_resume_max_step()
             ? std::optional<int64_t>(leased.resume_max_step())
             : std::nullopt);
+    // A trial's numbers depend on its intra-op threads (the order of
+    // floating-point sums): it keeps the threads of the attempt whose
+    // checkpoint it resumes, whatever this slot has.
+    if (!a.resume_from.empty()) {
+      a.threads = RecordedThreads(fs::path(a.resume_from).parent_path())
+                      .value_or(a.threads);
+    }
+    if (!ec) {
+      Status recorded = WriteFileAtomically(
+          (a.lease_dir / kNumericEnvironmentFile).string(),
+          nlohmann::json{{"threads", a.threads}}.dump() + "\n");
+      if (!recorded.ok()) {
+        spdlog::warn("trial {}: {}; a resume may run with other threads",
+                     lease.trial_id(), recorded.message());
+      }
+    }
   }
+  config["threads"] = a.threads;
   a.config_path = (dir / "config.json").string();
-  {
-    std::ofstream out(a.config_path);
-    out << config.dump(2);
-    if (!out) return FailedPreconditionError("cannot write " + a.config_path);
+  if (Status written = WriteFileAtomically(a.config_path, config.dump(2));
+      !written.ok()) {
+    return FailedPreconditionError("cannot write " + written.message());
   }
   // A warm trainer (--serve) of this slot runs the trial when it was
   // started for the same sweep, threads and device; else a fresh one does.
@@ -431,7 +480,7 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
   a.gpu = options_.gpus.empty() ? "" : options_.gpus[static_cast<size_t>(slot)];
   a.reusable = options_.warm_trainers && !config.contains("distributed");
   a.key = config.value("sweep_id", nlohmann::json(0)).dump() + "/" +
-          std::to_string(options_.threads_per_slot) + "/" + a.gpu;
+          std::to_string(a.threads) + "/" + a.gpu;
   return a;
 }
 
@@ -451,7 +500,7 @@ void Worker::RunTrial(int slot, const v1::LeaseTrialResponse& leased,
   if (fresh) {
     auto spawned = TrainerProcess::Spawn(
         options_.trainer_path, {"--serve", "--work-dir", options_.work_dir},
-        TrainerEnvironment(attempt.gpu));
+        TrainerEnvironment(attempt.gpu), options_.trainer_memory);
     if (!spawned.ok()) {
       FinishTrial(lease, v1::TRIAL_STATE_FAILED, spawned.status().message(),
                   "");
@@ -496,7 +545,7 @@ void Worker::RunTrial(int slot, const v1::LeaseTrialResponse& leased,
     return;
   }
 
-  const int threads = options_.threads_per_slot;
+  const int threads = attempt.threads;
   if (options_.host_claims) options_.host_claims->AddActive(threads);
   AttemptOutput out;
   CheckpointCommitter checkpoints(attempt.lease_dir, checkpoint_history_);
@@ -564,8 +613,9 @@ void Worker::PumpOutput(const v1::TrialLease& lease, const Attempt& attempt,
     };
     if (!threads_recorded) {
       threads_recorded = true;
-      shared = HostOversubscribed();
-      point("threads", options_.threads_per_slot);
+      shared =
+          HostOversubscribed() || attempt.threads > options_.threads_per_slot;
+      point("threads", attempt.threads);
       point("shared_cores", shared ? 1 : 0);
     } else if (!shared && HostOversubscribed()) {
       shared = true;
@@ -666,6 +716,12 @@ void Worker::ReportOutcome(const v1::TrialLease& lease, const Attempt& attempt,
                               ? DescribeExit(wstatus)
                               : how;
     if (!out.message.empty()) message += ": " + out.message;
+    if (options_.trainer_memory > 0 &&
+        OutOfMemory(message + "\n" + out.stderr_tail.str())) {
+      message += " (this worker limits each trainer to " +
+                 std::to_string(options_.trainer_memory >> 20) +
+                 " MiB: --trainer-memory)";
+    }
     FinishTrial(lease, v1::TRIAL_STATE_FAILED, message, out.stderr_tail.str());
   }
   spdlog::info("trial {} ended: {}", lease.trial_id(), how);

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,12 @@
 #include "worker/daemon/trainer_process.h"
 
 namespace megabatch::worker {
+
+// The most intra-op threads a trainer is given (--threads-per-slot).
+inline constexpr int kMaxThreads = 1024;
+// Beside an attempt's checkpoints: the numeric environment they were made
+// in ({"threads": N}), which a resume from them keeps.
+inline constexpr const char* kNumericEnvironmentFile = "environment.json";
 
 struct WorkerOptions {
   std::string name = "worker";
@@ -47,6 +54,12 @@ struct WorkerOptions {
   // has none, work_dir (resume only on this worker).
   std::string artifacts_dir;
   std::string trainer_path;  // the megabatch-trainer binary
+  // A trial's dataset.path must lie under one of these (CheckDataPath);
+  // its trial fails otherwise, before any trainer reads it.
+  std::vector<std::string> data_roots;
+  // Each trainer's data segment (RLIMIT_DATA) in bytes; 0: no limit. A
+  // trial that needs more fails, and says so.
+  int64_t trainer_memory = 0;
   // Keep each slot's trainer process (megabatch-trainer --serve) between
   // trials of the same sweep, so LibTorch's start-up is paid once per sweep
   // and slot instead of once per trial. A trainer that crashes still fails
@@ -117,8 +130,12 @@ class Worker {
     std::string config_path;
     std::string resume_from;  // the committed checkpoint; empty: from scratch
     std::string gpu;          // CUDA_VISIBLE_DEVICES of its slot
-    bool reusable = false;    // may run in, and leave, a warm trainer
-    std::string key;          // what a warm trainer must have started for
+    // Intra-op threads: the slot's, or on a resume those its checkpoint was
+    // made with, so that the resumed trial is bit-identical (more than the
+    // slot's marks it as sharing cores).
+    int threads = 1;
+    bool reusable = false;  // may run in, and leave, a warm trainer
+    std::string key;        // what a warm trainer must have started for
   };
   // What the trainer's output said about an attempt, and the points not
   // yet sent.
@@ -170,6 +187,10 @@ class Worker {
              bool* reachable, bool* full = nullptr);
   void FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
                    const std::string& message, const std::string& stderr_tail);
+  // The threads recorded in an attempt's checkpoint directory
+  // (kNumericEnvironmentFile); nullopt, with a warning, when none are.
+  static std::optional<int> RecordedThreads(
+      const std::filesystem::path& lease_dir);
   // Whether the host's trainers run more threads than it has cores now.
   bool HostOversubscribed() const;
   // Requests the stop of one trial's trainer (SIGKILL to its process group).
