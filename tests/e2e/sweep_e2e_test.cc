@@ -418,6 +418,43 @@ max_retries: 0
             1);
 }
 
+// An mlp of 65,536 x 8 was accepted (about 120 GB) and trainers ran with no
+// memory limit: a worker's --trainer-memory limits each trainer, and a
+// trial over it fails saying so, while one that fits completes.
+TEST_F(SweepE2ETest, ATrialOverItsWorkersTrainerMemoryFailsAndSaysSo) {
+  for (auto& w : workers_) w->Kill(SIGTERM);
+  for (auto& w : workers_) EXPECT_EQ(w->Wait(std::chrono::seconds(10)), 0);
+  workers_ = testing::StartWorkers(MEGABATCH_WORKER_BIN, address_,
+                                   dir_.path().string(), 1,
+                                   {"--trainer-memory", "1500M"}, 10);
+  auto run = [&](const std::string& name, const std::string& hidden) {
+    return Cli({"submit",
+                WriteSpec(name + ".yaml", "name: " + name +
+                                              "\nmodel: {type: mlp, "
+                                              "hidden: " +
+                                              hidden + R"yaml(}
+optimizers: [{name: lamb}]
+batch_sizes: [128]
+base: {lr: 0.01}
+budget: {steps: 5}
+max_retries: 0
+)yaml"),
+                "--wait"});
+  };
+  auto fits = run("fits", "[64]");
+  EXPECT_EQ(fits.exit_code, 0) << fits.err;
+  auto too_big = run("too-big", "[8192, 8192, 8192]");
+  EXPECT_EQ(too_big.exit_code, 1) << too_big.err;
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'failed' AND "
+                   "error LIKE '%can''t allocate memory%' AND error LIKE "
+                   "'%limits each trainer to 1500 MiB: --trainer-memory%'"),
+            1);
+  // The coordinator refuses what no worker could hold, before any runs.
+  auto huge = run("huge", "[65536, 65536, 65536, 65536, 65536, 65536, 65536]");
+  EXPECT_EQ(huge.exit_code, 1);
+  EXPECT_THAT(huge.err, HasSubstr("--max-model-parameters"));
+}
+
 TEST_F(SweepE2ETest, CancelStopsRunningTrainersQuickly) {
   std::string spec = WriteSpec("long.yaml", R"yaml(
 name: long

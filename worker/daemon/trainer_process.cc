@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,7 +21,7 @@ void CloseFd(int* fd) {
 
 Result<std::unique_ptr<TrainerProcess>> TrainerProcess::Spawn(
     const std::string& path, const std::vector<std::string>& args,
-    const std::vector<std::string>& env, int64_t memory_limit) {
+    const std::vector<std::string>& env) {
   int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 ||
       pipe2(err, O_CLOEXEC) != 0) {
@@ -67,16 +66,6 @@ Result<std::unique_ptr<TrainerProcess>> TrainerProcess::Spawn(
   p->in_ = in[1];
   p->out_ = out[0];
   p->err_ = err[0];
-  // Set before it reads its first trial (it only loads its libraries
-  // until then); the destructor kills it if this fails.
-  if (memory_limit > 0) {
-    const rlimit limit{static_cast<rlim_t>(memory_limit),
-                       static_cast<rlim_t>(memory_limit)};
-    if (prlimit(pid, RLIMIT_DATA, &limit, nullptr) != 0) {
-      return UnavailableError("cannot limit trainer " + std::to_string(pid) +
-                              "'s memory: " + std::strerror(errno));
-    }
-  }
   return p;
 }
 

@@ -7,7 +7,6 @@
 
 #include <sys/types.h>
 
-#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,12 +19,10 @@ namespace megabatch::worker {
 class TrainerProcess {
  public:
   // Starts `path` with `args` (argv[1...]) and the environment `env`
-  // ("NAME=value" each), its data segment (RLIMIT_DATA: heap and private
-  // writable mappings) limited to `memory_limit` bytes when positive.
-  // UNAVAILABLE with the reason when it cannot.
+  // ("NAME=value" each). UNAVAILABLE with the reason when it cannot.
   static Result<std::unique_ptr<TrainerProcess>> Spawn(
       const std::string& path, const std::vector<std::string>& args,
-      const std::vector<std::string>& env, int64_t memory_limit = 0);
+      const std::vector<std::string>& env);
   ~TrainerProcess();
   TrainerProcess(const TrainerProcess&) = delete;
   TrainerProcess& operator=(const TrainerProcess&) = delete;

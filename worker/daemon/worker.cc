@@ -498,9 +498,14 @@ void Worker::RunTrial(int slot, const v1::LeaseTrialResponse& leased,
   }
   const bool fresh = warm->process == nullptr;
   if (fresh) {
-    auto spawned = TrainerProcess::Spawn(
-        options_.trainer_path, {"--serve", "--work-dir", options_.work_dir},
-        TrainerEnvironment(attempt.gpu), options_.trainer_memory);
+    std::vector<std::string> args = {"--serve", "--work-dir",
+                                     options_.work_dir};
+    if (options_.trainer_memory > 0) {
+      args.insert(args.end(),
+                  {"--memory-limit", std::to_string(options_.trainer_memory)});
+    }
+    auto spawned = TrainerProcess::Spawn(options_.trainer_path, args,
+                                         TrainerEnvironment(attempt.gpu));
     if (!spawned.ok()) {
       FinishTrial(lease, v1::TRIAL_STATE_FAILED, spawned.status().message(),
                   "");

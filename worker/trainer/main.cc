@@ -7,6 +7,9 @@
 // and, last, how it ended as JSON lines on stdout; its exit code says the
 // same. Both are defined in common/trainer_protocol.h.
 //
+// Either of these takes --memory-limit BYTES: its memory (RLIMIT_DATA) is
+// limited from its first trial on (the worker's --trainer-memory).
+//
 // megabatch-trainer --serve [--work-dir DIR]: a warm trainer. Reads one
 // request per stdin line (protocol::ServeRequest) and runs each trial as
 // --config would, its event line last; LibTorch's start-up is paid once. Every
@@ -15,6 +18,7 @@
 // not complete or diverge with that trial's exit code (its process state is not
 // trusted for another trial).
 #include <malloc.h>
+#include <sys/resource.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -54,15 +58,38 @@ void PrintEvent(const std::string& event, const std::string& message) {
 int Usage(const std::string& error) {
   std::cerr
       << "megabatch-trainer: " << error << "\n"
-      << "usage: megabatch-trainer --config TRIAL.json [--resume CHECKPOINT]\n"
-      << "       megabatch-trainer --serve [--work-dir DIR]   (requests on "
-         "stdin)\n"
+      << "usage: megabatch-trainer --config TRIAL.json [--resume CHECKPOINT] "
+         "[--memory-limit BYTES]\n"
+      << "       megabatch-trainer --serve [--work-dir DIR] [--memory-limit "
+         "BYTES]   (requests on stdin)\n"
       << "       megabatch-trainer --check [--dataset DIR] [--threads N]\n";
   return kExitUsage;
 }
 
-// Trains the trial of `config_path`; its exit code.
-int RunOne(const std::string& config_path, const std::string& resume_path) {
+// Limits this process's data segment (heap and private mappings: every
+// tensor on the CPU) to `bytes` from now on, once, after making OpenBLAS
+// take the buffers `threads` threads use: it retries forever, instead of
+// failing, when it cannot get one under the limit.
+void LimitMemory(int64_t bytes, int threads) {
+  static bool limited = false;
+  if (bytes <= 0 || limited) return;
+  limited = true;
+  torch::NoGradGuard no_grad;
+  torch::set_num_threads(threads);
+  torch::mm(torch::ones({1024, 1024}), torch::ones({1024, 1024}));
+  torch::bmm(torch::ones({2 * threads, 256, 256}),
+             torch::ones({2 * threads, 256, 256}));
+  const rlimit limit{static_cast<rlim_t>(bytes), static_cast<rlim_t>(bytes)};
+  if (setrlimit(RLIMIT_DATA, &limit) != 0) {
+    std::cerr << "megabatch-trainer: --memory-limit: " << std::strerror(errno)
+              << "\n";
+  }
+}
+
+// Trains the trial of `config_path`; its exit code. Its memory is limited
+// to `memory_limit` bytes (0: no limit).
+int RunOne(const std::string& config_path, const std::string& resume_path,
+           int64_t memory_limit) {
   try {
     std::ifstream in(config_path);
     if (!in) return Usage("cannot read config file " + config_path);
@@ -72,6 +99,7 @@ int RunOne(const std::string& config_path, const std::string& resume_path) {
     }
     auto config = megabatch::trainer::ParseTrialConfig(doc);
     if (!config.ok()) return Usage(config.status().message());
+    LimitMemory(memory_limit, config->threads);
     auto task = megabatch::trainer::MakeTask(*config);
     if (!task.ok()) {
       PrintEvent(megabatch::protocol::kFailed, task.status().ToString());
@@ -114,6 +142,7 @@ int main(int argc, char** argv) {
   std::string check_dataset = "/usr/share/datasets/fashion-mnist";
   bool check = false, serve = false;
   int check_threads = 1;
+  int64_t memory_limit = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--check") == 0) {
       check = true;
@@ -130,6 +159,8 @@ int main(int argc, char** argv) {
         return Usage(std::string("--work-dir ") + argv[i] + ": " +
                      std::strerror(errno));
       }
+    } else if (std::strcmp(argv[i], "--memory-limit") == 0 && i + 1 < argc) {
+      memory_limit = std::atoll(argv[++i]);
     } else if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
       config_path = argv[++i];
     } else if (std::strcmp(argv[i], "--help") == 0) {
@@ -151,11 +182,11 @@ int main(int argc, char** argv) {
     while (std::getline(std::cin, line)) {
       auto request = megabatch::protocol::ParseServeRequest(line);
       if (!request.ok()) return Usage("--serve: " + request.status().message());
-      int code = RunOne(request->config, request->resume);
+      int code = RunOne(request->config, request->resume, memory_limit);
       if (code != kExitCompleted && code != kExitDiverged) return code;
     }
     return kExitCompleted;
   }
   if (config_path.empty()) return Usage("--config is required");
-  return RunOne(config_path, resume_path);
+  return RunOne(config_path, resume_path, memory_limit);
 }
