@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The long chaos soak: runs the chaos e2e test (tests/e2e/chaos_e2e_test.cc)
 # over and over, each run with a new seed, for a given time, and prints one
-# line per seed and a summary. A failing seed's whole output is kept.
+# line per seed and a summary. A failing seed's whole output is kept. The
+# workers run different thread counts (one or two), so resumes cross them.
 #
 #   bash scripts/chaos_soak.sh [--minutes 30] [--chaos-seconds 45] [--seed N]
 #
@@ -40,9 +41,13 @@ while [[ $(date +%s) -lt $end ]]; do
   # The test prints "seed N: kind xK kind xK ..." once its faults are done.
   summary=$(grep -m1 "^seed ${seed}:" "$log" || true)
   summary="${summary#seed ${seed}:}"
-  echo "$summary" >>"${logs}/faults"
+  # Resumes on a worker with other threads than the checkpoint's (workers
+  # run one or two threads): the case a resume must keep bit-identical.
+  crossed=$(grep -m1 -o "resumes with other threads than the slot's: [0-9]*" \
+    "$log" | grep -o '[0-9]*$' || echo 0)
+  echo "$summary resumes-across-threads x${crossed}" >>"${logs}/faults"
   [[ "$result" == ok ]] && rm -f "$log"
-  echo "seed ${seed}: ${result}, $(($(date +%s) - start)) s;${summary}"
+  echo "seed ${seed}: ${result}, $(($(date +%s) - start)) s;${summary}; resumes across thread counts: ${crossed}"
   runs=$((runs + 1))
   seed=$((seed + 1))
 done

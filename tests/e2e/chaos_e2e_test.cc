@@ -322,6 +322,16 @@ TEST_F(ChaosE2ETest, RandomFaultsLeaveEveryTrialAsAnUndisturbedRunWouldEndIt) {
     const int t = threads.count(index) ? threads.at(index) : 1;
     expected[key] = undisturbed[t].count(key) ? undisturbed[t].at(key) : "";
   }
+  // How often the case this guards happened in this run.
+  int crossed = 0;
+  for (int i = 0; i < kWorkers; ++i) {
+    std::ifstream log(WorkerDir(i) + ".log");
+    for (std::string line; std::getline(log, line);) {
+      crossed +=
+          line.find("resuming with its checkpoint's") != std::string::npos;
+    }
+  }
+  std::printf("resumes with other threads than the slot's: %d\n", crossed);
   std::printf("trials by threads:");
   for (const auto& [index, t] : threads)
     std::printf(" %lld:%d", static_cast<long long>(index), t);

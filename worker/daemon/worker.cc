@@ -455,6 +455,12 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
     if (!a.resume_from.empty()) {
       a.threads = RecordedThreads(fs::path(a.resume_from).parent_path())
                       .value_or(a.threads);
+      if (a.threads != options_.threads_per_slot) {
+        spdlog::info(
+            "trial {}: resuming with its checkpoint's {} threads (this slot "
+            "has {})",
+            lease.trial_id(), a.threads, options_.threads_per_slot);
+      }
     }
     if (!ec) {
       Status recorded = WriteFileAtomically(
