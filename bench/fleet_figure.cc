@@ -491,6 +491,11 @@ bool RunFleet(const FleetOptions& o) {
       "500 MiB); threads %d idle, %d busy\n",
       cpu / window, 100 * sys / std::max(cpu, 1e-9), rss_idle, rss, peak,
       threads_idle, threads_busy);
+  // The goal: 10,000 workers per core.
+  std::printf(
+      "  coordinator CPU per worker: %.3f ms of CPU per worker-second (goal "
+      "<= 0.1 ms: %.0f workers per core)\n",
+      1e3 * cpu / window / o.workers, o.workers * window / std::max(cpu, 1e-9));
   std::printf(
       "  ListWorkers: %d workers in %zu bytes; WatchSweep: %zu snapshot "
       "messages, largest %.0f bytes; %zu updates, p50 %.0f bytes, largest %.0f "

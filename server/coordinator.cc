@@ -3,9 +3,12 @@
 #include <fcntl.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "common/channel.h"
@@ -59,12 +62,36 @@ Status BootstrapAdminToken(const std::string& db_path,
   return Status();
 }
 
+// Takes gRPC's server reflection off a server (linking its library
+// registers it for every server built in the process).
+class WithoutReflection : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>*
+                         plugins) override {
+    plugins->erase(
+        std::remove_if(plugins->begin(), plugins->end(),
+                       [](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
+                         return p->name().find("reflection") !=
+                                std::string::npos;
+                       }),
+        plugins->end());
+  }
+};
+
 // The server credentials for the options: TLS when a certificate is given.
 Result<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
     const CoordinatorOptions& options) {
   if (options.tls_cert.empty() != options.tls_key.empty()) {
     return InvalidArgumentError(
         "--tls-cert and --tls-key: give both or neither");
+  }
+  if (options.tls_client_ca.empty() &&
+      (options.tls_require_client_cert || !options.tls_worker_cn.empty() ||
+       !options.tls_crl.empty())) {
+    return InvalidArgumentError(
+        "--tls-require-client-cert, --tls-worker-cn and --tls-crl: need "
+        "--tls-client-ca");
   }
   if (options.tls_cert.empty()) {
     if (!options.tls_client_ca.empty()) {
@@ -74,8 +101,9 @@ Result<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
     return grpc::InsecureServerCredentials();
   }
   grpc::SslServerCredentialsOptions ssl(
-      options.tls_client_ca.empty()
-          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+      options.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+      : options.tls_require_client_cert
+          ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
           : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
   Result<std::string> cert = ReadTextFile(options.tls_cert, "--tls-cert");
   if (!cert.ok()) return cert.status();
@@ -130,8 +158,10 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
     }
     MEGABATCH_RETURN_IF_ERROR(
         BootstrapAdminToken(options.db_path, options.auth_file));
-    Result<std::unique_ptr<auth::Authenticator>> a =
-        auth::Authenticator::Open(options.db_path);
+    Result<std::unique_ptr<auth::Authenticator>> a = auth::Authenticator::Open(
+        options.db_path,
+        auth::CertificatePolicy{options.tls_worker_cn, options.tls_crl,
+                                options.tls_client_ca});
     if (!a.ok()) return a.status();
     c->auth_ = std::move(*a);
   } else if (!options.insecure && !IsLoopbackAddress(options.listen)) {
@@ -188,6 +218,11 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // Reflection answers anyone (a stream and a thread each): only where
+  // everyone may call anyway.
+  if (!options.auth_file.empty()) {
+    builder.SetOption(std::make_unique<WithoutReflection>());
+  }
   builder.AddListeningPort(options.listen, *creds, &c->port_);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
 

@@ -55,6 +55,12 @@ struct CoordinatorOptions {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
+  // With tls_client_ca: refuse a connection without a valid client
+  // certificate; which certificates are workers (a pattern of common names;
+  // empty: none, tokens say who calls); a PEM CRL of revoked ones.
+  bool tls_require_client_cert = false;
+  std::string tls_worker_cn;
+  std::string tls_crl;
   // Periodic online backups into backup_dir every backup_every (0: none),
   // keeping the newest backup_keep (store/backup.h).
   std::string backup_dir;

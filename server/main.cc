@@ -146,10 +146,18 @@ int main(int argc, char** argv) {
                "with tokens but without TLS");
   app.add_option("--tls-cert", options.tls_cert, "TLS certificate chain (PEM)");
   app.add_option("--tls-key", options.tls_key, "TLS private key (PEM)");
-  app.add_option(
-      "--tls-client-ca", options.tls_client_ca,
-      "verify client certificates against this CA (PEM); a worker with a "
-      "valid one needs no token");
+  app.add_option("--tls-client-ca", options.tls_client_ca,
+                 "verify client certificates against this CA (PEM)");
+  app.add_flag("--tls-require-client-cert", options.tls_require_client_cert,
+               "refuse connections without a client certificate the "
+               "--tls-client-ca signed");
+  app.add_option("--tls-worker-cn", options.tls_worker_cn,
+                 "client certificates whose common name matches this regular "
+                 "expression are workers and need no token (default: none "
+                 "are)");
+  app.add_option("--tls-crl", options.tls_crl,
+                 "PEM certificate revocation list from the --tls-client-ca; "
+                 "read again when it changes");
   app.add_option(
          "--max-points-per-second", options.max_points_per_second,
          "metric points accepted per second from each worker (0: no limit)")

@@ -8,6 +8,8 @@
 
 #include <memory>
 #include <optional>
+#include <regex>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -38,14 +40,34 @@ struct Caller {
   Role role = Role::kAdmin;
 };
 
+// Which verified client certificates are workers (with --tls-client-ca).
+struct CertificatePolicy {
+  // A certificate whose common name matches this (ECMAScript, whole name)
+  // is the worker of that name; empty: no certificate is a worker (its
+  // holder needs a token).
+  std::string worker_common_name;
+  // A PEM CRL signed by the client CA (`ca_file`, PEM), read again whenever
+  // the file changes: a certificate it lists is refused on every call, with
+  // or without a token. Empty: no revocation.
+  std::string crl_file;
+  std::string ca_file;
+};
+
 // Checks bearer tokens against the tokens table of a megabatch database,
 // through its own read-only connection, on every call: a revoked token stops
 // working at the next call. Thread-safe.
 class Authenticator {
  public:
   // The database must exist and carry the tokens table (schema 5+).
+  // INVALID_ARGUMENT naming the flag for a bad pattern, CRL or CA.
   static Result<std::unique_ptr<Authenticator>> Open(
-      const std::string& db_path);
+      const std::string& db_path, CertificatePolicy certificates = {});
+
+  // The caller a verified client certificate (`pem`, its `common_name`)
+  // makes: a worker when the policy says so, else nullopt (a token must
+  // say who calls). UNAUTHENTICATED for a revoked certificate.
+  Result<std::optional<Caller>> CertificateCaller(
+      const std::string& pem, const std::string& common_name) const;
 
   // `authorization` is the header's value ("Bearer <token>"); nullopt when
   // the header is absent. UNAUTHENTICATED for a missing, malformed, unknown
@@ -54,10 +76,17 @@ class Authenticator {
       const std::optional<std::string_view>& authorization) const;
 
  private:
-  explicit Authenticator(std::unique_ptr<store::Db> db) : db_(std::move(db)) {}
+  Authenticator(std::unique_ptr<store::Db> db, CertificatePolicy certificates);
+  // The serial numbers (hex) the CRL revokes, read again when its file
+  // changed since the last call.
+  Status LoadRevocationsLocked() const REQUIRES(mu_);
 
+  const CertificatePolicy certificates_;
+  const std::regex worker_common_name_;
   mutable Mutex mu_;
   std::unique_ptr<store::Db> db_ GUARDED_BY(mu_);
+  mutable std::set<std::string> revoked_ GUARDED_BY(mu_);
+  mutable int64_t crl_mtime_ns_ GUARDED_BY(mu_) = -1;
 };
 
 }  // namespace megabatch::auth

@@ -111,17 +111,22 @@ Result<auth::Caller> Authorize(const auth::Authenticator* auth,
   if (auto it = metadata.find("authorization"); it != metadata.end()) {
     header = std::string_view(it->second.data(), it->second.size());
   }
-  // A worker may instead present a client certificate the coordinator
-  // verified (--tls-client-ca): it is the worker its common name names.
-  if (!header.has_value() && access == Access::kWorkers) {
-    std::shared_ptr<const grpc::AuthContext> peer = ctx->auth_context();
-    if (peer != nullptr && peer->IsPeerAuthenticated()) {
-      std::vector<grpc::string_ref> cn =
-          peer->FindPropertyValues("x509_common_name");
-      if (!cn.empty()) {
-        return auth::Caller{std::string(cn[0].data(), cn[0].size()),
-                            auth::Role::kWorker};
-      }
+  // A client certificate the coordinator verified (--tls-client-ca) is
+  // refused on every call once revoked (--tls-crl); a worker may present
+  // one instead of a token when its common name matches --tls-worker-cn.
+  std::shared_ptr<const grpc::AuthContext> peer = ctx->auth_context();
+  if (peer != nullptr && peer->IsPeerAuthenticated()) {
+    auto property = [&](const char* name) {
+      std::vector<grpc::string_ref> values = peer->FindPropertyValues(name);
+      return values.empty() ? std::string()
+                            : std::string(values[0].data(), values[0].size());
+    };
+    Result<std::optional<auth::Caller>> certified = auth->CertificateCaller(
+        property("x509_pem_cert"), property("x509_common_name"));
+    if (!certified.ok()) return certified.status();
+    if (!header.has_value() && access == Access::kWorkers &&
+        certified->has_value()) {
+      return **certified;
     }
   }
   Result<auth::Caller> caller = auth->Authenticate(header);
@@ -272,6 +277,25 @@ Status PointBudget::Take(int64_t worker_id, int64_t n) {
   return Status();
 }
 
+Result<std::unique_ptr<StreamSlots::Held>> StreamSlots::Acquire(
+    const std::string& caller) {
+  MutexLock lock(&mu_);
+  int& open = open_[caller];
+  if (open >= per_caller_) {
+    return Status(StatusCode::kResourceExhausted,
+                  "'" + caller + "' already has " + std::to_string(open) +
+                      " watch or export streams open; at most " +
+                      std::to_string(per_caller_) + " at once");
+  }
+  ++open;
+  return std::make_unique<Held>(this, caller);
+}
+
+void StreamSlots::Release(const std::string& caller) {
+  MutexLock lock(&mu_);
+  if (--open_[caller] <= 0) open_.erase(caller);
+}
+
 grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
                                            const v1::SubmitSweepRequest* req,
                                            v1::SubmitSweepResponse* resp) {
@@ -416,8 +440,11 @@ grpc::Status SweepServiceImpl::WatchSweep(
     grpc::ServerContext* ctx, const v1::WatchSweepRequest* req,
     grpc::ServerWriter<v1::WatchSweepResponse>* writer) {
   return Guard(
-      metrics_, auth_, ctx, Access::kUsers, "WatchSweep", [&]() -> Status {
+      metrics_, auth_, ctx, Access::kUsers, "WatchSweep",
+      [&](const auth::Caller& caller) -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+        auto slot = streams_.Acquire(caller.name);
+        if (!slot.ok()) return slot.status();
         // A snapshot on every state change, and at least once a second so that
         // the latest metrics show while no trial changes state; but never
         // sooner after the last than 4 times what that one cost, so that a
@@ -547,8 +574,11 @@ grpc::Status SweepServiceImpl::ExportMetrics(
     grpc::ServerContext* ctx, const v1::ExportMetricsRequest* req,
     grpc::ServerWriter<v1::ExportMetricsResponse>* writer) {
   return Guard(
-      metrics_, auth_, ctx, Access::kUsers, "ExportMetrics", [&]() -> Status {
+      metrics_, auth_, ctx, Access::kUsers, "ExportMetrics",
+      [&](const auth::Caller& caller) -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
+        auto slot = streams_.Acquire(caller.name);
+        if (!slot.ok()) return slot.status();
         if (req->names_size() > kMaxExportNames) {
           return InvalidArgumentError("names: at most " +
                                       std::to_string(kMaxExportNames));

@@ -5,6 +5,8 @@
 #define MEGABATCH_SERVER_SERVICE_SERVICES_H_
 
 #include <chrono>
+#include <memory>
+#include <string>
 #include <unordered_map>
 
 #include "common/mutex.h"
@@ -18,6 +20,34 @@
 
 namespace megabatch::service {
 
+// How many server streams (WatchSweep, ExportMetrics) each caller may hold
+// open at once: each holds a coordinator thread. Thread-safe.
+class StreamSlots {
+ public:
+  explicit StreamSlots(int per_caller) : per_caller_(per_caller) {}
+  // Holds one of `caller`'s slots until destroyed.
+  class Held {
+   public:
+    Held(StreamSlots* slots, std::string caller)
+        : slots_(slots), caller_(std::move(caller)) {}
+    ~Held() { slots_->Release(caller_); }
+    Held(const Held&) = delete;
+    Held& operator=(const Held&) = delete;
+
+   private:
+    StreamSlots* slots_;
+    std::string caller_;
+  };
+  // One of `caller`'s slots, or RESOURCE_EXHAUSTED saying how many it holds.
+  Result<std::unique_ptr<Held>> Acquire(const std::string& caller);
+
+ private:
+  void Release(const std::string& caller);
+  const int per_caller_;
+  Mutex mu_;
+  std::unordered_map<std::string, int> open_ GUARDED_BY(mu_);
+};
+
 // Thread-safe. Every argument must outlive the service. `auth` null: no
 // authentication (every caller is an anonymous admin); otherwise every call
 // needs an admin or user token (a worker token is PERMISSION_DENIED), and
@@ -25,6 +55,7 @@ namespace megabatch::service {
 // authentication) to `admin_policy`.
 class SweepServiceImpl final : public v1::SweepService::Service {
  public:
+  static constexpr int kMaxStreamsPerCaller = 16;
   SweepServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
                    const store::ReadOnlyDb* results,
                    metrics::CoordinatorMetrics* metrics,
@@ -70,6 +101,7 @@ class SweepServiceImpl final : public v1::SweepService::Service {
   const auth::Authenticator* const auth_;
   const scheduler::SubmitPolicy user_policy_;
   const scheduler::SubmitPolicy admin_policy_;
+  StreamSlots streams_{kMaxStreamsPerCaller};
 };
 
 // A token bucket per worker on metric points: `rate` points per second,

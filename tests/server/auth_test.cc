@@ -41,6 +41,8 @@ class AuthTest : public testing::CoordinatorFixture {
     options.tls_cert = dir_.File("server.pem");
     options.tls_key = dir_.File("server.key");
     options.tls_client_ca = dir_.File("ca.pem");
+    options.tls_worker_cn = "gpu-node-[0-9]+";
+    options.tls_crl = dir_.File("crl.pem");
     options.metrics_listen = "127.0.0.1:0";
     std::ofstream(dir_.File("metrics.auth")) << "prometheus:s3cret\n";
     options.metrics_auth_file = dir_.File("metrics.auth");
@@ -421,6 +423,82 @@ TEST_F(AuthTest, UsersAreHeldToTheirPriorityAndPendingTrialQuotas) {
   // Cancelling frees the quota.
   ASSERT_TRUE(Cancel(Channel(tokens_["alice"]), second.sweep_id()).ok());
   EXPECT_TRUE(Submit(Channel(tokens_["alice"])).ok());
+}
+
+// Any certificate the client CA signed was a worker (a user's laptop
+// certificate registered as one), and none could be revoked.
+TEST_F(AuthTest, OnlyWorkerCertificatesAreWorkersAndRevokedOnesAreRefused) {
+  auto laptop = Channel("", "laptop");
+  grpc::Status s = Register(laptop);
+  EXPECT_EQ(s.error_code(), Code::UNAUTHENTICATED) << s.error_message();
+  // With a user's token the laptop is that user, nothing more.
+  EXPECT_TRUE(List(Channel(tokens_["alice"], "laptop")).ok());
+  EXPECT_EQ(Register(Channel(tokens_["alice"], "laptop")).error_code(),
+            Code::PERMISSION_DENIED);
+
+  auto node = Channel("", "worker");
+  int64_t worker = 0;
+  ASSERT_TRUE(Register(node, &worker).ok());
+  testing::RevokeCertificate(dir_.path(), "worker");
+  // The new list is read at the next call: no restart, with or without a
+  // token.
+  s = Lease(Channel("", "worker"), worker);
+  EXPECT_EQ(s.error_code(), Code::UNAUTHENTICATED);
+  EXPECT_THAT(s.error_message(), HasSubstr("'gpu-node-7'"));
+  EXPECT_THAT(s.error_message(), HasSubstr("is revoked"));
+  EXPECT_EQ(Register(Channel(tokens_["worker"], "worker")).error_code(),
+            Code::UNAUTHENTICATED);
+  EXPECT_TRUE(Register(Channel(tokens_["worker"])).ok());
+}
+
+TEST(CertificateFlagsTest, ARequiredClientCertificateKeepsOthersOut) {
+  testing::TempDir dir;
+  testing::MakeCertificates(dir.path());
+  if (HasFatalFailure()) return;
+  CoordinatorOptions options;
+  options.db_path = dir.File("certs.db");
+  options.listen = "127.0.0.1:0";
+  options.auth_file = dir.File("admin.token");
+  options.tls_cert = dir.File("server.pem");
+  options.tls_key = dir.File("server.key");
+  options.tls_require_client_cert = true;
+  auto refused = Coordinator::Start(options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("need --tls-client-ca"));
+  options.tls_client_ca = dir.File("ca.pem");
+  options.tls_worker_cn = "(unclosed";
+  refused = Coordinator::Start(options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("--tls-worker-cn"));
+  options.tls_worker_cn = "gpu-node-[0-9]+";
+  options.tls_crl = dir.File("ca.pem");  // not a CRL
+  refused = Coordinator::Start(options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("is not a PEM CRL"));
+  options.tls_crl = "";
+  auto started = Coordinator::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  const std::string address = "localhost:" + std::to_string((*started)->port());
+  auto call = [&](const std::string& cert) {
+    ChannelOptions o;
+    o.tls_ca_file = dir.File("ca.pem");
+    if (!cert.empty()) {
+      o.tls_cert_file = dir.File(cert + ".pem");
+      o.tls_key_file = dir.File(cert + ".key");
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(5));
+    v1::RegisterWorkerRequest req;
+    req.set_name("w");
+    req.set_slots(1);
+    v1::RegisterWorkerResponse resp;
+    return v1::WorkerService::NewStub(*MakeChannel(address, o))
+        ->RegisterWorker(&ctx, req, &resp);
+  };
+  // No certificate: the handshake fails before any RPC.
+  EXPECT_EQ(call("").error_code(), Code::UNAVAILABLE);
+  EXPECT_TRUE(call("worker").ok());
 }
 
 TEST_F(AuthTest, TheAdminTokenFileIsOwnerOnlyAndSurvivesARestart) {

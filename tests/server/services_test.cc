@@ -69,6 +69,56 @@ class ServicesTest : public testing::CoordinatorFixture {
 
 // 22,000 registered workers made one ListWorkers answer of 5 MB, past the
 // 4 MiB the API promises: it is paged.
+// Open streams hold a coordinator thread each: a caller may hold 16.
+TEST_F(ServicesTest, ACallerMayHoldSixteenStreamsAtOnce) {
+  v1::SubmitSweepResponse submitted;
+  ASSERT_TRUE(Submit("name: s\noptimizers: [{name: sgd}]\n"
+                     "batch_sizes: [128]\nbase: {lr: 0.1}\n",
+                     &submitted)
+                  .ok());
+  struct Stream {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<v1::WatchSweepResponse>> reader;
+  };
+  auto open = [&] {
+    auto s = std::make_unique<Stream>();
+    v1::WatchSweepRequest req;
+    req.set_sweep_id(submitted.sweep_id());
+    s->reader = sweeps_->WatchSweep(&s->ctx, req);
+    return s;
+  };
+  std::vector<std::unique_ptr<Stream>> streams;
+  for (int i = 0; i < service::SweepServiceImpl::kMaxStreamsPerCaller; ++i) {
+    streams.push_back(open());
+    v1::WatchSweepResponse first;
+    ASSERT_TRUE(streams.back()->reader->Read(&first)) << "stream " << i;
+  }
+  auto extra = open();
+  v1::WatchSweepResponse none;
+  EXPECT_FALSE(extra->reader->Read(&none));
+  grpc::Status refused = extra->reader->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(), HasSubstr("at most 16 at once"));
+  // Closing one frees its slot.
+  streams.back()->ctx.TryCancel();
+  streams.back()->reader->Finish();
+  streams.pop_back();
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] {
+        auto again = open();
+        v1::WatchSweepResponse first;
+        const bool ok = again->reader->Read(&first);
+        again->ctx.TryCancel();
+        again->reader->Finish();
+        return ok;
+      },
+      std::chrono::seconds(10)));
+  for (auto& s : streams) {
+    s->ctx.TryCancel();
+    s->reader->Finish();
+  }
+}
+
 TEST_F(ServicesTest, ListWorkersIsPagedAndEachWorkerComesOnce) {
   constexpr int kWorkers = 7;
   for (int i = 0; i < kWorkers; ++i) {

@@ -39,9 +39,38 @@ void MakeCertificates(const std::filesystem::path& dir) {
       " -keyout stranger.key -out stranger.csr -subj '/CN=stranger'\n"
       "openssl x509 -req -in stranger.csr -CA rogue.pem -CAkey rogue.key "
       "-CAcreateserial "
-      "-out stranger.pem -days 2\n";
+      "-out stranger.pem -days 2\n"
+      "openssl req " +
+      key +
+      " -keyout laptop.key -out laptop.csr -subj '/CN=alice-laptop'\n"
+      "openssl x509 -req -in laptop.csr -CA ca.pem -CAkey ca.key "
+      "-CAcreateserial -out laptop.pem -days 2\n"
+      // The CA's revocation list (empty): RevokeCertificate adds to it.
+      "printf '[ca]\\ndefault_ca = test\\n[test]\\ndatabase = index.txt\\n"
+      "crlnumber = crlnumber\\ndefault_md = sha256\\ndefault_crl_days = 2\\n'"
+      " > ca.cnf\n"
+      "touch index.txt; echo 01 > crlnumber\n"
+      "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem -gencrl "
+      "-out crl.pem\n";
   std::ofstream(dir / "pki.sh") << script;
   ASSERT_EQ(std::system(("bash '" + d + "/pki.sh'").c_str()), 0)
+      << "openssl failed; see " << d << "/openssl.log";
+}
+
+void RevokeCertificate(const std::filesystem::path& dir,
+                       const std::string& name) {
+  const std::string d = dir.string();
+  const std::string script =
+      "set -e; cd '" + d +
+      "'; exec 2>>openssl.log\n"
+      "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem -revoke " +
+      name +
+      ".pem\n"
+      "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem -gencrl "
+      "-out crl.tmp\n"
+      "mv crl.tmp crl.pem\n";
+  std::ofstream(dir / "revoke.sh") << script;
+  ASSERT_EQ(std::system(("bash '" + d + "/revoke.sh'").c_str()), 0)
       << "openssl failed; see " << d << "/openssl.log";
 }
 
