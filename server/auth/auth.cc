@@ -7,8 +7,9 @@
 #include <openssl/x509.h>
 #include <sys/stat.h>
 
-#include <cstdio>
 #include <memory>
+
+#include "common/channel.h"
 
 namespace megabatch::auth {
 namespace {
@@ -57,18 +58,6 @@ std::string SerialHex(const ASN1_INTEGER* serial) {
   std::string out = hex != nullptr ? hex : "";
   OPENSSL_free(hex);
   BN_free(bn);
-  return out;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"),
-                                          &std::fclose);
-  if (f == nullptr) return "";
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f.get())) > 0;) {
-    out.append(buf, n);
-  }
   return out;
 }
 
@@ -189,11 +178,15 @@ Status Authenticator::LoadRevocationsLocked() const {
   const int64_t mtime_ns =
       static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   if (mtime_ns == crl_mtime_ns_) return Status();
-  const std::string crl_pem = ReadFile(path);  // the BIO reads it in place
-  auto crl_bio = MemoryBio(crl_pem);
+  Result<std::string> crl_pem = ReadTextFile(path, "--tls-crl");
+  if (!crl_pem.ok()) return crl_pem.status();
+  Result<std::string> ca_pem =
+      ReadTextFile(certificates_.ca_file, "--tls-client-ca");
+  if (!ca_pem.ok()) return ca_pem.status();
+  auto crl_bio = MemoryBio(*crl_pem);  // reads the string in place
   std::unique_ptr<X509_CRL, CrlFree> crl(
       PEM_read_bio_X509_CRL(crl_bio.get(), nullptr, nullptr, nullptr));
-  X509Ptr ca = ReadCertificate(ReadFile(certificates_.ca_file));
+  X509Ptr ca = ReadCertificate(*ca_pem);
   if (crl == nullptr) {
     return InvalidArgumentError("--tls-crl: " + path + " is not a PEM CRL");
   }

@@ -234,16 +234,6 @@ class Watchdog {
   std::thread thread_;  // last: starts once the rest is built
 };
 
-// `text` as an SQL string literal.
-std::string QuoteSql(const std::string& text) {
-  std::string out = "'";
-  for (char c : text) {
-    out += c;
-    if (c == '\'') out += '\'';
-  }
-  return out + "'";
-}
-
 struct Finalizer {
   void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
 };
@@ -322,11 +312,14 @@ Result<QueryResult> ReadOnlyDb::Query(const std::string& sql,
     // A copy of the viewer's rows in the temp schema, which unqualified
     // names find first; the statement may read no other (the authorizer).
     // The main file stays read-only: query_only is off only for this.
-    MEGABATCH_RETURN_IF_ERROR((*db)->Exec(
-        std::string("PRAGMA query_only=OFF; CREATE TEMP TABLE ") +
-        kRequestsTable + " AS SELECT * FROM main." + kRequestsTable +
-        " WHERE owner = " + QuoteSql(*limits.viewer) +
-        "; PRAGMA query_only=ON;"));
+    MEGABATCH_RETURN_IF_ERROR((*db)->Exec("PRAGMA query_only=OFF"));
+    Result<Statement> copy = (*db)->Prepare(
+        std::string("CREATE TEMP TABLE ") + kRequestsTable +
+        " AS SELECT * FROM main." + kRequestsTable + " WHERE owner = ?");
+    if (!copy.ok()) return copy.status();
+    copy->Bind(1, *limits.viewer);
+    MEGABATCH_RETURN_IF_ERROR(copy->Run());
+    MEGABATCH_RETURN_IF_ERROR((*db)->Exec("PRAGMA query_only=ON"));
   }
   QueryGuard guard;
   guard.admin = !limits.viewer.has_value();

@@ -7,6 +7,15 @@
 #include <string>
 
 namespace megabatch::testing {
+namespace {
+
+// Writes the CA's current revocation list to crl.pem (whole, or not at all).
+constexpr const char* kGenerateCrl =
+    "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem -gencrl "
+    "-out crl.tmp\n"
+    "mv crl.tmp crl.pem\n";
+
+}  // namespace
 
 void MakeCertificates(const std::filesystem::path& dir) {
   const std::string d = dir.string();
@@ -49,9 +58,8 @@ void MakeCertificates(const std::filesystem::path& dir) {
       "printf '[ca]\\ndefault_ca = test\\n[test]\\ndatabase = index.txt\\n"
       "crlnumber = crlnumber\\ndefault_md = sha256\\ndefault_crl_days = 2\\n'"
       " > ca.cnf\n"
-      "touch index.txt; echo 01 > crlnumber\n"
-      "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem -gencrl "
-      "-out crl.pem\n";
+      "touch index.txt; echo 01 > crlnumber\n" +
+      kGenerateCrl;
   std::ofstream(dir / "pki.sh") << script;
   ASSERT_EQ(std::system(("bash '" + d + "/pki.sh'").c_str()), 0)
       << "openssl failed; see " << d << "/openssl.log";
@@ -64,11 +72,7 @@ void RevokeCertificate(const std::filesystem::path& dir,
       "set -e; cd '" + d +
       "'; exec 2>>openssl.log\n"
       "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem -revoke " +
-      name +
-      ".pem\n"
-      "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem -gencrl "
-      "-out crl.tmp\n"
-      "mv crl.tmp crl.pem\n";
+      name + ".pem\n" + kGenerateCrl;
   std::ofstream(dir / "revoke.sh") << script;
   ASSERT_EQ(std::system(("bash '" + d + "/revoke.sh'").c_str()), 0)
       << "openssl failed; see " << d << "/openssl.log";

@@ -6,6 +6,8 @@
 #include <fstream>
 #include <map>
 
+#include "worker/daemon/private_files.h"
+
 namespace megabatch::worker {
 namespace {
 
@@ -39,24 +41,17 @@ std::map<int64_t, fs::path> StepFiles(const fs::path& lease_dir) {
 
 bool Commit(const fs::path& lease_dir, int64_t step,
             const std::string& checkpoint, std::chrono::milliseconds history) {
-  fs::path tmp = lease_dir / (std::string(kCommitted) + ".tmp");
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << fs::path(checkpoint).filename().string() << "\n";
-    out.flush();
-    if (!out) {
-      spdlog::warn("cannot write {}", tmp.string());
-      return false;
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, lease_dir / kCommitted, ec);
-  if (ec) {
-    spdlog::warn("cannot commit checkpoint {}: {}", checkpoint, ec.message());
+  if (Status written =
+          WriteFileAtomically((lease_dir / kCommitted).string(),
+                              fs::path(checkpoint).filename().string() + "\n");
+      !written.ok()) {
+    spdlog::warn("cannot commit checkpoint {}: {}", checkpoint,
+                 written.message());
     return false;
   }
   // Older ones: those written within `history` stay, and so does the newest
   // written before it; the rest go.
+  std::error_code ec;
   const auto cutoff = fs::file_time_type::clock::now() - history;
   bool kept_one_older = false;
   const auto files = StepFiles(lease_dir);

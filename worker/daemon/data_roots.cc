@@ -19,13 +19,13 @@ std::optional<std::string> Resolved(const std::string& path) {
   return std::string(buf);
 }
 
+// Whether the resolved path `resolved` is one of the resolved `roots` or
+// below one.
 bool Under(const std::string& resolved, const std::vector<std::string>& roots) {
-  for (const std::string& root : roots) {
-    std::optional<std::string> r = Resolved(root);
-    if (!r) continue;
-    if (resolved == *r || (resolved.size() > r->size() &&
-                           resolved.compare(0, r->size(), *r) == 0 &&
-                           (r->back() == '/' || resolved[r->size()] == '/'))) {
+  for (const std::string& r : roots) {
+    if (resolved == r ||
+        (resolved.size() > r.size() && resolved.compare(0, r.size(), r) == 0 &&
+         (r.back() == '/' || resolved[r.size()] == '/'))) {
       return true;
     }
   }
@@ -38,16 +38,18 @@ std::string RootList(const std::vector<std::string>& roots) {
   return out.empty() ? "none" : out;
 }
 
-// OK when `path` resolves under a root to a regular file or (when
-// `directory_ok`) a directory.
-Status CheckOne(const std::string& path, const std::vector<std::string>& roots,
-                bool directory_ok, bool* is_directory) {
+// Whether `path`, which must resolve under one of `resolved_roots` (the
+// `roots` as given, for messages) to a regular file or a directory, is a
+// directory.
+Result<bool> CheckOne(const std::string& path,
+                      const std::vector<std::string>& resolved_roots,
+                      const std::vector<std::string>& roots) {
   std::optional<std::string> resolved = Resolved(path);
   if (!resolved) {
     return FailedPreconditionError("dataset.path: " + path + ": " +
                                    std::strerror(errno) + " on this worker");
   }
-  if (!Under(*resolved, roots)) {
+  if (!Under(*resolved, resolved_roots)) {
     return FailedPreconditionError(
         "dataset.path: " + path +
         (*resolved == path ? "" : " (" + *resolved + ")") +
@@ -59,27 +61,32 @@ Status CheckOne(const std::string& path, const std::vector<std::string>& roots,
     return FailedPreconditionError("dataset.path: " + path + ": " +
                                    std::strerror(errno));
   }
-  *is_directory = S_ISDIR(st.st_mode);
-  if (!S_ISREG(st.st_mode) && !(directory_ok && *is_directory)) {
+  if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
     return FailedPreconditionError(
         "dataset.path: " + path +
         " is not a regular file (a device, FIFO or socket is never read)");
   }
-  return Status();
+  return S_ISDIR(st.st_mode);
 }
 
 }  // namespace
 
 Status CheckDataPath(const std::string& path,
                      const std::vector<std::string>& roots) {
-  bool is_directory = false;
-  MEGABATCH_RETURN_IF_ERROR(CheckOne(path, roots, true, &is_directory));
-  if (!is_directory) return Status();
+  std::vector<std::string> resolved_roots;
+  for (const std::string& root : roots) {
+    if (std::optional<std::string> r = Resolved(root)) {
+      resolved_roots.push_back(*r);
+    }
+  }
+  Result<bool> is_directory = CheckOne(path, resolved_roots, roots);
+  if (!is_directory.ok()) return is_directory.status();
+  if (!*is_directory) return Status();
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(path, ec)) {
-    bool sub_directory = false;
-    MEGABATCH_RETURN_IF_ERROR(
-        CheckOne(entry.path().string(), roots, true, &sub_directory));
+    Result<bool> checked =
+        CheckOne(entry.path().string(), resolved_roots, roots);
+    if (!checked.ok()) return checked.status();
   }
   if (ec) {
     return FailedPreconditionError("dataset.path: " + path + ": " +
