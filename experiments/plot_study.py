@@ -3,11 +3,12 @@
 best lr at every batch size, against samples seen, one panel per optimizer,
 with the target drawn in.
 
-    PYTHONPATH=clients/python:build/clients/python /usr/bin/python3 \\
+    PYTHONPATH=build/clients/python/package /usr/bin/python3 \\
         experiments/plot_study.py --server 127.0.0.1:50051 --sweep 1 --out curves.png
 
 Needs Debian's python3-grpcio, python3-protobuf, python3-pandas and
-python3-matplotlib (scripts/install_deps.sh installs them).
+python3-matplotlib (scripts/install_deps.sh installs them); without PYTHONPATH once the
+client is installed (docs/api.md, "Python client").
 """
 import argparse
 
@@ -29,12 +30,12 @@ def main():
 
     # %% The report says which lr was best at each batch size.
     client = mb.connect(args.server, token_file=args.token_file)
-    report = client.report(args.sweep)
+    report = client.report_dataframe(args.sweep)
     metric = report["target_metric"] or "val_accuracy"
     best = report["rows"][["optimizer", "batch_size", "best_lr"]]
 
     # %% Every evaluation of every trial, joined with its trial's settings.
-    curves = client.export(args.sweep, [metric])
+    curves = client.export_dataframe(args.sweep, [metric])
     curves["samples"] = curves["step"] * curves["batch_size"]
     curves = curves.merge(best, left_on=["optimizer", "batch_size", "lr"],
                           right_on=["optimizer", "batch_size", "best_lr"])

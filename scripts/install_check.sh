@@ -17,6 +17,10 @@ for f in bin/megabatch-coordinator bin/megabatch-worker bin/megabatch-trainer bi
          lib/systemd/system/megabatch-coordinator.service share/doc/megabatch/README.md; do
   [[ -e "$prefix/$f" ]] || { echo "megabatch: install is missing $f" >&2; exit 1; }
 done
+# The Python client, importable from the installed tree alone.
+PYTHONPATH="$prefix/lib/python3/dist-packages" /usr/bin/python3 -c \
+  'import megabatch_client as mb; assert "completed" in mb.TRIAL_STATES' ||
+  { echo "megabatch: the installed Python client does not import" >&2; exit 1; }
 echo "megabatch: installed into $prefix; running the quick start from it" >&2
 MEGABATCH_BIN_DIR="$prefix/bin" bash "$root/scripts/quickstart.sh" \
   "$prefix/share/megabatch/experiments/quickstart.yaml" >"$prefix/quickstart.out"
@@ -30,7 +34,8 @@ sed -n '/^Results of sweep/,/^$/p' "$prefix/quickstart.out"
 deb=$(ls -t "$build"/megabatch_*_amd64.deb | head -1)
 listing=$(dpkg-deb -c "$deb")
 for f in usr/bin/megabatch-coordinator usr/bin/megabatch-worker usr/bin/megabatch-trainer \
-         usr/bin/megabatch usr/lib/systemd/system/megabatch-worker.service; do
+         usr/bin/megabatch usr/lib/systemd/system/megabatch-worker.service \
+         usr/lib/python3/dist-packages/megabatch_client/_pb/megabatch_pb2_grpc.py; do
   grep -q " ./$f\$" <<<"$listing" || { echo "megabatch: $deb lacks /$f" >&2; exit 1; }
 done
 echo "megabatch: $(basename "$deb") built; depends: $(dpkg-deb -f "$deb" Depends | cut -c1-80)..." >&2

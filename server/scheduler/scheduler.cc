@@ -91,6 +91,7 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
         " (--max-model-parameters)");
   }
   std::vector<spec::TrialSpec> trials = spec::ExpandSweep(*spec);
+  MEGABATCH_RETURN_IF_ERROR(spec::CheckTrialConfigs(trials));
   if (policy.max_pending_trials > 0) {
     Result<int64_t> pending = store_->PendingTrials(owner);
     if (!pending.ok()) return pending.status();

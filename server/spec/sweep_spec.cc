@@ -11,19 +11,17 @@
 #include <sstream>
 
 #include "common/datasets.h"
+#include "common/json_text.h"
 #include "common/model_catalog.h"
 #include "common/optimizer_catalog.h"
 #include "common/selection_metrics.h"
+#include "common/trial_config.h"
 
 namespace megabatch::spec {
 namespace {
 
 using nlohmann::json;
 
-constexpr const char* kDefaultFashionMnistPath =
-    "/usr/share/datasets/fashion-mnist";
-// Debian's fortunes (worker/trainer/data/text_corpus.h).
-constexpr const char* kDefaultTextCorpusPath = "/usr/share/games/fortunes";
 constexpr size_t kMaxListLength = 1000;
 
 // Converts a YAML node to JSON. Plain scalars become numbers, booleans or null
@@ -59,12 +57,6 @@ json YamlToJson(const YAML::Node& node) {
   if (s == ".inf" || s == ".Inf")
     return std::numeric_limits<double>::infinity();
   if (s == ".nan" || s == ".NaN") return std::nan("");
-  return s;
-}
-
-std::string Describe(const json& v) {
-  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 60) s = s.substr(0, 57) + "...";
   return s;
 }
 
@@ -104,7 +96,7 @@ class Fields {
     }
     if (!v->is_string()) {
       return InvalidArgumentError(Path(key) + ": must be a string, got " +
-                                  Describe(*v));
+                                  DescribeJson(*v));
     }
     *out = v->get<std::string>();
     if (out->empty() || out->size() > kMaxNameLength) {
@@ -112,6 +104,21 @@ class Fields {
                                   std::to_string(kMaxNameLength) +
                                   " characters long");
     }
+    return Status::Ok();
+  }
+
+  // A field the trial config carries as it is (common/trial_config.h):
+  // checked, and defaulted, by its entry there, as the trainer does.
+  template <typename T>
+  Status Trial(std::string_view key, T* out) {
+    const std::string path = Path(key);
+    const json* v = Get(key);
+    if (v == nullptr) {
+      *out = TrialConfigDefault(*FindTrialConfigField(path)).get<T>();
+      return Status::Ok();
+    }
+    MEGABATCH_RETURN_IF_ERROR(CheckTrialConfigValue(path, *v));
+    *out = v->get<T>();
     return Status::Ok();
   }
 
@@ -164,7 +171,7 @@ class Fields {
     }
     if (!v->is_boolean()) {
       return InvalidArgumentError(Path(key) + ": must be true or false, got " +
-                                  Describe(*v));
+                                  DescribeJson(*v));
     }
     *out = v->get<bool>();
     return Status::Ok();
@@ -188,7 +195,7 @@ class Fields {
                      std::fabs(v.get<double>()) < 9e15);
     if (!integral) {
       return InvalidArgumentError(path + ": must be an integer, got " +
-                                  Describe(v));
+                                  DescribeJson(v));
     }
     int64_t x = v.is_number_float() ? static_cast<int64_t>(v.get<double>())
                                     : v.get<int64_t>();
@@ -203,7 +210,7 @@ class Fields {
       } else {
         m << "between " << lo << " and " << hi;
       }
-      m << ", got " << Describe(v);
+      m << ", got " << DescribeJson(v);
       return InvalidArgumentError(m.str());
     }
     *out = x;
@@ -214,13 +221,13 @@ class Fields {
                             double lo, bool lo_open) {
     if (!v.is_number() || !std::isfinite(v.get<double>())) {
       return InvalidArgumentError(path + ": must be a finite number, got " +
-                                  Describe(v));
+                                  DescribeJson(v));
     }
     double x = v.get<double>();
     if (lo_open ? !(x > lo) : !(x >= lo)) {
       std::ostringstream m;
       m << path << ": must be " << (lo_open ? "> " : ">= ") << lo << ", got "
-        << Describe(v);
+        << DescribeJson(v);
       return InvalidArgumentError(m.str());
     }
     *out = x;
@@ -236,7 +243,7 @@ class Fields {
 Status RequireObject(const json* v, const std::string& path) {
   if (v != nullptr && !v->is_object()) {
     return InvalidArgumentError(path + ": must be a mapping, got " +
-                                Describe(*v));
+                                DescribeJson(*v));
   }
   return Status::Ok();
 }
@@ -244,7 +251,8 @@ Status RequireObject(const json* v, const std::string& path) {
 Status RequireList(const json* v, const std::string& path) {
   if (v == nullptr) return Status::Ok();
   if (!v->is_array()) {
-    return InvalidArgumentError(path + ": must be a list, got " + Describe(*v));
+    return InvalidArgumentError(path + ": must be a list, got " +
+                                DescribeJson(*v));
   }
   if (v->empty()) return InvalidArgumentError(path + ": must not be empty");
   if (v->size() > kMaxListLength) {
@@ -397,12 +405,7 @@ Status ParseDataset(Fields& top, const json& model,
                                   path);
     }
     double fraction;
-    MEGABATCH_RETURN_IF_ERROR(
-        f.Number("validation_fraction", &fraction, 0.05, 0, true));
-    if (fraction >= 1) {
-      return InvalidArgumentError(
-          "dataset.validation_fraction: must be below 1");
-    }
+    MEGABATCH_RETURN_IF_ERROR(f.Trial("validation_fraction", &fraction));
     MEGABATCH_RETURN_IF_ERROR(f.NoUnknown());
     *out = {{"name", name}, {"path", path}, {"validation_fraction", fraction}};
     // An upper bound (the trainer counts exactly and refuses a batch larger
@@ -486,7 +489,7 @@ Status ParseOptimizer(const json& v, const std::string& path,
           if (!given->is_array() || given->size() != 2) {
             return InvalidArgumentError(
                 opt_path + ": must be a list of two numbers, got " +
-                Describe(*given));
+                DescribeJson(*given));
           }
           for (int i = 0; i < 2; ++i) {
             double x;
@@ -528,14 +531,10 @@ Status ParseSchedule(Fields& top, json* out) {
     (*out)["warmup_steps"] = steps;
   }
   std::string decay;
-  MEGABATCH_RETURN_IF_ERROR(f.String("decay", &decay, std::string("constant")));
-  if (decay != "poly" && decay != "cosine" && decay != "constant") {
-    return InvalidArgumentError("schedule.decay: unknown decay '" + decay +
-                                "'; supported: poly, cosine, constant");
-  }
+  MEGABATCH_RETURN_IF_ERROR(f.Trial("decay", &decay));
   (*out)["decay"] = decay;
   double power;
-  MEGABATCH_RETURN_IF_ERROR(f.Number("power", &power, 1.0, 0, true));
+  MEGABATCH_RETURN_IF_ERROR(f.Trial("power", &power));
   (*out)["power"] = power;
   std::string from;
   MEGABATCH_RETURN_IF_ERROR(f.Choice("warmup_from", &from, {"zero", "base"}));
@@ -564,7 +563,7 @@ Status ParseBudget(Fields& top, json* out) {
     if (epochs > kMaxEpochs) {
       return InvalidArgumentError("budget.epochs: at most " +
                                   std::to_string(kMaxEpochs) + ", got " +
-                                  Describe(*f.Get("epochs")));
+                                  DescribeJson(*f.Get("epochs")));
     }
     *out = {{"epochs", epochs}};
   } else {
@@ -695,12 +694,12 @@ Status ParseStrategy(Fields& top, int64_t train_samples, json* out) {
   if (span > kMaxAdaptiveSpan) {
     return InvalidArgumentError("strategy.span: must be at most " +
                                 std::to_string(kMaxAdaptiveSpan) + ", got " +
-                                Describe(*f.Get("span")));
+                                DescribeJson(*f.Get("span")));
   }
   if (search_fraction > 1) {
     return InvalidArgumentError(
         "strategy.search_fraction: must be at most 1, got " +
-        Describe(*f.Get("search_fraction")));
+        DescribeJson(*f.Get("search_fraction")));
   }
   *out = {{"type", type},
           {"max_batch_size", max_batch},
@@ -732,7 +731,7 @@ Result<SweepSpec> SweepSpecFromJson(
     const json& doc, const std::vector<std::string>* data_roots) {
   if (!doc.is_object()) {
     return InvalidArgumentError("spec: must be a mapping of fields, got " +
-                                Describe(doc));
+                                DescribeJson(doc));
   }
   SweepSpec s;
   Fields top(doc, "");
@@ -845,8 +844,7 @@ Result<SweepSpec> SweepSpecFromJson(
     return InvalidArgumentError(
         "eval_every_samples: give it or eval_every_steps, not both");
   }
-  MEGABATCH_RETURN_IF_ERROR(
-      top.Choice("noise_scale", &s.noise_scale, {"auto", "always", "off"}));
+  MEGABATCH_RETURN_IF_ERROR(top.Trial("noise_scale", &s.noise_scale));
   for (int64_t b : s.batch_sizes) {
     // A step of one micro-batch on one rank is measured by its two halves.
     const bool one_part =
@@ -864,11 +862,9 @@ Result<SweepSpec> SweepSpecFromJson(
                                     &s.diagnostics_every_steps, 0, 0,
                                     int64_t{1} << 40));
   MEGABATCH_RETURN_IF_ERROR(
-      top.Number("divergence_factor", &s.divergence_factor, 10.0, 1, true));
-  MEGABATCH_RETURN_IF_ERROR(
-      top.Choice("device", &s.device, {"auto", "cpu", "cuda"}));
-  MEGABATCH_RETURN_IF_ERROR(
-      top.Choice("precision", &s.precision, {"fp32", "bf16", "fp16"}));
+      top.Trial("divergence_factor", &s.divergence_factor));
+  MEGABATCH_RETURN_IF_ERROR(top.Trial("device", &s.device));
+  MEGABATCH_RETURN_IF_ERROR(top.Trial("precision", &s.precision));
   if (s.precision != "fp32" && s.device == "cpu") {
     return InvalidArgumentError("precision: " + s.precision +
                                 " autocast needs device cuda or auto");
@@ -1276,6 +1272,29 @@ int64_t EstimateParameters(const json& model) {
     return add(add(n, mul(layers, block)), bias ? vocab : 0);
   }
   return 0;
+}
+
+Status CheckTrialConfigs(const std::vector<TrialSpec>& trials) {
+  for (const TrialSpec& t : trials) {
+    // As a worker hands it over: with its own fields and, for a
+    // data-parallel trial, a rendezvous.
+    json runnable = t.config;
+    SetWorkerFields(&runnable, 1, "checkpoint.pt");
+    if (t.ranks > 1) {
+      Rendezvous r;
+      r.world_size = t.ranks;
+      r.host = "127.0.0.1";
+      r.port = 1;
+      SetRendezvous(&runnable, r);
+    }
+    Result<TrialConfig> config = ParseTrialConfig(runnable);
+    if (!config.ok()) {
+      return InvalidArgumentError(
+          "trial " + std::to_string(t.index) + " (" + t.optimizer + ", batch " +
+          std::to_string(t.batch_size) + "): " + config.status().message());
+    }
+  }
+  return Status::Ok();
 }
 
 std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec) {

@@ -148,6 +148,11 @@ int64_t EstimateParameters(const nlohmann::json& model);
 // lr_multipliers x seeds (none for an adaptive spec: its planner makes them).
 std::vector<TrialSpec> ExpandSweep(const SweepSpec& spec);
 
+// Reads every trial's config as the trainer will (ParseTrialConfig,
+// common/trial_config.h): INVALID_ARGUMENT names the first trial that
+// would not run, and why.
+Status CheckTrialConfigs(const std::vector<TrialSpec>& trials);
+
 // One trial of `spec`: `optimizer` at `batch_size` with peak lr `lr`
 // (`multiplier` times the scaled lr, as recorded), `seed`, and `budget`
 // (the spec's when null).

@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/trial_config.h"
 #include "server/store/sweep_store.h"  // IWYU pragma: associated
 
 namespace megabatch::store {
@@ -296,10 +297,12 @@ Result<std::optional<std::vector<Lease>>> SweepStore::GrantLocked(
       lease.config_json = pick.config_json;
     } else {
       nlohmann::json config = nlohmann::json::parse(pick.config_json);
-      config["distributed"] = {{"world_size", pick.ranks},
-                               {"rank", r},
-                               {"host", host},
-                               {"port", port}};
+      Rendezvous rendezvous;
+      rendezvous.world_size = pick.ranks;
+      rendezvous.rank = r;
+      rendezvous.host = host;
+      rendezvous.port = port;
+      SetRendezvous(&config, rendezvous);
       lease.config_json = config.dump();
     }
     leases.push_back(std::move(lease));

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/selection_metrics.h"
+#include "common/trial_config.h"
 #include "server/planner/adaptive.h"
 #include "server/planner/early_stopping.h"
 #include "server/store/schema.h"
@@ -273,8 +274,7 @@ Status SweepStore::InsertTrialsLocked(
     MEGABATCH_RETURN_IF_ERROR(trial->Run());
     int64_t trial_id = db_->LastInsertRowid();
     nlohmann::json config = t.config;
-    config["trial_id"] = trial_id;
-    config["sweep_id"] = sweep_id;
+    SetCoordinatorIds(&config, trial_id, sweep_id);
     set_config->Reset();
     set_config->Bind(1, config.dump()).Bind(2, trial_id);
     MEGABATCH_RETURN_IF_ERROR(set_config->Run());

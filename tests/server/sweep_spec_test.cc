@@ -344,7 +344,7 @@ TEST(SweepSpecTest, WrongTypes) {
   ExpectInvalid(WithLine("lr_scaling", "lr_scaling: cubic"),
                 "lr_scaling: unknown rule 'cubic'");
   ExpectInvalid(WithLine("schedule", "schedule: {decay: step}"),
-                "schedule.decay: unknown decay 'step'");
+                "schedule.decay: unknown value 'step'");
   ExpectInvalid(
       WithLine("schedule", "schedule: {warmup_epochs: 1, warmup_steps: 5}"),
       "schedule: give warmup_epochs or warmup_steps");

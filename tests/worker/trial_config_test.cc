@@ -69,8 +69,8 @@ TEST(TrialConfigTest, BadFieldsAreNamed) {
   bad({{"model", {{"type", "vit"}}}}, "model.type");
   bad({{"batch_size", "big"}}, "batch_size");
   bad({{"budget", {{"epochs", 1}, {"steps", 2}}}}, "budget");
-  bad({{"device", "tpu"}}, "device: unknown device 'tpu'");
-  bad({{"precision", "fp8"}}, "precision: unknown precision 'fp8'");
+  bad({{"device", "tpu"}}, "device: unknown value 'tpu'");
+  bad({{"precision", "fp8"}}, "precision: unknown value 'fp8'");
 }
 
 }  // namespace

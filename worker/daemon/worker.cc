@@ -19,6 +19,7 @@
 
 #include "common/grpc_status.h"
 #include "common/trainer_protocol.h"
+#include "common/trial_config.h"
 #include "worker/daemon/checkpoint_committer.h"
 #include "worker/daemon/data_roots.h"
 #include "worker/daemon/line_reader.h"
@@ -440,8 +441,6 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
         "without checkpoints",
         lease.trial_id(), a.lease_dir.string(), ec.message());
   }
-  config["checkpoint_path"] = (a.lease_dir / "checkpoint.pt").string();
-  config["checkpoint_per_step"] = true;
   a.threads = options_.threads_per_slot;
   if (config.value("checkpoint_every_steps", 0) > 0) {
     a.resume_from = CheckpointCommitter::Latest(
@@ -472,7 +471,7 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
       }
     }
   }
-  config["threads"] = a.threads;
+  SetWorkerFields(&config, a.threads, (a.lease_dir / "checkpoint.pt").string());
   a.config_path = (dir / "config.json").string();
   if (Status written = WriteFileAtomically(a.config_path, config.dump(2));
       !written.ok()) {

@@ -25,6 +25,7 @@
 #include "worker/trainer/optim/lamb.h"
 #include "worker/trainer/optim/lars.h"
 #include "worker/trainer/optim/registry.h"
+#include "worker/trainer/schedule/lr_schedule.h"
 
 namespace megabatch::trainer {
 namespace {

@@ -5,50 +5,70 @@
     sweep = client.submit(open("experiments/quickstart.yaml").read())
     for update in client.watch(sweep):          # until the sweep ends
         print(update["state"], update["done"], "/", update["trials_total"])
-    trials = client.trials(sweep)               # pandas DataFrame (or list of dicts)
-    report = client.report(sweep)               # {"rows": ..., "fits": ..., ...}
-    curves = client.export(sweep, ["val_accuracy"])
+    trials = client.trials(sweep)               # a list of dicts
+    frame = client.trials_dataframe(sweep)      # the same as a pandas DataFrame
+    report = client.report(sweep)               # {"rows": [...], "fits": [...], ...}
+    curves = client.export_dataframe(sweep, ["val_accuracy"])
     best = client.query("SELECT * FROM sweep_scaling WHERE sweep_id = %d" % sweep)
 
-Tables are pandas DataFrames when pandas is installed (Debian's
-python3-pandas), lists of dicts otherwise. Listings are paged under the hood
-(every message stays under gRPC's default 4 MiB limit). Errors are
-grpc.RpcError with the coordinator's status code and message.
+Every method that returns a table has a list-of-dicts form and a
+`*_dataframe` form (pandas: Debian's python3-pandas; the `*_dataframe`
+methods raise ImportError without it). Listings are paged under the hood
+(every message stays under gRPC's default 4 MiB limit). A failed call raises
+MegabatchError, or its subclass for the status code (InvalidArgument,
+NotFound, PermissionDenied, Unauthenticated, ResourceExhausted, Unavailable),
+with `.code` and `.message`; the gRPC error is its __cause__.
 
-The stubs (megabatch/v1/megabatch_pb2*.py) are generated at build time into
-build/clients/python with Debian's protoc and grpc_python_plugin; put that
-folder and this one on PYTHONPATH.
+Install: `pip install --no-build-isolation --no-deps build/clients/python/package`
+(the build stages the package there with its generated stubs), or the .deb /
+`cmake --install`, which put it in the system Python.
 """
 
 import os
 import uuid
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import grpc
 
-from megabatch.v1 import megabatch_pb2 as pb
-from megabatch.v1 import megabatch_pb2_grpc as pb_grpc
+from megabatch_client._pb import megabatch_pb2 as pb
+from megabatch_client._pb import megabatch_pb2_grpc as pb_grpc
+from megabatch_client.errors import (InvalidArgument, MegabatchError, NotFound, PermissionDenied,
+                                     ResourceExhausted, Unauthenticated, Unavailable,
+                                     from_rpc_error)
 
-try:
-    import pandas as _pandas
-except ImportError:  # plain lists of dicts then
-    _pandas = None
+__all__ = ["connect", "Client", "MegabatchError", "InvalidArgument", "NotFound",
+           "PermissionDenied", "Unauthenticated", "ResourceExhausted", "Unavailable",
+           "SWEEP_STATES", "TRIAL_STATES", "FINAL_SWEEP_STATES"]
 
-__all__ = ["connect", "Client"]
-
-_FINAL = {"completed", "failed", "cancelled"}
-
-
-def _table(rows, columns=None):
-    if _pandas is None:
-        return rows
-    return _pandas.DataFrame(rows, columns=columns)
+Row = Dict[str, Any]
 
 
-def _state(enum, value, prefix):
+def _state_names(enum: Any, prefix: str) -> List[str]:
+    return [name[len(prefix):].lower() for name in enum.keys()
+            if not name.endswith("UNSPECIFIED")]
+
+
+# The state names, from the proto (the one definition the coordinator uses).
+SWEEP_STATES: List[str] = _state_names(pb.SweepState, "SWEEP_STATE_")
+TRIAL_STATES: List[str] = _state_names(pb.TrialState, "TRIAL_STATE_")
+FINAL_SWEEP_STATES = frozenset({"completed", "failed", "cancelled"})
+
+
+def _dataframe(rows: List[Row], columns: Optional[List[str]] = None) -> Any:
+    try:
+        import pandas
+    except ImportError as e:
+        raise ImportError("megabatch_client: the *_dataframe methods need pandas "
+                          "(Debian: apt-get install python3-pandas); the methods "
+                          "without _dataframe return lists of dicts") from e
+    return pandas.DataFrame(rows, columns=columns)
+
+
+def _state(enum: Any, value: int, prefix: str) -> str:
     return enum.Name(value)[len(prefix):].lower()
 
 
-def _sweep(s):
+def _sweep(s: Any) -> Row:
     done = (s.trials_completed + s.trials_failed + s.trials_cancelled + s.trials_diverged
             + s.trials_pruned)
     return {"id": s.id, "name": s.name, "state": _state(pb.SweepState, s.state, "SWEEP_STATE_"),
@@ -58,17 +78,19 @@ def _sweep(s):
             "cancelled": s.trials_cancelled, "owner": s.owner}
 
 
-def _trial(t):
+def _trial(t: Any) -> Row:
+    """A trial with every metric's latest value (whatever its model logs:
+    val_accuracy, val_bpc, val_mlm_loss, ...) as a column of its own."""
     row = {"trial_id": t.id, "sweep_id": t.sweep_id, "index": t.index, "optimizer": t.optimizer,
            "batch_size": t.batch_size, "lr": t.lr, "lr_multiplier": t.lr_multiplier,
            "seed": t.seed, "state": _state(pb.TrialState, t.state, "TRIAL_STATE_"),
            "attempts": t.attempts, "error": t.error}
-    for name in ("epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy"):
-        row[name] = t.latest_metrics.get(name)
+    for name in sorted(t.latest_metrics):
+        row.setdefault(name, t.latest_metrics[name])
     return row
 
 
-def _fields(message):
+def _fields(message: Any) -> Row:
     """A message's set fields as a dict (unset optional fields as None)."""
     out = {}
     for field in message.DESCRIPTOR.fields:
@@ -80,34 +102,46 @@ def _fields(message):
 class Client:
     """One channel to a coordinator. Thread-safe as grpc channels are."""
 
-    def __init__(self, channel, token=None):
+    def __init__(self, channel: grpc.Channel, token: Optional[str] = None,
+                 stub: Any = None) -> None:
         self._channel = channel
-        self._stub = pb_grpc.SweepServiceStub(channel)
+        self._stub = stub if stub is not None else pb_grpc.SweepServiceStub(channel)
         self._metadata = (("authorization", "Bearer " + token),) if token else ()
 
-    def close(self):
-        self._channel.close()
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _call(self, method, request, **kwargs):
-        return getattr(self._stub, method)(request, metadata=self._metadata, **kwargs)
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
 
-    def submit(self, spec, request_id=None, format=""):
+    def _stream(self, method: str, request: Any) -> Iterator[Any]:
+        try:
+            for item in getattr(self._stub, method)(request, metadata=self._metadata):
+                yield item
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
+
+    def submit(self, spec: str, request_id: Optional[str] = None, format: str = "") -> int:
         """Submits a spec (YAML or JSON text) and returns the sweep id. A
         request id makes a retry safe: the same id and spec return the same
         sweep; `request_id=None` picks a fresh one."""
         request = pb.SubmitSweepRequest(spec=spec, format=format,
                                         request_id=request_id or uuid.uuid4().hex)
-        return self._call("SubmitSweep", request).sweep_id
+        return int(self._call("SubmitSweep", request).sweep_id)
 
-    def _pages(self, method, request, field):
+    def _pages(self, method: str, request: Any, field: str) -> List[Any]:
         """Every item of a paged listing (AIP-158), one page at a time."""
-        items = []
+        items: List[Any] = []
         while True:
             page = self._call(method, request)
             items += getattr(page, field)
@@ -115,60 +149,71 @@ class Client:
                 return items
             request.page_token = page.next_page_token
 
-    def _trial_rows(self, sweep):
+    def sweeps(self) -> List[Row]:
+        """Every sweep the token may read, with its progress."""
+        return [_sweep(s) for s in self._pages("ListSweeps", pb.ListSweepsRequest(), "sweeps")]
+
+    def sweeps_dataframe(self) -> Any:
+        return _dataframe(self.sweeps())
+
+    def status(self, sweep: int) -> Row:
+        return _sweep(self._call("GetSweep", pb.GetSweepRequest(sweep_id=sweep)))
+
+    def cancel(self, sweep: int) -> Row:
+        return _sweep(self._call("CancelSweep", pb.CancelSweepRequest(sweep_id=sweep)))
+
+    def trials(self, sweep: int) -> List[Row]:
+        """Every trial of the sweep with the latest value of each metric."""
         return [_trial(t) for t in
                 self._pages("ListTrials", pb.ListTrialsRequest(sweep_id=sweep), "trials")]
 
-    def sweeps(self):
-        return _table([_sweep(s) for s in
-                       self._pages("ListSweeps", pb.ListSweepsRequest(), "sweeps")])
+    def trials_dataframe(self, sweep: int) -> Any:
+        return _dataframe(self.trials(sweep))
 
-    def status(self, sweep):
-        return _sweep(self._call("GetSweep", pb.GetSweepRequest(sweep_id=sweep)))
-
-    def cancel(self, sweep):
-        return _sweep(self._call("CancelSweep", pb.CancelSweepRequest(sweep_id=sweep)))
-
-    def trials(self, sweep):
-        """Every trial of the sweep with its latest epoch, losses and accuracies."""
-        return _table(self._trial_rows(sweep))
-
-    def watch(self, sweep):
+    def watch(self, sweep: int) -> Iterator[Row]:
         """Yields the sweep's progress (a dict, with `changed`: the trials that
         changed since the last update) until it reaches a final state."""
-        for update in self._call("WatchSweep", pb.WatchSweepRequest(sweep_id=sweep)):
+        for update in self._stream("WatchSweep", pb.WatchSweepRequest(sweep_id=sweep)):
             progress = _sweep(update.sweep)
             progress["changed"] = [_trial(t) for t in update.trials]
             progress["snapshot_complete"] = update.snapshot_complete
             yield progress
-            if progress["state"] in _FINAL and update.snapshot_complete:
+            if progress["state"] in FINAL_SWEEP_STATES and update.snapshot_complete:
                 return
 
-    def wait(self, sweep):
+    def wait(self, sweep: int) -> Optional[Row]:
         """Blocks until the sweep ends; returns its final status."""
         last = None
         for last in self.watch(sweep):
             pass
         return last
 
-    def report(self, sweep):
+    def report(self, sweep: int) -> Dict[str, Any]:
         """The large-batch report: `rows` (per optimizer and batch size),
-        `fits` (the critical batch per optimizer, with intervals), `diverged`."""
+        `fits` (the critical batch per optimizer, with intervals), `diverged`,
+        each a list of dicts."""
         r = self._call("GetSweepReport", pb.GetSweepReportRequest(sweep_id=sweep))
         return {"sweep": _sweep(r.sweep),
                 "target_metric": r.target_metric or None,
                 "target_value": r.target_value if r.HasField("target_value") else None,
-                "rows": _table([_fields(x) for x in r.rows]),
-                "fits": _table([_fields(x) for x in r.fits]),
-                "diverged": _table([_fields(x) for x in r.diverged])}
+                "rows": [_fields(x) for x in r.rows],
+                "fits": [_fields(x) for x in r.fits],
+                "diverged": [_fields(x) for x in r.diverged]}
 
-    def export(self, sweep, names=()):
+    def report_dataframe(self, sweep: int) -> Dict[str, Any]:
+        """report() with `rows`, `fits` and `diverged` as DataFrames."""
+        report = self.report(sweep)
+        for key in ("rows", "fits", "diverged"):
+            report[key] = _dataframe(report[key])
+        return report
+
+    def export(self, sweep: int, names: Sequence[str] = ()) -> List[Row]:
         """Every stored metric point of the sweep (or only `names`), joined
         with its trial's optimizer, batch size, lr and seed."""
-        trials = {t["trial_id"]: t for t in self._trial_rows(sweep)}
+        trials = {t["trial_id"]: t for t in self.trials(sweep)}
         rows = []
         request = pb.ExportMetricsRequest(sweep_id=sweep, names=list(names))
-        for chunk in self._call("ExportMetrics", request):
+        for chunk in self._stream("ExportMetrics", request):
             for m in chunk.rows:
                 t = trials.get(m.trial_id, {})
                 rows.append({"trial_id": m.trial_id, "optimizer": t.get("optimizer"),
@@ -176,12 +221,17 @@ class Client:
                              "seed": t.get("seed"), "name": m.name, "step": m.step,
                              "value": m.value if m.HasField("value") else None,
                              "recorded_at": m.recorded_at})
-        return _table(rows)
+        return rows
 
-    def query(self, sql, max_rows=0, timeout_ms=0):
-        """One read-only SQL statement on the results database."""
-        r = self._call("Query", pb.QueryRequest(sql=sql, max_rows=max_rows,
-                                                timeout_ms=timeout_ms))
+    def export_dataframe(self, sweep: int, names: Sequence[str] = ()) -> Any:
+        return _dataframe(self.export(sweep, names))
+
+    def _query(self, sql: str, max_rows: int, timeout_ms: int) -> Any:
+        return self._call("Query", pb.QueryRequest(sql=sql, max_rows=max_rows,
+                                                   timeout_ms=timeout_ms))
+
+    @staticmethod
+    def _rows(r: Any) -> List[Row]:
         rows = []
         for row in r.rows:
             values = []
@@ -189,10 +239,19 @@ class Client:
                 kind = v.WhichOneof("kind")
                 values.append(None if kind is None else getattr(v, kind))
             rows.append(dict(zip(r.columns, values)))
-        return _table(rows, columns=list(r.columns))
+        return rows
+
+    def query(self, sql: str, max_rows: int = 0, timeout_ms: int = 0) -> List[Row]:
+        """One read-only SQL statement on the results database."""
+        return self._rows(self._query(sql, max_rows, timeout_ms))
+
+    def query_dataframe(self, sql: str, max_rows: int = 0, timeout_ms: int = 0) -> Any:
+        r = self._query(sql, max_rows, timeout_ms)
+        return _dataframe(self._rows(r), columns=list(r.columns))
 
 
-def connect(server="127.0.0.1:50051", token_file=None, tls_ca=None, token=None):
+def connect(server: str = "127.0.0.1:50051", token_file: Optional[str] = None,
+            tls_ca: Optional[str] = None, token: Optional[str] = None) -> Client:
     """A client of the coordinator at `server`. `token_file` (or $MEGABATCH_TOKEN,
     or `token`) is the bearer token; `tls_ca` a CA certificate (PEM) for a TLS
     coordinator (plaintext otherwise: loopback only, as the coordinator allows)."""

@@ -120,16 +120,4 @@ std::string JoinDocuments(const std::vector<std::string>& documents) {
   return out;
 }
 
-std::string DefaultCacheDir() {
-  if (const char* dir = std::getenv("MEGABATCH_CACHE_DIR"); dir && *dir)
-    return dir;
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) {
-    return (fs::path(xdg) / "megabatch").string();
-  }
-  if (const char* home = std::getenv("HOME"); home && *home) {
-    return (fs::path(home) / ".cache" / "megabatch").string();
-  }
-  return "/tmp/megabatch-cache";
-}
-
 }  // namespace megabatch::trainer

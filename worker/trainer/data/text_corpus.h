@@ -13,12 +13,10 @@
 #include <string_view>
 #include <vector>
 
+#include "common/datasets.h"
 #include "common/status.h"
 
 namespace megabatch::trainer {
-
-inline constexpr const char* kDefaultTextCorpusPath =
-    "/usr/share/games/fortunes";
 
 struct TextCorpus {
   std::vector<std::string> train;       // documents, in corpus order
@@ -48,10 +46,6 @@ bool InValidation(std::string_view document, double validation_fraction);
 // The documents joined into one character stream, each followed by a blank
 // line (the char_lstm training and validation text).
 std::string JoinDocuments(const std::vector<std::string>& documents);
-
-// Where derived data (tokenizers, token ids) is cached: $MEGABATCH_CACHE_DIR,
-// else $XDG_CACHE_HOME/megabatch, else ~/.cache/megabatch.
-std::string DefaultCacheDir();
 
 }  // namespace megabatch::trainer
 

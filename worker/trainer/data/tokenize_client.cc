@@ -102,7 +102,7 @@ Result<TokenIds> LoadTokenIds(const TrialConfig& config) {
   MEGABATCH_RETURN_IF_ERROR(
       Run({FindTool(), "--corpus", config.dataset_path, "--vocab-size",
            std::to_string(config.vocab_size), "--validation-fraction",
-           fraction.str(), "--cache-dir", config.cache_dir, "--threads",
+           fraction.str(), "--cache-dir", CacheDirOf(config), "--threads",
            std::to_string(config.threads)},
           &out, &status));
   nlohmann::json reply = nlohmann::json::parse(out, nullptr, false);

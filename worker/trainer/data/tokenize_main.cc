@@ -15,7 +15,7 @@
 
 int main(int argc, char** argv) {
   megabatch::trainer::TokenizeOptions options;
-  options.cache_dir = megabatch::trainer::DefaultCacheDir();
+  options.cache_dir = megabatch::DefaultCacheDir();
   auto fail = [](megabatch::StatusCode code, const std::string& message) {
     std::cout << nlohmann::json{{"code", static_cast<int>(code)},
                                 {"message", message}}

@@ -10,9 +10,11 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/trial_config.h"
+
 namespace megabatch::trainer {
 
-enum class Decay { kConstant, kPoly, kCosine };
+using megabatch::Decay;
 
 struct LrSchedule {
   double peak = 0;

@@ -258,7 +258,7 @@ class MlmTask : public Task {
 
 Result<std::unique_ptr<Task>> MakeTask(const TrialConfig& config) {
   if (config.model_type == "mlp" || config.model_type == "cnn") {
-    auto data = LoadFashionMnistCached(config.dataset_path, config.cache_dir);
+    auto data = LoadFashionMnistCached(config.dataset_path, CacheDirOf(config));
     if (!data.ok()) return data.status();
     return MakeImageTask(config, *data);
   }
