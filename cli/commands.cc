@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cli/plot.h"
+#include "common/metric_catalog.h"
 #include "common/printable.h"
 #include "common/selection_metrics.h"
 #include "common/status.h"
@@ -231,18 +232,18 @@ int Commands::Trials(int64_t sweep_id) {
                                       "seed",
                                       "state",
                                       "attempts",
-                                      "epoch",
-                                      "train_loss",
-                                      "val_accuracy",
-                                      "threads",
-                                      "samples_per_second",
+                                      metric::kEpoch,
+                                      metric::kTrainLoss,
+                                      metric::kValAccuracy,
+                                      metric::kThreads,
+                                      metric::kSamplesPerSecond,
                                       "error"};
   if (phased) columns.insert(columns.begin() + 1, "phase");
   Table t(columns);
   for (const auto& tr : trials) {
-    auto shared = tr.latest_metrics().find("shared_cores");
+    auto shared = tr.latest_metrics().find(metric::kSharedCores);
     json rate = TimeFigure(
-        Metric(tr, "samples_per_second"),
+        Metric(tr, metric::kSamplesPerSecond),
         shared != tr.latest_metrics().end() && shared->second > 0, format_);
     std::vector<json> row = {tr.id(),
                              tr.optimizer(),
@@ -252,10 +253,10 @@ int Commands::Trials(int64_t sweep_id) {
                              tr.seed(),
                              StateName(tr.state()),
                              tr.attempts(),
-                             Metric(tr, "epoch"),
-                             Metric(tr, "train_loss"),
-                             Metric(tr, "val_accuracy"),
-                             Metric(tr, "threads"),
+                             Metric(tr, metric::kEpoch),
+                             Metric(tr, metric::kTrainLoss),
+                             Metric(tr, metric::kValAccuracy),
+                             Metric(tr, metric::kThreads),
                              rate,
                              tr.error()};
     if (phased) row.insert(row.begin() + 1, tr.phase());

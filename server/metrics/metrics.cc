@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 
+#include "common/metric_catalog.h"
 #include "common/mutex.h"
 
 namespace megabatch::metrics {
@@ -18,17 +19,17 @@ using prometheus::MetricFamily;
 using prometheus::MetricType;
 using Labels = std::vector<ClientMetric::Label>;
 
-// The trainer's metrics that get a live series while a trial runs.
+// The trainer's metrics that get a live series while a trial runs (those
+// common/metric_catalog.h marks live), with their help text.
 const std::map<std::string, std::string>& LiveMetrics() {
-  static const auto* names = new std::map<std::string, std::string>{
-      {"train_loss", "training loss of the latest step"},
-      {"lr", "learning rate of the latest step"},
-      {"samples_per_second", "training samples per second of the latest step"},
-      {"grad_norm", "global L2 norm of the latest step's gradient"},
-      {"val_loss", "validation loss at the latest evaluation"},
-      {"val_accuracy", "validation accuracy at the latest evaluation"},
-      {"gradient_noise_scale", "gradient noise scale B_simple (smoothed)"},
-  };
+  static const auto* names = [] {
+    auto* out = new std::map<std::string, std::string>;
+    for (const MetricInfo& m : kMetricCatalog) {
+      if (m.live)
+        (*out)[std::string(m.name)] = "latest " + std::string(m.meaning);
+    }
+    return out;
+  }();
   return *names;
 }
 

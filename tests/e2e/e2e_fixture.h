@@ -11,9 +11,11 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "common/metric_catalog.h"
 #include "server/store/db.h"
 #include "tests/testing/http.h"
 #include "tests/testing/process.h"
@@ -38,6 +40,24 @@ class SweepE2ETest : public ::testing::Test {
                                      dir_.path().string(), WorkerCount(),
                                      WorkerFlags());
     ASSERT_TRUE(WaitForWorkers(WorkerCount())) << coordinator_->Log();
+  }
+
+  // Every metric name any process wrote is in common/metric_catalog.h.
+  void TearDown() override {
+    std::error_code ec;
+    if (!std::filesystem::exists(db_path_, ec)) return;
+    auto db = store::Db::Open(db_path_);
+    if (!db.ok()) return;  // a test that broke its database on purpose
+    auto q = (*db)->Prepare("SELECT DISTINCT name FROM metrics");
+    if (!q.ok()) return;
+    while (true) {
+      auto row = q->Step();
+      if (!row.ok() || !*row) break;
+      if (fake_trainer_metrics_.count(q->Text(0)) != 0) continue;
+      EXPECT_NE(FindMetricInfo(q->Text(0)), nullptr)
+          << "a process wrote the metric '" << q->Text(0)
+          << "', which common/metric_catalog.h lacks";
+    }
   }
 
   // True once `n` workers are registered (bounded wait).
@@ -173,6 +193,9 @@ class SweepE2ETest : public ::testing::Test {
   }
 
   testing::TempDir dir_;
+  // What a test's stand-in trainer (a shell script) writes besides the
+  // catalog's names.
+  std::set<std::string> fake_trainer_metrics_;
   std::string address_, db_path_;
   std::vector<std::string> coordinator_argv_;
   std::unique_ptr<testing::Process> coordinator_;

@@ -650,6 +650,7 @@ TEST_F(SweepE2ETest, GpuSlotsEachSeeOnlyTheirOwnGpu) {
   std::string started = dir_.File("started");
   std::filesystem::create_directories(started);
   std::string trainer = dir_.File("gpu-trainer.sh");
+  fake_trainer_metrics_ = {"visible_gpu"};
   std::ofstream(trainer)
       << "#!/bin/sh\n"
          "touch "

@@ -5,6 +5,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
 
 #include "common/datasets.h"
 
@@ -624,6 +627,39 @@ TEST(SweepSpecTest, EveryShippedExperimentParses) {
     ++files;
   }
   EXPECT_GE(files, 5);
+}
+
+std::string ReadWhole(const char* path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+TEST(SweepSpecTest, DocsSpecExampleParsesAndNamesEveryTopLevelField) {
+  // docs/spec.md's annotated example is a spec the parser takes as it is ...
+  const std::string doc = ReadWhole(MEGABATCH_SPEC_DOC);
+  const size_t start = doc.find("```yaml\n");
+  ASSERT_NE(start, std::string::npos);
+  const size_t end = doc.find("```", start + 8);
+  const std::string example = doc.substr(start + 8, end - start - 8);
+  auto parsed = ParseSweepSpec(example);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  // ... and it names every top-level field the parser reads (as a field,
+  // or in a comment beside its alternative).
+  const std::string source = ReadWhole(MEGABATCH_SPEC_SOURCE);
+  const std::regex read(R"re((?:top(?:\.\w+)?\(|\(\s*top,)\s*"(\w+)")re");
+  std::set<std::string> fields;
+  for (std::sregex_iterator it(source.begin(), source.end(), read), stop;
+       it != stop; ++it) {
+    fields.insert((*it)[1]);
+  }
+  EXPECT_GE(fields.size(), 25u);
+  for (const std::string& field : fields) {
+    EXPECT_TRUE(
+        std::regex_search(example, std::regex("(^|[^a-z_])" + field + ":")))
+        << "docs/spec.md's example lacks the field " << field;
+  }
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // megabatch-worker: registers this machine's slots with the coordinator and
-// runs one megabatch-trainer child per leased trial.
+// runs leased trials in one megabatch-trainer per slot, kept warm between
+// trials.
 #include <pthread.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/grpc_status.h"
+#include "common/metric_catalog.h"
 #include "common/trainer_protocol.h"
 #include "common/trial_config.h"
 #include "worker/daemon/checkpoint_committer.h"
@@ -625,11 +626,11 @@ void Worker::PumpOutput(const v1::TrialLease& lease, const Attempt& attempt,
       threads_recorded = true;
       shared =
           HostOversubscribed() || attempt.threads > options_.threads_per_slot;
-      point("threads", attempt.threads);
-      point("shared_cores", shared ? 1 : 0);
+      point(metric::kThreads, attempt.threads);
+      point(metric::kSharedCores, shared ? 1 : 0);
     } else if (!shared && HostOversubscribed()) {
       shared = true;
-      point("shared_cores", 1);
+      point(metric::kSharedCores, 1);
     }
   };
   auto last_flush = std::chrono::steady_clock::now();

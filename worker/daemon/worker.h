@@ -1,7 +1,8 @@
 // Worker: the daemon side of WorkerService. Registers its slots, heartbeats,
-// leases trials, and runs one megabatch-trainer child per leased trial,
-// forwarding the child's JSON-lines metrics in batches and reporting how the
-// child ended. A crashing trainer fails its trial, never the daemon.
+// leases trials, and runs each in its slot's megabatch-trainer (kept warm
+// between trials of one sweep, docs/running.md), forwarding the trainer's
+// JSON-lines metrics in batches and reporting how the trial ended. A
+// crashing trainer fails its trial, never the daemon.
 #ifndef MEGABATCH_WORKER_DAEMON_WORKER_H_
 #define MEGABATCH_WORKER_DAEMON_WORKER_H_
 

@@ -2,6 +2,8 @@
 
 #include <map>
 
+#include "common/metric_catalog.h"
+
 namespace megabatch::trainer {
 
 DiagnosticsCollector::DiagnosticsCollector(std::vector<torch::Tensor> params,
@@ -27,12 +29,13 @@ Metrics DiagnosticsCollector::Collect() {
   Metrics out;
   for (size_t i = 0; i < params_.size(); ++i) {
     const std::string& name = names_[i];
-    out.push_back({"weight_norm/" + name, params_[i].norm().item<double>()});
-    out.push_back({"update_norm/" + name,
+    out.push_back(
+        {metric::kWeightNormPrefix + name, params_[i].norm().item<double>()});
+    out.push_back({metric::kUpdateNormPrefix + name,
                    (params_[i] - before_[i]).norm().item<double>()});
     auto it = ratio_of.find(params_[i].unsafeGetTensorImpl());
     if (it != ratio_of.end())
-      out.push_back({"trust_ratio/" + name, it->second});
+      out.push_back({metric::kTrustRatioPrefix + name, it->second});
   }
   before_.clear();
   return out;

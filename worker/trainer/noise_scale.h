@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/metric_catalog.h"
+
 namespace megabatch::trainer {
 
 class NoiseScaleEstimator {
@@ -56,13 +58,13 @@ class NoiseScaleEstimator {
   // across trials.
   std::vector<std::pair<std::string, double>> StepMetrics(int64_t step) const {
     std::vector<std::pair<std::string, double>> out = {
-        {"gns_gradient_sq", gradient_sq_}, {"gns_trace", trace_}};
+        {metric::kGnsGradientSq, gradient_sq_}, {metric::kGnsTrace, trace_}};
     if (!has_value()) return out;
-    out.push_back({"gradient_noise_scale", b_simple()});
+    out.push_back({metric::kGradientNoiseScale, b_simple()});
     constexpr std::pair<double, const char*> kPoints[] = {
-        {0.1, "noise_scale_at_10pct"},
-        {0.5, "noise_scale_at_50pct"},
-        {1.0, "noise_scale_at_100pct"}};
+        {0.1, metric::kNoiseScaleAt10Pct},
+        {0.5, metric::kNoiseScaleAt50Pct},
+        {1.0, metric::kNoiseScaleAt100Pct}};
     for (const auto& [fraction, name] : kPoints) {
       const auto at =
           static_cast<int64_t>(std::ceil(fraction * total_steps_ - 1e-9));

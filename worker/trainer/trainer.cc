@@ -16,6 +16,7 @@
 #include <map>
 #include <sstream>
 
+#include "common/metric_catalog.h"
 #include "common/selection_metrics.h"
 #include "worker/trainer/data/files.h"
 #include "worker/trainer/diagnostics.h"
@@ -411,9 +412,9 @@ Result<bool> EvaluateValidation(Task& task, torch::nn::Module& model,
   const int64_t batch = config.batch_size;
   Evaluation ev = EvaluateTask(task, model, placement, Split::kValidation);
   const double samples = static_cast<double>(s->step) * batch;
-  Metrics eval_metrics = {{"val_loss", ev.loss},
-                          {"val_accuracy", ev.accuracy},
-                          {"epoch", samples / n}};
+  Metrics eval_metrics = {{metric::kValLoss, ev.loss},
+                          {metric::kValAccuracy, ev.accuracy},
+                          {metric::kEpoch, samples / n}};
   eval_metrics.insert(eval_metrics.end(), ev.extra.begin(), ev.extra.end());
   bool reached = false;
   if (target != nullptr && !s->target_reached) {
@@ -434,14 +435,17 @@ Result<bool> EvaluateValidation(Task& task, torch::nn::Module& model,
     if (crossing) {
       reached = true;
       s->target_reached = true;
-      eval_metrics.push_back({"target_reached_samples", crossing->samples});
       eval_metrics.push_back(
-          {"target_reached_steps", crossing->samples / batch});
-      eval_metrics.push_back({"target_reached_seconds", crossing->seconds});
+          {metric::kTargetReachedSamples, crossing->samples});
       eval_metrics.push_back(
-          {"target_bracket_samples", crossing->lower_samples});
+          {metric::kTargetReachedSteps, crossing->samples / batch});
+      eval_metrics.push_back(
+          {metric::kTargetReachedSeconds, crossing->seconds});
+      eval_metrics.push_back(
+          {metric::kTargetBracketSamples, crossing->lower_samples});
       if (s->noise.has_value()) {
-        eval_metrics.push_back({"noise_scale_at_target", s->noise.b_simple()});
+        eval_metrics.push_back(
+            {metric::kNoiseScaleAtTarget, s->noise.b_simple()});
       }
     }
   }
@@ -567,8 +571,8 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
   auto finish_with_test = [&]() -> Result<TrialResult> {
     if (reporter && task.has_test_split()) {
       Evaluation ev = EvaluateTask(task, *model, placement, Split::kTest);
-      sink->Log(s.step,
-                {{"test_loss", ev.loss}, {"test_accuracy", ev.accuracy}});
+      sink->Log(s.step, {{metric::kTestLoss, ev.loss},
+                         {metric::kTestAccuracy, ev.accuracy}});
     }
     return finish();
   };
@@ -587,7 +591,7 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
     if (saved.ok()) return;
     std::cerr << "megabatch-trainer: checkpoint at step " << s.step
               << " not written (" << saved.message() << "); training goes on\n";
-    sink->Log(s.step, {{"checkpoint_failed", 1}});
+    sink->Log(s.step, {{metric::kCheckpointFailed, 1}});
   };
   auto eval_due = [&](int64_t step) {
     if (config.eval_every_steps > 0) return step % config.eval_every_steps == 0;
@@ -641,15 +645,17 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
     s.step = step;
     result.steps = step;
 
-    Metrics step_metrics = {{"train_loss", loss_value},
-                            {"lr", lr},
-                            {"samples_per_second", batch / step_seconds}};
+    Metrics step_metrics = {{metric::kTrainLoss, loss_value},
+                            {metric::kLr, lr},
+                            {metric::kSamplesPerSecond, batch / step_seconds}};
     if (step == 1)
-      step_metrics.push_back({"train_samples", static_cast<double>(n)});
-    if (!skip_step) step_metrics.push_back({"grad_norm", std::sqrt(big_sq)});
+      step_metrics.push_back({metric::kTrainSamples, static_cast<double>(n)});
+    if (!skip_step)
+      step_metrics.push_back({metric::kGradNorm, std::sqrt(big_sq)});
     if (s.scaler.enabled())
-      step_metrics.push_back({"loss_scale", s.scaler.scale()});
-    if (dp) step_metrics.push_back({"allreduce_seconds", allreduce_seconds});
+      step_metrics.push_back({metric::kLossScale, s.scaler.scale()});
+    if (dp)
+      step_metrics.push_back({metric::kAllreduceSeconds, allreduce_seconds});
     if (plan.measure_noise && !skip_step) {
       s.noise.Add(small_sq, big_sq);
       const Metrics noise = s.noise.StepMetrics(step);

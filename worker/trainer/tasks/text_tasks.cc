@@ -5,6 +5,7 @@
 #include <cmath>
 #include <iostream>
 
+#include "common/metric_catalog.h"
 #include "worker/trainer/data/text_corpus.h"
 #include "worker/trainer/data/tokenize_client.h"
 #include "worker/trainer/data/tokenizer.h"
@@ -129,7 +130,7 @@ class CharLmTask : public Task {
     }
     const double chars = static_cast<double>(n * config_.seq_len);
     const double loss = loss_sum / chars;
-    return {loss, correct / chars, {{"val_bpc", loss / kLn2}}};
+    return {loss, correct / chars, {{metric::kValBpc, loss / kLn2}}};
   }
 
  private:
@@ -223,7 +224,7 @@ class MlmTask : public Task {
     const double loss = loss_sum / count, accuracy = correct / count;
     return {loss,
             accuracy,
-            {{"val_mlm_loss", loss}, {"val_mlm_accuracy", accuracy}}};
+            {{metric::kValMlmLoss, loss}, {metric::kValMlmAccuracy, accuracy}}};
   }
 
  private:
