@@ -11,6 +11,7 @@
 #include "cli/plot.h"
 #include "common/metric_catalog.h"
 #include "common/printable.h"
+#include "common/report_columns.h"
 #include "common/selection_metrics.h"
 #include "common/status.h"
 
@@ -101,6 +102,31 @@ json ToJson(const v1::Value& v) {
 }
 
 json Maybe(bool has, double value) { return has ? json(value) : json(nullptr); }
+
+// The field `name` of `message` as JSON; null when an optional field is
+// unset or there is no such field.
+json FieldValue(const google::protobuf::Message& message,
+                std::string_view name) {
+  const auto* field =
+      message.GetDescriptor()->FindFieldByName(std::string(name));
+  const auto* reflection = message.GetReflection();
+  if (field == nullptr ||
+      (field->has_presence() && !reflection->HasField(message, field))) {
+    return nullptr;
+  }
+  switch (field->cpp_type()) {
+    case google::protobuf::FieldDescriptor::CPPTYPE_STRING:
+      return reflection->GetString(message, field);
+    case google::protobuf::FieldDescriptor::CPPTYPE_INT64:
+      return reflection->GetInt64(message, field);
+    case google::protobuf::FieldDescriptor::CPPTYPE_INT32:
+      return reflection->GetInt32(message, field);
+    case google::protobuf::FieldDescriptor::CPPTYPE_DOUBLE:
+      return reflection->GetDouble(message, field);
+    default:
+      return nullptr;
+  }
+}
 
 std::string NewRequestId() {
   std::random_device rd;
@@ -401,28 +427,10 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
   std::map<std::string, const v1::CriticalBatchFit*> fit_of;
   for (const auto& f : report.fits()) fit_of[f.optimizer()] = &f;
   const bool csv = format_ == OutputFormat::kCsv;
-  std::vector<std::string> columns = {"optimizer",
-                                      "batch_size",
-                                      "best_lr",
-                                      "lrs_tried",
-                                      "trials",
-                                      "diverged_trials",
-                                      "max_stable_lr",
-                                      "best_val_accuracy",
-                                      "best_val_loss",
-                                      "best_target_value",
-                                      "test_accuracy",
-                                      "test_loss",
-                                      "steps_to_target",
-                                      "samples_to_target",
-                                      "seconds_to_target",
-                                      "samples_per_second",
-                                      "shared_core_trials",
-                                      "scaling_efficiency",
-                                      "noise_scale_at_10pct",
-                                      "noise_scale_at_50pct",
-                                      "noise_scale_at_100pct",
-                                      "noise_scale_at_target"};
+  std::vector<std::string> columns;
+  for (const ReportColumn& c : kReportColumns) {
+    if (c.cli) columns.emplace_back(c.name);
+  }
   // CSV is one table, so each row carries its optimizer's fit.
   if (csv) {
     columns.insert(columns.end(), {"s_min", "b_crit", "b_crit_low",
@@ -430,36 +438,17 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
   }
   Table rows(columns);
   bool marked = false;  // a row's time figures are marked: explain the mark
-  auto timed = [&](const v1::ScalingRow& r, bool has, double value) {
-    json figure =
-        TimeFigure(Maybe(has, value), r.shared_core_trials() > 0, format_);
-    marked = marked || figure.is_string();
-    return figure;
-  };
   for (const auto& r : report.rows()) {
-    std::vector<json> row = {
-        r.optimizer(),
-        r.batch_size(),
-        r.best_lr(),
-        r.lrs_tried(),
-        r.trials(),
-        r.diverged_trials(),
-        Maybe(r.has_max_stable_lr(), r.max_stable_lr()),
-        Maybe(r.has_best_val_accuracy(), r.best_val_accuracy()),
-        Maybe(r.has_best_val_loss(), r.best_val_loss()),
-        Maybe(r.has_best_target_value(), r.best_target_value()),
-        Maybe(r.has_test_accuracy(), r.test_accuracy()),
-        Maybe(r.has_test_loss(), r.test_loss()),
-        Maybe(r.has_steps_to_target(), r.steps_to_target()),
-        Maybe(r.has_samples_to_target(), r.samples_to_target()),
-        timed(r, r.has_seconds_to_target(), r.seconds_to_target()),
-        timed(r, r.has_samples_per_second(), r.samples_per_second()),
-        r.shared_core_trials(),
-        Maybe(r.has_scaling_efficiency(), r.scaling_efficiency()),
-        Maybe(r.has_noise_scale_at_10pct(), r.noise_scale_at_10pct()),
-        Maybe(r.has_noise_scale_at_50pct(), r.noise_scale_at_50pct()),
-        Maybe(r.has_noise_scale_at_100pct(), r.noise_scale_at_100pct()),
-        Maybe(r.has_noise_scale_at_target(), r.noise_scale_at_target())};
+    std::vector<json> row;
+    for (const ReportColumn& c : kReportColumns) {
+      if (!c.cli) continue;
+      json value = FieldValue(r, c.name);
+      if (c.time_figure) {
+        value = TimeFigure(value, r.shared_core_trials() > 0, format_);
+        marked = marked || value.is_string();
+      }
+      row.push_back(std::move(value));
+    }
     if (csv) {
       const v1::CriticalBatchFit* f = fit_of[r.optimizer()];
       row.push_back(f ? Maybe(f->has_s_min(), f->s_min()) : json(nullptr));

@@ -4,9 +4,73 @@
 #include <cmath>
 #include <map>
 #include <random>
+#include <type_traits>
+#include <variant>
+
+#include "common/report_columns.h"
 
 namespace megabatch::report {
 namespace {
+
+// The member of ScalingRow behind each column of common/report_columns.h:
+// the one place a column's name meets its C++ member.
+using Member = std::variant<std::string ScalingRow::*, int64_t ScalingRow::*,
+                            int32_t ScalingRow::*, double ScalingRow::*,
+                            std::optional<double> ScalingRow::*>;
+
+const std::map<std::string_view, Member>& Members() {
+  static const auto* members = new std::map<std::string_view, Member>{
+      {"optimizer", &ScalingRow::optimizer},
+      {"batch_size", &ScalingRow::batch_size},
+      {"best_lr", &ScalingRow::best_lr},
+      {"lrs_tried", &ScalingRow::lrs_tried},
+      {"trials", &ScalingRow::trials},
+      {"diverged_trials", &ScalingRow::diverged_trials},
+      {"max_stable_lr", &ScalingRow::max_stable_lr},
+      {"best_val_accuracy", &ScalingRow::best_val_accuracy},
+      {"best_val_loss", &ScalingRow::best_val_loss},
+      {"best_target_value", &ScalingRow::best_target_value},
+      {"test_accuracy", &ScalingRow::test_accuracy},
+      {"test_loss", &ScalingRow::test_loss},
+      {"steps_to_target", &ScalingRow::steps_to_target},
+      {"samples_to_target", &ScalingRow::samples_to_target},
+      {"seconds_to_target", &ScalingRow::seconds_to_target},
+      {"samples_per_second", &ScalingRow::samples_per_second},
+      {"shared_core_trials", &ScalingRow::shared_core_trials},
+      {"scaling_efficiency", &ScalingRow::scaling_efficiency},
+      {"noise_scale_at_10pct", &ScalingRow::noise_scale_at_10pct},
+      {"noise_scale_at_50pct", &ScalingRow::noise_scale_at_50pct},
+      {"noise_scale_at_100pct", &ScalingRow::noise_scale_at_100pct},
+      {"noise_scale_at_target", &ScalingRow::noise_scale_at_target},
+      {"best_test_accuracy", &ScalingRow::best_test_accuracy},
+      {"best_test_loss", &ScalingRow::best_test_loss},
+      {"gradient_noise_scale", &ScalingRow::gradient_noise_scale},
+      {"train_samples", &ScalingRow::train_samples},
+  };
+  return *members;
+}
+
+// Column `i` of the current row of `q` into `column`'s member of `row`.
+void ReadColumn(store::Statement& q, int i, std::string_view column,
+                ScalingRow* row) {
+  auto it = Members().find(column);
+  if (it == Members().end()) return;  // report_columns_test names it
+  std::visit(
+      [&](auto member) {
+        auto& field = row->*member;
+        using T = std::decay_t<decltype(field)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          field = q.Text(i);
+        } else if constexpr (std::is_same_v<T, std::optional<double>>) {
+          field = q.OptionalDouble(i);
+        } else if constexpr (std::is_same_v<T, double>) {
+          field = q.Double(i);
+        } else {
+          field = static_cast<T>(q.Int(i));
+        }
+      },
+      it->second);
+}
 
 // The 97.5% quantile of Student's t with `df` degrees of freedom.
 double StudentT975(int df) {
@@ -224,48 +288,21 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
   report.target_metric = sweep->Text(0);
   report.target_value = sweep->OptionalDouble(1);
 
+  std::string columns;
+  for (const ReportColumn& c : kReportColumns) {
+    columns += (columns.empty() ? "" : ", ") + std::string(c.name);
+  }
   auto rows = db.Prepare(
-      "SELECT optimizer, batch_size, lrs_tried, trials, diverged_trials, "
-      "best_lr, max_stable_lr, best_test_accuracy, best_test_loss, "
-      "steps_to_target, samples_to_target, seconds_to_target, "
-      "scaling_efficiency, gradient_noise_scale, best_val_accuracy, "
-      "best_val_loss, "
-      "best_target_value, test_accuracy, test_loss, noise_scale_at_10pct, "
-      "noise_scale_at_50pct, noise_scale_at_100pct, noise_scale_at_target, "
-      "train_samples, samples_per_second, shared_core_trials FROM "
-      "sweep_scaling s "
-      "WHERE sweep_id = ?1 ORDER BY (SELECT MIN(trial_index) FROM trials t "
-      "WHERE t.sweep_id = ?1 AND t.optimizer = s.optimizer), batch_size");
+      "SELECT " + columns +
+      " FROM sweep_scaling s WHERE sweep_id = ?1 ORDER BY (SELECT "
+      "MIN(trial_index) FROM trials t WHERE t.sweep_id = ?1 AND t.optimizer = "
+      "s.optimizer), batch_size");
   if (!rows.ok()) return rows.status();
   rows->Bind(1, sweep_id);
   MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(*rows, [&](store::Statement& q) {
     ScalingRow r;
-    r.optimizer = q.Text(0);
-    r.batch_size = q.Int(1);
-    r.lrs_tried = static_cast<int32_t>(q.Int(2));
-    r.trials = static_cast<int32_t>(q.Int(3));
-    r.diverged_trials = static_cast<int32_t>(q.Int(4));
-    r.best_lr = q.Double(5);
-    r.max_stable_lr = q.OptionalDouble(6);
-    r.best_test_accuracy = q.OptionalDouble(7);
-    r.best_test_loss = q.OptionalDouble(8);
-    r.steps_to_target = q.OptionalDouble(9);
-    r.samples_to_target = q.OptionalDouble(10);
-    r.seconds_to_target = q.OptionalDouble(11);
-    r.scaling_efficiency = q.OptionalDouble(12);
-    r.gradient_noise_scale = q.OptionalDouble(13);
-    r.best_val_accuracy = q.OptionalDouble(14);
-    r.best_val_loss = q.OptionalDouble(15);
-    r.best_target_value = q.OptionalDouble(16);
-    r.test_accuracy = q.OptionalDouble(17);
-    r.test_loss = q.OptionalDouble(18);
-    r.noise_scale_at_10pct = q.OptionalDouble(19);
-    r.noise_scale_at_50pct = q.OptionalDouble(20);
-    r.noise_scale_at_100pct = q.OptionalDouble(21);
-    r.noise_scale_at_target = q.OptionalDouble(22);
-    r.train_samples = q.OptionalDouble(23);
-    r.samples_per_second = q.OptionalDouble(24);
-    r.shared_core_trials = static_cast<int32_t>(q.Int(25));
+    int i = 0;
+    for (const ReportColumn& c : kReportColumns) ReadColumn(q, i++, c.name, &r);
     report.rows.push_back(std::move(r));
   }));
 
@@ -339,6 +376,22 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
                                    static_cast<int32_t>(q.Int(4))});
       }));
   return report;
+}
+
+nlohmann::json ColumnValue(const ScalingRow& row, std::string_view column) {
+  auto it = Members().find(column);
+  if (it == Members().end()) return nullptr;
+  return std::visit(
+      [&](auto member) -> nlohmann::json {
+        const auto& field = row.*member;
+        using T = std::decay_t<decltype(field)>;
+        if constexpr (std::is_same_v<T, std::optional<double>>) {
+          return field ? nlohmann::json(*field) : nlohmann::json(nullptr);
+        } else {
+          return field;
+        }
+      },
+      it->second);
 }
 
 }  // namespace megabatch::report

@@ -12,8 +12,10 @@
 #define MEGABATCH_SERVER_REPORT_REPORT_H_
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -22,6 +24,8 @@
 
 namespace megabatch::report {
 
+// One row per (optimizer, batch size): the columns of common/report_columns.h,
+// as the sweep_scaling view computes them.
 struct ScalingRow {
   std::string optimizer;
   int64_t batch_size = 0;
@@ -61,6 +65,10 @@ struct ScalingRow {
   // Steps to target of each seed of the best lr (for the bootstrap).
   std::vector<double> seed_steps_to_target;
 };
+
+// A column of `row` (a name in common/report_columns.h) as JSON: a string, a
+// number, or null when the figure has no value; null for an unknown name.
+nlohmann::json ColumnValue(const ScalingRow& row, std::string_view column);
 
 // S(b) = S_min · (1 + B_crit / b), fitted by weighted least squares on
 // (1/b, S) with weights 1/S^2, i.e. on relative residuals (docs/method.md,

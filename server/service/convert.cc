@@ -1,5 +1,7 @@
 #include "server/service/convert.h"
 
+#include "common/report_columns.h"
+
 namespace megabatch::service {
 
 v1::TrialState ToProto(store::TrialState s) {
@@ -92,45 +94,39 @@ void ToProto(const store::WorkerRow& row, v1::Worker* out) {
   out->set_last_heartbeat_at(row.last_heartbeat_at);
 }
 
+void SetScalingRow(const report::ScalingRow& r, v1::ScalingRow* row) {
+  // Each column of common/report_columns.h into the proto field of its name
+  // (report_columns_test checks that there is one, of the column's kind).
+  const auto* descriptor = row->GetDescriptor();
+  const auto* reflection = row->GetReflection();
+  for (const ReportColumn& c : kReportColumns) {
+    const auto* field = descriptor->FindFieldByName(std::string(c.name));
+    const nlohmann::json value = report::ColumnValue(r, c.name);
+    if (field == nullptr || value.is_null()) continue;
+    switch (field->cpp_type()) {
+      case google::protobuf::FieldDescriptor::CPPTYPE_STRING:
+        reflection->SetString(row, field, value.get<std::string>());
+        break;
+      case google::protobuf::FieldDescriptor::CPPTYPE_INT64:
+        reflection->SetInt64(row, field, value.get<int64_t>());
+        break;
+      case google::protobuf::FieldDescriptor::CPPTYPE_INT32:
+        reflection->SetInt32(row, field, value.get<int32_t>());
+        break;
+      case google::protobuf::FieldDescriptor::CPPTYPE_DOUBLE:
+        reflection->SetDouble(row, field, value.get<double>());
+        break;
+      default:
+        break;
+    }
+  }
+}
+
 void ToProto(const report::SweepReport& report, v1::SweepReport* out) {
   out->set_target_metric(report.target_metric);
   if (report.target_value) out->set_target_value(*report.target_value);
   for (const auto& r : report.rows) {
-    v1::ScalingRow* row = out->add_rows();
-    row->set_optimizer(r.optimizer);
-    row->set_batch_size(r.batch_size);
-    row->set_lrs_tried(r.lrs_tried);
-    row->set_trials(r.trials);
-    row->set_diverged_trials(r.diverged_trials);
-    row->set_best_lr(r.best_lr);
-    if (r.max_stable_lr) row->set_max_stable_lr(*r.max_stable_lr);
-    if (r.best_test_accuracy)
-      row->set_best_test_accuracy(*r.best_test_accuracy);
-    if (r.best_test_loss) row->set_best_test_loss(*r.best_test_loss);
-    if (r.steps_to_target) row->set_steps_to_target(*r.steps_to_target);
-    if (r.samples_to_target) row->set_samples_to_target(*r.samples_to_target);
-    if (r.seconds_to_target) row->set_seconds_to_target(*r.seconds_to_target);
-    if (r.scaling_efficiency)
-      row->set_scaling_efficiency(*r.scaling_efficiency);
-    if (r.gradient_noise_scale)
-      row->set_gradient_noise_scale(*r.gradient_noise_scale);
-    if (r.best_val_accuracy) row->set_best_val_accuracy(*r.best_val_accuracy);
-    if (r.best_val_loss) row->set_best_val_loss(*r.best_val_loss);
-    if (r.best_target_value) row->set_best_target_value(*r.best_target_value);
-    if (r.test_accuracy) row->set_test_accuracy(*r.test_accuracy);
-    if (r.test_loss) row->set_test_loss(*r.test_loss);
-    if (r.samples_per_second)
-      row->set_samples_per_second(*r.samples_per_second);
-    row->set_shared_core_trials(r.shared_core_trials);
-    if (r.noise_scale_at_10pct)
-      row->set_noise_scale_at_10pct(*r.noise_scale_at_10pct);
-    if (r.noise_scale_at_50pct)
-      row->set_noise_scale_at_50pct(*r.noise_scale_at_50pct);
-    if (r.noise_scale_at_100pct)
-      row->set_noise_scale_at_100pct(*r.noise_scale_at_100pct);
-    if (r.noise_scale_at_target)
-      row->set_noise_scale_at_target(*r.noise_scale_at_target);
-    if (r.train_samples) row->set_train_samples(*r.train_samples);
+    SetScalingRow(r, out->add_rows());
   }
   for (const auto& f : report.fits) {
     v1::CriticalBatchFit* fit = out->add_fits();

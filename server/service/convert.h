@@ -14,6 +14,8 @@ v1::SweepState ToProto(store::SweepState s);
 void ToProto(const store::SweepRow& row, v1::Sweep* out);
 void ToProto(const store::TrialRow& row, v1::Trial* out);
 void ToProto(const store::WorkerRow& row, v1::Worker* out);
+// One report row, column by column (common/report_columns.h).
+void SetScalingRow(const report::ScalingRow& row, v1::ScalingRow* out);
 void ToProto(const report::SweepReport& report, v1::SweepReport* out);
 void ToProto(const store::QueryResult& result, v1::QueryResponse* out);
 void ToProto(const store::MetricRecord& record, v1::MetricRow* out);
