@@ -10,13 +10,14 @@
 #include <vector>
 
 #include "cli/table.h"
+#include "common/exit_codes.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
 
 namespace megabatch::cli {
 
-inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailed = 1;
-inline constexpr int kExitUsage = 2;
+using megabatch::kExitFailed;  // common/exit_codes.h
+using megabatch::kExitOk;
+using megabatch::kExitUsage;
 
 // Thread-compatible. The stub and streams must outlive the Commands.
 class Commands {

@@ -67,9 +67,9 @@ Result<std::string> LoadToken(const std::string& token_file) {
     const char* env = std::getenv("MEGABATCH_TOKEN");
     return env == nullptr ? std::string() : Trim(env);
   }
-  Result<std::string> text = ReadTextFile(token_file, "--token-file");
-  if (!text.ok()) return text.status();
-  std::string token = Trim(*text);
+  MEGABATCH_ASSIGN_OR_RETURN(std::string text,
+                             ReadTextFile(token_file, "--token-file"));
+  std::string token = Trim(text);
   if (token.empty() || token.find_first_of(" \t\r\n") != std::string::npos) {
     return InvalidArgumentError("--token-file: " + token_file +
                                 " must hold one token and nothing else");
@@ -88,21 +88,20 @@ Result<std::shared_ptr<grpc::Channel>> MakeChannel(
     creds = grpc::InsecureChannelCredentials();
   } else {
     grpc::SslCredentialsOptions ssl;
-    Result<std::string> ca = ReadTextFile(options.tls_ca_file, "--tls-ca");
-    if (!ca.ok()) return ca.status();
-    ssl.pem_root_certs = *ca;
+    MEGABATCH_ASSIGN_OR_RETURN(std::string ca,
+                               ReadTextFile(options.tls_ca_file, "--tls-ca"));
+    ssl.pem_root_certs = ca;
     if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
       return InvalidArgumentError(
           "--tls-cert and --tls-key: give both or neither");
     }
     if (!options.tls_cert_file.empty()) {
-      Result<std::string> cert =
-          ReadTextFile(options.tls_cert_file, "--tls-cert");
-      if (!cert.ok()) return cert.status();
-      Result<std::string> key = ReadTextFile(options.tls_key_file, "--tls-key");
-      if (!key.ok()) return key.status();
-      ssl.pem_cert_chain = *cert;
-      ssl.pem_private_key = *key;
+      MEGABATCH_ASSIGN_OR_RETURN(
+          std::string cert, ReadTextFile(options.tls_cert_file, "--tls-cert"));
+      MEGABATCH_ASSIGN_OR_RETURN(
+          std::string key, ReadTextFile(options.tls_key_file, "--tls-key"));
+      ssl.pem_cert_chain = cert;
+      ssl.pem_private_key = key;
     }
     creds = grpc::SslCredentials(ssl);
   }
@@ -120,9 +119,8 @@ Result<std::shared_ptr<grpc::Channel>> MakeChannel(
 Result<std::shared_ptr<grpc::Channel>> MakeChannelWithTokenFile(
     const std::string& address, const std::string& token_file,
     ChannelOptions options, const grpc::ChannelArguments& args) {
-  Result<std::string> token = LoadToken(token_file);
-  if (!token.ok()) return token.status();
-  options.token = *token;
+  MEGABATCH_ASSIGN_OR_RETURN(std::string token, LoadToken(token_file));
+  options.token = token;
   return MakeChannel(address, options, args);
 }
 

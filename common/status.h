@@ -7,7 +7,6 @@
 #ifndef MEGABATCH_COMMON_STATUS_H_
 #define MEGABATCH_COMMON_STATUS_H_
 
-#include <cassert>
 #include <string>
 #include <utility>
 #include <variant>
@@ -130,9 +129,15 @@ inline Status DataLossError(std::string m) {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  // An OK status is a bug (a Result needs a value or an error): in every
+  // build it becomes INTERNAL, so the caller fails instead of reading a
+  // value that is not there.
   Result(Status status) : v_(std::move(status)) {  // NOLINT
-    assert(!std::get<Status>(v_).ok() && "Result needs a value or an error");
+    if (std::get<Status>(v_).ok()) {
+      v_ = Status(StatusCode::kInternal,
+                  "Result made from an OK status without a value");
+    }
   }
 
   bool ok() const { return std::holds_alternative<T>(v_); }
@@ -159,5 +164,19 @@ class [[nodiscard]] Result {
     ::megabatch::Status _mb_status = (expr); \
     if (!_mb_status.ok()) return _mb_status; \
   } while (0)
+
+#define MEGABATCH_STATUS_CONCAT_INNER(a, b) a##b
+#define MEGABATCH_STATUS_CONCAT(a, b) MEGABATCH_STATUS_CONCAT_INNER(a, b)
+
+// `lhs` = the value of `expr` (a Result), or returns its status from the
+// enclosing function:
+//   MEGABATCH_ASSIGN_OR_RETURN(Statement q, db.Prepare(sql));
+#define MEGABATCH_ASSIGN_OR_RETURN(lhs, expr) \
+  MEGABATCH_ASSIGN_OR_RETURN_IMPL(            \
+      MEGABATCH_STATUS_CONCAT(_mb_result_, __COUNTER__), lhs, expr)
+#define MEGABATCH_ASSIGN_OR_RETURN_IMPL(result, lhs, expr) \
+  auto result = (expr);                                    \
+  if (!result.ok()) return result.status();                \
+  lhs = std::move(result).value()
 
 #endif  // MEGABATCH_COMMON_STATUS_H_

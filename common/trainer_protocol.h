@@ -20,14 +20,17 @@
 #include <utility>
 #include <vector>
 
+#include "common/exit_codes.h"
 #include "common/status.h"
 
 namespace megabatch::protocol {
 
-// megabatch-trainer's exit codes.
-inline constexpr int kExitCompleted = 0;
-inline constexpr int kExitFailed = 1;
-inline constexpr int kExitUsage = 2;  // bad arguments or config
+// megabatch-trainer's exit codes: those of every binary
+// (common/exit_codes.h), and diverged.
+inline constexpr int kExitCompleted = megabatch::kExitOk;
+inline constexpr int kExitFailed = megabatch::kExitFailed;
+inline constexpr int kExitUsage =
+    megabatch::kExitUsage;  // bad arguments or config
 inline constexpr int kExitDiverged = 3;
 
 // Event names.

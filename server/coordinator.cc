@@ -36,9 +36,8 @@ Status BootstrapAdminToken(const std::string& db_path,
     }
     token = *loaded;
   } else {
-    Result<std::string> fresh = auth::NewToken();
-    if (!fresh.ok()) return fresh.status();
-    token = *fresh;
+    MEGABATCH_ASSIGN_OR_RETURN(std::string fresh, auth::NewToken());
+    token = fresh;
     // Owner-only from its creation.
     const int fd =
         open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -52,11 +51,10 @@ Status BootstrapAdminToken(const std::string& db_path,
     }
     spdlog::info("new admin token written to {}", path);
   }
-  Result<std::unique_ptr<auth::TokenStore>> tokens =
-      auth::TokenStore::Open(db_path);
-  if (!tokens.ok()) return tokens.status();
-  Result<int64_t> id = (*tokens)->Create(
-      "admin", "admin", auth::Sha256Hex(token), scheduler::NowSeconds());
+  MEGABATCH_ASSIGN_OR_RETURN(std::unique_ptr<auth::TokenStore> tokens,
+                             auth::TokenStore::Open(db_path));
+  Result<int64_t> id = tokens->Create("admin", "admin", auth::Sha256Hex(token),
+                                      scheduler::NowSeconds());
   if (!id.ok() && id.status().code() != StatusCode::kAlreadyExists)
     return id.status();
   return Status();
@@ -105,16 +103,15 @@ Result<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
       : options.tls_require_client_cert
           ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
           : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
-  Result<std::string> cert = ReadTextFile(options.tls_cert, "--tls-cert");
-  if (!cert.ok()) return cert.status();
-  Result<std::string> key = ReadTextFile(options.tls_key, "--tls-key");
-  if (!key.ok()) return key.status();
-  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  MEGABATCH_ASSIGN_OR_RETURN(std::string cert,
+                             ReadTextFile(options.tls_cert, "--tls-cert"));
+  MEGABATCH_ASSIGN_OR_RETURN(std::string key,
+                             ReadTextFile(options.tls_key, "--tls-key"));
+  ssl.pem_key_cert_pairs.push_back({key, cert});
   if (!options.tls_client_ca.empty()) {
-    Result<std::string> ca =
-        ReadTextFile(options.tls_client_ca, "--tls-client-ca");
-    if (!ca.ok()) return ca.status();
-    ssl.pem_root_certs = *ca;
+    MEGABATCH_ASSIGN_OR_RETURN(
+        std::string ca, ReadTextFile(options.tls_client_ca, "--tls-client-ca"));
+    ssl.pem_root_certs = ca;
   }
   return grpc::SslServerCredentials(ssl);
 }
@@ -172,15 +169,14 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
         "--tls-cert/--tls-key), or --insecure to let anyone who can reach it "
         "in");
   }
-  Result<std::shared_ptr<grpc::ServerCredentials>> creds =
-      ServerCredentials(options);
-  if (!creds.ok()) return creds.status();
+  MEGABATCH_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
+                             ServerCredentials(options));
   std::string metrics_auth;
   if (!options.metrics_auth_file.empty()) {
-    Result<std::string> text =
-        ReadTextFile(options.metrics_auth_file, "--metrics-auth-file");
-    if (!text.ok()) return text.status();
-    metrics_auth = text->substr(0, text->find_first_of("\r\n"));
+    MEGABATCH_ASSIGN_OR_RETURN(
+        std::string text,
+        ReadTextFile(options.metrics_auth_file, "--metrics-auth-file"));
+    metrics_auth = text.substr(0, text.find_first_of("\r\n"));
     if (metrics_auth.find(':') == std::string::npos ||
         metrics_auth.front() == ':') {
       return InvalidArgumentError(
@@ -223,7 +219,7 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   if (!options.auth_file.empty()) {
     builder.SetOption(std::make_unique<WithoutReflection>());
   }
-  builder.AddListeningPort(options.listen, *creds, &c->port_);
+  builder.AddListeningPort(options.listen, creds, &c->port_);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
 
   builder.RegisterService(c->sweep_service_.get());

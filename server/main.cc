@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "common/exit_codes.h"
 #include "server/auth/auth.h"
 #include "server/auth/token_store.h"
 #include "server/coordinator.h"
@@ -46,7 +47,7 @@ int RunTokenCommand(const std::string& db_path, const std::string& command,
   if (!tokens.ok()) {
     std::fprintf(stderr, "database %s: %s\n", db_path.c_str(),
                  tokens.status().ToString().c_str());
-    return 1;
+    return megabatch::kExitFailed;
   }
   const double now = megabatch::scheduler::NowSeconds();
   if (command == "create") {
@@ -58,7 +59,7 @@ int RunTokenCommand(const std::string& db_path, const std::string& command,
     if (!created.ok()) {
       std::fprintf(stderr, "token create: %s\n",
                    created.status().ToString().c_str());
-      return 1;
+      return megabatch::kExitFailed;
     }
     // The only time the token is shown: the database keeps its hash.
     std::printf("%s\n", token->c_str());
@@ -72,7 +73,7 @@ int RunTokenCommand(const std::string& db_path, const std::string& command,
     if (!rows.ok()) {
       std::fprintf(stderr, "token list: %s\n",
                    rows.status().ToString().c_str());
-      return 1;
+      return megabatch::kExitFailed;
     }
     std::printf("%-6s %-24s %-7s %-20s %s\n", "ID", "NAME", "ROLE", "CREATED",
                 "STATE");
@@ -86,7 +87,7 @@ int RunTokenCommand(const std::string& db_path, const std::string& command,
   Status revoked = (*tokens)->Revoke(id, now);
   if (!revoked.ok()) {
     std::fprintf(stderr, "token revoke: %s\n", revoked.ToString().c_str());
-    return 1;
+    return megabatch::kExitFailed;
   }
   std::fprintf(stderr, "token %lld revoked\n", static_cast<long long>(id));
   return 0;
@@ -250,7 +251,7 @@ int main(int argc, char** argv) {
         megabatch::store::BackupDatabase(options.db_path, backup_to);
     if (!written.ok()) {
       std::fprintf(stderr, "backup: %s\n", written.ToString().c_str());
-      return 1;
+      return megabatch::kExitFailed;
     }
     std::fprintf(stderr, "backup of %s written to %s\n",
                  options.db_path.c_str(), backup_to.c_str());
@@ -263,7 +264,7 @@ int main(int argc, char** argv) {
     if (!requeued.ok()) {
       std::fprintf(stderr, "restore: %s\n",
                    requeued.status().ToString().c_str());
-      return 1;
+      return megabatch::kExitFailed;
     }
     std::fprintf(stderr,
                  "%s restored from %s: %d running trials back in the queue; "
@@ -290,7 +291,7 @@ int main(int argc, char** argv) {
     auto coordinator = megabatch::Coordinator::Start(options);
     if (!coordinator.ok()) {
       spdlog::error("{}", coordinator.status().ToString());
-      return 1;
+      return megabatch::kExitFailed;
     }
     spdlog::info("megabatch-coordinator listening on port {} (database {})",
                  (*coordinator)->port(), options.db_path);
@@ -312,7 +313,7 @@ int main(int argc, char** argv) {
     (*coordinator)->Shutdown();
   } catch (const std::exception& e) {
     spdlog::error("fatal: {}", e.what());
-    return 1;
+    return megabatch::kExitFailed;
   }
   return 0;
 }

@@ -125,16 +125,17 @@ Result<std::unique_ptr<Authenticator>> Authenticator::Open(
   if (!certificates.crl_file.empty() && certificates.ca_file.empty()) {
     return InvalidArgumentError("--tls-crl: needs --tls-client-ca");
   }
-  Result<std::unique_ptr<store::Db>> db = store::Db::OpenReadOnly(db_path);
-  if (!db.ok()) return db.status();
+  MEGABATCH_ASSIGN_OR_RETURN(std::unique_ptr<store::Db> db,
+                             store::Db::OpenReadOnly(db_path));
   std::unique_ptr<Authenticator> auth(
-      new Authenticator(std::move(*db), std::move(certificates)));
+      new Authenticator(std::move(db), std::move(certificates)));
   MutexLock lock(&auth->mu_);
   MEGABATCH_RETURN_IF_ERROR(auth->LoadRevocationsLocked());
   // Fails now, not at the first call, if the table is missing.
-  Result<store::CachedStatement> q = auth->db_->Cached(
-      "SELECT name, role FROM tokens WHERE sha256 = ? AND revoked_at IS NULL");
-  if (!q.ok()) return q.status();
+  MEGABATCH_RETURN_IF_ERROR(auth->db_
+                                ->Cached("SELECT name, role FROM tokens WHERE "
+                                         "sha256 = ? AND revoked_at IS NULL")
+                                .status());
   return auth;
 }
 
@@ -152,19 +153,18 @@ Result<Caller> Authenticator::Authenticate(
   }
   const std::string hash = Sha256Hex(authorization->substr(kBearer.size()));
   MutexLock lock(&mu_);
-  Result<store::CachedStatement> q = db_->Cached(
-      "SELECT name, role FROM tokens WHERE sha256 = ? AND revoked_at IS NULL");
-  if (!q.ok()) return q.status();
-  (*q)->Bind(1, hash);
-  Result<bool> row = (*q)->Step();
-  if (!row.ok()) return row.status();
-  if (!*row) {
+  MEGABATCH_ASSIGN_OR_RETURN(store::CachedStatement q,
+                             db_->Cached("SELECT name, role FROM tokens WHERE "
+                                         "sha256 = ? AND revoked_at IS NULL"));
+  q->Bind(1, hash);
+  MEGABATCH_ASSIGN_OR_RETURN(bool row, q->Step());
+  if (!row) {
     return Status(StatusCode::kUnauthenticated,
                   "authorization: unknown or revoked token");
   }
   Caller caller;
-  caller.name = (*q)->Text(0);
-  caller.role = ParseRole((*q)->Text(1)).value_or(Role::kWorker);
+  caller.name = q->Text(0);
+  caller.role = ParseRole(q->Text(1)).value_or(Role::kWorker);
   return caller;
 }
 
@@ -178,15 +178,15 @@ Status Authenticator::LoadRevocationsLocked() const {
   const int64_t mtime_ns =
       static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   if (mtime_ns == crl_mtime_ns_) return Status();
-  Result<std::string> crl_pem = ReadTextFile(path, "--tls-crl");
-  if (!crl_pem.ok()) return crl_pem.status();
-  Result<std::string> ca_pem =
-      ReadTextFile(certificates_.ca_file, "--tls-client-ca");
-  if (!ca_pem.ok()) return ca_pem.status();
-  auto crl_bio = MemoryBio(*crl_pem);  // reads the string in place
+  MEGABATCH_ASSIGN_OR_RETURN(std::string crl_pem,
+                             ReadTextFile(path, "--tls-crl"));
+  MEGABATCH_ASSIGN_OR_RETURN(
+      std::string ca_pem,
+      ReadTextFile(certificates_.ca_file, "--tls-client-ca"));
+  auto crl_bio = MemoryBio(crl_pem);  // reads the string in place
   std::unique_ptr<X509_CRL, CrlFree> crl(
       PEM_read_bio_X509_CRL(crl_bio.get(), nullptr, nullptr, nullptr));
-  X509Ptr ca = ReadCertificate(*ca_pem);
+  X509Ptr ca = ReadCertificate(ca_pem);
   if (crl == nullptr) {
     return InvalidArgumentError("--tls-crl: " + path + " is not a PEM CRL");
   }

@@ -33,12 +33,6 @@ const std::map<std::string, std::string>& LiveMetrics() {
   return *names;
 }
 
-const char* const kTrialStates[] = {"queued", "running",   "completed",
-                                    "failed", "cancelled", "diverged",
-                                    "pruned"};
-const char* const kSweepStates[] = {"queued", "running", "completed", "failed",
-                                    "cancelled"};
-
 MetricFamily Gauges(std::string name, std::string help) {
   MetricFamily f;
   f.name = std::move(name);
@@ -60,11 +54,19 @@ std::string Short(double v) {
   return buf;
 }
 
+// The names of a store state table (store::kTrialStateNames, ...).
+template <typename Table>
+std::vector<std::string> StateNames(const Table& table) {
+  std::vector<std::string> names;
+  for (const auto& [state, name] : table) names.emplace_back(name);
+  return names;
+}
+
 // Counts per state from `sql` (state, count), every state present.
 Status StateGauges(store::Db& db, const std::string& sql, MetricFamily* family,
-                   const char* const* states, size_t n) {
+                   const std::vector<std::string>& states) {
   std::map<std::string, double> counts;
-  for (size_t i = 0; i < n; ++i) counts[states[i]] = 0;
+  for (const std::string& state : states) counts[state] = 0;
   auto q = db.Prepare(sql);
   if (!q.ok()) return q.status();
   MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(
@@ -130,10 +132,9 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
 
     MetricFamily workers =
         Gauges("megabatch_workers", "registered workers by state");
-    const char* const worker_states[] = {"alive", "lost"};
     MEGABATCH_RETURN_IF_ERROR(
         StateGauges(d, "SELECT state, count(*) FROM workers GROUP BY state",
-                    &workers, worker_states, 2));
+                    &workers, {"alive", "lost"}));
     out->push_back(std::move(workers));
 
     auto slots_q = d.Prepare(
@@ -154,13 +155,13 @@ class CoordinatorMetrics::Live : public prometheus::Collectable {
     MetricFamily sweeps = Gauges("megabatch_sweeps", "sweeps by state");
     MEGABATCH_RETURN_IF_ERROR(
         StateGauges(d, "SELECT state, count(*) FROM sweeps GROUP BY state",
-                    &sweeps, kSweepStates, std::size(kSweepStates)));
+                    &sweeps, StateNames(store::kSweepStateNames)));
     out->push_back(std::move(sweeps));
 
     MetricFamily trials = Gauges("megabatch_trials", "trials by state");
     MEGABATCH_RETURN_IF_ERROR(
         StateGauges(d, "SELECT state, count(*) FROM trials GROUP BY state",
-                    &trials, kTrialStates, std::size(kTrialStates)));
+                    &trials, StateNames(store::kTrialStateNames)));
     double queued = 0;
     for (const auto& m : trials.metric) {
       if (m.label[0].value == "queued") queued = m.gauge.value;

@@ -276,53 +276,55 @@ void AddNoiseScale(const std::vector<ScalingRow>& rows, CriticalBatchFit* fit) {
 Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
   SweepReport report;
   report.sweep_id = sweep_id;
-  auto sweep = db.Prepare(
-      "SELECT json_extract(spec_json, '$.target.metric'), "
-      "json_extract(spec_json, '$.target.value') FROM sweeps WHERE id = ?");
-  if (!sweep.ok()) return sweep.status();
-  sweep->Bind(1, sweep_id);
-  auto found = sweep->Step();
-  if (!found.ok()) return found.status();
-  if (!*found)
+  MEGABATCH_ASSIGN_OR_RETURN(
+      auto sweep,
+      db.Prepare("SELECT json_extract(spec_json, '$.target.metric'), "
+                 "json_extract(spec_json, '$.target.value') FROM sweeps WHERE "
+                 "id = ?"));
+  sweep.Bind(1, sweep_id);
+  MEGABATCH_ASSIGN_OR_RETURN(auto found, sweep.Step());
+  if (!found)
     return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
-  report.target_metric = sweep->Text(0);
-  report.target_value = sweep->OptionalDouble(1);
+  report.target_metric = sweep.Text(0);
+  report.target_value = sweep.OptionalDouble(1);
 
   std::string columns;
   for (const ReportColumn& c : kReportColumns) {
     columns += (columns.empty() ? "" : ", ") + std::string(c.name);
   }
-  auto rows = db.Prepare(
-      "SELECT " + columns +
-      " FROM sweep_scaling s WHERE sweep_id = ?1 ORDER BY (SELECT "
-      "MIN(trial_index) FROM trials t WHERE t.sweep_id = ?1 AND t.optimizer = "
-      "s.optimizer), batch_size");
-  if (!rows.ok()) return rows.status();
-  rows->Bind(1, sweep_id);
-  MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(*rows, [&](store::Statement& q) {
+  MEGABATCH_ASSIGN_OR_RETURN(
+      auto rows,
+      db.Prepare("SELECT " + columns +
+                 " FROM sweep_scaling s WHERE sweep_id = ?1 ORDER BY (SELECT "
+                 "MIN(trial_index) FROM trials t WHERE t.sweep_id = ?1 AND "
+                 "t.optimizer = "
+                 "s.optimizer), batch_size"));
+  rows.Bind(1, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(rows, [&](store::Statement& q) {
     ScalingRow r;
     int i = 0;
     for (const ReportColumn& c : kReportColumns) ReadColumn(q, i++, c.name, &r);
     report.rows.push_back(std::move(r));
   }));
 
-  auto seeds = db.Prepare(
-      "SELECT steps_to_target FROM trial_summary WHERE sweep_id = ? AND "
-      "optimizer = ? "
-      "AND batch_size = ? AND lr = ? AND steps_to_target IS NOT NULL "
-      "AND (phase IS NULL OR phase = 'finish') ORDER BY seed");
-  if (!seeds.ok()) return seeds.status();
+  MEGABATCH_ASSIGN_OR_RETURN(
+      auto seeds,
+      db.Prepare(
+          "SELECT steps_to_target FROM trial_summary WHERE sweep_id = ? AND "
+          "optimizer = ? "
+          "AND batch_size = ? AND lr = ? AND steps_to_target IS NOT NULL "
+          "AND (phase IS NULL OR phase = 'finish') ORDER BY seed"));
   for (ScalingRow& r : report.rows) {
     if (!r.steps_to_target) continue;
-    seeds->Bind(1, sweep_id)
+    seeds.Bind(1, sweep_id)
         .Bind(2, r.optimizer)
         .Bind(3, r.batch_size)
         .Bind(4, r.best_lr);
     MEGABATCH_RETURN_IF_ERROR(
-        store::ForEachRow(*seeds, [&](store::Statement& q) {
+        store::ForEachRow(seeds, [&](store::Statement& q) {
           r.seed_steps_to_target.push_back(q.Double(0));
         }));
-    seeds->Reset();
+    seeds.Reset();
   }
 
   std::vector<std::string> order;
@@ -345,32 +347,35 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
 
   // An adaptive study's plan: what its planner decided, in order, and the
   // probe's prediction of B_crit.
-  auto plan = db.Prepare(
-      "SELECT message FROM events WHERE sweep_id = ? AND kind = 'plan' ORDER "
-      "BY id");
-  if (!plan.ok()) return plan.status();
-  plan->Bind(1, sweep_id);
+  MEGABATCH_ASSIGN_OR_RETURN(auto plan,
+                             db.Prepare("SELECT message FROM events WHERE "
+                                        "sweep_id = ? AND kind = 'plan' ORDER "
+                                        "BY id"));
+  plan.Bind(1, sweep_id);
   MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(
-      *plan, [&](store::Statement& q) { report.plan.push_back(q.Text(0)); }));
-  auto probe = db.Prepare(
-      "SELECT COALESCE(noise_scale_at_100pct, gradient_noise_scale) FROM "
-      "trial_summary "
-      "WHERE sweep_id = ? AND phase = 'probe'");
-  if (!probe.ok()) return probe.status();
-  probe->Bind(1, sweep_id);
-  MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(*probe, [&](store::Statement& q) {
+      plan, [&](store::Statement& q) { report.plan.push_back(q.Text(0)); }));
+  MEGABATCH_ASSIGN_OR_RETURN(
+      auto probe,
+      db.Prepare(
+          "SELECT COALESCE(noise_scale_at_100pct, gradient_noise_scale) FROM "
+          "trial_summary "
+          "WHERE sweep_id = ? AND phase = 'probe'"));
+  probe.Bind(1, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(store::ForEachRow(probe, [&](store::Statement& q) {
     report.predicted_b_crit = q.OptionalDouble(0);
   }));
 
-  auto diverged = db.Prepare(
-      "SELECT optimizer, batch_size, lr, SUM(diverged), COUNT(*) "
-      "FROM trial_summary WHERE sweep_id = ? GROUP BY optimizer, batch_size, "
-      "lr "
-      "HAVING SUM(diverged) > 0 ORDER BY optimizer, batch_size, lr");
-  if (!diverged.ok()) return diverged.status();
-  diverged->Bind(1, sweep_id);
+  MEGABATCH_ASSIGN_OR_RETURN(
+      auto diverged,
+      db.Prepare(
+          "SELECT optimizer, batch_size, lr, SUM(diverged), COUNT(*) "
+          "FROM trial_summary WHERE sweep_id = ? GROUP BY optimizer, "
+          "batch_size, "
+          "lr "
+          "HAVING SUM(diverged) > 0 ORDER BY optimizer, batch_size, lr"));
+  diverged.Bind(1, sweep_id);
   MEGABATCH_RETURN_IF_ERROR(
-      store::ForEachRow(*diverged, [&](store::Statement& q) {
+      store::ForEachRow(diverged, [&](store::Statement& q) {
         report.diverged.push_back({q.Text(0), q.Int(1), q.Double(2),
                                    static_cast<int32_t>(q.Int(3)),
                                    static_cast<int32_t>(q.Int(4))});

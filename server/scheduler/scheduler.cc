@@ -68,19 +68,20 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
                                                const std::string& request_id,
                                                const std::string& owner,
                                                const SubmitPolicy& policy) {
-  Result<spec::SweepSpec> spec = spec::ParseSweepSpec(
-      spec_text, format,
-      policy.data_roots.empty() ? nullptr : &policy.data_roots);
-  if (!spec.ok()) return spec.status();
-  if (spec->priority > policy.max_priority) {
+  MEGABATCH_ASSIGN_OR_RETURN(
+      spec::SweepSpec spec,
+      spec::ParseSweepSpec(
+          spec_text, format,
+          policy.data_roots.empty() ? nullptr : &policy.data_roots));
+  if (spec.priority > policy.max_priority) {
     return Status(StatusCode::kPermissionDenied,
-                  "priority: " + std::to_string(spec->priority) + " is above " +
+                  "priority: " + std::to_string(spec.priority) + " is above " +
                       std::to_string(policy.max_priority) + ", the most '" +
                       owner +
                       "' may set (an admin sets it: "
                       "--max-user-priority)");
   }
-  if (const int64_t parameters = spec::EstimateParameters(spec->model);
+  if (const int64_t parameters = spec::EstimateParameters(spec.model);
       policy.max_model_parameters > 0 &&
       parameters > policy.max_model_parameters) {
     return InvalidArgumentError(
@@ -90,15 +91,14 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
         std::to_string(policy.max_model_parameters) +
         " (--max-model-parameters)");
   }
-  std::vector<spec::TrialSpec> trials = spec::ExpandSweep(*spec);
+  std::vector<spec::TrialSpec> trials = spec::ExpandSweep(spec);
   MEGABATCH_RETURN_IF_ERROR(spec::CheckTrialConfigs(trials));
   if (policy.max_pending_trials > 0) {
-    Result<int64_t> pending = store_->PendingTrials(owner);
-    if (!pending.ok()) return pending.status();
-    if (*pending + static_cast<int64_t>(trials.size()) >
+    MEGABATCH_ASSIGN_OR_RETURN(int64_t pending, store_->PendingTrials(owner));
+    if (pending + static_cast<int64_t>(trials.size()) >
         policy.max_pending_trials) {
       return Status(StatusCode::kResourceExhausted,
-                    "'" + owner + "' has " + std::to_string(*pending) +
+                    "'" + owner + "' has " + std::to_string(pending) +
                         " trials queued or running; this sweep's " +
                         std::to_string(trials.size()) +
                         " would pass the quota of " +
@@ -108,17 +108,16 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
     }
   }
   bool existed = false;
-  Result<int64_t> id = store_->CreateSweep(*spec, trials, request_id,
-                                           NowSeconds(), &existed, owner);
-  if (!id.ok()) return id.status();
+  MEGABATCH_ASSIGN_OR_RETURN(
+      int64_t id, store_->CreateSweep(spec, trials, request_id, NowSeconds(),
+                                      &existed, owner));
   if (existed) {
-    Result<store::SweepRow> row = store_->GetSweep(*id);
-    if (!row.ok()) return row.status();
-    return Submitted{*id, row->trials_total, true};
+    MEGABATCH_ASSIGN_OR_RETURN(store::SweepRow row, store_->GetSweep(id));
+    return Submitted{id, row.trials_total, true};
   }
-  spdlog::info("sweep {} '{}' submitted with {} trials", *id,
-               Printable(spec->name), trials.size());
-  return Submitted{*id, static_cast<int32_t>(trials.size())};
+  spdlog::info("sweep {} '{}' submitted with {} trials", id,
+               Printable(spec.name), trials.size());
+  return Submitted{id, static_cast<int32_t>(trials.size())};
 }
 
 Result<store::SweepRow> Scheduler::Cancel(int64_t sweep_id) {

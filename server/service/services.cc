@@ -121,24 +121,24 @@ Result<auth::Caller> Authorize(const auth::Authenticator* auth,
       return values.empty() ? std::string()
                             : std::string(values[0].data(), values[0].size());
     };
-    Result<std::optional<auth::Caller>> certified = auth->CertificateCaller(
-        property("x509_pem_cert"), property("x509_common_name"));
-    if (!certified.ok()) return certified.status();
+    MEGABATCH_ASSIGN_OR_RETURN(
+        std::optional<auth::Caller> certified,
+        auth->CertificateCaller(property("x509_pem_cert"),
+                                property("x509_common_name")));
     if (!header.has_value() && access == Access::kWorkers &&
-        certified->has_value()) {
-      return **certified;
+        certified.has_value()) {
+      return *certified;
     }
   }
-  Result<auth::Caller> caller = auth->Authenticate(header);
-  if (!caller.ok()) return caller.status();
+  MEGABATCH_ASSIGN_OR_RETURN(auth::Caller caller, auth->Authenticate(header));
   const bool allowed = access == Access::kWorkers
-                           ? caller->role == auth::Role::kWorker
-                           : caller->role != auth::Role::kWorker;
+                           ? caller.role == auth::Role::kWorker
+                           : caller.role != auth::Role::kWorker;
   if (!allowed) {
     return Status(
         StatusCode::kPermissionDenied,
-        std::string("token '") + caller->name + "' has role " +
-            auth::RoleName(caller->role) + ", which may not call " + method +
+        std::string("token '") + caller.name + "' has role " +
+            auth::RoleName(caller.role) + ", which may not call " + method +
             " (" +
             (access == Access::kWorkers ? "worker tokens only"
                                         : "admin and user tokens only") +
@@ -234,8 +234,9 @@ Status CheckLease(const v1::TrialLease& lease) {
   MEGABATCH_RETURN_IF_ERROR(CheckId(lease.trial_id(), "lease.trial_id"));
   MEGABATCH_RETURN_IF_ERROR(CheckId(lease.lease_id(), "lease.lease_id"));
   if (lease.rank() < 0 || lease.rank() >= spec::kMaxRanksPerTrial) {
-    return InvalidArgumentError("lease.rank: must be between 0 and 63, got " +
-                                std::to_string(lease.rank()));
+    return InvalidArgumentError("lease.rank: must be between 0 and " +
+                                std::to_string(spec::kMaxRanksPerTrial - 1) +
+                                ", got " + std::to_string(lease.rank()));
   }
   return Status();
 }
@@ -326,13 +327,15 @@ grpc::Status SweepServiceImpl::SubmitSweep(grpc::ServerContext* ctx,
                                       std::to_string(kMaxNameLength) +
                                       " characters");
         }
-        auto submitted = scheduler_->Submit(
-            req->spec(), format, req->request_id(), caller.name,
-            caller.role == auth::Role::kUser ? user_policy_ : admin_policy_);
-        if (!submitted.ok()) return submitted.status();
-        resp->set_sweep_id(submitted->sweep_id);
-        resp->set_trials(submitted->trials);
-        resp->set_repeated(submitted->repeated);
+        MEGABATCH_ASSIGN_OR_RETURN(
+            auto submitted, scheduler_->Submit(req->spec(), format,
+                                               req->request_id(), caller.name,
+                                               caller.role == auth::Role::kUser
+                                                   ? user_policy_
+                                                   : admin_policy_));
+        resp->set_sweep_id(submitted.sweep_id);
+        resp->set_trials(submitted.trials);
+        resp->set_repeated(submitted.repeated);
         return Status();
       });
 }
@@ -343,9 +346,8 @@ grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext* ctx,
   return Guard(
       metrics_, auth_, ctx, Access::kUsers, "GetSweep", [&]() -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-        auto row = store_->GetSweep(req->sweep_id());
-        if (!row.ok()) return row.status();
-        ToProto(*row, resp);
+        MEGABATCH_ASSIGN_OR_RETURN(auto row, store_->GetSweep(req->sweep_id()));
+        ToProto(row, resp);
         return Status();
       });
 }
@@ -353,20 +355,20 @@ grpc::Status SweepServiceImpl::GetSweep(grpc::ServerContext* ctx,
 grpc::Status SweepServiceImpl::ListSweeps(grpc::ServerContext* ctx,
                                           const v1::ListSweepsRequest* req,
                                           v1::ListSweepsResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "ListSweeps",
-               [&]() -> Status {
-                 auto page = ParsePage(req->page_size(), req->page_token(),
-                                       "sweeps", 0, kSweepPageSize);
-                 if (!page.ok()) return page.status();
-                 auto rows = store_->ListSweeps(
-                     std::max<int64_t>(page->after, 0), page->size + 1);
-                 if (!rows.ok()) return rows.status();
-                 if (FillPage(*rows, page->size, resp->mutable_sweeps())) {
-                   resp->set_next_page_token(
-                       PageToken("sweeps", 0, resp->sweeps().rbegin()->id()));
-                 }
-                 return Status();
-               });
+  return Guard(
+      metrics_, auth_, ctx, Access::kUsers, "ListSweeps", [&]() -> Status {
+        MEGABATCH_ASSIGN_OR_RETURN(
+            auto page, ParsePage(req->page_size(), req->page_token(), "sweeps",
+                                 0, kSweepPageSize));
+        MEGABATCH_ASSIGN_OR_RETURN(
+            auto rows, store_->ListSweeps(std::max<int64_t>(page.after, 0),
+                                          page.size + 1));
+        if (FillPage(rows, page.size, resp->mutable_sweeps())) {
+          resp->set_next_page_token(
+              PageToken("sweeps", 0, resp->sweeps().rbegin()->id()));
+        }
+        return Status();
+      });
 }
 
 grpc::Status SweepServiceImpl::CancelSweep(grpc::ServerContext* ctx,
@@ -381,18 +383,18 @@ grpc::Status SweepServiceImpl::CancelSweep(grpc::ServerContext* ctx,
       [&](const auth::Caller& caller) -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
         if (caller.role != auth::Role::kAdmin) {
-          auto sweep = store_->GetSweep(req->sweep_id());
-          if (!sweep.ok()) return sweep.status();
-          if (sweep->owner != caller.name) {
+          MEGABATCH_ASSIGN_OR_RETURN(auto sweep,
+                                     store_->GetSweep(req->sweep_id()));
+          if (sweep.owner != caller.name) {
             return Status(StatusCode::kPermissionDenied,
                           "sweep " + std::to_string(req->sweep_id()) +
-                              " belongs to '" + sweep->owner +
+                              " belongs to '" + sweep.owner +
                               "'; only its owner or an admin may cancel it");
           }
         }
-        auto row = scheduler_->Cancel(req->sweep_id());
-        if (!row.ok()) return row.status();
-        ToProto(*row, resp);
+        MEGABATCH_ASSIGN_OR_RETURN(auto row,
+                                   scheduler_->Cancel(req->sweep_id()));
+        ToProto(row, resp);
         return Status();
       });
 }
@@ -403,13 +405,13 @@ grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext* ctx,
   return Guard(
       metrics_, auth_, ctx, Access::kUsers, "ListTrials", [&]() -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-        auto page = ParsePage(req->page_size(), req->page_token(), "trials",
-                              req->sweep_id(), kTrialPageSize);
-        if (!page.ok()) return page.status();
-        auto rows =
-            store_->ListTrials(req->sweep_id(), page->after, page->size + 1);
-        if (!rows.ok()) return rows.status();
-        if (FillPage(*rows, page->size, resp->mutable_trials())) {
+        MEGABATCH_ASSIGN_OR_RETURN(
+            auto page, ParsePage(req->page_size(), req->page_token(), "trials",
+                                 req->sweep_id(), kTrialPageSize));
+        MEGABATCH_ASSIGN_OR_RETURN(
+            auto rows,
+            store_->ListTrials(req->sweep_id(), page.after, page.size + 1));
+        if (FillPage(rows, page.size, resp->mutable_trials())) {
           resp->set_next_page_token(PageToken(
               "trials", req->sweep_id(), resp->trials().rbegin()->index()));
         }
@@ -420,20 +422,20 @@ grpc::Status SweepServiceImpl::ListTrials(grpc::ServerContext* ctx,
 grpc::Status SweepServiceImpl::ListWorkers(grpc::ServerContext* ctx,
                                            const v1::ListWorkersRequest* req,
                                            v1::ListWorkersResponse* resp) {
-  return Guard(metrics_, auth_, ctx, Access::kUsers, "ListWorkers",
-               [&]() -> Status {
-                 auto page = ParsePage(req->page_size(), req->page_token(),
-                                       "workers", 0, kWorkerPageSize);
-                 if (!page.ok()) return page.status();
-                 auto rows = store_->ListWorkers(
-                     std::max<int64_t>(page->after, 0), page->size + 1);
-                 if (!rows.ok()) return rows.status();
-                 if (FillPage(*rows, page->size, resp->mutable_workers())) {
-                   resp->set_next_page_token(
-                       PageToken("workers", 0, resp->workers().rbegin()->id()));
-                 }
-                 return Status();
-               });
+  return Guard(
+      metrics_, auth_, ctx, Access::kUsers, "ListWorkers", [&]() -> Status {
+        MEGABATCH_ASSIGN_OR_RETURN(
+            auto page, ParsePage(req->page_size(), req->page_token(), "workers",
+                                 0, kWorkerPageSize));
+        MEGABATCH_ASSIGN_OR_RETURN(
+            auto rows, store_->ListWorkers(std::max<int64_t>(page.after, 0),
+                                           page.size + 1));
+        if (FillPage(rows, page.size, resp->mutable_workers())) {
+          resp->set_next_page_token(
+              PageToken("workers", 0, resp->workers().rbegin()->id()));
+        }
+        return Status();
+      });
 }
 
 grpc::Status SweepServiceImpl::WatchSweep(
@@ -443,8 +445,8 @@ grpc::Status SweepServiceImpl::WatchSweep(
       metrics_, auth_, ctx, Access::kUsers, "WatchSweep",
       [&](const auth::Caller& caller) -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-        auto slot = streams_.Acquire(caller.name);
-        if (!slot.ok()) return slot.status();
+        // Held until the stream ends.
+        MEGABATCH_ASSIGN_OR_RETURN(auto slot, streams_.Acquire(caller.name));
         // A snapshot on every state change, and at least once a second so that
         // the latest metrics show while no trial changes state; but never
         // sooner after the last than 4 times what that one cost, so that a
@@ -460,21 +462,20 @@ grpc::Status SweepServiceImpl::WatchSweep(
             MEGABATCH_RETURN_IF_ERROR(
                 Authorize(auth_, ctx, Access::kUsers, "WatchSweep").status());
           }
-          auto sweep = store_->GetSweep(req->sweep_id());
-          if (!sweep.ok()) return sweep.status();
+          MEGABATCH_ASSIGN_OR_RETURN(auto sweep,
+                                     store_->GetSweep(req->sweep_id()));
           // Page by page: the store's lock is held for one page at a time,
           // so writers (metric reports, heartbeats) go on in between.
           std::vector<store::TrialRow> trials;
           for (int64_t after = -1;;) {
-            auto page =
-                store_->ListTrials(req->sweep_id(), after, kTrialPageSize);
-            if (!page.ok()) return page.status();
-            if (page->empty()) break;
-            after = page->back().index;
-            const bool last =
-                page->size() < static_cast<size_t>(kTrialPageSize);
-            trials.insert(trials.end(), std::make_move_iterator(page->begin()),
-                          std::make_move_iterator(page->end()));
+            MEGABATCH_ASSIGN_OR_RETURN(
+                auto page,
+                store_->ListTrials(req->sweep_id(), after, kTrialPageSize));
+            if (page.empty()) break;
+            after = page.back().index;
+            const bool last = page.size() < static_cast<size_t>(kTrialPageSize);
+            trials.insert(trials.end(), std::make_move_iterator(page.begin()),
+                          std::make_move_iterator(page.end()));
             if (last) break;
           }
           // The trials that changed since they were last sent (all, the first
@@ -496,7 +497,7 @@ grpc::Status SweepServiceImpl::WatchSweep(
           size_t next = 0;
           do {
             v1::WatchSweepResponse update;
-            ToProto(*sweep, update.mutable_sweep());
+            ToProto(sweep, update.mutable_sweep());
             size_t bytes = 0;
             while (next < changed.size() &&
                    Fits(changed[next].ByteSizeLong(), update.trials_size(),
@@ -508,7 +509,7 @@ grpc::Status SweepServiceImpl::WatchSweep(
               return Status(StatusCode::kCancelled, "watcher went away");
             }
           } while (next < changed.size());
-          if (store::IsFinal(sweep->state)) return Status();
+          if (store::IsFinal(sweep.state)) return Status();
           const auto now = std::chrono::steady_clock::now();
           const auto earliest = now + 4 * (now - started);
           version = scheduler_->WaitForChange(
@@ -545,9 +546,9 @@ grpc::Status SweepServiceImpl::Query(grpc::ServerContext* ctx,
           limits.timeout = std::chrono::milliseconds(req->timeout_ms());
         limits.cancelled = [ctx] { return ctx->IsCancelled(); };
         if (caller.role != auth::Role::kAdmin) limits.viewer = caller.name;
-        auto result = results_->Query(req->sql(), limits);
-        if (!result.ok()) return result.status();
-        ToProto(*result, resp);
+        MEGABATCH_ASSIGN_OR_RETURN(auto result,
+                                   results_->Query(req->sql(), limits));
+        ToProto(result, resp);
         return Status();
       });
 }
@@ -558,14 +559,13 @@ grpc::Status SweepServiceImpl::GetSweepReport(
   return Guard(
       metrics_, auth_, ctx, Access::kUsers, "GetSweepReport", [&]() -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-        auto sweep = store_->GetSweep(req->sweep_id());
-        if (!sweep.ok()) return sweep.status();
-        auto db = results_->Connect();
-        if (!db.ok()) return db.status();
-        auto report = report::BuildReport(**db, req->sweep_id());
-        if (!report.ok()) return report.status();
-        ToProto(*sweep, resp->mutable_sweep());
-        ToProto(*report, resp);
+        MEGABATCH_ASSIGN_OR_RETURN(auto sweep,
+                                   store_->GetSweep(req->sweep_id()));
+        MEGABATCH_ASSIGN_OR_RETURN(auto db, results_->Connect());
+        MEGABATCH_ASSIGN_OR_RETURN(auto report,
+                                   report::BuildReport(*db, req->sweep_id()));
+        ToProto(sweep, resp->mutable_sweep());
+        ToProto(report, resp);
         return Status();
       });
 }
@@ -577,8 +577,8 @@ grpc::Status SweepServiceImpl::ExportMetrics(
       metrics_, auth_, ctx, Access::kUsers, "ExportMetrics",
       [&](const auth::Caller& caller) -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckId(req->sweep_id(), "sweep_id"));
-        auto slot = streams_.Acquire(caller.name);
-        if (!slot.ok()) return slot.status();
+        // Held until the stream ends.
+        MEGABATCH_ASSIGN_OR_RETURN(auto slot, streams_.Acquire(caller.name));
         if (req->names_size() > kMaxExportNames) {
           return InvalidArgumentError("names: at most " +
                                       std::to_string(kMaxExportNames));
@@ -611,9 +611,9 @@ Status WorkerServiceImpl::CheckOwner(int64_t worker_id,
     }
   }
   if (!owner.has_value()) {
-    Result<std::string> stored = store_->WorkerOwner(worker_id);
-    if (!stored.ok()) return stored.status();
-    owner = *stored;
+    MEGABATCH_ASSIGN_OR_RETURN(std::string stored,
+                               store_->WorkerOwner(worker_id));
+    owner = stored;
     MutexLock lock(&owners_mu_);
     owners_.emplace(worker_id, *owner);
   }
@@ -651,15 +651,16 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
                                       " characters long");
         }
         if (req->slots() < 1 || req->slots() > kMaxSlots) {
-          return InvalidArgumentError(
-              "slots: must be between 1 and 4096, got " +
-              std::to_string(req->slots()));
+          return InvalidArgumentError("slots: must be between 1 and " +
+                                      std::to_string(kMaxSlots) + ", got " +
+                                      std::to_string(req->slots()));
         }
         store::WorkerRendezvous rendezvous;
         if (!req->rendezvous_host().empty()) {
           if (req->rendezvous_host().size() > kMaxNameLength) {
-            return InvalidArgumentError(
-                "rendezvous_host: at most 200 characters");
+            return InvalidArgumentError("rendezvous_host: at most " +
+                                        std::to_string(kMaxNameLength) +
+                                        " characters");
           }
           rendezvous.host = req->rendezvous_host();
         }
@@ -676,11 +677,11 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
           rendezvous.port_first = static_cast<int32_t>(first);
           rendezvous.port_count = static_cast<int32_t>(count);
         }
-        auto id = store_->RegisterWorker(req->name(), req->slots(),
-                                         scheduler::NowSeconds(), rendezvous,
-                                         caller.name);
-        if (!id.ok()) return id.status();
-        resp->set_worker_id(*id);
+        MEGABATCH_ASSIGN_OR_RETURN(
+            auto id, store_->RegisterWorker(req->name(), req->slots(),
+                                            scheduler::NowSeconds(), rendezvous,
+                                            caller.name));
+        resp->set_worker_id(id);
         resp->set_heartbeat_interval_ms(static_cast<int32_t>(
             scheduler_->options().heartbeat_interval.count()));
         resp->set_lease_timeout_ms(
@@ -796,8 +797,8 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
           const auto& p = req->points(i);
           if (p.name().empty() || p.name().size() > kMaxNameLength) {
             return InvalidArgumentError(
-                "points[" + std::to_string(i) +
-                "].name: must be 1 to 200 characters long");
+                "points[" + std::to_string(i) + "].name: must be 1 to " +
+                std::to_string(kMaxNameLength) + " characters long");
           }
           if (p.step() < 0) {
             return InvalidArgumentError("points[" + std::to_string(i) +

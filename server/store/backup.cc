@@ -56,8 +56,7 @@ Status BackupDatabase(const std::string& db_path, const std::string& to) {
     return AlreadyExistsError("backup " + to +
                               ": exists; a backup never overwrites a file");
   }
-  auto source = Db::OpenReadOnly(db_path);
-  if (!source.ok()) return source.status();
+  MEGABATCH_ASSIGN_OR_RETURN(auto source, Db::OpenReadOnly(db_path));
   const std::string tmp = to + ".tmp";
   fs::remove(tmp, ec);
   sqlite3* raw = nullptr;
@@ -70,7 +69,7 @@ Status BackupDatabase(const std::string& db_path, const std::string& to) {
     // One step for all pages: the whole copy reads one snapshot, while
     // the coordinator's writes go on into its write-ahead log.
     sqlite3_backup* b =
-        sqlite3_backup_init(dest.get(), "main", (*source)->raw(), "main");
+        sqlite3_backup_init(dest.get(), "main", source->raw(), "main");
     if (b == nullptr) {
       copied = SqliteStatus(sqlite3_errcode(dest.get()), dest.get(),
                             "backup " + db_path);

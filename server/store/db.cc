@@ -86,11 +86,10 @@ Result<Statement> Db::Prepare(std::string_view sql) {
 Result<CachedStatement> Db::Cached(std::string_view sql) {
   auto it = cache_.find(std::string(sql));
   if (it == cache_.end()) {
-    Result<Statement> stmt = Prepare(sql);
-    if (!stmt.ok()) return stmt.status();
+    MEGABATCH_ASSIGN_OR_RETURN(Statement stmt, Prepare(sql));
     it = cache_
              .emplace(std::string(sql),
-                      std::make_unique<Statement>(std::move(*stmt)))
+                      std::make_unique<Statement>(std::move(stmt)))
              .first;
   }
   it->second->Reset();
@@ -160,9 +159,8 @@ Result<bool> Statement::Step() {
 
 Status Statement::Run() {
   while (true) {
-    Result<bool> r = Step();
-    if (!r.ok()) return r.status();
-    if (!*r) return Status();
+    MEGABATCH_ASSIGN_OR_RETURN(bool r, Step());
+    if (!r) return Status();
   }
 }
 

@@ -117,30 +117,28 @@ std::vector<Result<std::optional<Lease>>> SweepStore::LeaseBatch(
 }
 
 Result<int64_t> SweepStore::AliveSlotsLocked() {
-  Result<CachedStatement> q = db_->Cached(
-      "SELECT coalesce(sum(slots), 0) FROM workers WHERE state = 'alive'");
-  if (!q.ok()) return q.status();
-  Result<bool> row = (*q)->Step();
-  if (!row.ok()) return row.status();
-  const int64_t slots = (*q)->Int(0);
+  MEGABATCH_ASSIGN_OR_RETURN(
+      CachedStatement q,
+      db_->Cached(
+          "SELECT coalesce(sum(slots), 0) FROM workers WHERE state = 'alive'"));
+  MEGABATCH_RETURN_IF_ERROR(q->Step().status());
+  const int64_t slots = q->Int(0);
   return slots;
 }
 
 Result<std::vector<SweepStore::LeaseCandidate>>
 SweepStore::LeaseCandidatesLocked() {
-  Result<CachedStatement> q = db_->Cached(R"sql(
+  MEGABATCH_ASSIGN_OR_RETURN(CachedStatement q, db_->Cached(R"sql(
     SELECT s.id, s.priority, s.max_parallel,
            (SELECT count(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running')
     FROM sweeps s
     WHERE s.state IN ('queued', 'running')
-      AND EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = s.id AND t.state = 'queued'))sql");
-  if (!q.ok()) return q.status();
+      AND EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = s.id AND t.state = 'queued'))sql"));
   std::vector<LeaseCandidate> out;
   while (true) {
-    Result<bool> row = (*q)->Step();
-    if (!row.ok()) return row.status();
-    if (!*row) break;
-    out.push_back({(*q)->Int(0), (*q)->Int(1), (*q)->Int(2), (*q)->Int(3)});
+    MEGABATCH_ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) break;
+    out.push_back({q->Int(0), q->Int(1), q->Int(2), q->Int(3)});
   }
   return out;
 }
@@ -148,21 +146,19 @@ SweepStore::LeaseCandidatesLocked() {
 Result<SweepStore::WorkerSlots> SweepStore::FreeSlotsLocked(int64_t worker_id) {
   static const std::string sql = "SELECT w.slots, w.state, " + HeldSlotsSql() +
                                  " FROM workers w WHERE w.id = ?";
-  Result<CachedStatement> w = db_->Cached(sql);
-  if (!w.ok()) return w.status();
-  (*w)->Bind(1, worker_id);
-  Result<bool> row = (*w)->Step();
-  if (!row.ok()) return row.status();
+  MEGABATCH_ASSIGN_OR_RETURN(CachedStatement w, db_->Cached(sql));
+  w->Bind(1, worker_id);
+  MEGABATCH_ASSIGN_OR_RETURN(bool row, w->Step());
   WorkerSlots slots;
-  if (!*row) {
+  if (!row) {
     slots.refused = NotFoundError("worker " + std::to_string(worker_id) +
                                   " not found; register again");
-  } else if ((*w)->Text(1) != "alive") {
+  } else if (w->Text(1) != "alive") {
     slots.refused =
         FailedPreconditionError("worker " + std::to_string(worker_id) +
                                 " is marked lost; heartbeat first");
   } else {
-    slots.free = (*w)->Int(0) - (*w)->Int(2);
+    slots.free = w->Int(0) - w->Int(2);
   }
   return slots;
 }
@@ -185,23 +181,23 @@ Result<std::optional<SweepStore::Pick>> SweepStore::PeekTrialLocked(
       }
     }
     if (best == nullptr) return std::optional<Pick>();
-    Result<CachedStatement> q = db_->Cached(
-        "SELECT id, config_json, ranks FROM trials "
-        "WHERE sweep_id = ? AND state = 'queued' ORDER BY trial_index LIMIT 1");
-    if (!q.ok()) return q.status();
-    (*q)->Bind(1, best->sweep_id);
-    Result<bool> row = (*q)->Step();
-    if (!row.ok()) return row.status();
-    if (!*row) {
+    MEGABATCH_ASSIGN_OR_RETURN(
+        CachedStatement q,
+        db_->Cached("SELECT id, config_json, ranks FROM trials "
+                    "WHERE sweep_id = ? AND state = 'queued' ORDER BY "
+                    "trial_index LIMIT 1"));
+    q->Bind(1, best->sweep_id);
+    MEGABATCH_ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) {
       best->exhausted = true;
       continue;
     }
     Pick p;
     p.sweep = best;
-    p.trial_id = (*q)->Int(0);
-    p.config_json = (*q)->Text(1);
+    p.trial_id = q->Int(0);
+    p.config_json = q->Text(1);
     p.lease_id = NewLeaseId();
-    p.ranks = static_cast<int32_t>((*q)->Int(2));
+    p.ranks = static_cast<int32_t>(q->Int(2));
     return std::optional<Pick>(std::move(p));
   }
 }
@@ -213,55 +209,56 @@ Result<std::optional<std::vector<Lease>>> SweepStore::GrantLocked(
   if (pick.ranks > 1) {
     // The lowest port of rank 0's worker's range that none of the
     // data-parallel trials it leads uses.
-    Result<CachedStatement> w = db_->Cached(
-        "SELECT rendezvous_host, rendezvous_port_first, rendezvous_port_count, "
-        "(SELECT group_concat(rendezvous_port) FROM trials "
-        " WHERE worker_id = workers.id AND state = 'running' AND "
-        "rendezvous_port IS NOT NULL) "
-        "FROM workers WHERE id = ?");
-    if (!w.ok()) return w.status();
-    (*w)->Bind(1, workers[0]);
-    Result<bool> row = (*w)->Step();
-    if (!row.ok()) return row.status();
-    if (!*row) return NotFoundError("worker " + std::to_string(workers[0]));
-    host = (*w)->Text(0);
-    const int64_t first = (*w)->Int(1), count = (*w)->Int(2);
+    MEGABATCH_ASSIGN_OR_RETURN(
+        CachedStatement w,
+        db_->Cached("SELECT rendezvous_host, rendezvous_port_first, "
+                    "rendezvous_port_count, "
+                    "(SELECT group_concat(rendezvous_port) FROM trials "
+                    " WHERE worker_id = workers.id AND state = 'running' AND "
+                    "rendezvous_port IS NOT NULL) "
+                    "FROM workers WHERE id = ?"));
+    w->Bind(1, workers[0]);
+    MEGABATCH_ASSIGN_OR_RETURN(bool row, w->Step());
+    if (!row) return NotFoundError("worker " + std::to_string(workers[0]));
+    host = w->Text(0);
+    const int64_t first = w->Int(1), count = w->Int(2);
     std::set<int64_t> used;
-    std::stringstream taken((*w)->Text(3));
+    std::stringstream taken(w->Text(3));
     for (std::string item; std::getline(taken, item, ',');)
       used.insert(std::stoll(item));
-    (*w)->Reset();
+    w->Reset();
     for (int64_t p = first; p < first + count && port == 0; ++p) {
       if (used.count(p) == 0) port = p;
     }
     if (port == 0) return std::optional<std::vector<Lease>>();
   }
-  Result<CachedStatement> up = db_->Cached(
-      "UPDATE trials SET state = 'running', worker_id = ?, lease_id = ?, "
-      "attempts = attempts + 1, started_at = coalesce(started_at, ?), "
-      "rendezvous_port = nullif(?, 0) WHERE id = ?");
-  if (!up.ok()) return up.status();
-  (*up)->Bind(1, workers[0]).Bind(2, pick.lease_id).Bind(3, now).Bind(4, port);
-  (*up)->Bind(5, pick.trial_id);
-  MEGABATCH_RETURN_IF_ERROR((*up)->Run());
+  MEGABATCH_ASSIGN_OR_RETURN(
+      CachedStatement up,
+      db_->Cached(
+          "UPDATE trials SET state = 'running', worker_id = ?, lease_id = ?, "
+          "attempts = attempts + 1, started_at = coalesce(started_at, ?), "
+          "rendezvous_port = nullif(?, 0) WHERE id = ?"));
+  up->Bind(1, workers[0]).Bind(2, pick.lease_id).Bind(3, now).Bind(4, port);
+  up->Bind(5, pick.trial_id);
+  MEGABATCH_RETURN_IF_ERROR(up->Run());
   std::string placed = "lease " + std::to_string(pick.lease_id);
   if (pick.ranks > 1) {
-    Result<CachedStatement> clear =
-        db_->Cached("DELETE FROM trial_ranks WHERE trial_id = ?");
-    if (!clear.ok()) return clear.status();
-    (*clear)->Bind(1, pick.trial_id);
-    MEGABATCH_RETURN_IF_ERROR((*clear)->Run());
-    Result<CachedStatement> ins = db_->Cached(
-        "INSERT INTO trial_ranks (trial_id, rank, lease_id, worker_id) VALUES "
-        "(?, ?, ?, ?)");
-    if (!ins.ok()) return ins.status();
+    MEGABATCH_ASSIGN_OR_RETURN(
+        CachedStatement clear,
+        db_->Cached("DELETE FROM trial_ranks WHERE trial_id = ?"));
+    clear->Bind(1, pick.trial_id);
+    MEGABATCH_RETURN_IF_ERROR(clear->Run());
+    MEGABATCH_ASSIGN_OR_RETURN(CachedStatement ins,
+                               db_->Cached("INSERT INTO trial_ranks (trial_id, "
+                                           "rank, lease_id, worker_id) VALUES "
+                                           "(?, ?, ?, ?)"));
     placed += " as " + std::to_string(pick.ranks) + " ranks on workers " +
               std::to_string(workers[0]);
     for (size_t r = 1; r < workers.size(); ++r) {
-      (*ins)->Reset();
-      (*ins)->Bind(1, pick.trial_id).Bind(2, static_cast<int64_t>(r));
-      (*ins)->Bind(3, pick.lease_id).Bind(4, workers[r]);
-      MEGABATCH_RETURN_IF_ERROR((*ins)->Run());
+      ins->Reset();
+      ins->Bind(1, pick.trial_id).Bind(2, static_cast<int64_t>(r));
+      ins->Bind(3, pick.lease_id).Bind(4, workers[r]);
+      MEGABATCH_RETURN_IF_ERROR(ins->Run());
       placed += ", " + std::to_string(workers[r]);
     }
     placed += "; rendezvous " + host + ":" + std::to_string(port);
@@ -269,20 +266,20 @@ Result<std::optional<std::vector<Lease>>> SweepStore::GrantLocked(
   MEGABATCH_RETURN_IF_ERROR(AddEvent(pick.sweep->sweep_id, pick.trial_id,
                                      workers[0], "trial_leased", placed, now));
   // A lease can only move its sweep from queued to running.
-  Result<CachedStatement> started = db_->Cached(
-      "UPDATE sweeps SET state = 'running' WHERE id = ? AND state = 'queued'");
-  if (!started.ok()) return started.status();
-  (*started)->Bind(1, pick.sweep->sweep_id);
-  MEGABATCH_RETURN_IF_ERROR((*started)->Run());
+  MEGABATCH_ASSIGN_OR_RETURN(CachedStatement started,
+                             db_->Cached("UPDATE sweeps SET state = 'running' "
+                                         "WHERE id = ? AND state = 'queued'"));
+  started->Bind(1, pick.sweep->sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(started->Run());
   ++pick.sweep->running;
-  Result<CachedStatement> stored = db_->Cached(
-      "SELECT coalesce(max(step), -1) FROM metrics WHERE trial_id = ? AND "
-      "name = 'train_loss'");
-  if (!stored.ok()) return stored.status();
-  (*stored)->Bind(1, pick.trial_id);
-  Result<bool> stored_row = (*stored)->Step();
-  if (!stored_row.ok()) return stored_row.status();
-  const int64_t resume_max_step = (*stored)->Int(0);
+  MEGABATCH_ASSIGN_OR_RETURN(
+      CachedStatement stored,
+      db_->Cached(
+          "SELECT coalesce(max(step), -1) FROM metrics WHERE trial_id = ? AND "
+          "name = 'train_loss'"));
+  stored->Bind(1, pick.trial_id);
+  MEGABATCH_RETURN_IF_ERROR(stored->Step().status());
+  const int64_t resume_max_step = stored->Int(0);
 
   std::vector<Lease> leases;
   for (int32_t r = 0; r < pick.ranks; ++r) {

@@ -299,9 +299,8 @@ Result<QueryResult> ReadOnlyDb::Query(const std::string& sql,
     return InvalidArgumentError("sql: at most " + std::to_string(kMaxSqlBytes) +
                                 " bytes, got " + std::to_string(sql.size()));
   }
-  auto db = Db::OpenReadOnly(path_);
-  if (!db.ok()) return db.status();
-  sqlite3* raw = (*db)->raw();
+  MEGABATCH_ASSIGN_OR_RETURN(auto db, Db::OpenReadOnly(path_));
+  sqlite3* raw = db->raw();
   sqlite3_limit(raw, SQLITE_LIMIT_ATTACHED, 0);
   // A function call runs to its end whatever the deadline says: these keep
   // every call short (LIKE and GLOB cost value x pattern length).
@@ -312,14 +311,14 @@ Result<QueryResult> ReadOnlyDb::Query(const std::string& sql,
     // A copy of the viewer's rows in the temp schema, which unqualified
     // names find first; the statement may read no other (the authorizer).
     // The main file stays read-only: query_only is off only for this.
-    MEGABATCH_RETURN_IF_ERROR((*db)->Exec("PRAGMA query_only=OFF"));
-    Result<Statement> copy = (*db)->Prepare(
-        std::string("CREATE TEMP TABLE ") + kRequestsTable +
-        " AS SELECT * FROM main." + kRequestsTable + " WHERE owner = ?");
-    if (!copy.ok()) return copy.status();
-    copy->Bind(1, *limits.viewer);
-    MEGABATCH_RETURN_IF_ERROR(copy->Run());
-    MEGABATCH_RETURN_IF_ERROR((*db)->Exec("PRAGMA query_only=ON"));
+    MEGABATCH_RETURN_IF_ERROR(db->Exec("PRAGMA query_only=OFF"));
+    MEGABATCH_ASSIGN_OR_RETURN(
+        Statement copy, db->Prepare(std::string("CREATE TEMP TABLE ") +
+                                    kRequestsTable + " AS SELECT * FROM main." +
+                                    kRequestsTable + " WHERE owner = ?"));
+    copy.Bind(1, *limits.viewer);
+    MEGABATCH_RETURN_IF_ERROR(copy.Run());
+    MEGABATCH_RETURN_IF_ERROR(db->Exec("PRAGMA query_only=ON"));
   }
   QueryGuard guard;
   guard.admin = !limits.viewer.has_value();
@@ -398,19 +397,17 @@ Result<QueryResult> ReadOnlyDb::Query(const std::string& sql,
 Status ReadOnlyDb::ExportMetrics(
     int64_t sweep_id, const std::vector<std::string>& names, size_t chunk_rows,
     const std::function<Status(std::vector<MetricRecord>&)>& emit) const {
-  auto db = Db::OpenReadOnly(path_);
-  if (!db.ok()) return db.status();
+  MEGABATCH_ASSIGN_OR_RETURN(auto db, Db::OpenReadOnly(path_));
   // One read transaction: every chunk comes from the same snapshot.
-  MEGABATCH_RETURN_IF_ERROR((*db)->Exec("BEGIN"));
-  auto trials =
-      (*db)->Prepare("SELECT id FROM trials WHERE sweep_id = ? ORDER BY id");
-  if (!trials.ok()) return trials.status();
-  auto sweep = (*db)->Prepare("SELECT 1 FROM sweeps WHERE id = ?");
-  if (!sweep.ok()) return sweep.status();
-  sweep->Bind(1, sweep_id);
-  auto found = sweep->Step();
-  if (!found.ok()) return found.status();
-  if (!*found)
+  MEGABATCH_RETURN_IF_ERROR(db->Exec("BEGIN"));
+  MEGABATCH_ASSIGN_OR_RETURN(
+      auto trials,
+      db->Prepare("SELECT id FROM trials WHERE sweep_id = ? ORDER BY id"));
+  MEGABATCH_ASSIGN_OR_RETURN(auto sweep,
+                             db->Prepare("SELECT 1 FROM sweeps WHERE id = ?"));
+  sweep.Bind(1, sweep_id);
+  MEGABATCH_ASSIGN_OR_RETURN(auto found, sweep.Step());
+  if (!found)
     return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
 
   std::string sql =
@@ -421,22 +418,21 @@ Status ReadOnlyDb::ExportMetrics(
     sql += ")";
   }
   sql += " ORDER BY name, step";
-  auto metrics = (*db)->Prepare(sql);
-  if (!metrics.ok()) return metrics.status();
+  MEGABATCH_ASSIGN_OR_RETURN(auto metrics, db->Prepare(sql));
 
   std::vector<int64_t> trial_ids;
-  trials->Bind(1, sweep_id);
-  MEGABATCH_RETURN_IF_ERROR(ForEachRow(
-      *trials, [&](Statement& q) { trial_ids.push_back(q.Int(0)); }));
+  trials.Bind(1, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(
+      ForEachRow(trials, [&](Statement& q) { trial_ids.push_back(q.Int(0)); }));
   std::vector<MetricRecord> chunk;
   for (int64_t trial_id : trial_ids) {
-    metrics->Reset();
-    metrics->Bind(1, trial_id);
+    metrics.Reset();
+    metrics.Bind(1, trial_id);
     for (size_t i = 0; i < names.size(); ++i) {
-      metrics->Bind(static_cast<int>(i) + 2, names[i]);
+      metrics.Bind(static_cast<int>(i) + 2, names[i]);
     }
     Status emitted;
-    MEGABATCH_RETURN_IF_ERROR(ForEachRow(*metrics, [&](Statement& q) {
+    MEGABATCH_RETURN_IF_ERROR(ForEachRow(metrics, [&](Statement& q) {
       if (!emitted.ok()) return;
       MetricRecord r;
       r.trial_id = trial_id;

@@ -29,18 +29,6 @@ std::string NextIdSql(const std::string& table) {
          table + "'))";
 }
 
-constexpr std::pair<TrialState, const char*> kTrialStateNames[] = {
-    {TrialState::kQueued, "queued"},       {TrialState::kRunning, "running"},
-    {TrialState::kCompleted, "completed"}, {TrialState::kFailed, "failed"},
-    {TrialState::kCancelled, "cancelled"}, {TrialState::kDiverged, "diverged"},
-    {TrialState::kPruned, "pruned"},
-};
-constexpr std::pair<SweepState, const char*> kSweepStateNames[] = {
-    {SweepState::kQueued, "queued"},       {SweepState::kRunning, "running"},
-    {SweepState::kCompleted, "completed"}, {SweepState::kFailed, "failed"},
-    {SweepState::kCancelled, "cancelled"},
-};
-
 }  // namespace
 
 const std::string& SweepStore::HeldSlotsSql() {
@@ -103,11 +91,9 @@ void SweepStore::SetListener(std::function<void(Change)> listener) {
 
 Status SweepStore::SetMaxBytes(int64_t bytes) {
   Locked lock(this);
-  Result<Statement> size = db_->Prepare("PRAGMA page_size");
-  if (!size.ok()) return size.status();
-  Result<bool> row = size->Step();
-  if (!row.ok()) return row.status();
-  const int64_t page = std::max<int64_t>(1, size->Int(0));
+  MEGABATCH_ASSIGN_OR_RETURN(Statement size, db_->Prepare("PRAGMA page_size"));
+  MEGABATCH_RETURN_IF_ERROR(size.Step().status());
+  const int64_t page = std::max<int64_t>(1, size.Int(0));
   // SQLite's own ceiling when uncapped.
   const int64_t pages =
       bytes > 0 ? std::max<int64_t>(1, bytes / page) : 4294967294;
@@ -115,16 +101,15 @@ Status SweepStore::SetMaxBytes(int64_t bytes) {
 }
 
 Result<spec::SweepSpec> SweepStore::StoredSpecLocked(int64_t sweep_id) {
-  Result<CachedStatement> q =
-      db_->Cached("SELECT spec_json FROM sweeps WHERE id = ?");
-  if (!q.ok()) return q.status();
-  (*q)->Bind(1, sweep_id);
-  Result<bool> row = (*q)->Step();
-  if (!row.ok()) return row.status();
-  if (!*row)
+  MEGABATCH_ASSIGN_OR_RETURN(
+      CachedStatement q,
+      db_->Cached("SELECT spec_json FROM sweeps WHERE id = ?"));
+  q->Bind(1, sweep_id);
+  MEGABATCH_ASSIGN_OR_RETURN(bool row, q->Step());
+  if (!row)
     return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
   Result<spec::SweepSpec> spec = spec::SweepSpecFromJson(
-      nlohmann::json::parse((*q)->Text(0), nullptr, false));
+      nlohmann::json::parse(q->Text(0), nullptr, false));
   if (!spec.ok()) {
     return DataLossError(
         "sweep " + std::to_string(sweep_id) +
@@ -134,20 +119,17 @@ Result<spec::SweepSpec> SweepStore::StoredSpecLocked(int64_t sweep_id) {
 }
 
 Result<std::unique_ptr<SweepStore>> SweepStore::Open(const std::string& path) {
-  Result<std::unique_ptr<Db>> db = Db::Open(path);
-  if (!db.ok()) return db.status();
-  std::unique_ptr<SweepStore> store(new SweepStore(std::move(*db)));
+  MEGABATCH_ASSIGN_OR_RETURN(std::unique_ptr<Db> db, Db::Open(path));
+  std::unique_ptr<SweepStore> store(new SweepStore(std::move(db)));
   Locked lock(store.get());
   MEGABATCH_RETURN_IF_ERROR(store->Migrate());
   return store;
 }
 
 Status SweepStore::Migrate() {
-  Result<Statement> q = db_->Prepare("PRAGMA user_version");
-  if (!q.ok()) return q.status();
-  Result<bool> row = q->Step();
-  if (!row.ok()) return row.status();
-  int version = static_cast<int>(q->Int(0));
+  MEGABATCH_ASSIGN_OR_RETURN(Statement q, db_->Prepare("PRAGMA user_version"));
+  MEGABATCH_RETURN_IF_ERROR(q.Step().status());
+  int version = static_cast<int>(q.Int(0));
   if (version > kSchemaVersion) {
     return DataLossError("database schema version " + std::to_string(version) +
                          " is newer than this coordinator's " +
@@ -155,12 +137,11 @@ Status SweepStore::Migrate() {
   }
   if (version == 0) {
     // A fresh file has no tables; anything else is not ours to migrate.
-    Result<Statement> tables =
-        db_->Prepare("SELECT count(*) FROM sqlite_master WHERE type='table'");
-    if (!tables.ok()) return tables.status();
-    Result<bool> r = tables->Step();
-    if (!r.ok()) return r.status();
-    if (tables->Int(0) != 0) {
+    MEGABATCH_ASSIGN_OR_RETURN(
+        Statement tables,
+        db_->Prepare("SELECT count(*) FROM sqlite_master WHERE type='table'"));
+    MEGABATCH_RETURN_IF_ERROR(tables.Step().status());
+    if (tables.Int(0) != 0) {
       return DataLossError(
           "database has tables but no megabatch schema version; refusing to "
           "use it");
@@ -180,13 +161,15 @@ Status SweepStore::Migrate() {
 Status SweepStore::AddEvent(int64_t sweep_id, int64_t trial_id,
                             int64_t worker_id, const std::string& kind,
                             const std::string& message, double now) {
-  Result<Statement> st = db_->Prepare(
-      "INSERT INTO events (at, sweep_id, trial_id, worker_id, kind, message) "
-      "VALUES (?, nullif(?, 0), nullif(?, 0), nullif(?, 0), ?, ?)");
-  if (!st.ok()) return st.status();
-  st->Bind(1, now).Bind(2, sweep_id).Bind(3, trial_id).Bind(4, worker_id);
-  st->Bind(5, kind).Bind(6, message);
-  return st->Run();
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement st,
+      db_->Prepare(
+          "INSERT INTO events (at, sweep_id, trial_id, worker_id, kind, "
+          "message) "
+          "VALUES (?, nullif(?, 0), nullif(?, 0), nullif(?, 0), ?, ?)"));
+  st.Bind(1, now).Bind(2, sweep_id).Bind(3, trial_id).Bind(4, worker_id);
+  st.Bind(5, kind).Bind(6, message);
+  return st.Run();
 }
 
 Result<int64_t> SweepStore::CreateSweep(
@@ -197,43 +180,45 @@ Result<int64_t> SweepStore::CreateSweep(
   *existed = false;
   const std::string spec_json = spec.ToJson().dump();
   if (!request_id.empty()) {
-    Result<Statement> q = db_->Prepare(
-        "SELECT s.id, s.name, s.spec_json FROM sweep_requests r JOIN sweeps s "
-        "ON s.id = r.sweep_id WHERE r.owner = ? AND r.request_id = ?");
-    if (!q.ok()) return q.status();
-    q->Bind(1, owner).Bind(2, request_id);
-    Result<bool> row = q->Step();
-    if (!row.ok()) return row.status();
-    if (*row) {
-      if (q->Text(2) != spec_json) {
+    MEGABATCH_ASSIGN_OR_RETURN(
+        Statement q,
+        db_->Prepare(
+            "SELECT s.id, s.name, s.spec_json FROM sweep_requests r JOIN "
+            "sweeps s "
+            "ON s.id = r.sweep_id WHERE r.owner = ? AND r.request_id = ?"));
+    q.Bind(1, owner).Bind(2, request_id);
+    MEGABATCH_ASSIGN_OR_RETURN(bool row, q.Step());
+    if (row) {
+      if (q.Text(2) != spec_json) {
         return AlreadyExistsError(
             "request_id '" + request_id + "' was used for sweep " +
-            std::to_string(q->Int(0)) + " ('" + q->Text(1) +
+            std::to_string(q.Int(0)) + " ('" + q.Text(1) +
             "') with a different spec; use a new request id");
       }
       *existed = true;
-      return q->Int(0);
+      return q.Int(0);
     }
   }
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
-  Result<Statement> ins = db_->Prepare(
-      "INSERT INTO sweeps (id, name, state, spec_json, priority, "
-      "max_parallel, max_retries, created_at, owner) VALUES (" +
-      NextIdSql("sweeps") + ", ?, 'queued', ?, ?, ?, ?, ?, nullif(?, ''))");
-  if (!ins.ok()) return ins.status();
-  ins->Bind(1, spec.name).Bind(2, spec_json);
-  ins->Bind(3, spec.priority).Bind(4, spec.max_parallel);
-  ins->Bind(5, spec.max_retries).Bind(6, now).Bind(7, owner);
-  MEGABATCH_RETURN_IF_ERROR(ins->Run());
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement ins,
+      db_->Prepare("INSERT INTO sweeps (id, name, state, spec_json, priority, "
+                   "max_parallel, max_retries, created_at, owner) VALUES (" +
+                   NextIdSql("sweeps") +
+                   ", ?, 'queued', ?, ?, ?, ?, ?, nullif(?, ''))"));
+  ins.Bind(1, spec.name).Bind(2, spec_json);
+  ins.Bind(3, spec.priority).Bind(4, spec.max_parallel);
+  ins.Bind(5, spec.max_retries).Bind(6, now).Bind(7, owner);
+  MEGABATCH_RETURN_IF_ERROR(ins.Run());
   int64_t sweep_id = db_->LastInsertRowid();
   if (!request_id.empty()) {
-    Result<Statement> remember = db_->Prepare(
-        "INSERT INTO sweep_requests (owner, request_id, sweep_id) VALUES (?, "
-        "?, ?)");
-    if (!remember.ok()) return remember.status();
-    remember->Bind(1, owner).Bind(2, request_id).Bind(3, sweep_id);
-    MEGABATCH_RETURN_IF_ERROR(remember->Run());
+    MEGABATCH_ASSIGN_OR_RETURN(
+        Statement remember, db_->Prepare("INSERT INTO sweep_requests (owner, "
+                                         "request_id, sweep_id) VALUES (?, "
+                                         "?, ?)"));
+    remember.Bind(1, owner).Bind(2, request_id).Bind(3, sweep_id);
+    MEGABATCH_RETURN_IF_ERROR(remember.Run());
   }
 
   MEGABATCH_RETURN_IF_ERROR(InsertTrialsLocked(
@@ -253,31 +238,33 @@ Result<int64_t> SweepStore::CreateSweep(
 Status SweepStore::InsertTrialsLocked(
     int64_t sweep_id, const std::vector<spec::TrialSpec>& trials,
     const std::vector<std::string>& phases) {
-  Result<Statement> trial = db_->Prepare(
-      "INSERT INTO trials (id, sweep_id, trial_index, optimizer, batch_size, "
-      "lr, lr_multiplier, seed, state, config_json, ranks, phase) VALUES (" +
-      NextIdSql("trials") +
-      ", ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, nullif(?, ''))");
-  if (!trial.ok()) return trial.status();
-  Result<Statement> set_config =
-      db_->Prepare("UPDATE trials SET config_json = ? WHERE id = ?");
-  if (!set_config.ok()) return set_config.status();
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement trial,
+      db_->Prepare("INSERT INTO trials (id, sweep_id, trial_index, optimizer, "
+                   "batch_size, "
+                   "lr, lr_multiplier, seed, state, config_json, ranks, phase) "
+                   "VALUES (" +
+                   NextIdSql("trials") +
+                   ", ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, nullif(?, ''))"));
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement set_config,
+      db_->Prepare("UPDATE trials SET config_json = ? WHERE id = ?"));
   for (size_t i = 0; i < trials.size(); ++i) {
     const spec::TrialSpec& t = trials[i];
-    trial->Reset();
-    trial->Bind(1, sweep_id).Bind(2, t.index).Bind(3, t.optimizer);
-    trial->Bind(4, t.batch_size).Bind(5, t.lr).Bind(6, t.lr_multiplier);
-    trial->Bind(7, t.seed)
+    trial.Reset();
+    trial.Bind(1, sweep_id).Bind(2, t.index).Bind(3, t.optimizer);
+    trial.Bind(4, t.batch_size).Bind(5, t.lr).Bind(6, t.lr_multiplier);
+    trial.Bind(7, t.seed)
         .Bind(8, t.config.dump())
         .Bind(9, t.ranks)
         .Bind(10, phases[i]);
-    MEGABATCH_RETURN_IF_ERROR(trial->Run());
+    MEGABATCH_RETURN_IF_ERROR(trial.Run());
     int64_t trial_id = db_->LastInsertRowid();
     nlohmann::json config = t.config;
     SetCoordinatorIds(&config, trial_id, sweep_id);
-    set_config->Reset();
-    set_config->Bind(1, config.dump()).Bind(2, trial_id);
-    MEGABATCH_RETURN_IF_ERROR(set_config->Run());
+    set_config.Reset();
+    set_config.Bind(1, config.dump()).Bind(2, trial_id);
+    MEGABATCH_RETURN_IF_ERROR(set_config.Run());
   }
   return Status();
 }
@@ -285,30 +272,29 @@ Status SweepStore::InsertTrialsLocked(
 Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
   // Runs at every trial's end: a grid sweep (no strategy) costs one cached
   // probe, not a parse of its spec.
-  Result<CachedStatement> sweep = db_->Cached(
-      "SELECT state FROM sweeps WHERE id = ? "
-      "AND json_extract(spec_json, '$.strategy') IS NOT NULL");
-  if (!sweep.ok()) return sweep.status();
-  (*sweep)->Bind(1, sweep_id);
-  Result<bool> found = (*sweep)->Step();
-  if (!found.ok()) return found.status();
-  if (!*found) return Status();
-  const auto state = ParseSweepState((*sweep)->Text(0));
+  MEGABATCH_ASSIGN_OR_RETURN(
+      CachedStatement sweep,
+      db_->Cached("SELECT state FROM sweeps WHERE id = ? "
+                  "AND json_extract(spec_json, '$.strategy') IS NOT NULL"));
+  sweep->Bind(1, sweep_id);
+  MEGABATCH_ASSIGN_OR_RETURN(bool found, sweep->Step());
+  if (!found) return Status();
+  const auto state = ParseSweepState(sweep->Text(0));
   if (state && IsFinal(*state)) return Status();
-  Result<spec::SweepSpec> spec = StoredSpecLocked(sweep_id);
-  if (!spec.ok()) return spec.status();
-  Result<Statement> q = db_->Prepare(
-      "SELECT t.phase, t.optimizer, t.batch_size, t.lr, t.seed, t.state, "
-      "s.samples_to_target, s.best_target_value, "
-      "COALESCE(s.noise_scale_at_100pct, s.gradient_noise_scale), "
-      "t.trial_index "
-      "FROM trials t JOIN trial_summary s ON s.trial_id = t.id "
-      "WHERE t.sweep_id = ? ORDER BY t.trial_index");
-  if (!q.ok()) return q.status();
-  q->Bind(1, sweep_id);
+  MEGABATCH_ASSIGN_OR_RETURN(spec::SweepSpec spec, StoredSpecLocked(sweep_id));
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement q,
+      db_->Prepare(
+          "SELECT t.phase, t.optimizer, t.batch_size, t.lr, t.seed, t.state, "
+          "s.samples_to_target, s.best_target_value, "
+          "COALESCE(s.noise_scale_at_100pct, s.gradient_noise_scale), "
+          "t.trial_index "
+          "FROM trials t JOIN trial_summary s ON s.trial_id = t.id "
+          "WHERE t.sweep_id = ? ORDER BY t.trial_index"));
+  q.Bind(1, sweep_id);
   std::vector<planner::PlannedTrial> trials;
   int32_t next_index = 0;
-  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(q, [&](Statement& r) {
     planner::PlannedTrial t;
     t.phase = r.Text(0);
     t.optimizer = r.Text(1);
@@ -326,7 +312,7 @@ Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
     next_index = static_cast<int32_t>(r.Int(9)) + 1;
     trials.push_back(std::move(t));
   }));
-  planner::PlanStep step = planner::PlanAdaptive(*spec, trials, next_index);
+  planner::PlanStep step = planner::PlanAdaptive(spec, trials, next_index);
   MEGABATCH_RETURN_IF_ERROR(
       InsertTrialsLocked(sweep_id, step.trials, step.phases));
   for (const std::string& decision : step.decisions) {
@@ -336,47 +322,46 @@ Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
 }
 
 Result<SweepRow> SweepStore::GetSweepLocked(int64_t sweep_id) {
-  Result<Statement> q = db_->Prepare(
-      "SELECT id, name, state, priority, max_parallel, max_retries, "
-      "created_at, coalesce(finished_at, 0), coalesce(owner, '') FROM sweeps "
-      "WHERE id = ?");
-  if (!q.ok()) return q.status();
-  q->Bind(1, sweep_id);
-  Result<bool> row = q->Step();
-  if (!row.ok()) return row.status();
-  if (!*row)
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement q,
+      db_->Prepare(
+          "SELECT id, name, state, priority, max_parallel, max_retries, "
+          "created_at, coalesce(finished_at, 0), coalesce(owner, '') FROM "
+          "sweeps "
+          "WHERE id = ?"));
+  q.Bind(1, sweep_id);
+  MEGABATCH_ASSIGN_OR_RETURN(bool row, q.Step());
+  if (!row)
     return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
   SweepRow s;
-  s.id = q->Int(0);
-  s.name = q->Text(1);
-  s.state = ParseSweepState(q->Text(2)).value_or(SweepState::kQueued);
-  s.priority = static_cast<int32_t>(q->Int(3));
-  s.max_parallel = static_cast<int32_t>(q->Int(4));
-  s.max_retries = static_cast<int32_t>(q->Int(5));
-  s.created_at = q->Double(6);
-  s.finished_at = q->Double(7);
-  s.owner = q->Text(8);
-  Result<Statement> counts = db_->Prepare(
-      "SELECT state, count(*) FROM trials WHERE sweep_id = ? GROUP BY state");
-  if (!counts.ok()) return counts.status();
-  counts->Bind(1, sweep_id);
-  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*counts, [&](Statement& c) {
+  s.id = q.Int(0);
+  s.name = q.Text(1);
+  s.state = ParseSweepState(q.Text(2)).value_or(SweepState::kQueued);
+  s.priority = static_cast<int32_t>(q.Int(3));
+  s.max_parallel = static_cast<int32_t>(q.Int(4));
+  s.max_retries = static_cast<int32_t>(q.Int(5));
+  s.created_at = q.Double(6);
+  s.finished_at = q.Double(7);
+  s.owner = q.Text(8);
+  MEGABATCH_ASSIGN_OR_RETURN(Statement counts,
+                             db_->Prepare("SELECT state, count(*) FROM trials "
+                                          "WHERE sweep_id = ? GROUP BY state"));
+  counts.Bind(1, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(counts, [&](Statement& c) {
     if (auto st = ParseTrialState(c.Text(0))) {
       s.trial_counts[*st] = static_cast<int32_t>(c.Int(1));
       s.trials_total += static_cast<int32_t>(c.Int(1));
     }
   }));
-  Result<CachedStatement> phase = db_->Cached(R"sql(
+  MEGABATCH_ASSIGN_OR_RETURN(CachedStatement phase, db_->Cached(R"sql(
     SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND phase IS NOT NULL)
       THEN '' ELSE COALESCE((SELECT phase FROM trials WHERE sweep_id = ?1 AND phase IS NOT NULL
         AND state IN ('queued', 'running')
         ORDER BY CASE phase WHEN 'probe' THEN 0 WHEN 'search' THEN 1 ELSE 2 END LIMIT 1),
-      'done') END)sql");
-  if (!phase.ok()) return phase.status();
-  (*phase)->Bind(1, sweep_id);
-  Result<bool> phase_row = (*phase)->Step();
-  if (!phase_row.ok()) return phase_row.status();
-  s.phase = (*phase)->Text(0);
+      'done') END)sql"));
+  phase->Bind(1, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(phase->Step().status());
+  s.phase = phase->Text(0);
   return s;
 }
 
@@ -388,18 +373,17 @@ Result<SweepRow> SweepStore::GetSweep(int64_t sweep_id) {
 Result<std::vector<SweepRow>> SweepStore::ListSweeps(int64_t after_id,
                                                      int64_t limit) {
   Locked lock(this);
-  Result<Statement> q =
-      db_->Prepare("SELECT id FROM sweeps WHERE id > ? ORDER BY id LIMIT ?");
-  if (!q.ok()) return q.status();
-  q->Bind(1, after_id).Bind(2, limit);
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement q,
+      db_->Prepare("SELECT id FROM sweeps WHERE id > ? ORDER BY id LIMIT ?"));
+  q.Bind(1, after_id).Bind(2, limit);
   std::vector<int64_t> ids;
   MEGABATCH_RETURN_IF_ERROR(
-      ForEachRow(*q, [&](Statement& s) { ids.push_back(s.Int(0)); }));
+      ForEachRow(q, [&](Statement& s) { ids.push_back(s.Int(0)); }));
   std::vector<SweepRow> out;
   for (int64_t id : ids) {
-    Result<SweepRow> s = GetSweepLocked(id);
-    if (!s.ok()) return s.status();
-    out.push_back(std::move(*s));
+    MEGABATCH_ASSIGN_OR_RETURN(SweepRow s, GetSweepLocked(id));
+    out.push_back(std::move(s));
   }
   return out;
 }
@@ -407,25 +391,22 @@ Result<std::vector<SweepRow>> SweepStore::ListSweeps(int64_t after_id,
 Status SweepStore::RefreshSweepState(int64_t sweep_id, double now) {
   // Index probes on trials (sweep_id, state), not a count of every trial:
   // this runs on every finished attempt.
-  Result<CachedStatement> probe = db_->Cached(R"sql(
+  MEGABATCH_ASSIGN_OR_RETURN(CachedStatement probe, db_->Cached(R"sql(
     SELECT state,
       EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND state IN ('queued', 'running')),
       EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND state IN
               ('running', 'completed', 'failed', 'cancelled', 'diverged', 'pruned')),
       EXISTS (SELECT 1 FROM trials WHERE sweep_id = ?1 AND state = 'failed')
-    FROM sweeps WHERE id = ?1)sql");
-  if (!probe.ok()) return probe.status();
-  (*probe)->Bind(1, sweep_id);
-  Result<bool> found = (*probe)->Step();
-  if (!found.ok()) return found.status();
-  if (!*found)
+    FROM sweeps WHERE id = ?1)sql"));
+  probe->Bind(1, sweep_id);
+  MEGABATCH_ASSIGN_OR_RETURN(bool found, probe->Step());
+  if (!found)
     return NotFoundError("sweep " + std::to_string(sweep_id) + " not found");
   const SweepState state =
-      ParseSweepState((*probe)->Text(0)).value_or(SweepState::kQueued);
-  const bool active = (*probe)->Int(1) != 0,
-             ever_started = (*probe)->Int(2) != 0,
-             any_failed = (*probe)->Int(3) != 0;
-  (*probe)->Reset();
+      ParseSweepState(probe->Text(0)).value_or(SweepState::kQueued);
+  const bool active = probe->Int(1) != 0, ever_started = probe->Int(2) != 0,
+             any_failed = probe->Int(3) != 0;
+  probe->Reset();
   if (IsFinal(state)) return Status();
   SweepState next = state;
   if (!active) {
@@ -434,17 +415,18 @@ Status SweepStore::RefreshSweepState(int64_t sweep_id, double now) {
     next = SweepState::kRunning;
   }
   if (next == state) return Status();
-  Result<Statement> up =
-      db_->Prepare("UPDATE sweeps SET state = ?, finished_at = ? WHERE id = ?");
-  if (!up.ok()) return up.status();
-  up->Bind(1, SweepStateName(next));
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement up,
+      db_->Prepare(
+          "UPDATE sweeps SET state = ?, finished_at = ? WHERE id = ?"));
+  up.Bind(1, SweepStateName(next));
   if (IsFinal(next)) {
-    up->Bind(2, now);
+    up.Bind(2, now);
   } else {
-    up->BindNull(2);
+    up.BindNull(2);
   }
-  up->Bind(3, sweep_id);
-  MEGABATCH_RETURN_IF_ERROR(up->Run());
+  up.Bind(3, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(up.Run());
   if (IsFinal(next)) {
     MEGABATCH_RETURN_IF_ERROR(
         AddEvent(sweep_id, 0, 0, "sweep_finished",
@@ -455,26 +437,25 @@ Status SweepStore::RefreshSweepState(int64_t sweep_id, double now) {
 
 Result<SweepRow> SweepStore::CancelSweep(int64_t sweep_id, double now) {
   Locked lock(this);
-  Result<SweepRow> s = GetSweepLocked(sweep_id);
-  if (!s.ok()) return s.status();
-  if (IsFinal(s->state)) {
+  MEGABATCH_ASSIGN_OR_RETURN(SweepRow s, GetSweepLocked(sweep_id));
+  if (IsFinal(s.state)) {
     return FailedPreconditionError("sweep " + std::to_string(sweep_id) +
-                                   " is " + SweepStateName(s->state) +
+                                   " is " + SweepStateName(s.state) +
                                    "; cannot cancel");
   }
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
-  Result<Statement> up = db_->Prepare(
-      "UPDATE trials SET state = 'cancelled', finished_at = ? "
-      "WHERE sweep_id = ? AND state IN ('queued', 'running')");
-  if (!up.ok()) return up.status();
-  up->Bind(1, now).Bind(2, sweep_id);
-  MEGABATCH_RETURN_IF_ERROR(up->Run());
-  Result<Statement> sw = db_->Prepare(
-      "UPDATE sweeps SET state = 'cancelled', finished_at = ? WHERE id = ?");
-  if (!sw.ok()) return sw.status();
-  sw->Bind(1, now).Bind(2, sweep_id);
-  MEGABATCH_RETURN_IF_ERROR(sw->Run());
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement up,
+      db_->Prepare("UPDATE trials SET state = 'cancelled', finished_at = ? "
+                   "WHERE sweep_id = ? AND state IN ('queued', 'running')"));
+  up.Bind(1, now).Bind(2, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(up.Run());
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement sw, db_->Prepare("UPDATE sweeps SET state = 'cancelled', "
+                                 "finished_at = ? WHERE id = ?"));
+  sw.Bind(1, now).Bind(2, sweep_id);
+  MEGABATCH_RETURN_IF_ERROR(sw.Run());
   MEGABATCH_RETURN_IF_ERROR(
       AddEvent(sweep_id, 0, 0, "sweep_cancelled", "cancelled by user", now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
@@ -486,19 +467,22 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id,
                                                      int64_t after_index,
                                                      int64_t limit) {
   Locked lock(this);
-  Result<SweepRow> s = GetSweepLocked(sweep_id);
-  if (!s.ok()) return s.status();
-  Result<Statement> q = db_->Prepare(
-      "SELECT id, sweep_id, trial_index, optimizer, batch_size, lr, "
-      "lr_multiplier, seed, state, coalesce(worker_id, 0), lease_id, attempts, "
-      "coalesce(error, ''), coalesce(started_at, 0), coalesce(finished_at, 0), "
-      "coalesce(phase, '') "
-      "FROM trials WHERE sweep_id = ? AND trial_index > ? ORDER BY trial_index "
-      "LIMIT ?");
-  if (!q.ok()) return q.status();
-  q->Bind(1, sweep_id).Bind(2, after_index).Bind(3, limit);
+  MEGABATCH_ASSIGN_OR_RETURN(SweepRow s, GetSweepLocked(sweep_id));
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement q,
+      db_->Prepare(
+          "SELECT id, sweep_id, trial_index, optimizer, batch_size, lr, "
+          "lr_multiplier, seed, state, coalesce(worker_id, 0), lease_id, "
+          "attempts, "
+          "coalesce(error, ''), coalesce(started_at, 0), coalesce(finished_at, "
+          "0), "
+          "coalesce(phase, '') "
+          "FROM trials WHERE sweep_id = ? AND trial_index > ? ORDER BY "
+          "trial_index "
+          "LIMIT ?"));
+  q.Bind(1, sweep_id).Bind(2, after_index).Bind(3, limit);
   std::vector<TrialRow> out;
-  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(q, [&](Statement& r) {
     TrialRow t;
     t.id = r.Int(0);
     t.sweep_id = r.Int(1);
@@ -521,20 +505,22 @@ Result<std::vector<TrialRow>> SweepStore::ListTrials(int64_t sweep_id,
   // Each metric's value at its newest step: a walk over the trial's metric
   // names by index seeks (one per name, and one for its newest step), not a
   // scan of every point the trial stored.
-  Result<Statement> latest = db_->Prepare(
-      "WITH RECURSIVE names(n) AS ("
-      " SELECT (SELECT name FROM metrics WHERE trial_id = ?1 ORDER BY name "
-      "  LIMIT 1)"
-      " UNION ALL"
-      " SELECT (SELECT name FROM metrics WHERE trial_id = ?1 AND name > n "
-      "  ORDER BY name LIMIT 1) FROM names WHERE n IS NOT NULL) "
-      "SELECT n, (SELECT value FROM metrics WHERE trial_id = ?1 AND name = n "
-      " ORDER BY step DESC LIMIT 1) FROM names WHERE n IS NOT NULL");
-  if (!latest.ok()) return latest.status();
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement latest,
+      db_->Prepare(
+          "WITH RECURSIVE names(n) AS ("
+          " SELECT (SELECT name FROM metrics WHERE trial_id = ?1 ORDER BY name "
+          "  LIMIT 1)"
+          " UNION ALL"
+          " SELECT (SELECT name FROM metrics WHERE trial_id = ?1 AND name > n "
+          "  ORDER BY name LIMIT 1) FROM names WHERE n IS NOT NULL) "
+          "SELECT n, (SELECT value FROM metrics WHERE trial_id = ?1 AND name = "
+          "n "
+          " ORDER BY step DESC LIMIT 1) FROM names WHERE n IS NOT NULL"));
   for (TrialRow& t : out) {
-    latest->Reset();
-    latest->Bind(1, t.id);
-    MEGABATCH_RETURN_IF_ERROR(ForEachRow(*latest, [&](Statement& r) {
+    latest.Reset();
+    latest.Bind(1, t.id);
+    MEGABATCH_RETURN_IF_ERROR(ForEachRow(latest, [&](Statement& r) {
       t.latest_metrics[r.Text(0)] = r.Double(1);
     }));
   }
@@ -548,18 +534,19 @@ Result<int64_t> SweepStore::RegisterWorker(const std::string& name,
   Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
-  Result<Statement> ins = db_->Prepare(
-      "INSERT INTO workers (id, name, slots, state, registered_at, "
-      "last_heartbeat_at, rendezvous_host, rendezvous_port_first, "
-      "rendezvous_port_count, owner) VALUES (" +
-      NextIdSql("workers") + ", ?, ?, 'alive', ?, ?, ?, ?, ?, ?)");
-  if (!ins.ok()) return ins.status();
-  ins->Bind(1, name).Bind(2, slots).Bind(3, now).Bind(4, now);
-  ins->Bind(5, rendezvous.host)
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement ins,
+      db_->Prepare(
+          "INSERT INTO workers (id, name, slots, state, registered_at, "
+          "last_heartbeat_at, rendezvous_host, rendezvous_port_first, "
+          "rendezvous_port_count, owner) VALUES (" +
+          NextIdSql("workers") + ", ?, ?, 'alive', ?, ?, ?, ?, ?, ?)"));
+  ins.Bind(1, name).Bind(2, slots).Bind(3, now).Bind(4, now);
+  ins.Bind(5, rendezvous.host)
       .Bind(6, rendezvous.port_first)
       .Bind(7, rendezvous.port_count)
       .Bind(8, owner);
-  MEGABATCH_RETURN_IF_ERROR(ins->Run());
+  MEGABATCH_RETURN_IF_ERROR(ins.Run());
   int64_t id = db_->LastInsertRowid();
   MEGABATCH_RETURN_IF_ERROR(AddEvent(
       0, 0, id, "worker_registered",
@@ -573,29 +560,28 @@ Result<int64_t> SweepStore::RegisterWorker(const std::string& name,
 
 Result<int64_t> SweepStore::PendingTrials(const std::string& owner) {
   Locked lock(this);
-  Result<CachedStatement> q = db_->Cached(
-      "SELECT count(*) FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
-      "WHERE coalesce(s.owner, '') = ? AND t.state IN ('queued', 'running')");
-  if (!q.ok()) return q.status();
-  (*q)->Bind(1, owner);
-  Result<bool> row = (*q)->Step();
-  if (!row.ok()) return row.status();
-  return *row ? (*q)->Int(0) : 0;
+  MEGABATCH_ASSIGN_OR_RETURN(
+      CachedStatement q,
+      db_->Cached(
+          "SELECT count(*) FROM trials t JOIN sweeps s ON s.id = t.sweep_id "
+          "WHERE coalesce(s.owner, '') = ? AND t.state IN ('queued', "
+          "'running')"));
+  q->Bind(1, owner);
+  MEGABATCH_ASSIGN_OR_RETURN(bool row, q->Step());
+  return row ? q->Int(0) : 0;
 }
 
 Result<std::string> SweepStore::WorkerOwner(int64_t worker_id) {
   Locked lock(this);
-  Result<CachedStatement> q =
-      db_->Cached("SELECT owner FROM workers WHERE id = ?");
-  if (!q.ok()) return q.status();
-  (*q)->Bind(1, worker_id);
-  Result<bool> row = (*q)->Step();
-  if (!row.ok()) return row.status();
-  if (!*row) {
+  MEGABATCH_ASSIGN_OR_RETURN(
+      CachedStatement q, db_->Cached("SELECT owner FROM workers WHERE id = ?"));
+  q->Bind(1, worker_id);
+  MEGABATCH_ASSIGN_OR_RETURN(bool row, q->Step());
+  if (!row) {
     return NotFoundError("worker " + std::to_string(worker_id) +
                          " not found; register again");
   }
-  return (*q)->Text(0);
+  return q->Text(0);
 }
 
 Status SweepStore::Audit(const std::string& caller, const std::string& role,
@@ -608,13 +594,13 @@ Status SweepStore::Audit(const std::string& caller, const std::string& role,
   };
   return RunGrouped([&]() -> Status {
     mu_.AssertHeld();  // CommitGroup runs it
-    Result<CachedStatement> ins = db_->Cached(
-        "INSERT INTO audit (at, caller, role, action, object, status, detail) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)");
-    if (!ins.ok()) return ins.status();
-    (*ins)->Bind(1, now).Bind(2, cut(caller)).Bind(3, role).Bind(4, action);
-    (*ins)->Bind(5, cut(object)).Bind(6, status).Bind(7, cut(detail));
-    return (*ins)->Run();
+    MEGABATCH_ASSIGN_OR_RETURN(
+        CachedStatement ins, db_->Cached("INSERT INTO audit (at, caller, role, "
+                                         "action, object, status, detail) "
+                                         "VALUES (?, ?, ?, ?, ?, ?, ?)"));
+    ins->Bind(1, now).Bind(2, cut(caller)).Bind(3, role).Bind(4, action);
+    ins->Bind(5, cut(object)).Bind(6, status).Bind(7, cut(detail));
+    return ins->Run();
   });
 }
 
@@ -623,12 +609,12 @@ Result<std::vector<int64_t>> SweepStore::Heartbeat(
   std::vector<int64_t> stop;
   MEGABATCH_RETURN_IF_ERROR(RunGrouped([&]() -> Status {
     mu_.AssertHeld();  // CommitGroup runs it
-    Result<CachedStatement> up = db_->Cached(
-        "UPDATE workers SET last_heartbeat_at = ?, state = 'alive' "
-        "WHERE id = ?");
-    if (!up.ok()) return up.status();
-    (*up)->Bind(1, now).Bind(2, worker_id);
-    MEGABATCH_RETURN_IF_ERROR((*up)->Run());
+    MEGABATCH_ASSIGN_OR_RETURN(
+        CachedStatement up,
+        db_->Cached("UPDATE workers SET last_heartbeat_at = ?, state = 'alive' "
+                    "WHERE id = ?"));
+    up->Bind(1, now).Bind(2, worker_id);
+    MEGABATCH_RETURN_IF_ERROR(up->Run());
     if (db_->Changes() == 0) {
       return NotFoundError("worker " + std::to_string(worker_id) +
                            " not found; register again");
@@ -650,13 +636,15 @@ Result<std::vector<int64_t>> SweepStore::Heartbeat(
 Result<std::vector<WorkerRow>> SweepStore::ListWorkers(int64_t after_id,
                                                        int64_t limit) {
   Locked lock(this);
-  Result<Statement> q = db_->Prepare(
-      "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, " +
-      HeldSlotsSql() + " FROM workers w WHERE w.id > ? ORDER BY w.id LIMIT ?");
-  if (!q.ok()) return q.status();
-  q->Bind(1, after_id).Bind(2, limit);
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement q,
+      db_->Prepare(
+          "SELECT w.id, w.name, w.slots, w.state, w.last_heartbeat_at, " +
+          HeldSlotsSql() +
+          " FROM workers w WHERE w.id > ? ORDER BY w.id LIMIT ?"));
+  q.Bind(1, after_id).Bind(2, limit);
   std::vector<WorkerRow> out;
-  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*q, [&](Statement& r) {
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(q, [&](Statement& r) {
     WorkerRow w;
     w.id = r.Int(0);
     w.name = r.Text(1);
@@ -671,21 +659,21 @@ Result<std::vector<WorkerRow>> SweepStore::ListWorkers(int64_t after_id,
 
 Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id,
                               int64_t worker_id, int32_t rank) {
-  Result<CachedStatement> q = db_->Cached(
-      "SELECT t.state, t.lease_id, coalesce(t.worker_id, 0), t.ranks, "
-      "(SELECT r.worker_id FROM trial_ranks r WHERE r.trial_id = t.id AND "
-      "r.rank = ?2 "
-      " AND r.lease_id = t.lease_id) FROM trials t WHERE t.id = ?1");
-  if (!q.ok()) return q.status();
-  (*q)->Bind(1, trial_id).Bind(2, static_cast<int64_t>(rank));
-  Result<bool> row = (*q)->Step();
-  if (!row.ok()) return row.status();
-  if (!*row)
+  MEGABATCH_ASSIGN_OR_RETURN(
+      CachedStatement q,
+      db_->Cached(
+          "SELECT t.state, t.lease_id, coalesce(t.worker_id, 0), t.ranks, "
+          "(SELECT r.worker_id FROM trial_ranks r WHERE r.trial_id = t.id AND "
+          "r.rank = ?2 "
+          " AND r.lease_id = t.lease_id) FROM trials t WHERE t.id = ?1"));
+  q->Bind(1, trial_id).Bind(2, static_cast<int64_t>(rank));
+  MEGABATCH_ASSIGN_OR_RETURN(bool row, q->Step());
+  if (!row)
     return NotFoundError("trial " + std::to_string(trial_id) + " not found");
-  const std::string state = (*q)->Text(0);
-  const int64_t holder = rank == 0 ? (*q)->Int(2) : (*q)->Int(4);
-  const bool current = state == "running" && (*q)->Int(1) == lease_id &&
-                       holder == worker_id && rank >= 0 && rank < (*q)->Int(3);
+  const std::string state = q->Text(0);
+  const int64_t holder = rank == 0 ? q->Int(2) : q->Int(4);
+  const bool current = state == "running" && q->Int(1) == lease_id &&
+                       holder == worker_id && rank >= 0 && rank < q->Int(3);
   if (!current) {
     return AbortedError("trial " + std::to_string(trial_id) + " lease " +
                         std::to_string(lease_id) +
@@ -704,15 +692,14 @@ Status SweepStore::ReleaseLease(int64_t trial_id, int64_t lease_id,
   Status current = CheckLease(trial_id, lease_id, worker_id, rank);
   if (current.code() == StatusCode::kAborted) return Status();
   MEGABATCH_RETURN_IF_ERROR(current);
-  Result<Statement> up = db_->Prepare(
-      "UPDATE trials SET state = 'queued', worker_id = NULL, "
-      "attempts = attempts - 1 WHERE id = ? RETURNING sweep_id");
-  if (!up.ok()) return up.status();
-  up->Bind(1, trial_id);
-  Result<bool> row = up->Step();
-  if (!row.ok()) return row.status();
-  int64_t sweep_id = up->Int(0);
-  MEGABATCH_RETURN_IF_ERROR(up->Run());
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement up,
+      db_->Prepare("UPDATE trials SET state = 'queued', worker_id = NULL, "
+                   "attempts = attempts - 1 WHERE id = ? RETURNING sweep_id"));
+  up.Bind(1, trial_id);
+  MEGABATCH_RETURN_IF_ERROR(up.Step().status());
+  int64_t sweep_id = up.Int(0);
+  MEGABATCH_RETURN_IF_ERROR(up.Run());
   MEGABATCH_RETURN_IF_ERROR(
       AddEvent(sweep_id, trial_id, worker_id, "trial_released",
                "lease " + std::to_string(lease_id) +
@@ -730,13 +717,14 @@ Status SweepStore::AppendMetrics(int64_t trial_id, int64_t lease_id,
   return RunGrouped([&]() -> Status {
     mu_.AssertHeld();  // CommitGroup runs it
     MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id));
-    Result<CachedStatement> cached = db_->Cached(
-        "INSERT INTO metrics (trial_id, name, step, value, recorded_at) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (trial_id, name, step) "
-        "DO UPDATE SET value = excluded.value, recorded_at = "
-        "excluded.recorded_at");
-    if (!cached.ok()) return cached.status();
-    Statement& ins = **cached;
+    MEGABATCH_ASSIGN_OR_RETURN(
+        CachedStatement cached,
+        db_->Cached(
+            "INSERT INTO metrics (trial_id, name, step, value, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (trial_id, name, step) "
+            "DO UPDATE SET value = excluded.value, recorded_at = "
+            "excluded.recorded_at"));
+    Statement& ins = *cached;
     for (const MetricPoint& p : points) {
       ins.Reset();
       ins.Bind(1, trial_id).Bind(2, p.name).Bind(3, p.step);
@@ -823,23 +811,22 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
         return FindSelectionMetric(p.name) != nullptr;
       });
   if (!evaluated) return Status();
-  Result<CachedStatement> trial =
-      db_->Cached("SELECT sweep_id, batch_size FROM trials WHERE id = ?");
-  if (!trial.ok()) return trial.status();
-  (*trial)->Bind(1, trial_id);
-  Result<bool> found = (*trial)->Step();
-  if (!found.ok()) return found.status();
-  if (!*found)
+  MEGABATCH_ASSIGN_OR_RETURN(
+      CachedStatement trial,
+      db_->Cached("SELECT sweep_id, batch_size FROM trials WHERE id = ?"));
+  trial->Bind(1, trial_id);
+  MEGABATCH_ASSIGN_OR_RETURN(bool found, trial->Step());
+  if (!found)
     return NotFoundError("trial " + std::to_string(trial_id) + " not found");
-  const int64_t sweep_id = (*trial)->Int(0), batch = (*trial)->Int(1);
+  const int64_t sweep_id = trial->Int(0), batch = trial->Int(1);
 
   auto cached = early_stopping_.find(sweep_id);
   if (cached == early_stopping_.end()) {
     // The sweep's rule, read from its stored spec once.
-    Result<spec::SweepSpec> spec = StoredSpecLocked(sweep_id);
-    if (!spec.ok()) return spec.status();
-    cached = early_stopping_.emplace(sweep_id, planner::EarlyStoppingOf(*spec))
-                 .first;
+    MEGABATCH_ASSIGN_OR_RETURN(spec::SweepSpec spec,
+                               StoredSpecLocked(sweep_id));
+    cached =
+        early_stopping_.emplace(sweep_id, planner::EarlyStoppingOf(spec)).first;
   }
   if (!cached->second) return Status();
   const planner::EarlyStoppingRule& rule = *cached->second;
@@ -850,40 +837,42 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
     const double value = planner::RankedValue(rule, p.value);
     const int rungs = planner::RungsReached(rule, samples);
     for (int rung = 0; rung < rungs; ++rung) {
-      Result<CachedStatement> add = db_->Cached(
-          "INSERT OR IGNORE INTO rungs (sweep_id, rung, trial_id, samples, "
-          "value) "
-          "VALUES (?, ?, ?, ?, ?)");
-      if (!add.ok()) return add.status();
-      (*add)
+      MEGABATCH_ASSIGN_OR_RETURN(
+          CachedStatement add,
+          db_->Cached(
+              "INSERT OR IGNORE INTO rungs (sweep_id, rung, trial_id, samples, "
+              "value) "
+              "VALUES (?, ?, ?, ?, ?)"));
+      (add)
           ->Bind(1, sweep_id)
           .Bind(2, rung)
           .Bind(3, trial_id)
           .Bind(4, samples)
           .Bind(5, value);
-      MEGABATCH_RETURN_IF_ERROR((*add)->Run());
+      MEGABATCH_RETURN_IF_ERROR(add->Run());
       if (db_->Changes() == 0) continue;  // this rung was decided before
-      Result<CachedStatement> rank = db_->Cached(
-          "SELECT count(*), sum(CASE WHEN ?3 THEN value < ?4 ELSE value > ?4 "
-          "END) "
-          "FROM rungs WHERE sweep_id = ?1 AND rung = ?2");
-      if (!rank.ok()) return rank.status();
-      (*rank)
+      MEGABATCH_ASSIGN_OR_RETURN(
+          CachedStatement rank,
+          db_->Cached("SELECT count(*), sum(CASE WHEN ?3 THEN value < ?4 ELSE "
+                      "value > ?4 "
+                      "END) "
+                      "FROM rungs WHERE sweep_id = ?1 AND rung = ?2"));
+      (rank)
           ->Bind(1, sweep_id)
           .Bind(2, rung)
           .Bind(3, int64_t{rule.lower_is_better});
-      (*rank)->Bind(4, value);
-      Result<bool> r = (*rank)->Step();
-      if (!r.ok()) return r.status();
-      const int64_t recorded = (*rank)->Int(0);
+      rank->Bind(4, value);
+      MEGABATCH_RETURN_IF_ERROR(rank->Step().status());
+      const int64_t recorded = rank->Int(0);
       const planner::RungVerdict verdict =
-          planner::DecideRung(rule, recorded, (*rank)->Int(1));
+          planner::DecideRung(rule, recorded, rank->Int(1));
       if (!verdict.prune) continue;
-      Result<CachedStatement> prune = db_->Cached(
-          "UPDATE trials SET state = 'pruned', finished_at = ? WHERE id = ?");
-      if (!prune.ok()) return prune.status();
-      (*prune)->Bind(1, now).Bind(2, trial_id);
-      MEGABATCH_RETURN_IF_ERROR((*prune)->Run());
+      MEGABATCH_ASSIGN_OR_RETURN(
+          CachedStatement prune,
+          db_->Cached("UPDATE trials SET state = 'pruned', finished_at = ? "
+                      "WHERE id = ?"));
+      prune->Bind(1, now).Bind(2, trial_id);
+      MEGABATCH_RETURN_IF_ERROR(prune->Run());
       MEGABATCH_RETURN_IF_ERROR(
           AddEvent(sweep_id, trial_id, 0, "trial_pruned",
                    planner::PruneMessage(rule, rung, samples, p.value, verdict,
@@ -915,27 +904,24 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
   if (rank > 0 && outcome != TrialState::kFailed) {
     // Rank 0 reports how the trial ended; another rank's exit says nothing
     // new (and may come after rank 0's report).
-    Result<Statement> state =
-        db_->Prepare("SELECT state FROM trials WHERE id = ?");
-    if (!state.ok()) return state.status();
-    state->Bind(1, trial_id);
-    Result<bool> row = state->Step();
-    if (!row.ok()) return row.status();
-    if (!*row)
+    MEGABATCH_ASSIGN_OR_RETURN(
+        Statement state, db_->Prepare("SELECT state FROM trials WHERE id = ?"));
+    state.Bind(1, trial_id);
+    MEGABATCH_ASSIGN_OR_RETURN(bool row, state.Step());
+    if (!row)
       return NotFoundError("trial " + std::to_string(trial_id) + " not found");
-    return ParseTrialState(state->Text(0)).value_or(TrialState::kQueued);
+    return ParseTrialState(state.Text(0)).value_or(TrialState::kQueued);
   }
   MEGABATCH_RETURN_IF_ERROR(CheckLease(trial_id, lease_id, worker_id, rank));
-  Result<Statement> q = db_->Prepare(
-      "SELECT t.sweep_id, t.attempts, s.max_retries FROM trials t "
-      "JOIN sweeps s ON s.id = t.sweep_id WHERE t.id = ?");
-  if (!q.ok()) return q.status();
-  q->Bind(1, trial_id);
-  Result<bool> row = q->Step();
-  if (!row.ok()) return row.status();
-  int64_t sweep_id = q->Int(0);
-  int64_t attempts = q->Int(1);
-  int64_t max_retries = q->Int(2);
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement q,
+      db_->Prepare("SELECT t.sweep_id, t.attempts, s.max_retries FROM trials t "
+                   "JOIN sweeps s ON s.id = t.sweep_id WHERE t.id = ?"));
+  q.Bind(1, trial_id);
+  MEGABATCH_RETURN_IF_ERROR(q.Step().status());
+  int64_t sweep_id = q.Int(0);
+  int64_t attempts = q.Int(1);
+  int64_t max_retries = q.Int(2);
 
   TrialState next = outcome;
   if (outcome == TrialState::kFailed && attempts <= max_retries) {
@@ -945,20 +931,22 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
       stderr_tail.size() > kMaxStoredStderr
           ? stderr_tail.substr(stderr_tail.size() - kMaxStoredStderr)
           : stderr_tail;
-  Result<Statement> up = db_->Prepare(
-      "UPDATE trials SET state = ?, worker_id = CASE WHEN ? THEN NULL ELSE "
-      "worker_id END, error = nullif(?, ''), finished_at = ? WHERE id = ?");
-  if (!up.ok()) return up.status();
-  up->Bind(1, TrialStateName(next))
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement up,
+      db_->Prepare(
+          "UPDATE trials SET state = ?, worker_id = CASE WHEN ? THEN NULL ELSE "
+          "worker_id END, error = nullif(?, ''), finished_at = ? WHERE id = "
+          "?"));
+  up.Bind(1, TrialStateName(next))
       .Bind(2, int64_t{next == TrialState::kQueued});
-  up->Bind(3, outcome == TrialState::kCompleted ? std::string() : message);
+  up.Bind(3, outcome == TrialState::kCompleted ? std::string() : message);
   if (IsFinal(next)) {
-    up->Bind(4, now);
+    up.Bind(4, now);
   } else {
-    up->BindNull(4);
+    up.BindNull(4);
   }
-  up->Bind(5, trial_id);
-  MEGABATCH_RETURN_IF_ERROR(up->Run());
+  up.Bind(5, trial_id);
+  MEGABATCH_RETURN_IF_ERROR(up.Run());
   std::string event = std::string("attempt ") + std::to_string(attempts) + " " +
                       TrialStateName(outcome);
   if (!message.empty()) event += ": " + message;
@@ -980,45 +968,46 @@ Result<int> SweepStore::ExpireWorkers(double deadline, double now) {
   Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
-  Result<Statement> lost = db_->Prepare(
-      "SELECT id FROM workers WHERE state = 'alive' AND last_heartbeat_at < ?");
-  if (!lost.ok()) return lost.status();
-  lost->Bind(1, deadline);
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement lost, db_->Prepare("SELECT id FROM workers WHERE state = "
+                                   "'alive' AND last_heartbeat_at < ?"));
+  lost.Bind(1, deadline);
   std::vector<int64_t> ids;
   MEGABATCH_RETURN_IF_ERROR(
-      ForEachRow(*lost, [&](Statement& r) { ids.push_back(r.Int(0)); }));
+      ForEachRow(lost, [&](Statement& r) { ids.push_back(r.Int(0)); }));
   int requeued = 0;
   std::set<int64_t> sweeps;
   for (int64_t id : ids) {
-    Result<Statement> trials = db_->Prepare(
-        "SELECT DISTINCT h.trial_id, t.sweep_id FROM holdings h "
-        "JOIN trials t ON t.id = h.trial_id WHERE h.worker_id = ?");
-    if (!trials.ok()) return trials.status();
-    trials->Bind(1, id);
+    MEGABATCH_ASSIGN_OR_RETURN(
+        Statement trials,
+        db_->Prepare(
+            "SELECT DISTINCT h.trial_id, t.sweep_id FROM holdings h "
+            "JOIN trials t ON t.id = h.trial_id WHERE h.worker_id = ?"));
+    trials.Bind(1, id);
     std::vector<std::pair<int64_t, int64_t>> held;
     MEGABATCH_RETURN_IF_ERROR(ForEachRow(
-        *trials, [&](Statement& r) { held.emplace_back(r.Int(0), r.Int(1)); }));
+        trials, [&](Statement& r) { held.emplace_back(r.Int(0), r.Int(1)); }));
     for (const auto& [trial_id, sweep_id] : held) {
       MEGABATCH_RETURN_IF_ERROR(AddEvent(sweep_id, trial_id, id,
                                          "trial_requeued",
                                          "worker lost; lease revoked", now));
       sweeps.insert(sweep_id);
     }
-    Result<Statement> requeue = db_->Prepare(
-        "UPDATE trials SET state = 'queued', worker_id = NULL "
-        "WHERE id = ? AND state = 'running'");
-    if (!requeue.ok()) return requeue.status();
+    MEGABATCH_ASSIGN_OR_RETURN(
+        Statement requeue,
+        db_->Prepare("UPDATE trials SET state = 'queued', worker_id = NULL "
+                     "WHERE id = ? AND state = 'running'"));
     for (const auto& held_trial : held) {
-      requeue->Reset();
-      requeue->Bind(1, held_trial.first);
-      MEGABATCH_RETURN_IF_ERROR(requeue->Run());
+      requeue.Reset();
+      requeue.Bind(1, held_trial.first);
+      MEGABATCH_RETURN_IF_ERROR(requeue.Run());
       requeued += db_->Changes();
     }
-    Result<Statement> mark =
-        db_->Prepare("UPDATE workers SET state = 'lost' WHERE id = ?");
-    if (!mark.ok()) return mark.status();
-    mark->Bind(1, id);
-    MEGABATCH_RETURN_IF_ERROR(mark->Run());
+    MEGABATCH_ASSIGN_OR_RETURN(
+        Statement mark,
+        db_->Prepare("UPDATE workers SET state = 'lost' WHERE id = ?"));
+    mark.Bind(1, id);
+    MEGABATCH_RETURN_IF_ERROR(mark.Run());
     MEGABATCH_RETURN_IF_ERROR(
         AddEvent(0, 0, id, "worker_lost", "no heartbeat", now));
   }
@@ -1035,15 +1024,15 @@ Result<int> SweepStore::FenceAfterRestore(int64_t id_gap, double now) {
   Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
-  Result<Statement> running = db_->Prepare(
-      "SELECT id, sweep_id, coalesce(worker_id, 0) FROM trials "
-      "WHERE state = 'running'");
-  if (!running.ok()) return running.status();
+  MEGABATCH_ASSIGN_OR_RETURN(
+      Statement running,
+      db_->Prepare("SELECT id, sweep_id, coalesce(worker_id, 0) FROM trials "
+                   "WHERE state = 'running'"));
   struct Held {
     int64_t trial, sweep, worker;
   };
   std::vector<Held> held;
-  MEGABATCH_RETURN_IF_ERROR(ForEachRow(*running, [&](Statement& r) {
+  MEGABATCH_RETURN_IF_ERROR(ForEachRow(running, [&](Statement& r) {
     held.push_back({r.Int(0), r.Int(1), r.Int(2)});
   }));
   std::set<int64_t> sweeps;

@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/mutex.h"
@@ -47,7 +48,20 @@ enum class TrialState {
 };
 enum class SweepState { kQueued, kRunning, kCompleted, kFailed, kCancelled };
 
-// Lower-case names as stored in the database: "queued", "running", ...
+// Every state with its lower-case name as stored in the database (and as
+// the proto's enum names, less their prefix): the one list the store, the
+// exporter and the CLI read.
+inline constexpr std::pair<TrialState, const char*> kTrialStateNames[] = {
+    {TrialState::kQueued, "queued"},       {TrialState::kRunning, "running"},
+    {TrialState::kCompleted, "completed"}, {TrialState::kFailed, "failed"},
+    {TrialState::kCancelled, "cancelled"}, {TrialState::kDiverged, "diverged"},
+    {TrialState::kPruned, "pruned"},
+};
+inline constexpr std::pair<SweepState, const char*> kSweepStateNames[] = {
+    {SweepState::kQueued, "queued"},       {SweepState::kRunning, "running"},
+    {SweepState::kCompleted, "completed"}, {SweepState::kFailed, "failed"},
+    {SweepState::kCancelled, "cancelled"},
+};
 const char* TrialStateName(TrialState s);
 const char* SweepStateName(SweepState s);
 std::optional<TrialState> ParseTrialState(std::string_view name);

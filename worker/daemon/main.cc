@@ -15,6 +15,7 @@
 
 #include "common/channel.h"
 #include "common/datasets.h"
+#include "common/exit_codes.h"
 #include "worker/daemon/check.h"
 #include "worker/daemon/data_roots.h"
 #include "worker/daemon/private_files.h"
@@ -116,7 +117,7 @@ int main(int argc, char** argv) {
         gpu.find_first_not_of("0123456789") != std::string::npos) {
       spdlog::error("--gpus: '{}' is not a GPU id (a non-negative integer)",
                     gpu);
-      return 2;
+      return megabatch::kExitUsage;
     }
   }
   if (!options.gpus.empty())
@@ -129,7 +130,7 @@ int main(int argc, char** argv) {
         first < 1 || last < first || last > 65535) {
       spdlog::error("--rendezvous-ports: '{}' is not a port range FIRST-LAST",
                     rendezvous_ports);
-      return 2;
+      return megabatch::kExitUsage;
     }
     options.rendezvous_port_first = first;
     options.rendezvous_port_count = last - first + 1;
@@ -142,7 +143,7 @@ int main(int argc, char** argv) {
   if (access(options.trainer_path.c_str(), X_OK) != 0) {
     spdlog::error("--trainer: {} is not an executable file",
                   options.trainer_path);
-    return 2;
+    return megabatch::kExitUsage;
   }
   // The work dir holds each trial's config: no other local user may plant
   // or redirect a file in it.
@@ -151,13 +152,13 @@ int main(int argc, char** argv) {
         fs::temp_directory_path().string(), "megabatch-worker-");
     if (!made.ok()) {
       spdlog::error("--work-dir: {}", made.status().message());
-      return 2;
+      return megabatch::kExitUsage;
     }
     options.work_dir = *made;
   } else if (auto s = megabatch::worker::EnsurePrivateDir(options.work_dir);
              !s.ok()) {
     spdlog::error("--work-dir: {}", s.message());
-    return 2;
+    return megabatch::kExitUsage;
   }
   // Cores are given out once per host: the other workers' claims are
   // subtracted before this worker sizes its threads.
@@ -210,7 +211,7 @@ int main(int argc, char** argv) {
       coordinator, token_file, channel_options, channel_args);
   if (!channel.ok()) {
     spdlog::error("{}", channel.status().message());
-    return 2;
+    return megabatch::kExitUsage;
   }
 
   if (check) {
