@@ -61,8 +61,8 @@ class CoordinatorMetrics {
   void ObserveRpc(const std::string& method, StatusCode code, double seconds);
   // From the moment a lease request and a queued trial meet to the lease.
   void ObserveDispatch(double seconds);
-  // `op` is one of a fixed few: append_metrics, finish_trial, heartbeat,
-  // lease, submit.
+  // `op` is one of the writes services.cc times: append_metrics,
+  // finish_trial, heartbeat.
   void ObserveStoreWrite(const std::string& op, double seconds);
   // Points accepted for a trial: counted, and the latest value of each live
   // metric kept for its series.

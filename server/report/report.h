@@ -40,10 +40,10 @@ struct ScalingRow {
   std::optional<double> best_test_loss;
   std::optional<double> best_val_accuracy;
   std::optional<double> best_val_loss;
-  std::optional<double>
-      best_target_value;  // of the target metric (val_accuracy without one)
-  std::optional<double>
-      test_accuracy;  // the final test of the best lr's trials
+  // Of the target metric (val_accuracy without one).
+  std::optional<double> best_target_value;
+  // The final test of the best lr's trials.
+  std::optional<double> test_accuracy;
   std::optional<double> test_loss;
   std::optional<double> steps_to_target;
   std::optional<double> samples_to_target;

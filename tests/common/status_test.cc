@@ -5,6 +5,8 @@
 
 #include <memory>
 
+#include "tests/testing/status_matchers.h"
+
 namespace megabatch {
 namespace {
 
@@ -20,7 +22,7 @@ Result<int> Twice(bool ok) {
 
 TEST(StatusTest, AssignOrReturnMovesTheValueOrPassesTheErrorUp) {
   Result<int> good = Twice(true);
-  ASSERT_TRUE(good.ok());
+  ASSERT_OK(good);
   EXPECT_EQ(*good, 14);
   Result<int> bad = Twice(false);
   ASSERT_FALSE(bad.ok());

@@ -27,6 +27,7 @@
 #include <thread>
 
 #include "tests/e2e/e2e_fixture.h"
+#include "tests/testing/status_matchers.h"
 
 namespace megabatch {
 namespace {
@@ -110,18 +111,18 @@ class ChaosE2ETest : public SweepE2ETest {
   // "index name step" -> value, with NULL (a diverged loss) as "null".
   std::map<std::string, std::string> Points(int64_t sweep) {
     auto db = store::Db::Open(db_path_);
-    EXPECT_TRUE(db.ok());
+    EXPECT_OK(db);
     auto q = (*db)->Prepare(
         std::string("SELECT t.trial_index, m.name, m.step, m.value FROM "
                     "metrics m JOIN trials t ON t.id = m.trial_id WHERE "
                     "t.sweep_id = ? AND ") +
         kNotTraining);
-    EXPECT_TRUE(q.ok());
+    EXPECT_OK(q);
     q->Bind(1, sweep);
     std::map<std::string, std::string> out;
     while (true) {
       auto row = q->Step();
-      EXPECT_TRUE(row.ok());
+      EXPECT_OK(row);
       if (!row.ok() || !*row) break;
       std::ostringstream value;
       value.precision(17);
@@ -156,17 +157,17 @@ class ChaosE2ETest : public SweepE2ETest {
   // agree, since a resume keeps its checkpoint's threads.
   std::map<int64_t, int> TrialThreads(int64_t sweep) {
     auto db = store::Db::Open(db_path_);
-    EXPECT_TRUE(db.ok());
+    EXPECT_OK(db);
     auto q = (*db)->Prepare(
         "SELECT t.trial_index, min(m.value), max(m.value) FROM metrics m JOIN "
         "trials t ON t.id = m.trial_id WHERE t.sweep_id = ? AND m.name = "
         "'threads' GROUP BY t.trial_index");
-    EXPECT_TRUE(q.ok());
+    EXPECT_OK(q);
     q->Bind(1, sweep);
     std::map<int64_t, int> out;
     while (true) {
       auto row = q->Step();
-      EXPECT_TRUE(row.ok());
+      EXPECT_OK(row);
       if (!row.ok() || !*row) break;
       EXPECT_EQ(q->Double(1), q->Double(2))
           << "trial " << q->Int(0) << " ran attempts with different threads";

@@ -22,6 +22,7 @@
 #include "tests/e2e/e2e_fixture.h"
 #include "tests/testing/http.h"
 #include "tests/testing/process.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tls.h"
 
@@ -116,10 +117,10 @@ noise_scale: always
        "megabatch-trainer")
           .string();
   auto db = store::Db::Open(db_path_);
-  ASSERT_TRUE(db.ok());
+  ASSERT_OK(db);
   auto trials =
       (*db)->Prepare("SELECT id, config_json FROM trials ORDER BY id");
-  ASSERT_TRUE(trials.ok());
+  ASSERT_OK(trials);
   int compared = 0;
   while (*trials->Step()) {
     const int64_t id = trials->Int(0);
@@ -145,7 +146,7 @@ noise_scale: always
         "NOT NULL AND "
         "name NOT LIKE '%second%' AND name NOT IN ('threads', 'shared_cores') "
         "ORDER BY name, step");
-    ASSERT_TRUE(stored.ok());
+    ASSERT_OK(stored);
     stored->Bind(1, id);
     size_t rows = 0;
     while (*stored->Step()) {
@@ -954,7 +955,7 @@ TEST_F(RestoreE2ETest, ABackupTakenMidTrialRestoresAndTheTrialResumesFromIt) {
       {MEGABATCH_COORDINATOR_BIN, "--db", db_path_, "backup", backup});
   ASSERT_EQ(taken.exit_code, 0) << taken.err;
   auto backup_db = store::Db::OpenReadOnly(backup);
-  ASSERT_TRUE(backup_db.ok());
+  ASSERT_OK(backup_db);
   auto q =
       (*backup_db)
           ->Prepare("SELECT max(step) FROM metrics WHERE name = 'train_loss'");
@@ -1447,7 +1448,7 @@ TEST_F(SecuredE2ETest, WithoutATokenOnlyHealthAnswers) {
   ChannelOptions o;
   o.tls_ca_file = dir_.File("ca.pem");
   auto channel = MakeChannel(address_, o);
-  ASSERT_TRUE(channel.ok()) << channel.status().ToString();
+  ASSERT_OK(channel);
   // One empty request to `method`, as a unary call; its status.
   auto call = [&](const std::string& method) {
     grpc::GenericStub stub(*channel);

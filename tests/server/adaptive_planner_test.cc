@@ -10,6 +10,7 @@
 #include <set>
 
 #include "server/planner/adaptive.h"
+#include "tests/testing/status_matchers.h"
 
 namespace megabatch::planner {
 namespace {
@@ -26,7 +27,7 @@ strategy: {type: adaptive, max_batch_size: 16384, batch_sizes: 5, lr_trials_per_
 target: {metric: val_accuracy, value: 0.8}
 seeds: [0, 1]
 budget: )yaml" + budget);
-  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_OK(s);
   return *s;
 }
 
@@ -285,7 +286,7 @@ base: {batch_size: 128, lr: 0.002}
   auto ok = parse(head +
                   "strategy: {type: adaptive}\ntarget: {metric: val_accuracy, "
                   "value: 0.8}\n");
-  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  ASSERT_OK(ok);
   EXPECT_EQ(ok->strategy["batch_sizes"], 6);
   EXPECT_EQ(ok->strategy["finish_lrs"], 2);
   EXPECT_EQ(ok->strategy["span"], 16.0);
@@ -293,7 +294,7 @@ base: {batch_size: 128, lr: 0.002}
   EXPECT_TRUE(spec::ExpandSweep(*ok).empty());
   // Stored and read back, it is the same spec.
   auto again = spec::SweepSpecFromJson(ok->ToJson());
-  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  ASSERT_OK(again);
   EXPECT_EQ(again->ToJson(), ok->ToJson());
 }
 

@@ -20,6 +20,7 @@
 #include "server/store/read_only.h"
 #include "tests/testing/coordinator_fixture.h"
 #include "tests/testing/http.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/tls.h"
 
 namespace megabatch {
@@ -49,11 +50,11 @@ class AuthTest : public testing::CoordinatorFixture {
     StartCoordinator(options);
     if (HasFatalFailure()) return;
     auto token_store = auth::TokenStore::Open(options_.db_path);
-    ASSERT_TRUE(token_store.ok()) << token_store.status().ToString();
+    ASSERT_OK(token_store);
     token_store_ = std::move(*token_store);
     address_ = "localhost:" + std::to_string(coordinator_->port());
     auto admin = LoadToken(options_.auth_file);
-    ASSERT_TRUE(admin.ok()) << admin.status().ToString();
+    ASSERT_OK(admin);
     tokens_["admin"] = *admin;
     tokens_["alice"] = NewToken("alice", "user");
     tokens_["bob"] = NewToken("bob", "user");
@@ -62,9 +63,9 @@ class AuthTest : public testing::CoordinatorFixture {
 
   std::string NewToken(const std::string& name, const std::string& role) {
     auto token = auth::NewToken();
-    EXPECT_TRUE(token.ok());
+    EXPECT_OK(token);
     auto id = token_store_->Create(name, role, auth::Sha256Hex(*token), 1.0);
-    EXPECT_TRUE(id.ok()) << id.status().ToString();
+    EXPECT_OK(id);
     ids_[name] = *id;
     return *token;
   }
@@ -79,7 +80,7 @@ class AuthTest : public testing::CoordinatorFixture {
       o.tls_key_file = dir_.File(cert + ".key");
     }
     auto channel = MakeChannel(address_, o);
-    EXPECT_TRUE(channel.ok()) << channel.status().ToString();
+    EXPECT_OK(channel);
     return *channel;
   }
 
@@ -342,11 +343,11 @@ TEST_F(AuthTest, AWorkerTokenActsOnlyForTheWorkersItRegistered) {
   EXPECT_EQ(report(b.get(), worker_b).error_code(), Code::ABORTED);
   EXPECT_EQ(finish(b.get(), worker_b).error_code(), Code::ABORTED);
   auto trials = coordinator_->store()->ListTrials(submitted.sweep_id());
-  ASSERT_TRUE(trials.ok());
+  ASSERT_OK(trials);
   EXPECT_EQ((*trials)[0].state, store::TrialState::kRunning);
   auto points = store::ReadOnlyDb(options_.db_path)
                     .Query("SELECT count(*) FROM metrics", {});
-  ASSERT_TRUE(points.ok()) << points.status().ToString();
+  ASSERT_OK(points);
   EXPECT_EQ(points->rows[0][0].integer, 0);
   // A itself still can.
   EXPECT_TRUE(heartbeat(a.get(), worker_a).ok());
@@ -401,7 +402,7 @@ TEST_F(AuthTest, UsersAreHeldToTheirPriorityAndPendingTrialQuotas) {
   coordinator_.reset();
   options_.max_pending_trials_per_owner = 2;
   auto again = Coordinator::Start(options_);
-  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  ASSERT_OK(again);
   coordinator_ = std::move(*again);
   address_ = "localhost:" + std::to_string(coordinator_->port());
 
@@ -477,7 +478,7 @@ TEST(CertificateFlagsTest, ARequiredClientCertificateKeepsOthersOut) {
   EXPECT_THAT(refused.status().message(), HasSubstr("is not a PEM CRL"));
   options.tls_crl = "";
   auto started = Coordinator::Start(options);
-  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  ASSERT_OK(started);
   const std::string address = "localhost:" + std::to_string((*started)->port());
   auto call = [&](const std::string& cert) {
     ChannelOptions o;
@@ -508,13 +509,13 @@ TEST_F(AuthTest, TheAdminTokenFileIsOwnerOnlyAndSurvivesARestart) {
   const std::string admin = tokens_["admin"];
   coordinator_.reset();
   auto again = Coordinator::Start(options_);
-  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  ASSERT_OK(again);
   coordinator_ = std::move(*again);
   address_ = "localhost:" + std::to_string(coordinator_->port());
   EXPECT_EQ(*LoadToken(options_.auth_file), admin);
   EXPECT_TRUE(List(Channel(admin)).ok());
   auto tokens = token_store_->List();
-  ASSERT_TRUE(tokens.ok());
+  ASSERT_OK(tokens);
   int admins = 0;
   for (const auto& t : *tokens) admins += t.role == "admin";
   EXPECT_EQ(admins, 1);

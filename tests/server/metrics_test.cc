@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tests/testing/http.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch::metrics {
@@ -24,7 +25,7 @@ class MetricsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto store = store::SweepStore::Open(path_);
-    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    ASSERT_OK(store);
     store_ = std::move(*store);
     auto spec = spec::ParseSweepSpec(R"yaml(
 name: metrics-test
@@ -32,7 +33,7 @@ optimizers: [{name: lamb}]
 batch_sizes: [128, 256]
 base: {lr: 0.01}
 )yaml");
-    ASSERT_TRUE(spec.ok());
+    ASSERT_OK(spec);
     bool existed;
     ASSERT_TRUE(
         store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 10, &existed)

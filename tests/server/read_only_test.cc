@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "tests/testing/report_fixture.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch::store {
@@ -39,7 +40,7 @@ TEST_F(ReadOnlyTest, SelectsReturnTypedRows) {
       "SELECT optimizer, batch_size, best_lr, NULL AS empty, x'00ff' AS raw "
       "FROM sweep_scaling ORDER BY optimizer, batch_size LIMIT 1",
       {});
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   EXPECT_THAT(r->columns, ::testing::ElementsAre("optimizer", "batch_size",
                                                  "best_lr", "empty", "raw"));
   ASSERT_EQ(r->rows.size(), 1u);
@@ -67,7 +68,7 @@ TEST_F(ReadOnlyTest, ReadingPragmasAndCtesAreAllowed) {
         "SELECT sum(x) FROM n",
         "  SELECT 1; -- a trailing comment  \n"}) {
     auto r = db_.Query(sql, {});
-    EXPECT_TRUE(r.ok()) << sql << ": " << r.status().ToString();
+    EXPECT_OK(r);
   }
 }
 
@@ -191,7 +192,7 @@ TEST_F(ReadOnlyTest, ACallerWhoLeavesStopsARunningQuery) {
 TEST_F(ReadOnlyTest, AUserSeesOnlyTheirOwnRequestIdsAndNoAudit) {
   {
     auto rw = Db::Open(path_);
-    ASSERT_TRUE(rw.ok());
+    ASSERT_OK(rw);
     ASSERT_TRUE((*rw)
                     ->Exec("INSERT INTO sweep_requests (owner, request_id, "
                            "sweep_id) VALUES ('alice', 'a-1', " +
@@ -203,7 +204,7 @@ TEST_F(ReadOnlyTest, AUserSeesOnlyTheirOwnRequestIdsAndNoAudit) {
   QueryLimits alice;
   alice.viewer = "alice";
   auto mine = db_.Query("SELECT owner, request_id FROM sweep_requests", alice);
-  ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+  ASSERT_OK(mine);
   ASSERT_EQ(mine->rows.size(), 1u);
   EXPECT_EQ(mine->rows[0][1].bytes, "a-1");
   for (const char* sql :
@@ -214,7 +215,7 @@ TEST_F(ReadOnlyTest, AUserSeesOnlyTheirOwnRequestIdsAndNoAudit) {
     EXPECT_EQ(r.status().code(), StatusCode::kPermissionDenied);
   }
   auto all = db_.Query("SELECT count(*) FROM sweep_requests", {});
-  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  ASSERT_OK(all);
   EXPECT_EQ(all->rows[0][0].integer, 2);
   EXPECT_TRUE(db_.Query("SELECT count(*) FROM audit", {}).ok());
   EXPECT_EQ(testing::DumpDatabase(path_), before_);
@@ -224,7 +225,7 @@ TEST_F(ReadOnlyTest, RowAndSizeCapsTruncateAndSaySo) {
   QueryLimits limits;
   limits.max_rows = 5;
   auto r = db_.Query("SELECT * FROM metrics", limits);
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   EXPECT_EQ(r->rows.size(), 5u);
   ASSERT_TRUE(r->truncated);
   EXPECT_THAT(*r->truncated, HasSubstr("row cap of 5"));
@@ -232,7 +233,7 @@ TEST_F(ReadOnlyTest, RowAndSizeCapsTruncateAndSaySo) {
   limits.max_rows = 1000;
   limits.max_bytes = 1000;
   r = db_.Query("SELECT name FROM metrics", limits);
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   EXPECT_LT(r->rows.size(), 1000u);
   EXPECT_GT(r->rows.size(), 10u);
   ASSERT_TRUE(r->truncated);
@@ -242,7 +243,7 @@ TEST_F(ReadOnlyTest, RowAndSizeCapsTruncateAndSaySo) {
   limits = QueryLimits();
   limits.max_rows = 2;
   r = db_.Query("SELECT 1 UNION ALL SELECT 2", limits);
-  ASSERT_TRUE(r.ok());
+  ASSERT_OK(r);
   EXPECT_EQ(r->rows.size(), 2u);
   EXPECT_FALSE(r->truncated);
 }
@@ -262,9 +263,9 @@ TEST_F(ReadOnlyTest, ExportStreamsEveryMetricOfTheSweepInChunks) {
         ++chunks;
         return Status();
       });
-  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_OK(s);
   auto total = db_.Query("SELECT count(*) FROM metrics", {});
-  ASSERT_TRUE(total.ok());
+  ASSERT_OK(total);
   EXPECT_EQ(static_cast<int64_t>(rows), total->rows[0][0].integer);
   EXPECT_EQ(chunks, (rows + 49) / 50);
 
@@ -276,7 +277,7 @@ TEST_F(ReadOnlyTest, ExportStreamsEveryMetricOfTheSweepInChunks) {
                           accuracy += chunk.size();
                           return Status();
                         });
-  ASSERT_TRUE(s.ok());
+  ASSERT_OK(s);
   EXPECT_EQ(accuracy, 64u);  // two evaluations of each of 32 trials
 
   // A consumer's error stops the export and comes back.

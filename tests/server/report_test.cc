@@ -9,6 +9,7 @@
 
 #include "server/store/read_only.h"
 #include "tests/testing/report_fixture.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch::report {
@@ -89,7 +90,7 @@ class ReportTest : public ::testing::Test {
     sweep_ = testing::BuildReportFixture(path_);
     ASSERT_GT(sweep_, 0);
     auto db = store::ReadOnlyDb(path_).Connect();
-    ASSERT_TRUE(db.ok()) << db.status().ToString();
+    ASSERT_OK(db);
     db_ = std::move(*db);
   }
 
@@ -110,7 +111,7 @@ void ExpectNear(const std::optional<double>& actual,
 
 TEST_F(ReportTest, EveryFigureEqualsTheHandComputedOne) {
   auto report = BuildReport(*db_, sweep_);
-  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ASSERT_OK(report);
   // The fixture's spec says test_accuracy, which is stored as val_accuracy;
   // its trials logged test_accuracy as databases before schema 7 did, and the
   // report ranks by it.
@@ -182,13 +183,13 @@ TEST_F(ReportTest, EveryFigureEqualsTheHandComputedOne) {
 
 TEST_F(ReportTest, SweepScalingViewGivesTheReportsNumbers) {
   auto report = BuildReport(*db_, sweep_);
-  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ASSERT_OK(report);
   auto q = db_->Prepare(
       "SELECT optimizer, batch_size, best_lr, steps_to_target, "
       "scaling_efficiency, best_test_accuracy, diverged_trials "
       "FROM sweep_scaling WHERE sweep_id = ? ORDER BY optimizer DESC, "
       "batch_size");
-  ASSERT_TRUE(q.ok()) << q.status().ToString();
+  ASSERT_OK(q);
   q->Bind(1, sweep_);
   size_t i = 0;
   ASSERT_TRUE(store::ForEachRow(*q, [&](store::Statement& row) {
@@ -216,7 +217,7 @@ TEST_F(ReportTest, TrialSummaryHasPerTrialTargetFigures) {
       "seconds_to_target, best_test_loss, diverged FROM trial_summary "
       "WHERE optimizer = 'lamb' AND batch_size = 128 AND seed = 1 "
       "AND lr_multiplier = 2");
-  ASSERT_TRUE(q.ok());
+  ASSERT_OK(q);
   ASSERT_TRUE(*q->Step());
   EXPECT_EQ(q->Int(0), 5100);
   EXPECT_EQ(q->Int(1), 5100 * 128);

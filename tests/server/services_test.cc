@@ -18,6 +18,7 @@
 #include "tests/testing/coordinator_fixture.h"
 #include "tests/testing/http.h"
 #include "tests/testing/process.h"
+#include "tests/testing/status_matchers.h"
 
 namespace megabatch {
 namespace {
@@ -290,7 +291,7 @@ TEST_F(ServicesTest, LeaseLongPollWakesOnSubmit) {
   ASSERT_TRUE(Submit(kSpec, &resp).ok());
   auto start = std::chrono::steady_clock::now();
   poller.join();
-  EXPECT_TRUE(status.ok());
+  EXPECT_TRUE(status.ok()) << status.error_message();
   EXPECT_TRUE(lease.has_lease());
   // Woken by the submit, not by the 20 s timeout.
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
@@ -327,7 +328,7 @@ TEST_F(ServicesTest, ManyLongPollsWokenByOneSubmitEachGetADistinctTrial) {
   }
   EXPECT_EQ(trials.size(), 8u);
   auto stored = coordinator_->store()->ListTrials(resp.sweep_id());
-  ASSERT_TRUE(stored.ok());
+  ASSERT_OK(stored);
   for (const auto& t : *stored) {
     EXPECT_EQ(t.state, store::TrialState::kRunning) << "trial " << t.id;
     EXPECT_EQ(t.attempts, 1) << "trial " << t.id;
@@ -494,7 +495,7 @@ TEST_F(ServicesTest,
   ASSERT_EQ(submitted.trials(), 10000);
   {
     auto db = store::Db::Open(options_.db_path);
-    ASSERT_TRUE(db.ok()) << db.status().ToString();
+    ASSERT_OK(db);
     ASSERT_TRUE((*db)
                     ->Exec(R"sql(
       WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n < 39)
@@ -719,7 +720,7 @@ TEST_F(ServicesTest, PeriodicBackupsAreWrittenWhileServing) {
   for (const auto& e :
        std::filesystem::directory_iterator(options.backup_dir)) {
     auto db = store::Db::OpenReadOnly(e.path().string());
-    ASSERT_TRUE(db.ok());
+    ASSERT_OK(db);
     auto q = (*db)->Prepare("SELECT count(*) FROM workers");
     ASSERT_TRUE(q.ok() && *q->Step());
     EXPECT_EQ(q->Int(0), 1);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/datasets.h"
+#include "tests/testing/status_matchers.h"
 
 namespace megabatch::spec {
 namespace {
@@ -49,7 +50,7 @@ void ExpectInvalid(const std::string& spec, const std::string& field,
 
 TEST(SweepSpecTest, ValidYamlParsesWithDefaults) {
   auto r = ParseSweepSpec(kValid);
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   EXPECT_EQ(r->name, "test-sweep");
   ASSERT_EQ(r->optimizers.size(), 2u);
   EXPECT_EQ(r->optimizers[0].options["momentum"], 0.8);
@@ -64,7 +65,7 @@ TEST(SweepSpecTest, ValidYamlParsesWithDefaults) {
 TEST(SweepSpecTest, EarlyStoppingIsParsedWithDefaultsAndChecked) {
   auto r = ParseSweepSpec(
       WithLine("early_stopping", "early_stopping: {min_samples: 60000}"));
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   EXPECT_EQ(r->early_stopping, nlohmann::json({{"rule", "asha"},
                                                {"metric", "val_accuracy"},
                                                {"min_samples", 60000},
@@ -94,7 +95,7 @@ TEST(SweepSpecTest, SelectionMetricsAreValidationMetricsOfTheModel) {
   // The old names mean the validation split now.
   auto r = ParseSweepSpec(
       WithLine("target", "target: {metric: test_loss, value: 0.4}"));
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   EXPECT_EQ(r->target["metric"], "val_loss");
   ExpectInvalid(
       WithLine("target", "target: {metric: val_bpc, value: 2}"),
@@ -113,14 +114,14 @@ base: {lr: 0.01}
 target: {metric: val_bpc, value: 3}
 early_stopping: {metric: val_bpc, min_samples: 1000}
 )yaml");
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   EXPECT_EQ(r->early_stopping["metric"], "val_bpc");
 }
 
 TEST(SweepSpecTest, EvaluationBySamplesNoiseScaleAndWarmupFromTheBaseLr) {
   auto r = ParseSweepSpec(std::string(kValid) +
                           "eval_every_samples: 16384\nnoise_scale: always\n");
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   EXPECT_EQ(r->eval_every_samples, 16384);
   auto trials = ExpandSweep(*r);
   EXPECT_EQ(trials[0].config["eval_every_samples"], 16384);
@@ -142,7 +143,7 @@ TEST(SweepSpecTest, EvaluationBySamplesNoiseScaleAndWarmupFromTheBaseLr) {
   r = ParseSweepSpec(
       WithLine("schedule",
                "schedule: {warmup_epochs: 1, decay: poly, warmup_from: base}"));
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   trials = ExpandSweep(*r);
   for (const TrialSpec& t : trials) {
     const double start = t.config["schedule"]["warmup_start_lr"];
@@ -165,7 +166,7 @@ TEST(SweepSpecTest, AdamWAndSgdTakeTheSameExclusionAndClippingOptionsAsLamb) {
                               "true, max_grad_norm: 1}, "
                               "{name: adamw, exclude_bias_and_norm: true, "
                               "max_grad_norm: 1}, {name: lamb}]"));
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   for (const auto& o : r->optimizers) {
     EXPECT_EQ(o.options["exclude_bias_and_norm"], true) << o.name;
     EXPECT_EQ(o.options["max_grad_norm"], o.name == "lamb" ? 0.0 : 1.0)
@@ -175,15 +176,15 @@ TEST(SweepSpecTest, AdamWAndSgdTakeTheSameExclusionAndClippingOptionsAsLamb) {
 
 TEST(SweepSpecTest, JsonAndYamlGiveTheSameSpec) {
   auto yaml = ParseSweepSpec(kValid);
-  ASSERT_TRUE(yaml.ok());
+  ASSERT_OK(yaml);
   auto json = ParseSweepSpec(yaml->ToJson().dump(), SpecFormat::kJson);
-  ASSERT_TRUE(json.ok()) << json.status().ToString();
+  ASSERT_OK(json);
   EXPECT_EQ(json->ToJson(), yaml->ToJson());
 }
 
 TEST(SweepSpecTest, ExpandsTheFullGridWithScaledLr) {
   auto r = ParseSweepSpec(kValid);
-  ASSERT_TRUE(r.ok());
+  ASSERT_OK(r);
   std::vector<TrialSpec> trials = ExpandSweep(*r);
   ASSERT_EQ(trials.size(), 2u * 2u * 2u * 2u);
   // Order: optimizers x batch_sizes x lr_multipliers x seeds.
@@ -206,7 +207,7 @@ TEST(SweepSpecTest, OptimizerEntryLrReplacesTheBaseLr) {
       WithLine("optimizers",
                "optimizers: [{name: lars, lr: 4.0, trust_coefficient: 0.002}, "
                "{name: lamb, always_adapt: false}]"));
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   auto trials = ExpandSweep(*r);
   // lars at batch 512: 4.0 x sqrt(512 / 128) x multiplier 1.
   EXPECT_EQ(trials[6].optimizer, "lars");
@@ -233,7 +234,7 @@ TEST(SweepSpecTest, LrScalingRules) {
 TEST(SweepSpecTest, MicroBatchCapsAtTheBatch) {
   auto r =
       ParseSweepSpec(WithLine("micro_batch_size", "micro_batch_size: 256"));
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   auto trials = ExpandSweep(*r);
   EXPECT_EQ(trials[0].config["micro_batch_size"], 128);
   EXPECT_EQ(trials[4].config["micro_batch_size"], 256);
@@ -309,7 +310,7 @@ TEST(SweepSpecTest, UnknownModelOrDataset) {
   ExpectInvalid(WithLine("model", "model: {type: mlp, channels: [8]}"),
                 "model.channels: unknown field");
   auto cnn = ParseSweepSpec(WithLine("model", "model: {type: cnn}"));
-  ASSERT_TRUE(cnn.ok()) << cnn.status().ToString();
+  ASSERT_OK(cnn);
   EXPECT_EQ(cnn->model["channels"], nlohmann::json({32, 64}));
   EXPECT_EQ(cnn->model["hidden"], nlohmann::json({128}));
 }
@@ -375,7 +376,7 @@ TEST(SweepSpecTest, TooManyTrials) {
 TEST(SweepSpecTest, CheckpointIntervalReachesTheTrialConfig) {
   auto r = ParseSweepSpec(
       WithLine("checkpoint_every_steps", "checkpoint_every_steps: 200"));
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   EXPECT_EQ(ExpandSweep(*r)[0].config["checkpoint_every_steps"], 200);
   ExpectInvalid(
       WithLine("checkpoint_every_steps", "checkpoint_every_steps: -1"),
@@ -386,7 +387,7 @@ TEST(SweepSpecTest, DiagnosticsAndDivergenceReachTheTrialConfig) {
   auto r = ParseSweepSpec(
       WithLine("diagnostics_every_steps", "diagnostics_every_steps: 50") +
       "divergence_factor: 4\n");
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   auto config = ExpandSweep(*r)[0].config;
   EXPECT_EQ(config["diagnostics_every_steps"], 50);
   EXPECT_EQ(config["divergence_factor"], 4.0);
@@ -402,7 +403,7 @@ TEST(SweepSpecTest, DeviceAndPrecisionReachTheTrialConfig) {
   EXPECT_EQ(config["precision"], "fp32");
   auto r =
       ParseSweepSpec(std::string(kValid) + "device: cuda\nprecision: bf16\n");
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   config = ExpandSweep(*r)[0].config;
   EXPECT_EQ(config["device"], "cuda");
   EXPECT_EQ(config["precision"], "bf16");
@@ -426,7 +427,7 @@ TEST(SweepSpecTest, RanksPerTrialSplitEachBatchIntoMicroBatchesPerRank) {
       "micro_batch_size: batch size 128 / 2 ranks is not a multiple of 48");
   auto spec = ParseSweepSpec(
       WithLine("ranks_per_trial", "ranks_per_trial: 4\nmicro_batch_size: 64"));
-  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  ASSERT_OK(spec);
   EXPECT_EQ(spec->ranks_per_trial, 4);
   for (const TrialSpec& t : ExpandSweep(*spec)) {
     EXPECT_EQ(t.ranks, 4);
@@ -456,7 +457,7 @@ TEST(SweepSpecTest, TextThatIsNotUtf8IsRefusedWithItsOffset) {
   EXPECT_EQ(utf32.status().code(), StatusCode::kInvalidArgument);
   auto fine =
       ParseSweepSpec("name: \xc3\xa9t\xc3\xa9 \xf0\x9f\x9a\x80\n" + base);
-  ASSERT_TRUE(fine.ok()) << fine.status().ToString();
+  ASSERT_OK(fine);
   EXPECT_EQ(fine->name, "\xc3\xa9t\xc3\xa9 \xf0\x9f\x9a\x80");
 }
 
@@ -474,7 +475,7 @@ optimizers: [{name: lamb}]
 batch_sizes: [64]
 base: {lr: 0.01}
 )yaml");
-  ASSERT_TRUE(lstm.ok()) << lstm.status().ToString();
+  ASSERT_OK(lstm);
   EXPECT_EQ(lstm->model["hidden"], 128);
   EXPECT_EQ(lstm->model["seq_len"], 128);
   EXPECT_EQ(lstm->model["embedding"], 64);
@@ -494,7 +495,7 @@ optimizers: [{name: lamb}]
 batch_sizes: [64]
 base: {lr: 0.01}
 )yaml");
-  ASSERT_TRUE(bert.ok()) << bert.status().ToString();
+  ASSERT_OK(bert);
   EXPECT_EQ(bert->model["bias"], false);
   EXPECT_EQ(bert->model["ffn"], 1024);  // 4 x hidden
   EXPECT_EQ(bert->model["vocab_size"], 2048);
@@ -621,7 +622,7 @@ TEST(SweepSpecTest, EveryShippedExperimentParses) {
     std::string text((std::istreambuf_iterator<char>(in)),
                      std::istreambuf_iterator<char>());
     auto r = ParseSweepSpec(text);
-    ASSERT_TRUE(r.ok()) << entry.path() << ": " << r.status().ToString();
+    ASSERT_OK(r);
     // A grid expands to its trials; an adaptive study plans them as it runs.
     EXPECT_NE(ExpandSweep(*r).empty(), r->strategy.is_null()) << entry.path();
     ++files;
@@ -644,7 +645,7 @@ TEST(SweepSpecTest, DocsSpecExampleParsesAndNamesEveryTopLevelField) {
   const size_t end = doc.find("```", start + 8);
   const std::string example = doc.substr(start + 8, end - start - 8);
   auto parsed = ParseSweepSpec(example);
-  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  ASSERT_OK(parsed);
   // ... and it names every top-level field the parser reads (as a field,
   // or in a comment beside its alternative).
   const std::string source = ReadWhole(MEGABATCH_SPEC_SOURCE);

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "server/store/schema.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch::store {
@@ -26,24 +27,24 @@ class SweepStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto s = SweepStore::Open(dir_.File("store.db"));
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    ASSERT_OK(s);
     store_ = std::move(*s);
   }
 
   int64_t Create(const char* spec_text = kSpec,
                  const std::string& request_id = "") {
     auto spec = spec::ParseSweepSpec(spec_text);
-    EXPECT_TRUE(spec.ok()) << spec.status().ToString();
+    EXPECT_OK(spec);
     bool existed = false;
     auto id = store_->CreateSweep(*spec, spec::ExpandSweep(*spec), request_id,
                                   1000.0, &existed);
-    EXPECT_TRUE(id.ok()) << id.status().ToString();
+    EXPECT_OK(id);
     return *id;
   }
 
   Lease LeaseOne(int64_t worker) {
     auto lease = store_->LeaseNext(worker, 1001.0);
-    EXPECT_TRUE(lease.ok()) << lease.status().ToString();
+    EXPECT_OK(lease);
     EXPECT_TRUE(lease->has_value());
     return **lease;
   }
@@ -55,11 +56,11 @@ class SweepStoreTest : public ::testing::Test {
 TEST_F(SweepStoreTest, CreateStoresEveryTrialWithItsConfig) {
   int64_t id = Create();
   auto trials = store_->ListTrials(id);
-  ASSERT_TRUE(trials.ok());
+  ASSERT_OK(trials);
   ASSERT_EQ(trials->size(), 4u);
   for (const TrialRow& t : *trials) EXPECT_EQ(t.state, TrialState::kQueued);
   auto sweep = store_->GetSweep(id);
-  ASSERT_TRUE(sweep.ok());
+  ASSERT_OK(sweep);
   EXPECT_EQ(sweep->state, SweepState::kQueued);
   EXPECT_EQ(sweep->trials_total, 4);
 }
@@ -70,7 +71,7 @@ TEST_F(SweepStoreTest, RequestIdMakesCreateIdempotent) {
   bool existed = false;
   auto again = store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "req-1",
                                    1002.0, &existed);
-  ASSERT_TRUE(again.ok());
+  ASSERT_OK(again);
   EXPECT_TRUE(existed);
   EXPECT_EQ(*again, first);
   EXPECT_EQ(store_->ListSweeps()->size(), 1u);
@@ -78,11 +79,11 @@ TEST_F(SweepStoreTest, RequestIdMakesCreateIdempotent) {
   // is refused, naming the sweep.
   auto other_owner = store_->CreateSweep(*spec, spec::ExpandSweep(*spec),
                                          "req-1", 1003.0, &existed, "bob");
-  ASSERT_TRUE(other_owner.ok());
+  ASSERT_OK(other_owner);
   EXPECT_FALSE(existed);
   EXPECT_NE(*other_owner, first);
   auto changed = spec::ParseSweepSpec(std::string(kSpec) + "seeds: [5]\n");
-  ASSERT_TRUE(changed.ok()) << changed.status().ToString();
+  ASSERT_OK(changed);
   auto clash = store_->CreateSweep(*changed, spec::ExpandSweep(*changed),
                                    "req-1", 1004.0, &existed);
   EXPECT_EQ(clash.status().code(), StatusCode::kAlreadyExists);
@@ -94,7 +95,7 @@ TEST_F(SweepStoreTest, RequestIdMakesCreateIdempotent) {
 TEST_F(SweepStoreTest, LeaseRespectsSlotsAndCarriesIdsInTheConfig) {
   int64_t sweep = Create();
   auto worker = store_->RegisterWorker("w", 1, 1000.0);
-  ASSERT_TRUE(worker.ok());
+  ASSERT_OK(worker);
   Lease lease = LeaseOne(*worker);
   EXPECT_GT(lease.lease_id, 0);  // random: another worker cannot guess it
   auto config = nlohmann::json::parse(lease.config_json);
@@ -102,7 +103,7 @@ TEST_F(SweepStoreTest, LeaseRespectsSlotsAndCarriesIdsInTheConfig) {
   EXPECT_EQ(config["sweep_id"], sweep);
   // One slot, one running trial: nothing more for this worker.
   auto none = store_->LeaseNext(*worker, 1001.0);
-  ASSERT_TRUE(none.ok());
+  ASSERT_OK(none);
   EXPECT_FALSE(none->has_value());
   EXPECT_EQ(store_->GetSweep(sweep)->state, SweepState::kRunning);
 }
@@ -111,7 +112,7 @@ TEST_F(SweepStoreTest, LeaseRespectsSlotsAndCarriesIdsInTheConfig) {
 std::vector<int64_t> BatchSweeps(SweepStore& store, int64_t worker, int n) {
   std::vector<int64_t> out;
   for (auto& r : store.LeaseBatch(std::vector<int64_t>(n, worker), 1001.0)) {
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_OK(r);
     out.push_back(r.ok() && r->has_value() ? (*r)->sweep_id : 0);
   }
   return out;
@@ -124,7 +125,7 @@ TEST_F(SweepStoreTest, LeasesShareThePoolFairlyWithinMaxParallel) {
       "base: {lr: 0.1}\nmax_parallel: 2\n");
   int64_t open = Create();
   auto worker = store_->RegisterWorker("big", 8, 1000.0);
-  ASSERT_TRUE(worker.ok());
+  ASSERT_OK(worker);
   // Fewest running first (the older sweep on a tie); the capped sweep stops
   // at 2; 4 + 2 trials fit, the seventh lease finds nothing.
   EXPECT_EQ(BatchSweeps(*store_, *worker, 7),
@@ -138,11 +139,11 @@ TEST_F(SweepStoreTest, HigherPriorityLeasesFirstOneLeaseAtATime) {
       "{lr: 0.1}\n"
       "priority: 5\n");
   auto worker = store_->RegisterWorker("big", 8, 1000.0);
-  ASSERT_TRUE(worker.ok());
+  ASSERT_OK(worker);
   std::vector<int64_t> order;
   for (int i = 0; i < 7; ++i) {
     auto lease = store_->LeaseNext(*worker, 1001.0);
-    ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+    ASSERT_OK(lease);
     order.push_back(lease->has_value() ? (*lease)->sweep_id : 0);
   }
   EXPECT_EQ(order, (std::vector<int64_t>{high, high, low, low, low, low, 0}));
@@ -164,7 +165,7 @@ TEST_F(SweepStoreTest, ABatchGivesEachWorkerItsOwnAnswer) {
   // Both leases were committed with the batch.
   int running = 0;
   auto trials = store_->ListTrials(sweep);
-  ASSERT_TRUE(trials.ok());
+  ASSERT_OK(trials);
   for (const TrialRow& t : *trials) {
     running += t.state == TrialState::kRunning;
   }
@@ -254,13 +255,13 @@ TEST_F(SweepStoreTest, GroupedWritesFailAloneAndStoreEverythingElse) {
   EXPECT_EQ(refused, 4 * kReports);
   EXPECT_EQ(unknown, 4 * kReports);
   auto trials = store_->ListTrials(leases[0].sweep_id);
-  ASSERT_TRUE(trials.ok());
+  ASSERT_OK(trials);
   for (const TrialRow& t : *trials) {
     // Steps 0..299 of each trial, none of the stale ones.
     EXPECT_EQ(t.latest_metrics.at("train_loss"), 1.0 / 300) << t.id;
   }
   auto workers_now = store_->ListWorkers();
-  ASSERT_TRUE(workers_now.ok());
+  ASSERT_OK(workers_now);
   for (const WorkerRow& w : *workers_now)
     EXPECT_EQ(w.last_heartbeat_at, 1002.0);
 }
@@ -272,14 +273,14 @@ TEST_F(SweepStoreTest, FailedAttemptIsRetriedThenFailedWithStderr) {
   auto state =
       store_->FinishTrial(first.trial_id, first.lease_id, worker,
                           TrialState::kFailed, "crash", "boom 1", 1002.0);
-  ASSERT_TRUE(state.ok());
+  ASSERT_OK(state);
   EXPECT_EQ(*state, TrialState::kQueued);
   Lease second = LeaseOne(worker);
   EXPECT_EQ(second.trial_id, first.trial_id);
   EXPECT_NE(second.lease_id, first.lease_id);
   state = store_->FinishTrial(second.trial_id, second.lease_id, worker,
                               TrialState::kFailed, "crash", "boom 2", 1003.0);
-  ASSERT_TRUE(state.ok());
+  ASSERT_OK(state);
   EXPECT_EQ(*state, TrialState::kFailed);
   auto trials = store_->ListTrials(sweep);
   EXPECT_EQ((*trials)[0].attempts, 2);
@@ -308,7 +309,7 @@ TEST_F(SweepStoreTest, SweepCompletesWhenEveryTrialEnds) {
 TEST_F(SweepStoreTest, CancelCompletedSweepIsFailedPrecondition) {
   int64_t sweep = Create();
   auto cancelled = store_->CancelSweep(sweep, 1001.0);
-  ASSERT_TRUE(cancelled.ok());
+  ASSERT_OK(cancelled);
   EXPECT_EQ(cancelled->state, SweepState::kCancelled);
   EXPECT_EQ(cancelled->trial_counts[TrialState::kCancelled], 4);
   auto again = store_->CancelSweep(sweep, 1002.0);
@@ -330,11 +331,11 @@ TEST_F(SweepStoreTest, SilentWorkerLosesItsTrialsAndHeartbeatSaysStop) {
   int64_t worker = *store_->RegisterWorker("w", 2, 1000.0);
   Lease lease = LeaseOne(worker);
   auto requeued = store_->ExpireWorkers(/*deadline=*/1500.0, 1500.0);
-  ASSERT_TRUE(requeued.ok());
+  ASSERT_OK(requeued);
   EXPECT_EQ(*requeued, 1);
   auto stop =
       store_->Heartbeat(worker, {{lease.trial_id, lease.lease_id}}, 1501.0);
-  ASSERT_TRUE(stop.ok());
+  ASSERT_OK(stop);
   EXPECT_EQ(*stop, std::vector<int64_t>{lease.trial_id});
   // The trial is leased again under a new lease id.
   Lease again = LeaseOne(worker);
@@ -496,7 +497,7 @@ TEST_F(SweepStoreTest, ReopenKeepsEverything) {
   int64_t sweep = Create();
   store_.reset();
   auto reopened = SweepStore::Open(dir_.File("store.db"));
-  ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
+  ASSERT_OK(reopened);
   EXPECT_EQ((*reopened)->ListTrials(sweep)->size(), 4u);
 }
 
@@ -504,7 +505,7 @@ TEST_F(SweepStoreTest, RefusesAForeignDatabase) {
   std::string path = dir_.File("foreign.db");
   {
     auto db = Db::Open(path);
-    ASSERT_TRUE(db.ok());
+    ASSERT_OK(db);
     ASSERT_TRUE((*db)->Exec("CREATE TABLE important (x INTEGER)").ok());
   }
   auto s = SweepStore::Open(path);
@@ -527,7 +528,7 @@ TEST_F(SweepStoreTest, VersionOneDatabaseUpgradesOnOpenAndKeepsItsData) {
   {
     // A database as the first release wrote it.
     auto db = Db::Open(path);
-    ASSERT_TRUE(db.ok());
+    ASSERT_OK(db);
     ASSERT_TRUE((*db)->Exec(kMigrations[0]).ok());
     ASSERT_TRUE((*db)
                     ->Exec(R"sql(
@@ -545,7 +546,7 @@ TEST_F(SweepStoreTest, VersionOneDatabaseUpgradesOnOpenAndKeepsItsData) {
                     .ok());
   }
   auto store = SweepStore::Open(path);
-  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  ASSERT_OK(store);
   EXPECT_EQ((*store)->ListTrials(1)->at(0).latest_metrics.at("train_loss"),
             0.5);
   store->reset();
@@ -557,7 +558,7 @@ TEST_F(SweepStoreTest, VersionOneDatabaseUpgradesOnOpenAndKeepsItsData) {
   auto request = (*db)->Prepare(
       "SELECT owner, sweep_id FROM sweep_requests "
       "WHERE request_id = 'first-submit'");
-  ASSERT_TRUE(request.ok()) << request.status().ToString();
+  ASSERT_OK(request);
   ASSERT_TRUE(*request->Step());
   EXPECT_EQ(request->Text(0), "");
   EXPECT_EQ(request->Int(1), 1);
@@ -565,13 +566,13 @@ TEST_F(SweepStoreTest, VersionOneDatabaseUpgradesOnOpenAndKeepsItsData) {
   auto summary = (*db)->Prepare(
       "SELECT samples, samples_to_target FROM trial_summary WHERE trial_id = "
       "1");
-  ASSERT_TRUE(summary.ok()) << summary.status().ToString();
+  ASSERT_OK(summary);
   ASSERT_TRUE(*summary->Step());
   EXPECT_EQ(summary->Int(0), 1280);
   EXPECT_EQ(summary->Double(1), 1280.0);
   auto scaling = (*db)->Prepare(
       "SELECT best_lr, steps_to_target, scaling_efficiency FROM sweep_scaling");
-  ASSERT_TRUE(scaling.ok()) << scaling.status().ToString();
+  ASSERT_OK(scaling);
   ASSERT_TRUE(*scaling->Step());
   EXPECT_EQ(scaling->Double(0), 0.1);
   EXPECT_EQ(scaling->Double(1), 10.0);
@@ -707,7 +708,7 @@ TEST_F(SweepStoreTest,
   ASSERT_EQ(full.code(), StatusCode::kResourceExhausted) << full.ToString();
   EXPECT_THAT(full.message(), HasSubstr("retry once space is freed"));
   auto db = Db::OpenReadOnly(dir_.File("store.db"));
-  ASSERT_TRUE(db.ok());
+  ASSERT_OK(db);
   auto count = [&] {
     auto q = (*db)->Prepare("SELECT count(*), max(step) FROM metrics");
     EXPECT_TRUE(*q->Step());

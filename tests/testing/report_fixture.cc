@@ -8,6 +8,7 @@
 
 #include "server/spec/sweep_spec.h"
 #include "server/store/sweep_store.h"
+#include "tests/testing/status_matchers.h"
 
 namespace megabatch::testing {
 namespace {
@@ -58,15 +59,15 @@ const std::map<std::tuple<std::string, int, int, int>, Outcome>& Outcomes() {
   return *outcomes;
 }
 
-#define FIXTURE_OK(expr)                                    \
-  do {                                                      \
-    Status s_ = (expr);                                     \
-    ASSERT_TRUE(s_.ok()) << #expr << ": " << s_.ToString(); \
+#define FIXTURE_OK(expr) \
+  do {                   \
+    Status s_ = (expr);  \
+    ASSERT_OK(s_);       \
   } while (0)
 
 void WriteOutcomes(const std::string& path) {
   auto db = store::Db::Open(path);
-  ASSERT_TRUE(db.ok()) << db.status().ToString();
+  ASSERT_OK(db);
   store::Db& d = **db;
   store::Transaction tx(&d);
   FIXTURE_OK(tx.begin_status());
@@ -133,14 +134,14 @@ int64_t BuildReportFixture(const std::string& path) {
   int64_t sweep_id = 0;
   {
     auto store = store::SweepStore::Open(path);
-    EXPECT_TRUE(store.ok()) << store.status().ToString();
+    EXPECT_OK(store);
     if (!store.ok()) return 0;
     auto spec = spec::ParseSweepSpec(kSpec);
-    EXPECT_TRUE(spec.ok()) << spec.status().ToString();
+    EXPECT_OK(spec);
     bool existed = false;
     auto id = (*store)->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 100.0,
                                     &existed);
-    EXPECT_TRUE(id.ok()) << id.status().ToString();
+    EXPECT_OK(id);
     sweep_id = id.ok() ? *id : 0;
   }
   WriteOutcomes(path);

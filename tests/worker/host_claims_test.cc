@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch::worker {
@@ -48,7 +49,7 @@ TEST(HostClaimsTest, WorkersSeeEachOthersClaimsAndForgetTheDead) {
   testing::TempDir dir;
   const std::string claims_dir = dir.File("claims");
   auto mine = HostClaims::Open(claims_dir);
-  ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+  ASSERT_OK(mine);
   EXPECT_EQ(std::filesystem::status(claims_dir).permissions() &
                 std::filesystem::perms::all,
             std::filesystem::perms::owner_all);
@@ -118,7 +119,7 @@ TEST(HostClaimsTest, PlantedSymlinksAreReplacedNotFollowed) {
   testing::TempDir dir;
   const std::string claims_dir = dir.File("claims");
   auto mine = HostClaims::Open(claims_dir);
-  ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+  ASSERT_OK(mine);
   const std::string victim = dir.File("victim");
   std::ofstream(victim) << "precious\n";
   const std::string claim = claims_dir + "/worker-" + std::to_string(getpid());
@@ -138,7 +139,7 @@ TEST(HostClaimsTest, ClaimsThatAreNotThisUsersRegularFilesAreIgnored) {
   testing::TempDir dir;
   const std::string claims_dir = dir.File("claims");
   auto mine = HostClaims::Open(claims_dir);
-  ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+  ASSERT_OK(mine);
   // Our parent process is alive: its claim would count if it were one.
   const std::string parent =
       claims_dir + "/worker-" + std::to_string(getppid());

@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/trainer_testing.h"
 #include "worker/trainer/data/tokenizer.h"
@@ -49,20 +50,20 @@ class LanguageModelTest : public ::testing::Test {
                 {"threads", 2}};
     doc.merge_patch(overrides);
     auto c = ParseTrialConfig(doc);
-    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    EXPECT_OK(c);
     return *c;
   }
 
   static std::unique_ptr<Task> NewTask(const TrialConfig& c) {
     auto task = MakeTask(c);
-    EXPECT_TRUE(task.ok()) << task.status().ToString();
+    EXPECT_OK(task);
     return std::move(*task);
   }
 
   static TrialResult Run(const TrialConfig& c, RecordingSink* sink) {
     auto task = NewTask(c);
     auto r = RunTrial(c, *task, sink);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_OK(r);
     return *r;
   }
 };

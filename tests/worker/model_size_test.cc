@@ -7,6 +7,7 @@
 #include <string>
 
 #include "server/spec/sweep_spec.h"
+#include "tests/testing/status_matchers.h"
 #include "worker/trainer/tasks/task.h"
 #include "worker/trainer/trial_config.h"
 
@@ -15,19 +16,19 @@ namespace {
 
 int64_t BuiltParameters(const std::string& spec_text) {
   auto spec = spec::ParseSweepSpec(spec_text);
-  EXPECT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_OK(spec);
   if (!spec.ok()) return -1;
   nlohmann::json config = spec::ExpandSweep(*spec).front().config;
   config["trial_id"] = 1;
   config["sweep_id"] = 1;
   auto parsed = trainer::ParseTrialConfig(config);
-  EXPECT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_OK(parsed);
   if (!parsed.ok()) return -1;
   auto task = trainer::MakeTask(*parsed);
-  EXPECT_TRUE(task.ok()) << task.status().ToString();
+  EXPECT_OK(task);
   if (!task.ok()) return -1;
   auto model = (*task)->BuildModel();
-  EXPECT_TRUE(model.ok()) << model.status().ToString();
+  EXPECT_OK(model);
   if (!model.ok()) return -1;
   int64_t n = 0;
   for (const auto& p : (*model)->parameters()) n += p.numel();
@@ -50,7 +51,7 @@ TEST(ModelSizeTest, TheEstimateIsWhatTheTrainerBuilds) {
     SCOPED_TRACE(model);
     const std::string text = "name: size\nmodel: " + model + "\n" + rest;
     auto spec = spec::ParseSweepSpec(text);
-    ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+    ASSERT_OK(spec);
     EXPECT_EQ(spec::EstimateParameters(spec->model), BuiltParameters(text));
   }
   // What no worker can hold: 65,536 wide, eight deep.
@@ -58,7 +59,7 @@ TEST(ModelSizeTest, TheEstimateIsWhatTheTrainerBuilds) {
       "name: huge\nmodel: {type: mlp, hidden: [65536, 65536, 65536, 65536, "
       "65536, 65536, 65536, 65536]}\n" +
       rest);
-  ASSERT_TRUE(huge.ok());
+  ASSERT_OK(huge);
   EXPECT_GT(spec::EstimateParameters(huge->model), int64_t{30000000000});
 }
 

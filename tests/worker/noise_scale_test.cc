@@ -7,6 +7,7 @@
 
 #include <iostream>
 
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/trainer_testing.h"
 #include "worker/trainer/trainer.h"
 
@@ -70,11 +71,11 @@ double Measured(json overrides, double* analytic) {
               {"threads", 2}};
   doc.merge_patch(overrides);
   auto config = ParseTrialConfig(doc);
-  EXPECT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_OK(config);
   LinearRegressionTask task;
   RecordingSink sink;
   auto r = RunTrial(*config, task, &sink);
-  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_OK(r);
   *analytic = task.AnalyticNoiseScale();
   auto at_end = sink.Named("noise_scale_at_100pct");
   if (!at_end.empty()) {
@@ -111,7 +112,7 @@ TEST(NoiseScaleTest, OffAndSingleMicroBatchLogNone) {
                 {"budget", {{"steps", 3}}}};
     doc.merge_patch(overrides);
     auto config = ParseTrialConfig(doc);
-    ASSERT_TRUE(config.ok());
+    ASSERT_OK(config);
     LinearRegressionTask task;
     RecordingSink sink;
     ASSERT_TRUE(RunTrial(*config, task, &sink).ok());

@@ -5,6 +5,7 @@
 
 #include <sstream>
 
+#include "tests/testing/status_matchers.h"
 #include "worker/trainer/optim/lamb.h"
 #include "worker/trainer/optim/lars.h"
 #include "worker/trainer/optim/registry.h"
@@ -116,7 +117,7 @@ double TrainToy(nlohmann::json optimizer_config, double lr, int steps) {
   torch::Tensor y =
       torch::sin(x.sum(1, true)) + 0.5 * x.select(1, 0).unsqueeze(1);
   auto optimizer = trainer::MakeOptimizer(optimizer_config, *net, lr);
-  EXPECT_TRUE(optimizer.ok()) << optimizer.status().ToString();
+  EXPECT_OK(optimizer);
   double first = 0, last = 0;
   for (int s = 0; s < steps; ++s) {
     (*optimizer)->zero_grad();
@@ -145,7 +146,7 @@ TEST(RegistryTest, LambExcludesBiasesFromDecayAndAdaptation) {
       torch::nn::LayerNorm(torch::nn::LayerNormOptions({8})),
       torch::nn::Linear(8, 3));
   auto optimizer = trainer::MakeOptimizer({{"name", "lamb"}}, *net, 0.01);
-  ASSERT_TRUE(optimizer.ok()) << optimizer.status().ToString();
+  ASSERT_OK(optimizer);
   auto& groups = (*optimizer)->param_groups();
   ASSERT_EQ(groups.size(), 2u);
   // Two Linear weights adapted; two biases + LayerNorm weight and bias not.
@@ -160,7 +161,7 @@ TEST(RegistryTest, LambExcludesBiasesFromDecayAndAdaptation) {
 
   auto one_group = trainer::MakeOptimizer(
       {{"name", "lars"}, {"exclude_bias_and_norm", false}}, *net, 1.0);
-  ASSERT_TRUE(one_group.ok());
+  ASSERT_OK(one_group);
   EXPECT_EQ((*one_group)->param_groups().size(), 1u);
 }
 

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch::worker {
@@ -50,7 +51,7 @@ TEST(PrivateFilesTest, AtomicWritesReplaceAPlantedSymlinkAndNeverFollowIt) {
   EXPECT_EQ(content, "precious");
   EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(config)));
   auto back = ReadOwnFile(config);
-  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  ASSERT_OK(back);
   EXPECT_EQ(*back, "{\"a\": 1}");
   EXPECT_EQ(fs::status(config).permissions() & fs::perms::all,
             fs::perms::owner_read | fs::perms::owner_write);

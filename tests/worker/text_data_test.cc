@@ -9,6 +9,7 @@
 #include <fstream>
 #include <set>
 
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 #include "worker/trainer/data/text_corpus.h"
 #include "worker/trainer/data/tokenizer.h"
@@ -32,9 +33,9 @@ std::string Documents(int first, int count, const char* separator) {
 
 TEST(TextCorpus, FortunesSplitIsDeterministicAndHoldsOutTheAskedFraction) {
   auto a = LoadTextCorpus(kDefaultTextCorpusPath, 0.05);
-  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_OK(a);
   auto b = LoadTextCorpus(kDefaultTextCorpusPath, 0.05);
-  ASSERT_TRUE(b.ok());
+  ASSERT_OK(b);
   EXPECT_EQ(a->train, b->train);
   EXPECT_EQ(a->validation, b->validation);
   const double total =
@@ -51,7 +52,7 @@ TEST(TextCorpus, FortunesSplitIsDeterministicAndHoldsOutTheAskedFraction) {
   for (const auto& d : a->validation) EXPECT_EQ(train.count(d), 0u);
   // A larger fraction only moves documents into validation.
   auto c = LoadTextCorpus(kDefaultTextCorpusPath, 0.2);
-  ASSERT_TRUE(c.ok());
+  ASSERT_OK(c);
   std::set<std::string> wide(c->validation.begin(), c->validation.end());
   for (const auto& d : a->validation) EXPECT_EQ(wide.count(d), 1u);
 }
@@ -62,7 +63,7 @@ TEST(TextCorpus, SplitDependsOnTheDocumentNotItsPlace) {
   Write(dir.File("b.txt"),
         "%\n" + Documents(300, 300, "%\n"));  // fortune format
   auto first = LoadTextCorpus(dir.path().string(), 0.3);
-  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  ASSERT_OK(first);
   EXPECT_EQ(first->train.size() + first->validation.size(), 600u);
   for (const auto& d : first->train) {
     EXPECT_EQ(d.find("Document number"), 0u);
@@ -74,7 +75,7 @@ TEST(TextCorpus, SplitDependsOnTheDocumentNotItsPlace) {
   Write(dir.File("a.txt"), Documents(0, 300, "\n") + Documents(700, 50, "\n"));
   Write(dir.File("index.dat"), std::string("\0\1\2binary", 9));
   auto second = LoadTextCorpus(dir.path().string(), 0.3);
-  ASSERT_TRUE(second.ok());
+  ASSERT_OK(second);
   EXPECT_EQ(second->files.size(), 3u);
   std::set<std::string> val(second->validation.begin(),
                             second->validation.end());
@@ -82,7 +83,7 @@ TEST(TextCorpus, SplitDependsOnTheDocumentNotItsPlace) {
   for (const auto& d : first->train) EXPECT_EQ(val.count(d), 0u) << d;
   // One file works as well as a directory.
   auto one = LoadTextCorpus(dir.File("b.txt"), 0.3);
-  ASSERT_TRUE(one.ok());
+  ASSERT_OK(one);
   EXPECT_EQ(one->train.size() + one->validation.size(), 300u);
 }
 
@@ -106,7 +107,7 @@ class TokenizerTest : public ::testing::Test {
                             cache_->path().string(), 2};
     auto start = std::chrono::steady_clock::now();
     auto made = TokenizeCorpus(options);
-    ASSERT_TRUE(made.ok()) << made.status().ToString();
+    ASSERT_OK(made);
     first_seconds_ =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count();
@@ -121,7 +122,7 @@ class TokenizerTest : public ::testing::Test {
     std::string model((std::istreambuf_iterator<char>(in)),
                       std::istreambuf_iterator<char>());
     auto t = Tokenizer::FromModel(model, corpus_->model_path);
-    EXPECT_TRUE(t.ok()) << t.status().ToString();
+    EXPECT_OK(t);
     return std::move(*t);
   }
   static testing::TempDir* cache_;
@@ -136,7 +137,7 @@ TEST_F(TokenizerTest, RoundTripsValidationTextAndAnyCharacter) {
   auto tokenizer = Load();
   EXPECT_EQ(tokenizer->vocab_size(), 1024);
   auto corpus = LoadTextCorpus(kDefaultTextCorpusPath, 0.05);
-  ASSERT_TRUE(corpus.ok());
+  ASSERT_OK(corpus);
   size_t tokens = 0, chars = 0;
   // Documents the tokenizer never saw, newlines and all.
   for (const auto& d : corpus->validation) {
@@ -160,7 +161,7 @@ TEST_F(TokenizerTest, RoundTripsValidationTextAndAnyCharacter) {
 TEST_F(TokenizerTest, CachedIdsAreTheEncodedDocumentsAndAreReused) {
   auto tokenizer = Load();
   auto corpus = LoadTextCorpus(kDefaultTextCorpusPath, 0.05);
-  ASSERT_TRUE(corpus.ok());
+  ASSERT_OK(corpus);
   std::ifstream in(corpus_->validation_path, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)),
                     std::istreambuf_iterator<char>());
@@ -181,14 +182,14 @@ TEST_F(TokenizerTest, CachedIdsAreTheEncodedDocumentsAndAreReused) {
   double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
           .count();
-  ASSERT_TRUE(again.ok());
+  ASSERT_OK(again);
   EXPECT_EQ(again->model_path, corpus_->model_path);
   EXPECT_EQ(std::filesystem::last_write_time(corpus_->model_path), mtime);
   EXPECT_LT(seconds, first_seconds_);
   // Another vocabulary or split is another tokenizer.
   auto other = TokenizeCorpus(
       {kDefaultTextCorpusPath, 0.1, 1024, cache_->path().string(), 2});
-  ASSERT_TRUE(other.ok());
+  ASSERT_OK(other);
   EXPECT_NE(other->model_path, corpus_->model_path);
 }
 

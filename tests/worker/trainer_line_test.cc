@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/trainer_protocol.h"
+#include "tests/testing/status_matchers.h"
 #include "worker/daemon/line_reader.h"
 #include "worker/daemon/worker.h"
 
@@ -12,7 +13,7 @@ namespace {
 TEST(TrainerLineTest, MetricsLineBecomesPoints) {
   auto line = ParseTrainerLine(
       R"({"step": 7, "metrics": {"train_loss": 0.5, "lr": null}})");
-  ASSERT_TRUE(line.ok()) << line.status().ToString();
+  ASSERT_OK(line);
   ASSERT_EQ(line->points.size(), 2u);
   EXPECT_EQ(line->points[0].name(), "lr");
   EXPECT_TRUE(std::isnan(line->points[0].value()));
@@ -22,7 +23,7 @@ TEST(TrainerLineTest, MetricsLineBecomesPoints) {
 
 TEST(TrainerLineTest, EventLine) {
   auto line = ParseTrainerLine(R"({"event": "diverged", "message": "nan"})");
-  ASSERT_TRUE(line.ok());
+  ASSERT_OK(line);
   EXPECT_EQ(line->event, "diverged");
   EXPECT_EQ(line->message, "nan");
 }
@@ -30,7 +31,7 @@ TEST(TrainerLineTest, EventLine) {
 TEST(TrainerLineTest, CheckpointEventCarriesItsStepAndFile) {
   auto line = ParseTrainerLine(
       R"({"event": "checkpoint", "step": 120, "path": "/a/lease-2/step-120.pt"})");
-  ASSERT_TRUE(line.ok()) << line.status().ToString();
+  ASSERT_OK(line);
   EXPECT_EQ(line->event, "checkpoint");
   EXPECT_EQ(line->checkpoint_step, 120);
   EXPECT_EQ(line->checkpoint_path, "/a/lease-2/step-120.pt");
@@ -49,7 +50,7 @@ TEST(TrainerLineTest, WhatTheTrainerWritesTheWorkerReadsBack) {
   const std::vector<std::pair<std::string, double>> metrics = {
       {"train_loss", 0.25}, {"grad_norm", INFINITY}};
   auto line = ParseTrainerLine(protocol::MetricsLine(9, metrics));
-  ASSERT_TRUE(line.ok()) << line.status().ToString();
+  ASSERT_OK(line);
   ASSERT_EQ(line->points.size(), 2u);
   EXPECT_EQ(line->points[0].name(), "grad_norm");
   EXPECT_TRUE(
@@ -58,18 +59,18 @@ TEST(TrainerLineTest, WhatTheTrainerWritesTheWorkerReadsBack) {
   EXPECT_EQ(line->points[1].step(), 9);
   auto checkpoint =
       ParseTrainerLine(protocol::CheckpointLine(9, "/ck/step-9.pt"));
-  ASSERT_TRUE(checkpoint.ok());
+  ASSERT_OK(checkpoint);
   EXPECT_EQ(checkpoint->event, protocol::kCheckpoint);
   EXPECT_EQ(checkpoint->checkpoint_step, 9);
   EXPECT_EQ(checkpoint->checkpoint_path, "/ck/step-9.pt");
   auto end =
       ParseTrainerLine(protocol::EventLine(protocol::kDiverged, "loss is nan"));
-  ASSERT_TRUE(end.ok());
+  ASSERT_OK(end);
   EXPECT_EQ(end->event, protocol::kDiverged);
   EXPECT_EQ(end->message, "loss is nan");
   auto request =
       protocol::ParseServeRequest(protocol::ServeRequest("t.json", ""));
-  ASSERT_TRUE(request.ok());
+  ASSERT_OK(request);
   EXPECT_EQ(request->config, "t.json");
   EXPECT_EQ(request->resume, "");
   EXPECT_EQ(protocol::ParseServeRequest(R"({"resume": "x"})").status().code(),

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "tests/testing/process.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace megabatch::worker {
@@ -42,7 +43,7 @@ TEST(TrainerProcessTest, LinesSentArriveAndItsOutputComesBack) {
                                   "read line; echo \"got $line\"; "
                                   "echo \"$MEGABATCH_X\" >&2; cat >/dev/null"},
                                  {"MEGABATCH_X=from-env"});
-  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  ASSERT_OK(p);
   EXPECT_GT((*p)->pid(), 0);
   ASSERT_TRUE((*p)->Send("hello"));
   EXPECT_EQ(ReadUntil((*p)->stdout_fd(), "\n"), "got hello\n");
@@ -62,7 +63,7 @@ TEST(TrainerProcessTest, KillTakesWhatTheChildStartedToo) {
   const std::string grandchild = dir.File("grandchild.pid");
   auto p = TrainerProcess::Spawn(
       "/bin/sh", {"-c", "sleep 600 & echo $! > " + grandchild + "; wait"}, {});
-  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  ASSERT_OK(p);
   pid_t sleeper = 0;
   ASSERT_TRUE(testing::WaitUntil(
       [&] {

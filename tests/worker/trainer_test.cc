@@ -9,6 +9,7 @@
 
 #include <fstream>
 
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/trainer_testing.h"
 
@@ -23,7 +24,7 @@ class TrainerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     auto d = LoadFashionMnist("/usr/share/datasets/fashion-mnist");
-    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    ASSERT_OK(d);
     data_ = new ImageDataset(std::move(*d));
   }
   static void TearDownTestSuite() { delete data_; }
@@ -38,13 +39,13 @@ class TrainerTest : public ::testing::Test {
                 {"threads", 1}};
     doc.merge_patch(overrides);
     auto c = ParseTrialConfig(doc);
-    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    EXPECT_OK(c);
     return *c;
   }
 
   static TrialResult Run(const TrialConfig& c, RecordingSink* sink) {
     auto r = RunTrial(c, *data_, sink);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_OK(r);
     return *r;
   }
 
@@ -190,7 +191,7 @@ TEST_F(TrainerTest,
   ASSERT_EQ(task.train_size(), 55000);
   RecordingSink sink;
   auto r = RunTrial(c, task, &sink);
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_OK(r);
   ASSERT_EQ(task.seen.size(), 27u);
   torch::Tensor all = torch::cat(task.seen);
   ASSERT_EQ(all.size(0), 27 * 4096);
@@ -446,7 +447,7 @@ TEST_F(TrainerTest, ACheckpointThatCannotBeWrittenDoesNotStopTheTrial) {
   auto full = RunTrial(c, *data_, &full_sink);
   setrlimit(RLIMIT_FSIZE, &old);
   signal(SIGXFSZ, previous);
-  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  ASSERT_OK(full);
   EXPECT_EQ(full->outcome, Outcome::kCompleted);
   EXPECT_EQ(full->steps, 4);
   const auto failed = full_sink.Named("checkpoint_failed");
@@ -478,7 +479,7 @@ TEST_F(TrainerTest, DatasetCacheHoldsTheDecodedBitsAndSurvivesDamage) {
     EXPECT_TRUE(torch::equal(d.test_labels, want.test_labels));
   };
   auto cold = LoadFashionMnistCached(dir, cache.path().string());
-  ASSERT_TRUE(cold.ok()) << cold.status().ToString();
+  ASSERT_OK(cold);
   expect_decoded(*cold);
   std::vector<std::filesystem::path> files;
   for (const auto& e : std::filesystem::directory_iterator(cache.path())) {
@@ -487,18 +488,18 @@ TEST_F(TrainerTest, DatasetCacheHoldsTheDecodedBitsAndSurvivesDamage) {
   ASSERT_EQ(files.size(), 1u) << "one cache file, no temporaries left behind";
   EXPECT_EQ(files[0].extension(), ".f32");
   auto warm = LoadFashionMnistCached(dir, cache.path().string());
-  ASSERT_TRUE(warm.ok()) << warm.status().ToString();
+  ASSERT_OK(warm);
   expect_decoded(*warm);
   // Mapped copy-on-write: writing a tensor changes this process's copy only.
   warm->train_images[0].fill_(7.0f);
   auto again = LoadFashionMnistCached(dir, cache.path().string());
-  ASSERT_TRUE(again.ok());
+  ASSERT_OK(again);
   expect_decoded(*again);
 
   const auto size = std::filesystem::file_size(files[0]);
   std::filesystem::resize_file(files[0], size / 2);
   auto truncated = LoadFashionMnistCached(dir, cache.path().string());
-  ASSERT_TRUE(truncated.ok()) << truncated.status().ToString();
+  ASSERT_OK(truncated);
   expect_decoded(*truncated);
   EXPECT_EQ(std::filesystem::file_size(files[0]), size)
       << "the damaged cache is rewritten";
@@ -507,7 +508,7 @@ TEST_F(TrainerTest, DatasetCacheHoldsTheDecodedBitsAndSurvivesDamage) {
     garbage << std::string(size, 'x');
   }
   auto overwritten = LoadFashionMnistCached(dir, cache.path().string());
-  ASSERT_TRUE(overwritten.ok()) << overwritten.status().ToString();
+  ASSERT_OK(overwritten);
   expect_decoded(*overwritten);
 }
 
@@ -517,7 +518,7 @@ TEST_F(TrainerTest, DatasetCacheThatCannotBeWrittenStillLoads) {
   { std::ofstream file(tmp.File("not-a-dir")); }
   auto d = LoadFashionMnistCached("/usr/share/datasets/fashion-mnist",
                                   tmp.File("not-a-dir") + "/cache");
-  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  ASSERT_OK(d);
   EXPECT_TRUE(torch::equal(d->train_images, Data().train_images));
   auto missing =
       LoadFashionMnistCached(tmp.File("no-dataset"), tmp.path().string());

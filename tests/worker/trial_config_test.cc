@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/testing/status_matchers.h"
+
 namespace megabatch::trainer {
 namespace {
 
@@ -14,7 +16,7 @@ TEST(TrialConfigTest, StepsFromEpochsSamplesAndWarmupEpochs) {
                                  {"optimizer", {{"name", "sgd"}}},
                                  {"budget", {{"epochs", 2.5}}},
                                  {"schedule", {{"warmup_epochs", 0.5}}}});
-  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_OK(c);
   EXPECT_EQ(StepsPerEpoch(*c, 60000), 60);
   EXPECT_EQ(TotalSteps(*c, 60000), 150);
   EXPECT_EQ(WarmupSteps(*c, 60000), 30);
@@ -33,7 +35,7 @@ TEST(TrialConfigTest, EpochsMeanTheSameSamplesAtEveryBatchSize) {
                                    {"lr", 0.1},
                                    {"budget", {{"epochs", 2.5}}},
                                    {"schedule", {{"warmup_epochs", 0.5}}}});
-    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    ASSERT_OK(c);
     const int64_t samples = TotalSteps(*c, 55000) * b;
     EXPECT_GE(samples, 137500) << b;
     EXPECT_LT(samples, 137500 + b) << b;
@@ -44,11 +46,11 @@ TEST(TrialConfigTest, EpochsMeanTheSameSamplesAtEveryBatchSize) {
 TEST(TrialConfigTest, TargetsReadValidationMetricsAndOldNamesStillParse) {
   auto c = ParseTrialConfig(
       json{{"target", {{"metric", "test_accuracy"}, {"value", 0.8}}}});
-  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_OK(c);
   EXPECT_EQ(c->target_metric, "val_accuracy");
   c = ParseTrialConfig(json{{"target", {{"metric", "val_bpc"}, {"value", 2}}},
                             {"model", {{"type", "char_lstm"}}}});
-  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_OK(c);
   EXPECT_EQ(c->target_metric, "val_bpc");
   auto bad = ParseTrialConfig(
       json{{"target", {{"metric", "train_loss"}, {"value", 1}}}});

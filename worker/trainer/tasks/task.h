@@ -4,13 +4,11 @@
 // model, how many training samples an epoch has, the loss of any subset of a
 // step's batch, and how to evaluate on the held-out split.
 //
-//   image (mlp, cnn)   Fashion-MNIST classification          val_loss,
-//   val_accuracy
-//                                                            (test_* once, at
-//                                                            the end)
-//   char_lstm          next-byte prediction, bits per char   + val_bpc
-//   tiny_bert          masked-language modelling             + val_mlm_loss,
-//   val_mlm_accuracy
+//   mlp, cnn    Fashion-MNIST classification  val_loss, val_accuracy
+//                                             (test_* once, at the end)
+//   char_lstm   next-byte prediction          + val_bpc (bits per char)
+//   tiny_bert   masked-language modelling     + val_mlm_loss,
+//                                               val_mlm_accuracy
 #ifndef MEGABATCH_WORKER_TRAINER_TASKS_TASK_H_
 #define MEGABATCH_WORKER_TRAINER_TASKS_TASK_H_
 
