@@ -107,11 +107,11 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
                         "to finish or cancel a sweep");
     }
   }
-  bool existed = false;
   MEGABATCH_ASSIGN_OR_RETURN(
-      int64_t id, store_->CreateSweep(spec, trials, request_id, NowSeconds(),
-                                      &existed, owner));
-  if (existed) {
+      store::SweepStore::CreatedSweep created,
+      store_->CreateSweep(spec, trials, request_id, NowSeconds(), owner));
+  const int64_t id = created.id;
+  if (created.existed) {
     MEGABATCH_ASSIGN_OR_RETURN(store::SweepRow row, store_->GetSweep(id));
     return Submitted{id, row.trials_total, true};
   }

@@ -172,12 +172,10 @@ Status SweepStore::AddEvent(int64_t sweep_id, int64_t trial_id,
   return st.Run();
 }
 
-Result<int64_t> SweepStore::CreateSweep(
+Result<SweepStore::CreatedSweep> SweepStore::CreateSweep(
     const spec::SweepSpec& spec, const std::vector<spec::TrialSpec>& trials,
-    const std::string& request_id, double now, bool* existed,
-    const std::string& owner) {
+    const std::string& request_id, double now, const std::string& owner) {
   Locked lock(this);
-  *existed = false;
   const std::string spec_json = spec.ToJson().dump();
   if (!request_id.empty()) {
     MEGABATCH_ASSIGN_OR_RETURN(
@@ -195,8 +193,7 @@ Result<int64_t> SweepStore::CreateSweep(
             std::to_string(q.Int(0)) + " ('" + q.Text(1) +
             "') with a different spec; use a new request id");
       }
-      *existed = true;
-      return q.Int(0);
+      return CreatedSweep{q.Int(0), true};
     }
   }
   Transaction tx(db_.get());
@@ -232,7 +229,7 @@ Result<int64_t> SweepStore::CreateSweep(
   MEGABATCH_RETURN_IF_ERROR(PlanLocked(sweep_id, now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
   Changed(Change::kWork);
-  return sweep_id;
+  return CreatedSweep{sweep_id, false};
 }
 
 Status SweepStore::InsertTrialsLocked(

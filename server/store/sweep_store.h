@@ -178,13 +178,17 @@ class SweepStore {
 
   // Stores a sweep and its trials atomically. With a non-empty `request_id`
   // that the same owner used before for the same spec (its canonical JSON),
-  // returns that sweep's id and sets *existed instead of creating another;
+  // returns that sweep's id with `existed` instead of creating another;
   // for a different spec, ALREADY_EXISTS naming that sweep. Request ids of
   // other owners are never seen.
-  Result<int64_t> CreateSweep(const spec::SweepSpec& spec,
-                              const std::vector<spec::TrialSpec>& trials,
-                              const std::string& request_id, double now,
-                              bool* existed, const std::string& owner = "");
+  struct CreatedSweep {
+    int64_t id = 0;
+    bool existed = false;  // the request id named a sweep already stored
+  };
+  Result<CreatedSweep> CreateSweep(const spec::SweepSpec& spec,
+                                   const std::vector<spec::TrialSpec>& trials,
+                                   const std::string& request_id, double now,
+                                   const std::string& owner = "");
   // NOT_FOUND for an unknown id.
   Result<SweepRow> GetSweep(int64_t sweep_id);
   // Sweeps with id > after_id in id order, at most `limit` (-1: all).

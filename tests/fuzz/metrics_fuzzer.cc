@@ -61,10 +61,8 @@ World* MakeWorld() {
       "name: fuzz\noptimizers: [{name: sgd}]\nbatch_sizes: [128, 256]\nbase: "
       "{lr: 0.1}\n"
       "early_stopping: {rule: asha, metric: val_accuracy, min_samples: 256}\n");
-  bool existed = false;
   if (!spec.ok() ||
-      !store->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1, &existed)
-           .ok()) {
+      !store->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1).ok()) {
     std::abort();
   }
   w->worker_id = *store->RegisterWorker("fuzz", 2, 1);

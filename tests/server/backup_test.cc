@@ -34,10 +34,10 @@ class BackupTest : public ::testing::Test {
     ASSERT_OK_AND_ASSIGN(store_, SweepStore::Open(dir_.File("live.db")));
     auto spec = spec::ParseSweepSpec(kSpec);
     ASSERT_OK(spec.status());
-    bool existed = false;
     ASSERT_OK_AND_ASSIGN(
-        sweep_, store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1000.0,
-                                    &existed));
+        auto created,
+        store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1000.0));
+    sweep_ = created.id;
     ASSERT_OK_AND_ASSIGN(worker_, store_->RegisterWorker("w", 2, 1000.0));
     ASSERT_OK_AND_ASSIGN(auto lease, store_->LeaseNext(worker_, 1001.0));
     ASSERT_TRUE(lease.has_value());
@@ -182,10 +182,10 @@ TEST_F(BackupTest, ARestoredDatabaseRequeuesAndFencesWhatTheLostOneGaveOut) {
   ASSERT_OK_AND_ASSIGN(int64_t worker, store->RegisterWorker("new", 1, 1005.0));
   EXPECT_GT(worker, late_worker + 100 - 1);
   auto spec = spec::ParseSweepSpec(kSpec);
-  bool existed = false;
-  ASSERT_OK_AND_ASSIGN(int64_t sweep,
-                       store->CreateSweep(*spec, spec::ExpandSweep(*spec), "",
-                                          1006.0, &existed));
+  ASSERT_OK_AND_ASSIGN(
+      auto created,
+      store->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1006.0));
+  const int64_t sweep = created.id;
   EXPECT_GE(sweep, sweep_ + 1 + 100);
   ASSERT_OK_AND_ASSIGN(auto new_trials, store->ListTrials(sweep));
   EXPECT_GE(new_trials.front().id, 2 + 1 + 100);

@@ -34,10 +34,7 @@ batch_sizes: [128, 256]
 base: {lr: 0.01}
 )yaml");
     ASSERT_OK(spec);
-    bool existed;
-    ASSERT_TRUE(
-        store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 10, &existed)
-            .ok());
+    ASSERT_OK(store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 10));
     worker_ = *store_->RegisterWorker("w1", 2, 10);
   }
 

@@ -35,11 +35,10 @@ class SweepStoreTest : public ::testing::Test {
                  const std::string& request_id = "") {
     auto spec = spec::ParseSweepSpec(spec_text);
     EXPECT_OK(spec);
-    bool existed = false;
-    auto id = store_->CreateSweep(*spec, spec::ExpandSweep(*spec), request_id,
-                                  1000.0, &existed);
-    EXPECT_OK(id);
-    return *id;
+    auto created = store_->CreateSweep(*spec, spec::ExpandSweep(*spec),
+                                       request_id, 1000.0);
+    EXPECT_OK(created);
+    return created->id;
   }
 
   Lease LeaseOne(int64_t worker) {
@@ -68,24 +67,23 @@ TEST_F(SweepStoreTest, CreateStoresEveryTrialWithItsConfig) {
 TEST_F(SweepStoreTest, RequestIdMakesCreateIdempotent) {
   int64_t first = Create(kSpec, "req-1");
   auto spec = spec::ParseSweepSpec(kSpec);
-  bool existed = false;
-  auto again = store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "req-1",
-                                   1002.0, &existed);
+  auto again =
+      store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "req-1", 1002.0);
   ASSERT_OK(again);
-  EXPECT_TRUE(existed);
-  EXPECT_EQ(*again, first);
+  EXPECT_TRUE(again->existed);
+  EXPECT_EQ(again->id, first);
   EXPECT_EQ(store_->ListSweeps()->size(), 1u);
   // Another owner's id is theirs alone; the same owner with another spec
   // is refused, naming the sweep.
   auto other_owner = store_->CreateSweep(*spec, spec::ExpandSweep(*spec),
-                                         "req-1", 1003.0, &existed, "bob");
+                                         "req-1", 1003.0, "bob");
   ASSERT_OK(other_owner);
-  EXPECT_FALSE(existed);
-  EXPECT_NE(*other_owner, first);
+  EXPECT_FALSE(other_owner->existed);
+  EXPECT_NE(other_owner->id, first);
   auto changed = spec::ParseSweepSpec(std::string(kSpec) + "seeds: [5]\n");
   ASSERT_OK(changed);
   auto clash = store_->CreateSweep(*changed, spec::ExpandSweep(*changed),
-                                   "req-1", 1004.0, &existed);
+                                   "req-1", 1004.0);
   EXPECT_EQ(clash.status().code(), StatusCode::kAlreadyExists);
   EXPECT_THAT(clash.status().message(),
               HasSubstr("sweep " + std::to_string(first)));

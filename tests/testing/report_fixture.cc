@@ -138,11 +138,10 @@ int64_t BuildReportFixture(const std::string& path) {
     if (!store.ok()) return 0;
     auto spec = spec::ParseSweepSpec(kSpec);
     EXPECT_OK(spec);
-    bool existed = false;
-    auto id = (*store)->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 100.0,
-                                    &existed);
-    EXPECT_OK(id);
-    sweep_id = id.ok() ? *id : 0;
+    auto created =
+        (*store)->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 100.0);
+    EXPECT_OK(created);
+    sweep_id = created.ok() ? created->id : 0;
   }
   WriteOutcomes(path);
   return sweep_id;

@@ -272,11 +272,9 @@ void Worker::SlotLoop(int slot) {
   }
 }
 
-bool Worker::Flush(const v1::TrialLease& lease,
-                   std::vector<v1::MetricPoint>* points, bool* reachable,
-                   bool* full) {
-  *reachable = true;
-  if (full != nullptr) *full = false;
+Worker::Flushed Worker::Flush(const v1::TrialLease& lease,
+                              std::vector<v1::MetricPoint>* points) {
+  Flushed out;
   // In batches of at most max_batch_points: a backlog built while the
   // coordinator was away must not become one oversized report.
   while (!points->empty()) {
@@ -312,18 +310,19 @@ bool Worker::Flush(const v1::TrialLease& lease,
       spdlog::warn("trial {}: metrics refused: {}", lease.trial_id(),
                    s.error_message());
       points->clear();
-      return false;
+      out.lease_ok = false;
+      return out;
     }
     // Unreachable, over the coordinator's rate, or its database is full
     // (RESOURCE_EXHAUSTED): keep the points and try again at the next flush.
     if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
       spdlog::debug("trial {}: {}", lease.trial_id(), s.error_message());
-      if (full != nullptr) *full = true;
+      out.full = true;
     }
-    *reachable = false;
-    return true;
+    out.reachable = false;
+    return out;
   }
-  return true;
+  return out;
 }
 
 void Worker::FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
@@ -587,10 +586,11 @@ void Worker::RunTrial(int slot, const v1::LeaseTrialResponse& leased,
   // for as long as its database is full (the points are not lost).
   auto give_up = std::chrono::steady_clock::now() + kFinishRetryFor;
   while (out.lease_ok && !out.pending.empty()) {
-    bool full = false;
-    out.lease_ok = Flush(lease, &out.pending, &out.reachable, &full);
+    const Flushed flushed = Flush(lease, &out.pending);
+    out.lease_ok = flushed.lease_ok;
+    out.reachable = flushed.reachable;
     if (out.reachable ||
-        (!full && std::chrono::steady_clock::now() > give_up) ||
+        (!flushed.full && std::chrono::steady_clock::now() > give_up) ||
         WaitFor(std::chrono::milliseconds(500))) {
       break;
     }
@@ -690,7 +690,9 @@ void Worker::PumpOutput(const v1::TrialLease& lease, const Attempt& attempt,
                               static_cast<size_t>(options_.max_batch_points) ||
                           now - last_flush >= options_.flush_interval)) {
       last_flush = now;
-      out->lease_ok = Flush(lease, &out->pending, &out->reachable);
+      const Flushed flushed = Flush(lease, &out->pending);
+      out->lease_ok = flushed.lease_ok;
+      out->reachable = flushed.reachable;
       if (!out->lease_ok) StopTrial(lease.trial_id());
     }
     checkpoints->CommitIfStored(out->AllStored());

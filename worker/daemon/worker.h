@@ -181,11 +181,17 @@ class Worker {
   // Reports how the attempt ended, from its event or the exit status.
   void ReportOutcome(const v1::TrialLease& lease, const Attempt& attempt,
                      const AttemptOutput& out, int wstatus, bool kept);
-  // Sends buffered points; false if the lease is gone (ABORTED/NOT_FOUND).
-  // Kept for a retry when unreachable (`*reachable` false), and then also
-  // `*full` (if given) when the coordinator said RESOURCE_EXHAUSTED.
-  bool Flush(const v1::TrialLease& lease, std::vector<v1::MetricPoint>* points,
-             bool* reachable, bool* full = nullptr);
+  // Sends buffered points. `lease_ok` false: the lease is gone
+  // (ABORTED/NOT_FOUND), the points dropped. Kept for a retry when the
+  // coordinator was not `reachable`, and then `full` when it said
+  // RESOURCE_EXHAUSTED.
+  struct Flushed {
+    bool lease_ok = true;
+    bool reachable = true;
+    bool full = false;
+  };
+  Flushed Flush(const v1::TrialLease& lease,
+                std::vector<v1::MetricPoint>* points);
   void FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
                    const std::string& message, const std::string& stderr_tail);
   // The threads recorded in an attempt's checkpoint directory
