@@ -1,0 +1,197 @@
+#include "worker/trainer/data/npy.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <regex>
+#include <utility>
+
+namespace megabatch::trainer {
+namespace {
+
+constexpr char kMagic[] = "\x93NUMPY";
+constexpr size_t kMagicBytes = 6;
+
+struct Dtype {
+  std::string_view descr;
+  NpyType type;
+};
+// As numpy.lib.format writes them on a little-endian machine.
+constexpr Dtype kDtypes[] = {
+    {"<f4", NpyType::kFloat32}, {"<f2", NpyType::kFloat16},
+    {"|u1", NpyType::kUInt8},   {"<u1", NpyType::kUInt8},
+    {"<i8", NpyType::kInt64},   {"<i4", NpyType::kInt32},
+};
+
+uint32_t LittleEndian(const unsigned char* p, int bytes) {
+  uint32_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+}  // namespace
+
+std::string_view NpyTypeName(NpyType type) {
+  switch (type) {
+    case NpyType::kFloat32:
+      return "float32";
+    case NpyType::kFloat16:
+      return "float16";
+    case NpyType::kUInt8:
+      return "uint8";
+    case NpyType::kInt64:
+      return "int64";
+    case NpyType::kInt32:
+      return "int32";
+  }
+  return "?";
+}
+
+size_t NpyTypeSize(NpyType type) {
+  switch (type) {
+    case NpyType::kFloat32:
+    case NpyType::kInt32:
+      return 4;
+    case NpyType::kFloat16:
+      return 2;
+    case NpyType::kUInt8:
+      return 1;
+    case NpyType::kInt64:
+      return 8;
+  }
+  return 0;
+}
+
+Result<NpyArray> NpyArray::Open(const std::string& path,
+                                const std::string& field) {
+  const std::string where = field + ": " + path + ": ";
+  auto bad = [&](const std::string& why) {
+    return InvalidArgumentError(where + why);
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return NotFoundError(where + std::strerror(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return bad("not a regular file");
+  }
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (size < kMagicBytes + 4) {
+    ::close(fd);
+    return bad("not a .npy file (" + std::to_string(size) + " bytes)");
+  }
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  const int mmap_errno = errno;
+  ::close(fd);
+  if (map == MAP_FAILED) {
+    return Status(StatusCode::kInternal,
+                  where + "mmap: " + std::strerror(mmap_errno));
+  }
+  NpyArray a;
+  a.map_ = map;
+  a.map_bytes_ = size;
+  const auto* bytes = static_cast<const unsigned char*>(map);
+  if (std::memcmp(bytes, kMagic, kMagicBytes) != 0) {
+    return bad("not a .npy file (no \\x93NUMPY magic)");
+  }
+  const int major = bytes[6];
+  if (major < 1 || major > 3) {
+    return bad(".npy format version " + std::to_string(major) +
+               " (1 to 3 are read)");
+  }
+  const size_t len_bytes = major == 1 ? 2 : 4;
+  const size_t header_at = 8 + len_bytes;
+  if (size < header_at) return bad("truncated header");
+  const size_t header_len =
+      LittleEndian(bytes + 8, static_cast<int>(len_bytes));
+  if (header_len > size - header_at) return bad("truncated header");
+  const std::string header(reinterpret_cast<const char*>(bytes + header_at),
+                           header_len);
+
+  std::smatch m;
+  if (!std::regex_search(header, m, std::regex(R"('descr'\s*:\s*'([^']*)')"))) {
+    return bad("header has no 'descr'");
+  }
+  const std::string descr = m[1];
+  bool known = false;
+  for (const Dtype& d : kDtypes) {
+    if (d.descr == descr) {
+      a.type_ = d.type;
+      known = true;
+    }
+  }
+  if (!known) {
+    return bad("dtype '" + descr + "' cannot be used" +
+               (!descr.empty() && descr[0] == '>' ? " (big-endian)" : "") +
+               "; supported: float32, float16, uint8 (inputs), int64, int32 "
+               "(labels), little-endian");
+  }
+  if (!std::regex_search(header, m,
+                         std::regex(R"('fortran_order'\s*:\s*(True|False))"))) {
+    return bad("header has no 'fortran_order'");
+  }
+  if (m[1] == "True") {
+    return bad("Fortran order; save it in C order (numpy.ascontiguousarray)");
+  }
+  if (!std::regex_search(header, m,
+                         std::regex(R"('shape'\s*:\s*\(([^)]*)\))"))) {
+    return bad("header has no 'shape'");
+  }
+  const std::string dims = m[1];
+  uint64_t elements = 1;
+  constexpr uint64_t kMaxElements = uint64_t{1} << 50;
+  const std::regex number(R"(\d+)");
+  for (std::sregex_iterator it(dims.begin(), dims.end(), number), end;
+       it != end; ++it) {
+    const std::string digits = (*it)[0];
+    if (digits.size() > 15) return bad("shape too large: (" + dims + ")");
+    const int64_t d = std::stoll(digits);
+    a.shape_.push_back(d);
+    if (d != 0 && elements > kMaxElements / static_cast<uint64_t>(d)) {
+      return bad("shape too large: (" + dims + ")");
+    }
+    elements *= static_cast<uint64_t>(d);
+  }
+  const size_t data_at = header_at + header_len;
+  const uint64_t need = elements * NpyTypeSize(a.type_);
+  if (size - data_at != need) {
+    return bad("holds " + std::to_string(size - data_at) +
+               " bytes of data; its shape (" + dims + ") of " +
+               std::string(NpyTypeName(a.type_)) + " needs " +
+               std::to_string(need));
+  }
+  a.data_ = bytes + data_at;
+  a.data_bytes_ = static_cast<size_t>(need);
+  return a;
+}
+
+NpyArray::NpyArray(NpyArray&& other) noexcept { *this = std::move(other); }
+
+NpyArray& NpyArray::operator=(NpyArray&& other) noexcept {
+  if (this != &other) {
+    if (map_ != nullptr) ::munmap(map_, map_bytes_);
+    type_ = other.type_;
+    shape_ = std::move(other.shape_);
+    map_ = std::exchange(other.map_, nullptr);
+    map_bytes_ = std::exchange(other.map_bytes_, 0);
+    data_ = std::exchange(other.data_, nullptr);
+    data_bytes_ = std::exchange(other.data_bytes_, 0);
+  }
+  return *this;
+}
+
+NpyArray::~NpyArray() {
+  if (map_ != nullptr) ::munmap(map_, map_bytes_);
+}
+
+int64_t NpyArray::row_elements() const {
+  int64_t n = 1;
+  for (size_t i = 1; i < shape_.size(); ++i) n *= shape_[i];
+  return n;
+}
+
+}  // namespace megabatch::trainer
