@@ -4,6 +4,7 @@
 // is UNAVAILABLE.
 #include "worker/daemon/trainer_process.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -92,6 +93,28 @@ TEST(TrainerProcessTest, KillTakesWhatTheChildStartedToo) {
         return zombie;
       },
       std::chrono::seconds(10)));
+}
+
+TEST(TrainerProcessTest, ATrainerWhoseWorkerIsGoneDiesAtItsNextLine) {
+  // The worker ignores SIGPIPE, and an ignored signal survives exec: the
+  // child must get it back, or it writes on into a closed pipe.
+  struct sigaction ignore {
+  }, saved{};
+  ignore.sa_handler = SIG_IGN;
+  sigaction(SIGPIPE, &ignore, &saved);
+  auto p = TrainerProcess::Spawn("/usr/bin/yes", {}, {});
+  sigaction(SIGPIPE, &saved, nullptr);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  ASSERT_FALSE(ReadUntil((*p)->stdout_fd(), "y\n").empty());
+  // The reader goes, as when a worker dies: the pipe's only read end is
+  // replaced by /dev/null (the fd stays the object's to close).
+  const int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(devnull, 0);
+  ASSERT_GE(dup2(devnull, (*p)->stdout_fd()), 0);
+  close(devnull);
+  const int status = (*p)->Reap();
+  ASSERT_TRUE(WIFSIGNALED(status)) << "exited " << WEXITSTATUS(status);
+  EXPECT_EQ(WTERMSIG(status), SIGPIPE);
 }
 
 TEST(TrainerProcessTest, AMissingBinaryIsUnavailableWithTheReason) {

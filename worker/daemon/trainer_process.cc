@@ -38,7 +38,16 @@ Result<std::unique_ptr<TrainerProcess>> TrainerProcess::Spawn(
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   // Its own process group, so that one kill reaches everything it started.
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  // SIGPIPE back to its default: the worker ignores it, an ignored signal
+  // survives exec, and a trainer that ignored it would train on after its
+  // worker died (its writes to the closed pipe failing quietly) instead of
+  // dying at its next line.
+  sigset_t defaults;
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF);
   posix_spawnattr_setpgroup(&attr, 0);
   // Everything is built before the spawn: nothing allocates between fork
   // and exec in this threaded process.
