@@ -38,10 +38,10 @@ Result<std::unique_ptr<TrainerProcess>> TrainerProcess::Spawn(
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   // Its own process group, so that one kill reaches everything it started.
-  // SIGPIPE back to its default: the worker ignores it, an ignored signal
-  // survives exec, and a trainer that ignored it would train on after its
-  // worker died (its writes to the closed pipe failing quietly) instead of
-  // dying at its next line.
+  // SIGPIPE back to its default: the worker ignores it, and an ignored
+  // signal survives exec. A child that inherited it would write on into a
+  // closed pipe after its worker died. (megabatch-trainer ignores it itself
+  // and exits when a line cannot be written.)
   sigset_t defaults;
   sigemptyset(&defaults);
   sigaddset(&defaults, SIGPIPE);

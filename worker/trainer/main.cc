@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -41,18 +42,30 @@ using megabatch::protocol::kExitDiverged;
 using megabatch::protocol::kExitFailed;
 using megabatch::protocol::kExitUsage;
 
+// Writes one protocol line. Stdout is the worker's pipe: when a write
+// fails (EPIPE: SIGPIPE is ignored, see main) the worker is gone, and a
+// trainer that trained on would only hold its cores, so it exits at once.
+void WriteLine(const std::string& line) {
+  std::cout << line << std::endl;
+  if (!std::cout) {
+    std::cerr << "megabatch-trainer: stdout is closed (its worker is gone); "
+                 "exiting\n";
+    std::_Exit(megabatch::protocol::kExitFailed);
+  }
+}
+
 class StdoutSink : public megabatch::trainer::MetricSink {
  public:
   void Log(int64_t step, const megabatch::trainer::Metrics& metrics) override {
-    std::cout << megabatch::protocol::MetricsLine(step, metrics) << std::endl;
+    WriteLine(megabatch::protocol::MetricsLine(step, metrics));
   }
   void Checkpointed(int64_t step, const std::string& path) override {
-    std::cout << megabatch::protocol::CheckpointLine(step, path) << std::endl;
+    WriteLine(megabatch::protocol::CheckpointLine(step, path));
   }
 };
 
 void PrintEvent(const std::string& event, const std::string& message) {
-  std::cout << megabatch::protocol::EventLine(event, message) << std::endl;
+  WriteLine(megabatch::protocol::EventLine(event, message));
 }
 
 int Usage(const std::string& error) {
@@ -138,6 +151,11 @@ int main(int argc, char** argv) {
   // keep freed memory for reuse instead.
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, -1);
+  // A write to a closed pipe or socket is an error to handle, not a signal
+  // that kills: a data-parallel rank whose peer died reports the failed
+  // collective, and a trainer whose worker died exits at its next line
+  // (WriteLine).
+  std::signal(SIGPIPE, SIG_IGN);
   std::string config_path, resume_path;
   std::string check_dataset = "/usr/share/datasets/fashion-mnist";
   bool check = false, serve = false;
