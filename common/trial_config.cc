@@ -1,5 +1,6 @@
 #include "common/trial_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <sstream>
@@ -51,15 +52,7 @@ class Reader {
 
   template <typename T>
   Status Read(std::string_view path, T* out) const {
-    const json* v = Find(path);
-    if (v == nullptr) {
-      const TrialConfigField* field = FindTrialConfigField(path);
-      if (field->has_default) *out = TrialConfigDefault(*field).get<T>();
-      return Status();
-    }
-    MEGABATCH_RETURN_IF_ERROR(CheckTrialConfigValue(path, *v));
-    *out = v->get<T>();
-    return Status();
+    return ReadTrialConfigValue(path, Find(path), out);
   }
 
   template <typename T>
@@ -415,9 +408,10 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
   }
   std::string decay;
   MEGABATCH_RETURN_IF_ERROR(r.Read("schedule.decay", &decay));
-  c.decay = decay == "poly"     ? Decay::kPoly
-            : decay == "cosine" ? Decay::kCosine
-                                : Decay::kConstant;
+  const std::vector<std::string_view> decays =
+      FieldChoices(*FindTrialConfigField("schedule.decay"));
+  c.decay = static_cast<Decay>(std::find(decays.begin(), decays.end(), decay) -
+                               decays.begin());
   MEGABATCH_RETURN_IF_ERROR(r.Read("schedule.power", &c.power));
   MEGABATCH_RETURN_IF_ERROR(r.ReadOptional("budget.epochs", &c.budget_epochs));
   MEGABATCH_RETURN_IF_ERROR(r.ReadOptional("budget.steps", &c.budget_steps));
@@ -504,9 +498,10 @@ json TrialConfigToJson(const TrialConfig& c) {
                   {"path", c.dataset_path},
                   {"validation_fraction", c.validation_fraction}};
   if (!c.cache_dir.empty()) dataset["cache_dir"] = c.cache_dir;
-  const char* decays[] = {"constant", "poly", "cosine"};
+  const std::vector<std::string_view> decays =
+      FieldChoices(*FindTrialConfigField("schedule.decay"));
   json schedule = {{"warmup_start_lr", c.warmup_start_lr},
-                   {"decay", decays[static_cast<int>(c.decay)]},
+                   {"decay", decays[static_cast<size_t>(c.decay)]},
                    {"power", c.power}};
   if (c.warmup_steps) schedule["warmup_steps"] = *c.warmup_steps;
   if (c.warmup_epochs) schedule["warmup_epochs"] = *c.warmup_epochs;

@@ -162,6 +162,25 @@ nlohmann::json TrialConfigDefault(const TrialConfigField& field);
 Status CheckTrialConfigValue(std::string_view path,
                              const nlohmann::json& value);
 
+// Reads the field at `path` from `value` (nullptr: absent) into `out`:
+// checked as above, or its default when absent (left as it is for a field
+// without one). ParseTrialConfig and the spec parser both read through it.
+template <typename T>
+Status ReadTrialConfigValue(std::string_view path, const nlohmann::json* value,
+                            T* out) {
+  if (value == nullptr) {
+    const TrialConfigField* field = FindTrialConfigField(path);
+    if (field != nullptr && field->has_default) {
+      *out = TrialConfigDefault(*field).get<T>();
+    }
+    return Status();
+  }
+  MEGABATCH_RETURN_IF_ERROR(CheckTrialConfigValue(path, *value));
+  *out = value->get<T>();
+  return Status();
+}
+
+// In the order of schedule.decay's choices.
 enum class Decay { kConstant, kPoly, kCosine };
 
 struct TrialConfig {

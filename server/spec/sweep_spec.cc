@@ -111,15 +111,7 @@ class Fields {
   // checked, and defaulted, by its entry there, as the trainer does.
   template <typename T>
   Status Trial(std::string_view key, T* out) {
-    const std::string path = Path(key);
-    const json* v = Get(key);
-    if (v == nullptr) {
-      *out = TrialConfigDefault(*FindTrialConfigField(path)).get<T>();
-      return Status::Ok();
-    }
-    MEGABATCH_RETURN_IF_ERROR(CheckTrialConfigValue(path, *v));
-    *out = v->get<T>();
-    return Status::Ok();
+    return ReadTrialConfigValue(Path(key), Get(key), out);
   }
 
   // A string that must be one of `choices`; the first is the default.
