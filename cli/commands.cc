@@ -1,6 +1,7 @@
 #include "cli/commands.h"
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -8,12 +9,14 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/own_model.h"
 #include "cli/plot.h"
 #include "common/metric_catalog.h"
 #include "common/printable.h"
 #include "common/report_columns.h"
 #include "common/selection_metrics.h"
 #include "common/status.h"
+#include "server/spec/sweep_spec.h"
 
 namespace megabatch::cli {
 namespace {
@@ -144,6 +147,37 @@ int Commands::Fail(const grpc::Status& s) {
   return kExitFailed;
 }
 
+Result<UploadedModel> Commands::UploadModel(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return NotFoundError("model.path: " + path + ": cannot read");
+  }
+  grpc::ClientContext ctx;
+  ctx.set_wait_for_ready(true);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+  v1::UploadModelResponse resp;
+  auto writer = stub_->UploadModel(&ctx, &resp);
+  std::string buffer(size_t{1} << 20, '\0');
+  v1::UploadModelRequest chunk;
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    if (in.gcount() == 0) break;
+    chunk.set_data(buffer.data(), static_cast<size_t>(in.gcount()));
+    if (!writer->Write(chunk)) break;  // Finish() says why
+  }
+  writer->WritesDone();
+  grpc::Status s = writer->Finish();
+  if (!s.ok()) {
+    return megabatch::Status(
+        static_cast<StatusCode>(s.error_code()),
+        "uploading model.path " + path + ": " + s.error_message());
+  }
+  if (in.bad()) return InternalError("model.path: " + path + ": read error");
+  err_ << (resp.existed() ? "model already stored: " : "uploaded model ")
+       << resp.sha256().substr(0, 12) << " (" << resp.bytes() << " bytes)\n";
+  return UploadedModel{resp.sha256(), resp.bytes()};
+}
+
 int Commands::Submit(const std::string& spec_path,
                      const std::string& request_id, bool wait) {
   std::ifstream in(spec_path, std::ios::binary);
@@ -163,6 +197,23 @@ int Commands::Submit(const std::string& spec_path,
   };
   if (ends_with(".json")) req.set_format("json");
   if (ends_with(".yaml") || ends_with(".yml")) req.set_format("yaml");
+  // A torchscript sweep: its files are on this machine (own_model.h).
+  if (Result<json> doc = spec::SpecTextToJson(
+          req.spec(), req.format() == "json"   ? spec::SpecFormat::kJson
+                      : req.format() == "yaml" ? spec::SpecFormat::kYaml
+                                               : spec::SpecFormat::kAuto);
+      doc.ok() && IsOwnModelSpec(*doc)) {
+    Result<json> prepared = PrepareOwnModelSpec(
+        *std::move(doc), std::filesystem::absolute(spec_path).parent_path(),
+        [&](const std::string& path) { return UploadModel(path); });
+    if (!prepared.ok()) {
+      err_ << "megabatch: " << StatusCodeName(prepared.status().code()) << ": "
+           << Printable(prepared.status().message()) << "\n";
+      return kExitFailed;
+    }
+    req.set_spec(prepared->dump());
+    req.set_format("json");
+  }
   // A generated id makes a retried submit (after a lost reply) idempotent.
   req.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   // The request id makes waiting for a (re)starting coordinator safe.

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/own_model.h"
 #include "cli/table.h"
 #include "common/exit_codes.h"
 #include "megabatch/v1/megabatch.grpc.pb.h"
@@ -43,6 +44,8 @@ class Commands {
   int Export(int64_t sweep_id, const std::vector<std::string>& names);
 
  private:
+  // Streams a TorchScript module to the coordinator (UploadModel).
+  Result<UploadedModel> UploadModel(const std::string& path);
   // Prints a failed RPC as "megabatch: CODE: message"; returns kExitFailed.
   int Fail(const grpc::Status& s);
   void PrintSweeps(const google::protobuf::RepeatedPtrField<v1::Sweep>& sweeps);

@@ -35,6 +35,8 @@ inline constexpr const char* kValAccuracy = "val_accuracy";
 inline constexpr const char* kValBpc = "val_bpc";
 inline constexpr const char* kValMlmLoss = "val_mlm_loss";
 inline constexpr const char* kValMlmAccuracy = "val_mlm_accuracy";
+inline constexpr const char* kValPerplexity = "val_perplexity";
+inline constexpr const char* kValBitsPerToken = "val_bits_per_token";
 inline constexpr const char* kEpoch = "epoch";
 inline constexpr const char* kTargetReachedSamples = "target_reached_samples";
 inline constexpr const char* kTargetReachedSteps = "target_reached_steps";
@@ -107,6 +109,10 @@ inline constexpr MetricInfo kMetricCatalog[] = {
    "tiny_bert: masked-LM loss on the validation split"},
   {metric::kValMlmAccuracy, "", Better::kHigher, MetricWriter::kTrainer, true, false,
    "tiny_bert: masked-token accuracy on the validation split"},
+  {metric::kValPerplexity, "", Better::kLower, MetricWriter::kTrainer, true, false,
+   "torchscript language model: exp(val_loss), per token"},
+  {metric::kValBitsPerToken, "bits/token", Better::kLower, MetricWriter::kTrainer, true, false,
+   "torchscript language model: val_loss in bits per token"},
   {metric::kEpoch, "epochs", Better::kNeither, MetricWriter::kTrainer, false, false,
    "samples seen / training-set size, at each evaluation"},
   {metric::kTargetReachedSamples, "samples", Better::kLower, MetricWriter::kTrainer, false, false,

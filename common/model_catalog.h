@@ -30,7 +30,9 @@ struct ModelWidthList {
 
 struct ModelInfo {
   std::string_view name;
-  std::string_view dataset;             // "fashion_mnist" or "text"
+  // "fashion_mnist" or "text"; "files" for torchscript, which trains on
+  // the user's own data files (dataset.kind).
+  std::string_view dataset;
   std::array<ModelWidthList, 2> lists;  // unused entries have an empty name
   std::array<ModelIntOption, 7> ints;   // unused entries have an empty name
   bool has_bias = false;                // a bool option "bias", default true
@@ -38,7 +40,9 @@ struct ModelInfo {
 
 inline constexpr int64_t kMaxWidth = 65536;
 
-inline constexpr std::array<ModelInfo, 4> kModels = {{
+inline constexpr std::string_view kTorchScriptModel = "torchscript";
+
+inline constexpr std::array<ModelInfo, 5> kModels = {{
     {"mlp", "fashion_mnist", {{{"hidden", 64, {512, 512}}}}, {}, false},
     // Each conv stage halves the 28x28 image: at most 4 stages.
     {"cnn",
@@ -64,10 +68,13 @@ inline constexpr std::array<ModelInfo, 4> kModels = {{
        {"ffn", 0, 1, int64_t{1} << 20, 4},
        {"vocab_size", 2048, 300, int64_t{1} << 20, 0}}},
      true},
+    // The user's own module (docs/models.md): its options are strings
+    // (model.path, model.sha256; common/trial_config.h), not in this table.
+    {kTorchScriptModel, "files", {}, {}, false},
 }};
 
 inline constexpr std::string_view kModelNames =
-    "mlp, cnn, char_lstm, tiny_bert";
+    "mlp, cnn, char_lstm, tiny_bert, torchscript";
 
 // nullptr for an unknown name.
 constexpr const ModelInfo* FindModel(std::string_view name) {

@@ -24,7 +24,7 @@ struct SelectionMetric {
   std::string_view help;
 };
 
-inline constexpr std::array<SelectionMetric, 5> kSelectionMetrics = {{
+inline constexpr std::array<SelectionMetric, 7> kSelectionMetrics = {{
     {"val_accuracy", true, "", "top-1 accuracy on the validation split"},
     {"val_loss", false, "",
      "mean cross-entropy (nats) on the validation split"},
@@ -34,6 +34,10 @@ inline constexpr std::array<SelectionMetric, 5> kSelectionMetrics = {{
      "masked-LM loss on the validation split"},
     {"val_mlm_accuracy", true, "tiny_bert",
      "masked-token accuracy on the validation split"},
+    {"val_perplexity", false, "torchscript",
+     "a language model's perplexity per token on the validation split"},
+    {"val_bits_per_token", false, "torchscript",
+     "a language model's bits per token on the validation split"},
 }};
 
 // The names specs accepted before there was a validation split; they mean

@@ -8,7 +8,8 @@
 //   {"step": 12, "metrics": {"train_loss": 0.51, "lr": 0.01}}   (null:
 //   non-finite)
 //   {"event": "checkpoint", "step": 12, "path": ".../step-12.pt"}
-//   {"event": "completed" | "diverged" | "failed", "message": "..."}   (last)
+//   {"event": "completed" | "diverged" | "failed", "message": "..."}   (last;
+//   a failed event may add "retry": false: the trial's input is wrong)
 // stdin of --serve, one per trial: {"config": "trial.json", "resume": ""}
 #ifndef MEGABATCH_COMMON_TRAINER_PROTOCOL_H_
 #define MEGABATCH_COMMON_TRAINER_PROTOCOL_H_
@@ -59,8 +60,10 @@ inline std::string CheckpointLine(int64_t step, const std::string& path) {
 }
 
 inline std::string EventLine(const std::string& event,
-                             const std::string& message) {
-  return nlohmann::json{{"event", event}, {"message", message}}.dump();
+                             const std::string& message, bool retry = true) {
+  nlohmann::json line = {{"event", event}, {"message", message}};
+  if (!retry) line["retry"] = false;
+  return line.dump();
 }
 
 inline std::string ServeRequest(const std::string& config_path,
@@ -94,6 +97,8 @@ struct Line {
   // metrics.
   std::string event;
   std::string message;
+  // For kFailed: false when a retry would fail the same way.
+  bool retry = true;
   // For kCheckpoint: the step it holds (in `step`) and its file.
   std::string checkpoint_path;
 };
@@ -111,6 +116,9 @@ inline Result<Line> ParseLine(const std::string& text) {
     out.event = ev->get<std::string>();
     if (auto m = doc.find("message"); m != doc.end() && m->is_string()) {
       out.message = m->get<std::string>();
+    }
+    if (auto r = doc.find("retry"); r != doc.end() && r->is_boolean()) {
+      out.retry = r->get<bool>();
     }
     if (out.event == kCheckpoint) {
       auto step = doc.find("step");

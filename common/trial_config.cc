@@ -10,6 +10,7 @@
 #include "common/model_catalog.h"
 #include "common/optimizer_catalog.h"
 #include "common/selection_metrics.h"
+#include "common/sha256.h"
 
 namespace megabatch {
 namespace {
@@ -36,18 +37,19 @@ class Reader {
  public:
   explicit Reader(const json& doc) : doc_(doc) {}
 
-  // The value at `path`, or nullptr when it (or its object) is absent.
+  // The value at `path`, or nullptr when it (or an object above it) is
+  // absent.
   const json* Find(std::string_view path) const {
-    auto [parent, key] = Split(path);
-    const json* obj = &doc_;
-    if (!parent.empty()) {
-      auto it = doc_.find(std::string(parent));
-      if (it == doc_.end() || !it->is_object()) return nullptr;
-      obj = &*it;
+    const json* at = &doc_;
+    while (true) {
+      const size_t dot = path.find('.');
+      if (!at->is_object()) return nullptr;
+      auto it = at->find(std::string(path.substr(0, dot)));
+      if (it == at->end() || it->is_null()) return nullptr;
+      at = &*it;
+      if (dot == std::string_view::npos) return at;
+      path = path.substr(dot + 1);
     }
-    auto it = obj->find(std::string(key));
-    if (it == obj->end() || it->is_null()) return nullptr;
-    return &*it;
   }
 
   template <typename T>
@@ -68,23 +70,57 @@ class Reader {
   const json& doc_;
 };
 
-// Unknown fields anywhere but model and optimizer (their catalogs check
-// theirs) are errors: a mistyped field must not be ignored silently.
-Status CheckNoUnknownFields(const json& doc) {
+// Unknown fields anywhere but in model and optimizer (their catalogs check
+// theirs) and dataset.files (keyed by path) are errors: a mistyped field
+// must not be ignored silently. `prefix` is the path of `doc` ("" or
+// "dataset.").
+Status CheckNoUnknownFields(const json& doc, const std::string& prefix = "") {
   for (const auto& [key, value] : doc.items()) {
-    const TrialConfigField* field = FindTrialConfigField(key);
+    const std::string path = prefix + key;
+    const TrialConfigField* field = FindTrialConfigField(path);
     if (field == nullptr) {
-      return InvalidArgumentError(key + ": unknown field");
+      return InvalidArgumentError(path + ": unknown field");
     }
-    if (field->type != FieldType::kObject || key == "model" ||
-        key == "optimizer" || !value.is_object()) {
+    if (field->type != FieldType::kObject || path == "model" ||
+        path == "optimizer" || path == "dataset.files" || !value.is_object()) {
       continue;
     }
-    for (const auto& [sub, ignored] : value.items()) {
-      if (FindTrialConfigField(key + "." + sub) == nullptr) {
-        return InvalidArgumentError(key + "." + sub + ": unknown field");
-      }
+    MEGABATCH_RETURN_IF_ERROR(CheckNoUnknownFields(value, path + "."));
+  }
+  return Status();
+}
+
+// model.type torchscript: the module file and its record, all strings but
+// bytes (common/model_catalog.h has no string options).
+Status ReadTorchScriptModel(const json& model, TrialConfig* c) {
+  for (const auto& [key, value] : model.items()) {
+    if (key == "type") continue;
+    if (FindTrialConfigField("model." + key) == nullptr) {
+      return InvalidArgumentError("model." + key + ": unknown field for " +
+                                  c->model_type);
     }
+  }
+  auto at = [&](const char* key) -> const json* {
+    auto it = model.find(key);
+    return it == model.end() || it->is_null() ? nullptr : &*it;
+  };
+  MEGABATCH_RETURN_IF_ERROR(
+      ReadTrialConfigValue("model.path", at("path"), &c->model_path));
+  MEGABATCH_RETURN_IF_ERROR(
+      ReadTrialConfigValue("model.sha256", at("sha256"), &c->model_sha256));
+  MEGABATCH_RETURN_IF_ERROR(
+      ReadTrialConfigValue("model.bytes", at("bytes"), &c->model_bytes));
+  MEGABATCH_RETURN_IF_ERROR(
+      ReadTrialConfigValue("model.file", at("file"), &c->model_file));
+  if (c->model_path.empty() && c->model_file.empty()) {
+    return InvalidArgumentError(
+        "model.path: required for a torchscript model (the file saved with "
+        "torch.jit.save)");
+  }
+  if (!c->model_sha256.empty() && !IsSha256Hex(c->model_sha256)) {
+    return InvalidArgumentError(
+        "model.sha256: must be 64 lowercase hex digits, got '" +
+        c->model_sha256 + "'");
   }
   return Status();
 }
@@ -102,6 +138,7 @@ Status ReadModel(const json& doc, TrialConfig* c) {
     }
     c->model_type = t->get<std::string>();
   }
+  if (c->model_type == kTorchScriptModel) return ReadTorchScriptModel(model, c);
   // Options, defaults and ranges: common/model_catalog.h, as the spec has them.
   const ModelInfo* info = FindModel(c->model_type);
   if (info == nullptr) {
@@ -183,6 +220,107 @@ Status ReadModel(const json& doc, TrialConfig* c) {
                                 std::to_string(c->width));
   }
   return Status();
+}
+
+// The dataset fields each kind of model takes: a built-in model's dataset
+// (name, path, validation_fraction) or the user's own files (the rest).
+bool IsBuiltInDatasetField(std::string_view key) {
+  return key == "name" || key == "path" || key == "validation_fraction";
+}
+
+// dataset.kind and its files, for a torchscript model.
+Status ReadDataFiles(const Reader& r, TrialConfig* c) {
+  MEGABATCH_RETURN_IF_ERROR(r.Read("dataset.kind", &c->dataset_kind));
+  if (c->dataset_kind.empty()) {
+    return InvalidArgumentError(
+        "dataset.kind: required for a torchscript model: classification or "
+        "language_model");
+  }
+  const bool lm = c->dataset_kind == "language_model";
+  for (auto [name, files] : {std::pair<std::string, TrialConfig::SplitFiles*>{
+                                 "train", &c->train_files},
+                             {"val", &c->val_files},
+                             {"test", &c->test_files}}) {
+    const std::string at = "dataset." + name + ".";
+    MEGABATCH_RETURN_IF_ERROR(r.Read(at + "x", &files->x));
+    MEGABATCH_RETURN_IF_ERROR(r.Read(at + "y", &files->y));
+    MEGABATCH_RETURN_IF_ERROR(r.Read(at + "tokens", &files->tokens));
+    if (lm && !(files->x.empty() && files->y.empty())) {
+      return InvalidArgumentError(
+          at + (files->x.empty() ? "y" : "x") +
+          ": a language_model split is one token file (tokens), not x and y");
+    }
+    if (!lm && !files->tokens.empty()) {
+      return InvalidArgumentError(
+          at + "tokens: a classification split is x and y, not tokens");
+    }
+    if (!lm && files->x.empty() != files->y.empty()) {
+      return InvalidArgumentError(at + (files->x.empty() ? "x" : "y") +
+                                  ": required with " + at +
+                                  (files->x.empty() ? "y" : "x"));
+    }
+  }
+  if (c->train_files.empty()) {
+    return InvalidArgumentError(
+        std::string("dataset.train: required: ") +
+        (lm ? "{tokens: FILE}" : "{x: FILE.npy, y: FILE.npy}"));
+  }
+  const bool fraction = r.Find("dataset.val_fraction") != nullptr;
+  MEGABATCH_RETURN_IF_ERROR(r.Read("dataset.val_fraction", &c->val_fraction));
+  if (fraction == !c->val_files.empty()) {
+    return InvalidArgumentError(
+        fraction ? "dataset.val_fraction: give it or dataset.val, not both"
+                 : "dataset.val: required (or dataset.val_fraction, the "
+                   "share of the training data held out)");
+  }
+  if (lm) {
+    c->token_dtype = "uint16";
+    MEGABATCH_RETURN_IF_ERROR(r.Read("dataset.dtype", &c->token_dtype));
+    MEGABATCH_RETURN_IF_ERROR(r.Read("dataset.seq_len", &c->seq_len));
+    if (c->seq_len == 0) {
+      return InvalidArgumentError(
+          "dataset.seq_len: required for a language_model: the tokens a "
+          "window predicts");
+    }
+  } else {
+    for (const char* path : {"dataset.dtype", "dataset.seq_len"}) {
+      if (r.Find(path) != nullptr) {
+        return InvalidArgumentError(std::string(path) +
+                                    ": only for dataset.kind language_model");
+      }
+    }
+  }
+  if (const json* files = r.Find("dataset.files")) c->data_files = *files;
+  return Status();
+}
+
+Status ReadDataset(const Reader& r, TrialConfig* c) {
+  const json* dataset = r.Find("dataset");
+  const bool own = c->model_type == kTorchScriptModel;
+  if (dataset != nullptr) {
+    for (const auto& [key, ignored] : dataset->items()) {
+      if (key == "cache_dir" || IsBuiltInDatasetField(key) != own) continue;
+      return InvalidArgumentError(
+          "dataset." + key +
+          (own ? ": not for a torchscript model, which trains on the files "
+                 "of dataset.kind, dataset.train, ... (docs/models.md)"
+               : ": only for model.type torchscript (the user's own data "
+                 "files); model " +
+                     c->model_type + " trains on dataset.name"));
+    }
+  }
+  if (own) return ReadDataFiles(r, c);
+  const ModelInfo* info = FindModel(c->model_type);
+  c->dataset_name = std::string(info->dataset);
+  MEGABATCH_RETURN_IF_ERROR(r.Read("dataset.name", &c->dataset_name));
+  if (c->dataset_name != info->dataset) {
+    return InvalidArgumentError("dataset.name: model " + c->model_type +
+                                " trains on " + std::string(info->dataset) +
+                                ", not '" + c->dataset_name + "'");
+  }
+  c->dataset_path = std::string(DefaultDatasetPath(info->dataset));
+  MEGABATCH_RETURN_IF_ERROR(r.Read("dataset.path", &c->dataset_path));
+  return r.Read("dataset.validation_fraction", &c->validation_fraction);
 }
 
 Status ReadOptimizer(const json& doc, TrialConfig* c) {
@@ -356,32 +494,20 @@ Result<TrialConfig> ParseTrialConfig(const json& doc) {
     return InvalidArgumentError("config: must be a JSON object");
   }
   MEGABATCH_RETURN_IF_ERROR(CheckNoUnknownFields(doc));
+  const Reader r(doc);
   for (const TrialConfigField& f : kTrialConfigFields) {
     if (f.type != FieldType::kObject) continue;
-    if (auto it = doc.find(std::string(f.path));
-        it != doc.end() && !it->is_null()) {
-      MEGABATCH_RETURN_IF_ERROR(CheckTrialConfigValue(f.path, *it));
+    if (const json* v = r.Find(f.path)) {
+      MEGABATCH_RETURN_IF_ERROR(CheckTrialConfigValue(f.path, *v));
     }
   }
-  const Reader r(doc);
   TrialConfig c;
   MEGABATCH_RETURN_IF_ERROR(r.Read("trial_id", &c.trial_id));
   MEGABATCH_RETURN_IF_ERROR(r.Read("sweep_id", &c.sweep_id));
   MEGABATCH_RETURN_IF_ERROR(r.Read("seed", &c.seed));
   MEGABATCH_RETURN_IF_ERROR(ReadModel(doc, &c));
-  const ModelInfo* info = FindModel(c.model_type);
-  c.dataset_name = std::string(info->dataset);
-  MEGABATCH_RETURN_IF_ERROR(r.Read("dataset.name", &c.dataset_name));
-  if (c.dataset_name != info->dataset) {
-    return InvalidArgumentError("dataset.name: model " + c.model_type +
-                                " trains on " + std::string(info->dataset) +
-                                ", not '" + c.dataset_name + "'");
-  }
-  c.dataset_path = std::string(DefaultDatasetPath(info->dataset));
-  MEGABATCH_RETURN_IF_ERROR(r.Read("dataset.path", &c.dataset_path));
-  MEGABATCH_RETURN_IF_ERROR(
-      r.Read("dataset.validation_fraction", &c.validation_fraction));
   MEGABATCH_RETURN_IF_ERROR(r.Read("dataset.cache_dir", &c.cache_dir));
+  MEGABATCH_RETURN_IF_ERROR(ReadDataset(r, &c));
   MEGABATCH_RETURN_IF_ERROR(ReadOptimizer(doc, &c));
   MEGABATCH_RETURN_IF_ERROR(r.Read("batch_size", &c.batch_size));
   c.micro_batch_size = c.batch_size;
@@ -494,9 +620,35 @@ json TrialConfigToJson(const TrialConfig& c) {
     }
     if (info->has_bias) model["bias"] = c.bias;
   }
-  json dataset = {{"name", c.dataset_name},
-                  {"path", c.dataset_path},
-                  {"validation_fraction", c.validation_fraction}};
+  json dataset;
+  if (c.model_type == kTorchScriptModel) {
+    model = {{"type", c.model_type}, {"path", c.model_path}};
+    if (!c.model_sha256.empty()) model["sha256"] = c.model_sha256;
+    if (c.model_bytes > 0) model["bytes"] = c.model_bytes;
+    if (!c.model_file.empty()) model["file"] = c.model_file;
+    dataset = {{"kind", c.dataset_kind}};
+    for (const auto& [name, files] :
+         {std::pair<const char*, const TrialConfig::SplitFiles*>{
+              "train", &c.train_files},
+          {"val", &c.val_files},
+          {"test", &c.test_files}}) {
+      json split = json::object();
+      if (!files->x.empty()) split["x"] = files->x;
+      if (!files->y.empty()) split["y"] = files->y;
+      if (!files->tokens.empty()) split["tokens"] = files->tokens;
+      if (!split.empty()) dataset[name] = split;
+    }
+    if (c.val_files.empty()) dataset["val_fraction"] = c.val_fraction;
+    if (c.dataset_kind == "language_model") {
+      dataset["dtype"] = c.token_dtype;
+      dataset["seq_len"] = c.seq_len;
+    }
+    if (!c.data_files.is_null()) dataset["files"] = c.data_files;
+  } else {
+    dataset = {{"name", c.dataset_name},
+               {"path", c.dataset_path},
+               {"validation_fraction", c.validation_fraction}};
+  }
   if (!c.cache_dir.empty()) dataset["cache_dir"] = c.cache_dir;
   const std::vector<std::string_view> decays =
       FieldChoices(*FindTrialConfigField("schedule.decay"));

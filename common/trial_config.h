@@ -65,8 +65,50 @@ inline constexpr TrialConfigField kTrialConfigFields[] = {
    "data order, dropout and masking (the initial weights are the model's)"},
   {"model", FieldType::kObject, SetBy::kSpec, false, 0, "", 0, 0, false, "",
    "type and options: common/model_catalog.h"},
+  {"model.path", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "torchscript: the saved module, as the spec named it"},
+  {"model.sha256", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "torchscript: the module's SHA-256, written by the client that uploaded it"},
+  {"model.bytes", FieldType::kInt, SetBy::kSpec, false, 0, "", 0, kNoLimit, false, "",
+   "torchscript: the module's size"},
+  {"model.file", FieldType::kString, SetBy::kWorker, false, 0, "", 0, 0, false, "",
+   "torchscript: the worker's verified copy, loaded instead of model.path"},
   {"dataset", FieldType::kObject, SetBy::kSpec, false, 0, "", 0, 0, false, "",
    "what the model trains on"},
+  {"dataset.kind", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false,
+   "classification, language_model", "torchscript: what the data files hold (required)"},
+  {"dataset.train", FieldType::kObject, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "torchscript: the training files (required)"},
+  {"dataset.train.x", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "classification: inputs, .npy [N, ...]"},
+  {"dataset.train.y", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "classification: labels, .npy [N]"},
+  {"dataset.train.tokens", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "language_model: a flat token file"},
+  {"dataset.val", FieldType::kObject, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "torchscript: the validation files (or val_fraction)"},
+  {"dataset.val.x", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "classification: inputs"},
+  {"dataset.val.y", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "classification: labels"},
+  {"dataset.val.tokens", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "language_model: tokens"},
+  {"dataset.test", FieldType::kObject, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "torchscript: the test files, evaluated once at the end (optional)"},
+  {"dataset.test.x", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "classification: inputs"},
+  {"dataset.test.y", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "classification: labels"},
+  {"dataset.test.tokens", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "language_model: tokens"},
+  {"dataset.val_fraction", FieldType::kNumber, SetBy::kSpec, false, 0, "", 0, 0.5, true, "",
+   "torchscript: without val files, this share of train is held out (fixed rows)"},
+  {"dataset.dtype", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false,
+   "uint16, uint32", "language_model: the token files' type (default uint16)"},
+  {"dataset.seq_len", FieldType::kInt, SetBy::kSpec, false, 0, "", 1, 1048576, false, "",
+   "language_model: tokens a window predicts (required)"},
+  {"dataset.files", FieldType::kObject, SetBy::kSpec, false, 0, "", 0, 0, false, "",
+   "torchscript: each data file's bytes and SHA-256, recorded at submit"},
   {"dataset.name", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false,
    "fashion_mnist, text", "the model's dataset (the model catalog's default)"},
   {"dataset.path", FieldType::kString, SetBy::kSpec, false, 0, "", 0, 0, false, "",
@@ -192,16 +234,40 @@ struct TrialConfig {
   std::vector<int64_t> hidden;    // mlp, cnn
   std::vector<int64_t> channels;  // cnn
   // char_lstm and tiny_bert (model.hidden is one width for them).
-  int64_t seq_len = 0;  // window (char_lstm: the truncation length)
-  int64_t width = 0;    // hidden size
+  // seq_len: the window (char_lstm: the truncation length; a torchscript
+  // language model: dataset.seq_len).
+  int64_t seq_len = 0;
+  int64_t width = 0;  // hidden size
   int64_t layers = 0;
   int64_t embedding = 0;   // char_lstm: byte embedding size
   int64_t heads = 0;       // tiny_bert
   int64_t ffn = 0;         // tiny_bert: feed-forward width
   int64_t vocab_size = 0;  // tiny_bert: SentencePiece vocabulary
   bool bias = true;        // tiny_bert: biases in linear layers
+  // model.type torchscript (docs/models.md): the saved module as the spec
+  // named it, its hash and size, and the worker's verified copy (loaded
+  // instead of model_path when set).
+  std::string model_path;
+  std::string model_sha256;
+  int64_t model_bytes = 0;
+  std::string model_file;
   std::string dataset_name;
   std::string dataset_path;
+  // The user's data files (model torchscript; empty for the built-in
+  // datasets): classification splits have x and y, language-model splits
+  // tokens (of token_dtype, windows of seq_len + 1). Without val files,
+  // val_fraction of the training rows (or tokens) is held out.
+  std::string dataset_kind;
+  struct SplitFiles {
+    std::string x, y, tokens;
+    bool empty() const { return x.empty() && y.empty() && tokens.empty(); }
+  };
+  SplitFiles train_files, val_files, test_files;
+  double val_fraction = 0;
+  std::string token_dtype;
+  // dataset.files: {path: {"bytes": n, "sha256": hex, ...}} as the client
+  // recorded them; the worker checks the files against it.
+  nlohmann::json data_files;
   double validation_fraction = 0;
   std::string cache_dir;     // empty: DefaultCacheDir()
   nlohmann::json optimizer;  // {"name": ..., option: value, ...}

@@ -196,7 +196,18 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
     MEGABATCH_RETURN_IF_ERROR(
         c->metrics_->Serve(options.metrics_listen, metrics_auth));
   }
+  std::string model_dir = options.model_dir;
+  if (model_dir.empty()) {
+    model_dir = options.db_path == ":memory:" || options.db_path.empty()
+                    ? (std::filesystem::temp_directory_path() /
+                       ("megabatch-models-" + std::to_string(::getpid())))
+                          .string()
+                    : options.db_path + "-models";
+  }
+  MEGABATCH_ASSIGN_OR_RETURN(
+      c->models_, store::ModelStore::Open(model_dir, options.model_max_bytes));
   scheduler::SchedulerOptions scheduler_options = options.scheduler;
+  scheduler_options.models = c->models_.get();
   metrics::CoordinatorMetrics* m = c->metrics_.get();
   scheduler_options.on_dispatch = [m](double seconds) {
     m->ObserveDispatch(seconds);

@@ -76,6 +76,11 @@ struct CoordinatorOptions {
   // The directories a spec's dataset.path may name (the coordinator looks
   // at nothing else); empty: anywhere.
   std::vector<std::string> data_roots = DefaultDataRoots();
+  // Where uploaded TorchScript modules are kept (store/model_store.h);
+  // empty: beside the database, in "<db_path>-models" (a temp directory for
+  // an in-memory database). Uploads past model_max_bytes are refused.
+  std::string model_dir;
+  int64_t model_max_bytes = int64_t{512} << 20;
 };
 
 // True for loopback listen addresses (127.0.0.0/8, ::1, localhost) and
@@ -117,6 +122,7 @@ class Coordinator {
   Coordinator() = default;
 
   std::unique_ptr<store::SweepStore> store_;
+  std::unique_ptr<store::ModelStore> models_;
   std::unique_ptr<store::ReadOnlyDb> results_;
   std::unique_ptr<auth::Authenticator> auth_;
   std::unique_ptr<metrics::CoordinatorMetrics> metrics_;

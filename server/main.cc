@@ -133,6 +133,12 @@ int main(int argc, char** argv) {
                  "sweeps (0: no limit; admins are not limited)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--model-dir", options.model_dir,
+                 "where uploaded TorchScript models are kept (default: "
+                 "<db>-models beside the database)");
+  app.add_option("--max-model-bytes", options.model_max_bytes,
+                 "the largest TorchScript model a user may upload")
+      ->capture_default_str();
   app.add_option("--max-model-parameters", options.max_model_parameters,
                  "the largest model anyone may submit, in parameters (0: no "
                  "limit)")

@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "common/channel.h"
+#include "common/sha256.h"
 
 namespace megabatch::auth {
 namespace {
@@ -83,10 +84,7 @@ std::optional<Role> ParseRole(std::string_view name) {
 }
 
 std::string Sha256Hex(std::string_view data) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest(data.data(), data.size(), digest, &n, EVP_sha256(), nullptr);
-  return Hex(digest, n);
+  return megabatch::Sha256Hex(data);
 }
 
 Result<std::string> NewToken() {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "common/model_catalog.h"
 #include "common/printable.h"
 
 namespace megabatch::scheduler {
@@ -90,6 +91,16 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
         " GiB of weights, gradients and optimizer state); at most " +
         std::to_string(policy.max_model_parameters) +
         " (--max-model-parameters)");
+  }
+  if (spec.model.value("type", "") == kTorchScriptModel) {
+    const std::string sha256 = spec.model["sha256"];
+    if (options_.models == nullptr || !options_.models->Has(sha256)) {
+      return FailedPreconditionError(
+          "model.sha256: no module " + sha256 +
+          " was uploaded to this coordinator; upload it first "
+          "(SweepService.UploadModel: megabatch submit and the Python client "
+          "do)");
+    }
   }
   std::vector<spec::TrialSpec> trials = spec::ExpandSweep(spec);
   MEGABATCH_RETURN_IF_ERROR(spec::CheckTrialConfigs(trials));
@@ -255,10 +266,10 @@ Result<store::TrialState> Scheduler::Finish(int64_t trial_id, int64_t lease_id,
                                             store::TrialState outcome,
                                             const std::string& message,
                                             const std::string& stderr_tail,
-                                            int32_t rank) {
+                                            int32_t rank, bool retry) {
   Result<store::TrialState> state =
       store_->FinishTrial(trial_id, lease_id, worker_id, outcome, message,
-                          stderr_tail, NowSeconds(), rank);
+                          stderr_tail, NowSeconds(), rank, retry);
   if (state.ok()) {
     spdlog::info("trial {} attempt ended {}; now {}", trial_id,
                  store::TrialStateName(outcome), store::TrialStateName(*state));

@@ -18,6 +18,7 @@
 #include "common/status.h"
 #include "common/thread_annotations.h"
 #include "server/spec/sweep_spec.h"
+#include "server/store/model_store.h"
 #include "server/store/sweep_store.h"
 
 namespace megabatch::scheduler {
@@ -38,6 +39,9 @@ struct SchedulerOptions {
   // request's arrival, or the Notify() that released work to it while it
   // was parked) to the lease.
   std::function<void(double)> on_dispatch;
+  // Where uploaded TorchScript modules are (docs/models.md); null: a sweep
+  // of model.type torchscript is refused.
+  const store::ModelStore* models = nullptr;
 };
 
 // Seconds since the Unix epoch, as stored in the database.
@@ -96,7 +100,7 @@ class Scheduler {
                                    int64_t worker_id, store::TrialState outcome,
                                    const std::string& message,
                                    const std::string& stderr_tail,
-                                   int32_t rank = 0);
+                                   int32_t rank = 0, bool retry = true);
 
   // Blocks until the store's version differs from `seen` or `deadline`
   // passes; returns the current version.

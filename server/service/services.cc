@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <fstream>
 #include <iterator>
 #include <map>
 #include <optional>
@@ -13,6 +14,7 @@
 
 #include "common/grpc_status.h"
 #include "common/printable.h"
+#include "common/sha256.h"
 #include "server/service/convert.h"
 
 namespace megabatch::service {
@@ -26,6 +28,8 @@ constexpr size_t kMaxMessageLength = 65536;
 constexpr int64_t kMaxQueryRows = 1000000;
 constexpr int32_t kMaxQueryTimeoutMs = 300000;
 constexpr size_t kExportChunkRows = 4096;
+// Bytes of a model per FetchModel message (gRPC's default limit is 4 MiB).
+constexpr size_t kModelChunkBytes = size_t{1} << 20;
 constexpr int kMaxExportNames = 100;
 constexpr int kMaxGpusPerWorker = 64;
 // Paging (AIP-158) and watch messages: at most this many items, and a page
@@ -599,6 +603,42 @@ grpc::Status SweepServiceImpl::ExportMetrics(
       });
 }
 
+grpc::Status SweepServiceImpl::UploadModel(
+    grpc::ServerContext* ctx,
+    grpc::ServerReader<v1::UploadModelRequest>* reader,
+    v1::UploadModelResponse* resp) {
+  return AuditedGuard(
+      store_, metrics_, auth_, ctx, Access::kUsers, "UploadModel",
+      [&] {
+        return std::pair<std::string, std::string>(
+            resp->sha256().empty() ? "" : "model " + resp->sha256(),
+            std::to_string(resp->bytes()) + " bytes");
+      },
+      [&]() -> Status {
+        const store::ModelStore* models = scheduler_->options().models;
+        if (models == nullptr) {
+          return FailedPreconditionError(
+              "this coordinator keeps no models (it was started without a "
+              "model store)");
+        }
+        MEGABATCH_ASSIGN_OR_RETURN(auto upload, models->Begin());
+        v1::UploadModelRequest chunk;
+        while (reader->Read(&chunk)) {
+          MEGABATCH_RETURN_IF_ERROR(upload->Append(chunk.data()));
+        }
+        if (ctx->IsCancelled()) {
+          return Status(StatusCode::kCancelled,
+                        "the upload was cancelled; nothing was stored");
+        }
+        MEGABATCH_ASSIGN_OR_RETURN(store::ModelStore::Stored stored,
+                                   upload->Commit());
+        resp->set_sha256(stored.sha256);
+        resp->set_bytes(stored.bytes);
+        resp->set_existed(stored.existed);
+        return Status();
+      });
+}
+
 Status WorkerServiceImpl::CheckOwner(int64_t worker_id,
                                      const auth::Caller& caller) {
   MEGABATCH_RETURN_IF_ERROR(CheckId(worker_id, "worker_id"));
@@ -819,6 +859,38 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
       });
 }
 
+grpc::Status WorkerServiceImpl::FetchModel(
+    grpc::ServerContext* ctx, const v1::FetchModelRequest* req,
+    grpc::ServerWriter<v1::FetchModelResponse>* writer) {
+  return Guard(
+      metrics_, auth_, ctx, Access::kWorkers, "FetchModel",
+      [&](const auth::Caller& caller) -> Status {
+        MEGABATCH_RETURN_IF_ERROR(CheckOwner(req->worker_id(), caller));
+        const store::ModelStore* models = scheduler_->options().models;
+        if (models == nullptr || !models->Has(req->sha256())) {
+          return NotFoundError("sha256: no model " +
+                               req->sha256().substr(0, kSha256HexChars) +
+                               " on this coordinator");
+        }
+        std::ifstream in(models->PathOf(req->sha256()), std::ios::binary);
+        std::string buffer(kModelChunkBytes, '\0');
+        v1::FetchModelResponse out;
+        while (in) {
+          in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+          if (in.gcount() == 0) break;
+          out.set_data(buffer.data(), static_cast<size_t>(in.gcount()));
+          if (!writer->Write(out)) {
+            return Status(StatusCode::kCancelled,
+                          "fetch: the worker went away");
+          }
+        }
+        if (in.bad()) {
+          return InternalError("model " + req->sha256() + ": read error");
+        }
+        return Status();
+      });
+}
+
 grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext* ctx,
                                             const v1::FinishTrialRequest* req,
                                             v1::FinishTrialResponse* resp) {
@@ -852,7 +924,7 @@ grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext* ctx,
           return scheduler_->Finish(req->lease().trial_id(),
                                     req->lease().lease_id(), req->worker_id(),
                                     outcome, req->message(), req->stderr_tail(),
-                                    req->lease().rank());
+                                    req->lease().rank(), !req->no_retry());
         });
         if (!state.ok()) return state.status();
         resp->set_state(ToProto(*state));

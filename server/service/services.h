@@ -92,6 +92,9 @@ class SweepServiceImpl final : public v1::SweepService::Service {
   grpc::Status ExportMetrics(
       grpc::ServerContext*, const v1::ExportMetricsRequest*,
       grpc::ServerWriter<v1::ExportMetricsResponse>*) override;
+  grpc::Status UploadModel(grpc::ServerContext*,
+                           grpc::ServerReader<v1::UploadModelRequest>*,
+                           v1::UploadModelResponse*) override;
 
  private:
   store::SweepStore* const store_;
@@ -151,6 +154,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   grpc::Status ReportMetrics(grpc::ServerContext*,
                              const v1::ReportMetricsRequest*,
                              v1::ReportMetricsResponse*) override;
+  grpc::Status FetchModel(grpc::ServerContext*, const v1::FetchModelRequest*,
+                          grpc::ServerWriter<v1::FetchModelResponse>*) override;
   grpc::Status FinishTrial(grpc::ServerContext*, const v1::FinishTrialRequest*,
                            v1::FinishTrialResponse*) override;
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <initializer_list>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -15,6 +16,7 @@
 #include "common/model_catalog.h"
 #include "common/optimizer_catalog.h"
 #include "common/selection_metrics.h"
+#include "common/sha256.h"
 #include "common/trial_config.h"
 
 namespace megabatch::spec {
@@ -277,6 +279,40 @@ Status WidthList(Fields& f, std::string_view key, size_t max_len,
   return Status::Ok();
 }
 
+// The longest data or model path a spec may name.
+constexpr size_t kMaxPathLength = 4096;
+
+// model.type torchscript: the module the client uploaded at submit
+// (model.sha256, model.bytes) and the path it read it from, for the record.
+Status ParseTorchScriptModel(Fields& f, json* out) {
+  std::string path, sha256;
+  int64_t bytes = 0;
+  MEGABATCH_RETURN_IF_ERROR(f.Trial("path", &path));
+  MEGABATCH_RETURN_IF_ERROR(f.Trial("sha256", &sha256));
+  MEGABATCH_RETURN_IF_ERROR(f.Trial("bytes", &bytes));
+  if (path.empty() || path.size() > kMaxPathLength) {
+    return InvalidArgumentError(
+        "model.path: required: the module file saved with torch.jit.save "
+        "(docs/models.md)");
+  }
+  if (sha256.empty() || bytes < 1) {
+    return InvalidArgumentError(
+        std::string(sha256.empty() ? "model.sha256" : "model.bytes") +
+        ": required: the client uploads model.path at submit and writes its "
+        "SHA-256 and size here; submit with megabatch submit or the Python "
+        "client");
+  }
+  if (!IsSha256Hex(sha256)) {
+    return InvalidArgumentError(
+        "model.sha256: must be 64 lowercase hex digits, got '" + sha256 + "'");
+  }
+  *out = {{"type", kTorchScriptModel},
+          {"path", path},
+          {"sha256", sha256},
+          {"bytes", bytes}};
+  return f.NoUnknown();
+}
+
 Status ParseModel(Fields& top, json* out) {
   const json* v = top.Get("model");
   MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "model"));
@@ -284,6 +320,7 @@ Status ParseModel(Fields& top, json* out) {
   Fields f(v ? *v : empty, "model");
   std::string type;
   MEGABATCH_RETURN_IF_ERROR(f.String("type", &type, std::string("mlp")));
+  if (type == kTorchScriptModel) return ParseTorchScriptModel(f, out);
   const ModelInfo* model = FindModel(type);
   if (model == nullptr) {
     return InvalidArgumentError("model.type: unknown model '" + type +
@@ -341,10 +378,12 @@ int64_t CorpusBytes(const std::string& path) {
   return total;
 }
 
-// OK when `path` is absolute and, once "." and ".." are resolved (on the
-// text: nothing is looked at), lies under one of `roots`.
+// OK when `path` (the value of `field`) is absolute and, once "." and ".."
+// are resolved (on the text: nothing is looked at), lies under one of
+// `roots`.
 Status CheckUnderDataRoot(const std::string& path,
-                          const std::vector<std::string>& roots) {
+                          const std::vector<std::string>& roots,
+                          const std::string& field = "dataset.path") {
   const std::filesystem::path p =
       std::filesystem::path(path).lexically_normal();
   if (p.is_absolute()) {
@@ -358,13 +397,172 @@ Status CheckUnderDataRoot(const std::string& path,
   std::string list;
   for (const auto& r : roots) list += (list.empty() ? "" : ", ") + r;
   return InvalidArgumentError(
-      "dataset.path: " + path +
+      field + ": " + path +
       " is not under a data root of this coordinator (--data-root: " +
       (list.empty() ? "none" : list) + ")");
 }
 
+// What the client recorded of one data file (dataset.files), checked.
+struct FileRecord {
+  int64_t bytes = 0;
+  std::string dtype;           // .npy files
+  std::vector<int64_t> shape;  // .npy files
+};
+
+Result<FileRecord> ReadFileRecord(const json& files, const std::string& path,
+                                  const std::string& field) {
+  auto it = files.find(path);
+  const std::string where = "dataset.files[\"" + path + "\"]";
+  if (it == files.end() || !it->is_object()) {
+    return InvalidArgumentError(
+        where + ": required: the size and SHA-256 of " + field +
+        ", recorded by the client at submit (megabatch submit and the Python "
+        "client write it)");
+  }
+  FileRecord r;
+  const json& rec = *it;
+  if (!rec.contains("bytes") || !rec["bytes"].is_number_integer() ||
+      rec["bytes"].get<int64_t>() < 0) {
+    return InvalidArgumentError(where + ".bytes: must be a size in bytes");
+  }
+  r.bytes = rec["bytes"].get<int64_t>();
+  if (!rec.contains("sha256") || !rec["sha256"].is_string() ||
+      !IsSha256Hex(rec["sha256"].get<std::string>())) {
+    return InvalidArgumentError(where +
+                                ".sha256: must be 64 lowercase hex "
+                                "digits");
+  }
+  for (const auto& [key, value] : rec.items()) {
+    if (key == "bytes" || key == "sha256") continue;
+    if (key == "dtype" && value.is_string()) {
+      r.dtype = value.get<std::string>();
+    } else if (key == "shape" && value.is_array()) {
+      for (const json& d : value) {
+        if (!d.is_number_integer() || d.get<int64_t>() < 0) {
+          return InvalidArgumentError(where +
+                                      ".shape: must be a list of sizes");
+        }
+        r.shape.push_back(d.get<int64_t>());
+      }
+    } else {
+      return InvalidArgumentError(where + "." + key + ": unknown field");
+    }
+  }
+  return r;
+}
+
+// The user's data files of a torchscript model (docs/models.md), passed to
+// the trial config as given. Paths are absolute (the client resolves them)
+// and under the coordinator's data roots. The coordinator never opens them:
+// it checks what the client recorded of each (dataset.files: size, SHA-256
+// and a .npy file's dtype and shape), and the worker checks the files
+// against that record. What the trial config reader checks (kind, splits,
+// val or val_fraction) it checks for every trial (CheckTrialConfigs).
+Status ParseDataFiles(Fields& f, const std::vector<std::string>* data_roots,
+                      json* out, int64_t* train_samples) {
+  std::string kind, dtype = "uint16";
+  double val_fraction = 0;
+  int64_t seq_len = 0;
+  MEGABATCH_RETURN_IF_ERROR(f.Trial("kind", &kind));
+  MEGABATCH_RETURN_IF_ERROR(f.Trial("val_fraction", &val_fraction));
+  MEGABATCH_RETURN_IF_ERROR(f.Trial("dtype", &dtype));
+  MEGABATCH_RETURN_IF_ERROR(f.Trial("seq_len", &seq_len));
+  const json* files = f.Get("files");
+  if (files == nullptr || !files->is_object()) {
+    return InvalidArgumentError(
+        "dataset.files: required: each data file's size and SHA-256, "
+        "recorded by the client at submit (megabatch submit and the Python "
+        "client write it)");
+  }
+  *out = json::object();
+  for (const char* key : {"kind", "val_fraction", "dtype", "seq_len"}) {
+    if (const json* v = f.Get(key)) (*out)[key] = *v;
+  }
+  (*out)["files"] = *files;
+  std::map<std::string, FileRecord> records;  // by field: "train.x"
+  for (const char* split : {"train", "val", "test"}) {
+    const json* v = f.Get(split);
+    if (v == nullptr) continue;
+    const std::string at = std::string("dataset.") + split;
+    MEGABATCH_RETURN_IF_ERROR(RequireObject(v, at));
+    Fields sf(*v, at);
+    for (const char* key : {"x", "y", "tokens"}) {
+      std::string path;
+      MEGABATCH_RETURN_IF_ERROR(sf.Trial(key, &path));
+      if (path.empty()) continue;
+      const std::string field = sf.Path(key);
+      if (path.size() > kMaxPathLength) {
+        return InvalidArgumentError(field + ": longer than " +
+                                    std::to_string(kMaxPathLength) +
+                                    " characters");
+      }
+      if (data_roots != nullptr) {
+        MEGABATCH_RETURN_IF_ERROR(CheckUnderDataRoot(path, *data_roots, field));
+      }
+      MEGABATCH_ASSIGN_OR_RETURN(FileRecord record,
+                                 ReadFileRecord(*files, path, field));
+      records[std::string(split) + "." + key] = std::move(record);
+      (*out)[split][key] = path;
+    }
+    MEGABATCH_RETURN_IF_ERROR(sf.NoUnknown());
+  }
+  MEGABATCH_RETURN_IF_ERROR(f.NoUnknown());
+  // The batch-size limit: the training split's samples, from the records
+  // (the trainer counts again and refuses a larger batch).
+  auto held_out = [&](int64_t n) {
+    return n - static_cast<int64_t>(
+                   std::llround(val_fraction * static_cast<double>(n)));
+  };
+  if (kind == "language_model") {
+    auto train = records.find("train.tokens");
+    if (train == records.end() || seq_len < 1) return Status::Ok();
+    const int64_t tokens =
+        held_out(train->second.bytes / (dtype == "uint32" ? 4 : 2));
+    if (tokens < seq_len + 1) {
+      return InvalidArgumentError(
+          "dataset.train.tokens: " + std::to_string(tokens) +
+          " tokens for training is shorter than one window of "
+          "dataset.seq_len + 1 = " +
+          std::to_string(seq_len + 1));
+    }
+    *train_samples = (tokens - (seq_len + 1)) / seq_len + 1;
+    return Status::Ok();
+  }
+  for (const char* split : {"train", "val", "test"}) {
+    auto x = records.find(std::string(split) + ".x");
+    auto y = records.find(std::string(split) + ".y");
+    if (x == records.end() || y == records.end()) continue;
+    const std::string at = std::string("dataset.") + split;
+    for (const auto& [key, record] : {*x, *y}) {
+      if (record.shape.empty() || record.dtype.empty()) {
+        return InvalidArgumentError(
+            "dataset.files[\"" +
+            (*out)[split][key.substr(key.find('.') + 1)].get<std::string>() +
+            "\"]: needs the .npy file's dtype and shape (the client reads "
+            "them from its header)");
+      }
+    }
+    if (y->second.shape.size() != 1) {
+      return InvalidArgumentError(at + ".y: labels must be 1-D [N], got " +
+                                  std::to_string(y->second.shape.size()) +
+                                  " dims");
+    }
+    if (x->second.shape[0] != y->second.shape[0]) {
+      return InvalidArgumentError(
+          at + ".y: " + std::to_string(y->second.shape[0]) +
+          " labels for the " + std::to_string(x->second.shape[0]) +
+          " samples of " + at + ".x");
+    }
+    if (std::string(split) == "train") {
+      *train_samples = held_out(x->second.shape[0]);
+    }
+  }
+  return Status::Ok();
+}
+
 // `model` is the parsed model: mlp and cnn train on fashion_mnist (the
-// default dataset for them), char_lstm and tiny_bert on text.
+// default dataset for them), char_lstm and tiny_bert on text, torchscript
+// on the user's files.
 Status ParseDataset(Fields& top, const json& model,
                     const std::vector<std::string>* data_roots, json* out,
                     int64_t* train_samples) {
@@ -373,6 +571,9 @@ Status ParseDataset(Fields& top, const json& model,
   json empty = json::object();
   Fields f(v ? *v : empty, "dataset");
   const std::string type = model["type"];
+  if (type == kTorchScriptModel) {
+    return ParseDataFiles(f, data_roots, out, train_samples);
+  }
   const std::string wanted(FindModel(type)->dataset);  // ParseModel knew it
   const bool text = wanted == "text";
   std::string name, path;
@@ -1074,8 +1275,7 @@ Status MalformedYaml(const YAML::Exception& e) {
 
 }  // namespace
 
-Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format,
-                                 const std::vector<std::string>* data_roots) {
+Result<json> SpecTextToJson(std::string_view text, SpecFormat format) {
   if (text.size() > kMaxSpecBytes) {
     return InvalidArgumentError("spec: " + std::to_string(text.size()) +
                                 " bytes; at most " +
@@ -1116,6 +1316,12 @@ Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format,
     }
   }
   MEGABATCH_RETURN_IF_ERROR(CheckStringsAreUtf8(doc, ""));
+  return doc;
+}
+
+Result<SweepSpec> ParseSweepSpec(std::string_view text, SpecFormat format,
+                                 const std::vector<std::string>* data_roots) {
+  MEGABATCH_ASSIGN_OR_RETURN(json doc, SpecTextToJson(text, format));
   return SweepSpecFromJson(doc, data_roots);
 }
 
@@ -1220,6 +1426,9 @@ int64_t EstimateParameters(const json& model) {
   const std::string type = model.value("type", "");
   auto get = [&](const char* name) { return model.value(name, int64_t{0}); };
   int64_t n = 0;
+  // A torchscript module's weights, if they are float32 (its file holds
+  // little else).
+  if (type == kTorchScriptModel) return get("bytes") / 4;
   if (type == "mlp" || type == "cnn") {
     constexpr int64_t kPixels = 28 * 28, kClasses = 10;
     int64_t in = kPixels, side = 28, channels = 1;

@@ -120,6 +120,12 @@ struct TrialSpec {
   nlohmann::json config;
 };
 
+// The document of a spec's text (YAML or JSON), within the parser's limits
+// on size, depth, aliases and encoding; nothing else is checked. The CLI
+// reads a spec through it before it uploads a torchscript model.
+Result<nlohmann::json> SpecTextToJson(std::string_view text,
+                                      SpecFormat format = SpecFormat::kAuto);
+
 // Parses and validates `text`. Errors: INVALID_ARGUMENT naming the field.
 // With `data_roots` (default: DefaultDataRoots() of common/datasets.h), a
 // dataset.path must lie under one of them, checked on

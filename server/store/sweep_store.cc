@@ -883,12 +883,10 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
   return Status();
 }
 
-Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
-                                           int64_t worker_id,
-                                           TrialState outcome,
-                                           const std::string& message,
-                                           const std::string& stderr_tail,
-                                           double now, int32_t rank) {
+Result<TrialState> SweepStore::FinishTrial(
+    int64_t trial_id, int64_t lease_id, int64_t worker_id, TrialState outcome,
+    const std::string& message, const std::string& stderr_tail, double now,
+    int32_t rank, bool retry) {
   if (outcome != TrialState::kCompleted && outcome != TrialState::kFailed &&
       outcome != TrialState::kDiverged) {
     return InvalidArgumentError(
@@ -921,7 +919,7 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
   int64_t max_retries = q.Int(2);
 
   TrialState next = outcome;
-  if (outcome == TrialState::kFailed && attempts <= max_retries) {
+  if (outcome == TrialState::kFailed && retry && attempts <= max_retries) {
     next = TrialState::kQueued;
   }
   std::string tail =
@@ -948,6 +946,11 @@ Result<TrialState> SweepStore::FinishTrial(int64_t trial_id, int64_t lease_id,
                       TrialStateName(outcome);
   if (!message.empty()) event += ": " + message;
   if (next == TrialState::kQueued) event += "; requeued for a retry";
+  if (outcome == TrialState::kFailed && !retry) {
+    event +=
+        "; not retried (the input is wrong: a retry would fail the same "
+        "way)";
+  }
   if (!tail.empty()) event += "\n--- trainer stderr (tail) ---\n" + tail;
   MEGABATCH_RETURN_IF_ERROR(
       AddEvent(sweep_id, trial_id, worker_id,

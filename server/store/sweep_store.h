@@ -264,14 +264,15 @@ class SweepStore {
                        const std::vector<MetricPoint>& points, double now);
 
   // Ends an attempt. A failed attempt is requeued while the trial has retries
-  // left. Returns the trial's new state. ABORTED if the lease is not current.
+  // left, unless `retry` is false (its input is wrong). Returns the trial's
+  // new state. ABORTED if the lease is not current.
   // Of a data-parallel trial, rank 0 reports the outcome; another rank's
   // failure ends the attempt for all ranks, its completion changes nothing.
   Result<TrialState> FinishTrial(int64_t trial_id, int64_t lease_id,
                                  int64_t worker_id, TrialState outcome,
                                  const std::string& message,
                                  const std::string& stderr_tail, double now,
-                                 int32_t rank = 0);
+                                 int32_t rank = 0, bool retry = true);
 
   // Marks workers silent since before `deadline` as lost and requeues their
   // running trials (a data-parallel trial when any of its ranks was there).

@@ -91,42 +91,37 @@ testing::TempDir* TorchScriptTest::dir_ = nullptr;
 
 TEST_F(TorchScriptTest, AScriptedModuleMatchesPyTorchUnderItsOwnNames) {
   ASSERT_OK_AND_ASSIGN(
-      TorchScriptModel model,
+      std::shared_ptr<TorchScriptModel> model,
       TorchScriptModel::Load(dir_->File("scripted.pt"), "model.path"));
   std::ifstream names_file(dir_->File("names.txt"));
   std::vector<std::string> names;
   for (std::string line; std::getline(names_file, line);) names.push_back(line);
   std::vector<std::string> got;
-  for (const auto& [name, tensor] : model.NamedParameters()) {
-    got.push_back(name);
-  }
+  for (const auto& p : model->named_parameters()) got.push_back(p.key());
   EXPECT_EQ(got, names);  // body.0.weight, ..., body.2.weight (LayerNorm), ...
-  EXPECT_EQ(model.Parameters().size(), names.size());
+  EXPECT_EQ(model->parameters().size(), names.size());
 
   const torch::Tensor x = Npy("x.npy");
   const torch::Tensor y = Npy("y.npy");
-  EXPECT_TRUE(torch::allclose(model.Forward(x), Npy("logits.npy"), 1e-6, 1e-6));
-  ASSERT_TRUE(model.has_loss());
-  torch::Tensor loss = model.Loss(x, y);
+  EXPECT_TRUE(
+      torch::allclose(model->Forward(x), Npy("logits.npy"), 1e-6, 1e-6));
+  ASSERT_TRUE(model->has_loss());
+  torch::Tensor loss = model->Loss(x, y);
   EXPECT_NEAR(loss.item<float>(), Npy("loss.npy")[0].item<float>(), 1e-6);
   loss.backward();
-  const auto params = model.NamedParameters();
-  const auto head = std::find_if(params.begin(), params.end(), [](auto& p) {
-    return p.first == "head.weight";
-  });
-  ASSERT_NE(head, params.end());
-  EXPECT_TRUE(
-      torch::allclose(head->second.grad(), Npy("head_grad.npy"), 1e-6, 1e-6));
+  const torch::Tensor* head = model->named_parameters().find("head.weight");
+  ASSERT_NE(head, nullptr);
+  EXPECT_TRUE(torch::allclose(head->grad(), Npy("head_grad.npy"), 1e-6, 1e-6));
 }
 
 TEST_F(TorchScriptTest, ATracedModuleLoadsWithoutALossOfItsOwn) {
   ASSERT_OK_AND_ASSIGN(
-      TorchScriptModel model,
+      std::shared_ptr<TorchScriptModel> model,
       TorchScriptModel::Load(dir_->File("traced.pt"), "model.path"));
-  EXPECT_FALSE(model.has_loss());
-  EXPECT_EQ(model.Forward(torch::zeros({4, 6})).sizes(),
+  EXPECT_FALSE(model->has_loss());
+  EXPECT_EQ(model->Forward(torch::zeros({4, 6})).sizes(),
             (std::vector<int64_t>{4, 2}));
-  EXPECT_EQ(model.NamedParameters().front().first, "0.weight");
+  EXPECT_EQ(model->named_parameters().keys().front(), "0.weight");
 }
 
 TEST_F(TorchScriptTest, FilesThatAreNotTorchScriptAreRefusedSayingSo) {

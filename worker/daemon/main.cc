@@ -68,6 +68,9 @@ int main(int argc, char** argv) {
                  "dataset.path (repeat for more; given, it replaces the "
                  "default)")
       ->capture_default_str();
+  app.add_option("--model-cache", options.model_cache_dir,
+                 "where TorchScript models fetched from the coordinator are "
+                 "kept (default: models/ in the trainer's cache directory)");
   app.add_option("--trainer-memory", options.trainer_memory,
                  "limit each trainer's memory (heap and private mappings) to "
                  "this many bytes, e.g. 16G (default: no limit)")

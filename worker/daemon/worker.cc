@@ -17,8 +17,10 @@
 #include <thread>
 #include <vector>
 
+#include "common/datasets.h"
 #include "common/grpc_status.h"
 #include "common/metric_catalog.h"
+#include "common/model_catalog.h"
 #include "common/trainer_protocol.h"
 #include "common/trial_config.h"
 #include "worker/daemon/checkpoint_committer.h"
@@ -36,6 +38,8 @@ namespace {
 // pipe instead of growing the worker's memory.
 constexpr size_t kMaxBufferedPoints = 1 << 20;
 constexpr auto kRpcTimeout = std::chrono::seconds(30);
+// A model is up to the coordinator's --max-model-bytes (512 MiB by default).
+constexpr auto kModelFetchTimeout = std::chrono::minutes(10);
 constexpr auto kFinishRetryFor = std::chrono::seconds(120);
 
 std::chrono::system_clock::time_point Deadline(std::chrono::milliseconds d) {
@@ -73,6 +77,7 @@ Result<TrainerLine> ParseTrainerLine(const std::string& line) {
   TrainerLine out;
   out.event = std::move(parsed->event);
   out.message = std::move(parsed->message);
+  out.retry = parsed->retry;
   if (out.event == protocol::kCheckpoint) {
     out.checkpoint_step = parsed->step;
     out.checkpoint_path = std::move(parsed->checkpoint_path);
@@ -89,7 +94,12 @@ Result<TrainerLine> ParseTrainerLine(const std::string& line) {
 
 Worker::Worker(std::shared_ptr<grpc::Channel> channel, WorkerOptions options)
     : stub_(v1::WorkerService::NewStub(channel)),
-      options_(std::move(options)) {}
+      options_(std::move(options)),
+      user_files_(
+          options_.model_cache_dir.empty()
+              ? (std::filesystem::path(DefaultCacheDir()) / "models").string()
+              : options_.model_cache_dir,
+          options_.data_roots) {}
 
 Worker::~Worker() { Stop(); }
 
@@ -325,15 +335,38 @@ Worker::Flushed Worker::Flush(const v1::TrialLease& lease,
   return out;
 }
 
+Status Worker::FetchModel(const std::string& sha256,
+                          const std::function<Status(std::string_view)>& sink) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(kModelFetchTimeout));
+  v1::FetchModelRequest req;
+  req.set_worker_id(worker_id_);
+  req.set_sha256(sha256);
+  auto reader = stub_->FetchModel(&ctx, req);
+  v1::FetchModelResponse chunk;
+  Status written;
+  while (written.ok() && reader->Read(&chunk)) written = sink(chunk.data());
+  if (!written.ok()) ctx.TryCancel();
+  const grpc::Status fetched = reader->Finish();
+  if (!written.ok()) return written;
+  if (!fetched.ok()) {
+    return Status(static_cast<StatusCode>(fetched.error_code()),
+                  "fetching model " + sha256.substr(0, 12) + ": " +
+                      fetched.error_message());
+  }
+  return Status();
+}
+
 void Worker::FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
                          const std::string& message,
-                         const std::string& stderr_tail) {
+                         const std::string& stderr_tail, bool retry) {
   v1::FinishTrialRequest req;
   req.set_worker_id(worker_id_);
   *req.mutable_lease() = lease;
   req.set_outcome(outcome);
   req.set_message(message);
   req.set_stderr_tail(stderr_tail);
+  req.set_no_retry(!retry);
   auto give_up = std::chrono::steady_clock::now() + kFinishRetryFor;
   auto backoff = std::chrono::milliseconds(100);
   while (true) {
@@ -423,6 +456,20 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
     MEGABATCH_RETURN_IF_ERROR(CheckDataPath(
         (*dataset)["path"].get<std::string>(), options_.data_roots));
   }
+  if (auto model = config.find("model");
+      model != config.end() && model->is_object() &&
+      model->value("type", "") == kTorchScriptModel) {
+    // The user's data files as submitted (a changed one fails the trial for
+    // good: FAILED_PRECONDITION), and the module by its hash.
+    MEGABATCH_RETURN_IF_ERROR(user_files_.CheckDataFiles(
+        config.value("dataset", nlohmann::json::object())));
+    const std::string sha256 = model->value("sha256", "");
+    MEGABATCH_ASSIGN_OR_RETURN(std::string file,
+                               user_files_.Model(sha256, [&](const auto& sink) {
+                                 return FetchModel(sha256, sink);
+                               }));
+    (*model)["file"] = file;
+  }
   Attempt a;
   // Each attempt (lease) checkpoints into its own directory, so an attempt
   // that lost its lease but still runs (a partitioned worker) cannot
@@ -475,7 +522,7 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
   a.config_path = (dir / "config.json").string();
   if (Status written = WriteFileAtomically(a.config_path, config.dump(2));
       !written.ok()) {
-    return FailedPreconditionError("cannot write " + written.message());
+    return InternalError("cannot write " + written.message());
   }
   // A warm trainer (--serve) of this slot runs the trial when it was
   // started for the same sweep, threads and device; else a fresh one does.
@@ -494,7 +541,10 @@ void Worker::RunTrial(int slot, const v1::LeaseTrialResponse& leased,
   const v1::TrialLease& lease = leased.lease();
   Result<Attempt> prepared = PrepareAttempt(slot, leased);
   if (!prepared.ok()) {
-    FinishTrial(lease, v1::TRIAL_STATE_FAILED, prepared.status().message(), "");
+    // FAILED_PRECONDITION: the trial's files are not as submitted (or not
+    // where this worker may read): a retry would fail the same way.
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED, prepared.status().message(), "",
+                prepared.status().code() != StatusCode::kFailedPrecondition);
     return;
   }
   const Attempt& attempt = *prepared;
@@ -677,6 +727,7 @@ void Worker::PumpOutput(const v1::TrialLease& lease, const Attempt& attempt,
         } else if (!parsed->event.empty()) {
           out->event = parsed->event;
           out->message = parsed->message;
+          out->retry = parsed->retry;
         }
       }
     }
@@ -735,7 +786,8 @@ void Worker::ReportOutcome(const v1::TrialLease& lease, const Attempt& attempt,
                  std::to_string(options_.trainer_memory >> 20) +
                  " MiB: --trainer-memory)";
     }
-    FinishTrial(lease, v1::TRIAL_STATE_FAILED, message, out.stderr_tail.str());
+    FinishTrial(lease, v1::TRIAL_STATE_FAILED, message, out.stderr_tail.str(),
+                event != protocol::kFailed || out.retry);
   }
   spdlog::info("trial {} ended: {}", lease.trial_id(), how);
 }

@@ -27,6 +27,7 @@
 #include "worker/daemon/gpu_stats.h"
 #include "worker/daemon/host_claims.h"
 #include "worker/daemon/trainer_process.h"
+#include "worker/daemon/user_files.h"
 
 namespace megabatch::worker {
 
@@ -58,6 +59,9 @@ struct WorkerOptions {
   // A trial's dataset.path must lie under one of these (CheckDataPath);
   // its trial fails otherwise, before any trainer reads it.
   std::vector<std::string> data_roots;
+  // Where fetched TorchScript modules are cached (user_files.h); empty:
+  // "models" in DefaultCacheDir().
+  std::string model_cache_dir;
   // Each trainer's data segment (RLIMIT_DATA) in bytes; 0: no limit. A
   // trial that needs more fails, and says so.
   int64_t trainer_memory = 0;
@@ -88,6 +92,7 @@ struct TrainerLine {
   // (metrics).
   std::string event;
   std::string message;
+  bool retry = true;  // "failed": false when a retry would fail the same way
   // For "checkpoint": the step it holds and its file.
   int64_t checkpoint_step = 0;
   std::string checkpoint_path;
@@ -144,6 +149,7 @@ class Worker {
     static constexpr size_t kStderrTailBytes = 8192;
     std::string event;  // the last event line's (protocol::kCompleted...)
     std::string message;
+    bool retry = true;
     TailBuffer stderr_tail{kStderrTailBytes};
     std::vector<v1::MetricPoint> pending;
     bool lease_ok = true;   // false once the coordinator refused the lease
@@ -192,8 +198,14 @@ class Worker {
   };
   Flushed Flush(const v1::TrialLease& lease,
                 std::vector<v1::MetricPoint>* points);
+  // `retry` false: the trial fails now, without retries (its input is
+  // wrong).
   void FinishTrial(const v1::TrialLease& lease, v1::TrialState outcome,
-                   const std::string& message, const std::string& stderr_tail);
+                   const std::string& message, const std::string& stderr_tail,
+                   bool retry = true);
+  // Streams module `sha256` from the coordinator into `sink`.
+  Status FetchModel(const std::string& sha256,
+                    const std::function<Status(std::string_view)>& sink);
   // The threads recorded in an attempt's checkpoint directory
   // (kNumericEnvironmentFile); nullopt, with a warning, when none are.
   static std::optional<int> RecordedThreads(
@@ -212,6 +224,7 @@ class Worker {
   const WorkerOptions options_;
   // Where trial checkpoints go; set by Register().
   std::string checkpoint_root_;
+  UserFiles user_files_;
   std::atomic<bool> stopping_{false};
   // Set at registration, and again if the coordinator forgets this worker
   // (a database restored from a backup).

@@ -64,8 +64,19 @@ class StdoutSink : public megabatch::trainer::MetricSink {
   }
 };
 
-void PrintEvent(const std::string& event, const std::string& message) {
-  WriteLine(megabatch::protocol::EventLine(event, message));
+void PrintEvent(const std::string& event, const std::string& message,
+                bool retry = true) {
+  WriteLine(megabatch::protocol::EventLine(event, message, retry));
+}
+
+// Reports a trial that could not run. A config or data file that does not
+// fit (INVALID_ARGUMENT) fails the trial without retries: a retry would
+// fail the same way. A missing file (NOT_FOUND) may be this host's alone.
+int Failed(const megabatch::Status& status) {
+  PrintEvent(megabatch::protocol::kFailed, status.ToString(),
+             status.code() != megabatch::StatusCode::kInvalidArgument);
+  std::cerr << status.ToString() << "\n";
+  return kExitFailed;
 }
 
 int Usage(const std::string& error) {
@@ -114,25 +125,22 @@ int RunOne(const std::string& config_path, const std::string& resume_path,
     if (!config.ok()) return Usage(config.status().message());
     LimitMemory(memory_limit, config->threads);
     auto task = megabatch::trainer::MakeTask(*config);
-    if (!task.ok()) {
-      PrintEvent(megabatch::protocol::kFailed, task.status().ToString());
-      std::cerr << task.status().ToString() << "\n";
-      return kExitFailed;
-    }
+    if (!task.ok()) return Failed(task.status());
     StdoutSink sink;
     auto result =
         megabatch::trainer::RunTrial(*config, **task, &sink, resume_path);
-    if (!result.ok()) {
-      PrintEvent(megabatch::protocol::kFailed, result.status().ToString());
-      std::cerr << result.status().ToString() << "\n";
-      return kExitFailed;
-    }
+    if (!result.ok()) return Failed(result.status());
     if (result->outcome == megabatch::trainer::Outcome::kDiverged) {
       PrintEvent(megabatch::protocol::kDiverged, result->message);
       return kExitDiverged;
     }
     PrintEvent(megabatch::protocol::kCompleted, result->message);
     return kExitCompleted;
+  } catch (const megabatch::trainer::InputError& e) {
+    // The user's model or data does not fit (docs/models.md): no retries.
+    PrintEvent(megabatch::protocol::kFailed, e.what(), /*retry=*/false);
+    std::cerr << "megabatch-trainer: " << e.what() << "\n";
+    return kExitFailed;
   } catch (const std::exception& e) {
     PrintEvent(megabatch::protocol::kFailed, e.what());
     std::cerr << "megabatch-trainer: " << e.what() << "\n";

@@ -25,6 +25,7 @@ constexpr Dtype kDtypes[] = {
     {"<f4", NpyType::kFloat32}, {"<f2", NpyType::kFloat16},
     {"|u1", NpyType::kUInt8},   {"<u1", NpyType::kUInt8},
     {"<i8", NpyType::kInt64},   {"<i4", NpyType::kInt32},
+    {"<u2", NpyType::kUInt16},  {"<u4", NpyType::kUInt32},
 };
 
 uint32_t LittleEndian(const unsigned char* p, int bytes) {
@@ -47,6 +48,10 @@ std::string_view NpyTypeName(NpyType type) {
       return "int64";
     case NpyType::kInt32:
       return "int32";
+    case NpyType::kUInt16:
+      return "uint16";
+    case NpyType::kUInt32:
+      return "uint32";
   }
   return "?";
 }
@@ -55,8 +60,10 @@ size_t NpyTypeSize(NpyType type) {
   switch (type) {
     case NpyType::kFloat32:
     case NpyType::kInt32:
+    case NpyType::kUInt32:
       return 4;
     case NpyType::kFloat16:
+    case NpyType::kUInt16:
       return 2;
     case NpyType::kUInt8:
       return 1;
@@ -66,23 +73,22 @@ size_t NpyTypeSize(NpyType type) {
   return 0;
 }
 
-Result<NpyArray> NpyArray::Open(const std::string& path,
-                                const std::string& field) {
+Result<NpyArray> NpyArray::Map(const std::string& path,
+                               const std::string& field, size_t min_bytes,
+                               const std::string& too_small) {
   const std::string where = field + ": " + path + ": ";
-  auto bad = [&](const std::string& why) {
-    return InvalidArgumentError(where + why);
-  };
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return NotFoundError(where + std::strerror(errno));
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    return bad("not a regular file");
+    return InvalidArgumentError(where + "not a regular file");
   }
   const size_t size = static_cast<size_t>(st.st_size);
-  if (size < kMagicBytes + 4) {
+  if (size < min_bytes || size == 0) {
     ::close(fd);
-    return bad("not a .npy file (" + std::to_string(size) + " bytes)");
+    return InvalidArgumentError(where + too_small + " (" +
+                                std::to_string(size) + " bytes)");
   }
   void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   const int mmap_errno = errno;
@@ -94,7 +100,36 @@ Result<NpyArray> NpyArray::Open(const std::string& path,
   NpyArray a;
   a.map_ = map;
   a.map_bytes_ = size;
-  const auto* bytes = static_cast<const unsigned char*>(map);
+  return a;
+}
+
+Result<NpyArray> NpyArray::OpenFlat(const std::string& path,
+                                    const std::string& field, NpyType type) {
+  const size_t item = NpyTypeSize(type);
+  MEGABATCH_ASSIGN_OR_RETURN(NpyArray a, Map(path, field, item, "empty"));
+  if (a.map_bytes_ % item != 0) {
+    return InvalidArgumentError(
+        field + ": " + path + ": " + std::to_string(a.map_bytes_) +
+        " bytes is not a whole number of " + std::string(NpyTypeName(type)) +
+        " values (dataset.dtype)");
+  }
+  a.type_ = type;
+  a.shape_ = {static_cast<int64_t>(a.map_bytes_ / item)};
+  a.data_ = a.map_;
+  a.data_bytes_ = a.map_bytes_;
+  return a;
+}
+
+Result<NpyArray> NpyArray::Open(const std::string& path,
+                                const std::string& field) {
+  const std::string where = field + ": " + path + ": ";
+  auto bad = [&](const std::string& why) {
+    return InvalidArgumentError(where + why);
+  };
+  MEGABATCH_ASSIGN_OR_RETURN(
+      NpyArray a, Map(path, field, kMagicBytes + 4, "not a .npy file"));
+  const size_t size = a.map_bytes_;
+  const auto* bytes = static_cast<const unsigned char*>(a.map_);
   if (std::memcmp(bytes, kMagic, kMagicBytes) != 0) {
     return bad("not a .npy file (no \\x93NUMPY magic)");
   }
@@ -128,7 +163,7 @@ Result<NpyArray> NpyArray::Open(const std::string& path,
     return bad("dtype '" + descr + "' cannot be used" +
                (!descr.empty() && descr[0] == '>' ? " (big-endian)" : "") +
                "; supported: float32, float16, uint8 (inputs), int64, int32 "
-               "(labels), little-endian");
+               "(labels), uint16, uint32 (tokens), little-endian");
   }
   if (!std::regex_search(header, m,
                          std::regex(R"('fortran_order'\s*:\s*(True|False))"))) {

@@ -2,8 +2,10 @@
 // the user's own model (x and y arrays). The pages are the page cache's, so
 // every trainer on a host shares one copy and none is made per trainer.
 // Format: numpy.lib.format, versions 1.0-3.0, C order only; the dtypes a
-// trainer can use: float32, float16, uint8 (inputs, kept as stored) and
-// int64, int32 (labels), little-endian. LibTorch-free.
+// trainer can use: float32, float16, uint8 (inputs, kept as stored),
+// int64, int32 (labels) and uint16, uint32 (tokens), little-endian. A
+// language model's token file is flat (no header), read by OpenFlat.
+// LibTorch-free.
 #ifndef MEGABATCH_WORKER_TRAINER_DATA_NPY_H_
 #define MEGABATCH_WORKER_TRAINER_DATA_NPY_H_
 
@@ -17,7 +19,15 @@
 
 namespace megabatch::trainer {
 
-enum class NpyType { kFloat32, kFloat16, kUInt8, kInt64, kInt32 };
+enum class NpyType {
+  kFloat32,
+  kFloat16,
+  kUInt8,
+  kInt64,
+  kInt32,
+  kUInt16,
+  kUInt32
+};
 
 // The dtype's NumPy name ("float32") and its size in bytes.
 std::string_view NpyTypeName(NpyType type);
@@ -32,6 +42,11 @@ class NpyArray {
   // it cannot be opened.
   static Result<NpyArray> Open(const std::string& path,
                                const std::string& field);
+  // Maps a flat file of `type` values (a token file) as a 1-D array.
+  // INVALID_ARGUMENT naming `field` when it is empty or not a whole number
+  // of values.
+  static Result<NpyArray> OpenFlat(const std::string& path,
+                                   const std::string& field, NpyType type);
   NpyArray(NpyArray&& other) noexcept;
   NpyArray& operator=(NpyArray&& other) noexcept;
   NpyArray(const NpyArray&) = delete;
@@ -50,6 +65,10 @@ class NpyArray {
 
  private:
   NpyArray() = default;
+  // Maps the whole of `path` (a regular file of at least `min_bytes`; else
+  // INVALID_ARGUMENT saying `too_small`).
+  static Result<NpyArray> Map(const std::string& path, const std::string& field,
+                              size_t min_bytes, const std::string& too_small);
 
   NpyType type_ = NpyType::kFloat32;
   std::vector<int64_t> shape_;

@@ -6,8 +6,6 @@
 namespace megabatch::trainer {
 namespace {
 
-constexpr int64_t kEvalBatch = 2000;
-
 namespace F = torch::nn::functional;
 
 class ImageTask : public Task {
@@ -53,8 +51,8 @@ class ImageTask : public Task {
     int64_t n = images.size(0);
     double loss_sum = 0;
     int64_t correct = 0;
-    for (int64_t i = 0; i < n; i += kEvalBatch) {
-      int64_t end = std::min(n, i + kEvalBatch);
+    for (int64_t i = 0; i < n; i += kEvalSamples) {
+      int64_t end = std::min(n, i + kEvalSamples);
       Score score = ScoreLogits(model_->forward(images.slice(0, i, end)),
                                 labels.slice(0, i, end));
       loss_sum += score.loss_sum.item<double>();

@@ -9,12 +9,16 @@
 //   char_lstm   next-byte prediction          + val_bpc (bits per char)
 //   tiny_bert   masked-language modelling     + val_mlm_loss,
 //                                               val_mlm_accuracy
+//   torchscript the user's module and files   classification: as mlp;
+//               (docs/models.md)              language_model: + val_perplexity,
+//                                               val_bits_per_token
 #ifndef MEGABATCH_WORKER_TRAINER_TASKS_TASK_H_
 #define MEGABATCH_WORKER_TRAINER_TASKS_TASK_H_
 
 #include <torch/torch.h>
 
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,6 +30,15 @@
 namespace megabatch::trainer {
 
 using Metrics = std::vector<std::pair<std::string, double>>;
+
+// A fault in the user's model or data found while training (logits of the
+// wrong shape, a label or token out of the model's range): the trial fails
+// and is not retried, since a retry would fail the same way. Its message
+// names the spec field (model.path, dataset.train.y, ...).
+class InputError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 // The held-out splits: validation (every evaluation; what targets, ASHA and
 // the best lr read) and test (once, when the trial ends; image tasks only).
@@ -48,6 +61,11 @@ struct Score {
   torch::Tensor hits;
 };
 Score ScoreLogits(const torch::Tensor& logits, const torch::Tensor& targets);
+
+// Samples per forward when a classifier is evaluated: one value for the
+// built-in image task and a torchscript classifier, whose sums then agree
+// bit for bit.
+inline constexpr int64_t kEvalSamples = 2000;
 
 class Task {
  public:
@@ -80,6 +98,10 @@ class Task {
 // tiny_bert, its tokenizer trained or read from the cache). Errors name the
 // config field (dataset.path, model.*).
 Result<std::unique_ptr<Task>> MakeTask(const TrialConfig& config);
+
+// The task of a torchscript model (tasks/files_tasks.cc): the files of
+// config.dataset_kind, mapped and checked (dtypes, shapes, lengths, NaN).
+Result<std::unique_ptr<Task>> MakeFilesTask(const TrialConfig& config);
 
 // An image-classification task on data already loaded (tests share one copy
 // of Fashion-MNIST).

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "common/metric_catalog.h"
+#include "common/model_catalog.h"
 #include "worker/trainer/data/text_corpus.h"
 #include "worker/trainer/data/tokenize_client.h"
 #include "worker/trainer/data/tokenizer.h"
@@ -258,6 +259,7 @@ class MlmTask : public Task {
 }  // namespace
 
 Result<std::unique_ptr<Task>> MakeTask(const TrialConfig& config) {
+  if (config.model_type == kTorchScriptModel) return MakeFilesTask(config);
   if (config.model_type == "mlp" || config.model_type == "cnn") {
     auto data = LoadFashionMnistCached(config.dataset_path, CacheDirOf(config));
     if (!data.ok()) return data.status();
