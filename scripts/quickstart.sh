@@ -40,12 +40,19 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
+# $MEGABATCH_DATA_ROOT: one more directory specs may read data from (a
+# study of your own model's files, docs/models.md), besides Debian's.
+data_roots=()
+if [[ -n "${MEGABATCH_DATA_ROOT:-}" ]]; then
+  data_roots=(--data-root /usr/share/datasets --data-root /usr/share/games/fortunes
+              --data-root "$MEGABATCH_DATA_ROOT")
+fi
 "$coordinator_bin" --listen "$server" --db "$dir/megabatch.db" \
-  --metrics-listen "$metrics" \
+  --metrics-listen "$metrics" "${data_roots[@]}" \
   >"$dir/coordinator.log" 2>&1 &
 pids+=($!)
 slots=${MEGABATCH_SLOTS:-$(nproc)}
-"$worker_bin" --coordinator "$server" --name worker-1 \
+"$worker_bin" --coordinator "$server" --name worker-1 "${data_roots[@]}" \
   --slots "$slots" --threads-per-slot 1 --work-dir "$dir/worker-1" >"$dir/worker-1.log" 2>&1 &
 pids+=($!)
 
