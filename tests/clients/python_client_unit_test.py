@@ -4,7 +4,11 @@ DataFrame forms, every metric a trial carries, stream errors and the error
 classes, without a coordinator. Run by ctest with PYTHONPATH holding the
 staged package (build/clients/python/package).
 """
+import hashlib
+import json
+import os
 import sys
+import tempfile
 import unittest
 
 import grpc
@@ -60,6 +64,75 @@ class FakeStub:
             raise FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "query ran too long")
         row = pb.Row(values=[pb.Value(integer=3), pb.Value()])
         return pb.QueryResponse(columns=["n", "missing"], rows=[row])
+
+
+class OwnModelStub(FakeStub):
+    """Keeps what an upload streamed and the spec submitted."""
+
+    def UploadModel(self, chunks, metadata=()):
+        data = b"".join(c.data for c in chunks)
+        self.uploaded = data
+        return pb.UploadModelResponse(sha256=hashlib.sha256(data).hexdigest(),
+                                      bytes=len(data))
+
+    def SubmitSweep(self, request, metadata=()):
+        self.submitted = request
+        return pb.SubmitSweepResponse(sweep_id=7, trials=1)
+
+
+class OwnModelTest(unittest.TestCase):
+    """A torchscript spec: the module uploaded, paths resolved against
+    base_dir, every data file recorded, bad files refused before submit."""
+
+    def setUp(self):
+        import numpy as np
+        self.dir = tempfile.TemporaryDirectory()
+        d = self.dir.name
+        os.makedirs(os.path.join(d, "data"))
+        with open(os.path.join(d, "model.pt"), "wb") as f:
+            f.write(b"not really a module, but bytes to upload" * 100000)
+        np.save(os.path.join(d, "data", "x.npy"), np.zeros((10, 3), np.float32))
+        np.save(os.path.join(d, "data", "y.npy"), np.zeros(10, np.int64))
+        np.save(os.path.join(d, "data", "y9.npy"), np.zeros(9, np.int64))
+        self.spec = {"name": "own", "model": {"type": "torchscript", "path": "model.pt"},
+                     "dataset": {"kind": "classification",
+                                 "train": {"x": "data/x.npy", "y": "data/y.npy"},
+                                 "val_fraction": 0.2},
+                     "optimizers": [{"name": "lamb"}], "batch_sizes": [4]}
+        self.stub = OwnModelStub()
+        self.client = mb.Client(None, stub=self.stub)
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def test_the_module_is_uploaded_and_the_files_recorded(self):
+        self.assertEqual(self.client.submit(self.spec, base_dir=self.dir.name), 7)
+        sent = json.loads(self.stub.submitted.spec)
+        self.assertEqual(self.stub.submitted.format, "json")
+        module = os.path.join(self.dir.name, "model.pt")
+        with open(module, "rb") as f:
+            self.assertEqual(self.stub.uploaded, f.read())  # streamed in 1 MiB chunks
+        self.assertEqual(sent["model"]["path"], module)
+        self.assertEqual(sent["model"]["sha256"], hashlib.sha256(self.stub.uploaded).hexdigest())
+        x = os.path.join(self.dir.name, "data", "x.npy")
+        self.assertEqual(sent["dataset"]["train"]["x"], x)
+        self.assertEqual(sent["dataset"]["files"][x]["shape"], [10, 3])
+        self.assertEqual(sent["dataset"]["files"][x]["dtype"], "float32")
+        with open(x, "rb") as f:
+            self.assertEqual(sent["dataset"]["files"][x]["sha256"],
+                             hashlib.sha256(f.read()).hexdigest())
+        # The same spec as JSON text.
+        self.client.submit(json.dumps(self.spec), base_dir=self.dir.name)
+        self.assertEqual(json.loads(self.stub.submitted.spec)["dataset"]["files"][x]["shape"],
+                         [10, 3])
+
+    def test_labels_that_do_not_match_the_samples_are_refused_before_submit(self):
+        self.spec["dataset"]["train"]["y"] = "data/y9.npy"
+        with self.assertRaises(mb.InvalidArgument) as e:
+            self.client.submit(self.spec, base_dir=self.dir.name)
+        self.assertIn("dataset.train.y: ", str(e.exception))
+        self.assertIn("9 labels for the 10 samples of dataset.train.x", str(e.exception))
+        self.assertFalse(hasattr(self.stub, "submitted"))
 
 
 class ClientUnitTest(unittest.TestCase):

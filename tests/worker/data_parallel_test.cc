@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -130,6 +131,48 @@ TEST_F(DataParallelTest, TwoRanksTrainExactlyLikeOneWithTheSameGlobalBatch) {
   // Rank 0 reports, with the time its all-reduces took.
   EXPECT_GT(b.at(5).at("allreduce_seconds"), 0);
   EXPECT_THAT(two.err, HasSubstr("rank 0 of 2 joined"));
+}
+
+// A user's TorchScript language model on a token file (docs/models.md):
+// its windows are drawn from (seed, step), so two ranks see the samples one
+// rank sees, and train alike.
+TEST_F(DataParallelTest, TwoRanksOfATorchScriptLanguageModelTrainLikeOne) {
+  const std::string script = dir_.File("export.py");
+  std::ofstream(script) << R"py(
+import sys, numpy as np, torch, torch.nn as nn
+class Lm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(40, 16)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 40)
+    def forward(self, tokens):
+        return self.head(self.norm(torch.tanh(self.embed(tokens))))
+torch.manual_seed(0)
+torch.jit.save(torch.jit.script(Lm()), sys.argv[1] + '/lm.pt')
+np.tile(np.arange(40, dtype=np.uint16), 200).tofile(sys.argv[1] + '/tokens.bin')
+)py";
+  ASSERT_EQ(
+      std::system(
+          ("/usr/bin/python3 " + script + " " + dir_.path().string()).c_str()),
+      0);
+  json config = Config(20);
+  config["model"] = {{"type", "torchscript"}, {"path", dir_.File("lm.pt")}};
+  config["dataset"] = {{"kind", "language_model"},
+                       {"train", {{"tokens", dir_.File("tokens.bin")}}},
+                       {"val_fraction", 0.1},
+                       {"seq_len", 16}};
+  config["batch_size"] = 64;
+  config["micro_batch_size"] = 16;
+  auto one = RunCommand(
+      {MEGABATCH_TRAINER_BIN, "--config", Write("lm-one.json", config)});
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  auto two = RunRanks(config, 2, "lm-two");
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  const Curve a = ParseCurve(one.out), b = ParseCurve(two.out);
+  ExpectSameCurve(a, b);
+  EXPECT_TRUE(b.at(20).count("weight_norm/embed.weight"));
+  EXPECT_TRUE(b.at(20).count("val_perplexity"));
 }
 
 TEST_F(DataParallelTest, ACheckpointFromTwoRanksResumesOnOne) {

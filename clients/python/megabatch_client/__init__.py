@@ -24,13 +24,16 @@ Install: `pip install --no-build-isolation --no-deps build/clients/python/packag
 `cmake --install`, which put it in the system Python.
 """
 
+import json
 import os
+import re
 import uuid
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
 from megabatch_client._pb import megabatch_pb2 as pb
+from megabatch_client import own_model
 from megabatch_client._pb import megabatch_pb2_grpc as pb_grpc
 from megabatch_client.errors import (InvalidArgument, MegabatchError, NotFound, PermissionDenied,
                                      ResourceExhausted, Unauthenticated, Unavailable,
@@ -99,6 +102,21 @@ def _fields(message: Any) -> Row:
     return out
 
 
+def _own_model_doc(text: str, format: str) -> Any:
+    """The spec document when the text may be a torchscript spec; None
+    otherwise (then the coordinator parses the text itself)."""
+    if not re.search(r"\btorchscript\b", text):
+        return None
+    if format == "json" or (format == "" and text.lstrip().startswith("{")):
+        return json.loads(text)
+    try:
+        import yaml
+    except ImportError as e:
+        raise ImportError("megabatch_client: a YAML torchscript spec needs python3-yaml; "
+                          "or pass the spec as a dict or JSON") from e
+    return yaml.safe_load(text)
+
+
 class Client:
     """One channel to a coordinator. Thread-safe as grpc channels are."""
 
@@ -131,13 +149,29 @@ class Client:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from e
 
-    def submit(self, spec: str, request_id: Optional[str] = None, format: str = "") -> int:
-        """Submits a spec (YAML or JSON text) and returns the sweep id. A
-        request id makes a retry safe: the same id and spec return the same
-        sweep; `request_id=None` picks a fresh one."""
+    def submit(self, spec: Union[str, Dict[str, Any]], request_id: Optional[str] = None,
+               format: str = "", base_dir: str = ".") -> int:
+        """Submits a spec (YAML or JSON text, or a dict) and returns the sweep
+        id. A request id makes a retry safe: the same id and spec return the
+        same sweep; `request_id=None` picks a fresh one. A spec of
+        model.type torchscript (docs/models.md) has its module uploaded and
+        its data files recorded first, relative paths read from `base_dir`
+        (YAML text then needs Debian's python3-yaml)."""
+        doc = spec if isinstance(spec, dict) else _own_model_doc(spec, format)
+        if own_model.is_own_model_spec(doc):
+            spec, format = json.dumps(own_model.prepare(doc, base_dir, self.upload_model)), "json"
+        elif isinstance(spec, dict):
+            spec, format = json.dumps(spec), "json"
         request = pb.SubmitSweepRequest(spec=spec, format=format,
                                         request_id=request_id or uuid.uuid4().hex)
         return int(self._call("SubmitSweep", request).sweep_id)
+
+    def upload_model(self, path: str) -> Tuple[str, int]:
+        """Uploads a TorchScript module file; returns its (sha256, bytes), by
+        which a spec names it."""
+        chunks = (pb.UploadModelRequest(data=c) for c in own_model.file_chunks(path))
+        reply = self._call("UploadModel", chunks)
+        return reply.sha256, int(reply.bytes)
 
     def _pages(self, method: str, request: Any, field: str) -> List[Any]:
         """Every item of a paged listing (AIP-158), one page at a time."""
