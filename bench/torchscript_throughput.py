@@ -18,20 +18,21 @@ the .npy data path cost, all as ratios measured in the same run.
   /usr/bin/python3 bench/torchscript_throughput.py [--repeats 3] [--steps 30]
 """
 import argparse
-import gzip
 import hashlib
 import json
 import os
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+from fashion_mnist_resnet import read_idx  # noqa: E402  (Fashion-MNIST's idx files)
 
 EXPORT = r"""
 import sys, torch, torch.nn as nn
@@ -44,14 +45,6 @@ layers.append(nn.Linear(w, 10))
 torch.manual_seed(0)
 torch.jit.save(torch.jit.script(nn.Sequential(*layers)), out)
 """
-
-
-def read_idx(name):
-    with gzip.open(os.path.join(FASHION_MNIST, name)) as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def trainer_run(trainer, config, work, name):

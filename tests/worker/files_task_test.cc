@@ -187,40 +187,39 @@ class FilesTaskTest : public ::testing::Test {
 
   static std::string File(const std::string& name) { return dir_->File(name); }
 
-  static TrialConfig Parse(const json& doc) {
+  // `doc` with `overrides` merged in, parsed.
+  static TrialConfig Parse(json doc, const json& overrides) {
+    if (!overrides.is_null()) doc.merge_patch(overrides);
     auto c = ParseTrialConfig(doc);
     EXPECT_OK(c);
     return c.ok() ? *c : TrialConfig();
   }
 
-  static TrialConfig BuiltInConfig(const json& overrides) {
+  // LAMB at batch 100 for 30 steps, evaluated every 10, on `model` (and
+  // `dataset`).
+  static json Doc(const json& model, const json& dataset) {
     json doc = {{"seed", kSeed},
-                {"model", {{"type", "mlp"}, {"hidden", {32}}}},
+                {"model", model},
                 {"optimizer", {{"name", "lamb"}}},
                 {"batch_size", 100},
                 {"lr", 0.01},
                 {"budget", {{"steps", 30}}},
                 {"eval_every_steps", 10},
                 {"threads", 1}};
-    if (!overrides.is_null()) doc.merge_patch(overrides);
-    return Parse(doc);
+    if (!dataset.is_null()) doc["dataset"] = dataset;
+    return doc;
+  }
+
+  static TrialConfig BuiltInConfig(const json& overrides) {
+    return Parse(Doc({{"type", "mlp"}, {"hidden", {32}}}, nullptr), overrides);
   }
 
   // A torchscript classification config over `dataset` files.
   static TrialConfig ClassifierConfig(const std::string& model,
                                       const json& dataset,
                                       const json& overrides) {
-    json doc = {{"seed", kSeed},
-                {"model", {{"type", "torchscript"}, {"path", File(model)}}},
-                {"dataset", dataset},
-                {"optimizer", {{"name", "lamb"}}},
-                {"batch_size", 100},
-                {"lr", 0.01},
-                {"budget", {{"steps", 30}}},
-                {"eval_every_steps", 10},
-                {"threads", 1}};
-    if (!overrides.is_null()) doc.merge_patch(overrides);
-    return Parse(doc);
+    return Parse(Doc({{"type", "torchscript"}, {"path", File(model)}}, dataset),
+                 overrides);
   }
 
   static json TinyData(const std::string& x = "x.npy",
@@ -231,21 +230,15 @@ class FilesTaskTest : public ::testing::Test {
   }
 
   static TrialConfig LmConfig(const json& overrides) {
-    json doc = {{"seed", kSeed},
-                {"model", {{"type", "torchscript"}, {"path", File("lm.pt")}}},
-                {"dataset",
-                 {{"kind", "language_model"},
-                  {"train", {{"tokens", File("train.bin")}}},
-                  {"val", {{"tokens", File("val.bin")}}},
-                  {"seq_len", 16}}},
-                {"optimizer", {{"name", "lamb"}}},
-                {"batch_size", 32},
-                {"lr", 0.01},
-                {"budget", {{"steps", 24}}},
-                {"eval_every_steps", 8},
-                {"threads", 1}};
-    if (!overrides.is_null()) doc.merge_patch(overrides);
-    return Parse(doc);
+    json doc = Doc({{"type", "torchscript"}, {"path", File("lm.pt")}},
+                   {{"kind", "language_model"},
+                    {"train", {{"tokens", File("train.bin")}}},
+                    {"val", {{"tokens", File("val.bin")}}},
+                    {"seq_len", 16}});
+    doc.merge_patch({{"batch_size", 32},
+                     {"budget", {{"steps", 24}}},
+                     {"eval_every_steps", 8}});
+    return Parse(doc, overrides);
   }
 
   static std::unique_ptr<Task> Make(const TrialConfig& c) {
