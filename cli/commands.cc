@@ -165,6 +165,8 @@ Result<UploadedModel> Commands::UploadModel(const std::string& path) {
     chunk.set_data(buffer.data(), static_cast<size_t>(in.gcount()));
     if (!writer->Write(chunk)) break;  // Finish() says why
   }
+  // A file that cannot be read to its end is not stored in part.
+  if (in.bad()) ctx.TryCancel();
   writer->WritesDone();
   grpc::Status s = writer->Finish();
   if (!s.ok()) {

@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -197,12 +199,18 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
         c->metrics_->Serve(options.metrics_listen, metrics_auth));
   }
   std::string model_dir = options.model_dir;
-  if (model_dir.empty()) {
-    model_dir = options.db_path == ":memory:" || options.db_path.empty()
-                    ? (std::filesystem::temp_directory_path() /
-                       ("megabatch-models-" + std::to_string(::getpid())))
-                          .string()
-                    : options.db_path + "-models";
+  if (model_dir.empty() &&
+      (options.db_path == ":memory:" || options.db_path.empty())) {
+    std::string name =
+        (std::filesystem::temp_directory_path() / "megabatch-models-XXXXXX")
+            .string();
+    if (::mkdtemp(name.data()) == nullptr) {
+      return InternalError("model store: mkdtemp " + name + ": " +
+                           std::strerror(errno));
+    }
+    model_dir = name;
+  } else if (model_dir.empty()) {
+    model_dir = options.db_path + "-models";
   }
   MEGABATCH_ASSIGN_OR_RETURN(
       c->models_, store::ModelStore::Open(model_dir, options.model_max_bytes));

@@ -101,6 +101,13 @@ Result<Scheduler::Submitted> Scheduler::Submit(std::string_view spec_text,
           "(SweepService.UploadModel: megabatch submit and the Python client "
           "do)");
     }
+    // The size the parameter estimate reads is the stored file's.
+    const int64_t stored = options_.models->SizeOf(sha256);
+    if (spec.model["bytes"].get<int64_t>() != stored) {
+      return InvalidArgumentError(
+          "model.bytes: " + spec.model["bytes"].dump() + ", but module " +
+          sha256.substr(0, 12) + " holds " + std::to_string(stored) + " bytes");
+    }
   }
   std::vector<spec::TrialSpec> trials = spec::ExpandSweep(spec);
   MEGABATCH_RETURN_IF_ERROR(spec::CheckTrialConfigs(trials));

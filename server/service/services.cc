@@ -873,6 +873,9 @@ grpc::Status WorkerServiceImpl::FetchModel(
                                " on this coordinator");
         }
         std::ifstream in(models->PathOf(req->sha256()), std::ios::binary);
+        if (!in.is_open()) {
+          return InternalError("model " + req->sha256() + ": cannot open");
+        }
         std::string buffer(kModelChunkBytes, '\0');
         v1::FetchModelResponse out;
         while (in) {

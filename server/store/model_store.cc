@@ -24,14 +24,22 @@ std::string MiB(int64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 Result<std::unique_ptr<ModelStore>> ModelStore::Open(const std::string& dir,
                                                      int64_t max_bytes) {
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  if (std::filesystem::create_directories(dir, ec)) ::chmod(dir.c_str(), 0700);
   if (ec) {
     return InternalError("model store " + dir + ": " + ec.message());
   }
-  ::chmod(dir.c_str(), 0700);
   struct stat st;
-  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+  if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return InternalError("model store " + dir + ": not a directory");
+  }
+  if (st.st_uid != ::geteuid() || (st.st_mode & 022) != 0) {
+    return InternalError("model store " + dir +
+                         ": owned by another user or writable by others");
+  }
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().filename().string().rfind("upload-", 0) == 0) {
+      std::filesystem::remove(entry.path(), ec);
+    }
   }
   return std::unique_ptr<ModelStore>(new ModelStore(dir, max_bytes));
 }
@@ -95,6 +103,12 @@ Result<ModelStore::Stored> ModelStore::Upload::Commit() {
     ::close(dir);
   }
   return out;
+}
+
+int64_t ModelStore::SizeOf(std::string_view sha256) const {
+  struct stat st;
+  if (!Has(sha256) || ::stat(PathOf(sha256).c_str(), &st) != 0) return -1;
+  return static_cast<int64_t>(st.st_size);
 }
 
 bool ModelStore::Has(std::string_view sha256) const {

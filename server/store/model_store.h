@@ -19,8 +19,9 @@ namespace megabatch::store {
 
 class ModelStore {
  public:
-  // Creates `dir` (mode 0700) when missing. Uploads larger than `max_bytes`
-  // are refused.
+  // Creates `dir` (mode 0700) when missing; an existing one must be a
+  // directory this user owns that no one else may write. Removes uploads a
+  // crash left unfinished. Uploads larger than `max_bytes` are refused.
   static Result<std::unique_ptr<ModelStore>> Open(const std::string& dir,
                                                   int64_t max_bytes);
 
@@ -57,6 +58,8 @@ class ModelStore {
 
   // Whether a module with this hash is stored.
   bool Has(std::string_view sha256) const;
+  // Its size in bytes (-1 when not stored).
+  int64_t SizeOf(std::string_view sha256) const;
   // Its file (which exists when Has()).
   std::string PathOf(std::string_view sha256) const;
   int64_t max_bytes() const { return max_bytes_; }

@@ -126,6 +126,26 @@ class OwnModelTest(unittest.TestCase):
         self.assertEqual(json.loads(self.stub.submitted.spec)["dataset"]["files"][x]["shape"],
                          [10, 3])
 
+    def test_a_yaml_spec_reads_as_the_coordinator_reads_it(self):
+        from megabatch_client import own_model
+        doc = own_model.load_yaml("lr: 1e-3\nflag: on\nok: true\nn: 3\nx: 1.5")
+        self.assertEqual(doc, {"lr": 0.001, "flag": "on", "ok": True, "n": 3, "x": 1.5})
+        text = ("name: own\nmodel: {type: torchscript, path: model.pt}\n"
+                "dataset: {kind: classification, train: {x: data/x.npy, y: data/y.npy}, "
+                "val_fraction: 0.2}\noptimizers: [{name: lamb, lr: 1e-3}]\nbatch_sizes: [4]\n")
+        self.client.submit(text, base_dir=self.dir.name)
+        sent = json.loads(self.stub.submitted.spec)
+        self.assertEqual(sent["optimizers"][0]["lr"], 0.001)
+
+    def test_nan_inputs_are_refused_before_submit(self):
+        import numpy as np
+        x = np.zeros((10, 3), np.float32)
+        x[4, 1] = np.nan
+        np.save(os.path.join(self.dir.name, "data", "x.npy"), x)
+        with self.assertRaises(mb.InvalidArgument) as e:
+            self.client.submit(self.spec, base_dir=self.dir.name)
+        self.assertIn("sample 4 holds NaN or infinity", str(e.exception))
+
     def test_labels_that_do_not_match_the_samples_are_refused_before_submit(self):
         self.spec["dataset"]["train"]["y"] = "data/y9.npy"
         with self.assertRaises(mb.InvalidArgument) as e:

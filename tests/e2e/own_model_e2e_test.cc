@@ -277,6 +277,19 @@ TEST_F(OwnModelE2ETest, ADataFileChangedAfterSubmitFailsItsTrialNamingBoth) {
             std::string::npos)
       << refused.error_message();
 
+  // Nor may a spec understate the module's size (the parameter cap reads it).
+  json small = spec;
+  small["model"]["bytes"] = 1;
+  grpc::ClientContext small_ctx;
+  v1::SubmitSweepRequest small_req;
+  small_req.set_spec(small.dump());
+  grpc::Status understated =
+      stub->SubmitSweep(&small_ctx, small_req, &refused_resp);
+  EXPECT_EQ(understated.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(understated.error_message().find("model.bytes: 1, but module"),
+            std::string::npos)
+      << understated.error_message();
+
   grpc::ClientContext ctx;
   v1::SubmitSweepRequest req;
   req.set_spec(spec.dump());

@@ -28,9 +28,13 @@ Result<std::string> UserFiles::Model(const std::string& sha256,
     return InvalidArgumentError("model.sha256: not a SHA-256: " + sha256);
   }
   const std::string path = model_dir_ + "/" + sha256 + ".pt";
+  auto cached = [&] {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  };
+  if (cached()) return path;  // without waiting for another slot's fetch
   MutexLock lock(&fetch_mu_);
-  struct stat st;
-  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) return path;
+  if (cached()) return path;
   std::error_code ec;
   std::filesystem::create_directories(model_dir_, ec);
   ::chmod(model_dir_.c_str(), 0700);
@@ -78,7 +82,8 @@ Result<std::string> UserFiles::Model(const std::string& sha256,
   return path;
 }
 
-Status UserFiles::CheckDataFiles(const nlohmann::json& dataset) {
+Status UserFiles::CheckDataFiles(const nlohmann::json& dataset, bool* changed) {
+  *changed = false;
   const auto files = dataset.find("files");
   for (const char* split : {"train", "val", "test"}) {
     const auto s = dataset.find(split);
@@ -100,24 +105,29 @@ Status UserFiles::CheckDataFiles(const nlohmann::json& dataset) {
         return FailedPreconditionError(field + ": " + path + ": " +
                                        std::strerror(errno));
       }
-      const int64_t mtime_ns =
+      Hashed now;
+      now.device = st.st_dev;
+      now.inode = st.st_ino;
+      now.bytes = st.st_size;
+      now.mtime_ns =
           int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+      now.ctime_ns =
+          int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec;
       std::string got;
       {
         MutexLock lock(&mu_);
         auto it = hashed_.find(path);
-        if (it != hashed_.end() && it->second.bytes == st.st_size &&
-            it->second.mtime_ns == mtime_ns) {
-          got = it->second.sha256;
-        }
+        if (it != hashed_.end() && it->second == now) got = it->second.sha256;
       }
       if (got.empty()) {
         MEGABATCH_ASSIGN_OR_RETURN(FileDigest digest, Sha256File(path));
         got = digest.sha256;
+        now.sha256 = got;
         MutexLock lock(&mu_);
-        hashed_[path] = Hashed{digest.bytes, mtime_ns, got};
+        hashed_[path] = now;
       }
       if (got != want) {
+        *changed = true;
         return FailedPreconditionError(
             field + ": " + path +
             " changed since the sweep was submitted: its SHA-256 is " + got +

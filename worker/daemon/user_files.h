@@ -2,8 +2,10 @@
 // the module, fetched from the coordinator by its hash into a cache and
 // checked against that hash; and the data files, read by path (a shared
 // filesystem, as on Slurm clusters) and checked against the size and
-// SHA-256 the client recorded at submit, once per (path, size, mtime): a
-// file that differs fails the trial, naming the file and both hashes.
+// SHA-256 the client recorded at submit, once per (path, device, inode,
+// size, mtime, ctime): a file that differs fails the trial, naming the file
+// and both hashes. (The trainer maps the files afterwards: a file changed
+// between this check and the trainer's reads is not caught.)
 // LibTorch-free; thread-safe.
 #ifndef MEGABATCH_WORKER_DAEMON_USER_FILES_H_
 #define MEGABATCH_WORKER_DAEMON_USER_FILES_H_
@@ -38,15 +40,26 @@ class UserFiles {
 
   // Checks every file a trial config's dataset names (train/val/test x, y,
   // tokens) against its record in dataset.files. FAILED_PRECONDITION, naming
-  // the field, the file and what differs, for a file outside the data roots
-  // or one that changed since submit.
-  Status CheckDataFiles(const nlohmann::json& dataset);
+  // the field and the file, for one that is missing here or outside the
+  // data roots (this host's problem: the trial may run elsewhere), and for
+  // one that changed since submit, which also sets `*changed` (a retry
+  // anywhere would fail the same way).
+  Status CheckDataFiles(const nlohmann::json& dataset, bool* changed);
 
  private:
+  // A file as it was hashed: a file rewritten in place keeping its size
+  // and mtime (cp -p, touch -r) still has a new ctime.
   struct Hashed {
+    uint64_t device = 0;
+    uint64_t inode = 0;
     int64_t bytes = 0;
     int64_t mtime_ns = 0;
+    int64_t ctime_ns = 0;
     std::string sha256;
+    bool operator==(const Hashed& o) const {
+      return device == o.device && inode == o.inode && bytes == o.bytes &&
+             mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns;
+    }
   };
   const std::string model_dir_;
   const std::vector<std::string> data_roots_;

@@ -436,7 +436,7 @@ bool Worker::HostOversubscribed() const {
 }
 
 Result<Worker::Attempt> Worker::PrepareAttempt(
-    int slot, const v1::LeaseTrialResponse& leased) {
+    bool* input_changed, int slot, const v1::LeaseTrialResponse& leased) {
   namespace fs = std::filesystem;
   const v1::TrialLease& lease = leased.lease();
   const std::string& config_json = leased.config_json();
@@ -462,7 +462,7 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
     // The user's data files as submitted (a changed one fails the trial for
     // good: FAILED_PRECONDITION), and the module by its hash.
     MEGABATCH_RETURN_IF_ERROR(user_files_.CheckDataFiles(
-        config.value("dataset", nlohmann::json::object())));
+        config.value("dataset", nlohmann::json::object()), input_changed));
     const std::string sha256 = model->value("sha256", "");
     MEGABATCH_ASSIGN_OR_RETURN(std::string file,
                                user_files_.Model(sha256, [&](const auto& sink) {
@@ -539,12 +539,14 @@ Result<Worker::Attempt> Worker::PrepareAttempt(
 void Worker::RunTrial(int slot, const v1::LeaseTrialResponse& leased,
                       WarmTrainer* warm) {
   const v1::TrialLease& lease = leased.lease();
-  Result<Attempt> prepared = PrepareAttempt(slot, leased);
+  bool input_changed = false;
+  Result<Attempt> prepared = PrepareAttempt(&input_changed, slot, leased);
   if (!prepared.ok()) {
-    // FAILED_PRECONDITION: the trial's files are not as submitted (or not
-    // where this worker may read): a retry would fail the same way.
+    // A data file not as submitted fails the trial for good: a retry would
+    // fail the same way. Anything else (a file missing here, outside this
+    // worker's roots, the coordinator unreachable) may not happen elsewhere.
     FinishTrial(lease, v1::TRIAL_STATE_FAILED, prepared.status().message(), "",
-                prepared.status().code() != StatusCode::kFailedPrecondition);
+                !input_changed);
     return;
   }
   const Attempt& attempt = *prepared;

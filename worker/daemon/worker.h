@@ -175,8 +175,8 @@ class Worker {
                 WarmTrainer* warm);
   // Writes the attempt's config and finds its resume point (at or before
   // the lease's resume_max_step); an error's message is the failure to
-  // report.
-  Result<Attempt> PrepareAttempt(int slot,
+  // report, and `*input_changed` says it was a data file not as submitted.
+  Result<Attempt> PrepareAttempt(bool* input_changed, int slot,
                                  const v1::LeaseTrialResponse& leased);
   // Reads the trainer's stdout and stderr until the trial is over: sends
   // points in batches, commits checkpoints once their points are stored,

@@ -109,12 +109,7 @@ def _own_model_doc(text: str, format: str) -> Any:
         return None
     if format == "json" or (format == "" and text.lstrip().startswith("{")):
         return json.loads(text)
-    try:
-        import yaml
-    except ImportError as e:
-        raise ImportError("megabatch_client: a YAML torchscript spec needs python3-yaml; "
-                          "or pass the spec as a dict or JSON") from e
-    return yaml.safe_load(text)
+    return own_model.load_yaml(text)
 
 
 class Client:
@@ -169,6 +164,8 @@ class Client:
     def upload_model(self, path: str) -> Tuple[str, int]:
         """Uploads a TorchScript module file; returns its (sha256, bytes), by
         which a spec names it."""
+        if not os.path.isfile(path):
+            raise NotFound(grpc.StatusCode.NOT_FOUND, f"model.path: {path}: no such file")
         chunks = (pb.UploadModelRequest(data=c) for c in own_model.file_chunks(path))
         reply = self._call("UploadModel", chunks)
         return reply.sha256, int(reply.bytes)

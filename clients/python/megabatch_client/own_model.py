@@ -10,12 +10,13 @@ its hash.
 import ast
 import hashlib
 import os
+import re
 import struct
 from typing import Any, Callable, Dict, Iterator, Tuple
 
 import grpc
 
-from megabatch_client.errors import InvalidArgument
+from megabatch_client.errors import InvalidArgument, NotFound
 
 CHUNK = 1 << 20
 INPUT_DTYPES = {"float32", "float16", "uint8"}
@@ -27,6 +28,34 @@ _NUMPY_NAMES = {"<f4": "float32", "<f2": "float16", "|u1": "uint8", "<u1": "uint
 def _invalid(message: str) -> InvalidArgument:
     """A file the coordinator would refuse, caught before submit."""
     return InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def load_yaml(text: str) -> Any:
+    """A YAML spec as the coordinator reads it (YAML 1.2's core schema):
+    PyYAML's safe loader (YAML 1.1) but with `1e-3` a number and `on`,
+    `off`, `yes`, `no` strings. Needs Debian's python3-yaml."""
+    try:
+        import yaml
+    except ImportError as e:
+        raise ImportError("megabatch_client: a YAML torchscript spec needs python3-yaml; "
+                          "or pass the spec as a dict or JSON") from e
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regex) for tag, regex in resolvers
+                if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        list("tTfF"))
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"
+                   r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+        list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)
 
 
 def is_own_model_spec(spec: Any) -> bool:
@@ -69,6 +98,24 @@ def npy_header(path: str, field: str) -> Tuple[str, list]:
     return _NUMPY_NAMES[descr], list(header.get("shape", ()))
 
 
+def _check_values(at: str, x_path: str, y_path: str) -> None:
+    """NaN or infinity in the inputs, negative labels: with numpy (Debian's
+    python3-numpy), as the CLI checks them; skipped without it."""
+    try:
+        import numpy
+    except ImportError:
+        return
+    x = numpy.load(x_path, mmap_mode="r")
+    if x.dtype.kind == "f":
+        bad = numpy.flatnonzero(~numpy.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        if len(bad):
+            raise _invalid(f"{at}.x: {x_path}: sample {bad[0]} holds NaN or infinity")
+    y = numpy.load(y_path, mmap_mode="r")
+    if len(y) and y.min() < 0:
+        raise _invalid(f"{at}.y: {y_path}: label {y.min()} is negative; labels are "
+                       "class indices")
+
+
 def prepare(spec: Dict[str, Any], base_dir: str,
             upload: Callable[[str], Tuple[str, int]]) -> Dict[str, Any]:
     """The spec to submit: absolute paths, model.sha256 and model.bytes (from
@@ -99,11 +146,18 @@ def prepare(spec: Dict[str, Any], base_dir: str,
             try:
                 size, sha = digest(path)
             except OSError as e:
-                raise _invalid(f"{at}.{key}: {path}: {e.strerror}") from e
+                raise NotFound(grpc.StatusCode.NOT_FOUND,
+                               f"{at}.{key}: {path}: {e.strerror}") from e
             files[path] = {"bytes": size, "sha256": sha}
             if lm and key == "tokens" and size % item:
                 raise _invalid(f"{at}.tokens: {path}: {size} bytes is not a whole "
                                       f"number of {dataset.get('dtype', 'uint16')} tokens")
+            seq_len = dataset.get("seq_len", 0)
+            if (lm and key == "tokens" and isinstance(seq_len, int) and seq_len > 0
+                    and size // item < seq_len + 1
+                    and not (split == "train" and "val_fraction" in dataset)):
+                raise _invalid(f"{at}.tokens: {path}: {size // item} tokens is shorter than "
+                               f"one window of dataset.seq_len + 1 = {seq_len + 1}")
             if not lm and key in ("x", "y"):
                 dtype, shape = npy_header(path, f"{at}.{key}")
                 files[path].update(dtype=dtype, shape=shape)
@@ -119,6 +173,7 @@ def prepare(spec: Dict[str, Any], base_dir: str,
                 raise _invalid(
                     f"{at}.y: {paths['y']}: {y['shape'][0] if y['shape'] else 0} labels for "
                     f"the {x['shape'][0] if x['shape'] else 0} samples of {at}.x")
+            _check_values(at, paths["x"], paths["y"])
     dataset["files"] = files
     out["dataset"] = dataset
     return out

@@ -74,15 +74,29 @@ std::string ErrorText(const std::exception& e) {
   return what.substr(what.rfind('\n') + 1);
 }
 
+// Whether an error is the host's (memory), not the model's or the data's.
+bool IsResourceError(const std::string& text) {
+  for (const char* sign : {"out of memory", "can't allocate memory",
+                           "Cannot allocate memory", "CUDA error"}) {
+    if (text.find(sign) != std::string::npos) return true;
+  }
+  return false;
+}
+
 // Runs one of the module's methods; an error becomes an InputError naming
-// the model.
+// the model, except running out of memory (which may not happen on another
+// host: the trial is retried).
 template <typename Fn>
 torch::Tensor Call(const char* method, Fn&& fn) {
   try {
     return fn();
+  } catch (const std::bad_alloc&) {
+    throw;
   } catch (const std::exception& e) {
+    const std::string text = ErrorText(e);
+    if (IsResourceError(e.what())) throw;
     throw InputError("model.path: the module's " + std::string(method) +
-                     " failed: " + ErrorText(e));
+                     " failed: " + text);
   }
 }
 
