@@ -137,7 +137,8 @@ def main():
     address = "127.0.0.1:%d" % free_port()
     coordinator = subprocess.Popen(
         [os.path.join(args.build, "server/megabatch-coordinator"), "--listen", address,
-         "--db", os.path.join(work, "bench.db"), "--data-root", work],
+         "--db", os.path.join(work, "bench.db"), "--data-root", "/usr/share/datasets",
+         "--data-root", work],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cli = os.path.join(args.build, "cli/megabatch")
     try:
