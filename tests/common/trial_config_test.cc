@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "server/spec/sweep_spec.h"
+#include "tests/testing/shipped_specs.h"
 #include "tests/testing/status_matchers.h"
 
 namespace megabatch {
@@ -98,7 +99,7 @@ std::vector<std::pair<std::string, std::string>> AllSpecs() {
        std::filesystem::directory_iterator(MEGABATCH_EXPERIMENTS_DIR)) {
     if (entry.path().extension() == ".yaml") {
       specs.emplace_back(entry.path().filename().string(),
-                         ReadFile(entry.path()));
+                         testing::AsSubmitted(ReadFile(entry.path())));
     }
   }
   for (const char* text : kMoreSpecs) specs.emplace_back("inline", text);
@@ -111,8 +112,7 @@ TEST(TrialConfigTest, EveryShippedSpecExpandsIntoConfigsTheTrainerReadsBack) {
   ASSERT_GE(specs.size(), 10u);
   for (const auto& [name, text] : specs) {
     SCOPED_TRACE(name);
-    ASSERT_OK_AND_ASSIGN(spec::SweepSpec sweep,
-                         spec::ParseSweepSpec(text, spec::SpecFormat::kYaml));
+    ASSERT_OK_AND_ASSIGN(spec::SweepSpec sweep, spec::ParseSweepSpec(text));
     ASSERT_OK(spec::CheckTrialConfigs(spec::ExpandSweep(sweep)));
     for (const json& config : RunnableConfigs(sweep)) {
       ASSERT_OK_AND_ASSIGN(TrialConfig read, ParseTrialConfig(config));

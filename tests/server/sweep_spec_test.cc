@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/datasets.h"
+#include "tests/testing/shipped_specs.h"
 #include "tests/testing/status_matchers.h"
 
 namespace megabatch::spec {
@@ -621,7 +622,7 @@ TEST(SweepSpecTest, EveryShippedExperimentParses) {
     std::ifstream in(entry.path());
     std::string text((std::istreambuf_iterator<char>(in)),
                      std::istreambuf_iterator<char>());
-    auto r = ParseSweepSpec(text);
+    auto r = ParseSweepSpec(testing::AsSubmitted(text));
     ASSERT_OK(r);
     // A grid expands to its trials; an adaptive study plans them as it runs.
     EXPECT_NE(ExpandSweep(*r).empty(), r->strategy.is_null()) << entry.path();
