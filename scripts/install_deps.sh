@@ -16,6 +16,8 @@ packages=(
   # The Python client (clients/python) and its example: stubs need
   # grpc_python_plugin (protobuf-compiler-grpc, above).
   python3-grpcio python3-protobuf python3-pandas python3-matplotlib
+  # ... which reads a YAML torchscript spec with python3-yaml (docs/models.md).
+  python3-yaml
   # ... installed as a package into a virtual environment by its test.
   python3-venv python3-pip python3-setuptools
   # Token hashing and randomness (libcrypto); the tests make their TLS
