@@ -13,6 +13,7 @@
 
 #include "common/datasets.h"
 #include "common/json_text.h"
+#include "common/metric_catalog.h"
 #include "common/model_catalog.h"
 #include "common/optimizer_catalog.h"
 #include "common/selection_metrics.h"
@@ -1029,6 +1030,23 @@ Result<SweepSpec> SweepSpecFromJson(
   MEGABATCH_RETURN_IF_ERROR(ParseTarget(top, s.model, &s.target));
   MEGABATCH_RETURN_IF_ERROR(
       ParseEarlyStopping(top, s.model, &s.early_stopping));
+  // A torchscript classifier logs no language-model metric.
+  if (s.model["type"] == kTorchScriptModel &&
+      s.dataset.value("kind", "") != "language_model") {
+    for (const auto& [field, rule] :
+         {std::pair<const char*, const json*>{"target", &s.target},
+          {"early_stopping", &s.early_stopping}}) {
+      const std::string metric =
+          rule->is_object() ? rule->value("metric", "") : "";
+      if (metric == metric::kValPerplexity ||
+          metric == metric::kValBitsPerToken) {
+        return InvalidArgumentError(
+            std::string(field) + ".metric: " + metric +
+            " is logged for dataset.kind language_model, not " +
+            s.dataset.value("kind", "classification"));
+      }
+    }
+  }
   MEGABATCH_RETURN_IF_ERROR(
       top.Int("eval_every_steps", &s.eval_every_steps, 0, 0, int64_t{1} << 40));
   MEGABATCH_RETURN_IF_ERROR(top.Int("eval_every_samples", &s.eval_every_samples,

@@ -614,6 +614,77 @@ TEST(SweepSpecTest, DataPathsOutsideTheDataRootsAreRefusedUnseen) {
   EXPECT_THAT(missing.status().message(), HasSubstr("no such directory"));
 }
 
+// A torchscript spec as the client submits it (docs/models.md): checked
+// from the client's record of each file, without opening one.
+TEST(SweepSpecTest, ATorchScriptSpecIsCheckedFromItsFilesRecord) {
+  using nlohmann::json;
+  const std::string hash(64, 'a');
+  const json good = {{"name", "own"},
+                     {"model",
+                      {{"type", "torchscript"},
+                       {"path", "/m.pt"},
+                       {"sha256", hash},
+                       {"bytes", 4000}}},
+                     {"dataset",
+                      {{"kind", "classification"},
+                       {"train", {{"x", "/data/x.npy"}, {"y", "/data/y.npy"}}},
+                       {"val_fraction", 0.2},
+                       {"files",
+                        {{"/data/x.npy",
+                          {{"bytes", 100},
+                           {"sha256", hash},
+                           {"dtype", "float32"},
+                           {"shape", {1000, 6}}}},
+                         {"/data/y.npy",
+                          {{"bytes", 100},
+                           {"sha256", hash},
+                           {"dtype", "int64"},
+                           {"shape", {1000}}}}}}}},
+                     {"optimizers", {{{"name", "lamb"}}}},
+                     {"batch_sizes", {64, 800}},
+                     {"base", {{"lr", 0.01}}},
+                     {"target", {{"metric", "val_accuracy"}, {"value", 0.9}}}};
+  const std::vector<std::string> roots = {"/data"};
+  ASSERT_OK_AND_ASSIGN(SweepSpec spec,
+                       ParseSweepSpec(good.dump(), SpecFormat::kJson, &roots));
+  EXPECT_EQ(spec.model["sha256"], hash);
+  EXPECT_EQ(spec.dataset["files"].size(), 2u);
+  // 1000 samples less a fifth held out: 800 is the largest batch.
+  struct Case {
+    json patch;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {{{"batch_sizes", {801}}}, "batch_sizes[0]: must be between 1 and 800"},
+      {{{"model", {{"sha256", nullptr}}}},
+       "model.sha256: required: the client"},
+      {{{"model", {{"file", "/cache/m.pt"}}}}, "model.file: unknown field"},
+      {{{"dataset", {{"files", nullptr}}}}, "dataset.files: required"},
+      {{{"dataset", {{"train", {{"x", "/elsewhere/x.npy"}}}}}},
+       "dataset.train.x: /elsewhere/x.npy is not under a data root"},
+      {{{"dataset", {{"train", {{"y", "/data/z.npy"}}}}}},
+       "dataset.files[\"/data/z.npy\"]: required"},
+      {{{"dataset", {{"files", {{"/data/y.npy", {{"shape", {999}}}}}}}}},
+       "dataset.train.y: 999 labels for the 1000 samples of dataset.train.x"},
+      {{{"dataset", {{"files", {{"/data/y.npy", {{"shape", {1000, 2}}}}}}}}},
+       "dataset.train.y: labels must be 1-D"},
+      {{{"dataset", {{"kind", "regression"}}}},
+       "dataset.kind: unknown value 'regression'"},
+      {{{"target", {{"metric", "val_perplexity"}}}},
+       "target.metric: val_perplexity is logged for dataset.kind "
+       "language_model, not classification"},
+  };
+  for (const Case& c : cases) {
+    json doc = good;
+    doc.merge_patch(c.patch);
+    SCOPED_TRACE(c.patch.dump());
+    auto r = ParseSweepSpec(doc.dump(), SpecFormat::kJson, &roots);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_THAT(r.status().message(), HasSubstr(c.error));
+  }
+}
+
 TEST(SweepSpecTest, EveryShippedExperimentParses) {
   int files = 0;
   for (const auto& entry :
