@@ -30,6 +30,11 @@ else
   cli=$bin/cli/megabatch
 fi
 
+# The commit the binaries were built from (run.txt records it): HEAD may
+# move while a long study runs.
+commit="$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)$(
+  git -C "$root" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+
 dir=${MEGABATCH_DEMO_DIR:-$(mktemp -d -t megabatch-demo-XXXXXX)}
 mkdir -p "$dir"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -80,8 +85,7 @@ if [[ -n "$results" ]]; then
             --sweep "$sweep" --report "$results/report.json" 2>&1) || status=1
   {
     echo "spec: $(basename "$spec")"
-    echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)$(
-      git -C "$root" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "commit: $commit"
     echo "finished: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); one worker, $slots slots of 1 thread"
     echo "wall time: ${seconds} s"

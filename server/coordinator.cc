@@ -209,6 +209,7 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
                            std::strerror(errno));
     }
     model_dir = name;
+    c->temp_model_dir_ = name;  // goes with the in-memory database
   } else if (model_dir.empty()) {
     model_dir = options.db_path + "-models";
   }
@@ -285,7 +286,13 @@ void Coordinator::BackupLoop(std::string db_path, std::string dir,
   }
 }
 
-Coordinator::~Coordinator() { Shutdown(); }
+Coordinator::~Coordinator() {
+  Shutdown();
+  if (!temp_model_dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(temp_model_dir_, ec);
+  }
+}
 
 std::shared_ptr<grpc::Channel> Coordinator::InProcessChannel() {
   return server_->InProcessChannel(grpc::ChannelArguments());

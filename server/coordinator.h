@@ -123,6 +123,7 @@ class Coordinator {
 
   std::unique_ptr<store::SweepStore> store_;
   std::unique_ptr<store::ModelStore> models_;
+  std::string temp_model_dir_;  // an in-memory database's model store
   std::unique_ptr<store::ReadOnlyDb> results_;
   std::unique_ptr<auth::Authenticator> auth_;
   std::unique_ptr<metrics::CoordinatorMetrics> metrics_;
