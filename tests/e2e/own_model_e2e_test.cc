@@ -173,6 +173,52 @@ target: {metric: val_perplexity, value: 1000}
   EXPECT_EQ(StoredModels().size(), 2u);
 }
 
+// What the planner and successive halving read (the training split's size,
+// validation metrics) comes from the files' record as for a built-in model.
+TEST_F(OwnModelE2ETest, AdaptiveStudiesAndSuccessiveHalvingRunOnAnOwnModel) {
+  const std::string data = R"yaml(
+model: {type: torchscript, path: models/tiny.pt}
+dataset:
+  kind: classification
+  train: {x: data/train_x.npy, y: data/train_y.npy}
+  val: {x: data/val_x.npy, y: data/val_y.npy}
+optimizers: [{name: lamb}]
+budget: {epochs: 6}
+eval_every_samples: 96
+)yaml";
+  auto adaptive =
+      Cli({"submit",
+           WriteSpec("adaptive.yaml", "name: own-adaptive" + data + R"yaml(
+base: {batch_size: 8, lr: 0.01}
+strategy: {type: adaptive, max_batch_size: 64, batch_sizes: 3, lr_trials_per_batch: 3,
+           search_fraction: 0.25, finish_lrs: 1}
+target: {metric: val_accuracy, value: 0.7, stop: true}
+)yaml"),
+           "--wait"});
+  ASSERT_EQ(adaptive.exit_code, 0) << adaptive.err << workers_[0]->Log();
+  EXPECT_GT(Scalar("SELECT count(*) FROM trials WHERE sweep_id = 1 AND phase = "
+                   "'search'"),
+            0);
+  EXPECT_GT(Scalar("SELECT count(*) FROM trials WHERE sweep_id = 1 AND phase = "
+                   "'finish' AND state = 'completed'"),
+            0);
+  EXPECT_LE(Scalar("SELECT max(batch_size) FROM trials WHERE sweep_id = 1"),
+            64);
+
+  auto asha =
+      Cli({"submit", WriteSpec("asha.yaml", "name: own-asha" + data + R"yaml(
+batch_sizes: [16]
+base: {lr: 0.01}
+lr_multipliers: [0.001, 1, 4]
+early_stopping: {rule: asha, metric: val_accuracy, min_samples: 192, reduction_factor: 3}
+)yaml"),
+           "--wait"});
+  ASSERT_EQ(asha.exit_code, 0) << asha.err;
+  EXPECT_GT(Scalar("SELECT count(*) FROM rungs r JOIN trials t ON t.id = "
+                   "r.trial_id WHERE t.sweep_id = 2"),
+            0);
+}
+
 TEST_F(OwnModelE2ETest, FilesThatDoNotFitAreRefusedAtSubmitOrFailWithoutRetry) {
   // Caught by the client from the files themselves: nothing is submitted.
   auto short_y = Cli({"submit", ClassifierSpec("short", "short_y.npy")});
