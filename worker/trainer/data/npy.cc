@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <regex>
 #include <utility>
@@ -221,6 +223,81 @@ NpyArray& NpyArray::operator=(NpyArray&& other) noexcept {
 
 NpyArray::~NpyArray() {
   if (map_ != nullptr) ::munmap(map_, map_bytes_);
+}
+
+namespace {
+
+// The first element of a float array that is NaN or infinite, or -1.
+int64_t FirstNonFinite(const NpyArray& a) {
+  const size_t n = a.data_bytes() / NpyTypeSize(a.type());
+  if (a.type() == NpyType::kFloat32) {
+    const auto* v = static_cast<const float*>(a.data());
+    for (size_t i = 0; i < n; ++i) {
+      if (!std::isfinite(v[i])) return static_cast<int64_t>(i);
+    }
+  } else if (a.type() == NpyType::kFloat16) {
+    const auto* v = static_cast<const uint16_t*>(a.data());
+    for (size_t i = 0; i < n; ++i) {
+      if ((v[i] & 0x7c00) == 0x7c00) return static_cast<int64_t>(i);
+    }
+  }
+  return -1;
+}
+
+// The smallest of an int64 or int32 array's values (0 when none is below).
+int64_t MinLabel(const NpyArray& a) {
+  int64_t low = 0;
+  const size_t n = a.data_bytes() / NpyTypeSize(a.type());
+  for (size_t i = 0; i < n; ++i) {
+    low =
+        std::min(low, a.type() == NpyType::kInt64
+                          ? static_cast<const int64_t*>(a.data())[i]
+                          : int64_t{static_cast<const int32_t*>(a.data())[i]});
+  }
+  return low;
+}
+
+}  // namespace
+
+Status CheckLabeledSplit(const std::string& field, const NpyArray& x,
+                         const std::string& x_path, const NpyArray& y,
+                         const std::string& y_path) {
+  const std::string xf = field + ".x: " + x_path + ": ";
+  const std::string yf = field + ".y: " + y_path + ": ";
+  if (x.type() != NpyType::kFloat32 && x.type() != NpyType::kFloat16 &&
+      x.type() != NpyType::kUInt8) {
+    return InvalidArgumentError(xf + "dtype " +
+                                std::string(NpyTypeName(x.type())) +
+                                "; inputs must be float32, float16 or uint8");
+  }
+  if (x.shape().empty() || x.rows() == 0) {
+    return InvalidArgumentError(xf + "holds no samples (shape [N, ...])");
+  }
+  if (y.type() != NpyType::kInt64 && y.type() != NpyType::kInt32) {
+    return InvalidArgumentError(
+        yf + "dtype " + std::string(NpyTypeName(y.type())) +
+        "; labels must be int64 or int32 class indices");
+  }
+  if (y.shape().size() != 1) {
+    return InvalidArgumentError(yf + "labels must be 1-D [N], got " +
+                                std::to_string(y.shape().size()) + " dims");
+  }
+  if (y.rows() != x.rows()) {
+    return InvalidArgumentError(yf + std::to_string(y.rows()) +
+                                " labels for the " + std::to_string(x.rows()) +
+                                " samples of " + field + ".x");
+  }
+  if (const int64_t bad = FirstNonFinite(x); bad >= 0) {
+    return InvalidArgumentError(xf + "sample " +
+                                std::to_string(bad / x.row_elements()) +
+                                " holds NaN or infinity");
+  }
+  if (const int64_t low = MinLabel(y); low < 0) {
+    return InvalidArgumentError(
+        yf + "label " + std::to_string(low) +
+        " is negative; labels are class indices 0..C-1");
+  }
+  return Status();
 }
 
 int64_t NpyArray::row_elements() const {

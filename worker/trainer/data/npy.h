@@ -78,6 +78,16 @@ class NpyArray {
   size_t data_bytes_ = 0;
 };
 
+// Checks one classification split (`field` is "dataset.train", ...): inputs
+// `x` (file `x_path`) of float32, float16 or uint8 with at least one sample,
+// all finite; labels `y` (file `y_path`) of int64 or int32, 1-D, one per
+// sample, none negative. INVALID_ARGUMENT naming the field and the file. The
+// trainer checks every split it trains on with it, and the client every
+// split it submits (docs/models.md).
+Status CheckLabeledSplit(const std::string& field, const NpyArray& x,
+                         const std::string& x_path, const NpyArray& y,
+                         const std::string& y_path);
+
 }  // namespace megabatch::trainer
 
 #endif  // MEGABATCH_WORKER_TRAINER_DATA_NPY_H_

@@ -21,8 +21,6 @@ namespace F = torch::nn::functional;
 constexpr double kLn2 = 0.69314718055994530942;
 // Windows per evaluation forward of a language model.
 constexpr int64_t kEvalWindows = 64;
-// Rows checked for NaN at a time (bounds the float32 copy of a chunk).
-constexpr int64_t kCheckRows = 8192;
 // The rows val_fraction holds out: a fixed permutation, the same for every
 // trial, seed and host.
 constexpr uint64_t kHoldOutSeed = 20261203;
@@ -145,73 +143,17 @@ struct LabeledSplit {
   int64_t max_label = 0;
 };
 
-bool IsInputType(NpyType t) {
-  return t == NpyType::kFloat32 || t == NpyType::kFloat16 ||
-         t == NpyType::kUInt8;
-}
-bool IsLabelType(NpyType t) {
-  return t == NpyType::kInt64 || t == NpyType::kInt32;
-}
-
-// The first row of `x` holding a NaN or an infinity, or -1.
-int64_t FirstNonFiniteRow(const torch::Tensor& x) {
-  if (x.scalar_type() == torch::kUInt8) return -1;
-  for (int64_t i = 0; i < x.size(0); i += kCheckRows) {
-    torch::Tensor chunk =
-        x.slice(0, i, std::min(x.size(0), i + kCheckRows)).to(torch::kFloat32);
-    torch::Tensor bad =
-        chunk.isfinite().logical_not().reshape({chunk.size(0), -1});
-    torch::Tensor rows = bad.any(1).nonzero();
-    if (rows.size(0) > 0) return i + rows[0][0].item<int64_t>();
-  }
-  return -1;
-}
-
 // Opens and checks one split's x and y, keeping their maps in `maps`.
 Result<LabeledSplit> OpenLabeled(const std::string& field,
                                  const SplitFiles& files,
                                  std::vector<NpyArray>* maps) {
   MEGABATCH_ASSIGN_OR_RETURN(NpyArray x, NpyArray::Open(files.x, field + ".x"));
   MEGABATCH_ASSIGN_OR_RETURN(NpyArray y, NpyArray::Open(files.y, field + ".y"));
-  const std::string xf = field + ".x: " + files.x + ": ";
-  const std::string yf = field + ".y: " + files.y + ": ";
-  if (!IsInputType(x.type())) {
-    return InvalidArgumentError(xf + "dtype " +
-                                std::string(NpyTypeName(x.type())) +
-                                "; inputs must be float32, float16 or uint8");
-  }
-  if (x.shape().empty() || x.rows() == 0) {
-    return InvalidArgumentError(xf + "holds no samples (shape [N, ...])");
-  }
-  if (!IsLabelType(y.type())) {
-    return InvalidArgumentError(
-        yf + "dtype " + std::string(NpyTypeName(y.type())) +
-        "; labels must be int64 or int32 class indices");
-  }
-  if (y.shape().size() != 1) {
-    return InvalidArgumentError(yf + "labels must be 1-D [N], got " +
-                                std::to_string(y.shape().size()) + " dims");
-  }
-  if (y.rows() != x.rows()) {
-    return InvalidArgumentError(yf + std::to_string(y.rows()) +
-                                " labels for the " + std::to_string(x.rows()) +
-                                " samples of " + field + ".x");
-  }
+  MEGABATCH_RETURN_IF_ERROR(CheckLabeledSplit(field, x, files.x, y, files.y));
   LabeledSplit s;
   s.field = field;
   s.x = View(x);
   s.y = View(y);
-  const int64_t bad_row = FirstNonFiniteRow(s.x);
-  if (bad_row >= 0) {
-    return InvalidArgumentError(xf + "sample " + std::to_string(bad_row) +
-                                " holds NaN or infinity");
-  }
-  const int64_t min_label = s.y.min().item<int64_t>();
-  if (min_label < 0) {
-    return InvalidArgumentError(
-        yf + "label " + std::to_string(min_label) +
-        " is negative; labels are class indices 0..C-1");
-  }
   s.max_label = s.y.max().item<int64_t>();
   maps->push_back(std::move(x));
   maps->push_back(std::move(y));
@@ -456,9 +398,7 @@ class LanguageModelFilesTask : public Task {
     MEGABATCH_RETURN_IF_ERROR(Probe(*model_, [&] {
       const int64_t first = 0;
       const torch::Tensor rows = Gather(train_, &first, 1, config_.seq_len + 1);
-      vocab_ =
-          Logits(rows.slice(1, 0, config_.seq_len), rows.slice(1, 1), train_)
-              .size(2);
+      vocab_ = Logits(rows.slice(1, 0, config_.seq_len)).size(2);
     }));
     return std::shared_ptr<torch::nn::Module>(model_);
   }
@@ -480,16 +420,14 @@ class LanguageModelFilesTask : public Task {
             .clamp_max(last)
             .contiguous();
     const torch::Tensor rows =
-        Gather(train_, starts.data_ptr<int64_t>(), n, config_.seq_len + 1)
-            .to(device_);
+        ReadWindows(train_, starts.data_ptr<int64_t>(), n);
     const torch::Tensor inputs = rows.slice(1, 0, config_.seq_len);
     const torch::Tensor targets = rows.slice(1, 1);
     if (model_->has_loss()) {
-      CheckTokens(inputs, targets, train_, vocab_);
       return CheckScalarLoss(
           Call("loss", [&] { return model_->Loss(inputs, targets); }));
     }
-    const torch::Tensor logits = Logits(inputs, targets, train_);
+    const torch::Tensor logits = Logits(inputs);
     return F::cross_entropy(logits.reshape({-1, logits.size(-1)}),
                             targets.reshape({-1}));
   }
@@ -506,11 +444,10 @@ class LanguageModelFilesTask : public Task {
       const int64_t end = std::min(n, i + kEvalWindows);
       starts.clear();
       for (int64_t w = i; w < end; ++w) starts.push_back(w * config_.seq_len);
-      const torch::Tensor rows =
-          Gather(s, starts.data(), end - i, config_.seq_len + 1).to(device_);
+      const torch::Tensor rows = ReadWindows(s, starts.data(), end - i);
       const torch::Tensor inputs = rows.slice(1, 0, config_.seq_len);
       const torch::Tensor targets = rows.slice(1, 1);
-      const torch::Tensor logits = Logits(inputs, targets, s);
+      const torch::Tensor logits = Logits(inputs);
       Score score = ScoreLogits(logits.reshape({-1, logits.size(-1)}),
                                 targets.reshape({-1}));
       if (model_->has_loss()) {
@@ -541,11 +478,23 @@ class LanguageModelFilesTask : public Task {
     return (s.count - (config_.seq_len + 1)) / config_.seq_len + 1;
   }
 
-  // The model's logits for `inputs` [N, T], checked: [N, T, V] with every
-  // token below V (known from the probe: an embedding would fail first).
-  torch::Tensor Logits(const torch::Tensor& inputs,
-                       const torch::Tensor& targets, const TokenSplit& s) {
-    if (vocab_ > 0) CheckTokens(inputs, targets, s, vocab_);
+  // The windows of `s` from `starts` ([n, seq_len + 1]) on the device,
+  // every token checked below the model's vocabulary (known from the probe:
+  // the module's embedding would fail on one with a less useful message),
+  // once per window and on the CPU, before the copy.
+  torch::Tensor ReadWindows(const TokenSplit& s, const int64_t* starts,
+                            int64_t n) const {
+    const torch::Tensor rows = Gather(s, starts, n, config_.seq_len + 1);
+    if (const int64_t top = rows.max().item<int64_t>(); top >= vocab_) {
+      throw InputError(s.field + ": token " + std::to_string(top) +
+                       " is out of range for the model's vocabulary of " +
+                       std::to_string(vocab_));
+    }
+    return rows.to(device_);
+  }
+
+  // The model's logits for `inputs` [N, T], checked: [N, T, V].
+  torch::Tensor Logits(const torch::Tensor& inputs) {
     torch::Tensor logits =
         Call("forward", [&] { return model_->Forward(inputs); });
     if (logits.dim() != 3 || logits.size(0) != inputs.size(0) ||
@@ -554,20 +503,7 @@ class LanguageModelFilesTask : public Task {
                        " for tokens " + ShapeText(inputs) +
                        "; a language model returns logits [N, T, V]");
     }
-    CheckTokens(inputs, targets, s, logits.size(2));
     return logits;
-  }
-
-  static void CheckTokens(const torch::Tensor& inputs,
-                          const torch::Tensor& targets, const TokenSplit& s,
-                          int64_t vocab) {
-    const int64_t top =
-        std::max(inputs.max().item<int64_t>(), targets.max().item<int64_t>());
-    if (top >= vocab) {
-      throw InputError(s.field + ": token " + std::to_string(top) +
-                       " is out of range for the model's vocabulary of " +
-                       std::to_string(vocab));
-    }
   }
 
   const TrialConfig config_;
