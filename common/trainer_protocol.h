@@ -39,6 +39,9 @@ inline constexpr const char* kCompleted = "completed";
 inline constexpr const char* kDiverged = "diverged";
 inline constexpr const char* kFailed = "failed";
 inline constexpr const char* kCheckpoint = "checkpoint";
+// The trial stopped early with a checkpoint, asked to (SIGUSR1: its worker
+// is draining); it resumes elsewhere.
+inline constexpr const char* kPreempted = "preempted";
 
 // How much of a bad line an error quotes.
 inline constexpr size_t kQuotedBytes = 200;
@@ -93,7 +96,8 @@ struct Line {
   // A metrics line: its step and values (NaN for null).
   int64_t step = 0;
   std::vector<std::pair<std::string, double>> metrics;
-  // An event line: kCompleted, kDiverged, kFailed or kCheckpoint; "" for
+  // An event line: kCompleted, kDiverged, kFailed, kPreempted or
+  // kCheckpoint; "" for
   // metrics.
   std::string event;
   std::string message;

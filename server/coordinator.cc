@@ -5,6 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/impl/server_builder_option.h>
 #include <grpcpp/impl/server_builder_plugin.h>
+#include <grpcpp/resource_quota.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -246,6 +247,9 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
   }
   builder.AddListeningPort(options.listen, creds, &c->port_);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  grpc::ResourceQuota quota("megabatch-coordinator");
+  quota.SetMaxThreads(options.max_rpc_threads);
+  builder.SetResourceQuota(quota);
 
   builder.RegisterService(c->sweep_service_.get());
   builder.RegisterService(c->worker_service_.get());

@@ -38,6 +38,10 @@ struct CoordinatorOptions {
   // RESOURCE_EXHAUSTED, stores nothing, and workers keep their points and
   // retry, as on a full disk.
   int64_t max_db_bytes = 0;
+  // Threads serving calls (gRPC's synchronous pool; a long-polling
+  // LeaseTrial holds none): past them a call is RESOURCE_EXHAUSTED, which
+  // workers retry. Watch and export streams are capped well below it.
+  int max_rpc_threads = 256;
 
   // Authentication: non-empty turns it on (every RPC needs a token). The file
   // holds the admin token: created (mode 0600) with a new one when absent;
@@ -109,6 +113,7 @@ class Coordinator {
   // A channel to this server that bypasses the network.
   std::shared_ptr<grpc::Channel> InProcessChannel();
   store::SweepStore* store() { return store_.get(); }
+  scheduler::Scheduler* scheduler() { return scheduler_.get(); }
   // The WorkerService handlers, for harnesses that call them without gRPC
   // (the metrics fuzzer).
   service::WorkerServiceImpl* worker_service() { return worker_service_.get(); }

@@ -170,6 +170,11 @@ int main(int argc, char** argv) {
          "metric points accepted per second from each worker (0: no limit)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-rpc-threads", options.max_rpc_threads,
+                 "threads serving calls; past them a call is "
+                 "RESOURCE_EXHAUSTED (workers retry). Long polls hold none")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 65536));
   app.add_option("--max-db-bytes", options.max_db_bytes,
                  "cap the database file at this many bytes (0: none); past "
                  "it writes are refused as on a full disk and workers retry")

@@ -25,11 +25,13 @@ Scheduler::Scheduler(store::SweepStore* store, SchedulerOptions options)
     }
   });
   reaper_ = std::thread([this] { ReapLoop(); });
+  dispatcher_ = std::thread([this] { DispatchLoop(); });
 }
 
 Scheduler::~Scheduler() {
   Stop();
   reaper_.join();
+  dispatcher_.join();
   store_->SetListener(nullptr);
 }
 
@@ -37,9 +39,8 @@ void Scheduler::Stop() {
   {
     MutexLock lock(&batch_mu_);
     closed_ = true;
-    for (PendingLease* p : pending_) p->cv.Signal();
-    for (PendingLease* p : parked_) p->cv.Signal();
   }
+  dispatch_cv_.Signal();
   {
     MutexLock lock(&mu_);
     stopping_ = true;
@@ -51,10 +52,10 @@ void Scheduler::Notify() {
   {
     MutexLock lock(&batch_mu_);
     ++notify_seq_;
-    for (PendingLease* p : parked_) Enqueue(p);
+    for (const auto& p : parked_) Enqueue(p);
     parked_.clear();
-    if (!leading_ && !pending_.empty()) pending_.front()->cv.Signal();
   }
+  dispatch_cv_.Signal();
   NotifyWatchers();
 }
 
@@ -146,95 +147,194 @@ Result<store::SweepRow> Scheduler::Cancel(int64_t sweep_id) {
   return row;
 }
 
+struct Scheduler::LeaseRequest {
+  enum class Where { kQueued, kInFlight, kParked, kDone };
+  int64_t worker_id = 0;
+  Where where = Where::kQueued;
+  // A parked request is answered "nothing" then.
+  std::chrono::steady_clock::time_point deadline;
+  // When it last joined the queue: the start of its dispatch latency.
+  std::chrono::steady_clock::time_point queued_at;
+  // The store's version before the batch that found nothing for it.
+  int64_t seen_version = 0;
+  // CancelLease() came while it was in a batch.
+  bool cancelled = false;
+  LeaseDone done;
+};
+
+std::shared_ptr<Scheduler::LeaseRequest> Scheduler::LeaseAsync(
+    int64_t worker_id, std::chrono::milliseconds wait, LeaseDone done) {
+  auto request = std::make_shared<LeaseRequest>();
+  request->worker_id = worker_id;
+  request->deadline = std::chrono::steady_clock::now() + wait;
+  request->done = std::move(done);
+  bool queued = false;
+  {
+    MutexLock lock(&batch_mu_);
+    if (!closed_) {
+      queued = true;
+      Enqueue(request);
+      if (gang_waiting_) {
+        // A data-parallel trial waits for enough requests in one batch:
+        // bring every idle one along with this newcomer.
+        for (const auto& p : parked_) Enqueue(p);
+        parked_.clear();
+      }
+    }
+  }
+  if (queued) {
+    dispatch_cv_.Signal();
+    return request;
+  }
+  request->where = LeaseRequest::Where::kDone;  // never listed: not shared
+  request->done(UnavailableError("coordinator is shutting down"));
+  return request;
+}
+
+void Scheduler::CancelLease(const std::shared_ptr<LeaseRequest>& request) {
+  using Where = LeaseRequest::Where;
+  std::vector<Reply> replies;
+  {
+    MutexLock lock(&batch_mu_);
+    if (request->where == Where::kInFlight) {
+      request->cancelled = true;  // LeadBatch answers it
+    } else if (request->where != Where::kDone) {
+      Unlist(request.get());
+      Answer(
+          request.get(),
+          Status(StatusCode::kCancelled,
+                 "worker " + std::to_string(request->worker_id) + " went away"),
+          &replies);
+    }
+  }
+  for (auto& [done, result] : replies) done(std::move(result));
+}
+
 Result<std::optional<store::Lease>> Scheduler::Lease(
     int64_t worker_id, std::chrono::milliseconds wait,
     const std::function<bool()>& client_gone) {
-  using Where = PendingLease::Where;
-  const auto deadline = std::chrono::steady_clock::now() + wait;
-  // A parked request wakes this often to notice a caller that went away, or
-  // a change that came without Notify().
+  // How often the caller is asked whether it went away.
   constexpr auto kSlice = std::chrono::milliseconds(200);
-  PendingLease self(&batch_mu_);
-  self.worker_id = worker_id;
-  MutexLock lock(&batch_mu_);
-  Enqueue(&self);
-  if (gang_waiting_) {
-    // A data-parallel trial waits for enough requests in one batch: bring
-    // every idle one along with this newcomer.
-    for (PendingLease* p : parked_) Enqueue(p);
-    parked_.clear();
-  }
-  while (self.where != Where::kDone) {
-    if (closed_ && self.where != Where::kInFlight) {
-      Unlist(&self);
-      return UnavailableError("coordinator is shutting down");
-    }
-    if (self.where == Where::kQueued && !leading_) {
-      LeadBatch();
-      continue;
-    }
-    const auto now = std::chrono::steady_clock::now();
-    if (self.where == Where::kParked && (now >= deadline || client_gone())) {
-      Unlist(&self);
-      return std::optional<store::Lease>();
-    }
-    // Only a parked request answers at its deadline; a queued or in-flight
-    // one waits for its batch whatever the time (a past deadline here once
-    // made hundreds of them spin, starving the batch they waited for).
-    self.cv.WaitUntil(self.where == Where::kParked
-                          ? std::min(deadline, now + kSlice)
-                          : now + kSlice);
-    // Once a slice: a safety net for a change whose Notify() it missed.
-    if (self.where == Where::kParked &&
-        store_->version() != self.seen_version) {
-      Unlist(&self);
-      Enqueue(&self);
+  Mutex mu;
+  CondVar answered(&mu);
+  std::optional<Result<std::optional<store::Lease>>> out;
+  auto request = LeaseAsync(worker_id, wait,
+                            [&](Result<std::optional<store::Lease>> result) {
+                              MutexLock lock(&mu);
+                              out = std::move(result);
+                              answered.Signal();
+                            });
+  MutexLock lock(&mu);
+  while (!out.has_value()) {
+    answered.WaitUntil(std::chrono::steady_clock::now() + kSlice);
+    if (!out.has_value() && client_gone()) {
+      lock.Unlock();
+      CancelLease(request);
+      lock.Lock();
     }
   }
-  lock.Unlock();
-  // Only grants and errors are handed back; "nothing" parks the request.
-  if (!self.result.ok()) return std::move(self.result);
-  const store::Lease& l = **self.result;
-  if (client_gone()) {
-    MEGABATCH_RETURN_IF_ERROR(store_->ReleaseLease(
-        l.trial_id, l.lease_id, worker_id, NowSeconds(), l.rank));
-    return Status(
-        StatusCode::kCancelled,
-        "worker " + std::to_string(worker_id) + " went away; lease released");
+  if (out->ok() && out->value().has_value() && client_gone()) {
+    return ReleaseUnreceived(***out, worker_id);
   }
-  if (options_.on_dispatch) {
-    options_.on_dispatch(std::chrono::duration<double>(
-                             std::chrono::steady_clock::now() - self.queued_at)
-                             .count());
-  }
-  return std::move(self.result);
+  return std::move(*out);
 }
 
-void Scheduler::Enqueue(PendingLease* p) {
-  p->where = PendingLease::Where::kQueued;
+size_t Scheduler::WaitingLeases() {
+  MutexLock lock(&batch_mu_);
+  return pending_.size() + parked_.size();
+}
+
+Status Scheduler::ReleaseUnreceived(const store::Lease& lease,
+                                    int64_t worker_id) {
+  MEGABATCH_RETURN_IF_ERROR(store_->ReleaseLease(
+      lease.trial_id, lease.lease_id, worker_id, NowSeconds(), lease.rank));
+  return Status(StatusCode::kCancelled, "worker " + std::to_string(worker_id) +
+                                            " went away; lease released");
+}
+
+void Scheduler::Enqueue(const std::shared_ptr<LeaseRequest>& p) {
+  p->where = LeaseRequest::Where::kQueued;
   p->queued_at = std::chrono::steady_clock::now();
   pending_.push_back(p);
 }
 
-void Scheduler::Unlist(PendingLease* p) {
-  if (p->where == PendingLease::Where::kQueued) {
-    pending_.erase(std::find(pending_.begin(), pending_.end(), p));
-  } else if (p->where == PendingLease::Where::kParked) {
-    parked_.erase(std::find(parked_.begin(), parked_.end(), p));
+void Scheduler::Unlist(LeaseRequest* p) {
+  auto is_p = [p](const std::shared_ptr<LeaseRequest>& q) {
+    return q.get() == p;
+  };
+  if (p->where == LeaseRequest::Where::kQueued) {
+    pending_.erase(std::find_if(pending_.begin(), pending_.end(), is_p));
+  } else if (p->where == LeaseRequest::Where::kParked) {
+    parked_.erase(std::find_if(parked_.begin(), parked_.end(), is_p));
   }
 }
 
-void Scheduler::LeadBatch() {
-  using Where = PendingLease::Where;
+void Scheduler::Answer(LeaseRequest* p,
+                       Result<std::optional<store::Lease>> result,
+                       std::vector<Reply>* replies) {
+  p->where = LeaseRequest::Where::kDone;
+  replies->emplace_back(std::move(p->done), std::move(result));
+}
+
+void Scheduler::DispatchLoop() {
+  // A parked request is looked at this often for a change that came without
+  // Notify() (a safety net).
+  constexpr auto kSlice = std::chrono::milliseconds(200);
+  std::vector<Reply> replies;
+  MutexLock lock(&batch_mu_);
+  while (true) {
+    if (closed_) {
+      for (const auto& p : pending_) {
+        Answer(p.get(), UnavailableError("coordinator is shutting down"),
+               &replies);
+      }
+      for (const auto& p : parked_) {
+        Answer(p.get(), UnavailableError("coordinator is shutting down"),
+               &replies);
+      }
+      pending_.clear();
+      parked_.clear();
+    } else if (!pending_.empty()) {
+      LeadBatch(&replies);
+    }
+    const auto now = std::chrono::steady_clock::now();
+    auto wake = now + kSlice;
+    const int64_t version = store_->version();
+    std::vector<std::shared_ptr<LeaseRequest>> still_parked;
+    for (auto& p : parked_) {
+      if (p->deadline <= now) {
+        Answer(p.get(), std::optional<store::Lease>(), &replies);
+      } else if (p->seen_version != version) {
+        Enqueue(p);
+      } else {
+        wake = std::min(wake, p->deadline);
+        still_parked.push_back(std::move(p));
+      }
+    }
+    parked_ = std::move(still_parked);
+    if (!replies.empty()) {
+      lock.Unlock();
+      for (auto& [done, result] : replies) done(std::move(result));
+      replies.clear();
+      lock.Lock();
+      continue;
+    }
+    if (closed_) return;
+    if (pending_.empty()) dispatch_cv_.WaitUntil(wake);
+  }
+}
+
+void Scheduler::LeadBatch(std::vector<Reply>* replies) {
+  using Where = LeaseRequest::Where;
   // At most this many leases in one transaction, bounding its time.
   constexpr size_t kMaxBatch = 256;
-  leading_ = true;
   const size_t n = std::min(pending_.size(), kMaxBatch);
-  std::vector<PendingLease*> batch(pending_.begin(), pending_.begin() + n);
+  std::vector<std::shared_ptr<LeaseRequest>> batch(pending_.begin(),
+                                                   pending_.begin() + n);
   pending_.erase(pending_.begin(), pending_.begin() + n);
   std::vector<int64_t> ids;
   ids.reserve(n);
-  for (PendingLease* p : batch) {
+  for (const auto& p : batch) {
     p->where = Where::kInFlight;
     ids.push_back(p->worker_id);
   }
@@ -244,28 +344,43 @@ void Scheduler::LeadBatch() {
   bool gang_waiting = false;
   std::vector<Result<std::optional<store::Lease>>> results =
       store_->LeaseBatch(ids, NowSeconds(), &gang_waiting);
+  const auto leased_at = std::chrono::steady_clock::now();
+  // A lease whose caller went away during the batch goes straight back.
+  for (size_t i = 0; i < n; ++i) {
+    if (!results[i].ok() || !results[i]->has_value()) continue;
+    bool cancelled;
+    {
+      MutexLock lock(&batch_mu_);
+      cancelled = batch[i]->cancelled;
+    }
+    if (!cancelled) continue;
+    results[i] = ReleaseUnreceived(**results[i], batch[i]->worker_id);
+  }
   batch_mu_.Lock();
   gang_waiting_ = gang_waiting;
-  // Every hand-back happens under the lock: a request cannot return (and
-  // destroy its condition variable) before this is done with it.
   for (size_t i = 0; i < n; ++i) {
-    PendingLease* p = batch[i];
+    LeaseRequest* p = batch[i].get();
     if (results[i].ok() && !results[i]->has_value()) {
-      if (notify_seq_ != seq) {
-        Enqueue(p);  // something changed during the batch: ask again
+      if (p->cancelled) {
+        Answer(p,
+               Status(StatusCode::kCancelled,
+                      "worker " + std::to_string(p->worker_id) + " went away"),
+               replies);
+      } else if (notify_seq_ != seq) {
+        Enqueue(batch[i]);  // something changed during the batch: ask again
       } else {
         p->where = Where::kParked;
         p->seen_version = version;
-        parked_.push_back(p);
+        parked_.push_back(batch[i]);
       }
       continue;
     }
-    p->result = std::move(results[i]);
-    p->where = Where::kDone;
-    p->cv.Signal();
+    if (results[i].ok() && options_.on_dispatch) {
+      options_.on_dispatch(
+          std::chrono::duration<double>(leased_at - p->queued_at).count());
+    }
+    Answer(p, std::move(results[i]), replies);
   }
-  leading_ = false;
-  if (!pending_.empty()) pending_.front()->cv.Signal();
 }
 
 Result<store::TrialState> Scheduler::Finish(int64_t trial_id, int64_t lease_id,

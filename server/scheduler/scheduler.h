@@ -9,6 +9,7 @@
 #include <deque>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -88,10 +89,34 @@ class Scheduler {
 
   Result<store::SweepRow> Cancel(int64_t sweep_id);
 
-  // Leases a trial to the worker, waiting up to `wait` for one to become
-  // available. nullopt if none did. `client_gone` is polled while waiting
-  // and once a lease is granted: a lease its caller can no longer receive is
-  // released at once (CANCELLED) instead of waiting out the lease timeout.
+  // Asks for a trial for the worker, waiting up to `wait` for one to
+  // become available. `done` is called exactly once, from the scheduler's
+  // dispatch thread (or the caller's, on shutdown or CancelLease), with the
+  // lease, nullopt if none came within `wait`, UNAVAILABLE once Stop()ped or
+  // CANCELLED after CancelLease(); it must not block. No thread waits while
+  // the request is parked: a coordinator with 1,000 long-polling workers
+  // holds one dispatch thread, not 1,000 (docs/design.md).
+  struct LeaseRequest;
+  using LeaseDone = std::function<void(Result<std::optional<store::Lease>>)>;
+  std::shared_ptr<LeaseRequest> LeaseAsync(int64_t worker_id,
+                                           std::chrono::milliseconds wait,
+                                           LeaseDone done);
+  // The request's caller went away: a waiting request is answered CANCELLED
+  // now; one in a batch is answered when the batch ends, and a lease it got
+  // is released at once (not left to the lease timeout). A no-op once
+  // answered.
+  void CancelLease(const std::shared_ptr<LeaseRequest>& request);
+
+  // Lease requests queued or parked now (not yet answered).
+  size_t WaitingLeases() EXCLUDES(batch_mu_);
+
+  // Gives back a lease its caller can no longer receive, so the trial is
+  // requeued at once instead of after the lease timeout; returns the
+  // CANCELLED status to answer with (or the store's error).
+  Status ReleaseUnreceived(const store::Lease& lease, int64_t worker_id);
+
+  // LeaseAsync() for a caller with a thread to spare: blocks until answered.
+  // `client_gone` is polled while waiting (CancelLease when it says so).
   Result<std::optional<store::Lease>> Lease(
       int64_t worker_id, std::chrono::milliseconds wait,
       const std::function<bool()>& client_gone = [] { return false; });
@@ -122,30 +147,23 @@ class Scheduler {
   void Stop();
 
  private:
-  // Lease requests are served in batches, each in one store transaction:
-  // requests that arrive while a batch runs queue up in `pending_`, and the
-  // oldest of them leads the next batch (group commit). A request that finds
-  // nothing is parked without waking its thread; Notify() moves every parked
-  // request back to the queue and wakes one thread to lead. So 200 workers
-  // woken by one submission cost one transaction and 200 wake-ups, not 200
-  // of each plus a convoy on one mutex.
-  struct PendingLease {
-    enum class Where { kQueued, kInFlight, kParked, kDone };
-    int64_t worker_id = 0;
-    Where where = Where::kQueued;
-    Result<std::optional<store::Lease>> result{std::optional<store::Lease>()};
-    // When it last joined the queue: the start of its dispatch latency.
-    std::chrono::steady_clock::time_point queued_at;
-    // The store's version before the batch that found nothing for it.
-    int64_t seen_version = 0;
-    explicit PendingLease(Mutex* mu) : cv(mu) {}
-    CondVar cv;
-  };
-  void Enqueue(PendingLease* p) REQUIRES(batch_mu_);
-  void Unlist(PendingLease* p) REQUIRES(batch_mu_);
-  // Leases for up to kMaxBatch queued requests; called with batch_mu_ held
-  // and no batch running; releases it during the transaction.
-  void LeadBatch() REQUIRES(batch_mu_);
+  // Lease requests are served in batches, each in one store transaction,
+  // by one dispatch thread: requests that arrive while a batch runs queue up
+  // in `pending_` and go in the next batch (group commit). A request that
+  // finds nothing is parked until its deadline; Notify() moves every parked
+  // request back to the queue. So 200 workers woken by one submission cost
+  // one transaction, and no thread waits for any of them.
+  using Reply = std::pair<LeaseDone, Result<std::optional<store::Lease>>>;
+  void Enqueue(const std::shared_ptr<LeaseRequest>& p) REQUIRES(batch_mu_);
+  void Unlist(LeaseRequest* p) REQUIRES(batch_mu_);
+  // Marks `p` answered with `result`; the answer is delivered (its callback
+  // called) by whoever holds `replies`, after releasing batch_mu_.
+  void Answer(LeaseRequest* p, Result<std::optional<store::Lease>> result,
+              std::vector<Reply>* replies) REQUIRES(batch_mu_);
+  // Leases for up to kMaxBatch queued requests; called with batch_mu_ held;
+  // releases it during the transaction.
+  void LeadBatch(std::vector<Reply>* replies) REQUIRES(batch_mu_);
+  void DispatchLoop();
   void ReapLoop();
 
   store::SweepStore* const store_;
@@ -156,11 +174,13 @@ class Scheduler {
   CondVar changed_{&mu_};
   bool stopping_ GUARDED_BY(mu_) = false;
   std::thread reaper_;
+  std::thread dispatcher_;
 
   Mutex batch_mu_;
-  std::deque<PendingLease*> pending_ GUARDED_BY(batch_mu_);
-  std::vector<PendingLease*> parked_ GUARDED_BY(batch_mu_);
-  bool leading_ GUARDED_BY(batch_mu_) = false;
+  // Signalled when a request is queued, cancelled, or the scheduler stops.
+  CondVar dispatch_cv_{&batch_mu_};
+  std::deque<std::shared_ptr<LeaseRequest>> pending_ GUARDED_BY(batch_mu_);
+  std::vector<std::shared_ptr<LeaseRequest>> parked_ GUARDED_BY(batch_mu_);
   bool closed_ GUARDED_BY(batch_mu_) = false;
   // The last batch left a data-parallel trial waiting for more requests.
   bool gang_waiting_ GUARDED_BY(batch_mu_) = false;

@@ -107,8 +107,8 @@ enum class Access { kUsers, kWorkers };
 // The caller of an RPC, from its bearer token; an anonymous admin when
 // authentication is off.
 Result<auth::Caller> Authorize(const auth::Authenticator* auth,
-                               const grpc::ServerContext* ctx, Access access,
-                               const char* method) {
+                               const grpc::ServerContextBase* ctx,
+                               Access access, const char* method) {
   if (auth == nullptr) return auth::Caller{};
   std::optional<std::string_view> header;
   const auto& metadata = ctx->client_metadata();
@@ -292,12 +292,21 @@ Result<std::unique_ptr<StreamSlots::Held>> StreamSlots::Acquire(
                       " watch or export streams open; at most " +
                       std::to_string(per_caller_) + " at once");
   }
+  if (open_total_ >= total_) {
+    return Status(StatusCode::kResourceExhausted,
+                  std::to_string(open_total_) +
+                      " watch or export streams are open on this "
+                      "coordinator; at most " +
+                      std::to_string(total_) + " at once");
+  }
   ++open;
+  ++open_total_;
   return std::make_unique<Held>(this, caller);
 }
 
 void StreamSlots::Release(const std::string& caller) {
   MutexLock lock(&mu_);
+  --open_total_;
   if (--open_[caller] <= 0) open_.erase(caller);
 }
 
@@ -733,6 +742,50 @@ grpc::Status WorkerServiceImpl::RegisterWorker(
       });
 }
 
+Status WorkerServiceImpl::Beat(
+    int64_t worker_id, const v1::HeartbeatRequest& req,
+    google::protobuf::RepeatedField<int64_t>* stop_trial_ids) {
+  if (req.running_size() > kMaxSlots) {
+    return InvalidArgumentError("running: at most " +
+                                std::to_string(kMaxSlots) +
+                                " trials (a worker's slots), got " +
+                                std::to_string(req.running_size()));
+  }
+  std::vector<store::RunningLease> running;
+  for (const auto& lease : req.running()) {
+    MEGABATCH_RETURN_IF_ERROR(CheckLease(lease));
+    running.push_back({lease.trial_id(), lease.lease_id(), lease.rank()});
+  }
+  if (req.gpus_size() > kMaxGpusPerWorker) {
+    return InvalidArgumentError("gpus: at most " +
+                                std::to_string(kMaxGpusPerWorker));
+  }
+  std::vector<metrics::GpuSample> gpus;
+  for (int i = 0; i < req.gpus_size(); ++i) {
+    const v1::GpuStats& g = req.gpus(i);
+    const std::string field = "gpus[" + std::to_string(i) + "]";
+    if (g.index() < 0)
+      return InvalidArgumentError(field + ".index: must be >= 0");
+    if (!(g.utilization_ratio() >= 0 && g.utilization_ratio() <= 1)) {
+      return InvalidArgumentError(
+          field + ".utilization_ratio: must be between 0 and 1");
+    }
+    if (g.memory_used_bytes() < 0 || g.memory_total_bytes() < 0) {
+      return InvalidArgumentError(field + ".memory_*_bytes: must be >= 0");
+    }
+    gpus.push_back({g.index(), g.utilization_ratio(),
+                    static_cast<double>(g.memory_used_bytes()),
+                    static_cast<double>(g.memory_total_bytes())});
+  }
+  auto stop = TimedWrite(metrics_, "heartbeat", [&] {
+    return store_->Heartbeat(worker_id, running, scheduler::NowSeconds());
+  });
+  if (!stop.ok()) return stop.status();
+  metrics_->RecordWorkerGpus(worker_id, std::move(gpus));
+  for (int64_t id : *stop) stop_trial_ids->Add(id);
+  return Status();
+}
+
 grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx,
                                           const v1::HeartbeatRequest* req,
                                           v1::HeartbeatResponse* resp) {
@@ -740,76 +793,127 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx,
       metrics_, auth_, ctx, Access::kWorkers, "Heartbeat",
       [&](const auth::Caller& caller) -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckOwner(req->worker_id(), caller));
-        if (req->running_size() > kMaxSlots) {
-          return InvalidArgumentError("running: at most " +
-                                      std::to_string(kMaxSlots) +
-                                      " trials (a worker's slots), got " +
-                                      std::to_string(req->running_size()));
-        }
-        std::vector<store::RunningLease> running;
-        for (const auto& lease : req->running()) {
-          MEGABATCH_RETURN_IF_ERROR(CheckLease(lease));
-          running.push_back({lease.trial_id(), lease.lease_id(), lease.rank()});
-        }
-        if (req->gpus_size() > kMaxGpusPerWorker) {
-          return InvalidArgumentError("gpus: at most " +
-                                      std::to_string(kMaxGpusPerWorker));
-        }
-        std::vector<metrics::GpuSample> gpus;
-        for (int i = 0; i < req->gpus_size(); ++i) {
-          const v1::GpuStats& g = req->gpus(i);
-          const std::string field = "gpus[" + std::to_string(i) + "]";
-          if (g.index() < 0)
-            return InvalidArgumentError(field + ".index: must be >= 0");
-          if (!(g.utilization_ratio() >= 0 && g.utilization_ratio() <= 1)) {
-            return InvalidArgumentError(
-                field + ".utilization_ratio: must be between 0 and 1");
-          }
-          if (g.memory_used_bytes() < 0 || g.memory_total_bytes() < 0) {
-            return InvalidArgumentError(field +
-                                        ".memory_*_bytes: must be >= 0");
-          }
-          gpus.push_back({g.index(), g.utilization_ratio(),
-                          static_cast<double>(g.memory_used_bytes()),
-                          static_cast<double>(g.memory_total_bytes())});
-        }
-        auto stop = TimedWrite(metrics_, "heartbeat", [&] {
-          return store_->Heartbeat(req->worker_id(), running,
-                                   scheduler::NowSeconds());
-        });
-        if (!stop.ok()) return stop.status();
-        metrics_->RecordWorkerGpus(req->worker_id(), std::move(gpus));
-        for (int64_t id : *stop) resp->add_stop_trial_ids(id);
-        return Status();
+        return Beat(req->worker_id(), *req, resp->mutable_stop_trial_ids());
       });
 }
 
-grpc::Status WorkerServiceImpl::LeaseTrial(grpc::ServerContext* ctx,
-                                           const v1::LeaseTrialRequest* req,
-                                           v1::LeaseTrialResponse* resp) {
-  return Guard(
-      metrics_, auth_, ctx, Access::kWorkers, "LeaseTrial",
-      [&](const auth::Caller& caller) -> Status {
-        MEGABATCH_RETURN_IF_ERROR(CheckOwner(req->worker_id(), caller));
-        if (req->wait_ms() < 0 || req->wait_ms() > kMaxWaitMs) {
-          return InvalidArgumentError(
-              "wait_ms: must be between 0 and 60000, got " +
-              std::to_string(req->wait_ms()));
-        }
-        auto lease = scheduler_->Lease(
-            req->worker_id(), std::chrono::milliseconds(req->wait_ms()),
-            [ctx] { return ctx->IsCancelled(); });
-        if (!lease.ok()) return lease.status();
-        if (lease->has_value()) {
-          const store::Lease& l = **lease;
-          resp->mutable_lease()->set_trial_id(l.trial_id);
-          resp->mutable_lease()->set_lease_id(l.lease_id);
-          resp->mutable_lease()->set_rank(l.rank);
-          resp->set_config_json(l.config_json);
-          resp->set_resume_max_step(l.resume_max_step);
-        }
-        return Status();
-      });
+namespace {
+
+// One LeaseTrial call: answered when the scheduler answers its request, or
+// at once for a call refused before it is made; deletes itself when gRPC is
+// done with it.
+class LeaseReactor final : public grpc::ServerUnaryReactor {
+ public:
+  LeaseReactor(grpc::CallbackServerContext* ctx,
+               metrics::CoordinatorMetrics* metrics,
+               scheduler::Scheduler* scheduler, v1::LeaseTrialResponse* resp)
+      : ctx_(ctx), metrics_(metrics), scheduler_(scheduler), resp_(resp) {}
+
+  void Answer(Status status) {
+    metrics_->ObserveRpc(
+        "LeaseTrial", status.code(),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_)
+            .count());
+    Finish(ToGrpcStatus(status));
+  }
+
+  // Answers with the scheduler's reply; a lease its caller can no longer
+  // receive is released at once instead of waiting out the lease timeout.
+  void Leased(int64_t worker_id, Result<std::optional<store::Lease>> lease) {
+    Status status = lease.status();
+    if (lease.ok() && lease->has_value()) {
+      const store::Lease& l = **lease;
+      if (ctx_->IsCancelled()) {
+        status = scheduler_->ReleaseUnreceived(l, worker_id);
+      } else {
+        resp_->mutable_lease()->set_trial_id(l.trial_id);
+        resp_->mutable_lease()->set_lease_id(l.lease_id);
+        resp_->mutable_lease()->set_rank(l.rank);
+        resp_->set_config_json(l.config_json);
+        resp_->set_resume_max_step(l.resume_max_step);
+      }
+    }
+    {
+      // An answer before Wait() is given to it: Wait() finishes the call,
+      // so that nothing touches the reactor after gRPC deletes it.
+      MutexLock lock(&mu_);
+      if (request_ == nullptr) {
+        early_ = std::move(status);
+        return;
+      }
+    }
+    Answer(std::move(status));
+  }
+
+  // Hands the reactor its scheduler request; after this returns the reactor
+  // may be gone.
+  void Wait(std::shared_ptr<scheduler::Scheduler::LeaseRequest> request) {
+    std::optional<Status> early;
+    bool cancelled;
+    {
+      MutexLock lock(&mu_);
+      request_ = request;
+      early = std::move(early_);
+      cancelled = cancelled_;
+    }
+    if (early.has_value()) return Answer(std::move(*early));
+    if (cancelled) scheduler_->CancelLease(request);
+  }
+
+  void OnCancel() override {
+    std::shared_ptr<scheduler::Scheduler::LeaseRequest> request;
+    {
+      MutexLock lock(&mu_);
+      cancelled_ = true;
+      request = request_;
+    }
+    // Before Wait(): Wait() cancels it.
+    if (request != nullptr) scheduler_->CancelLease(request);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  grpc::CallbackServerContext* const ctx_;
+  metrics::CoordinatorMetrics* const metrics_;
+  scheduler::Scheduler* const scheduler_;
+  v1::LeaseTrialResponse* const resp_;
+  const std::chrono::steady_clock::time_point start_ =
+      std::chrono::steady_clock::now();
+  Mutex mu_;
+  bool cancelled_ GUARDED_BY(mu_) = false;
+  std::optional<Status> early_ GUARDED_BY(mu_);
+  std::shared_ptr<scheduler::Scheduler::LeaseRequest> request_ GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::LeaseTrial(
+    grpc::CallbackServerContext* ctx, const v1::LeaseTrialRequest* req,
+    v1::LeaseTrialResponse* resp) {
+  auto* reactor = new LeaseReactor(ctx, metrics_, scheduler_, resp);
+  Status checked = [&]() -> Status {
+    MEGABATCH_ASSIGN_OR_RETURN(
+        auth::Caller caller,
+        Authorize(auth_, ctx, Access::kWorkers, "LeaseTrial"));
+    MEGABATCH_RETURN_IF_ERROR(CheckOwner(req->worker_id(), caller));
+    if (req->wait_ms() < 0 || req->wait_ms() > kMaxWaitMs) {
+      return InvalidArgumentError("wait_ms: must be between 0 and 60000, got " +
+                                  std::to_string(req->wait_ms()));
+    }
+    return Status();
+  }();
+  if (!checked.ok()) {
+    reactor->Answer(checked);
+    return reactor;
+  }
+  const int64_t worker_id = req->worker_id();
+  reactor->Wait(scheduler_->LeaseAsync(
+      worker_id, std::chrono::milliseconds(req->wait_ms()),
+      [reactor, worker_id](Result<std::optional<store::Lease>> lease) {
+        reactor->Leased(worker_id, std::move(lease));
+      }));
+  return reactor;
 }
 
 grpc::Status WorkerServiceImpl::ReportMetrics(
@@ -819,6 +923,18 @@ grpc::Status WorkerServiceImpl::ReportMetrics(
       metrics_, auth_, ctx, Access::kWorkers, "ReportMetrics",
       [&](const auth::Caller& caller) -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckOwner(req->worker_id(), caller));
+        if (req->has_heartbeat()) {
+          if (req->heartbeat().worker_id() != 0 &&
+              req->heartbeat().worker_id() != req->worker_id()) {
+            return InvalidArgumentError(
+                "heartbeat.worker_id: " +
+                std::to_string(req->heartbeat().worker_id()) +
+                " is not this report's worker_id " +
+                std::to_string(req->worker_id()) + " (or 0)");
+          }
+          MEGABATCH_RETURN_IF_ERROR(Beat(req->worker_id(), req->heartbeat(),
+                                         resp->mutable_stop_trial_ids()));
+        }
         MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
         if (req->points_size() > kMaxPointsPerReport) {
           return Status(StatusCode::kResourceExhausted,
@@ -902,6 +1018,21 @@ grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext* ctx,
       [&](const auth::Caller& caller) -> Status {
         MEGABATCH_RETURN_IF_ERROR(CheckOwner(req->worker_id(), caller));
         MEGABATCH_RETURN_IF_ERROR(CheckLease(req->lease()));
+        if (req->message().size() > kMaxMessageLength ||
+            req->stderr_tail().size() > kMaxMessageLength) {
+          return InvalidArgumentError(
+              "message/stderr_tail: at most 65536 bytes");
+        }
+        if (req->preempted()) {
+          MEGABATCH_RETURN_IF_ERROR(TimedWrite(metrics_, "finish_trial", [&] {
+            return store_->ReleaseLease(
+                req->lease().trial_id(), req->lease().lease_id(),
+                req->worker_id(), scheduler::NowSeconds(), req->lease().rank(),
+                store::Release::kPreempted, req->message());
+          }));
+          resp->set_state(v1::TRIAL_STATE_QUEUED);
+          return Status();
+        }
         store::TrialState outcome;
         switch (req->outcome()) {
           case v1::TRIAL_STATE_COMPLETED:
@@ -917,11 +1048,6 @@ grpc::Status WorkerServiceImpl::FinishTrial(grpc::ServerContext* ctx,
             return InvalidArgumentError(
                 "outcome: must be COMPLETED, FAILED or DIVERGED, got " +
                 v1::TrialState_Name(req->outcome()));
-        }
-        if (req->message().size() > kMaxMessageLength ||
-            req->stderr_tail().size() > kMaxMessageLength) {
-          return InvalidArgumentError(
-              "message/stderr_tail: at most 65536 bytes");
         }
         auto state = TimedWrite(metrics_, "finish_trial", [&] {
           return scheduler_->Finish(req->lease().trial_id(),

@@ -20,11 +20,14 @@
 
 namespace megabatch::service {
 
-// How many server streams (WatchSweep, ExportMetrics) each caller may hold
-// open at once: each holds a coordinator thread. Thread-safe.
+// How many server streams (WatchSweep, ExportMetrics) each caller, and all
+// callers together, may hold open at once: each holds a thread of the
+// coordinator's bounded pool (--max-rpc-threads), so streams alone can never
+// take every thread from the workers' calls. Thread-safe.
 class StreamSlots {
  public:
-  explicit StreamSlots(int per_caller) : per_caller_(per_caller) {}
+  StreamSlots(int per_caller, int total)
+      : per_caller_(per_caller), total_(total) {}
   // Holds one of `caller`'s slots until destroyed.
   class Held {
    public:
@@ -44,8 +47,10 @@ class StreamSlots {
  private:
   void Release(const std::string& caller);
   const int per_caller_;
+  const int total_;
   Mutex mu_;
   std::unordered_map<std::string, int> open_ GUARDED_BY(mu_);
+  int open_total_ GUARDED_BY(mu_) = 0;
 };
 
 // Thread-safe. Every argument must outlive the service. `auth` null: no
@@ -56,6 +61,7 @@ class StreamSlots {
 class SweepServiceImpl final : public v1::SweepService::Service {
  public:
   static constexpr int kMaxStreamsPerCaller = 16;
+  static constexpr int kMaxStreams = 64;
   SweepServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
                    const store::ReadOnlyDb* results,
                    metrics::CoordinatorMetrics* metrics,
@@ -104,7 +110,7 @@ class SweepServiceImpl final : public v1::SweepService::Service {
   const auth::Authenticator* const auth_;
   const scheduler::SubmitPolicy user_policy_;
   const scheduler::SubmitPolicy admin_policy_;
-  StreamSlots streams_{kMaxStreamsPerCaller};
+  StreamSlots streams_{kMaxStreamsPerCaller, kMaxStreams};
 };
 
 // A token bucket per worker on metric points: `rate` points per second,
@@ -132,7 +138,13 @@ class PointBudget {
 // client certificates, a verified certificate), and a worker id is only
 // for the credential that registered it. Metric points are limited to
 // `points_per_second` per worker (0: no limit).
-class WorkerServiceImpl final : public v1::WorkerService::Service {
+//
+// LeaseTrial is served by gRPC's callback API: a parked long poll holds no
+// thread (the scheduler answers it from its dispatch thread); the other
+// calls are short and run on the synchronous pool.
+class WorkerServiceImpl final
+    : public v1::WorkerService::WithCallbackMethod_LeaseTrial<
+          v1::WorkerService::Service> {
  public:
   WorkerServiceImpl(store::SweepStore* store, scheduler::Scheduler* scheduler,
                     metrics::CoordinatorMetrics* metrics,
@@ -149,8 +161,9 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
                               v1::RegisterWorkerResponse*) override;
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*,
                          v1::HeartbeatResponse*) override;
-  grpc::Status LeaseTrial(grpc::ServerContext*, const v1::LeaseTrialRequest*,
-                          v1::LeaseTrialResponse*) override;
+  grpc::ServerUnaryReactor* LeaseTrial(grpc::CallbackServerContext*,
+                                       const v1::LeaseTrialRequest*,
+                                       v1::LeaseTrialResponse*) override;
   grpc::Status ReportMetrics(grpc::ServerContext*,
                              const v1::ReportMetricsRequest*,
                              v1::ReportMetricsResponse*) override;
@@ -165,6 +178,11 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   // NOT_FOUND for an unknown worker.
   Status CheckOwner(int64_t worker_id, const auth::Caller& caller)
       EXCLUDES(owners_mu_);
+  // A heartbeat of worker `worker_id`, whose caller CheckOwner() passed, sent
+  // alone or folded into a report; the trials to stop go to
+  // `stop_trial_ids`.
+  Status Beat(int64_t worker_id, const v1::HeartbeatRequest& req,
+              google::protobuf::RepeatedField<int64_t>* stop_trial_ids);
 
   store::SweepStore* const store_;
   scheduler::Scheduler* const scheduler_;

@@ -40,10 +40,11 @@ Status SqliteStatus(int rc, sqlite3* db, std::string_view what) {
 }
 
 Result<std::unique_ptr<Db>> Db::OpenWith(const std::string& path, int flags,
-                                         std::string_view pragmas) {
+                                         std::string_view pragmas,
+                                         const char* vfs) {
   sqlite3* raw = nullptr;
   int rc =
-      sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, nullptr);
+      sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, vfs);
   if (rc != SQLITE_OK) {
     Status s = SqliteStatus(rc, raw, "open database " + path);
     sqlite3_close(raw);
@@ -61,8 +62,9 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path) {
                   "PRAGMA foreign_keys=ON;");
 }
 
-Result<std::unique_ptr<Db>> Db::OpenReadOnly(const std::string& path) {
-  return OpenWith(path, SQLITE_OPEN_READONLY, "PRAGMA query_only=ON;");
+Result<std::unique_ptr<Db>> Db::OpenReadOnly(const std::string& path,
+                                             const char* vfs) {
+  return OpenWith(path, SQLITE_OPEN_READONLY, "PRAGMA query_only=ON;", vfs);
 }
 
 Db::~Db() { sqlite3_close_v2(db_); }

@@ -35,8 +35,10 @@ class Db {
   // Opens (creating if needed) the database at `path` in WAL mode with
   // synchronous=NORMAL and foreign keys on. ":memory:" works too.
   static Result<std::unique_ptr<Db>> Open(const std::string& path);
-  // Opens an existing database read-only, with query_only on.
-  static Result<std::unique_ptr<Db>> OpenReadOnly(const std::string& path);
+  // Opens an existing database read-only, with query_only on; through the
+  // named VFS (null: the default).
+  static Result<std::unique_ptr<Db>> OpenReadOnly(const std::string& path,
+                                                  const char* vfs = nullptr);
 
   ~Db();
   Db(const Db&) = delete;
@@ -64,7 +66,8 @@ class Db {
   std::unordered_map<std::string, std::unique_ptr<Statement>> cache_;
   static Result<std::unique_ptr<Db>> OpenWith(const std::string& path,
                                               int flags,
-                                              std::string_view pragmas);
+                                              std::string_view pragmas,
+                                              const char* vfs = nullptr);
   sqlite3* db_;
 };
 

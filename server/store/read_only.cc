@@ -8,6 +8,7 @@
 #include "common/mutex.h"
 #include "common/thread_annotations.h"
 #include "server/store/db.h"
+#include "server/store/temp_budget_vfs.h"
 
 namespace megabatch::store {
 namespace {
@@ -15,6 +16,8 @@ namespace {
 constexpr int kMaxSqlBytes = 100000;
 constexpr int kProgressEveryOps = 10000;
 constexpr int kMaxLikePatternBytes = 200;
+// Temporary files (sorts that spill, temp tables) of all queries together.
+constexpr int64_t kMaxQueryTempBytes = int64_t{256} << 20;
 constexpr auto kCancelPollEvery = std::chrono::milliseconds(50);
 // Tables only admins may read through query; a user's own rows of
 // sweep_requests come through a view of the same name.
@@ -299,7 +302,8 @@ Result<QueryResult> ReadOnlyDb::Query(const std::string& sql,
     return InvalidArgumentError("sql: at most " + std::to_string(kMaxSqlBytes) +
                                 " bytes, got " + std::to_string(sql.size()));
   }
-  MEGABATCH_ASSIGN_OR_RETURN(auto db, Db::OpenReadOnly(path_));
+  MEGABATCH_ASSIGN_OR_RETURN(
+      auto db, Db::OpenReadOnly(path_, TempBudgetVfs(kMaxQueryTempBytes)));
   sqlite3* raw = db->raw();
   sqlite3_limit(raw, SQLITE_LIMIT_ATTACHED, 0);
   // A function call runs to its end whatever the deadline says: these keep
@@ -364,6 +368,14 @@ Result<QueryResult> ReadOnlyDb::Query(const std::string& sql,
       if (guard.was_cancelled)
         return Status(StatusCode::kCancelled, "query: cancelled");
       int primary = rc & 0xff;
+      if (primary == SQLITE_FULL) {
+        return Status(StatusCode::kResourceExhausted,
+                      "query: its temporary storage (sorts, temp tables) "
+                      "would pass " +
+                          std::to_string(kMaxQueryTempBytes >> 20) +
+                          " MiB, shared by all queries running at once; "
+                          "narrow it (WHERE, LIMIT) or sort on an index");
+      }
       if (primary == SQLITE_ERROR || primary == SQLITE_TOOBIG ||
           primary == SQLITE_MISMATCH || primary == SQLITE_RANGE) {
         return InvalidArgumentError(std::string("query: ") +

@@ -682,7 +682,8 @@ Status SweepStore::CheckLease(int64_t trial_id, int64_t lease_id,
 }
 
 Status SweepStore::ReleaseLease(int64_t trial_id, int64_t lease_id,
-                                int64_t worker_id, double now, int32_t rank) {
+                                int64_t worker_id, double now, int32_t rank,
+                                Release why, const std::string& message) {
   Locked lock(this);
   Transaction tx(db_.get());
   MEGABATCH_RETURN_IF_ERROR(tx.begin_status());
@@ -698,10 +699,16 @@ Status SweepStore::ReleaseLease(int64_t trial_id, int64_t lease_id,
   int64_t sweep_id = up.Int(0);
   MEGABATCH_RETURN_IF_ERROR(up.Run());
   MEGABATCH_RETURN_IF_ERROR(
-      AddEvent(sweep_id, trial_id, worker_id, "trial_released",
-               "lease " + std::to_string(lease_id) +
-                   " taken back: the worker went away before receiving it",
-               now));
+      why == Release::kPreempted
+          ? AddEvent(sweep_id, trial_id, worker_id, "trial_preempted",
+                     "lease " + std::to_string(lease_id) +
+                         " given back by its worker: " + message,
+                     now)
+          : AddEvent(sweep_id, trial_id, worker_id, "trial_released",
+                     "lease " + std::to_string(lease_id) +
+                         " taken back: the worker went away before receiving "
+                         "it",
+                     now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
   Changed(Change::kWork);
   return Status();

@@ -165,6 +165,12 @@ enum class Change {
 };
 
 // Thread-safe: every call runs under one internal mutex on one connection.
+// Why a lease is given back without an outcome.
+enum class Release {
+  kUnreceived,  // the worker went away before the lease reached it
+  kPreempted,   // the worker is draining (SIGTERM) and gave the trial back
+};
+
 class SweepStore {
  public:
   // Opens or creates the database at `path` and migrates it to
@@ -253,8 +259,12 @@ class SweepStore {
   // Takes back a lease whose worker never received it (the RPC's client went
   // away): the trial (all its ranks) is queued again and the attempt is not
   // counted. No-op if the lease is no longer current.
+  // With kPreempted the worker gave it back (drained); `why` goes in the
+  // event log, as "trial_preempted".
   Status ReleaseLease(int64_t trial_id, int64_t lease_id, int64_t worker_id,
-                      double now, int32_t rank = 0);
+                      double now, int32_t rank = 0,
+                      Release why = Release::kUnreceived,
+                      const std::string& message = "");
 
   // Stores points for a trial held under (worker_id, lease_id), replacing any
   // value already stored for the same (trial, name, step), and applies the

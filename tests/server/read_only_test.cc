@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "server/store/temp_budget_vfs.h"
 #include "tests/testing/report_fixture.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -168,6 +169,31 @@ TEST_F(ReadOnlyTest, CallsThatOutrunTheDeadlineAreDeniedOrBounded) {
   auto tokenizer = db_.Query("SELECT hex(fts3_tokenizer('simple'))", limits);
   EXPECT_EQ(tokenizer.status().code(), StatusCode::kPermissionDenied);
   EXPECT_THAT(tokenizer.status().message(), HasSubstr("fts3_tokenizer"));
+  EXPECT_EQ(testing::DumpDatabase(path_), before_);
+}
+
+// A sort that spills wrote 525 MB of temp files in 4 s: the temporary
+// files of queries are held to 256 MiB, and freed when the query ends.
+TEST_F(ReadOnlyTest, ASortPastTheTempStorageBudgetIsRefused) {
+  QueryLimits limits;
+  limits.timeout = std::chrono::seconds(120);
+  // 3 million rows keyed by 200 random bytes: ~650 MB to sort.
+  auto r = db_.Query(
+      "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+      "LIMIT 3000000) SELECT x FROM c ORDER BY randomblob(200)",
+      limits);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_THAT(r.status().message(), HasSubstr("256 MiB"));
+  EXPECT_EQ(TempBudgetVfsBytesInUse(), 0);
+  // A sort within it still runs.
+  auto small = db_.Query(
+      "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+      "LIMIT 200000) SELECT count(*) FROM (SELECT x FROM c ORDER BY "
+      "randomblob(200))",
+      limits);
+  ASSERT_OK(small);
+  EXPECT_EQ(small->rows[0][0].integer, 200000);
   EXPECT_EQ(testing::DumpDatabase(path_), before_);
 }
 

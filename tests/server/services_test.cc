@@ -396,6 +396,122 @@ TEST_F(ServicesTest, LeaseForACallerThatWentAwayIsReleased) {
   }
 }
 
+// The synchronous server held a thread per parked long poll (1,016 threads
+// for 1,000 idle workers): LeaseTrial is a callback now, and 500 parked
+// polls cost no threads; cancelling them releases every one at once.
+TEST_F(ServicesTest, ParkedLongPollsHoldNoCoordinatorThreads) {
+  constexpr int kPolls = 500;
+  const auto threads = [] {
+    return std::distance(std::filesystem::directory_iterator("/proc/self/task"),
+                         std::filesystem::directory_iterator());
+  };
+  std::vector<int64_t> ids(kPolls);
+  for (int64_t& id : ids) ASSERT_TRUE(Register(workers_.get(), &id).ok());
+  const auto before = threads();
+  struct Poll {
+    grpc::ClientContext ctx;
+    v1::LeaseTrialRequest req;
+    v1::LeaseTrialResponse resp;
+  };
+  std::vector<std::unique_ptr<Poll>> polls;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<grpc::StatusCode> codes;
+  for (int64_t id : ids) {
+    auto poll = std::make_unique<Poll>();
+    poll->req.set_worker_id(id);
+    poll->req.set_wait_ms(60000);
+    workers_->async()->LeaseTrial(&poll->ctx, &poll->req, &poll->resp,
+                                  [&](grpc::Status s) {
+                                    std::lock_guard<std::mutex> lock(mu);
+                                    codes.push_back(s.error_code());
+                                    cv.notify_all();
+                                  });
+    polls.push_back(std::move(poll));
+  }
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return coordinator_->scheduler()->WaitingLeases() == kPolls; },
+      std::chrono::seconds(30)));
+  const auto during = threads();
+  EXPECT_LT(during - before, 50) << before << " threads before, " << during
+                                 << " with " << kPolls << " polls parked";
+  for (auto& poll : polls) poll->ctx.TryCancel();
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] {
+    return codes.size() == static_cast<size_t>(kPolls);
+  }));
+  lock.unlock();
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] { return coordinator_->scheduler()->WaitingLeases() == 0; },
+      std::chrono::seconds(10)));
+  for (grpc::StatusCode code : codes) {
+    EXPECT_EQ(code, grpc::StatusCode::CANCELLED);
+  }
+}
+
+// Heartbeats were half of a busy fleet's calls: a report may carry the
+// worker's heartbeat, which keeps it alive and answers what to stop.
+TEST_F(ServicesTest, AReportCarriesItsWorkersHeartbeat) {
+  int64_t worker = 0;
+  ASSERT_TRUE(Register(workers_.get(), &worker, /*slots=*/2).ok());
+  // One trial of each of two sweeps; the second sweep will be cancelled.
+  v1::TrialLease kept, stopped;
+  int64_t cancelled_sweep = 0;
+  for (v1::TrialLease* lease : {&kept, &stopped}) {
+    v1::SubmitSweepResponse submitted;
+    ASSERT_TRUE(Submit("name: s\noptimizers: [{name: sgd}]\n"
+                       "batch_sizes: [128]\nbase: {lr: 0.1}\n",
+                       &submitted)
+                    .ok());
+    cancelled_sweep = submitted.sweep_id();
+    v1::LeaseTrialResponse leased;
+    ASSERT_TRUE(Lease(workers_.get(), worker, &leased).ok());
+    ASSERT_TRUE(leased.has_lease());
+    *lease = leased.lease();
+  }
+  auto report = [&](int64_t beat_worker_id, v1::ReportMetricsResponse* resp) {
+    grpc::ClientContext ctx;
+    v1::ReportMetricsRequest req;
+    req.set_worker_id(worker);
+    *req.mutable_lease() = kept;
+    auto* p = req.add_points();
+    p->set_name("train_loss");
+    p->set_step(1);
+    p->set_value(0.5);
+    req.mutable_heartbeat()->set_worker_id(beat_worker_id);
+    *req.mutable_heartbeat()->add_running() = kept;
+    *req.mutable_heartbeat()->add_running() = stopped;
+    return workers_->ReportMetrics(&ctx, req, resp);
+  };
+  const auto last_seen = [&] {
+    auto workers = coordinator_->store()->ListWorkers();
+    EXPECT_TRUE(workers.ok());
+    for (const auto& w : *workers) {
+      if (w.id == worker) return w.last_heartbeat_at;
+    }
+    return 0.0;
+  };
+  const double registered_at = last_seen();
+  v1::ReportMetricsResponse resp;
+  ASSERT_TRUE(report(worker, &resp).ok());
+  EXPECT_EQ(resp.accepted(), 1);
+  EXPECT_EQ(resp.stop_trial_ids_size(), 0);
+  EXPECT_GT(last_seen(), registered_at);
+  // Another worker's heartbeat cannot ride on this one's report.
+  grpc::Status other = report(worker + 1, &resp);
+  EXPECT_EQ(other.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(other.error_message(), HasSubstr("heartbeat.worker_id"));
+  grpc::ClientContext ctx;
+  v1::CancelSweepRequest cancel;
+  cancel.set_sweep_id(cancelled_sweep);
+  v1::Sweep cancelled;
+  ASSERT_TRUE(sweeps_->CancelSweep(&ctx, cancel, &cancelled).ok());
+  v1::ReportMetricsResponse after;
+  ASSERT_TRUE(report(worker, &after).ok());
+  EXPECT_THAT(after.stop_trial_ids(),
+              ::testing::ElementsAre(stopped.trial_id()));
+}
+
 TEST_F(ServicesTest, MalformedWorkerRequestsNameTheField) {
   grpc::ClientContext ctx;
   v1::RegisterWorkerRequest req;

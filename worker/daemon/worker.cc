@@ -144,11 +144,15 @@ Result<v1::RegisterWorkerResponse> Worker::Register() {
                    options_.slots);
       return resp;
     }
+    // A coordinator starting, away, or out of threads for the moment
+    // (RESOURCE_EXHAUSTED: a whole fleet registering at once).
     if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
-        s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+        s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED &&
+        s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
       return FromGrpcStatus(s);
     }
-    spdlog::warn("coordinator unreachable ({}); retrying", s.error_message());
+    spdlog::warn("coordinator unreachable or busy ({}); retrying",
+                 s.error_message());
     if (WaitFor(backoff)) break;
     backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
   }
@@ -191,32 +195,118 @@ Status Worker::Run() {
   return Status();
 }
 
+namespace {
+
+int64_t SteadyNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+void Worker::Drain(std::chrono::seconds grace) {
+  if (draining_.exchange(true)) return;
+  drain_deadline_ns_ =
+      SteadyNowNs() +
+      std::chrono::duration_cast<std::chrono::nanoseconds>(grace).count();
+  MutexLock lock(&mu_);
+  spdlog::info("draining: {} trials to checkpoint and give back within {} s",
+               running_.size(), grace.count());
+  for (const auto& [key, r] : running_) {
+    if (r.pid > 0) kill(r.pid, SIGUSR1);
+  }
+}
+
+void Worker::GiveBack(const v1::TrialLease& lease, const std::string& why) {
+  v1::FinishTrialRequest req;
+  req.set_worker_id(worker_id_);
+  *req.mutable_lease() = lease;
+  req.set_preempted(true);
+  req.set_message(why);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(std::chrono::seconds(5)));
+  v1::FinishTrialResponse resp;
+  grpc::Status s = stub_->FinishTrial(&ctx, req, &resp);
+  if (s.ok()) {
+    spdlog::info("trial {}: given back ({})", lease.trial_id(), why);
+  } else {
+    spdlog::warn("trial {}: not given back ({}); the lease timeout requeues it",
+                 lease.trial_id(), s.error_message());
+  }
+}
+
+v1::HeartbeatRequest Worker::BuildHeartbeat() {
+  v1::HeartbeatRequest req;
+  req.set_worker_id(worker_id_);
+  {
+    MutexLock lock(&mu_);
+    for (const auto& [key, r] : running_) {
+      auto* lease = req.add_running();
+      lease->set_trial_id(key.first);
+      lease->set_lease_id(r.lease_id);
+      lease->set_rank(key.second);
+    }
+  }
+  if (gpu_stats_) {
+    for (const GpuReading& g : gpu_stats_->Read(gpu_indices_)) {
+      v1::GpuStats* stats = req.add_gpus();
+      stats->set_index(g.index);
+      stats->set_utilization_ratio(g.utilization_ratio);
+      stats->set_memory_used_bytes(g.memory_used_bytes);
+      stats->set_memory_total_bytes(g.memory_total_bytes);
+    }
+  }
+  return req;
+}
+
+void Worker::Beaten(
+    const google::protobuf::RepeatedField<int64_t>& stop_trial_ids) {
+  last_beat_ns_ = SteadyNowNs();
+  for (int64_t trial_id : stop_trial_ids) {
+    spdlog::info("coordinator says stop trial {}", trial_id);
+    StopTrial(trial_id);
+  }
+}
+
 void Worker::HeartbeatLoop() {
-  while (!WaitFor(heartbeat_interval_)) {
-    v1::HeartbeatRequest req;
-    req.set_worker_id(worker_id_);
+  // A report carries the heartbeat once half an interval has passed (Flush);
+  // a heartbeat of its own goes when none did for an interval and a half,
+  // looked at twice an interval. The slack lets a report of any phase
+  // carry it: with both due once an interval, a report just after each
+  // heartbeat would otherwise never fold one.
+  const int64_t due_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(heartbeat_interval_)
+          .count() *
+      3 / 2;
+  const int64_t idle_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              options_.exit_when_idle)
+                              .count();
+  int64_t busy_at = SteadyNowNs();
+  while (!WaitFor(heartbeat_interval_ / 2)) {
+    bool busy;
     {
       MutexLock lock(&mu_);
-      for (const auto& [key, r] : running_) {
-        auto* lease = req.add_running();
-        lease->set_trial_id(key.first);
-        lease->set_lease_id(r.lease_id);
-        lease->set_rank(key.second);
-      }
+      busy = !running_.empty();
     }
-    if (gpu_stats_) {
-      for (const GpuReading& g : gpu_stats_->Read(gpu_indices_)) {
-        v1::GpuStats* stats = req.add_gpus();
-        stats->set_index(g.index);
-        stats->set_utilization_ratio(g.utilization_ratio);
-        stats->set_memory_used_bytes(g.memory_used_bytes);
-        stats->set_memory_total_bytes(g.memory_total_bytes);
-      }
+    const int64_t now = SteadyNowNs();
+    if (busy) busy_at = now;
+    if (draining() && (!busy || now >= drain_deadline_ns_)) {
+      if (busy) spdlog::warn("drain: grace period over; stopping trainers");
+      Stop();
+      break;
     }
+    if (idle_ns > 0 && !busy && now - busy_at >= idle_ns) {
+      spdlog::info("no trial for {} s: exiting (--exit-when-idle)",
+                   options_.exit_when_idle.count());
+      Stop();
+      break;
+    }
+    if (now - last_beat_ns_ < due_ns) continue;
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(std::chrono::seconds(5)));
     v1::HeartbeatResponse resp;
-    grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
+    grpc::Status s = stub_->Heartbeat(&ctx, BuildHeartbeat(), &resp);
     if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
       // The coordinator does not know this worker: its database was
       // restored from a backup older than the registration. Register
@@ -231,10 +321,7 @@ void Worker::HeartbeatLoop() {
       spdlog::warn("heartbeat failed: {}", s.error_message());
       continue;
     }
-    for (int64_t trial_id : resp.stop_trial_ids()) {
-      spdlog::info("coordinator says stop trial {}", trial_id);
-      StopTrial(trial_id);
-    }
+    Beaten(resp.stop_trial_ids());
   }
 }
 
@@ -249,7 +336,7 @@ void Worker::StopTrial(int64_t trial_id) {
 
 void Worker::SlotLoop(int slot) {
   WarmTrainer warm;  // its destructor stops a trainer still kept
-  while (!stopping()) {
+  while (!stopping() && !draining()) {
     v1::LeaseTrialRequest req;
     req.set_worker_id(worker_id_);
     req.set_wait_ms(static_cast<int32_t>(options_.lease_wait.count()));
@@ -267,6 +354,10 @@ void Worker::SlotLoop(int slot) {
       // for has nothing left here; return its memory.
       warm.process.reset();
       continue;
+    }
+    if (stopping() || draining()) {
+      GiveBack(resp.lease(), "the worker is leaving");
+      break;
     }
     spdlog::info("slot {}: running trial {} (lease {})", slot,
                  resp.lease().trial_id(), resp.lease().lease_id());
@@ -304,11 +395,18 @@ Worker::Flushed Worker::Flush(const v1::TrialLease& lease,
     req.set_worker_id(worker_id_);
     *req.mutable_lease() = lease;
     req.mutable_points()->Add(points->begin(), points->begin() + n);
+    const bool beat = SteadyNowNs() - last_beat_ns_ >=
+                      std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          heartbeat_interval_)
+                              .count() /
+                          2;
+    if (beat) *req.mutable_heartbeat() = BuildHeartbeat();
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(kRpcTimeout));
     v1::ReportMetricsResponse resp;
     grpc::Status s = stub_->ReportMetrics(&ctx, req, &resp);
     if (s.ok()) {
+      if (beat) Beaten(resp.stop_trial_ids());
       points->erase(points->begin(), points->begin() + n);
       continue;
     }
@@ -648,6 +746,14 @@ void Worker::RunTrial(int slot, const v1::LeaseTrialResponse& leased,
     }
   }
   checkpoints.CommitIfStored(out.AllStored());
+  if (out.lease_ok &&
+      (out.event == protocol::kPreempted || (draining() && stop_requested))) {
+    GiveBack(lease, out.event == protocol::kPreempted
+                        ? "drained: " + out.message
+                        : "drained: killed after the grace period; resumes "
+                          "from its last committed checkpoint");
+    return;
+  }
   if (stop_requested || !out.lease_ok) {
     spdlog::info("trial {} stopped ({})", lease.trial_id(),
                  out.event.empty() ? DescribeExit(wstatus)

@@ -83,6 +83,9 @@ struct WorkerOptions {
   std::chrono::milliseconds flush_interval{250};
   // How long one LeaseTrial long-poll waits on the coordinator.
   std::chrono::milliseconds lease_wait{2000};
+  // Stop once no slot has held a trial for this long (a pilot job gives its
+  // node back when the queue stays empty); 0: never.
+  std::chrono::seconds exit_when_idle{0};
 };
 
 // One line of trainer stdout, decoded. Exposed for tests.
@@ -114,6 +117,15 @@ class Worker {
   Status Run();
   // Kills running trainers and makes Run() return. Idempotent.
   void Stop();
+  // A clean end (SIGTERM: Slurm's preemption or time limit, scancel, a
+  // Kubernetes pod deletion): takes no more leases, asks each running
+  // trainer to checkpoint at its next step and stop (SIGUSR1), and gives
+  // each trial back to the coordinator as preempted, so it is queued again
+  // at once and resumes from that checkpoint without counting against its
+  // retries. Trainers still running after `grace` are killed and their
+  // trials given back from their last committed checkpoint; then Run()
+  // returns. Idempotent.
+  void Drain(std::chrono::seconds grace);
 
  private:
   struct Running {
@@ -167,6 +179,10 @@ class Worker {
   // Registers, retrying while the coordinator is unreachable.
   Result<v1::RegisterWorkerResponse> Register();
   void HeartbeatLoop();
+  // This worker's heartbeat now: its running leases and GPU readings.
+  v1::HeartbeatRequest BuildHeartbeat();
+  // Acts on a heartbeat's answer, sent alone or folded into a report.
+  void Beaten(const google::protobuf::RepeatedField<int64_t>& stop_trial_ids);
   void SlotLoop(int slot);
   // Runs one leased trial to the end, in `warm`'s trainer when it fits,
   // and reports its outcome: PrepareAttempt, start or reuse the trainer,
@@ -215,6 +231,10 @@ class Worker {
   // Requests the stop of one trial's trainer (SIGKILL to its process group).
   void StopTrial(int64_t trial_id);  // every rank of it on this worker
   bool stopping() const { return stopping_.load(); }
+  bool draining() const { return draining_.load(); }
+  // Returns a lease the worker will not run (draining or stopping) to the
+  // coordinator as preempted: queued again at once, no retry counted.
+  void GiveBack(const v1::TrialLease& lease, const std::string& why);
   // Waits up to `d` unless Stop() is called; returns stopping().
   bool WaitFor(std::chrono::milliseconds d);
 
@@ -226,12 +246,20 @@ class Worker {
   std::string checkpoint_root_;
   UserFiles user_files_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> draining_{false};
+  // Steady-clock ns: when Drain() gives up on its trainers.
+  std::atomic<int64_t> drain_deadline_ns_{0};
   // Set at registration, and again if the coordinator forgets this worker
   // (a database restored from a backup).
   std::atomic<int64_t> worker_id_{0};
   // How long older checkpoints are kept (the coordinator says).
   std::chrono::milliseconds checkpoint_history_{0};  // set before threads
   std::chrono::milliseconds heartbeat_interval_{1000};
+  // When the coordinator last took a heartbeat (steady clock, ns): a report
+  // carries one when half an interval has passed, and HeartbeatLoop sends
+  // one only when none went for an interval and a half, so a busy worker's
+  // heartbeats cost no calls of their own.
+  std::atomic<int64_t> last_beat_ns_{0};
 
   Mutex mu_;
   CondVar stop_cv_{&mu_};

@@ -134,6 +134,10 @@ int RunOne(const std::string& config_path, const std::string& resume_path,
       PrintEvent(megabatch::protocol::kDiverged, result->message);
       return kExitDiverged;
     }
+    if (result->outcome == megabatch::trainer::Outcome::kPreempted) {
+      PrintEvent(megabatch::protocol::kPreempted, result->message);
+      return kExitCompleted;
+    }
     PrintEvent(megabatch::protocol::kCompleted, result->message);
     return kExitCompleted;
   } catch (const megabatch::trainer::InputError& e) {
@@ -164,6 +168,8 @@ int main(int argc, char** argv) {
   // collective, and a trainer whose worker died exits at its next line
   // (WriteLine).
   std::signal(SIGPIPE, SIG_IGN);
+  // The worker's drain: stop at the next step with a checkpoint.
+  std::signal(SIGUSR1, [](int) { megabatch::trainer::RequestPreemption(); });
   std::string config_path, resume_path;
   std::string check_dataset = "/usr/share/datasets/fashion-mnist";
   bool check = false, serve = false;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -29,6 +30,14 @@
 #include "worker/trainer/schedule/lr_schedule.h"
 
 namespace megabatch::trainer {
+
+namespace {
+// Set from a signal handler: lock-free, static storage.
+std::atomic<bool> preemption_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+}  // namespace
+
+void RequestPreemption() { preemption_requested.store(true); }
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -674,6 +683,16 @@ Result<TrialResult> RunTrial(const TrialConfig& config, Task& task,
       result.message = "train_loss " + std::to_string(loss_value) +
                        " at step " + std::to_string(step) +
                        " (first step: " + std::to_string(s.first_loss) + ")";
+      return finish();
+    }
+
+    if (preemption_requested.load() && !dp && step < total_steps) {
+      // The evaluation due at this step runs again on resume, and logs the
+      // same values.
+      if (reporter) checkpoint();
+      result.outcome = Outcome::kPreempted;
+      result.message = "preempted after step " + std::to_string(step) +
+                       " (checkpoint written)";
       return finish();
     }
 

@@ -25,7 +25,15 @@ class MetricSink {
   virtual void Checkpointed(int64_t /*step*/, const std::string& /*path*/) {}
 };
 
-enum class Outcome { kCompleted, kDiverged };
+// kPreempted: RequestPreemption() came; the trial stopped after a step,
+// with a checkpoint of it written, to be resumed elsewhere.
+enum class Outcome { kCompleted, kDiverged, kPreempted };
+
+// Asks the running trial to stop at its next step boundary with a
+// checkpoint (the worker's drain: SIGUSR1 to the trainer). Async-signal-safe.
+// A data-parallel trial does not stop (its ranks would have to agree); its
+// worker gives it back from its last periodic checkpoint.
+void RequestPreemption();
 
 struct TrialResult {
   Outcome outcome = Outcome::kCompleted;
