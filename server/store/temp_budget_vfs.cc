@@ -133,8 +133,7 @@ const char* TempBudgetVfs(int64_t budget_bytes) {
     budget = budget_bytes;
     vfs = *real_vfs;  // everything but opening files is the real VFS's
     vfs.zName = kVfsName;
-    vfs.szOsFile =
-        static_cast<int>(sizeof(TempFile)) + real_vfs->szOsFile;
+    vfs.szOsFile = static_cast<int>(sizeof(TempFile)) + real_vfs->szOsFile;
     vfs.pNext = nullptr;
     vfs.xOpen = Open;
     sqlite3_vfs_register(&vfs, /*makeDflt=*/0);

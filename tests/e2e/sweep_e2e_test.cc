@@ -813,6 +813,70 @@ TEST_F(SharedCheckpointE2ETest,
   EXPECT_FALSE(std::filesystem::exists(dir_.File("artifacts/trial-1")));
 }
 
+// A drained worker (SIGTERM: Slurm's preemption, scancel, a pod deletion)
+// gives its trial back: the trainer checkpoints at its next step, the trial
+// is queued again at once (the lease timeout here is two minutes), marked
+// preempted and not counted as an attempt, and the other worker resumes it
+// from that checkpoint with every step stored once. A worker with
+// --exit-when-idle leaves when there is no work.
+class DrainE2ETest : public SharedCheckpointE2ETest {
+ protected:
+  std::vector<std::string> CoordinatorFlags() const override {
+    return {"--artifacts", dir_.File("artifacts"), "--heartbeat-interval-ms",
+            "500",         "--lease-timeout-ms",   "120000"};
+  }
+};
+
+TEST_F(DrainE2ETest, ASigtermedWorkerGivesItsTrialBackAtOnce) {
+  ASSERT_NO_FATAL_FAILURE(SubmitALongTrialAndWaitForACheckpoint());
+  const int drained = WorkerOfTrialOne();
+  ASSERT_TRUE(drained == 0 || drained == 1);
+  const auto sent = std::chrono::steady_clock::now();
+  workers_[drained]->Kill(SIGTERM);
+  EXPECT_EQ(workers_[drained]->Wait(std::chrono::seconds(40)), 0)
+      << workers_[drained]->Log();
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return Scalar(
+                   "SELECT count(*) FROM events WHERE kind = "
+                   "'trial_leased'") == 2;
+      },
+      std::chrono::seconds(30)))
+      << coordinator_->Log() << workers_[drained]->Log();
+  const double requeued_after =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - sent)
+          .count();
+  EXPECT_LT(requeued_after, 30) << "not the 120 s lease timeout\n"
+                                << workers_[drained]->Log();
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = "
+                   "'trial_preempted' AND message LIKE '%checkpoint written%'"),
+            1)
+      << workers_[drained]->Log();
+  EXPECT_THAT(workers_[drained]->Log(), HasSubstr("draining"));
+
+  auto watch = Cli({"watch", "1"});
+  EXPECT_EQ(watch.exit_code, 0) << watch.err << coordinator_->Log();
+  // The preempted attempt is not counted.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM trials WHERE state = 'completed' AND "
+                   "attempts = 1"),
+            1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM events WHERE kind = 'trial_failed'"),
+            0);
+  EXPECT_THAT(
+      workers_[1 - drained]->Log(),
+      HasSubstr("resuming from " + dir_.File("artifacts/trial-1/lease-")));
+  ExpectEveryStepOnce("1", 3000);
+
+  // Nothing queued: a pilot worker gives its node back.
+  auto pilot = std::make_unique<Process>(
+      std::vector<std::string>{MEGABATCH_WORKER_BIN, "--coordinator", address_,
+                               "--name", "pilot", "--work-dir",
+                               dir_.File("pilot"), "--exit-when-idle", "2"},
+      dir_.File("pilot.log"));
+  EXPECT_EQ(pilot->Wait(std::chrono::seconds(30)), 0) << pilot->Log();
+  EXPECT_THAT(pilot->Log(), HasSubstr("--exit-when-idle"));
+}
+
 // A worker frozen past its lease (SIGSTOP: a GC pause, a partition) that
 // wakes up later is fenced: its trial has been leased again, so nothing it
 // reports lands, its trainer is stopped as soon as it hears, it commits no

@@ -100,6 +100,19 @@ int main(int argc, char** argv) {
       "--fresh-trainers", fresh_trainers,
       "start a new trainer process for every trial (default: a slot keeps its "
       "trainer between trials of one sweep)");
+  int64_t exit_when_idle = 0;
+  app.add_option("--exit-when-idle", exit_when_idle,
+                 "exit once no slot has held a trial for this many seconds "
+                 "(a pilot job gives its node back; default 0: never)")
+      ->check(CLI::NonNegativeNumber);
+  int64_t drain_seconds = 30;
+  app.add_option("--drain-seconds", drain_seconds,
+                 "on SIGTERM or SIGINT, this long for running trials to "
+                 "checkpoint and be given back (requeued at once, no retry "
+                 "counted) before their trainers are killed; a second signal "
+                 "stops at once (0: stop at once)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   bool check = false;
   app.add_flag("--check", check,
                "check this machine (trainer, devices, coordinator, "
@@ -228,10 +241,17 @@ int main(int argc, char** argv) {
     return megabatch::worker::RunCheck(c, std::cout);
   }
   try {
+    options.exit_when_idle = std::chrono::seconds(exit_when_idle);
     megabatch::worker::Worker worker(*channel, options);
     std::thread signals([&] {
       int signal = 0;
       sigwait(&stop_signals, &signal);
+      if (drain_seconds > 0) {
+        spdlog::info("signal {}: draining (--drain-seconds {})", signal,
+                     drain_seconds);
+        worker.Drain(std::chrono::seconds(drain_seconds));
+        sigwait(&stop_signals, &signal);
+      }
       spdlog::info("signal {}: stopping", signal);
       worker.Stop();
     });

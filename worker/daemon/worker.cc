@@ -794,7 +794,10 @@ void Worker::PumpOutput(const v1::TrialLease& lease, const Attempt& attempt,
   auto last_flush = std::chrono::steady_clock::now();
   bool out_open = true, err_open = true;
   char buf[65536];
-  while ((out_open || err_open) && !out->TrialOver(attempt.reusable)) {
+  // A preempted trial's trainer (a warm one waits for its next request) is
+  // not kept: the worker is draining.
+  while ((out_open || err_open) && !out->TrialOver(attempt.reusable) &&
+         out->event != protocol::kPreempted) {
     pollfd fds[2];
     int nfds = 0;
     bool read_out = out_open && out->pending.size() < kMaxBufferedPoints;
