@@ -35,6 +35,8 @@ packages=(
   # The end-to-end observability test runs a real Prometheus (its own, on a
   # free loopback port) and promtool.
   prometheus
+  # The Slurm test runs a one-node cluster of its own (scripts/slurm_cluster.sh).
+  slurm-wlm munge
 )
 
 missing=()
