@@ -517,6 +517,7 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
   }
   Table fits({"optimizer", "points", "s_min", "s_min_low", "s_min_high",
               "b_crit", "b_crit_low", "b_crit_high", "r_squared", "interval",
+              "b_20pct", "b_20pct_low", "b_20pct_high", "b_20pct_measured",
               "noise_scale", "b_crit_over_noise_scale", "noise_scale_source",
               "note"});
   for (const auto& f : report.fits()) {
@@ -528,6 +529,10 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
          Maybe(f.has_b_crit_low(), f.b_crit_low()),
          Maybe(f.has_b_crit_high(), f.b_crit_high()),
          Maybe(f.has_r_squared(), f.r_squared()), f.interval_method(),
+         Maybe(f.has_b_20pct(), f.b_20pct()),
+         Maybe(f.has_b_20pct_low(), f.b_20pct_low()),
+         Maybe(f.has_b_20pct_high(), f.b_20pct_high()),
+         Maybe(f.has_b_20pct_measured(), f.b_20pct_measured()),
          Maybe(f.has_noise_scale(), f.noise_scale()),
          Maybe(f.has_b_crit_over_noise_scale(), f.b_crit_over_noise_scale()),
          f.noise_scale_source(), f.note()});

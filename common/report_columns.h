@@ -58,6 +58,9 @@ inline constexpr ReportColumn kReportColumns[] = {
   {"best_test_loss", ColumnKind::kNumber, false, false, "best of the test_loss series (older databases)"},
   {"gradient_noise_scale", ColumnKind::kNumber, false, false, "the last (EMA) B_simple"},
   {"train_samples", ColumnKind::kNumber, false, false, "n, the training split's size"},
+  {"best_lr_edge", ColumnKind::kText, true, false, "high/low: the best lr is the largest/smallest tried; only: one lr tried"},
+  {"lrs_tied", ColumnKind::kInt, true, false, "other lrs within one evaluation interval of the best's steps to target"},
+  {"censored", ColumnKind::kInt, true, false, "1: no lr reached the target within the budget"},
 };
 // clang-format on
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <random>
 #include <type_traits>
@@ -46,6 +47,9 @@ const std::map<std::string_view, Member>& Members() {
       {"best_test_loss", &ScalingRow::best_test_loss},
       {"gradient_noise_scale", &ScalingRow::gradient_noise_scale},
       {"train_samples", &ScalingRow::train_samples},
+      {"best_lr_edge", &ScalingRow::best_lr_edge},
+      {"lrs_tied", &ScalingRow::lrs_tied},
+      {"censored", &ScalingRow::censored},
   };
   return *members;
 }
@@ -176,10 +180,20 @@ CriticalBatchFit FitCriticalBatch(
         "is no R^2";
   }
 
+  // The intervals: a bootstrap over seeds (2 or more seeds at every point)
+  // sees only seed noise; the fit's standard error (3 or more points) sees
+  // how far the points stray from the curve. The reported interval is the
+  // wider of the two (their union): with 2 seeds the bootstrap alone was
+  // 1.9-4.4x too narrow on the shipped studies (docs/method.md).
+  struct Interval {
+    double b_low, b_high, s_low, s_high;
+  };
+  std::vector<std::pair<std::string, Interval>> intervals;
   const bool bootstrap =
       seeds.size() == points.size() &&
       std::all_of(seeds.begin(), seeds.end(),
                   [](const auto& v) { return v.size() >= 2; });
+  std::string no_interval;
   if (bootstrap) {
     std::mt19937_64 rng(20190214);  // fixed: the same report every time
     std::vector<double> b_crits, s_mins;
@@ -199,20 +213,16 @@ CriticalBatchFit FitCriticalBatch(
     }
     const size_t valid = b_crits.size();
     if (valid >= kBootstrapResamples / 2) {
-      fit.b_crit_low = Percentile(b_crits, 0.025);
-      fit.b_crit_high = Percentile(b_crits, 0.975);
-      fit.s_min_low = Percentile(s_mins, 0.025);
-      fit.s_min_high = Percentile(s_mins, 0.975);
-      fit.interval_method = "bootstrap over seeds (" + std::to_string(valid) +
-                            " of " + std::to_string(kBootstrapResamples) +
-                            " resamples fitted)";
+      intervals.push_back(
+          {"bootstrap over seeds (" + std::to_string(valid) + " of " +
+               std::to_string(kBootstrapResamples) + " resamples fitted)",
+           {Percentile(b_crits, 0.025), Percentile(b_crits, 0.975),
+            Percentile(s_mins, 0.025), Percentile(s_mins, 0.975)}});
     } else {
-      fit.interval_method =
-          "none: only " + std::to_string(valid) + " of " +
-          std::to_string(kBootstrapResamples) +
-          " bootstrap resamples gave a positive S_min and B_crit";
+      no_interval = "only " + std::to_string(valid) + " of " +
+                    std::to_string(kBootstrapResamples) +
+                    " bootstrap resamples gave a positive S_min and B_crit";
     }
-    return fit;
   }
   if (points.size() >= 3) {
     // Delta method for B = c / a.
@@ -223,16 +233,43 @@ CriticalBatchFit FitCriticalBatch(
     const double t = StudentT975(static_cast<int>(points.size()) - 2);
     const double se_b = std::sqrt(std::max(0.0, var_b));
     const double se_a = std::sqrt(std::max(0.0, line.var_a));
-    fit.b_crit_low = std::max(0.0, *fit.b_crit - t * se_b);
-    fit.b_crit_high = *fit.b_crit + t * se_b;
-    fit.s_min_low = std::max(0.0, a - t * se_a);
-    fit.s_min_high = a + t * se_a;
-    fit.interval_method = "fit standard error (t, " +
-                          std::to_string(points.size() - 2) +
-                          " degrees of freedom; one seed)";
-  } else {
+    intervals.push_back(
+        {"fit standard error (t, " + std::to_string(points.size() - 2) +
+             " degrees of freedom)",
+         {std::max(0.0, *fit.b_crit - t * se_b), *fit.b_crit + t * se_b,
+          std::max(0.0, a - t * se_a), a + t * se_a}});
+  }
+  if (intervals.empty()) {
     fit.interval_method =
-        "none: 2 points and one seed leave no residual to estimate it";
+        "none: " + (no_interval.empty()
+                        ? std::string("2 points and one seed leave no "
+                                      "residual to estimate it")
+                        : no_interval);
+  } else {
+    Interval wide = intervals[0].second;
+    std::string how = intervals[0].first;
+    for (size_t i = 1; i < intervals.size(); ++i) {
+      const Interval& o = intervals[i].second;
+      wide = {std::min(wide.b_low, o.b_low), std::max(wide.b_high, o.b_high),
+              std::min(wide.s_low, o.s_low), std::max(wide.s_high, o.s_high)};
+      how = "the wider of " + how + " and " + intervals[i].first;
+    }
+    fit.b_crit_low = wide.b_low;
+    fit.b_crit_high = wide.b_high;
+    fit.s_min_low = wide.s_low;
+    fit.s_min_high = wide.s_high;
+    fit.interval_method = how;
+  }
+  // Zhang et al. (2025)'s critical batch: the largest b whose steps exceed
+  // perfect scaling from the smallest batch b0 by at most 20%,
+  // S(b)·b <= 1.2·S(b0)·b0, which on the fitted curve is
+  // b = 1.2·b0 + 0.2·B_crit (linear in B_crit, so its interval is too).
+  double b0 = points[0].first;
+  for (const auto& [b, steps] : points) b0 = std::min(b0, b);
+  fit.b_20pct = 1.2 * b0 + 0.2 * *fit.b_crit;
+  if (fit.b_crit_low) {
+    fit.b_20pct_low = 1.2 * b0 + 0.2 * *fit.b_crit_low;
+    fit.b_20pct_high = 1.2 * b0 + 0.2 * *fit.b_crit_high;
   }
   return fit;
 }
@@ -268,6 +305,70 @@ void AddNoiseScale(const std::vector<ScalingRow>& rows, CriticalBatchFit* fit) {
                    "(docs/method.md)";
     }
     return;
+  }
+}
+
+std::string BatchList(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
+void AddNote(CriticalBatchFit* fit, const std::string& note) {
+  fit->note += (fit->note.empty() ? "" : "; ") + note;
+}
+
+// What a reader must know before trusting the fit (docs/method.md, "Edges,
+// ties and censoring"): points whose best lr is at an edge of the lrs tried
+// (the curve through them is a bound), lrs tied within the evaluation
+// resolution, and batch sizes left out because no lr reached the target
+// within the budget (what the fit predicts they need); and the largest
+// batch size measured within Zhang et al.'s 20% overhead.
+void AddStudyNotes(const std::vector<ScalingRow>& rows, CriticalBatchFit* fit) {
+  std::vector<std::string> edges, ties, censored;
+  for (const ScalingRow& r : rows) {
+    if (r.optimizer != fit->optimizer) continue;
+    const std::string b = std::to_string(r.batch_size);
+    if (r.steps_to_target && !r.best_lr_edge.empty()) {
+      edges.push_back(b + " (" + r.best_lr_edge + ")");
+    }
+    if (r.steps_to_target && r.lrs_tied > 0) {
+      ties.push_back(b + " (" + std::to_string(r.lrs_tied) + ")");
+    }
+    if (r.censored) {
+      std::string item = b;
+      if (fit->b_crit && r.train_samples && *r.train_samples > 0) {
+        const double epochs = *fit->s_min * (1 + *fit->b_crit / r.batch_size) *
+                              r.batch_size / *r.train_samples;
+        char text[64];
+        std::snprintf(text, sizeof(text), " (the fit predicts %.1f epochs)",
+                      epochs);
+        item += text;
+      }
+      censored.push_back(item);
+    }
+    if (r.scaling_efficiency && *r.scaling_efficiency >= 1 / 1.2 &&
+        (!fit->b_20pct_measured || r.batch_size > *fit->b_20pct_measured)) {
+      fit->b_20pct_measured = static_cast<double>(r.batch_size);
+    }
+  }
+  if (!edges.empty()) {
+    AddNote(fit, "best lr at an edge of the lrs tried at batch size " +
+                     BatchList(edges) +
+                     ": a better lr may lie beyond it, so the steps there "
+                     "and B_crit are bounds, not measurements");
+  }
+  if (!ties.empty()) {
+    AddNote(fit,
+            "other lrs within one evaluation interval of the best at "
+            "batch size " +
+                BatchList(ties) + ": which lr is best there is noise");
+  }
+  if (!censored.empty()) {
+    AddNote(fit,
+            "censored (no lr reached the target within the budget) at "
+            "batch size " +
+                BatchList(censored) + ": left out of the fit");
   }
 }
 
@@ -343,6 +444,7 @@ Result<SweepReport> BuildReport(store::Db& db, int64_t sweep_id) {
         FitCriticalBatch(points[optimizer], seed_points[optimizer]));
     report.fits.back().optimizer = optimizer;
     AddNoiseScale(report.rows, &report.fits.back());
+    AddStudyNotes(report.rows, &report.fits.back());
   }
 
   // An adaptive study's plan: what its planner decided, in order, and the

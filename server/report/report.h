@@ -62,6 +62,9 @@ struct ScalingRow {
   // The best lr's trials that shared cores at some time: their time
   // figures (seconds_to_target, samples_per_second) are not results.
   int32_t shared_core_trials = 0;
+  std::string best_lr_edge;  // "high", "low", "only" or ""
+  int32_t lrs_tied = 0;
+  int32_t censored = 0;
   // Steps to target of each seed of the best lr (for the bootstrap).
   std::vector<double> seed_steps_to_target;
 };
@@ -79,10 +82,18 @@ struct CriticalBatchFit {
   std::optional<double> s_min;
   std::optional<double> b_crit;
   std::optional<double> r_squared;  // only with 3 or more batch sizes
-  // 95% intervals: a bootstrap over seeds, or the fit's standard error.
+  // 95% intervals: the wider of a bootstrap over seeds (2 or more seeds at
+  // every point) and the fit's standard error (3 or more points).
   std::optional<double> s_min_low, s_min_high;
   std::optional<double> b_crit_low, b_crit_high;
   std::string interval_method;  // how the intervals were made; empty: none
+  // Zhang et al. (2025)'s critical batch on the fitted curve: the largest
+  // batch whose steps to target exceed perfect scaling from the smallest
+  // batch size b0 by at most 20% (1.2·b0 + 0.2·B_crit), with its interval;
+  // and the largest batch size measured with scaling efficiency >= 1/1.2
+  // (bounded by the grid).
+  std::optional<double> b_20pct, b_20pct_low, b_20pct_high;
+  std::optional<double> b_20pct_measured;
   // The measured noise scale B_simple beside B_crit (McCandlish et al.:
   // B_crit ≈ B_noise), which one, and B_crit / B_simple.
   std::optional<double> noise_scale;
@@ -113,9 +124,10 @@ struct SweepReport {
 };
 
 // `points` are (batch size, steps to target). With `seeds` (for each point,
-// the steps to target of its seeds; every point with 2 or more) the
-// intervals come from a bootstrap over seeds, else from the fit's standard
-// errors (3 or more points). Deterministic: the bootstrap has a fixed seed.
+// the steps to target of its seeds; every point with 2 or more) a bootstrap
+// over seeds, and with 3 or more points the fit's standard errors, give
+// intervals; the wider is reported. Deterministic: the bootstrap has a
+// fixed seed.
 CriticalBatchFit FitCriticalBatch(
     const std::vector<std::pair<double, double>>& points,
     const std::vector<std::vector<double>>& seeds = {});

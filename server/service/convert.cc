@@ -145,6 +145,10 @@ void ToProto(const report::SweepReport& report, v1::SweepReport* out) {
     fit->set_noise_scale_source(f.noise_scale_source);
     if (f.b_crit_over_noise_scale)
       fit->set_b_crit_over_noise_scale(*f.b_crit_over_noise_scale);
+    if (f.b_20pct) fit->set_b_20pct(*f.b_20pct);
+    if (f.b_20pct_low) fit->set_b_20pct_low(*f.b_20pct_low);
+    if (f.b_20pct_high) fit->set_b_20pct_high(*f.b_20pct_high);
+    if (f.b_20pct_measured) fit->set_b_20pct_measured(*f.b_20pct_measured);
   }
   for (const auto& d : report.diverged) {
     v1::DivergedGroup* g = out->add_diverged();

@@ -574,6 +574,105 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_caller ON audit (caller, at);
 )sql",
+    // Version 12: sweep_scaling says where each best lr sits among the lrs
+    // tried (best_lr_edge), how many other lrs tie with it within one
+    // evaluation interval (lrs_tied), and which (optimizer, batch size)
+    // reached no target within its budget (censored).
+    R"sql(
+DROP VIEW sweep_scaling;
+CREATE VIEW sweep_scaling AS
+WITH per_lr AS (
+  -- Seeds of one (optimizer, batch size, lr) averaged; to-target figures
+  -- only when every seed reached the target.
+  SELECT ts.sweep_id, ts.optimizer, ts.batch_size, ts.lr,
+    COUNT(*) AS trials,
+    SUM(ts.diverged) AS diverged_trials,
+    MAX(ts.target_metric LIKE '%accuracy') AS higher_is_better,
+    AVG(ts.best_target_value) AS best_target_value,
+    AVG(ts.best_val_accuracy) AS best_val_accuracy,
+    AVG(ts.best_val_loss) AS best_val_loss,
+    AVG(ts.best_test_accuracy) AS best_test_accuracy,
+    AVG(ts.best_test_loss) AS best_test_loss,
+    AVG(ts.test_accuracy) AS test_accuracy,
+    AVG(ts.test_loss) AS test_loss,
+    CASE WHEN COUNT(ts.steps_to_target) = COUNT(*)
+      THEN AVG(ts.steps_to_target) END AS steps_to_target,
+    CASE WHEN COUNT(ts.samples_to_target) = COUNT(*)
+      THEN AVG(ts.samples_to_target) END AS samples_to_target,
+    CASE WHEN COUNT(ts.seconds_to_target) = COUNT(*)
+      THEN AVG(ts.seconds_to_target) END AS seconds_to_target,
+    AVG(ts.gradient_noise_scale) AS gradient_noise_scale,
+    AVG(ts.noise_scale_at_10pct) AS noise_scale_at_10pct,
+    AVG(ts.noise_scale_at_50pct) AS noise_scale_at_50pct,
+    AVG(ts.noise_scale_at_100pct) AS noise_scale_at_100pct,
+    AVG(ts.noise_scale_at_target) AS noise_scale_at_target,
+    MAX(ts.train_samples) AS train_samples,
+    AVG(ts.samples_per_second) AS samples_per_second,
+    SUM(COALESCE(ts.shared_cores, 0) > 0) AS shared_core_trials,
+    SUM(ts.state = 'completed') AS completed_trials
+  FROM trial_summary ts
+  WHERE ts.phase IS NULL OR ts.phase = 'finish'
+  GROUP BY ts.sweep_id, ts.optimizer, ts.batch_size, ts.lr
+),
+ranked AS (
+  -- Best first: fewest steps to target, then no divergence, then the best
+  -- value of the target metric (val_accuracy when there is no target).
+  SELECT *,
+    ROW_NUMBER() OVER (g ORDER BY steps_to_target IS NULL, steps_to_target,
+      diverged_trials > 0,
+      best_target_value IS NULL,
+      CASE WHEN higher_is_better THEN -best_target_value ELSE best_target_value END,
+      lr) AS rank,
+    COUNT(*) OVER g AS lrs_tried,
+    SUM(trials) OVER g AS all_trials,
+    SUM(diverged_trials) OVER g AS all_diverged,
+    MAX(CASE WHEN diverged_trials = 0 THEN lr END) OVER g AS max_stable_lr,
+    MIN(lr) OVER g AS min_lr, MAX(lr) OVER g AS max_lr,
+    SUM(completed_trials) OVER g AS all_completed
+  FROM per_lr
+  WINDOW g AS (PARTITION BY sweep_id, optimizer, batch_size)
+),
+best AS (SELECT * FROM ranked WHERE rank = 1)
+SELECT b.sweep_id, b.optimizer, b.batch_size, b.lrs_tried,
+  b.all_trials AS trials, b.all_diverged AS diverged_trials,
+  b.lr AS best_lr, b.max_stable_lr, b.best_test_accuracy, b.best_test_loss,
+  b.steps_to_target, b.samples_to_target, b.seconds_to_target,
+  -- E(b) = S(b0)·b0 / (S(b)·b), b0 the smallest batch that reached the target.
+  (SELECT r.steps_to_target * r.batch_size FROM best r
+     WHERE r.sweep_id = b.sweep_id AND r.optimizer = b.optimizer
+       AND r.steps_to_target IS NOT NULL
+     ORDER BY r.batch_size LIMIT 1) / (b.steps_to_target * b.batch_size)
+    AS scaling_efficiency,
+  b.gradient_noise_scale,
+  b.best_val_accuracy, b.best_val_loss, b.best_target_value,
+  b.test_accuracy, b.test_loss,
+  b.noise_scale_at_10pct, b.noise_scale_at_50pct, b.noise_scale_at_100pct,
+  b.noise_scale_at_target, b.train_samples, b.samples_per_second, b.shared_core_trials,
+  -- Where the best lr sits among the lrs tried: a best at an edge may not
+  -- be the best there is (docs/method.md, "Edges, ties and censoring").
+  CASE WHEN b.lrs_tried = 1 THEN 'only' WHEN b.lr = b.max_lr THEN 'high'
+    WHEN b.lr = b.min_lr THEN 'low' ELSE '' END AS best_lr_edge,
+  -- Other lrs whose steps to target are within one evaluation interval of
+  -- the best's: which of them is best is within the measurement's noise.
+  (SELECT COUNT(*) FROM ranked r
+     WHERE r.sweep_id = b.sweep_id AND r.optimizer = b.optimizer
+       AND r.batch_size = b.batch_size AND r.rank > 1
+       AND r.steps_to_target - b.steps_to_target <
+         (SELECT CASE
+            WHEN json_extract(s.spec_json, '$.eval_every_steps') > 0
+              THEN json_extract(s.spec_json, '$.eval_every_steps')
+            WHEN json_extract(s.spec_json, '$.eval_every_samples') > 0
+              THEN json_extract(s.spec_json, '$.eval_every_samples') * 1.0
+                / b.batch_size
+            ELSE b.train_samples / b.batch_size END
+          FROM sweeps s WHERE s.id = b.sweep_id)) AS lrs_tied,
+  -- A target study whose trials ran their whole budget here without any lr
+  -- reaching the target: the steps it needs are beyond the budget.
+  COALESCE(b.steps_to_target IS NULL AND b.all_completed > 0 AND
+    (SELECT json_extract(s.spec_json, '$.target.value') IS NOT NULL
+       FROM sweeps s WHERE s.id = b.sweep_id), 0) AS censored
+FROM best b;
+)sql",
 };
 
 }  // namespace megabatch::store

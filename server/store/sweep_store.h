@@ -33,7 +33,7 @@
 namespace megabatch::store {
 
 // The current schema version; Open() migrates older files up to it.
-inline constexpr int kSchemaVersion = 11;
+inline constexpr int kSchemaVersion = 12;
 
 // kPruned: stopped early by the sweep's early_stopping rule (successive
 // halving): a result of the study, like kDiverged.
