@@ -736,7 +736,12 @@ Status ParseSchedule(Fields& top, json* out) {
   return f.NoUnknown();
 }
 
-Status ParseBudget(Fields& top, json* out) {
+// `budget: {epochs|steps|samples: N}`, or `budget: {until_target: true,
+// max_epochs|max_steps|max_samples: N}`: every trial runs until it reaches
+// the target or the cap (docs/spec.md). The latter is stored as the cap
+// with `*until_target` set; the caller makes the target stop its trials.
+Status ParseBudget(Fields& top, json* out, bool* until_target) {
+  *until_target = false;
   const json* v = top.Get("budget");
   MEGABATCH_RETURN_IF_ERROR(RequireObject(v, "budget"));
   if (v == nullptr) {
@@ -744,26 +749,33 @@ Status ParseBudget(Fields& top, json* out) {
     return Status::Ok();
   }
   Fields f(*v, "budget");
+  MEGABATCH_RETURN_IF_ERROR(f.Bool("until_target", until_target, false));
+  const std::string prefix = *until_target ? "max_" : "";
   int given = 0;
   for (const char* key : {"epochs", "steps", "samples"})
-    given += f.Get(key) != nullptr;
+    given += f.Get(prefix + key) != nullptr;
   if (given != 1) {
     return InvalidArgumentError(
-        "budget: give exactly one of epochs, steps or samples");
+        *until_target
+            ? "budget: with until_target, give exactly one of max_epochs, "
+              "max_steps or max_samples (the cap)"
+            : "budget: give exactly one of epochs, steps or samples");
   }
-  if (f.Get("epochs")) {
+  if (f.Get(prefix + "epochs")) {
     double epochs;
-    MEGABATCH_RETURN_IF_ERROR(f.Number("epochs", &epochs, {}, 0, true));
+    MEGABATCH_RETURN_IF_ERROR(f.Number(prefix + "epochs", &epochs, {}, 0, true));
     if (epochs > kMaxEpochs) {
-      return InvalidArgumentError("budget.epochs: at most " +
-                                  std::to_string(kMaxEpochs) + ", got " +
-                                  DescribeJson(*f.Get("epochs")));
+      return InvalidArgumentError(
+          f.Path(prefix + "epochs") + ": at most " +
+          std::to_string(kMaxEpochs) + ", got " +
+          DescribeJson(*f.Get(prefix + "epochs")));
     }
     *out = {{"epochs", epochs}};
   } else {
-    const char* key = f.Get("steps") ? "steps" : "samples";
+    const std::string key = f.Get(prefix + "steps") ? "steps" : "samples";
     int64_t n;
-    MEGABATCH_RETURN_IF_ERROR(f.Int(key, &n, {}, 1, int64_t{1} << 40));
+    MEGABATCH_RETURN_IF_ERROR(
+        f.Int(prefix + key, &n, {}, 1, int64_t{1} << 40));
     *out = {{key, n}};
   }
   return f.NoUnknown();
@@ -1026,8 +1038,17 @@ Result<SweepSpec> SweepSpecFromJson(
           " is not a multiple of " + std::to_string(s.micro_batch_size));
     }
   }
-  MEGABATCH_RETURN_IF_ERROR(ParseBudget(top, &s.budget));
+  bool until_target = false;
+  MEGABATCH_RETURN_IF_ERROR(ParseBudget(top, &s.budget, &until_target));
   MEGABATCH_RETURN_IF_ERROR(ParseTarget(top, s.model, &s.target));
+  if (until_target) {
+    if (s.target.is_null()) {
+      return InvalidArgumentError(
+          "budget.until_target: needs a target (target: {metric, value})");
+    }
+    s.target["stop"] = true;
+  }
+
   MEGABATCH_RETURN_IF_ERROR(
       ParseEarlyStopping(top, s.model, &s.early_stopping));
   // A torchscript classifier logs no language-model metric.

@@ -63,6 +63,45 @@ TEST(SweepSpecTest, ValidYamlParsesWithDefaults) {
   EXPECT_DOUBLE_EQ(r->budget["epochs"].get<double>(), 2.5);
 }
 
+// budget: {until_target: true, max_epochs: E} runs each trial to its target
+// or the cap (the report marks a cell stopped by the cap censored).
+TEST(SweepSpecTest, AnUntilTargetBudgetStopsTrialsAtTheTargetOrTheCap) {
+  const std::string target =
+      "target: {metric: val_accuracy, value: 0.85}\n";
+  auto r = ParseSweepSpec(
+      WithLine("budget", "budget: {until_target: true, max_epochs: 12}") +
+      target);
+  ASSERT_OK(r);
+  EXPECT_EQ(r->budget, nlohmann::json({{"epochs", 12.0}}));
+  EXPECT_EQ(r->target["stop"], true);
+  // The same by steps; the cap must be given, and a target.
+  r = ParseSweepSpec(
+      WithLine("budget", "budget: {until_target: true, max_steps: 5000}") +
+      target);
+  ASSERT_OK(r);
+  EXPECT_EQ(r->budget["steps"], 5000);
+  ExpectInvalid(
+      WithLine("budget", "budget: {until_target: true, epochs: 12}") + target,
+      "max_epochs, max_steps or max_samples");
+  ExpectInvalid(
+      WithLine("budget", "budget: {until_target: true, max_epochs: 12}"),
+      "budget.until_target: needs a target");
+}
+
+// A decay over the budget anneals large batches (which cross late in their
+// budget) more than small ones: the lr is constant after warmup unless the
+// spec names a decay (docs/method.md, "Schedule").
+TEST(SweepSpecTest, ATargetStudyDecaysNothingUnlessItSaysSo) {
+  const std::string target = "target: {metric: val_accuracy, value: 0.85}\n";
+  auto r = ParseSweepSpec(
+      WithLine("schedule", "schedule: {warmup_steps: 50}") + target);
+  ASSERT_OK(r);
+  EXPECT_EQ(r->schedule["decay"], "constant");
+  r = ParseSweepSpec(kValid + target);  // decay: poly, power 2
+  ASSERT_OK(r);
+  EXPECT_EQ(r->schedule["decay"], "poly");
+}
+
 TEST(SweepSpecTest, EarlyStoppingIsParsedWithDefaultsAndChecked) {
   auto r = ParseSweepSpec(
       WithLine("early_stopping", "early_stopping: {min_samples: 60000}"));
