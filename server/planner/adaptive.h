@@ -52,6 +52,7 @@ struct PlannedTrial {
   bool ended = false;  // completed, diverged, pruned, failed or cancelled
   bool diverged = false;
   bool completed = false;
+  double lr_multiplier = 1;  // as recorded: lr = scaled lr x this
   std::optional<double> samples_to_target;
   std::optional<double> best_target_value;
   std::optional<double> noise_scale;  // B_simple at the end of the run
@@ -69,6 +70,12 @@ struct PlanStep {
 PlanStep PlanAdaptive(const spec::SweepSpec& spec,
                       const std::vector<PlannedTrial>& trials,
                       int32_t next_index);
+
+// `a` ranks before `b` as the report ranks lrs: reached the target in fewer
+// samples, then (neither reached it) the better best value of the target
+// metric; diverged last.
+bool Better(const PlannedTrial& a, const PlannedTrial& b,
+            bool higher_is_better);
 
 // The batch sizes the plan places for a predicted B_crit (exposed for tests).
 std::vector<int64_t> PlaceBatchSizes(const spec::SweepSpec& spec,

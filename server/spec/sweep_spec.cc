@@ -763,19 +763,18 @@ Status ParseBudget(Fields& top, json* out, bool* until_target) {
   }
   if (f.Get(prefix + "epochs")) {
     double epochs;
-    MEGABATCH_RETURN_IF_ERROR(f.Number(prefix + "epochs", &epochs, {}, 0, true));
+    MEGABATCH_RETURN_IF_ERROR(
+        f.Number(prefix + "epochs", &epochs, {}, 0, true));
     if (epochs > kMaxEpochs) {
-      return InvalidArgumentError(
-          f.Path(prefix + "epochs") + ": at most " +
-          std::to_string(kMaxEpochs) + ", got " +
-          DescribeJson(*f.Get(prefix + "epochs")));
+      return InvalidArgumentError(f.Path(prefix + "epochs") + ": at most " +
+                                  std::to_string(kMaxEpochs) + ", got " +
+                                  DescribeJson(*f.Get(prefix + "epochs")));
     }
     *out = {{"epochs", epochs}};
   } else {
     const std::string key = f.Get(prefix + "steps") ? "steps" : "samples";
     int64_t n;
-    MEGABATCH_RETURN_IF_ERROR(
-        f.Int(prefix + key, &n, {}, 1, int64_t{1} << 40));
+    MEGABATCH_RETURN_IF_ERROR(f.Int(prefix + key, &n, {}, 1, int64_t{1} << 40));
     *out = {{key, n}};
   }
   return f.NoUnknown();
@@ -958,10 +957,15 @@ Result<SweepSpec> SweepSpecFromJson(
   s.train_samples = train_samples;
   MEGABATCH_RETURN_IF_ERROR(ParseStrategy(top, train_samples, &s.strategy));
   const bool adaptive = !s.strategy.is_null();
+  MEGABATCH_RETURN_IF_ERROR(
+      top.Choice("lr_edges", &s.lr_edges, {"off", "extend"}));
+  int64_t lr_edges_max = 0;
+  MEGABATCH_RETURN_IF_ERROR(top.Int("lr_edges_max", &lr_edges_max, 3, 1, 10));
+  s.lr_edges_max = static_cast<int32_t>(lr_edges_max);
   if (adaptive) {
     // The planner places the batch sizes and the lrs.
-    for (const char* key :
-         {"batch_sizes", "lr_multipliers", "early_stopping"}) {
+    for (const char* key : {"batch_sizes", "lr_multipliers", "early_stopping",
+                            "lr_edges", "lr_edges_max"}) {
       if (top.Get(key) != nullptr) {
         return InvalidArgumentError(
             std::string(key) +
@@ -1401,6 +1405,10 @@ json SweepSpec::ToJson() const {
   if (micro_batch_size > 0) out["micro_batch_size"] = micro_batch_size;
   if (!target.is_null()) out["target"] = target;
   if (!early_stopping.is_null()) out["early_stopping"] = early_stopping;
+  if (lr_edges != "off") {
+    out["lr_edges"] = lr_edges;
+    out["lr_edges_max"] = lr_edges_max;
+  }
   if (!strategy.is_null()) {
     out["strategy"] = strategy;
     out.erase("batch_sizes");

@@ -79,6 +79,11 @@ struct SweepSpec {
   //  "lr_trials_per_batch", "search_fraction", "finish_lrs", "span"}.
   // batch_sizes (the list) is then empty.
   nlohmann::json strategy;
+  // A grid that adds lrs past an edge as results arrive
+  // (server/planner/lr_edges.h): "off" or "extend", and at most how many
+  // lrs beyond each end of lr_multipliers.
+  std::string lr_edges = "off";
+  int32_t lr_edges_max = 3;
   // The training split's size (Fashion-MNIST: 55,000; text: unknown, 0).
   int64_t train_samples = 0;
   // Evaluate every K steps, or every K samples (the same data points at

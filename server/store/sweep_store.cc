@@ -12,6 +12,7 @@
 #include "common/trial_config.h"
 #include "server/planner/adaptive.h"
 #include "server/planner/early_stopping.h"
+#include "server/planner/lr_edges.h"
 #include "server/store/schema.h"
 
 namespace megabatch::store {
@@ -272,7 +273,8 @@ Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
   MEGABATCH_ASSIGN_OR_RETURN(
       CachedStatement sweep,
       db_->Cached("SELECT state FROM sweeps WHERE id = ? "
-                  "AND json_extract(spec_json, '$.strategy') IS NOT NULL"));
+                  "AND (json_extract(spec_json, '$.strategy') IS NOT NULL "
+                  "OR json_extract(spec_json, '$.lr_edges') = 'extend')"));
   sweep->Bind(1, sweep_id);
   MEGABATCH_ASSIGN_OR_RETURN(bool found, sweep->Step());
   if (!found) return Status();
@@ -285,7 +287,7 @@ Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
           "SELECT t.phase, t.optimizer, t.batch_size, t.lr, t.seed, t.state, "
           "s.samples_to_target, s.best_target_value, "
           "COALESCE(s.noise_scale_at_100pct, s.gradient_noise_scale), "
-          "t.trial_index "
+          "t.trial_index, t.lr_multiplier "
           "FROM trials t JOIN trial_summary s ON s.trial_id = t.id "
           "WHERE t.sweep_id = ? ORDER BY t.trial_index"));
   q.Bind(1, sweep_id);
@@ -307,9 +309,12 @@ Status SweepStore::PlanLocked(int64_t sweep_id, double now) {
     t.best_target_value = r.OptionalDouble(7);
     t.noise_scale = r.OptionalDouble(8);
     next_index = static_cast<int32_t>(r.Int(9)) + 1;
+    t.lr_multiplier = r.Double(10);
     trials.push_back(std::move(t));
   }));
-  planner::PlanStep step = planner::PlanAdaptive(spec, trials, next_index);
+  planner::PlanStep step =
+      spec.strategy.is_null() ? planner::ExtendLrEdges(spec, trials, next_index)
+                              : planner::PlanAdaptive(spec, trials, next_index);
   MEGABATCH_RETURN_IF_ERROR(
       InsertTrialsLocked(sweep_id, step.trials, step.phases));
   for (const std::string& decision : step.decisions) {

@@ -66,8 +66,7 @@ TEST(SweepSpecTest, ValidYamlParsesWithDefaults) {
 // budget: {until_target: true, max_epochs: E} runs each trial to its target
 // or the cap (the report marks a cell stopped by the cap censored).
 TEST(SweepSpecTest, AnUntilTargetBudgetStopsTrialsAtTheTargetOrTheCap) {
-  const std::string target =
-      "target: {metric: val_accuracy, value: 0.85}\n";
+  const std::string target = "target: {metric: val_accuracy, value: 0.85}\n";
   auto r = ParseSweepSpec(
       WithLine("budget", "budget: {until_target: true, max_epochs: 12}") +
       target);
@@ -93,8 +92,8 @@ TEST(SweepSpecTest, AnUntilTargetBudgetStopsTrialsAtTheTargetOrTheCap) {
 // spec names a decay (docs/method.md, "Schedule").
 TEST(SweepSpecTest, ATargetStudyDecaysNothingUnlessItSaysSo) {
   const std::string target = "target: {metric: val_accuracy, value: 0.85}\n";
-  auto r = ParseSweepSpec(
-      WithLine("schedule", "schedule: {warmup_steps: 50}") + target);
+  auto r = ParseSweepSpec(WithLine("schedule", "schedule: {warmup_steps: 50}") +
+                          target);
   ASSERT_OK(r);
   EXPECT_EQ(r->schedule["decay"], "constant");
   r = ParseSweepSpec(kValid + target);  // decay: poly, power 2

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <map>
 #include <thread>
 
 #include "server/store/schema.h"
@@ -302,6 +303,45 @@ TEST_F(SweepStoreTest, SweepCompletesWhenEveryTrialEnds) {
   EXPECT_EQ(row->state, SweepState::kCompleted);
   EXPECT_EQ(row->trial_counts[TrialState::kDiverged], 1);
   EXPECT_DOUBLE_EQ(row->finished_at, 1005.0);
+}
+
+// lr_edges: extend: a cell whose best lr is the largest tried gets the lr
+// twice as large, in the transaction that ended its last trial, and the
+// sweep runs on until it has.
+TEST_F(SweepStoreTest, AGridWithLrEdgesExtendAddsTheNextLrWhenItsCellEnds) {
+  int64_t sweep = Create(R"yaml(
+name: edges
+optimizers: [{name: sgd}]
+batch_sizes: [128]
+base: {lr: 0.1}
+lr_multipliers: [1, 2]
+target: {metric: val_accuracy, value: 0.8}
+lr_edges: extend
+)yaml");
+  int64_t worker = *store_->RegisterWorker("w", 4, 1000.0);
+  std::vector<Lease> leases = {LeaseOne(worker), LeaseOne(worker)};
+  auto grid = store_->ListTrials(sweep);
+  ASSERT_OK(grid);
+  std::map<int64_t, double> lr_of;
+  for (const auto& t : *grid) lr_of[t.id] = t.lr;
+  for (const Lease& l : leases) {
+    // The larger lr reaches the target sooner.
+    const double steps = lr_of[l.trial_id] > 0.15 ? 500 : 900;
+    ASSERT_OK(store_->AppendMetrics(
+        l.trial_id, l.lease_id, worker,
+        {{"target_reached_samples", static_cast<int64_t>(steps), steps * 128}},
+        1002.0));
+    ASSERT_OK(store_
+                  ->FinishTrial(l.trial_id, l.lease_id, worker,
+                                TrialState::kCompleted, "", "", 1003.0)
+                  .status());
+  }
+  auto trials = store_->ListTrials(sweep);
+  ASSERT_OK(trials);
+  ASSERT_EQ(trials->size(), 3u);
+  EXPECT_DOUBLE_EQ(trials->back().lr, 0.4);
+  EXPECT_EQ(trials->back().state, TrialState::kQueued);
+  EXPECT_EQ(store_->GetSweep(sweep)->state, SweepState::kRunning);
 }
 
 TEST_F(SweepStoreTest, CancelCompletedSweepIsFailedPrecondition) {
