@@ -149,6 +149,7 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Start(
                                              store.status().message());
   }
   c->store_ = std::move(*store);
+  c->store_->SetMaxRunningPerOwner(options.max_running_trials_per_owner);
   if (options.max_db_bytes > 0) {
     MEGABATCH_RETURN_IF_ERROR(c->store_->SetMaxBytes(options.max_db_bytes));
   }

@@ -74,6 +74,9 @@ struct CoordinatorOptions {
   // the most queued and running trials over all their sweeps (0: no limit).
   int32_t max_user_priority = 100;
   int64_t max_pending_trials_per_owner = 50000;
+  // Running trials (slots) over all of one owner's sweeps, admins' too; 0:
+  // no quota. Past it the owner's queued trials wait while others lease.
+  int64_t max_running_trials_per_owner = 0;
   // The largest model anyone may submit, in parameters (about 16 bytes of
   // a trainer's memory each); 0: no limit.
   int64_t max_model_parameters = int64_t{1} << 30;

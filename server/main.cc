@@ -133,6 +133,13 @@ int main(int argc, char** argv) {
                  "sweeps (0: no limit; admins are not limited)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-running-trials-per-owner",
+                 options.max_running_trials_per_owner,
+                 "running trials (slots) over all of one owner's sweeps, "
+                 "admins' too; past it the owner's queued trials wait while "
+                 "others lease (0: no quota)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--model-dir", options.model_dir,
                  "where uploaded TorchScript models are kept (default: "
                  "<db>-models beside the database)");

@@ -57,9 +57,9 @@ PlanStep ExtendLrEdges(const spec::SweepSpec& spec,
                        const std::vector<PlannedTrial>& trials,
                        int32_t next_index) {
   PlanStep step;
-  const std::string metric =
-      spec.target.is_object() ? spec.target["metric"].get<std::string>()
-                              : std::string("val_accuracy");
+  const std::string metric = spec.target.is_object()
+                                 ? spec.target["metric"].get<std::string>()
+                                 : std::string("val_accuracy");
   const bool higher = HigherIsBetter(metric);
   const auto [grid_low, grid_high] = std::minmax_element(
       spec.lr_multipliers.begin(), spec.lr_multipliers.end());

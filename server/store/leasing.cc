@@ -93,6 +93,9 @@ std::vector<Result<std::optional<Lease>>> SweepStore::LeaseBatch(
             out[members[r]] = std::optional<Lease>((**leases)[r]);
             done[members[r]] = true;
           }
+          for (LeaseCandidate& c : *candidates) {
+            if (c.owner == p.sweep->owner) ++c.owner_running;
+          }
           granted = true;
           break;
         }
@@ -116,6 +119,11 @@ std::vector<Result<std::optional<Lease>>> SweepStore::LeaseBatch(
   return out;
 }
 
+void SweepStore::SetMaxRunningPerOwner(int64_t n) {
+  Locked lock(this);
+  max_running_per_owner_ = n;
+}
+
 Result<int64_t> SweepStore::AliveSlotsLocked() {
   MEGABATCH_ASSIGN_OR_RETURN(
       CachedStatement q,
@@ -130,7 +138,10 @@ Result<std::vector<SweepStore::LeaseCandidate>>
 SweepStore::LeaseCandidatesLocked() {
   MEGABATCH_ASSIGN_OR_RETURN(CachedStatement q, db_->Cached(R"sql(
     SELECT s.id, s.priority, s.max_parallel,
-           (SELECT count(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running')
+           (SELECT count(*) FROM trials t WHERE t.sweep_id = s.id AND t.state = 'running'),
+           coalesce(s.owner, ''),
+           (SELECT count(*) FROM trials t JOIN sweeps o ON o.id = t.sweep_id
+              WHERE coalesce(o.owner, '') = coalesce(s.owner, '') AND t.state = 'running')
     FROM sweeps s
     WHERE s.state IN ('queued', 'running')
       AND EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = s.id AND t.state = 'queued'))sql"));
@@ -138,7 +149,8 @@ SweepStore::LeaseCandidatesLocked() {
   while (true) {
     MEGABATCH_ASSIGN_OR_RETURN(bool row, q->Step());
     if (!row) break;
-    out.push_back({q->Int(0), q->Int(1), q->Int(2), q->Int(3)});
+    out.push_back(
+        {q->Int(0), q->Int(1), q->Int(2), q->Int(3), q->Text(4), q->Int(5)});
   }
   return out;
 }
@@ -173,6 +185,10 @@ Result<std::optional<SweepStore::Pick>> SweepStore::PeekTrialLocked(
     for (LeaseCandidate& c : *candidates) {
       if (c.exhausted || (c.max_parallel > 0 && c.running >= c.max_parallel))
         continue;
+      if (max_running_per_owner_ > 0 && !c.owner.empty() &&
+          c.owner_running >= max_running_per_owner_) {
+        continue;  // the owner's running-trials quota
+      }
       if (best == nullptr || c.priority > best->priority ||
           (c.priority == best->priority &&
            (c.running < best->running ||

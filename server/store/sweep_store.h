@@ -308,6 +308,10 @@ class SweepStore {
   // connection; 0: no cap beyond SQLite's own). A write that would pass it
   // fails RESOURCE_EXHAUSTED and stores nothing, as on a full disk.
   Status SetMaxBytes(int64_t bytes);
+  // At most `n` running trials (slots) over all of one owner's sweeps; a
+  // lease skips an owner at the quota (0: no quota; sweeps without an owner,
+  // from a coordinator without authentication, have none).
+  void SetMaxRunningPerOwner(int64_t n) EXCLUDES(mu_);
 
   // Called after each committed change (outside the store's lock, from the
   // thread that made it): the scheduler wakes parked lease requests and
@@ -354,11 +358,14 @@ class SweepStore {
   Result<SweepRow> GetSweepLocked(int64_t sweep_id) REQUIRES(mu_);
   // An active sweep that had queued trials when a lease batch began, with
   // its running trials counted once per batch and kept up to date in it.
+  int64_t max_running_per_owner_ GUARDED_BY(mu_) = 0;
   struct LeaseCandidate {
     int64_t sweep_id = 0;
     int64_t priority = 0;
     int64_t max_parallel = 0;
     int64_t running = 0;
+    std::string owner;
+    int64_t owner_running = 0;  // running trials of all the owner's sweeps
     bool exhausted = false;  // no queued trial left, or none that fits the pool
   };
   Result<std::vector<LeaseCandidate>> LeaseCandidatesLocked() REQUIRES(mu_);

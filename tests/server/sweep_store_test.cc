@@ -344,6 +344,45 @@ lr_edges: extend
   EXPECT_EQ(store_->GetSweep(sweep)->state, SweepState::kRunning);
 }
 
+// Per-owner running quota (--max-running-trials-per-owner): with 2, alice's
+// two sweeps of higher priority together hold 2 slots and bob's sweep gets
+// 2; a sweep without an owner (no authentication) has no quota and takes
+// the slots left.
+TEST_F(SweepStoreTest, AnOwnerAtTheRunningQuotaWaitsWhileOthersLease) {
+  store_->SetMaxRunningPerOwner(2);
+  auto create = [&](const std::string& owner, int priority) {
+    auto spec = spec::ParseSweepSpec(
+        std::string(kSpec) + "priority: " + std::to_string(priority) + "\n");
+    EXPECT_OK(spec);
+    auto created =
+        store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1000.0, owner);
+    EXPECT_OK(created);
+    return created->id;
+  };
+  const int64_t alice1 = create("alice", 5), alice2 = create("alice", 5);
+  const int64_t bob = create("bob", 1);
+  int64_t worker = *store_->RegisterWorker("w", 5, 1000.0);
+  auto lease_all = [&] {
+    while (true) {
+      auto lease = store_->LeaseNext(worker, 1001.0);
+      ASSERT_OK(lease);
+      if (!lease->has_value()) return;
+    }
+  };
+  auto count = [&](int64_t sweep) {
+    auto row = store_->GetSweep(sweep);
+    EXPECT_OK(row);
+    return row->trial_counts[TrialState::kRunning];
+  };
+  lease_all();
+  EXPECT_EQ(count(alice1) + count(alice2), 2);
+  EXPECT_EQ(count(bob), 2);
+  const int64_t anonymous = create("", 0);
+  lease_all();
+  EXPECT_EQ(count(anonymous), 1);  // the fifth slot
+  EXPECT_EQ(count(alice1) + count(alice2), 2);
+}
+
 TEST_F(SweepStoreTest, CancelCompletedSweepIsFailedPrecondition) {
   int64_t sweep = Create();
   auto cancelled = store_->CancelSweep(sweep, 1001.0);
