@@ -208,13 +208,23 @@ Status Authenticator::LoadRevocationsLocked() const {
 Result<std::optional<Caller>> Authenticator::CertificateCaller(
     const std::string& pem, const std::string& common_name) const {
   if (!certificates_.crl_file.empty()) {
-    X509Ptr cert = ReadCertificate(pem);
-    if (cert == nullptr) {
-      return Status(StatusCode::kUnauthenticated,
-                    "client certificate: cannot be read");
-    }
-    const std::string serial = SerialHex(X509_get0_serialNumber(cert.get()));
+    constexpr size_t kMaxCachedCertificates = 4096;
     MutexLock lock(&mu_);
+    auto cached = serial_of_pem_.find(pem);
+    if (cached == serial_of_pem_.end()) {
+      X509Ptr cert = ReadCertificate(pem);
+      if (cert == nullptr) {
+        return Status(StatusCode::kUnauthenticated,
+                      "client certificate: cannot be read");
+      }
+      if (serial_of_pem_.size() >= kMaxCachedCertificates) {
+        serial_of_pem_.clear();
+      }
+      cached = serial_of_pem_
+                   .emplace(pem, SerialHex(X509_get0_serialNumber(cert.get())))
+                   .first;
+    }
+    const std::string serial = cached->second;
     // A CRL that cannot be read again refuses every certificate.
     if (Status loaded = LoadRevocationsLocked(); !loaded.ok()) {
       return Status(StatusCode::kUnauthenticated,

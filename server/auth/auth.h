@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include "common/mutex.h"
 #include "common/status.h"
@@ -86,6 +87,11 @@ class Authenticator {
   mutable Mutex mu_;
   std::unique_ptr<store::Db> db_ GUARDED_BY(mu_);
   mutable std::set<std::string> revoked_ GUARDED_BY(mu_);
+  // Serial numbers of the client certificates seen, by their PEM: a call
+  // does not parse its caller's certificate again (bounded; cleared when
+  // full).
+  mutable std::unordered_map<std::string, std::string> serial_of_pem_
+      GUARDED_BY(mu_);
   mutable int64_t crl_mtime_ns_ GUARDED_BY(mu_) = -1;
 };
 
