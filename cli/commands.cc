@@ -594,7 +594,12 @@ int Commands::Report(int64_t sweep_id, const std::string& plot_path) {
       diverged.Print(out_, format_);
     }
     if (!report.plan().empty()) {
-      out_ << "\n" << h << "Adaptive plan (phase " << sweep.phase() << ")\n\n";
+      if (sweep.phase().empty()) {
+        out_ << "\n" << h << "Plan (lrs added past the grid's edges)\n\n";
+      } else {
+        out_ << "\n"
+             << h << "Adaptive plan (phase " << sweep.phase() << ")\n\n";
+      }
       if (report.has_predicted_b_crit()) {
         out_ << "The probe predicted B_crit ~ B_simple = "
              << FormatNumber(report.predicted_b_crit());

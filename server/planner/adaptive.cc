@@ -64,8 +64,8 @@ json SearchBudget(const spec::SweepSpec& spec, int64_t batch_size) {
   return {{"samples", samples}};
 }
 
-}  // namespace
-
+// a ranks before b: reached the target in fewer samples, then (neither
+// reached it) the better best value of the target metric; diverged last.
 bool Better(const PlannedTrial& a, const PlannedTrial& b,
             bool higher_is_better) {
   if (a.diverged != b.diverged) return b.diverged;
@@ -80,8 +80,6 @@ bool Better(const PlannedTrial& a, const PlannedTrial& b,
   return higher_is_better ? *a.best_target_value > *b.best_target_value
                           : *a.best_target_value < *b.best_target_value;
 }
-
-namespace {
 
 std::string Outcome(const PlannedTrial& t, const std::string& metric) {
   if (t.diverged) return "diverged";

@@ -71,12 +71,6 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec,
                       const std::vector<PlannedTrial>& trials,
                       int32_t next_index);
 
-// `a` ranks before `b` as the report ranks lrs: reached the target in fewer
-// samples, then (neither reached it) the better best value of the target
-// metric; diverged last.
-bool Better(const PlannedTrial& a, const PlannedTrial& b,
-            bool higher_is_better);
-
 // The batch sizes the plan places for a predicted B_crit (exposed for tests).
 std::vector<int64_t> PlaceBatchSizes(const spec::SweepSpec& spec,
                                      double predicted_b_crit);

@@ -51,6 +51,24 @@ Lr Merge(const std::vector<const PlannedTrial*>& seeds) {
   return lr;
 }
 
+// x ranks before y as sweep_scaling ranks lrs (server/store/schema.h): fewest
+// samples to target, then no divergence, then the better target value.
+bool RanksBefore(const PlannedTrial& x, const PlannedTrial& y, bool higher) {
+  if (x.samples_to_target.has_value() != y.samples_to_target.has_value()) {
+    return x.samples_to_target.has_value();
+  }
+  if (x.samples_to_target && *x.samples_to_target != *y.samples_to_target) {
+    return *x.samples_to_target < *y.samples_to_target;
+  }
+  if (x.diverged != y.diverged) return y.diverged;
+  if (x.best_target_value.has_value() != y.best_target_value.has_value()) {
+    return x.best_target_value.has_value();
+  }
+  if (!x.best_target_value) return false;
+  return higher ? *x.best_target_value > *y.best_target_value
+                : *x.best_target_value < *y.best_target_value;
+}
+
 }  // namespace
 
 PlanStep ExtendLrEdges(const spec::SweepSpec& spec,
@@ -83,7 +101,7 @@ PlanStep ExtendLrEdges(const spec::SweepSpec& spec,
       if (waiting || lrs.empty()) continue;
       const Lr& best = *std::min_element(
           lrs.begin(), lrs.end(), [&](const Lr& x, const Lr& y) {
-            return Better(x.merged, y.merged, higher);
+            return RanksBefore(x.merged, y.merged, higher);
           });
       // lrs is ordered by lr (the map's order).
       const bool at_top = best.merged.lr == lrs.back().merged.lr;

@@ -319,7 +319,12 @@ void Scheduler::DispatchLoop() {
       lock.Lock();
       continue;
     }
-    if (closed_) return;
+    if (closed_) {
+      // A batch that ran while Stop() came may have parked or requeued
+      // requests: the top of the loop answers them.
+      if (pending_.empty() && parked_.empty()) return;
+      continue;
+    }
     if (pending_.empty()) dispatch_cv_.WaitUntil(wake);
   }
 }
@@ -366,6 +371,8 @@ void Scheduler::LeadBatch(std::vector<Reply>* replies) {
                Status(StatusCode::kCancelled,
                       "worker " + std::to_string(p->worker_id) + " went away"),
                replies);
+      } else if (leased_at >= p->deadline) {
+        Answer(p, std::optional<store::Lease>(), replies);  // its wait is up
       } else if (notify_seq_ != seq) {
         Enqueue(batch[i]);  // something changed during the batch: ask again
       } else {

@@ -819,19 +819,24 @@ class LeaseReactor final : public grpc::ServerUnaryReactor {
 
   // Answers with the scheduler's reply; a lease its caller can no longer
   // receive is released at once instead of waiting out the lease timeout.
+  // Runs on the scheduler's dispatch thread: nothing escapes it.
   void Leased(int64_t worker_id, Result<std::optional<store::Lease>> lease) {
     Status status = lease.status();
-    if (lease.ok() && lease->has_value()) {
-      const store::Lease& l = **lease;
-      if (ctx_->IsCancelled()) {
-        status = scheduler_->ReleaseUnreceived(l, worker_id);
-      } else {
-        resp_->mutable_lease()->set_trial_id(l.trial_id);
-        resp_->mutable_lease()->set_lease_id(l.lease_id);
-        resp_->mutable_lease()->set_rank(l.rank);
-        resp_->set_config_json(l.config_json);
-        resp_->set_resume_max_step(l.resume_max_step);
+    try {
+      if (lease.ok() && lease->has_value()) {
+        const store::Lease& l = **lease;
+        if (ctx_->IsCancelled()) {
+          status = scheduler_->ReleaseUnreceived(l, worker_id);
+        } else {
+          resp_->mutable_lease()->set_trial_id(l.trial_id);
+          resp_->mutable_lease()->set_lease_id(l.lease_id);
+          resp_->mutable_lease()->set_rank(l.rank);
+          resp_->set_config_json(l.config_json);
+          resp_->set_resume_max_step(l.resume_max_step);
+        }
       }
+    } catch (const std::exception& e) {
+      status = InternalError(std::string("LeaseTrial: ") + e.what());
     }
     {
       // An answer before Wait() is given to it: Wait() finishes the call,

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <iostream>
@@ -243,24 +245,38 @@ int main(int argc, char** argv) {
   try {
     options.exit_when_idle = std::chrono::seconds(exit_when_idle);
     megabatch::worker::Worker worker(*channel, options);
+    // The first SIGTERM or SIGINT drains; a second one stops at once, unless
+    // it comes within 2 s of the first (Slurm may deliver one signal twice:
+    // from slurmd and forwarded by srun).
+    std::atomic<bool> exiting{false};
     std::thread signals([&] {
       int signal = 0;
       sigwait(&stop_signals, &signal);
+      if (exiting) return;
       if (drain_seconds > 0) {
         spdlog::info("signal {}: draining (--drain-seconds {})", signal,
                      drain_seconds);
+        const auto first = std::chrono::steady_clock::now();
         worker.Drain(std::chrono::seconds(drain_seconds));
-        sigwait(&stop_signals, &signal);
+        do {
+          sigwait(&stop_signals, &signal);
+          if (exiting) return;
+        } while (std::chrono::steady_clock::now() - first <
+                 std::chrono::seconds(2));
       }
       spdlog::info("signal {}: stopping", signal);
       worker.Stop();
     });
-    signals.detach();
     spdlog::info("megabatch-worker '{}': {} {} slots x {} threads, trainer {}",
                  options.name, options.slots,
                  options.gpus.empty() ? "CPU" : "GPU", options.threads_per_slot,
                  options.trainer_path);
     megabatch::Status s = worker.Run();
+    // Run() may end by itself (a drain, --exit-when-idle): wake the signal
+    // thread so it ends before the worker goes.
+    exiting = true;
+    pthread_kill(signals.native_handle(), SIGTERM);
+    signals.join();
     if (!s.ok()) {
       spdlog::error("{}", s.ToString());
       return 1;

@@ -46,8 +46,21 @@ Result<std::unique_ptr<TrainerProcess>> TrainerProcess::Spawn(
   sigemptyset(&defaults);
   sigaddset(&defaults, SIGPIPE);
   posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr,
-                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF);
+  // SIGUSR1 (the drain's "checkpoint and stop") blocked until the trainer
+  // has its handler, so that one sent while it loads LibTorch waits instead
+  // of killing it. SIGTERM and SIGINT stay blocked, as in the worker: a
+  // scheduler that signals every process of a job (Slurm's scancel, systemd
+  // stopping a unit) reaches the worker, which drains its trainers; they
+  // end when it says, or by SIGKILL.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGUSR1);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  posix_spawnattr_setsigmask(&attr, &mask);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP |
+                                      POSIX_SPAWN_SETSIGDEF |
+                                      POSIX_SPAWN_SETSIGMASK);
   posix_spawnattr_setpgroup(&attr, 0);
   // Everything is built before the spawn: nothing allocates between fork
   // and exec in this threaded process.

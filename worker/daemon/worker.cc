@@ -206,10 +206,12 @@ int64_t SteadyNowNs() {
 }  // namespace
 
 void Worker::Drain(std::chrono::seconds grace) {
-  if (draining_.exchange(true)) return;
+  if (draining()) return;
+  // The deadline before the flag: HeartbeatLoop reads it once draining.
   drain_deadline_ns_ =
       SteadyNowNs() +
       std::chrono::duration_cast<std::chrono::nanoseconds>(grace).count();
+  if (draining_.exchange(true)) return;
   MutexLock lock(&mu_);
   spdlog::info("draining: {} trials to checkpoint and give back within {} s",
                running_.size(), grace.count());
@@ -284,11 +286,9 @@ void Worker::HeartbeatLoop() {
                               .count();
   int64_t busy_at = SteadyNowNs();
   while (!WaitFor(heartbeat_interval_ / 2)) {
-    bool busy;
-    {
-      MutexLock lock(&mu_);
-      busy = !running_.empty();
-    }
+    // A slot holding a lease counts from the lease on, also while it
+    // fetches files or starts its trainer (before running_ has it).
+    const bool busy = holding_.load() > 0;
     const int64_t now = SteadyNowNs();
     if (busy) busy_at = now;
     if (draining() && (!busy || now >= drain_deadline_ns_)) {
@@ -359,6 +359,7 @@ void Worker::SlotLoop(int slot) {
       GiveBack(resp.lease(), "the worker is leaving");
       break;
     }
+    ++holding_;
     spdlog::info("slot {}: running trial {} (lease {})", slot,
                  resp.lease().trial_id(), resp.lease().lease_id());
     try {
@@ -370,6 +371,7 @@ void Worker::SlotLoop(int slot) {
       FinishTrial(resp.lease(), v1::TRIAL_STATE_FAILED,
                   std::string("worker error: ") + e.what(), "");
     }
+    --holding_;
   }
 }
 
@@ -686,6 +688,9 @@ void Worker::RunTrial(int slot, const v1::LeaseTrialResponse& leased,
           protocol::ServeRequest(attempt.config_path, attempt.resume_from));
       running_[{lease.trial_id(), lease.rank()}] =
           Running{trainer.pid(), lease.lease_id(), false};
+      // Drain() set the flag before it went through running_: a trial
+      // registered after that asks for its own checkpoint and stop.
+      if (sent && draining()) kill(trainer.pid(), SIGUSR1);
     }
   }
   if (!attempt.reusable) trainer.CloseStdin();
@@ -695,7 +700,12 @@ void Worker::RunTrial(int slot, const v1::LeaseTrialResponse& leased,
       running_.erase({lease.trial_id(), lease.rank()});
     }
     warm->process.reset();
-    if (stopping()) return;
+    if (stopping()) {
+      // Stopped (a drain's end, --exit-when-idle) before the trial started:
+      // it goes back to the queue now, not after the lease timeout.
+      GiveBack(lease, "the worker stopped before the trial started");
+      return;
+    }
     // A warm trainer that died while idle: the trial was not started; go
     // again with a fresh one.
     if (!fresh) return RunTrial(slot, leased, warm);

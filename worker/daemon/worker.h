@@ -247,6 +247,8 @@ class Worker {
   UserFiles user_files_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> draining_{false};
+  // Slots holding a lease now (from the lease until its trial is over).
+  std::atomic<int> holding_{0};
   // Steady-clock ns: when Drain() gives up on its trainers.
   std::atomic<int64_t> drain_deadline_ns_{0};
   // Set at registration, and again if the coordinator forgets this worker

@@ -168,8 +168,14 @@ int main(int argc, char** argv) {
   // collective, and a trainer whose worker died exits at its next line
   // (WriteLine).
   std::signal(SIGPIPE, SIG_IGN);
-  // The worker's drain: stop at the next step with a checkpoint.
+  // The worker's drain: stop at the next step with a checkpoint. The worker
+  // starts trainers with SIGUSR1 blocked; one that came meanwhile is
+  // delivered here, once the handler is in place.
   std::signal(SIGUSR1, [](int) { megabatch::trainer::RequestPreemption(); });
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  sigprocmask(SIG_UNBLOCK, &usr1, nullptr);
   std::string config_path, resume_path;
   std::string check_dataset = "/usr/share/datasets/fashion-mnist";
   bool check = false, serve = false;
