@@ -79,8 +79,11 @@ PlanStep ExtendLrEdges(const spec::SweepSpec& spec,
                                  ? spec.target["metric"].get<std::string>()
                                  : std::string("val_accuracy");
   const bool higher = HigherIsBetter(metric);
-  const auto [grid_low, grid_high] = std::minmax_element(
-      spec.lr_multipliers.begin(), spec.lr_multipliers.end());
+  // Plain variables, not a structured binding: lambdas below use them.
+  const double grid_low =
+      *std::min_element(spec.lr_multipliers.begin(), spec.lr_multipliers.end());
+  const double grid_high =
+      *std::max_element(spec.lr_multipliers.begin(), spec.lr_multipliers.end());
   // (optimizer, batch size) -> lr -> its seeds' trials.
   std::map<std::pair<std::string, int64_t>,
            std::map<double, std::vector<const PlannedTrial*>>>
@@ -112,8 +115,8 @@ PlanStep ExtendLrEdges(const spec::SweepSpec& spec,
         // Lrs already beyond the spec's grid on this side.
         int beyond = 0;
         for (const Lr& lr : lrs) {
-          beyond += factor > 1 ? lr.merged.lr_multiplier > *grid_high
-                               : lr.merged.lr_multiplier < *grid_low;
+          beyond += factor > 1 ? lr.merged.lr_multiplier > grid_high
+                               : lr.merged.lr_multiplier < grid_low;
         }
         // At the cap the report's best_lr_edge says the figures are bounds.
         if (beyond >= spec.lr_edges_max) return;
