@@ -887,6 +887,8 @@ Status SweepStore::ApplyEarlyStopping(int64_t trial_id,
                    planner::PruneMessage(rule, rung, samples, p.value, verdict,
                                          recorded),
                    now));
+      // A pruned trial may be the last of its cell: lr_edges may extend it.
+      MEGABATCH_RETURN_IF_ERROR(PlanLocked(sweep_id, now));
       MEGABATCH_RETURN_IF_ERROR(RefreshSweepState(sweep_id, now));
       Changed(Change::kWork);
       return Status();
