@@ -15,13 +15,6 @@ using nlohmann::json;
 // Exponents (lr = lr0 x 2^e) are kept on a grid of quarters.
 double Quantize(double e) { return std::round(e * 4) / 4; }
 
-std::string Num(double v) {
-  std::ostringstream s;
-  s.precision(4);
-  s << v;
-  return s.str();
-}
-
 // The rule the search starts from: the spec's, else the one the large-batch
 // papers use for the optimizer (docs/method.md, "Learning rate").
 spec::LrScaling Rule(const spec::SweepSpec& spec,
@@ -84,8 +77,9 @@ bool Better(const PlannedTrial& a, const PlannedTrial& b,
 std::string Outcome(const PlannedTrial& t, const std::string& metric) {
   if (t.diverged) return "diverged";
   if (t.samples_to_target)
-    return "target at " + Num(*t.samples_to_target) + " samples";
-  if (t.best_target_value) return metric + " " + Num(*t.best_target_value);
+    return "target at " + PlanNumber(*t.samples_to_target) + " samples";
+  if (t.best_target_value)
+    return metric + " " + PlanNumber(*t.best_target_value);
   return "no result";
 }
 
@@ -135,8 +129,8 @@ Search Evaluate(const std::vector<const PlannedTrial*>& trials, double lr0,
   const bool has_lower = lower != s.by_exponent.begin();
   const bool has_upper = upper != s.by_exponent.end();
   std::ostringstream why;
-  why << "best so far x2^" << Num(s.best) << " (" << Outcome(*best, metric)
-      << ")";
+  why << "best so far x2^" << PlanNumber(s.best) << " ("
+      << Outcome(*best, metric) << ")";
   std::string action;  // what the next lrs are for
   if (!s.any_stable) {
     // Every lr diverged: go down.
@@ -152,9 +146,9 @@ Search Evaluate(const std::vector<const PlannedTrial*>& trials, double lr0,
     action = "try 2x larger";
   } else {
     const double lo = std::prev(lower)->first, hi = upper->first;
-    why << ", bracketed by x2^" << Num(lo) << " ("
-        << Outcome(*std::prev(lower)->second, metric) << ") and x2^" << Num(hi)
-        << " (" << Outcome(*upper->second, metric) << ")";
+    why << ", bracketed by x2^" << PlanNumber(lo) << " ("
+        << Outcome(*std::prev(lower)->second, metric) << ") and x2^"
+        << PlanNumber(hi) << " (" << Outcome(*upper->second, metric) << ")";
     if (hi - lo <= 1) {
       s.done = true;
       why << ", within a factor of 2";
@@ -221,6 +215,13 @@ std::vector<int64_t> PlaceBatchSizes(const spec::SweepSpec& spec,
   return sizes;
 }
 
+std::string PlanNumber(double v) {
+  std::ostringstream s;
+  s.precision(4);
+  s << v;
+  return s.str();
+}
+
 PlanStep PlanAdaptive(const spec::SweepSpec& spec,
                       const std::vector<PlannedTrial>& trials,
                       int32_t next_index) {
@@ -252,7 +253,7 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec,
     step.decisions.push_back(
         "probe: " + first.name + " at the base batch " +
         std::to_string(spec.base_batch_size) + " and lr " +
-        Num(BaseLr(spec, first)) + " for " +
+        PlanNumber(BaseLr(spec, first)) + " for " +
         std::to_string(search_budget["samples"].get<int64_t>()) +
         " samples (search_fraction of the budget), measuring the gradient "
         "noise scale");
@@ -270,13 +271,13 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec,
     std::ostringstream d;
     d << "place: predicted B_crit = "
       << (measured
-              ? Num(predicted) + " (B_simple at the probe's end)"
-              : Num(predicted) +
+              ? PlanNumber(predicted) + " (B_simple at the probe's end)"
+              : PlanNumber(predicted) +
                     " (8x the base batch: the probe measured no noise scale)")
       << "; batch sizes";
     for (int64_t b : sizes) d << " " << b;
     d << " (geometric from " << spec.base_batch_size << " to "
-      << Num(spec.strategy["span"].get<double>())
+      << PlanNumber(spec.strategy["span"].get<double>())
       << "x the prediction, capped at "
       << spec.strategy["max_batch_size"].get<int64_t>()
       << ", the size nearest the prediction moved onto it)";
@@ -322,7 +323,7 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec,
             add(kPhaseFinish, opt, b, lr, std::exp2(s.ranked[i]), seed,
                 spec.budget);
           }
-          lrs << (i == 0 ? " " : ", ") << Num(lr);
+          lrs << (i == 0 ? " " : ", ") << PlanNumber(lr);
         }
         step.decisions.push_back(
             "finish: " + where + ": " + s.why + "; running the best " +
@@ -331,15 +332,16 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec,
         active = true;
         continue;
       }
-      const std::string start = "starting around " + Num(lr0) + " (" +
+      const std::string start = "starting around " + PlanNumber(lr0) + " (" +
                                 RuleName(Rule(spec, opt.name)) + " rule from " +
-                                Num(BaseLr(spec, opt)) + " at " +
+                                PlanNumber(BaseLr(spec, opt)) + " at " +
                                 std::to_string(spec.base_batch_size) + ")";
       std::ostringstream lrs;
       for (double e : s.next) {
         add(kPhaseSearch, opt, b, lr0 * std::exp2(e), std::exp2(e), first_seed,
             SearchBudget(spec, b));
-        lrs << " " << Num(lr0 * std::exp2(e)) << " (x2^" << Num(e) << ")";
+        lrs << " " << PlanNumber(lr0 * std::exp2(e)) << " (x2^" << PlanNumber(e)
+            << ")";
       }
       step.decisions.push_back("search: " + where + ": " +
                                (s.by_exponent.empty() ? start : s.why) +

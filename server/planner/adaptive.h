@@ -71,6 +71,9 @@ PlanStep PlanAdaptive(const spec::SweepSpec& spec,
                       const std::vector<PlannedTrial>& trials,
                       int32_t next_index);
 
+// A number as the planners' decisions print it (4 significant digits).
+std::string PlanNumber(double v);
+
 // The batch sizes the plan places for a predicted B_crit (exposed for tests).
 std::vector<int64_t> PlaceBatchSizes(const spec::SweepSpec& spec,
                                      double predicted_b_crit);

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <sstream>
 #include <string>
 #include <utility>
 
@@ -11,13 +10,6 @@
 
 namespace megabatch::planner {
 namespace {
-
-std::string Num(double v) {
-  std::ostringstream s;
-  s.precision(4);
-  s << v;
-  return s.str();
-}
 
 // One lr of one cell: its seeds together, as the report averages them (to
 // target only when every seed reached it; diverged when any seed did).
@@ -127,8 +119,8 @@ PlanStep ExtendLrEdges(const spec::SweepSpec& spec,
           step.phases.push_back("");
         }
         step.decisions.push_back("lr_edges: " + cell_name + ": best lr " +
-                                 Num(best.merged.lr) + " is the " + side +
-                                 " tried; trying " + Num(lr));
+                                 PlanNumber(best.merged.lr) + " is the " +
+                                 side + " tried; trying " + PlanNumber(lr));
       };
       if (at_top && !best.merged.diverged) extend(2, "largest");
       if (at_bottom) extend(0.5, "smallest");

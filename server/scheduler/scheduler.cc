@@ -147,6 +147,17 @@ Result<store::SweepRow> Scheduler::Cancel(int64_t sweep_id) {
   return row;
 }
 
+namespace {
+
+// The answer to a lease request whose caller went away before it was given
+// a trial.
+Status WentAway(int64_t worker_id) {
+  return Status(StatusCode::kCancelled,
+                "worker " + std::to_string(worker_id) + " went away");
+}
+
+}  // namespace
+
 struct Scheduler::LeaseRequest {
   enum class Where { kQueued, kInFlight, kParked, kDone };
   int64_t worker_id = 0;
@@ -200,11 +211,7 @@ void Scheduler::CancelLease(const std::shared_ptr<LeaseRequest>& request) {
       request->cancelled = true;  // LeadBatch answers it
     } else if (request->where != Where::kDone) {
       Unlist(request.get());
-      Answer(
-          request.get(),
-          Status(StatusCode::kCancelled,
-                 "worker " + std::to_string(request->worker_id) + " went away"),
-          &replies);
+      Answer(request.get(), WentAway(request->worker_id), &replies);
     }
   }
   for (auto& [done, result] : replies) done(std::move(result));
@@ -367,10 +374,7 @@ void Scheduler::LeadBatch(std::vector<Reply>* replies) {
     LeaseRequest* p = batch[i].get();
     if (results[i].ok() && !results[i]->has_value()) {
       if (p->cancelled) {
-        Answer(p,
-               Status(StatusCode::kCancelled,
-                      "worker " + std::to_string(p->worker_id) + " went away"),
-               replies);
+        Answer(p, WentAway(p->worker_id), replies);
       } else if (leased_at >= p->deadline) {
         Answer(p, std::optional<store::Lease>(), replies);  // its wait is up
       } else if (notify_seq_ != seq) {

@@ -703,17 +703,14 @@ Status SweepStore::ReleaseLease(int64_t trial_id, int64_t lease_id,
   MEGABATCH_RETURN_IF_ERROR(up.Step().status());
   int64_t sweep_id = up.Int(0);
   MEGABATCH_RETURN_IF_ERROR(up.Run());
-  MEGABATCH_RETURN_IF_ERROR(
-      why == Release::kPreempted
-          ? AddEvent(sweep_id, trial_id, worker_id, "trial_preempted",
-                     "lease " + std::to_string(lease_id) +
-                         " given back by its worker: " + message,
-                     now)
-          : AddEvent(sweep_id, trial_id, worker_id, "trial_released",
-                     "lease " + std::to_string(lease_id) +
-                         " taken back: the worker went away before receiving "
-                         "it",
-                     now));
+  const bool preempted = why == Release::kPreempted;
+  MEGABATCH_RETURN_IF_ERROR(AddEvent(
+      sweep_id, trial_id, worker_id,
+      preempted ? "trial_preempted" : "trial_released",
+      "lease " + std::to_string(lease_id) +
+          (preempted ? " given back by its worker: " + message
+                     : " taken back: the worker went away before receiving it"),
+      now));
   MEGABATCH_RETURN_IF_ERROR(tx.Commit());
   Changed(Change::kWork);
   return Status();

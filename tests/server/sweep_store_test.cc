@@ -32,12 +32,13 @@ class SweepStoreTest : public ::testing::Test {
     store_ = std::move(*s);
   }
 
-  int64_t Create(const char* spec_text = kSpec,
-                 const std::string& request_id = "") {
+  int64_t Create(const std::string& spec_text = kSpec,
+                 const std::string& request_id = "",
+                 const std::string& owner = "") {
     auto spec = spec::ParseSweepSpec(spec_text);
     EXPECT_OK(spec);
     auto created = store_->CreateSweep(*spec, spec::ExpandSweep(*spec),
-                                       request_id, 1000.0);
+                                       request_id, 1000.0, owner);
     EXPECT_OK(created);
     return created->id;
   }
@@ -351,13 +352,9 @@ lr_edges: extend
 TEST_F(SweepStoreTest, AnOwnerAtTheRunningQuotaWaitsWhileOthersLease) {
   store_->SetMaxRunningPerOwner(2);
   auto create = [&](const std::string& owner, int priority) {
-    auto spec = spec::ParseSweepSpec(
-        std::string(kSpec) + "priority: " + std::to_string(priority) + "\n");
-    EXPECT_OK(spec);
-    auto created =
-        store_->CreateSweep(*spec, spec::ExpandSweep(*spec), "", 1000.0, owner);
-    EXPECT_OK(created);
-    return created->id;
+    return Create(
+        std::string(kSpec) + "priority: " + std::to_string(priority) + "\n", "",
+        owner);
   };
   const int64_t alice1 = create("alice", 5), alice2 = create("alice", 5);
   const int64_t bob = create("bob", 1);
